@@ -1,0 +1,268 @@
+"""The `directory` command: serve, migrate, worker, portals, demo, openapi, localdb."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from directory.settings import Settings, SettingsError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except SettingsError as error:
+        raise click.ClickException(str(error)) from None
+
+
+def _wiring():
+    from directory import build_wiring
+
+    return build_wiring(_settings())
+
+
+@click.group()
+def cli() -> None:
+    """Commons Directory: the offers-and-wants directory for mutual-credit communities.
+
+    Configuration comes from DIRECTORY_* environment variables (see README)."""
+
+
+@cli.command()
+@click.option("--bind", default="127.0.0.1:8000", show_default=True)
+@click.option("--workers", default=2, show_default=True, help="gunicorn worker processes")
+def serve(bind: str, workers: int) -> None:
+    """Serve the API under gunicorn."""
+    _settings()  # fail fast, before gunicorn starts its workers
+    os.execvp(
+        sys.executable,
+        [
+            sys.executable, "-m", "gunicorn",
+            "--bind", bind,
+            "--workers", str(workers),
+            "--graceful-timeout", "20",
+            "directory.wsgi:app",
+        ],
+    )  # fmt: skip
+
+
+@cli.command()
+@click.option("--revision", default="head", show_default=True)
+def migrate(revision: str) -> None:
+    """Upgrade the database schema to the latest migration."""
+    from alembic import command
+
+    command.upgrade(alembic_config(_settings().database_url), revision)
+    click.echo(f"database at {revision}")
+
+
+def alembic_config(database_url: str):
+    from alembic.config import Config
+
+    config = Config(str(ROOT / "alembic.ini"))
+    config.set_main_option("script_location", str(ROOT / "migrations"))
+    config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    return config
+
+
+@cli.command()
+@click.option("--once", is_flag=True, help="One round, then exit")
+def worker(once: bool) -> None:
+    """Run the background worker (housekeeping; later: outbox delivery)."""
+    from directory import configure_logging
+    from directory import worker as worker_module
+
+    settings = _settings()
+    configure_logging(settings.log_level)
+    worker_module.run(_wiring(), once=once)
+
+
+@cli.group()
+def portals() -> None:
+    """Manage portals and their keys."""
+
+
+@portals.command("create")
+@click.argument("slug")
+@click.option("--name", required=True)
+@click.option("--website")
+@click.option("--contact", help="How the operators reach the portal's team")
+@click.option("--currency", "currencies", multiple=True, help="Default currency (repeatable)")
+def portals_create(slug, name, website, contact, currencies) -> None:
+    """Register a portal and print its first key (shown once)."""
+    from directory.db import unit_of_work
+    from directory.services import portals as service
+
+    with unit_of_work(_wiring().session_factory) as session:
+        portal, key = _domain(
+            service.create_portal,
+            session,
+            slug=slug,
+            name=name,
+            website=website,
+            contact=contact,
+            default_currencies=list(currencies),
+        )
+    click.echo(f"portal {portal.slug} created; its key (shown once, store it now):")
+    click.echo(key.key)
+
+
+@portals.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def portals_list(as_json: bool) -> None:
+    """List portals with their status, ads and live keys."""
+    from directory.db import unit_of_work
+    from directory.services import portals as service
+
+    with unit_of_work(_wiring().session_factory) as session:
+        rows = service.list_portals(session)
+    if as_json:
+        click.echo(json.dumps([
+            {"slug": p.slug, "name": p.name, "status": p.status.value, "ads": ads, "keys": keys}
+            for p, ads, keys in rows
+        ], indent=2))  # fmt: skip
+        return
+    click.echo(f"{'SLUG':<24} {'STATUS':<10} {'ADS':>8} {'KEYS':>5}  NAME")
+    for portal, ads, keys in rows:
+        click.echo(f"{portal.slug:<24} {portal.status.value:<10} {ads:>8} {keys:>5}  {portal.name}")
+
+
+@portals.command("suspend")
+@click.argument("slug")
+def portals_suspend(slug: str) -> None:
+    """Suspend a portal: its keys are refused and its ads leave public view."""
+    _set_status(slug, "suspended")
+
+
+@portals.command("activate")
+@click.argument("slug")
+def portals_activate(slug: str) -> None:
+    """Reactivate a suspended portal."""
+    _set_status(slug, "active")
+
+
+def _set_status(slug: str, status: str) -> None:
+    from directory.db import unit_of_work
+    from directory.models import PortalStatus
+    from directory.services import portals as service
+
+    with unit_of_work(_wiring().session_factory) as session:
+        _domain(service.set_status, session, portal_slug=slug, status=PortalStatus(status))
+    click.echo(f"portal {slug} is {status}")
+
+
+@portals.command("rotate-key")
+@click.argument("slug")
+@click.option("--label", help="A note to tell keys apart")
+def portals_rotate_key(slug: str, label: str | None) -> None:
+    """Issue a new key; the old ones keep working until revoked."""
+    from directory.db import unit_of_work
+    from directory.services import portals as service
+
+    with unit_of_work(_wiring().session_factory) as session:
+        key = _domain(service.issue_key, session, portal_slug=slug, label=label)
+    click.echo(f"new key {key.id} for {slug} (shown once, store it now):")
+    click.echo(key.key)
+
+
+@portals.command("keys")
+@click.argument("slug")
+def portals_keys(slug: str) -> None:
+    """List a portal's keys (their first characters only)."""
+    from directory.db import unit_of_work
+    from directory.services import portals as service
+
+    with unit_of_work(_wiring().session_factory) as session:
+        keys = _domain(service.list_keys, session, portal_slug=slug)
+    click.echo(f"{'ID':>5}  {'HINT':<14} {'CREATED':<20} {'LAST USED':<20} STATE")
+    for key in keys:
+        state = "revoked" if key.revoked_at else "live"
+        last = key.last_used_at.strftime("%Y-%m-%d %H:%M") if key.last_used_at else "never"
+        click.echo(
+            f"{key.id:>5}  {key.hint + '…':<14} {key.created_at:%Y-%m-%d %H:%M}     "
+            f"{last:<20} {state}  {key.label or ''}"
+        )
+
+
+@portals.command("revoke-key")
+@click.argument("slug")
+@click.argument("key_id", type=int)
+def portals_revoke_key(slug: str, key_id: int) -> None:
+    """Revoke a key; it is refused from the very next request."""
+    from directory.db import unit_of_work
+    from directory.services import portals as service
+
+    with unit_of_work(_wiring().session_factory) as session:
+        _domain(service.revoke_key, session, portal_slug=slug, key_id=key_id)
+    click.echo(f"key {key_id} of {slug} revoked")
+
+
+def _domain(function, *args, **kwargs):
+    from directory.errors import DirectoryError
+
+    try:
+        return function(*args, **kwargs)
+    except DirectoryError as error:
+        raise click.ClickException(error.message) from None
+
+
+@cli.command()
+@click.option("--ads", "ad_count", default=3000, show_default=True)
+@click.option("--seed", default=20261125, show_default=True)
+@click.option("--keys-file", type=click.Path(path_type=Path), help="Write the portals' keys here")
+def demo(ad_count: int, seed: int, keys_file: Path | None) -> None:
+    """Load reproducible demo data: portals in several countries and their ads."""
+    from directory import demo as demo_module
+    from directory.db import unit_of_work
+
+    wiring = _wiring()
+    with unit_of_work(wiring.session_factory) as session:
+        summary = demo_module.load(session, ad_count=ad_count, seed=seed, lifetimes=wiring.lifetimes)
+    click.echo(summary.describe())
+    if keys_file and summary.keys:
+        keys_file.write_text(json.dumps(summary.keys, indent=2) + "\n")
+        keys_file.chmod(0o600)
+        click.echo(f"portal keys written to {keys_file}")
+
+
+@cli.command()
+@click.option("--output", type=click.Path(path_type=Path), default=ROOT / "openapi.yaml")
+def openapi(output: Path) -> None:
+    """Write the OpenAPI spec generated from the code."""
+    from directory.openapi import render_spec
+
+    output.write_text(render_spec())
+    click.echo(f"wrote {output}")
+
+
+@cli.group()
+def localdb() -> None:
+    """A private PostgreSQL + PostGIS cluster in a folder (for make run and tests)."""
+
+
+@localdb.command("start")
+@click.argument("folder", type=click.Path(path_type=Path), default=ROOT / ".data" / "pg")
+def localdb_start(folder: Path) -> None:
+    """Start it (creating it if needed) and print its database URL."""
+    from directory import localdb as module
+
+    click.echo(module.start(folder).url)
+
+
+@localdb.command("stop")
+@click.argument("folder", type=click.Path(path_type=Path), default=ROOT / ".data" / "pg")
+def localdb_stop(folder: Path) -> None:
+    """Stop it."""
+    from directory import localdb as module
+
+    module.stop(folder)
+
+
+if __name__ == "__main__":
+    cli()

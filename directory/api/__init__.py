@@ -1,0 +1,154 @@
+"""The HTTP layer: the Api, its blueprints and the rules every request goes through."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+
+import flask_smorest
+from flask import Flask, g, request
+from werkzeug.exceptions import BadRequest, UnsupportedMediaType
+
+from directory.api import errors
+from directory.api.auth import SECURITY_SCHEMES
+from directory.services.portals import KEY_PREFIX
+
+API_TITLE = "Commons Directory"
+API_VERSION = "1.0.0"
+OPENAPI_VERSION = "3.1.0"
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+# Query parameter names under which clients commonly (and wrongly) send keys.
+KEY_PARAMETER_NAMES = {"key", "api_key", "apikey", "access_token", "token", "auth"}
+BODY_METHODS = {"POST", "PUT", "PATCH"}
+
+access_log = logging.getLogger("directory.access")
+
+
+class Api(flask_smorest.Api):
+    ERROR_SCHEMA = errors.ErrorSchema
+
+
+def create_api(app: Flask) -> Api:
+    app.config.update(
+        API_TITLE=API_TITLE,
+        API_VERSION=API_VERSION,
+        OPENAPI_VERSION=OPENAPI_VERSION,
+        API_SPEC_OPTIONS={
+            "info": {
+                "description": "The global, geolocated offers-and-wants directory for "
+                "mutual-credit communities. Portals publish their members' ads with a portal "
+                "key; anyone reads public ads. Every error has the same JSON envelope "
+                "(code, status, error, message, errors by location and field).",
+                "license": {"name": "AGPL-3.0-or-later"},
+            },
+            "servers": [{"url": "/"}],
+        },
+    )
+    api = Api(app)
+    api.spec.components.security_scheme("PortalKey", SECURITY_SCHEMES["PortalKey"])
+    from directory.api.ads.routes import blp as ads_blp
+    from directory.api.categories.routes import blp as categories_blp
+    from directory.api.currencies.routes import blp as currencies_blp
+    from directory.api.feed.routes import blp as feed_blp
+    from directory.api.health import blp as health_blp
+    from directory.api.portals.routes import blp as portals_blp
+    from directory.api.sync.routes import blp as sync_blp
+
+    for blueprint in (
+        health_blp, portals_blp, ads_blp, sync_blp, feed_blp, currencies_blp, categories_blp
+    ):
+        api.register_blueprint(blueprint)
+    errors.register_error_handlers(app)
+    app.before_request(_start_request)
+    app.before_request(_refuse_keys_in_query)
+    app.before_request(_require_json_body)
+    app.before_request(_refuse_unknown_query_parameters)
+    app.after_request(_log_request)
+    return api
+
+
+def _start_request() -> None:
+    incoming = request.headers.get("X-Request-Id", "")
+    g.request_id = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    g.started = time.perf_counter()
+
+
+def _refuse_keys_in_query() -> None:
+    for name, value in request.args.items(multi=True):
+        if name.lower() in KEY_PARAMETER_NAMES or value.startswith(KEY_PREFIX):
+            error = BadRequest()
+            error.data = {
+                "error": "key_in_query",
+                "message": "API keys must never be sent in the query string (it ends up in "
+                "logs and browser history); use the header Authorization: Bearer <key>",
+                "messages": {"query": {name: ["API keys are refused here."]}},
+            }
+            raise error
+
+
+def _require_json_body() -> None:
+    if request.method not in BODY_METHODS:
+        return
+    has_body = (request.content_length or 0) > 0 or request.headers.get("Transfer-Encoding")
+    if has_body and not request.is_json:
+        error = UnsupportedMediaType()
+        error.data = {
+            "message": f"The body must be JSON (Content-Type: application/json), "
+            f"not {request.mimetype or 'untyped'}",
+            "messages": {"headers": {"Content-Type": ["Must be application/json."]}},
+        }
+        raise error
+
+
+def _declares_query(view_function, method: str) -> bool:
+    view_class = getattr(view_function, "view_class", None)
+    handler = getattr(view_class, method.lower(), None) if view_class else view_function
+    apidoc = getattr(handler, "_apidoc", {})
+    return any(
+        isinstance(parameter, dict) and parameter.get("in") == "query"
+        for parameter in apidoc.get("arguments", {}).get("parameters", [])
+    )
+
+
+def _refuse_unknown_query_parameters() -> None:
+    """Routes with a query schema refuse unknown parameters through it; the others take
+    none at all, and say so rather than ignore them."""
+    if not request.args or request.endpoint is None:
+        return
+    from flask import current_app
+
+    view = current_app.view_functions.get(request.endpoint)
+    if view is None or _declares_query(view, request.method):
+        return
+    if request.endpoint in ("api-docs.openapi_json",):
+        return
+    error = BadRequest()
+    error.data = {
+        "message": "This operation takes no query parameters.",
+        "messages": {"query": {name: ["Unknown field."] for name in request.args}},
+    }
+    raise error
+
+
+def _log_request(response):
+    # Never the Authorization header, the query string's values or any body.
+    duration_ms = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
+    response.headers["X-Request-Id"] = g.get("request_id", "")
+    access_log.info(
+        json.dumps(
+            {
+                "event": "request",
+                "request_id": g.get("request_id"),
+                "method": request.method,
+                "path": request.path,
+                "status": response.status_code,
+                "duration_ms": round(duration_ms, 2),
+                "portal": g.get("portal_slug"),
+                "bytes_in": request.content_length or 0,
+            }
+        )
+    )
+    return response

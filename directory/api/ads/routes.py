@@ -1,0 +1,234 @@
+"""Ads: a portal publishes, changes, expires and deletes its own ads by its own ids;
+anyone reads a public ad by the directory's id."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+
+from flask import request
+from flask.views import MethodView
+
+from directory.api.ads.schemas import (
+    AdPutSchema,
+    AdSchema,
+    BatchResultSchema,
+    BatchSchema,
+    OwnAdsArgsSchema,
+    OwnAdsPageSchema,
+    PublicAdSchema,
+)
+from directory.api.auth import BEARER_AUTH, require_portal
+from directory.api.blueprint import Blueprint
+from directory.api.db import transaction, wiring
+from directory.api.fields import ItemErrors
+from directory.errors import InvalidInput, NotFound
+from directory.services import ads
+from directory.services.ads import EXTERNAL_ID, Delete, Expire, Rejected, Upsert
+
+blp = Blueprint("ads", __name__, url_prefix="/v1", description="Publish and read ads")
+
+AD_REF = {
+    "in": "path",
+    "name": "ad_ref",
+    "required": True,
+    "schema": {"type": "string", "maxLength": 128},
+    "description": "For GET: the directory's id of the ad (a UUID). For PUT, DELETE and "
+    "expire: the calling portal's own id of the ad (its external id).",
+}
+
+
+def _external_id(ad_ref: str) -> str:
+    if not EXTERNAL_ID.match(ad_ref):
+        raise InvalidInput(
+            "external_id must be 1 to 128 letters, digits, '.', '_', ':', '~' or '-'",
+            field="ad_ref",
+            details={"location": "path"},
+        )
+    return ad_ref
+
+
+@blp.route("/ads/<string:ad_ref>", parameters=[AD_REF])
+class AdByRef(MethodView):
+    @blp.response(200, PublicAdSchema)
+    @blp.alt_response(404, description="No public ad with that id")
+    @blp.doc(operationId="getAd")
+    def get(self, ad_ref: str):
+        """Read a public ad as the world may see it
+
+        Ads that are expired, deleted, visible to their portal only, or of a suspended
+        portal are not found."""
+        try:
+            ad_id = uuid.UUID(ad_ref)
+        except ValueError:
+            raise NotFound(f"no public ad with id {ad_ref!r}", field="ad_ref") from None
+        with transaction() as session:
+            return ads.get_public_ad(session, ad_id=ad_id)
+
+    @blp.arguments(AdPutSchema)
+    @blp.response(200, AdSchema, description="The ad was changed, or was already like this")
+    @blp.alt_response(201, schema=AdSchema, description="The ad was created")
+    @blp.alt_response(412, description="If-Match did not match the ad's current ETag")
+    @blp.doc(
+        operationId="putAd",
+        security=BEARER_AUTH,
+        parameters=[
+            {
+                "in": "header",
+                "name": "If-Match",
+                "required": False,
+                "schema": {"type": "string"},
+                "description": "Only apply when the ad's ETag is this one (or `*`: exists)",
+            }
+        ],
+    )
+    def put(self, ad_input, ad_ref: str):
+        """Create or replace one of the calling portal's ads by its own id
+
+        Idempotent: sending the same ad again changes nothing (200, same ETag). For a
+        non-exact privacy level only a snapped location is stored."""
+        external_id = _external_id(ad_ref)
+        with transaction() as session:
+            portal = require_portal(session)
+            result, record = ads.upsert_ad(
+                session,
+                portal_id=portal.id,
+                external_id=external_id,
+                ad=ad_input,
+                if_match=request.headers.get("If-Match"),
+                lifetimes=wiring().lifetimes,
+            )
+        status = 201 if result.status == "created" else 200
+        return record, status, {"ETag": record.etag}
+
+    @blp.response(204)
+    @blp.doc(operationId="deleteAd", security=BEARER_AUTH)
+    def delete(self, ad_ref: str):
+        """Delete one of the calling portal's ads by its own id
+
+        Deleting an ad that does not exist (any more) is harmless: also 204."""
+        external_id = _external_id(ad_ref)
+        with transaction() as session:
+            portal = require_portal(session)
+            ads.delete_ad(
+                session, portal_id=portal.id, external_id=external_id, lifetimes=wiring().lifetimes
+            )
+
+
+@blp.route("/ads/<string:ad_ref>/expire", parameters=[AD_REF])
+class AdExpiry(MethodView):
+    @blp.response(200, AdSchema)
+    @blp.doc(operationId="expireAd", security=BEARER_AUTH)
+    def post(self, ad_ref: str):
+        """End one of the calling portal's ads now, keeping it for the portal
+
+        The ad leaves public view; sending it again with PUT brings it back."""
+        external_id = _external_id(ad_ref)
+        with transaction() as session:
+            portal = require_portal(session)
+            record = ads.expire_ad(
+                session, portal_id=portal.id, external_id=external_id, lifetimes=wiring().lifetimes
+            )
+        return record, 200, {"ETag": record.etag}
+
+
+def _operation(item) -> ads.Operation:
+    if isinstance(item, ItemErrors):
+        return Rejected(item.external_id, item.messages)
+    if item["op"] == "delete":
+        return Delete(item["external_id"])
+    if item["op"] == "expire":
+        return Expire(item["external_id"])
+    return Upsert(item["external_id"], item["ad"])
+
+
+def result_rows(results) -> list[dict]:
+    return [
+        {
+            "index": index,
+            "external_id": result.external_id,
+            "status": result.status,
+            "id": result.id,
+            "version": result.version,
+            "etag": result.etag,
+            "errors": result.errors,
+        }
+        for index, result in enumerate(results)
+    ]
+
+
+@blp.route("/ads/batch")
+class AdBatch(MethodView):
+    @blp.arguments(BatchSchema)
+    @blp.response(200, BatchResultSchema)
+    @blp.doc(operationId="batchAds", security=BEARER_AUTH)
+    def post(self, batch):
+        """Apply up to 1,000 upserts, deletes and expiries in one transaction
+
+        Each item gets its own result: created, updated, unchanged, deleted, expired, or
+        rejected with its errors (the other items are applied all the same). With
+        `replace: true` the items are the portal's complete set of ads."""
+        operations = [_operation(item) for item in batch["items"]]
+        with transaction() as session:
+            portal = require_portal(session)
+            if batch["replace"]:
+                summary = ads.replace_all(
+                    session, portal_id=portal.id, operations=operations, lifetimes=wiring().lifetimes
+                )
+                results, deleted = summary.results, summary.deleted
+            else:
+                results = ads.apply_changes(
+                    session, portal_id=portal.id, operations=operations, lifetimes=wiring().lifetimes
+                )
+                deleted = 0
+        return {
+            "results": result_rows(results),
+            "counts": dict(Counter(result.status for result in results)),
+            "deleted_by_replace": deleted,
+        }
+
+
+@blp.route("/portals/me/ads")
+class OwnAds(MethodView):
+    @blp.arguments(OwnAdsArgsSchema, location="query")
+    @blp.response(200, OwnAdsPageSchema)
+    @blp.doc(operationId="listOwnAds", security=BEARER_AUTH)
+    def get(self, args):
+        """List the calling portal's own ads, all of them, in external-id order"""
+        after = None
+        if args["cursor"] is not None:
+            after = _external_id(args["cursor"])
+        with transaction() as session:
+            portal = require_portal(session)
+            records, next_after = ads.list_own_ads(
+                session,
+                portal_id=portal.id,
+                after=after,
+                limit=args["limit"],
+                include_expired=args["include_expired"],
+            )
+        return {"items": records, "next_cursor": next_after}
+
+
+@blp.route(
+    "/portals/me/ads/<string:external_id>",
+    parameters=[
+        {
+            "in": "path",
+            "name": "external_id",
+            "required": True,
+            "schema": {"type": "string", "maxLength": 128},
+            "description": "The portal's own id of the ad",
+        }
+    ],
+)
+class OwnAd(MethodView):
+    @blp.response(200, AdSchema)
+    @blp.doc(operationId="getOwnAd", security=BEARER_AUTH)
+    def get(self, external_id: str):
+        """Read one of the calling portal's ads, whatever its visibility or expiry"""
+        external_id = _external_id(external_id)
+        with transaction() as session:
+            portal = require_portal(session)
+            record = ads.get_own_ad(session, portal_id=portal.id, external_id=external_id)
+        return record, 200, {"ETag": record.etag}

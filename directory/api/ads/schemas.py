@@ -1,0 +1,298 @@
+from __future__ import annotations
+
+from decimal import Decimal
+
+from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
+
+from directory.api.fields import (
+    BCP47,
+    LEDGER_ACCOUNT,
+    PerItemList,
+    Text,
+    external_id_field,
+    validate_member_handle,
+)
+from directory.geo import Point, Privacy
+from directory.models import AdKind, PriceUnit
+from directory.models.ads import Visibility
+from directory.services.ads import MAX_BATCH_ITEMS, AdInput, Price
+
+CURRENCY_CODE = fields.String(
+    validate=validate.Length(1, 64),
+    metadata={"description": "A code from GET /v1/currencies", "example": "EUR"},
+)
+MAX_PRICE = Decimal("9999999999.9999")
+
+
+class LocationSchema(Schema):
+    lat = fields.Float(
+        required=True,
+        allow_nan=False,
+        validate=validate.Range(-90, 90),
+        metadata={"description": "Latitude in degrees (WGS84)", "example": 48.8566},
+    )
+    lon = fields.Float(
+        required=True,
+        allow_nan=False,
+        validate=validate.Range(-180, 180),
+        metadata={"description": "Longitude in degrees (WGS84)", "example": 2.3522},
+    )
+
+    @post_load
+    def to_point(self, data, **kwargs):
+        return Point(data["lat"], data["lon"])
+
+
+class PriceSchema(Schema):
+    amount = fields.Decimal(
+        required=True,
+        as_string=True,
+        allow_nan=False,
+        validate=validate.Range(0, MAX_PRICE),
+        metadata={"description": "Amount, at most 4 decimal places", "example": "12.50"},
+    )
+    currency = fields.String(
+        required=True,
+        validate=validate.Length(1, 64),
+        metadata={"description": "One of the ad's accepted currencies", "example": "EUR"},
+    )
+    unit = fields.Enum(
+        PriceUnit,
+        by_value=True,
+        required=True,
+        metadata={"description": "What the amount is for: once, per item, hour, day..."},
+    )
+
+    @validates_schema
+    def four_decimals_at_most(self, data, **kwargs):
+        amount = data.get("amount")
+        if amount is not None and amount.as_tuple().exponent < -4:
+            raise ValidationError("Must have at most 4 decimal places.", "amount")
+
+    @post_load
+    def to_price(self, data, **kwargs):
+        return Price(**data)
+
+
+class AdPutSchema(Schema):
+    """An ad as a portal publishes it."""
+
+    kind = fields.Enum(AdKind, by_value=True, required=True, metadata={"description": "offer or want"})
+    title = Text(required=True, validate=validate.Length(1, 200), metadata={"example": "Bike repairs"})
+    body = Text(
+        required=True,
+        multiline=True,
+        allow_blank=True,
+        validate=validate.Length(max=8000),
+        metadata={"description": "Description, plain text, up to 8,000 characters"},
+    )
+    category = fields.String(
+        required=True,
+        validate=validate.Length(1, 64),
+        metadata={"description": "A code from GET /v1/categories", "example": "home.repairs"},
+    )
+    tags = fields.List(
+        Text(validate=validate.Length(1, 40)),
+        validate=validate.Length(max=20),
+        load_default=(),
+        metadata={"description": "Free tags, up to 20 of up to 40 characters"},
+    )
+    location = fields.Nested(
+        LocationSchema,
+        allow_none=True,
+        load_default=None,
+        metadata={
+            "description": "Where the offer or want is. Required unless privacy is hidden; "
+            "for approximate and area only a snapped point is stored, for hidden nothing."
+        },
+    )
+    privacy = fields.Enum(
+        Privacy,
+        by_value=True,
+        load_default=Privacy.APPROXIMATE,
+        metadata={
+            "description": "How precisely the location is published: exact; approximate "
+            "(snapped to a ~1 km cell); area (~10 km cell); hidden (no location). "
+            "Default approximate."
+        },
+    )
+    visibility = fields.Enum(
+        Visibility,
+        by_value=True,
+        load_default=Visibility.PUBLIC,
+        metadata={"description": "public, or portal: seen only by the owning portal"},
+    )
+    currencies = fields.List(
+        CURRENCY_CODE,
+        validate=validate.Length(1, 20),
+        allow_none=True,
+        load_default=None,
+        metadata={"description": "Accepted currency codes; the portal's defaults when absent"},
+    )
+    price = fields.Nested(PriceSchema, allow_none=True, load_default=None)
+    language = fields.String(
+        allow_none=True,
+        load_default=None,
+        validate=[validate.Length(max=35), validate.Regexp(BCP47, error="Must be a BCP 47 language tag such as en or pt-BR.")],
+        metadata={"description": "BCP 47 language tag of the text", "example": "en"},
+    )
+    images = fields.List(
+        fields.Url(schemes={"https", "http"}, validate=validate.Length(max=2048)),
+        validate=validate.Length(max=10),
+        load_default=(),
+        metadata={"description": "Up to 10 image URLs"},
+    )
+    expires_at = fields.AwareDateTime(
+        allow_none=True,
+        load_default=None,
+        metadata={
+            "description": "When the ad ends (with a time zone). Default: 90 days after its "
+            "last change; at most a year ahead."
+        },
+    )
+    member = fields.String(
+        required=True,
+        validate=validate_member_handle,
+        metadata={
+            "description": "The portal's opaque handle of the advertiser; never an email "
+            "address or phone number",
+            "example": "m-4821",
+        },
+    )
+    ledger_account = fields.String(
+        allow_none=True,
+        load_default=None,
+        validate=validate.Regexp(LEDGER_ACCOUNT, error="Must be 1 to 128 characters: letters, digits and . _ : @ / -"),
+        metadata={"description": "The advertiser's account on the portal's ledger"},
+    )
+
+    @validates_schema
+    def no_duplicates(self, data, **kwargs):
+        for name in ("tags", "currencies"):
+            values = data.get(name) or ()
+            folded = [value.casefold() for value in values]
+            if len(set(folded)) != len(folded):
+                raise ValidationError("Must not repeat a value.", name)
+
+    @post_load
+    def to_input(self, data, **kwargs):
+        for name in ("tags", "images"):
+            data[name] = tuple(data[name])
+        if data["currencies"] is not None:
+            data["currencies"] = tuple(data["currencies"])
+        return AdInput(**data)
+
+
+class PublicLocationSchema(Schema):
+    lat = fields.Float(metadata={"description": "Latitude (already snapped to the privacy level)"})
+    lon = fields.Float(metadata={"description": "Longitude (already snapped to the privacy level)"})
+
+
+class PublicPriceSchema(Schema):
+    amount = fields.Decimal(as_string=True)
+    currency = fields.String()
+    unit = fields.Enum(PriceUnit, by_value=True)
+
+
+class PublicAdSchema(Schema):
+    """An ad as the world may see it."""
+
+    id = fields.UUID(metadata={"description": "The directory's id of the ad"})
+    portal = fields.String(metadata={"description": "Slug of the publishing portal"})
+    kind = fields.Enum(AdKind, by_value=True)
+    title = fields.String()
+    body = fields.String()
+    category = fields.String()
+    tags = fields.List(fields.String())
+    location = fields.Nested(PublicLocationSchema, allow_none=True)
+    privacy = fields.Enum(Privacy, by_value=True)
+    currencies = fields.List(fields.String())
+    price = fields.Nested(PublicPriceSchema, allow_none=True)
+    language = fields.String(allow_none=True)
+    images = fields.List(fields.String())
+    ledger_account = fields.String(allow_none=True)
+    expires_at = fields.DateTime()
+    version = fields.Integer()
+    created_at = fields.DateTime()
+    updated_at = fields.DateTime()
+
+
+class AdSchema(PublicAdSchema):
+    """An ad as its own portal sees it."""
+
+    external_id = fields.String()
+    visibility = fields.Enum(Visibility, by_value=True)
+    member = fields.String()
+    expired = fields.Boolean()
+    etag = fields.String(metadata={"description": "Pass as If-Match to make a PUT conditional"})
+
+
+class OwnAdsArgsSchema(Schema):
+    limit = fields.Integer(load_default=100, validate=validate.Range(1, 1000))
+    cursor = fields.String(
+        load_default=None,
+        validate=validate.Length(1, 200),
+        metadata={"description": "next_cursor of the previous page"},
+    )
+    include_expired = fields.Boolean(load_default=True)
+
+
+class OwnAdsPageSchema(Schema):
+    items = fields.List(fields.Nested(AdSchema))
+    next_cursor = fields.String(allow_none=True)
+
+
+class BatchItemSchema(Schema):
+    op = fields.String(
+        load_default="upsert",
+        validate=validate.OneOf(["upsert", "delete", "expire"]),
+        metadata={"description": "upsert (default), delete or expire"},
+    )
+    external_id = external_id_field(required=True)
+    ad = fields.Nested(AdPutSchema, load_default=None, metadata={"description": "For upsert"})
+
+    @validates_schema
+    def ad_goes_with_upsert(self, data, **kwargs):
+        if data.get("op", "upsert") == "upsert" and data.get("ad") is None:
+            raise ValidationError("Required for op upsert.", "ad")
+        if data.get("op") in ("delete", "expire") and data.get("ad") is not None:
+            raise ValidationError(f"Must be absent for op {data['op']}.", "ad")
+
+
+class BatchSchema(Schema):
+    items = PerItemList(
+        fields.Nested(BatchItemSchema),
+        required=True,
+        validate=validate.Length(1, MAX_BATCH_ITEMS),
+        metadata={"description": f"1 to {MAX_BATCH_ITEMS} items, applied in one transaction"},
+    )
+    replace = fields.Boolean(
+        load_default=False,
+        metadata={
+            "description": "The items are the portal's complete set: every other ad of the "
+            "portal is deleted (an item that is rejected keeps its ad as it was). For a "
+            "set larger than one batch, use a sync session."
+        },
+    )
+
+
+class ItemResultSchema(Schema):
+    index = fields.Integer()
+    external_id = fields.String(allow_none=True)
+    status = fields.String(
+        metadata={"description": "created, updated, unchanged, deleted, expired, staged or rejected"}
+    )
+    id = fields.UUID(allow_none=True)
+    version = fields.Integer(allow_none=True)
+    etag = fields.String(allow_none=True)
+    errors = fields.Dict(allow_none=True, metadata={"description": "By field, for rejected items"})
+
+
+class BatchResultSchema(Schema):
+    results = fields.List(fields.Nested(ItemResultSchema))
+    counts = fields.Dict(
+        keys=fields.String(), values=fields.Integer(), metadata={"description": "Items by status"}
+    )
+    deleted_by_replace = fields.Integer(
+        metadata={"description": "Ads deleted because a replace batch left them out"}
+    )

@@ -1,0 +1,26 @@
+"""Our Blueprint: strict parsing (unknown query parameters are refused, not dropped)
+and one status, 400, for every request that fails validation."""
+
+from __future__ import annotations
+
+import flask_smorest
+import marshmallow as ma
+from webargs.flaskparser import FlaskParser, abort
+
+
+class StrictParser(FlaskParser):
+    DEFAULT_VALIDATION_STATUS = 400
+    DEFAULT_UNKNOWN_BY_LOCATION = {**FlaskParser.DEFAULT_UNKNOWN_BY_LOCATION, "query": ma.RAISE}
+
+    def _handle_invalid_json_error(self, error, req, *args, **kwargs):
+        abort(
+            400,
+            exc=error,
+            error="malformed_json",
+            message=f"The body is not valid JSON: {error}",
+            messages={"json": {"_schema": ["Not valid JSON."]}},
+        )
+
+
+class Blueprint(flask_smorest.Blueprint):
+    ARGUMENTS_PARSER = StrictParser()

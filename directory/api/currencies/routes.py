@@ -1,0 +1,81 @@
+"""The currency registry: built-in codes and the community currencies of portals."""
+
+from __future__ import annotations
+
+from flask.views import MethodView
+
+from directory.api.auth import BEARER_AUTH, require_portal
+from directory.api.blueprint import Blueprint
+from directory.api.currencies.schemas import (
+    CurrencyArgsSchema,
+    CurrencyCreateSchema,
+    CurrencyListSchema,
+    CurrencyPatchSchema,
+    CurrencySchema,
+)
+from directory.api.db import transaction
+from directory.services import currencies
+
+blp = Blueprint("currencies", __name__, url_prefix="/v1", description="Currency registry")
+
+CODE = {
+    "in": "path",
+    "name": "code",
+    "required": True,
+    "schema": {"type": "string", "maxLength": 64},
+    "description": "A currency code: EUR, HOUR, or a community code such as my-portal:TALENT",
+}
+
+
+@blp.route("/currencies")
+class Currencies(MethodView):
+    @blp.arguments(CurrencyArgsSchema, location="query")
+    @blp.response(200, CurrencyListSchema)
+    @blp.doc(operationId="listCurrencies")
+    def get(self, args):
+        """Every currency an ad may accept: ISO 4217, hours, gift, barter and community"""
+        with transaction() as session:
+            return {"currencies": currencies.list_currencies(session, **args)}
+
+    @blp.arguments(CurrencyCreateSchema)
+    @blp.response(201, CurrencySchema)
+    @blp.alt_response(409, description="The portal has registered that code already")
+    @blp.doc(operationId="registerCurrency", security=BEARER_AUTH)
+    def post(self, data):
+        """Register a community currency of the calling portal's ledger
+
+        Its code is namespaced by the portal: TALENT registered by portal `brixton`
+        becomes `brixton:TALENT`."""
+        with transaction() as session:
+            portal = require_portal(session)
+            return currencies.register_currency(session, portal_id=portal.id, **data)
+
+
+@blp.route("/currencies/<string:code>", parameters=[CODE])
+class CurrencyByCode(MethodView):
+    @blp.response(200, CurrencySchema)
+    @blp.doc(operationId="getCurrency")
+    def get(self, code: str):
+        """Read one currency"""
+        with transaction() as session:
+            return currencies.get_currency(session, code=code)
+
+    @blp.arguments(CurrencyPatchSchema)
+    @blp.response(200, CurrencySchema)
+    @blp.doc(operationId="updateCurrency", security=BEARER_AUTH)
+    def patch(self, changes, code: str):
+        """Change the calling portal's community currency"""
+        with transaction() as session:
+            portal = require_portal(session)
+            return currencies.update_currency(
+                session, portal_id=portal.id, code=code, changes=changes
+            )
+
+    @blp.response(204)
+    @blp.alt_response(409, description="Ads or portal defaults still use the currency")
+    @blp.doc(operationId="deleteCurrency", security=BEARER_AUTH)
+    def delete(self, code: str):
+        """Remove the calling portal's community currency, when nothing uses it"""
+        with transaction() as session:
+            portal = require_portal(session)
+            currencies.delete_currency(session, portal_id=portal.id, code=code)

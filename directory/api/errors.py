@@ -1,0 +1,152 @@
+"""One error envelope for the whole API, mapped in one place:
+{"code": 400, "status": "Bad Request", "error": "invalid_input", "message": "...",
+ "errors": {"json": {"location": {"lat": ["Must be between -90 and 90."]}}}}"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import jsonify
+from marshmallow import Schema, fields
+from psycopg import errors as pg_errors
+from sqlalchemy.exc import IntegrityError, OperationalError
+from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnavailable
+
+from directory.errors import DirectoryError
+
+log = logging.getLogger("directory.api")
+
+# Where a domain error's field lives, for the `errors` map.
+DEFAULT_LOCATION = "json"
+
+# Machine codes for plain HTTP errors, when nothing more specific was given.
+HTTP_ERROR_CODES = {
+    400: "bad_request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
+    412: "precondition_failed",
+    413: "request_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    428: "precondition_required",
+    429: "rate_limited",
+    500: "internal_error",
+    503: "unavailable",
+}
+
+
+class ErrorSchema(Schema):
+    code = fields.Integer(metadata={"description": "HTTP status code"})
+    status = fields.String(metadata={"description": "HTTP status name"})
+    error = fields.String(
+        metadata={"description": "Stable machine-readable error code, e.g. unknown_currency"}
+    )
+    message = fields.String(metadata={"description": "What went wrong, for a person"})
+    errors = fields.Dict(
+        metadata={
+            "description": "Problems by location (json, query, path, headers), then by field "
+            "path, each a list of messages"
+        }
+    )
+
+
+def envelope(status: int, *, error: str, message: str, errors: dict | None = None, name=None):
+    from http import HTTPStatus
+
+    body = {
+        "code": status,
+        "status": name or HTTPStatus(status).phrase,
+        "error": error,
+        "message": message,
+    }
+    if errors:
+        body["errors"] = errors
+    response = jsonify(body)
+    response.status_code = status
+    return response
+
+
+def _field_errors(location: str, field: str | None, message: str) -> dict | None:
+    if not field:
+        return None
+    node: dict = {}
+    cursor = node
+    parts = field.split(".")
+    for part in parts[:-1]:
+        cursor = cursor.setdefault(part, {})
+    cursor[parts[-1]] = [message]
+    return {location: node}
+
+
+def handle_directory_error(error: DirectoryError):
+    location = error.details.get("location", DEFAULT_LOCATION)
+    response = envelope(
+        error.status,
+        error=error.code,
+        message=error.message,
+        errors=_field_errors(location, error.field, error.message),
+    )
+    if error.status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="directory"'
+    return response
+
+
+def handle_http_exception(error: HTTPException):
+    data = getattr(error, "data", None) or {}
+    status = error.code or 500
+    errors = data.get("messages") or data.get("errors")
+    message = data.get("message")
+    if message is None:
+        if status == 422 or (status == 400 and errors):
+            message = "The request has invalid fields; see errors."
+        elif isinstance(error, InternalServerError):
+            message = "Internal error."
+        else:
+            message = error.description or error.name
+    code = data.get("error") or HTTP_ERROR_CODES.get(status, "error")
+    if status in (400, 422) and errors:
+        code = "validation_error"
+    response = envelope(status, error=code, message=message, errors=errors, name=error.name)
+    for header, value in (data.get("headers") or {}).items():
+        response.headers[header] = value
+    if hasattr(error, "get_headers"):
+        for header, value in error.get_headers():
+            if header.lower() not in ("content-type",):
+                response.headers.setdefault(header, value)
+    return response
+
+
+def handle_integrity_error(error: IntegrityError):
+    constraint = getattr(getattr(error.orig, "diag", None), "constraint_name", None)
+    log.info("integrity error on %s", constraint)
+    return envelope(
+        409,
+        error="constraint_violation",
+        message=f"the change conflicts with existing data (constraint {constraint}); "
+        "if two requests raced, retry",
+        errors={"constraint": constraint} if constraint else None,
+    )
+
+
+def handle_operational_error(error: OperationalError):
+    if isinstance(error.orig, pg_errors.QueryCanceled | pg_errors.LockNotAvailable):
+        return envelope(503, error="busy", message="the database is busy; retry shortly")
+    log.exception("database unavailable")
+    return handle_http_exception(ServiceUnavailable("the database is unavailable; retry shortly"))
+
+
+def handle_unexpected(error: Exception):
+    log.exception("unhandled error")
+    return handle_http_exception(InternalServerError())
+
+
+def register_error_handlers(app) -> None:
+    app.register_error_handler(DirectoryError, handle_directory_error)
+    app.register_error_handler(HTTPException, handle_http_exception)
+    app.register_error_handler(IntegrityError, handle_integrity_error)
+    app.register_error_handler(OperationalError, handle_operational_error)
+    app.register_error_handler(Exception, handle_unexpected)

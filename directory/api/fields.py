@@ -1,0 +1,104 @@
+"""Field types and validators shared by the schemas."""
+
+from __future__ import annotations
+
+import re
+
+from marshmallow import Schema, ValidationError, fields, utils, validate
+
+from directory.services.ads import EXTERNAL_ID
+
+# Control characters break logs and terminals, and PostgreSQL text cannot hold NUL.
+CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+LINE_BREAKS = re.compile(r"[\r\n\t]")
+BCP47 = re.compile(r"^[a-z]{2,3}(?:-[A-Za-z0-9]{1,8})*$")
+HANDLE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+EMAIL_LIKE = re.compile(r"[^@\s]+@[^@\s]+")
+PHONE_SEPARATORS = re.compile(r"[\s().-]")
+LEDGER_ACCOUNT = re.compile(r"^[A-Za-z0-9._:@/-]{1,128}$")
+SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$")
+
+
+class Text(fields.String):
+    """A string with no control characters; single-line unless `multiline=True`, and
+    never blank when required."""
+
+    def __init__(self, *args, multiline: bool = False, allow_blank: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.multiline = multiline
+        self.allow_blank = allow_blank
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if CONTROL_CHARS.search(text):
+            raise ValidationError("Must not contain control characters.")
+        if not self.multiline and LINE_BREAKS.search(text):
+            raise ValidationError("Must be a single line (no line breaks or tabs).")
+        if not self.allow_blank and not text.strip():
+            raise ValidationError("Must not be blank.")
+        return text
+
+
+def validate_member_handle(value: str) -> None:
+    """A member is an opaque handle. The directory never holds contact details, so
+    anything that looks like an email address or a phone number is refused."""
+    if EMAIL_LIKE.search(value):
+        raise ValidationError(
+            "Must be the portal's opaque member handle, not an email address."
+        )
+    digits = re.sub(r"\D", "", value)
+    if re.fullmatch(r"\+?[\d\s().-]+", value) and 7 <= len(digits) <= 15 and (
+        value.startswith(("+", "0")) or PHONE_SEPARATORS.search(value)
+    ):
+        raise ValidationError("Must be the portal's opaque member handle, not a phone number.")
+    if not HANDLE.match(value):
+        raise ValidationError(
+            "Must be 1 to 64 letters, digits, '.', '_', ':' or '-' (an opaque handle)."
+        )
+
+
+def external_id_field(**kwargs) -> fields.String:
+    return fields.String(
+        validate=validate.Regexp(
+            EXTERNAL_ID,
+            error="Must be 1 to 128 letters, digits, '.', '_', ':', '~' or '-'.",
+        ),
+        metadata={"description": "The portal's own id for the ad", "example": "ad-1842"},
+        **kwargs,
+    )
+
+
+class PerItemList(fields.List):
+    """A list documented as a list of its inner schema, but loaded item by item: an item
+    that fails validation becomes an `ItemErrors` in its place instead of failing the
+    whole list, so a batch can report per item."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not utils.is_sequence_but_not_string(value):
+            raise self.make_error("invalid")
+        loaded = []
+        for index, item in enumerate(value):
+            try:
+                loaded.append(self.inner.deserialize(item, **kwargs))
+            except ValidationError as error:
+                loaded.append(ItemErrors(index, item, error.messages))
+        return loaded
+
+
+class ItemErrors:
+    def __init__(self, index: int, raw, messages):
+        self.index = index
+        self.raw = raw
+        self.messages = messages if isinstance(messages, dict) else {"_schema": messages}
+
+    @property
+    def external_id(self) -> str | None:
+        value = self.raw.get("external_id") if isinstance(self.raw, dict) else None
+        return value if isinstance(value, str) and EXTERNAL_ID.match(value) else None
+
+
+class CursorPageSchema(Schema):
+    next_cursor = fields.String(
+        allow_none=True,
+        metadata={"description": "Pass as `cursor` for the next page; null on the last page"},
+    )

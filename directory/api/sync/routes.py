@@ -1,0 +1,159 @@
+"""Sync sessions: an atomic full resync spread over several requests."""
+
+from __future__ import annotations
+
+import uuid
+
+from flask.views import MethodView
+from marshmallow import Schema, fields, validate
+
+from directory.api.ads.routes import result_rows
+from directory.api.ads.schemas import AdPutSchema, ItemResultSchema
+from directory.api.auth import BEARER_AUTH, require_portal
+from directory.api.blueprint import Blueprint
+from directory.api.db import transaction, wiring
+from directory.api.fields import ItemErrors, PerItemList, external_id_field
+from directory.errors import NotFound
+from directory.models import SyncStatus
+from directory.services import sync
+from directory.services.ads import MAX_BATCH_ITEMS
+
+blp = Blueprint("sync", __name__, url_prefix="/v1", description="Full resync in several requests")
+
+SESSION_ID = {
+    "in": "path",
+    "name": "session_id",
+    "required": True,
+    "schema": {"type": "string", "format": "uuid"},
+}
+
+
+class SyncSessionSchema(Schema):
+    id = fields.UUID()
+    status = fields.Enum(SyncStatus, by_value=True)
+    created_at = fields.DateTime()
+    expires_at = fields.DateTime(metadata={"description": "Commit before this, or start again"})
+    finished_at = fields.DateTime(allow_none=True)
+    staged = fields.Integer(metadata={"description": "Ads staged so far"})
+    rejected = fields.Integer(metadata={"description": "Ads rejected so far (kept as they are)"})
+
+
+class StageItemSchema(Schema):
+    external_id = external_id_field(required=True)
+    ad = fields.Nested(AdPutSchema, required=True)
+
+
+class StageSchema(Schema):
+    items = PerItemList(
+        fields.Nested(StageItemSchema),
+        required=True,
+        validate=validate.Length(1, MAX_BATCH_ITEMS),
+        metadata={"description": f"1 to {MAX_BATCH_ITEMS} ads; an external id sent again replaces"},
+    )
+
+
+class StageResultSchema(Schema):
+    results = fields.List(fields.Nested(ItemResultSchema))
+    session = fields.Nested(SyncSessionSchema)
+
+
+class CommitResultSchema(Schema):
+    session = fields.Nested(SyncSessionSchema)
+    created = fields.Integer()
+    updated = fields.Integer()
+    unchanged = fields.Integer()
+    deleted = fields.Integer(metadata={"description": "Ads of the portal that were not staged"})
+    kept_rejected = fields.Integer(metadata={"description": "Rejected ads, kept as they were"})
+    rejected_items = fields.List(fields.Nested(ItemResultSchema))
+
+
+def _session_id(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise NotFound(f"no sync session {value!r}", field="session_id") from None
+
+
+@blp.route("/sync-sessions")
+class SyncSessions(MethodView):
+    @blp.response(201, SyncSessionSchema)
+    @blp.doc(operationId="openSyncSession", security=BEARER_AUTH)
+    def post(self):
+        """Open a sync session for a full resync of the calling portal's ads
+
+        Stage every ad with POST .../items (many requests if need be), then commit:
+        the staged ads become the portal's complete set, at once. Nothing changes
+        before the commit; abort with DELETE."""
+        with transaction() as session:
+            portal = require_portal(session)
+            return sync.open_session(session, portal_id=portal.id, ttl=wiring().sync_session_ttl)
+
+
+@blp.route("/sync-sessions/<string:session_id>", parameters=[SESSION_ID])
+class SyncSessionById(MethodView):
+    @blp.response(200, SyncSessionSchema)
+    @blp.doc(operationId="getSyncSession", security=BEARER_AUTH)
+    def get(self, session_id: str):
+        """Read a sync session's state and counts"""
+        with transaction() as session:
+            portal = require_portal(session)
+            return sync.get_session(session, portal_id=portal.id, session_id=_session_id(session_id))
+
+    @blp.response(204)
+    @blp.doc(operationId="abortSyncSession", security=BEARER_AUTH)
+    def delete(self, session_id: str):
+        """Abort a sync session: nothing it staged is applied"""
+        with transaction() as session:
+            portal = require_portal(session)
+            sync.abort(session, portal_id=portal.id, session_id=_session_id(session_id))
+
+
+@blp.route("/sync-sessions/<string:session_id>/items", parameters=[SESSION_ID])
+class SyncSessionItems(MethodView):
+    @blp.arguments(StageSchema)
+    @blp.response(200, StageResultSchema)
+    @blp.doc(operationId="stageSyncItems", security=BEARER_AUTH)
+    def post(self, body, session_id: str):
+        """Stage up to 1,000 ads in an open sync session
+
+        Each ad is checked now and reported as staged or rejected."""
+        items = [
+            (item.external_id, item.messages)
+            if isinstance(item, ItemErrors)
+            else (item["external_id"], item["ad"])
+            for item in body["items"]
+        ]
+        with transaction() as session:
+            portal = require_portal(session)
+            sid = _session_id(session_id)
+            results = sync.stage_items(
+                session, portal_id=portal.id, session_id=sid, items=items,
+                lifetimes=wiring().lifetimes,
+            )
+            summary = sync.get_session(session, portal_id=portal.id, session_id=sid)
+        return {"results": result_rows(results), "session": summary}
+
+
+@blp.route("/sync-sessions/<string:session_id>/commit", parameters=[SESSION_ID])
+class SyncSessionCommit(MethodView):
+    @blp.response(200, CommitResultSchema)
+    @blp.doc(operationId="commitSyncSession", security=BEARER_AUTH)
+    def post(self, session_id: str):
+        """Commit: the staged ads replace all of the portal's ads, in one transaction"""
+        with transaction() as session:
+            portal = require_portal(session)
+            result = sync.commit(
+                session, portal_id=portal.id, session_id=_session_id(session_id),
+                lifetimes=wiring().lifetimes,
+            )
+        return {
+            "session": result.summary,
+            "created": result.created,
+            "updated": result.updated,
+            "unchanged": result.unchanged,
+            "deleted": result.deleted,
+            "kept_rejected": result.kept_rejected,
+            "rejected_items": result_rows(result.rejected_items),
+        }
+
+

@@ -1,0 +1,56 @@
+"""Domain errors: each carries its HTTP status, a stable machine code and, where it
+concerns one input, the field it is about. Services raise them; the API maps them once."""
+
+from __future__ import annotations
+
+
+class DirectoryError(Exception):
+    status = 400
+    code = "bad_request"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        code: str | None = None,
+        details: dict | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.details = details or {}
+        if code:
+            self.code = code
+
+
+class InvalidInput(DirectoryError):
+    """Input that is well-formed but breaks a rule only the domain knows (unknown code...)."""
+
+    status = 400
+    code = "invalid_input"
+
+
+class Unauthenticated(DirectoryError):
+    status = 401
+    code = "unauthenticated"
+
+
+class Forbidden(DirectoryError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(DirectoryError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(DirectoryError):
+    status = 409
+    code = "conflict"
+
+
+class PreconditionFailed(DirectoryError):
+    status = 412
+    code = "precondition_failed"

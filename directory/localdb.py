@@ -1,0 +1,144 @@
+"""A private PostgreSQL + PostGIS cluster in a folder, for `make run` and the tests.
+
+It runs on a free loopback port with its socket inside the folder, so it never touches
+a system cluster. PostgreSQL refuses to run as root, so as root the cluster belongs to
+the `postgres` system user that Debian's package creates."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+PG_BIN = Path(os.environ.get("DIRECTORY_PG_BIN", "/usr/lib/postgresql/15/bin"))
+DATABASE = "directory"
+USER = "directory"
+START_TIMEOUT_S = 30
+
+
+@dataclass(frozen=True)
+class LocalCluster:
+    folder: Path
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://{USER}@127.0.0.1:{self.port}/{DATABASE}"
+
+    def admin_url(self, database: str = DATABASE) -> str:
+        return f"postgresql://{USER}@127.0.0.1:{self.port}/{database}"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _run_as_owner(args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    if os.geteuid() == 0:
+        args = ["runuser", "-u", "postgres", "--", *args]
+    return subprocess.run(args, check=True, **kwargs)
+
+
+def _give_to_owner(path: Path) -> None:
+    if os.geteuid() == 0:
+        owner = pwd.getpwnam("postgres")
+        for current in [path, *path.rglob("*")]:
+            os.chown(current, owner.pw_uid, owner.pw_gid)
+
+
+def _is_running(data: Path) -> bool:
+    return (data / "postmaster.pid").exists() and subprocess.run(
+        [str(PG_BIN / "pg_ctl"), "status", "-D", str(data)], capture_output=True
+    ).returncode == 0
+
+
+def start(folder: Path, *, port: int | None = None, fsync: bool = True) -> LocalCluster:
+    """Start (creating it first if needed) the cluster in `folder`; safe to call again."""
+    folder = folder.resolve()
+    data = folder / "data"
+    port_file = folder / "port"
+    if _is_running(data):
+        return LocalCluster(folder, int(port_file.read_text()))
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (data / "PG_VERSION").exists():
+        data.mkdir(exist_ok=True)
+        _give_to_owner(folder)
+        _run_as_owner(
+            [
+                str(PG_BIN / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                USER,
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C.UTF-8",
+            ],
+            capture_output=True,
+        )
+    port = port or _free_port()
+    port_file.write_text(str(port))
+    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {folder} -c max_connections=200"
+    if not fsync:
+        # Throwaway test clusters: durability is not what is being tested.
+        options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    _give_to_owner(folder)
+    _run_as_owner(
+        [
+            str(PG_BIN / "pg_ctl"),
+            "start",
+            "-D",
+            str(data),
+            "-w",
+            "-t",
+            str(START_TIMEOUT_S),
+            "-l",
+            str(folder / "postgres.log"),
+            "-o",
+            options,
+        ],
+        capture_output=True,
+    )
+    cluster = LocalCluster(folder, port)
+    _create_database(cluster)
+    return cluster
+
+
+def _create_database(cluster: LocalCluster) -> None:
+    import psycopg
+
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        try:
+            with psycopg.connect(cluster.admin_url("postgres"), autocommit=True) as conn:
+                exists = conn.execute(
+                    "SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)
+                ).fetchone()
+                if not exists:
+                    conn.execute(f"CREATE DATABASE {DATABASE}")
+                return
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def stop(folder: Path) -> None:
+    data = folder.resolve() / "data"
+    if _is_running(data):
+        _run_as_owner(
+            [str(PG_BIN / "pg_ctl"), "stop", "-D", str(data), "-m", "fast", "-w"],
+            capture_output=True,
+        )
+
+
+def destroy(folder: Path) -> None:
+    stop(folder)
+    shutil.rmtree(folder, ignore_errors=True)

@@ -1,0 +1,24 @@
+"""Persistence: tables as SQLAlchemy models. Importing this package registers them all."""
+
+from directory.models.ads import Ad, AdChange, AdKind, ChangeOp, PriceUnit, Visibility
+from directory.models.categories import Category
+from directory.models.currencies import Currency
+from directory.models.portals import Portal, PortalKey, PortalStatus
+from directory.models.sync import SyncSession, SyncSessionItem, SyncStatus
+
+__all__ = [
+    "Ad",
+    "AdChange",
+    "AdKind",
+    "Category",
+    "ChangeOp",
+    "Currency",
+    "Portal",
+    "PortalKey",
+    "PortalStatus",
+    "PriceUnit",
+    "SyncSession",
+    "SyncSessionItem",
+    "SyncStatus",
+    "Visibility",
+]

@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime
+from decimal import Decimal
+
+from geoalchemy2 import Geography
+from sqlalchemy import (
+    ARRAY,
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+    Uuid,
+    text,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from directory.db import Base
+from directory.geo import Privacy
+from directory.models.types import created_at_column, enum_column, updated_at_column
+
+
+class AdKind(enum.StrEnum):
+    OFFER = "offer"
+    WANT = "want"
+
+
+class Visibility(enum.StrEnum):
+    PUBLIC = "public"
+    PORTAL = "portal"  # seen only by the owning portal
+
+
+class PriceUnit(enum.StrEnum):
+    ONCE = "once"
+    ITEM = "item"
+    HOUR = "hour"
+    DAY = "day"
+    WEEK = "week"
+    MONTH = "month"
+    KG = "kg"
+
+
+class ChangeOp(enum.StrEnum):
+    UPSERT = "upsert"
+    DELETE = "delete"
+
+
+class Ad(Base):
+    """An offer or a want, published by a portal on behalf of one of its members."""
+
+    __tablename__ = "ads"
+    __table_args__ = (
+        UniqueConstraint("portal_id", "external_id"),
+        CheckConstraint("char_length(title) BETWEEN 1 AND 200", name="title_length"),
+        CheckConstraint("char_length(body) <= 8000", name="body_length"),
+        CheckConstraint("cardinality(currencies) BETWEEN 1 AND 20", name="currencies_count"),
+        CheckConstraint("cardinality(tags) <= 20", name="tags_count"),
+        CheckConstraint("cardinality(images) <= 10", name="images_count"),
+        CheckConstraint(
+            "(location IS NULL) = (privacy = 'hidden')", name="location_matches_privacy"
+        ),
+        CheckConstraint(
+            "(price_amount IS NULL) = (price_currency IS NULL) "
+            "AND (price_amount IS NULL) = (price_unit IS NULL)",
+            name="price_complete",
+        ),
+        CheckConstraint("price_amount IS NULL OR price_amount >= 0", name="price_not_negative"),
+        CheckConstraint("version >= 1", name="version_positive"),
+        Index(None, "location", postgresql_using="gist"),
+        Index(None, "expires_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    portal_id: Mapped[int] = mapped_column(ForeignKey("portals.id", ondelete="CASCADE"))
+    external_id: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[AdKind] = enum_column(AdKind, "ad_kind")
+    title: Mapped[str] = mapped_column(String(200))
+    body: Mapped[str] = mapped_column(Text)
+    category: Mapped[str] = mapped_column(ForeignKey("categories.code"), index=True)
+    tags: Mapped[list[str]] = mapped_column(ARRAY(String(40)), server_default="{}")
+    # Already snapped to the privacy level: the exact point of a non-exact ad never lands here.
+    location = mapped_column(
+        Geography(geometry_type="POINT", srid=4326, spatial_index=False), nullable=True
+    )
+    privacy: Mapped[Privacy] = enum_column(Privacy, "ad_privacy")
+    visibility: Mapped[Visibility] = enum_column(Visibility, "ad_visibility")
+    currencies: Mapped[list[str]] = mapped_column(ARRAY(String(64)))
+    price_amount: Mapped[Decimal | None] = mapped_column(Numeric(14, 4))
+    price_currency: Mapped[str | None] = mapped_column(String(64))
+    price_unit: Mapped[PriceUnit | None] = enum_column(PriceUnit, "ad_price_unit", nullable=True)
+    language: Mapped[str | None] = mapped_column(String(35))
+    images: Mapped[list[str]] = mapped_column(ARRAY(String(2048)), server_default="{}")
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    member: Mapped[str] = mapped_column(String(64))
+    ledger_account: Mapped[str | None] = mapped_column(String(128))
+    version: Mapped[int] = mapped_column(Integer, server_default="1")
+    # Digest of the ad as the portal sent it: an identical PUT changes nothing.
+    content_hash: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = created_at_column()
+    updated_at: Mapped[datetime] = updated_at_column()
+
+
+class AdChange(Base):
+    """The ordered log of changes to what the public may see, read through the feed.
+
+    Rows are ordered by (txid, seq): a sequence alone is not safe to follow, because a
+    transaction may take a lower number and commit after a higher one has been read.
+    The feed only serves rows whose transaction is older than every transaction still
+    running, and every later row then sorts after them."""
+
+    __tablename__ = "ad_changes"
+    __table_args__ = (Index(None, "txid", "seq"),)
+
+    seq: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    txid: Mapped[int] = mapped_column(
+        BigInteger, server_default=text("(pg_current_xact_id()::text::bigint)")
+    )
+    ad_id: Mapped[uuid.UUID] = mapped_column(Uuid)  # no FK: deletions are logged too
+    portal_id: Mapped[int] = mapped_column(ForeignKey("portals.id", ondelete="CASCADE"), index=True)
+    op: Mapped[ChangeOp] = enum_column(ChangeOp, "ad_change_op")
+    changed_at: Mapped[datetime] = created_at_column()

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+
+from sqlalchemy import (
+    ARRAY,
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    String,
+    Text,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from directory.db import Base
+from directory.models.types import created_at_column, enum_column, updated_at_column
+
+
+class PortalStatus(enum.StrEnum):
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+
+
+class Portal(Base):
+    """A community site or ledger that publishes its members' ads in the directory."""
+
+    __tablename__ = "portals"
+    __table_args__ = (
+        CheckConstraint("slug ~ '^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$'", name="slug_format"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    slug: Mapped[str] = mapped_column(String(40), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    website: Mapped[str | None] = mapped_column(String(2048))
+    contact: Mapped[str | None] = mapped_column(String(320))
+    description: Mapped[str | None] = mapped_column(Text)
+    default_currencies: Mapped[list[str]] = mapped_column(
+        ARRAY(String(64)), server_default="{}", default=list
+    )
+    webhook_url: Mapped[str | None] = mapped_column(String(2048))
+    status: Mapped[PortalStatus] = enum_column(
+        PortalStatus, "portal_status", server_default=PortalStatus.ACTIVE.value
+    )
+    created_at: Mapped[datetime] = created_at_column()
+    updated_at: Mapped[datetime] = updated_at_column()
+
+    keys: Mapped[list[PortalKey]] = relationship(back_populates="portal", lazy="raise")
+
+
+class PortalKey(Base):
+    """An API key of a portal. Only a SHA-256 digest of the key is kept: keys are long
+    random strings, so a fast hash is as safe as a slow one and costs one index lookup."""
+
+    __tablename__ = "portal_keys"
+    __table_args__ = (Index(None, "portal_id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    portal_id: Mapped[int] = mapped_column(ForeignKey("portals.id", ondelete="CASCADE"))
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    # The first characters of the key, shown in listings so an admin can tell keys apart.
+    hint: Mapped[str] = mapped_column(String(16))
+    label: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[datetime] = created_at_column()
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    portal: Mapped[Portal] = relationship(back_populates="keys", lazy="raise")

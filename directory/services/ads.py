@@ -1,0 +1,675 @@
+"""Ads: the upsert, delete and expire rules, applied one at a time or in batches.
+
+Every write goes through `apply_changes`, so a single PUT, a batch and a sync-session
+commit share one set of rules: the privacy snapping, the defaults, the idempotency
+(an identical ad changes nothing), the version and the change log."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from geoalchemy2 import Geometry
+from sqlalchemy import (
+    ARRAY,
+    String,
+    cast,
+    delete,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.orm import Session
+
+from directory.errors import DirectoryError, InvalidInput, NotFound, PreconditionFailed
+from directory.geo import Point, Privacy, publishable_point
+from directory.models import Ad, AdChange, AdKind, ChangeOp, Portal, PortalStatus, PriceUnit
+from directory.models.ads import Visibility
+from directory.services.categories import category_codes, require_known_category
+from directory.services.currencies import unknown_currencies
+
+MAX_BATCH_ITEMS = 1000
+EXTERNAL_ID = re.compile(r"^[A-Za-z0-9._:~-]{1,128}$")
+# Arbitrary constant that keeps our advisory locks apart from anyone else's.
+PORTAL_WRITE_LOCK_NAMESPACE = 0x41D5
+
+
+@dataclass(frozen=True, kw_only=True)
+class Price:
+    amount: Decimal
+    currency: str
+    unit: PriceUnit
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdInput:
+    """An ad as a portal submits it, already checked for shape by the API schemas."""
+
+    kind: AdKind
+    title: str
+    body: str
+    category: str
+    member: str
+    location: Point | None = None
+    privacy: Privacy = Privacy.APPROXIMATE
+    visibility: Visibility = Visibility.PUBLIC
+    tags: tuple[str, ...] = ()
+    currencies: tuple[str, ...] | None = None  # None: the portal's defaults
+    price: Price | None = None
+    language: str | None = None
+    images: tuple[str, ...] = ()
+    expires_at: datetime | None = None  # None: the default lifetime from the last change
+    ledger_account: str | None = None
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["location"] = None if self.location is None else asdict(self.location)
+        if self.price is not None:
+            data["price"] = {**data["price"], "amount": str(self.price.amount)}
+        if self.expires_at is not None:
+            data["expires_at"] = self.expires_at.isoformat()
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> AdInput:
+        data = dict(data)
+        data["kind"] = AdKind(data["kind"])
+        data["privacy"] = Privacy(data["privacy"])
+        data["visibility"] = Visibility(data["visibility"])
+        data["location"] = None if data["location"] is None else Point(**data["location"])
+        data["tags"] = tuple(data["tags"])
+        data["images"] = tuple(data["images"])
+        if data["currencies"] is not None:
+            data["currencies"] = tuple(data["currencies"])
+        if data["price"] is not None:
+            price = data["price"]
+            data["price"] = Price(
+                amount=Decimal(price["amount"]),
+                currency=price["currency"],
+                unit=PriceUnit(price["unit"]),
+            )
+        if data["expires_at"] is not None:
+            data["expires_at"] = datetime.fromisoformat(data["expires_at"])
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Upsert:
+    external_id: str
+    ad: AdInput
+    if_match: str | None = None
+
+
+@dataclass(frozen=True)
+class Delete:
+    external_id: str
+
+
+@dataclass(frozen=True)
+class Expire:
+    external_id: str
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """An item the API could not even parse; carried along so results stay in order."""
+
+    external_id: str | None
+    errors: dict
+
+
+Operation = Upsert | Delete | Expire | Rejected
+
+
+@dataclass
+class ItemResult:
+    external_id: str | None
+    status: str  # created | updated | unchanged | deleted | expired | rejected
+    id: uuid.UUID | None = None
+    version: int | None = None
+    errors: dict | None = None
+
+    @property
+    def etag(self) -> str | None:
+        return None if self.id is None else make_etag(self.id, self.version)
+
+
+@dataclass(frozen=True)
+class AdRecord:
+    """An ad as stored, with its (already snapped) location."""
+
+    id: uuid.UUID
+    portal: str
+    external_id: str
+    kind: AdKind
+    title: str
+    body: str
+    category: str
+    tags: list[str]
+    location: Point | None
+    privacy: Privacy
+    visibility: Visibility
+    currencies: list[str]
+    price: Price | None
+    language: str | None
+    images: list[str]
+    expires_at: datetime
+    member: str
+    ledger_account: str | None
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def etag(self) -> str:
+        return make_etag(self.id, self.version)
+
+    @property
+    def expired(self) -> bool:
+        return self.expires_at <= datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Lifetimes:
+    default: timedelta
+    maximum: timedelta
+
+
+@dataclass
+class ReplaceSummary:
+    results: list[ItemResult] = field(default_factory=list)
+    deleted: int = 0
+
+
+def make_etag(ad_id: uuid.UUID, version: int | None) -> str:
+    # The id part keeps an ETag of a deleted ad from matching a new ad of the same
+    # external id, whose version starts again at 1.
+    return f'"{ad_id.hex[:12]}-{version}"'
+
+
+def content_hash(ad: AdInput, currencies: tuple[str, ...]) -> str:
+    canonical = json.dumps(
+        {**ad.to_json(), "currencies": list(currencies)}, sort_keys=True, ensure_ascii=False
+    )
+    return hashlib.blake2b(canonical.encode(), digest_size=16).hexdigest()
+
+
+def _lock_portal_writes(session: Session, portal_id: int) -> None:
+    """Serialise one portal's writes: classification (created or updated), replace
+    and sync commits then never race with another request of the same portal."""
+    session.execute(
+        text("SELECT pg_advisory_xact_lock(:namespace, :portal_id)"),
+        {"namespace": PORTAL_WRITE_LOCK_NAMESPACE, "portal_id": portal_id},
+    )
+
+
+@dataclass(frozen=True)
+class _Existing:
+    id: uuid.UUID
+    content_hash: str
+    visibility: Visibility
+    version: int
+    expires_at: datetime
+
+
+def _load_existing(session: Session, portal_id: int, external_ids: Iterable[str]):
+    rows = session.execute(
+        select(
+            Ad.external_id, Ad.id, Ad.content_hash, Ad.visibility, Ad.version, Ad.expires_at
+        ).where(
+            Ad.portal_id == portal_id,
+            Ad.external_id == func.any(cast(list(external_ids), ARRAY(String))),
+        )
+    )
+    return {row[0]: _Existing(*row[1:]) for row in rows}
+
+
+class _Context:
+    """What every item of one write needs, loaded once per write."""
+
+    def __init__(self, session: Session, portal: Portal, operations: Sequence[Operation]):
+        self.portal = portal
+        self.categories = category_codes(session)
+        codes = {
+            code
+            for op in operations
+            if isinstance(op, Upsert)
+            for code in (
+                *(op.ad.currencies or ()),
+                *((op.ad.price.currency,) if op.ad.price else ()),
+            )
+        } | set(portal.default_currencies)
+        self.unknown_currencies = set(unknown_currencies(session, codes=codes))
+
+
+def _check_ad(ad: AdInput, ctx: _Context, now: datetime, lifetimes: Lifetimes):
+    """The rules that need the database or the clock; raises InvalidInput."""
+    require_known_category(ctx.categories, ad.category)
+    currencies = (
+        ad.currencies if ad.currencies is not None else tuple(ctx.portal.default_currencies)
+    )
+    if not currencies:
+        raise InvalidInput(
+            "currencies is required: this portal has no default currencies "
+            "(set them with PATCH /v1/portals/me)",
+            field="currencies",
+        )
+    unknown = [code for code in currencies if code in ctx.unknown_currencies]
+    if unknown:
+        raise InvalidInput(
+            f"unknown currency code{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+            "use codes from GET /v1/currencies (ISO 4217, HOUR, GIFT, BARTER or a "
+            "community code such as my-portal:TALENT)",
+            field="currencies" if ad.currencies is not None else "default_currencies",
+            code="unknown_currency",
+        )
+    if ad.price is not None and ad.price.currency not in currencies:
+        raise InvalidInput(
+            f"price.currency {ad.price.currency} must be one of the accepted currencies "
+            f"({', '.join(currencies)})",
+            field="price.currency",
+        )
+    if ad.location is None and ad.privacy is not Privacy.HIDDEN:
+        raise InvalidInput(
+            f"location is required unless privacy is hidden (privacy is {ad.privacy})",
+            field="location",
+        )
+    if ad.expires_at is not None:
+        if ad.expires_at <= now:
+            raise InvalidInput(
+                "expires_at must be in the future; to end an ad now, expire or delete it",
+                field="expires_at",
+            )
+        if ad.expires_at > now + lifetimes.maximum:
+            raise InvalidInput(
+                f"expires_at must be at most {lifetimes.maximum.days} days ahead",
+                field="expires_at",
+            )
+    return currencies
+
+
+def _row(ad: AdInput, currencies: tuple[str, ...], now: datetime, lifetimes: Lifetimes) -> dict:
+    point = publishable_point(ad.location, ad.privacy)
+    return {
+        "kind": ad.kind,
+        "title": ad.title,
+        "body": ad.body,
+        "category": ad.category,
+        "tags": list(ad.tags),
+        "location": None if point is None else point.as_wkt(),
+        "privacy": ad.privacy,
+        "visibility": ad.visibility,
+        "currencies": list(currencies),
+        "price_amount": ad.price.amount if ad.price else None,
+        "price_currency": ad.price.currency if ad.price else None,
+        "price_unit": ad.price.unit if ad.price else None,
+        "language": ad.language,
+        "images": list(ad.images),
+        "expires_at": ad.expires_at or now + lifetimes.default,
+        "member": ad.member,
+        "ledger_account": ad.ledger_account,
+    }
+
+
+def _errors_of(error: DirectoryError) -> dict:
+    return {error.field or "_schema": [error.message]}
+
+
+def check_ads(
+    session: Session, *, portal_id: int, ads: Sequence[AdInput], lifetimes: Lifetimes
+) -> list[dict | None]:
+    """The errors each ad would be rejected with (None when it is fine), without writing."""
+    portal = session.get_one(Portal, portal_id)
+    ctx = _Context(session, portal, [Upsert("", ad) for ad in ads])
+    now = datetime.now(UTC)
+    errors: list[dict | None] = []
+    for ad in ads:
+        try:
+            _check_ad(ad, ctx, now, lifetimes)
+            errors.append(None)
+        except DirectoryError as error:
+            errors.append(_errors_of(error))
+    return errors
+
+
+def apply_changes(
+    session: Session,
+    *,
+    portal_id: int,
+    operations: Sequence[Operation],
+    lifetimes: Lifetimes,
+    reject_errors: bool = False,
+) -> list[ItemResult]:
+    """Apply upserts, deletes and expiries of one portal's ads, in one transaction.
+
+    Items that break a rule are returned as rejected with their errors and the others
+    are applied, unless `reject_errors` is set: then the first error is raised (the
+    single-ad endpoints want a plain 4xx)."""
+    if len(operations) > MAX_BATCH_ITEMS:
+        raise InvalidInput(f"at most {MAX_BATCH_ITEMS} items per write", field="items")
+    _lock_portal_writes(session, portal_id)
+    portal = session.get_one(Portal, portal_id)
+    ctx = _Context(session, portal, operations)
+    now = datetime.now(UTC)
+    existing = _load_existing(
+        session, portal_id, {op.external_id for op in operations if op.external_id}
+    )
+    results: list[ItemResult] = []
+    first_index: dict[str, int] = {}
+    inserts: list[dict] = []
+    updates: list[dict] = []
+    deletions: list[uuid.UUID] = []
+    changes: list[dict] = []
+
+    def change(ad_id: uuid.UUID, op: ChangeOp) -> None:
+        changes.append({"ad_id": ad_id, "portal_id": portal_id, "op": op})
+
+    for index, op in enumerate(operations):
+        try:
+            if isinstance(op, Rejected):
+                results.append(ItemResult(op.external_id, "rejected", errors=op.errors))
+                continue
+            if op.external_id in first_index:
+                raise InvalidInput(
+                    f"external_id {op.external_id!r} appears more than once in this batch "
+                    f"(first at item {first_index[op.external_id]})",
+                    field="external_id",
+                )
+            first_index[op.external_id] = index
+            current = existing.get(op.external_id)
+            if isinstance(op, Upsert):
+                _check_precondition(op, current)
+                currencies = _check_ad(op.ad, ctx, now, lifetimes)
+                digest = content_hash(op.ad, currencies)
+                # Sending an expired ad again renews it, even when nothing else changed.
+                if (
+                    current is not None
+                    and current.content_hash == digest
+                    and current.expires_at > now
+                ):
+                    results.append(
+                        ItemResult(op.external_id, "unchanged", current.id, current.version)
+                    )
+                    continue
+                row = _row(op.ad, currencies, now, lifetimes) | {"content_hash": digest}
+                if current is None:
+                    ad_id = uuid.uuid4()
+                    inserts.append(
+                        row | {"id": ad_id, "portal_id": portal_id, "external_id": op.external_id}
+                    )
+                    results.append(ItemResult(op.external_id, "created", ad_id, 1))
+                    if op.ad.visibility is Visibility.PUBLIC:
+                        change(ad_id, ChangeOp.UPSERT)
+                else:
+                    version = current.version + 1
+                    updates.append(row | {"id": current.id, "version": version})
+                    results.append(ItemResult(op.external_id, "updated", current.id, version))
+                    if op.ad.visibility is Visibility.PUBLIC:
+                        change(current.id, ChangeOp.UPSERT)
+                    elif current.visibility is Visibility.PUBLIC:
+                        change(current.id, ChangeOp.DELETE)  # it left public view
+            elif isinstance(op, Delete):
+                if current is None:
+                    results.append(ItemResult(op.external_id, "unchanged"))
+                    continue
+                deletions.append(current.id)
+                results.append(ItemResult(op.external_id, "deleted", current.id, current.version))
+                if current.visibility is Visibility.PUBLIC:
+                    change(current.id, ChangeOp.DELETE)
+            elif isinstance(op, Expire):
+                if current is None:
+                    raise NotFound(
+                        f"no ad with external_id {op.external_id!r}", field="external_id"
+                    )
+                version = current.version + 1
+                updates.append({"id": current.id, "version": version, "expires_at": now})
+                results.append(ItemResult(op.external_id, "expired", current.id, version))
+                if current.visibility is Visibility.PUBLIC:
+                    change(current.id, ChangeOp.DELETE)  # it left public view
+        except DirectoryError as error:
+            if reject_errors:
+                raise
+            results.append(ItemResult(op.external_id, "rejected", errors=_errors_of(error)))
+
+    if inserts:
+        session.execute(insert(Ad), inserts)
+    if updates:
+        _bulk_update(session, updates)
+    if deletions:
+        session.execute(delete(Ad).where(Ad.id.in_(deletions)))
+    if changes:
+        session.execute(insert(AdChange), changes)
+    return results
+
+
+def _bulk_update(session: Session, updates: list[dict]) -> None:
+    # Rows of one shape go in one executemany; expiries have fewer columns than upserts.
+    by_shape: dict[tuple[str, ...], list[dict]] = {}
+    for row in updates:
+        by_shape.setdefault(tuple(sorted(row)), []).append(row)
+    for rows in by_shape.values():
+        session.execute(update(Ad).values(updated_at=func.now()), rows)
+
+
+def _check_precondition(op: Upsert, current: _Existing | None) -> None:
+    if op.if_match is None:
+        return
+    if current is None:
+        raise PreconditionFailed("If-Match was given but the ad does not exist", field="If-Match")
+    if op.if_match.strip() == "*":
+        return
+    allowed = {tag.strip() for tag in op.if_match.split(",")}
+    if make_etag(current.id, current.version) not in allowed:
+        raise PreconditionFailed(
+            "the ad has changed since that ETag: fetch it again, then retry",
+            field="If-Match",
+        )
+
+
+def replace_all(
+    session: Session,
+    *,
+    portal_id: int,
+    operations: Sequence[Operation],
+    lifetimes: Lifetimes,
+) -> ReplaceSummary:
+    """The batch is the portal's complete set: upsert it, delete every other ad.
+    An ad whose item was rejected is kept as it is, never deleted by omission."""
+    if any(isinstance(op, Delete | Expire) for op in operations):
+        raise InvalidInput(
+            "a replace batch holds only upserts: ads left out of it are deleted",
+            field="items",
+        )
+    results = apply_changes(
+        session, portal_id=portal_id, operations=operations, lifetimes=lifetimes
+    )
+    keep = [op.external_id for op in operations if op.external_id]
+    deleted = delete_all_but(session, portal_id=portal_id, keep=keep)
+    return ReplaceSummary(results=results, deleted=deleted)
+
+
+def delete_all_but(session: Session, *, portal_id: int, keep, keep_subquery=None) -> int:
+    """Delete the portal's ads whose external id is not kept; `keep` is a list of ids
+    or, for large sets, a SELECT of external ids. Returns how many were deleted."""
+    kept = (
+        keep_subquery
+        if keep_subquery is not None
+        else select(func.unnest(cast(keep, ARRAY(String))).column_valued("external_id"))
+    )
+    gone = session.execute(
+        delete(Ad)
+        .where(Ad.portal_id == portal_id, Ad.external_id.not_in(kept))
+        .returning(Ad.id, Ad.visibility)
+    ).all()
+    public = [
+        {"ad_id": ad_id, "portal_id": portal_id, "op": ChangeOp.DELETE}
+        for ad_id, visibility in gone
+        if visibility is Visibility.PUBLIC
+    ]
+    if public:
+        session.execute(insert(AdChange), public)
+    return len(gone)
+
+
+# --- reading -----------------------------------------------------------------------------
+
+_RECORD_COLUMNS = (
+    Ad.id,
+    Portal.slug,
+    Ad.external_id,
+    Ad.kind,
+    Ad.title,
+    Ad.body,
+    Ad.category,
+    Ad.tags,
+    func.ST_Y(cast(Ad.location, Geometry)).label("lat"),
+    func.ST_X(cast(Ad.location, Geometry)).label("lon"),
+    Ad.privacy,
+    Ad.visibility,
+    Ad.currencies,
+    Ad.price_amount,
+    Ad.price_currency,
+    Ad.price_unit,
+    Ad.language,
+    Ad.images,
+    Ad.expires_at,
+    Ad.member,
+    Ad.ledger_account,
+    Ad.version,
+    Ad.created_at,
+    Ad.updated_at,
+)
+
+
+def _records_query():
+    return select(*_RECORD_COLUMNS).join(Portal, Portal.id == Ad.portal_id)
+
+
+def _record(row) -> AdRecord:
+    (ad_id, slug, external_id, kind, title, body, category, tags, lat, lon, privacy,
+     visibility, currencies, amount, currency, unit, language, images, expires_at,
+     member, ledger_account, version, created_at, updated_at) = row  # fmt: skip
+    return AdRecord(
+        id=ad_id,
+        portal=slug,
+        external_id=external_id,
+        kind=kind,
+        title=title,
+        body=body,
+        category=category,
+        tags=tags,
+        location=None if lat is None else Point(lat, lon),
+        privacy=privacy,
+        visibility=visibility,
+        currencies=currencies,
+        price=None if amount is None else Price(amount=amount, currency=currency, unit=unit),
+        language=language,
+        images=images,
+        expires_at=expires_at,
+        member=member,
+        ledger_account=ledger_account,
+        version=version,
+        created_at=created_at,
+        updated_at=updated_at,
+    )
+
+
+def public_condition():
+    """What the world may see: public, unexpired, of an active portal."""
+    return (
+        (Ad.visibility == Visibility.PUBLIC)
+        & (Ad.expires_at > func.now())
+        & (Portal.status == PortalStatus.ACTIVE)
+    )
+
+
+def get_public_ad(session: Session, *, ad_id: uuid.UUID) -> AdRecord:
+    row = session.execute(_records_query().where(Ad.id == ad_id, public_condition())).one_or_none()
+    if row is None:
+        raise NotFound(f"no public ad with id {ad_id}", field="ad_id")
+    return _record(row)
+
+
+def get_public_ads(session: Session, *, ad_ids: list[uuid.UUID]) -> dict[uuid.UUID, AdRecord]:
+    rows = session.execute(_records_query().where(Ad.id.in_(ad_ids), public_condition()))
+    return {record.id: record for record in map(_record, rows)}
+
+
+def get_own_ad(session: Session, *, portal_id: int, external_id: str) -> AdRecord:
+    row = session.execute(
+        _records_query().where(Ad.portal_id == portal_id, Ad.external_id == external_id)
+    ).one_or_none()
+    if row is None:
+        raise NotFound(f"no ad with external_id {external_id!r}", field="external_id")
+    return _record(row)
+
+
+def list_own_ads(
+    session: Session,
+    *,
+    portal_id: int,
+    after: str | None,
+    limit: int,
+    include_expired: bool = True,
+) -> tuple[list[AdRecord], str | None]:
+    """A page of the portal's ads in external-id order, and the id to continue after."""
+    query = _records_query().where(Ad.portal_id == portal_id)
+    if after is not None:
+        query = query.where(Ad.external_id > after)
+    if not include_expired:
+        query = query.where(Ad.expires_at > func.now())
+    rows = session.execute(query.order_by(Ad.external_id).limit(limit + 1)).all()
+    records = [_record(row) for row in rows[:limit]]
+    return records, (records[-1].external_id if len(rows) > limit else None)
+
+
+def upsert_ad(
+    session: Session,
+    *,
+    portal_id: int,
+    external_id: str,
+    ad: AdInput,
+    if_match: str | None,
+    lifetimes: Lifetimes,
+) -> tuple[ItemResult, AdRecord]:
+    (result,) = apply_changes(
+        session,
+        portal_id=portal_id,
+        operations=[Upsert(external_id, ad, if_match)],
+        lifetimes=lifetimes,
+        reject_errors=True,
+    )
+    return result, get_own_ad(session, portal_id=portal_id, external_id=external_id)
+
+
+def delete_ad(session: Session, *, portal_id: int, external_id: str, lifetimes: Lifetimes) -> bool:
+    """True when an ad was deleted, False when there was none (deleting twice is harmless)."""
+    (result,) = apply_changes(
+        session,
+        portal_id=portal_id,
+        operations=[Delete(external_id)],
+        lifetimes=lifetimes,
+        reject_errors=True,
+    )
+    return result.status == "deleted"
+
+
+def expire_ad(
+    session: Session, *, portal_id: int, external_id: str, lifetimes: Lifetimes
+) -> AdRecord:
+    apply_changes(
+        session,
+        portal_id=portal_id,
+        operations=[Expire(external_id)],
+        lifetimes=lifetimes,
+        reject_errors=True,
+    )
+    return get_own_ad(session, portal_id=portal_id, external_id=external_id)

@@ -1,0 +1,234 @@
+"""The registry of currencies an ad may accept.
+
+Built in: every active ISO 4217 currency, hours (time banks), gift and barter.
+Registered: the community currencies of portals' ledgers, namespaced by portal slug."""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+from decimal import Decimal
+from functools import cache
+
+import pycountry
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from directory.errors import Conflict, Forbidden, InvalidInput, NotFound
+from directory.models import Ad, Currency, Portal
+
+COMMUNITY_CODE = re.compile(r"^[A-Z][A-Z0-9]{1,11}$")
+# Listed in error messages when an unknown code is refused; the full list is one GET away.
+MAX_CODES_IN_MESSAGE = 12
+
+
+class CurrencyKind(enum.StrEnum):
+    NATIONAL = "national"
+    TIME = "time"
+    GIFT = "gift"
+    BARTER = "barter"
+    COMMUNITY = "community"
+
+
+@dataclass(frozen=True)
+class CurrencyInfo:
+    code: str
+    kind: CurrencyKind
+    name: str
+    portal: str | None = None
+    symbol: str | None = None
+    value_hours: Decimal | None = None
+    value_amount: Decimal | None = None
+    value_currency: str | None = None
+
+
+# Codes that are not ISO 4217; ISO reserves X-prefixed codes, so these cannot clash.
+HOUR = "HOUR"
+GIFT = "GIFT"
+BARTER = "BARTER"
+
+
+@cache
+def builtin_currencies() -> dict[str, CurrencyInfo]:
+    builtin = {
+        HOUR: CurrencyInfo(HOUR, CurrencyKind.TIME, "Hour of time", value_hours=Decimal(1)),
+        GIFT: CurrencyInfo(GIFT, CurrencyKind.GIFT, "Gift (nothing in return)"),
+        BARTER: CurrencyInfo(BARTER, CurrencyKind.BARTER, "Barter (a swap of goods or services)"),
+    }
+    for currency in sorted(pycountry.currencies, key=lambda c: c.alpha_3):
+        # X-codes are precious metals, testing and "no currency", not things to pay in.
+        if not currency.alpha_3.startswith("X"):
+            builtin[currency.alpha_3] = CurrencyInfo(
+                currency.alpha_3, CurrencyKind.NATIONAL, currency.name
+            )
+    return builtin
+
+
+def _community_info(currency: Currency, portal_slug: str) -> CurrencyInfo:
+    return CurrencyInfo(
+        code=currency.code,
+        kind=CurrencyKind.COMMUNITY,
+        name=currency.name,
+        portal=portal_slug,
+        symbol=currency.symbol,
+        value_hours=currency.value_hours,
+        value_amount=currency.value_amount,
+        value_currency=currency.value_currency,
+    )
+
+
+def list_currencies(
+    session: Session, *, kind: CurrencyKind | None = None, portal: str | None = None
+) -> list[CurrencyInfo]:
+    result: list[CurrencyInfo] = []
+    if portal is None and kind in (None, *set(CurrencyKind) - {CurrencyKind.COMMUNITY}):
+        result.extend(c for c in builtin_currencies().values() if kind in (None, c.kind))
+    if kind in (None, CurrencyKind.COMMUNITY):
+        query = select(Currency, Portal.slug).join(Portal).order_by(Currency.code)
+        if portal is not None:
+            query = query.where(Portal.slug == portal)
+        result.extend(_community_info(row, slug) for row, slug in session.execute(query))
+    return result
+
+
+def get_currency(session: Session, *, code: str) -> CurrencyInfo:
+    if code in builtin_currencies():
+        return builtin_currencies()[code]
+    row = session.execute(
+        select(Currency, Portal.slug).join(Portal).where(Currency.code == code)
+    ).one_or_none()
+    if row is None:
+        raise NotFound(f"no currency with code {code!r}", field="code")
+    return _community_info(*row)
+
+
+def require_known_currencies(
+    session: Session, *, codes: list[str], field: str, portal: Portal | None = None
+) -> None:
+    """Refuse codes that are not registered, naming the allowed ones. Community codes are
+    share-locked until the transaction ends, so they cannot be deleted under our feet."""
+    unknown = unknown_currencies(session, codes=codes)
+    if unknown:
+        raise InvalidInput(
+            _unknown_message(session, unknown, portal), field=field, code="unknown_currency"
+        )
+
+
+def unknown_currencies(session: Session, *, codes: list[str] | set[str]) -> list[str]:
+    builtin = builtin_currencies()
+    community = sorted({code for code in codes if code not in builtin})
+    if not community:
+        return []
+    found = set(
+        session.scalars(
+            select(Currency.code).where(Currency.code.in_(community)).with_for_update(read=True)
+        )
+    )
+    return [code for code in community if code not in found]
+
+
+def _unknown_message(session: Session, unknown: list[str], portal: Portal | None) -> str:
+    allowed = [HOUR, GIFT, BARTER, "any ISO 4217 code such as EUR"]
+    if portal is not None:
+        own = session.scalars(
+            select(Currency.code).where(Currency.portal_id == portal.id).order_by(Currency.code)
+        ).all()
+        allowed = list(own[:MAX_CODES_IN_MESSAGE]) + allowed
+    return (
+        f"unknown currency code{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+        f"use {', '.join(allowed)}, or a community code from GET /v1/currencies"
+    )
+
+
+def register_currency(
+    session: Session,
+    *,
+    portal_id: int,
+    code: str,
+    name: str,
+    symbol: str | None = None,
+    value_hours: Decimal | None = None,
+    value_amount: Decimal | None = None,
+    value_currency: str | None = None,
+) -> CurrencyInfo:
+    """Register a community currency; `code` is the short code, namespaced here."""
+    portal = session.get_one(Portal, portal_id)
+    if not COMMUNITY_CODE.match(code):
+        raise InvalidInput(
+            "code must be 2 to 12 capital letters or digits, starting with a letter",
+            field="code",
+        )
+    full_code = f"{portal.slug}:{code}"
+    _check_value(value_amount, value_currency)
+    if session.get(Currency, full_code) is not None:
+        raise Conflict(f"currency {full_code} is registered already", field="code")
+    currency = Currency(
+        code=full_code,
+        portal_id=portal.id,
+        name=name,
+        symbol=symbol,
+        value_hours=value_hours,
+        value_amount=value_amount,
+        value_currency=value_currency,
+    )
+    session.add(currency)
+    session.flush()
+    return _community_info(currency, portal.slug)
+
+
+def _check_value(value_amount: Decimal | None, value_currency: str | None) -> None:
+    if (value_amount is None) != (value_currency is None):
+        raise InvalidInput(
+            "value_amount and value_currency go together: give both or neither",
+            field="value_currency" if value_currency is None else "value_amount",
+        )
+    if value_currency is not None and builtin_currencies().get(value_currency, None) is None:
+        raise InvalidInput(
+            f"value_currency must be an ISO 4217 code such as EUR, not {value_currency!r}",
+            field="value_currency",
+        )
+    if value_currency is not None and builtin_currencies()[value_currency].kind != "national":
+        raise InvalidInput(
+            f"value_currency must be a national currency, not {value_currency}",
+            field="value_currency",
+        )
+
+
+def _owned_currency(session: Session, *, portal_id: int, code: str) -> Currency:
+    currency = session.scalar(select(Currency).where(Currency.code == code).with_for_update())
+    if currency is None:
+        raise NotFound(f"no community currency with code {code!r}", field="code")
+    if currency.portal_id != portal_id:
+        raise Forbidden(f"currency {code} belongs to another portal", field="code")
+    return currency
+
+
+def update_currency(session: Session, *, portal_id: int, code: str, changes: dict) -> CurrencyInfo:
+    currency = _owned_currency(session, portal_id=portal_id, code=code)
+    merged_amount = changes.get("value_amount", currency.value_amount)
+    merged_currency = changes.get("value_currency", currency.value_currency)
+    _check_value(merged_amount, merged_currency)
+    for name, value in changes.items():
+        setattr(currency, name, value)
+    session.flush()
+    return _community_info(currency, session.get_one(Portal, portal_id).slug)
+
+
+def delete_currency(session: Session, *, portal_id: int, code: str) -> None:
+    currency = _owned_currency(session, portal_id=portal_id, code=code)
+    in_use = session.scalar(
+        select(Ad.id).where(Ad.currencies.contains([code]) | (Ad.price_currency == code)).limit(1)
+    )
+    in_defaults = session.scalar(
+        select(Portal.slug).where(Portal.default_currencies.contains([code])).limit(1)
+    )
+    if in_use is not None or in_defaults is not None:
+        raise Conflict(
+            f"currency {code} is still accepted by ads or set as a portal default; "
+            "change those first",
+            field="code",
+            code="currency_in_use",
+        )
+    session.delete(currency)
+    session.flush()

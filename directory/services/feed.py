@@ -1,0 +1,97 @@
+"""The change feed: every change to what the public may see, in a safe order."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select, text, tuple_
+from sqlalchemy.orm import Session
+
+from directory.errors import InvalidInput
+from directory.models import AdChange, ChangeOp
+from directory.services.ads import AdRecord, get_public_ads
+
+CURSOR_PREFIX = "f1."
+
+
+@dataclass(frozen=True)
+class FeedPosition:
+    txid: int
+    seq: int
+
+    def encode(self) -> str:
+        raw = f"{self.txid}.{self.seq}".encode()
+        return CURSOR_PREFIX + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, cursor: str) -> FeedPosition:
+        problem = InvalidInput(
+            "since must be a cursor returned by GET /v1/feed (next_cursor)",
+            field="since",
+            code="invalid_cursor",
+        )
+        if not cursor.startswith(CURSOR_PREFIX):
+            raise problem
+        body = cursor[len(CURSOR_PREFIX) :]
+        try:
+            raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode()
+            txid, seq = (int(part) for part in raw.split("."))
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            raise problem from None
+        if txid < 0 or seq < 0:
+            raise problem
+        return cls(txid, seq)
+
+
+START = FeedPosition(0, 0)
+
+
+@dataclass(frozen=True)
+class FeedEntry:
+    op: ChangeOp
+    ad_id: uuid.UUID
+    changed_at: datetime
+    ad: AdRecord | None  # the ad as it is now, for upserts
+
+
+@dataclass(frozen=True)
+class FeedPage:
+    entries: list[FeedEntry]
+    next_cursor: str
+    more: bool
+
+
+def read_feed(session: Session, *, since: str | None, limit: int) -> FeedPage:
+    """Changes after `since`, oldest first. An upsert carries the ad as it is now; an
+    upsert of an ad that has since left public view is skipped, since a deletion
+    for it follows later in the feed."""
+    position = START if since is None else FeedPosition.decode(since)
+    # Only transactions older than every running one: nothing can still commit before them.
+    horizon = text("pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+    rows = session.execute(
+        select(AdChange.txid, AdChange.seq, AdChange.op, AdChange.ad_id, AdChange.changed_at)
+        .where(
+            tuple_(AdChange.txid, AdChange.seq) > tuple_(position.txid, position.seq),
+            AdChange.txid < horizon,
+        )
+        .order_by(AdChange.txid, AdChange.seq)
+        .limit(limit + 1)
+    ).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    ads = get_public_ads(session, ad_ids=[row.ad_id for row in rows if row.op is ChangeOp.UPSERT])
+    entries = []
+    for row in rows:
+        if row.op is ChangeOp.UPSERT:
+            ad = ads.get(row.ad_id)
+            if ad is None:
+                continue
+            entries.append(FeedEntry(ChangeOp.UPSERT, row.ad_id, row.changed_at, ad))
+        else:
+            entries.append(FeedEntry(ChangeOp.DELETE, row.ad_id, row.changed_at, None))
+    last = FeedPosition(rows[-1].txid, rows[-1].seq) if rows else position
+    return FeedPage(entries=entries, next_cursor=last.encode(), more=more)

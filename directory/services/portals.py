@@ -1,0 +1,226 @@
+"""Portals, their API keys and their profile."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import zlib
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import func, literal, select, update
+from sqlalchemy.orm import Session
+
+from directory.errors import Conflict, Forbidden, NotFound, Unauthenticated
+from directory.models import AdChange, ChangeOp, Portal, PortalKey, PortalStatus
+from directory.models.ads import Ad, Visibility
+from directory.services.currencies import require_known_currencies
+
+# A recognisable prefix lets secret scanners spot a leaked key; the checksum lets them
+# tell a real key from random text without asking us.
+KEY_PREFIX = "cdir_"
+KEY_RANDOM_CHARS = 40  # base62: ~238 bits of randomness
+KEY_CHECKSUM_CHARS = 6
+KEY_LENGTH = len(KEY_PREFIX) + KEY_RANDOM_CHARS + KEY_CHECKSUM_CHARS
+BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+# Writing last_used_at on every request would turn each read into a write.
+LAST_USED_RESOLUTION = timedelta(minutes=5)
+
+
+def _base62(number: int, width: int) -> str:
+    chars = []
+    for _ in range(width):
+        number, digit = divmod(number, 62)
+        chars.append(BASE62[digit])
+    return "".join(reversed(chars))
+
+
+def generate_key() -> str:
+    body = "".join(secrets.choice(BASE62) for _ in range(KEY_RANDOM_CHARS))
+    checksum = _base62(zlib.crc32(body.encode()), KEY_CHECKSUM_CHARS)
+    return KEY_PREFIX + body + checksum
+
+
+def looks_like_key(value: str) -> bool:
+    """True for a well-formed key with a valid checksum (whether or not it exists)."""
+    if len(value) != KEY_LENGTH or not value.startswith(KEY_PREFIX):
+        return False
+    body = value[len(KEY_PREFIX) : len(KEY_PREFIX) + KEY_RANDOM_CHARS]
+    if any(char not in BASE62 for char in value[len(KEY_PREFIX) :]):
+        return False
+    return value[-KEY_CHECKSUM_CHARS:] == _base62(zlib.crc32(body.encode()), KEY_CHECKSUM_CHARS)
+
+
+def key_digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    id: int
+    portal_slug: str
+    key: str  # shown once, never stored
+    hint: str
+
+
+@dataclass(frozen=True)
+class AuthenticatedPortal:
+    id: int
+    slug: str
+
+
+def create_portal(
+    session: Session,
+    *,
+    slug: str,
+    name: str,
+    website: str | None = None,
+    contact: str | None = None,
+    default_currencies: list[str] | None = None,
+    webhook_url: str | None = None,
+) -> tuple[Portal, IssuedKey]:
+    if session.scalar(select(Portal.id).where(Portal.slug == slug)) is not None:
+        raise Conflict(f"a portal with slug {slug!r} exists already", field="slug")
+    portal = Portal(
+        slug=slug,
+        name=name,
+        website=website,
+        contact=contact,
+        default_currencies=default_currencies or [],
+        webhook_url=webhook_url,
+    )
+    session.add(portal)
+    session.flush()
+    if default_currencies:
+        require_known_currencies(
+            session, codes=default_currencies, field="default_currencies", portal=portal
+        )
+    return portal, issue_key(session, portal_slug=slug)
+
+
+def get_portal(session: Session, *, slug: str) -> Portal:
+    portal = session.scalar(select(Portal).where(Portal.slug == slug))
+    if portal is None:
+        raise NotFound(f"no portal with slug {slug!r}", field="slug")
+    return portal
+
+
+def get_portal_by_id(session: Session, *, portal_id: int) -> Portal:
+    return session.get_one(Portal, portal_id)
+
+
+def list_portals(session: Session) -> list[tuple[Portal, int, int]]:
+    """Every portal with its count of ads and of live keys."""
+    ads = select(func.count()).select_from(Ad).where(Ad.portal_id == Portal.id).scalar_subquery()
+    keys = (
+        select(func.count())
+        .select_from(PortalKey)
+        .where(PortalKey.portal_id == Portal.id, PortalKey.revoked_at.is_(None))
+        .scalar_subquery()
+    )
+    return [tuple(row) for row in session.execute(select(Portal, ads, keys).order_by(Portal.slug))]
+
+
+def issue_key(session: Session, *, portal_slug: str, label: str | None = None) -> IssuedKey:
+    portal = get_portal(session, slug=portal_slug)
+    key = generate_key()
+    row = PortalKey(portal_id=portal.id, digest=key_digest(key), hint=key[:12], label=label)
+    session.add(row)
+    session.flush()
+    return IssuedKey(id=row.id, portal_slug=portal.slug, key=key, hint=row.hint)
+
+
+def list_keys(session: Session, *, portal_slug: str) -> list[PortalKey]:
+    portal = get_portal(session, slug=portal_slug)
+    return list(
+        session.scalars(
+            select(PortalKey).where(PortalKey.portal_id == portal.id).order_by(PortalKey.id)
+        )
+    )
+
+
+def revoke_key(session: Session, *, portal_slug: str, key_id: int) -> PortalKey:
+    portal = get_portal(session, slug=portal_slug)
+    key = session.scalar(
+        select(PortalKey).where(PortalKey.id == key_id, PortalKey.portal_id == portal.id)
+    )
+    if key is None:
+        raise NotFound(f"portal {portal_slug!r} has no key {key_id}", field="key_id")
+    if key.revoked_at is None:
+        key.revoked_at = datetime.now(UTC)
+    return key
+
+
+def set_status(session: Session, *, portal_slug: str, status: PortalStatus) -> Portal:
+    """Suspend or reactivate a portal. A suspended portal's public ads leave the feed
+    (and search) as deletions, and come back as upserts when it is reactivated."""
+    portal = session.scalar(select(Portal).where(Portal.slug == portal_slug).with_for_update())
+    if portal is None:
+        raise NotFound(f"no portal with slug {portal_slug!r}", field="slug")
+    if portal.status == status:
+        return portal
+    portal.status = status
+    portal.updated_at = func.now()
+    op = ChangeOp.DELETE if status == PortalStatus.SUSPENDED else ChangeOp.UPSERT
+    public_ads = select(Ad.id, Ad.portal_id, literal(op.value)).where(
+        Ad.portal_id == portal.id, Ad.visibility == Visibility.PUBLIC
+    )
+    session.execute(
+        AdChange.__table__.insert().from_select(["ad_id", "portal_id", "op"], public_ads)
+    )
+    return portal
+
+
+def authenticate(session: Session, *, key: str | None) -> AuthenticatedPortal:
+    """The portal that owns this key; the key is checked on every request, so a
+    revoked key or a suspended portal is refused on the very next one."""
+    if not key:
+        raise Unauthenticated("this request needs a portal key: Authorization: Bearer <key>")
+    if not looks_like_key(key):
+        raise Unauthenticated("the portal key is malformed")
+    row = session.execute(
+        select(
+            PortalKey.id,
+            PortalKey.revoked_at,
+            PortalKey.last_used_at,
+            Portal.id,
+            Portal.slug,
+            Portal.status,
+        )
+        .join(Portal, Portal.id == PortalKey.portal_id)
+        .where(PortalKey.digest == key_digest(key))
+    ).one_or_none()
+    if row is None:
+        raise Unauthenticated("unknown portal key")
+    key_id, revoked_at, last_used_at, portal_id, slug, status = row
+    if revoked_at is not None:
+        raise Unauthenticated("this portal key has been revoked", code="key_revoked")
+    if status != PortalStatus.ACTIVE:
+        raise Forbidden(f"portal {slug!r} is suspended", code="portal_suspended")
+    now = datetime.now(UTC)
+    if last_used_at is None or now - last_used_at > LAST_USED_RESOLUTION:
+        session.execute(update(PortalKey).where(PortalKey.id == key_id).values(last_used_at=now))
+    return AuthenticatedPortal(id=portal_id, slug=slug)
+
+
+PROFILE_FIELDS = ("name", "website", "contact", "description", "default_currencies", "webhook_url")
+
+
+def update_profile(session: Session, *, portal_id: int, changes: dict) -> Portal:
+    portal = session.get_one(Portal, portal_id)
+    unknown = set(changes) - set(PROFILE_FIELDS)
+    if unknown:
+        raise ValueError(f"not profile fields: {sorted(unknown)}")
+    if "default_currencies" in changes:
+        require_known_currencies(
+            session,
+            codes=changes["default_currencies"],
+            field="default_currencies",
+            portal=portal,
+        )
+    for name, value in changes.items():
+        setattr(portal, name, value)
+    if changes:
+        portal.updated_at = datetime.now(UTC)
+    session.flush()
+    return portal

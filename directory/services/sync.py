@@ -1,0 +1,202 @@
+"""Sync sessions: a full resync of a portal's ads spread over many requests, applied
+atomically. Items are staged as they arrive; the commit applies them all and deletes
+every ad of the portal that was not staged, in one transaction."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.orm import Session
+
+from directory.errors import Conflict, InvalidInput, NotFound
+from directory.models import SyncSession, SyncSessionItem, SyncStatus
+from directory.services.ads import (
+    MAX_BATCH_ITEMS,
+    AdInput,
+    ItemResult,
+    Lifetimes,
+    Rejected,
+    Upsert,
+    apply_changes,
+    check_ads,
+    delete_all_but,
+)
+
+COMMIT_CHUNK = MAX_BATCH_ITEMS
+
+
+@dataclass(frozen=True)
+class SyncSummary:
+    id: uuid.UUID
+    status: SyncStatus
+    created_at: datetime
+    expires_at: datetime
+    finished_at: datetime | None
+    staged: int
+    rejected: int
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    summary: SyncSummary
+    created: int
+    updated: int
+    unchanged: int
+    deleted: int
+    kept_rejected: int
+    rejected_items: list[ItemResult]
+
+
+def open_session(session: Session, *, portal_id: int, ttl: timedelta) -> SyncSummary:
+    sync = SyncSession(portal_id=portal_id, expires_at=datetime.now(UTC) + ttl)
+    session.add(sync)
+    session.flush()
+    return _summary(session, sync)
+
+
+def _summary(session: Session, sync: SyncSession) -> SyncSummary:
+    staged, rejected = session.execute(
+        select(
+            func.count().filter(SyncSessionItem.data.is_not(None)),
+            func.count().filter(SyncSessionItem.data.is_(None)),
+        ).where(SyncSessionItem.session_id == sync.id)
+    ).one()
+    session.refresh(sync)
+    return SyncSummary(
+        id=sync.id,
+        status=sync.status,
+        created_at=sync.created_at,
+        expires_at=sync.expires_at,
+        finished_at=sync.finished_at,
+        staged=staged,
+        rejected=rejected,
+    )
+
+
+def _get(session: Session, *, portal_id: int, session_id: uuid.UUID, lock: bool = False):
+    query = select(SyncSession).where(
+        SyncSession.id == session_id, SyncSession.portal_id == portal_id
+    )
+    sync = session.scalar(query.with_for_update() if lock else query)
+    if sync is None:
+        # Another portal's session is reported as missing: its existence is not ours to know.
+        raise NotFound(f"no sync session {session_id}", field="session_id")
+    return sync
+
+
+def _require_open(sync: SyncSession) -> None:
+    if sync.status is not SyncStatus.OPEN:
+        raise Conflict(f"sync session {sync.id} is {sync.status}", code="sync_session_closed")
+    if sync.expires_at <= datetime.now(UTC):
+        raise Conflict(
+            f"sync session {sync.id} expired at {sync.expires_at.isoformat()}; open a new one",
+            code="sync_session_expired",
+        )
+
+
+def get_session(session: Session, *, portal_id: int, session_id: uuid.UUID) -> SyncSummary:
+    return _summary(session, _get(session, portal_id=portal_id, session_id=session_id))
+
+
+def stage_items(
+    session: Session,
+    *,
+    portal_id: int,
+    session_id: uuid.UUID,
+    items: list[tuple[str, AdInput | dict]],
+    lifetimes: Lifetimes,
+) -> list[ItemResult]:
+    """Stage ads, each given as an AdInput or as the errors the API found in it. Ads are
+    checked now, so errors come back at once; a rejected ad is remembered as such and
+    kept as it is at commit. Sending an external id again replaces what was staged."""
+    if len(items) > MAX_BATCH_ITEMS:
+        raise InvalidInput(f"at most {MAX_BATCH_ITEMS} items per request", field="items")
+    sync = _get(session, portal_id=portal_id, session_id=session_id, lock=True)
+    _require_open(sync)
+    valid = [ad for _, ad in items if isinstance(ad, AdInput)]
+    domain_errors = iter(check_ads(session, portal_id=portal_id, ads=valid, lifetimes=lifetimes))
+    rows: dict[str, dict | None] = {}
+    results: list[ItemResult] = []
+    for external_id, ad in items:
+        errors = next(domain_errors) if isinstance(ad, AdInput) else ad
+        if errors is None:
+            rows[external_id] = ad.to_json()
+            results.append(ItemResult(external_id, "staged"))
+        else:
+            rows[external_id] = None
+            results.append(ItemResult(external_id, "rejected", errors=errors))
+    if rows:
+        statement = pg_insert(SyncSessionItem).values(
+            [
+                {"session_id": sync.id, "external_id": key, "data": data}
+                for key, data in rows.items()
+            ]
+        )
+        session.execute(
+            statement.on_conflict_do_update(
+                index_elements=["session_id", "external_id"],
+                set_={"data": statement.excluded.data},
+            )
+        )
+    return results
+
+
+def commit(
+    session: Session, *, portal_id: int, session_id: uuid.UUID, lifetimes: Lifetimes
+) -> CommitResult:
+    sync = _get(session, portal_id=portal_id, session_id=session_id, lock=True)
+    _require_open(sync)
+    counts = {"created": 0, "updated": 0, "unchanged": 0, "rejected": 0}
+    rejected_items: list[ItemResult] = []
+    after = ""
+    while True:
+        chunk = session.execute(
+            select(SyncSessionItem.external_id, SyncSessionItem.data)
+            .where(SyncSessionItem.session_id == sync.id, SyncSessionItem.external_id > after)
+            .order_by(SyncSessionItem.external_id)
+            .limit(COMMIT_CHUNK)
+        ).all()
+        if not chunk:
+            break
+        after = chunk[-1].external_id
+        operations = []
+        for external_id, data in chunk:
+            if data is None:
+                operations.append(
+                    Rejected(external_id, {"_schema": ["rejected when staged; kept as it was"]})
+                )
+            else:
+                operations.append(Upsert(external_id, AdInput.from_json(data)))
+        for result in apply_changes(
+            session, portal_id=portal_id, operations=operations, lifetimes=lifetimes
+        ):
+            counts[result.status] += 1
+            if result.status == "rejected" and result.errors and "_schema" not in result.errors:
+                rejected_items.append(result)
+    staged_ids = select(SyncSessionItem.external_id).where(SyncSessionItem.session_id == sync.id)
+    deleted = delete_all_but(session, portal_id=portal_id, keep=None, keep_subquery=staged_ids)
+    sync.status = SyncStatus.COMMITTED
+    sync.finished_at = datetime.now(UTC)
+    session.flush()
+    return CommitResult(
+        summary=_summary(session, sync),
+        created=counts["created"],
+        updated=counts["updated"],
+        unchanged=counts["unchanged"],
+        deleted=deleted,
+        kept_rejected=counts["rejected"],
+        rejected_items=rejected_items,
+    )
+
+
+def abort(session: Session, *, portal_id: int, session_id: uuid.UUID) -> None:
+    sync = _get(session, portal_id=portal_id, session_id=session_id, lock=True)
+    if sync.status is SyncStatus.COMMITTED:
+        raise Conflict(f"sync session {sync.id} is committed already", code="sync_session_closed")
+    sync.status = SyncStatus.ABORTED
+    sync.finished_at = datetime.now(UTC)
+    session.execute(SyncSessionItem.__table__.delete().where(SyncSessionItem.session_id == sync.id))

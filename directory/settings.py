@@ -1,0 +1,83 @@
+"""Settings read once from DIRECTORY_* environment variables, validated, then frozen."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+ENVIRONMENTS = ("development", "test", "production")
+SEARCH_ENGINES = ("postgres", "meilisearch")
+
+
+class SettingsError(ValueError):
+    """A setting is missing or invalid; the message names the variable."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    environment: str = "development"
+    database_url: str = "postgresql+psycopg://directory@127.0.0.1:5432/directory"
+    search_engine: str = "postgres"
+    meilisearch_url: str = "http://127.0.0.1:7700"
+    meilisearch_key: str = ""
+    # Ads without an explicit expiry live this long after their last change.
+    ad_default_ttl_days: int = 90
+    ad_max_ttl_days: int = 366
+    # A whole batch of 1,000 large ads fits; anything bigger is refused with 413.
+    max_request_bytes: int = 16 * 1024 * 1024
+    sync_session_ttl_hours: int = 24
+    log_level: str = "INFO"
+    db_pool_size: int = 5
+
+    def __post_init__(self) -> None:
+        if self.environment not in ENVIRONMENTS:
+            raise SettingsError(
+                f"DIRECTORY_ENVIRONMENT must be one of {', '.join(ENVIRONMENTS)}, "
+                f"not {self.environment!r}"
+            )
+        if self.search_engine not in SEARCH_ENGINES:
+            raise SettingsError(
+                f"DIRECTORY_SEARCH_ENGINE must be one of {', '.join(SEARCH_ENGINES)}, "
+                f"not {self.search_engine!r}"
+            )
+        if not self.database_url.startswith("postgresql"):
+            raise SettingsError("DIRECTORY_DATABASE_URL must be a postgresql:// URL")
+        if self.database_url.startswith("postgresql://"):
+            # One driver everywhere: psycopg 3.
+            object.__setattr__(
+                self, "database_url", "postgresql+psycopg://" + self.database_url[13:]
+            )
+        if not 1 <= self.ad_default_ttl_days <= self.ad_max_ttl_days:
+            raise SettingsError(
+                "DIRECTORY_AD_DEFAULT_TTL_DAYS must be between 1 and DIRECTORY_AD_MAX_TTL_DAYS"
+            )
+        if self.max_request_bytes < 1024:
+            raise SettingsError("DIRECTORY_MAX_REQUEST_BYTES must be at least 1024")
+        if (
+            self.environment == "production"
+            and self.search_engine == "meilisearch"
+            and not self.meilisearch_key
+        ):
+            raise SettingsError(
+                "DIRECTORY_MEILISEARCH_KEY must be set in production when "
+                "DIRECTORY_SEARCH_ENGINE=meilisearch"
+            )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        environ = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for field in fields(cls):
+            name = "DIRECTORY_" + field.name.upper()
+            if name not in environ:
+                continue
+            raw = environ[name]
+            if field.type == "int":
+                try:
+                    values[field.name] = int(raw)
+                except ValueError:
+                    raise SettingsError(f"{name} must be a whole number, not {raw!r}") from None
+            else:
+                values[field.name] = raw
+        return cls(**values)
