@@ -223,7 +223,9 @@ def demo(ad_count: int, seed: int, keys_file: Path | None) -> None:
 
     wiring = _wiring()
     with unit_of_work(wiring.session_factory) as session:
-        summary = demo_module.load(session, ad_count=ad_count, seed=seed, lifetimes=wiring.lifetimes)
+        summary = demo_module.load(
+            session, ad_count=ad_count, seed=seed, lifetimes=wiring.lifetimes
+        )
     click.echo(summary.describe())
     if keys_file and summary.keys:
         keys_file.write_text(json.dumps(summary.keys, indent=2) + "\n")

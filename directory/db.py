@@ -49,3 +49,20 @@ def unit_of_work(session_factory: sessionmaker[Session]) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def copy_rows(session: Session, *, table: str, columns: tuple[str, ...], rows) -> None:
+    """COPY rows into a table inside the session's transaction: PostgreSQL's fastest
+    way to take many rows, several times quicker than a multi-row INSERT."""
+    import psycopg
+    from sqlalchemy.exc import IntegrityError
+
+    connection = session.connection().connection.driver_connection
+    statement = f"COPY {table} ({', '.join(columns)}) FROM STDIN"
+    try:
+        with connection.cursor() as cursor, cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row(row)
+    except psycopg.errors.IntegrityError as error:
+        # The same 409 as for any other write that breaks a constraint.
+        raise IntegrityError(statement, None, error) from error

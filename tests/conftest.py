@@ -61,10 +61,11 @@ def wiring(app):
 
 @pytest.fixture(autouse=True)
 def _empty_database(request):
+    uses_database = "app" in request.fixturenames or "wiring" in request.fixturenames
+    wiring = request.getfixturevalue("wiring") if uses_database else None
     yield
-    if "app" not in request.fixturenames and "wiring" not in request.fixturenames:
+    if wiring is None:
         return
-    wiring = request.getfixturevalue("wiring")
     with wiring.engine.begin() as connection:
         tables = connection.scalars(
             text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")

@@ -58,7 +58,13 @@ def create_api(app: Flask) -> Api:
     from directory.api.sync.routes import blp as sync_blp
 
     for blueprint in (
-        health_blp, portals_blp, ads_blp, sync_blp, feed_blp, currencies_blp, categories_blp
+        health_blp,
+        portals_blp,
+        ads_blp,
+        sync_blp,
+        feed_blp,
+        currencies_blp,
+        categories_blp,
     ):
         api.register_blueprint(blueprint)
     errors.register_error_handlers(app)

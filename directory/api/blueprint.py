@@ -5,12 +5,20 @@ from __future__ import annotations
 
 import flask_smorest
 import marshmallow as ma
-from webargs.flaskparser import FlaskParser, abort
+import orjson
+from webargs import core
+from webargs.flaskparser import FlaskParser, abort, is_json_request
 
 
 class StrictParser(FlaskParser):
     DEFAULT_VALIDATION_STATUS = 400
     DEFAULT_UNKNOWN_BY_LOCATION = {**FlaskParser.DEFAULT_UNKNOWN_BY_LOCATION, "query": ma.RAISE}
+
+    def _raw_load_json(self, request):
+        # orjson: a batch of 1,000 ads parses several times faster than with json.
+        if not is_json_request(request):
+            return core.missing
+        return orjson.loads(request.get_data(cache=True))
 
     def _handle_invalid_json_error(self, error, req, *args, **kwargs):
         abort(

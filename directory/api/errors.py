@@ -107,9 +107,9 @@ def handle_http_exception(error: HTTPException):
             message = "Internal error."
         else:
             message = error.description or error.name
-    code = data.get("error") or HTTP_ERROR_CODES.get(status, "error")
-    if status in (400, 422) and errors:
-        code = "validation_error"
+    code = data.get("error")
+    if code is None:
+        code = "validation_error" if errors else HTTP_ERROR_CODES.get(status, "error")
     response = envelope(status, error=code, message=message, errors=errors, name=error.name)
     for header, value in (data.get("headers") or {}).items():
         response.headers[header] = value

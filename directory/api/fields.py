@@ -43,12 +43,12 @@ def validate_member_handle(value: str) -> None:
     """A member is an opaque handle. The directory never holds contact details, so
     anything that looks like an email address or a phone number is refused."""
     if EMAIL_LIKE.search(value):
-        raise ValidationError(
-            "Must be the portal's opaque member handle, not an email address."
-        )
+        raise ValidationError("Must be the portal's opaque member handle, not an email address.")
     digits = re.sub(r"\D", "", value)
-    if re.fullmatch(r"\+?[\d\s().-]+", value) and 7 <= len(digits) <= 15 and (
-        value.startswith(("+", "0")) or PHONE_SEPARATORS.search(value)
+    if (
+        re.fullmatch(r"\+?[\d\s().-]+", value)
+        and 7 <= len(digits) <= 15
+        and (value.startswith(("+", "0")) or PHONE_SEPARATORS.search(value))
     ):
         raise ValidationError("Must be the portal's opaque member handle, not a phone number.")
     if not HANDLE.match(value):
@@ -57,12 +57,12 @@ def validate_member_handle(value: str) -> None:
         )
 
 
+EXTERNAL_ID_ERROR = "Must be 1 to 128 letters, digits, '.', '_', ':', '~' or '-'."
+
+
 def external_id_field(**kwargs) -> fields.String:
     return fields.String(
-        validate=validate.Regexp(
-            EXTERNAL_ID,
-            error="Must be 1 to 128 letters, digits, '.', '_', ':', '~' or '-'.",
-        ),
+        validate=validate.Regexp(EXTERNAL_ID, error=EXTERNAL_ID_ERROR),
         metadata={"description": "The portal's own id for the ad", "example": "ad-1842"},
         **kwargs,
     )

@@ -46,4 +46,4 @@ class SyncSessionItem(Base):
     )
     external_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     # None when the item was rejected.
-    data: Mapped[dict | None] = mapped_column(JSONB)
+    data: Mapped[dict | None] = mapped_column(JSONB(none_as_null=True))

@@ -7,14 +7,14 @@ commit share one set of rules: the privacy snapping, the defaults, the idempoten
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+import orjson
 from geoalchemy2 import Geometry
 from sqlalchemy import (
     ARRAY,
@@ -22,16 +22,16 @@ from sqlalchemy import (
     cast,
     delete,
     func,
-    insert,
     select,
     text,
     update,
 )
 from sqlalchemy.orm import Session
 
+from directory.db import copy_rows
 from directory.errors import DirectoryError, InvalidInput, NotFound, PreconditionFailed
 from directory.geo import Point, Privacy, publishable_point
-from directory.models import Ad, AdChange, AdKind, ChangeOp, Portal, PortalStatus, PriceUnit
+from directory.models import Ad, AdKind, ChangeOp, Portal, PortalStatus, PriceUnit
 from directory.models.ads import Visibility
 from directory.services.categories import category_codes, require_known_category
 from directory.services.currencies import unknown_currencies
@@ -70,13 +70,31 @@ class AdInput:
     ledger_account: str | None = None
 
     def to_json(self) -> dict:
-        data = asdict(self)
-        data["location"] = None if self.location is None else asdict(self.location)
-        if self.price is not None:
-            data["price"] = {**data["price"], "amount": str(self.price.amount)}
-        if self.expires_at is not None:
-            data["expires_at"] = self.expires_at.isoformat()
-        return data
+        # Written out rather than dataclasses.asdict: this runs for every ad of a batch.
+        location, price = self.location, self.price
+        return {
+            "kind": self.kind.value,
+            "title": self.title,
+            "body": self.body,
+            "category": self.category,
+            "member": self.member,
+            "location": None if location is None else {"lat": location.lat, "lon": location.lon},
+            "privacy": self.privacy.value,
+            "visibility": self.visibility.value,
+            "tags": list(self.tags),
+            "currencies": None if self.currencies is None else list(self.currencies),
+            "price": None
+            if price is None
+            else {
+                "amount": str(price.amount),
+                "currency": price.currency,
+                "unit": price.unit.value,
+            },
+            "language": self.language,
+            "images": list(self.images),
+            "expires_at": None if self.expires_at is None else self.expires_at.isoformat(),
+            "ledger_account": self.ledger_account,
+        }
 
     @classmethod
     def from_json(cls, data: dict) -> AdInput:
@@ -196,10 +214,10 @@ def make_etag(ad_id: uuid.UUID, version: int | None) -> str:
 
 
 def content_hash(ad: AdInput, currencies: tuple[str, ...]) -> str:
-    canonical = json.dumps(
-        {**ad.to_json(), "currencies": list(currencies)}, sort_keys=True, ensure_ascii=False
+    canonical = orjson.dumps(
+        {**ad.to_json(), "currencies": list(currencies)}, option=orjson.OPT_SORT_KEYS
     )
-    return hashlib.blake2b(canonical.encode(), digest_size=16).hexdigest()
+    return hashlib.blake2b(canonical, digest_size=16).hexdigest()
 
 
 def _lock_portal_writes(session: Session, portal_id: int) -> None:
@@ -296,6 +314,14 @@ def _check_ad(ad: AdInput, ctx: _Context, now: datetime, lifetimes: Lifetimes):
     return currencies
 
 
+INSERT_COLUMNS = (
+    "id", "portal_id", "external_id", "kind", "title", "body", "category", "tags",
+    "location", "privacy", "visibility", "currencies", "price_amount", "price_currency",
+    "price_unit", "language", "images", "expires_at", "member", "ledger_account",
+    "content_hash",
+)  # fmt: skip
+
+
 def _row(ad: AdInput, currencies: tuple[str, ...], now: datetime, lifetimes: Lifetimes) -> dict:
     point = publishable_point(ad.location, ad.privacy)
     return {
@@ -355,40 +381,32 @@ def apply_changes(
     single-ad endpoints want a plain 4xx)."""
     if len(operations) > MAX_BATCH_ITEMS:
         raise InvalidInput(f"at most {MAX_BATCH_ITEMS} items per write", field="items")
-    _lock_portal_writes(session, portal_id)
-    portal = session.get_one(Portal, portal_id)
-    ctx = _Context(session, portal, operations)
     now = datetime.now(UTC)
+    # First everything that needs no lock: checks, snapping, hashing.
+    prepared = _prepare(session, portal_id, operations, now, lifetimes, reject_errors)
+    # Then, holding the portal's write lock as briefly as possible: classify and write.
+    _lock_portal_writes(session, portal_id)
     existing = _load_existing(
-        session, portal_id, {op.external_id for op in operations if op.external_id}
+        session, portal_id, {op.external_id for op, _ in prepared if op is not None}
     )
     results: list[ItemResult] = []
-    first_index: dict[str, int] = {}
-    inserts: list[dict] = []
+    inserts: list[list] = []
     updates: list[dict] = []
     deletions: list[uuid.UUID] = []
-    changes: list[dict] = []
+    changes: list[tuple[uuid.UUID, int, ChangeOp]] = []
 
     def change(ad_id: uuid.UUID, op: ChangeOp) -> None:
-        changes.append({"ad_id": ad_id, "portal_id": portal_id, "op": op})
+        changes.append((ad_id, portal_id, op))
 
-    for index, op in enumerate(operations):
+    for op, outcome in prepared:
+        if op is None:
+            results.append(outcome)  # rejected while preparing
+            continue
+        current = existing.get(op.external_id)
         try:
-            if isinstance(op, Rejected):
-                results.append(ItemResult(op.external_id, "rejected", errors=op.errors))
-                continue
-            if op.external_id in first_index:
-                raise InvalidInput(
-                    f"external_id {op.external_id!r} appears more than once in this batch "
-                    f"(first at item {first_index[op.external_id]})",
-                    field="external_id",
-                )
-            first_index[op.external_id] = index
-            current = existing.get(op.external_id)
             if isinstance(op, Upsert):
                 _check_precondition(op, current)
-                currencies = _check_ad(op.ad, ctx, now, lifetimes)
-                digest = content_hash(op.ad, currencies)
+                row, digest = outcome
                 # Sending an expired ad again renews it, even when nothing else changed.
                 if (
                     current is not None
@@ -398,13 +416,10 @@ def apply_changes(
                     results.append(
                         ItemResult(op.external_id, "unchanged", current.id, current.version)
                     )
-                    continue
-                row = _row(op.ad, currencies, now, lifetimes) | {"content_hash": digest}
-                if current is None:
+                elif current is None:
                     ad_id = uuid.uuid4()
-                    inserts.append(
-                        row | {"id": ad_id, "portal_id": portal_id, "external_id": op.external_id}
-                    )
+                    row |= {"id": ad_id, "portal_id": portal_id, "external_id": op.external_id}
+                    inserts.append([row[name] for name in INSERT_COLUMNS])
                     results.append(ItemResult(op.external_id, "created", ad_id, 1))
                     if op.ad.visibility is Visibility.PUBLIC:
                         change(ad_id, ChangeOp.UPSERT)
@@ -440,14 +455,54 @@ def apply_changes(
             results.append(ItemResult(op.external_id, "rejected", errors=_errors_of(error)))
 
     if inserts:
-        session.execute(insert(Ad), inserts)
+        copy_rows(session, table="ads", columns=INSERT_COLUMNS, rows=inserts)
     if updates:
         _bulk_update(session, updates)
     if deletions:
         session.execute(delete(Ad).where(Ad.id.in_(deletions)))
-    if changes:
-        session.execute(insert(AdChange), changes)
+    _log_changes(session, changes)
     return results
+
+
+def _prepare(session, portal_id, operations, now, lifetimes, reject_errors):
+    """Per operation: (op, (row, digest)) for an upsert that passed the checks,
+    (op, None) for a delete or expiry, (None, rejected ItemResult) for a refused item."""
+    portal = session.get_one(Portal, portal_id)
+    ctx = _Context(session, portal, operations)
+    first_index: dict[str, int] = {}
+    prepared: list[tuple[Operation | None, object]] = []
+    for index, op in enumerate(operations):
+        if isinstance(op, Rejected):
+            prepared.append((None, ItemResult(op.external_id, "rejected", errors=op.errors)))
+            continue
+        try:
+            if op.external_id in first_index:
+                raise InvalidInput(
+                    f"external_id {op.external_id!r} appears more than once in this batch "
+                    f"(first at item {first_index[op.external_id]})",
+                    field="external_id",
+                )
+            first_index[op.external_id] = index
+            if isinstance(op, Upsert):
+                currencies = _check_ad(op.ad, ctx, now, lifetimes)
+                digest = content_hash(op.ad, currencies)
+                row = _row(op.ad, currencies, now, lifetimes)
+                row["content_hash"] = digest
+                prepared.append((op, (row, digest)))
+            else:
+                prepared.append((op, None))
+        except DirectoryError as error:
+            if reject_errors:
+                raise
+            prepared.append(
+                (None, ItemResult(op.external_id, "rejected", errors=_errors_of(error)))
+            )
+    return prepared
+
+
+def _log_changes(session: Session, changes: list[tuple[uuid.UUID, int, ChangeOp]]) -> None:
+    if changes:
+        copy_rows(session, table="ad_changes", columns=("ad_id", "portal_id", "op"), rows=changes)
 
 
 def _bulk_update(session: Session, updates: list[dict]) -> None:
@@ -471,6 +526,7 @@ def _check_precondition(op: Upsert, current: _Existing | None) -> None:
         raise PreconditionFailed(
             "the ad has changed since that ETag: fetch it again, then retry",
             field="If-Match",
+            details={"location": "headers"},
         )
 
 
@@ -509,13 +565,14 @@ def delete_all_but(session: Session, *, portal_id: int, keep, keep_subquery=None
         .where(Ad.portal_id == portal_id, Ad.external_id.not_in(kept))
         .returning(Ad.id, Ad.visibility)
     ).all()
-    public = [
-        {"ad_id": ad_id, "portal_id": portal_id, "op": ChangeOp.DELETE}
-        for ad_id, visibility in gone
-        if visibility is Visibility.PUBLIC
-    ]
-    if public:
-        session.execute(insert(AdChange), public)
+    _log_changes(
+        session,
+        [
+            (ad_id, portal_id, ChangeOp.DELETE)
+            for ad_id, visibility in gone
+            if visibility is Visibility.PUBLIC
+        ],
+    )
     return len(gone)
 
 

@@ -174,6 +174,7 @@ def register_currency(
     )
     session.add(currency)
     session.flush()
+    session.refresh(currency)  # the values as stored (numeric scale applied)
     return _community_info(currency, portal.slug)
 
 
@@ -212,6 +213,7 @@ def update_currency(session: Session, *, portal_id: int, code: str, changes: dic
     for name, value in changes.items():
         setattr(currency, name, value)
     session.flush()
+    session.refresh(currency)
     return _community_info(currency, session.get_one(Portal, portal_id).slug)
 
 

@@ -1,22 +1,195 @@
 from __future__ import annotations
 
-from tests.factories import ad_payload
+import pytest
+from sqlalchemy import text
+
+from directory.geo import Point, Privacy, publishable_point
+from tests.factories import ad_payload, in_days
+
+
+def put(client, portal, external_id, payload, **headers):
+    return client.put(f"/v1/ads/{external_id}", json=payload, headers={**portal.headers, **headers})
 
 
 def test_put_creates_then_updates_then_is_idempotent(client, portal):
-    created = client.put("/v1/ads/a-1", json=ad_payload(), headers=portal.headers)
+    created = put(client, portal, "a-1", ad_payload())
     assert created.status_code == 201, created.json
     assert created.json["external_id"] == "a-1"
     assert created.json["version"] == 1
     assert created.headers["ETag"] == created.json["etag"]
 
-    again = client.put("/v1/ads/a-1", json=ad_payload(), headers=portal.headers)
+    again = put(client, portal, "a-1", ad_payload())
     assert again.status_code == 200
     assert again.json["version"] == 1
+    assert again.json["updated_at"] == created.json["updated_at"]
     assert again.headers["ETag"] == created.headers["ETag"]
 
-    changed = client.put("/v1/ads/a-1", json=ad_payload(title="Bike repairs"), headers=portal.headers)
+    changed = put(client, portal, "a-1", ad_payload(title="Bike repairs"))
     assert changed.status_code == 200
     assert changed.json["version"] == 2
     assert changed.json["title"] == "Bike repairs"
     assert changed.headers["ETag"] != created.headers["ETag"]
+
+
+def test_public_view_hides_member_external_id_and_visibility(client, portal):
+    ad_id = put(client, portal, "a-1", ad_payload(member="m-77")).json["id"]
+    public = client.get(f"/v1/ads/{ad_id}")
+    assert public.status_code == 200
+    assert public.json["portal"] == portal.slug
+    for private in ("member", "external_id", "visibility", "etag"):
+        assert private not in public.json
+
+
+def test_if_match_with_current_etag_applies(client, portal):
+    etag = put(client, portal, "a-1", ad_payload()).headers["ETag"]
+    response = put(client, portal, "a-1", ad_payload(title="New"), **{"If-Match": etag})
+    assert response.status_code == 200
+    assert response.json["title"] == "New"
+
+
+def test_if_match_with_stale_etag_is_refused_and_changes_nothing(client, portal):
+    stale = put(client, portal, "a-1", ad_payload()).headers["ETag"]
+    put(client, portal, "a-1", ad_payload(title="Second"))
+    response = put(client, portal, "a-1", ad_payload(title="Third"), **{"If-Match": stale})
+    assert response.status_code == 412
+    assert response.json["errors"]["headers"]["If-Match"]
+    own = client.get("/v1/portals/me/ads/a-1", headers=portal.headers).json
+    assert own["title"] == "Second"
+
+
+def test_if_match_on_a_missing_ad_is_refused(client, portal):
+    response = put(client, portal, "a-1", ad_payload(), **{"If-Match": "*"})
+    assert response.status_code == 412
+    assert client.get("/v1/portals/me/ads", headers=portal.headers).json["items"] == []
+
+
+def test_delete_removes_the_ad_and_a_second_delete_is_harmless(client, portal):
+    ad_id = put(client, portal, "a-1", ad_payload()).json["id"]
+    assert client.delete("/v1/ads/a-1", headers=portal.headers).status_code == 204
+    assert client.get(f"/v1/ads/{ad_id}").status_code == 404
+    assert client.delete("/v1/ads/a-1", headers=portal.headers).status_code == 204
+
+
+def test_expire_takes_the_ad_out_of_public_view_and_put_renews_it(client, portal):
+    ad_id = put(client, portal, "a-1", ad_payload()).json["id"]
+    expired = client.post("/v1/ads/a-1/expire", headers=portal.headers)
+    assert expired.status_code == 200
+    assert expired.json["expired"] is True
+    assert client.get(f"/v1/ads/{ad_id}").status_code == 404
+
+    renewed = put(client, portal, "a-1", ad_payload())
+    assert renewed.status_code == 200
+    assert renewed.json["expired"] is False
+    assert client.get(f"/v1/ads/{ad_id}").status_code == 200
+
+
+def test_expire_of_a_missing_ad_is_404(client, portal):
+    response = client.post("/v1/ads/nope/expire", headers=portal.headers)
+    assert response.status_code == 404
+    assert response.json["error"] == "not_found"
+
+
+def test_default_expiry_is_ninety_days_and_explicit_expiry_is_kept(client, portal, wiring):
+    default = put(client, portal, "a-1", ad_payload()).json
+    explicit_at = in_days(10)
+    explicit = put(client, portal, "a-2", ad_payload(expires_at=explicit_at)).json
+    from datetime import datetime
+
+    created = datetime.fromisoformat(default["created_at"])
+    assert (datetime.fromisoformat(default["expires_at"]) - created).days in (89, 90)
+    assert datetime.fromisoformat(explicit["expires_at"]) == datetime.fromisoformat(explicit_at)
+
+
+def test_portal_default_currencies_apply_when_none_are_given(client, make_portal):
+    portal = make_portal(default_currencies=("HOUR", "GIFT"))
+    response = put(client, portal, "a-1", ad_payload(currencies=...))
+    assert response.status_code == 201
+    assert response.json["currencies"] == ["HOUR", "GIFT"]
+
+
+def test_ads_without_currencies_are_refused_when_the_portal_has_no_defaults(client, make_portal):
+    portal = make_portal(default_currencies=())
+    response = put(client, portal, "a-1", ad_payload(currencies=...))
+    assert response.status_code == 400
+    assert "currencies" in response.json["errors"]["json"]
+
+
+def test_price_is_stored_and_shown(client, portal):
+    response = put(client, portal, "a-1", ad_payload("priced"))
+    assert response.json["price"] == {"amount": "12.5000", "currency": "EUR", "unit": "hour"}
+
+
+@pytest.mark.parametrize("privacy", [Privacy.APPROXIMATE, Privacy.AREA])
+def test_non_exact_privacy_stores_only_the_snapped_point(client, portal, session, privacy):
+    exact = Point(50.8503, 4.3517)
+    response = put(client, portal, "a-1", ad_payload(privacy=privacy.value))
+    snapped = publishable_point(exact, privacy)
+    assert response.json["location"] == {"lat": snapped.lat, "lon": snapped.lon}
+    assert (response.json["location"]["lat"], response.json["location"]["lon"]) != (
+        exact.lat,
+        exact.lon,
+    )
+    stored = session.execute(
+        text("SELECT ST_Y(location::geometry), ST_X(location::geometry) FROM ads")
+    ).one()
+    assert stored == (snapped.lat, snapped.lon)
+
+
+def test_nearby_points_snap_to_the_same_cell(client, portal):
+    first = put(client, portal, "a-1", ad_payload("area", location={"lat": 50.85, "lon": 4.35}))
+    second = put(client, portal, "a-2", ad_payload("area", location={"lat": 50.851, "lon": 4.351}))
+    assert first.json["location"] == second.json["location"]
+
+
+def test_hidden_privacy_stores_and_shows_no_location(client, portal, session):
+    response = put(client, portal, "a-1", ad_payload(privacy="hidden"))
+    assert response.status_code == 201
+    assert response.json["location"] is None
+    assert session.scalar(text("SELECT count(*) FROM ads WHERE location IS NOT NULL")) == 0
+
+
+def test_exact_privacy_keeps_the_point(client, portal):
+    response = put(client, portal, "a-1", ad_payload(location={"lat": -33.9249, "lon": 18.4241}))
+    assert response.json["location"] == {"lat": -33.9249, "lon": 18.4241}
+
+
+def test_portal_only_ads_are_not_public_but_listed_for_their_portal(client, portal):
+    ad_id = put(client, portal, "a-1", ad_payload("portal_only")).json["id"]
+    assert client.get(f"/v1/ads/{ad_id}").status_code == 404
+    own = client.get("/v1/portals/me/ads", headers=portal.headers).json["items"]
+    assert [ad["visibility"] for ad in own] == ["portal"]
+
+
+def test_get_of_an_unknown_or_malformed_id_is_404(client):
+    assert client.get("/v1/ads/7d1b0a34-8ef5-4a6c-9f7e-0c5b2f3c1e11").status_code == 404
+    assert client.get("/v1/ads/not-a-uuid").status_code == 404
+
+
+def test_own_ads_are_listed_in_pages_that_cover_every_ad_once(client, portal):
+    for index in range(7):
+        put(client, portal, f"a-{index}", ad_payload(title=f"Ad {index}"))
+    seen, cursor = [], None
+    while True:
+        query = "?limit=3" + (f"&cursor={cursor}" if cursor else "")
+        page = client.get("/v1/portals/me/ads" + query, headers=portal.headers).json
+        seen += [ad["external_id"] for ad in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == [f"a-{index}" for index in range(7)]
+
+
+def test_own_ads_listing_can_leave_out_expired_ads(client, portal):
+    put(client, portal, "a-1", ad_payload())
+    put(client, portal, "a-2", ad_payload())
+    client.post("/v1/ads/a-2/expire", headers=portal.headers)
+    page = client.get("/v1/portals/me/ads?include_expired=false", headers=portal.headers).json
+    assert [ad["external_id"] for ad in page["items"]] == ["a-1"]
+
+
+def test_unchanged_put_writes_nothing(client, portal, session):
+    put(client, portal, "a-1", ad_payload())
+    before = session.scalar(text("SELECT xmin::text FROM ads"))
+    put(client, portal, "a-1", ad_payload())
+    session.rollback()
+    assert session.scalar(text("SELECT xmin::text FROM ads")) == before

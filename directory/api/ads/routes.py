@@ -173,12 +173,18 @@ class AdBatch(MethodView):
             portal = require_portal(session)
             if batch["replace"]:
                 summary = ads.replace_all(
-                    session, portal_id=portal.id, operations=operations, lifetimes=wiring().lifetimes
+                    session,
+                    portal_id=portal.id,
+                    operations=operations,
+                    lifetimes=wiring().lifetimes,
                 )
                 results, deleted = summary.results, summary.deleted
             else:
                 results = ads.apply_changes(
-                    session, portal_id=portal.id, operations=operations, lifetimes=wiring().lifetimes
+                    session,
+                    portal_id=portal.id,
+                    operations=operations,
+                    lifetimes=wiring().lifetimes,
                 )
                 deleted = 0
         return {

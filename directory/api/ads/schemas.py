@@ -6,6 +6,7 @@ from marshmallow import Schema, ValidationError, fields, post_load, validate, va
 
 from directory.api.fields import (
     BCP47,
+    EXTERNAL_ID_ERROR,
     LEDGER_ACCOUNT,
     PerItemList,
     Text,
@@ -15,7 +16,7 @@ from directory.api.fields import (
 from directory.geo import Point, Privacy
 from directory.models import AdKind, PriceUnit
 from directory.models.ads import Visibility
-from directory.services.ads import MAX_BATCH_ITEMS, AdInput, Price
+from directory.services.ads import EXTERNAL_ID, MAX_BATCH_ITEMS, AdInput, Price
 
 CURRENCY_CODE = fields.String(
     validate=validate.Length(1, 64),
@@ -41,6 +42,38 @@ class LocationSchema(Schema):
     @post_load
     def to_point(self, data, **kwargs):
         return Point(data["lat"], data["lon"])
+
+
+class LocationField(fields.Nested):
+    """Documented as LocationSchema, but loaded without a nested schema: a location is
+    two numbers, and a nested load per ad is a large share of a batch's cost."""
+
+    def __init__(self, **kwargs):
+        super().__init__(LocationSchema, **kwargs)
+
+    def _deserialize(self, value, attr, data, partial=None, **kwargs):
+        if not isinstance(value, dict):
+            raise ValidationError({"_schema": ["Must be an object with lat and lon."]})
+        errors = {}
+        unknown = set(value) - {"lat", "lon"}
+        for name in sorted(unknown):
+            errors[name] = ["Unknown field."]
+        coordinates = {}
+        for name, limit in (("lat", 90), ("lon", 180)):
+            number = value.get(name)
+            if name not in value:
+                errors[name] = ["Missing data for required field."]
+            elif isinstance(number, bool) or not isinstance(number, int | float):
+                errors[name] = ["Not a valid number."]
+            elif not -limit <= number <= limit:
+                errors[name] = [
+                    f"Must be greater than or equal to -{limit} and less than or equal to {limit}."
+                ]
+            else:
+                coordinates[name] = float(number)
+        if errors:
+            raise ValidationError(errors)
+        return Point(coordinates["lat"], coordinates["lon"])
 
 
 class PriceSchema(Schema):
@@ -77,8 +110,12 @@ class PriceSchema(Schema):
 class AdPutSchema(Schema):
     """An ad as a portal publishes it."""
 
-    kind = fields.Enum(AdKind, by_value=True, required=True, metadata={"description": "offer or want"})
-    title = Text(required=True, validate=validate.Length(1, 200), metadata={"example": "Bike repairs"})
+    kind = fields.Enum(
+        AdKind, by_value=True, required=True, metadata={"description": "offer or want"}
+    )
+    title = Text(
+        required=True, validate=validate.Length(1, 200), metadata={"example": "Bike repairs"}
+    )
     body = Text(
         required=True,
         multiline=True,
@@ -97,8 +134,7 @@ class AdPutSchema(Schema):
         load_default=(),
         metadata={"description": "Free tags, up to 20 of up to 40 characters"},
     )
-    location = fields.Nested(
-        LocationSchema,
+    location = LocationField(
         allow_none=True,
         load_default=None,
         metadata={
@@ -133,7 +169,10 @@ class AdPutSchema(Schema):
     language = fields.String(
         allow_none=True,
         load_default=None,
-        validate=[validate.Length(max=35), validate.Regexp(BCP47, error="Must be a BCP 47 language tag such as en or pt-BR.")],
+        validate=[
+            validate.Length(max=35),
+            validate.Regexp(BCP47, error="Must be a BCP 47 language tag such as en or pt-BR."),
+        ],
         metadata={"description": "BCP 47 language tag of the text", "example": "en"},
     )
     images = fields.List(
@@ -162,7 +201,9 @@ class AdPutSchema(Schema):
     ledger_account = fields.String(
         allow_none=True,
         load_default=None,
-        validate=validate.Regexp(LEDGER_ACCOUNT, error="Must be 1 to 128 characters: letters, digits and . _ : @ / -"),
+        validate=validate.Regexp(
+            LEDGER_ACCOUNT, error="Must be 1 to 128 characters: letters, digits and . _ : @ / -"
+        ),
         metadata={"description": "The advertiser's account on the portal's ledger"},
     )
 
@@ -243,25 +284,67 @@ class OwnAdsPageSchema(Schema):
 
 
 class BatchItemSchema(Schema):
+    """One item of a batch (for the spec; items are loaded by AdItemField)."""
+
     op = fields.String(
         load_default="upsert",
         validate=validate.OneOf(["upsert", "delete", "expire"]),
         metadata={"description": "upsert (default), delete or expire"},
     )
     external_id = external_id_field(required=True)
-    ad = fields.Nested(AdPutSchema, load_default=None, metadata={"description": "For upsert"})
+    ad = fields.Nested(
+        AdPutSchema, metadata={"description": "Required for upsert, absent otherwise"}
+    )
 
-    @validates_schema
-    def ad_goes_with_upsert(self, data, **kwargs):
-        if data.get("op", "upsert") == "upsert" and data.get("ad") is None:
-            raise ValidationError("Required for op upsert.", "ad")
-        if data.get("op") in ("delete", "expire") and data.get("ad") is not None:
-            raise ValidationError(f"Must be absent for op {data['op']}.", "ad")
+
+class StageItemSchema(Schema):
+    """One ad staged in a sync session (for the spec; items are loaded by AdItemField)."""
+
+    external_id = external_id_field(required=True)
+    ad = fields.Nested(AdPutSchema, required=True)
+
+
+class AdItemField(fields.Nested):
+    """An item {op?, external_id, ad}: documented by its schema, loaded by hand around
+    one AdPutSchema load, since a nested schema per item costs a third of a batch."""
+
+    def __init__(self, schema: type[Schema], *, ops: tuple[str, ...] | None, **kwargs):
+        super().__init__(schema, **kwargs)
+        self.ops = ops
+        self.ad_schema = AdPutSchema()
+
+    def _deserialize(self, value, attr, data, partial=None, **kwargs):
+        if not isinstance(value, dict):
+            raise ValidationError({"_schema": ["Must be an object."]})
+        allowed = {"external_id", "ad"} | ({"op"} if self.ops else set())
+        errors = {name: ["Unknown field."] for name in sorted(set(value) - allowed)}
+        op = value.get("op", "upsert")
+        if self.ops and op not in self.ops:
+            errors["op"] = [f"Must be one of: {', '.join(self.ops)}."]
+        external_id = value.get("external_id")
+        if external_id is None:
+            errors["external_id"] = ["Missing data for required field."]
+        elif not isinstance(external_id, str) or not EXTERNAL_ID.match(external_id):
+            errors["external_id"] = [EXTERNAL_ID_ERROR]
+        ad = None
+        if op == "upsert":
+            if value.get("ad") is None:
+                errors["ad"] = ["Missing data for required field."]
+            else:
+                try:
+                    ad = self.ad_schema.load(value["ad"])
+                except ValidationError as error:
+                    errors["ad"] = error.messages
+        elif "ad" in value:
+            errors["ad"] = [f"Must be absent for op {op}."]
+        if errors:
+            raise ValidationError(errors)
+        return {"op": op, "external_id": external_id, "ad": ad}
 
 
 class BatchSchema(Schema):
     items = PerItemList(
-        fields.Nested(BatchItemSchema),
+        AdItemField(BatchItemSchema, ops=("upsert", "delete", "expire")),
         required=True,
         validate=validate.Length(1, MAX_BATCH_ITEMS),
         metadata={"description": f"1 to {MAX_BATCH_ITEMS} items, applied in one transaction"},
@@ -280,7 +363,9 @@ class ItemResultSchema(Schema):
     index = fields.Integer()
     external_id = fields.String(allow_none=True)
     status = fields.String(
-        metadata={"description": "created, updated, unchanged, deleted, expired, staged or rejected"}
+        metadata={
+            "description": "created, updated, unchanged, deleted, expired, staged or rejected"
+        }
     )
     id = fields.UUID(allow_none=True)
     version = fields.Integer(allow_none=True)

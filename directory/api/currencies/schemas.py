@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from marshmallow import Schema, fields, validate
+from marshmallow import Schema, ValidationError, fields, validate
 
 from directory.api.fields import Text
 from directory.services.currencies import CurrencyKind
@@ -16,7 +16,9 @@ class CurrencySchema(Schema):
     name = fields.String()
     portal = fields.String(allow_none=True, metadata={"description": "Owning portal (community)"})
     symbol = fields.String(allow_none=True)
-    value_hours = fields.Decimal(as_string=True, allow_none=True, metadata={"description": "Value of one unit in hours"})
+    value_hours = fields.Decimal(
+        as_string=True, allow_none=True, metadata={"description": "Value of one unit in hours"}
+    )
     value_amount = fields.Decimal(as_string=True, allow_none=True)
     value_currency = fields.String(allow_none=True)
 
@@ -30,20 +32,27 @@ class CurrencyArgsSchema(Schema):
     portal = fields.String(load_default=None, validate=validate.Length(1, 40))
 
 
+def decimal_places(places: int):
+    def check(value: Decimal) -> None:
+        if value.as_tuple().exponent < -places:
+            raise ValidationError(f"Must have at most {places} decimal places.")
+
+    return check
+
+
 class CurrencyValueFields(Schema):
     symbol = Text(allow_none=True, validate=validate.Length(1, 8))
     value_hours = fields.Decimal(
         allow_none=True,
         allow_nan=False,
-        places=None,
-        validate=validate.Range(0, MAX_VALUE, min_inclusive=False),
-        metadata={"description": "Value of one unit in hours of time"},
+        validate=[validate.Range(0, MAX_VALUE, min_inclusive=False), decimal_places(6)],
+        metadata={"description": "Value of one unit in hours of time (6 decimals at most)"},
     )
     value_amount = fields.Decimal(
         allow_none=True,
         allow_nan=False,
-        validate=validate.Range(0, MAX_VALUE, min_inclusive=False),
-        metadata={"description": "Value of one unit in value_currency"},
+        validate=[validate.Range(0, MAX_VALUE, min_inclusive=False), decimal_places(4)],
+        metadata={"description": "Value of one unit in value_currency (4 decimals at most)"},
     )
     value_currency = fields.String(
         allow_none=True,
@@ -58,7 +67,10 @@ class CurrencyCreateSchema(CurrencyValueFields):
             r"^[A-Z][A-Z0-9]{1,11}$",
             error="Must be 2 to 12 capital letters or digits, starting with a letter.",
         ),
-        metadata={"description": "Short code; registered as <portal-slug>:<code>", "example": "TALENT"},
+        metadata={
+            "description": "Short code; registered as <portal-slug>:<code>",
+            "example": "TALENT",
+        },
     )
     name = Text(required=True, validate=validate.Length(1, 100))
 

@@ -12,7 +12,10 @@ class PortalSchema(Schema):
     slug = fields.String(metadata={"description": "The portal's id in the directory"})
     name = fields.String()
     website = fields.String(allow_none=True)
-    contact = fields.String(allow_none=True, metadata={"description": "How the directory's operators reach the portal's team"})
+    contact = fields.String(
+        allow_none=True,
+        metadata={"description": "How the directory's operators reach the portal's team"},
+    )
     description = fields.String(allow_none=True)
     default_currencies = fields.List(
         fields.String(), metadata={"description": "Applied to ads that name no currencies"}
@@ -27,7 +30,9 @@ class PortalPatchSchema(Schema):
     """Fields of the profile to change; absent fields stay as they are."""
 
     name = Text(validate=validate.Length(1, 200))
-    website = fields.Url(schemes={"https", "http"}, allow_none=True, validate=validate.Length(max=2048))
+    website = fields.Url(
+        schemes={"https", "http"}, allow_none=True, validate=validate.Length(max=2048)
+    )
     contact = Text(allow_none=True, validate=validate.Length(1, 320))
     description = Text(allow_none=True, multiline=True, validate=validate.Length(max=4000))
     default_currencies = fields.List(

@@ -8,11 +8,11 @@ from flask.views import MethodView
 from marshmallow import Schema, fields, validate
 
 from directory.api.ads.routes import result_rows
-from directory.api.ads.schemas import AdPutSchema, ItemResultSchema
+from directory.api.ads.schemas import AdItemField, ItemResultSchema, StageItemSchema
 from directory.api.auth import BEARER_AUTH, require_portal
 from directory.api.blueprint import Blueprint
 from directory.api.db import transaction, wiring
-from directory.api.fields import ItemErrors, PerItemList, external_id_field
+from directory.api.fields import ItemErrors, PerItemList
 from directory.errors import NotFound
 from directory.models import SyncStatus
 from directory.services import sync
@@ -38,14 +38,9 @@ class SyncSessionSchema(Schema):
     rejected = fields.Integer(metadata={"description": "Ads rejected so far (kept as they are)"})
 
 
-class StageItemSchema(Schema):
-    external_id = external_id_field(required=True)
-    ad = fields.Nested(AdPutSchema, required=True)
-
-
 class StageSchema(Schema):
     items = PerItemList(
-        fields.Nested(StageItemSchema),
+        AdItemField(StageItemSchema, ops=None),
         required=True,
         validate=validate.Length(1, MAX_BATCH_ITEMS),
         metadata={"description": f"1 to {MAX_BATCH_ITEMS} ads; an external id sent again replaces"},
@@ -97,7 +92,9 @@ class SyncSessionById(MethodView):
         """Read a sync session's state and counts"""
         with transaction() as session:
             portal = require_portal(session)
-            return sync.get_session(session, portal_id=portal.id, session_id=_session_id(session_id))
+            return sync.get_session(
+                session, portal_id=portal.id, session_id=_session_id(session_id)
+            )
 
     @blp.response(204)
     @blp.doc(operationId="abortSyncSession", security=BEARER_AUTH)
@@ -127,7 +124,10 @@ class SyncSessionItems(MethodView):
             portal = require_portal(session)
             sid = _session_id(session_id)
             results = sync.stage_items(
-                session, portal_id=portal.id, session_id=sid, items=items,
+                session,
+                portal_id=portal.id,
+                session_id=sid,
+                items=items,
                 lifetimes=wiring().lifetimes,
             )
             summary = sync.get_session(session, portal_id=portal.id, session_id=sid)
@@ -143,7 +143,9 @@ class SyncSessionCommit(MethodView):
         with transaction() as session:
             portal = require_portal(session)
             result = sync.commit(
-                session, portal_id=portal.id, session_id=_session_id(session_id),
+                session,
+                portal_id=portal.id,
+                session_id=_session_id(session_id),
                 lifetimes=wiring().lifetimes,
             )
         return {
@@ -155,5 +157,3 @@ class SyncSessionCommit(MethodView):
             "kept_rejected": result.kept_rejected,
             "rejected_items": result_rows(result.rejected_items),
         }
-
-

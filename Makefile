@@ -1,0 +1,54 @@
+# The two commands of the README: `make run` and `make test`. Both install what they
+# need (Debian packages, a virtualenv) and are safe to run again.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+DATA := .data
+
+.PHONY: run test lint format openapi bench deps system-deps clean
+
+run: deps
+	@url=$$($(BIN)/directory localdb start $(DATA)/pg); \
+	export DIRECTORY_DATABASE_URL=$$url; \
+	$(BIN)/directory migrate; \
+	$(BIN)/directory demo --keys-file $(DATA)/demo-keys.json; \
+	echo "database: $$url"; \
+	echo "API: http://127.0.0.1:8000  (spec: http://127.0.0.1:8000/openapi.json)"; \
+	$(BIN)/directory serve --bind 127.0.0.1:8000
+
+test: deps
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest
+
+lint: deps
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: deps
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+openapi: deps
+	$(BIN)/directory openapi
+
+bench: deps
+	$(BIN)/python bench/ingest.py
+
+deps: system-deps $(VENV)/.installed
+
+system-deps:
+	@scripts/system-deps.sh
+
+$(VENV)/.installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) is needed"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+clean:
+	-$(BIN)/directory localdb stop $(DATA)/pg
+	rm -rf $(VENV) $(DATA)

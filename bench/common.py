@@ -1,0 +1,121 @@
+"""Shared by the benchmarks: a throwaway database, a gunicorn server, realistic ads.
+Everything runs on this machine; all traffic goes to 127.0.0.1."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from directory import localdb
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TOWNS = [
+    ("Lyon", 45.764, 4.8357, "fr"),
+    ("Freiburg", 47.999, 7.842, "de"),
+    ("London", 51.4613, -0.1156, "en"),
+    ("Barcelona", 41.3874, 2.1686, "es"),
+    ("Buenos Aires", -34.6037, -58.3816, "es"),
+    ("Cape Town", -33.9249, 18.4241, "en"),
+    ("Portland", 45.5152, -122.6784, "en"),
+    ("Melbourne", -37.8136, 144.9631, "en"),
+    ("Tokyo", 35.6762, 139.6503, "ja"),
+    ("Nairobi", -1.2921, 36.8219, "sw"),
+]
+CATEGORIES = [
+    "food.produce", "food.baked", "household.furniture", "garden.plants", "care.childcare",
+    "education.languages", "home.repairs", "tech.it-support", "transport.rides", "space.rooms",
+]  # fmt: skip
+PRIVACY = ["approximate"] * 6 + ["exact"] * 2 + ["area", "hidden"]
+
+
+def ad(rng: random.Random, index: int) -> dict:
+    town, lat, lon, language = rng.choice(TOWNS)
+    privacy = rng.choice(PRIVACY)
+    category = rng.choice(CATEGORIES)
+    body = {
+        "kind": rng.choice(["offer", "offer", "want"]),
+        "title": f"{category.split('.')[1].replace('-', ' ').title()} in {town} #{index}",
+        "body": "Available most weekends; happy to trade for hours or local currency. " * 3,
+        "category": category,
+        "tags": rng.sample(["weekend", "organic", "kids", "tools", "bike", "help"], 2),
+        "privacy": privacy,
+        "currencies": rng.choice([["EUR", "HOUR"], ["HOUR"], ["GIFT"], ["EUR"]]),
+        "language": language,
+        "member": f"m-{rng.randrange(1, 50_000)}",
+    }
+    if privacy != "hidden":
+        body["location"] = {"lat": lat + rng.gauss(0, 0.05), "lon": lon + rng.gauss(0, 0.05)}
+    return body
+
+
+@contextlib.contextmanager
+def database():
+    """A throwaway PostgreSQL + PostGIS cluster, migrated; yields its URL."""
+    folder = Path(tempfile.mkdtemp(prefix="directory-bench-pg-"))
+    cluster = localdb.start(folder)
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "directory", "migrate"],
+            check=True,
+            env={**os.environ, "DIRECTORY_DATABASE_URL": cluster.url},
+            stdout=subprocess.DEVNULL,
+        )
+        yield cluster.url
+    finally:
+        localdb.destroy(folder)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def gunicorn(database_url: str, *, workers: int = 2):
+    """The API under gunicorn on a free loopback port; yields its base URL."""
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--workers",
+            str(workers),
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--log-level",
+            "warning",
+            "directory.wsgi:app",
+        ],  # fmt: skip
+        env={
+            **os.environ,
+            "DIRECTORY_DATABASE_URL": database_url,
+            "DIRECTORY_LOG_LEVEL": "WARNING",
+        },
+        cwd=ROOT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(base + "/healthz", timeout=1).read()
+                break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError("gunicorn did not start") from None
+                time.sleep(0.1)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

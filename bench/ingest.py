@@ -1,0 +1,162 @@
+"""Ingestion speed: 100,000 ads through POST /v1/ads/batch on one local server, beside
+a plain COPY of the same rows into the same table (the floor to compare with).
+
+    .venv/bin/python bench/ingest.py [--ads 100000] [--clients 3] [--workers 2]
+
+Prints figures; asserts nothing."""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import random
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import psycopg  # noqa: E402
+from sqlalchemy import text  # noqa: E402
+
+from bench.common import ad, database, gunicorn  # noqa: E402
+from directory import build_wiring  # noqa: E402
+from directory.db import unit_of_work  # noqa: E402
+from directory.geo import Point, Privacy, publishable_point  # noqa: E402
+from directory.services import portals  # noqa: E402
+from directory.settings import Settings  # noqa: E402
+
+BATCH = 1000
+
+
+def make_batches(count: int, seed: int) -> list[tuple[list[dict], bytes]]:
+    rng = random.Random(seed)
+    items = [{"external_id": f"ad-{i}", "ad": ad(rng, i)} for i in range(count)]
+    return [
+        (items[i : i + BATCH], json.dumps({"items": items[i : i + BATCH]}).encode())
+        for i in range(0, count, BATCH)
+    ]
+
+
+def push(base: str, key: str, batches, clients: int) -> tuple[float, list[float]]:
+    target = urlparse(base)
+    queue = list(enumerate(batches))
+    lock = threading.Lock()
+    latencies: list[float] = []
+    failures: list[str] = []
+
+    def client() -> None:
+        connection = http.client.HTTPConnection(target.hostname, target.port, timeout=120)
+        while True:
+            with lock:
+                if not queue:
+                    break
+                _, (_, body) = queue.pop(0)
+            started = time.perf_counter()
+            connection.request(
+                "POST",
+                "/v1/ads/batch",
+                body=body,
+                headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"},
+            )
+            response = connection.getresponse()
+            payload = json.loads(response.read())
+            latencies.append(time.perf_counter() - started)
+            if response.status != 200 or payload["counts"].get("created") != BATCH:
+                failures.append(f"{response.status}: {str(payload)[:300]}")
+        connection.close()
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    if failures:
+        raise SystemExit(f"{len(failures)} batches failed, e.g. {failures[0]}")
+    return elapsed, latencies
+
+
+def copy_rows(database_url: str, portal_id: int, batches) -> float:
+    """COPY the same ads (snapped as the API would) into the ads table, then undo."""
+    import uuid
+    from datetime import UTC, datetime, timedelta
+
+    expires = datetime.now(UTC) + timedelta(days=90)
+    rows = []
+    for items, _ in batches:
+        for item in items:
+            body = item["ad"]
+            location = body.get("location")
+            point = publishable_point(
+                Point(location["lat"], location["lon"]) if location else None,
+                Privacy(body["privacy"]),
+            )
+            rows.append(
+                (
+                    uuid.uuid4(), portal_id, "copy-" + item["external_id"], body["kind"],
+                    body["title"], body["body"], body["category"], body["tags"],
+                    None if point is None else f"SRID=4326;POINT({point.lon} {point.lat})",
+                    body["privacy"], "public", body["currencies"], body["language"], [],
+                    expires, body["member"], "0" * 32,
+                )
+            )  # fmt: skip
+    columns = (
+        "id, portal_id, external_id, kind, title, body, category, tags, location, privacy, "
+        "visibility, currencies, language, images, expires_at, member, content_hash"
+    )
+    with psycopg.connect(database_url.replace("+psycopg", "")) as conn:
+        started = time.perf_counter()
+        with conn.cursor().copy(f"COPY ads ({columns}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        conn.commit()
+        elapsed = time.perf_counter() - started
+        conn.execute("DELETE FROM ads WHERE external_id LIKE 'copy-%'")
+        conn.commit()
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ads", type=int, default=100_000)
+    parser.add_argument("--clients", type=int, default=3, help="concurrent HTTP clients")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+
+    batches = make_batches(args.ads, args.seed)
+    with database() as url:
+        wiring = build_wiring(Settings(database_url=url))
+        with unit_of_work(wiring.session_factory) as session:
+            portal, key = portals.create_portal(
+                session, slug="bench", name="Bench", default_currencies=["EUR"]
+            )
+            portal_id = portal.id
+        with gunicorn(url, workers=args.workers) as base:
+            elapsed, latencies = push(base, key.key, batches, args.clients)
+        with wiring.engine.connect() as connection:
+            stored = connection.scalar(text("SELECT count(*) FROM ads"))
+        wiring.engine.dispose()
+        copy_elapsed = copy_rows(url, portal_id, batches)
+
+    api_rate = args.ads / elapsed
+    copy_rate = args.ads / copy_elapsed
+    latencies.sort()
+    print(f"ads pushed:            {args.ads:,} in {len(batches)} batches of {BATCH}")
+    print(f"ads stored:            {stored:,}")
+    print(f"API (batch upsert):    {api_rate:,.0f} ads/s  ({elapsed:.1f} s, {args.clients} "
+          f"clients, {args.workers} gunicorn workers)")  # fmt: skip
+    print(f"  batch latency:       p50 {statistics.median(latencies) * 1000:.0f} ms, "
+          f"p95 {latencies[int(len(latencies) * 0.95) - 1] * 1000:.0f} ms")  # fmt: skip
+    print(f"COPY floor:            {copy_rate:,.0f} ads/s  ({copy_elapsed:.1f} s)")
+    print(f"API / COPY:            {api_rate / copy_rate:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the directory needs, when they are missing.
+# Safe to run again: it asks apt only for what is not installed yet.
+set -euo pipefail
+
+packages=(postgresql-15 postgresql-15-postgis-3 postgresql-contrib python3-venv)
+missing=()
+for package in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
+        || missing+=("$package")
+done
+if ((${#missing[@]})); then
+    echo "installing Debian packages: ${missing[*]}"
+    sudo_cmd=()
+    [[ $(id -u) -ne 0 ]] && sudo_cmd=(sudo)
+    "${sudo_cmd[@]}" apt-get update -q
+    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -q --no-install-recommends \
+        "${missing[@]}"
+fi

@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+from tests.factories import ad_payload
+
+
+def batch(client, portal, items, **extra):
+    return client.post("/v1/ads/batch", json={"items": items, **extra}, headers=portal.headers)
+
+
+def test_batch_reports_a_result_per_item(client, portal):
+    client.put("/v1/ads/same", json=ad_payload(), headers=portal.headers)
+    client.put("/v1/ads/changed", json=ad_payload(), headers=portal.headers)
+    client.put("/v1/ads/gone", json=ad_payload(), headers=portal.headers)
+    client.put("/v1/ads/ending", json=ad_payload(), headers=portal.headers)
+    response = batch(
+        client,
+        portal,
+        [
+            {"external_id": "new", "ad": ad_payload()},
+            {"external_id": "same", "ad": ad_payload()},
+            {"op": "upsert", "external_id": "changed", "ad": ad_payload(title="Changed")},
+            {"op": "delete", "external_id": "gone"},
+            {"op": "expire", "external_id": "ending"},
+            {"external_id": "bad", "ad": ad_payload(currencies=["NOPE"])},
+        ],
+    )
+    assert response.status_code == 200, response.json
+    statuses = [(r["external_id"], r["status"]) for r in response.json["results"]]
+    assert statuses == [
+        ("new", "created"),
+        ("same", "unchanged"),
+        ("changed", "updated"),
+        ("gone", "deleted"),
+        ("ending", "expired"),
+        ("bad", "rejected"),
+    ]
+    assert response.json["counts"] == {
+        "created": 1, "unchanged": 1, "updated": 1, "deleted": 1, "expired": 1, "rejected": 1
+    }  # fmt: skip
+    assert "unknown currency code NOPE" in response.json["results"][5]["errors"]["currencies"][0]
+
+
+def test_batch_results_carry_ids_versions_and_etags_matching_the_ads(client, portal):
+    response = batch(client, portal, [{"external_id": "a-1", "ad": ad_payload()}])
+    result = response.json["results"][0]
+    own = client.get("/v1/portals/me/ads/a-1", headers=portal.headers)
+    assert (result["id"], result["version"], result["etag"]) == (
+        own.json["id"], own.json["version"], own.headers["ETag"]
+    )  # fmt: skip
+
+
+def test_a_schema_error_in_one_item_leaves_the_others_applied(client, portal):
+    response = batch(
+        client,
+        portal,
+        [
+            {"external_id": "ok", "ad": ad_payload()},
+            {"external_id": "bad", "ad": ad_payload(location={"lat": 91, "lon": 0})},
+        ],
+    )
+    results = response.json["results"]
+    assert [r["status"] for r in results] == ["created", "rejected"]
+    assert "lat" in results[1]["errors"]["ad"]["location"]
+    listed = client.get("/v1/portals/me/ads", headers=portal.headers).json["items"]
+    assert [ad["external_id"] for ad in listed] == ["ok"]
+
+
+def test_a_thousand_items_are_applied_in_one_request(client, portal):
+    items = [{"external_id": f"a-{i:04}", "ad": ad_payload(title=f"Ad {i}")} for i in range(1000)]
+    response = batch(client, portal, items)
+    assert response.json["counts"] == {"created": 1000}
+    page = client.get("/v1/portals/me/ads?limit=1000", headers=portal.headers).json
+    assert len(page["items"]) == 1000

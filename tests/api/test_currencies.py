@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+from tests.factories import ad_payload
+
+
+def test_the_registry_lists_iso_codes_hours_gift_and_barter(client):
+    codes = {c["code"]: c["kind"] for c in client.get("/v1/currencies").json["currencies"]}
+    assert codes["EUR"] == "national"
+    assert codes["ARS"] == "national"
+    assert (codes["HOUR"], codes["GIFT"], codes["BARTER"]) == ("time", "gift", "barter")
+    assert "XAU" not in codes  # gold is not something to pay with here
+
+
+def test_a_registered_community_currency_is_namespaced_by_its_portal(client, portal):
+    response = client.post(
+        "/v1/currencies",
+        json={"code": "TALENT", "name": "Talent", "value_hours": "0.016667", "symbol": "T"},
+        headers=portal.headers,
+    )
+    assert response.status_code == 201, response.json
+    assert response.json["code"] == f"{portal.slug}:TALENT"
+    assert response.json["portal"] == portal.slug
+    listed = client.get(f"/v1/currencies?kind=community&portal={portal.slug}").json["currencies"]
+    assert [c["code"] for c in listed] == [f"{portal.slug}:TALENT"]
+
+
+def test_two_portals_may_use_the_same_short_code(client, portal, other_portal):
+    for who in (portal, other_portal):
+        response = client.post(
+            "/v1/currencies", json={"code": "TALENT", "name": "Talent"}, headers=who.headers
+        )
+        assert response.status_code == 201
+    codes = [c["code"] for c in client.get("/v1/currencies?kind=community").json["currencies"]]
+    assert sorted(codes) == sorted([f"{portal.slug}:TALENT", f"{other_portal.slug}:TALENT"])
+
+
+def test_ads_accept_a_registered_community_currency_and_refuse_an_unregistered_one(client, portal):
+    code = client.post(
+        "/v1/currencies", json={"code": "SEL", "name": "Grain de sel"}, headers=portal.headers
+    ).json["code"]
+    assert (
+        client.put(
+            "/v1/ads/a-1", json=ad_payload(currencies=[code]), headers=portal.headers
+        ).status_code
+        == 201
+    )
+    refused = client.put(
+        "/v1/ads/a-2", json=ad_payload(currencies=["elsewhere:SEL"]), headers=portal.headers
+    )
+    assert refused.status_code == 400
+    assert refused.json["error"] == "unknown_currency"
+
+
+def test_a_currency_is_updated_by_its_portal(client, portal):
+    code = client.post(
+        "/v1/currencies", json={"code": "SEL", "name": "Sel"}, headers=portal.headers
+    ).json["code"]
+    response = client.patch(
+        f"/v1/currencies/{code}",
+        json={"value_amount": "1.00", "value_currency": "EUR"},
+        headers=portal.headers,
+    )
+    assert response.status_code == 200
+    assert (response.json["value_amount"], response.json["value_currency"]) == ("1.0000", "EUR")
+
+
+def test_an_unused_currency_can_be_deleted_and_a_used_one_cannot(client, portal):
+    code = client.post(
+        "/v1/currencies", json={"code": "SEL", "name": "Sel"}, headers=portal.headers
+    ).json["code"]
+    client.put("/v1/ads/a-1", json=ad_payload(currencies=[code]), headers=portal.headers)
+    refused = client.delete(f"/v1/currencies/{code}", headers=portal.headers)
+    assert refused.status_code == 409
+    assert refused.json["error"] == "currency_in_use"
+    client.delete("/v1/ads/a-1", headers=portal.headers)
+    assert client.delete(f"/v1/currencies/{code}", headers=portal.headers).status_code == 204
+    assert client.get(f"/v1/currencies/{code}").status_code == 404
+
+
+def test_a_builtin_currency_is_read_by_code(client):
+    response = client.get("/v1/currencies/HOUR")
+    assert response.json["kind"] == "time"
+
+
+def test_the_category_taxonomy_has_groups_with_children(client):
+    groups = client.get("/v1/categories").json["categories"]
+    by_code = {group["code"]: group for group in groups}
+    assert {"food", "home", "care", "space"} <= set(by_code)
+    assert {g["domain"] for g in groups} == {"goods", "services", "other"}
+    assert "food.produce" in [child["code"] for child in by_code["food"]["children"]]
+
+
+def test_an_ad_may_name_a_group_or_a_child_category(client, portal):
+    for external_id, category in (("a-1", "food"), ("a-2", "food.produce")):
+        response = client.put(
+            f"/v1/ads/{external_id}", json=ad_payload(category=category), headers=portal.headers
+        )
+        assert response.status_code == 201

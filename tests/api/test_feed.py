@@ -1,0 +1,132 @@
+from __future__ import annotations
+
+import threading
+
+from sqlalchemy import text
+
+from directory.db import unit_of_work
+from directory.models import PortalStatus
+from directory.services import portals
+from tests.factories import ad_payload
+
+
+def read_all(client, since=None, limit=500):
+    changes, cursor = [], since
+    while True:
+        query = f"/v1/feed?limit={limit}" + (f"&since={cursor}" if cursor else "")
+        page = client.get(query).json
+        changes += page["changes"]
+        cursor = page["next_cursor"]
+        if not page["more"]:
+            return changes, cursor
+
+
+def test_feed_lists_upserts_and_deletes_in_order(client, portal):
+    first = client.put("/v1/ads/a-1", json=ad_payload(title="One"), headers=portal.headers)
+    client.put("/v1/ads/a-2", json=ad_payload(title="Two"), headers=portal.headers)
+    client.put("/v1/ads/a-2", json=ad_payload(title="Two again"), headers=portal.headers)
+    client.delete("/v1/ads/a-1", headers=portal.headers)
+    changes, _ = read_all(client)
+    assert [(c["op"], c["ad"] and c["ad"]["title"]) for c in changes] == [
+        ("upsert", "Two again"),  # the ad as it is now, for both of its upserts
+        ("upsert", "Two again"),
+        ("delete", None),
+    ]
+    assert changes[-1]["ad_id"] == first.json["id"]
+
+
+def test_feed_skips_upserts_of_ads_that_later_left_public_view(client, portal):
+    ad_id = client.put("/v1/ads/a-1", json=ad_payload(), headers=portal.headers).json["id"]
+    client.put("/v1/ads/a-2", json=ad_payload(title="Stays"), headers=portal.headers)
+    client.delete("/v1/ads/a-1", headers=portal.headers)
+    changes, _ = read_all(client)
+    assert [(c["op"], c["ad_id"] == ad_id) for c in changes] == [
+        ("upsert", False),
+        ("delete", True),
+    ]
+
+
+def test_feed_cursor_resumes_after_the_last_change_seen(client, portal):
+    client.put("/v1/ads/a-1", json=ad_payload(), headers=portal.headers)
+    _, cursor = read_all(client)
+    client.put("/v1/ads/a-2", json=ad_payload(title="Later"), headers=portal.headers)
+    changes, _ = read_all(client, since=cursor)
+    assert [c["ad"]["title"] for c in changes] == ["Later"]
+
+
+def test_feed_pages_cover_every_change_once(client, portal):
+    items = [{"external_id": f"a-{i}", "ad": ad_payload(title=f"Ad {i}")} for i in range(25)]
+    client.post("/v1/ads/batch", json={"items": items}, headers=portal.headers)
+    changes, _ = read_all(client, limit=7)
+    assert sorted(c["ad"]["title"] for c in changes) == sorted(f"Ad {i}" for i in range(25))
+
+
+def test_feed_shows_public_ads_only_as_the_world_sees_them(client, portal):
+    client.put("/v1/ads/a-1", json=ad_payload("portal_only"), headers=portal.headers)
+    client.put("/v1/ads/a-2", json=ad_payload("area"), headers=portal.headers)
+    changes, _ = read_all(client)
+    assert len(changes) == 1
+    assert "member" not in changes[0]["ad"]
+    assert changes[0]["ad"]["privacy"] == "area"
+
+
+def test_making_an_ad_portal_only_appears_as_a_delete(client, portal):
+    client.put("/v1/ads/a-1", json=ad_payload(), headers=portal.headers)
+    _, cursor = read_all(client)
+    client.put("/v1/ads/a-1", json=ad_payload("portal_only"), headers=portal.headers)
+    changes, _ = read_all(client, since=cursor)
+    assert [c["op"] for c in changes] == ["delete"]
+
+
+def test_expiring_an_ad_appears_as_a_delete(client, portal):
+    client.put("/v1/ads/a-1", json=ad_payload(), headers=portal.headers)
+    _, cursor = read_all(client)
+    client.post("/v1/ads/a-1/expire", headers=portal.headers)
+    changes, _ = read_all(client, since=cursor)
+    assert [c["op"] for c in changes] == ["delete"]
+
+
+def test_suspending_a_portal_deletes_its_ads_from_the_feed_and_reactivating_restores(
+    client, portal, wiring
+):
+    client.put("/v1/ads/a-1", json=ad_payload(), headers=portal.headers)
+    _, cursor = read_all(client)
+    with unit_of_work(wiring.session_factory) as session:
+        portals.set_status(session, portal_slug=portal.slug, status=PortalStatus.SUSPENDED)
+    changes, cursor = read_all(client, since=cursor)
+    assert [c["op"] for c in changes] == ["delete"]
+    with unit_of_work(wiring.session_factory) as session:
+        portals.set_status(session, portal_slug=portal.slug, status=PortalStatus.ACTIVE)
+    changes, _ = read_all(client, since=cursor)
+    assert [c["op"] for c in changes] == ["upsert"]
+
+
+def test_a_change_committed_late_is_not_skipped(client, portal, wiring):
+    """A transaction that took its log row first but commits after a later one must
+    still reach a reader who has already read past the later one."""
+    client.put("/v1/ads/a-1", json=ad_payload(), headers=portal.headers)
+    _, cursor = read_all(client)
+    slow_started = threading.Event()
+    release = threading.Event()
+
+    def slow_writer():
+        with wiring.engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO ad_changes (ad_id, portal_id, op) "
+                    "SELECT id, portal_id, 'upsert' FROM ads WHERE external_id = 'a-1'"
+                )
+            )
+            slow_started.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=slow_writer)
+    thread.start()
+    slow_started.wait(10)
+    client.put("/v1/ads/a-2", json=ad_payload(title="Fast"), headers=portal.headers)
+    during, cursor_during = read_all(client, since=cursor)
+    release.set()
+    thread.join()
+    after, _ = read_all(client, since=cursor_during)
+    assert during == []  # held back while an older transaction is still open
+    assert sorted(c["ad"]["title"] for c in after) == ["Bicycle repairs", "Fast"]

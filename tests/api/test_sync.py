@@ -1,0 +1,147 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import update
+
+from directory.db import unit_of_work
+from directory.models import SyncSession
+from tests.factories import ad_payload
+
+
+def open_session(client, portal) -> str:
+    response = client.post("/v1/sync-sessions", headers=portal.headers)
+    assert response.status_code == 201, response.json
+    return response.json["id"]
+
+
+def stage(client, portal, session_id, items):
+    return client.post(
+        f"/v1/sync-sessions/{session_id}/items", json={"items": items}, headers=portal.headers
+    )
+
+
+def own_titles(client, portal) -> dict[str, str]:
+    items = client.get("/v1/portals/me/ads?limit=1000", headers=portal.headers).json["items"]
+    return {ad["external_id"]: ad["title"] for ad in items}
+
+
+def test_a_resync_over_several_requests_replaces_all_ads_at_commit(client, portal):
+    client.put("/v1/ads/old", json=ad_payload(title="Old"), headers=portal.headers)
+    client.put("/v1/ads/kept", json=ad_payload(title="Kept v1"), headers=portal.headers)
+    session_id = open_session(client, portal)
+    stage(client, portal, session_id, [{"external_id": "kept", "ad": ad_payload(title="Kept v2")}])
+    stage(client, portal, session_id, [{"external_id": "new", "ad": ad_payload(title="New")}])
+
+    assert own_titles(client, portal) == {"old": "Old", "kept": "Kept v1"}  # nothing yet
+
+    result = client.post(f"/v1/sync-sessions/{session_id}/commit", headers=portal.headers)
+    assert result.status_code == 200, result.json
+    assert (result.json["created"], result.json["updated"], result.json["deleted"]) == (1, 1, 1)
+    assert result.json["session"]["status"] == "committed"
+    assert own_titles(client, portal) == {"kept": "Kept v2", "new": "New"}
+
+
+def test_staging_reports_each_item_and_a_rejected_ad_is_kept_at_commit(client, portal):
+    client.put("/v1/ads/a-1", json=ad_payload(title="Original"), headers=portal.headers)
+    session_id = open_session(client, portal)
+    staged = stage(
+        client,
+        portal,
+        session_id,
+        [
+            {"external_id": "a-1", "ad": ad_payload(title="Broken", category="nope")},
+            {"external_id": "a-2", "ad": ad_payload(title="Fine")},
+        ],
+    )
+    assert [r["status"] for r in staged.json["results"]] == ["rejected", "staged"]
+    assert "category" in staged.json["results"][0]["errors"]
+    assert (staged.json["session"]["staged"], staged.json["session"]["rejected"]) == (1, 1)
+
+    result = client.post(f"/v1/sync-sessions/{session_id}/commit", headers=portal.headers).json
+    assert result["kept_rejected"] == 1
+    assert own_titles(client, portal) == {"a-1": "Original", "a-2": "Fine"}
+
+
+def test_an_item_sent_again_replaces_what_was_staged(client, portal):
+    session_id = open_session(client, portal)
+    stage(client, portal, session_id, [{"external_id": "a-1", "ad": ad_payload(title="First")}])
+    stage(client, portal, session_id, [{"external_id": "a-1", "ad": ad_payload(title="Second")}])
+    client.post(f"/v1/sync-sessions/{session_id}/commit", headers=portal.headers)
+    assert own_titles(client, portal) == {"a-1": "Second"}
+
+
+def test_an_aborted_session_changes_nothing_and_accepts_no_more_items(client, portal):
+    client.put("/v1/ads/a-1", json=ad_payload(title="Original"), headers=portal.headers)
+    session_id = open_session(client, portal)
+    stage(client, portal, session_id, [{"external_id": "a-2", "ad": ad_payload()}])
+    assert (
+        client.delete(f"/v1/sync-sessions/{session_id}", headers=portal.headers).status_code == 204
+    )
+    later = stage(client, portal, session_id, [{"external_id": "a-3", "ad": ad_payload()}])
+    assert later.status_code == 409
+    assert later.json["error"] == "sync_session_closed"
+    commit = client.post(f"/v1/sync-sessions/{session_id}/commit", headers=portal.headers)
+    assert commit.status_code == 409
+    assert own_titles(client, portal) == {"a-1": "Original"}
+
+
+def test_a_committed_session_cannot_be_committed_twice(client, portal):
+    session_id = open_session(client, portal)
+    stage(client, portal, session_id, [{"external_id": "a-1", "ad": ad_payload()}])
+    client.post(f"/v1/sync-sessions/{session_id}/commit", headers=portal.headers)
+    again = client.post(f"/v1/sync-sessions/{session_id}/commit", headers=portal.headers)
+    assert again.status_code == 409
+
+
+def test_an_expired_session_is_refused(client, portal, wiring):
+    session_id = open_session(client, portal)
+    with unit_of_work(wiring.session_factory) as session:
+        session.execute(
+            update(SyncSession).values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+        )
+    response = stage(client, portal, session_id, [{"external_id": "a-1", "ad": ad_payload()}])
+    assert response.status_code == 409
+    assert response.json["error"] == "sync_session_expired"
+
+
+def test_an_empty_commit_deletes_every_ad_of_the_portal(client, portal):
+    client.put("/v1/ads/a-1", json=ad_payload(), headers=portal.headers)
+    session_id = open_session(client, portal)
+    result = client.post(f"/v1/sync-sessions/{session_id}/commit", headers=portal.headers).json
+    assert result["deleted"] == 1
+    assert own_titles(client, portal) == {}
+
+
+def test_session_state_shows_counts(client, portal):
+    session_id = open_session(client, portal)
+    stage(
+        client,
+        portal,
+        session_id,
+        [{"external_id": f"a-{i}", "ad": ad_payload()} for i in range(3)],
+    )
+    state = client.get(f"/v1/sync-sessions/{session_id}", headers=portal.headers).json
+    assert (state["status"], state["staged"], state["rejected"]) == ("open", 3, 0)
+
+
+def test_batch_replace_deletes_ads_left_out_but_keeps_rejected_ones(client, portal):
+    for external_id in ("a-1", "a-2", "a-3"):
+        client.put(
+            f"/v1/ads/{external_id}", json=ad_payload(title=external_id), headers=portal.headers
+        )
+    response = client.post(
+        "/v1/ads/batch",
+        json={
+            "replace": True,
+            "items": [
+                {"external_id": "a-1", "ad": ad_payload(title="a-1 v2")},
+                {"external_id": "a-2", "ad": ad_payload(title="x" * 201)},  # rejected
+            ],
+        },
+        headers=portal.headers,
+    )
+    assert response.status_code == 200
+    assert [r["status"] for r in response.json["results"]] == ["updated", "rejected"]
+    assert response.json["deleted_by_replace"] == 1
+    assert own_titles(client, portal) == {"a-1": "a-1 v2", "a-2": "a-2"}
