@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -21,10 +22,24 @@ def _settings() -> Settings:
         raise click.ClickException(str(error)) from None
 
 
+@contextmanager
 def _wiring():
-    from directory import build_wiring
+    """The app's wiring for one command; its connections are closed when it ends."""
+    import directory
 
-    return build_wiring(_settings())
+    wiring = directory.build_wiring(_settings())
+    try:
+        yield wiring
+    finally:
+        wiring.engine.dispose()
+
+
+@contextmanager
+def _transaction():
+    from directory.db import unit_of_work
+
+    with _wiring() as wiring, unit_of_work(wiring.session_factory) as session:
+        yield session
 
 
 @click.group()
@@ -80,7 +95,10 @@ def worker(once: bool) -> None:
 
     settings = _settings()
     configure_logging(settings.log_level)
-    worker_module.run(_wiring(), once=once)
+    with _wiring() as wiring:
+        succeeded = worker_module.run(wiring, once=once)
+    if not succeeded:
+        raise click.ClickException("the worker's last round failed; see the log above")
 
 
 @cli.group()
@@ -96,10 +114,9 @@ def portals() -> None:
 @click.option("--currency", "currencies", multiple=True, help="Default currency (repeatable)")
 def portals_create(slug, name, website, contact, currencies) -> None:
     """Register a portal and print its first key (shown once)."""
-    from directory.db import unit_of_work
     from directory.services import portals as service
 
-    with unit_of_work(_wiring().session_factory) as session:
+    with _transaction() as session:
         portal, key = _domain(
             service.create_portal,
             session,
@@ -117,10 +134,9 @@ def portals_create(slug, name, website, contact, currencies) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def portals_list(as_json: bool) -> None:
     """List portals with their status, ads and live keys."""
-    from directory.db import unit_of_work
     from directory.services import portals as service
 
-    with unit_of_work(_wiring().session_factory) as session:
+    with _transaction() as session:
         rows = service.list_portals(session)
     if as_json:
         click.echo(json.dumps([
@@ -148,11 +164,10 @@ def portals_activate(slug: str) -> None:
 
 
 def _set_status(slug: str, status: str) -> None:
-    from directory.db import unit_of_work
     from directory.models import PortalStatus
     from directory.services import portals as service
 
-    with unit_of_work(_wiring().session_factory) as session:
+    with _transaction() as session:
         _domain(service.set_status, session, portal_slug=slug, status=PortalStatus(status))
     click.echo(f"portal {slug} is {status}")
 
@@ -162,10 +177,9 @@ def _set_status(slug: str, status: str) -> None:
 @click.option("--label", help="A note to tell keys apart")
 def portals_rotate_key(slug: str, label: str | None) -> None:
     """Issue a new key; the old ones keep working until revoked."""
-    from directory.db import unit_of_work
     from directory.services import portals as service
 
-    with unit_of_work(_wiring().session_factory) as session:
+    with _transaction() as session:
         key = _domain(service.issue_key, session, portal_slug=slug, label=label)
     click.echo(f"new key {key.id} for {slug} (shown once, store it now):")
     click.echo(key.key)
@@ -175,10 +189,9 @@ def portals_rotate_key(slug: str, label: str | None) -> None:
 @click.argument("slug")
 def portals_keys(slug: str) -> None:
     """List a portal's keys (their first characters only)."""
-    from directory.db import unit_of_work
     from directory.services import portals as service
 
-    with unit_of_work(_wiring().session_factory) as session:
+    with _transaction() as session:
         keys = _domain(service.list_keys, session, portal_slug=slug)
     click.echo(f"{'ID':>5}  {'HINT':<14} {'CREATED':<20} {'LAST USED':<20} STATE")
     for key in keys:
@@ -195,10 +208,9 @@ def portals_keys(slug: str) -> None:
 @click.argument("key_id", type=int)
 def portals_revoke_key(slug: str, key_id: int) -> None:
     """Revoke a key; it is refused from the very next request."""
-    from directory.db import unit_of_work
     from directory.services import portals as service
 
-    with unit_of_work(_wiring().session_factory) as session:
+    with _transaction() as session:
         _domain(service.revoke_key, session, portal_slug=slug, key_id=key_id)
     click.echo(f"key {key_id} of {slug} revoked")
 
@@ -221,8 +233,7 @@ def demo(ad_count: int, seed: int, keys_file: Path | None) -> None:
     from directory import demo as demo_module
     from directory.db import unit_of_work
 
-    wiring = _wiring()
-    with unit_of_work(wiring.session_factory) as session:
+    with _wiring() as wiring, unit_of_work(wiring.session_factory) as session:
         summary = demo_module.load(
             session, ad_count=ad_count, seed=seed, lifetimes=wiring.lifetimes
         )

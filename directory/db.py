@@ -66,3 +66,8 @@ def copy_rows(session: Session, *, table: str, columns: tuple[str, ...], rows) -
     except psycopg.errors.IntegrityError as error:
         # The same 409 as for any other write that breaks a constraint.
         raise IntegrityError(statement, None, error) from error
+
+
+def constraint_name(error) -> str | None:
+    """The name of the constraint an IntegrityError broke, as PostgreSQL reports it."""
+    return getattr(getattr(error.orig, "diag", None), "constraint_name", None)

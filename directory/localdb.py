@@ -40,10 +40,11 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _run_as_owner(args: list[str], **kwargs) -> subprocess.CompletedProcess:
+def _run_as_owner(args: list[str], *, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    # pg_ctl and initdb refuse to run as root.
     if os.geteuid() == 0:
         args = ["runuser", "-u", "postgres", "--", *args]
-    return subprocess.run(args, check=True, **kwargs)
+    return subprocess.run(args, check=check, **kwargs)
 
 
 def _give_to_owner(path: Path) -> None:
@@ -54,9 +55,12 @@ def _give_to_owner(path: Path) -> None:
 
 
 def _is_running(data: Path) -> bool:
-    return (data / "postmaster.pid").exists() and subprocess.run(
-        [str(PG_BIN / "pg_ctl"), "status", "-D", str(data)], capture_output=True
-    ).returncode == 0
+    if not (data / "postmaster.pid").exists():
+        return False
+    status = _run_as_owner(
+        [str(PG_BIN / "pg_ctl"), "status", "-D", str(data)], check=False, capture_output=True
+    )
+    return status.returncode == 0
 
 
 def start(folder: Path, *, port: int | None = None, fsync: bool = True) -> LocalCluster:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, fields
 
 ENVIRONMENTS = ("development", "test", "production")
 SEARCH_ENGINES = ("postgres", "meilisearch")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class SettingsError(ValueError):
@@ -52,6 +53,13 @@ class Settings:
             raise SettingsError(
                 "DIRECTORY_AD_DEFAULT_TTL_DAYS must be between 1 and DIRECTORY_AD_MAX_TTL_DAYS"
             )
+        if self.log_level not in LOG_LEVELS:
+            raise SettingsError(
+                f"DIRECTORY_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}"
+            )
+        for name in ("db_pool_size", "sync_session_ttl_hours"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"DIRECTORY_{name.upper()} must be at least 1")
         if self.max_request_bytes < 1024:
             raise SettingsError("DIRECTORY_MAX_REQUEST_BYTES must be at least 1024")
         if (

@@ -15,10 +15,25 @@ class StrictParser(FlaskParser):
     DEFAULT_UNKNOWN_BY_LOCATION = {**FlaskParser.DEFAULT_UNKNOWN_BY_LOCATION, "query": ma.RAISE}
 
     def _raw_load_json(self, request):
-        # orjson: a batch of 1,000 ads parses several times faster than with json.
+        # Only operations that declare a JSON body get here: an empty one is an error,
+        # never an empty object (a PATCH without a body must not "succeed").
+        body = request.get_data(cache=True)
+        if not body:
+            abort(
+                400,
+                error="body_required",
+                message="This operation needs a JSON body (Content-Type: application/json).",
+                messages={"json": {"_schema": ["A JSON body is required."]}},
+            )
         if not is_json_request(request):
-            return core.missing
-        return orjson.loads(request.get_data(cache=True))
+            return core.missing  # refused with 415 before the view runs
+        # orjson: a batch of 1,000 ads parses several times faster than with json.
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError as error:
+            # Handled here: webargs takes an error without a document (as orjson
+            # raises for invalid UTF-8) for "no body" and would carry on with none.
+            self._handle_invalid_json_error(error, request)
 
     def _handle_invalid_json_error(self, error, req, *args, **kwargs):
         abort(

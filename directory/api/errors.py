@@ -12,6 +12,7 @@ from psycopg import errors as pg_errors
 from sqlalchemy.exc import IntegrityError, OperationalError
 from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnavailable
 
+from directory.db import constraint_name
 from directory.errors import DirectoryError
 
 log = logging.getLogger("directory.api")
@@ -121,7 +122,7 @@ def handle_http_exception(error: HTTPException):
 
 
 def handle_integrity_error(error: IntegrityError):
-    constraint = getattr(getattr(error.orig, "diag", None), "constraint_name", None)
+    constraint = constraint_name(error)
     log.info("integrity error on %s", constraint)
     return envelope(
         409,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 
 from marshmallow import Schema, ValidationError, fields, utils, validate
 
@@ -102,3 +103,36 @@ class CursorPageSchema(Schema):
         allow_none=True,
         metadata={"description": "Pass as `cursor` for the next page; null on the last page"},
     )
+
+
+class DecimalString(fields.String):
+    """A decimal number written as a string ("12.50"), so that amounts never pass
+    through binary floating point; documented with its pattern."""
+
+    def __init__(self, *, digits: int, places: int, **kwargs):
+        self.pattern = re.compile(rf"^\d{{1,{digits}}}(\.\d{{1,{places}}})?$")
+        self.problem = (
+            f'Must be a decimal number as a string, such as "12.50", with at most {digits} '
+            f"digits before the point and {places} after it."
+        )
+        super().__init__(**kwargs)
+        self.metadata.setdefault("pattern", self.pattern.pattern)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if not self.pattern.match(text):
+            raise ValidationError(self.problem)
+        return Decimal(text)
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        return None if value is None else str(value)
+
+
+class StrictBoolean(fields.Boolean):
+    """A JSON boolean: true or false, not 0, 1, "yes" or "true" (0 == False in Python,
+    so marshmallow's truthy/falsy sets cannot tell them apart)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise self.make_error("invalid", input=value)
+        return value

@@ -160,7 +160,7 @@ def register_currency(
             field="code",
         )
     full_code = f"{portal.slug}:{code}"
-    _check_value(value_amount, value_currency)
+    _check_value(value_amount, value_currency, value_hours)
     if session.get(Currency, full_code) is not None:
         raise Conflict(f"currency {full_code} is registered already", field="code")
     currency = Currency(
@@ -178,7 +178,12 @@ def register_currency(
     return _community_info(currency, portal.slug)
 
 
-def _check_value(value_amount: Decimal | None, value_currency: str | None) -> None:
+def _check_value(
+    value_amount: Decimal | None, value_currency: str | None, value_hours: Decimal | None = None
+) -> None:
+    for name, value in (("value_amount", value_amount), ("value_hours", value_hours)):
+        if value is not None and value <= 0:
+            raise InvalidInput(f"{name} must be greater than 0", field=name)
     if (value_amount is None) != (value_currency is None):
         raise InvalidInput(
             "value_amount and value_currency go together: give both or neither",
@@ -209,7 +214,7 @@ def update_currency(session: Session, *, portal_id: int, code: str, changes: dic
     currency = _owned_currency(session, portal_id=portal_id, code=code)
     merged_amount = changes.get("value_amount", currency.value_amount)
     merged_currency = changes.get("value_currency", currency.value_currency)
-    _check_value(merged_amount, merged_currency)
+    _check_value(merged_amount, merged_currency, changes.get("value_hours"))
     for name, value in changes.items():
         setattr(currency, name, value)
     session.flush()

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, literal, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from directory.errors import Conflict, Forbidden, NotFound, Unauthenticated
+from directory.db import constraint_name
+from directory.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthenticated
 from directory.models import AdChange, ChangeOp, Portal, PortalKey, PortalStatus
 from directory.models.ads import Ad, Visibility
 from directory.services.currencies import require_known_currencies
@@ -69,6 +72,10 @@ class AuthenticatedPortal:
     slug: str
 
 
+SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$")
+MAX_NAME_LENGTH = 200
+
+
 def create_portal(
     session: Session,
     *,
@@ -79,8 +86,14 @@ def create_portal(
     default_currencies: list[str] | None = None,
     webhook_url: str | None = None,
 ) -> tuple[Portal, IssuedKey]:
-    if session.scalar(select(Portal.id).where(Portal.slug == slug)) is not None:
-        raise Conflict(f"a portal with slug {slug!r} exists already", field="slug")
+    if not SLUG.match(slug):
+        raise InvalidInput(
+            "slug must be 1 to 40 lowercase letters, digits or '-', starting and ending "
+            "with a letter or digit",
+            field="slug",
+        )
+    if not 1 <= len(name.strip()) <= MAX_NAME_LENGTH:
+        raise InvalidInput(f"name must be 1 to {MAX_NAME_LENGTH} characters", field="name")
     portal = Portal(
         slug=slug,
         name=name,
@@ -89,8 +102,15 @@ def create_portal(
         default_currencies=default_currencies or [],
         webhook_url=webhook_url,
     )
-    session.add(portal)
-    session.flush()
+    try:
+        # The UNIQUE constraint decides, not a look-up first: two creations can race.
+        with session.begin_nested():
+            session.add(portal)
+            session.flush()
+    except IntegrityError as error:
+        if constraint_name(error) == "uq_portals_slug":
+            raise Conflict(f"a portal with slug {slug!r} exists already", field="slug") from None
+        raise
     if default_currencies:
         require_known_currencies(
             session, codes=default_currencies, field="default_currencies", portal=portal

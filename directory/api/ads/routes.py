@@ -32,7 +32,7 @@ AD_REF = {
     "in": "path",
     "name": "ad_ref",
     "required": True,
-    "schema": {"type": "string", "maxLength": 128},
+    "schema": {"type": "string", "pattern": EXTERNAL_ID.pattern},
     "description": "For GET: the directory's id of the ad (a UUID). For PUT, DELETE and "
     "expire: the calling portal's own id of the ad (its external id).",
 }
@@ -223,7 +223,7 @@ class OwnAds(MethodView):
             "in": "path",
             "name": "external_id",
             "required": True,
-            "schema": {"type": "string", "maxLength": 128},
+            "schema": {"type": "string", "pattern": EXTERNAL_ID.pattern},
             "description": "The portal's own id of the ad",
         }
     ],

@@ -1,14 +1,15 @@
 from __future__ import annotations
 
-from decimal import Decimal
-
 from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
 
 from directory.api.fields import (
     BCP47,
     EXTERNAL_ID_ERROR,
+    HANDLE,
     LEDGER_ACCOUNT,
+    DecimalString,
     PerItemList,
+    StrictBoolean,
     Text,
     external_id_field,
     validate_member_handle,
@@ -22,7 +23,6 @@ CURRENCY_CODE = fields.String(
     validate=validate.Length(1, 64),
     metadata={"description": "A code from GET /v1/currencies", "example": "EUR"},
 )
-MAX_PRICE = Decimal("9999999999.9999")
 
 
 class LocationSchema(Schema):
@@ -77,12 +77,11 @@ class LocationField(fields.Nested):
 
 
 class PriceSchema(Schema):
-    amount = fields.Decimal(
+    amount = DecimalString(
+        digits=10,
+        places=4,
         required=True,
-        as_string=True,
-        allow_nan=False,
-        validate=validate.Range(0, MAX_PRICE),
-        metadata={"description": "Amount, at most 4 decimal places", "example": "12.50"},
+        metadata={"description": "Amount as a decimal string", "example": "12.50"},
     )
     currency = fields.String(
         required=True,
@@ -95,12 +94,6 @@ class PriceSchema(Schema):
         required=True,
         metadata={"description": "What the amount is for: once, per item, hour, day..."},
     )
-
-    @validates_schema
-    def four_decimals_at_most(self, data, **kwargs):
-        amount = data.get("amount")
-        if amount is not None and amount.as_tuple().exponent < -4:
-            raise ValidationError("Must have at most 4 decimal places.", "amount")
 
     @post_load
     def to_price(self, data, **kwargs):
@@ -195,6 +188,7 @@ class AdPutSchema(Schema):
         metadata={
             "description": "The portal's opaque handle of the advertiser; never an email "
             "address or phone number",
+            "pattern": HANDLE.pattern,
             "example": "m-4821",
         },
     )
@@ -230,7 +224,7 @@ class PublicLocationSchema(Schema):
 
 
 class PublicPriceSchema(Schema):
-    amount = fields.Decimal(as_string=True)
+    amount = DecimalString(digits=10, places=4)
     currency = fields.String()
     unit = fields.Enum(PriceUnit, by_value=True)
 
@@ -349,7 +343,7 @@ class BatchSchema(Schema):
         validate=validate.Length(1, MAX_BATCH_ITEMS),
         metadata={"description": f"1 to {MAX_BATCH_ITEMS} items, applied in one transaction"},
     )
-    replace = fields.Boolean(
+    replace = StrictBoolean(
         load_default=False,
         metadata={
             "description": "The items are the portal's complete set: every other ad of the "

@@ -1,13 +1,9 @@
 from __future__ import annotations
 
-from decimal import Decimal
+from marshmallow import Schema, fields, validate
 
-from marshmallow import Schema, ValidationError, fields, validate
-
-from directory.api.fields import Text
+from directory.api.fields import DecimalString, Text
 from directory.services.currencies import CurrencyKind
-
-MAX_VALUE = Decimal("99999999")
 
 
 class CurrencySchema(Schema):
@@ -16,10 +12,10 @@ class CurrencySchema(Schema):
     name = fields.String()
     portal = fields.String(allow_none=True, metadata={"description": "Owning portal (community)"})
     symbol = fields.String(allow_none=True)
-    value_hours = fields.Decimal(
-        as_string=True, allow_none=True, metadata={"description": "Value of one unit in hours"}
+    value_hours = DecimalString(
+        digits=8, places=6, allow_none=True, metadata={"description": "Value of one unit in hours"}
     )
-    value_amount = fields.Decimal(as_string=True, allow_none=True)
+    value_amount = DecimalString(digits=10, places=4, allow_none=True)
     value_currency = fields.String(allow_none=True)
 
 
@@ -32,27 +28,19 @@ class CurrencyArgsSchema(Schema):
     portal = fields.String(load_default=None, validate=validate.Length(1, 40))
 
 
-def decimal_places(places: int):
-    def check(value: Decimal) -> None:
-        if value.as_tuple().exponent < -places:
-            raise ValidationError(f"Must have at most {places} decimal places.")
-
-    return check
-
-
 class CurrencyValueFields(Schema):
     symbol = Text(allow_none=True, validate=validate.Length(1, 8))
-    value_hours = fields.Decimal(
+    value_hours = DecimalString(
+        digits=8,
+        places=6,
         allow_none=True,
-        allow_nan=False,
-        validate=[validate.Range(0, MAX_VALUE, min_inclusive=False), decimal_places(6)],
-        metadata={"description": "Value of one unit in hours of time (6 decimals at most)"},
+        metadata={"description": 'Value of one unit in hours of time, e.g. "0.016667"'},
     )
-    value_amount = fields.Decimal(
+    value_amount = DecimalString(
+        digits=10,
+        places=4,
         allow_none=True,
-        allow_nan=False,
-        validate=[validate.Range(0, MAX_VALUE, min_inclusive=False), decimal_places(4)],
-        metadata={"description": "Value of one unit in value_currency (4 decimals at most)"},
+        metadata={"description": 'Value of one unit in value_currency, e.g. "1.00"'},
     )
     value_currency = fields.String(
         allow_none=True,

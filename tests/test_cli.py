@@ -1,0 +1,332 @@
+"""The `directory` command, run in-process against the test database: portal and key
+administration takes effect on the API's very next request."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import signal
+
+import pytest
+from alembic.script import ScriptDirectory
+from click.testing import CliRunner, Result
+from sqlalchemy import text
+
+import directory
+from directory import Wiring
+from directory import build_wiring as real_build_wiring
+from directory.__main__ import alembic_config, cli
+from directory.services.portals import looks_like_key
+from tests.factories import ad_payload
+
+
+@pytest.fixture
+def built_wirings(monkeypatch) -> list[Wiring]:
+    """Every Wiring the CLI builds (each command builds its own)."""
+    built: list[Wiring] = []
+
+    def build(settings):
+        built.append(real_build_wiring(settings))
+        return built[-1]
+
+    monkeypatch.setattr(directory, "build_wiring", build)
+    return built
+
+
+@pytest.fixture
+def run(migrated, wiring, built_wirings):
+    """Invoke the CLI with the test database; `wiring` empties that database afterwards.
+
+    The commands leave their engine's pooled connection open (see
+    test_command_closes_its_database_connections), which psycopg reports as a
+    ResourceWarning whenever garbage collection gets to it; disposing of the engines here
+    keeps that one bug from failing every other test at random."""
+    runner = CliRunner()
+
+    def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
+        environment = {
+            "DIRECTORY_DATABASE_URL": migrated.database_url,
+            "DIRECTORY_ENVIRONMENT": "test",
+            **(env or {}),
+        }
+        try:
+            return runner.invoke(cli, list(args), env=environment)
+        finally:
+            while built_wirings:
+                built_wirings.pop().engine.dispose()
+
+    return invoke
+
+
+@pytest.fixture
+def run_ok(run):
+    def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
+        result = run(*args, env=env)
+        assert result.exit_code == 0, (result.output, result.exception)
+        return result
+
+    return invoke
+
+
+@pytest.fixture
+def create_portal(run_ok):
+    """`directory portals create`; returns the key it printed."""
+
+    def create(slug: str = "cli-portal", name: str = "CLI Exchange") -> str:
+        return _printed_key(run_ok("portals", "create", slug, "--name", name))
+
+    return create
+
+
+def _printed_key(result: Result) -> str:
+    key = result.output.strip().splitlines()[-1]
+    assert looks_like_key(key), result.output
+    return key
+
+
+def _bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def _key_ids_by_hint(output: str) -> dict[str, int]:
+    """`portals keys` rows: ID, then the hint followed by an ellipsis."""
+    rows = re.findall(r"^\s*(\d+)\s+(cdir_\S+)…", output, flags=re.MULTILINE)
+    return {hint: int(key_id) for key_id, hint in rows}
+
+
+def test_help_lists_the_commands(run_ok):
+    output = run_ok("--help").output
+
+    for command in ("serve", "migrate", "worker", "portals", "demo"):
+        assert re.search(rf"^\s+{command}\s", output, flags=re.MULTILINE), command
+
+
+def test_portals_create_prints_a_key_that_authenticates(create_portal, client):
+    key = create_portal("cli-portal", "CLI Exchange")
+
+    assert key.startswith("cdir_")
+    response = client.get("/v1/portals/me", headers=_bearer(key))
+    assert response.status_code == 200, response.json
+    assert response.json["slug"] == "cli-portal"
+    assert response.json["name"] == "CLI Exchange"
+
+
+def test_portals_create_refuses_a_duplicate_slug(run, create_portal):
+    create_portal("cli-portal")
+
+    result = run("portals", "create", "cli-portal", "--name", "Again")
+
+    assert result.exit_code != 0
+    assert "a portal with slug 'cli-portal' exists already" in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        pytest.param(
+            ["Bad Slug", "--name", "Bad"],
+            "slug",
+            id="invalid-slug",
+        ),
+        pytest.param(
+            ["long-name", "--name", "n" * 201],
+            "name",
+            id="name-too-long",
+        ),
+        pytest.param(
+            ["ok-slug", "--name", "Ok", "--currency", "NOPE"],
+            "unknown currency code NOPE",
+            id="unknown-currency",
+        ),
+    ],
+)
+def test_portals_create_refuses_invalid_input_with_a_clear_message(run, args, expected):
+    result = run("portals", "create", *args)
+
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code != 0
+    assert result.output.startswith("Error: ")
+    assert expected in result.output
+
+
+def test_portals_list_shows_the_portal(run_ok, create_portal):
+    create_portal("cli-portal", "CLI Exchange")
+
+    output = run_ok("portals", "list").output
+
+    (row,) = [line for line in output.splitlines() if line.startswith("cli-portal ")]
+    assert row.split() == ["cli-portal", "active", "0", "1", "CLI", "Exchange"]
+
+
+def test_portals_list_json_shows_the_portal(run_ok, create_portal):
+    create_portal("cli-portal", "CLI Exchange")
+
+    listed = json.loads(run_ok("portals", "list", "--json").output)
+
+    assert listed == [
+        {"slug": "cli-portal", "name": "CLI Exchange", "status": "active", "ads": 0, "keys": 1}
+    ]
+
+
+def test_rotate_key_issues_a_second_key_and_both_work(run_ok, create_portal, client):
+    first = create_portal()
+
+    second = _printed_key(run_ok("portals", "rotate-key", "cli-portal", "--label", "2026"))
+
+    assert second != first
+    for key in (first, second):
+        response = client.get("/v1/portals/me", headers=_bearer(key))
+        assert response.status_code == 200, response.json
+
+
+def test_portals_keys_lists_both_keys_by_hint(run_ok, create_portal):
+    first = create_portal()
+    second = _printed_key(run_ok("portals", "rotate-key", "cli-portal", "--label", "2026"))
+
+    output = run_ok("portals", "keys", "cli-portal").output
+
+    assert set(_key_ids_by_hint(output)) == {first[:12], second[:12]}
+    assert first not in output
+    assert second not in output
+
+
+def test_revoked_key_is_refused_on_the_very_next_request(run_ok, create_portal, client):
+    old = create_portal()
+    new = _printed_key(run_ok("portals", "rotate-key", "cli-portal"))
+    assert client.get("/v1/portals/me", headers=_bearer(old)).status_code == 200
+    old_id = _key_ids_by_hint(run_ok("portals", "keys", "cli-portal").output)[old[:12]]
+
+    run_ok("portals", "revoke-key", "cli-portal", str(old_id))
+
+    refused = client.get("/v1/portals/me", headers=_bearer(old))
+    assert refused.status_code == 401
+    assert refused.json["error"] == "key_revoked"
+    assert client.get("/v1/portals/me", headers=_bearer(new)).status_code == 200
+
+
+def test_revoke_key_of_another_portal_is_refused(run, run_ok, create_portal, client):
+    mine = create_portal("cli-portal")
+    theirs = create_portal("other-portal")
+    their_id = _key_ids_by_hint(run_ok("portals", "keys", "other-portal").output)[theirs[:12]]
+
+    result = run("portals", "revoke-key", "cli-portal", str(their_id))
+
+    assert result.exit_code != 0
+    assert f"portal 'cli-portal' has no key {their_id}" in result.output
+    assert client.get("/v1/portals/me", headers=_bearer(theirs)).status_code == 200
+    assert client.get("/v1/portals/me", headers=_bearer(mine)).status_code == 200
+
+
+def test_suspended_portal_is_refused_with_403(run_ok, create_portal, client):
+    key = create_portal()
+    assert client.get("/v1/portals/me", headers=_bearer(key)).status_code == 200
+
+    run_ok("portals", "suspend", "cli-portal")
+
+    response = client.get("/v1/portals/me", headers=_bearer(key))
+    assert response.status_code == 403
+    assert response.json["error"] == "portal_suspended"
+
+
+def test_suspended_portals_public_ads_disappear(run_ok, create_portal, client):
+    key = create_portal()
+    created = client.put("/v1/ads/x", json=ad_payload(), headers=_bearer(key))
+    assert created.status_code == 201, created.json
+    ad_id = created.json["id"]
+    assert client.get(f"/v1/ads/{ad_id}").status_code == 200
+
+    run_ok("portals", "suspend", "cli-portal")
+
+    assert client.get(f"/v1/ads/{ad_id}").status_code == 404
+
+
+def test_activate_brings_back_the_key_and_the_public_ads(run_ok, create_portal, client):
+    key = create_portal()
+    ad_id = client.put("/v1/ads/x", json=ad_payload(), headers=_bearer(key)).json["id"]
+    run_ok("portals", "suspend", "cli-portal")
+
+    run_ok("portals", "activate", "cli-portal")
+
+    assert client.get("/v1/portals/me", headers=_bearer(key)).status_code == 200
+    ad = client.get(f"/v1/ads/{ad_id}")
+    assert ad.status_code == 200
+    assert ad.json["title"] == ad_payload()["title"]
+
+
+def test_portal_command_on_an_unknown_slug_fails_clearly(run):
+    result = run("portals", "suspend", "no-such-portal")
+
+    assert result.exit_code != 0
+    assert "no portal with slug 'no-such-portal'" in result.output
+
+
+def test_bad_settings_stop_the_command_naming_the_variable(run):
+    result = run("portals", "list", env={"DIRECTORY_ENVIRONMENT": "nope"})
+
+    assert result.exit_code != 0
+    assert "DIRECTORY_ENVIRONMENT" in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.fixture
+def restore_signal_handlers():
+    # The worker installs SIGTERM/SIGINT handlers for a graceful stop; put pytest's back.
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+
+
+def test_worker_once_runs_one_round_and_exits(run_ok, restore_signal_handlers, caplog):
+    caplog.set_level(logging.INFO, logger="directory.worker")
+
+    run_ok("worker", "--once")
+
+    messages = [r.getMessage() for r in caplog.records if r.name == "directory.worker"]
+    assert messages == ["worker started", "worker stopped"]
+
+
+def test_worker_once_exits_non_zero_when_its_round_fails(run, restore_signal_handlers):
+    result = run(
+        "worker",
+        "--once",
+        env={"DIRECTORY_DATABASE_URL": "postgresql+psycopg://directory@127.0.0.1:1/directory"},
+    )
+
+    assert result.exit_code != 0
+
+
+def test_production_without_a_search_key_refuses_to_start(run, restore_signal_handlers):
+    result = run(
+        "worker",
+        "--once",
+        env={"DIRECTORY_ENVIRONMENT": "production", "DIRECTORY_SEARCH_ENGINE": "meilisearch"},
+    )
+
+    assert result.exit_code != 0
+    assert "DIRECTORY_MEILISEARCH_KEY" in result.output
+
+
+def test_migrate_at_head_is_idempotent(run_ok, wiring, migrated):
+    head = ScriptDirectory.from_config(alembic_config(migrated.database_url)).get_current_head()
+
+    result = run_ok("migrate")
+
+    assert "database at head" in result.output
+    with wiring.engine.connect() as connection:
+        versions = connection.scalars(text("SELECT version_num FROM alembic_version")).all()
+    assert versions == [head]
+
+
+def test_command_closes_its_database_connections(migrated, wiring, built_wirings):
+    environment = {"DIRECTORY_DATABASE_URL": migrated.database_url}
+    try:
+        result = CliRunner().invoke(cli, ["portals", "list"], env=environment)
+        assert result.exit_code == 0, result.output
+        (built,) = built_wirings
+        assert built.engine.pool.checkedin() == 0
+    finally:
+        for leftover in built_wirings:
+            leftover.engine.dispose()

@@ -1,0 +1,83 @@
+"""Liveness and readiness probes: /healthz checks nothing but the process, /readyz the
+database and its schema, and neither ever raises."""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+import pytest
+from alembic.script import ScriptDirectory
+
+from directory import create_app
+from directory.__main__ import alembic_config
+from directory.settings import Settings
+
+
+@pytest.fixture
+def empty_database_url(cluster):
+    """A database created for this test alone, never migrated, dropped afterwards."""
+    name = f"health_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(cluster.admin_url("postgres"), autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield cluster.admin_url(name).replace("postgresql://", "postgresql+psycopg://")
+    finally:
+        with psycopg.connect(cluster.admin_url("postgres"), autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _client_for(database_url: str):
+    app = create_app(Settings(environment="test", database_url=database_url))
+    return app, app.test_client()
+
+
+def test_healthz_answers_ok(client):
+    response = client.get("/healthz")
+
+    assert response.status_code == 200
+    assert response.json == {"status": "ok"}
+
+
+def test_readyz_answers_ok_at_the_head_migration(client, migrated):
+    head = ScriptDirectory.from_config(alembic_config(migrated.database_url)).get_current_head()
+
+    response = client.get("/readyz")
+
+    assert response.status_code == 200, response.json
+    assert response.json["status"] == "ok"
+    assert response.json["database"] == "ok"
+    assert response.json["migration"] == response.json["expected_migration"] == head
+
+
+def test_readyz_reports_pending_migrations_on_an_unmigrated_database(empty_database_url):
+    app, client = _client_for(empty_database_url)
+    try:
+        response = client.get("/readyz")
+    finally:
+        app.extensions["directory"].engine.dispose()
+
+    assert response.status_code == 503
+    assert response.json["status"] == "migrations pending"
+    assert response.json["database"] == "ok"
+    assert response.json["migration"] is None
+    assert response.json["expected_migration"] is not None
+
+
+def test_readyz_answers_503_when_the_database_is_unreachable():
+    app, client = _client_for("postgresql+psycopg://directory@127.0.0.1:1/directory")
+    try:
+        response = client.get("/readyz")
+    finally:
+        app.extensions["directory"].engine.dispose()
+
+    assert response.status_code == 503
+    assert response.json["status"] == "database unreachable"
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz"])
+def test_probe_refuses_query_parameters(client, path):
+    response = client.get(path, query_string={"verbose": "1"})
+
+    assert response.status_code == 400
+    assert response.json["errors"] == {"query": {"verbose": ["Unknown field."]}}

@@ -1,0 +1,119 @@
+"""The access log: one JSON line per request on `directory.access`, with its request id
+and the calling portal, and never a key or any part of a body."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+
+import pytest
+
+from tests.factories import ad_payload
+
+ACCESS_LOGGER = "directory.access"
+GENERATED_REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+@pytest.fixture
+def access_log(caplog):
+    caplog.set_level(logging.INFO, logger=ACCESS_LOGGER)
+
+    def lines() -> list[dict]:
+        return [
+            json.loads(record.getMessage())
+            for record in caplog.records
+            if record.name == ACCESS_LOGGER
+        ]
+
+    return lines
+
+
+def test_each_request_logs_one_json_line(client, access_log):
+    response = client.get("/healthz")
+
+    (line,) = access_log()
+    assert line["request_id"] == response.headers["X-Request-Id"]
+    assert line["method"] == "GET"
+    assert line["path"] == "/healthz"
+    assert line["status"] == 200
+    assert isinstance(line["duration_ms"], int | float)
+    assert line["duration_ms"] >= 0
+    assert line["portal"] is None
+
+
+def test_authenticated_request_logs_the_portal_slug(client, portal, access_log):
+    client.get("/v1/portals/me", headers=portal.headers)
+
+    (line,) = access_log()
+    assert line["status"] == 200
+    assert line["portal"] == portal.slug
+
+
+def test_refused_request_is_logged_with_its_status(client, access_log):
+    client.get("/v1/portals/me")
+
+    (line,) = access_log()
+    assert line["path"] == "/v1/portals/me"
+    assert line["status"] == 401
+
+
+def test_response_carries_a_generated_request_id(client):
+    first = client.get("/healthz")
+    second = client.get("/healthz")
+
+    assert GENERATED_REQUEST_ID.match(first.headers["X-Request-Id"])
+    assert first.headers["X-Request-Id"] != second.headers["X-Request-Id"]
+
+
+def test_valid_incoming_request_id_is_echoed_and_logged(client, access_log):
+    response = client.get("/healthz", headers={"X-Request-Id": "edge-proxy.4f2a-91"})
+
+    assert response.headers["X-Request-Id"] == "edge-proxy.4f2a-91"
+    assert access_log()[0]["request_id"] == "edge-proxy.4f2a-91"
+
+
+@pytest.mark.parametrize(
+    "incoming",
+    ["x", "a" * 65, "has spaces in it", "semi;colon-12345", "line\\nbreak-12345"],
+    ids=["too-short", "too-long", "spaces", "semicolon", "backslash"],
+)
+def test_invalid_incoming_request_id_is_replaced(client, access_log, incoming):
+    response = client.get("/healthz", headers={"X-Request-Id": incoming})
+
+    assert GENERATED_REQUEST_ID.match(response.headers["X-Request-Id"])
+    assert access_log()[0]["request_id"] == response.headers["X-Request-Id"]
+    assert incoming not in json.dumps(access_log())
+
+
+def test_log_never_contains_the_portal_key(client, portal, caplog, access_log):
+    client.get("/v1/portals/me", headers=portal.headers)
+    client.put("/v1/ads/k-1", json=ad_payload(), headers=portal.headers)
+
+    assert len(access_log()) == 2
+    assert portal.key not in caplog.text
+    assert "Bearer" not in caplog.text
+
+
+def test_log_never_contains_a_key_sent_in_the_query_string(client, portal, caplog, access_log):
+    response = client.get("/v1/portals/me", query_string={"token": portal.key})
+
+    assert response.status_code == 400
+    assert access_log()[0]["status"] == 400
+    assert portal.key not in caplog.text
+
+
+def test_log_never_contains_any_part_of_the_request_body(client, portal, caplog, access_log):
+    payload = ad_payload(
+        title="Zanzibar quokka lessons",
+        body="Marmalade-flavoured tutoring for the discerning quokka.",
+        member="m-secret-4242",
+    )
+
+    response = client.put("/v1/ads/quokka-1", json=payload, headers=portal.headers)
+
+    assert response.status_code == 201, response.json
+    (line,) = access_log()
+    assert line["status"] == 201
+    for fragment in ("Zanzibar", "quokka lessons", "Marmalade", "m-secret-4242"):
+        assert fragment not in caplog.text
