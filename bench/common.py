@@ -96,7 +96,7 @@ def gunicorn(database_url: str, *, workers: int = 2):
             "--log-level",
             "warning",
             "directory.wsgi:app",
-        ],  # fmt: skip
+        ],
         env={
             **os.environ,
             "DIRECTORY_DATABASE_URL": database_url,

@@ -20,15 +20,15 @@ from urllib.parse import urlparse
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import psycopg  # noqa: E402
-from sqlalchemy import text  # noqa: E402
+import psycopg
+from sqlalchemy import text
 
-from bench.common import ad, database, gunicorn  # noqa: E402
-from directory import build_wiring  # noqa: E402
-from directory.db import unit_of_work  # noqa: E402
-from directory.geo import Point, Privacy, publishable_point  # noqa: E402
-from directory.services import portals  # noqa: E402
-from directory.settings import Settings  # noqa: E402
+from bench.common import ad, database, gunicorn
+from directory import build_wiring
+from directory.db import unit_of_work
+from directory.geo import Point, Privacy, publishable_point
+from directory.services import portals
+from directory.settings import Settings
 
 BATCH = 1000
 

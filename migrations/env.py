@@ -19,9 +19,7 @@ url = config.get_main_option("sqlalchemy.url") or Settings.from_env().database_u
 
 def include_object(obj, name, type_, reflected, compare_to):
     # PostGIS owns these tables; they are not ours to migrate.
-    if type_ == "table" and name in {"spatial_ref_sys"}:
-        return False
-    return True
+    return not (type_ == "table" and name == "spatial_ref_sys")
 
 
 def run_migrations_offline() -> None:

@@ -61,7 +61,7 @@ def test_schemathesis_finds_no_server_error_nor_spec_violation(
             "none",
             "--request-timeout",
             "30",
-        ],  # fmt: skip
+        ],
         capture_output=True,
         text=True,
         cwd=tmp_path,

@@ -78,7 +78,7 @@ def create_api(app: Flask) -> Api:
 
 def _start_request() -> None:
     incoming = request.headers.get("X-Request-Id", "")
-    g.request_id = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    g.request_id = incoming if REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
     g.started = time.perf_counter()
 
 
@@ -102,6 +102,7 @@ def _require_json_body() -> None:
     if has_body and not request.is_json:
         error = UnsupportedMediaType()
         error.data = {
+            "error": "unsupported_media_type",
             "message": f"The body must be JSON (Content-Type: application/json), "
             f"not {request.mimetype or 'untyped'}",
             "messages": {"headers": {"Content-Type": ["Must be application/json."]}},

@@ -14,6 +14,22 @@ class StrictParser(FlaskParser):
     DEFAULT_VALIDATION_STATUS = 400
     DEFAULT_UNKNOWN_BY_LOCATION = {**FlaskParser.DEFAULT_UNKNOWN_BY_LOCATION, "query": ma.RAISE}
 
+    def load_querystring(self, request, schema):
+        # A parameter given twice would silently lose all but its first value.
+        repeated = [
+            name
+            for name in request.args
+            if len(request.args.getlist(name)) > 1
+            and not isinstance(schema.fields.get(name), ma.fields.List)
+        ]
+        if repeated:
+            abort(
+                400,
+                message="A query parameter was given more than once.",
+                messages={"query": {name: ["Must be given once."] for name in repeated}},
+            )
+        return super().load_querystring(request, schema)
+
     def _raw_load_json(self, request):
         # Only operations that declare a JSON body get here: an empty one is an error,
         # never an empty object (a PATCH without a body must not "succeed").

@@ -5,19 +5,73 @@ from __future__ import annotations
 import re
 from decimal import Decimal
 
+import orjson
 from marshmallow import Schema, ValidationError, fields, utils, validate
 
 from directory.services.ads import EXTERNAL_ID
 
 # Control characters break logs and terminals, and PostgreSQL text cannot hold NUL.
-CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-LINE_BREAKS = re.compile(r"[\r\n\t]")
+# C0 and C1 controls except tab and line ends; the Unicode line and paragraph separators
+# count as line breaks (allowed in multi-line text only).
+CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+LINE_BREAKS = re.compile(r"[\r\n\t\u2028\u2029]")
 BCP47 = re.compile(r"^[a-z]{2,3}(?:-[A-Za-z0-9]{1,8})*$")
 HANDLE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 EMAIL_LIKE = re.compile(r"[^@\s]+@[^@\s]+")
 PHONE_SEPARATORS = re.compile(r"[\s().-]")
 LEDGER_ACCOUNT = re.compile(r"^[A-Za-z0-9._:@/-]{1,128}$")
 SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$")
+
+
+class FullMatch(validate.Regexp):
+    """validate.Regexp that must match the whole value: `$` alone also matches just
+    before a trailing newline, which would let "id\\n" through. The pattern still
+    goes into the spec as written."""
+
+    def __call__(self, value):
+        if self.regex.fullmatch(value) is None:
+            raise ValidationError(self._format_error(value))
+        return value
+
+
+class Str(fields.String):
+    """A string that PostgreSQL can store: no NUL or other control characters."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if CONTROL_CHARS.search(text):
+            raise ValidationError("Must not contain control characters.")
+        return text
+
+
+class Url(fields.Url):
+    """A URL without control characters (NUL included), which fields.Url lets through."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, str) and (CONTROL_CHARS.search(value) or LINE_BREAKS.search(value)):
+            raise ValidationError("Must not contain control characters.")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+CURRENCY_CODE = re.compile(
+    r"^(?:[A-Z]{3,6}|[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?:[A-Z][A-Z0-9]{1,11})$"
+)
+
+
+def currency_code_field(**kwargs) -> fields.String:
+    return fields.String(
+        validate=FullMatch(
+            CURRENCY_CODE,
+            error="Must be a currency code: EUR, HOUR, GIFT, BARTER or portal-slug:CODE.",
+        ),
+        **kwargs,
+    )
+
+
+def unique_values(values) -> None:
+    folded = [value.casefold() if isinstance(value, str) else value for value in values]
+    if len(set(folded)) != len(folded):
+        raise ValidationError("Must not repeat a value.")
 
 
 class Text(fields.String):
@@ -52,7 +106,7 @@ def validate_member_handle(value: str) -> None:
         and (value.startswith(("+", "0")) or PHONE_SEPARATORS.search(value))
     ):
         raise ValidationError("Must be the portal's opaque member handle, not a phone number.")
-    if not HANDLE.match(value):
+    if not HANDLE.fullmatch(value):
         raise ValidationError(
             "Must be 1 to 64 letters, digits, '.', '_', ':' or '-' (an opaque handle)."
         )
@@ -63,7 +117,7 @@ EXTERNAL_ID_ERROR = "Must be 1 to 128 letters, digits, '.', '_', ':', '~' or '-'
 
 def external_id_field(**kwargs) -> fields.String:
     return fields.String(
-        validate=validate.Regexp(EXTERNAL_ID, error=EXTERNAL_ID_ERROR),
+        validate=FullMatch(EXTERNAL_ID, error=EXTERNAL_ID_ERROR),
         metadata={"description": "The portal's own id for the ad", "example": "ad-1842"},
         **kwargs,
     )
@@ -95,7 +149,7 @@ class ItemErrors:
     @property
     def external_id(self) -> str | None:
         value = self.raw.get("external_id") if isinstance(self.raw, dict) else None
-        return value if isinstance(value, str) and EXTERNAL_ID.match(value) else None
+        return value if isinstance(value, str) and EXTERNAL_ID.fullmatch(value) else None
 
 
 class CursorPageSchema(Schema):
@@ -120,7 +174,7 @@ class DecimalString(fields.String):
 
     def _deserialize(self, value, attr, data, **kwargs):
         text = super()._deserialize(value, attr, data, **kwargs)
-        if not self.pattern.match(text):
+        if not self.pattern.fullmatch(text):
             raise ValidationError(self.problem)
         return Decimal(text)
 
@@ -136,3 +190,12 @@ class StrictBoolean(fields.Boolean):
         if not isinstance(value, bool):
             raise self.make_error("invalid", input=value)
         return value
+
+
+def json_response(payload, status: int = 200):
+    """A JSON response of plain data (str, numbers, UUIDs, datetimes, lists, dicts)."""
+    from flask import Response
+
+    # Non-string keys: marshmallow reports list items by index ({"tags": {1: [...]}}).
+    body = orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS)
+    return Response(body, status=status, mimetype="application/json")

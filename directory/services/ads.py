@@ -322,6 +322,23 @@ INSERT_COLUMNS = (
 )  # fmt: skip
 
 
+class _AdError(DirectoryError):
+    """A rule broken by the ad of a batch item: its field lies within the item's "ad"."""
+
+    def __init__(self, error: DirectoryError):
+        super().__init__(error.message, field=error.field, code=error.code)
+        self.status = error.status
+
+
+def _check_ad_within(ad, ctx, now, lifetimes, reject_errors):
+    try:
+        return _check_ad(ad, ctx, now, lifetimes)
+    except DirectoryError as error:
+        if reject_errors:
+            raise  # a single ad: the body is the ad, so its fields are top-level
+        raise _AdError(error) from None
+
+
 def _row(ad: AdInput, currencies: tuple[str, ...], now: datetime, lifetimes: Lifetimes) -> dict:
     point = publishable_point(ad.location, ad.privacy)
     return {
@@ -345,8 +362,15 @@ def _row(ad: AdInput, currencies: tuple[str, ...], now: datetime, lifetimes: Lif
     }
 
 
-def _errors_of(error: DirectoryError) -> dict:
-    return {error.field or "_schema": [error.message]}
+def _errors_of(error: DirectoryError, *, within: str | None = None) -> dict:
+    """Errors by field path, as the API's schemas report them: `price.currency` becomes
+    {"price": {"currency": [...]}}, nested `within` the item's "ad" for ad fields."""
+    path = [within] if within else []
+    path += (error.field or "_schema").split(".")
+    errors: dict = {path[-1]: [error.message]}
+    for part in reversed(path[:-1]):
+        errors = {part: errors}
+    return errors
 
 
 def check_ads(
@@ -362,7 +386,7 @@ def check_ads(
             _check_ad(ad, ctx, now, lifetimes)
             errors.append(None)
         except DirectoryError as error:
-            errors.append(_errors_of(error))
+            errors.append(_errors_of(error, within="ad"))
     return errors
 
 
@@ -484,7 +508,7 @@ def _prepare(session, portal_id, operations, now, lifetimes, reject_errors):
                 )
             first_index[op.external_id] = index
             if isinstance(op, Upsert):
-                currencies = _check_ad(op.ad, ctx, now, lifetimes)
+                currencies = _check_ad_within(op.ad, ctx, now, lifetimes, reject_errors)
                 digest = content_hash(op.ad, currencies)
                 row = _row(op.ad, currencies, now, lifetimes)
                 row["content_hash"] = digest
@@ -494,8 +518,12 @@ def _prepare(session, portal_id, operations, now, lifetimes, reject_errors):
         except DirectoryError as error:
             if reject_errors:
                 raise
+            within = "ad" if isinstance(error, _AdError) else None
             prepared.append(
-                (None, ItemResult(op.external_id, "rejected", errors=_errors_of(error)))
+                (
+                    None,
+                    ItemResult(op.external_id, "rejected", errors=_errors_of(error, within=within)),
+                )
             )
     return prepared
 
@@ -518,7 +546,11 @@ def _check_precondition(op: Upsert, current: _Existing | None) -> None:
     if op.if_match is None:
         return
     if current is None:
-        raise PreconditionFailed("If-Match was given but the ad does not exist", field="If-Match")
+        raise PreconditionFailed(
+            "If-Match was given but the ad does not exist",
+            field="If-Match",
+            details={"location": "headers"},
+        )
     if op.if_match.strip() == "*":
         return
     allowed = {tag.strip() for tag in op.if_match.split(",")}

@@ -154,7 +154,7 @@ def register_currency(
 ) -> CurrencyInfo:
     """Register a community currency; `code` is the short code, namespaced here."""
     portal = session.get_one(Portal, portal_id)
-    if not COMMUNITY_CODE.match(code):
+    if not COMMUNITY_CODE.fullmatch(code):
         raise InvalidInput(
             "code must be 2 to 12 capital letters or digits, starting with a letter",
             field="code",

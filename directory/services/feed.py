@@ -33,6 +33,7 @@ class FeedPosition:
             "since must be a cursor returned by GET /v1/feed (next_cursor)",
             field="since",
             code="invalid_cursor",
+            details={"location": "query"},
         )
         if not cursor.startswith(CURSOR_PREFIX):
             raise problem

@@ -86,7 +86,7 @@ def create_portal(
     default_currencies: list[str] | None = None,
     webhook_url: str | None = None,
 ) -> tuple[Portal, IssuedKey]:
-    if not SLUG.match(slug):
+    if not SLUG.fullmatch(slug):
         raise InvalidInput(
             "slug must be 1 to 40 lowercase letters, digits or '-', starting and ending "
             "with a letter or digit",

@@ -107,7 +107,7 @@ def stage_items(
     *,
     portal_id: int,
     session_id: uuid.UUID,
-    items: list[tuple[str, AdInput | dict]],
+    items: list[tuple[str | None, AdInput | dict]],
     lifetimes: Lifetimes,
 ) -> list[ItemResult]:
     """Stage ads, each given as an AdInput or as the errors the API found in it. Ads are
@@ -123,7 +123,10 @@ def stage_items(
     results: list[ItemResult] = []
     for external_id, ad in items:
         errors = next(domain_errors) if isinstance(ad, AdInput) else ad
-        if errors is None:
+        if external_id is None:
+            # Without a valid external id there is nothing to stage or keep.
+            results.append(ItemResult(None, "rejected", errors=errors))
+        elif errors is None:
             rows[external_id] = ad.to_json()
             results.append(ItemResult(external_id, "staged"))
         else:

@@ -11,9 +11,9 @@ Backward compatibility: first revision; nothing earlier to stay compatible with.
 
 from collections.abc import Sequence
 
+import geoalchemy2
 import sqlalchemy as sa
 from alembic import op
-import geoalchemy2
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0001"
@@ -510,8 +510,6 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_ads")),
         sa.UniqueConstraint("portal_id", "external_id", name=op.f("uq_ads_portal_id_external_id")),
     )
-    op.create_index(op.f("ix_ads_category"), "ads", ["category"], unique=False)
-    op.create_index(op.f("ix_ads_expires_at"), "ads", ["expires_at"], unique=False)
     op.create_index(
         op.f("ix_ads_location"), "ads", ["location"], unique=False, postgresql_using="gist"
     )
@@ -646,8 +644,6 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_currencies_portal_id"), table_name="currencies")
     op.drop_table("currencies")
     op.drop_index(op.f("ix_ads_location"), table_name="ads", postgresql_using="gist")
-    op.drop_index(op.f("ix_ads_expires_at"), table_name="ads")
-    op.drop_index(op.f("ix_ads_category"), table_name="ads")
     op.drop_table("ads")
     op.drop_index(op.f("ix_ad_changes_txid_seq"), table_name="ad_changes")
     op.drop_index(op.f("ix_ad_changes_portal_id"), table_name="ad_changes")

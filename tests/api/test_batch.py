@@ -37,7 +37,9 @@ def test_batch_reports_a_result_per_item(client, portal):
     assert response.json["counts"] == {
         "created": 1, "unchanged": 1, "updated": 1, "deleted": 1, "expired": 1, "rejected": 1
     }  # fmt: skip
-    assert "unknown currency code NOPE" in response.json["results"][5]["errors"]["currencies"][0]
+    assert (
+        "unknown currency code NOPE" in response.json["results"][5]["errors"]["ad"]["currencies"][0]
+    )
 
 
 def test_batch_results_carry_ids_versions_and_etags_matching_the_ads(client, portal):

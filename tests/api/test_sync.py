@@ -55,7 +55,7 @@ def test_staging_reports_each_item_and_a_rejected_ad_is_kept_at_commit(client, p
         ],
     )
     assert [r["status"] for r in staged.json["results"]] == ["rejected", "staged"]
-    assert "category" in staged.json["results"][0]["errors"]
+    assert "category" in staged.json["results"][0]["errors"]["ad"]
     assert (staged.json["session"]["staged"], staged.json["session"]["rejected"]) == (1, 1)
 
     result = client.post(f"/v1/sync-sessions/{session_id}/commit", headers=portal.headers).json

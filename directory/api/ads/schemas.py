@@ -8,9 +8,13 @@ from directory.api.fields import (
     HANDLE,
     LEDGER_ACCOUNT,
     DecimalString,
+    FullMatch,
     PerItemList,
+    Str,
     StrictBoolean,
     Text,
+    Url,
+    currency_code_field,
     external_id_field,
     validate_member_handle,
 )
@@ -18,11 +22,6 @@ from directory.geo import Point, Privacy
 from directory.models import AdKind, PriceUnit
 from directory.models.ads import Visibility
 from directory.services.ads import EXTERNAL_ID, MAX_BATCH_ITEMS, AdInput, Price
-
-CURRENCY_CODE = fields.String(
-    validate=validate.Length(1, 64),
-    metadata={"description": "A code from GET /v1/currencies", "example": "EUR"},
-)
 
 
 class LocationSchema(Schema):
@@ -83,9 +82,8 @@ class PriceSchema(Schema):
         required=True,
         metadata={"description": "Amount as a decimal string", "example": "12.50"},
     )
-    currency = fields.String(
+    currency = currency_code_field(
         required=True,
-        validate=validate.Length(1, 64),
         metadata={"description": "One of the ad's accepted currencies", "example": "EUR"},
     )
     unit = fields.Enum(
@@ -116,7 +114,7 @@ class AdPutSchema(Schema):
         validate=validate.Length(max=8000),
         metadata={"description": "Description, plain text, up to 8,000 characters"},
     )
-    category = fields.String(
+    category = Str(
         required=True,
         validate=validate.Length(1, 64),
         metadata={"description": "A code from GET /v1/categories", "example": "home.repairs"},
@@ -152,7 +150,9 @@ class AdPutSchema(Schema):
         metadata={"description": "public, or portal: seen only by the owning portal"},
     )
     currencies = fields.List(
-        CURRENCY_CODE,
+        currency_code_field(
+            metadata={"description": "A code from GET /v1/currencies", "example": "EUR"}
+        ),
         validate=validate.Length(1, 20),
         allow_none=True,
         load_default=None,
@@ -164,12 +164,12 @@ class AdPutSchema(Schema):
         load_default=None,
         validate=[
             validate.Length(max=35),
-            validate.Regexp(BCP47, error="Must be a BCP 47 language tag such as en or pt-BR."),
+            FullMatch(BCP47, error="Must be a BCP 47 language tag such as en or pt-BR."),
         ],
         metadata={"description": "BCP 47 language tag of the text", "example": "en"},
     )
     images = fields.List(
-        fields.Url(schemes={"https", "http"}, validate=validate.Length(max=2048)),
+        Url(schemes={"https", "http"}, validate=validate.Length(max=2048)),
         validate=validate.Length(max=10),
         load_default=(),
         metadata={"description": "Up to 10 image URLs"},
@@ -195,7 +195,7 @@ class AdPutSchema(Schema):
     ledger_account = fields.String(
         allow_none=True,
         load_default=None,
-        validate=validate.Regexp(
+        validate=FullMatch(
             LEDGER_ACCOUNT, error="Must be 1 to 128 characters: letters, digits and . _ : @ / -"
         ),
         metadata={"description": "The advertiser's account on the portal's ledger"},
@@ -318,7 +318,7 @@ class AdItemField(fields.Nested):
         external_id = value.get("external_id")
         if external_id is None:
             errors["external_id"] = ["Missing data for required field."]
-        elif not isinstance(external_id, str) or not EXTERNAL_ID.match(external_id):
+        elif not isinstance(external_id, str) or not EXTERNAL_ID.fullmatch(external_id):
             errors["external_id"] = [EXTERNAL_ID_ERROR]
         ad = None
         if op == "upsert":

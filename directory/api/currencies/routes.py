@@ -14,6 +14,8 @@ from directory.api.currencies.schemas import (
     CurrencySchema,
 )
 from directory.api.db import transaction
+from directory.api.fields import CURRENCY_CODE
+from directory.errors import NotFound
 from directory.services import currencies
 
 blp = Blueprint("currencies", __name__, url_prefix="/v1", description="Currency registry")
@@ -22,7 +24,7 @@ CODE = {
     "in": "path",
     "name": "code",
     "required": True,
-    "schema": {"type": "string", "maxLength": 64},
+    "schema": {"type": "string", "pattern": CURRENCY_CODE.pattern},
     "description": "A currency code: EUR, HOUR, or a community code such as my-portal:TALENT",
 }
 
@@ -51,6 +53,14 @@ class Currencies(MethodView):
             return currencies.register_currency(session, portal_id=portal.id, **data)
 
 
+def _code(code: str) -> str:
+    if not CURRENCY_CODE.fullmatch(code):
+        raise NotFound(
+            f"no currency with code {code!r}", field="code", details={"location": "path"}
+        )
+    return code
+
+
 @blp.route("/currencies/<string:code>", parameters=[CODE])
 class CurrencyByCode(MethodView):
     @blp.response(200, CurrencySchema)
@@ -58,7 +68,7 @@ class CurrencyByCode(MethodView):
     def get(self, code: str):
         """Read one currency"""
         with transaction() as session:
-            return currencies.get_currency(session, code=code)
+            return currencies.get_currency(session, code=_code(code))
 
     @blp.arguments(CurrencyPatchSchema)
     @blp.response(200, CurrencySchema)
@@ -68,7 +78,7 @@ class CurrencyByCode(MethodView):
         with transaction() as session:
             portal = require_portal(session)
             return currencies.update_currency(
-                session, portal_id=portal.id, code=code, changes=changes
+                session, portal_id=portal.id, code=_code(code), changes=changes
             )
 
     @blp.response(204)
@@ -78,4 +88,4 @@ class CurrencyByCode(MethodView):
         """Remove the calling portal's community currency, when nothing uses it"""
         with transaction() as session:
             portal = require_portal(session)
-            currencies.delete_currency(session, portal_id=portal.id, code=code)
+            currencies.delete_currency(session, portal_id=portal.id, code=_code(code))

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
-from directory.api.fields import DecimalString, Text
+from directory.api.fields import SLUG, DecimalString, FullMatch, Text
 from directory.services.currencies import CurrencyKind
 
 
@@ -13,7 +13,7 @@ class CurrencySchema(Schema):
     portal = fields.String(allow_none=True, metadata={"description": "Owning portal (community)"})
     symbol = fields.String(allow_none=True)
     value_hours = DecimalString(
-        digits=8, places=6, allow_none=True, metadata={"description": "Value of one unit in hours"}
+        digits=6, places=6, allow_none=True, metadata={"description": "Value of one unit in hours"}
     )
     value_amount = DecimalString(digits=10, places=4, allow_none=True)
     value_currency = fields.String(allow_none=True)
@@ -25,13 +25,17 @@ class CurrencyListSchema(Schema):
 
 class CurrencyArgsSchema(Schema):
     kind = fields.Enum(CurrencyKind, by_value=True, load_default=None)
-    portal = fields.String(load_default=None, validate=validate.Length(1, 40))
+    portal = fields.String(
+        load_default=None,
+        validate=FullMatch(SLUG, error="Must be a portal slug such as sel-lyon."),
+        metadata={"description": "Only this portal's community currencies"},
+    )
 
 
 class CurrencyValueFields(Schema):
     symbol = Text(allow_none=True, validate=validate.Length(1, 8))
     value_hours = DecimalString(
-        digits=8,
+        digits=6,
         places=6,
         allow_none=True,
         metadata={"description": 'Value of one unit in hours of time, e.g. "0.016667"'},
@@ -44,14 +48,14 @@ class CurrencyValueFields(Schema):
     )
     value_currency = fields.String(
         allow_none=True,
-        validate=validate.Regexp(r"^[A-Z]{3}$", error="Must be an ISO 4217 code such as EUR."),
+        validate=FullMatch(r"^[A-Z]{3}$", error="Must be an ISO 4217 code such as EUR."),
     )
 
 
 class CurrencyCreateSchema(CurrencyValueFields):
     code = fields.String(
         required=True,
-        validate=validate.Regexp(
+        validate=FullMatch(
             r"^[A-Z][A-Z0-9]{1,11}$",
             error="Must be 2 to 12 capital letters or digits, starting with a letter.",
         ),

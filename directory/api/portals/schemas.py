@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
-from directory.api.fields import Text
+from directory.api.fields import Text, Url, currency_code_field, unique_values
 from directory.models import PortalStatus
 
 
@@ -30,14 +30,14 @@ class PortalPatchSchema(Schema):
     """Fields of the profile to change; absent fields stay as they are."""
 
     name = Text(validate=validate.Length(1, 200))
-    website = fields.Url(
-        schemes={"https", "http"}, allow_none=True, validate=validate.Length(max=2048)
-    )
+    website = Url(schemes={"https", "http"}, allow_none=True, validate=validate.Length(max=2048))
     contact = Text(allow_none=True, validate=validate.Length(1, 320))
     description = Text(allow_none=True, multiline=True, validate=validate.Length(max=4000))
     default_currencies = fields.List(
-        fields.String(validate=validate.Length(1, 64)), validate=validate.Length(max=20)
+        currency_code_field(),
+        validate=[validate.Length(max=20), unique_values],
+        metadata={"description": "Applied to ads that name no currencies"},
     )
-    webhook_url = fields.Url(
+    webhook_url = Url(
         schemes={"https", "http"}, allow_none=True, validate=validate.Length(max=2048)
     )
