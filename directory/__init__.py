@@ -45,6 +45,8 @@ def build_wiring(settings: Settings) -> Wiring:
 
 def configure_logging(level: str) -> None:
     logging.basicConfig(level=level, format="%(message)s")
+    # Alembic narrates its plugin set-up at INFO each time readiness reads the head.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def create_app(settings: Settings | None = None) -> Flask:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from decimal import Decimal
 
-from sqlalchemy import MetaData, create_engine
+import orjson
+from sqlalchemy import MetaData, create_engine, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
@@ -51,21 +53,28 @@ def unit_of_work(session_factory: sessionmaker[Session]) -> Iterator[Session]:
         session.close()
 
 
-def copy_rows(session: Session, *, table: str, columns: tuple[str, ...], rows) -> None:
-    """COPY rows into a table inside the session's transaction: PostgreSQL's fastest
-    way to take many rows, several times quicker than a multi-row INSERT."""
-    import psycopg
-    from sqlalchemy.exc import IntegrityError
+def insert_rows(session: Session, *, table: str, rows: list[dict]) -> None:
+    """Insert many rows (dicts with the same keys) in one statement. They travel as one
+    JSON document that PostgreSQL unpacks itself with jsonb_populate_recordset: per value,
+    C in the server instead of Python adaptation in the client, which makes this several
+    times cheaper for the API process than COPY or executemany. Columns left out get
+    their defaults."""
+    if not rows:
+        return
+    columns = ", ".join(rows[0])
+    session.execute(
+        text(
+            f"INSERT INTO {table} ({columns}) SELECT {columns} "
+            f"FROM jsonb_populate_recordset(NULL::{table}, CAST(:rows AS jsonb))"
+        ),
+        {"rows": orjson.dumps(rows, default=_json_default).decode()},
+    )
 
-    connection = session.connection().connection.driver_connection
-    statement = f"COPY {table} ({', '.join(columns)}) FROM STDIN"
-    try:
-        with connection.cursor() as cursor, cursor.copy(statement) as copy:
-            for row in rows:
-                copy.write_row(row)
-    except psycopg.errors.IntegrityError as error:
-        # The same 409 as for any other write that breaks a constraint.
-        raise IntegrityError(statement, None, error) from error
+
+def _json_default(value):
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"cannot store a {type(value).__name__} as JSON")
 
 
 def constraint_name(error) -> str | None:

@@ -28,7 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from directory.db import copy_rows
+from directory.db import insert_rows
 from directory.errors import DirectoryError, InvalidInput, NotFound, PreconditionFailed
 from directory.geo import Point, Privacy, publishable_point
 from directory.models import Ad, AdKind, ChangeOp, Portal, PortalStatus, PriceUnit
@@ -314,14 +314,6 @@ def _check_ad(ad: AdInput, ctx: _Context, now: datetime, lifetimes: Lifetimes):
     return currencies
 
 
-INSERT_COLUMNS = (
-    "id", "portal_id", "external_id", "kind", "title", "body", "category", "tags",
-    "location", "privacy", "visibility", "currencies", "price_amount", "price_currency",
-    "price_unit", "language", "images", "expires_at", "member", "ledger_account",
-    "content_hash",
-)  # fmt: skip
-
-
 class _AdError(DirectoryError):
     """A rule broken by the ad of a batch item: its field lies within the item's "ad"."""
 
@@ -414,7 +406,7 @@ def apply_changes(
         session, portal_id, {op.external_id for op, _ in prepared if op is not None}
     )
     results: list[ItemResult] = []
-    inserts: list[list] = []
+    inserts: list[dict] = []
     updates: list[dict] = []
     deletions: list[uuid.UUID] = []
     changes: list[tuple[uuid.UUID, int, ChangeOp]] = []
@@ -443,7 +435,7 @@ def apply_changes(
                 elif current is None:
                     ad_id = uuid.uuid4()
                     row |= {"id": ad_id, "portal_id": portal_id, "external_id": op.external_id}
-                    inserts.append([row[name] for name in INSERT_COLUMNS])
+                    inserts.append(row)
                     results.append(ItemResult(op.external_id, "created", ad_id, 1))
                     if op.ad.visibility is Visibility.PUBLIC:
                         change(ad_id, ChangeOp.UPSERT)
@@ -479,7 +471,7 @@ def apply_changes(
             results.append(ItemResult(op.external_id, "rejected", errors=_errors_of(error)))
 
     if inserts:
-        copy_rows(session, table="ads", columns=INSERT_COLUMNS, rows=inserts)
+        insert_rows(session, table="ads", rows=inserts)
     if updates:
         _bulk_update(session, updates)
     if deletions:
@@ -530,7 +522,11 @@ def _prepare(session, portal_id, operations, now, lifetimes, reject_errors):
 
 def _log_changes(session: Session, changes: list[tuple[uuid.UUID, int, ChangeOp]]) -> None:
     if changes:
-        copy_rows(session, table="ad_changes", columns=("ad_id", "portal_id", "op"), rows=changes)
+        insert_rows(
+            session,
+            table="ad_changes",
+            rows=[{"ad_id": ad_id, "portal_id": portal, "op": op} for ad_id, portal, op in changes],
+        )
 
 
 def _bulk_update(session: Session, updates: list[dict]) -> None:

@@ -18,6 +18,7 @@ from directory.api.fields import (
     external_id_field,
     validate_member_handle,
 )
+from directory.api.loading import FastLoader
 from directory.geo import Point, Privacy
 from directory.models import AdKind, PriceUnit
 from directory.models.ads import Visibility
@@ -305,7 +306,7 @@ class AdItemField(fields.Nested):
     def __init__(self, schema: type[Schema], *, ops: tuple[str, ...] | None, **kwargs):
         super().__init__(schema, **kwargs)
         self.ops = ops
-        self.ad_schema = AdPutSchema()
+        self.ad_loader = FastLoader(AdPutSchema())
 
     def _deserialize(self, value, attr, data, partial=None, **kwargs):
         if not isinstance(value, dict):
@@ -326,7 +327,7 @@ class AdItemField(fields.Nested):
                 errors["ad"] = ["Missing data for required field."]
             else:
                 try:
-                    ad = self.ad_schema.load(value["ad"])
+                    ad = self.ad_loader.load(value["ad"])
                 except ValidationError as error:
                     errors["ad"] = error.messages
         elif "ad" in value:

@@ -1,0 +1,74 @@
+"""FastLoader must give exactly what Schema.load gives: the same ad, or the same errors."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from marshmallow import Schema, ValidationError, fields, pre_load
+
+from directory.api.ads.schemas import AdPutSchema
+from directory.api.loading import FastLoader
+from tests.factories import TRAITS, ad_payload, in_days
+
+BAD_VALUES = {
+    "kind": [None, "swap", 1, ...],
+    "title": [None, "", " ", "x" * 201, "a\nb", "a\u0000b", 5, ...],
+    "body": [None, "x" * 8001, "a\u0007b", ...],
+    "category": [None, "", 3, "x" * 65, ...],
+    "tags": [None, "bikes", ["x" * 41], ["a", "A"], [""] * 21, [1]],
+    "location": ["here", {"lat": 91, "lon": 0}, {"lat": True, "lon": 0}, {"lat": 1}, []],
+    "privacy": ["secret", None, 0],
+    "visibility": ["friends", None],
+    "currencies": ["EUR", [], ["EUR", "EUR"], ["eur"], ["EUR"] * 21, [None]],
+    "price": [{"amount": 1, "currency": "EUR", "unit": "hour"}, {"amount": "-1"}, "cheap"],
+    "language": ["english", "en\n", 1],
+    "images": ["https://x.org/a.jpg", ["ftp://x.org/a"], ["https://x.org/a"] * 11],
+    "expires_at": ["tomorrow", "2030-01-01T00:00:00", 5],
+    "member": [None, "a@b.org", "+33 6 12 34 56 78", "m 1", "m-1\n", ...],
+    "ledger_account": ["has space", "x" * 129, 7],
+    "unknown_field": ["anything"],
+}
+
+GOOD = (
+    [ad_payload()]
+    + [ad_payload(trait) for trait in TRAITS]
+    + [
+        ad_payload("priced", expires_at=in_days(3), images=["https://x.org/a.jpg"], tags=[]),
+        ad_payload(currencies=None, language=None, ledger_account="acc-1"),
+        ad_payload("hidden", location=...),
+    ]
+)
+
+
+def outcome(load, data):
+    try:
+        return "ok", load(data)
+    except ValidationError as error:
+        return "error", error.messages
+
+
+def cases():
+    yield from GOOD
+    for (field, values), base in itertools.product(BAD_VALUES.items(), GOOD[:3]):
+        for value in values:
+            yield ad_payload(**{**base, field: value})
+    yield from ([], "ad", None, 5)
+
+
+@pytest.mark.parametrize("data", list(cases()))
+def test_fast_loader_agrees_with_schema_load(data):
+    schema = AdPutSchema()
+    assert outcome(FastLoader(schema).load, data) == outcome(schema.load, data)
+
+
+def test_fast_loader_refuses_a_schema_with_hooks_it_cannot_run():
+    class WithPreLoad(Schema):
+        name = fields.String()
+
+        @pre_load
+        def strip(self, data, **kwargs):
+            return data
+
+    with pytest.raises(TypeError):
+        FastLoader(WithPreLoad())
