@@ -10,4 +10,4 @@ COPY migrations ./migrations
 RUN pip install --no-cache-dir -e . && useradd --system directory
 USER directory
 EXPOSE 8000
-CMD ["directory", "serve", "--bind", "0.0.0.0:8000", "--workers", "4"]
+CMD ["directory", "serve", "--bind", "0.0.0.0:8000"]

@@ -25,6 +25,7 @@ from sqlalchemy import text
 
 from bench.common import ad, database, gunicorn
 from directory import build_wiring
+from directory.__main__ import DEFAULT_WORKERS
 from directory.db import unit_of_work
 from directory.geo import Point, Privacy, publishable_point
 from directory.services import portals
@@ -125,8 +126,10 @@ def copy_rows(database_url: str, portal_id: int, batches) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ads", type=int, default=100_000)
-    parser.add_argument("--clients", type=int, default=3, help="concurrent HTTP clients")
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
+    parser.add_argument("--clients", type=int, default=4, help="concurrent HTTP clients")
+    parser.add_argument(
+        "--workers", type=int, default=DEFAULT_WORKERS, help="gunicorn workers (as `serve`)"
+    )
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
 

@@ -213,9 +213,12 @@ def make_etag(ad_id: uuid.UUID, version: int | None) -> str:
     return f'"{ad_id.hex[:12]}-{version}"'
 
 
-def content_hash(ad: AdInput, currencies: tuple[str, ...]) -> str:
+def content_hash(row: dict, explicit_expiry: datetime | None) -> str:
+    """Digest of an ad as it would be stored (snapped location, resolved currencies), so
+    a change that leaves the published ad as it was changes nothing. A defaulted expiry
+    is left out: it moves with the clock."""
     canonical = orjson.dumps(
-        {**ad.to_json(), "currencies": list(currencies)}, option=orjson.OPT_SORT_KEYS
+        {**row, "expires_at": explicit_expiry}, option=orjson.OPT_SORT_KEYS, default=str
     )
     return hashlib.blake2b(canonical, digest_size=16).hexdigest()
 
@@ -501,8 +504,8 @@ def _prepare(session, portal_id, operations, now, lifetimes, reject_errors):
             first_index[op.external_id] = index
             if isinstance(op, Upsert):
                 currencies = _check_ad_within(op.ad, ctx, now, lifetimes, reject_errors)
-                digest = content_hash(op.ad, currencies)
                 row = _row(op.ad, currencies, now, lifetimes)
+                digest = content_hash(row, op.ad.expires_at)
                 row["content_hash"] = digest
                 prepared.append((op, (row, digest)))
             else:

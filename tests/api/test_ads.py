@@ -193,3 +193,10 @@ def test_unchanged_put_writes_nothing(client, portal, session):
     put(client, portal, "a-1", ad_payload())
     session.rollback()
     assert session.scalar(text("SELECT xmin::text FROM ads")) == before
+
+
+def test_moving_an_approximate_ad_within_its_cell_changes_nothing(client, portal):
+    first = put(client, portal, "a-1", ad_payload("area", location={"lat": 50.85, "lon": 4.35}))
+    moved = put(client, portal, "a-1", ad_payload("area", location={"lat": 50.851, "lon": 4.351}))
+    assert moved.status_code == 200
+    assert moved.json["version"] == first.json["version"]
