@@ -30,7 +30,11 @@ class Wiring:
 
 
 def build_wiring(settings: Settings) -> Wiring:
-    engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
+    engine = make_engine(
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        statement_timeout_ms=settings.db_statement_timeout_ms,
+    )
     return Wiring(
         settings=settings,
         engine=engine,

@@ -71,6 +71,8 @@ def serve(bind: str, workers: int) -> None:
             "--bind", bind,
             "--workers", str(workers),
             "--graceful-timeout", "20",
+            # A sync-session commit of a few hundred thousand ads takes tens of seconds.
+            "--timeout", "300",
             "directory.wsgi:app",
         ],
     )  # fmt: skip

@@ -25,13 +25,15 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-def make_engine(database_url: str, *, pool_size: int = 5) -> Engine:
+def make_engine(
+    database_url: str, *, pool_size: int = 5, statement_timeout_ms: int = 60_000
+) -> Engine:
     return create_engine(
         database_url,
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,
-        future=True,
+        connect_args={"options": f"-c statement_timeout={statement_timeout_ms}"},
     )
 
 

@@ -30,6 +30,8 @@ class Settings:
     sync_session_ttl_hours: int = 24
     log_level: str = "INFO"
     db_pool_size: int = 5
+    # A runaway query is cancelled (503) rather than left to hold a connection.
+    db_statement_timeout_ms: int = 60_000
 
     def __post_init__(self) -> None:
         if self.environment not in ENVIRONMENTS:
@@ -57,7 +59,7 @@ class Settings:
             raise SettingsError(
                 f"DIRECTORY_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}"
             )
-        for name in ("db_pool_size", "sync_session_ttl_hours"):
+        for name in ("db_pool_size", "sync_session_ttl_hours", "db_statement_timeout_ms"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"DIRECTORY_{name.upper()} must be at least 1")
         if self.max_request_bytes < 1024:

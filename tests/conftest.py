@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 
+import psycopg
 import pytest
 from sqlalchemy import text
 
@@ -57,6 +59,19 @@ def app(migrated):
 @pytest.fixture(scope="session")
 def wiring(app):
     return app.extensions["directory"]
+
+
+@pytest.fixture
+def empty_database_url(cluster):
+    """A database of its own for one test, never migrated, dropped afterwards."""
+    name = f"scratch_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(cluster.admin_url("postgres"), autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield cluster.admin_url(name).replace("postgresql://", "postgresql+psycopg://")
+    finally:
+        with psycopg.connect(cluster.admin_url("postgres"), autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(autouse=True)

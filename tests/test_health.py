@@ -3,28 +3,12 @@ database and its schema, and neither ever raises."""
 
 from __future__ import annotations
 
-import uuid
-
-import psycopg
 import pytest
 from alembic.script import ScriptDirectory
 
 from directory import create_app
 from directory.__main__ import alembic_config
 from directory.settings import Settings
-
-
-@pytest.fixture
-def empty_database_url(cluster):
-    """A database created for this test alone, never migrated, dropped afterwards."""
-    name = f"health_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(cluster.admin_url("postgres"), autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield cluster.admin_url(name).replace("postgresql://", "postgresql+psycopg://")
-    finally:
-        with psycopg.connect(cluster.admin_url("postgres"), autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _client_for(database_url: str):

@@ -3,9 +3,6 @@ from nothing, agree with the models (`alembic check`), and survive a round trip.
 
 from __future__ import annotations
 
-import uuid
-
-import psycopg
 import pytest
 from alembic import command
 from alembic.script import ScriptDirectory
@@ -34,19 +31,6 @@ SCHEMA_QUERIES = {
         ORDER BY 1, 2
     """,
 }
-
-
-@pytest.fixture
-def empty_database_url(cluster):
-    """The URL of a database created for this test alone, dropped afterwards."""
-    name = f"migrations_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(cluster.admin_url("postgres"), autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield cluster.admin_url(name).replace("postgresql://", "postgresql+psycopg://")
-    finally:
-        with psycopg.connect(cluster.admin_url("postgres"), autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
