@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import random
 import statistics
 import sys
@@ -23,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import psycopg
 from sqlalchemy import text
 
-from bench.common import ad, database, gunicorn
+from bench.common import ad, children, database, gunicorn, machine_busy_s, process_cpu_s
 from directory import build_wiring
 from directory.__main__ import DEFAULT_WORKERS
 from directory.db import unit_of_work
@@ -141,8 +142,14 @@ def main() -> None:
                 session, slug="bench", name="Bench", default_currencies=["EUR"]
             )
             portal_id = portal.id
-        with gunicorn(url, workers=args.workers) as base:
-            elapsed, latencies = push(base, key.key, batches, args.clients)
+        with gunicorn(url, workers=args.workers) as server:
+            workers = children(server.pid)
+            api_before = sum(process_cpu_s(pid) for pid in workers)
+            client_before, machine_before = time.process_time(), machine_busy_s()
+            elapsed, latencies = push(server.base_url, key.key, batches, args.clients)
+            api_cpu = sum(process_cpu_s(pid) for pid in workers) - api_before
+            client_cpu = time.process_time() - client_before
+            machine_cpu = machine_busy_s() - machine_before
         with wiring.engine.connect() as connection:
             stored = connection.scalar(text("SELECT count(*) FROM ads"))
         wiring.engine.dispose()
@@ -157,6 +164,13 @@ def main() -> None:
           f"clients, {args.workers} gunicorn workers)")  # fmt: skip
     print(f"  batch latency:       p50 {statistics.median(latencies) * 1000:.0f} ms, "
           f"p95 {latencies[int(len(latencies) * 0.95) - 1] * 1000:.0f} ms")  # fmt: skip
+    per_batch = 1000 / len(batches)
+    print(
+        f"CPU per batch:         API {api_cpu * per_batch:.0f} ms, bench client "
+        f"{client_cpu * per_batch:.0f} ms, PostgreSQL and the rest "
+        f"{(machine_cpu - api_cpu - client_cpu) * per_batch:.0f} ms "
+        f"(machine busy {machine_cpu / elapsed / (os.cpu_count() or 1):.0%})"
+    )
     print(f"COPY floor:            {copy_rate:,.0f} ads/s  ({copy_elapsed:.1f} s)")
     print(f"API / COPY:            {api_rate / copy_rate:.2f}")
 
