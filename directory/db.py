@@ -73,6 +73,22 @@ def insert_rows(session: Session, *, table: str, rows: list[dict]) -> None:
     )
 
 
+def update_rows(session: Session, *, table: str, rows: list[dict]) -> None:
+    """Update many rows by id (dicts with the same keys, `id` among them) in one
+    statement, the rows travelling as JSON as in `insert_rows`; `updated_at` becomes now."""
+    if not rows:
+        return
+    assignments = ", ".join(f"{column} = changed.{column}" for column in rows[0] if column != "id")
+    session.execute(
+        text(
+            f"UPDATE {table} SET {assignments}, updated_at = now() "
+            f"FROM json_populate_recordset(NULL::{table}, CAST(:rows AS json)) AS changed "
+            f"WHERE {table}.id = changed.id"
+        ),
+        {"rows": orjson.dumps(rows, default=_json_default).decode()},
+    )
+
+
 def _json_default(value):
     if isinstance(value, Decimal):
         return str(value)

@@ -24,11 +24,10 @@ from sqlalchemy import (
     func,
     select,
     text,
-    update,
 )
 from sqlalchemy.orm import Session
 
-from directory.db import insert_rows
+from directory.db import insert_rows, update_rows
 from directory.errors import DirectoryError, InvalidInput, NotFound, PreconditionFailed
 from directory.geo import Point, Privacy, publishable_point
 from directory.models import Ad, AdKind, ChangeOp, Portal, PortalStatus, PriceUnit
@@ -533,12 +532,12 @@ def _log_changes(session: Session, changes: list[tuple[uuid.UUID, int, ChangeOp]
 
 
 def _bulk_update(session: Session, updates: list[dict]) -> None:
-    # Rows of one shape go in one executemany; expiries have fewer columns than upserts.
+    # Rows of one shape go in one statement; expiries have fewer columns than upserts.
     by_shape: dict[tuple[str, ...], list[dict]] = {}
     for row in updates:
-        by_shape.setdefault(tuple(sorted(row)), []).append(row)
+        by_shape.setdefault(tuple(row), []).append(row)
     for rows in by_shape.values():
-        session.execute(update(Ad).values(updated_at=func.now()), rows)
+        update_rows(session, table="ads", rows=rows)
 
 
 def _check_precondition(op: Upsert, current: _Existing | None) -> None:
