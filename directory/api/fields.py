@@ -19,6 +19,7 @@ BCP47 = re.compile(r"^[a-z]{2,3}(?:-[A-Za-z0-9]{1,8})*$")
 HANDLE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 EMAIL_LIKE = re.compile(r"[^@\s]+@[^@\s]+")
 PHONE_SEPARATORS = re.compile(r"[\s().-]")
+PHONE_CHARACTERS = re.compile(r"\+?[\d\s().-]+")
 LEDGER_ACCOUNT = re.compile(r"^[A-Za-z0-9._:@/-]{1,128}$")
 SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$")
 
@@ -99,13 +100,13 @@ def validate_member_handle(value: str) -> None:
     anything that looks like an email address or a phone number is refused."""
     if EMAIL_LIKE.search(value):
         raise ValidationError("Must be the portal's opaque member handle, not an email address.")
-    digits = re.sub(r"\D", "", value)
-    if (
-        re.fullmatch(r"\+?[\d\s().-]+", value)
-        and 7 <= len(digits) <= 15
-        and (value.startswith(("+", "0")) or PHONE_SEPARATORS.search(value))
-    ):
-        raise ValidationError("Must be the portal's opaque member handle, not a phone number.")
+    # Cheap first test: most handles hold a letter, and then cannot be phone numbers.
+    if PHONE_CHARACTERS.fullmatch(value):
+        digits = re.sub(r"\D", "", value)
+        if 7 <= len(digits) <= 15 and (
+            value.startswith(("+", "0")) or PHONE_SEPARATORS.search(value)
+        ):
+            raise ValidationError("Must be the portal's opaque member handle, not a phone number.")
     if not HANDLE.fullmatch(value):
         raise ValidationError(
             "Must be 1 to 64 letters, digits, '.', '_', ':' or '-' (an opaque handle)."

@@ -10,7 +10,7 @@ It accepts only schemas whose hooks it knows how to run, and a test compares it 
 
 from __future__ import annotations
 
-from marshmallow import Schema, ValidationError, missing
+from marshmallow import Schema, ValidationError, fields, missing
 
 SUPPORTED_HOOKS = {"validates_schema", "post_load"}
 
@@ -33,7 +33,14 @@ class FastLoader:
             raise TypeError(f"{type(schema).__name__} uses data_key, which FastLoader skips")
         self.schema = schema
         self.plan = [
-            (name, field, field.required, field.allow_none, field.load_default, field.validators)
+            (
+                name,
+                _list_loader(field) or field._deserialize,
+                field.required,
+                field.allow_none,
+                field.load_default,
+                field.validators,
+            )
             for name, field in schema.load_fields.items()
         ]
         self.known = set(schema.load_fields)
@@ -48,7 +55,7 @@ class FastLoader:
             return self.schema.load(data)
         loaded = {}
         try:
-            for name, field, required, allow_none, default, validators in self.plan:
+            for name, deserialize, required, allow_none, default, validators in self.plan:
                 raw = data.get(name, missing)
                 if raw is missing:
                     if required:
@@ -61,7 +68,7 @@ class FastLoader:
                         raise _Fallback
                     value = None
                 else:
-                    value = field._deserialize(raw, name, data)
+                    value = deserialize(raw, name, data)
                     for validator in validators:
                         if validator(value) is False:
                             raise _Fallback
@@ -73,3 +80,31 @@ class FastLoader:
         for post_load in self.post_loads:
             loaded = post_load(loaded, many=False, partial=None)
         return loaded
+
+
+def _list_loader(field):
+    """For a List of plain fields: its items through the inner field's own code, without
+    marshmallow's per-item wrapper (two lists per ad were a fifth of the loading time)."""
+    if not isinstance(field, fields.List) or isinstance(field.inner, fields.Nested):
+        return None
+    inner = field.inner
+    deserialize, allow_none, validators = inner._deserialize, inner.allow_none, inner.validators
+
+    def load(raw, name, data):
+        if type(raw) is not list:
+            raise _Fallback
+        items = []
+        for item in raw:
+            if item is None:
+                if not allow_none:
+                    raise _Fallback
+                items.append(None)
+                continue
+            value = deserialize(item, name, data)
+            for validator in validators:
+                if validator(value) is False:
+                    raise _Fallback
+            items.append(value)
+        return items
+
+    return load
