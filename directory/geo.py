@@ -11,7 +11,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-import h3
+# The integer API: no conversion of each cell to a hex string and back.
+import h3.api.basic_int as h3
 
 
 class Privacy(enum.StrEnum):
@@ -53,6 +54,5 @@ def publishable_point(point: Point | None, privacy: Privacy) -> Point | None:
         return None
     if privacy is Privacy.EXACT:
         return Point(round(point.lat, COORDINATE_DECIMALS), round(point.lon, COORDINATE_DECIMALS))
-    cell = h3.latlng_to_cell(point.lat, point.lon, SNAP_RESOLUTION[privacy])
-    lat, lon = h3.cell_to_latlng(cell)
+    lat, lon = h3.cell_to_latlng(h3.latlng_to_cell(point.lat, point.lon, SNAP_RESOLUTION[privacy]))
     return Point(round(lat, COORDINATE_DECIMALS), round(lon, COORDINATE_DECIMALS))

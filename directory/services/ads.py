@@ -7,9 +7,10 @@ commit share one set of rules: the privacy snapping, the defaults, the idempoten
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -408,6 +409,7 @@ def apply_changes(
     existing = _load_existing(
         session, portal_id, {op.external_id for op, _ in prepared if op is not None}
     )
+    new_ids = _random_ids(len(prepared))
     results: list[ItemResult] = []
     inserts: list[dict] = []
     updates: list[dict] = []
@@ -436,7 +438,7 @@ def apply_changes(
                         ItemResult(op.external_id, "unchanged", current.id, current.version)
                     )
                 elif current is None:
-                    ad_id = uuid.uuid4()
+                    ad_id = next(new_ids)
                     row |= {"id": ad_id, "portal_id": portal_id, "external_id": op.external_id}
                     inserts.append(row)
                     results.append(ItemResult(op.external_id, "created", ad_id, 1))
@@ -481,6 +483,14 @@ def apply_changes(
         session.execute(delete(Ad).where(Ad.id.in_(deletions)))
     _log_changes(session, changes)
     return results
+
+
+def _random_ids(count: int) -> Iterator[uuid.UUID]:
+    """Random (version 4) UUIDs from one read of the OS's random source, not one each."""
+    pool = os.urandom(16 * count)
+    return (
+        uuid.UUID(bytes=pool[start : start + 16], version=4) for start in range(0, len(pool), 16)
+    )
 
 
 def _prepare(session, portal_id, operations, now, lifetimes, reject_errors):
