@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -409,7 +410,7 @@ def apply_changes(
     existing = _load_existing(
         session, portal_id, {op.external_id for op, _ in prepared if op is not None}
     )
-    new_ids = _random_ids(len(prepared))
+    new_ids = _new_ids(len(prepared))
     results: list[ItemResult] = []
     inserts: list[dict] = []
     updates: list[dict] = []
@@ -485,12 +486,23 @@ def apply_changes(
     return results
 
 
-def _random_ids(count: int) -> Iterator[uuid.UUID]:
-    """Random (version 4) UUIDs from one read of the OS's random source, not one each."""
-    pool = os.urandom(16 * count)
-    return (
-        uuid.UUID(bytes=pool[start : start + 16], version=4) for start in range(0, len(pool), 16)
-    )
+def _new_ids(count: int) -> Iterator[uuid.UUID]:
+    """Version 7 UUIDs (RFC 9562): the creation time in milliseconds, then 74 random bits
+    (from one read of the OS's random source for the whole batch). New ids sort after
+    older ones, so the primary key index grows at its end instead of at random pages.
+    The time they reveal is public anyway, as created_at."""
+    millis = time.time_ns() // 1_000_000
+    pool = os.urandom(10 * count)
+    for start in range(0, len(pool), 10):
+        random_bits = int.from_bytes(pool[start : start + 10], "big")
+        # 48 bits of time | version 7 | 12 random bits | variant 0b10 | 62 random bits
+        yield uuid.UUID(
+            int=(millis << 80)
+            | (0x7 << 76)
+            | (((random_bits >> 62) & 0xFFF) << 64)
+            | (0b10 << 62)
+            | (random_bits & ((1 << 62) - 1))
+        )
 
 
 def _prepare(session, portal_id, operations, now, lifetimes, reject_errors):

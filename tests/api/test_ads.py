@@ -200,3 +200,14 @@ def test_moving_an_approximate_ad_within_its_cell_changes_nothing(client, portal
     moved = put(client, portal, "a-1", ad_payload("area", location={"lat": 50.851, "lon": 4.351}))
     assert moved.status_code == 200
     assert moved.json["version"] == first.json["version"]
+
+
+def test_ad_ids_are_time_ordered_uuid7(client, portal):
+    import time
+    import uuid
+
+    first = uuid.UUID(put(client, portal, "a-1", ad_payload()).json["id"])
+    time.sleep(0.002)
+    second = uuid.UUID(put(client, portal, "a-2", ad_payload()).json["id"])
+    assert (first.version, second.version) == (7, 7)
+    assert first < second
