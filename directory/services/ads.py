@@ -225,11 +225,13 @@ def content_hash(row: dict, explicit_expiry: datetime | None) -> str:
     return hashlib.blake2b(canonical, digest_size=16).hexdigest()
 
 
-def _lock_portal_writes(session: Session, portal_id: int) -> None:
-    """Serialise one portal's writes: classification (created or updated), replace
-    and sync commits then never race with another request of the same portal."""
+def lock_portal_writes(session: Session, portal_id: int, *, exclusive: bool) -> None:
+    """The portal's write lock, until the transaction ends. Ordinary writes share it and
+    run side by side (the rows they touch are locked one by one, in external-id order);
+    a replace or a sync commit, which deletes whatever it was not given, holds it alone."""
+    function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
     session.execute(
-        text("SELECT pg_advisory_xact_lock(:namespace, :portal_id)"),
+        text(f"SELECT {function}(:namespace, :portal_id)"),
         {"namespace": PORTAL_WRITE_LOCK_NAMESPACE, "portal_id": portal_id},
     )
 
@@ -244,13 +246,16 @@ class _Existing:
 
 
 def _load_existing(session: Session, portal_id: int, external_ids: Iterable[str]):
+    # Locked until the transaction ends, always in the same order, so two writes of the
+    # same ads wait for each other instead of deadlocking.
     rows = session.execute(
-        select(
-            Ad.external_id, Ad.id, Ad.content_hash, Ad.visibility, Ad.version, Ad.expires_at
-        ).where(
+        select(Ad.external_id, Ad.id, Ad.content_hash, Ad.visibility, Ad.version, Ad.expires_at)
+        .where(
             Ad.portal_id == portal_id,
-            Ad.external_id == func.any(cast(list(external_ids), ARRAY(String))),
+            Ad.external_id == func.any(cast(sorted(external_ids), ARRAY(String))),
         )
+        .order_by(Ad.external_id)
+        .with_for_update()
     )
     return {row[0]: _Existing(*row[1:]) for row in rows}
 
@@ -406,7 +411,7 @@ def apply_changes(
     # First everything that needs no lock: checks, snapping, hashing.
     prepared = _prepare(session, portal_id, operations, now, lifetimes, reject_errors)
     # Then, holding the portal's write lock as briefly as possible: classify and write.
-    _lock_portal_writes(session, portal_id)
+    lock_portal_writes(session, portal_id, exclusive=False)
     existing = _load_existing(
         session, portal_id, {op.external_id for op, _ in prepared if op is not None}
     )
@@ -477,6 +482,9 @@ def apply_changes(
             results.append(ItemResult(op.external_id, "rejected", errors=_errors_of(error)))
 
     if inserts:
+        # In external-id order, like the row locks: two writes creating the same new ad
+        # then meet at the same first key, and the later one gets a 409 to retry.
+        inserts.sort(key=lambda row: row["external_id"])
         insert_rows(session, table="ads", rows=inserts)
     if updates:
         _bulk_update(session, updates)
@@ -597,6 +605,7 @@ def replace_all(
             "a replace batch holds only upserts: ads left out of it are deleted",
             field="items",
         )
+    lock_portal_writes(session, portal_id, exclusive=True)
     results = apply_changes(
         session, portal_id=portal_id, operations=operations, lifetimes=lifetimes
     )
@@ -607,7 +616,8 @@ def replace_all(
 
 def delete_all_but(session: Session, *, portal_id: int, keep, keep_subquery=None) -> int:
     """Delete the portal's ads whose external id is not kept; `keep` is a list of ids
-    or, for large sets, a SELECT of external ids. Returns how many were deleted."""
+    or, for large sets, a SELECT of external ids. Returns how many were deleted.
+    The caller holds the portal's write lock exclusively."""
     kept = (
         keep_subquery
         if keep_subquery is not None

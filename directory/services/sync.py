@@ -24,6 +24,7 @@ from directory.services.ads import (
     apply_changes,
     check_ads,
     delete_all_but,
+    lock_portal_writes,
 )
 
 COMMIT_CHUNK = MAX_BATCH_ITEMS
@@ -153,6 +154,7 @@ def commit(
 ) -> CommitResult:
     sync = _get(session, portal_id=portal_id, session_id=session_id, lock=True)
     _require_open(sync)
+    lock_portal_writes(session, portal_id, exclusive=True)
     counts = {"created": 0, "updated": 0, "unchanged": 0, "rejected": 0}
     rejected_items: list[ItemResult] = []
     after = ""
