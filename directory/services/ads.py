@@ -410,7 +410,7 @@ def apply_changes(
     now = datetime.now(UTC)
     # First everything that needs no lock: checks, snapping, hashing.
     prepared = _prepare(session, portal_id, operations, now, lifetimes, reject_errors)
-    # Then, holding the portal's write lock as briefly as possible: classify and write.
+    # Then, under the portal's (shared) write lock and the rows' own: classify and write.
     lock_portal_writes(session, portal_id, exclusive=False)
     existing = _load_existing(
         session, portal_id, {op.external_id for op, _ in prepared if op is not None}
@@ -471,6 +471,11 @@ def apply_changes(
                     raise NotFound(
                         f"no ad with external_id {op.external_id!r}", field="external_id"
                     )
+                if current.expires_at <= now:
+                    results.append(
+                        ItemResult(op.external_id, "unchanged", current.id, current.version)
+                    )
+                    continue
                 version = current.version + 1
                 updates.append({"id": current.id, "version": version, "expires_at": now})
                 results.append(ItemResult(op.external_id, "expired", current.id, version))

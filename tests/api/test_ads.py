@@ -211,3 +211,11 @@ def test_ad_ids_are_time_ordered_uuid7(client, portal):
     second = uuid.UUID(put(client, portal, "a-2", ad_payload()).json["id"])
     assert (first.version, second.version) == (7, 7)
     assert first < second
+
+
+def test_expiring_an_expired_ad_changes_nothing(client, portal):
+    put(client, portal, "a-1", ad_payload())
+    first = client.post("/v1/ads/a-1/expire", headers=portal.headers)
+    again = client.post("/v1/ads/a-1/expire", headers=portal.headers)
+    assert again.status_code == 200
+    assert again.json["version"] == first.json["version"]
