@@ -90,4 +90,7 @@ class Settings:
                     raise SettingsError(f"{name} must be a whole number, not {raw!r}") from None
             else:
                 values[field.name] = raw
+        if values.get("environment") == "production" and "database_url" not in values:
+            # The default points at a password-less local database: never what production means.
+            raise SettingsError("DIRECTORY_DATABASE_URL must be set in production")
         return cls(**values)

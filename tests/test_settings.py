@@ -121,7 +121,11 @@ def test_plain_postgresql_url_is_normalised_to_the_psycopg_driver():
 def test_production_with_meilisearch_and_no_key_refuses_to_start():
     with pytest.raises(SettingsError, match="DIRECTORY_MEILISEARCH_KEY"):
         Settings.from_env(
-            {"DIRECTORY_ENVIRONMENT": "production", "DIRECTORY_SEARCH_ENGINE": "meilisearch"}
+            {
+                "DIRECTORY_ENVIRONMENT": "production",
+                "DIRECTORY_DATABASE_URL": "postgresql://directory:secret@db/directory",
+                "DIRECTORY_SEARCH_ENGINE": "meilisearch",
+            }
         )
 
 
@@ -136,3 +140,8 @@ def test_settings_are_frozen():
 
     with pytest.raises(AttributeError):
         settings.environment = "production"  # type: ignore[misc]
+
+
+def test_production_refuses_to_start_on_the_default_database_url():
+    with pytest.raises(SettingsError, match="DIRECTORY_DATABASE_URL"):
+        Settings.from_env({"DIRECTORY_ENVIRONMENT": "production"})
