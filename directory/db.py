@@ -95,6 +95,21 @@ def _json_default(value):
     raise TypeError(f"cannot store a {type(value).__name__} as JSON")
 
 
+def add_unique(session: Session, row: Base, *, constraint: str, conflict: Exception) -> None:
+    """Insert `row`, raising `conflict` when it breaks the named unique constraint. The
+    constraint decides, not a look-up first: two creations can race."""
+    from sqlalchemy.exc import IntegrityError
+
+    try:
+        with session.begin_nested():
+            session.add(row)
+            session.flush()
+    except IntegrityError as error:
+        if constraint_name(error) == constraint:
+            raise conflict from None
+        raise
+
+
 def constraint_name(error) -> str | None:
     """The name of the constraint an IntegrityError broke, as PostgreSQL reports it."""
     return getattr(getattr(error.orig, "diag", None), "constraint_name", None)

@@ -22,7 +22,6 @@ EMAIL_LIKE = re.compile(r"[^@\s]+@[^@\s]+")
 PHONE_SEPARATORS = re.compile(r"[\s().-]")
 PHONE_CHARACTERS = re.compile(r"\+?[\d\s().-]+")
 LEDGER_ACCOUNT = re.compile(r"^[A-Za-z0-9._:@/-]{1,128}$")
-SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$")
 
 
 class FullMatch(validate.Regexp):

@@ -15,6 +15,7 @@ import pycountry
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from directory.db import add_unique
 from directory.errors import Conflict, Forbidden, InvalidInput, NotFound
 from directory.models import Ad, Currency, Portal
 
@@ -161,8 +162,6 @@ def register_currency(
         )
     full_code = f"{portal.slug}:{code}"
     _check_value(value_amount, value_currency, value_hours)
-    if session.get(Currency, full_code) is not None:
-        raise Conflict(f"currency {full_code} is registered already", field="code")
     currency = Currency(
         code=full_code,
         portal_id=portal.id,
@@ -172,8 +171,12 @@ def register_currency(
         value_amount=value_amount,
         value_currency=value_currency,
     )
-    session.add(currency)
-    session.flush()
+    add_unique(
+        session,
+        currency,
+        constraint="pk_currencies",
+        conflict=Conflict(f"currency {full_code} is registered already", field="code"),
+    )
     session.refresh(currency)  # the values as stored (numeric scale applied)
     return _community_info(currency, portal.slug)
 

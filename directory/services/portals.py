@@ -10,10 +10,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, literal, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from directory.db import constraint_name
+from directory.db import add_unique
 from directory.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthenticated
 from directory.models import AdChange, ChangeOp, Portal, PortalKey, PortalStatus
 from directory.models.ads import Ad, Visibility
@@ -102,15 +101,12 @@ def create_portal(
         default_currencies=default_currencies or [],
         webhook_url=webhook_url,
     )
-    try:
-        # The UNIQUE constraint decides, not a look-up first: two creations can race.
-        with session.begin_nested():
-            session.add(portal)
-            session.flush()
-    except IntegrityError as error:
-        if constraint_name(error) == "uq_portals_slug":
-            raise Conflict(f"a portal with slug {slug!r} exists already", field="slug") from None
-        raise
+    add_unique(
+        session,
+        portal,
+        constraint="uq_portals_slug",
+        conflict=Conflict(f"a portal with slug {slug!r} exists already", field="slug"),
+    )
     if default_currencies:
         require_known_currencies(
             session, codes=default_currencies, field="default_currencies", portal=portal

@@ -2,8 +2,9 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
-from directory.api.fields import SLUG, DecimalString, FullMatch, Text
+from directory.api.fields import DecimalString, FullMatch, Text
 from directory.services.currencies import CurrencyKind
+from directory.services.portals import SLUG
 
 
 class CurrencySchema(Schema):
