@@ -152,7 +152,7 @@ def main() -> None:
             machine_cpu = machine_busy_s() - machine_before
         with wiring.engine.connect() as connection:
             stored = connection.scalar(text("SELECT count(*) FROM ads"))
-        wiring.engine.dispose()
+        wiring.close()
         copy_elapsed = copy_rows(url, portal_id, batches)
 
     api_rate = args.ads / elapsed

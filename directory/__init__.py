@@ -8,13 +8,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import cached_property
 
 from flask import Flask
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from directory.db import make_engine, make_session_factory
+from directory.db import make_engine, make_session_factory, unit_of_work
+from directory.search import SearchEngine
 from directory.services.ads import Lifetimes
+from directory.services.categories import category_codes
 from directory.settings import Settings
 
 
@@ -27,18 +30,47 @@ class Wiring:
     session_factory: sessionmaker[Session]
     lifetimes: Lifetimes
     sync_session_ttl: timedelta
+    search: SearchEngine
+    search_db: Engine  # the database searches read: the primary or a replica
+
+    @cached_property
+    def category_codes(self) -> set[str]:
+        """The taxonomy's codes: they change only through a migration, and a deploy
+        restarts every process."""
+        with unit_of_work(self.session_factory) as session:
+            return category_codes(session)
+
+    def close(self) -> None:
+        self.engine.dispose()
+        self.search_db.dispose()
 
 
 def build_wiring(settings: Settings) -> Wiring:
+    from directory.search.postgres import PostgresSearch, make_search_engine
+
     engine = make_engine(
         settings.database_url,
         pool_size=settings.db_pool_size,
         statement_timeout_ms=settings.db_statement_timeout_ms,
     )
+    search_db = make_search_engine(
+        settings.search_database_url or settings.database_url,
+        pool_size=settings.db_pool_size,
+        statement_timeout_ms=settings.db_statement_timeout_ms,
+    )
+    search_sessions = make_session_factory(search_db)
+    if settings.search_engine == "meilisearch":
+        from directory.search.meili import MeiliSearch
+
+        search: SearchEngine = MeiliSearch.from_settings(settings, session_factory=search_sessions)
+    else:
+        search = PostgresSearch(search_sessions)
     return Wiring(
         settings=settings,
         engine=engine,
         session_factory=make_session_factory(engine),
+        search=search,
+        search_db=search_db,
         lifetimes=Lifetimes(
             default=timedelta(days=settings.ad_default_ttl_days),
             maximum=timedelta(days=settings.ad_max_ttl_days),

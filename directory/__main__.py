@@ -35,7 +35,7 @@ def _wiring():
     try:
         yield wiring
     finally:
-        wiring.engine.dispose()
+        wiring.close()
 
 
 @contextmanager

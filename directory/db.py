@@ -26,14 +26,18 @@ class Base(DeclarativeBase):
 
 
 def make_engine(
-    database_url: str, *, pool_size: int = 5, statement_timeout_ms: int = 60_000
+    database_url: str,
+    *,
+    pool_size: int = 5,
+    statement_timeout_ms: int = 60_000,
+    options: str = "",
 ) -> Engine:
     return create_engine(
         database_url,
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,
-        connect_args={"options": f"-c statement_timeout={statement_timeout_ms}"},
+        connect_args={"options": f"-c statement_timeout={statement_timeout_ms} {options}".strip()},
     )
 
 

@@ -9,6 +9,7 @@ area from the equator to the poles, unlike a latitude/longitude grid.
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 
 # The integer API: no conversion of each cell to a hex string and back.
@@ -56,3 +57,65 @@ def publishable_point(point: Point | None, privacy: Privacy) -> Point | None:
         return Point(round(point.lat, COORDINATE_DECIMALS), round(point.lon, COORDINATE_DECIMALS))
     lat, lon = h3.cell_to_latlng(h3.latlng_to_cell(point.lat, point.lon, SNAP_RESOLUTION[privacy]))
     return Point(round(lat, COORDINATE_DECIMALS), round(lon, COORDINATE_DECIMALS))
+
+
+# PostGIS measures geography "on the sphere" with this radius (WGS84's mean radius, R1);
+# the same figure everywhere keeps our distances and the database's identical.
+EARTH_RADIUS_M = 6_371_008.7714
+
+# Distances shown in search results are rounded to a step no finer than the location
+# they are measured from: an approximate ad is ~1 km off anyway, an area ad ~10 km.
+DISTANCE_STEP_KM = {Privacy.EXACT: 0.1, Privacy.APPROXIMATE: 1.0, Privacy.AREA: 10.0}
+
+
+def haversine_m(a: Point, b: Point) -> float:
+    """Great-circle distance in metres on the PostGIS sphere."""
+    lat1, lon1, lat2, lon2 = map(math.radians, (a.lat, a.lon, b.lat, b.lon))
+    h = (
+        math.sin((lat2 - lat1) / 2) ** 2
+        + math.cos(lat1) * math.cos(lat2) * math.sin((lon2 - lon1) / 2) ** 2
+    )
+    return 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(h)))
+
+
+def rounded_distance_km(distance_m: float, privacy: Privacy) -> float:
+    step = DISTANCE_STEP_KM[privacy]
+    # round(…, 1) drops float noise such as 2.9000000000000004 from the multiplication.
+    return round(round(distance_m / 1000 / step) * step, 1)
+
+
+@dataclass(frozen=True, slots=True)
+class BBox:
+    """A latitude/longitude box. west > east means it crosses the antimeridian."""
+
+    west: float
+    south: float
+    east: float
+    north: float
+
+    def __post_init__(self) -> None:
+        for name in ("west", "east"):
+            if not -180.0 <= getattr(self, name) <= 180.0:
+                raise ValueError("longitudes must be between -180 and 180")
+        for name in ("south", "north"):
+            if not -90.0 <= getattr(self, name) <= 90.0:
+                raise ValueError("latitudes must be between -90 and 90")
+        if self.south > self.north:
+            raise ValueError("min_lat must not be greater than max_lat")
+        if self.west == self.east:
+            raise ValueError("min_lon must differ from max_lon")
+
+    @property
+    def crosses_antimeridian(self) -> bool:
+        return self.west > self.east
+
+    def lon_ranges(self) -> list[tuple[float, float]]:
+        """One longitude range, or two when the box crosses the antimeridian."""
+        if self.crosses_antimeridian:
+            return [(self.west, 180.0), (-180.0, self.east)]
+        return [(self.west, self.east)]
+
+    def contains(self, point: Point) -> bool:
+        return self.south <= point.lat <= self.north and any(
+            west <= point.lon <= east for west, east in self.lon_ranges()
+        )

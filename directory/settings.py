@@ -19,6 +19,8 @@ class SettingsError(ValueError):
 class Settings:
     environment: str = "development"
     database_url: str = "postgresql+psycopg://directory@127.0.0.1:5432/directory"
+    # Searches may read a replica; empty: the primary (database_url).
+    search_database_url: str = ""
     search_engine: str = "postgres"
     meilisearch_url: str = "http://127.0.0.1:7700"
     meilisearch_key: str = ""
@@ -46,11 +48,13 @@ class Settings:
             )
         if not self.database_url.startswith("postgresql"):
             raise SettingsError("DIRECTORY_DATABASE_URL must be a postgresql:// URL")
-        if self.database_url.startswith("postgresql://"):
-            # One driver everywhere: psycopg 3.
-            object.__setattr__(
-                self, "database_url", "postgresql+psycopg://" + self.database_url[13:]
-            )
+        if self.search_database_url and not self.search_database_url.startswith("postgresql"):
+            raise SettingsError("DIRECTORY_SEARCH_DATABASE_URL must be a postgresql:// URL")
+        for name in ("database_url", "search_database_url"):
+            url = getattr(self, name)
+            if url.startswith("postgresql://"):
+                # One driver everywhere: psycopg 3.
+                object.__setattr__(self, name, "postgresql+psycopg://" + url[13:])
         if not 1 <= self.ad_default_ttl_days <= self.ad_max_ttl_days:
             raise SettingsError(
                 "DIRECTORY_AD_DEFAULT_TTL_DAYS must be between 1 and DIRECTORY_AD_MAX_TTL_DAYS"

@@ -53,7 +53,7 @@ def migrated(settings):
 def app(migrated):
     app = create_app(migrated)
     yield app
-    app.extensions["directory"].engine.dispose()
+    app.extensions["directory"].close()
 
 
 @pytest.fixture(scope="session")

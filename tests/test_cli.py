@@ -54,7 +54,7 @@ def run(migrated, wiring, built_wirings):
             return runner.invoke(cli, list(args), env=environment)
         finally:
             while built_wirings:
-                built_wirings.pop().engine.dispose()
+                built_wirings.pop().close()
 
     return invoke
 
@@ -329,4 +329,4 @@ def test_command_closes_its_database_connections(migrated, wiring, built_wirings
         assert built.engine.pool.checkedin() == 0
     finally:
         for leftover in built_wirings:
-            leftover.engine.dispose()
+            leftover.close()

@@ -39,7 +39,7 @@ def test_readyz_reports_pending_migrations_on_an_unmigrated_database(empty_datab
     try:
         response = client.get("/readyz")
     finally:
-        app.extensions["directory"].engine.dispose()
+        app.extensions["directory"].close()
 
     assert response.status_code == 503
     assert response.json["status"] == "migrations pending"
@@ -53,7 +53,7 @@ def test_readyz_answers_503_when_the_database_is_unreachable():
     try:
         response = client.get("/readyz")
     finally:
-        app.extensions["directory"].engine.dispose()
+        app.extensions["directory"].close()
 
     assert response.status_code == 503
     assert response.json["status"] == "database unreachable"

@@ -55,12 +55,14 @@ def create_api(app: Flask) -> Api:
     from directory.api.feed.routes import blp as feed_blp
     from directory.api.health import blp as health_blp
     from directory.api.portals.routes import blp as portals_blp
+    from directory.api.search.routes import blp as search_blp
     from directory.api.sync.routes import blp as sync_blp
 
     for blueprint in (
         health_blp,
         portals_blp,
         ads_blp,
+        search_blp,
         sync_blp,
         feed_blp,
         currencies_blp,

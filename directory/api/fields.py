@@ -196,10 +196,10 @@ class StrictBoolean(fields.Boolean):
         return value
 
 
-def json_response(payload, status: int = 200):
+def json_response(payload, status: int = 200, *, mimetype: str = "application/json"):
     """A JSON response of plain data (str, numbers, UUIDs, datetimes, lists, dicts)."""
     from flask import Response
 
     # Non-string keys: marshmallow reports list items by index ({"tags": {1: [...]}}).
     body = orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS)
-    return Response(body, status=status, mimetype="application/json")
+    return Response(body, status=status, mimetype=mimetype)

@@ -5,10 +5,11 @@ import uuid
 from datetime import datetime
 from decimal import Decimal
 
-from geoalchemy2 import Geography
+from geoalchemy2 import Geography, Geometry
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
+    Computed,
     DateTime,
     ForeignKey,
     Identity,
@@ -21,7 +22,7 @@ from sqlalchemy import (
     Uuid,
     text,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import ARRAY, TSVECTOR
 from sqlalchemy.orm import Mapped, mapped_column
 
 from directory.db import Base
@@ -75,9 +76,18 @@ class Ad(Base):
         ),
         CheckConstraint("price_amount IS NULL OR price_amount >= 0", name="price_not_negative"),
         CheckConstraint("version >= 1", name="version_positive"),
-        # Search (a later migration) adds the indexes its queries need; every index
-        # here is paid for by each ad written, 10,000 a second at full speed.
-        Index(None, "location", postgresql_using="gist"),
+        # Every index here is paid for by each ad written, 10,000 a second at full speed:
+        # only those that search queries need (see directory/search/postgres.py).
+        Index(None, "location", postgresql_using="gist"),  # radius, nearest first
+        Index(None, "location_box", postgresql_using="gist"),  # bounding boxes
+        Index(None, "search_vector", postgresql_using="gin"),  # words
+        Index(
+            None,
+            "search_words",
+            postgresql_using="gin",
+            postgresql_ops={"search_words": "gin_trgm_ops"},
+        ),  # typos
+        Index(None, "updated_at", "id"),  # most recent first
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -106,6 +116,22 @@ class Ad(Base):
     version: Mapped[int] = mapped_column(Integer, server_default="1")
     # Digest of the ad as the portal sent it: an identical PUT changes nothing.
     content_hash: Mapped[str] = mapped_column(String(32))
+    # Kept by PostgreSQL from the columns above (functions from migration 0002). A box
+    # query is a latitude/longitude rectangle, so it runs on the planar copy of the
+    # point; the geography index draws boxes as great circles, not parallels.
+    location_box = mapped_column(
+        Geometry(geometry_type="POINT", srid=4326, spatial_index=False),
+        Computed("location::geometry", persisted=True),
+        nullable=True,
+    )
+    search_vector = mapped_column(
+        TSVECTOR,
+        Computed("directory_search_vector(language, title, tags, body)", persisted=True),
+        nullable=True,
+    )
+    search_words: Mapped[str | None] = mapped_column(
+        Text, Computed("directory_search_words(title, tags)", persisted=True)
+    )
     created_at: Mapped[datetime] = created_at_column()
     updated_at: Mapped[datetime] = updated_at_column()
 

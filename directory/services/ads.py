@@ -646,7 +646,7 @@ def delete_all_but(session: Session, *, portal_id: int, keep, keep_subquery=None
 
 # --- reading -----------------------------------------------------------------------------
 
-_RECORD_COLUMNS = (
+RECORD_COLUMNS = (
     Ad.id,
     Portal.slug,
     Ad.external_id,
@@ -674,11 +674,11 @@ _RECORD_COLUMNS = (
 )
 
 
-def _records_query():
-    return select(*_RECORD_COLUMNS).join(Portal, Portal.id == Ad.portal_id)
+def records_query():
+    return select(*RECORD_COLUMNS).join(Portal, Portal.id == Ad.portal_id)
 
 
-def _record(row) -> AdRecord:
+def record_from_row(row) -> AdRecord:
     (ad_id, slug, external_id, kind, title, body, category, tags, lat, lon, privacy,
      visibility, currencies, amount, currency, unit, language, images, expires_at,
      member, ledger_account, version, created_at, updated_at) = row  # fmt: skip
@@ -717,24 +717,24 @@ def public_condition():
 
 
 def get_public_ad(session: Session, *, ad_id: uuid.UUID) -> AdRecord:
-    row = session.execute(_records_query().where(Ad.id == ad_id, public_condition())).one_or_none()
+    row = session.execute(records_query().where(Ad.id == ad_id, public_condition())).one_or_none()
     if row is None:
         raise NotFound(f"no public ad with id {ad_id}", field="ad_id")
-    return _record(row)
+    return record_from_row(row)
 
 
 def get_public_ads(session: Session, *, ad_ids: list[uuid.UUID]) -> dict[uuid.UUID, AdRecord]:
-    rows = session.execute(_records_query().where(Ad.id.in_(ad_ids), public_condition()))
-    return {record.id: record for record in map(_record, rows)}
+    rows = session.execute(records_query().where(Ad.id.in_(ad_ids), public_condition()))
+    return {record.id: record for record in map(record_from_row, rows)}
 
 
 def get_own_ad(session: Session, *, portal_id: int, external_id: str) -> AdRecord:
     row = session.execute(
-        _records_query().where(Ad.portal_id == portal_id, Ad.external_id == external_id)
+        records_query().where(Ad.portal_id == portal_id, Ad.external_id == external_id)
     ).one_or_none()
     if row is None:
         raise NotFound(f"no ad with external_id {external_id!r}", field="external_id")
-    return _record(row)
+    return record_from_row(row)
 
 
 def list_own_ads(
@@ -746,13 +746,13 @@ def list_own_ads(
     include_expired: bool = True,
 ) -> tuple[list[AdRecord], str | None]:
     """A page of the portal's ads in external-id order, and the id to continue after."""
-    query = _records_query().where(Ad.portal_id == portal_id)
+    query = records_query().where(Ad.portal_id == portal_id)
     if after is not None:
         query = query.where(Ad.external_id > after)
     if not include_expired:
         query = query.where(Ad.expires_at > func.now())
     rows = session.execute(query.order_by(Ad.external_id).limit(limit + 1)).all()
-    records = [_record(row) for row in rows[:limit]]
+    records = [record_from_row(row) for row in rows[:limit]]
     return records, (records[-1].external_id if len(rows) > limit else None)
 
 

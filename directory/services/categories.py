@@ -38,7 +38,9 @@ def category_codes(session: Session) -> set[str]:
     return set(session.scalars(select(Category.code)))
 
 
-def require_known_category(codes: set[str], code: str, *, field: str = "category") -> None:
+def require_known_category(
+    codes: set[str], code: str, *, field: str = "category", location: str = "json"
+) -> None:
     if code not in codes:
         groups = sorted(c for c in codes if "." not in c)
         raise InvalidInput(
@@ -46,4 +48,17 @@ def require_known_category(codes: set[str], code: str, *, field: str = "category
             f"a group ({', '.join(groups)}) or one of its children such as food.produce",
             field=field,
             code="unknown_category",
+            details={"location": location},
         )
+
+
+def expand_categories(codes: set[str], requested: tuple[str, ...]) -> tuple[str, ...]:
+    """The codes a search for `requested` matches: a group stands for itself and its
+    children (an ad may be filed under a group directly)."""
+    expanded: dict[str, None] = {}
+    for code in requested:
+        require_known_category(codes, code, location="query")
+        expanded[code] = None
+        if "." not in code:
+            expanded.update(dict.fromkeys(sorted(c for c in codes if c.startswith(code + "."))))
+    return tuple(expanded)

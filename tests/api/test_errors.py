@@ -20,7 +20,7 @@ def test_a_query_over_the_statement_timeout_answers_503(migrated):
         return {}
 
     response = app.test_client().get("/slow-for-test")
-    app.extensions["directory"].engine.dispose()
+    app.extensions["directory"].close()
     assert response.status_code == 503
     assert response.json["error"] == "busy"
 

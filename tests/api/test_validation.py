@@ -866,7 +866,7 @@ def small_limit_client(migrated):
     """A second app on the same database, accepting bodies of at most 1 KiB."""
     app = create_app(replace(migrated, max_request_bytes=SMALL_LIMIT_BYTES))
     yield app.test_client()
-    app.extensions["directory"].engine.dispose()
+    app.extensions["directory"].close()
 
 
 def test_put_body_over_the_size_limit_is_refused_with_413(client, portal, small_limit_client):

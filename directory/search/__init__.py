@@ -1,0 +1,199 @@
+"""Search: one query model and one result model, answered by interchangeable engines.
+
+The PostgreSQL engine (`postgres.py`) is the default; the Meilisearch engine
+(`meili.py`) serves large deployments. Both implement `SearchEngine` and are held to
+the same contract by tests/search/test_contract.py.
+
+What an engine may show is decided here, not in each engine: the public view of an
+ad (`AdRecord` rendered by the API's public schema), and a distance measured from the
+ad's stored (already snapped) point and rounded to its privacy level."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import hashlib
+import uuid
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from decimal import Decimal
+from typing import Protocol
+
+import orjson
+
+from directory.errors import InvalidInput
+from directory.geo import BBox, Point, Privacy, rounded_distance_km
+from directory.models import AdKind
+from directory.services.ads import AdRecord
+
+MAX_RADIUS_KM = 1000.0
+MAX_LIMIT = 100
+DEFAULT_LIMIT = 20
+CURSOR_PREFIX = "s1."
+
+
+class Sort(enum.StrEnum):
+    DISTANCE = "distance"  # nearest first; needs a point
+    RELEVANCE = "relevance"  # best text match first; needs q
+    RECENT = "recent"  # most recently changed first
+
+
+class Facet(enum.StrEnum):
+    CATEGORY = "category"
+    KIND = "kind"
+    CURRENCY = "currency"
+    PORTAL = "portal"
+
+
+@dataclass(frozen=True)
+class PriceRange:
+    currency: str
+    minimum: Decimal | None = None
+    maximum: Decimal | None = None
+
+
+@dataclass(frozen=True)
+class SortKey:
+    """Where a page ended: the sort value of its last hit, and its id to break ties.
+
+    Paging continues strictly after this key, so ads that change or disappear between
+    two requests never make a page repeat or skip the ads that stayed put."""
+
+    value: float | str  # metres, relevance score, or updated_at as ISO text
+    ad_id: uuid.UUID
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchQuery:
+    text: str | None = None
+    point: Point | None = None
+    radius_km: float | None = None
+    bbox: BBox | None = None
+    kinds: tuple[AdKind, ...] = ()
+    # Already expanded: a group stands for itself and all its children.
+    categories: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()  # lower case
+    currencies: tuple[str, ...] = ()
+    languages: tuple[str, ...] = ()  # lower case; "fr" also matches "fr-ca"
+    portals: tuple[str, ...] = ()  # slugs
+    updated_since: datetime | None = None
+    has_price: bool | None = None
+    price: PriceRange | None = None
+    sort: Sort = Sort.RECENT
+    limit: int = DEFAULT_LIMIT
+    after: SortKey | None = None
+    facets: tuple[Facet, ...] = ()
+    # The authenticated portal, whose own portal-only ads are included.
+    viewer_portal_id: int | None = None
+
+    @property
+    def has_area(self) -> bool:
+        return self.radius_km is not None or self.bbox is not None
+
+    @property
+    def includes_hidden(self) -> bool:
+        """Hidden ads have no location: never in an area, never ordered by distance."""
+        return not self.has_area and self.sort is not Sort.DISTANCE
+
+    def continued_after(self, key: SortKey) -> SearchQuery:
+        return replace(self, after=key)
+
+    def fingerprint(self) -> str:
+        """What a cursor is bound to: everything that selects or orders the hits."""
+        parts = {
+            "text": self.text,
+            "point": None if self.point is None else [self.point.lat, self.point.lon],
+            "radius_km": self.radius_km,
+            "bbox": None
+            if self.bbox is None
+            else [self.bbox.west, self.bbox.south, self.bbox.east, self.bbox.north],
+            "kinds": sorted(self.kinds),
+            "categories": sorted(self.categories),
+            "tags": sorted(self.tags),
+            "currencies": sorted(self.currencies),
+            "languages": sorted(self.languages),
+            "portals": sorted(self.portals),
+            "updated_since": None if self.updated_since is None else self.updated_since.isoformat(),
+            "has_price": self.has_price,
+            "price": None
+            if self.price is None
+            else [self.price.currency, str(self.price.minimum), str(self.price.maximum)],
+            "sort": self.sort.value,
+            "viewer": self.viewer_portal_id,
+        }
+        digest = hashlib.blake2b(orjson.dumps(parts, option=orjson.OPT_SORT_KEYS), digest_size=8)
+        return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    ad: AdRecord
+    distance_m: float | None = None  # from the query's point to the ad's stored point
+
+    @property
+    def distance_km(self) -> float | None:
+        if self.distance_m is None or self.ad.privacy is Privacy.HIDDEN:
+            return None
+        return rounded_distance_km(self.distance_m, self.ad.privacy)
+
+
+@dataclass(frozen=True)
+class Facets:
+    total: int
+    counts: dict[Facet, dict[str, int]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SearchPage:
+    hits: list[SearchHit]
+    next_cursor: str | None
+    facets: Facets | None = None
+
+
+class SearchEngine(Protocol):
+    """Answers a search. Implementations differ in where the index lives, never in
+    which ads they return or in what order."""
+
+    name: str
+
+    def search(self, query: SearchQuery) -> SearchPage: ...
+
+
+# --- cursors -----------------------------------------------------------------------------
+
+
+def encode_cursor(query: SearchQuery, key: SortKey) -> str:
+    raw = orjson.dumps([query.fingerprint(), key.value, key.ad_id.hex])
+    return CURSOR_PREFIX + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(query: SearchQuery, cursor: str) -> SortKey:
+    """The key a cursor continues after; refused when it came from another query."""
+
+    def problem(message: str) -> InvalidInput:
+        return InvalidInput(
+            message, field="cursor", code="invalid_cursor", details={"location": "query"}
+        )
+
+    if not cursor.startswith(CURSOR_PREFIX):
+        raise problem("cursor must be a next_cursor returned by GET /v1/search")
+    body = cursor[len(CURSOR_PREFIX) :]
+    try:
+        fingerprint, value, ad_hex = orjson.loads(
+            base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+        )
+        ad_id = uuid.UUID(hex=ad_hex)
+    except (binascii.Error, orjson.JSONDecodeError, ValueError, TypeError):
+        raise problem("cursor must be a next_cursor returned by GET /v1/search") from None
+    expected_type = str if query.sort is Sort.RECENT else float
+    if isinstance(value, int) and expected_type is float:
+        value = float(value)
+    if not isinstance(fingerprint, str) or not isinstance(value, expected_type):
+        raise problem("cursor must be a next_cursor returned by GET /v1/search")
+    if fingerprint != query.fingerprint():
+        raise problem(
+            "cursor belongs to a different search: repeat the same parameters "
+            "(only limit may change) or start again without a cursor"
+        )
+    return SortKey(value, ad_id)
