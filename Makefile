@@ -12,6 +12,7 @@ DATA := .data
 run: deps
 	@url=$$($(BIN)/directory localdb start $(DATA)/pg); \
 	export DIRECTORY_DATABASE_URL=$$url; \
+	export DIRECTORY_RATE_LIMIT_STORAGE_URL=$$($(BIN)/directory localredis start $(DATA)/redis); \
 	$(BIN)/directory migrate; \
 	$(BIN)/directory demo --keys-file $(DATA)/demo-keys.json; \
 	echo "database: $$url"; \
@@ -51,4 +52,5 @@ $(VENV)/.installed: pyproject.toml
 
 clean:
 	-$(BIN)/directory localdb stop $(DATA)/pg
+	-$(BIN)/directory localredis stop $(DATA)/redis
 	rm -rf $(VENV) $(DATA)

@@ -93,6 +93,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     # Responses keep the order of the schemas' fields; sorting would cost every request.
     app.json.sort_keys = False
+    if settings.trusted_proxies:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        # The client address comes from X-Forwarded-For, set by our own proxies only.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)
     app.extensions["directory"] = build_wiring(settings)
     create_api(app)
     return app

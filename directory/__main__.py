@@ -1,4 +1,5 @@
-"""The `directory` command: serve, migrate, worker, portals, demo, openapi, localdb."""
+"""The `directory` command: serve, migrate, worker, portals, demo, openapi, localdb,
+localredis."""
 
 from __future__ import annotations
 
@@ -284,6 +285,29 @@ def localdb_start(folder: Path) -> None:
 def localdb_stop(folder: Path) -> None:
     """Stop it."""
     from directory import localdb as module
+
+    module.stop(folder)
+
+
+@cli.group()
+def localredis() -> None:
+    """A private Redis in a folder, the rate limits' shared store (for make run and tests)."""
+
+
+@localredis.command("start")
+@click.argument("folder", type=click.Path(path_type=Path), default=ROOT / ".data" / "redis")
+def localredis_start(folder: Path) -> None:
+    """Start it (or find it running) and print its URL."""
+    from directory import localredis as module
+
+    click.echo(module.start(folder).url)
+
+
+@localredis.command("stop")
+@click.argument("folder", type=click.Path(path_type=Path), default=ROOT / ".data" / "redis")
+def localredis_stop(folder: Path) -> None:
+    """Stop it."""
+    from directory import localredis as module
 
     module.stop(folder)
 

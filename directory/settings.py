@@ -34,6 +34,14 @@ class Settings:
     db_pool_size: int = 5
     # A runaway query is cancelled (503) rather than left to hold a connection.
     db_statement_timeout_ms: int = 60_000
+    # Where rate-limit counters live: redis://… so that every worker process shares
+    # them (`make run` starts one); memory:// counts per process (development only).
+    rate_limit_storage_url: str = "memory://"
+    search_rate_limit_anonymous: str = "60 per minute; 10 per second"  # per client address
+    search_rate_limit_portal: str = "1200 per minute; 50 per second"  # per portal key
+    # Reverse proxies in front of the API whose X-Forwarded-For is believed (0: none;
+    # the client address is then the connection's).
+    trusted_proxies: int = 0
 
     def __post_init__(self) -> None:
         if self.environment not in ENVIRONMENTS:
@@ -66,6 +74,20 @@ class Settings:
         for name in ("db_pool_size", "sync_session_ttl_hours", "db_statement_timeout_ms"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"DIRECTORY_{name.upper()} must be at least 1")
+        if self.trusted_proxies < 0:
+            raise SettingsError("DIRECTORY_TRUSTED_PROXIES must be 0 or more")
+        for name in ("search_rate_limit_anonymous", "search_rate_limit_portal"):
+            _check_rate_limit(f"DIRECTORY_{name.upper()}", getattr(self, name))
+        if not self.rate_limit_storage_url.startswith(("memory://", "redis://", "rediss://")):
+            raise SettingsError(
+                "DIRECTORY_RATE_LIMIT_STORAGE_URL must be a redis:// URL (or memory:// "
+                "outside production)"
+            )
+        if self.environment == "production" and self.rate_limit_storage_url == "memory://":
+            raise SettingsError(
+                "DIRECTORY_RATE_LIMIT_STORAGE_URL must be a redis:// URL in production: "
+                "counted in memory, each worker process would allow the whole limit"
+            )
         if self.max_request_bytes < 1024:
             raise SettingsError("DIRECTORY_MAX_REQUEST_BYTES must be at least 1024")
         if (
@@ -98,3 +120,14 @@ class Settings:
             # The default points at a password-less local database: never what production means.
             raise SettingsError("DIRECTORY_DATABASE_URL must be set in production")
         return cls(**values)
+
+
+def _check_rate_limit(name: str, value: str) -> None:
+    from limits import parse_many
+
+    try:
+        parse_many(value)
+    except ValueError:
+        raise SettingsError(
+            f"{name} must be rate limits such as '60 per minute; 10 per second', not {value!r}"
+        ) from None

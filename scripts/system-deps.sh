@@ -3,7 +3,7 @@
 # Safe to run again: it asks apt only for what is not installed yet.
 set -euo pipefail
 
-packages=(postgresql-15 postgresql-15-postgis-3 postgresql-contrib python3-venv)
+packages=(postgresql-15 postgresql-15-postgis-3 postgresql-contrib redis-server python3-venv)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from sqlalchemy import text
 
-from directory import create_app, localdb
+from directory import create_app, localdb, localredis
 from directory.__main__ import alembic_config
 from directory.db import unit_of_work
 from directory.settings import Settings
@@ -37,8 +37,27 @@ def cluster():
 
 
 @pytest.fixture(scope="session")
-def settings(cluster) -> Settings:
-    return Settings(environment="test", database_url=cluster.url)
+def redis_url():
+    folder = Path(tempfile.mkdtemp(prefix="directory-test-redis-"))
+    try:
+        yield localredis.start(folder).url
+    finally:
+        localredis.destroy(folder)
+
+
+# Tests search far faster than any client may; tests/api/test_rate_limits.py sets its own.
+UNLIMITED = "1000000 per second"
+
+
+@pytest.fixture(scope="session")
+def settings(cluster, redis_url) -> Settings:
+    return Settings(
+        environment="test",
+        database_url=cluster.url,
+        rate_limit_storage_url=redis_url,
+        search_rate_limit_anonymous=UNLIMITED,
+        search_rate_limit_portal=UNLIMITED,
+    )
 
 
 @pytest.fixture(scope="session")

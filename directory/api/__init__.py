@@ -14,6 +14,7 @@ from werkzeug.exceptions import BadRequest, UnsupportedMediaType
 
 from directory.api import errors
 from directory.api.auth import SECURITY_SCHEMES
+from directory.api.ratelimit import install_rate_limits
 from directory.services.portals import KEY_PREFIX
 
 API_TITLE = "Commons Directory"
@@ -69,6 +70,7 @@ def create_api(app: Flask) -> Api:
         categories_blp,
     ):
         api.register_blueprint(blueprint)
+    install_rate_limits(app, app.extensions["directory"].settings, search_blueprint=search_blp)
     errors.register_error_handlers(app)
     app.before_request(_start_request)
     app.before_request(_refuse_keys_in_query)

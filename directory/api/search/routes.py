@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import request
+from flask import g, request
 from flask.views import MethodView
 
 from directory.api.auth import BEARER_AUTH, optional_portal
@@ -13,6 +13,7 @@ from directory.api.search.schemas import GeoJSONPageSchema, SearchArgsSchema, Se
 from directory.geo import Point
 from directory.search import PriceRange, SearchHit, SearchPage, SearchQuery, Sort, decode_cursor
 from directory.services.categories import expand_categories
+from directory.services.portals import AuthenticatedPortal
 
 blp = Blueprint("search", __name__, url_prefix="/v1", description="Search ads")
 
@@ -43,10 +44,7 @@ class Search(MethodView):
         ads, and has a higher rate limit. Hidden ads never appear in an area search or
         in distance order; the other ads show only their published (snapped) point, and
         distances are rounded to their privacy level."""
-        viewer = None
-        if "Authorization" in request.headers:
-            with transaction() as session:
-                viewer = optional_portal(session)
+        viewer = search_viewer()
         search = wiring().search
         query = build_query(
             args,
@@ -58,6 +56,19 @@ class Search(MethodView):
             body = render_geojson(page)
             return json_response(body, mimetype=GEOJSON)
         return json_response(render_json(page))
+
+
+def search_viewer() -> AuthenticatedPortal | None:
+    """The portal whose key came with the search, if any (a wrong key is refused with
+    401, never treated as anonymous). Looked up once per request: the rate limiter
+    asks first, to count the search against the portal rather than the address."""
+    if "search_viewer" not in g:
+        viewer = None
+        if "Authorization" in request.headers:
+            with transaction() as session:
+                viewer = optional_portal(session)
+        g.search_viewer = viewer
+    return g.search_viewer
 
 
 def _wants_geojson(format_: str | None) -> bool:

@@ -1,0 +1,54 @@
+"""Rate limits on search, counted in a store every worker process shares (Redis).
+
+Anonymous searches are limited per client address, a portal's searches per portal
+(a higher limit). A refused request costs one Redis round trip and no database work,
+so a client flooding the API spends its own budget, not the others' capacity."""
+
+from __future__ import annotations
+
+from flask import Flask, request
+from flask_limiter import Limiter
+
+from directory.api.db import wiring
+from directory.settings import Settings
+
+
+def install_rate_limits(app: Flask, settings: Settings, *, search_blueprint) -> Limiter:
+    limiter = Limiter(
+        key_func=_client,
+        app=app,
+        storage_uri=settings.rate_limit_storage_url,
+        # A sliding window: no doubled burst at the edge of a fixed window, and only
+        # two counters per client in Redis.
+        strategy="sliding-window-counter",
+        headers_enabled=True,  # X-RateLimit-* on every limited response, Retry-After on 429
+        # Redis down: count in each process's memory for a while rather than fail searches.
+        swallow_errors=True,
+        in_memory_fallback_enabled=True,
+        key_prefix="directory",
+    )
+    limiter.limit(
+        _limit_for_client,
+        key_func=_client,
+        error_message="Too many searches from this client; try again after the number of "
+        "seconds in the Retry-After header.",
+    )(search_blueprint)
+    return limiter
+
+
+def _client() -> str:
+    from directory.api.search.routes import search_viewer
+
+    viewer = search_viewer()
+    if viewer is not None:
+        return f"portal:{viewer.id}"
+    return f"address:{request.remote_addr}"
+
+
+def _limit_for_client() -> str:
+    from directory.api.search.routes import search_viewer
+
+    settings = wiring().settings
+    if search_viewer() is not None:
+        return settings.search_rate_limit_portal
+    return settings.search_rate_limit_anonymous

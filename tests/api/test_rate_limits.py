@@ -1,0 +1,162 @@
+"""Search rate limits, through gunicorn with several worker processes sharing Redis."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+
+from directory import create_app
+from directory.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+ANONYMOUS_LIMIT = 6
+PORTAL_LIMIT = 10
+WORKERS = 3
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def gunicorn(migrated, redis_url, tmp_path_factory):
+    # One server for the module (each test uses its own client addresses).
+    """The API under gunicorn; the access log records which worker (pid) answered."""
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()  # counters of earlier tests
+    port = _free_port()
+    folder = tmp_path_factory.mktemp("gunicorn")
+    access_log = folder / "access.log"
+    stderr = (folder / "stderr.log").open("w")
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "gunicorn",
+            "--workers", str(WORKERS),
+            "--bind", f"127.0.0.1:{port}",
+            "--access-logfile", str(access_log),
+            "--access-logformat", "%(p)s %(s)s %(U)s",
+            "directory.wsgi:app",
+        ],
+        env={
+            **os.environ,
+            "DIRECTORY_ENVIRONMENT": "test",
+            "DIRECTORY_DATABASE_URL": migrated.database_url,
+            "DIRECTORY_RATE_LIMIT_STORAGE_URL": redis_url,
+            "DIRECTORY_SEARCH_RATE_LIMIT_ANONYMOUS": f"{ANONYMOUS_LIMIT} per minute",
+            "DIRECTORY_SEARCH_RATE_LIMIT_PORTAL": f"{PORTAL_LIMIT} per minute",
+            "DIRECTORY_TRUSTED_PROXIES": "1",
+            "DIRECTORY_LOG_LEVEL": "WARNING",
+        },
+        cwd=ROOT,
+        stderr=stderr,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            requests.get(base + "/healthz", timeout=1)
+            break
+        except requests.RequestException:
+            assert process.poll() is None and time.monotonic() < deadline, "gunicorn did not start"
+            time.sleep(0.1)
+    try:
+        yield base, access_log
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        stderr.close()
+
+
+def _search(base: str, *, address: str, headers: dict | None = None) -> requests.Response:
+    # A new connection each time, so that the requests spread over the workers.
+    return requests.get(
+        base + "/v1/search",
+        params={"limit": 1},
+        headers={"X-Forwarded-For": address, "Connection": "close", **(headers or {})},
+        timeout=10,
+    )
+
+
+def test_anonymous_limit_holds_across_worker_processes(gunicorn):
+    base, access_log = gunicorn
+    # Bursts of concurrent requests, until several worker processes have answered one
+    # client: each burst, from its own address, must get exactly the limit through.
+    for burst in range(10):
+        address = f"203.0.113.{burst + 1}"
+        with ThreadPoolExecutor(max_workers=WORKERS * 2) as pool:
+            responses = list(
+                pool.map(lambda _: _search(base, address=address), range(ANONYMOUS_LIMIT + 6))
+            )
+        statuses = sorted(response.status_code for response in responses)
+        assert statuses == [200] * ANONYMOUS_LIMIT + [429] * 6
+        time.sleep(0.2)  # gunicorn writes the access log after the response
+        lines = access_log.read_text().splitlines()
+        if len({line.split()[0] for line in lines if "/v1/search" in line}) >= 2:
+            return
+    pytest.fail("no burst was spread over several worker processes")
+
+
+def test_refused_search_says_when_to_retry(gunicorn):
+    base, _ = gunicorn
+    for _ in range(ANONYMOUS_LIMIT):
+        _search(base, address="203.0.113.8")
+    response = _search(base, address="203.0.113.8")
+    assert response.status_code == 429
+    assert 1 <= int(response.headers["Retry-After"]) <= 60
+    body = response.json()
+    assert body["code"] == 429
+    assert body["error"] == "rate_limited"
+    assert "Retry-After" in body["message"]
+
+
+def test_one_flooding_client_does_not_use_up_another_clients_limit(gunicorn):
+    base, _ = gunicorn
+    for _ in range(ANONYMOUS_LIMIT + 3):
+        _search(base, address="198.51.100.1")
+    assert _search(base, address="198.51.100.1").status_code == 429
+    assert _search(base, address="198.51.100.2").status_code == 200
+
+
+def test_portal_has_its_own_higher_limit(gunicorn, portal):
+    base, _ = gunicorn
+    for _ in range(ANONYMOUS_LIMIT + 1):
+        _search(base, address="192.0.2.9")
+    statuses = [
+        _search(base, address="192.0.2.9", headers=portal.headers).status_code
+        for _ in range(PORTAL_LIMIT + 2)
+    ]
+    assert statuses == [200] * PORTAL_LIMIT + [429] * 2
+
+
+def test_wrong_key_is_refused_not_searched_anonymously(gunicorn):
+    base, _ = gunicorn
+    response = _search(base, address="192.0.2.10", headers={"Authorization": "Bearer cdir_wrong"})
+    assert response.status_code == 401
+
+
+def test_searches_go_on_when_the_rate_limit_store_is_down(migrated):
+    settings = Settings(
+        environment="test",
+        database_url=migrated.database_url,
+        rate_limit_storage_url=f"redis://127.0.0.1:{_free_port()}/0",  # nothing listens
+        search_rate_limit_anonymous="2 per minute",
+    )
+    app = create_app(settings)
+    try:
+        client = app.test_client()
+        statuses = [client.get("/v1/search?limit=1").status_code for _ in range(4)]
+        # Counted in memory meanwhile: still limited, never failing.
+        assert statuses == [200, 200, 429, 429]
+    finally:
+        app.extensions["directory"].close()
