@@ -31,12 +31,15 @@ def make_engine(
     pool_size: int = 5,
     statement_timeout_ms: int = 60_000,
     options: str = "",
+    pre_ping: bool = True,
+    autocommit: bool = False,
 ) -> Engine:
     return create_engine(
         database_url,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
+        pool_pre_ping=pre_ping,
+        **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}),
         connect_args={"options": f"-c statement_timeout={statement_timeout_ms} {options}".strip()},
     )
 

@@ -74,6 +74,17 @@ class Settings:
         for name in ("db_pool_size", "sync_session_ttl_hours", "db_statement_timeout_ms"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"DIRECTORY_{name.upper()} must be at least 1")
+        if self.max_request_bytes < 1024:
+            raise SettingsError("DIRECTORY_MAX_REQUEST_BYTES must be at least 1024")
+        if (
+            self.environment == "production"
+            and self.search_engine == "meilisearch"
+            and not self.meilisearch_key
+        ):
+            raise SettingsError(
+                "DIRECTORY_MEILISEARCH_KEY must be set in production when "
+                "DIRECTORY_SEARCH_ENGINE=meilisearch"
+            )
         if self.trusted_proxies < 0:
             raise SettingsError("DIRECTORY_TRUSTED_PROXIES must be 0 or more")
         for name in ("search_rate_limit_anonymous", "search_rate_limit_portal"):
@@ -87,17 +98,6 @@ class Settings:
             raise SettingsError(
                 "DIRECTORY_RATE_LIMIT_STORAGE_URL must be a redis:// URL in production: "
                 "counted in memory, each worker process would allow the whole limit"
-            )
-        if self.max_request_bytes < 1024:
-            raise SettingsError("DIRECTORY_MAX_REQUEST_BYTES must be at least 1024")
-        if (
-            self.environment == "production"
-            and self.search_engine == "meilisearch"
-            and not self.meilisearch_key
-        ):
-            raise SettingsError(
-                "DIRECTORY_MEILISEARCH_KEY must be set in production when "
-                "DIRECTORY_SEARCH_ENGINE=meilisearch"
             )
 
     @classmethod

@@ -19,6 +19,10 @@ def test_from_env_reads_directory_variables():
             "DIRECTORY_MEILISEARCH_URL": "http://search.internal:7700",
             "DIRECTORY_MEILISEARCH_KEY": "a-long-master-key",
             "DIRECTORY_LOG_LEVEL": "WARNING",
+            "DIRECTORY_RATE_LIMIT_STORAGE_URL": "redis://cache.internal:6379/0",
+            "DIRECTORY_SEARCH_RATE_LIMIT_ANONYMOUS": "30 per minute",
+            "DIRECTORY_TRUSTED_PROXIES": "1",
+            "DIRECTORY_SEARCH_DATABASE_URL": "postgresql://reader@replica.internal/directory",
         }
     )
 
@@ -28,6 +32,12 @@ def test_from_env_reads_directory_variables():
     assert settings.meilisearch_url == "http://search.internal:7700"
     assert settings.meilisearch_key == "a-long-master-key"
     assert settings.log_level == "WARNING"
+    assert settings.rate_limit_storage_url == "redis://cache.internal:6379/0"
+    assert settings.search_rate_limit_anonymous == "30 per minute"
+    assert settings.trusted_proxies == 1
+    assert settings.search_database_url == (
+        "postgresql+psycopg://reader@replica.internal/directory"
+    )
 
 
 def test_from_env_parses_whole_numbers():
@@ -68,6 +78,17 @@ def test_from_env_ignores_other_variables_and_keeps_defaults():
         ),
         ({"DIRECTORY_AD_DEFAULT_TTL_DAYS": "0"}, "DIRECTORY_AD_DEFAULT_TTL_DAYS"),
         ({"DIRECTORY_MAX_REQUEST_BYTES": "100"}, "DIRECTORY_MAX_REQUEST_BYTES"),
+        (
+            {"DIRECTORY_SEARCH_RATE_LIMIT_ANONYMOUS": "lots"},
+            "DIRECTORY_SEARCH_RATE_LIMIT_ANONYMOUS",
+        ),
+        (
+            {"DIRECTORY_SEARCH_RATE_LIMIT_PORTAL": "5 per fortnight"},
+            "DIRECTORY_SEARCH_RATE_LIMIT_PORTAL",
+        ),
+        ({"DIRECTORY_RATE_LIMIT_STORAGE_URL": "memcached://x"}, "DIRECTORY_RATE_LIMIT_STORAGE_URL"),
+        ({"DIRECTORY_TRUSTED_PROXIES": "-1"}, "DIRECTORY_TRUSTED_PROXIES"),
+        ({"DIRECTORY_SEARCH_DATABASE_URL": "mysql://x/y"}, "DIRECTORY_SEARCH_DATABASE_URL"),
     ],
     ids=[
         "non-int-ttl",
@@ -80,6 +101,11 @@ def test_from_env_ignores_other_variables_and_keeps_defaults():
         "default-ttl-above-max",
         "zero-ttl",
         "tiny-request-limit",
+        "unreadable-anonymous-limit",
+        "unknown-limit-period",
+        "unsupported-limit-store",
+        "negative-proxy-count",
+        "mysql-search-replica",
     ],
 )
 def test_from_env_rejects_a_bad_value_naming_its_variable(environ, variable):
@@ -145,3 +171,13 @@ def test_settings_are_frozen():
 def test_production_refuses_to_start_on_the_default_database_url():
     with pytest.raises(SettingsError, match="DIRECTORY_DATABASE_URL"):
         Settings.from_env({"DIRECTORY_ENVIRONMENT": "production"})
+
+
+def test_production_refuses_to_count_rate_limits_per_process():
+    with pytest.raises(SettingsError, match="DIRECTORY_RATE_LIMIT_STORAGE_URL"):
+        Settings.from_env(
+            {
+                "DIRECTORY_ENVIRONMENT": "production",
+                "DIRECTORY_DATABASE_URL": "postgresql://directory:secret@db/directory",
+            }
+        )

@@ -1,8 +1,13 @@
 """The built-in search engine: PostGIS for places, full-text search and pg_trgm for words.
 
-Every query is one SELECT over `ads` (plus one for facets), on the indexes of migration
+Every search is one SELECT over `ads` (plus one for facets), on the indexes of migration
 0002: GiST on the geography point (radius, nearest first), GiST on its planar copy
 (boxes), GIN on the words and on their trigrams, B-tree on (updated_at, id).
+
+The SQL is written here as text with bound parameters rather than composed with
+SQLAlchemy's expression language: composing and caching a statement of this size cost
+more than 1 ms per search, as much as PostgreSQL takes to answer it. Values never
+enter the text; only our own constants (column names, text search configurations) do.
 
 Its connections plan every statement for its own values (plan_cache_mode): psycopg
 prepares a statement after a few executions, and a generic plan chosen once for all
@@ -13,25 +18,10 @@ from __future__ import annotations
 import re
 from datetime import datetime
 
-from sqlalchemy import (
-    Float,
-    String,
-    and_,
-    cast,
-    func,
-    literal,
-    or_,
-    select,
-    tuple_,
-    union_all,
-)
-from sqlalchemy.dialects.postgresql import REGCONFIG
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.sql.elements import ColumnElement
 
 from directory.db import make_engine, make_session_factory
-from directory.models import Ad, Portal, PortalStatus, Visibility
 from directory.search import (
     Facet,
     Facets,
@@ -42,7 +32,7 @@ from directory.search import (
     SortKey,
     encode_cursor,
 )
-from directory.services.ads import RECORD_COLUMNS, record_from_row
+from directory.services.ads import record_from_row
 
 # The configurations whose stemming a query tries when it names no language: the
 # languages most ads are written in. Words also always match as written and by prefix.
@@ -58,7 +48,18 @@ TEXT_CONFIGS = {
     "yi": "yiddish",
 }  # fmt: skip
 WORD = re.compile(r"\w+")
-GEOGRAPHY_SRID = 4326
+# The trigram word similarity from which a query counts as a typo of the title or tags
+# (operator <%). pg_trgm's default, 0.6, missed one-letter typos of a 7-letter word:
+# "bicyle" scores 0.57 against "bicycle", "bicylce" 0.5 (tests/search/test_contract.py).
+TYPO_SIMILARITY = 0.5
+
+# The columns of directory.services.ads.RECORD_COLUMNS, in its order.
+RECORD_SELECT = """ads.id, portals.slug, ads.external_id, ads.kind, ads.title, ads.body,
+    ads.category, ads.tags, ST_Y(ads.location_box), ST_X(ads.location_box), ads.privacy,
+    ads.visibility, ads.currencies, ads.price_amount, ads.price_currency, ads.price_unit,
+    ads.language, ads.images, ads.expires_at, ads.member, ads.ledger_account, ads.version,
+    ads.created_at, ads.updated_at"""
+RECORD_WIDTH = 24
 
 
 def make_search_engine(database_url: str, *, pool_size: int, statement_timeout_ms: int) -> Engine:
@@ -66,7 +67,13 @@ def make_search_engine(database_url: str, *, pool_size: int, statement_timeout_m
         database_url,
         pool_size=pool_size,
         statement_timeout_ms=statement_timeout_ms,
-        options="-c plan_cache_mode=force_custom_plan -c default_transaction_read_only=on",
+        options="-c plan_cache_mode=force_custom_plan -c default_transaction_read_only=on "
+        f"-c pg_trgm.word_similarity_threshold={TYPO_SIMILARITY}",
+        # A search is one or two SELECTs: no BEGIN/COMMIT and no ping before each, which
+        # were three of its five round trips. A connection lost to a database restart
+        # fails one search (503) and the pool then replaces it.
+        pre_ping=False,
+        autocommit=True,
     )
 
 
@@ -81,22 +88,25 @@ class PostgresSearch:
         return cls(make_session_factory(engine))
 
     def search(self, query: SearchQuery) -> SearchPage:
-        with self._session_factory() as session, session.begin():
+        with self._session_factory() as session:
             return search(session, query)
 
 
 def search(session: Session, query: SearchQuery) -> SearchPage:
-    statement = hits_statement(query)
-    rows = session.execute(statement).all()
+    connection = session.connection()
+    sql, params = hits_sql(query)
+    rows = connection.exec_driver_sql(sql, params).all()
     more = len(rows) > query.limit
-    rows = rows[: query.limit]
     hits, keys = [], []
-    width = len(RECORD_COLUMNS)
-    for row in rows:
-        hits.append(SearchHit(record_from_row(row[:width]), distance_m=row.distance_m))
-        keys.append(SortKey(_key_value(query.sort, row.sort_value), row.id))
+    for row in rows[: query.limit]:
+        record = record_from_row(row[:RECORD_WIDTH])
+        hits.append(SearchHit(record, distance_m=row[RECORD_WIDTH]))
+        keys.append(SortKey(_key_value(query.sort, row[RECORD_WIDTH + 1]), record.id))
     cursor = encode_cursor(query, keys[-1]) if more and hits else None
-    facets = facet_counts(session, query) if query.facets else None
+    facets = None
+    if query.facets:
+        sql, params = facets_sql(query)
+        facets = _facets(query, connection.exec_driver_sql(sql, params).all())
     return SearchPage(hits=hits, next_cursor=cursor, facets=facets)
 
 
@@ -106,188 +116,181 @@ def _key_value(sort: Sort, value) -> float | str:
     return float(value)
 
 
-# --- the statement ----------------------------------------------------------------------
+# --- the statements ---------------------------------------------------------------------
 
 
-def _point(query: SearchQuery):
-    return func.ST_GeogFromText(
-        f"SRID={GEOGRAPHY_SRID};POINT({query.point.lon!r} {query.point.lat!r})"
+class _Params(dict):
+    """The parameters of one statement: binding a value returns its placeholder."""
+
+    def __call__(self, value) -> str:
+        name = f"p{len(self)}"
+        self[name] = value
+        return f"%({name})s"
+
+
+def _point(query: SearchQuery, bind: _Params) -> str:
+    return (
+        f"ST_SetSRID(ST_MakePoint({bind(query.point.lon)}, {bind(query.point.lat)}), 4326)"
+        "::geography"
     )
-
-
-def text_query(text: str, languages: tuple[str, ...]):
-    """Words as written, each also as a prefix ("garden" finds "gardening"), or stemmed
-    in any of the query's languages ("gardens" finds "garden")."""
-    words = WORD.findall(text.casefold())
-    configs = {TEXT_CONFIGS.get(language.split("-")[0]) for language in languages} - {None}
-    configs = sorted(configs) if languages else DEFAULT_QUERY_CONFIGS
-    tsquery = func.to_tsquery(
-        cast(literal("simple"), REGCONFIG),
-        func.directory_unaccent(" & ".join(f"{word}:*" for word in words) if words else ""),
-    )
-    for config in configs:
-        tsquery = tsquery.op("||")(
-            func.plainto_tsquery(cast(literal(config), REGCONFIG), func.directory_unaccent(text))
-        )
-    return tsquery
-
-
-def filters(query: SearchQuery) -> list[ColumnElement]:
-    """Everything that selects ads, shared by the hits and the facets."""
-    visible = Ad.visibility == Visibility.PUBLIC
-    if query.viewer_portal_id is not None:
-        visible = visible | (Ad.portal_id == query.viewer_portal_id)
-    conditions: list[ColumnElement] = [
-        visible,
-        Ad.expires_at > func.now(),
-        Portal.status == PortalStatus.ACTIVE,
-    ]
-    if not query.includes_hidden:
-        conditions.append(Ad.location.is_not(None))
-    if query.radius_km is not None:
-        conditions.append(
-            func.ST_DWithin(Ad.location, _point(query), query.radius_km * 1000.0, False)
-        )
-    if query.bbox is not None:
-        box = query.bbox
-        conditions.append(
-            or_(
-                *(
-                    func.ST_Intersects(
-                        Ad.location_box,
-                        func.ST_MakeEnvelope(west, box.south, east, box.north, GEOGRAPHY_SRID),
-                    )
-                    for west, east in box.lon_ranges()
-                )
-            )
-        )
-    if query.text is not None:
-        conditions.append(
-            or_(
-                Ad.search_vector.op("@@")(text_query(query.text, query.languages)),
-                # Typos: the query is close to some run of words of the title or tags.
-                literal(_folded(query.text)).op("<%")(Ad.search_words),
-            )
-        )
-    if query.kinds:
-        conditions.append(Ad.kind.in_(query.kinds))
-    if query.categories:
-        conditions.append(Ad.category.in_(query.categories))
-    if query.tags:
-        tag = func.unnest(Ad.tags).table_valued("value").render_derived(name="tag")
-        conditions.append(
-            select(1).select_from(tag).where(func.lower(tag.c.value).in_(query.tags)).exists()
-        )
-    if query.currencies:
-        conditions.append(Ad.currencies.overlap(list(query.currencies)))
-    if query.languages:
-        language = func.lower(Ad.language)
-        conditions.append(
-            or_(
-                language.in_(query.languages),
-                func.split_part(language, "-", 1).in_(
-                    [code for code in query.languages if "-" not in code] or [""]
-                ),
-            )
-        )
-    if query.portals:
-        conditions.append(Portal.slug.in_(query.portals))
-    if query.updated_since is not None:
-        conditions.append(Ad.updated_at >= query.updated_since)
-    if query.has_price is not None:
-        conditions.append(
-            Ad.price_amount.is_not(None) if query.has_price else Ad.price_amount.is_(None)
-        )
-    if query.price is not None:
-        conditions.append(Ad.price_currency == query.price.currency)
-        if query.price.minimum is not None:
-            conditions.append(Ad.price_amount >= query.price.minimum)
-        if query.price.maximum is not None:
-            conditions.append(Ad.price_amount <= query.price.maximum)
-    return conditions
 
 
 def _folded(text: str) -> str:
     return " ".join(WORD.findall(text.casefold()))
 
 
-def _relevance(query: SearchQuery):
-    words = func.directory_unaccent(_folded(query.text))
-    return cast(
-        func.ts_rank_cd(Ad.search_vector, text_query(query.text, query.languages)), Float
-    ) + cast(func.word_similarity(words, Ad.search_words), Float)
+def _text_query(query: SearchQuery, bind: _Params) -> str:
+    """Words as written, each also as a prefix ("garden" finds "gardening"), or stemmed
+    in any of the query's languages ("gardens" finds "garden")."""
+    words = WORD.findall(query.text.casefold())
+    prefixes = bind(" & ".join(f"{word}:*" for word in words))
+    text = bind(query.text)
+    configs = {TEXT_CONFIGS.get(language.split("-")[0]) for language in query.languages}
+    configs.discard(None)
+    configs = sorted(configs) if query.languages else DEFAULT_QUERY_CONFIGS
+    alternatives = [f"to_tsquery('simple', directory_unaccent({prefixes}))"] + [
+        f"plainto_tsquery('{config}', directory_unaccent({text}))" for config in configs
+    ]
+    return "(" + " || ".join(alternatives) + ")"
 
 
-def hits_statement(query: SearchQuery):
-    """One page of hits (one more than the limit, to know whether another follows)."""
-    distance = (
-        Ad.location.op("<->", return_type=Float)(_point(query)) if query.point is not None else None
-    )
+def _where(query: SearchQuery, bind: _Params) -> str:
+    """Everything that selects ads, shared by the hits and the facets."""
+    visible = "ads.visibility = 'public'"
+    if query.viewer_portal_id is not None:
+        visible = f"({visible} OR ads.portal_id = {bind(query.viewer_portal_id)})"
+    conditions = [visible, "ads.expires_at > now()", "portals.status = 'active'"]
+    if not query.includes_hidden:
+        conditions.append("ads.location IS NOT NULL")
+    if query.radius_km is not None:
+        conditions.append(
+            f"ST_DWithin(ads.location, {_point(query, bind)}, {bind(query.radius_km * 1000.0)}, false)"
+        )
+    if query.bbox is not None:
+        south, north = bind(query.bbox.south), bind(query.bbox.north)
+        boxes = [
+            f"ST_Intersects(ads.location_box, "
+            f"ST_MakeEnvelope({bind(west)}, {south}, {bind(east)}, {north}, 4326))"
+            for west, east in query.bbox.lon_ranges()
+        ]
+        conditions.append("(" + " OR ".join(boxes) + ")")
+    if query.text is not None:
+        # Typos: the query is close to some run of words of the title or tags.
+        conditions.append(
+            f"(ads.search_vector @@ {_text_query(query, bind)} "
+            f"OR directory_unaccent({bind(_folded(query.text))}) <%% ads.search_words)"
+        )
+    if query.kinds:
+        conditions.append(f"ads.kind = ANY({bind([kind.value for kind in query.kinds])})")
+    if query.categories:
+        conditions.append(f"ads.category = ANY({bind(list(query.categories))})")
+    if query.tags:
+        conditions.append(
+            "EXISTS (SELECT 1 FROM unnest(ads.tags) AS tag "
+            f"WHERE lower(tag) = ANY({bind(list(query.tags))}))"
+        )
+    if query.currencies:
+        conditions.append(f"ads.currencies && {bind(list(query.currencies))}::varchar[]")
+    if query.languages:
+        primary = [code for code in query.languages if "-" not in code]
+        conditions.append(
+            f"(lower(ads.language) = ANY({bind(list(query.languages))}) "
+            f"OR split_part(lower(ads.language), '-', 1) = ANY({bind(primary)}))"
+        )
+    if query.portals:
+        conditions.append(f"portals.slug = ANY({bind(list(query.portals))})")
+    if query.updated_since is not None:
+        conditions.append(f"ads.updated_at >= {bind(query.updated_since)}")
+    if query.has_price is not None:
+        conditions.append(f"ads.price_amount IS {'NOT ' if query.has_price else ''}NULL")
+    if query.price is not None:
+        conditions.append(f"ads.price_currency = {bind(query.price.currency)}")
+        if query.price.minimum is not None:
+            conditions.append(f"ads.price_amount >= {bind(query.price.minimum)}")
+        if query.price.maximum is not None:
+            conditions.append(f"ads.price_amount <= {bind(query.price.maximum)}")
+    return "\n  AND ".join(conditions)
+
+
+def hits_sql(query: SearchQuery) -> tuple[str, dict]:
+    """One page of hits (one more than the limit, to know whether another follows),
+    each with its distance (or NULL) and its sort value."""
+    bind = _Params()
+    where = _where(query, bind)
+    distance = f"(ads.location <-> {_point(query, bind)})" if query.point is not None else None
+    after = query.after
     if query.sort is Sort.DISTANCE:
         sort_value = distance
-        order = [distance, Ad.id]
+        order = f"{distance}, ads.id"
+        if after is not None:
+            where += (
+                f"\n  AND ({distance}, ads.id) > ({bind(after.value)}::float8, {bind(after.ad_id)})"
+            )
     elif query.sort is Sort.RELEVANCE:
-        sort_value = _relevance(query)
-        order = [sort_value.desc(), Ad.id]
-    else:
-        sort_value = Ad.updated_at
-        order = [Ad.updated_at.desc(), Ad.id.desc()]
-    conditions = filters(query)
-    if query.after is not None:
-        conditions.append(_after(query, sort_value))
-    distance_column = distance if distance is not None else cast(literal(None), Float)
-    return (
-        select(
-            *RECORD_COLUMNS,
-            distance_column.label("distance_m"),
-            sort_value.label("sort_value"),
+        sort_value = (
+            f"(ts_rank_cd(ads.search_vector, {_text_query(query, bind)})::float8 "
+            f"+ word_similarity(directory_unaccent({bind(_folded(query.text))}), "
+            "ads.search_words)::float8)"
         )
-        .join(Portal, Portal.id == Ad.portal_id)
-        .where(*conditions)
-        .order_by(*order)
-        .limit(query.limit + 1)
+        order = f"{sort_value} DESC, ads.id"
+        if after is not None:
+            value = bind(after.value)
+            where += (
+                f"\n  AND ({sort_value} < {value}::float8 "
+                f"OR ({sort_value} = {value}::float8 AND ads.id > {bind(after.ad_id)}))"
+            )
+    else:
+        sort_value = "ads.updated_at"
+        order = "ads.updated_at DESC, ads.id DESC"
+        if after is not None:
+            moment = bind(datetime.fromisoformat(after.value))
+            where += f"\n  AND (ads.updated_at, ads.id) < ({moment}, {bind(after.ad_id)})"
+    sql = (
+        f"SELECT {RECORD_SELECT},\n  {distance or 'NULL::float8'}, {sort_value}\n"
+        "FROM ads JOIN portals ON portals.id = ads.portal_id\n"
+        f"WHERE {where}\n"
+        f"ORDER BY {order}\n"
+        f"LIMIT {bind(query.limit + 1)}"
     )
-
-
-def _after(query: SearchQuery, sort_value) -> ColumnElement:
-    key = query.after
-    if query.sort is Sort.DISTANCE:
-        return tuple_(sort_value, Ad.id) > tuple_(literal(key.value, Float), key.ad_id)
-    if query.sort is Sort.RELEVANCE:
-        return or_(sort_value < key.value, and_(sort_value == key.value, Ad.id > key.ad_id))
-    return tuple_(Ad.updated_at, Ad.id) < tuple_(datetime.fromisoformat(key.value), key.ad_id)
+    return sql, bind
 
 
 # --- facets -----------------------------------------------------------------------------
 
+FACET_COUNTS = {
+    Facet.KIND: "SELECT 'kind', kind::text, count(*) FROM hits GROUP BY 2",
+    Facet.CATEGORY: "SELECT 'category', category::text, count(*) FROM hits GROUP BY 2",
+    Facet.PORTAL: "SELECT 'portal', slug::text, count(*) FROM hits GROUP BY 2",
+    Facet.CURRENCY: "SELECT 'currency', currency::text, count(*) "
+    "FROM hits, unnest(hits.currencies) AS currency GROUP BY 2",
+}
 
-def facet_counts(session: Session, query: SearchQuery) -> Facets:
-    """Counts over the whole result set, not just the page. A group's count includes its
-    children's ads."""
-    hits = (
-        select(Ad.category, Ad.kind, Ad.currencies, Portal.slug)
-        .join(Portal, Portal.id == Ad.portal_id)
-        .where(*filters(query))
-        .cte("hits")
-        .prefix_with("MATERIALIZED")  # computed once, read by every count
+
+def facets_sql(query: SearchQuery) -> tuple[str, dict]:
+    """Counts over the whole result set, not just the page."""
+    bind = _Params()
+    counts = ["SELECT 'total', NULL::text, count(*) FROM hits"]
+    counts += [FACET_COUNTS[facet] for facet in query.facets]
+    sql = (
+        # MATERIALIZED: the matching ads are found once and read by every count.
+        "WITH hits AS MATERIALIZED (\n"
+        "  SELECT ads.category, ads.kind, ads.currencies, portals.slug\n"
+        "  FROM ads JOIN portals ON portals.id = ads.portal_id\n"
+        f"  WHERE {_where(query, bind)}\n)\n" + "\nUNION ALL ".join(counts)
     )
-    parts = [select(literal("total"), literal(None, String), func.count()).select_from(hits)]
-    columns = {Facet.KIND: hits.c.kind, Facet.CATEGORY: hits.c.category, Facet.PORTAL: hits.c.slug}
-    for facet in query.facets:
-        if facet is Facet.CURRENCY:
-            each = select(func.unnest(hits.c.currencies).label("value")).subquery()
-            value = each.c.value
-        else:
-            value = cast(columns[facet], String)
-        parts.append(select(literal(facet.value), value, func.count()).group_by(value))
+    return sql, bind
+
+
+def _facets(query: SearchQuery, rows) -> Facets:
     counts: dict[Facet, dict[str, int]] = {facet: {} for facet in query.facets}
     total = 0
-    for facet, value, count in session.execute(union_all(*parts)):
+    for facet, value, count in rows:
         if facet == "total":
             total = count
         else:
             counts[Facet(facet)][value] = count
     if Facet.CATEGORY in counts:
+        # A group's count includes its children's ads.
         categories = counts[Facet.CATEGORY]
         for code, count in list(categories.items()):
             group, dot, _ = code.partition(".")

@@ -679,6 +679,8 @@ def records_query():
 
 
 def record_from_row(row) -> AdRecord:
+    """An AdRecord from RECORD_COLUMNS' values; enums may come as their text (from SQL
+    run without SQLAlchemy's types, as search does)."""
     (ad_id, slug, external_id, kind, title, body, category, tags, lat, lon, privacy,
      visibility, currencies, amount, currency, unit, language, images, expires_at,
      member, ledger_account, version, created_at, updated_at) = row  # fmt: skip
@@ -686,16 +688,18 @@ def record_from_row(row) -> AdRecord:
         id=ad_id,
         portal=slug,
         external_id=external_id,
-        kind=kind,
+        kind=AdKind(kind),
         title=title,
         body=body,
         category=category,
         tags=tags,
         location=None if lat is None else Point(lat, lon),
-        privacy=privacy,
-        visibility=visibility,
+        privacy=Privacy(privacy),
+        visibility=Visibility(visibility),
         currencies=currencies,
-        price=None if amount is None else Price(amount=amount, currency=currency, unit=unit),
+        price=None
+        if amount is None
+        else Price(amount=amount, currency=currency, unit=PriceUnit(unit)),
         language=language,
         images=images,
         expires_at=expires_at,
