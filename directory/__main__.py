@@ -113,6 +113,32 @@ def worker(once: bool) -> None:
         raise click.ClickException("the worker's last round failed; see the log above")
 
 
+@cli.command()
+def reindex() -> None:
+    """Rebuild the Meilisearch index from the database and swap it in (searches go on
+    meanwhile, on the old index); the worker then keeps it up to date."""
+    from meilisearch.errors import MeilisearchError
+
+    from directory import configure_logging
+    from directory.search import indexing
+    from directory.search.meili import IndexingError
+
+    settings = _settings()
+    if settings.search_engine != "meilisearch":
+        raise click.ClickException(
+            f"reindex rebuilds the Meilisearch index, but DIRECTORY_SEARCH_ENGINE is "
+            f"{settings.search_engine!r}: the PostgreSQL engine searches the database "
+            "itself and has no index to rebuild"
+        )
+    configure_logging(settings.log_level)
+    with _wiring() as wiring:
+        try:
+            count = indexing.rebuild(wiring, progress=True)
+        except (MeilisearchError, IndexingError) as error:
+            raise click.ClickException(f"reindex failed: {error}") from None
+    click.echo(f"search index rebuilt: {count} ads")
+
+
 @cli.group()
 def portals() -> None:
     """Manage portals and their keys."""

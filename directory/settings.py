@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
@@ -24,6 +25,8 @@ class Settings:
     search_engine: str = "postgres"
     meilisearch_url: str = "http://127.0.0.1:7700"
     meilisearch_key: str = ""
+    # Several directories (or test runs) may share one Meilisearch under their own names.
+    meilisearch_index: str = "ads"
     # Ads without an explicit expiry live this long after their last change.
     ad_default_ttl_days: int = 90
     ad_max_ttl_days: int = 366
@@ -84,6 +87,13 @@ class Settings:
             raise SettingsError(
                 "DIRECTORY_MEILISEARCH_KEY must be set in production when "
                 "DIRECTORY_SEARCH_ENGINE=meilisearch"
+            )
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,200}", self.meilisearch_index) or (
+            self.meilisearch_index.endswith("_new")
+        ):
+            raise SettingsError(
+                "DIRECTORY_MEILISEARCH_INDEX must be letters, digits, '-' or '_' "
+                "(and not end in _new, the name of a rebuild in progress)"
             )
         if self.trusted_proxies < 0:
             raise SettingsError("DIRECTORY_TRUSTED_PROXIES must be 0 or more")

@@ -4,6 +4,7 @@ from directory.models.ads import Ad, AdChange, AdKind, ChangeOp, PriceUnit, Visi
 from directory.models.categories import Category
 from directory.models.currencies import Currency
 from directory.models.portals import Portal, PortalKey, PortalStatus
+from directory.models.search import SearchIndexPosition
 from directory.models.sync import SyncSession, SyncSessionItem, SyncStatus
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "PortalKey",
     "PortalStatus",
     "PriceUnit",
+    "SearchIndexPosition",
     "SyncSession",
     "SyncSessionItem",
     "SyncStatus",

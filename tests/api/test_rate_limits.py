@@ -93,11 +93,9 @@ def test_anonymous_limit_holds_across_worker_processes(gunicorn):
     # Bursts of concurrent requests, until several worker processes have answered one
     # client: each burst, from its own address, must get exactly the limit through.
     for burst in range(10):
-        address = f"203.0.113.{burst + 1}"
+        addresses = [f"203.0.113.{burst + 1}"] * (ANONYMOUS_LIMIT + 6)
         with ThreadPoolExecutor(max_workers=WORKERS * 2) as pool:
-            responses = list(
-                pool.map(lambda _: _search(base, address=address), range(ANONYMOUS_LIMIT + 6))
-            )
+            responses = list(pool.map(lambda address: _search(base, address=address), addresses))
         statuses = sorted(response.status_code for response in responses)
         assert statuses == [200] * ANONYMOUS_LIMIT + [429] * 6
         time.sleep(0.2)  # gunicorn writes the access log after the response

@@ -193,6 +193,8 @@ def searcher(request, settings, search_world, dataset) -> Iterator[Searcher]:
     if isinstance(found, str):
         pytest.skip(found)
     url, key = found
+    # An index of its own: never the "ads" index of whatever server the tests point at.
+    index = f"directory_test_{uuid.uuid4().hex[:12]}"
     app = create_app(
         replace(
             settings,
@@ -200,12 +202,15 @@ def searcher(request, settings, search_world, dataset) -> Iterator[Searcher]:
             search_engine="meilisearch",
             meilisearch_url=url,
             meilisearch_key=key,
+            meilisearch_index=index,
         )
     )
+    wiring = app.extensions["directory"]
     try:
         from directory.search import indexing
 
-        indexing.rebuild(app.extensions["directory"])
+        indexing.rebuild(wiring)
         yield Searcher("meilisearch", app.test_client())
     finally:
-        app.extensions["directory"].close()
+        wiring.search.client.delete_index(index)
+        wiring.close()
