@@ -38,6 +38,10 @@ openapi: deps
 bench: deps
 	$(BIN)/python bench/ingest.py
 
+.PHONY: bench-search
+bench-search: deps
+	$(BIN)/python bench/search.py
+
 deps: system-deps $(VENV)/.installed
 
 system-deps:

@@ -1,4 +1,4 @@
-"""The `directory` command: serve, migrate, worker, portals, demo, openapi, localdb,
+"""The `directory` command: serve, migrate, worker, reindex, portals, demo, openapi, localdb,
 localredis."""
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def alembic_config(database_url: str):
 @cli.command()
 @click.option("--once", is_flag=True, help="One round, then exit")
 def worker(once: bool) -> None:
-    """Run the background worker (housekeeping; later: outbox delivery)."""
+    """Run the background worker: housekeeping and, with Meilisearch, search indexing."""
     from directory import configure_logging
     from directory import worker as worker_module
 
