@@ -81,9 +81,10 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def gunicorn(database_url: str, *, workers: int = 2):
+def gunicorn(database_url: str, *, workers: int = 2, env: dict[str, str] | None = None):
     """The API under gunicorn on a free loopback port, counting rate limits in a private
-    Redis as in production; yields the process, its base URL in .base_url."""
+    Redis as in production; yields the process, its base URL in .base_url. `env` adds
+    or overrides DIRECTORY_* settings."""
     from directory import localredis
 
     port = free_port()
@@ -110,6 +111,7 @@ def gunicorn(database_url: str, *, workers: int = 2):
             # A benchmark is one client asking as fast as it can: not what limits are for.
             "DIRECTORY_SEARCH_RATE_LIMIT_ANONYMOUS": "1000000 per second",
             "DIRECTORY_SEARCH_RATE_LIMIT_PORTAL": "1000000 per second",
+            **(env or {}),
         },
         cwd=ROOT,
     )
