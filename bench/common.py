@@ -115,24 +115,27 @@ def gunicorn(database_url: str, *, workers: int = 2, env: dict[str, str] | None 
         },
         cwd=ROOT,
     )
-    base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(base + "/healthz", timeout=1).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError("gunicorn did not start") from None
-                time.sleep(0.1)
-        base_url = base
-        process.base_url = base_url
+        process.base_url = wait_until_serving(process, port, name="gunicorn")
         yield process
     finally:
         process.terminate()
         process.wait(timeout=30)
         localredis.destroy(redis_folder)
+
+
+def wait_until_serving(process: subprocess.Popen, port: int, *, name: str) -> str:
+    """The server's base URL once its /healthz answers (within 30 s)."""
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(base + "/healthz", timeout=1).read()
+            return base
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError(f"{name} did not start") from None
+            time.sleep(0.1)
 
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

@@ -32,7 +32,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -47,7 +46,7 @@ import orjson
 import psycopg
 from sqlalchemy import event, text
 
-from bench.common import ROOT, database, free_port, gunicorn
+from bench.common import ROOT, database, free_port, gunicorn, wait_until_serving
 from directory import build_wiring, create_app
 from directory.__main__ import DEFAULT_WORKERS
 from directory.db import unit_of_work
@@ -811,18 +810,8 @@ def minimal_server(url: str, variants_file: Path, *, workers: int):
         },
         cwd=ROOT,
     )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(base + "/healthz", timeout=1).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError("the minimal app did not start") from None
-                time.sleep(0.1)
-        process.base_url = base
+        process.base_url = wait_until_serving(process, port, name="the minimal app")
         yield process
     finally:
         process.terminate()

@@ -40,8 +40,9 @@ class Settings:
     # Where rate-limit counters live: redis://… so that every worker process shares
     # them (`make run` starts one); memory:// counts per process (development only).
     rate_limit_storage_url: str = "memory://"
-    search_rate_limit_anonymous: str = "60 per minute; 10 per second"  # per client address
-    search_rate_limit_portal: str = "1200 per minute; 50 per second"  # per portal key
+    # One limit each: every limit costs each search a Redis round trip.
+    search_rate_limit_anonymous: str = "120 per minute"  # per client address
+    search_rate_limit_portal: str = "3000 per minute"  # per portal key
     # Reverse proxies in front of the API whose X-Forwarded-For is believed (0: none;
     # the client address is then the connection's).
     trusted_proxies: int = 0

@@ -11,6 +11,7 @@ from marshmallow import Schema, fields
 from psycopg import errors as pg_errors
 from sqlalchemy.exc import IntegrityError, OperationalError
 from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnavailable
+from werkzeug.wrappers import Response
 
 from directory.db import constraint_name
 from directory.errors import DirectoryError
@@ -97,6 +98,8 @@ def handle_directory_error(error: DirectoryError):
 
 
 def handle_http_exception(error: HTTPException):
+    if isinstance(error.response, Response):
+        return error.response  # already in our envelope (a refused search: ratelimit.py)
     data = getattr(error, "data", None) or {}
     status = error.code or 500
     errors = data.get("messages") or data.get("errors")

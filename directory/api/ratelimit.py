@@ -2,14 +2,23 @@
 
 Anonymous searches are limited per client address, a portal's searches per portal
 (a higher limit). A refused request costs one Redis round trip and no database work,
-so a client flooding the API spends its own budget, not the others' capacity."""
+so a client flooding the API spends its own budget, not the others' capacity.
+
+Each limit is one Redis round trip per search, which is why the defaults are one
+limit each and why successful searches carry no X-RateLimit-* headers (reading the
+window for them is one more round trip); a refused search says when to come back in
+Retry-After."""
 
 from __future__ import annotations
 
-from flask import Flask, request
-from flask_limiter import Limiter
+import math
+import time
+
+from flask import Flask, Response, request
+from flask_limiter import Limiter, RequestLimit
 
 from directory.api.db import wiring
+from directory.api.errors import envelope
 from directory.settings import Settings
 
 
@@ -21,18 +30,13 @@ def install_rate_limits(app: Flask, settings: Settings, *, search_blueprint) -> 
         # A sliding window: no doubled burst at the edge of a fixed window, and only
         # two counters per client in Redis.
         strategy="sliding-window-counter",
-        headers_enabled=True,  # X-RateLimit-* on every limited response, Retry-After on 429
+        headers_enabled=False,
         # Redis down: count in each process's memory for a while rather than fail searches.
         swallow_errors=True,
         in_memory_fallback_enabled=True,
         key_prefix="directory",
     )
-    limiter.limit(
-        _limit_for_client,
-        key_func=_client,
-        error_message="Too many searches from this client; try again after the number of "
-        "seconds in the Retry-After header.",
-    )(search_blueprint)
+    limiter.limit(_limit_for_client, key_func=_client, on_breach=_refuse)(search_blueprint)
     return limiter
 
 
@@ -52,3 +56,15 @@ def _limit_for_client() -> str:
     if search_viewer() is not None:
         return settings.search_rate_limit_portal
     return settings.search_rate_limit_anonymous
+
+
+def _refuse(limit: RequestLimit) -> Response:
+    retry_after = max(1, math.ceil(limit.reset_at - time.time()))
+    response = envelope(
+        429,
+        error="rate_limited",
+        message=f"Too many searches from this client (at most {limit.limit}); try again "
+        f"in {retry_after} s, as the Retry-After header says.",
+    )
+    response.headers["Retry-After"] = str(retry_after)
+    return response
