@@ -63,8 +63,15 @@ def _is_running(data: Path) -> bool:
     return status.returncode == 0
 
 
-def start(folder: Path, *, port: int | None = None, fsync: bool = True) -> LocalCluster:
-    """Start (creating it first if needed) the cluster in `folder`; safe to call again."""
+def start(
+    folder: Path,
+    *,
+    port: int | None = None,
+    fsync: bool = True,
+    server_settings: dict[str, str] | None = None,
+) -> LocalCluster:
+    """Start (creating it first if needed) the cluster in `folder`; safe to call again.
+    `server_settings` are PostgreSQL settings for this start (shared_buffers=2GB...)."""
     folder = folder.resolve()
     data = folder / "data"
     port_file = folder / "port"
@@ -93,6 +100,8 @@ def start(folder: Path, *, port: int | None = None, fsync: bool = True) -> Local
     if not fsync:
         # Throwaway test clusters: durability is not what is being tested.
         options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    for name, value in (server_settings or {}).items():
+        options += f" -c {name}={value}"
     _give_to_owner(folder)
     _run_as_owner(
         [
