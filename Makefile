@@ -38,9 +38,12 @@ openapi: deps
 bench: deps
 	$(BIN)/python bench/ingest.py
 
-.PHONY: bench-search
+.PHONY: bench-search bench-flood
 bench-search: deps
 	$(BIN)/python bench/search.py
+
+bench-flood: deps
+	$(BIN)/python -m bench.flood
 
 deps: system-deps $(VENV)/.installed
 
