@@ -59,7 +59,9 @@ def _limit_for_client() -> str:
 
 
 def _refuse(limit: RequestLimit) -> Response:
-    retry_after = max(1, math.ceil(limit.reset_at - time.time()))
+    # The window's own reset time: RequestLimit.reset_at rounds up and adds a second.
+    reset_time, _remaining = limit.window
+    retry_after = min(max(1, math.ceil(reset_time - time.time())), limit.limit.get_expiry())
     response = envelope(
         429,
         error="rate_limited",
