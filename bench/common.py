@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -15,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 from directory import localdb
+from directory.localdb import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,12 +77,6 @@ def database():
         yield cluster.url
     finally:
         localdb.destroy(folder)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @contextlib.contextmanager

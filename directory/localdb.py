@@ -34,7 +34,8 @@ class LocalCluster:
         return f"postgresql://{USER}@127.0.0.1:{self.port}/{database}"
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port nothing listens on now, on the loopback interface."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
@@ -94,7 +95,7 @@ def start(
             ],
             capture_output=True,
         )
-    port = port or _free_port()
+    port = port or free_port()
     port_file.write_text(str(port))
     options = f"-c listen_addresses=127.0.0.1 -p {port} -k {folder} -c max_connections=200"
     if not fsync:

@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from directory.localdb import free_port
+
 START_TIMEOUT_S = 10
 
 
@@ -24,12 +26,6 @@ class LocalRedis:
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _answers(port: int) -> bool:
@@ -52,7 +48,7 @@ def start(folder: Path) -> LocalRedis:
     server = shutil.which("redis-server")
     if server is None:
         raise RuntimeError("redis-server is not installed (Debian package redis-server)")
-    port = _free_port()
+    port = free_port()
     subprocess.run(
         [
             server,

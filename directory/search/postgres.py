@@ -21,7 +21,7 @@ from datetime import datetime
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from directory.db import make_engine, make_session_factory
+from directory.db import make_engine
 from directory.search import (
     Facet,
     Facets,
@@ -84,10 +84,6 @@ class PostgresSearch:
     def __init__(self, session_factory: sessionmaker[Session]):
         self._session_factory = session_factory
 
-    @classmethod
-    def from_engine(cls, engine: Engine) -> PostgresSearch:
-        return cls(make_session_factory(engine))
-
     def search(self, query: SearchQuery) -> SearchPage:
         with self._session_factory() as session:
             return search(session, query)
@@ -129,11 +125,14 @@ class _Params(dict):
         return f"%({name})s"
 
 
+def _planar_point(query: SearchQuery, bind: _Params) -> str:
+    # Bound under fixed names: one pair of parameters however often the point is used.
+    bind["lon"], bind["lat"] = query.point.lon, query.point.lat
+    return "ST_SetSRID(ST_MakePoint(%(lon)s, %(lat)s), 4326)"
+
+
 def _point(query: SearchQuery, bind: _Params) -> str:
-    return (
-        f"ST_SetSRID(ST_MakePoint({bind(query.point.lon)}, {bind(query.point.lat)}), 4326)"
-        "::geography"
-    )
+    return f"{_planar_point(query, bind)}::geography"
 
 
 def _folded(text: str) -> str:
@@ -290,10 +289,7 @@ def _within_nearest(query: SearchQuery, bind: _Params, where: str) -> tuple[str,
     if query.radius_km is not None:
         nearest_first = f"ads.location <-> {point}"
     else:
-        nearest_first = (
-            f"ads.location_box <-> ST_SetSRID(ST_MakePoint({bind(query.point.lon)}, "
-            f"{bind(query.point.lat)}), 4326)"
-        )
+        nearest_first = f"ads.location_box <-> {_planar_point(query, bind)}"
     nearest = (
         "WITH reach AS MATERIALIZED (\n"
         "  SELECT max(nearest.distance) AS distance FROM (\n"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,18 +13,13 @@ import pytest
 import requests
 
 from directory import create_app
+from directory.localdb import free_port
 from directory.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 ANONYMOUS_LIMIT = 6
 PORTAL_LIMIT = 10
 WORKERS = 3
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +29,7 @@ def gunicorn(migrated, redis_url, tmp_path_factory):
     import redis
 
     redis.Redis.from_url(redis_url).flushdb()  # counters of earlier tests
-    port = _free_port()
+    port = free_port()
     folder = tmp_path_factory.mktemp("gunicorn")
     access_log = folder / "access.log"
     stderr = (folder / "stderr.log").open("w")
@@ -147,7 +141,7 @@ def test_searches_go_on_when_the_rate_limit_store_is_down(migrated):
     settings = Settings(
         environment="test",
         database_url=migrated.database_url,
-        rate_limit_storage_url=f"redis://127.0.0.1:{_free_port()}/0",  # nothing listens
+        rate_limit_storage_url=f"redis://127.0.0.1:{free_port()}/0",  # nothing listens
         search_rate_limit_anonymous="2 per minute",
     )
     app = create_app(settings)

@@ -74,11 +74,9 @@ def search_viewer() -> AuthenticatedPortal | None:
 def _wants_geojson(format_: str | None) -> bool:
     if format_ is not None:
         return format_ == "geojson"
-    best = request.accept_mimetypes.best_match(["application/json", GEOJSON])
-    return (
-        best == GEOJSON
-        and request.accept_mimetypes[GEOJSON] > request.accept_mimetypes["application/json"]
-    )
+    # Only when preferred: a client accepting both (or */*) gets JSON.
+    accepted = request.accept_mimetypes
+    return accepted[GEOJSON] > accepted["application/json"]
 
 
 def build_query(args: dict, *, viewer_portal_id: int | None, categories: set[str]) -> SearchQuery:
