@@ -12,6 +12,13 @@ realistic ads, each query measured three ways on the same database:
 
     .venv/bin/python bench/search.py [--sizes 100000,1000000] [--requests 200]
         [--budget 20] [--duration 8] [--clients 4] [--workers 3] [--explain] [--keep]
+        [--growth communities|density]
+
+The directory grows by communities: the ads of the first size live around 53 real cities
+and their towns; each larger size adds as many copies of those communities, placed elsewhere
+on Earth, as it adds ads (900,000 more ads: 9 copies), so a town is as dense at 1M as at
+100k, and the queries of a size go to the towns that have ads by then. `--growth density`
+instead puts every ad in the first towns (10 times denser at 1M).
 
 Ads are written with COPY in random order (the search indexes are dropped during a load
 and rebuilt after it, as a bulk load would), then VACUUM ANALYZE. Each query's variants
@@ -23,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
+import itertools
 import math
 import os
 import queue
@@ -119,6 +127,7 @@ class Town:
     weight: float
     sigma_km: float
     portal: int  # index into World.portals
+    generation: int = 0  # the load (size step) whose ads live here: see make_world
 
 
 @dataclass
@@ -146,10 +155,27 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
 
 
-def make_world(rng: np.random.Generator, categories: list[tuple[str, str | None, str]]) -> World:
+def make_world(
+    rng: np.random.Generator,
+    categories: list[tuple[str, str | None, str]],
+    replicas: list[int],
+) -> World:
+    """The anchor cities and their towns (generation 0), then, for each later load,
+    `replicas[generation - 1]` copies of every anchor's community (same language,
+    currencies and size) placed somewhere else on Earth: the directory grows by more
+    communities joining, so each town keeps the same density of ads."""
     portals: list[PortalSpec] = []
     towns: list[Town] = []
-    for index, (name, lat, lon, language, currency, weight) in enumerate(ANCHORS):
+    anchors = [(0, *anchor) for anchor in ANCHORS]
+    low, high = math.sin(math.radians(-45)), math.sin(math.radians(62))
+    for generation, copies in enumerate(replicas, start=1):
+        for copy in range(copies):
+            for name, _lat, _lon, language, currency, weight in ANCHORS:
+                lat = math.degrees(math.asin(float(rng.uniform(low, high))))
+                lon = float(rng.uniform(-180, 180))
+                place = f"{name} {generation}-{copy + 1}"
+                anchors.append((generation, place, lat, lon, language, currency, weight))
+    for index, (generation, name, lat, lon, language, currency, weight) in enumerate(anchors):
         slug = f"{PORTAL_KINDS[language]}-{_slug(name)}"
         community = None
         if index % COMMUNITY_CURRENCY_EVERY == 0:
@@ -160,7 +186,7 @@ def make_world(rng: np.random.Generator, categories: list[tuple[str, str | None,
         )
         portals[-1].community = community
         sigma = 4.0 + 2.5 * weight
-        towns.append(Town(name, lat, lon, language, currency, weight, sigma, index))
+        towns.append(Town(name, lat, lon, language, currency, weight, sigma, index, generation))
         for number in range(int(rng.integers(*SATELLITES, endpoint=True))):
             distance_km = float(rng.uniform(10, 150))
             bearing = float(rng.uniform(0, 2 * math.pi))
@@ -179,6 +205,7 @@ def make_world(rng: np.random.Generator, categories: list[tuple[str, str | None,
                     weight * float(rng.lognormal(-1.6, 0.6)),
                     float(rng.uniform(3, 12)),
                     index,
+                    generation,
                 )
             )
     worldwide = []
@@ -228,11 +255,12 @@ def _choices(rng: np.random.Generator, shares, count: int) -> np.ndarray:
     return rng.choice(len(values), size=count, p=weights / weights.sum())
 
 
-def generate_rows(world: World, start: int, count: int, seed: int):
-    """`count` ads (as tuples in COLUMNS order), numbered from `start`, in chunks."""
+def generate_rows(world: World, towns: list[Town], start: int, count: int, seed: int):
+    """`count` ads (as tuples in COLUMNS order) in `towns` (and scattered), numbered
+    from `start`, in chunks."""
     rng = np.random.default_rng([seed, start])
     now = datetime.now(UTC)
-    town_weights = np.array([town.weight for town in world.towns])
+    town_weights = np.array([town.weight for town in towns])
     town_weights /= town_weights.sum()
     catalogued = {
         language: sorted(code for code, texts in CATALOGUE.items() if language in texts)
@@ -243,7 +271,7 @@ def generate_rows(world: World, start: int, count: int, seed: int):
     for offset in range(0, count, COPY_CHUNK):
         n = min(COPY_CHUNK, count - offset)
         scattered = (rng.random(n) < SCATTERED_SHARE).tolist()
-        town_index = rng.choice(len(world.towns), size=n, p=town_weights).tolist()
+        town_index = rng.choice(len(towns), size=n, p=town_weights).tolist()
         north = rng.normal(size=n).tolist()
         east = rng.normal(size=n).tolist()
         anywhere_lat = np.degrees(np.arcsin(rng.uniform(-0.9, 0.9, size=n))).tolist()
@@ -271,7 +299,7 @@ def generate_rows(world: World, start: int, count: int, seed: int):
                 place = None
                 national = None
             else:
-                town = world.towns[town_index[i]]
+                town = towns[town_index[i]]
                 portal = world.portals[town.portal]
                 language = LANGUAGES[other_language[i]] if foreign[i] else town.language
                 lat = town.lat + north[i] * town.sigma_km / KM_PER_DEGREE
@@ -376,7 +404,9 @@ def search_indexes(conn) -> list[tuple[str, str]]:
     ).fetchall()
 
 
-def load(url: str, world: World, start: int, count: int, seed: int) -> dict[str, float]:
+def load(
+    url: str, world: World, towns: list[Town], start: int, count: int, seed: int
+) -> dict[str, float]:
     """COPY `count` ads on two connections, then rebuild the search indexes and VACUUM
     ANALYZE. Returns the time of each step."""
     timings = {}
@@ -407,7 +437,7 @@ def load(url: str, world: World, start: int, count: int, seed: int) -> dict[str,
         thread.start()
     generate_s = 0.0
     mark = time.perf_counter()
-    for rows in generate_rows(world, start, count, seed):
+    for rows in generate_rows(world, towns, start, count, seed):
         generate_s += time.perf_counter() - mark
         chunks.put(rows)
         mark = time.perf_counter()
@@ -459,7 +489,7 @@ def load(url: str, world: World, start: int, count: int, seed: int) -> dict[str,
     return timings
 
 
-def set_up(url: str, rng: np.random.Generator) -> World:
+def set_up(url: str, rng: np.random.Generator, replicas: list[int]) -> World:
     settings = Settings(database_url=url)
     wiring = build_wiring(settings)
     with wiring.engine.connect() as connection:
@@ -469,7 +499,7 @@ def set_up(url: str, rng: np.random.Generator) -> World:
                 text("SELECT code, parent_code, name FROM categories ORDER BY position")
             )
         ]
-    world = make_world(rng, categories)
+    world = make_world(rng, categories, replicas)
     with unit_of_work(wiring.session_factory) as session:
         for spec in world.portals:
             national = [code for code in spec.currencies if ":" not in code]
@@ -501,16 +531,18 @@ QUERIES = {
 }
 
 
-def make_variants(world: World, rng: np.random.Generator, count: int) -> dict[str, list[str]]:
-    """Query strings for each query: a different town (mostly where the ads are), point,
-    category, currency and words each time."""
-    weights = np.array([town.weight for town in world.towns]) ** 0.7
+def make_variants(
+    world: World, towns: list[Town], rng: np.random.Generator, count: int
+) -> dict[str, list[str]]:
+    """Query strings for each query: a different town of `towns` (mostly where the ads
+    are), point, category, currency and words each time."""
+    weights = np.array([town.weight for town in towns]) ** 0.7
     weights /= weights.sum()
 
     def town() -> Town:
         if rng.random() < 0.25:
-            return world.towns[int(rng.integers(len(world.towns)))]
-        return world.towns[int(rng.choice(len(world.towns), p=weights))]
+            return towns[int(rng.integers(len(towns)))]
+        return towns[int(rng.choice(len(towns), p=weights))]
 
     def near(place: Town, km: float) -> tuple[float, float]:
         lat = place.lat + float(rng.normal()) * km / KM_PER_DEGREE
@@ -918,6 +950,13 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, default=DEFAULT_WORKERS, help="gunicorn workers (as `serve`)"
     )
+    parser.add_argument(
+        "--growth",
+        choices=("communities", "density"),
+        default="communities",
+        help="how the directory grows from one size to the next: by more communities, each "
+        "as dense as the first ones (default), or by more ads in the same towns",
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--explain", action="store_true", help="EXPLAIN ANALYZE each query")
     parser.add_argument(
@@ -933,35 +972,44 @@ def main() -> None:
     began = time.perf_counter()
     rng = np.random.default_rng(args.seed)
     results: dict[int, dict[str, Result]] = {}
+    if args.growth == "communities":
+        replicas = [round((b - a) / sizes[0]) for a, b in itertools.pairwise(sizes)]
+    else:
+        replicas = []
     with database() as url, tempfile.TemporaryDirectory(prefix="bench-search-") as scratch:
-        world = set_up(url, rng)
-        QUERY_STRINGS.update(make_variants(world, rng, args.requests))
+        world = set_up(url, rng, replicas)
         print(
-            f"{len(world.towns)} towns around {len(ANCHORS)} cities, {len(world.portals)} "
-            f"portals, {len(world.leaves)} leaf categories; {args.workers} gunicorn workers, "
-            f"{args.clients} concurrent clients; up to {args.requests} requests per query and "
-            f"way ({args.budget:g} s budget), {args.duration:g} s per rps run"
+            f"{len(world.towns)} towns around {len(world.portals) - len(world.worldwide)} "
+            f"cities ({len(ANCHORS)} real ones, growth by {args.growth}), "
+            f"{len(world.portals)} portals, {len(world.leaves)} leaf categories; "
+            f"{args.workers} gunicorn workers, {args.clients} concurrent clients; up to "
+            f"{args.requests} requests per query and way ({args.budget:g} s budget), "
+            f"{args.duration:g} s per rps run"
         )
         loaded = 0
-        captured = None
         variants_file = Path(scratch) / "variants.json"
-        for size in sizes:
-            timings = load(url, world, loaded, size - loaded, args.seed)
+        for step, size in enumerate(sizes):
+            generation = step if replicas else 0
+            new_towns = [town for town in world.towns if town.generation == generation]
+            timings = load(url, world, new_towns, loaded, size - loaded, args.seed)
             total = sum(timings.values()) - timings["generate (within copy)"]
-            steps = ", ".join(f"{step} {seconds:.0f} s" for step, seconds in timings.items())
+            steps = ", ".join(f"{part} {seconds:.0f} s" for part, seconds in timings.items())
             print(f"\nloaded {size - loaded:,} ads in {total:.0f} s ({steps}): {describe(url)}")
             loaded = size
-            if captured is None:
-                captured = capture(url, QUERY_STRINGS)
-                variants_file.write_bytes(
-                    orjson.dumps(
-                        {
-                            "options": captured.options(),
-                            "autocommit": captured.autocommit,
-                            "queries": captured.queries,
-                        }
-                    )
+            # Queries go where the ads are now: at a larger size, mostly to the new towns.
+            towns = [town for town in world.towns if town.generation <= generation]
+            QUERY_STRINGS.update(make_variants(world, towns, rng, args.requests))
+            captured = capture(url, QUERY_STRINGS)
+            variants_file.write_bytes(
+                orjson.dumps(
+                    {
+                        "options": captured.options(),
+                        "autocommit": captured.autocommit,
+                        "queries": captured.queries,
+                    }
                 )
+            )
+            if step == 0:
                 print(
                     f"the engine's connections: {captured.options()}, autocommit "
                     f"{captured.autocommit}, prepare_threshold {captured.prepare_threshold}"
