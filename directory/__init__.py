@@ -58,13 +58,12 @@ def build_wiring(settings: Settings) -> Wiring:
         pool_size=settings.db_pool_size,
         statement_timeout_ms=settings.db_statement_timeout_ms,
     )
-    search_sessions = make_session_factory(search_db)
     if settings.search_engine == "meilisearch":
         from directory.search.meili import MeiliSearch
 
-        search: SearchEngine = MeiliSearch.from_settings(settings, session_factory=search_sessions)
+        search: SearchEngine = MeiliSearch.from_settings(settings, database=search_db)
     else:
-        search = PostgresSearch(search_sessions)
+        search = PostgresSearch(search_db)
     return Wiring(
         settings=settings,
         engine=engine,

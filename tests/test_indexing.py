@@ -759,7 +759,7 @@ def meili_wiring(migrated, wiring):
     )
     engine = meili.MeiliSearch(
         built.search.client,
-        session_factory=built.session_factory,
+        database=built.search_db,
         index_name=f"test_{uuid.uuid4().hex[:12]}",
     )
     test_wiring = dataclasses.replace(built, search=engine)

@@ -41,8 +41,10 @@ from typing import Any
 
 import meilisearch
 from meilisearch.errors import MeilisearchApiError, MeilisearchError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
 
+from directory.db import make_session_factory
 from directory.errors import DirectoryError
 from directory.geo import EARTH_RADIUS_M, BBox, Point, haversine_m
 from directory.search import (
@@ -446,27 +448,25 @@ class MeiliSearch:
         self,
         client: meilisearch.Client,
         *,
-        session_factory: sessionmaker[Session],
+        database: Engine,
         index_name: str = INDEX_NAME,
     ):
         self.client = client
         self.index_name = index_name
-        self._session_factory = session_factory
-        self._portal_view = PostgresSearch(session_factory)
+        self._session_factory = make_session_factory(database)
+        self._portal_view = PostgresSearch(database)
         # Whether this process has checked (and, if need be, created and configured) the
         # live index: once is enough, settings only change with a deploy.
         self.prepared = False
 
     @classmethod
-    def from_settings(
-        cls, settings: Settings, *, session_factory: sessionmaker[Session]
-    ) -> MeiliSearch:
+    def from_settings(cls, settings: Settings, *, database: Engine) -> MeiliSearch:
         client = meilisearch.Client(
             settings.meilisearch_url,
             settings.meilisearch_key or None,
             timeout=MEILISEARCH_TIMEOUT_S,
         )
-        return cls(client, session_factory=session_factory, index_name=settings.meilisearch_index)
+        return cls(client, database=database, index_name=settings.meilisearch_index)
 
     # --- searching --------------------------------------------------------------------
 

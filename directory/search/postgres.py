@@ -18,8 +18,9 @@ from __future__ import annotations
 import re
 from datetime import datetime
 
+import psycopg
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.exc import DBAPIError
 
 from directory.db import make_engine
 from directory.search import (
@@ -81,30 +82,43 @@ def make_search_engine(database_url: str, *, pool_size: int, statement_timeout_m
 class PostgresSearch:
     name = "postgres"
 
-    def __init__(self, session_factory: sessionmaker[Session]):
-        self._session_factory = session_factory
+    def __init__(self, engine: Engine):
+        self._engine = engine
 
     def search(self, query: SearchQuery) -> SearchPage:
-        with self._session_factory() as session:
-            return search(session, query)
+        # Straight on the pool's psycopg connection: SQLAlchemy's Result, set up anew for
+        # each text statement's 26 columns, cost 0.2 ms a search (a third of the SQL at
+        # 100k ads). Errors are wrapped as SQLAlchemy's, as everywhere else.
+        connection = self._engine.raw_connection()
+        try:
+            with connection.cursor() as cursor:
+                return search(cursor, query)
+        except psycopg.Error as error:
+            # A lost connection is dropped by the pool when it fails its reset on return.
+            raise DBAPIError.instance(
+                None, None, error, psycopg.Error, hide_parameters=True
+            ) from error
+        finally:
+            connection.close()
 
 
-def search(session: Session, query: SearchQuery) -> SearchPage:
-    connection = session.connection()
+def search(db: psycopg.Cursor, query: SearchQuery) -> SearchPage:
     sql, params = hits_sql(query)
-    rows = connection.exec_driver_sql(sql, params).all()
+    db.execute(sql, params)
+    rows = db.fetchall()
     more = len(rows) > query.limit
     hits, keys = [], []
     for row in rows[: query.limit]:
         record = record_from_row(row[:RECORD_WIDTH])
         hits.append(SearchHit(record, distance_m=row[RECORD_WIDTH]))
         keys.append(SortKey(_key_value(query.sort, row[RECORD_WIDTH + 1]), record.id))
-    cursor = encode_cursor(query, keys[-1]) if more and hits else None
+    next_cursor = encode_cursor(query, keys[-1]) if more and hits else None
     facets = None
     if query.facets:
         sql, params = facets_sql(query)
-        facets = _facets(query, connection.exec_driver_sql(sql, params).all())
-    return SearchPage(hits=hits, next_cursor=cursor, facets=facets)
+        db.execute(sql, params)
+        facets = _facets(query, db.fetchall())
+    return SearchPage(hits=hits, next_cursor=next_cursor, facets=facets)
 
 
 def _key_value(sort: Sort, value) -> float | str:
