@@ -639,11 +639,18 @@ def capture(url: str, variants: dict[str, list[str]]) -> Captured:
     caught: list[tuple[str, dict]] = []
     connections: list = []
 
-    @event.listens_for(search_db, "before_cursor_execute")
-    def remember(conn, cursor, statement, parameters, context, executemany):
-        if " ads" in statement:
-            caught.append((statement, dict(parameters or {})))
-            connections.append(cursor.connection)
+    class Recording(psycopg.Cursor):
+        # The engine runs its statements on the psycopg connection itself, not through
+        # SQLAlchemy's execute: caught on their way into psycopg.
+        def execute(self, query, params=None, **kwargs):
+            if " ads" in query:
+                caught.append((query, dict(params or {})))
+                connections.append(self.connection)
+            return super().execute(query, params, **kwargs)
+
+    @event.listens_for(search_db, "connect")
+    def record(dbapi_connection, connection_record):
+        dbapi_connection.cursor_factory = Recording
 
     client = app.test_client()
     queries: dict[str, list[Statements]] = {}

@@ -3,16 +3,24 @@ and one status, 400, for every request that fails validation."""
 
 from __future__ import annotations
 
+import contextlib
+
 import flask_smorest
 import marshmallow as ma
 import orjson
 from webargs import core
 from webargs.flaskparser import FlaskParser, abort, is_json_request
 
+from directory.api.loading import FastLoader
+
 
 class StrictParser(FlaskParser):
     DEFAULT_VALIDATION_STATUS = 400
     DEFAULT_UNKNOWN_BY_LOCATION = {**FlaskParser.DEFAULT_UNKNOWN_BY_LOCATION, "query": ma.RAISE}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._query_loaders: dict[type[ma.Schema], FastLoader | None] = {}
 
     def load_querystring(self, request, schema):
         # A parameter given twice would silently lose all but its first value.
@@ -29,6 +37,31 @@ class StrictParser(FlaskParser):
                 messages={"query": {name: ["Must be given once."] for name in repeated}},
             )
         return super().load_querystring(request, schema)
+
+    def _process_location_data(self, location_data, schema, req, location, unknown, validators):
+        # Query strings through the schema's own fields in a plain loop (a search's 20
+        # parameters took 0.2 ms in Schema.load); anything the fast loader does not
+        # accept outright goes to Schema.load, so every error is still marshmallow's.
+        loader = self._query_loader(schema) if location == "query" else None
+        if loader is None or validators or location_data is core.missing:
+            return super()._process_location_data(
+                location_data, schema, req, location, unknown, validators
+            )
+        return loader.load(dict(location_data))
+
+    def _query_loader(self, schema: ma.Schema) -> FastLoader | None:
+        kind = type(schema)
+        if kind not in self._query_loaders:
+            loader = None
+            # Only flat schemas that refuse unknown parameters by themselves (the fallback
+            # is Schema.load without webargs' `unknown`); no lists (they need MultiDicts).
+            if schema.unknown == ma.RAISE and not any(
+                isinstance(field, ma.fields.List) for field in schema.fields.values()
+            ):
+                with contextlib.suppress(TypeError):  # hooks it cannot run: Schema.load
+                    loader = FastLoader(kind())
+            self._query_loaders[kind] = loader
+        return self._query_loaders[kind]
 
     def _raw_load_json(self, request):
         # Only operations that declare a JSON body get here: an empty one is an error,

@@ -99,7 +99,7 @@ def handle_directory_error(error: DirectoryError):
 
 def handle_http_exception(error: HTTPException):
     if isinstance(error.response, Response):
-        return error.response  # already in our envelope (a refused search: ratelimit.py)
+        return error.response  # a response made by whoever raised (werkzeug.abort(response))
     data = getattr(error, "data", None) or {}
     status = error.code or 500
     errors = data.get("messages") or data.get("errors")

@@ -9,6 +9,7 @@ from marshmallow import Schema, ValidationError, fields, pre_load
 
 from directory.api.ads.schemas import AdPutSchema
 from directory.api.loading import FastLoader
+from directory.api.search.schemas import SearchArgsSchema
 from tests.factories import TRAITS, ad_payload, in_days
 
 BAD_VALUES = {
@@ -72,3 +73,38 @@ def test_fast_loader_refuses_a_schema_with_hooks_it_cannot_run():
 
     with pytest.raises(TypeError):
         FastLoader(WithPreLoad())
+
+
+# Query strings of searches, good and bad (the parser takes them through FastLoader).
+SEARCH_QUERIES = [
+    {},
+    {"q": "bike repair", "lat": "48.85", "lon": "2.35", "radius_km": "10"},
+    {"bbox": "170,-10,-170,10", "facets": "category,kind,currency,portal", "limit": "100"},
+    {"lat": "48.85", "lon": "2.35", "sort": "distance", "kind": "offer", "tags": "a,b"},
+    {"currency": "EUR,HOUR", "language": "fr", "portal": "sel-paris", "has_price": "true"},
+    {"price_currency": "EUR", "price_min": "1.5", "price_max": "20", "sort": "recent"},
+    {"updated_since": "2026-01-01T00:00:00Z", "format": "geojson", "category": "food"},
+    {"radius_km": "10"},
+    {"lat": "48.85"},
+    {"lat": "91", "lon": "0"},
+    {"lat": "48.85", "lon": "2.35", "radius_km": "5000"},
+    {"bbox": "1,2,3"},
+    {"bbox": "0,10,1,5"},
+    {"sort": "distance"},
+    {"sort": "relevance"},
+    {"limit": "0"},
+    {"limit": "101"},
+    {"limit": "ten"},
+    {"unknown": "x"},
+    {"currency": "EUR,,HOUR"},
+    {"price_min": "1"},
+    {"price_currency": "EUR", "price_min": "5", "price_max": "1"},
+    {"updated_since": "yesterday"},
+    {"q": "a\u0000b"},
+]
+
+
+@pytest.mark.parametrize("query", SEARCH_QUERIES)
+def test_fast_loader_agrees_with_schema_load_on_search_queries(query):
+    schema = SearchArgsSchema()
+    assert outcome(FastLoader(schema).load, query) == outcome(schema.load, query)

@@ -152,3 +152,66 @@ def test_searches_go_on_when_the_rate_limit_store_is_down(migrated):
         assert statuses == [200, 200, 429, 429]
     finally:
         app.extensions["directory"].close()
+
+
+def test_several_limits_must_all_pass(migrated):
+    settings = Settings(
+        environment="test",
+        database_url=migrated.database_url,
+        search_rate_limit_anonymous="5 per minute; 2 per hour",
+    )
+    app = create_app(settings)
+    try:
+        client = app.test_client()
+        responses = [client.get("/v1/search?limit=1") for _ in range(3)]
+        assert [response.status_code for response in responses] == [200, 200, 429]
+        refused = responses[-1]
+        assert "at most 2 per 1 hour" in refused.json["message"]
+        assert 60 < int(refused.headers["Retry-After"]) <= 3600
+    finally:
+        app.extensions["directory"].close()
+
+
+def test_searches_are_counted_in_the_shared_store_again_once_it_is_back(
+    migrated, tmp_path, monkeypatch
+):
+    import redis
+
+    from directory.api import ratelimit
+
+    monkeypatch.setattr(ratelimit, "RETRY_SHARED_STORE_AFTER_S", 0.5)
+    port = free_port()
+    settings = Settings(
+        environment="test",
+        database_url=migrated.database_url,
+        rate_limit_storage_url=f"redis://127.0.0.1:{port}/0",
+    )
+    app = create_app(settings)
+    server = None
+    try:
+        client = app.test_client()
+        assert client.get("/v1/search?limit=1").status_code == 200  # nothing listens yet
+        server = subprocess.Popen(
+            ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+             "--dir", str(tmp_path)],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        store = redis.Redis(port=port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                store.ping()
+                break
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.05)
+        time.sleep(0.6)  # past the pause after the failure
+        assert client.get("/v1/search?limit=1").status_code == 200
+        assert store.keys("*directory-search*"), "the search was not counted in Redis"
+        store.close()
+    finally:
+        app.extensions["directory"].close()
+        app.extensions["rate_limits"].close()
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=10)

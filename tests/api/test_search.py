@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import orjson
 import pytest
 
 from directory.api.search.routes import public_ad
@@ -299,7 +300,7 @@ def test_hits_render_as_the_hit_schema_dumps_them(client, wiring, varied_ads):
         schema.dump({**dataclasses.asdict(hit.ad), "distance_km": hit.distance_km})
         for hit in page.hits
     ]
-    assert [public_ad(hit) for hit in page.hits] == expected
+    assert [orjson.loads(orjson.dumps(public_ad(hit))) for hit in page.hits] == expected
     assert {hit.ad.privacy.value for hit in page.hits} == set(varied_ads)
     body = search(client, lat=50.9, lon=4.4, sort="recent").json
     assert body["hits"] == expected
