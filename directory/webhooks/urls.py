@@ -1,0 +1,196 @@
+"""Webhook URL safety: a portal chooses where its webhooks go, so without these checks it
+could make the directory send requests into the directory's own network (server-side
+request forgery): to a database admin page, to the cloud metadata service, to localhost.
+
+A URL is checked when a portal sets it and again at every delivery, and the delivery
+connects to the very addresses that were checked: a DNS answer that changes between the
+check and the connection (DNS rebinding) gains nothing."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+from dataclasses import dataclass
+from urllib.parse import SplitResult, urlsplit
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+MAX_URL_LENGTH = 2048
+DEFAULT_PORTS = {"https": 443, "http": 80}
+LOOPBACK_NAMES = {"localhost", "localhost."}
+# Domain names in their ASCII form (international names as xn--…); "_" occurs in real names.
+DOMAIN_NAME = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?")
+
+# Shared address space of carrier-grade NAT: not public, yet not "private" to ipaddress.
+CARRIER_GRADE_NAT = ipaddress.IPv4Network("100.64.0.0/10")
+# IPv6 prefixes that carry an IPv4 address in their last 32 bits, routed to it by NAT64
+# gateways or, for the deprecated IPv4-compatible form, by the host itself.
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+
+
+class UnsafeWebhookUrl(ValueError):
+    """The URL must not receive webhooks; the message says why, naming `webhook_url`."""
+
+
+@dataclass(frozen=True)
+class WebhookTarget:
+    """Where one webhook goes: the URL's parts, and the checked addresses to connect to."""
+
+    scheme: str
+    hostname: str
+    port: int
+    path_and_query: str
+    addresses: tuple[str, ...]
+
+    @property
+    def host_header(self) -> str:
+        """The Host header the URL implies (we connect to an address, not to the name)."""
+        host = f"[{self.hostname}]" if ":" in self.hostname else self.hostname
+        return host if self.port == DEFAULT_PORTS[self.scheme] else f"{host}:{self.port}"
+
+
+def check_webhook_url(url: str, *, allow_loopback: bool) -> None:
+    """Raise UnsafeWebhookUrl unless webhooks may go to `url`: https to a host whose every
+    address is public; http only to loopback, and loopback only when `allow_loopback`."""
+    resolve_webhook_target(url, allow_loopback=allow_loopback)
+
+
+def resolve_webhook_target(url: str, *, allow_loopback: bool) -> WebhookTarget:
+    """Check `url` as check_webhook_url does and return where to connect."""
+    parts = _parse(url, allow_loopback=allow_loopback)
+    hostname = parts.hostname or ""
+    port = parts.port or DEFAULT_PORTS[parts.scheme]
+    literal = _ip_literal(hostname)
+    addresses = [literal] if literal is not None else _resolve(hostname, port)
+    for address in addresses:
+        where = (
+            f"webhook_url points to {address}"
+            if literal is not None
+            else f"webhook_url host {hostname!r} resolves to {address}"
+        )
+        if parts.scheme == "http" and not _is_loopback(address):
+            raise UnsafeWebhookUrl(
+                f"{where}: http is allowed only to loopback addresses; use https"
+            )
+        reason = _why_not_public(address, allow_loopback=allow_loopback)
+        if reason:
+            raise UnsafeWebhookUrl(f"{where}, {reason}")
+    path = parts.path or "/"
+    return WebhookTarget(
+        scheme=parts.scheme,
+        hostname=hostname,
+        port=port,
+        path_and_query=f"{path}?{parts.query}" if parts.query else path,
+        addresses=tuple(dict.fromkeys(str(address) for address in addresses)),
+    )
+
+
+def _parse(url: str, *, allow_loopback: bool) -> SplitResult:
+    """The syntactic checks, before any name is resolved."""
+    if len(url) > MAX_URL_LENGTH:
+        raise UnsafeWebhookUrl(f"webhook_url must be at most {MAX_URL_LENGTH} characters")
+    # urlsplit would silently drop tabs and newlines; we refuse rather than guess.
+    if not url.isascii() or any(not char.isprintable() or char.isspace() for char in url):
+        raise UnsafeWebhookUrl(
+            "webhook_url must be ASCII without spaces or control characters "
+            "(international domain names in their xn-- form, the path percent-encoded)"
+        )
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname
+        port = parts.port
+    except ValueError:  # unbalanced IPv6 brackets, a port that is no number or too large
+        raise UnsafeWebhookUrl(
+            "webhook_url is not a valid URL (check the host's brackets and the port)"
+        ) from None
+    scheme = parts.scheme.lower()
+    if scheme != "https" and not (scheme == "http" and allow_loopback):
+        raise UnsafeWebhookUrl(
+            f"webhook_url must use https, not {scheme}"
+            if scheme
+            else "webhook_url must be an absolute https:// URL"
+        )
+    if "@" in parts.netloc:
+        raise UnsafeWebhookUrl("webhook_url must not contain a user name or password")
+    if "#" in url:
+        raise UnsafeWebhookUrl("webhook_url must not contain a fragment (#…)")
+    if not hostname:
+        raise UnsafeWebhookUrl("webhook_url must name a host")
+    literal = _ip_literal(hostname)
+    if literal is None and not DOMAIN_NAME.fullmatch(hostname):
+        raise UnsafeWebhookUrl(
+            f"webhook_url host {hostname!r} must be a domain name or an IP address"
+        )
+    if port == 0:
+        raise UnsafeWebhookUrl("webhook_url port must be a number from 1 to 65535")
+    if scheme == "http" and not (hostname in LOOPBACK_NAMES or _is_loopback(literal)):
+        raise UnsafeWebhookUrl(
+            "webhook_url must use https: http is allowed only to localhost and loopback addresses"
+        )
+    return parts._replace(scheme=scheme)
+
+
+def _ip_literal(hostname: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(hostname)
+    except ValueError:
+        return None
+
+
+def _resolve(hostname: str, port: int) -> list[IPAddress]:
+    """Every address the name has, IPv4 and IPv6: any of them may be the one connected to."""
+    try:
+        answers = socket.getaddrinfo(hostname, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):  # gaierror; UnicodeError: a label over 63 characters
+        answers = []
+    addresses = [ipaddress.ip_address(answer[4][0]) for answer in answers]
+    if not addresses:
+        raise UnsafeWebhookUrl(f"webhook_url host {hostname!r} does not resolve")
+    return addresses
+
+
+def _is_loopback(address: IPAddress | None) -> bool:
+    if isinstance(address, ipaddress.IPv6Address) and (embedded := _embedded_ipv4(address)):
+        return embedded.is_loopback
+    return address is not None and address.is_loopback
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address leads to (mapped, 6to4, NAT64, IPv4-compatible)."""
+    if address.ipv4_mapped:
+        return address.ipv4_mapped
+    if address.sixtofour:
+        return address.sixtofour
+    compatible = address in IPV4_COMPATIBLE and not (address.is_unspecified or address.is_loopback)
+    if address in NAT64 or compatible:
+        return ipaddress.IPv4Address(int(address) & 0xFFFF_FFFF)
+    return None
+
+
+def _why_not_public(address: IPAddress, *, allow_loopback: bool) -> str | None:
+    """None if webhooks may go to `address`, else what kind of address it is."""
+    if isinstance(address, ipaddress.IPv6Address) and (embedded := _embedded_ipv4(address)):
+        reason = _why_not_public(embedded, allow_loopback=allow_loopback)
+        return f"which leads to {embedded}, {reason}" if reason else None
+    # Order matters: the first matching kind is the most telling name for the address.
+    if address.is_loopback:
+        return None if allow_loopback else "a loopback address"
+    if address.is_unspecified:
+        return "the unspecified address"
+    if address.is_link_local:
+        return "a link-local address (where cloud metadata services answer)"
+    if address in CARRIER_GRADE_NAT:
+        return "a carrier-grade NAT address"
+    if address.is_multicast:
+        return "a multicast address"
+    if address.is_reserved:
+        return "a reserved address"
+    if address.is_private:
+        return "a private address"
+    if isinstance(address, ipaddress.IPv6Address) and address.is_site_local:
+        return "a site-local address"
+    if not address.is_global:
+        return "not a public address"
+    return None
