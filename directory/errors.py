@@ -54,3 +54,19 @@ class Conflict(DirectoryError):
 class PreconditionFailed(DirectoryError):
     status = 412
     code = "precondition_failed"
+
+
+class Gone(DirectoryError):
+    status = 410
+    code = "gone"
+
+
+class TooManyRequests(DirectoryError):
+    """A rate limit was reached; the API says when to retry (Retry-After)."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: int, **kwargs) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after_s = retry_after_s

@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields
 ENVIRONMENTS = ("development", "test", "production")
 SEARCH_ENGINES = ("postgres", "meilisearch")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+BOOLEANS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 
 
 class SettingsError(ValueError):
@@ -46,6 +47,23 @@ class Settings:
     # Reverse proxies in front of the API whose X-Forwarded-For is believed (0: none;
     # the client address is then the connection's).
     trusted_proxies: int = 0
+    # --- the contact relay ---
+    # Webhooks to http://127.0.0.1 and other loopback addresses (tests, `make run`'s demo
+    # on one machine); never in production, where webhook URLs must be https.
+    webhook_allow_loopback: bool = False
+    # New conversations a member, and a whole portal, may open per hour.
+    relay_conversations_per_member_per_hour: int = 20
+    relay_conversations_per_portal_per_hour: int = 2000
+    # Messages (and conversations left empty) are deleted this long after they were sent.
+    relay_retention_days: int = 365
+    # Delivery retries: the first after this long, then doubling (with jitter) up to
+    # the maximum, until the message is this old; it is then marked failed.
+    delivery_first_retry_s: float = 10.0
+    delivery_max_retry_s: float = 3600.0
+    delivery_give_up_after_hours: float = 72.0
+    # A worker that claimed a delivery and died is replaced after this long: the
+    # delivery is tried again (same webhook-id).
+    delivery_lease_s: float = 60.0
 
     def __post_init__(self) -> None:
         if self.environment not in ENVIRONMENTS:
@@ -98,6 +116,36 @@ class Settings:
             )
         if self.trusted_proxies < 0:
             raise SettingsError("DIRECTORY_TRUSTED_PROXIES must be 0 or more")
+        for name in (
+            "relay_conversations_per_member_per_hour",
+            "relay_conversations_per_portal_per_hour",
+            "relay_retention_days",
+        ):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"DIRECTORY_{name.upper()} must be at least 1")
+        for name in (
+            "delivery_first_retry_s",
+            "delivery_max_retry_s",
+            "delivery_give_up_after_hours",
+            "delivery_lease_s",
+        ):
+            if not getattr(self, name) > 0:
+                raise SettingsError(f"DIRECTORY_{name.upper()} must be more than 0")
+        if self.delivery_max_retry_s < self.delivery_first_retry_s:
+            raise SettingsError(
+                "DIRECTORY_DELIVERY_MAX_RETRY_S must be at least DIRECTORY_DELIVERY_FIRST_RETRY_S"
+            )
+        if self.environment == "production":
+            if self.webhook_allow_loopback:
+                raise SettingsError(
+                    "DIRECTORY_WEBHOOK_ALLOW_LOOPBACK must not be set in production: webhooks "
+                    "go to portals' public https URLs"
+                )
+            if self.delivery_give_up_after_hours < 72:
+                raise SettingsError(
+                    "DIRECTORY_DELIVERY_GIVE_UP_AFTER_HOURS must be at least 72 in production "
+                    "(a portal down over a weekend must still get its messages)"
+                )
         for name in ("search_rate_limit_anonymous", "search_rate_limit_portal"):
             _check_rate_limit(f"DIRECTORY_{name.upper()}", getattr(self, name))
         if not self.rate_limit_storage_url.startswith(("memory://", "redis://", "rediss://")):
@@ -125,6 +173,17 @@ class Settings:
                     values[field.name] = int(raw)
                 except ValueError:
                     raise SettingsError(f"{name} must be a whole number, not {raw!r}") from None
+            elif field.type == "float":
+                try:
+                    values[field.name] = float(raw)
+                except ValueError:
+                    raise SettingsError(f"{name} must be a number, not {raw!r}") from None
+                if values[field.name] != values[field.name]:  # NaN compares with nothing
+                    raise SettingsError(f"{name} must be a number, not {raw!r}")
+            elif field.type == "bool":
+                if raw.lower() not in BOOLEANS:
+                    raise SettingsError(f"{name} must be 1 or 0 (true or false), not {raw!r}")
+                values[field.name] = BOOLEANS[raw.lower()]
             else:
                 values[field.name] = raw
         if values.get("environment") == "production" and "database_url" not in values:

@@ -1,9 +1,14 @@
-"""The background worker: periodic housekeeping and, with the Meilisearch engine, the
-search index kept in step with the change feed.
+"""The background worker: relay messages delivered to portals' webhooks, periodic
+housekeeping and, with the Meilisearch engine, the search index kept in step with the
+change feed.
 
-Each job runs on its own schedule. A failing job is logged and tried again after a
-growing, jittered delay; it never stops the worker nor the other jobs (Meilisearch or
-the database restarting is an ordinary event)."""
+Deliveries run in their own thread (`Deliverer`): woken by NOTIFY when a message is
+accepted, and polling besides (a missed notification, a retry coming due), it leases
+due deliveries and sends them from a thread pool. Several workers may run at once.
+
+Each periodic job runs on its own schedule. A failing job is logged and tried again
+after a growing, jittered delay; it never stops the worker nor the other jobs (Meilisearch
+or the database restarting is an ordinary event)."""
 
 from __future__ import annotations
 
@@ -13,11 +18,18 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from datetime import timedelta
+
+import psycopg
 
 from directory import Wiring
 from directory.db import unit_of_work
+from directory.services import deliveries, relay
 from directory.services.housekeeping import close_stale_sync_sessions
+from directory.webhooks.delivery import Outcome, WebhookSender
+from directory.webhooks.signing import signed_headers
 
 log = logging.getLogger("directory.worker")
 HOUSEKEEPING_INTERVAL_S = 60
@@ -28,6 +40,11 @@ EXPIRED_PURGE_INTERVAL_S = 600
 # Pages of the feed per indexing round, so a long backlog still lets the other jobs run.
 INDEXING_PAGES_PER_ROUND = 20
 MAX_BACKOFF_S = 300
+# Webhooks in flight at once: most of their time is spent waiting on portals' answers.
+DELIVERY_THREADS = 16
+# Deliveries are looked for at least this often without a notification.
+DELIVERY_POLL_S = 1.0
+LISTEN_TIMEOUT_S = 1.0  # how soon the listener notices the worker stopping
 
 
 @dataclass
@@ -60,10 +77,22 @@ class Job:
 
 
 def housekeeping(wiring: Wiring) -> None:
+    settings = wiring.settings
     with unit_of_work(wiring.session_factory) as session:
         report = close_stale_sync_sessions(session)
     if report.expired_sync_sessions or report.purged_sync_items:
         log.info("housekeeping: %s", report)
+    with unit_of_work(wiring.session_factory) as session:
+        failed = deliveries.fail_expired(
+            session, give_up_after=timedelta(hours=settings.delivery_give_up_after_hours)
+        )
+        purged = relay.purge_old_messages(
+            session, retention=timedelta(days=settings.relay_retention_days)
+        )
+    if failed:
+        log.warning("relay: %d messages could not be delivered in time; marked failed", failed)
+    if purged.messages or purged.conversations:
+        log.info("relay retention: %s", purged)
 
 
 def search_indexing(wiring: Wiring) -> None:
@@ -89,13 +118,18 @@ def jobs_for(wiring: Wiring) -> list[Job]:
 
 
 def run(wiring: Wiring, *, once: bool = False) -> bool:
-    """Run until stopped (or one round of every job with `once`); False when the last
-    run of some job failed."""
+    """Run until stopped (or one round of every job, and of deliveries, with `once`);
+    False when the last run of some job failed."""
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     log.info("worker started")
     jobs = jobs_for(wiring)
+    deliverer = Deliverer(wiring, stop)
+    if once:
+        deliverer.deliver_due()
+    else:
+        deliverer.start()
     while not stop.is_set():
         for job in jobs:
             if stop.is_set():
@@ -104,5 +138,148 @@ def run(wiring: Wiring, *, once: bool = False) -> bool:
         if once:
             break
         stop.wait(max(0.0, min(job.due_at for job in jobs) - time.monotonic()))
+    deliverer.join()
     log.info("worker stopped")
-    return all(job.failures == 0 for job in jobs)
+    return all(job.failures == 0 for job in jobs) and deliverer.failures == 0
+
+
+class Deliverer:
+    """Sends due relay messages to their portals' webhooks, DELIVERY_THREADS at a time.
+
+    It claims no more deliveries than it has free threads, so a lease never runs out
+    while a delivery waits its turn here. A slow or dead endpoint holds one thread for
+    at most the sender's timeouts, and its retries are spaced out by the backoff."""
+
+    def __init__(self, wiring: Wiring, stop: threading.Event):
+        settings = wiring.settings
+        self.wiring = wiring
+        self.stop = stop
+        # As many kept-alive connections per portal as deliveries in flight.
+        self.sender = WebhookSender(connections_per_pool=DELIVERY_THREADS)
+        self.policy = deliveries.DeliveryPolicy(
+            first_retry=timedelta(seconds=settings.delivery_first_retry_s),
+            max_retry=timedelta(seconds=settings.delivery_max_retry_s),
+            give_up_after=timedelta(hours=settings.delivery_give_up_after_hours),
+            lease=timedelta(seconds=settings.delivery_lease_s),
+        )
+        self.pool = ThreadPoolExecutor(DELIVERY_THREADS, thread_name_prefix="deliver")
+        self.free = threading.Semaphore(DELIVERY_THREADS)
+        self.woken = threading.Event()
+        self.failures = 0  # consecutive failed rounds (database unreachable...)
+        self.thread = threading.Thread(target=self._run, name="deliverer", daemon=True)
+        self.listener = threading.Thread(target=self._listen, name="listener", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+        self.listener.start()
+
+    def join(self) -> None:
+        if self.thread.is_alive():
+            self.woken.set()
+            self.thread.join()
+        self.pool.shutdown(wait=True)  # deliveries in flight finish and are recorded
+        self.sender.close()
+
+    def deliver_due(self) -> int:
+        """One round: claims what is due (as much as there are free threads), sends it,
+        and returns how many were claimed. Called by `worker --once`, it also waits for
+        them to be sent and recorded."""
+        taken = 0
+        while self.free.acquire(blocking=False):
+            taken += 1
+        if not taken:
+            return 0
+        try:
+            with unit_of_work(self.wiring.session_factory) as session:
+                claims = deliveries.claim_due(session, limit=taken, lease=self.policy.lease)
+        except Exception:
+            for _ in range(taken):
+                self.free.release()
+            raise
+        for _ in range(taken - len(claims)):
+            self.free.release()
+        futures = [self.pool.submit(self._deliver, claim) for claim in claims]
+        if self.thread is not threading.current_thread():
+            wait(futures)  # `worker --once`: the round ends when its deliveries do
+        return len(claims)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                claimed = self.deliver_due()
+                self.failures = 0
+            except Exception:
+                self.failures += 1
+                delay = min(DELIVERY_POLL_S * 2**self.failures, MAX_BACKOFF_S)
+                log.exception("claiming deliveries failed (%d in a row)", self.failures)
+                self.stop.wait(delay * random.uniform(0.75, 1.25))
+                continue
+            if claimed:
+                continue  # more may be due right away
+            # Nothing due: sleep until a message arrives (NOTIFY), a thread frees up,
+            # or the poll interval passes (retries coming due, a missed notification).
+            self.woken.wait(DELIVERY_POLL_S)
+            self.woken.clear()
+
+    def _deliver(self, claim: deliveries.Claim) -> None:
+        try:
+            event = claim.event
+            body = event.body()
+            headers = signed_headers(
+                secrets=claim.secrets,
+                webhook_id=event.webhook_id,
+                timestamp=int(time.time()),
+                body=body,
+            )
+            result = self.sender.send(
+                claim.url,
+                headers=headers,
+                body=body,
+                allow_loopback=self.wiring.settings.webhook_allow_loopback,
+            )
+            with unit_of_work(self.wiring.session_factory) as session:
+                state = deliveries.record_outcome(
+                    session,
+                    delivery_id=event.delivery_id,
+                    outcome=result.outcome,
+                    status=result.status,
+                    error=result.error,
+                    retry_after=None
+                    if result.retry_after_s is None
+                    else timedelta(seconds=result.retry_after_s),
+                    policy=self.policy,
+                )
+            if result.outcome is not Outcome.DELIVERED:
+                log.info(
+                    "webhook %s to portal %d: %s (%s); now %s",
+                    event.webhook_id,
+                    event.portal_id,
+                    result.outcome,
+                    result.error,
+                    state,
+                )
+        except Exception:
+            # Not recorded: the lease runs out and the delivery comes due again.
+            log.exception("delivering %s failed", claim.event.webhook_id)
+        finally:
+            self.free.release()
+            self.woken.set()
+
+    def _listen(self) -> None:
+        """Wakes the deliverer on NOTIFY; reconnects (with backoff) when the database goes."""
+        url = self.wiring.settings.database_url.replace("postgresql+psycopg://", "postgresql://")
+        failures = 0
+        while not self.stop.is_set():
+            try:
+                with psycopg.connect(url, autocommit=True) as connection:
+                    connection.execute(f"LISTEN {deliveries.NOTIFY_CHANNEL}")
+                    failures = 0
+                    self.woken.set()  # anything sent while we were not listening
+                    while not self.stop.is_set():
+                        for _ in connection.notifies(timeout=LISTEN_TIMEOUT_S, stop_after=1):
+                            self.woken.set()
+            except psycopg.Error:
+                failures += 1
+                delay = min(DELIVERY_POLL_S * 2**failures, MAX_BACKOFF_S)
+                log.warning("listening for new messages failed; again in %.0f s", delay)
+                self.stop.wait(delay * random.uniform(0.75, 1.25))

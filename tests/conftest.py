@@ -57,6 +57,8 @@ def settings(cluster, redis_url) -> Settings:
         rate_limit_storage_url=redis_url,
         search_rate_limit_anonymous=UNLIMITED,
         search_rate_limit_portal=UNLIMITED,
+        # Webhook receivers in tests listen on 127.0.0.1.
+        webhook_allow_loopback=True,
     )
 
 

@@ -56,6 +56,7 @@ def create_api(app: Flask) -> Api:
     from directory.api.feed.routes import blp as feed_blp
     from directory.api.health import blp as health_blp
     from directory.api.portals.routes import blp as portals_blp
+    from directory.api.relay.routes import blp as relay_blp
     from directory.api.search.routes import blp as search_blp
     from directory.api.sync.routes import blp as sync_blp
 
@@ -65,6 +66,7 @@ def create_api(app: Flask) -> Api:
         ads_blp,
         search_blp,
         sync_blp,
+        relay_blp,
         feed_blp,
         currencies_blp,
         categories_blp,

@@ -14,7 +14,7 @@ from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnava
 from werkzeug.wrappers import Response
 
 from directory.db import constraint_name
-from directory.errors import DirectoryError
+from directory.errors import DirectoryError, TooManyRequests
 
 log = logging.getLogger("directory.api")
 
@@ -94,6 +94,8 @@ def handle_directory_error(error: DirectoryError):
     )
     if error.status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="directory"'
+    if isinstance(error, TooManyRequests):
+        response.headers["Retry-After"] = str(error.retry_after_s)
     return response
 
 

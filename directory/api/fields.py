@@ -21,6 +21,7 @@ HANDLE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 EMAIL_LIKE = re.compile(r"[^@\s]+@[^@\s]+")
 PHONE_SEPARATORS = re.compile(r"[\s().-]")
 PHONE_CHARACTERS = re.compile(r"\+?[\d\s().-]+")
+PHONE_RUN = re.compile(r"\+?\(?\d[\d\s().-]{5,}\d")
 LEDGER_ACCOUNT = re.compile(r"^[A-Za-z0-9._:@/-]{1,128}$")
 
 
@@ -114,6 +115,16 @@ def validate_member_handle(value: str) -> None:
         raise ValidationError(
             "Must be 1 to 64 letters, digits, '.', '_', ':' or '-' (an opaque handle)."
         )
+
+
+def validate_display_name(value: str) -> None:
+    """The name a member shows the other party: their choice, but never a way to reach
+    them outside the relay (the directory holds no contact details)."""
+    if EMAIL_LIKE.search(value):
+        raise ValidationError("Must be a name, not an email address.")
+    for run in PHONE_RUN.findall(value):
+        if sum(char.isdigit() for char in run) >= 7:
+            raise ValidationError("Must be a name, without a phone number.")
 
 
 EXTERNAL_ID_ERROR = "Must be 1 to 128 letters, digits, '.', '_', ':', '~' or '-'."

@@ -4,6 +4,14 @@ from directory.models.ads import Ad, AdChange, AdKind, ChangeOp, PriceUnit, Visi
 from directory.models.categories import Category
 from directory.models.currencies import Currency
 from directory.models.portals import Portal, PortalKey, PortalStatus
+from directory.models.relay import (
+    Conversation,
+    Delivery,
+    DeliveryChannel,
+    DeliveryState,
+    Message,
+    Role,
+)
 from directory.models.search import SearchIndexPosition
 from directory.models.sync import SyncSession, SyncSessionItem, SyncStatus
 
@@ -13,11 +21,17 @@ __all__ = [
     "AdKind",
     "Category",
     "ChangeOp",
+    "Conversation",
     "Currency",
+    "Delivery",
+    "DeliveryChannel",
+    "DeliveryState",
+    "Message",
     "Portal",
     "PortalKey",
     "PortalStatus",
     "PriceUnit",
+    "Role",
     "SearchIndexPosition",
     "SyncSession",
     "SyncSessionItem",

@@ -8,6 +8,7 @@ from decimal import Decimal
 from geoalchemy2 import Geography, Geometry
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Computed,
     DateTime,
@@ -21,6 +22,7 @@ from sqlalchemy import (
     UniqueConstraint,
     Uuid,
     text,
+    true,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, TSVECTOR
 from sqlalchemy.orm import Mapped, mapped_column
@@ -113,6 +115,8 @@ class Ad(Base):
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     member: Mapped[str] = mapped_column(String(64))
     ledger_account: Mapped[str | None] = mapped_column(String(128))
+    # False: members of other portals cannot open a conversation about this ad.
+    accepts_contact: Mapped[bool] = mapped_column(Boolean, server_default=true())
     version: Mapped[int] = mapped_column(Integer, server_default="1")
     # Digest of the ad as the portal sent it: an identical PUT changes nothing.
     content_hash: Mapped[str] = mapped_column(String(32))

@@ -43,6 +43,17 @@ class Portal(Base):
         ARRAY(String(64)), server_default="{}", default=list
     )
     webhook_url: Mapped[str | None] = mapped_column(String(2048))
+    # Standard Webhooks secrets ("whsec_..."): kept as they are, since signing needs them.
+    # After a rotation the previous one signs too, until it expires.
+    webhook_secret: Mapped[str] = mapped_column(String(100))
+    webhook_previous_secret: Mapped[str | None] = mapped_column(String(100))
+    webhook_previous_secret_expires_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True)
+    )
+    # Set when the endpoint answered 410 Gone: no more webhooks until the URL is set again
+    # (messages wait in the inbox meanwhile).
+    webhook_disabled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    webhook_disabled_reason: Mapped[str | None] = mapped_column(String(300))
     status: Mapped[PortalStatus] = enum_column(
         PortalStatus, "portal_status", server_default=PortalStatus.ACTIVE.value
     )

@@ -70,6 +70,7 @@ class AdInput:
     images: tuple[str, ...] = ()
     expires_at: datetime | None = None  # None: the default lifetime from the last change
     ledger_account: str | None = None
+    accepts_contact: bool = True  # False: nobody may open a conversation about the ad
 
     def to_json(self) -> dict:
         # Written out rather than dataclasses.asdict: this runs for every ad of a batch.
@@ -96,10 +97,12 @@ class AdInput:
             "images": list(self.images),
             "expires_at": None if self.expires_at is None else self.expires_at.isoformat(),
             "ledger_account": self.ledger_account,
+            "accepts_contact": self.accepts_contact,
         }
 
     @classmethod
     def from_json(cls, data: dict) -> AdInput:
+        # Items staged before accepts_contact existed lack the key: its default applies.
         data = dict(data)
         data["kind"] = AdKind(data["kind"])
         data["privacy"] = Privacy(data["privacy"])
@@ -162,7 +165,7 @@ class ItemResult:
         return None if self.id is None else make_etag(self.id, self.version)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AdRecord:
     """An ad as stored, with its (already snapped) location."""
 
@@ -184,6 +187,8 @@ class AdRecord:
     expires_at: datetime
     member: str
     ledger_account: str | None
+    # Defaults as the column does; record_from_row always sets it from the row.
+    accepts_contact: bool = True
     version: int
     created_at: datetime
     updated_at: datetime
@@ -218,10 +223,15 @@ def make_etag(ad_id: uuid.UUID, version: int | None) -> str:
 def content_hash(row: dict, explicit_expiry: datetime | None) -> str:
     """Digest of an ad as it would be stored (snapped location, resolved currencies), so
     a change that leaves the published ad as it was changes nothing. A defaulted expiry
-    is left out: it moves with the clock."""
-    canonical = orjson.dumps(
-        {**row, "expires_at": explicit_expiry}, option=orjson.OPT_SORT_KEYS, default=str
-    )
+    is left out: it moves with the clock.
+
+    So is accepts_contact while it is true, its default: ads stored before the field
+    existed were hashed without it, and sending one of them again unchanged must leave
+    it unchanged (same version and ETag), not bump every ad of every portal once."""
+    hashed = {**row, "expires_at": explicit_expiry}
+    if hashed.get("accepts_contact") is True:
+        del hashed["accepts_contact"]
+    canonical = orjson.dumps(hashed, option=orjson.OPT_SORT_KEYS, default=str)
     return hashlib.blake2b(canonical, digest_size=16).hexdigest()
 
 
@@ -361,6 +371,7 @@ def _row(ad: AdInput, currencies: tuple[str, ...], now: datetime, lifetimes: Lif
         "expires_at": ad.expires_at or now + lifetimes.default,
         "member": ad.member,
         "ledger_account": ad.ledger_account,
+        "accepts_contact": ad.accepts_contact,
     }
 
 
@@ -668,6 +679,7 @@ RECORD_COLUMNS = (
     Ad.expires_at,
     Ad.member,
     Ad.ledger_account,
+    Ad.accepts_contact,
     Ad.version,
     Ad.created_at,
     Ad.updated_at,
@@ -683,7 +695,8 @@ def record_from_row(row) -> AdRecord:
     run without SQLAlchemy's types, as search does)."""
     (ad_id, slug, external_id, kind, title, body, category, tags, lat, lon, privacy,
      visibility, currencies, amount, currency, unit, language, images, expires_at,
-     member, ledger_account, version, created_at, updated_at) = row  # fmt: skip
+     member, ledger_account, accepts_contact, version, created_at,
+     updated_at) = row  # fmt: skip
     return AdRecord(
         id=ad_id,
         portal=slug,
@@ -705,6 +718,7 @@ def record_from_row(row) -> AdRecord:
         expires_at=expires_at,
         member=member,
         ledger_account=ledger_account,
+        accepts_contact=accepts_contact,
         version=version,
         created_at=created_at,
         updated_at=updated_at,

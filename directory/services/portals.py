@@ -16,7 +16,10 @@ from directory.db import add_unique
 from directory.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthenticated
 from directory.models import AdChange, ChangeOp, Portal, PortalKey, PortalStatus
 from directory.models.ads import Ad, Visibility
+from directory.services import deliveries
 from directory.services.currencies import require_known_currencies
+from directory.webhooks.signing import new_secret
+from directory.webhooks.urls import UnsafeWebhookUrl, check_webhook_url
 
 # A recognisable prefix lets secret scanners spot a leaked key; the checksum lets them
 # tell a real key from random text without asking us.
@@ -84,6 +87,7 @@ def create_portal(
     contact: str | None = None,
     default_currencies: list[str] | None = None,
     webhook_url: str | None = None,
+    allow_loopback: bool = False,
 ) -> tuple[Portal, IssuedKey]:
     if not SLUG.fullmatch(slug):
         raise InvalidInput(
@@ -93,6 +97,8 @@ def create_portal(
         )
     if not 1 <= len(name.strip()) <= MAX_NAME_LENGTH:
         raise InvalidInput(f"name must be 1 to {MAX_NAME_LENGTH} characters", field="name")
+    if webhook_url is not None:
+        check_webhook_url_field(webhook_url, allow_loopback=allow_loopback)
     portal = Portal(
         slug=slug,
         name=name,
@@ -100,6 +106,7 @@ def create_portal(
         contact=contact,
         default_currencies=default_currencies or [],
         webhook_url=webhook_url,
+        webhook_secret=new_secret(),
     )
     add_unique(
         session,
@@ -222,8 +229,10 @@ def authenticate(session: Session, *, key: str | None) -> AuthenticatedPortal:
 PROFILE_FIELDS = ("name", "website", "contact", "description", "default_currencies", "webhook_url")
 
 
-def update_profile(session: Session, *, portal_id: int, changes: dict) -> Portal:
-    portal = session.get_one(Portal, portal_id)
+def update_profile(
+    session: Session, *, portal_id: int, changes: dict, allow_loopback: bool = False
+) -> Portal:
+    portal = session.get_one(Portal, portal_id, with_for_update=True)
     unknown = set(changes) - set(PROFILE_FIELDS)
     if unknown:
         raise ValueError(f"not profile fields: {sorted(unknown)}")
@@ -234,9 +243,68 @@ def update_profile(session: Session, *, portal_id: int, changes: dict) -> Portal
             field="default_currencies",
             portal=portal,
         )
+    if changes.get("webhook_url") is not None:
+        check_webhook_url_field(changes["webhook_url"], allow_loopback=allow_loopback)
     for name, value in changes.items():
         setattr(portal, name, value)
+    if "webhook_url" in changes:
+        # Setting the URL (again) is how a portal says its endpoint works: a webhook
+        # disabled by a 410 comes back, and what waited in the inbox is sent too.
+        portal.webhook_disabled_at = None
+        portal.webhook_disabled_reason = None
+        session.flush()
+        if portal.webhook_url is None:
+            deliveries.park_webhooks(session, portal_id=portal.id)
+        else:
+            deliveries.resume_webhooks(session, portal_id=portal.id)
     if changes:
         portal.updated_at = datetime.now(UTC)
     session.flush()
     return portal
+
+
+def check_webhook_url_field(url: str, *, allow_loopback: bool) -> None:
+    try:
+        check_webhook_url(url, allow_loopback=allow_loopback)
+    except UnsafeWebhookUrl as error:
+        raise InvalidInput(str(error), field="webhook_url", code="unsafe_webhook_url") from None
+
+
+@dataclass(frozen=True)
+class WebhookSecrets:
+    secret: str
+    previous_secret: str | None
+    previous_secret_expires_at: datetime | None
+
+
+MAX_SECRET_OVERLAP = timedelta(days=7)
+
+
+def webhook_secrets(session: Session, *, portal_id: int) -> WebhookSecrets:
+    portal = session.get_one(Portal, portal_id)
+    previous = portal.webhook_previous_secret
+    expires_at = portal.webhook_previous_secret_expires_at
+    if previous is None or expires_at is None or expires_at <= datetime.now(UTC):
+        return WebhookSecrets(portal.webhook_secret, None, None)
+    return WebhookSecrets(portal.webhook_secret, previous, expires_at)
+
+
+def rotate_webhook_secret(
+    session: Session, *, portal_id: int, overlap: timedelta
+) -> WebhookSecrets:
+    """A new signing secret. The current one keeps signing beside it for `overlap`, so
+    that the portal can switch its receiver over without losing a message; a rotation
+    during an overlap ends the older one at once."""
+    if not timedelta(0) <= overlap <= MAX_SECRET_OVERLAP:
+        raise InvalidInput(
+            f"overlap must be between 0 and {MAX_SECRET_OVERLAP.days * 24} hours",
+            field="overlap_hours",
+        )
+    portal = session.get_one(Portal, portal_id, with_for_update=True)
+    now = datetime.now(UTC)
+    portal.webhook_previous_secret = portal.webhook_secret if overlap else None
+    portal.webhook_previous_secret_expires_at = now + overlap if overlap else None
+    portal.webhook_secret = new_secret()
+    portal.updated_at = now
+    session.flush()
+    return webhook_secrets(session, portal_id=portal_id)

@@ -1,9 +1,14 @@
 from __future__ import annotations
 
+import hashlib
+
+import orjson
 import pytest
 from sqlalchemy import text
 
 from directory.geo import Point, Privacy, publishable_point
+from directory.services import ads as ads_service
+from directory.services.ads import content_hash
 from tests.factories import ad_payload, in_days
 
 
@@ -219,3 +224,85 @@ def test_expiring_an_expired_ad_changes_nothing(client, portal):
     again = client.post("/v1/ads/a-1/expire", headers=portal.headers)
     assert again.status_code == 200
     assert again.json["version"] == first.json["version"]
+
+
+# --- accepts_contact -----------------------------------------------------------------------
+
+
+def views(client, portal, external_id: str) -> dict[str, dict]:
+    """The ad as its portal, the public and a search see it."""
+    own = client.get(f"/v1/portals/me/ads/{external_id}", headers=portal.headers).json
+    public = client.get(f"/v1/ads/{own['id']}").json
+    hits = client.get("/v1/search", query_string={"sort": "recent"}).json["hits"]
+    (hit,) = [hit for hit in hits if hit["id"] == own["id"]]
+    return {"own": own, "public": public, "search": hit}
+
+
+def test_accepts_contact_defaults_to_true_in_every_view(client, portal, session):
+    created = put(client, portal, "a-1", ad_payload())
+    assert created.json["accepts_contact"] is True
+    for view in views(client, portal, "a-1").values():
+        assert view["accepts_contact"] is True
+    assert session.scalar(text("SELECT accepts_contact FROM ads")) is True
+
+
+def test_accepts_contact_false_is_stored_and_shown_in_every_view(client, portal, session):
+    created = put(client, portal, "a-1", ad_payload(accepts_contact=False))
+    assert created.status_code == 201, created.json
+    assert created.json["accepts_contact"] is False
+    for view in views(client, portal, "a-1").values():
+        assert view["accepts_contact"] is False
+    assert session.scalar(text("SELECT accepts_contact FROM ads")) is False
+
+
+def test_sending_accepts_contact_true_to_an_ad_sent_without_it_changes_nothing(client, portal):
+    created = put(client, portal, "a-1", ad_payload())
+    again = put(client, portal, "a-1", ad_payload(accepts_contact=True))
+    assert again.status_code == 200
+    assert again.json["version"] == created.json["version"] == 1
+    assert again.headers["ETag"] == created.headers["ETag"]
+
+
+def test_turning_contact_off_and_on_again_bumps_the_version_each_time(client, portal):
+    put(client, portal, "a-1", ad_payload())
+    off = put(client, portal, "a-1", ad_payload(accepts_contact=False))
+    assert (off.json["version"], off.json["accepts_contact"]) == (2, False)
+    still_off = put(client, portal, "a-1", ad_payload(accepts_contact=False))
+    assert still_off.json["version"] == 2
+    assert still_off.headers["ETag"] == off.headers["ETag"]
+    on = put(client, portal, "a-1", ad_payload())
+    assert (on.json["version"], on.json["accepts_contact"]) == (3, True)
+
+
+def legacy_content_hash(row: dict, explicit_expiry) -> str:
+    """content_hash as computed before accepts_contact existed."""
+    canonical = orjson.dumps(
+        {**row, "expires_at": explicit_expiry}, option=orjson.OPT_SORT_KEYS, default=str
+    )
+    return hashlib.blake2b(canonical, digest_size=16).hexdigest()
+
+
+def test_content_hash_of_an_ad_accepting_contact_is_the_one_stored_before_the_field():
+    row = {"title": "Bicycle repairs", "ledger_account": None, "expires_at": "ignored"}
+    legacy = legacy_content_hash(row, None)
+    assert content_hash({**row, "accepts_contact": True}, None) == legacy
+    assert content_hash({**row, "accepts_contact": False}, None) != legacy
+
+
+def test_an_ad_stored_before_accepts_contact_existed_is_unchanged_when_sent_again(
+    client, portal, monkeypatch
+):
+    # Stored as the release before this one did: its rows had no accepts_contact.
+    monkeypatch.setattr(
+        ads_service,
+        "content_hash",
+        lambda row, expiry: legacy_content_hash(
+            {key: value for key, value in row.items() if key != "accepts_contact"}, expiry
+        ),
+    )
+    created = put(client, portal, "a-1", ad_payload())
+    monkeypatch.undo()
+    again = put(client, portal, "a-1", ad_payload())
+    assert again.status_code == 200
+    assert again.json["version"] == 1
+    assert again.headers["ETag"] == created.headers["ETag"]

@@ -73,3 +73,30 @@ def test_a_thousand_items_are_applied_in_one_request(client, portal):
     assert response.json["counts"] == {"created": 1000}
     page = client.get("/v1/portals/me/ads?limit=1000", headers=portal.headers).json
     assert len(page["items"]) == 1000
+
+
+def test_batch_items_carry_accepts_contact(client, portal):
+    client.put("/v1/ads/turned-off", json=ad_payload(), headers=portal.headers)
+    client.put("/v1/ads/same", json=ad_payload(), headers=portal.headers)
+    response = batch(
+        client,
+        portal,
+        [
+            {"external_id": "new-off", "ad": ad_payload(accepts_contact=False)},
+            {"external_id": "new-default", "ad": ad_payload()},
+            {"external_id": "turned-off", "ad": ad_payload(accepts_contact=False)},
+            {"external_id": "same", "ad": ad_payload(accepts_contact=True)},
+        ],
+    )
+    assert response.status_code == 200, response.json
+    statuses = [(r["external_id"], r["status"], r["version"]) for r in response.json["results"]]
+    assert statuses == [
+        ("new-off", "created", 1),
+        ("new-default", "created", 1),
+        ("turned-off", "updated", 2),
+        ("same", "unchanged", 1),
+    ]
+    listed = client.get("/v1/portals/me/ads", headers=portal.headers).json["items"]
+    assert {ad["external_id"]: ad["accepts_contact"] for ad in listed} == {
+        "new-default": True, "new-off": False, "same": True, "turned-off": False
+    }  # fmt: skip

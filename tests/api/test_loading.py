@@ -28,6 +28,7 @@ BAD_VALUES = {
     "expires_at": ["tomorrow", "2030-01-01T00:00:00", 5],
     "member": [None, "a@b.org", "+33 6 12 34 56 78", "m 1", "m-1\n", ...],
     "ledger_account": ["has space", "x" * 129, 7],
+    "accepts_contact": [None, "yes", "true", "false", 1, 0, 1.0, [True]],
     "unknown_field": ["anything"],
 }
 
@@ -37,6 +38,8 @@ GOOD = (
     + [
         ad_payload("priced", expires_at=in_days(3), images=["https://x.org/a.jpg"], tags=[]),
         ad_payload(currencies=None, language=None, ledger_account="acc-1"),
+        ad_payload(accepts_contact=False),
+        ad_payload("portal_only", accepts_contact=True),
         ad_payload("hidden", location=...),
     ]
 )

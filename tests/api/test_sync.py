@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import update
+from sqlalchemy import text, update
 
 from directory.db import unit_of_work
 from directory.models import SyncSession
@@ -145,3 +145,52 @@ def test_batch_replace_deletes_ads_left_out_but_keeps_rejected_ones(client, port
     assert [r["status"] for r in response.json["results"]] == ["updated", "rejected"]
     assert response.json["deleted_by_replace"] == 1
     assert own_titles(client, portal) == {"a-1": "a-1 v2", "a-2": "a-2"}
+
+
+def accepts_contact(client, portal) -> dict[str, bool]:
+    items = client.get("/v1/portals/me/ads?limit=1000", headers=portal.headers).json["items"]
+    return {ad["external_id"]: ad["accepts_contact"] for ad in items}
+
+
+def test_a_sync_session_carries_accepts_contact(client, portal):
+    client.put("/v1/ads/turned-off", json=ad_payload(), headers=portal.headers)
+    session_id = open_session(client, portal)
+    stage(
+        client,
+        portal,
+        session_id,
+        [
+            {"external_id": "turned-off", "ad": ad_payload(accepts_contact=False)},
+            {"external_id": "new-off", "ad": ad_payload(accepts_contact=False)},
+            {"external_id": "new-default", "ad": ad_payload()},
+        ],
+    )
+    result = client.post(f"/v1/sync-sessions/{session_id}/commit", headers=portal.headers)
+    assert (result.json["created"], result.json["updated"]) == (2, 1), result.json
+    assert accepts_contact(client, portal) == {
+        "turned-off": False, "new-off": False, "new-default": True
+    }  # fmt: skip
+
+
+def test_items_staged_before_accepts_contact_existed_commit_accepting_contact(
+    client, portal, wiring
+):
+    created = client.put("/v1/ads/a-1", json=ad_payload(), headers=portal.headers).json
+    session_id = open_session(client, portal)
+    stage(
+        client,
+        portal,
+        session_id,
+        [
+            {"external_id": "a-1", "ad": ad_payload(accepts_contact=False)},
+            {"external_id": "a-2", "ad": ad_payload(accepts_contact=False)},
+        ],
+    )
+    # As the release before this one staged them: without the key.
+    with unit_of_work(wiring.session_factory) as session:
+        session.execute(text("UPDATE sync_session_items SET data = data - 'accepts_contact'"))
+    result = client.post(f"/v1/sync-sessions/{session_id}/commit", headers=portal.headers)
+    assert (result.json["created"], result.json["unchanged"]) == (1, 1), result.json
+    assert accepts_contact(client, portal) == {"a-1": True, "a-2": True}
+    own = client.get("/v1/portals/me/ads/a-1", headers=portal.headers).json
+    assert own["version"] == created["version"]

@@ -204,6 +204,16 @@ WRONG_TYPES = [
     pytest.param("member", 1001, "member", id="member-number"),
     pytest.param("member", None, "member", id="member-null"),
     pytest.param("ledger_account", 42, "ledger_account", id="ledger-account-number"),
+    # A JSON boolean only: no coercion of 1, "yes" or "true".
+    pytest.param("accepts_contact", "yes", "accepts_contact", id="accepts-contact-yes"),
+    pytest.param("accepts_contact", "true", "accepts_contact", id="accepts-contact-true-string"),
+    pytest.param("accepts_contact", "false", "accepts_contact", id="accepts-contact-false-string"),
+    pytest.param("accepts_contact", 1, "accepts_contact", id="accepts-contact-one"),
+    pytest.param("accepts_contact", 0, "accepts_contact", id="accepts-contact-zero"),
+    pytest.param("accepts_contact", 0.0, "accepts_contact", id="accepts-contact-float"),
+    pytest.param("accepts_contact", None, "accepts_contact", id="accepts-contact-null"),
+    pytest.param("accepts_contact", [True], "accepts_contact", id="accepts-contact-list"),
+    pytest.param("accepts_contact", {}, "accepts_contact", id="accepts-contact-object"),
 ]
 
 
@@ -722,6 +732,7 @@ def test_currency_code_with_nul_character_is_not_found(client, portal, method):
         pytest.param({"expires_at": in_days(-1)}, id="expired-in-the-past"),
         pytest.param({"location": None}, id="location-removed"),
         pytest.param({"member": "alice@example.org"}, id="member-email"),
+        pytest.param({"accepts_contact": "no"}, id="accepts-contact-string"),
         pytest.param({"colour": "red"}, id="unknown-field"),
     ],
 )
@@ -1232,6 +1243,11 @@ def test_batch_refuses_replace_that_is_not_a_boolean(client, portal, existing_ad
             "ad.member",
             id="member-email",
         ),
+        pytest.param(
+            {"external_id": "a-2", "ad": ad_payload(accepts_contact=1)},
+            "ad.accepts_contact",
+            id="accepts-contact-number",
+        ),
         pytest.param("a-2", "_schema", id="item-is-a-string"),
         pytest.param(["a-2"], "_schema", id="item-is-a-list"),
     ],
@@ -1738,6 +1754,9 @@ def test_aborting_a_committed_session_is_refused_with_409(client, portal):
     [
         pytest.param(upsert("a-2", title="x" * 201), "ad.title", id="title-too-long"),
         pytest.param(upsert("a-2", location={"lat": 91, "lon": 0}), "ad.location.lat", id="lat"),
+        pytest.param(
+            upsert("a-2", accepts_contact="false"), "ad.accepts_contact", id="accepts-contact"
+        ),
         pytest.param({"external_id": "a-2"}, "ad", id="missing-ad"),
         pytest.param({**upsert("a-2"), "op": "upsert"}, "op", id="op-not-allowed"),
         pytest.param(

@@ -201,6 +201,13 @@ class AdPutSchema(Schema):
         ),
         metadata={"description": "The advertiser's account on the portal's ledger"},
     )
+    accepts_contact = StrictBoolean(
+        load_default=True,
+        metadata={
+            "description": "false: members cannot contact the advertiser through the "
+            "directory's relay. Default true."
+        },
+    )
 
     @validates_schema
     def no_duplicates(self, data, **kwargs):
@@ -247,6 +254,9 @@ class PublicAdSchema(Schema):
     language = fields.String(allow_none=True)
     images = fields.List(fields.String())
     ledger_account = fields.String(allow_none=True)
+    accepts_contact = fields.Boolean(
+        metadata={"description": "Whether members may contact the advertiser through the relay"}
+    )
     expires_at = fields.DateTime()
     version = fields.Integer()
     created_at = fields.DateTime()

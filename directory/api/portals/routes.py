@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from flask.views import MethodView
 
 from directory.api.auth import BEARER_AUTH, require_portal
 from directory.api.blueprint import Blueprint
-from directory.api.db import transaction
-from directory.api.portals.schemas import PortalPatchSchema, PortalSchema
+from directory.api.db import transaction, wiring
+from directory.api.portals.schemas import (
+    PortalPatchSchema,
+    PortalSchema,
+    RotateSecretSchema,
+    WebhookSecretsSchema,
+)
 from directory.services import portals
 
 blp = Blueprint("portals", __name__, url_prefix="/v1", description="A portal's own profile")
@@ -30,4 +37,34 @@ class OwnPortal(MethodView):
         """Change fields of the calling portal's profile"""
         with transaction() as session:
             caller = require_portal(session)
-            return portals.update_profile(session, portal_id=caller.id, changes=changes)
+            return portals.update_profile(
+                session,
+                portal_id=caller.id,
+                changes=changes,
+                allow_loopback=wiring().settings.webhook_allow_loopback,
+            )
+
+
+@blp.route("/portals/me/webhook-secret")
+class WebhookSecret(MethodView):
+    @blp.response(200, WebhookSecretsSchema)
+    @blp.doc(operationId="getWebhookSecret", security=BEARER_AUTH)
+    def get(self):
+        """Read the secrets that sign the portal's webhooks"""
+        with transaction() as session:
+            caller = require_portal(session)
+            return portals.webhook_secrets(session, portal_id=caller.id)
+
+    @blp.arguments(RotateSecretSchema)
+    @blp.response(200, WebhookSecretsSchema)
+    @blp.doc(operationId="rotateWebhookSecret", security=BEARER_AUTH)
+    def post(self, rotation):
+        """Replace the webhook signing secret
+
+        The current secret keeps signing beside the new one for `overlap_hours`, so the
+        portal can switch its receiver over without missing a message."""
+        with transaction() as session:
+            caller = require_portal(session)
+            return portals.rotate_webhook_secret(
+                session, portal_id=caller.id, overlap=timedelta(hours=rotation["overlap_hours"])
+            )

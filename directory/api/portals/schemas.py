@@ -20,7 +20,18 @@ class PortalSchema(Schema):
     default_currencies = fields.List(
         fields.String(), metadata={"description": "Applied to ads that name no currencies"}
     )
-    webhook_url = fields.String(allow_none=True)
+    webhook_url = fields.String(
+        allow_none=True,
+        metadata={"description": "Where relay messages are sent (Standard Webhooks)"},
+    )
+    webhook_disabled_at = fields.DateTime(
+        allow_none=True,
+        metadata={
+            "description": "Set when the endpoint answered 410 Gone: no webhooks are sent "
+            "(messages wait in the inbox) until webhook_url is set again"
+        },
+    )
+    webhook_disabled_reason = fields.String(allow_none=True)
     status = fields.Enum(PortalStatus, by_value=True)
     created_at = fields.DateTime()
     updated_at = fields.DateTime()
@@ -39,5 +50,35 @@ class PortalPatchSchema(Schema):
         metadata={"description": "Applied to ads that name no currencies"},
     )
     webhook_url = Url(
-        schemes={"https", "http"}, allow_none=True, validate=validate.Length(max=2048)
+        schemes={"https", "http"},
+        allow_none=True,
+        validate=validate.Length(max=2048),
+        metadata={
+            "description": "https, to a public address (checked now and at each delivery); "
+            "setting it again re-enables a webhook disabled by a 410"
+        },
+    )
+
+
+class WebhookSecretsSchema(Schema):
+    secret = fields.String(
+        metadata={"description": "Verifies webhook-signature (Standard Webhooks, whsec_...)"}
+    )
+    previous_secret = fields.String(
+        allow_none=True,
+        metadata={"description": "Still signs beside the new one until it expires"},
+    )
+    previous_secret_expires_at = fields.DateTime(allow_none=True)
+
+
+class RotateSecretSchema(Schema):
+    # strict: 2.5 or 1e-40 hours are refused, not truncated.
+    overlap_hours = fields.Integer(
+        strict=True,
+        load_default=24,
+        validate=validate.Range(0, 168),
+        metadata={
+            "description": "How long the current secret keeps signing beside the new one "
+            "(0: stops at once)"
+        },
     )

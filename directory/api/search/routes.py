@@ -139,6 +139,7 @@ def public_ad(hit: SearchHit) -> dict:
         "language": ad.language,
         "images": ad.images,
         "ledger_account": ad.ledger_account,
+        "accepts_contact": ad.accepts_contact,
         "expires_at": ad.expires_at,
         "version": ad.version,
         "created_at": ad.created_at,

@@ -1,0 +1,245 @@
+"""The contact relay: members of portals write to advertisers, anonymously, and portals
+receive their members' messages by webhook or from their inbox."""
+
+from __future__ import annotations
+
+import uuid
+
+from flask.views import MethodView
+
+from directory.api.auth import BEARER_AUTH, require_portal
+from directory.api.blueprint import Blueprint
+from directory.api.db import transaction, wiring
+from directory.api.relay.schemas import (
+    AcknowledgedSchema,
+    AcknowledgeSchema,
+    BlockSchema,
+    ContactSchema,
+    ConversationArgsSchema,
+    ConversationListArgsSchema,
+    ConversationPageSchema,
+    ConversationSchema,
+    ConversationSummarySchema,
+    InboxArgsSchema,
+    InboxPageSchema,
+    MessagePostSchema,
+    SentSchema,
+)
+from directory.errors import NotFound
+from directory.services import deliveries, relay
+
+blp = Blueprint(
+    "relay",
+    __name__,
+    url_prefix="/v1",
+    description="Contact relay: anonymous conversations about ads, delivered to portals",
+)
+
+AD_ID = {
+    "in": "path",
+    "name": "ad_id",
+    "required": True,
+    "schema": {"type": "string", "format": "uuid"},
+    "description": "The directory's id of the ad",
+}
+CONVERSATION_ID = {
+    "in": "path",
+    "name": "conversation_id",
+    "required": True,
+    "schema": {"type": "string", "format": "uuid"},
+}
+
+
+def _uuid(value: str, *, field: str, what: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise NotFound(
+            f"no {what} with id {value!r}", field=field, details={"location": "path"}
+        ) from None
+
+
+def _limits() -> relay.RelayLimits:
+    settings = wiring().settings
+    return relay.RelayLimits(
+        conversations_per_member_per_hour=settings.relay_conversations_per_member_per_hour,
+        conversations_per_portal_per_hour=settings.relay_conversations_per_portal_per_hour,
+    )
+
+
+def _sent(session, portal, sent: relay.Sent) -> tuple[dict, int]:
+    view = relay.get_conversation_summary(
+        session, viewer=portal, conversation_id=sent.conversation_id
+    )
+    message = relay.get_message(session, viewer=portal, message_id=sent.message_id)
+    return {"conversation": view, "message": message}, 201 if sent.created else 200
+
+
+@blp.route("/ads/<string:ad_id>/contact", parameters=[AD_ID])
+class Contact(MethodView):
+    @blp.arguments(ContactSchema)
+    @blp.response(201, SentSchema, description="The conversation was opened")
+    @blp.alt_response(
+        200, schema=SentSchema, description="Sent before with this idempotency_key: as then"
+    )
+    @blp.alt_response(404, description="No ad to contact (expired, deleted, not visible)")
+    @blp.alt_response(409, description="The advertiser turned contact off for this ad")
+    @blp.alt_response(429, description="Too many new conversations: see Retry-After")
+    @blp.doc(operationId="contactAdvertiser", security=BEARER_AUTH)
+    def post(self, contact, ad_id: str):
+        """Open a conversation with an ad's advertiser
+
+        On behalf of one of the calling portal's members. The advertiser's portal
+        receives the message (webhook or inbox) with the sender's alias, chosen name
+        and community; never the member's handle."""
+        ad_uuid = _uuid(ad_id, field="ad_id", what="ad")
+        with transaction() as session:
+            portal = require_portal(session)
+            sent = relay.open_conversation(
+                session,
+                sender=portal,
+                ad_id=ad_uuid,
+                member=contact["member"],
+                name=contact["name"],
+                body=contact["body"],
+                idempotency_key=contact["idempotency_key"],
+                limits=_limits(),
+            )
+            return _sent(session, portal, sent)
+
+
+@blp.route("/conversations")
+class Conversations(MethodView):
+    @blp.arguments(ConversationListArgsSchema, location="query")
+    @blp.response(200, ConversationPageSchema)
+    @blp.doc(operationId="listConversations", security=BEARER_AUTH)
+    def get(self, args):
+        """List the calling portal's conversations, newest activity first"""
+        with transaction() as session:
+            portal = require_portal(session)
+            page = relay.list_conversations(
+                session,
+                viewer=portal,
+                member=args["member"],
+                cursor=args["cursor"],
+                limit=args["limit"],
+            )
+        return {"conversations": page.conversations, "next_cursor": page.next_cursor}
+
+
+@blp.route("/conversations/<string:conversation_id>", parameters=[CONVERSATION_ID])
+class ConversationById(MethodView):
+    @blp.arguments(ConversationArgsSchema, location="query")
+    @blp.response(200, ConversationSchema)
+    @blp.alt_response(404, description="No such conversation for this portal")
+    @blp.doc(operationId="getConversation", security=BEARER_AUTH)
+    def get(self, args, conversation_id: str):
+        """Read a conversation and a page of its messages
+
+        Only the portals of its two parties see it; each sees the other party as an
+        alias, a chosen name and a community."""
+        conversation_uuid = _uuid(conversation_id, field="conversation_id", what="conversation")
+        with transaction() as session:
+            portal = require_portal(session)
+            return relay.get_conversation(
+                session,
+                viewer=portal,
+                conversation_id=conversation_uuid,
+                after=args["after"],
+                limit=args["limit"],
+            )
+
+
+@blp.route("/conversations/<string:conversation_id>/messages", parameters=[CONVERSATION_ID])
+class ConversationMessages(MethodView):
+    @blp.arguments(MessagePostSchema)
+    @blp.response(201, SentSchema, description="The message was accepted for delivery")
+    @blp.alt_response(
+        200, schema=SentSchema, description="Sent before with this idempotency_key: as then"
+    )
+    @blp.alt_response(403, description="The member is not a party to the conversation")
+    @blp.alt_response(404, description="No such conversation for this portal")
+    @blp.alt_response(409, description="The conversation was blocked")
+    @blp.doc(operationId="postMessage", security=BEARER_AUTH)
+    def post(self, message, conversation_id: str):
+        """Write in a conversation, on behalf of one of its parties"""
+        conversation_uuid = _uuid(conversation_id, field="conversation_id", what="conversation")
+        with transaction() as session:
+            portal = require_portal(session)
+            sent = relay.post_message(
+                session,
+                sender=portal,
+                conversation_id=conversation_uuid,
+                member=message["member"],
+                name=message["name"],
+                body=message["body"],
+                idempotency_key=message["idempotency_key"],
+            )
+            return _sent(session, portal, sent)
+
+
+@blp.route("/conversations/<string:conversation_id>/block", parameters=[CONVERSATION_ID])
+class BlockConversation(MethodView):
+    @blp.arguments(BlockSchema)
+    @blp.response(200, ConversationSummarySchema)
+    @blp.alt_response(403, description="The member is not a party to the conversation")
+    @blp.alt_response(404, description="No such conversation for this portal")
+    @blp.doc(operationId="blockConversation", security=BEARER_AUTH)
+    def post(self, block, conversation_id: str):
+        """Block a conversation: nobody can write in it any more
+
+        On behalf of either party. Blocking again changes nothing."""
+        conversation_uuid = _uuid(conversation_id, field="conversation_id", what="conversation")
+        with transaction() as session:
+            portal = require_portal(session)
+            relay.block_conversation(
+                session, caller=portal, conversation_id=conversation_uuid, member=block["member"]
+            )
+            return relay.get_conversation_summary(
+                session, viewer=portal, conversation_id=conversation_uuid
+            )
+
+
+@blp.route("/inbox")
+class Inbox(MethodView):
+    @blp.arguments(InboxArgsSchema, location="query")
+    @blp.response(200, InboxPageSchema)
+    @blp.doc(operationId="readInbox", security=BEARER_AUTH)
+    def get(self, args):
+        """Read the messages that have not reached the calling portal yet
+
+        For portals without a public webhook URL, or beside it. Each event has the
+        id its webhook carries (`webhook-id`) and the same `data`. Events stay until
+        acknowledged (or delivered by webhook): store them, then acknowledge."""
+        with transaction() as session:
+            portal = require_portal(session)
+            page = deliveries.inbox(
+                session, portal_id=portal.id, since=args["since"], limit=args["limit"]
+            )
+        return {
+            "events": [
+                {
+                    "id": event.webhook_id,
+                    "type": event.payload["type"],
+                    "data": event.payload["data"],
+                    "delivery": {"state": event.state.value, "attempts": event.attempts},
+                }
+                for event in page.events
+            ],
+            "next_since": page.next_since,
+        }
+
+
+@blp.route("/inbox/ack")
+class InboxAcknowledge(MethodView):
+    @blp.arguments(AcknowledgeSchema)
+    @blp.response(200, AcknowledgedSchema)
+    @blp.doc(operationId="acknowledgeInbox", security=BEARER_AUTH)
+    def post(self, acknowledgement):
+        """Acknowledge inbox events: they are delivered and leave the inbox"""
+        with transaction() as session:
+            portal = require_portal(session)
+            count = deliveries.acknowledge(
+                session, portal_id=portal.id, webhook_ids=acknowledgement["ids"]
+            )
+        return {"acknowledged": count}

@@ -1,0 +1,227 @@
+from __future__ import annotations
+
+from marshmallow import Schema, fields, validate
+
+from directory.api.fields import HANDLE, Text, validate_display_name, validate_member_handle
+from directory.models import DeliveryState, Role
+from directory.models.relay import MAX_MESSAGE_CHARS, MAX_NAME_CHARS
+
+MAX_ACK_IDS = 1000
+
+
+def _member_field(description: str, **kwargs) -> fields.String:
+    return fields.String(
+        validate=validate_member_handle,
+        metadata={"description": description, "pattern": HANDLE.pattern, "example": "m-4821"},
+        **kwargs,
+    )
+
+
+def _name_field(description: str, **kwargs) -> Text:
+    return Text(
+        validate=[validate.Length(1, MAX_NAME_CHARS), validate_display_name],
+        metadata={"description": description, "example": "Anna"},
+        **kwargs,
+    )
+
+
+def _body_field() -> Text:
+    return Text(
+        required=True,
+        multiline=True,
+        validate=validate.Length(1, MAX_MESSAGE_CHARS),
+        metadata={"description": "The member's own words; passed on unchanged"},
+    )
+
+
+def _idempotency_field() -> fields.String:
+    return fields.String(
+        load_default=None,
+        validate=validate.Regexp(r"\A[A-Za-z0-9._:-]{1,128}\Z"),
+        metadata={
+            "description": "The portal's own id for this message: sending again with the "
+            "same key (after a timeout, say) returns the message already made instead of "
+            "making another. 1 to 128 letters, digits, '.', '_', ':' or '-'."
+        },
+    )
+
+
+class ContactSchema(Schema):
+    """A member of the calling portal writes to the advertiser."""
+
+    member = _member_field("The calling portal's handle of the member writing", required=True)
+    name = _name_field(
+        "The name the member shows the other party (never an email address or a phone number)",
+        required=True,
+    )
+    body = _body_field()
+    idempotency_key = _idempotency_field()
+
+
+class MessagePostSchema(Schema):
+    """A party writes in the conversation."""
+
+    member = _member_field(
+        "The calling portal's handle of the member writing (one of the two parties)",
+        required=True,
+    )
+    name = _name_field(
+        "Sets the name the member shows the other party; absent: as before",
+        load_default=None,
+    )
+    body = _body_field()
+    idempotency_key = _idempotency_field()
+
+
+class BlockSchema(Schema):
+    member = _member_field("The calling portal's handle of the party blocking", required=True)
+
+
+class ConversationArgsSchema(Schema):
+    after = fields.Integer(
+        load_default=0,
+        validate=validate.Range(min=0),
+        metadata={"description": "Messages after this seq (next_after of the previous page)"},
+    )
+    limit = fields.Integer(load_default=50, validate=validate.Range(1, 100))
+
+
+class ConversationListArgsSchema(Schema):
+    member = _member_field(
+        "Only this member's conversations (the calling portal's handle)", load_default=None
+    )
+    cursor = fields.String(
+        load_default=None,
+        validate=validate.Length(1, 200),
+        metadata={"description": "next_cursor of the previous page"},
+    )
+    limit = fields.Integer(load_default=20, validate=validate.Range(1, 100))
+
+
+class InboxArgsSchema(Schema):
+    since = fields.String(
+        load_default=None,
+        validate=validate.Length(1, 40),
+        metadata={
+            "description": "next_since of the previous page; absent: from the oldest message "
+            "not yet delivered"
+        },
+    )
+    limit = fields.Integer(load_default=100, validate=validate.Range(1, 500))
+
+
+class AcknowledgeSchema(Schema):
+    ids = fields.List(
+        fields.String(validate=validate.Length(1, 64)),
+        required=True,
+        validate=validate.Length(1, MAX_ACK_IDS),
+        metadata={"description": "Ids of inbox events (msg_...) the portal has stored"},
+    )
+
+
+# --- what is shown ----------------------------------------------------------------------
+
+
+class PortalRefSchema(Schema):
+    slug = fields.String()
+    name = fields.String()
+
+
+class PartySchema(Schema):
+    role = fields.Enum(Role, by_value=True)
+    alias = fields.String(metadata={"description": "The party's name in this conversation only"})
+    name = fields.String(allow_none=True, metadata={"description": "The name they chose"})
+    portal = fields.Nested(PortalRefSchema, metadata={"description": "Their community"})
+    member = fields.String(
+        allow_none=True,
+        metadata={"description": "The member's handle: only shown to their own portal"},
+    )
+
+
+class DeliverySchema(Schema):
+    state = fields.Enum(DeliveryState, by_value=True)
+    attempts = fields.Integer(metadata={"description": "Webhook attempts so far"})
+    delivered_at = fields.DateTime(allow_none=True)
+    delivered_via = fields.String(allow_none=True, metadata={"description": "webhook or inbox"})
+    last_error = fields.String(
+        allow_none=True,
+        metadata={"description": "Why the last webhook failed: only shown to the recipient"},
+    )
+
+
+class MessageSchema(Schema):
+    id = fields.UUID()
+    seq = fields.Integer(metadata={"description": "1, 2, ... within the conversation"})
+    sender = fields.Enum(Role, by_value=True)
+    body = fields.String()
+    sent_at = fields.DateTime()
+    delivery = fields.Nested(DeliverySchema)
+
+
+class AdRefSchema(Schema):
+    id = fields.UUID(allow_none=True, metadata={"description": "None once the ad is deleted"})
+    title = fields.String()
+
+
+class ConversationSummarySchema(Schema):
+    id = fields.UUID()
+    ad = fields.Method("_ad", metadata={"type": "object"})
+    your_roles = fields.List(
+        fields.Enum(Role, by_value=True),
+        metadata={"description": "Which parties are members of the calling portal"},
+    )
+    initiator = fields.Nested(PartySchema)
+    recipient = fields.Nested(PartySchema)
+    blocked_at = fields.DateTime(allow_none=True)
+    blocked_by = fields.Enum(Role, by_value=True, allow_none=True)
+    message_count = fields.Integer()
+    created_at = fields.DateTime()
+    last_message_at = fields.DateTime()
+
+    def _ad(self, view) -> dict:
+        return AdRefSchema().dump({"id": view.ad_id, "title": view.ad_title})
+
+
+class ConversationSchema(ConversationSummarySchema):
+    messages = fields.List(fields.Nested(MessageSchema), metadata={"description": "A page"})
+    next_after = fields.Integer(
+        allow_none=True,
+        metadata={"description": "Pass as after for the following messages; null: no more"},
+    )
+
+
+class SentSchema(Schema):
+    conversation = fields.Nested(ConversationSummarySchema)
+    message = fields.Nested(MessageSchema)
+
+
+class ConversationPageSchema(Schema):
+    conversations = fields.List(fields.Nested(ConversationSummarySchema))
+    next_cursor = fields.String(allow_none=True)
+
+
+class InboxEventSchema(Schema):
+    id = fields.String(
+        metadata={"description": "The id the webhook for it carries (webhook-id): msg_..."}
+    )
+    type = fields.String(metadata={"description": "message.created"})
+    data = fields.Dict(
+        metadata={
+            "description": "What a webhook would carry in its data: message, conversation, to, from"
+        }
+    )
+    delivery = fields.Dict(metadata={"description": "state (pending or failed) and attempts"})
+
+
+class InboxPageSchema(Schema):
+    events = fields.List(fields.Nested(InboxEventSchema))
+    next_since = fields.String(
+        allow_none=True,
+        metadata={"description": "Pass as since for more; null: nothing more for now"},
+    )
+
+
+class AcknowledgedSchema(Schema):
+    acknowledged = fields.Integer(
+        metadata={"description": "Newly acknowledged (repeats and unknown ids count 0)"}
+    )

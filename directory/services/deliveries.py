@@ -1,0 +1,396 @@
+"""Deliveries of relay messages to the recipients' portals: the outbox the worker drains
+by webhook, and the inbox portals poll. A message counts as delivered as soon as either
+channel succeeded; it is delivered at least once, always under the same id.
+
+The worker's side: `claim_due` leases due deliveries (several workers never take the
+same one: FOR UPDATE SKIP LOCKED, then a lease), the worker sends the webhooks outside
+any transaction, and `record_outcome` writes what happened. A worker killed in between
+leaves its deliveries to come due again when their lease runs out."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import orjson
+from sqlalchemy import select, text, update
+from sqlalchemy.orm import Session
+
+from directory.errors import InvalidInput
+from directory.models import (
+    Conversation,
+    Delivery,
+    DeliveryChannel,
+    DeliveryState,
+    Message,
+    Portal,
+    Role,
+)
+from directory.webhooks.delivery import Outcome
+
+# NOTIFY channel on which a new delivery wakes the workers (at commit, not before).
+NOTIFY_CHANNEL = "directory_deliveries"
+EVENT_MESSAGE_CREATED = "message.created"
+# The next attempt of a delivery that waits in the inbox only (its portal has no working
+# webhook): never, as far as the worker is concerned. Not 'infinity', which Python's
+# datetime cannot hold.
+PARKED = datetime(9999, 12, 31, tzinfo=UTC)
+# Part of each retry delay left to chance, so that deliveries that failed together
+# (an endpoint down) do not all come back at once.
+RETRY_JITTER = 0.5
+MAX_INBOX_PAGE = 500
+
+
+@dataclass(frozen=True)
+class DeliveryPolicy:
+    first_retry: timedelta
+    max_retry: timedelta
+    give_up_after: timedelta
+    lease: timedelta
+
+
+def wake_deliverers(session: Session) -> None:
+    session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
+
+
+def webhook_active(session: Session, *, portal_id: int) -> bool:
+    return bool(
+        session.scalar(
+            select(Portal.webhook_url.is_not(None) & Portal.webhook_disabled_at.is_(None)).where(
+                Portal.id == portal_id
+            )
+        )
+    )
+
+
+def enqueue(session: Session, *, message_id: uuid.UUID, portal_id: int) -> None:
+    """A delivery of the message to `portal_id`, due now by webhook, or parked in the
+    inbox when the portal has no working webhook."""
+    delivery = Delivery(message_id=message_id, portal_id=portal_id)
+    if not webhook_active(session, portal_id=portal_id):
+        delivery.next_attempt_at = PARKED
+    session.add(delivery)
+    session.flush()
+    wake_deliverers(session)
+
+
+def resume_webhooks(session: Session, *, portal_id: int) -> int:
+    """The portal's webhook works (again): its pending deliveries are due now."""
+    result = session.execute(
+        update(Delivery)
+        .where(Delivery.portal_id == portal_id, Delivery.state == DeliveryState.PENDING)
+        .values(next_attempt_at=text("now()"))
+    )
+    wake_deliverers(session)
+    return result.rowcount
+
+
+def park_webhooks(session: Session, *, portal_id: int) -> None:
+    """The portal has no working webhook: its pending deliveries wait in the inbox."""
+    session.execute(
+        update(Delivery)
+        .where(Delivery.portal_id == portal_id, Delivery.state == DeliveryState.PENDING)
+        .values(next_attempt_at=PARKED)
+    )
+
+
+# --- what is delivered ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Event:
+    """One delivery as the recipient's portal receives it, by webhook or in the inbox."""
+
+    delivery_id: int
+    webhook_id: str
+    portal_id: int
+    state: DeliveryState
+    attempts: int
+    payload: dict  # {"type", "timestamp", "data"}
+
+    def body(self) -> bytes:
+        return orjson.dumps(self.payload)
+
+
+def webhook_id(message_id: uuid.UUID) -> str:
+    """The id a message is delivered under, by webhook and in the inbox alike: stable
+    across retries, so a portal can drop what it already has."""
+    return f"msg_{message_id.hex}"
+
+
+def message_id_of(value: str) -> uuid.UUID | None:
+    if len(value) != 36 or not value.startswith("msg_"):
+        return None
+    try:
+        return uuid.UUID(hex=value[4:])
+    except ValueError:
+        return None
+
+
+def events(session: Session, *, delivery_ids: Iterable[int]) -> list[Event]:
+    """The deliveries' events, in delivery order. What crosses to the recipient's portal:
+    the message, its own member's handle, and of the sender only the conversation's
+    alias, the chosen display name and the community."""
+    sender_portal = Portal.__table__.alias("sender_portal")
+    rows = session.execute(
+        select(Delivery, Message, Conversation, sender_portal.c.slug, sender_portal.c.name)
+        .join(Message, Message.id == Delivery.message_id)
+        .join(Conversation, Conversation.id == Message.conversation_id)
+        .join(sender_portal, sender_portal.c.id == Message.sender_portal_id)
+        .where(Delivery.id.in_(list(delivery_ids)))
+        .order_by(Delivery.id)
+    ).all()
+    now = datetime.now(UTC).isoformat()
+    found = []
+    for delivery, message, conversation, sender_slug, sender_name in rows:
+        sender = message.sender_role
+        recipient = sender.other
+        data = {
+            "message": {
+                "id": str(message.id),
+                "seq": message.seq,
+                "body": message.body,
+                "sent_at": message.created_at.isoformat(),
+            },
+            "conversation": {
+                "id": str(conversation.id),
+                "ad": {
+                    "id": None if conversation.ad_id is None else str(conversation.ad_id),
+                    "title": conversation.ad_title,
+                },
+            },
+            "to": {
+                "role": recipient.value,
+                "member": _party(conversation, recipient)[0],
+                "alias": _party(conversation, recipient)[1],
+            },
+            "from": {
+                "role": sender.value,
+                "alias": _party(conversation, sender)[1],
+                "name": _party(conversation, sender)[2],
+                "portal": {"slug": sender_slug, "name": sender_name},
+            },
+        }
+        found.append(
+            Event(
+                delivery_id=delivery.id,
+                webhook_id=webhook_id(message.id),
+                portal_id=delivery.portal_id,
+                state=delivery.state,
+                attempts=delivery.attempts,
+                payload={"type": EVENT_MESSAGE_CREATED, "timestamp": now, "data": data},
+            )
+        )
+    return found
+
+
+def _party(conversation: Conversation, role: Role) -> tuple[str, str, str | None]:
+    if role is Role.INITIATOR:
+        return (
+            conversation.initiator_member,
+            conversation.initiator_alias,
+            conversation.initiator_name,
+        )
+    return conversation.recipient_member, conversation.recipient_alias, conversation.recipient_name
+
+
+# --- the inbox ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InboxPage:
+    events: list[Event]
+    next_since: str | None  # None: nothing more for now
+
+
+def inbox(session: Session, *, portal_id: int, since: str | None, limit: int) -> InboxPage:
+    """What has not reached the portal yet (by either channel), oldest first, after the
+    `since` cursor. A message stays here until acknowledged or delivered by webhook."""
+    after = _decode_since(since)
+    ids = list(
+        session.scalars(
+            select(Delivery.id)
+            .where(
+                Delivery.portal_id == portal_id,
+                Delivery.state != DeliveryState.DELIVERED,
+                Delivery.id > after,
+            )
+            .order_by(Delivery.id)
+            .limit(limit + 1)
+        )
+    )
+    found = events(session, delivery_ids=ids[:limit])
+    next_since = _encode_since(ids[limit - 1]) if len(ids) > limit else None
+    return InboxPage(found, next_since)
+
+
+def acknowledge(session: Session, *, portal_id: int, webhook_ids: list[str]) -> int:
+    """Marks the portal's messages as delivered (through the inbox); acknowledging again,
+    or a message delivered by webhook meanwhile, changes nothing. Returns how many were
+    newly acknowledged."""
+    message_ids = []
+    for index, value in enumerate(webhook_ids):
+        message_id = message_id_of(value)
+        if message_id is None:
+            raise InvalidInput(
+                f"{value!r} is not a message id of the inbox (msg_ and 32 hex digits)",
+                field=f"ids.{index}",
+            )
+        message_ids.append(message_id)
+    result = session.execute(
+        update(Delivery)
+        .where(
+            Delivery.portal_id == portal_id,
+            Delivery.message_id.in_(message_ids),
+            Delivery.state != DeliveryState.DELIVERED,
+        )
+        .values(
+            state=DeliveryState.DELIVERED,
+            delivered_at=text("now()"),
+            delivered_via=DeliveryChannel.INBOX,
+        )
+    )
+    return result.rowcount
+
+
+def _encode_since(delivery_id: int) -> str:
+    return f"d{delivery_id}"
+
+
+def _decode_since(since: str | None) -> int:
+    if since is None:
+        return 0
+    if since[:1] == "d" and since[1:].isdigit() and len(since) < 20:
+        return int(since[1:])
+    raise InvalidInput(
+        "since must be a next_since value from the inbox, unchanged",
+        field="since",
+        details={"location": "query"},
+    )
+
+
+# --- the worker's side -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claim:
+    event: Event
+    url: str
+    secrets: list[str]  # the current secret, and the previous one during a rotation
+
+
+def claim_due(session: Session, *, limit: int, lease: timedelta) -> list[Claim]:
+    """Leases up to `limit` due deliveries to this worker (their next attempt moves past
+    the lease, and their attempt count goes up)."""
+    ids = list(
+        session.scalars(
+            text(
+                "WITH due AS ("
+                " SELECT id FROM deliveries WHERE state = 'pending' AND next_attempt_at <= now()"
+                " ORDER BY next_attempt_at LIMIT :limit FOR UPDATE SKIP LOCKED)"
+                " UPDATE deliveries SET next_attempt_at = now() + :lease,"
+                " attempts = deliveries.attempts + 1"
+                " FROM due WHERE deliveries.id = due.id RETURNING deliveries.id"
+            ),
+            {"limit": limit, "lease": lease},
+        )
+    )
+    if not ids:
+        return []
+    now = datetime.now(UTC)
+    portals = {
+        portal.id: portal
+        for portal in session.scalars(
+            select(Portal).where(
+                Portal.id.in_(select(Delivery.portal_id).where(Delivery.id.in_(ids)))
+            )
+        )
+    }
+    claims = []
+    for event in events(session, delivery_ids=ids):
+        portal = portals[event.portal_id]
+        if portal.webhook_url is None or portal.webhook_disabled_at is not None:
+            # The webhook went away after the message was queued: inbox only.
+            park_webhooks(session, portal_id=portal.id)
+            continue
+        signing = [portal.webhook_secret]
+        if (
+            portal.webhook_previous_secret is not None
+            and portal.webhook_previous_secret_expires_at is not None
+            and portal.webhook_previous_secret_expires_at > now
+        ):
+            signing.append(portal.webhook_previous_secret)
+        claims.append(Claim(event, portal.webhook_url, signing))
+    return claims
+
+
+def record_outcome(
+    session: Session,
+    *,
+    delivery_id: int,
+    outcome: Outcome,
+    status: int | None,
+    error: str | None,
+    retry_after: timedelta | None,
+    policy: DeliveryPolicy,
+) -> DeliveryState | None:
+    """What one attempt came to. Returns the delivery's state, or None when it no longer
+    exists (purged meanwhile)."""
+    delivery = session.scalar(select(Delivery).where(Delivery.id == delivery_id).with_for_update())
+    if delivery is None:
+        return None
+    delivery.last_status = status
+    delivery.last_error = None if error is None else error[:300]
+    if delivery.state is not DeliveryState.PENDING:
+        return delivery.state  # acknowledged in the inbox meanwhile, or failed
+    now = datetime.now(UTC)
+    if outcome is Outcome.DELIVERED:
+        delivery.state = DeliveryState.DELIVERED
+        delivery.delivered_at = now
+        delivery.delivered_via = DeliveryChannel.WEBHOOK
+        delivery.last_error = None
+        return delivery.state
+    if outcome is Outcome.GONE:
+        disable_webhook(
+            session,
+            portal_id=delivery.portal_id,
+            reason=f"the endpoint answered 410 Gone on {now:%Y-%m-%d %H:%M} UTC",
+        )
+        return delivery.state
+    give_up_at = delivery.created_at + policy.give_up_after
+    if now >= give_up_at:
+        delivery.state = DeliveryState.FAILED
+        return delivery.state
+    delay = policy.first_retry * 2 ** max(0, delivery.attempts - 1)
+    delay = min(delay, policy.max_retry) * (1 - RETRY_JITTER * random.random())
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, policy.max_retry))
+    # The last try comes at the end of the delivery period, not after it.
+    delivery.next_attempt_at = min(now + delay, give_up_at)
+    return delivery.state
+
+
+def disable_webhook(session: Session, *, portal_id: int, reason: str) -> None:
+    session.execute(
+        update(Portal)
+        .where(Portal.id == portal_id, Portal.webhook_disabled_at.is_(None))
+        .values(webhook_disabled_at=text("now()"), webhook_disabled_reason=reason)
+    )
+    park_webhooks(session, portal_id=portal_id)
+
+
+def fail_expired(session: Session, *, give_up_after: timedelta) -> int:
+    """Deliveries still pending after the delivery period are marked failed (parked
+    inbox-only deliveries included); they stay in the inbox."""
+    result = session.execute(
+        update(Delivery)
+        .where(
+            Delivery.state == DeliveryState.PENDING,
+            Delivery.created_at < datetime.now(UTC) - give_up_after,
+        )
+        .values(state=DeliveryState.FAILED)
+    )
+    return result.rowcount

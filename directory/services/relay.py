@@ -1,0 +1,625 @@
+"""The contact relay: a member of one portal writes to the owner of an ad, usually of
+another portal, and the two talk on without learning who or where the other is.
+
+Each party is shown to the other only as a random alias, made for that conversation
+(two conversations of one member cannot be linked by their aliases), with the display
+name the member chose and the community (portal) they belong to. Member handles stay
+with their own portal. Every message is written in the same transaction as its
+delivery (the outbox, see services/deliveries.py), so an accepted message is never lost."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import orjson
+from sqlalchemy import func, or_, select, text
+from sqlalchemy.orm import Session
+
+from directory.errors import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    TooManyRequests,
+)
+from directory.models import (
+    Ad,
+    Conversation,
+    Delivery,
+    DeliveryState,
+    Message,
+    Portal,
+    PortalStatus,
+    Role,
+    Visibility,
+)
+from directory.services import deliveries
+from directory.services.portals import AuthenticatedPortal
+
+# Namespace of the advisory locks that make the per-member limit on new conversations
+# exact under concurrent requests (the other namespace in use is the portals' writes).
+OPEN_CONVERSATION_LOCK_NAMESPACE = 2
+ALIAS_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"  # no 0/o, 1/l: read aloud safely
+ALIAS_CHARS = 10  # ~50 bits: aliases of one member never repeat in practice
+RATE_WINDOW = timedelta(hours=1)
+MAX_PAGE = 100
+
+
+@dataclass(frozen=True)
+class RelayLimits:
+    conversations_per_member_per_hour: int
+    conversations_per_portal_per_hour: int
+
+
+def new_alias() -> str:
+    return "member-" + "".join(secrets.choice(ALIAS_ALPHABET) for _ in range(ALIAS_CHARS))
+
+
+# --- opening and writing ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sent:
+    conversation_id: uuid.UUID
+    message_id: uuid.UUID
+    created: bool  # False: an earlier request with the same idempotency key made it
+
+
+def open_conversation(
+    session: Session,
+    *,
+    sender: AuthenticatedPortal,
+    ad_id: uuid.UUID,
+    member: str,
+    name: str,
+    body: str,
+    idempotency_key: str | None,
+    limits: RelayLimits,
+) -> Sent:
+    """A member of `sender` writes to the owner of an ad: a new conversation and its first
+    message. The ad must be one the member can see (public, or their own portal's),
+    unexpired, and accept contact."""
+    if idempotency_key is not None:
+        replay = _replayed(
+            session, sender=sender, idempotency_key=idempotency_key, body=body, ad_id=ad_id
+        )
+        if replay is not None:
+            return replay
+    ad = session.execute(
+        select(Ad.id, Ad.title, Ad.portal_id, Ad.member, Ad.accepts_contact, Ad.visibility)
+        .join(Portal, Portal.id == Ad.portal_id)
+        .where(
+            Ad.id == ad_id,
+            Ad.expires_at > func.now(),
+            Portal.status == PortalStatus.ACTIVE,
+            or_(Ad.visibility == Visibility.PUBLIC, Ad.portal_id == sender.id),
+        )
+    ).one_or_none()
+    if ad is None:
+        raise NotFound(
+            f"no ad {ad_id} to contact: it does not exist, has expired or was withdrawn",
+            field="ad_id",
+            code="ad_not_found",
+            details={"location": "path"},
+        )
+    if not ad.accepts_contact:
+        raise Conflict(
+            "the advertiser has turned contact off for this ad",
+            code="contact_disabled",
+        )
+    if ad.portal_id == sender.id and ad.member == member:
+        raise InvalidInput("a member cannot contact their own ad", field="member")
+    _check_opening_limits(session, sender=sender, member=member, limits=limits)
+    initiator_alias = new_alias()
+    recipient_alias = new_alias()
+    while recipient_alias == initiator_alias:  # one chance in 2**50
+        recipient_alias = new_alias()
+    conversation = Conversation(
+        ad_id=ad.id,
+        ad_title=ad.title,
+        initiator_portal_id=sender.id,
+        initiator_member=member,
+        initiator_alias=initiator_alias,
+        initiator_name=name,
+        recipient_portal_id=ad.portal_id,
+        recipient_member=ad.member,
+        recipient_alias=recipient_alias,
+        message_count=0,
+    )
+    session.add(conversation)
+    session.flush()
+    message_id = _append(
+        session,
+        conversation,
+        role=Role.INITIATOR,
+        sender=sender,
+        body=body,
+        idempotency_key=idempotency_key,
+    )
+    return Sent(conversation.id, message_id, created=True)
+
+
+def post_message(
+    session: Session,
+    *,
+    sender: AuthenticatedPortal,
+    conversation_id: uuid.UUID,
+    member: str,
+    name: str | None,
+    body: str,
+    idempotency_key: str | None,
+) -> Sent:
+    """A party writes in a conversation. `member` says which party, when both are
+    members of the calling portal."""
+    if idempotency_key is not None:
+        replay = _replayed(
+            session,
+            sender=sender,
+            idempotency_key=idempotency_key,
+            body=body,
+            conversation_id=conversation_id,
+        )
+        if replay is not None:
+            return replay
+    # Locked: the messages of a conversation are numbered one after the other.
+    conversation = session.scalar(
+        select(Conversation).where(Conversation.id == conversation_id).with_for_update()
+    )
+    role = _role_of(conversation, sender, member)
+    if conversation.blocked_at is not None:
+        raise Conflict(
+            "this conversation was blocked by "
+            + ("you" if conversation.blocked_by is role else "the other party")
+            + "; no more messages can be sent in it",
+            code="conversation_blocked",
+        )
+    if role is Role.RECIPIENT and name is not None:
+        conversation.recipient_name = name
+    elif role is Role.INITIATOR and name is not None:
+        conversation.initiator_name = name
+    message_id = _append(
+        session,
+        conversation,
+        role=role,
+        sender=sender,
+        body=body,
+        idempotency_key=idempotency_key,
+    )
+    return Sent(conversation.id, message_id, created=True)
+
+
+def block_conversation(
+    session: Session, *, caller: AuthenticatedPortal, conversation_id: uuid.UUID, member: str
+) -> None:
+    """A party ends the conversation: no one can write in it any more. Blocking twice
+    changes nothing."""
+    conversation = session.scalar(
+        select(Conversation).where(Conversation.id == conversation_id).with_for_update()
+    )
+    role = _role_of(conversation, caller, member)
+    if conversation.blocked_at is None:
+        conversation.blocked_at = datetime.now(UTC)
+        conversation.blocked_by = role
+
+
+def _role_of(conversation: Conversation | None, portal: AuthenticatedPortal, member: str) -> Role:
+    """Which party `member` of `portal` is. A conversation the portal has no part in does
+    not exist, as far as it may know."""
+    roles = [] if conversation is None else _portal_roles(conversation, portal.id)
+    if not roles:
+        raise NotFound(
+            "no such conversation for this portal",
+            field="conversation_id",
+            code="conversation_not_found",
+            details={"location": "path"},
+        )
+    for role in roles:
+        if _member(conversation, role) == member:
+            return role
+    raise Forbidden(
+        "this member is not a party to the conversation", field="member", code="not_a_party"
+    )
+
+
+def _portal_roles(conversation: Conversation, portal_id: int) -> list[Role]:
+    roles = []
+    if conversation.initiator_portal_id == portal_id:
+        roles.append(Role.INITIATOR)
+    if conversation.recipient_portal_id == portal_id:
+        roles.append(Role.RECIPIENT)
+    return roles
+
+
+def _member(conversation: Conversation, role: Role) -> str:
+    if role is Role.INITIATOR:
+        return conversation.initiator_member
+    return conversation.recipient_member
+
+
+def _append(
+    session: Session,
+    conversation: Conversation,
+    *,
+    role: Role,
+    sender: AuthenticatedPortal,
+    body: str,
+    idempotency_key: str | None,
+) -> uuid.UUID:
+    """The message and its delivery to the other party's portal, in this transaction."""
+    now = datetime.now(UTC)
+    conversation.message_count += 1
+    conversation.last_message_at = now
+    message = Message(
+        conversation_id=conversation.id,
+        seq=conversation.message_count,
+        sender_role=role,
+        sender_portal_id=sender.id,
+        idempotency_key=idempotency_key,
+        body=body,
+        created_at=now,
+    )
+    session.add(message)
+    session.flush()
+    recipient_portal = (
+        conversation.recipient_portal_id
+        if role is Role.INITIATOR
+        else conversation.initiator_portal_id
+    )
+    deliveries.enqueue(session, message_id=message.id, portal_id=recipient_portal)
+    return message.id
+
+
+def _replayed(
+    session: Session,
+    *,
+    sender: AuthenticatedPortal,
+    idempotency_key: str,
+    body: str,
+    ad_id: uuid.UUID | None = None,
+    conversation_id: uuid.UUID | None = None,
+) -> Sent | None:
+    """The message an earlier request with this key made, if any; a key used for a
+    different message is an error rather than a silent loss of the new one."""
+    row = session.execute(
+        select(Message.id, Message.conversation_id, Message.body, Message.seq, Conversation.ad_id)
+        .join(Conversation, Conversation.id == Message.conversation_id)
+        .where(Message.sender_portal_id == sender.id, Message.idempotency_key == idempotency_key)
+    ).one_or_none()
+    if row is None:
+        return None
+    same = row.body == body and (
+        (conversation_id is not None and row.conversation_id == conversation_id)
+        or (ad_id is not None and row.seq == 1 and row.ad_id == ad_id)
+    )
+    if not same:
+        raise Conflict(
+            "this idempotency_key was already used for a different message",
+            field="idempotency_key",
+            code="idempotency_key_reused",
+        )
+    return Sent(row.conversation_id, row.id, created=False)
+
+
+def _check_opening_limits(
+    session: Session, *, sender: AuthenticatedPortal, member: str, limits: RelayLimits
+) -> None:
+    # Serialises openings by one member, so that concurrent requests cannot both pass.
+    session.execute(
+        text("SELECT pg_advisory_xact_lock(:namespace, hashtext(:key))"),
+        {"namespace": OPEN_CONVERSATION_LOCK_NAMESPACE, "key": f"{sender.id}:{member}"},
+    )
+    since = datetime.now(UTC) - RATE_WINDOW
+    by_member = select(func.count(), func.min(Conversation.created_at)).where(
+        Conversation.initiator_portal_id == sender.id,
+        Conversation.initiator_member == member,
+        Conversation.created_at > since,
+    )
+    count, oldest = session.execute(by_member).one()
+    if count >= limits.conversations_per_member_per_hour:
+        raise TooManyRequests(
+            f"this member opened {count} conversations in the last hour, the most allowed; "
+            "they can write in the ones they have",
+            field="member",
+            code="too_many_conversations",
+            retry_after_s=_retry_after(oldest),
+        )
+    by_portal = select(func.count(), func.min(Conversation.created_at)).where(
+        Conversation.initiator_portal_id == sender.id, Conversation.created_at > since
+    )
+    count, oldest = session.execute(by_portal).one()
+    if count >= limits.conversations_per_portal_per_hour:
+        raise TooManyRequests(
+            f"this portal's members opened {count} conversations in the last hour, the most "
+            "allowed for one portal",
+            code="too_many_conversations",
+            retry_after_s=_retry_after(oldest),
+        )
+
+
+def _retry_after(oldest: datetime | None) -> int:
+    if oldest is None:
+        return 1
+    wait = oldest + RATE_WINDOW - datetime.now(UTC)
+    return max(1, int(wait.total_seconds()) + 1)
+
+
+# --- reading ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PortalRef:
+    slug: str
+    name: str
+
+
+@dataclass(frozen=True)
+class PartyView:
+    role: Role
+    alias: str
+    name: str | None
+    portal: PortalRef
+    member: str | None  # only for the party's own portal
+
+
+@dataclass(frozen=True)
+class DeliveryView:
+    state: DeliveryState
+    attempts: int
+    delivered_at: datetime | None
+    delivered_via: str | None
+    last_error: str | None  # only for the recipient's portal: it is about its endpoint
+
+
+@dataclass(frozen=True)
+class MessageView:
+    id: uuid.UUID
+    seq: int
+    sender: Role
+    body: str
+    sent_at: datetime
+    delivery: DeliveryView
+
+
+@dataclass(frozen=True)
+class ConversationView:
+    id: uuid.UUID
+    ad_id: uuid.UUID | None
+    ad_title: str
+    your_roles: list[Role]
+    initiator: PartyView
+    recipient: PartyView
+    blocked_at: datetime | None
+    blocked_by: Role | None
+    message_count: int
+    created_at: datetime
+    last_message_at: datetime
+    messages: list[MessageView] | None = None
+    next_after: int | None = None  # the seq to ask for the following messages after
+
+
+def get_conversation(
+    session: Session,
+    *,
+    viewer: AuthenticatedPortal,
+    conversation_id: uuid.UUID,
+    after: int = 0,
+    limit: int = 50,
+) -> ConversationView:
+    """The conversation as `viewer` (one of its parties' portals) may see it, with its
+    messages after seq `after`."""
+    summary = get_conversation_summary(session, viewer=viewer, conversation_id=conversation_id)
+    rows = session.execute(
+        select(Message, Delivery)
+        .join(Delivery, Delivery.message_id == Message.id)
+        .where(Message.conversation_id == conversation_id, Message.seq > after)
+        .order_by(Message.seq)
+        .limit(limit + 1)
+    ).all()
+    messages = [_message_view(message, delivery, viewer.id) for message, delivery in rows[:limit]]
+    return dataclasses.replace(
+        summary,
+        messages=messages,
+        next_after=messages[-1].seq if len(rows) > limit else None,
+    )
+
+
+def get_conversation_summary(
+    session: Session, *, viewer: AuthenticatedPortal, conversation_id: uuid.UUID
+) -> ConversationView:
+    """The conversation without its messages."""
+    conversation = session.get(Conversation, conversation_id)
+    if conversation is None or not _portal_roles(conversation, viewer.id):
+        raise NotFound(
+            "no such conversation for this portal",
+            field="conversation_id",
+            code="conversation_not_found",
+            details={"location": "path"},
+        )
+    portals = _portal_refs(
+        session, {conversation.initiator_portal_id, conversation.recipient_portal_id}
+    )
+    return _conversation_view(conversation, viewer.id, portals)
+
+
+def get_message(
+    session: Session, *, viewer: AuthenticatedPortal, message_id: uuid.UUID
+) -> MessageView:
+    row = session.execute(
+        select(Message, Delivery, Conversation)
+        .join(Delivery, Delivery.message_id == Message.id)
+        .join(Conversation, Conversation.id == Message.conversation_id)
+        .where(Message.id == message_id)
+    ).one_or_none()
+    if row is None or not _portal_roles(row.Conversation, viewer.id):
+        raise NotFound("no such message for this portal", field="message_id")
+    return _message_view(row.Message, row.Delivery, viewer.id)
+
+
+def _message_view(message: Message, delivery: Delivery, viewer_id: int) -> MessageView:
+    return MessageView(
+        id=message.id,
+        seq=message.seq,
+        sender=message.sender_role,
+        body=message.body,
+        sent_at=message.created_at,
+        delivery=_delivery_view(delivery, viewer_is_recipient=delivery.portal_id == viewer_id),
+    )
+
+
+@dataclass(frozen=True)
+class ConversationPage:
+    conversations: list[ConversationView]
+    next_cursor: str | None
+
+
+def list_conversations(
+    session: Session,
+    *,
+    viewer: AuthenticatedPortal,
+    member: str | None,
+    cursor: str | None,
+    limit: int,
+) -> ConversationPage:
+    """The viewer's conversations (or one member's), newest activity first."""
+    involved = or_(
+        Conversation.initiator_portal_id == viewer.id,
+        Conversation.recipient_portal_id == viewer.id,
+    )
+    if member is not None:
+        involved = or_(
+            (Conversation.initiator_portal_id == viewer.id)
+            & (Conversation.initiator_member == member),
+            (Conversation.recipient_portal_id == viewer.id)
+            & (Conversation.recipient_member == member),
+        )
+    query = select(Conversation).where(involved)
+    if cursor is not None:
+        last_at, last_id = _decode_cursor(cursor)
+        query = query.where(
+            (Conversation.last_message_at < last_at)
+            | ((Conversation.last_message_at == last_at) & (Conversation.id < last_id))
+        )
+    rows = list(
+        session.scalars(
+            query.order_by(Conversation.last_message_at.desc(), Conversation.id.desc()).limit(
+                limit + 1
+            )
+        )
+    )
+    page = rows[:limit]
+    portal_ids = {row.initiator_portal_id for row in page} | {
+        row.recipient_portal_id for row in page
+    }
+    portals = _portal_refs(session, portal_ids)
+    views = [_conversation_view(row, viewer.id, portals) for row in page]
+    next_cursor = None
+    if len(rows) > limit:
+        next_cursor = _encode_cursor(page[-1].last_message_at, page[-1].id)
+    return ConversationPage(views, next_cursor)
+
+
+def _encode_cursor(at: datetime, conversation_id: uuid.UUID) -> str:
+    raw = orjson.dumps([at.isoformat(), str(conversation_id)])
+    return "c1." + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        if not cursor.startswith("c1."):
+            raise ValueError
+        raw = base64.urlsafe_b64decode(cursor[3:] + "=" * (-len(cursor[3:]) % 4))
+        at, conversation_id = orjson.loads(raw)
+        return datetime.fromisoformat(at), uuid.UUID(conversation_id)
+    except (ValueError, TypeError, orjson.JSONDecodeError):
+        raise InvalidInput(
+            "cursor must be a next_cursor value from this list, unchanged",
+            field="cursor",
+            details={"location": "query"},
+        ) from None
+
+
+def _portal_refs(session: Session, portal_ids: set[int]) -> dict[int, PortalRef]:
+    if not portal_ids:
+        return {}
+    rows = session.execute(
+        select(Portal.id, Portal.slug, Portal.name).where(Portal.id.in_(portal_ids))
+    )
+    return {row.id: PortalRef(row.slug, row.name) for row in rows}
+
+
+def _conversation_view(
+    conversation: Conversation, viewer_id: int, portals: dict[int, PortalRef]
+) -> ConversationView:
+    def party(role: Role) -> PartyView:
+        if role is Role.INITIATOR:
+            portal_id, alias, name, member = (
+                conversation.initiator_portal_id,
+                conversation.initiator_alias,
+                conversation.initiator_name,
+                conversation.initiator_member,
+            )
+        else:
+            portal_id, alias, name, member = (
+                conversation.recipient_portal_id,
+                conversation.recipient_alias,
+                conversation.recipient_name,
+                conversation.recipient_member,
+            )
+        return PartyView(
+            role=role,
+            alias=alias,
+            name=name,
+            portal=portals[portal_id],
+            member=member if portal_id == viewer_id else None,
+        )
+
+    return ConversationView(
+        id=conversation.id,
+        ad_id=conversation.ad_id,
+        ad_title=conversation.ad_title,
+        your_roles=_portal_roles(conversation, viewer_id),
+        initiator=party(Role.INITIATOR),
+        recipient=party(Role.RECIPIENT),
+        blocked_at=conversation.blocked_at,
+        blocked_by=conversation.blocked_by,
+        message_count=conversation.message_count,
+        created_at=conversation.created_at,
+        last_message_at=conversation.last_message_at,
+    )
+
+
+def _delivery_view(delivery: Delivery, *, viewer_is_recipient: bool) -> DeliveryView:
+    return DeliveryView(
+        state=delivery.state,
+        attempts=delivery.attempts,
+        delivered_at=delivery.delivered_at,
+        delivered_via=None if delivery.delivered_via is None else delivery.delivered_via.value,
+        last_error=delivery.last_error if viewer_is_recipient else None,
+    )
+
+
+# --- retention ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PurgeReport:
+    messages: int
+    conversations: int
+
+
+def purge_old_messages(session: Session, *, retention: timedelta) -> PurgeReport:
+    """Messages older than the retention period go (their deliveries with them), and so
+    do conversations with no message left."""
+    cutoff = datetime.now(UTC) - retention
+    messages = session.execute(
+        Message.__table__.delete().where(Message.created_at < cutoff)
+    ).rowcount
+    conversations = session.execute(
+        Conversation.__table__.delete().where(Conversation.last_message_at < cutoff)
+    ).rowcount
+    return PurgeReport(messages, conversations)

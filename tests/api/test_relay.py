@@ -1,0 +1,528 @@
+"""The contact relay through the API: conversations, messages, blocking, limits, the
+inbox, and what each portal may see of the other party."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import text, update
+
+from directory import create_app
+from directory.db import unit_of_work
+from directory.models import Ad, Conversation, Message
+from directory.services import relay
+from tests.factories import ad_payload
+
+ADVERTISER = "m-ad-owner"
+WRITER = "m-writer"
+
+
+@pytest.fixture
+def advertiser(make_portal):
+    return make_portal(slug="sel-lyon", name="SEL de Lyon")
+
+
+@pytest.fixture
+def writer_portal(make_portal):
+    return make_portal(slug="lets-bristol", name="Bristol LETS")
+
+
+def publish(client, portal, external_id="ad-1", **overrides) -> str:
+    response = client.put(
+        f"/v1/ads/{external_id}",
+        json=ad_payload(member=overrides.pop("member", ADVERTISER), **overrides),
+        headers=portal.headers,
+    )
+    assert response.status_code in (200, 201), response.json
+    return response.json["id"]
+
+
+@pytest.fixture
+def ad_id(client, advertiser) -> str:
+    return publish(client, advertiser)
+
+
+def contact(client, portal, ad_id, *, member=WRITER, name="Anna", body="Is it still on?", **extra):
+    return client.post(
+        f"/v1/ads/{ad_id}/contact",
+        json={"member": member, "name": name, "body": body, **extra},
+        headers=portal.headers,
+    )
+
+
+def reply(client, portal, conversation_id, *, member=ADVERTISER, body="Yes, come by!", **extra):
+    return client.post(
+        f"/v1/conversations/{conversation_id}/messages",
+        json={"member": member, "body": body, **extra},
+        headers=portal.headers,
+    )
+
+
+# --- opening and writing -----------------------------------------------------------------
+
+
+def test_a_member_opens_a_conversation_about_an_ad(client, advertiser, writer_portal, ad_id):
+    response = contact(client, writer_portal, ad_id)
+    assert response.status_code == 201, response.json
+    conversation = response.json["conversation"]
+    message = response.json["message"]
+    assert conversation["ad"] == {"id": ad_id, "title": "Bicycle repairs"}
+    assert conversation["your_roles"] == ["initiator"]
+    assert conversation["initiator"]["member"] == WRITER  # the writer's own portal sees it
+    assert conversation["initiator"]["name"] == "Anna"
+    assert conversation["recipient"]["member"] is None  # the advertiser's handle: never
+    assert conversation["recipient"]["portal"] == {"slug": "sel-lyon", "name": "SEL de Lyon"}
+    assert conversation["initiator"]["alias"] != conversation["recipient"]["alias"]
+    assert message["seq"] == 1
+    assert message["sender"] == "initiator"
+    assert message["body"] == "Is it still on?"
+    assert message["delivery"]["state"] == "pending"
+
+
+def test_the_advertisers_portal_sees_its_member_and_only_an_alias_of_the_writer(
+    client, advertiser, writer_portal, ad_id
+):
+    conversation_id = contact(client, writer_portal, ad_id).json["conversation"]["id"]
+    seen = client.get(f"/v1/conversations/{conversation_id}", headers=advertiser.headers).json
+    assert seen["your_roles"] == ["recipient"]
+    assert seen["recipient"]["member"] == ADVERTISER
+    assert seen["initiator"]["member"] is None
+    assert seen["initiator"]["portal"] == {"slug": "lets-bristol", "name": "Bristol LETS"}
+    assert [message["body"] for message in seen["messages"]] == ["Is it still on?"]
+    assert WRITER not in json.dumps(seen)
+
+
+def test_replies_thread_back_in_order(client, advertiser, writer_portal, ad_id):
+    conversation_id = contact(client, writer_portal, ad_id).json["conversation"]["id"]
+    first = reply(client, advertiser, conversation_id, name="Luc")
+    assert first.status_code == 201, first.json
+    assert first.json["message"]["seq"] == 2
+    assert first.json["message"]["sender"] == "recipient"
+    second = reply(client, writer_portal, conversation_id, member=WRITER, body="Saturday?")
+    assert second.json["message"]["seq"] == 3
+    seen = client.get(f"/v1/conversations/{conversation_id}", headers=writer_portal.headers).json
+    assert [(m["seq"], m["sender"]) for m in seen["messages"]] == [
+        (1, "initiator"),
+        (2, "recipient"),
+        (3, "initiator"),
+    ]
+    assert seen["recipient"]["name"] == "Luc"
+    assert seen["message_count"] == 3
+    assert ADVERTISER not in json.dumps(seen)
+
+
+def test_messages_page_by_seq(client, advertiser, writer_portal, ad_id):
+    conversation_id = contact(client, writer_portal, ad_id).json["conversation"]["id"]
+    for number in range(4):
+        reply(client, advertiser, conversation_id, body=f"reply {number}")
+    path = f"/v1/conversations/{conversation_id}"
+    page = client.get(path + "?limit=2", headers=advertiser.headers).json
+    assert [m["seq"] for m in page["messages"]] == [1, 2]
+    assert page["next_after"] == 2
+    rest = client.get(path + "?after=2&limit=10", headers=advertiser.headers).json
+    assert [m["seq"] for m in rest["messages"]] == [3, 4, 5]
+    assert rest["next_after"] is None
+
+
+def test_two_conversations_of_one_member_cannot_be_linked(client, advertiser, writer_portal):
+    first_ad = publish(client, advertiser, "ad-1")
+    second_ad = publish(client, advertiser, "ad-2", title="Ladder to lend")
+    one = contact(client, writer_portal, first_ad).json["conversation"]
+    two = contact(client, writer_portal, second_ad).json["conversation"]
+    assert one["initiator"]["alias"] != two["initiator"]["alias"]
+    seen = [
+        client.get(f"/v1/conversations/{c['id']}", headers=advertiser.headers).json
+        for c in (one, two)
+    ]
+    assert seen[0]["initiator"]["alias"] != seen[1]["initiator"]["alias"]
+
+
+def test_members_of_one_portal_can_talk_too(client, advertiser, ad_id):
+    response = contact(client, advertiser, ad_id, member="m-neighbour")
+    assert response.status_code == 201
+    conversation = response.json["conversation"]
+    assert conversation["your_roles"] == ["initiator", "recipient"]
+    # Both are the portal's own members: it sees both handles.
+    assert conversation["initiator"]["member"] == "m-neighbour"
+    assert conversation["recipient"]["member"] == ADVERTISER
+    answer = reply(client, advertiser, conversation["id"], member=ADVERTISER)
+    assert answer.json["message"]["sender"] == "recipient"
+
+
+def test_a_portal_only_ad_can_be_contacted_by_its_own_portals_members_only(
+    client, advertiser, writer_portal
+):
+    ad_id = publish(client, advertiser, "ad-private", visibility="portal")
+    assert contact(client, writer_portal, ad_id).status_code == 404
+    assert contact(client, advertiser, ad_id, member="m-neighbour").status_code == 201
+
+
+# --- refusals ---------------------------------------------------------------------------
+
+
+def test_an_expired_ad_cannot_be_contacted(client, advertiser, writer_portal, ad_id):
+    client.post("/v1/ads/ad-1/expire", headers=advertiser.headers)
+    response = contact(client, writer_portal, ad_id)
+    assert response.status_code == 404
+    assert response.json["error"] == "ad_not_found"
+
+
+def test_a_deleted_ad_cannot_be_contacted(client, advertiser, writer_portal, ad_id):
+    client.delete("/v1/ads/ad-1", headers=advertiser.headers)
+    assert contact(client, writer_portal, ad_id).status_code == 404
+
+
+def test_an_unknown_or_malformed_ad_id_is_not_found(client, writer_portal):
+    assert contact(client, writer_portal, uuid.uuid4()).status_code == 404
+    response = contact(client, writer_portal, "not-a-uuid")
+    assert response.status_code == 404
+    assert "ad_id" in response.json["errors"]["path"]
+
+
+def test_an_ad_with_contact_turned_off_cannot_be_contacted(
+    client, wiring, advertiser, writer_portal, ad_id
+):
+    with unit_of_work(wiring.session_factory) as session:
+        session.execute(update(Ad).where(Ad.id == uuid.UUID(ad_id)).values(accepts_contact=False))
+    response = contact(client, writer_portal, ad_id)
+    assert response.status_code == 409
+    assert response.json["error"] == "contact_disabled"
+
+
+def test_an_ad_of_a_suspended_portal_cannot_be_contacted(
+    client, wiring, advertiser, writer_portal, ad_id
+):
+    from directory.models import PortalStatus
+    from directory.services import portals
+
+    with unit_of_work(wiring.session_factory) as session:
+        portals.set_status(session, portal_slug="sel-lyon", status=PortalStatus.SUSPENDED)
+    assert contact(client, writer_portal, ad_id).status_code == 404
+
+
+def test_a_member_cannot_contact_their_own_ad(client, advertiser, ad_id):
+    response = contact(client, advertiser, ad_id, member=ADVERTISER)
+    assert response.status_code == 400
+    assert "member" in response.json["errors"]["json"]
+
+
+def test_contact_needs_a_portal_key(client, ad_id):
+    response = client.post(
+        f"/v1/ads/{ad_id}/contact", json={"member": WRITER, "name": "Anna", "body": "Hi"}
+    )
+    assert response.status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        pytest.param({"member": "anna@example.org"}, "member", id="member-email"),
+        pytest.param({"member": "+33 6 12 34 56 78"}, "member", id="member-phone"),
+        pytest.param({"member": ""}, "member", id="member-empty"),
+        pytest.param({"member": None}, "member", id="member-null"),
+        pytest.param({"name": "anna@example.org"}, "name", id="name-email"),
+        pytest.param({"name": "Anna 06 12 34 56 78"}, "name", id="name-phone"),
+        pytest.param({"name": ""}, "name", id="name-empty"),
+        pytest.param({"name": " "}, "name", id="name-blank"),
+        pytest.param({"name": "x" * 81}, "name", id="name-long"),
+        pytest.param({"name": "An\nna"}, "name", id="name-newline"),
+        pytest.param({"body": ""}, "body", id="body-empty"),
+        pytest.param({"body": "x" * 8001}, "body", id="body-long"),
+        pytest.param({"body": "a\u0000b"}, "body", id="body-nul"),
+        pytest.param({"body": 5}, "body", id="body-number"),
+        pytest.param({"idempotency_key": "has space"}, "idempotency_key", id="key-space"),
+        pytest.param({"idempotency_key": "k" * 129}, "idempotency_key", id="key-long"),
+        pytest.param({"email": "anna@example.org"}, "email", id="unknown-field"),
+    ],
+)
+def test_bad_contacts_are_refused_naming_the_field(
+    client, advertiser, writer_portal, ad_id, change, field
+):
+    body = {"member": WRITER, "name": "Anna", "body": "Hello", **change}
+    response = client.post(f"/v1/ads/{ad_id}/contact", json=body, headers=writer_portal.headers)
+    assert response.status_code == 400, response.json
+    assert field in response.json["errors"]["json"]
+
+
+def test_a_message_body_passes_unchanged(client, advertiser, writer_portal, ad_id):
+    words = "Bonjour ! Écrivez-moi : anna@example.org\n\n  — Anna  "
+    conversation_id = contact(client, writer_portal, ad_id, body=words).json["conversation"]["id"]
+    seen = client.get(f"/v1/conversations/{conversation_id}", headers=advertiser.headers).json
+    assert seen["messages"][0]["body"] == words
+
+
+def test_a_portal_not_party_to_a_conversation_cannot_see_or_write_in_it(
+    client, make_portal, advertiser, writer_portal, ad_id
+):
+    stranger = make_portal(slug="stranger")
+    conversation_id = contact(client, writer_portal, ad_id).json["conversation"]["id"]
+    assert (
+        client.get(f"/v1/conversations/{conversation_id}", headers=stranger.headers).status_code
+        == 404
+    )
+    assert reply(client, stranger, conversation_id, member="m-x").status_code == 404
+    assert (
+        client.get(f"/v1/conversations/{uuid.uuid4()}", headers=advertiser.headers).status_code
+        == 404
+    )
+
+
+def test_only_a_party_member_can_write(client, advertiser, writer_portal, ad_id):
+    conversation_id = contact(client, writer_portal, ad_id).json["conversation"]["id"]
+    response = reply(client, advertiser, conversation_id, member="m-someone-else")
+    assert response.status_code == 403
+    assert response.json["error"] == "not_a_party"
+    assert "member" in response.json["errors"]["json"]
+
+
+# --- blocking ---------------------------------------------------------------------------
+
+
+def test_a_blocked_conversation_refuses_further_messages(client, advertiser, writer_portal, ad_id):
+    conversation_id = contact(client, writer_portal, ad_id).json["conversation"]["id"]
+    blocked = client.post(
+        f"/v1/conversations/{conversation_id}/block",
+        json={"member": ADVERTISER},
+        headers=advertiser.headers,
+    )
+    assert blocked.status_code == 200
+    assert blocked.json["blocked_by"] == "recipient"
+    for portal, member in ((writer_portal, WRITER), (advertiser, ADVERTISER)):
+        response = reply(client, portal, conversation_id, member=member)
+        assert response.status_code == 409
+        assert response.json["error"] == "conversation_blocked"
+    again = client.post(
+        f"/v1/conversations/{conversation_id}/block",
+        json={"member": WRITER},
+        headers=writer_portal.headers,
+    )
+    assert again.json["blocked_by"] == "recipient"  # the first block stands
+
+
+def test_only_a_party_can_block(client, advertiser, writer_portal, ad_id):
+    conversation_id = contact(client, writer_portal, ad_id).json["conversation"]["id"]
+    response = client.post(
+        f"/v1/conversations/{conversation_id}/block",
+        json={"member": "m-nobody"},
+        headers=advertiser.headers,
+    )
+    assert response.status_code == 403
+
+
+# --- idempotency ---------------------------------------------------------------------------
+
+
+def test_a_retried_contact_with_its_key_makes_no_second_conversation(
+    client, advertiser, writer_portal, ad_id
+):
+    first = contact(client, writer_portal, ad_id, idempotency_key="send-1")
+    again = contact(client, writer_portal, ad_id, idempotency_key="send-1")
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json["message"]["id"] == first.json["message"]["id"]
+    listed = client.get("/v1/conversations", headers=writer_portal.headers).json
+    assert len(listed["conversations"]) == 1
+
+
+def test_a_retried_reply_with_its_key_is_sent_once(client, advertiser, writer_portal, ad_id):
+    conversation_id = contact(client, writer_portal, ad_id).json["conversation"]["id"]
+    first = reply(client, advertiser, conversation_id, idempotency_key="r-1")
+    again = reply(client, advertiser, conversation_id, idempotency_key="r-1")
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json["message"]["seq"] == 2
+    seen = client.get(f"/v1/conversations/{conversation_id}", headers=advertiser.headers).json
+    assert seen["message_count"] == 2
+
+
+def test_a_key_reused_for_another_message_is_refused(client, advertiser, writer_portal, ad_id):
+    conversation_id = contact(client, writer_portal, ad_id).json["conversation"]["id"]
+    reply(client, advertiser, conversation_id, idempotency_key="r-1")
+    response = reply(client, advertiser, conversation_id, idempotency_key="r-1", body="Other")
+    assert response.status_code == 409
+    assert response.json["error"] == "idempotency_key_reused"
+    assert "idempotency_key" in response.json["errors"]["json"]
+
+
+# --- limits -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def strict_client(migrated):
+    app = create_app(
+        dataclasses.replace(
+            migrated,
+            relay_conversations_per_member_per_hour=2,
+            relay_conversations_per_portal_per_hour=3,
+        )
+    )
+    yield app.test_client()
+    app.extensions["directory"].close()
+
+
+def test_a_member_opens_a_limited_number_of_conversations_an_hour(
+    strict_client, client, advertiser, writer_portal
+):
+    ads = [publish(client, advertiser, f"ad-{number}") for number in range(3)]
+    statuses = [contact(strict_client, writer_portal, ad).status_code for ad in ads]
+    assert statuses == [201, 201, 429]
+    refused = contact(strict_client, writer_portal, ads[2])
+    assert refused.json["error"] == "too_many_conversations"
+    assert 3500 < int(refused.headers["Retry-After"]) <= 3601
+    assert "member" in refused.json["errors"]["json"]
+    # Another member of the portal still may, up to the portal's own limit.
+    assert contact(strict_client, writer_portal, ads[2], member="m-other").status_code == 201
+    assert contact(strict_client, writer_portal, ads[2], member="m-third").status_code == 429
+
+
+def test_the_limit_counts_only_the_last_hour(
+    strict_client, client, wiring, advertiser, writer_portal
+):
+    ads = [publish(client, advertiser, f"ad-{number}") for number in range(3)]
+    for ad in ads[:2]:
+        contact(strict_client, writer_portal, ad)
+    with unit_of_work(wiring.session_factory) as session:
+        session.execute(
+            update(Conversation).values(created_at=datetime.now(UTC) - timedelta(minutes=61))
+        )
+    assert contact(strict_client, writer_portal, ads[2]).status_code == 201
+
+
+# --- listing --------------------------------------------------------------------------------
+
+
+def test_conversations_list_newest_activity_first_and_by_member(client, advertiser, writer_portal):
+    ads = [publish(client, advertiser, f"ad-{number}") for number in range(3)]
+    ids = [
+        contact(client, writer_portal, ad, member=f"m-{number}").json["conversation"]["id"]
+        for number, ad in enumerate(ads)
+    ]
+    reply(client, advertiser, ids[0])  # the oldest becomes the most recent
+    page = client.get("/v1/conversations?limit=2", headers=advertiser.headers).json
+    assert [c["id"] for c in page["conversations"]] == [ids[0], ids[2]]
+    rest = client.get(
+        f"/v1/conversations?limit=2&cursor={page['next_cursor']}", headers=advertiser.headers
+    ).json
+    assert [c["id"] for c in rest["conversations"]] == [ids[1]]
+    assert rest["next_cursor"] is None
+    mine = client.get("/v1/conversations?member=m-1", headers=writer_portal.headers).json
+    assert [c["id"] for c in mine["conversations"]] == [ids[1]]
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["cursor=garbage", "cursor=c1.bm90LWpzb24", "limit=0", "limit=101", "member=a@b.org", "x=1"],
+)
+def test_bad_list_queries_are_refused(client, advertiser, query):
+    response = client.get(f"/v1/conversations?{query}", headers=advertiser.headers)
+    assert response.status_code == 400
+    assert query.split("=")[0] in response.json["errors"]["query"]
+
+
+# --- the inbox -------------------------------------------------------------------------------
+
+
+def test_messages_wait_in_the_inbox_until_acknowledged(client, advertiser, writer_portal, ad_id):
+    conversation_id = contact(client, writer_portal, ad_id).json["conversation"]["id"]
+    reply(client, writer_portal, conversation_id, member=WRITER, body="Second")
+    inbox = client.get("/v1/inbox", headers=advertiser.headers).json
+    assert [event["data"]["message"]["body"] for event in inbox["events"]] == [
+        "Is it still on?",
+        "Second",
+    ]
+    event = inbox["events"][0]
+    assert event["type"] == "message.created"
+    assert event["id"] == "msg_" + uuid.UUID(event["data"]["message"]["id"]).hex
+    assert event["data"]["to"]["member"] == ADVERTISER
+    assert event["data"]["from"]["portal"] == {"slug": "lets-bristol", "name": "Bristol LETS"}
+    assert WRITER not in json.dumps(inbox)
+    assert client.get("/v1/inbox", headers=writer_portal.headers).json["events"] == []
+    acknowledged = client.post(
+        "/v1/inbox/ack", json={"ids": [event["id"]]}, headers=advertiser.headers
+    )
+    assert acknowledged.json == {"acknowledged": 1}
+    again = client.post("/v1/inbox/ack", json={"ids": [event["id"]]}, headers=advertiser.headers)
+    assert again.json == {"acknowledged": 0}
+    left = client.get("/v1/inbox", headers=advertiser.headers).json["events"]
+    assert [e["data"]["message"]["body"] for e in left] == ["Second"]
+    seen = client.get(f"/v1/conversations/{conversation_id}", headers=writer_portal.headers).json
+    assert seen["messages"][0]["delivery"]["state"] == "delivered"
+    assert seen["messages"][0]["delivery"]["delivered_via"] == "inbox"
+
+
+def test_the_inbox_pages_with_since(client, advertiser, writer_portal, ad_id):
+    conversation_id = contact(client, writer_portal, ad_id).json["conversation"]["id"]
+    for number in range(4):
+        reply(client, writer_portal, conversation_id, member=WRITER, body=f"m{number}")
+    first = client.get("/v1/inbox?limit=2", headers=advertiser.headers).json
+    assert len(first["events"]) == 2
+    rest = client.get(f"/v1/inbox?since={first['next_since']}", headers=advertiser.headers).json
+    assert [e["data"]["message"]["seq"] for e in rest["events"]] == [3, 4, 5]
+    assert rest["next_since"] is None
+
+
+def test_a_portal_cannot_acknowledge_another_portals_messages(
+    client, advertiser, writer_portal, ad_id
+):
+    contact(client, writer_portal, ad_id)
+    event = client.get("/v1/inbox", headers=advertiser.headers).json["events"][0]
+    response = client.post(
+        "/v1/inbox/ack", json={"ids": [event["id"]]}, headers=writer_portal.headers
+    )
+    assert response.json == {"acknowledged": 0}
+    assert len(client.get("/v1/inbox", headers=advertiser.headers).json["events"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"ids": []}, "ids"),
+        ({"ids": ["nope"]}, "ids"),
+        ({"ids": ["msg_" + "z" * 32]}, "ids"),
+        ({"ids": ["msg_1"] * 1001}, "ids"),
+        ({}, "ids"),
+    ],
+)
+def test_bad_acknowledgements_are_refused(client, advertiser, body, field):
+    response = client.post("/v1/inbox/ack", json=body, headers=advertiser.headers)
+    assert response.status_code == 400
+    assert field in response.json["errors"]["json"]
+
+
+@pytest.mark.parametrize("query", ["since=zz", "since=d", "limit=0", "limit=501"])
+def test_bad_inbox_queries_are_refused(client, advertiser, query):
+    response = client.get(f"/v1/inbox?{query}", headers=advertiser.headers)
+    assert response.status_code == 400
+    assert query.split("=")[0] in response.json["errors"]["query"]
+
+
+# --- retention ----------------------------------------------------------------------------
+
+
+def test_old_messages_and_empty_conversations_are_purged(client, wiring, advertiser, writer_portal):
+    ads = [publish(client, advertiser, f"ad-{number}") for number in range(2)]
+    old = contact(client, writer_portal, ads[0]).json["conversation"]["id"]
+    kept = contact(client, writer_portal, ads[1]).json["conversation"]["id"]
+    reply(client, advertiser, kept)
+    long_ago = datetime.now(UTC) - timedelta(days=400)
+    with unit_of_work(wiring.session_factory) as session:
+        session.execute(
+            update(Message)
+            .where(Message.conversation_id.in_([uuid.UUID(old), uuid.UUID(kept)]), Message.seq == 1)
+            .values(created_at=long_ago)
+        )
+        session.execute(
+            update(Conversation)
+            .where(Conversation.id == uuid.UUID(old))
+            .values(last_message_at=long_ago)
+        )
+    with unit_of_work(wiring.session_factory) as session:
+        report = relay.purge_old_messages(session, retention=timedelta(days=365))
+    assert report == relay.PurgeReport(messages=2, conversations=1)
+    assert client.get(f"/v1/conversations/{old}", headers=advertiser.headers).status_code == 404
+    seen = client.get(f"/v1/conversations/{kept}", headers=advertiser.headers).json
+    assert [m["seq"] for m in seen["messages"]] == [2]
+    with unit_of_work(wiring.session_factory) as session:
+        assert session.scalar(text("SELECT count(*) FROM deliveries")) == 1

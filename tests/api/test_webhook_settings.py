@@ -1,0 +1,141 @@
+"""A portal's webhook: where it goes (checked against SSRF), its signing secrets and
+their rotation, and the endpoint disabled by a 410 and enabled again."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select
+
+from directory import create_app
+from directory.db import unit_of_work
+from directory.models import Delivery
+from directory.services import deliveries
+from tests.factories import ad_payload
+
+LOOPBACK_HOOK = "http://127.0.0.1:9/hook"
+
+
+def set_webhook(client, portal, url):
+    return client.patch("/v1/portals/me", json={"webhook_url": url}, headers=portal.headers)
+
+
+def test_a_loopback_webhook_is_accepted_where_allowed(client, portal):
+    response = set_webhook(client, portal, LOOPBACK_HOOK)
+    assert response.status_code == 200, response.json
+    assert response.json["webhook_url"] == LOOPBACK_HOOK
+    assert response.json["webhook_disabled_at"] is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://10.0.0.5/hook",
+        "https://192.168.1.1/hook",
+        "http://169.254.169.254/latest/meta-data",
+        "https://[fd00:ec2::254]/",
+        "https://100.64.0.1/",
+        "https://0.0.0.0/",
+        "https://user:secret@127.0.0.1/hook",
+        "http://[::ffff:10.0.0.1]/",
+    ],
+)
+def test_webhooks_into_private_networks_are_refused(client, portal, url):
+    response = set_webhook(client, portal, url)
+    assert response.status_code == 400, response.json
+    # Refused by our SSRF check, or earlier by the URL field itself (IPv6 forms).
+    assert response.json["error"] in ("unsafe_webhook_url", "validation_error")
+    assert "webhook_url" in response.json["errors"]["json"]
+
+
+def test_loopback_is_refused_unless_allowed(migrated, make_portal):
+    portal = make_portal()
+    app = create_app(dataclasses.replace(migrated, webhook_allow_loopback=False))
+    try:
+        response = set_webhook(app.test_client(), portal, LOOPBACK_HOOK)
+        assert response.status_code == 400
+        assert "webhook_url" in response.json["errors"]["json"]
+    finally:
+        app.extensions["directory"].close()
+
+
+def test_each_portal_has_its_own_signing_secret(client, portal, other_portal):
+    mine = client.get("/v1/portals/me/webhook-secret", headers=portal.headers).json
+    theirs = client.get("/v1/portals/me/webhook-secret", headers=other_portal.headers).json
+    assert mine["secret"].startswith("whsec_")
+    assert mine["secret"] != theirs["secret"]
+    assert mine["previous_secret"] is None
+
+
+def test_a_rotated_secret_keeps_the_old_one_signing_for_the_overlap(client, portal):
+    before = client.get("/v1/portals/me/webhook-secret", headers=portal.headers).json["secret"]
+    rotated = client.post(
+        "/v1/portals/me/webhook-secret", json={"overlap_hours": 2}, headers=portal.headers
+    ).json
+    assert rotated["secret"] != before
+    assert rotated["previous_secret"] == before
+    expires = datetime.fromisoformat(rotated["previous_secret_expires_at"])
+    assert timedelta(hours=1.9) < expires - datetime.now(UTC) <= timedelta(hours=2)
+    immediate = client.post(
+        "/v1/portals/me/webhook-secret", json={"overlap_hours": 0}, headers=portal.headers
+    ).json
+    assert immediate["previous_secret"] is None
+    assert immediate["secret"] not in (before, rotated["secret"])
+
+
+@pytest.mark.parametrize("body", [{"overlap_hours": -1}, {"overlap_hours": 169}, {"x": 1}])
+def test_bad_rotations_are_refused(client, portal, body):
+    response = client.post("/v1/portals/me/webhook-secret", json=body, headers=portal.headers)
+    assert response.status_code == 400
+    assert next(iter(body)) in response.json["errors"]["json"]
+
+
+def test_setting_the_url_again_enables_a_disabled_webhook_and_resumes_its_deliveries(
+    client, wiring, portal, other_portal
+):
+    set_webhook(client, portal, LOOPBACK_HOOK)
+    ad = client.put("/v1/ads/ad-1", json=ad_payload(member="m-1"), headers=portal.headers).json
+    client.post(
+        f"/v1/ads/{ad['id']}/contact",
+        json={"member": "m-2", "name": "Bo", "body": "Hello"},
+        headers=other_portal.headers,
+    )
+    with unit_of_work(wiring.session_factory) as session:
+        deliveries.disable_webhook(session, portal_id=portal.id, reason="410 Gone")
+    profile = client.get("/v1/portals/me", headers=portal.headers).json
+    assert profile["webhook_disabled_at"] is not None
+    assert profile["webhook_disabled_reason"] == "410 Gone"
+    with unit_of_work(wiring.session_factory) as session:
+        parked = session.scalar(select(Delivery.next_attempt_at))
+    assert parked == deliveries.PARKED
+    set_webhook(client, portal, LOOPBACK_HOOK)
+    profile = client.get("/v1/portals/me", headers=portal.headers).json
+    assert profile["webhook_disabled_at"] is None
+    with unit_of_work(wiring.session_factory) as session:
+        due = session.scalar(select(Delivery.next_attempt_at))
+    assert due <= datetime.now(UTC)
+
+
+def test_messages_to_a_portal_without_webhook_wait_in_the_inbox_only(
+    client, wiring, portal, other_portal
+):
+    ad = client.put("/v1/ads/ad-1", json=ad_payload(member="m-1"), headers=portal.headers).json
+    client.post(
+        f"/v1/ads/{ad['id']}/contact",
+        json={"member": "m-2", "name": "Bo", "body": "Hello"},
+        headers=other_portal.headers,
+    )
+    with unit_of_work(wiring.session_factory) as session:
+        assert session.scalar(select(Delivery.next_attempt_at)) == deliveries.PARKED
+        assert deliveries.claim_due(session, limit=10, lease=timedelta(seconds=30)) == []
+
+
+@pytest.mark.parametrize("hours", [2.5, 1e-40, "24", True])
+def test_overlap_must_be_a_whole_number_of_hours(client, portal, hours):
+    response = client.post(
+        "/v1/portals/me/webhook-secret", json={"overlap_hours": hours}, headers=portal.headers
+    )
+    assert response.status_code == 400
+    assert "overlap_hours" in response.json["errors"]["json"]

@@ -1,0 +1,186 @@
+"""Relay messages reach portals' webhooks through the worker: signed, retried, and
+each delivered under one id however often it is sent."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import time
+
+import pytest
+from standardwebhooks import Webhook
+
+from directory import build_wiring, create_app
+from directory.worker import Deliverer
+from tests.factories import ad_payload
+from tests.peers import Reply, WebhookReceiver
+
+
+@pytest.fixture
+def fast(migrated):
+    """The API and a deliverer with retries in tenths of a second."""
+    settings = dataclasses.replace(
+        migrated,
+        delivery_first_retry_s=0.1,
+        delivery_max_retry_s=0.5,
+        delivery_lease_s=5,
+    )
+    app = create_app(settings)
+    wiring = build_wiring(settings)
+    stop = threading.Event()
+    deliverer = Deliverer(wiring, stop)
+    deliverer.start()
+    yield app.test_client(), wiring
+    stop.set()
+    deliverer.join()
+    wiring.close()
+    app.extensions["directory"].close()
+
+
+def secret_of(client, portal) -> str:
+    return client.get("/v1/portals/me/webhook-secret", headers=portal.headers).json["secret"]
+
+
+def open_conversation(client, advertiser, writer, body="Hello there"):
+    ad = client.put("/v1/ads/ad-1", json=ad_payload(member="m-owner"), headers=advertiser.headers)
+    return client.post(
+        f"/v1/ads/{ad.json['id']}/contact",
+        json={"member": "m-writer", "name": "Anna", "body": body},
+        headers=writer.headers,
+    ).json
+
+
+def test_a_message_reaches_the_portals_webhook_signed(fast, portal, other_portal):
+    client, _ = fast
+    with WebhookReceiver([secret_of(client, portal)]) as receiver:
+        client.patch("/v1/portals/me", json={"webhook_url": receiver.url}, headers=portal.headers)
+        sent = open_conversation(client, portal, other_portal)
+        receiver.wait_for(1)
+        (received,) = receiver.deliveries
+        assert received.verified
+        assert received.webhook_id == "msg_" + sent["message"]["id"].replace("-", "")
+        assert received.body["type"] == "message.created"
+        data = received.body["data"]
+        assert data["message"]["body"] == "Hello there"
+        assert data["to"]["member"] == "m-owner"
+        assert data["from"]["alias"] == sent["conversation"]["initiator"]["alias"]
+        assert "m-writer" not in received.raw_body.decode()
+    # The worker records the outcome once the receiver has answered.
+    conversation = _wait_for(
+        lambda: (
+            client.get(
+                f"/v1/conversations/{sent['conversation']['id']}", headers=other_portal.headers
+            ).json
+        ),
+        lambda seen: seen["messages"][0]["delivery"]["state"] != "pending",
+    )
+    delivery = conversation["messages"][0]["delivery"]
+    assert delivery["state"] == "delivered"
+    assert delivery["delivered_via"] == "webhook"
+    # Delivered: no longer in the inbox.
+    assert client.get("/v1/inbox", headers=portal.headers).json["events"] == []
+
+
+def test_a_failing_endpoint_is_retried_under_the_same_id(fast, portal, other_portal):
+    client, _ = fast
+    with WebhookReceiver([secret_of(client, portal)]) as receiver:
+        receiver.fail_next(2, status=500)
+        client.patch("/v1/portals/me", json={"webhook_url": receiver.url}, headers=portal.headers)
+        open_conversation(client, portal, other_portal)
+        receiver.wait_for(3)
+        statuses = [d.reply.status for d in receiver.deliveries]
+        assert statuses == [500, 500, 204]
+        assert len(receiver.unique_ids()) == 1
+
+
+def test_a_410_disables_the_webhook_and_the_message_waits_in_the_inbox(fast, portal, other_portal):
+    client, _ = fast
+    with WebhookReceiver([secret_of(client, portal)]) as receiver:
+        receiver.reply_next(Reply(status=410))
+        client.patch("/v1/portals/me", json={"webhook_url": receiver.url}, headers=portal.headers)
+        open_conversation(client, portal, other_portal)
+        receiver.wait_for(1)
+        profile = _wait_for_profile(client, portal, lambda p: p["webhook_disabled_at"])
+        assert "410" in profile["webhook_disabled_reason"]
+        assert len(client.get("/v1/inbox", headers=portal.headers).json["events"]) == 1
+        # The portal fixes its endpoint and sets the URL again: the message goes out.
+        client.patch("/v1/portals/me", json={"webhook_url": receiver.url}, headers=portal.headers)
+        receiver.wait_for(2)
+        assert receiver.deliveries[-1].reply.status == 204
+
+
+def test_during_a_rotation_both_secrets_sign(fast, portal, other_portal):
+    client, _ = fast
+    old = secret_of(client, portal)
+    new = client.post(
+        "/v1/portals/me/webhook-secret", json={"overlap_hours": 1}, headers=portal.headers
+    ).json["secret"]
+    with WebhookReceiver([old]) as old_receiver:
+        client.patch(
+            "/v1/portals/me", json={"webhook_url": old_receiver.url}, headers=portal.headers
+        )
+        open_conversation(client, portal, other_portal)
+        old_receiver.wait_for(1)
+        assert old_receiver.deliveries[0].verified
+        signatures = old_receiver.deliveries[0].headers["webhook-signature"].split(" ")
+        assert len(signatures) == 2
+    # A receiver already switched to the new secret verifies the same request.
+    received = old_receiver.deliveries[0]
+    Webhook(new).verify(received.raw_body, received.headers)
+
+
+def _wait_for_profile(client, portal, predicate):
+    return _wait_for(lambda: client.get("/v1/portals/me", headers=portal.headers).json, predicate)
+
+
+def _wait_for(read, predicate, timeout_s=10.0):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = read()
+        if predicate(value) or time.monotonic() > deadline:
+            return value
+        time.sleep(0.05)
+
+
+def test_nothing_the_other_party_receives_reveals_the_sender(fast, make_portal):
+    """A whole exchange, both ways: every webhook and every response a portal gets about
+    the other party holds no member handle of theirs, no internal id, no address."""
+    client, _ = fast
+    lyon = make_portal(slug="sel-lyon")
+    bristol = make_portal(slug="lets-bristol")
+    with (
+        WebhookReceiver([secret_of(client, lyon)]) as lyon_hook,
+        WebhookReceiver([secret_of(client, bristol)]) as bristol_hook,
+    ):
+        for portal, hook in ((lyon, lyon_hook), (bristol, bristol_hook)):
+            client.patch("/v1/portals/me", json={"webhook_url": hook.url}, headers=portal.headers)
+        sent = open_conversation(client, lyon, bristol)  # m-writer of Bristol writes
+        conversation_id = sent["conversation"]["id"]
+        client.post(
+            f"/v1/conversations/{conversation_id}/messages",
+            json={"member": "m-owner", "name": "Luc", "body": "Yes"},
+            headers=lyon.headers,
+        )
+        lyon_hook.wait_for(1)
+        bristol_hook.wait_for(1)
+        seen_by_lyon = [_as_received(delivery) for delivery in lyon_hook.deliveries]
+        seen_by_bristol = [_as_received(delivery) for delivery in bristol_hook.deliveries]
+    for path in (f"/v1/conversations/{conversation_id}", "/v1/conversations", "/v1/inbox"):
+        seen_by_lyon.append(client.get(path, headers=lyon.headers).text)
+        seen_by_bristol.append(client.get(path, headers=bristol.headers).text)
+    secrets = {"lyon": secret_of(client, lyon), "bristol": secret_of(client, bristol)}
+    for text, other_member, other_secret in (
+        ("\n".join(seen_by_lyon), "m-writer", secrets["bristol"]),
+        ("\n".join(seen_by_bristol), "m-owner", secrets["lyon"]),
+    ):
+        assert other_member not in text
+        assert other_secret not in text
+        for leak in ("portal_id", "127.0.0.1", "localhost", "@", "webhook_url", "/hook"):
+            assert leak not in text, leak
+
+
+def _as_received(delivery) -> str:
+    # The Host header names the receiver itself, which its portal knows.
+    headers = {name: value for name, value in delivery.headers.items() if name != "host"}
+    return delivery.raw_body.decode() + json.dumps(headers)
