@@ -13,10 +13,13 @@ run: deps
 	@url=$$($(BIN)/directory localdb start $(DATA)/pg); \
 	export DIRECTORY_DATABASE_URL=$$url; \
 	export DIRECTORY_RATE_LIMIT_STORAGE_URL=$$($(BIN)/directory localredis start $(DATA)/redis); \
+	export DIRECTORY_WEBHOOK_ALLOW_LOOPBACK=1; \
 	$(BIN)/directory migrate; \
 	$(BIN)/directory demo --keys-file $(DATA)/demo-keys.json; \
 	echo "database: $$url"; \
 	echo "API: http://127.0.0.1:8000  (spec: http://127.0.0.1:8000/openapi.json)"; \
+	$(BIN)/directory worker & worker=$$!; \
+	trap 'kill $$worker 2>/dev/null; wait $$worker' EXIT; \
 	$(BIN)/directory serve --bind 127.0.0.1:8000
 
 test: deps
@@ -38,12 +41,15 @@ openapi: deps
 bench: deps
 	$(BIN)/python bench/ingest.py
 
-.PHONY: bench-search bench-flood
+.PHONY: bench-search bench-flood bench-relay
 bench-search: deps
 	$(BIN)/python bench/search.py
 
 bench-flood: deps
 	$(BIN)/python -m bench.flood
+
+bench-relay: deps
+	$(BIN)/python bench/relay.py
 
 deps: system-deps $(VENV)/.installed
 

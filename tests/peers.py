@@ -271,6 +271,9 @@ def _int_or_none(value: str | None) -> int | None:
 class _Server(ThreadingHTTPServer):
     # Request threads are joined on close, so that a stopped receiver is really quiet.
     daemon_threads = False
+    # socketserver's backlog of 5 resets connections of a burst before they are accepted;
+    # a portal's real server takes one (nginx: 511).
+    request_queue_size = 128
 
     def __init__(
         self, address: tuple[str, int], receiver: WebhookReceiver, tls: ssl.SSLContext | None

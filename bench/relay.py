@@ -1,0 +1,603 @@
+"""Contact relay speed: messages accepted per second, and the time from acceptance to
+verified webhook delivery, with live receivers on loopback.
+
+    .venv/bin/python bench/relay.py [--duration 30] [--clients 8] [--rate 100,300]
+
+The API runs under gunicorn with as many processes as `directory serve` (DEFAULT_WORKERS),
+one `directory worker` delivers with the production retry settings, and each portal's
+webhook is a WebhookReceiver (tests/peers.py) in this process that checks every signature
+with the reference Standard Webhooks package. Portals write to each other's advertisers:
+most messages go into existing conversations (both parties take turns), one in ten opens
+a new one.
+
+  throughput  --clients threads post as fast as the API answers for --duration seconds
+              (the worker delivering meanwhile): accepted messages per second, then how
+              long the worker took to drain what was left;
+  latency     for each --rate, messages at that steady rate for --duration seconds: the
+              time from the client reading the 201 to the receiver getting the verified
+              webhook, matched by webhook-id ("msg_" + the message id's hex); both clocks
+              are this process's time.monotonic().
+
+Goals on this 2-core machine: at least 500 messages accepted per second, and p95 from
+acceptance to verified delivery under 1 s. About 2 minutes. Prints figures; asserts
+nothing."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import itertools
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import orjson
+import psycopg
+from sqlalchemy import text
+
+from bench.common import (
+    ROOT,
+    children,
+    database,
+    gunicorn,
+    machine_busy_s,
+    process_cpu_s,
+)
+from directory import build_wiring
+from directory.__main__ import DEFAULT_WORKERS
+from directory.db import unit_of_work
+from directory.services.portals import create_portal
+from directory.settings import Settings
+from tests.peers import WebhookReceiver
+
+PORTALS = 4
+ADS_PER_PORTAL = 5
+CONVERSATIONS_PER_CLIENT = 12  # each client writes in its own: no waiting on row locks
+NEW_CONTACT_EVERY = 10  # one message in ten opens a conversation
+LATENCY_THREADS = 8  # senders sharing a steady rate
+DRAIN_TIMEOUT_S = 120
+GOAL_ACCEPTED_PER_S = 500
+GOAL_P95_S = 1.0
+# The listen backlog socketserver gives the receivers (5) resets some of the worker's new
+# connections when many open at once; a portal's real server (nginx: 511) takes them.
+BODY = "Hello! Is the bicycle still available? I could come by on Saturday morning."
+
+
+@dataclass(frozen=True)
+class Party:
+    key: str
+    member: str
+
+
+@dataclass(frozen=True)
+class Conversation:
+    id: str
+    initiator: Party
+    recipient: Party
+
+
+@dataclass
+class Tally:
+    """What one phase's clients saw: webhook id -> when the 201 was read, and failures."""
+
+    accepted: dict[str, float] = field(default_factory=dict)
+    errors: Counter = field(default_factory=Counter)
+    most_behind_s: float = 0.0  # paced phases: the latest a message left after its time
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, webhook_id: str, at: float) -> None:
+        with self.lock:
+            self.accepted[webhook_id] = at
+
+    def fail(self, what: str) -> None:
+        with self.lock:
+            self.errors[what] += 1
+
+
+class Api:
+    """One client's connection to the API, kept open where the server allows it
+    (gunicorn's sync workers close it after each answer; http.client then opens the
+    next one itself)."""
+
+    def __init__(self, base_url: str) -> None:
+        address = urlsplit(base_url)
+        self.connection = http.client.HTTPConnection(address.hostname, address.port, timeout=30)
+
+    def call(self, method: str, path: str, key: str, body: dict | None = None):
+        self.connection.request(
+            method,
+            path,
+            body=None if body is None else orjson.dumps(body),
+            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        )
+        response = self.connection.getresponse()
+        payload = response.read()
+        return response.status, orjson.loads(payload) if payload else None
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+class Writer:
+    """Sends relay messages for one client thread: into its conversations, parties taking
+    turns, and now and then to a new advertiser."""
+
+    def __init__(self, api: Api, conversations: list[Conversation], ads, name: str):
+        self.api = api
+        self.conversations = conversations
+        self.ads = ads  # [(ad id, key of a portal whose members may write to it)]
+        self.name = name
+        self.count = itertools.count(1)
+
+    def send(self, tally: Tally) -> None:
+        number = next(self.count)
+        try:
+            if number % NEW_CONTACT_EVERY == 0:
+                ad_id, writer_key = self.ads[number // NEW_CONTACT_EVERY % len(self.ads)]
+                status, body = self.api.call(
+                    "POST",
+                    f"/v1/ads/{ad_id}/contact",
+                    writer_key,
+                    {"member": f"m-{self.name}-{number}", "name": "Anna", "body": BODY},
+                )
+            else:
+                conversation = self.conversations[number % len(self.conversations)]
+                party = (conversation.initiator, conversation.recipient)[
+                    number // len(self.conversations) % 2
+                ]
+                status, body = self.api.call(
+                    "POST",
+                    f"/v1/conversations/{conversation.id}/messages",
+                    party.key,
+                    {"member": party.member, "body": BODY},
+                )
+        except (OSError, http.client.HTTPException) as error:
+            self.api.close()
+            tally.fail(type(error).__name__)
+            return
+        accepted_at = time.monotonic()
+        if status == 201:
+            tally.add(webhook_id_of(body["message"]["id"]), accepted_at)
+        else:
+            tally.fail(f"HTTP {status}")
+
+
+def webhook_id_of(message_id: str) -> str:
+    return "msg_" + uuid.UUID(message_id).hex
+
+
+# --- setting up ---------------------------------------------------------------------------
+
+
+def create_portals(database_url: str) -> list[str]:
+    """The portals' keys."""
+    wiring = build_wiring(Settings(database_url=database_url))
+    try:
+        with unit_of_work(wiring.session_factory) as session:
+            return [
+                create_portal(
+                    session,
+                    slug=f"exchange-{index}",
+                    name=f"Exchange {index}",
+                    default_currencies=["EUR", "HOUR"],
+                )[1].key
+                for index in range(PORTALS)
+            ]
+    finally:
+        wiring.close()
+
+
+def publish_ads(api: Api, keys: list[str]) -> list[tuple[str, int, str]]:
+    """Each portal's ads: [(ad id, portal index, advertiser's handle)]."""
+    ads = []
+    for index, key in enumerate(keys):
+        for number in range(ADS_PER_PORTAL):
+            status, body = api.call(
+                "PUT",
+                f"/v1/ads/ad-{number}",
+                key,
+                {
+                    "kind": "offer",
+                    "title": f"Bicycle repairs #{number}",
+                    "body": "I fix punctures, brakes and gears. Bring your bike on Saturdays.",
+                    "category": "home.repairs",
+                    "location": {"lat": 45.76 + index, "lon": 4.83 + number / 10},
+                    "privacy": "approximate",
+                    "currencies": ["EUR", "HOUR"],
+                    "language": "en",
+                    "member": f"m-owner-{index}-{number}",
+                },
+            )
+            if status != 201:
+                raise SystemExit(f"publishing an ad failed: HTTP {status} {body}")
+            ads.append((body["id"], index, f"m-owner-{index}-{number}"))
+    return ads
+
+
+def open_conversations(
+    api: Api, keys: list[str], ads: list[tuple[str, int, str]], count: int
+) -> tuple[list[Conversation], Tally]:
+    """The conversations, and their first messages as accepted."""
+    conversations = []
+    first_messages = Tally()
+    for number in range(count):
+        ad_id, owner, owner_member = ads[number % len(ads)]
+        writer = (owner + 1 + number % (PORTALS - 1)) % PORTALS
+        member = f"m-writer-{number}"
+        status, body = api.call(
+            "POST",
+            f"/v1/ads/{ad_id}/contact",
+            keys[writer],
+            {"member": member, "name": "Anna", "body": BODY},
+        )
+        if status != 201:
+            raise SystemExit(f"opening a conversation failed: HTTP {status} {body}")
+        first_messages.add(webhook_id_of(body["message"]["id"]), time.monotonic())
+        conversations.append(
+            Conversation(
+                body["conversation"]["id"],
+                initiator=Party(keys[writer], member),
+                recipient=Party(keys[owner], owner_member),
+            )
+        )
+    return conversations, first_messages
+
+
+# --- the phases -------------------------------------------------------------------------------
+
+
+def saturate(writers: list[Writer], duration_s: float) -> tuple[Tally, float]:
+    """Every writer sends as fast as the API answers; (tally, seconds it took)."""
+    tally = Tally()
+    until = time.monotonic() + duration_s
+
+    def run(writer: Writer) -> None:
+        while time.monotonic() < until:
+            writer.send(tally)
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=run, args=(writer,)) for writer in writers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return tally, time.monotonic() - started
+
+
+def paced(writers: list[Writer], rate: float, duration_s: float) -> Tally:
+    """Messages at a steady `rate`, the writers taking turns: message n leaves at
+    start + n / rate (or as soon as its writer is free, if it is late). Those not sent
+    by the end of the phase are not sent: an API slower than the rate shows as fewer
+    messages accepted, not as a longer phase."""
+    tally = Tally()
+    start = time.monotonic() + 0.1
+    end = start + duration_s
+    total = int(rate * duration_s)
+
+    def run(index: int, writer: Writer) -> None:
+        behind = 0.0
+        for number in range(index, total, len(writers)):
+            due = start + number / rate
+            now = time.monotonic()
+            if now >= end:
+                break
+            wait_s = due - now
+            if wait_s > 0:
+                time.sleep(wait_s)
+            else:
+                behind = max(behind, -wait_s)
+            writer.send(tally)
+        with tally.lock:
+            tally.most_behind_s = max(tally.most_behind_s, behind)
+
+    threads = [
+        threading.Thread(target=run, args=(index, writer)) for index, writer in enumerate(writers)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return tally
+
+
+def arrivals(receivers: list[WebhookReceiver]) -> dict[str, float]:
+    """Webhook id -> when its first verified request arrived."""
+    first: dict[str, float] = {}
+    for receiver in receivers:
+        for delivery in receiver.deliveries:
+            if delivery.verified and delivery.webhook_id not in first:
+                first[delivery.webhook_id] = delivery.received_at
+    return first
+
+
+def drain(receivers: list[WebhookReceiver], tally: Tally) -> tuple[dict[str, float], float]:
+    """Waits until every accepted message has arrived verified (or DRAIN_TIMEOUT_S);
+    (arrivals, seconds waited)."""
+    started = time.monotonic()
+    while True:
+        arrived = arrivals(receivers)
+        if tally.accepted.keys() <= arrived.keys():
+            return arrived, time.monotonic() - started
+        if time.monotonic() - started > DRAIN_TIMEOUT_S:
+            return arrived, float("inf")
+        time.sleep(0.1)
+
+
+@dataclass(frozen=True)
+class Latency:
+    count: int
+    missing: int
+    p50_s: float
+    p95_s: float
+    p99_s: float
+    max_s: float
+
+
+def latency(tally: Tally, arrived: dict[str, float]) -> Latency:
+    delays = sorted(
+        arrived[webhook] - accepted_at
+        for webhook, accepted_at in tally.accepted.items()
+        if webhook in arrived
+    )
+    missing = len(tally.accepted) - len(delays)
+    if len(delays) < 2:
+        return Latency(len(delays), missing, *([float("nan")] * 4))
+    cuts = statistics.quantiles(delays, n=100, method="inclusive")
+    return Latency(len(delays), missing, cuts[49], cuts[94], cuts[98], delays[-1])
+
+
+def describe(figures: Latency) -> str:
+    text_ = (
+        f"p50 {figures.p50_s * 1000:.0f} ms, p95 {figures.p95_s * 1000:.0f} ms, "
+        f"p99 {figures.p99_s * 1000:.0f} ms, max {figures.max_s * 1000:.0f} ms"
+    )
+    if figures.missing:
+        text_ += f"; {figures.missing} NOT DELIVERED within {DRAIN_TIMEOUT_S} s"
+    return text_
+
+
+def met(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+def start_worker(database_url: str, log_path: Path) -> subprocess.Popen:
+    with log_path.open("w") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "directory", "worker"],
+            env={
+                **os.environ,
+                "DIRECTORY_DATABASE_URL": database_url,
+                "DIRECTORY_WEBHOOK_ALLOW_LOOPBACK": "1",
+                "DIRECTORY_LOG_LEVEL": "WARNING",
+            },
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def postmaster_pid(database_url: str) -> int:
+    """The benchmark cluster's server process (its backends are its children)."""
+    url = database_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(url) as connection:
+        data = connection.execute("SHOW data_directory").fetchone()[0]
+    return int((Path(data) / "postmaster.pid").read_text().split()[0])
+
+
+class CpuMeter:
+    """CPU seconds each part of the set-up uses from now until stop(), per process (a
+    process that ends meanwhile is not counted). What the machine did besides shows as
+    "other": another program running during the benchmark would skew its figures."""
+
+    def __init__(self, parts: dict[str, Callable[[], list[int]]]) -> None:
+        self.parts = parts
+        self.started = {name: self._read(list_pids()) for name, list_pids in parts.items()}
+        self.machine = machine_busy_s()
+
+    def stop(self) -> dict[str, float]:
+        used = {}
+        for name, list_pids in self.parts.items():
+            before = self.started[name]
+            used[name] = sum(
+                seconds - before.get(pid, 0.0) for pid, seconds in self._read(list_pids()).items()
+            )
+        used["other"] = max(0.0, machine_busy_s() - self.machine - sum(used.values()))
+        return used
+
+    @staticmethod
+    def _read(pids: list[int]) -> dict[int, float]:
+        seconds = {}
+        for pid in pids:
+            with contextlib.suppress(OSError):  # ended meanwhile
+                seconds[pid] = process_cpu_s(pid)
+        return seconds
+
+
+def retried_deliveries(database_url: str) -> tuple[int, int, int]:
+    """(deliveries, attempted more than once, still pending)."""
+    wiring = build_wiring(Settings(database_url=database_url))
+    try:
+        with wiring.engine.connect() as connection:
+            row = connection.execute(
+                text(
+                    "SELECT count(*), count(*) FILTER (WHERE attempts > 1),"
+                    " count(*) FILTER (WHERE state = 'pending') FROM deliveries"
+                )
+            ).one()
+    finally:
+        wiring.close()
+    return row[0], row[1], row[2]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--duration", type=float, default=30, help="seconds of each phase (default 30)"
+    )
+    parser.add_argument(
+        "--clients", type=int, default=8, help="concurrent clients of the throughput phase"
+    )
+    parser.add_argument(
+        "--rate",
+        default="100,300",
+        help="steady rates of the latency phases, messages/s (default 100,300)",
+    )
+    args = parser.parse_args()
+    rates = [float(rate) for rate in args.rate.split(",")]
+
+    env = {
+        "DIRECTORY_WEBHOOK_ALLOW_LOOPBACK": "1",
+        # A few portals here open as many conversations as a whole federation would.
+        "DIRECTORY_RELAY_CONVERSATIONS_PER_PORTAL_PER_HOUR": "10000000",
+    }
+    with (
+        tempfile.TemporaryDirectory(prefix="directory-bench-relay-") as folder,
+        database() as url,
+        gunicorn(url, workers=DEFAULT_WORKERS, env=env) as server,
+    ):
+        worker_log = Path(folder) / "worker.log"
+        keys = create_portals(url)
+        setup = Api(server.base_url)
+        receivers = []
+        worker = None
+        try:
+            for key in keys:
+                _, secret = setup.call("GET", "/v1/portals/me/webhook-secret", key)
+                receiver = WebhookReceiver([secret["secret"]]).start()
+                receivers.append(receiver)
+                status, body = setup.call(
+                    "PATCH", "/v1/portals/me", key, {"webhook_url": receiver.url}
+                )
+                if status != 200:
+                    raise SystemExit(f"setting the webhook failed: HTTP {status} {body}")
+            ads = publish_ads(setup, keys)
+            conversations, first_messages = open_conversations(
+                setup, keys, ads, CONVERSATIONS_PER_CLIENT * max(args.clients, LATENCY_THREADS)
+            )
+            setup.close()
+            worker = start_worker(url, worker_log)
+            # The conversations' first messages go out as soon as the worker is up.
+            drain(receivers, first_messages)
+
+            def writers(count: int) -> list[Writer]:
+                contacts = [(ad_id, keys[(owner + 1) % PORTALS]) for ad_id, owner, _ in ads]
+                return [
+                    Writer(
+                        Api(server.base_url),
+                        conversations[
+                            index * CONVERSATIONS_PER_CLIENT : (index + 1)
+                            * CONVERSATIONS_PER_CLIENT
+                        ],
+                        contacts,
+                        name=f"c{index}-{uuid.uuid4().hex[:6]}",
+                    )
+                    for index in range(count)
+                ]
+
+            # (a) throughput
+            postmaster = postmaster_pid(url)
+            meter = CpuMeter(
+                {
+                    "API": lambda: [server.pid, *children(server.pid)],
+                    "worker": lambda: [worker.pid],
+                    "PostgreSQL": lambda: [postmaster, *children(postmaster)],
+                    "bench clients + receivers": lambda: [os.getpid()],
+                }
+            )
+            clients = writers(args.clients)
+            tally, elapsed_s = saturate(clients, args.duration)
+            cpu = meter.stop()
+            delivered_meanwhile = len(arrivals(receivers).keys() & tally.accepted.keys())
+            arrived, drain_s = drain(receivers, tally)
+            for client in clients:
+                client.api.close()
+            accepted_per_s = len(tally.accepted) / elapsed_s
+            saturated = latency(tally, arrived)
+
+            # (b) latency at steady rates
+            steady = []
+            for rate in rates:
+                clients = writers(LATENCY_THREADS)
+                paced_tally = paced(clients, rate, args.duration)
+                arrived, _ = drain(receivers, paced_tally)
+                for client in clients:
+                    client.api.close()
+                steady.append((rate, paced_tally, latency(paced_tally, arrived)))
+            total, retried, pending = retried_deliveries(url)
+        finally:
+            if worker is not None:
+                worker.terminate()
+                worker.wait(timeout=60)
+            for receiver in receivers:
+                receiver.stop()
+        log = worker_log.read_text().strip()
+        requests_seen = sum(len(receiver.deliveries) for receiver in receivers)
+        unverified = sum(
+            not delivery.verified for receiver in receivers for delivery in receiver.deliveries
+        )
+
+    cores = os.cpu_count() or 1
+    print(f"setup:                 {PORTALS} portals with webhooks, {len(ads)} ads, "
+          f"{len(conversations)} conversations; API: gunicorn, {DEFAULT_WORKERS} workers; "
+          f"1 delivery worker; {cores} cores")  # fmt: skip
+    print(f"(a) throughput:        {accepted_per_s:,.0f} messages accepted/s  "
+          f"({len(tally.accepted):,} in {elapsed_s:.1f} s, {args.clients} clients, "
+          f"1 in {NEW_CONTACT_EVERY} a new conversation)")  # fmt: skip
+    if tally.errors:
+        print(f"    refused/failed:    {dict(tally.errors)}")
+    print(f"    delivered meanwhile: {delivered_meanwhile:,} "
+          f"({delivered_meanwhile / elapsed_s:,.0f}/s); backlog at the end "
+          f"{len(tally.accepted) - delivered_meanwhile:,}, drained in {drain_s:.1f} s")  # fmt: skip
+    print(f"    acceptance -> delivery (saturated): {describe(saturated)}")
+    busy = sum(cpu.values())
+    print("    CPU share:         "
+          + ", ".join(f"{name} {seconds / busy:.0%}" for name, seconds in cpu.items())
+          + f" (machine busy {busy / elapsed_s / cores:.0%}; CPU per message accepted: "
+          + ", ".join(f"{name} {seconds / len(tally.accepted) * 1000:.1f} ms"
+                      for name, seconds in cpu.items() if name in ("API", "worker", "PostgreSQL"))
+          + ")")  # fmt: skip
+    if cpu["other"] > 0.1 * busy:
+        print("    WARNING: other programs used the machine meanwhile; the figures are low")
+    for rate, paced_tally, figures in steady:
+        achieved = len(paced_tally.accepted) / args.duration
+        print(f"(b) latency at {rate:,.0f}/s:  {describe(figures)}  "
+              f"({figures.count:,} messages, {achieved:,.0f}/s accepted, client at most "
+              f"{paced_tally.most_behind_s * 1000:.0f} ms behind its pace"
+              + (f", refused/failed {dict(paced_tally.errors)}" if paced_tally.errors else "")
+              + ")")  # fmt: skip
+    print(f"receivers:             {requests_seen:,} requests, {unverified} unverified; "
+          f"deliveries {total:,}, {retried:,} tried more than once, {pending:,} still pending")  # fmt: skip
+    print("goals:")
+    print(f"  >= {GOAL_ACCEPTED_PER_S} messages accepted/s:          "
+          f"{met(accepted_per_s >= GOAL_ACCEPTED_PER_S)} ({accepted_per_s:,.0f}/s)")  # fmt: skip
+    for rate, paced_tally, figures in steady:
+        ok = figures.p95_s < GOAL_P95_S and not figures.missing
+        achieved = len(paced_tally.accepted) / args.duration
+        # Below the rate asked for, the figure is for the rate the API could take.
+        shortfall = f", only {achieved:,.0f}/s accepted" if achieved < 0.95 * rate else ""
+        print(f"  p95 acceptance -> delivery < {GOAL_P95_S:.0f} s at {rate:,.0f}/s: "
+              f"{met(ok)} ({figures.p95_s * 1000:.0f} ms{shortfall})")  # fmt: skip
+    if log:
+        lines = log.splitlines()
+        print(f"worker log ({len(lines)} lines, last ones):")
+        print("\n".join("  " + line for line in lines[-5:]))
+
+
+if __name__ == "__main__":
+    main()
