@@ -56,27 +56,6 @@ def wake_deliverers(session: Session) -> None:
     session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
 
 
-def webhook_active(session: Session, *, portal_id: int) -> bool:
-    return bool(
-        session.scalar(
-            select(Portal.webhook_url.is_not(None) & Portal.webhook_disabled_at.is_(None)).where(
-                Portal.id == portal_id
-            )
-        )
-    )
-
-
-def enqueue(session: Session, *, message_id: uuid.UUID, portal_id: int) -> None:
-    """A delivery of the message to `portal_id`, due now by webhook, or parked in the
-    inbox when the portal has no working webhook."""
-    delivery = Delivery(message_id=message_id, portal_id=portal_id)
-    if not webhook_active(session, portal_id=portal_id):
-        delivery.next_attempt_at = PARKED
-    session.add(delivery)
-    session.flush()
-    wake_deliverers(session)
-
-
 def resume_webhooks(session: Session, *, portal_id: int) -> int:
     """The portal's webhook works (again): its pending deliveries are due now."""
     result = session.execute(
@@ -135,59 +114,73 @@ def events(session: Session, *, delivery_ids: Iterable[int]) -> list[Event]:
     the message, its own member's handle, and of the sender only the conversation's
     alias, the chosen display name and the community."""
     sender_portal = Portal.__table__.alias("sender_portal")
+    conversation = Conversation.__table__
     rows = session.execute(
-        select(Delivery, Message, Conversation, sender_portal.c.slug, sender_portal.c.name)
+        select(
+            Delivery.id.label("delivery_id"),
+            Delivery.portal_id,
+            Delivery.state,
+            Delivery.attempts,
+            Message.id.label("message_id"),
+            Message.seq,
+            Message.body,
+            Message.created_at,
+            Message.sender_role,
+            conversation,
+            sender_portal.c.slug.label("sender_slug"),
+            sender_portal.c.name.label("sender_portal_name"),
+        )
+        .select_from(Delivery)
         .join(Message, Message.id == Delivery.message_id)
-        .join(Conversation, Conversation.id == Message.conversation_id)
+        .join(conversation, conversation.c.id == Message.conversation_id)
         .join(sender_portal, sender_portal.c.id == Message.sender_portal_id)
         .where(Delivery.id.in_(list(delivery_ids)))
         .order_by(Delivery.id)
     ).all()
     now = datetime.now(UTC).isoformat()
     found = []
-    for delivery, message, conversation, sender_slug, sender_name in rows:
-        sender = message.sender_role
+    for row in rows:
+        sender = row.sender_role
         recipient = sender.other
+        to_member, to_alias, _ = _party(row, recipient)
+        _, from_alias, from_name = _party(row, sender)
         data = {
             "message": {
-                "id": str(message.id),
-                "seq": message.seq,
-                "body": message.body,
-                "sent_at": message.created_at.isoformat(),
+                "id": str(row.message_id),
+                "seq": row.seq,
+                "body": row.body,
+                "sent_at": row.created_at.isoformat(),
             },
             "conversation": {
-                "id": str(conversation.id),
+                "id": str(row.id),
                 "ad": {
-                    "id": None if conversation.ad_id is None else str(conversation.ad_id),
-                    "title": conversation.ad_title,
+                    "id": None if row.ad_id is None else str(row.ad_id),
+                    "title": row.ad_title,
                 },
             },
-            "to": {
-                "role": recipient.value,
-                "member": _party(conversation, recipient)[0],
-                "alias": _party(conversation, recipient)[1],
-            },
+            "to": {"role": recipient.value, "member": to_member, "alias": to_alias},
             "from": {
                 "role": sender.value,
-                "alias": _party(conversation, sender)[1],
-                "name": _party(conversation, sender)[2],
-                "portal": {"slug": sender_slug, "name": sender_name},
+                "alias": from_alias,
+                "name": from_name,
+                "portal": {"slug": row.sender_slug, "name": row.sender_portal_name},
             },
         }
         found.append(
             Event(
-                delivery_id=delivery.id,
-                webhook_id=webhook_id(message.id),
-                portal_id=delivery.portal_id,
-                state=delivery.state,
-                attempts=delivery.attempts,
+                delivery_id=row.delivery_id,
+                webhook_id=webhook_id(row.message_id),
+                portal_id=row.portal_id,
+                state=row.state,
+                attempts=row.attempts,
                 payload={"type": EVENT_MESSAGE_CREATED, "timestamp": now, "data": data},
             )
         )
     return found
 
 
-def _party(conversation: Conversation, role: Role) -> tuple[str, str, str | None]:
+def _party(conversation, role: Role) -> tuple[str, str, str | None]:
+    """A party's handle, alias and name, from a conversation or a row holding its columns."""
     if role is Role.INITIATOR:
         return (
             conversation.initiator_member,
@@ -303,10 +296,15 @@ def claim_due(session: Session, *, limit: int, lease: timedelta) -> list[Claim]:
     now = datetime.now(UTC)
     portals = {
         portal.id: portal
-        for portal in session.scalars(
-            select(Portal).where(
-                Portal.id.in_(select(Delivery.portal_id).where(Delivery.id.in_(ids)))
-            )
+        for portal in session.execute(
+            select(
+                Portal.id,
+                Portal.webhook_url,
+                Portal.webhook_disabled_at,
+                Portal.webhook_secret,
+                Portal.webhook_previous_secret,
+                Portal.webhook_previous_secret_expires_at,
+            ).where(Portal.id.in_(select(Delivery.portal_id).where(Delivery.id.in_(ids))))
         )
     }
     claims = []
@@ -325,6 +323,24 @@ def claim_due(session: Session, *, limit: int, lease: timedelta) -> list[Claim]:
             signing.append(portal.webhook_previous_secret)
         claims.append(Claim(event, portal.webhook_url, signing))
     return claims
+
+
+def record_delivered(session: Session, *, delivered: list[tuple[int, int | None]]) -> None:
+    """Webhooks that were delivered, as (delivery id, HTTP status): one statement for
+    all. A delivery acknowledged in the inbox meanwhile keeps its first success."""
+    if not delivered:
+        return
+    ids, statuses = zip(*delivered, strict=True)
+    session.execute(
+        text(
+            "UPDATE deliveries SET state = 'delivered', delivered_at = now(),"
+            " delivered_via = 'webhook', last_status = outcome.status, last_error = NULL"
+            " FROM unnest(CAST(:ids AS bigint[]), CAST(:statuses AS smallint[]))"
+            " AS outcome(id, status)"
+            " WHERE deliveries.id = outcome.id AND deliveries.state = 'pending'"
+        ),
+        {"ids": list(ids), "statuses": list(statuses)},
+    )
 
 
 def record_outcome(
@@ -348,11 +364,8 @@ def record_outcome(
         return delivery.state  # acknowledged in the inbox meanwhile, or failed
     now = datetime.now(UTC)
     if outcome is Outcome.DELIVERED:
-        delivery.state = DeliveryState.DELIVERED
-        delivery.delivered_at = now
-        delivery.delivered_via = DeliveryChannel.WEBHOOK
-        delivery.last_error = None
-        return delivery.state
+        record_delivered(session, delivered=[(delivery_id, status)])
+        return DeliveryState.DELIVERED
     if outcome is Outcome.GONE:
         disable_webhook(
             session,

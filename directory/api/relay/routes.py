@@ -68,11 +68,14 @@ def _limits() -> relay.RelayLimits:
 
 
 def _sent(session, portal, sent: relay.Sent) -> tuple[dict, int]:
-    view = relay.get_conversation_summary(
+    if sent.created:
+        return {"conversation": sent.conversation, "message": sent.message}, 201
+    # A replay: as it is now.
+    conversation = relay.get_conversation_summary(
         session, viewer=portal, conversation_id=sent.conversation_id
     )
     message = relay.get_message(session, viewer=portal, message_id=sent.message_id)
-    return {"conversation": view, "message": message}, 201 if sent.created else 200
+    return {"conversation": conversation, "message": message}, 200
 
 
 @blp.route("/ads/<string:ad_id>/contact", parameters=[AD_ID])
