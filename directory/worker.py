@@ -158,12 +158,15 @@ class Deliverer:
     before claiming, and the webhooks delivered meanwhile are recorded in one statement
     (a claim and a record per message cost more than sending it)."""
 
-    def __init__(self, wiring: Wiring, stop: threading.Event):
+    def __init__(
+        self, wiring: Wiring, stop: threading.Event, *, sender: WebhookSender | None = None
+    ):
         settings = wiring.settings
         self.wiring = wiring
         self.stop = stop
-        # As many kept-alive connections per portal as deliveries in flight.
-        self.sender = WebhookSender(connections_per_pool=DELIVERY_THREADS)
+        # As many kept-alive connections per portal as deliveries in flight. Tests pass a
+        # sender with shorter timeouts.
+        self.sender = sender or WebhookSender(connections_per_pool=DELIVERY_THREADS)
         self.policy = deliveries.DeliveryPolicy(
             first_retry=timedelta(seconds=settings.delivery_first_retry_s),
             max_retry=timedelta(seconds=settings.delivery_max_retry_s),

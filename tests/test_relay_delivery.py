@@ -12,14 +12,18 @@ import pytest
 from standardwebhooks import Webhook
 
 from directory import build_wiring, create_app
+from directory.webhooks.delivery import WebhookSender
 from directory.worker import Deliverer
 from tests.factories import ad_payload
 from tests.peers import Reply, WebhookReceiver
 
+READ_TIMEOUT_S = 0.5
+
 
 @pytest.fixture
 def fast(migrated):
-    """The API and a deliverer with retries in tenths of a second."""
+    """The API and a deliverer with retries in tenths of a second, and a sender that
+    gives up on an answer after half a second."""
     settings = dataclasses.replace(
         migrated,
         delivery_first_retry_s=0.1,
@@ -29,7 +33,8 @@ def fast(migrated):
     app = create_app(settings)
     wiring = build_wiring(settings)
     stop = threading.Event()
-    deliverer = Deliverer(wiring, stop)
+    sender = WebhookSender(read_timeout_s=READ_TIMEOUT_S, total_timeout_s=1)
+    deliverer = Deliverer(wiring, stop, sender=sender)
     deliverer.start()
     yield app.test_client(), wiring
     stop.set()
@@ -92,6 +97,29 @@ def test_a_failing_endpoint_is_retried_under_the_same_id(fast, portal, other_por
         statuses = [d.reply.status for d in receiver.deliveries]
         assert statuses == [500, 500, 204]
         assert len(receiver.unique_ids()) == 1
+
+
+def test_a_receiver_too_slow_to_answer_gets_the_message_again_under_the_same_id(
+    fast, portal, other_portal
+):
+    client, _ = fast
+    with WebhookReceiver([secret_of(client, portal)], deduplicate=False) as receiver:
+        receiver.reply_next(Reply(delay_s=READ_TIMEOUT_S * 3))
+        client.patch("/v1/portals/me", json={"webhook_url": receiver.url}, headers=portal.headers)
+        sent = open_conversation(client, portal, other_portal)
+        receiver.wait_for(2)
+        first, second = receiver.deliveries[:2]
+        assert first.webhook_id == second.webhook_id
+        assert second.received_at - first.received_at >= READ_TIMEOUT_S
+    seen = _wait_for(
+        lambda: (
+            client.get(
+                f"/v1/conversations/{sent['conversation']['id']}", headers=other_portal.headers
+            ).json
+        ),
+        lambda view: view["messages"][0]["delivery"]["state"] == "delivered",
+    )
+    assert seen["messages"][0]["delivery"]["attempts"] == 2
 
 
 def test_a_410_disables_the_webhook_and_the_message_waits_in_the_inbox(fast, portal, other_portal):
