@@ -228,9 +228,9 @@ def block_conversation(
         conversation.blocked_by = role
 
 
-def _role_of(conversation: Conversation | None, portal: AuthenticatedPortal, member: str) -> Role:
-    """Which party `member` of `portal` is. A conversation the portal has no part in does
-    not exist, as far as it may know."""
+def _role_of(conversation, portal: AuthenticatedPortal, member: str) -> Role:
+    """Which party `member` of `portal` is, in a Conversation (or a row of its columns).
+    A conversation the portal has no part in does not exist, as far as it may know."""
     roles = [] if conversation is None else _portal_roles(conversation, portal.id)
     if not roles:
         raise NotFound(
