@@ -150,6 +150,8 @@ def _log_request(response):
     # Never the Authorization header, the query string's values or any body.
     duration_ms = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
     response.headers["X-Request-Id"] = g.get("request_id", "")
+    if not access_log.isEnabledFor(logging.INFO):
+        return response  # the line would be dropped: spare building it
     access_log.info(
         json.dumps(
             {
