@@ -87,6 +87,12 @@ def open_conversation(
     """A member of `sender` writes to the owner of an ad: a new conversation and its first
     message. The ad must be one the member can see (public, or their own portal's),
     unexpired, and accept contact."""
+    # Openings by one member wait for each other: a retry racing its original finds it
+    # (below), and two openings cannot both pass the limits.
+    session.execute(
+        text("SELECT pg_advisory_xact_lock(:namespace, hashtext(:key))"),
+        {"namespace": OPEN_CONVERSATION_LOCK_NAMESPACE, "key": f"{sender.id}:{member}"},
+    )
     if idempotency_key is not None:
         replay = _replayed(
             session, sender=sender, idempotency_key=idempotency_key, body=body, ad_id=ad_id
@@ -160,18 +166,9 @@ def post_message(
 ) -> Sent:
     """A party writes in a conversation. `member` says which party, when both are
     members of the calling portal."""
-    if idempotency_key is not None:
-        replay = _replayed(
-            session,
-            sender=sender,
-            idempotency_key=idempotency_key,
-            body=body,
-            conversation_id=conversation_id,
-        )
-        if replay is not None:
-            return replay
-    # Locked: the messages of a conversation are numbered one after the other. Read with
-    # both communities, as the answer shows them: this is the hot path of the relay.
+    # Locked: the messages of a conversation are numbered one after the other, and a
+    # retry racing its original finds it once the lock is ours. Read with both
+    # communities, as the answer shows them: this is the hot path of the relay.
     # A plain row, not an ORM object: it is only read (the write is APPEND_MESSAGE).
     conversations = Conversation.__table__
     conversation = session.execute(
@@ -188,6 +185,16 @@ def post_message(
         .with_for_update(of=conversations)
     ).one_or_none()
     role = _role_of(conversation, sender, member)
+    if idempotency_key is not None:
+        replay = _replayed(
+            session,
+            sender=sender,
+            idempotency_key=idempotency_key,
+            body=body,
+            conversation_id=conversation_id,
+        )
+        if replay is not None:
+            return replay
     if conversation.blocked_at is not None:
         raise Conflict(
             "this conversation was blocked by "
@@ -391,11 +398,7 @@ def _replayed(
 def _check_opening_limits(
     session: Session, *, sender: AuthenticatedPortal, member: str, limits: RelayLimits
 ) -> None:
-    # Serialises openings by one member, so that concurrent requests cannot both pass.
-    session.execute(
-        text("SELECT pg_advisory_xact_lock(:namespace, hashtext(:key))"),
-        {"namespace": OPEN_CONVERSATION_LOCK_NAMESPACE, "key": f"{sender.id}:{member}"},
-    )
+    # Called under the member's opening lock (open_conversation).
     since = datetime.now(UTC) - RATE_WINDOW
     by_member = select(func.count(), func.min(Conversation.created_at)).where(
         Conversation.initiator_portal_id == sender.id,

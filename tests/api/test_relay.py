@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -526,3 +527,31 @@ def test_old_messages_and_empty_conversations_are_purged(client, wiring, adverti
     assert [m["seq"] for m in seen["messages"]] == [2]
     with unit_of_work(wiring.session_factory) as session:
         assert session.scalar(text("SELECT count(*) FROM deliveries")) == 1
+
+
+@pytest.mark.parametrize("what", ["contact", "reply"])
+def test_a_retry_racing_its_original_gets_the_same_message(
+    app, advertiser, writer_portal, ad_id, what
+):
+    """Two requests with one idempotency key at the same moment (a portal retrying a
+    send it timed out on): one message, and both answers name it."""
+    setup = app.test_client()
+    conversation_id = contact(setup, writer_portal, ad_id).json["conversation"]["id"]
+    barrier = threading.Barrier(2)
+    answers = []
+
+    def send():
+        client = app.test_client()
+        barrier.wait()
+        if what == "contact":
+            answers.append(contact(client, writer_portal, ad_id, idempotency_key="same"))
+        else:
+            answers.append(reply(client, advertiser, conversation_id, idempotency_key="same"))
+
+    threads = [threading.Thread(target=send) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(answer.status_code for answer in answers) == [200, 201]
+    assert len({answer.json["message"]["id"] for answer in answers}) == 1
