@@ -10,8 +10,6 @@ ad's stored (already snapped) point and rounded to its privacy level."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import enum
 import hashlib
 import uuid
@@ -22,6 +20,7 @@ from typing import Protocol
 
 import orjson
 
+from directory import cursors
 from directory.errors import InvalidInput
 from directory.geo import BBox, Point, Privacy, rounded_distance_km
 from directory.models import AdKind
@@ -165,7 +164,7 @@ class SearchEngine(Protocol):
 
 def encode_cursor(query: SearchQuery, key: SortKey) -> str:
     raw = orjson.dumps([query.fingerprint(), key.value, key.ad_id.hex])
-    return CURSOR_PREFIX + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return cursors.encode(CURSOR_PREFIX, raw)
 
 
 def decode_cursor(query: SearchQuery, cursor: str) -> SortKey:
@@ -176,15 +175,10 @@ def decode_cursor(query: SearchQuery, cursor: str) -> SortKey:
             message, field="cursor", code="invalid_cursor", details={"location": "query"}
         )
 
-    if not cursor.startswith(CURSOR_PREFIX):
-        raise problem("cursor must be a next_cursor returned by GET /v1/search")
-    body = cursor[len(CURSOR_PREFIX) :]
     try:
-        fingerprint, value, ad_hex = orjson.loads(
-            base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
-        )
+        fingerprint, value, ad_hex = orjson.loads(cursors.decode(CURSOR_PREFIX, cursor))
         ad_id = uuid.UUID(hex=ad_hex)
-    except (binascii.Error, orjson.JSONDecodeError, ValueError, TypeError):
+    except (ValueError, TypeError):  # orjson.JSONDecodeError is a ValueError
         raise problem("cursor must be a next_cursor returned by GET /v1/search") from None
     expected_type = str if query.sort is Sort.RECENT else float
     if isinstance(value, int) and expected_type is float:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -11,6 +9,7 @@ from datetime import datetime
 from sqlalchemy import select, text, tuple_
 from sqlalchemy.orm import Session
 
+from directory import cursors
 from directory.errors import InvalidInput
 from directory.models import AdChange, ChangeOp
 from directory.services.ads import AdRecord, get_public_ads
@@ -24,8 +23,7 @@ class FeedPosition:
     seq: int
 
     def encode(self) -> str:
-        raw = f"{self.txid}.{self.seq}".encode()
-        return CURSOR_PREFIX + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+        return cursors.encode(CURSOR_PREFIX, f"{self.txid}.{self.seq}".encode())
 
     @classmethod
     def decode(cls, cursor: str) -> FeedPosition:
@@ -35,13 +33,10 @@ class FeedPosition:
             code="invalid_cursor",
             details={"location": "query"},
         )
-        if not cursor.startswith(CURSOR_PREFIX):
-            raise problem
-        body = cursor[len(CURSOR_PREFIX) :]
         try:
-            raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode()
+            raw = cursors.decode(CURSOR_PREFIX, cursor).decode()
             txid, seq = (int(part) for part in raw.split("."))
-        except (binascii.Error, UnicodeDecodeError, ValueError):
+        except ValueError:  # UnicodeDecodeError included
             raise problem from None
         if txid < 0 or seq < 0:
             raise problem

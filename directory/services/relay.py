@@ -9,7 +9,6 @@ delivery (the outbox, see services/deliveries.py), so an accepted message is nev
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import secrets
 import uuid
@@ -20,6 +19,7 @@ import orjson
 from sqlalchemy import func, or_, select, text
 from sqlalchemy.orm import Session
 
+from directory import cursors
 from directory.errors import (
     Conflict,
     Forbidden,
@@ -610,22 +610,22 @@ def list_conversations(
     return ConversationPage(views, next_cursor)
 
 
+CURSOR_PREFIX = "c1."
+
+
 def _encode_cursor(at: datetime, conversation_id: uuid.UUID) -> str:
-    raw = orjson.dumps([at.isoformat(), str(conversation_id)])
-    return "c1." + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return cursors.encode(CURSOR_PREFIX, orjson.dumps([at.isoformat(), str(conversation_id)]))
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     try:
-        if not cursor.startswith("c1."):
-            raise ValueError
-        raw = base64.urlsafe_b64decode(cursor[3:] + "=" * (-len(cursor[3:]) % 4))
-        at, conversation_id = orjson.loads(raw)
+        at, conversation_id = orjson.loads(cursors.decode(CURSOR_PREFIX, cursor))
         return datetime.fromisoformat(at), uuid.UUID(conversation_id)
-    except (ValueError, TypeError, orjson.JSONDecodeError):
+    except (ValueError, TypeError):  # orjson.JSONDecodeError is a ValueError
         raise InvalidInput(
             "cursor must be a next_cursor value from this list, unchanged",
             field="cursor",
+            code="invalid_cursor",
             details={"location": "query"},
         ) from None
 

@@ -1,0 +1,23 @@
+"""Opaque paging cursors: a version prefix ("f1.", "s1.", "c1.") and URL-safe base64 of
+whatever the list needs to continue after, so that clients pass them back unchanged and
+never build one. Each list decides what goes inside and how a bad one is reported."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+
+def encode(prefix: str, raw: bytes) -> str:
+    return prefix + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode(prefix: str, cursor: str) -> bytes:
+    """The bytes inside a cursor made by encode with this prefix; ValueError otherwise."""
+    if not cursor.startswith(prefix):
+        raise ValueError("not a cursor of this list")
+    body = cursor[len(prefix) :]
+    try:
+        return base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+    except binascii.Error as error:  # a ValueError too; said plainly
+        raise ValueError("not a cursor of this list") from error
