@@ -85,7 +85,8 @@ class Conversation(Base):
             text("last_message_at DESC"),
             text("id DESC"),
         ),
-        # Rate limits on new conversations, per member and per portal.
+        # One member's conversations (the list's member filter), and the limits on new
+        # conversations per portal and member (from the portal's recent openings).
         Index(
             "ix_conversations_member_opened",
             "initiator_portal_id",

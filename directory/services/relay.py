@@ -398,32 +398,32 @@ def _replayed(
 def _check_opening_limits(
     session: Session, *, sender: AuthenticatedPortal, member: str, limits: RelayLimits
 ) -> None:
-    # Called under the member's opening lock (open_conversation).
+    # Called under the member's opening lock (open_conversation): exact for the member;
+    # the portal's count may let concurrent openings by several members all through.
     since = datetime.now(UTC) - RATE_WINDOW
-    by_member = select(func.count(), func.min(Conversation.created_at)).where(
-        Conversation.initiator_portal_id == sender.id,
-        Conversation.initiator_member == member,
-        Conversation.created_at > since,
-    )
-    count, oldest = session.execute(by_member).one()
-    if count >= limits.conversations_per_member_per_hour:
+    by_member = Conversation.initiator_member == member
+    by_member_count, by_member_oldest, by_portal_count, by_portal_oldest = session.execute(
+        select(
+            func.count().filter(by_member),
+            func.min(Conversation.created_at).filter(by_member),
+            func.count(),
+            func.min(Conversation.created_at),
+        ).where(Conversation.initiator_portal_id == sender.id, Conversation.created_at > since)
+    ).one()
+    if by_member_count >= limits.conversations_per_member_per_hour:
         raise TooManyRequests(
-            f"this member opened {count} conversations in the last hour, the most allowed; "
-            "they can write in the ones they have",
+            f"this member opened {by_member_count} conversations in the last hour, the most "
+            "allowed; they can write in the ones they have",
             field="member",
             code="too_many_conversations",
-            retry_after_s=_retry_after(oldest),
+            retry_after_s=_retry_after(by_member_oldest),
         )
-    by_portal = select(func.count(), func.min(Conversation.created_at)).where(
-        Conversation.initiator_portal_id == sender.id, Conversation.created_at > since
-    )
-    count, oldest = session.execute(by_portal).one()
-    if count >= limits.conversations_per_portal_per_hour:
+    if by_portal_count >= limits.conversations_per_portal_per_hour:
         raise TooManyRequests(
-            f"this portal's members opened {count} conversations in the last hour, the most "
-            "allowed for one portal",
+            f"this portal's members opened {by_portal_count} conversations in the last hour, "
+            "the most allowed for one portal",
             code="too_many_conversations",
-            retry_after_s=_retry_after(oldest),
+            retry_after_s=_retry_after(by_portal_oldest),
         )
 
 
