@@ -26,11 +26,11 @@ from directory import worker as worker_module
 from directory.__main__ import cli
 from directory.db import unit_of_work
 from directory.geo import EARTH_RADIUS_M, BBox, Point, Privacy, haversine_m
-from directory.models import Ad, AdKind, PortalStatus
+from directory.models import Ad, AdKind, LedgerProtocol, PortalStatus
 from directory.models.ads import Visibility
 from directory.search import Facet, PriceRange, SearchQuery, Sort, SortKey, indexing, meili
 from directory.services import portals
-from directory.services.ads import AdRecord, Price, get_public_ads
+from directory.services.ads import AdRecord, Payment, Price, get_public_ads
 from directory.services.feed import read_feed
 from directory.settings import Settings
 from tests.factories import ad_payload, in_days
@@ -104,10 +104,26 @@ def test_document_holds_what_filters_sorts_and_words_need():
         "updated_at_ts": NOW_US,
         "expires_at_ts": NOW_US + 90 * 86_400_000_000,
         "has_location": True,
+        "payable": False,
         "_geo": {"lat": 50.8503, "lng": 4.3517},
         "lat": 50.8503,
         "lng": 4.3517,
     }
+
+
+def test_document_of_an_ad_with_a_payment_block_is_payable():
+    payment = Payment(
+        protocol=LedgerProtocol.CREDIT_COMMONS,
+        ledger_url="https://ledger.example.org/",
+        node="brussels",
+        payee="acct-7",
+        currencies=["EUR"],
+        price=None,
+    )
+
+    assert meili.document(record(ledger_account="acct-7", payment=payment))["payable"] is True
+    # An account alone (the portal has no ledger) cannot be paid.
+    assert meili.document(record(ledger_account="acct-7"))["payable"] is False
 
 
 def test_hidden_ad_document_has_no_geo_so_areas_never_find_it():
@@ -264,6 +280,8 @@ def test_every_query_leaves_expired_ads_out():
         ),
         pytest.param({"has_price": True}, ["has_price = true"], id="has-price"),
         pytest.param({"has_price": False}, ["has_price = false"], id="has-no-price"),
+        pytest.param({"payable": True}, ["payable = true"], id="payable"),
+        pytest.param({"payable": False}, ["payable = false"], id="not-payable"),
         pytest.param(
             {"price": PriceRange("EUR", Decimal("5"), Decimal("12.50"))},
             ['price_currency = "EUR"', "price_amount >= 5", "price_amount <= 12.5"],

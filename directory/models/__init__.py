@@ -3,7 +3,7 @@
 from directory.models.ads import Ad, AdChange, AdKind, ChangeOp, PriceUnit, Visibility
 from directory.models.categories import Category
 from directory.models.currencies import Currency
-from directory.models.portals import Portal, PortalKey, PortalStatus
+from directory.models.portals import Ledger, LedgerProtocol, Portal, PortalKey, PortalStatus
 from directory.models.relay import (
     Conversation,
     Delivery,
@@ -26,6 +26,8 @@ __all__ = [
     "Delivery",
     "DeliveryChannel",
     "DeliveryState",
+    "Ledger",
+    "LedgerProtocol",
     "Message",
     "Portal",
     "PortalKey",

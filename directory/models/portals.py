@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import (
@@ -25,12 +26,33 @@ class PortalStatus(enum.StrEnum):
     SUSPENDED = "suspended"
 
 
+class LedgerProtocol(enum.StrEnum):
+    """How members' clients pay on a portal's ledger; each has an adapter in the client."""
+
+    CREDIT_COMMONS = "credit-commons"
+
+
+@dataclass(frozen=True)
+class Ledger:
+    """A portal's registered ledger."""
+
+    protocol: LedgerProtocol
+    url: str
+    node: str
+
+
 class Portal(Base):
     """A community site or ledger that publishes its members' ads in the directory."""
 
     __tablename__ = "portals"
     __table_args__ = (
         CheckConstraint("slug ~ '^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$'", name="slug_format"),
+        # A ledger is registered whole or not at all.
+        CheckConstraint(
+            "(ledger_protocol IS NULL) = (ledger_url IS NULL) "
+            "AND (ledger_url IS NULL) = (ledger_node IS NULL)",
+            name="ledger_complete",
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
@@ -54,6 +76,13 @@ class Portal(Base):
     # (messages wait in the inbox meanwhile).
     webhook_disabled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     webhook_disabled_reason: Mapped[str | None] = mapped_column(String(300))
+    # The ledger its members' ads are paid on (issue 7): where payers' own clients go;
+    # the directory never calls it and holds no credential for it.
+    ledger_protocol: Mapped[LedgerProtocol | None] = enum_column(
+        LedgerProtocol, "ledger_protocol", nullable=True
+    )
+    ledger_url: Mapped[str | None] = mapped_column(String(2048))
+    ledger_node: Mapped[str | None] = mapped_column(String(100))
     status: Mapped[PortalStatus] = enum_column(
         PortalStatus, "portal_status", server_default=PortalStatus.ACTIVE.value
     )
@@ -61,6 +90,18 @@ class Portal(Base):
     updated_at: Mapped[datetime] = updated_at_column()
 
     keys: Mapped[list[PortalKey]] = relationship(back_populates="portal", lazy="raise")
+
+    @property
+    def ledger(self) -> Ledger | None:
+        if self.ledger_protocol is None:
+            return None
+        return Ledger(self.ledger_protocol, self.ledger_url, self.ledger_node)
+
+    @ledger.setter
+    def ledger(self, ledger: Ledger | None) -> None:
+        self.ledger_protocol = None if ledger is None else ledger.protocol
+        self.ledger_url = None if ledger is None else ledger.url
+        self.ledger_node = None if ledger is None else ledger.node
 
 
 class PortalKey(Base):

@@ -78,6 +78,8 @@ class SearchQuery:
     portals: tuple[str, ...] = ()  # slugs
     updated_since: datetime | None = None
     has_price: bool | None = None
+    # Ads whose advertiser can be paid on their portal's ledger (or, False, cannot).
+    payable: bool | None = None
     price: PriceRange | None = None
     sort: Sort = Sort.RECENT
     limit: int = DEFAULT_LIMIT
@@ -121,6 +123,8 @@ class SearchQuery:
             "sort": self.sort.value,
             "viewer": self.viewer_portal_id,
         }
+        if self.payable is not None:  # only when set: cursors from before it existed hold
+            parts["payable"] = self.payable
         digest = hashlib.blake2b(orjson.dumps(parts, option=orjson.OPT_SORT_KEYS), digest_size=8)
         return digest.hexdigest()
 

@@ -108,6 +108,7 @@ FILTERABLE_ATTRIBUTES = [
     "language_primary",
     "lat",
     "lng",
+    "payable",
     "portal",
     "price_amount",
     "price_currency",
@@ -215,6 +216,9 @@ def document(ad: AdRecord) -> dict[str, Any]:
         "updated_at_ts": epoch_us(ad.updated_at),
         "expires_at_ts": epoch_us(ad.expires_at),
         "has_location": ad.location is not None,
+        # The portal's ledger is part of the ad's public view: registering or removing
+        # it republishes the portal's ads with accounts through the change feed.
+        "payable": ad.payment is not None,
     }
     if ad.location is not None:
         # Hidden ads have no _geo: geo filters leave them out, as PostgreSQL does.
@@ -298,6 +302,8 @@ def query_filter(query: SearchQuery, *, now: datetime) -> list[str]:
         conditions.append(f"updated_at_ts >= {epoch_us(query.updated_since)}")
     if query.has_price is not None:
         conditions.append(f"has_price = {'true' if query.has_price else 'false'}")
+    if query.payable is not None:
+        conditions.append(f"payable = {'true' if query.payable else 'false'}")
     if query.price is not None:
         conditions.append(f"price_currency = {quote(query.price.currency)}")
         if query.price.minimum is not None:

@@ -59,8 +59,9 @@ RECORD_SELECT = """ads.id, portals.slug, ads.external_id, ads.kind, ads.title, a
     ads.category, ads.tags, ST_Y(ads.location_box), ST_X(ads.location_box), ads.privacy,
     ads.visibility, ads.currencies, ads.price_amount, ads.price_currency, ads.price_unit,
     ads.language, ads.images, ads.expires_at, ads.member, ads.ledger_account,
-    ads.accepts_contact, ads.version, ads.created_at, ads.updated_at"""
-RECORD_WIDTH = 25
+    ads.accepts_contact, ads.version, ads.created_at, ads.updated_at, portals.ledger_protocol,
+    portals.ledger_url, portals.ledger_node"""
+RECORD_WIDTH = 28
 
 
 def make_search_engine(database_url: str, *, pool_size: int, statement_timeout_ms: int) -> Engine:
@@ -228,6 +229,13 @@ def _where(query: SearchQuery, bind: _Params) -> str:
         conditions.append(f"ads.updated_at >= {bind(query.updated_since)}")
     if query.has_price is not None:
         conditions.append(f"ads.price_amount IS {'NOT ' if query.has_price else ''}NULL")
+    if query.payable is not None:
+        # Payable: an account on the ad, and a ledger registered by its portal.
+        payable = (
+            "(ads.ledger_account IS NOT NULL AND ads.portal_id = ANY(ARRAY("
+            "SELECT id FROM portals WHERE ledger_url IS NOT NULL)))"
+        )
+        conditions.append(payable if query.payable else f"NOT {payable}")
     if query.price is not None:
         conditions.append(f"ads.price_currency = {bind(query.price.currency)}")
         if query.price.minimum is not None:

@@ -32,7 +32,15 @@ from sqlalchemy.orm import Session
 from directory.db import insert_rows, update_rows
 from directory.errors import DirectoryError, InvalidInput, NotFound, PreconditionFailed
 from directory.geo import Point, Privacy, publishable_point
-from directory.models import Ad, AdKind, ChangeOp, Portal, PortalStatus, PriceUnit
+from directory.models import (
+    Ad,
+    AdKind,
+    ChangeOp,
+    LedgerProtocol,
+    Portal,
+    PortalStatus,
+    PriceUnit,
+)
 from directory.models.ads import Visibility
 from directory.services.categories import category_codes, require_known_category
 from directory.services.currencies import unknown_currencies
@@ -166,6 +174,19 @@ class ItemResult:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Payment:
+    """Where and whom to pay for an ad: its portal's ledger and the advertiser's account
+    there, with what the ad asks. Never a credential: the payer's own client pays."""
+
+    protocol: LedgerProtocol
+    ledger_url: str
+    node: str
+    payee: str
+    currencies: list[str]
+    price: Price | None
+
+
+@dataclass(frozen=True, kw_only=True)
 class AdRecord:
     """An ad as stored, with its (already snapped) location."""
 
@@ -192,6 +213,8 @@ class AdRecord:
     version: int
     created_at: datetime
     updated_at: datetime
+    # Set when the ad has a ledger account and its portal a ledger.
+    payment: Payment | None = None
 
     @property
     def etag(self) -> str:
@@ -683,6 +706,9 @@ RECORD_COLUMNS = (
     Ad.version,
     Ad.created_at,
     Ad.updated_at,
+    Portal.ledger_protocol,
+    Portal.ledger_url,
+    Portal.ledger_node,
 )
 
 
@@ -693,9 +719,9 @@ def records_query():
 # Members by value, for rows read without SQLAlchemy's types (search): a dict look-up
 # is several times cheaper than calling the enum, for four columns of each hit. A
 # StrEnum member hashes as its value, so members look themselves up too.
-_KINDS, _PRIVACIES, _VISIBILITIES, _UNITS = (
+_KINDS, _PRIVACIES, _VISIBILITIES, _UNITS, _PROTOCOLS = (
     {member.value: member for member in enum_type}
-    for enum_type in (AdKind, Privacy, Visibility, PriceUnit)
+    for enum_type in (AdKind, Privacy, Visibility, PriceUnit, LedgerProtocol)
 )
 
 
@@ -705,7 +731,18 @@ def record_from_row(row) -> AdRecord:
     (ad_id, slug, external_id, kind, title, body, category, tags, lat, lon, privacy,
      visibility, currencies, amount, currency, unit, language, images, expires_at,
      member, ledger_account, accepts_contact, version, created_at,
-     updated_at) = row  # fmt: skip
+     updated_at, ledger_protocol, ledger_url, ledger_node) = row  # fmt: skip
+    price = None if amount is None else Price(amount=amount, currency=currency, unit=_UNITS[unit])
+    payment = None
+    if ledger_account is not None and ledger_url is not None:
+        payment = Payment(
+            protocol=_PROTOCOLS[ledger_protocol],
+            ledger_url=ledger_url,
+            node=ledger_node,
+            payee=ledger_account,
+            currencies=currencies,
+            price=price,
+        )
     return AdRecord(
         id=ad_id,
         portal=slug,
@@ -719,9 +756,7 @@ def record_from_row(row) -> AdRecord:
         privacy=_PRIVACIES[privacy],
         visibility=_VISIBILITIES[visibility],
         currencies=currencies,
-        price=None
-        if amount is None
-        else Price(amount=amount, currency=currency, unit=_UNITS[unit]),
+        price=price,
         language=language,
         images=images,
         expires_at=expires_at,
@@ -731,6 +766,7 @@ def record_from_row(row) -> AdRecord:
         version=version,
         created_at=created_at,
         updated_at=updated_at,
+        payment=payment,
     )
 
 

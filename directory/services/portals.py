@@ -19,7 +19,7 @@ from directory.models.ads import Ad, Visibility
 from directory.services import deliveries
 from directory.services.currencies import require_known_currencies
 from directory.webhooks.signing import new_secret
-from directory.webhooks.urls import UnsafeWebhookUrl, check_webhook_url
+from directory.webhooks.urls import UnsafeUrl, check_webhook_url
 
 # A recognisable prefix lets secret scanners spot a leaked key; the checksum lets them
 # tell a real key from random text without asking us.
@@ -226,7 +226,15 @@ def authenticate(session: Session, *, key: str | None) -> AuthenticatedPortal:
     return AuthenticatedPortal(id=portal_id, slug=slug)
 
 
-PROFILE_FIELDS = ("name", "website", "contact", "description", "default_currencies", "webhook_url")
+PROFILE_FIELDS = (
+    "name",
+    "website",
+    "contact",
+    "description",
+    "default_currencies",
+    "webhook_url",
+    "ledger",
+)
 
 
 def update_profile(
@@ -245,6 +253,9 @@ def update_profile(
         )
     if changes.get("webhook_url") is not None:
         check_webhook_url_field(changes["webhook_url"], allow_loopback=allow_loopback)
+    ledger_changed = "ledger" in changes and changes["ledger"] != portal.ledger
+    if ledger_changed and changes["ledger"] is not None:
+        check_ledger_url(changes["ledger"].url, allow_loopback=allow_loopback)
     for name, value in changes.items():
         setattr(portal, name, value)
     if "webhook_url" in changes:
@@ -257,16 +268,37 @@ def update_profile(
             deliveries.park_webhooks(session, portal_id=portal.id)
         else:
             deliveries.resume_webhooks(session, portal_id=portal.id)
+    if ledger_changed:
+        republish_payable_ads(session, portal_id=portal.id)
     if changes:
         portal.updated_at = datetime.now(UTC)
     session.flush()
     return portal
 
 
+def check_ledger_url(url: str, *, allow_loopback: bool) -> None:
+    try:
+        check_webhook_url(url, allow_loopback=allow_loopback, field="ledger.url")
+    except UnsafeUrl as error:
+        raise InvalidInput(str(error), field="ledger.url", code="unsafe_ledger_url") from None
+
+
+def republish_payable_ads(session: Session, *, portal_id: int) -> None:
+    """The ledger is part of the public view of the portal's ads with an account (their
+    payment block): they go out again through the change feed, to search indexes and
+    other followers."""
+    changed = select(Ad.id, Ad.portal_id, literal(ChangeOp.UPSERT.value)).where(
+        Ad.portal_id == portal_id,
+        Ad.visibility == Visibility.PUBLIC,
+        Ad.ledger_account.is_not(None),
+    )
+    session.execute(AdChange.__table__.insert().from_select(["ad_id", "portal_id", "op"], changed))
+
+
 def check_webhook_url_field(url: str, *, allow_loopback: bool) -> None:
     try:
         check_webhook_url(url, allow_loopback=allow_loopback)
-    except UnsafeWebhookUrl as error:
+    except UnsafeUrl as error:
         raise InvalidInput(str(error), field="webhook_url", code="unsafe_webhook_url") from None
 
 

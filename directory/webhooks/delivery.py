@@ -25,7 +25,7 @@ from urllib3.exceptions import (
     SSLError,
 )
 
-from directory.webhooks.urls import UnsafeWebhookUrl, WebhookTarget, resolve_webhook_target
+from directory.webhooks.urls import UnsafeUrl, WebhookTarget, resolve_webhook_target
 
 CONNECT_TIMEOUT_S = 3
 # The longest wait for any one read of the answer...
@@ -107,7 +107,7 @@ class WebhookSender:
         try:
             # Checked again at each delivery: the name may point elsewhere since it was set.
             target = resolve_webhook_target(url, allow_loopback=allow_loopback)
-        except UnsafeWebhookUrl as error:
+        except UnsafeUrl as error:
             return _result(Outcome.RETRY, started, error=f"unsafe webhook URL: {error}")
         request_headers = {
             "user-agent": USER_AGENT,

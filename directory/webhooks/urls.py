@@ -4,7 +4,11 @@ request forgery): to a database admin page, to the cloud metadata service, to lo
 
 A URL is checked when a portal sets it and again at every delivery, and the delivery
 connects to the very addresses that were checked: a DNS answer that changes between the
-check and the connection (DNS rebinding) gains nothing."""
+check and the connection (DNS rebinding) gains nothing.
+
+A portal's ledger URL gets the same checks when it is set: the directory itself never
+calls it, but it sends members' payment clients there, and must not be the way to point
+them at addresses inside their own networks."""
 
 from __future__ import annotations
 
@@ -30,8 +34,9 @@ NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
 
 
-class UnsafeWebhookUrl(ValueError):
-    """The URL must not receive webhooks; the message says why, naming `webhook_url`."""
+class UnsafeUrl(ValueError):
+    """The URL must not be called; the message says why, naming the field (`webhook_url`
+    unless told otherwise)."""
 
 
 @dataclass(frozen=True)
@@ -51,32 +56,32 @@ class WebhookTarget:
         return host if self.port == DEFAULT_PORTS[self.scheme] else f"{host}:{self.port}"
 
 
-def check_webhook_url(url: str, *, allow_loopback: bool) -> None:
-    """Raise UnsafeWebhookUrl unless webhooks may go to `url`: https to a host whose every
+def check_webhook_url(url: str, *, allow_loopback: bool, field: str = "webhook_url") -> None:
+    """Raise UnsafeUrl unless webhooks may go to `url`: https to a host whose every
     address is public; http only to loopback, and loopback only when `allow_loopback`."""
-    resolve_webhook_target(url, allow_loopback=allow_loopback)
+    resolve_webhook_target(url, allow_loopback=allow_loopback, field=field)
 
 
-def resolve_webhook_target(url: str, *, allow_loopback: bool) -> WebhookTarget:
+def resolve_webhook_target(
+    url: str, *, allow_loopback: bool, field: str = "webhook_url"
+) -> WebhookTarget:
     """Check `url` as check_webhook_url does and return where to connect."""
-    parts = _parse(url, allow_loopback=allow_loopback)
+    parts = _parse(url, allow_loopback=allow_loopback, field=field)
     hostname = parts.hostname or ""
     port = parts.port or DEFAULT_PORTS[parts.scheme]
     literal = _ip_literal(hostname)
-    addresses = [literal] if literal is not None else _resolve(hostname, port)
+    addresses = [literal] if literal is not None else _resolve(hostname, port, field=field)
     for address in addresses:
         where = (
-            f"webhook_url points to {address}"
+            f"{field} points to {address}"
             if literal is not None
-            else f"webhook_url host {hostname!r} resolves to {address}"
+            else f"{field} host {hostname!r} resolves to {address}"
         )
         if parts.scheme == "http" and not _is_loopback(address):
-            raise UnsafeWebhookUrl(
-                f"{where}: http is allowed only to loopback addresses; use https"
-            )
+            raise UnsafeUrl(f"{where}: http is allowed only to loopback addresses; use https")
         reason = _why_not_public(address, allow_loopback=allow_loopback)
         if reason:
-            raise UnsafeWebhookUrl(f"{where}, {reason}")
+            raise UnsafeUrl(f"{where}, {reason}")
     path = parts.path or "/"
     return WebhookTarget(
         scheme=parts.scheme,
@@ -87,14 +92,14 @@ def resolve_webhook_target(url: str, *, allow_loopback: bool) -> WebhookTarget:
     )
 
 
-def _parse(url: str, *, allow_loopback: bool) -> SplitResult:
+def _parse(url: str, *, allow_loopback: bool, field: str) -> SplitResult:
     """The syntactic checks, before any name is resolved."""
     if len(url) > MAX_URL_LENGTH:
-        raise UnsafeWebhookUrl(f"webhook_url must be at most {MAX_URL_LENGTH} characters")
+        raise UnsafeUrl(f"{field} must be at most {MAX_URL_LENGTH} characters")
     # urlsplit would silently drop tabs and newlines; we refuse rather than guess.
     if not url.isascii() or any(not char.isprintable() or char.isspace() for char in url):
-        raise UnsafeWebhookUrl(
-            "webhook_url must be ASCII without spaces or control characters "
+        raise UnsafeUrl(
+            f"{field} must be ASCII without spaces or control characters "
             "(international domain names in their xn-- form, the path percent-encoded)"
         )
     try:
@@ -102,32 +107,30 @@ def _parse(url: str, *, allow_loopback: bool) -> SplitResult:
         hostname = parts.hostname
         port = parts.port
     except ValueError:  # unbalanced IPv6 brackets, a port that is no number or too large
-        raise UnsafeWebhookUrl(
-            "webhook_url is not a valid URL (check the host's brackets and the port)"
+        raise UnsafeUrl(
+            f"{field} is not a valid URL (check the host's brackets and the port)"
         ) from None
     scheme = parts.scheme.lower()
     if scheme != "https" and not (scheme == "http" and allow_loopback):
-        raise UnsafeWebhookUrl(
-            f"webhook_url must use https, not {scheme}"
+        raise UnsafeUrl(
+            f"{field} must use https, not {scheme}"
             if scheme
-            else "webhook_url must be an absolute https:// URL"
+            else f"{field} must be an absolute https:// URL"
         )
     if "@" in parts.netloc:
-        raise UnsafeWebhookUrl("webhook_url must not contain a user name or password")
+        raise UnsafeUrl(f"{field} must not contain a user name or password")
     if "#" in url:
-        raise UnsafeWebhookUrl("webhook_url must not contain a fragment (#…)")
+        raise UnsafeUrl(f"{field} must not contain a fragment (#…)")
     if not hostname:
-        raise UnsafeWebhookUrl("webhook_url must name a host")
+        raise UnsafeUrl(f"{field} must name a host")
     literal = _ip_literal(hostname)
     if literal is None and not DOMAIN_NAME.fullmatch(hostname):
-        raise UnsafeWebhookUrl(
-            f"webhook_url host {hostname!r} must be a domain name or an IP address"
-        )
+        raise UnsafeUrl(f"{field} host {hostname!r} must be a domain name or an IP address")
     if port == 0:
-        raise UnsafeWebhookUrl("webhook_url port must be a number from 1 to 65535")
+        raise UnsafeUrl(f"{field} port must be a number from 1 to 65535")
     if scheme == "http" and not (hostname in LOOPBACK_NAMES or _is_loopback(literal)):
-        raise UnsafeWebhookUrl(
-            "webhook_url must use https: http is allowed only to localhost and loopback addresses"
+        raise UnsafeUrl(
+            f"{field} must use https: http is allowed only to localhost and loopback addresses"
         )
     return parts._replace(scheme=scheme)
 
@@ -139,7 +142,7 @@ def _ip_literal(hostname: str) -> IPAddress | None:
         return None
 
 
-def _resolve(hostname: str, port: int) -> list[IPAddress]:
+def _resolve(hostname: str, port: int, *, field: str) -> list[IPAddress]:
     """Every address the name has, IPv4 and IPv6: any of them may be the one connected to."""
     try:
         answers = socket.getaddrinfo(hostname, port, type=socket.SOCK_STREAM)
@@ -147,7 +150,7 @@ def _resolve(hostname: str, port: int) -> list[IPAddress]:
         answers = []
     addresses = [ipaddress.ip_address(answer[4][0]) for answer in answers]
     if not addresses:
-        raise UnsafeWebhookUrl(f"webhook_url host {hostname!r} does not resolve")
+        raise UnsafeUrl(f"{field} host {hostname!r} does not resolve")
     return addresses
 
 

@@ -98,6 +98,13 @@ class SearchWorld:
         with unit_of_work(self.wiring.session_factory) as session:
             portals.set_status(session, portal_slug=portal.slug, status=status)
 
+    def register_ledger(self, portal: factories.PortalWithKey) -> None:
+        ledger = {"protocol": "credit-commons", "url": "http://127.0.0.1:9/", "node": portal.slug}
+        response = self.client.patch(
+            "/v1/portals/me", json={"ledger": ledger}, headers=portal.headers
+        )
+        assert response.status_code == 200, response.json
+
     def batch(self, portal: factories.PortalWithKey, items: list[dict]) -> list[dict]:
         """Apply a batch; every item must succeed. Returns the per-item results."""
         response = self.client.post("/v1/ads/batch", json={"items": items}, headers=portal.headers)

@@ -42,6 +42,9 @@ BOUNDARY_TOLERANCE_M = 1.0
 
 ACTIVE_PORTALS = ("alpha", "beta", "words")
 SUSPENDED_PORTAL = "gamma"
+# Portals that register a ledger (after publishing: their ads reach the index again
+# through the change feed); ads of the others are never payable, account or not.
+LEDGER_PORTALS = ("alpha", SUSPENDED_PORTAL)
 TOWNS = {
     "brussels": Point(50.8503, 4.3517),
     "lyon": Point(45.7640, 4.8357),
@@ -110,6 +113,8 @@ class PublishedAd:
     language: str | None
     updated_at: datetime
     searchable: bool  # neither expired nor of a suspended portal
+    ledger_account: str | None
+    payable: bool  # a ledger account, on a portal with a ledger
 
 
 @dataclass
@@ -187,6 +192,8 @@ def _random_ad(rng: random.Random, number: int, portal: str) -> dict:
         }
     if portal in ("alpha", "beta") and rng.random() < 0.12:
         ad["visibility"] = "portal"
+    if rng.random() < 0.4:
+        ad["ledger_account"] = f"acct-{number}"
     return ad
 
 
@@ -252,6 +259,9 @@ def dataset(search_world: SearchWorld) -> Dataset:
         expired |= {ids[slug, e] for e, _ in changed[6:9]}
         deleted |= {ids[slug, e] for e, _ in changed[9:]}
 
+    for slug in LEDGER_PORTALS:
+        world.register_ledger(portals[slug])
+
     published: dict[str, PublishedAd] = {}
     for slug, portal in portals.items():
         for item in world.own_ads(portal):
@@ -272,6 +282,8 @@ def dataset(search_world: SearchWorld) -> Dataset:
                 language=item["language"],
                 updated_at=datetime.fromisoformat(item["updated_at"]),
                 searchable=not item["expired"] and slug != SUSPENDED_PORTAL,
+                ledger_account=item["ledger_account"],
+                payable=item["ledger_account"] is not None and slug in LEDGER_PORTALS,
             )
     world.set_status(portals[SUSPENDED_PORTAL], PortalStatus.SUSPENDED)
     return Dataset(
@@ -339,6 +351,7 @@ def brute_force(dataset: Dataset, params: dict, viewer: str | None) -> Expected:
     has_price = {"true": True, "false": False, None: None}[params.get("has_price")]
     if price_currency is not None:
         has_price = True
+    payable = {"true": True, "false": False, None: None}[params.get("payable")]
 
     def language_matches(language: str | None) -> bool:
         if language is None:
@@ -370,6 +383,7 @@ def brute_force(dataset: Dataset, params: dict, viewer: str | None) -> Expected:
             and (not slugs or ad.portal in slugs)
             and (since is None or ad.updated_at >= since)
             and (has_price is None or (ad.price is not None) == has_price)
+            and (payable is None or ad.payable == payable)
             and (
                 price_currency is None
                 or (
@@ -421,6 +435,7 @@ def _near_rounding_boundary(distance_m: float, privacy: Privacy) -> bool:
 
 def check_hit(dataset: Dataset, hit: dict, expected: Expected, has_point: bool) -> None:
     ad = dataset.ads[hit["id"]]
+    assert (hit["payment"] is not None) == ad.payable, hit
     shown = hit["location"]
     if ad.location is None:
         assert shown is None, hit
@@ -471,6 +486,8 @@ def _filters(rng: random.Random, chance: float) -> dict:
         params["portal"] = ",".join(rng.sample(slugs, rng.randint(1, 2)))
     if rng.random() < chance * 0.6:
         params["updated_since"] = Since(rng.choice((0.1, 0.4, 0.7, 0.95)))
+    if rng.random() < chance * 0.4:
+        params["payable"] = rng.choice(("true", "false"))
     roll = rng.random()
     if roll < chance * 0.5:
         params["has_price"] = rng.choice(("true", "false"))
@@ -661,6 +678,9 @@ def test_the_dataset_covers_what_the_contract_is_about(dataset):
     assert sum(point.lat < -85 for point in located) >= 5
     assert len(dataset.expired) >= 6 and len(dataset.deleted) >= 6 and len(dataset.suspended) >= 30
     assert len(dataset.update_times) >= 10
+    assert sum(ad.payable for ad in searchable) >= 30
+    # Unpayable for want of a ledger, though the ad names an account.
+    assert any(ad.ledger_account and not ad.payable for ad in searchable)
     # Snapped ads share cell centres: ties that only the id breaks in distance order.
     assert len(located) > len(set(located))
 

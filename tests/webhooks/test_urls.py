@@ -10,15 +10,15 @@ import pytest
 
 from directory.webhooks.urls import (
     MAX_URL_LENGTH,
-    UnsafeWebhookUrl,
+    UnsafeUrl,
     check_webhook_url,
     resolve_webhook_target,
 )
 
 
 def refusal(url: str, *, allow_loopback: bool = False) -> str:
-    """The message UnsafeWebhookUrl gives for `url`; fails the test if it is accepted."""
-    with pytest.raises(UnsafeWebhookUrl) as refused:
+    """The message UnsafeUrl gives for `url`; fails the test if it is accepted."""
+    with pytest.raises(UnsafeUrl) as refused:
         check_webhook_url(url, allow_loopback=allow_loopback)
     message = str(refused.value)
     assert message.startswith("webhook_url")

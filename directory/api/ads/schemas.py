@@ -20,7 +20,7 @@ from directory.api.fields import (
 )
 from directory.api.loading import FastLoader
 from directory.geo import Point, Privacy
-from directory.models import AdKind, PriceUnit
+from directory.models import AdKind, LedgerProtocol, PriceUnit
 from directory.models.ads import Visibility
 from directory.services.ads import EXTERNAL_ID, MAX_BATCH_ITEMS, AdInput, Price
 
@@ -237,6 +237,22 @@ class PublicPriceSchema(Schema):
     unit = fields.Enum(PriceUnit, by_value=True)
 
 
+class PaymentSchema(Schema):
+    """Where and whom to pay for the ad, on its portal's ledger, with the payer's own
+    client and credentials; the directory never holds credentials or moves value."""
+
+    protocol = fields.Enum(
+        LedgerProtocol,
+        by_value=True,
+        metadata={"description": "The ledger's protocol: which client adapter pays"},
+    )
+    ledger_url = fields.String(metadata={"description": "The ledger node's base URL"})
+    node = fields.String(metadata={"description": "The node's name on its ledger"})
+    payee = fields.String(metadata={"description": "The advertiser's account on the node"})
+    currencies = fields.List(fields.String(), metadata={"description": "What the ad accepts"})
+    price = fields.Nested(PublicPriceSchema, allow_none=True)
+
+
 class PublicAdSchema(Schema):
     """An ad as the world may see it."""
 
@@ -254,6 +270,14 @@ class PublicAdSchema(Schema):
     language = fields.String(allow_none=True)
     images = fields.List(fields.String())
     ledger_account = fields.String(allow_none=True)
+    payment = fields.Nested(
+        PaymentSchema,
+        allow_none=True,
+        metadata={
+            "description": "How to pay the advertiser; null unless the ad has a ledger "
+            "account and its portal a registered ledger"
+        },
+    )
     accepts_contact = fields.Boolean(
         metadata={"description": "Whether members may contact the advertiser through the relay"}
     )

@@ -1,9 +1,44 @@
 from __future__ import annotations
 
-from marshmallow import Schema, fields, validate
+from marshmallow import Schema, fields, post_load, validate
 
 from directory.api.fields import Text, Url, currency_code_field, unique_values
-from directory.models import PortalStatus
+from directory.models import Ledger, LedgerProtocol, PortalStatus
+
+# Credit Commons node names are short path segments.
+LEDGER_NODE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+
+
+class LedgerSchema(Schema):
+    """The ledger the portal's members are paid on."""
+
+    protocol = fields.Enum(
+        LedgerProtocol,
+        by_value=True,
+        required=True,
+        metadata={"description": "The ledger's protocol"},
+    )
+    url = Url(
+        schemes={"https", "http"},
+        required=True,
+        validate=validate.Length(max=2048),
+        metadata={
+            "description": "The ledger node's base URL: https, to a public address (the "
+            "same checks as webhook_url)",
+            "example": "https://ledger.example.org/",
+        },
+    )
+    node = fields.String(
+        required=True,
+        validate=validate.Regexp(
+            LEDGER_NODE, error="Must be 1 to 100 letters, digits, '_', '.' or '-'."
+        ),
+        metadata={"description": "The node's name on its ledger", "example": "lyon-sel"},
+    )
+
+    @post_load
+    def to_ledger(self, data, **kwargs):
+        return Ledger(**data)
 
 
 class PortalSchema(Schema):
@@ -32,6 +67,11 @@ class PortalSchema(Schema):
         },
     )
     webhook_disabled_reason = fields.String(allow_none=True)
+    ledger = fields.Nested(
+        LedgerSchema,
+        allow_none=True,
+        metadata={"description": "Where members' ads with a ledger_account are paid"},
+    )
     status = fields.Enum(PortalStatus, by_value=True)
     created_at = fields.DateTime()
     updated_at = fields.DateTime()
@@ -56,6 +96,14 @@ class PortalPatchSchema(Schema):
         metadata={
             "description": "https, to a public address (checked now and at each delivery); "
             "setting it again re-enables a webhook disabled by a 410"
+        },
+    )
+    ledger = fields.Nested(
+        LedgerSchema,
+        allow_none=True,
+        metadata={
+            "description": "Register the ledger its members are paid on (null removes it): "
+            "ads with a ledger_account then show a payment block"
         },
     )
 

@@ -12,6 +12,7 @@ from directory.api.fields import json_response
 from directory.api.search.schemas import GeoJSONPageSchema, SearchArgsSchema, SearchPageSchema
 from directory.geo import Point
 from directory.search import PriceRange, SearchHit, SearchPage, SearchQuery, Sort, decode_cursor
+from directory.services.ads import Payment, Price
 from directory.services.categories import expand_categories
 from directory.services.portals import AuthenticatedPortal
 
@@ -100,6 +101,7 @@ def build_query(args: dict, *, viewer_portal_id: int | None, categories: set[str
         portals=args["portal"],
         updated_since=args["updated_since"],
         has_price=True if price is not None else args["has_price"],
+        payable=args["payable"],
         price=price,
         sort=sort,
         limit=args["limit"],
@@ -117,9 +119,27 @@ def build_query(args: dict, *, viewer_portal_id: int | None, categories: set[str
 # tests/api/test_search.py checks the output against SearchHitSchema.dump.
 
 
+def _price(price: Price | None) -> dict | None:
+    if price is None:
+        return None
+    return {"amount": str(price.amount), "currency": price.currency, "unit": price.unit.value}
+
+
+def _payment(payment: Payment | None) -> dict | None:
+    if payment is None:
+        return None
+    return {
+        "protocol": payment.protocol.value,
+        "ledger_url": payment.ledger_url,
+        "node": payment.node,
+        "payee": payment.payee,
+        "currencies": payment.currencies,
+        "price": _price(payment.price),
+    }
+
+
 def public_ad(hit: SearchHit) -> dict:
     ad = hit.ad
-    price = ad.price
     return {
         "id": ad.id,
         "portal": ad.portal,
@@ -133,12 +153,11 @@ def public_ad(hit: SearchHit) -> dict:
         else {"lat": ad.location.lat, "lon": ad.location.lon},
         "privacy": ad.privacy.value,
         "currencies": ad.currencies,
-        "price": None
-        if price is None
-        else {"amount": str(price.amount), "currency": price.currency, "unit": price.unit.value},
+        "price": _price(ad.price),
         "language": ad.language,
         "images": ad.images,
         "ledger_account": ad.ledger_account,
+        "payment": _payment(ad.payment),
         "accepts_contact": ad.accepts_contact,
         "expires_at": ad.expires_at,
         "version": ad.version,

@@ -142,6 +142,15 @@ class SearchArgsSchema(Schema):
         falsy={"false"},
         metadata={"description": "true: only ads with a price; false: only ads without"},
     )
+    payable = fields.Boolean(
+        load_default=None,
+        truthy={"true"},
+        falsy={"false"},
+        metadata={
+            "description": "true: only ads that can be paid on their portal's ledger (they "
+            "carry a payment block); false: only ads that cannot"
+        },
+    )
     price_currency = currency_code_field(
         load_default=None,
         metadata={"description": "The currency of price_min and price_max (required with them)"},
