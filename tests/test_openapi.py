@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
+from openapi_spec_validator import validate
 
 from directory.openapi import render_spec
 
@@ -41,3 +42,9 @@ def test_every_write_needs_a_portal_key():
     for path, method, operation in operations():
         if method != "get" and path not in {"/healthz", "/readyz"}:
             assert operation.get("security") == [{"PortalKey": []}], f"{method} {path}"
+
+
+def test_the_spec_is_valid_openapi():
+    """Generators (openapi-typescript, openapi-python-client) refuse an invalid spec:
+    a response without its required description, say."""
+    validate(yaml.safe_load(SPEC_FILE.read_text()))

@@ -31,6 +31,7 @@ class Search(MethodView):
         security=[{}, *BEARER_AUTH],
         responses={
             "200": {
+                "description": "A page of hits (GeoJSON on request)",
                 "content": {
                     "application/json": {"schema": SearchPageSchema},
                     GEOJSON: {"schema": GeoJSONPageSchema},

@@ -19,7 +19,10 @@ SLUG = r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$"
 
 
 class CommaList(fields.String):
-    """Several values in one parameter, separated by commas: `currency=EUR,HOUR`."""
+    """Several values in one parameter, separated by commas: `currency=EUR,HOUR`.
+
+    Absent, a list is empty: `load_default=tuple`, called, since a literal () would be
+    written into the spec as the parameter's default, "()"."""
 
     def __init__(self, item: fields.Field, *, max_items: int = MAX_LIST_ITEMS, **kwargs):
         super().__init__(**kwargs)
@@ -104,24 +107,24 @@ class SearchArgsSchema(Schema):
     kind = fields.Enum(AdKind, by_value=True, load_default=None)
     category = CommaList(
         fields.String(validate=validate.Length(1, 64)),
-        load_default=(),
+        load_default=tuple,
         metadata={"description": "Category codes; a group includes its children"},
     )
     tags = CommaList(
         fields.String(validate=validate.Length(1, 40)),
-        load_default=(),
+        load_default=tuple,
         metadata={"description": "Ads with any of these tags (case does not matter)"},
     )
     currency = CommaList(
         currency_code_field(),
-        load_default=(),
+        load_default=tuple,
         metadata={"description": "Ads that accept any of these currencies"},
     )
     language = CommaList(
         fields.String(
             validate=FullMatch(BCP47, error="Must be a language tag such as fr or fr-CA.")
         ),
-        load_default=(),
+        load_default=tuple,
         metadata={
             "description": "Ads in any of these languages (fr also matches fr-CA); also "
             "stems q in them"
@@ -129,7 +132,7 @@ class SearchArgsSchema(Schema):
     )
     portal = CommaList(
         fields.String(validate=FullMatch(SLUG, error="Must be a portal slug.")),
-        load_default=(),
+        load_default=tuple,
         metadata={"description": "Only ads of these portals (slugs)"},
     )
     updated_since = fields.AwareDateTime(
@@ -174,7 +177,7 @@ class SearchArgsSchema(Schema):
     )
     facets = CommaList(
         fields.Enum(Facet, by_value=True),
-        load_default=(),
+        load_default=tuple,
         metadata={
             "description": "Count the whole result set by category, kind, currency and/or "
             "portal, e.g. facets=category,currency"
