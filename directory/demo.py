@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from directory.geo import Point, Privacy
-from directory.models import Ad, AdKind, Portal, PriceUnit, Visibility
+from directory.models import Ad, AdKind, Ledger, LedgerProtocol, Portal, PriceUnit, Visibility
 from directory.services.ads import (
     MAX_BATCH_ITEMS,
     AdInput,
@@ -79,6 +79,14 @@ class DemoPortal:
     @property
     def contact(self) -> str:
         return f"Contact form at https://{self.slug}.example.org/contact"
+
+    @property
+    def ledger(self) -> Ledger | None:
+        if self.ledger_prefix is None:
+            return None
+        return Ledger(
+            LedgerProtocol.CREDIT_COMMONS, f"https://ledger.{self.slug}.example.org/", self.slug
+        )
 
 
 def _community(slug: str, code: str) -> str:
@@ -959,6 +967,9 @@ def _create_portal(session: Session, spec: DemoPortal) -> tuple[int, str]:
             "default_currencies": list(spec.default_currencies),
         },
     )
+    # Set on the model, not through update_profile: the demo's example.org ledgers do not
+    # resolve, and the profile refuses a URL it cannot check.
+    portal.ledger = spec.ledger
     return portal.id, key.key
 
 

@@ -4,6 +4,10 @@
 set -euo pipefail
 
 packages=(postgresql-15 postgresql-15-postgis-3 postgresql-contrib redis-server python3-venv)
+# The Credit Commons reference node that the payment client is tested against
+# (../shared/peers/credit-commons): PHP and a MariaDB of its own. Its start script
+# installs these too, but misses php-xml, without which the node cannot start.
+packages+=(php-cli php-mysql php-curl php-xml mariadb-server)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \

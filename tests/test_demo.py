@@ -152,6 +152,18 @@ def test_public_ads_are_readable_through_the_api(loaded, session, client):
         assert response.json["title"] == title
 
 
+def test_ads_with_ledger_accounts_of_portals_with_ledgers_can_be_paid(loaded, session, client):
+    response = client.get("/v1/search", query_string={"payable": "true", "limit": 100})
+    assert response.status_code == 200, response.json
+    hits = response.json["hits"]
+    assert hits
+    for hit in hits:
+        payment = hit["payment"]
+        assert payment["protocol"] == "credit-commons"
+        assert payment["payee"] == hit["ledger_account"]
+        assert payment["ledger_url"] == f"https://ledger.{hit['portal']}.example.org/"
+
+
 def test_portal_only_ads_are_not_public(loaded, session, client):
     portal_only = session.scalars(select(Ad.id).where(Ad.visibility == Visibility.PORTAL)).all()
     assert portal_only

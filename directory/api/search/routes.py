@@ -35,7 +35,7 @@ class Search(MethodView):
                 "content": {
                     "application/json": {"schema": SearchPageSchema},
                     GEOJSON: {"schema": GeoJSONPageSchema},
-                }
+                },
             }
         },
     )

@@ -1,0 +1,205 @@
+"""`directory-client`: pay for an ad on its advertiser's ledger, for members' portals and
+for trying it by hand.
+
+    export LEDGER_ACCOUNT=alice LEDGER_KEY=...     # the payer's own, never the directory's
+    directory-client pay 0192f3a4-... --quantity 5 --description "Two hours of bike repair"
+
+The ad (GET /v1/ads/{id} on the directory) says which ledger and whom to pay; the payment
+goes straight from here to that ledger. Exit status: 0 done, 1 the ledger or directory
+refused, 2 bad usage, 3 the payment's outcome is unknown (run again with the printed
+--idempotency-key to finish it without paying twice)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any, TextIO
+
+from directory_client import __version__
+from directory_client.directory import DirectoryApiError, DirectoryClient, DirectoryUnavailable
+from directory_client.ledger import (
+    Balance,
+    LedgerError,
+    PaymentOutcomeUnknown,
+    Transaction,
+    ledger_for,
+)
+from directory_client.payments import NotPayable, Payment
+
+DEFAULT_DIRECTORY_URL = "http://127.0.0.1:8000"  # where `make run` serves the directory
+ACCOUNT_VARIABLE = "LEDGER_ACCOUNT"
+KEY_VARIABLE = "LEDGER_KEY"
+DIRECTORY_VARIABLE = "DIRECTORY_URL"
+
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNKNOWN = 0, 1, 2, 3
+
+
+class UsageError(Exception):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="directory-client",
+        description="Pay for an ad found in the Commons Directory on the advertiser's ledger, "
+        f"with your own ledger account (${ACCOUNT_VARIABLE}) and key (${KEY_VARIABLE}).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--directory",
+        default=os.environ.get(DIRECTORY_VARIABLE, DEFAULT_DIRECTORY_URL),
+        help=f"the directory's base URL (${DIRECTORY_VARIABLE}, default {DEFAULT_DIRECTORY_URL})",
+    )
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+
+    pay = commands.add_parser("pay", help="pay the advertiser of an ad")
+    pay.add_argument("ad_id", help="the directory's id of the ad")
+    pay.add_argument("--quantity", type=int, required=True, help="whole units of the ledger")
+    pay.add_argument("--description", required=True, help="what the payment is for")
+    pay.add_argument(
+        "--idempotency-key",
+        help="finish an earlier payment whose outcome was unknown instead of paying again",
+    )
+
+    for name, help_text in (
+        ("confirm", "confirm (sign) a pending payment to you, as its payee"),
+        ("cancel", "cancel (erase) a payment that is not completed"),
+    ):
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument("ad_id", help="the ad the payment was for: it names the ledger")
+        command.add_argument("transaction", help="the transaction's uuid")
+
+    balance = commands.add_parser("balance", help="your balance on an ad's ledger")
+    balance.add_argument("ad_id", help="an ad of that ledger")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    args = build_parser().parse_args(argv)
+    try:
+        account, key = _credentials()
+        ad = _ad(args)
+        with ledger_for(ad, timeout_s=args.timeout) as ledger:
+            if args.command == "pay":
+                transaction = ledger.pay(
+                    ad,
+                    args.quantity,
+                    args.description,
+                    payer=account,
+                    auth=key,
+                    idempotency_key=args.idempotency_key,
+                )
+            elif args.command == "confirm":
+                transaction = ledger.confirm(args.transaction, user=account, auth=key)
+            elif args.command == "cancel":
+                transaction = ledger.cancel(args.transaction, user=account, auth=key)
+            else:
+                transaction = None
+            balance = ledger.balance(account, user=account, auth=key)
+    except (UsageError, NotPayable, ValueError) as error:
+        # ValueError: an argument the client refused before asking anyone.
+        print(f"directory-client: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except PaymentOutcomeUnknown as error:
+        print(
+            f"directory-client: {error}\nThe payment may or may not have been made. Run the "
+            f"same command again with --idempotency-key {error.idempotency_key} to find and "
+            "finish it without paying twice.",
+            file=sys.stderr,
+        )
+        return EXIT_UNKNOWN
+    except (LedgerError, DirectoryApiError, DirectoryUnavailable) as error:
+        print(f"directory-client: {error}", file=sys.stderr)
+        return EXIT_REFUSED
+    _print_result(out, Payment.of(ad), transaction, balance, as_json=args.json)
+    return EXIT_OK
+
+
+def _credentials() -> tuple[str, str]:
+    account = os.environ.get(ACCOUNT_VARIABLE, "").strip()
+    key = os.environ.get(KEY_VARIABLE, "")
+    missing = [
+        name for name, value in ((ACCOUNT_VARIABLE, account), (KEY_VARIABLE, key)) if not value
+    ]
+    if missing:
+        raise UsageError(
+            f"set {' and '.join(missing)}: your own account and key on the advertiser's ledger"
+        )
+    return account, key
+
+
+def _ad(args: argparse.Namespace) -> dict[str, Any]:
+    try:
+        with DirectoryClient(args.directory, timeout_s=args.timeout) as directory:
+            ad = directory.get_ad(args.ad_id)
+    except DirectoryApiError as error:
+        if error.status == 404:
+            raise UsageError(f"no public ad {args.ad_id} in {args.directory}") from None
+        raise
+    if ad.get("payment") is None:
+        raise NotPayable(
+            f"ad {args.ad_id} cannot be paid here: its portal has registered no ledger or "
+            "the advertiser no ledger account"
+        )
+    return ad
+
+
+def _print_result(
+    out: TextIO,
+    payment: Payment,
+    transaction: Transaction | None,
+    balance: Balance,
+    *,
+    as_json: bool,
+) -> None:
+    if as_json:
+        body = {
+            "ledger": {
+                "protocol": payment.protocol,
+                "url": payment.ledger_url,
+                "node": payment.node,
+            },
+            "transaction": None if transaction is None else _transaction_json(transaction),
+            "balance": asdict(balance),
+        }
+        print(json.dumps(body, indent=2, default=str), file=out)
+        return
+    print(f"Ledger: {payment.node} ({payment.protocol}) at {payment.ledger_url}", file=out)
+    if transaction is not None:
+        print(
+            f"Transaction {transaction.uuid}: {transaction.payer} pays {transaction.quantity} "
+            f"to {transaction.payee}, {transaction.description!r}",
+            file=out,
+        )
+        next_steps = ", ".join(transaction.transitions) or "none"
+        print(f"State: {transaction.state} (you may move it to: {next_steps})", file=out)
+    print(
+        f"Balance of {balance.account}: {balance.completed.balance} completed, "
+        f"{balance.pending.balance} with pending payments",
+        file=out,
+    )
+
+
+def _transaction_json(transaction: Transaction) -> dict[str, Any]:
+    return {
+        "uuid": transaction.uuid,
+        "state": transaction.state,
+        "workflow": transaction.workflow,
+        "payer": transaction.payer,
+        "payee": transaction.payee,
+        "quantity": transaction.quantity,
+        "description": transaction.description,
+        "transitions": list(transaction.transitions),
+        "idempotency_key": transaction.idempotency_key,
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,747 @@
+"""Credit Commons adapter: pays on the advertiser's Credit Commons node with the payer's
+own credentials (headers `cc-user` / `cc-auth`).
+
+Two versions of the API are spoken, each with its own path table:
+- 0.2, the reference node (cc-node 2022): bare JSON bodies, errors as `{"class": ...}`;
+- 0.8: bodies wrapped in `{"data": ..., "meta": {...}}`, errors in `{"errors": [...]}`.
+The version is the `api_version` given to the constructor; when none is given it is
+detected once, from the answer to `GET /workflows` (a path both versions share, and the
+first call this client makes): wrapped in data/meta means 0.8, bare means 0.2. Error
+objects (`errors`) are read in either version.
+
+A payment never happens twice. The node makes the transaction's uuid itself (it ignores
+a uuid in the POST body), so each payment carries a client-made idempotency key in its
+`metadata`. The creating POST is never blindly repeated: when its answer is lost, the
+payer's recent transactions are searched for the key first. The creation only writes a
+`validated` transaction, which moves no value and which nobody but its author sees;
+value moves when it is PATCHed on to `pending`, and that is done for one transaction
+only, whose state is read back whenever the PATCH's answer is lost."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.parse
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Self
+
+import httpx
+
+from directory_client.ledger.errors import (
+    CCViolation,
+    LedgerUnavailable,
+    NoPayerWorkflow,
+    PaymentOutcomeUnknown,
+    UnexpectedLedgerAnswer,
+    WorkflowViolation,
+    violation_from,
+)
+from directory_client.ledger.interface import (
+    IDEMPOTENCY_METADATA_KEY,
+    AccountActivity,
+    Balance,
+    Entry,
+    StatementEntry,
+    Transaction,
+)
+from directory_client.payments import Payment
+
+PROTOCOL = "credit-commons"
+DEFAULT_TIMEOUT_S = 10.0
+# Reads (GET) and never-sent requests are tried this often, waiting RETRY_BACKOFF_S,
+# then twice that, and so on, between tries.
+READ_ATTEMPTS = 3
+RETRY_BACKOFF_S = 0.2
+# How many of the payer's newest transactions to the payee are searched for a payment's
+# idempotency key. A lost answer is looked for at once, so it is among the newest.
+RECENT_TRANSACTIONS_SEARCHED = 50
+
+VALIDATED = "validated"
+COMPLETED = "completed"
+ERASED = "erased"
+# The states a statement lists: those that count in a balance.
+STATEMENT_STATES = "pending,completed"
+
+
+@dataclass(frozen=True)
+class PathTable:
+    """Where each operation lives in one version of the API. Placeholders are filled
+    with URL-quoted values."""
+
+    version: str
+    workflows: str
+    create: str
+    transaction: str  # {uuid}
+    transition: str  # {uuid}, {state}
+    transactions: str  # filtered with query parameters
+    account_summary: str  # {account}
+
+
+PATH_TABLES = {
+    table.version: table
+    for table in (
+        PathTable(
+            version="0.2",
+            workflows="/workflows",
+            create="/transaction",
+            # The node's openapi.yml says /transaction/{uuid}/{format}; the node serves this.
+            transaction="/transaction/full/{uuid}",
+            transition="/transaction/{uuid}/{state}",
+            transactions="/transaction/full",
+            account_summary="/account/summary/{account}",
+        ),
+        PathTable(
+            version="0.8",
+            workflows="/workflows",
+            create="/transaction",
+            transaction="/transaction/{uuid}",
+            transition="/transaction/{uuid}/{state}",
+            transactions="/transactions",
+            account_summary="/account/summary?acc_path={account}",
+        ),
+    )
+}
+
+ENVELOPE_KEYS = {"data", "meta", "links"}
+# The reference node appends PHP warnings as HTML after a JSON body it has written.
+PHP_NOTICE_MARKERS = ("<b>Warning</b>", "<b>Notice</b>", "<b>Deprecated</b>")
+
+
+@dataclass(frozen=True)
+class Workflow:
+    id: str
+    active: bool
+    created_by: tuple[str, ...]  # relations allowed to create: payer, payee, <admin>
+    creation_state: str  # the state a confirmed creation is written in
+
+
+class CreditCommonsLedger:
+    """A Credit Commons node at `ledger_url`. Use as a context manager, or close()."""
+
+    def __init__(
+        self,
+        ledger_url: str,
+        *,
+        node: str | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        api_version: str | None = None,
+        transport: httpx.BaseTransport | None = None,
+        read_attempts: int = READ_ATTEMPTS,
+        retry_backoff_s: float = RETRY_BACKOFF_S,
+    ) -> None:
+        if api_version is not None and api_version not in PATH_TABLES:
+            raise ValueError(
+                f"api_version must be one of {', '.join(PATH_TABLES)} or None (detect), "
+                f"got {api_version!r}"
+            )
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+        if read_attempts < 1:
+            raise ValueError(f"read_attempts must be at least 1, got {read_attempts}")
+        self.ledger_url = ledger_url.rstrip("/")
+        self.node = node
+        self._paths = PATH_TABLES[api_version] if api_version else None
+        self._workflows: list[Workflow] | None = None
+        self._read_attempts = read_attempts
+        self._retry_backoff_s = retry_backoff_s
+        self._http = httpx.Client(
+            base_url=self.ledger_url,
+            timeout=httpx.Timeout(timeout_s),
+            transport=transport,
+            headers={"accept": "application/json"},
+        )
+
+    @classmethod
+    def from_payment(
+        cls,
+        payment: Payment,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        transport: httpx.BaseTransport | None = None,
+        **options: Any,
+    ) -> Self:
+        return cls(
+            payment.ledger_url,
+            node=payment.node,
+            timeout_s=timeout_s,
+            transport=transport,
+            **options,
+        )
+
+    @property
+    def api_version(self) -> str | None:
+        """The API version spoken; None until detected."""
+        return self._paths.version if self._paths else None
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # The Ledger methods
+
+    def pay(
+        self,
+        ad: Any,
+        quantity: int,
+        description: str,
+        *,
+        payer: str,
+        auth: str,
+        idempotency_key: str | None = None,
+    ) -> Transaction:
+        """Pay `quantity` units to the ad's payee, as `payer`: create the transaction in
+        the workflow where the payer credits the payee and move it on to the state the
+        node offers next (pending: the payee then confirms). Returns it as the payer now
+        sees it.
+
+        Give `idempotency_key` to resume a payment whose outcome was unknown: an earlier
+        transaction with that key is finished instead of a new one being made."""
+        payment = self._payment_on_this_ledger(ad)
+        _check_positive_quantity(quantity)
+        _check_text("description", description)
+        _check_credentials(payer, auth, user_role="payer")
+        if idempotency_key is not None:
+            _check_text("idempotency_key", idempotency_key)
+        workflow = self.payer_workflow(user=payer, auth=auth)
+        key = idempotency_key or str(uuid.uuid4())
+        found = None
+        if idempotency_key is not None:
+            found = self._find_or_unknown(key, payment=payment, payer=payer, auth=auth)
+        transaction = found or self._create(
+            {
+                "payer": payer,
+                "payee": payment.payee,
+                "quant": quantity,
+                "description": description,
+                "type": workflow.id,
+                "metadata": {IDEMPOTENCY_METADATA_KEY: key},
+            },
+            key=key,
+            payment=payment,
+            auth=auth,
+        )
+        if transaction.state == VALIDATED:
+            self._move_validated_on(transaction, workflow, key=key, user=payer, auth=auth)
+        try:
+            return self.transaction(transaction.uuid, user=payer, auth=auth)
+        except (LedgerUnavailable, UnexpectedLedgerAnswer) as error:
+            raise PaymentOutcomeUnknown(
+                f"the payment was moved on but could not be read back: {error}",
+                idempotency_key=key,
+                transaction_uuid=transaction.uuid,
+            ) from error
+
+    def find_payment(
+        self, ad: Any, idempotency_key: str, *, payer: str, auth: str
+    ) -> Transaction | None:
+        """The payer's transaction to the ad's payee that carries this idempotency key,
+        in whatever state, or None. When there are several (only one of them can have
+        left `validated`), the one furthest on."""
+        payment = self._payment_on_this_ledger(ad)
+        _check_text("idempotency_key", idempotency_key)
+        _check_credentials(payer, auth, user_role="payer")
+        return self._find_by_key(idempotency_key, payment=payment, payer=payer, auth=auth)
+
+    def transaction(self, transaction_uuid: str, *, user: str, auth: str) -> Transaction:
+        """One transaction, with the transitions `user` may make on it now."""
+        transaction_uuid = _checked_uuid(transaction_uuid)
+        _check_credentials(user, auth)
+        paths = self._paths_for(user=user, auth=auth)
+        data = self._read(_fill(paths.transaction, uuid=transaction_uuid), user=user, auth=auth)
+        return self._transaction_from(data, method="GET", path=paths.transaction)
+
+    def confirm(self, transaction_uuid: str, *, user: str, auth: str) -> Transaction:
+        """Sign a pending transaction as its payee: pending -> completed. Repeating it is
+        harmless: a transaction already completed counts as confirmed."""
+        return self._move(transaction_uuid, COMPLETED, user=user, auth=auth)
+
+    def cancel(self, transaction_uuid: str, *, user: str, auth: str) -> Transaction:
+        """Erase a transaction (the payer may, while it is pending). Repeating it is
+        harmless: a transaction already erased counts as cancelled."""
+        return self._move(transaction_uuid, ERASED, user=user, auth=auth)
+
+    def balance(self, account: str, *, user: str, auth: str) -> Balance:
+        _check_text("account", account)
+        _check_credentials(user, auth)
+        paths = self._paths_for(user=user, auth=auth)
+        data = self._read(_fill(paths.account_summary, account=account), user=user, auth=auth)
+        try:
+            return Balance(
+                account=account,
+                completed=_activity_from(data["completed"]),
+                pending=_activity_from(data["pending"]),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise self._bad_shape(
+                "GET", paths.account_summary, data, f"not an account summary ({error!r})"
+            ) from error
+
+    def statement(
+        self, account: str, *, user: str, auth: str, since: datetime | None = None
+    ) -> list[StatementEntry]:
+        """The entries of the account's pending and completed transactions, oldest first
+        by their last change; with `since` (timezone-aware), only transactions changed
+        after it (the node filters on the time of the last change, to the second)."""
+        _check_text("account", account)
+        _check_credentials(user, auth)
+        if since is not None and (since.tzinfo is None or since.utcoffset() is None):
+            raise ValueError(
+                "since must be a timezone-aware datetime (the node's clock zone is unknown)"
+            )
+        paths = self._paths_for(user=user, auth=auth)
+        params = {"involving": account, "states": STATEMENT_STATES}
+        if since is not None:
+            params["after"] = since.isoformat(timespec="seconds")
+        data = self._read(paths.transactions, user=user, auth=auth, params=params)
+        transactions = self._transactions_from(data, path=paths.transactions)
+        lines = [
+            _statement_entry(transaction, entry, account)
+            for transaction in transactions
+            for entry in transaction.entries
+            if account in (entry.payer, entry.payee)
+        ]
+        # sorted() is stable: entries of one transaction keep their order.
+        return sorted(lines, key=lambda line: line.updated or datetime.min)
+
+    def payer_workflow(self, *, user: str, auth: str) -> Workflow:
+        """The active workflow in which the payer creates the transaction, read from the
+        node's GET /workflows (the reference node calls it `credit`; others may not)."""
+        for workflow in self._load_workflows(user=user, auth=auth):
+            if workflow.active and workflow.created_by == ("payer",):
+                return workflow
+        raise NoPayerWorkflow(f"{self.ledger_url} offers no active workflow created by the payer")
+
+    # Paying, step by step
+
+    def _create(
+        self, body: dict[str, Any], *, key: str, payment: Payment, auth: str
+    ) -> Transaction:
+        """POST the new transaction. The POST is repeated only when it surely never
+        reached the node, or when the node was asked and has no transaction with `key`."""
+        paths = self._paths_for(user=body["payer"], auth=auth)
+        payer = body["payer"]
+        for attempt in range(self._read_attempts):
+            try:
+                response = self._send("POST", paths.create, user=payer, auth=auth, json=body)
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as error:
+                # The connection was never made: nothing was sent.
+                if attempt + 1 == self._read_attempts:
+                    raise LedgerUnavailable(
+                        f"could not connect to {self.ledger_url}: {error!r}; nothing was paid",
+                        method="POST",
+                        url=self._url(paths.create),
+                    ) from error
+                self._back_off(attempt)
+                continue
+            except httpx.TransportError:
+                # Sent, but the answer was lost: the node may have made it.
+                found = self._find_or_unknown(key, payment=payment, payer=payer, auth=auth)
+                if found is not None:
+                    return found
+                self._back_off(attempt)
+                continue
+            try:
+                data = self._answer(response)
+            except UnexpectedLedgerAnswer:
+                # A crash report may follow a write: look before giving up.
+                found = self._find_or_unknown(key, payment=payment, payer=payer, auth=auth)
+                if found is not None:
+                    return found
+                raise
+            return self._transaction_from(data, method="POST", path=paths.create)
+        raise PaymentOutcomeUnknown(
+            f"the ledger at {self.ledger_url} kept losing its answers to the payment",
+            idempotency_key=key,
+            transaction_uuid=None,
+        )
+
+    def _move_validated_on(
+        self, transaction: Transaction, workflow: Workflow, *, key: str, user: str, auth: str
+    ) -> None:
+        # The workflow's creation state, and only if the node offers it: the reference node
+        # would also let the creator jump to `completed`, skipping the payee (a known bug).
+        target = workflow.creation_state
+        if target not in transaction.transitions:
+            raise NoPayerWorkflow(
+                f"the node offers {list(transaction.transitions)} for transaction "
+                f"{transaction.uuid}, not the {workflow.id} workflow's {target!r}"
+            )
+        try:
+            self._transition(transaction.uuid, target, user=user, auth=auth)
+        except (LedgerUnavailable, UnexpectedLedgerAnswer) as error:
+            raise PaymentOutcomeUnknown(
+                f"the payment was created but whether it moved on to {target} is unknown: {error}",
+                idempotency_key=key,
+                transaction_uuid=transaction.uuid,
+            ) from error
+
+    def _find_or_unknown(
+        self, key: str, *, payment: Payment, payer: str, auth: str
+    ) -> Transaction | None:
+        try:
+            return self._find_by_key(key, payment=payment, payer=payer, auth=auth)
+        except (LedgerUnavailable, UnexpectedLedgerAnswer) as error:
+            raise PaymentOutcomeUnknown(
+                f"the ledger at {self.ledger_url} could not be asked whether the payment was made: {error}",
+                idempotency_key=key,
+                transaction_uuid=None,
+            ) from error
+
+    def _find_by_key(
+        self, key: str, *, payment: Payment, payer: str, auth: str
+    ) -> Transaction | None:
+        paths = self._paths_for(user=payer, auth=auth)
+        found: list[Transaction] = []
+        # Two searches: the reference node shows `validated` transactions to their author
+        # only, and a `states` list holding `validated` returns nothing else.
+        for states in (VALIDATED, "pending,completed,erased"):
+            params = {
+                "payer": payer,
+                "payee": payment.payee,
+                "states": states,
+                "sort": "created,desc",
+                "limit": str(RECENT_TRANSACTIONS_SEARCHED),
+            }
+            data = self._read(paths.transactions, user=payer, auth=auth, params=params)
+            transactions = self._transactions_from(data, path=paths.transactions)
+            found += [t for t in transactions if t.idempotency_key == key]
+        progress = {VALIDATED: 0, ERASED: 1}  # anything else has gone further on
+        return max(found, key=lambda t: progress.get(t.state, 2), default=None)
+
+    # State changes
+
+    def _move(self, transaction_uuid: str, target: str, *, user: str, auth: str) -> Transaction:
+        transaction_uuid = _checked_uuid(transaction_uuid)
+        _check_credentials(user, auth)
+        self._transition(transaction_uuid, target, user=user, auth=auth)
+        return self.transaction(transaction_uuid, user=user, auth=auth)
+
+    def _transition(self, transaction_uuid: str, target: str, *, user: str, auth: str) -> None:
+        """PATCH the transaction to `target`. When the answer is lost or the node refuses
+        in a way that may mean "already done", read the state: a transaction already in
+        `target` is a success; one not yet moved after a lost answer is PATCHed again."""
+        paths = self._paths_for(user=user, auth=auth)
+        path = _fill(paths.transition, uuid=transaction_uuid, state=target)
+        lost: Exception | None = None
+        for attempt in range(self._read_attempts):
+            try:
+                response = self._send("PATCH", path, user=user, auth=auth)
+                self._answer(response, body_expected=False)
+                return
+            except httpx.TransportError as error:
+                refusal = None
+                lost = error
+            except (CCViolation, WorkflowViolation) as violation:
+                # "Transaction is already completed" is a CCViolation on the reference node.
+                refusal = violation
+            current = self.transaction(transaction_uuid, user=user, auth=auth)
+            if current.state == target:
+                return
+            if refusal is not None:
+                raise refusal
+            self._back_off(attempt)
+        raise LedgerUnavailable(
+            f"the ledger kept losing its answer to moving {transaction_uuid} to {target}: {lost!r}",
+            method="PATCH",
+            url=self._url(path),
+        )
+
+    # Versions and workflows
+
+    def _paths_for(self, *, user: str, auth: str) -> PathTable:
+        if self._paths is None:
+            self._load_workflows(user=user, auth=auth)
+        assert self._paths is not None
+        return self._paths
+
+    def _load_workflows(self, *, user: str, auth: str) -> list[Workflow]:
+        if self._workflows is not None:
+            return self._workflows
+        # The path is the same in every version, so it serves to detect the version.
+        path = PATH_TABLES["0.2"].workflows
+        data = self._read(path, user=user, auth=auth, unwrap=False)
+        if self._paths is None:
+            self._paths = PATH_TABLES["0.8" if _is_envelope(data) else "0.2"]
+        data = _unwrapped(data)
+        try:
+            self._workflows = _workflows_from(data)
+        except (KeyError, TypeError, AttributeError) as error:
+            raise self._bad_shape("GET", path, data, f"not a workflow list ({error!r})") from error
+        return self._workflows
+
+    # HTTP
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        user: str,
+        auth: str,
+        json: Any = None,
+        params: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        return self._http.request(
+            method,
+            path,
+            json=json,
+            params=params,
+            headers={"cc-user": user, "cc-auth": auth},
+        )
+
+    def _read(
+        self,
+        path: str,
+        *,
+        user: str,
+        auth: str,
+        params: Mapping[str, str] | None = None,
+        unwrap: bool = True,
+    ) -> Any:
+        """GET, tried again with backoff when the ledger cannot be reached."""
+        for attempt in range(self._read_attempts):
+            try:
+                response = self._send("GET", path, user=user, auth=auth, params=params)
+            except httpx.TransportError as error:
+                if attempt + 1 == self._read_attempts:
+                    raise LedgerUnavailable(
+                        f"GET {self._url(path)} failed {self._read_attempts} times: {error!r}",
+                        method="GET",
+                        url=self._url(path),
+                    ) from error
+                self._back_off(attempt)
+                continue
+            return self._answer(response, unwrap=unwrap)
+        raise AssertionError("unreachable")
+
+    def _answer(
+        self, response: httpx.Response, *, body_expected: bool = True, unwrap: bool = True
+    ) -> Any:
+        """The JSON of an answer, unwrapped from a 0.8 envelope; a typed error for an error
+        object; UnexpectedLedgerAnswer for anything else."""
+        method, url = response.request.method, str(response.request.url)
+        text = response.text
+        content_type = response.headers.get("content-type", "")
+
+        def unexpected(reason: str) -> UnexpectedLedgerAnswer:
+            return UnexpectedLedgerAnswer(
+                reason,
+                method=method,
+                url=url,
+                status=response.status_code,
+                content_type=content_type,
+                body=text,
+            )
+
+        if not text.strip():
+            if response.is_success and not body_expected:
+                return None
+            raise unexpected("an empty body")
+        if "json" not in content_type.lower():
+            raise unexpected("not JSON")
+        data = _leading_json(text)
+        if data is _NOT_JSON:
+            raise unexpected("a body that does not parse as JSON")
+        if isinstance(data, dict) and isinstance(data.get("errors"), list) and data["errors"]:
+            first = data["errors"][0]
+            if isinstance(first, dict) and "class" in first:
+                raise violation_from(first, status=response.status_code)
+            raise unexpected("an error list without a class")
+        if isinstance(data, dict) and "class" in data and not response.is_success:
+            raise violation_from(data, status=response.status_code)
+        if not response.is_success:
+            raise unexpected("an error that names no class")
+        return _unwrapped(data) if unwrap else data
+
+    def _back_off(self, attempt: int) -> None:
+        time.sleep(self._retry_backoff_s * 2**attempt)
+
+    def _url(self, path: str) -> str:
+        return self.ledger_url + path
+
+    def _bad_shape(self, method: str, path: str, data: Any, reason: str) -> UnexpectedLedgerAnswer:
+        body = json.dumps(data)[:500]
+        return UnexpectedLedgerAnswer(
+            reason,
+            method=method,
+            url=self._url(path),
+            status=200,
+            content_type="application/json",
+            body=body,
+        )
+
+    # Reading the node's shapes
+
+    def _transaction_from(self, data: Any, *, method: str, path: str) -> Transaction:
+        try:
+            return _transaction_from(data)
+        except (KeyError, TypeError, ValueError, IndexError) as error:
+            raise self._bad_shape(method, path, data, f"not a transaction ({error!r})") from error
+
+    def _transactions_from(self, data: Any, *, path: str) -> list[Transaction]:
+        if isinstance(data, Mapping):  # keyed by uuid, as some versions answer
+            data = list(data.values())
+        if not isinstance(data, list):
+            raise self._bad_shape("GET", path, data, "not a list of transactions")
+        return [self._transaction_from(item, method="GET", path=path) for item in data]
+
+    def _payment_on_this_ledger(self, ad: Any) -> Payment:
+        payment = Payment.of(ad)
+        if payment.protocol != PROTOCOL:
+            raise ValueError(f"this ad is paid with {payment.protocol!r}, not {PROTOCOL!r}")
+        if payment.ledger_url.rstrip("/") != self.ledger_url:
+            raise ValueError(
+                f"this ad is paid on {payment.ledger_url}, not on this ledger {self.ledger_url}"
+            )
+        return payment
+
+
+_NOT_JSON = object()
+
+
+def _leading_json(text: str) -> Any:
+    """The JSON value a body starts with. Trailing text is allowed only when it is PHP
+    warnings, which the reference node appends after a JSON body it has written."""
+    decoder = json.JSONDecoder()
+    stripped = text.lstrip()
+    try:
+        value, end = decoder.raw_decode(stripped)
+    except ValueError:
+        return _NOT_JSON
+    rest = stripped[end:].strip()
+    if rest and not (
+        rest.startswith("<br />") and any(marker in rest for marker in PHP_NOTICE_MARKERS)
+    ):
+        return _NOT_JSON
+    return value
+
+
+def _is_envelope(data: Any) -> bool:
+    return (
+        isinstance(data, dict)
+        and "data" in data
+        and "meta" in data
+        and data.keys() <= ENVELOPE_KEYS
+    )
+
+
+def _unwrapped(data: Any) -> Any:
+    return data["data"] if _is_envelope(data) else data
+
+
+def _workflows_from(data: Any) -> list[Workflow]:
+    """GET /workflows answers the workflows keyed by the node they come from (0.2);
+    a plain list is read too."""
+    groups = data.values() if isinstance(data, Mapping) else [data]
+    workflows = []
+    for group in groups:
+        for item in group:
+            created_by = item["creation"]["by"]
+            workflows.append(
+                Workflow(
+                    id=str(item["id"]),
+                    active=_truthy(item.get("active", True)),
+                    created_by=(created_by,) if isinstance(created_by, str) else tuple(created_by),
+                    creation_state=str(item["creation"]["state"]),
+                )
+            )
+    return workflows
+
+
+def _truthy(value: Any) -> bool:
+    # The reference node says "1" / "0"; the spec says a boolean.
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes")
+    return bool(value)
+
+
+def _transaction_from(data: Mapping[str, Any]) -> Transaction:
+    entries = tuple(
+        Entry(
+            payer=str(item["payer"]),
+            payee=str(item["payee"]),
+            quantity=int(item["quant"]),
+            description=str(item.get("description") or ""),
+            author=item.get("author"),
+            # PHP answers an empty metadata array as [].
+            metadata=dict(item.get("metadata") or {}),
+        )
+        for item in data["entries"]
+    )
+    if not entries:
+        raise ValueError("a transaction without entries")
+    updated = data.get("updated")
+    return Transaction(
+        uuid=str(data["uuid"]),
+        state=str(data["state"]),
+        workflow=str(data["type"]),
+        version=int(data.get("version") or 0),
+        entries=entries,
+        transitions=tuple(data.get("transitions") or ()),
+        updated=datetime.fromisoformat(updated) if updated else None,
+    )
+
+
+def _activity_from(data: Mapping[str, Any]) -> AccountActivity:
+    return AccountActivity(
+        balance=int(data["balance"]),
+        trades=int(data.get("trades", 0)),
+        volume=int(data.get("volume", 0)),
+        gross_in=int(data.get("gross_in", 0)),
+        gross_out=int(data.get("gross_out", 0)),
+        partners=int(data.get("partners", 0)),
+    )
+
+
+def _statement_entry(transaction: Transaction, entry: Entry, account: str) -> StatementEntry:
+    received = entry.payee == account
+    return StatementEntry(
+        transaction_uuid=transaction.uuid,
+        state=transaction.state,
+        workflow=transaction.workflow,
+        updated=transaction.updated,
+        payer=entry.payer,
+        payee=entry.payee,
+        partner=entry.payer if received else entry.payee,
+        quantity=entry.quantity,
+        amount=entry.quantity if received else -entry.quantity,
+        description=entry.description,
+        metadata=entry.metadata,
+    )
+
+
+def _fill(template: str, **values: str) -> str:
+    return template.format(**{k: urllib.parse.quote(v, safe="") for k, v in values.items()})
+
+
+def _check_positive_quantity(quantity: Any) -> None:
+    # bool is an int in Python; True is no quantity. The node itself accepts negatives.
+    if type(quantity) is not int or quantity <= 0:
+        raise ValueError(
+            f"quantity must be a positive whole number of the ledger's units, got {quantity!r}"
+        )
+
+
+def _check_text(name: str, value: Any) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+
+
+def _check_credentials(user: Any, auth: Any, *, user_role: str = "user") -> None:
+    _check_text(user_role, user)
+    _check_text("auth", auth)
+
+
+def _checked_uuid(value: Any) -> str:
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError:
+        raise ValueError(f"transaction_uuid must be a UUID, got {value!r}") from None

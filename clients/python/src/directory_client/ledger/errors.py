@@ -1,0 +1,227 @@
+"""Errors of the ledger client: one hierarchy under `LedgerError`.
+
+`LedgerViolation` and its subclasses are definite answers of the ledger node (it refused
+or failed, and said why in a typed error); the others say that no usable answer came."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+class LedgerError(Exception):
+    """Base of every error raised by the ledger client."""
+
+
+class UnsupportedLedgerProtocol(LedgerError):
+    """The ad's payment block names a ledger protocol this client has no adapter for."""
+
+    def __init__(self, protocol: str, *, supported: tuple[str, ...]) -> None:
+        self.protocol = protocol
+        self.supported = supported
+        super().__init__(
+            f"no ledger adapter for protocol {protocol!r}; supported: {', '.join(supported)}"
+        )
+
+
+class LedgerUnavailable(LedgerError):
+    """The ledger could not be asked (refused, timed out, dropped), even after retries.
+    Raised only where that leaves nothing in doubt: for reads, and for changes that
+    surely did not reach the ledger or that are safe to repeat (confirm, cancel)."""
+
+    def __init__(self, message: str, *, method: str, url: str) -> None:
+        self.method = method
+        self.url = url
+        super().__init__(message)
+
+
+class UnexpectedLedgerAnswer(LedgerError):
+    """The ledger answered something this client cannot read: not JSON (the reference node
+    answers some PHP errors as 200 text/html), an error without a class, a wrong shape."""
+
+    def __init__(
+        self, reason: str, *, method: str, url: str, status: int, content_type: str, body: str
+    ) -> None:
+        self.reason = reason
+        self.method = method
+        self.url = url
+        self.status = status
+        self.content_type = content_type
+        self.body_excerpt = body[:500]
+        super().__init__(
+            f"{method} {url} answered {status} ({content_type or 'no content type'}): {reason}; "
+            f"body starts {self.body_excerpt[:200]!r}"
+        )
+
+
+class NoPayerWorkflow(LedgerError):
+    """The node offers no active workflow in which the payer creates the transaction."""
+
+
+class PaymentOutcomeUnknown(LedgerError):
+    """A payment was sent but the ledger could not be asked whether it was made.
+
+    Nothing may be assumed: check later with `find_payment(ad, idempotency_key, ...)`, or
+    call `pay(..., idempotency_key=error.idempotency_key)` again, which finds the earlier
+    attempt and finishes it instead of paying twice. `transaction_uuid` is known when the
+    ledger had already answered the creation."""
+
+    def __init__(self, message: str, *, idempotency_key: str, transaction_uuid: str | None) -> None:
+        self.idempotency_key = idempotency_key
+        self.transaction_uuid = transaction_uuid
+        super().__init__(
+            f"{message} (idempotency key {idempotency_key}"
+            + (f", transaction {transaction_uuid})" if transaction_uuid else ")")
+        )
+
+
+class LedgerViolation(LedgerError):
+    """The node answered with a typed error (Credit Commons: a JSON object with `class`).
+    The generic class for error classes this client does not know by name."""
+
+    def __init__(
+        self, *, node: str | None, violation_class: str, details: Mapping[str, Any], status: int
+    ) -> None:
+        self.node = node
+        self.violation_class = violation_class
+        self.details = dict(details)  # the node's error object, untouched
+        self.status = status
+        super().__init__(f"{violation_class} on node {node or '?'}: {self.describe()}")
+
+    def describe(self) -> str:
+        shown = {k: v for k, v in self.details.items() if k not in ("class", "node", "trace")}
+        return ", ".join(f"{k}={v!r}" for k, v in shown.items()) or "no details"
+
+
+class CCViolation(LedgerViolation):
+    """The node's general refusal, with a message only."""
+
+    @property
+    def message(self) -> str:
+        return str(self.details.get("message") or "")
+
+    def describe(self) -> str:
+        return self.message or "no message"
+
+
+class CCFailure(LedgerViolation):
+    """The node's own failure (HTTP 500 with class CCFailure), with a message."""
+
+    @property
+    def message(self) -> str:
+        return str(self.details.get("message") or "")
+
+    def describe(self) -> str:
+        return self.message or "no message"
+
+
+class AuthViolation(LedgerViolation):
+    """The user's key does not match the account."""
+
+    @property
+    def account(self) -> str | None:
+        return self.details.get("acc_id")
+
+
+class PermissionViolation(LedgerViolation):
+    @property
+    def account(self) -> str | None:
+        return self.details.get("acc_id")
+
+
+class DoesNotExistViolation(LedgerViolation):
+    """An account, transaction or workflow the request named does not exist."""
+
+    @property
+    def type(self) -> str | None:
+        return self.details.get("type")
+
+    @property
+    def id(self) -> str | None:
+        return self.details.get("id")
+
+
+class WorkflowViolation(LedgerViolation):
+    """The user may not move the transaction to that state (e.g. the payer confirming)."""
+
+    @property
+    def account(self) -> str | None:
+        return self.details.get("acc_id")
+
+    @property
+    def workflow(self) -> str | None:
+        return self.details.get("type")
+
+    @property
+    def from_state(self) -> str | None:
+        return self.details.get("from")
+
+    @property
+    def to_state(self) -> str | None:
+        return self.details.get("to")
+
+
+class InvalidFieldsViolation(LedgerViolation):
+    @property
+    def fields(self) -> dict[str, Any]:
+        return dict(self.details.get("fields") or {})
+
+
+class LimitViolation(LedgerViolation):
+    """The transaction would take an account beyond one of its balance limits."""
+
+    @property
+    def account(self) -> str | None:
+        return self.details.get("acc_id")
+
+    @property
+    def limit(self) -> int | None:
+        return _int_or_none(self.details.get("limit"))
+
+    @property
+    def projected(self) -> int | None:
+        """The balance the account would have had."""
+        return _int_or_none(self.details.get("projected"))
+
+
+class MinLimitViolation(LimitViolation):
+    pass
+
+
+class MaxLimitViolation(LimitViolation):
+    pass
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return None if value is None else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+VIOLATION_CLASSES: dict[str, type[LedgerViolation]] = {
+    cls.__name__: cls
+    for cls in (
+        CCViolation,
+        CCFailure,
+        AuthViolation,
+        PermissionViolation,
+        DoesNotExistViolation,
+        WorkflowViolation,
+        InvalidFieldsViolation,
+        MinLimitViolation,
+        MaxLimitViolation,
+    )
+}
+
+
+def violation_from(error: Mapping[str, Any], *, status: int) -> LedgerViolation:
+    """The typed exception for one error object of the node (it has a `class`)."""
+    violation_class = str(error["class"])
+    cls = VIOLATION_CLASSES.get(violation_class, LedgerViolation)
+    return cls(
+        node=error.get("node") or None,
+        violation_class=violation_class,
+        details=error,
+        status=status,
+    )

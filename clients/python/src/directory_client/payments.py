@@ -1,0 +1,57 @@
+"""The `payment` block of an ad: where and whom to pay. The directory only says this;
+the payment itself is made on the ledger by the payer's own client."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+
+class NotPayable(ValueError):
+    """The ad carries no payment block: its portal has no ledger or the ad no account."""
+
+
+@dataclass(frozen=True)
+class Price:
+    amount: Decimal
+    currency: str
+    unit: str
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Price:
+        return cls(amount=Decimal(data["amount"]), currency=data["currency"], unit=data["unit"])
+
+
+@dataclass(frozen=True)
+class Payment:
+    protocol: str  # "credit-commons"
+    ledger_url: str  # the ledger node's base URL
+    node: str  # the node's name on that ledger
+    payee: str  # the advertiser's account on the node
+    currencies: tuple[str, ...]
+    price: Price | None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Payment:
+        price = data.get("price")
+        return cls(
+            protocol=data["protocol"],
+            ledger_url=data["ledger_url"],
+            node=data["node"],
+            payee=data["payee"],
+            currencies=tuple(data.get("currencies") or ()),
+            price=None if price is None else Price.from_json(price),
+        )
+
+    @classmethod
+    def of(cls, ad: Any) -> Payment:
+        """The payment block of an ad: a Payment, an object with a `payment` attribute,
+        or the JSON of GET /v1/ads/{id} as a mapping."""
+        if isinstance(ad, Payment):
+            return ad
+        payment = ad.get("payment") if isinstance(ad, Mapping) else getattr(ad, "payment", None)
+        if payment is None:
+            raise NotPayable("this ad cannot be paid: it has no payment block")
+        return payment if isinstance(payment, Payment) else cls.from_json(payment)

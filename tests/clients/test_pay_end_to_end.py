@@ -1,0 +1,284 @@
+"""Pay from an ad, end to end: portal A registers its ledger (the Credit Commons reference
+node on 127.0.0.1) and publishes a member's offer with a ledger account; a member of
+portal B finds it through GET /v1/search on the directory served over HTTP, and pays it
+with the client, straight on the node. The directory holds no credential and moves
+nothing: balances change on the node only, by exactly the amount."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import flask
+import httpx
+import pytest
+from directory_client.directory import DirectoryClient
+from directory_client.ledger import (
+    AuthViolation,
+    DoesNotExistViolation,
+    LedgerViolation,
+    MinLimitViolation,
+    ledger_for,
+)
+
+from tests.credit_commons import CreditCommonsNode
+from tests.factories import ad_payload
+from tests.live import LiveDirectory
+
+LYON = {"lat": 45.7640, "lon": 4.8357}
+# Accounts of this module's own on the shared node (tests/clients/conftest.py).
+ADVERTISER, PAYER, STRANGER = "oscar", "paula", "quinn"
+
+
+@pytest.fixture
+def live(app) -> Iterator[LiveDirectory]:
+    with LiveDirectory(app) as server:
+        yield server
+
+
+@pytest.fixture
+def advertised(live, make_portal, credit_commons_node: CreditCommonsNode):
+    """Portal A with its ledger and an offer by its member `oscar`; portal B."""
+    portal_a, portal_b = make_portal(), make_portal()
+    with httpx.Client(base_url=live.url, headers=portal_a.headers) as http:
+        ledger = {
+            "protocol": "credit-commons",
+            "url": credit_commons_node.url,
+            "node": credit_commons_node.node_name,
+        }
+        assert http.patch("/v1/portals/me", json={"ledger": ledger}).status_code == 200
+        offer = ad_payload(
+            title="Bread baked to order",
+            location=LYON,
+            ledger_account=ADVERTISER,
+            currencies=["HOUR"],
+            price={"amount": "2", "currency": "HOUR", "unit": "item"},
+        )
+        response = http.put("/v1/ads/bread-1", json=offer)
+        assert response.status_code == 201, response.json()
+    return portal_a, portal_b, response.json()["id"]
+
+
+def found_by_member_of(live: LiveDirectory, portal) -> dict:
+    """What a member of `portal` finds near Lyon that can be paid."""
+    with DirectoryClient(live.url, key=portal.key) as directory:
+        page = directory.search(lat=LYON["lat"], lon=LYON["lon"], radius_km=5, payable=True)
+    assert len(page["hits"]) == 1, page
+    return page["hits"][0]
+
+
+def balances(node: CreditCommonsNode, ad, *accounts: str) -> dict[str, tuple[int, int]]:
+    """(completed, pending) per account, each read with the account's own key."""
+    with ledger_for(ad) as ledger:
+        result = {}
+        for account in accounts:
+            balance = ledger.balance(account, user=account, auth=node.key(account))
+            result[account] = (balance.completed.balance, balance.pending.balance)
+        return result
+
+
+def test_a_member_of_another_portal_finds_an_offer_and_pays_it_on_its_ledger(
+    live, advertised, credit_commons_node
+):
+    _, portal_b, ad_id = advertised
+    node = credit_commons_node
+    hit = found_by_member_of(live, portal_b)
+    assert hit["id"] == ad_id
+    assert hit["payment"] == {
+        "protocol": "credit-commons",
+        "ledger_url": node.url,
+        "node": node.node_name,
+        "payee": ADVERTISER,
+        "currencies": ["HOUR"],
+        "price": {"amount": "2.0000", "currency": "HOUR", "unit": "item"},
+    }
+    before = balances(node, hit, ADVERTISER, PAYER)
+
+    with ledger_for(hit) as ledger:
+        paid = ledger.pay(hit, 7, "Seven loaves", payer=PAYER, auth=node.key(PAYER))
+        assert (paid.payer, paid.payee, paid.quantity, paid.state) == (
+            PAYER,
+            ADVERTISER,
+            7,
+            "pending",
+        )
+        pending = balances(node, hit, ADVERTISER, PAYER)
+        assert pending[ADVERTISER] == (before[ADVERTISER][0], before[ADVERTISER][1] + 7)
+        assert pending[PAYER] == (before[PAYER][0], before[PAYER][1] - 7)
+
+        confirmed = ledger.confirm(paid.uuid, user=ADVERTISER, auth=node.key(ADVERTISER))
+
+    assert confirmed.state == "completed"
+    after = balances(node, hit, ADVERTISER, PAYER)
+    assert after[ADVERTISER] == (before[ADVERTISER][0] + 7, before[ADVERTISER][1] + 7)
+    assert after[PAYER] == (before[PAYER][0] - 7, before[PAYER][1] - 7)
+
+
+def test_the_directory_learns_nothing_of_the_payment(live, advertised, credit_commons_node, app):
+    """The payment goes from the client to the node: the directory's access log holds the
+    search and the ad, and no request carrying ledger credentials ever reaches it."""
+    _, portal_b, _ = advertised
+    node = credit_commons_node
+    seen: list[dict] = []
+
+    def record_headers():
+        seen.append(dict(flask.request.headers))
+
+    app.before_request_funcs.setdefault(None, []).append(record_headers)
+    try:
+        hit = found_by_member_of(live, portal_b)
+        with ledger_for(hit) as ledger:
+            paid = ledger.pay(hit, 1, "One loaf", payer=PAYER, auth=node.key(PAYER))
+            ledger.cancel(paid.uuid, user=PAYER, auth=node.key(PAYER))
+    finally:
+        app.before_request_funcs[None].pop()
+    assert seen, "the search went through the directory"
+    assert not any("cc-auth" in {name.lower() for name in headers} for headers in seen)
+    assert not any(node.key(PAYER) in str(headers) for headers in seen)
+
+
+def test_refused_payments_raise_typed_errors_and_change_no_balance(
+    live, advertised, credit_commons_node
+):
+    portal_a, portal_b, _ = advertised
+    node = credit_commons_node
+    hit = found_by_member_of(live, portal_b)
+    before = balances(node, hit, ADVERTISER, PAYER, STRANGER)
+
+    with ledger_for(hit) as ledger:
+        # Over the payer's limit (paula may owe 20 at most).
+        with pytest.raises(MinLimitViolation) as over_limit:
+            ledger.pay(hit, 500, "Far too much bread", payer=PAYER, auth=node.key(PAYER))
+        assert over_limit.value.account == PAYER
+        assert over_limit.value.limit == -20
+        # A wrong key.
+        with pytest.raises(AuthViolation):
+            ledger.pay(hit, 1, "A loaf", payer=PAYER, auth="not-paulas-key")
+        # Confirmed by the wrong party: the payer cannot sign for the payee.
+        paid = ledger.pay(hit, 2, "Two loaves", payer=PAYER, auth=node.key(PAYER))
+        with pytest.raises(LedgerViolation) as wrong_party:
+            ledger.confirm(paid.uuid, user=PAYER, auth=node.key(PAYER))
+        assert wrong_party.value.violation_class in {"WorkflowViolation", "PermissionViolation"}
+        with pytest.raises(LedgerViolation):
+            ledger.confirm(paid.uuid, user=STRANGER, auth=node.key(STRANGER))
+        assert ledger.transaction(paid.uuid, user=PAYER, auth=node.key(PAYER)).state == "pending"
+        ledger.cancel(paid.uuid, user=PAYER, auth=node.key(PAYER))
+
+    # An ad whose account the node does not know.
+    with httpx.Client(base_url=live.url, headers=portal_a.headers) as http:
+        unknown = ad_payload(location=LYON, ledger_account="nobody-here", title="Cakes")
+        unknown_id = http.put("/v1/ads/cakes-1", json=unknown).json()["id"]
+    with DirectoryClient(live.url) as directory:
+        cakes = directory.get_ad(unknown_id)
+    with ledger_for(cakes) as ledger, pytest.raises(DoesNotExistViolation) as missing:
+        ledger.pay(cakes, 1, "A cake", payer=PAYER, auth=node.key(PAYER))
+    assert missing.value.id == "nobody-here"
+
+    assert balances(node, hit, ADVERTISER, PAYER, STRANGER) == before
+
+
+def run_cli(live: LiveDirectory, *args: str, account: str | None, key: str | None):
+    env = {name: value for name, value in os.environ.items() if not name.startswith("LEDGER_")}
+    env["DIRECTORY_URL"] = live.url
+    if account is not None:
+        env["LEDGER_ACCOUNT"] = account
+    if key is not None:
+        env["LEDGER_KEY"] = key
+    return subprocess.run(
+        [sys.executable, "-m", "directory_client.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_the_pay_command_pays_and_prints_the_new_balance(live, advertised, credit_commons_node):
+    _, _, ad_id = advertised
+    node = credit_commons_node
+    with DirectoryClient(live.url) as directory:
+        ad = directory.get_ad(ad_id)
+    before = balances(node, ad, ADVERTISER, PAYER)
+
+    done = run_cli(
+        live,
+        "pay",
+        ad_id,
+        "--quantity",
+        "3",
+        "--description",
+        "Three loaves",
+        account=PAYER,
+        key=node.key(PAYER),
+    )
+
+    assert done.returncode == 0, done.stderr
+    after = balances(node, ad, ADVERTISER, PAYER)
+    assert after[PAYER][1] == before[PAYER][1] - 3
+    assert after[ADVERTISER][1] == before[ADVERTISER][1] + 3
+    assert f"{PAYER} pays 3 to {ADVERTISER}" in done.stdout
+    assert "State: pending" in done.stdout
+    assert f"Balance of {PAYER}: {after[PAYER][0]} completed, {after[PAYER][1]}" in done.stdout
+
+
+def test_the_pay_command_explains_what_went_wrong(
+    live, advertised, credit_commons_node, make_portal
+):
+    portal_a, _, ad_id = advertised
+    node = credit_commons_node
+    args = ("pay", ad_id, "--quantity", "1", "--description", "A loaf")
+
+    no_credentials = run_cli(live, *args, account=None, key=None)
+    assert no_credentials.returncode == 2
+    assert "LEDGER_ACCOUNT and LEDGER_KEY" in no_credentials.stderr
+
+    wrong_key = run_cli(live, *args, account=PAYER, key="wrong")
+    assert wrong_key.returncode == 1
+    assert "AuthViolation" in wrong_key.stderr
+
+    negative = run_cli(
+        live,
+        "pay",
+        ad_id,
+        "--quantity",
+        "-4",
+        "--description",
+        "x",
+        account=PAYER,
+        key=node.key(PAYER),
+    )
+    assert negative.returncode == 2
+    assert "quantity" in negative.stderr
+
+    with httpx.Client(base_url=live.url, headers=portal_a.headers) as http:
+        plain_id = http.put("/v1/ads/plain-1", json=ad_payload(location=LYON)).json()["id"]
+    not_payable = run_cli(
+        live,
+        "pay",
+        plain_id,
+        "--quantity",
+        "1",
+        "--description",
+        "x",
+        account=PAYER,
+        key=node.key(PAYER),
+    )
+    assert not_payable.returncode == 2
+    assert "cannot be paid" in not_payable.stderr
+
+    missing = run_cli(
+        live,
+        "pay",
+        "0192f3a4-5b6c-7d8e-9fa0-b1c2d3e4f506",
+        "--quantity",
+        "1",
+        "--description",
+        "x",
+        account=PAYER,
+        key=node.key(PAYER),
+    )
+    assert missing.returncode == 2
+    assert "no public ad" in missing.stderr
