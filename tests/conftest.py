@@ -22,6 +22,7 @@ from directory.__main__ import alembic_config
 from directory.db import unit_of_work
 from directory.settings import Settings
 from tests import factories
+from tests.spec_check import SpecCheckingClient
 
 # Reference data written by migrations survives between tests.
 KEEP_TABLES = {"categories", "alembic_version", "spatial_ref_sys"}
@@ -73,6 +74,7 @@ def migrated(settings):
 @pytest.fixture(scope="session")
 def app(migrated):
     app = create_app(migrated)
+    app.test_client_class = SpecCheckingClient
     yield app
     app.extensions["directory"].close()
 

@@ -15,6 +15,7 @@ from werkzeug.exceptions import BadRequest, UnsupportedMediaType
 from directory.api import errors
 from directory.api.auth import SECURITY_SCHEMES
 from directory.api.ratelimit import install_rate_limits
+from directory.api.spec import require_answer_fields
 from directory.services.portals import KEY_PREFIX
 
 API_TITLE = "Commons Directory"
@@ -72,6 +73,7 @@ def create_api(app: Flask) -> Api:
         categories_blp,
     ):
         api.register_blueprint(blueprint)
+    require_answer_fields(api.spec)
     install_rate_limits(app, app.extensions["directory"].settings, search_blueprint=search_blp)
     errors.register_error_handlers(app)
     app.before_request(_start_request)

@@ -64,9 +64,8 @@ def envelope(status: int, *, error: str, message: str, errors: dict | None = Non
         "status": name or HTTPStatus(status).phrase,
         "error": error,
         "message": message,
+        "errors": errors or {},
     }
-    if errors:
-        body["errors"] = errors
     response = jsonify(body)
     response.status_code = status
     return response

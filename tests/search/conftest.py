@@ -34,6 +34,7 @@ from directory.geo import EARTH_RADIUS_M, Point
 from directory.models import PortalStatus
 from directory.services import portals
 from tests import factories
+from tests.spec_check import SpecCheckingClient
 
 MEILISEARCH_URL_VARIABLE = "DIRECTORY_TEST_MEILISEARCH_URL"
 MEILISEARCH_KEY_VARIABLE = "DIRECTORY_TEST_MEILISEARCH_KEY"
@@ -181,6 +182,7 @@ def search_world(cluster, settings) -> Iterator[SearchWorld]:
         command.upgrade(alembic_config(url), "head")
         # The session's settings (test environment, no rate limits) on this database.
         app = create_app(replace(settings, database_url=url))
+        app.test_client_class = SpecCheckingClient
         yield SearchWorld(url, app)
     finally:
         if app is not None:
@@ -212,6 +214,7 @@ def searcher(request, settings, search_world, dataset) -> Iterator[Searcher]:
             meilisearch_index=index,
         )
     )
+    app.test_client_class = SpecCheckingClient
     wiring = app.extensions["directory"]
     try:
         from directory.search import indexing

@@ -168,17 +168,20 @@ def public_ad(hit: SearchHit) -> dict:
     }
 
 
-def _facets(page: SearchPage) -> dict:
+def _facets(page: SearchPage) -> dict | None:
+    if page.facets is None:
+        return None
     return {"total": page.facets.total} | {
         facet.value: counts for facet, counts in page.facets.counts.items()
     }
 
 
 def render_json(page: SearchPage) -> dict:
-    body = {"hits": [public_ad(hit) for hit in page.hits], "next_cursor": page.next_cursor}
-    if page.facets is not None:
-        body["facets"] = _facets(page)
-    return body
+    return {
+        "hits": [public_ad(hit) for hit in page.hits],
+        "next_cursor": page.next_cursor,
+        "facets": _facets(page),
+    }
 
 
 def render_geojson(page: SearchPage) -> dict:
@@ -196,7 +199,9 @@ def render_geojson(page: SearchPage) -> dict:
                 "properties": properties,
             }
         )
-    body = {"type": "FeatureCollection", "features": features, "next_cursor": page.next_cursor}
-    if page.facets is not None:
-        body["facets"] = _facets(page)
-    return body
+    return {
+        "type": "FeatureCollection",
+        "features": features,
+        "next_cursor": page.next_cursor,
+        "facets": _facets(page),
+    }

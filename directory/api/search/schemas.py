@@ -10,6 +10,7 @@ from directory.api.fields import (
     Text,
     currency_code_field,
 )
+from directory.api.spec import OPTIONAL_ANSWER_FIELD
 from directory.geo import BBox
 from directory.models import AdKind
 from directory.search import DEFAULT_LIMIT, MAX_LIMIT, MAX_RADIUS_KM, Facet, Sort
@@ -239,20 +240,30 @@ class SearchHitSchema(PublicAdSchema):
     )
 
 
+# The counts present only when asked for in `facets` (see directory/api/spec.py).
+ASKED_FOR = {OPTIONAL_ANSWER_FIELD: True}
+
+
 class FacetCountsSchema(Schema):
     total = fields.Integer(metadata={"description": "Ads in the whole result set"})
     category = fields.Dict(
         keys=fields.String(),
         values=fields.Integer(),
-        metadata={"description": "By category code; a group counts its children's ads too"},
+        metadata={
+            "description": "By category code; a group counts its children's ads too",
+            **ASKED_FOR,
+        },
     )
-    kind = fields.Dict(keys=fields.String(), values=fields.Integer())
+    kind = fields.Dict(keys=fields.String(), values=fields.Integer(), metadata=ASKED_FOR)
     currency = fields.Dict(
         keys=fields.String(),
         values=fields.Integer(),
-        metadata={"description": "By accepted currency (an ad counts once per currency)"},
+        metadata={
+            "description": "By accepted currency (an ad counts once per currency)",
+            **ASKED_FOR,
+        },
     )
-    portal = fields.Dict(keys=fields.String(), values=fields.Integer())
+    portal = fields.Dict(keys=fields.String(), values=fields.Integer(), metadata=ASKED_FOR)
 
 
 class SearchPageSchema(Schema):
@@ -262,7 +273,9 @@ class SearchPageSchema(Schema):
         metadata={"description": "Pass as cursor (with the same parameters) for the next page"},
     )
     facets = fields.Nested(
-        FacetCountsSchema, metadata={"description": "Only when facets were asked for"}
+        FacetCountsSchema,
+        allow_none=True,
+        metadata={"description": "null unless facets were asked for"},
     )
 
 
@@ -289,4 +302,8 @@ class GeoJSONPageSchema(Schema):
     type = fields.String(validate=validate.Equal("FeatureCollection"))
     features = fields.List(fields.Nested(GeoJSONFeatureSchema))
     next_cursor = fields.String(allow_none=True)
-    facets = fields.Nested(FacetCountsSchema)
+    facets = fields.Nested(
+        FacetCountsSchema,
+        allow_none=True,
+        metadata={"description": "null unless facets were asked for"},
+    )
