@@ -1,0 +1,98 @@
+import type { components } from "./schema.js";
+
+/** The body of every error the API answers: `{code, status, error, message, errors}`. */
+export type ErrorEnvelope = components["schemas"]["Error"];
+
+/**
+ * Messages by field path, the location (query, json, path, headers) left out:
+ * `{"radius_km": ["..."]}` for a search, `{"location.lat": ["..."]}` for an ad body.
+ */
+export type FieldErrors = Record<string, string[]>;
+
+/** An answer of the API that is not a success, as the error envelope describes it. */
+export class DirectoryError extends Error {
+  override readonly name = "DirectoryError";
+  /** The HTTP status, e.g. 400, 404, 429. */
+  readonly status: number;
+  /** The stable machine code (the envelope's `error`), e.g. "validation_error", "rate_limited". */
+  readonly code: string;
+  /** What went wrong, per field; empty when the error is not about a field. */
+  readonly fieldErrors: FieldErrors;
+  /** Seconds to wait before trying again (Retry-After, sent with 429); null when not said. */
+  readonly retryAfter: number | null;
+  /** The envelope as received, or the raw text when the body was not one. */
+  readonly body: ErrorEnvelope | string | undefined;
+
+  constructor(init: {
+    status: number;
+    code: string;
+    message: string;
+    fieldErrors?: FieldErrors;
+    retryAfter?: number | null;
+    body?: ErrorEnvelope | string;
+  }) {
+    super(init.message);
+    this.status = init.status;
+    this.code = init.code;
+    this.fieldErrors = init.fieldErrors ?? {};
+    this.retryAfter = init.retryAfter ?? null;
+    this.body = init.body;
+  }
+
+  /** Builds the error from a failed response and the body openapi-fetch read from it. */
+  static fromResponse(response: Response, body: unknown): DirectoryError {
+    const retryAfter = parseRetryAfter(response.headers.get("Retry-After"));
+    if (isEnvelope(body)) {
+      return new DirectoryError({
+        status: response.status,
+        code: body.error ?? `http_${response.status}`,
+        message: body.message ?? response.statusText,
+        fieldErrors: flattenFieldErrors(body.errors),
+        retryAfter,
+        body,
+      });
+    }
+    // A proxy or load balancer in front of the API may answer in its own format.
+    const text = typeof body === "string" && body !== "" ? body : undefined;
+    return new DirectoryError({
+      status: response.status,
+      code: `http_${response.status}`,
+      message: text ?? `${response.status} ${response.statusText}`.trim(),
+      retryAfter,
+      body: text,
+    });
+  }
+}
+
+function isEnvelope(body: unknown): body is ErrorEnvelope {
+  return typeof body === "object" && body !== null && "message" in body && "code" in body;
+}
+
+/** `{query: {radius_km: [...]}}` becomes `{radius_km: [...]}`; nested body fields are dotted. */
+function flattenFieldErrors(errors: ErrorEnvelope["errors"]): FieldErrors {
+  const flat: FieldErrors = {};
+  const walk = (node: unknown, path: string[]): void => {
+    if (Array.isArray(node)) {
+      const key = path.join(".");
+      flat[key] = [...(flat[key] ?? []), ...node.map(String)];
+    } else if (typeof node === "object" && node !== null) {
+      for (const [name, child] of Object.entries(node)) walk(child, [...path, name]);
+    } else if (node !== undefined && node !== null) {
+      walk([node], path);
+    }
+  };
+  for (const [location, fields] of Object.entries(errors ?? {})) {
+    // A value straight under the top level (e.g. {"constraint": "..."}) is its own field.
+    const isByField = typeof fields === "object" && fields !== null && !Array.isArray(fields);
+    walk(fields, isByField ? [] : [location]);
+  }
+  return flat;
+}
+
+/** Retry-After is either seconds or an HTTP date (RFC 9110, section 10.2.3). */
+function parseRetryAfter(header: string | null): number | null {
+  if (header === null || header.trim() === "") return null;
+  if (/^\d+$/.test(header.trim())) return Number(header.trim());
+  const date = Date.parse(header);
+  return Number.isNaN(date) ? null : Math.max(0, Math.ceil((date - Date.now()) / 1000));
+}

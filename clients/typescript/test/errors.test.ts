@@ -1,0 +1,173 @@
+import assert from "node:assert/strict";
+import { once } from "node:events";
+import { createServer, type IncomingMessage } from "node:http";
+import type { AddressInfo } from "node:net";
+import { describe, test } from "node:test";
+
+import {
+  createDirectoryClient,
+  DirectoryError,
+  search,
+  searchNearby,
+  unwrap,
+} from "@commons-directory/client";
+
+import { devicePosition, directoryUrl, rateLimitedUrl, seed } from "./live.js";
+
+const anonymous = createDirectoryClient({ baseUrl: directoryUrl, timeoutMs: 10_000 });
+
+/** Checks that `pending` rejects with a DirectoryError, and returns it for more checks. */
+async function directoryError(pending: Promise<unknown>): Promise<DirectoryError> {
+  try {
+    await pending;
+  } catch (error) {
+    assert.ok(error instanceof DirectoryError, `not a DirectoryError: ${error}`);
+    return error;
+  }
+  assert.fail("the call succeeded");
+}
+
+describe("DirectoryError", () => {
+  test("names the field of a radius without a point", async () => {
+    const error = await directoryError(search(anonymous, { radius_km: 5 }));
+
+    assert.equal(error.status, 400);
+    assert.equal(error.code, "validation_error");
+    assert.deepEqual(Object.keys(error.fieldErrors), ["radius_km"]);
+    assert.match(error.fieldErrors.radius_km![0]!, /lat and lon/);
+    assert.equal(error.retryAfter, null);
+  });
+
+  test("names the field of a radius beyond the API's limit", async () => {
+    const error = await directoryError(
+      searchNearby(anonymous, { position: devicePosition, radiusKm: 5000 }),
+    );
+
+    assert.equal(error.status, 400);
+    assert.deepEqual(Object.keys(error.fieldErrors), ["radius_km"]);
+    assert.match(error.fieldErrors.radius_km![0]!, /1000/);
+    assert.ok(error.message.length > 0);
+  });
+
+  test("names the fields of a bad ad body by their path", async () => {
+    const key = process.env.DIRECTORY_PORTAL_KEY;
+    const portal = createDirectoryClient({ baseUrl: directoryUrl, key });
+    const body = {
+      kind: "offer",
+      title: "Off the map",
+      body: "x",
+      category: "home.repairs",
+      location: { lat: 91, lon: 0 },
+    };
+
+    // A body the types refuse on purpose (no currencies, latitude 91): the server must too.
+    const error = await directoryError(
+      unwrap(
+        portal.PUT("/v1/ads/{ad_ref}", {
+          params: { path: { ad_ref: "off-the-map" } },
+          body: body as never,
+        }),
+      ),
+    );
+
+    assert.equal(error.status, 400);
+    assert.ok(error.fieldErrors["location.lat"]?.length, JSON.stringify(error.fieldErrors));
+  });
+
+  test("says what is not found", async () => {
+    const error = await directoryError(
+      unwrap(
+        anonymous.GET("/v1/ads/{ad_ref}", {
+          params: { path: { ad_ref: "00000000-0000-4000-8000-000000000000" } },
+        }),
+      ),
+    );
+
+    assert.equal(error.status, 404);
+    assert.equal(error.code, "not_found");
+  });
+
+  test("carries Retry-After in seconds when searches are rate limited", async () => {
+    const limited = createDirectoryClient({ baseUrl: rateLimitedUrl, timeoutMs: 10_000 });
+    const query = { lat: seed.point.lat, lon: seed.point.lon, limit: 1 };
+
+    // A few hours' worth at most: the limit is a few searches an hour.
+    let refusal: DirectoryError | undefined;
+    for (let attempt = 0; attempt < 20 && refusal === undefined; attempt++) {
+      refusal = await search(limited, query).then(
+        () => undefined,
+        (error: unknown) => {
+          if (error instanceof DirectoryError) return error;
+          throw error;
+        },
+      );
+    }
+
+    assert.ok(refusal, "never rate limited");
+    assert.equal(refusal.status, 429);
+    assert.equal(refusal.code, "rate_limited");
+    assert.ok(
+      refusal.retryAfter !== null && refusal.retryAfter > 0 && refusal.retryAfter <= 3600,
+      `${refusal.retryAfter}`,
+    );
+  });
+});
+
+describe("timeoutMs", () => {
+  /** A server on 127.0.0.1 that takes requests and never answers them. */
+  async function silentServer() {
+    const received: IncomingMessage[] = [];
+    const server = createServer((request) => received.push(request));
+    server.listen(0, "127.0.0.1");
+    await once(server, "listening");
+    const { port } = server.address() as AddressInfo;
+    return {
+      url: `http://127.0.0.1:${port}`,
+      received,
+      close: () => {
+        server.closeAllConnections();
+        server.close();
+      },
+    };
+  }
+
+  // Bounded, so that a client that does not give up fails here rather than hangs.
+  const bounded = { timeout: 5_000 };
+
+  test("aborts a request the server does not answer", bounded, async () => {
+    const silent = await silentServer();
+    try {
+      const client = createDirectoryClient({ baseUrl: silent.url, timeoutMs: 200 });
+      const started = performance.now();
+
+      await assert.rejects(search(client, {}), { name: "TimeoutError" });
+
+      const elapsedMs = performance.now() - started;
+      assert.ok(elapsedMs >= 190 && elapsedMs < 2000, `gave up after ${elapsedMs} ms`);
+      assert.equal(silent.received.length, 1);
+      assert.equal(silent.received[0]?.url?.split("?")[0], "/v1/search");
+    } finally {
+      silent.close();
+    }
+  });
+
+  test("leaves the caller's own signal in force", bounded, async () => {
+    const silent = await silentServer();
+    try {
+      const client = createDirectoryClient({ baseUrl: silent.url, timeoutMs: 60_000 });
+
+      const controller = new AbortController();
+      const pending = search(client, {}, { signal: controller.signal });
+      setTimeout(() => controller.abort(), 50);
+
+      await assert.rejects(pending, { name: "AbortError" });
+      assert.equal(silent.received.length, 1);
+    } finally {
+      silent.close();
+    }
+  });
+
+  test("must be a positive number", () => {
+    assert.throws(() => createDirectoryClient({ baseUrl: directoryUrl, timeoutMs: 0 }), RangeError);
+  });
+});
