@@ -37,6 +37,8 @@ format: deps
 
 openapi: deps
 	$(BIN)/directory openapi
+	$(BIN)/python clients/python/generate_models.py
+	cd clients/typescript && npm run generate --silent
 
 bench: deps
 	$(BIN)/python bench/ingest.py

@@ -13,8 +13,10 @@ from collections.abc import Iterator
 
 import flask
 import httpx
+import msgspec
 import pytest
-from directory_client.directory import DirectoryClient
+from directory_client import models
+from directory_client.client import DirectoryClient
 from directory_client.ledger import (
     AuthViolation,
     DoesNotExistViolation,
@@ -61,12 +63,12 @@ def advertised(live, make_portal, credit_commons_node: CreditCommonsNode):
     return portal_a, portal_b, response.json()["id"]
 
 
-def found_by_member_of(live: LiveDirectory, portal) -> dict:
+def found_by_member_of(live: LiveDirectory, portal) -> models.SearchHit:
     """What a member of `portal` finds near Lyon that can be paid."""
     with DirectoryClient(live.url, key=portal.key) as directory:
-        page = directory.search(lat=LYON["lat"], lon=LYON["lon"], radius_km=5, payable=True)
-    assert len(page["hits"]) == 1, page
-    return page["hits"][0]
+        page = directory.search_ads(lat=LYON["lat"], lon=LYON["lon"], radius_km=5, payable=True)
+    assert len(page.hits) == 1, page
+    return page.hits[0]
 
 
 def balances(node: CreditCommonsNode, ad, *accounts: str) -> dict[str, tuple[int, int]]:
@@ -85,8 +87,8 @@ def test_a_member_of_another_portal_finds_an_offer_and_pays_it_on_its_ledger(
     _, portal_b, ad_id = advertised
     node = credit_commons_node
     hit = found_by_member_of(live, portal_b)
-    assert hit["id"] == ad_id
-    assert hit["payment"] == {
+    assert str(hit.id) == ad_id
+    assert msgspec.to_builtins(hit.payment) == {
         "protocol": "credit-commons",
         "ledger_url": node.url,
         "node": node.node_name,

@@ -19,8 +19,9 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any, TextIO
 
-from directory_client import __version__
-from directory_client.directory import DirectoryApiError, DirectoryClient, DirectoryUnavailable
+from directory_client import __version__, models
+from directory_client.client import DirectoryClient
+from directory_client.errors import DirectoryError, NotFound
 from directory_client.ledger import (
     Balance,
     LedgerError,
@@ -115,7 +116,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
             file=sys.stderr,
         )
         return EXIT_UNKNOWN
-    except (LedgerError, DirectoryApiError, DirectoryUnavailable) as error:
+    except (LedgerError, DirectoryError) as error:
         print(f"directory-client: {error}", file=sys.stderr)
         return EXIT_REFUSED
     _print_result(out, Payment.of(ad), transaction, balance, as_json=args.json)
@@ -135,15 +136,13 @@ def _credentials() -> tuple[str, str]:
     return account, key
 
 
-def _ad(args: argparse.Namespace) -> dict[str, Any]:
+def _ad(args: argparse.Namespace) -> models.PublicAd:
     try:
         with DirectoryClient(args.directory, timeout_s=args.timeout) as directory:
             ad = directory.get_ad(args.ad_id)
-    except DirectoryApiError as error:
-        if error.status == 404:
-            raise UsageError(f"no public ad {args.ad_id} in {args.directory}") from None
-        raise
-    if ad.get("payment") is None:
+    except NotFound:
+        raise UsageError(f"no public ad {args.ad_id} in {args.directory}") from None
+    if ad.payment is None:
         raise NotPayable(
             f"ad {args.ad_id} cannot be paid here: its portal has registered no ledger or "
             "the advertiser no ledger account"

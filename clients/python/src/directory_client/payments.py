@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+import msgspec
+
 
 class NotPayable(ValueError):
     """The ad carries no payment block: its portal has no ledger or the ad no account."""
@@ -47,11 +49,15 @@ class Payment:
 
     @classmethod
     def of(cls, ad: Any) -> Payment:
-        """The payment block of an ad: a Payment, an object with a `payment` attribute,
-        or the JSON of GET /v1/ads/{id} as a mapping."""
+        """The payment block of an ad: a Payment, an ad or search hit of the client
+        (`models.PublicAd`, `models.SearchHit`), or an ad's JSON as a mapping."""
         if isinstance(ad, Payment):
             return ad
         payment = ad.get("payment") if isinstance(ad, Mapping) else getattr(ad, "payment", None)
         if payment is None:
             raise NotPayable("this ad cannot be paid: it has no payment block")
-        return payment if isinstance(payment, Payment) else cls.from_json(payment)
+        if isinstance(payment, Payment):
+            return payment
+        if isinstance(payment, msgspec.Struct):
+            payment = msgspec.to_builtins(payment)
+        return cls.from_json(payment)

@@ -1,0 +1,426 @@
+"""`DirectoryClient`: every operation of the directory's API (openapi.yaml) as a method
+named after its operationId (`searchAds` -> `search_ads`), with typed results (the
+msgspec Structs of `directory_client.models`, generated from the same spec), typed
+errors (`directory_client.errors`), timeouts and retries (`directory_client.transport`),
+and iterators that follow cursors.
+
+    with DirectoryClient("https://directory.example.org", key=portal_key) as directory:
+        for hit in directory.iter_search(lat=45.76, lon=4.84, radius_km=10, q="bike"):
+            print(hit.title, hit.distance_km)
+
+Request bodies are Structs of `models` or plain mappings of the same shape; path values
+are quoted. Requests that change something are tried once unless they are safe to
+repeat: PUT and DELETE, and POSTs that the API makes repeatable (an expiry, an inbox
+acknowledgement, a block, a relay message carrying an idempotency key)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import httpx
+import msgspec
+
+from directory_client import models
+from directory_client.errors import ApiError, RateLimited, error_class
+from directory_client.transport import (
+    DEFAULT_RETRY,
+    DEFAULT_TIMEOUT_S,
+    RetryPolicy,
+    Transport,
+    query,
+    retry_after_s,
+)
+
+T = TypeVar("T")
+Body = msgspec.Struct | Mapping[str, Any]
+GEOJSON = "application/geo+json"
+
+
+class DirectoryClient:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        key: str | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        http_transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._transport = Transport(
+            base_url, key=key, timeout_s=timeout_s, retry=retry, http_transport=http_transport
+        )
+
+    @property
+    def base_url(self) -> str:
+        return self._transport.base_url
+
+    def __enter__(self) -> DirectoryClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._transport.close()
+
+    # --- health ---------------------------------------------------------------------
+
+    def healthz(self) -> models.Liveness:
+        return self._call("GET", "/healthz", models.Liveness)
+
+    def readyz(self) -> models.Readiness:
+        """Readiness; a directory that is not ready raises ServiceUnavailable."""
+        return self._call("GET", "/readyz", models.Readiness)
+
+    # --- the calling portal ---------------------------------------------------------
+
+    def get_own_portal(self) -> models.Portal:
+        return self._call("GET", "/v1/portals/me", models.Portal)
+
+    def update_own_portal(self, changes: models.PortalPatch | Mapping[str, Any]) -> models.Portal:
+        return self._call("PATCH", "/v1/portals/me", models.Portal, body=changes, repeatable=True)
+
+    def get_webhook_secret(self) -> models.WebhookSecrets:
+        return self._call("GET", "/v1/portals/me/webhook-secret", models.WebhookSecrets)
+
+    def rotate_webhook_secret(self, *, overlap_hours: int = 24) -> models.WebhookSecrets:
+        return self._call(
+            "POST",
+            "/v1/portals/me/webhook-secret",
+            models.WebhookSecrets,
+            body={"overlap_hours": overlap_hours},
+        )
+
+    # --- ads ------------------------------------------------------------------------
+
+    def get_ad(self, ad_id: str) -> models.PublicAd:
+        """A public ad by the directory's id, as the world may see it."""
+        return self._call("GET", f"/v1/ads/{_segment(ad_id)}", models.PublicAd)
+
+    def put_ad(
+        self, external_id: str, ad: models.AdPut | Mapping[str, Any], *, if_match: str | None = None
+    ) -> models.Ad:
+        """Create or replace one of the portal's ads by its own id (idempotent)."""
+        headers = {"If-Match": if_match} if if_match is not None else None
+        return self._call(
+            "PUT", f"/v1/ads/{_segment(external_id)}", models.Ad, body=ad, headers=headers
+        )
+
+    def delete_ad(self, external_id: str) -> None:
+        self._call("DELETE", f"/v1/ads/{_segment(external_id)}", None)
+
+    def expire_ad(self, external_id: str) -> models.Ad:
+        return self._call(
+            "POST", f"/v1/ads/{_segment(external_id)}/expire", models.Ad, repeatable=True
+        )
+
+    def batch_ads(
+        self,
+        items: Iterable[models.BatchItem | Mapping[str, Any]],
+        *,
+        replace: bool = False,
+    ) -> models.BatchResult:
+        """Up to 1,000 upserts, deletes and expiries in one transaction, a result each.
+        Tried once: an upsert sent twice reports `unchanged` the second time."""
+        body = {"items": list(items)}
+        if replace:
+            body["replace"] = True
+        return self._call("POST", "/v1/ads/batch", models.BatchResult, body=body)
+
+    def list_own_ads(
+        self,
+        *,
+        limit: int | None = None,
+        cursor: str | None = None,
+        include_expired: bool | None = None,
+    ) -> models.OwnAdsPage:
+        params = query({"limit": limit, "cursor": cursor, "include_expired": include_expired})
+        return self._call("GET", "/v1/portals/me/ads", models.OwnAdsPage, params=params)
+
+    def iter_own_ads(
+        self, *, page_size: int = 1000, include_expired: bool = True
+    ) -> Iterator[models.Ad]:
+        cursor = None
+        while True:
+            page = self.list_own_ads(
+                limit=page_size, cursor=cursor, include_expired=include_expired
+            )
+            yield from page.items
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    def get_own_ad(self, external_id: str) -> models.Ad:
+        return self._call("GET", f"/v1/portals/me/ads/{_segment(external_id)}", models.Ad)
+
+    # --- search ---------------------------------------------------------------------
+
+    def search_ads(
+        self,
+        *,
+        q: str | None = None,
+        lat: float | None = None,
+        lon: float | None = None,
+        radius_km: float | None = None,
+        bbox: tuple[float, float, float, float] | None = None,
+        kind: str | None = None,
+        category: Iterable[str] | None = None,
+        tags: Iterable[str] | None = None,
+        currency: Iterable[str] | None = None,
+        language: Iterable[str] | None = None,
+        portal: Iterable[str] | None = None,
+        updated_since: datetime | None = None,
+        has_price: bool | None = None,
+        payable: bool | None = None,
+        price_currency: str | None = None,
+        price_min: str | None = None,
+        price_max: str | None = None,
+        sort: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+        facets: Iterable[str] | None = None,
+    ) -> models.SearchPage:
+        """One page of hits (see GET /v1/search); `next_cursor` continues it."""
+        params = query(_strings(locals()))
+        return self._call("GET", "/v1/search", models.SearchPage, params=params)
+
+    def search_ads_geojson(self, **filters: Any) -> models.GeoJSONPage:
+        """The same search as a GeoJSON FeatureCollection (same keyword arguments)."""
+        params = query(_strings(filters))
+        return self._call(
+            "GET", "/v1/search", models.GeoJSONPage, params=params, headers={"Accept": GEOJSON}
+        )
+
+    def iter_search(self, *, page_size: int = 100, **filters: Any) -> Iterator[models.SearchHit]:
+        """Every hit of a search, page after page (the cursor stays correct while ads
+        change underneath)."""
+        cursor = None
+        while True:
+            page = self.search_ads(limit=page_size, cursor=cursor, **filters)
+            yield from page.hits
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    # --- full resync (sync sessions) ------------------------------------------------
+
+    def open_sync_session(self) -> models.SyncSession:
+        return self._call("POST", "/v1/sync-sessions", models.SyncSession)
+
+    def get_sync_session(self, session_id: str) -> models.SyncSession:
+        return self._call("GET", f"/v1/sync-sessions/{_segment(session_id)}", models.SyncSession)
+
+    def abort_sync_session(self, session_id: str) -> None:
+        self._call("DELETE", f"/v1/sync-sessions/{_segment(session_id)}", None)
+
+    def stage_sync_items(
+        self, session_id: str, items: Iterable[models.StageItem | Mapping[str, Any]]
+    ) -> models.StageResult:
+        """Stage ads in a session; staging an ad again replaces it in the session, so a
+        repeat is harmless."""
+        return self._call(
+            "POST",
+            f"/v1/sync-sessions/{_segment(session_id)}/items",
+            models.StageResult,
+            body={"items": list(items)},
+            repeatable=True,
+        )
+
+    def commit_sync_session(self, session_id: str) -> models.CommitResult:
+        return self._call(
+            "POST", f"/v1/sync-sessions/{_segment(session_id)}/commit", models.CommitResult
+        )
+
+    # --- the contact relay ----------------------------------------------------------
+
+    def contact_advertiser(
+        self, ad_id: str, message: models.Contact | Mapping[str, Any]
+    ) -> models.Sent:
+        """Open a conversation about an ad for a member; repeated safely when the message
+        carries an idempotency_key."""
+        return self._call(
+            "POST",
+            f"/v1/ads/{_segment(ad_id)}/contact",
+            models.Sent,
+            body=message,
+            repeatable=_has_idempotency_key(message),
+        )
+
+    def list_conversations(
+        self, *, member: str | None = None, cursor: str | None = None, limit: int | None = None
+    ) -> models.ConversationPage:
+        params = query({"member": member, "cursor": cursor, "limit": limit})
+        return self._call("GET", "/v1/conversations", models.ConversationPage, params=params)
+
+    def iter_conversations(
+        self, *, member: str | None = None, page_size: int = 100
+    ) -> Iterator[models.ConversationSummary]:
+        cursor = None
+        while True:
+            page = self.list_conversations(member=member, cursor=cursor, limit=page_size)
+            yield from page.conversations
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    def get_conversation(
+        self, conversation_id: str, *, after: int | None = None, limit: int | None = None
+    ) -> models.Conversation:
+        params = query({"after": after, "limit": limit})
+        return self._call(
+            "GET",
+            f"/v1/conversations/{_segment(conversation_id)}",
+            models.Conversation,
+            params=params,
+        )
+
+    def post_message(
+        self, conversation_id: str, message: models.MessagePost | Mapping[str, Any]
+    ) -> models.Sent:
+        return self._call(
+            "POST",
+            f"/v1/conversations/{_segment(conversation_id)}/messages",
+            models.Sent,
+            body=message,
+            repeatable=_has_idempotency_key(message),
+        )
+
+    def block_conversation(
+        self, conversation_id: str, block: models.Block | Mapping[str, Any]
+    ) -> models.ConversationSummary:
+        return self._call(
+            "POST",
+            f"/v1/conversations/{_segment(conversation_id)}/block",
+            models.ConversationSummary,
+            body=block,
+            repeatable=True,
+        )
+
+    def read_inbox(self, *, since: str | None = None, limit: int | None = None) -> models.InboxPage:
+        params = query({"since": since, "limit": limit})
+        return self._call("GET", "/v1/inbox", models.InboxPage, params=params)
+
+    def acknowledge_inbox(self, ids: Iterable[str]) -> models.Acknowledged:
+        """Acknowledge events by id (acknowledging twice is harmless)."""
+        return self._call(
+            "POST", "/v1/inbox/ack", models.Acknowledged, body={"ids": list(ids)}, repeatable=True
+        )
+
+    # --- the change feed ------------------------------------------------------------
+
+    def read_feed(self, *, since: str | None = None, limit: int | None = None) -> models.FeedPage:
+        params = query({"since": since, "limit": limit})
+        return self._call("GET", "/v1/feed", models.FeedPage, params=params)
+
+    def iter_feed(
+        self, *, since: str | None = None, page_size: int = 500
+    ) -> Iterator[tuple[models.FeedEntry, str]]:
+        """Every change waiting now, each with the cursor to resume after it (store the
+        last one seen: `since=` it continues there)."""
+        while True:
+            page = self.read_feed(since=since, limit=page_size)
+            for entry in page.changes:
+                yield entry, page.next_cursor
+            since = page.next_cursor
+            if not page.more:
+                return
+
+    # --- currencies and categories --------------------------------------------------
+
+    def list_currencies(
+        self, *, kind: str | None = None, portal: str | None = None
+    ) -> models.CurrencyList:
+        params = query({"kind": kind, "portal": portal})
+        return self._call("GET", "/v1/currencies", models.CurrencyList, params=params)
+
+    def register_currency(
+        self, currency: models.CurrencyCreate | Mapping[str, Any]
+    ) -> models.Currency1:
+        return self._call("POST", "/v1/currencies", models.Currency1, body=currency)
+
+    def get_currency(self, code: str) -> models.Currency1:
+        return self._call("GET", f"/v1/currencies/{_segment(code)}", models.Currency1)
+
+    def update_currency(
+        self, code: str, changes: models.CurrencyPatch | Mapping[str, Any]
+    ) -> models.Currency1:
+        return self._call(
+            "PATCH",
+            f"/v1/currencies/{_segment(code)}",
+            models.Currency1,
+            body=changes,
+            repeatable=True,
+        )
+
+    def delete_currency(self, code: str) -> None:
+        self._call("DELETE", f"/v1/currencies/{_segment(code)}", None)
+
+    def list_categories(self) -> models.CategoryList:
+        return self._call("GET", "/v1/categories", models.CategoryList)
+
+    # --- one call -------------------------------------------------------------------
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        result: type[T] | None,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: Body | None = None,
+        headers: Mapping[str, str] | None = None,
+        repeatable: bool | None = None,
+    ) -> T:
+        content = None if body is None else msgspec.json.encode(body)
+        response = self._transport.request(
+            method, path, params=params, content=content, headers=headers, repeatable=repeatable
+        )
+        if not response.is_success:
+            raise api_error(response)
+        if result is None:
+            return None  # type: ignore[return-value]
+        return msgspec.json.decode(response.content, type=result)
+
+
+def api_error(response: httpx.Response) -> ApiError:
+    """The typed error for an error answer, from the envelope when there is one."""
+    try:
+        envelope = msgspec.json.decode(response.content, type=models.Error)
+        code, message, errors = envelope.error, envelope.message, envelope.errors
+    except (msgspec.DecodeError, msgspec.ValidationError):  # not the directory's (a proxy's)
+        code, message, errors = "http_error", response.reason_phrase or "error", {}
+    cls = error_class(response.status_code)
+    extra = {"retry_after": retry_after_s(response)} if cls is RateLimited else {}
+    return cls(
+        response.status_code,
+        code,
+        message,
+        errors,
+        request_id=response.headers.get("X-Request-Id"),
+        **extra,
+    )
+
+
+def _segment(value: str) -> str:
+    text = str(value)
+    if not text:
+        raise ValueError("a path value must not be empty")
+    return quote(text, safe="")
+
+
+def _strings(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """Search arguments as query values (bbox as its four numbers)."""
+    values = {name: value for name, value in arguments.items() if name != "self"}
+    bbox = values.get("bbox")
+    if bbox is not None and not isinstance(bbox, str):
+        values["bbox"] = ",".join(str(number) for number in bbox)
+    return values
+
+
+def _has_idempotency_key(message: Body) -> bool:
+    if isinstance(message, Mapping):
+        return bool(message.get("idempotency_key"))
+    return bool(getattr(message, "idempotency_key", None))
