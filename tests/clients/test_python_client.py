@@ -1,0 +1,409 @@
+"""The Python client against the real directory served over HTTP on 127.0.0.1, and, for
+what a healthy directory never does (503s, dropped connections, silence), against small
+scripted HTTP servers on loopback."""
+
+from __future__ import annotations
+
+import dataclasses
+import email.utils
+import importlib.util
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from uuid import UUID
+
+import httpx
+import orjson
+import pytest
+import yaml
+from directory_client import __version__, models
+from directory_client.client import DirectoryClient
+from directory_client.errors import (
+    BadRequest,
+    DirectoryUnavailable,
+    NotFound,
+    RateLimited,
+    ServiceUnavailable,
+    Unauthenticated,
+)
+from directory_client.transport import RetryPolicy, retry_after_s
+from directory_client.webhooks import InvalidWebhook, verify_webhook
+
+from directory import create_app
+from directory.webhooks.signing import new_secret, signed_headers
+from tests.factories import ad_payload
+from tests.live import LiveDirectory
+
+REPO = Path(__file__).resolve().parents[2]
+NO_WAIT = RetryPolicy(attempts=3, backoff_s=0, max_backoff_s=0)
+
+
+@pytest.fixture
+def live(app) -> Iterator[LiveDirectory]:
+    with LiveDirectory(app) as server:
+        yield server
+
+
+def snake_case(operation_id: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", operation_id).lower()
+
+
+# --- coverage of the API ----------------------------------------------------------------
+
+
+def test_every_operation_of_the_spec_has_a_client_method():
+    spec = yaml.safe_load((REPO / "openapi.yaml").read_text())
+    operations = [
+        operation["operationId"]
+        for item in spec["paths"].values()
+        for method, operation in item.items()
+        if method in {"get", "put", "post", "patch", "delete"}
+    ]
+    missing = [name for name in operations if not hasattr(DirectoryClient, snake_case(name))]
+    assert operations and not missing, f"operations without a DirectoryClient method: {missing}"
+
+
+def test_the_models_are_generated_from_the_current_spec():
+    module_spec = importlib.util.spec_from_file_location(
+        "generate_models", REPO / "clients/python/generate_models.py"
+    )
+    generator = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(generator)
+
+    assert generator.MODELS_FILE.read_text() == generator.render_models(), (
+        "clients/python/src/directory_client/models.py is stale: run `make openapi`"
+    )
+
+
+# --- typed results and iterators --------------------------------------------------------
+
+
+def test_results_are_typed(live, make_portal):
+    portal = make_portal()
+    with DirectoryClient(live.url, key=portal.key) as directory:
+        own = directory.put_ad("a-1", ad_payload(title="Sourdough bread"))
+        public = directory.get_ad(str(own.id))
+        profile = directory.get_own_portal()
+
+    assert isinstance(own, models.Ad) and own.external_id == "a-1"
+    assert isinstance(public, models.PublicAd) and isinstance(public.id, UUID)
+    assert public.title == "Sourdough bread" and public.kind == "offer"
+    assert isinstance(public.updated_at, datetime) and public.updated_at.tzinfo is not None
+    assert isinstance(profile, models.Portal) and profile.slug == portal.slug
+
+
+def test_iterators_follow_cursors_to_the_end(live, make_portal):
+    portal = make_portal()
+    with DirectoryClient(live.url, key=portal.key) as directory:
+        items = [{"external_id": f"a-{n}", "ad": ad_payload(title=f"Ad {n}")} for n in range(7)]
+        result = directory.batch_ads(items)
+        assert [item.status for item in result.results] == ["created"] * 7
+
+        hits = list(directory.iter_search(page_size=3, lat=50.85, lon=4.35, radius_km=5))
+        own = list(directory.iter_own_ads(page_size=2))
+        changes = list(directory.iter_feed(page_size=3))
+
+    assert len(hits) == len({hit.id for hit in hits}) == 7
+    assert [hit.distance_km for hit in hits] == sorted(hit.distance_km for hit in hits)
+    assert sorted(ad.external_id for ad in own) == sorted(f"a-{n}" for n in range(7))
+    assert len(changes) == 7 and all(entry.op == "upsert" for entry, _ in changes)
+
+
+def test_search_as_geojson(live, make_portal):
+    portal = make_portal()
+    with DirectoryClient(live.url, key=portal.key) as directory:
+        directory.put_ad("a-1", ad_payload(location={"lat": 50.0, "lon": 4.0}))
+        page = directory.search_ads_geojson(lat=50.0, lon=4.0, radius_km=1)
+
+    assert page.type == "FeatureCollection"
+    assert page.features[0].geometry.coordinates == [4.0, 50.0]
+
+
+def test_a_portal_polls_and_acknowledges_its_inbox(live, make_portal):
+    advertiser, contacting = make_portal(), make_portal()
+    with (
+        DirectoryClient(live.url, key=advertiser.key) as advertiser_portal,
+        DirectoryClient(live.url, key=contacting.key) as contacting_portal,
+    ):
+        ad = advertiser_portal.put_ad("a-1", ad_payload())
+        message = {"member": "m-7", "name": "Sam", "body": "Is it free on Saturday?"}
+        sent = contacting_portal.contact_advertiser(
+            str(ad.id), message | {"idempotency_key": "k-1"}
+        )
+        again = contacting_portal.contact_advertiser(
+            str(ad.id), message | {"idempotency_key": "k-1"}
+        )
+        inbox = advertiser_portal.read_inbox()
+        acknowledged = advertiser_portal.acknowledge_inbox([event.id for event in inbox.events])
+        after = advertiser_portal.read_inbox()
+
+    assert again.message.id == sent.message.id  # the retry was recognised
+    assert [event.data["message"]["body"] for event in inbox.events] == [message["body"]]
+    assert acknowledged.acknowledged == 1
+    assert after.events == []
+
+
+# --- errors ---------------------------------------------------------------------------
+
+
+def test_validation_errors_keep_their_field_paths(live, make_portal):
+    portal = make_portal()
+    with DirectoryClient(live.url, key=portal.key) as directory:
+        with pytest.raises(BadRequest) as body_error:
+            directory.put_ad("a-1", ad_payload(location={"lat": 100, "lon": 4}))
+        with pytest.raises(BadRequest) as query_error:
+            directory.search_ads(radius_km=5)
+
+    assert body_error.value.code == "validation_error"
+    assert "location.lat" in body_error.value.field_errors
+    assert "lat" in body_error.value.errors["json"]["location"]
+    assert "radius_km" in query_error.value.field_errors
+    assert query_error.value.request_id
+
+
+def test_not_found_and_unauthenticated_are_typed(live):
+    with DirectoryClient(live.url) as directory:
+        with pytest.raises(NotFound):
+            directory.get_ad("0192f3a4-5b6c-7d8e-9fa0-b1c2d3e4f506")
+        with pytest.raises(Unauthenticated):
+            directory.get_own_portal()
+
+
+class CountingTransport(httpx.HTTPTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.statuses: list[int] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        self.statuses.append(response.status_code)
+        return response
+
+
+@pytest.fixture
+def limited_live(migrated) -> Iterator[LiveDirectory]:
+    """The same database behind an app allowing anonymous clients 2 searches an hour."""
+    app = create_app(dataclasses.replace(migrated, search_rate_limit_anonymous="2 per hour"))
+    try:
+        with LiveDirectory(app) as server:
+            yield server
+    finally:
+        app.extensions["directory"].close()
+
+
+def test_a_long_rate_limit_is_raised_with_retry_after_not_waited_for(limited_live):
+    counting = CountingTransport()
+    with DirectoryClient(limited_live.url, http_transport=counting) as directory:
+        directory.search_ads()
+        directory.search_ads()
+        with pytest.raises(RateLimited) as limited:
+            directory.search_ads()
+
+    assert 120 < limited.value.retry_after <= 3600
+    assert counting.statuses == [200, 200, 429]
+
+
+# --- retries, against scripted servers ---------------------------------------------------
+
+
+@dataclasses.dataclass
+class Scripted:
+    """A loopback HTTP server answering from a script: each step an (status, headers,
+    body) answer, "drop" (close the connection without answering) or "silence"."""
+
+    steps: list
+    requests: list = dataclasses.field(default_factory=list)
+
+    def __enter__(self) -> Scripted:
+        script = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                script.requests.append((self.command, self.path, dict(self.headers)))
+                self.rfile.read(length)
+                step = script.steps.pop(0) if script.steps else (200, {}, b"{}")
+                if step == "drop":
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                if step == "silence":
+                    time.sleep(2)
+                    return
+                status, headers, body = step
+                self.send_response(status)
+                for name, value in {"Content-Type": "application/json", **headers}.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = do_PUT = _answer
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_port}"
+
+
+UNAVAILABLE = (503, {"Retry-After": "0"}, b'{"code":503,"status":"Service Unavailable",'
+               b'"error":"unavailable","message":"database down","errors":{}}')  # fmt: skip
+HEALTHY = (200, {}, b'{"status":"ok"}')
+
+
+def test_safe_requests_are_retried_after_503_honouring_retry_after():
+    with (
+        Scripted([UNAVAILABLE, UNAVAILABLE, HEALTHY]) as server,
+        DirectoryClient(server.url, retry=NO_WAIT) as directory,
+    ):
+        assert directory.healthz().status == "ok"
+    assert len(server.requests) == 3
+
+
+def test_a_post_is_not_repeated_after_a_503_or_a_lost_answer():
+    with (
+        Scripted([UNAVAILABLE, HEALTHY]) as server,
+        DirectoryClient(server.url, retry=NO_WAIT) as directory,
+        pytest.raises(ServiceUnavailable),
+    ):
+        directory.open_sync_session()
+    assert len(server.requests) == 1
+
+    lost = pytest.raises(DirectoryUnavailable, match="may or may not have been applied")
+    with (
+        Scripted(["drop", HEALTHY]) as server,
+        DirectoryClient(server.url, retry=NO_WAIT) as directory,
+        lost,
+    ):
+        directory.open_sync_session()
+    assert len(server.requests) == 1
+
+
+def test_a_lost_answer_to_a_safe_request_is_retried():
+    with (
+        Scripted(["drop", HEALTHY]) as server,
+        DirectoryClient(server.url, retry=NO_WAIT) as directory,
+    ):
+        assert directory.healthz().status == "ok"
+    assert len(server.requests) == 2
+
+
+def test_every_call_has_a_timeout():
+    with Scripted(["silence", "silence"]) as server:
+        started = time.monotonic()
+        with (
+            DirectoryClient(server.url, timeout_s=0.2, retry=NO_WAIT) as directory,
+            pytest.raises(DirectoryUnavailable),
+        ):
+            directory.open_sync_session()
+        assert time.monotonic() - started < 1.9  # it did not wait for the silence to end
+
+
+def test_a_directory_that_is_not_there_is_unavailable_after_the_retries():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with (
+        DirectoryClient(f"http://127.0.0.1:{port}", retry=NO_WAIT) as directory,
+        pytest.raises(DirectoryUnavailable, match="nothing was changed"),
+    ):
+        directory.open_sync_session()  # never sent, so even a POST is tried again
+
+
+def test_requests_carry_the_clients_user_agent():
+    with Scripted([HEALTHY]) as server, DirectoryClient(server.url) as directory:
+        directory.healthz()
+    headers = {name.lower(): value for name, value in server.requests[0][2].items()}
+    assert headers["user-agent"].startswith(f"commons-directory-client/{__version__} ")
+
+
+def test_backoff_is_jittered_below_a_doubling_bound():
+    policy = RetryPolicy(backoff_s=0.5, max_backoff_s=3.0)
+    for retry, bound in ((1, 0.5), (2, 1.0), (3, 2.0), (4, 3.0), (9, 3.0)):
+        waits = [policy.backoff(retry) for _ in range(200)]
+        assert all(0 <= wait <= bound for wait in waits)
+        assert max(waits) - min(waits) > bound / 4  # spread out, not in step
+
+
+def test_retry_after_is_read_as_seconds_or_as_a_date():
+    def answer(value: str) -> httpx.Response:
+        return httpx.Response(429, headers={"Retry-After": value})
+
+    in_a_minute = email.utils.format_datetime(datetime.now(UTC) + timedelta(seconds=60), True)
+    assert retry_after_s(answer("7")) == 7
+    assert 55 <= retry_after_s(answer(in_a_minute)) <= 60
+    assert retry_after_s(answer("soon")) is None
+
+
+@pytest.mark.parametrize("attempts", [0, -1])
+def test_a_retry_policy_needs_one_attempt_at_least(attempts):
+    with pytest.raises(ValueError, match="attempts"):
+        RetryPolicy(attempts=attempts)
+
+
+# --- webhooks ---------------------------------------------------------------------------
+
+
+def signed(secrets: list[str], *, timestamp: int | None = None) -> tuple[bytes, dict]:
+    body = orjson.dumps(
+        {
+            "type": "message.created",
+            "timestamp": datetime.now(UTC).isoformat(),
+            "data": {"message": {"body": "Hello"}},
+        }
+    )
+    headers = signed_headers(
+        secrets=secrets,
+        webhook_id="msg_" + "ab" * 16,
+        timestamp=int(time.time()) if timestamp is None else timestamp,
+        body=body,
+    )
+    return body, headers
+
+
+def test_a_webhook_signed_by_the_directory_verifies():
+    secret = new_secret()
+    body, headers = signed([secret])
+
+    event = verify_webhook(body, headers, secrets=secret)
+
+    assert event.id == "msg_" + "ab" * 16
+    assert event.type == "message.created" and event.data["message"]["body"] == "Hello"
+
+
+def test_during_a_rotation_either_secret_verifies():
+    new, old = new_secret(), new_secret()
+    body, headers = signed([new, old])
+
+    assert verify_webhook(body, headers, secrets=[old]).id.startswith("msg_")
+    assert verify_webhook(body, {k.upper(): v for k, v in headers.items()}, secrets=[new])
+
+
+def test_forged_tampered_and_stale_webhooks_are_refused():
+    secret = new_secret()
+    body, headers = signed([secret])
+    with pytest.raises(InvalidWebhook):
+        verify_webhook(body, headers, secrets=new_secret())
+    with pytest.raises(InvalidWebhook):
+        verify_webhook(body.replace(b"Hello", b"Hallo"), headers, secrets=secret)
+    stale_body, stale_headers = signed([secret], timestamp=int(time.time()) - 3600)
+    with pytest.raises(InvalidWebhook):
+        verify_webhook(stale_body, stale_headers, secrets=secret)
+    with pytest.raises(ValueError):
+        verify_webhook(body, headers, secrets=[])
