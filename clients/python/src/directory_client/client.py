@@ -15,7 +15,7 @@ acknowledgement, a block, a relay message carrying an idempotency key)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -35,6 +35,7 @@ from directory_client.transport import (
 )
 
 T = TypeVar("T")
+PageT = TypeVar("PageT")
 Body = msgspec.Struct | Mapping[str, Any]
 GEOJSON = "application/geo+json"
 
@@ -143,15 +144,12 @@ class DirectoryClient:
     def iter_own_ads(
         self, *, page_size: int = 1000, include_expired: bool = True
     ) -> Iterator[models.Ad]:
-        cursor = None
-        while True:
-            page = self.list_own_ads(
+        return _follow(
+            lambda cursor: self.list_own_ads(
                 limit=page_size, cursor=cursor, include_expired=include_expired
-            )
-            yield from page.items
-            if page.next_cursor is None:
-                return
-            cursor = page.next_cursor
+            ),
+            lambda page: page.items,
+        )
 
     def get_own_ad(self, external_id: str) -> models.Ad:
         return self._call("GET", f"/v1/portals/me/ads/{_segment(external_id)}", models.Ad)
@@ -197,13 +195,10 @@ class DirectoryClient:
     def iter_search(self, *, page_size: int = 100, **filters: Any) -> Iterator[models.SearchHit]:
         """Every hit of a search, page after page (the cursor stays correct while ads
         change underneath)."""
-        cursor = None
-        while True:
-            page = self.search_ads(limit=page_size, cursor=cursor, **filters)
-            yield from page.hits
-            if page.next_cursor is None:
-                return
-            cursor = page.next_cursor
+        return _follow(
+            lambda cursor: self.search_ads(limit=page_size, cursor=cursor, **filters),
+            lambda page: page.hits,
+        )
 
     # --- full resync (sync sessions) ------------------------------------------------
 
@@ -258,13 +253,10 @@ class DirectoryClient:
     def iter_conversations(
         self, *, member: str | None = None, page_size: int = 100
     ) -> Iterator[models.ConversationSummary]:
-        cursor = None
-        while True:
-            page = self.list_conversations(member=member, cursor=cursor, limit=page_size)
-            yield from page.conversations
-            if page.next_cursor is None:
-                return
-            cursor = page.next_cursor
+        return _follow(
+            lambda cursor: self.list_conversations(member=member, cursor=cursor, limit=page_size),
+            lambda page: page.conversations,
+        )
 
     def get_conversation(
         self, conversation_id: str, *, after: int | None = None, limit: int | None = None
@@ -402,6 +394,19 @@ def api_error(response: httpx.Response) -> ApiError:
         request_id=response.headers.get("X-Request-Id"),
         **extra,
     )
+
+
+def _follow(
+    fetch: Callable[[str | None], PageT], items: Callable[[PageT], Iterable[T]]
+) -> Iterator[T]:
+    """The items of every page, each page fetched with the previous one's next_cursor."""
+    cursor = None
+    while True:
+        page = fetch(cursor)
+        yield from items(page)
+        if page.next_cursor is None:
+            return
+        cursor = page.next_cursor
 
 
 def _segment(value: str) -> str:
