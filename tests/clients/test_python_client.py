@@ -148,6 +148,34 @@ def test_a_portal_polls_and_acknowledges_its_inbox(live, make_portal):
     assert after.events == []
 
 
+def test_process_inbox_acknowledges_what_was_handled_and_keeps_the_rest(live, make_portal):
+    advertiser, contacting = make_portal(), make_portal()
+    with (
+        DirectoryClient(live.url, key=advertiser.key) as advertiser_portal,
+        DirectoryClient(live.url, key=contacting.key) as contacting_portal,
+    ):
+        for number in range(5):
+            ad = advertiser_portal.put_ad(f"a-{number}", ad_payload())
+            contacting_portal.contact_advertiser(
+                str(ad.id), {"member": f"m-{number}", "name": "Sam", "body": f"Hello {number}"}
+            )
+        bodies: list[str] = []
+
+        def handle_until_the_fourth(event: models.InboxEvent) -> None:
+            if len(bodies) == 3:
+                raise RuntimeError("the portal's database is down")
+            bodies.append(event.data["message"]["body"])
+
+        with pytest.raises(RuntimeError):
+            advertiser_portal.process_inbox(handle_until_the_fourth, page_size=2)
+        left = [event.data["message"]["body"] for event in advertiser_portal.read_inbox().events]
+        handled_later = advertiser_portal.process_inbox(lambda event: None)
+
+    assert bodies == ["Hello 0", "Hello 1", "Hello 2"]
+    assert left == ["Hello 3", "Hello 4"]
+    assert handled_later == 2
+
+
 # --- errors ---------------------------------------------------------------------------
 
 

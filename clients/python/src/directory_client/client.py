@@ -301,6 +301,31 @@ class DirectoryClient:
             "POST", "/v1/inbox/ack", models.Acknowledged, body={"ids": list(ids)}, repeatable=True
         )
 
+    def process_inbox(
+        self, handle: Callable[[models.InboxEvent], None], *, page_size: int = 100
+    ) -> int:
+        """Hand every waiting inbox event to `handle`, oldest first, and acknowledge the
+        handled ones page by page; returns how many were handled. When `handle` raises,
+        the events handled before it are acknowledged and the error propagates: that event
+        and the ones after it stay in the inbox for the next call. Events may come twice
+        (a webhook may have delivered one meanwhile): deduplicate by `event.id`."""
+        handled_count = 0
+        since = None
+        while True:
+            page = self.read_inbox(since=since, limit=page_size)
+            handled: list[str] = []
+            try:
+                for event in page.events:
+                    handle(event)
+                    handled.append(event.id)
+            finally:
+                if handled:
+                    self.acknowledge_inbox(handled)
+                handled_count += len(handled)
+            if page.next_since is None:
+                return handled_count
+            since = page.next_since
+
     # --- the change feed ------------------------------------------------------------
 
     def read_feed(self, *, since: str | None = None, limit: int | None = None) -> models.FeedPage:
