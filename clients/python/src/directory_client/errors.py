@@ -4,7 +4,7 @@ e.g. {"json": {"location": {"lat": ["Must be ..."]}}}."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -44,17 +44,27 @@ class ApiError(DirectoryError):
         (the location, json or query, left out)."""
         flat: dict[str, list[str]] = {}
         for location in self.errors.values():
-            for path, messages in _leaves(location, ()):
-                flat.setdefault(".".join(path), []).extend(messages)
+            for path, messages in flatten_field_errors(location).items():
+                flat.setdefault(path, []).extend(messages)
         return flat
 
 
-def _leaves(node: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], list[str]]]:
-    if isinstance(node, list):
-        yield path, [str(message) for message in node]
-    elif isinstance(node, Mapping):
-        for key, value in node.items():
-            yield from _leaves(value, (*path, str(key)))
+def flatten_field_errors(errors: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Errors nested by field, by dotted path instead:
+    {"location": {"lat": ["Must be ..."]}} -> {"location.lat": ["Must be ..."]}."""
+    flat: dict[str, list[str]] = {}
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, Mapping):
+            for key, value in node.items():
+                walk(value, f"{path}.{key}" if path else str(key))
+        elif isinstance(node, list) and all(isinstance(item, str) for item in node):
+            flat.setdefault(path or "_schema", []).extend(node)
+        else:
+            flat.setdefault(path or "_schema", []).append(str(node))
+
+    walk(errors, "")
+    return flat
 
 
 class BadRequest(ApiError):

@@ -1,0 +1,186 @@
+"""`directory-sync`: push a portal's ads from a JSON Lines or CSV file to the directory.
+
+    export DIRECTORY_PORTAL_KEY=cdir_...        # never on the command line
+    directory-sync ads.csv --directory https://directory.example.org
+
+Incremental by default: only what changed since the last successful run is sent, and ads
+that left the file are deleted (the state file, `ADS.sync-state` beside the input, says
+what earlier runs pushed). `--replace` makes the file the portal's complete set,
+atomically. Killed half way, it resumes where it stopped when run again.
+
+Exit status: 0 done, 1 done but some rows were rejected (see the report), 2 bad usage or
+an input that cannot be read (nothing was sent), 3 the directory could not be reached or
+refused the run (run again to resume)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+from directory_client import __version__
+from directory_client.client import DirectoryClient
+from directory_client.errors import ApiError, DirectoryError
+from directory_client.sync import (
+    DEFAULT_CONCURRENCY,
+    MAX_BATCH_SIZE,
+    SyncError,
+    SyncReport,
+    sync_file,
+)
+from directory_client.sync_input import LIST_SEPARATOR, InputError
+from directory_client.sync_progress import for_stream
+from directory_client.sync_state import StateError
+
+KEY_VARIABLE = "DIRECTORY_PORTAL_KEY"
+DIRECTORY_VARIABLE = "DIRECTORY_URL"
+EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_DIRECTORY = 0, 1, 2, 3
+REJECTIONS_SHOWN = 20  # in the printed summary; the report file has them all
+TIMEOUT_S = 120.0  # a batch of 1,000 ads on a busy directory takes seconds, not minutes
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="directory-sync",
+        description="Push a portal's ads from a JSON Lines or CSV file to the Commons "
+        f"Directory, with the portal's key in ${KEY_VARIABLE}.",
+        epilog=f"CSV: a header line; nested fields as dotted columns (location.lat, "
+        f"price.amount); lists in one cell separated by {LIST_SEPARATOR!r}; an empty cell "
+        "leaves the field out.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("input", type=Path, help="the ads: a .jsonl, .ndjson or .csv file")
+    parser.add_argument(
+        "--directory",
+        default=os.environ.get(DIRECTORY_VARIABLE),
+        help=f"the directory's base URL (default ${DIRECTORY_VARIABLE})",
+    )
+    parser.add_argument(
+        "--state", type=Path, help="the state file (default: INPUT.sync-state beside the input)"
+    )
+    parser.add_argument(
+        "--report",
+        type=Path,
+        help="where to write the JSON report (default: INPUT.sync-report.json)",
+    )
+    parser.add_argument(
+        "--replace",
+        action="store_true",
+        help="make the file the portal's complete set of ads, atomically (a sync session)",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print what would change; change nothing"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=MAX_BATCH_SIZE,
+        help=f"ads per request, 1 to {MAX_BATCH_SIZE} (default {MAX_BATCH_SIZE})",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=DEFAULT_CONCURRENCY,
+        help=f"requests in flight at once (default {DEFAULT_CONCURRENCY})",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    key = os.environ.get(KEY_VARIABLE)
+    if not args.directory:
+        parser.error(f"--directory (or ${DIRECTORY_VARIABLE}) is required")
+    if not key:
+        parser.error(f"the portal's key is read from ${KEY_VARIABLE}, which is not set")
+    state_path = args.state or args.input.with_name(args.input.name + ".sync-state")
+    report_path = args.report or args.input.with_name(args.input.name + ".sync-report.json")
+    progress = for_stream(sys.stderr)
+    try:
+        with DirectoryClient(args.directory, key=key, timeout_s=TIMEOUT_S) as client:
+            report = sync_file(
+                client,
+                args.input,
+                state_path=state_path,
+                replace=args.replace,
+                dry_run=args.dry_run,
+                batch_size=args.batch_size,
+                concurrency=args.concurrency,
+                progress=progress,
+            )
+    except (InputError, StateError, SyncError) as error:
+        progress.finish()
+        print(f"directory-sync: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except DirectoryError as error:
+        progress.finish()
+        detail = ""
+        if isinstance(error, ApiError) and error.field_errors:
+            detail = f" {error.field_errors}"
+        print(
+            f"directory-sync: {error}{detail}\nNothing that was answered is lost: "
+            "run the same command again to resume.",
+            file=sys.stderr,
+        )
+        return EXIT_DIRECTORY
+    report_path.write_text(json.dumps(report.to_json(), indent=2, ensure_ascii=False) + "\n")
+    print_summary(report, sys.stdout, report_path=report_path)
+    return EXIT_OK if report.ok else EXIT_REJECTED
+
+
+def print_summary(report: SyncReport, out: TextIO, *, report_path: Path) -> None:
+    if report.dry_run:
+        print(f"dry run ({report.mode}): nothing was changed", file=out)
+        for label, keys in (
+            ("would create", report.would_create),
+            (
+                "would update"
+                if report.mode == "incremental"
+                else "would send again (update or keep)",
+                report.would_update,
+            ),
+            ("would delete", report.would_delete),
+        ):
+            print(f"{label}: {len(keys):,}", file=out)
+            for key in keys:
+                print(f"  {key}", file=out)
+        if report.mode == "incremental":
+            print(f"unchanged: {report.unchanged:,}", file=out)
+    else:
+        rate = report.sent / report.elapsed_s if report.elapsed_s else 0.0
+        print(
+            f"{report.mode} sync of {report.rows:,} rows in {report.elapsed_s:.1f} s "
+            f"({report.sent:,} ads sent, {rate:,.0f} ads/s)"
+            + (", resumed an interrupted run" if report.resumed else ""),
+            file=out,
+        )
+        print(
+            f"created {report.created:,}, updated {report.updated:,}, "
+            f"unchanged {report.unchanged:,}, deleted {report.deleted:,}, "
+            f"rejected {len(report.rejected):,}",
+            file=out,
+        )
+    if report.deletes_held_back:
+        print(
+            f"deletes held back: {len(report.deletes_held_back):,} (rows without a readable "
+            "external_id might be those ads: fix them, then run again)",
+            file=out,
+        )
+    rejected = sorted(report.rejected, key=lambda rejection: rejection.line)
+    if rejected:
+        print(f"rejected: {len(rejected):,}", file=out)
+    for rejection in rejected[:REJECTIONS_SHOWN]:
+        print(f"  line {rejection.line} ({rejection.external_id or 'no external_id'}): "
+              f"{rejection.reason}", file=out)  # fmt: skip
+    if len(rejected) > REJECTIONS_SHOWN:
+        print(f"  ... and {len(rejected) - REJECTIONS_SHOWN:,} more", file=out)
+    print(f"report: {report_path}", file=out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""The state file of `directory-sync`: what the directory holds of a portal's ads, as far
+as earlier runs know, so that a run sends only what changed and a killed run resumes.
+
+It is a JSON Lines log. The first line is a snapshot:
+
+    {"format": "directory-sync/1", "directory": URL, "portal": slug, "finished": bool,
+     "ads": {external_id: digest, ...}, "session": null | {"id": ..., "staged": {...}}}
+
+Each later line records one step, appended and flushed as it happens (a step is cheap to
+write, where rewriting 100,000 digests after every batch would cost more than the batch):
+
+    {"sending": n, "ids": [...]}          batch n is about to be sent
+    {"synced": n, "ads": {id: digest | null}}   batch n's answer: accepted, or deleted (null)
+    {"session": id}                       a sync session (--replace) was opened
+    {"staged": {id: digest | ""}}         ads staged in it ("" rejected: kept as it was)
+    {"committed": id, "unknown": [...]}   it was committed: the staged ads are the set
+    {"closed": id}                        it was aborted or found expired
+
+Replaying the log gives the state. An ad of a batch that was sent but never answered
+(the run was killed) may or may not have reached the directory: its digest becomes
+UNKNOWN, so the next run sends it again (or deletes it), which is harmless because upserts
+and deletes by external id are idempotent. The state is never ahead of the directory:
+a step is recorded only after the directory answered. At the start and the end of a run
+the log is rewritten as one snapshot (temporary file, fsync, rename); `finished` says
+whether the run that wrote it came to its end."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+STATE_FORMAT = "directory-sync/1"
+UNKNOWN = ""  # the directory may hold some version of this ad, or none
+
+
+class StateError(Exception):
+    """The state file cannot be used (corrupt, or kept for another directory or portal)."""
+
+
+@dataclass
+class OpenSession:
+    id: str
+    staged: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class SyncState:
+    directory: str
+    portal: str
+    ads: dict[str, str] = field(default_factory=dict)
+    session: OpenSession | None = None
+    pending: dict[int, list[str]] = field(default_factory=dict)
+    finished: bool = True  # False while a run is under way, and after one was cut short
+
+    def apply(self, record: dict[str, Any]) -> None:
+        """One step of the log (see the module's docstring)."""
+        if "sending" in record:
+            self.pending[record["sending"]] = record["ids"]
+        elif "synced" in record:
+            self.pending.pop(record["synced"], None)
+            for external_id, digest in record["ads"].items():
+                if digest is None:
+                    self.ads.pop(external_id, None)
+                else:
+                    self.ads[external_id] = digest
+        elif "session" in record:
+            self.session = OpenSession(record["session"])
+        elif "staged" in record:
+            self._open_session(record).staged.update(record["staged"])
+        elif "committed" in record:
+            self.ads = dict(self._open_session(record).staged)
+            self.ads.update(dict.fromkeys(record["unknown"], UNKNOWN))
+            self.session = None
+        elif "closed" in record:
+            self.session = None
+        else:
+            raise StateError(f"unknown step {sorted(record)}")
+
+    def settle_pending(self) -> None:
+        """Batches sent and never answered: their ads' fate is unknown."""
+        for ids in self.pending.values():
+            self.ads.update(dict.fromkeys(ids, UNKNOWN))
+        self.pending.clear()
+
+    def _open_session(self, record: dict[str, Any]) -> OpenSession:
+        if self.session is None:
+            raise StateError(f"{sorted(record)[0]} without an open session")
+        return self.session
+
+
+def load_state(path: Path, *, directory: str, portal: str) -> SyncState:
+    """The state kept in `path`, replayed; a fresh one when there is no such file."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return SyncState(directory=directory, portal=portal)
+    except OSError as error:
+        raise StateError(f"cannot read the state file {path}: {error.strerror}") from error
+    lines = data.split(b"\n")
+    state = _snapshot(path, lines[0])
+    if (state.directory, state.portal) != (directory, portal):
+        raise StateError(
+            f"the state file {path} is for portal {state.portal!r} at {state.directory}, "
+            f"not {portal!r} at {directory}; pass another --state file"
+        )
+    last = len(lines)
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        try:
+            record = msgspec.json.decode(line)
+        except msgspec.DecodeError:
+            if number == last or (number == last - 1 and not lines[-1]):
+                break  # torn while the last run was killed writing it: never acted upon
+            raise StateError(f"{path}, line {number}: not valid JSON") from None
+        try:
+            state.apply(record)
+        except (StateError, KeyError, TypeError, AttributeError) as error:
+            raise StateError(
+                f"{path}, line {number}: a step that cannot be read ({error})"
+            ) from None
+    return state
+
+
+def _snapshot(path: Path, line: bytes) -> SyncState:
+    try:
+        head = msgspec.json.decode(line)
+        if head.get("format") != STATE_FORMAT:
+            raise StateError(
+                f"{path} is not a directory-sync state file (format {head.get('format')!r}, "
+                f"expected {STATE_FORMAT!r})"
+            )
+        session = head["session"]
+        return SyncState(
+            directory=head["directory"],
+            portal=head["portal"],
+            finished=head["finished"],
+            ads=dict(head["ads"]),
+            session=None if session is None else OpenSession(session["id"], session["staged"]),
+        )
+    except (msgspec.DecodeError, AttributeError, KeyError, TypeError):
+        raise StateError(f"{path}, line 1: not a directory-sync state snapshot") from None
+
+
+class StateLog:
+    """Writes `state` to `path` as a snapshot, then appends each step, applying it to
+    `state` as well, so the state in memory and on disk stay the same."""
+
+    def __init__(self, path: Path, state: SyncState) -> None:
+        self.path = path
+        self.state = state
+        self._encoder = msgspec.json.Encoder()
+        self._file = None
+        state.finished = False
+        self.compact()
+
+    def finish(self) -> None:
+        """The run came to its end: say so, in a fresh snapshot."""
+        self.state.finished = True
+        self.compact()
+
+    def record(self, step: dict[str, Any]) -> None:
+        self.state.apply(step)
+        self._file.write(self._encoder.encode(step) + b"\n")
+        # Flushed to the kernel before the request it announces is sent: a killed process
+        # loses nothing written so far.
+        self._file.flush()
+
+    def compact(self) -> None:
+        """Rewrite the log as one snapshot line, atomically."""
+        if self._file is not None:
+            self._file.close()
+        state = self.state
+        state.settle_pending()
+        session = state.session
+        snapshot = {
+            "format": STATE_FORMAT,
+            "directory": state.directory,
+            "portal": state.portal,
+            "finished": state.finished,
+            "ads": state.ads,
+            "session": None if session is None else {"id": session.id, "staged": session.staged},
+        }
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        with temporary.open("wb") as file:
+            file.write(self._encoder.encode(snapshot) + b"\n")
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, self.path)
+        self._file = self.path.open("ab")
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None

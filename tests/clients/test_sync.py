@@ -1,0 +1,481 @@
+"""directory-sync against the real app over HTTP: the command as a subprocess, the Python
+API directly, the directory's own view of the portal's ads as the judge."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from directory_client.client import DirectoryClient
+from directory_client.sync import sync_ads, sync_file
+from directory_client.sync_input import CSV_COLUMNS
+
+from tests.live import LiveDirectory
+
+EXAMPLE = (
+    Path(__file__).resolve().parents[2] / "clients/python/examples/tauschring-freiburg-ads.csv"
+)
+
+
+@pytest.fixture
+def live(app) -> Iterator[LiveDirectory]:
+    with LiveDirectory(app) as server:
+        yield server
+
+
+@pytest.fixture
+def portal(make_portal):
+    return make_portal(default_currencies=["EUR"])
+
+
+@pytest.fixture
+def directory(live, portal) -> Iterator[DirectoryClient]:
+    with DirectoryClient(live.url, key=portal.key) as client:
+        yield client
+
+
+def an_ad(number: int, **changes: Any) -> dict[str, Any]:
+    return {
+        "external_id": f"ad-{number}",
+        "kind": "offer",
+        "title": f"Bike repairs #{number}",
+        "body": "Punctures, brakes, gears.",
+        "category": "home.repairs",
+        "tags": ["bike"],
+        "member": f"m-{number}",
+        "location": {"lat": 45.76, "lon": 4.84},
+        "currencies": ["HOUR"],
+    } | changes
+
+
+def write_jsonl(path: Path, ads: list[Mapping[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(ad) + "\n" for ad in ads))
+    return path
+
+
+def stored(directory: DirectoryClient) -> dict[str, Any]:
+    """The portal's ads as the directory holds them, by external id."""
+    ads = list(directory.iter_own_ads())
+    assert len(ads) == len({ad.external_id for ad in ads})
+    return {ad.external_id: ad for ad in ads}
+
+
+def run_sync(
+    live: LiveDirectory, key: str, *args: str | Path, timeout: float = 60
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        sync_command(live, *args),
+        env=sync_env(key),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def sync_command(live: LiveDirectory, *args: str | Path) -> list[str]:
+    return [sys.executable, "-m", "directory_client.sync_cli", "--directory", live.url, *map(str, args)]  # fmt: skip
+
+
+def sync_env(key: str) -> dict[str, str]:
+    return {**os.environ, "DIRECTORY_PORTAL_KEY": key}
+
+
+# --- incremental ------------------------------------------------------------------------
+
+
+def test_first_run_creates_every_ad_and_a_second_run_sends_nothing(directory, tmp_path):
+    ads = [an_ad(n) for n in range(1, 26)]
+    state = tmp_path / "state"
+
+    first = sync_ads(directory, ads, state_path=state, batch_size=10)
+    second = sync_ads(directory, ads, state_path=state, batch_size=10)
+
+    assert (first.created, first.updated, first.unchanged, first.deleted) == (25, 0, 0, 0)
+    assert first.sent == 25 and first.ok
+    assert set(stored(directory)) == {f"ad-{n}" for n in range(1, 26)}
+    assert (second.created, second.updated, second.unchanged, second.sent) == (0, 0, 25, 0)
+
+
+def test_a_changed_ad_is_updated_and_a_removed_one_deleted(directory, tmp_path):
+    state = tmp_path / "state"
+    sync_ads(directory, [an_ad(1), an_ad(2), an_ad(3)], state_path=state)
+
+    report = sync_ads(
+        directory, [an_ad(1), an_ad(2, title="Bike and scooter repairs")], state_path=state
+    )
+
+    assert (report.created, report.updated, report.unchanged, report.deleted) == (0, 1, 1, 1)
+    assert report.sent == 2
+    ads = stored(directory)
+    assert set(ads) == {"ad-1", "ad-2"}
+    assert ads["ad-2"].title == "Bike and scooter repairs"
+
+
+def test_ads_it_never_pushed_are_left_alone(directory, tmp_path):
+    directory.put_ad("by-hand", {k: v for k, v in an_ad(9).items() if k != "external_id"})
+
+    sync_ads(directory, [an_ad(1)], state_path=tmp_path / "state")
+    sync_ads(directory, [], state_path=tmp_path / "state-of-nothing")
+
+    assert set(stored(directory)) == {"ad-1", "by-hand"}
+
+
+def test_csv_columns_become_the_ads_fields(live, portal, directory, tmp_path):
+    source = tmp_path / "ads.csv"
+    with source.open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(CSV_COLUMNS))
+        writer.writeheader()
+        row = dict.fromkeys(CSV_COLUMNS, "")
+        row |= {
+            "external_id": "velo-42",
+            "kind": "offer",
+            "title": "Réparation de vélos",
+            "body": "Crevaisons, freins,\ndérailleurs.",  # a quoted cell over two lines
+            "category": "home.repairs",
+            "tags": "vélo|atelier",
+            "location.lat": "45.7640",
+            "location.lon": "4.8357",
+            "privacy": "exact",
+            "currencies": "HOUR|EUR",
+            "price.amount": "12.50",
+            "price.currency": "EUR",
+            "price.unit": "hour",
+            "member": "m-4821",
+            "accepts_contact": "false",
+        }
+        writer.writerow(row)
+
+    result = run_sync(live, portal.key, source)
+
+    assert result.returncode == 0, result.stderr
+    ad = stored(directory)["velo-42"]
+    assert ad.body == "Crevaisons, freins,\ndérailleurs."
+    assert ad.tags == ["vélo", "atelier"]
+    assert (ad.location.lat, ad.location.lon) == (45.764, 4.8357)
+    assert ad.currencies == ["HOUR", "EUR"]
+    assert (ad.price.amount, ad.price.currency, ad.price.unit) == ("12.5000", "EUR", "hour")
+    assert ad.accepts_contact is False
+    assert ad.language is None and ad.images == []  # empty cells: absent
+    assert "created 1," in result.stdout
+
+
+def test_malformed_rows_are_rejected_with_their_lines_and_the_rest_goes_in(
+    live, portal, directory, tmp_path
+):
+    header = "external_id,kind,title,body,category,member,location.lat,location.lon,currencies"
+    good = "offer,Bike repairs,Punctures.,home.repairs,m-1"
+    source = tmp_path / "ads.csv"
+    source.write_text(
+        "\n".join(
+            [
+                header,
+                f"ad-1,{good},45.76,4.84,HOUR",
+                f"ad-2,{good},north,4.84,HOUR",  # line 3: not a number
+                f",{good},45.76,4.84,HOUR",  # line 4: no external_id
+                f"ad-5,{good},45.76,4.84,HOUR",  # lines 5 and 6: the same external_id
+                f"ad-5,{good},45.70,4.80,HOUR",
+                f"ad-7,{good},45.76,4.84,HOUR|",  # line 7: an empty list item
+                f"ad-8,{good},45.76,4.84,HOUR",
+            ]
+        )
+        + "\n"
+    )
+    report_path = tmp_path / "report.json"
+
+    result = run_sync(live, portal.key, source, "--report", report_path)
+
+    assert result.returncode == 1, result.stderr
+    assert set(stored(directory)) == {"ad-1", "ad-8"}
+    report = json.loads(report_path.read_text())
+    assert report["created"] == 2
+    reasons = {(r["line"], r["external_id"]): r["reason"] for r in report["rejected"]}
+    assert set(reasons) == {(3, "ad-2"), (4, None), (5, "ad-5"), (6, "ad-5"), (7, "ad-7")}
+    assert reasons[(3, "ad-2")] == "location.lat: 'north' is not a number"
+    assert reasons[(4, None)] == "external_id is missing"
+    assert "on lines 5, 6" in reasons[(5, "ad-5")]
+    assert "empty item" in reasons[(7, "ad-7")]
+    assert "line 3 (ad-2): location.lat: 'north' is not a number" in result.stdout
+
+
+def test_a_malformed_row_keeps_the_directorys_ad_as_it_was(live, portal, directory, tmp_path):
+    source = write_jsonl(tmp_path / "ads.jsonl", [an_ad(1), an_ad(2)])
+    assert run_sync(live, portal.key, source).returncode == 0
+    source.write_text(json.dumps(an_ad(1)) + "\n" + '{"external_id": "ad-2", "title": \n')
+
+    result = run_sync(live, portal.key, source)
+
+    assert result.returncode == 1
+    assert "line 2 (no external_id): not valid JSON" in result.stdout
+    assert "deleted 0" in result.stdout and "deletes held back: 1" in result.stdout
+    assert set(stored(directory)) == {"ad-1", "ad-2"}
+
+
+def test_the_directorys_rejections_are_reported_with_field_paths(directory, tmp_path):
+    ads = [
+        an_ad(1),
+        an_ad(2, category="no.such-category"),
+        an_ad(3, location={"lat": 123.0, "lon": 4.84}),
+    ]
+    state = tmp_path / "state"
+
+    report = sync_ads(directory, ads, state_path=state)
+    again = sync_ads(directory, ads, state_path=state)
+
+    assert report.created == 1 and not report.ok
+    rejected = {rejection.line: rejection for rejection in report.rejected}
+    assert set(rejected) == {2, 3}
+    assert rejected[2].external_id == "ad-2" and list(rejected[2].errors) == ["category"]
+    assert list(rejected[3].errors) == ["location.lat"]
+    assert rejected[3].reason.startswith("location.lat: ")
+    # Not recorded as synced: the next run tries them again.
+    assert again.sent == 2 and len(again.rejected) == 2 and again.unchanged == 1
+
+
+# --- dry run ----------------------------------------------------------------------------
+
+
+def test_dry_run_prints_the_changes_and_makes_none(live, portal, directory, tmp_path):
+    source = write_jsonl(tmp_path / "ads.jsonl", [an_ad(1), an_ad(2), an_ad(3)])
+    assert run_sync(live, portal.key, source).returncode == 0
+    state_before = (tmp_path / "ads.jsonl.sync-state").read_bytes()
+    write_jsonl(source, [an_ad(1), an_ad(2, title="Changed"), an_ad(4)])
+
+    result = run_sync(live, portal.key, source, "--dry-run")
+
+    assert result.returncode == 0, result.stderr
+    assert "would create: 1\n  ad-4\n" in result.stdout
+    assert "would update: 1\n  ad-2\n" in result.stdout
+    assert "would delete: 1\n  ad-3\n" in result.stdout
+    assert "unchanged: 1" in result.stdout
+    ads = stored(directory)
+    assert set(ads) == {"ad-1", "ad-2", "ad-3"} and ads["ad-2"].title == "Bike repairs #2"
+    assert (tmp_path / "ads.jsonl.sync-state").read_bytes() == state_before
+
+
+# --- replace ----------------------------------------------------------------------------
+
+
+class StagingWatch:
+    """Progress that looks at the directory while the sync session is being staged."""
+
+    def __init__(self, directory: DirectoryClient):
+        self.directory = directory
+        self.seen_while_staging: set[str] | None = None
+        self.action = ""
+
+    def note(self, message: str) -> None:
+        pass
+
+    def start(self, action: str, total: int) -> None:
+        self.action = action
+
+    def advance(self, ads: int, counts: Mapping[str, int]) -> None:
+        if self.action == "staging" and self.seen_while_staging is None:
+            self.seen_while_staging = set(stored(self.directory))
+
+    def finish(self) -> None:
+        pass
+
+
+def test_replace_makes_the_input_the_complete_set_at_once(directory, tmp_path):
+    directory.put_ad("by-hand", {k: v for k, v in an_ad(9).items() if k != "external_id"})
+    sync_ads(directory, [an_ad(1), an_ad(2)], state_path=tmp_path / "state")
+    watch = StagingWatch(directory)
+    ads = [an_ad(2, title="Changed"), *(an_ad(n) for n in range(3, 13))]
+
+    report = sync_ads(
+        directory, ads, state_path=tmp_path / "state", replace=True, batch_size=4, progress=watch
+    )
+
+    assert watch.seen_while_staging == {"by-hand", "ad-1", "ad-2"}
+    assert set(stored(directory)) == {f"ad-{n}" for n in range(2, 13)}
+    assert (report.created, report.updated, report.deleted) == (10, 1, 2)
+    # The state now knows every ad: an incremental run after it sends nothing.
+    after = sync_ads(directory, ads, state_path=tmp_path / "state")
+    assert after.sent == 0 and after.unchanged == 11
+
+
+def test_replace_keeps_an_ad_whose_row_was_rejected(live, portal, directory, tmp_path):
+    source = write_jsonl(tmp_path / "ads.jsonl", [an_ad(1), an_ad(2), an_ad(3)])
+    assert run_sync(live, portal.key, source).returncode == 0
+    source.write_text(
+        json.dumps(an_ad(1)) + "\n" + json.dumps(an_ad(2) | {"tags": "not a list"}) + "\n"
+    )
+
+    result = run_sync(live, portal.key, source, "--replace")
+
+    assert result.returncode == 1
+    assert "line 2 (ad-2): tags: " in result.stdout
+    ads = stored(directory)
+    assert set(ads) == {"ad-1", "ad-2"} and ads["ad-2"].tags == ["bike"]
+
+
+def test_an_input_without_usable_ads_is_refused_rather_than_deleting_everything(
+    live, portal, directory, tmp_path
+):
+    source = write_jsonl(tmp_path / "ads.jsonl", [an_ad(1)])
+    assert run_sync(live, portal.key, source).returncode == 0
+    source.write_text("")
+
+    result = run_sync(live, portal.key, source, "--replace")
+
+    assert result.returncode == 2
+    assert "would delete every ad" in result.stderr
+    assert set(stored(directory)) == {"ad-1"}
+
+
+# --- interrupted runs -------------------------------------------------------------------
+
+
+def kill_when(process: subprocess.Popen, state: Path, step: str, count: int) -> None:
+    """SIGKILL the process once the state file records `count` steps named `step`."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if state.exists() and state.read_bytes().count(f'{{"{step}"'.encode()) >= count:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            process.stderr.close()
+            return
+        if process.poll() is not None:
+            with process.stderr:
+                pytest.fail(f"finished before {count} {step} steps: {process.stderr.read()}")
+        time.sleep(0.005)
+    pytest.fail("the state file never showed progress")
+
+
+def test_a_killed_run_resumes_without_duplicating_or_losing_an_ad(
+    live, portal, directory, tmp_path
+):
+    old = [an_ad(n, title="Old") for n in range(1, 401)]
+    source = write_jsonl(tmp_path / "ads.jsonl", old)
+    assert run_sync(live, portal.key, source).returncode == 0
+    ads = [an_ad(n) for n in range(51, 451)]  # 50 deleted, 50 new, 350 changed
+    write_jsonl(source, ads)
+    state = tmp_path / "ads.jsonl.sync-state"
+    arguments = (source, "--batch-size", "5", "--concurrency", "2")
+
+    process = subprocess.Popen(
+        sync_command(live, *arguments), env=sync_env(portal.key), stderr=subprocess.PIPE, text=True
+    )
+    kill_when(process, state, "synced", 10)
+    halfway = stored(directory)
+    result = run_sync(live, portal.key, *arguments)
+
+    assert 0 < sum(ad.title != "Old" for ad in halfway.values()) < 400
+    assert result.returncode == 0, result.stderr
+    assert "resumed an interrupted run" in result.stdout
+    now = stored(directory)
+    assert set(now) == {ad["external_id"] for ad in ads}
+    assert all(ad.title.startswith("Bike repairs #") for ad in now.values())
+    report = json.loads((tmp_path / "ads.jsonl.sync-report.json").read_text())
+    assert report["sent"] < 450  # what the killed run finished was not sent again
+
+
+def test_a_killed_replace_run_resumes_staging_in_the_same_session(
+    live, portal, directory, tmp_path
+):
+    directory.put_ad("by-hand", {k: v for k, v in an_ad(9).items() if k != "external_id"})
+    ads = [an_ad(n) for n in range(1, 301)]
+    source = write_jsonl(tmp_path / "ads.jsonl", ads)
+    state = tmp_path / "ads.jsonl.sync-state"
+    arguments = (source, "--replace", "--batch-size", "5", "--concurrency", "1")
+
+    process = subprocess.Popen(
+        sync_command(live, *arguments), env=sync_env(portal.key), stderr=subprocess.PIPE, text=True
+    )
+    kill_when(process, state, "staged", 10)
+    assert set(stored(directory)) == {"by-hand"}  # nothing applied before the commit
+    session_id = json.loads(state.read_text().splitlines()[1])["session"]
+    result = run_sync(live, portal.key, *arguments)
+
+    assert result.returncode == 0, result.stderr
+    assert f"resuming sync session {session_id}" in result.stderr
+    assert set(stored(directory)) == {ad["external_id"] for ad in ads}
+    assert directory.get_sync_session(session_id).status == "committed"
+
+
+# --- the command ------------------------------------------------------------------------
+
+
+def test_without_a_terminal_progress_is_plain_log_lines(live, portal, tmp_path):
+    source = write_jsonl(tmp_path / "ads.jsonl", [an_ad(n) for n in range(1, 61)])
+
+    result = run_sync(live, portal.key, source, "--batch-size", "5", "--concurrency", "1")
+
+    assert result.returncode == 0, result.stderr
+    assert "\r" not in result.stderr and "\x1b" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert all(line.startswith("directory-sync: ") for line in lines)
+    assert "directory-sync: read 60 rows: 60 ads, 0 rejected" in lines
+    assert "directory-sync: sending 50/60 ads (83%)" in result.stderr  # every 10 batches
+    assert lines[-1].startswith("directory-sync: sending 60/60 ads (100%)")
+    assert lines[-1].endswith("created 60")
+
+
+def test_the_key_comes_from_the_environment_only(live, tmp_path):
+    source = write_jsonl(tmp_path / "ads.jsonl", [an_ad(1)])
+    env = {name: value for name, value in os.environ.items() if name != "DIRECTORY_PORTAL_KEY"}
+
+    result = subprocess.run(
+        sync_command(live, source), env=env, capture_output=True, text=True, timeout=30
+    )
+
+    assert result.returncode == 2
+    assert "DIRECTORY_PORTAL_KEY" in result.stderr
+
+
+def test_an_unknown_csv_column_stops_the_run_before_anything_is_sent(
+    live, portal, directory, tmp_path
+):
+    source = tmp_path / "ads.csv"
+    source.write_text("external_id,title,colour\nad-1,Bike,red\n")
+
+    result = run_sync(live, portal.key, source)
+
+    assert result.returncode == 2
+    assert "line 1: unknown column(s) 'colour'" in result.stderr
+    assert stored(directory) == {}
+
+
+def test_a_state_file_of_another_portal_is_refused(live, portal, make_portal, tmp_path):
+    source = write_jsonl(tmp_path / "ads.jsonl", [an_ad(1)])
+    assert run_sync(live, portal.key, source).returncode == 0
+    other = make_portal(slug="other-exchange")
+
+    result = run_sync(live, other.key, source)
+
+    assert result.returncode == 2
+    assert f"is for portal {portal.slug!r}" in result.stderr
+
+
+def test_the_example_loads_without_a_rejection(live, portal, directory, tmp_path):
+    source = tmp_path / EXAMPLE.name
+    shutil.copy(EXAMPLE, source)
+
+    result = run_sync(live, portal.key, source)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    with EXAMPLE.open(newline="") as file:
+        expected = {row["external_id"] for row in csv.DictReader(file)}
+    assert len(expected) >= 200 and set(stored(directory)) == expected
+    report = json.loads((tmp_path / f"{EXAMPLE.name}.sync-report.json").read_text())
+    assert report["created"] == len(expected) and report["rejected"] == []
+
+
+def test_sync_file_reads_the_same_ads_as_the_command(directory, tmp_path):
+    source = tmp_path / EXAMPLE.name
+    shutil.copy(EXAMPLE, source)
+
+    report = sync_file(directory, source, state_path=tmp_path / "state")
+
+    assert report.ok and report.created == report.rows
