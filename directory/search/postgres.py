@@ -60,8 +60,8 @@ RECORD_SELECT = """ads.id, portals.slug, ads.external_id, ads.kind, ads.title, a
     ads.visibility, ads.currencies, ads.price_amount, ads.price_currency, ads.price_unit,
     ads.language, ads.images, ads.expires_at, ads.member, ads.ledger_account,
     ads.accepts_contact, ads.version, ads.created_at, ads.updated_at, portals.ledger_protocol,
-    portals.ledger_url, portals.ledger_node"""
-RECORD_WIDTH = 28
+    portals.ledger_url, portals.ledger_node, portals.website"""
+RECORD_WIDTH = 29
 
 
 def make_search_engine(database_url: str, *, pool_size: int, statement_timeout_ms: int) -> Engine:

@@ -6,6 +6,8 @@ commit share one set of rules: the privacy snapping, the defaults, the idempoten
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import os
 import re
@@ -15,6 +17,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from urllib.parse import urlsplit
 
 import orjson
 from geoalchemy2 import Geometry
@@ -215,6 +218,8 @@ class AdRecord:
     updated_at: datetime
     # Set when the ad has a ledger account and its portal a ledger.
     payment: Payment | None = None
+    # None when the portal has no website; record_from_row always sets it from the row.
+    global_id: str | None = None
 
     @property
     def etag(self) -> str:
@@ -709,6 +714,7 @@ RECORD_COLUMNS = (
     Portal.ledger_protocol,
     Portal.ledger_url,
     Portal.ledger_node,
+    Portal.website,
 )
 
 
@@ -731,7 +737,8 @@ def record_from_row(row) -> AdRecord:
     (ad_id, slug, external_id, kind, title, body, category, tags, lat, lon, privacy,
      visibility, currencies, amount, currency, unit, language, images, expires_at,
      member, ledger_account, accepts_contact, version, created_at,
-     updated_at, ledger_protocol, ledger_url, ledger_node) = row  # fmt: skip
+     updated_at, ledger_protocol, ledger_url, ledger_node, website) = row  # fmt: skip
+    identity = global_id_prefix(website)
     price = None if amount is None else Price(amount=amount, currency=currency, unit=_UNITS[unit])
     payment = None
     if ledger_account is not None and ledger_url is not None:
@@ -767,7 +774,48 @@ def record_from_row(row) -> AdRecord:
         created_at=created_at,
         updated_at=updated_at,
         payment=payment,
+        global_id=None if identity is None else identity + external_id,
     )
+
+
+# --- global identity ---------------------------------------------------------------------
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+# Cached: record_from_row asks for every ad it reads (every search hit), and a directory
+# has few portals; parsing a URL each time would cost more than the rest of the record.
+@functools.lru_cache(maxsize=4096)
+def global_id_prefix(website: str | None) -> str | None:
+    """What an ad's global id starts with: its portal's website, normalised, and "#".
+
+    A global id (`https://sel-lyon.example.org#annonce-1234`) names an ad wherever it is
+    copied: the same portal publishing the same ad in two directories gets the same id in
+    both, which is how a client searching several directories recognises it. Normalised
+    so that spellings of one site agree: scheme and host in lower case (an international
+    host in its ASCII form), the default port, user info, query, fragment and trailing
+    slashes dropped; the path is kept as written. It cannot be ambiguous: the normalised
+    website holds no "#" (that would start its fragment), and external ids hold none
+    (EXTERNAL_ID), so the id splits at its one "#". None when the portal has no http(s)
+    website: nothing would then tell its ads from another portal's across directories."""
+    if not website:
+        return None
+    try:
+        parts = urlsplit(website.strip())
+        port = parts.port
+    except ValueError:  # an unparseable port or host (portals created from the CLI)
+        return None
+    scheme, host = parts.scheme.lower(), parts.hostname
+    if scheme not in DEFAULT_PORTS or not host:
+        return None
+    # A host IDNA 2003 cannot encode stays as it is, in lower case.
+    with contextlib.suppress(UnicodeError):
+        host = host.encode("idna").decode("ascii")
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    if port is not None and port != DEFAULT_PORTS[scheme]:
+        host = f"{host}:{port}"
+    return f"{scheme}://{host}{parts.path.rstrip('/')}#"
 
 
 def public_condition():

@@ -689,6 +689,11 @@ export interface components {
              * @description The directory's id of the ad
              */
             id: string;
+            /**
+             * @description The ad's identity in every directory that carries it: its portal's website (scheme and host in lower case, no default port, query, fragment or trailing slash), '#', and the portal's own id of the ad. The same ad of the same portal has the same global_id in any directory; it splits unambiguously at its one '#'. null when the portal has no website: the ad then has no identity across directories
+             * @example https://sel-lyon.example.org#annonce-1234
+             */
+            global_id: string | null;
             /** @description Slug of the publishing portal */
             portal: string;
             /** @enum {unknown} */
@@ -829,6 +834,11 @@ export interface components {
              * @description The directory's id of the ad
              */
             id: string;
+            /**
+             * @description The ad's identity in every directory that carries it: its portal's website (scheme and host in lower case, no default port, query, fragment or trailing slash), '#', and the portal's own id of the ad. The same ad of the same portal has the same global_id in any directory; it splits unambiguously at its one '#'. null when the portal has no website: the ad then has no identity across directories
+             * @example https://sel-lyon.example.org#annonce-1234
+             */
+            global_id: string | null;
             /** @description Slug of the publishing portal */
             portal: string;
             /** @enum {unknown} */
@@ -921,6 +931,11 @@ export interface components {
              * @description The directory's id of the ad
              */
             id: string;
+            /**
+             * @description The ad's identity in every directory that carries it: its portal's website (scheme and host in lower case, no default port, query, fragment or trailing slash), '#', and the portal's own id of the ad. The same ad of the same portal has the same global_id in any directory; it splits unambiguously at its one '#'. null when the portal has no website: the ad then has no identity across directories
+             * @example https://sel-lyon.example.org#annonce-1234
+             */
+            global_id: string | null;
             /** @description Slug of the publishing portal */
             portal: string;
             /** @enum {unknown} */
@@ -988,6 +1003,11 @@ export interface components {
              * @description The directory's id of the ad
              */
             id: string;
+            /**
+             * @description The ad's identity in every directory that carries it: its portal's website (scheme and host in lower case, no default port, query, fragment or trailing slash), '#', and the portal's own id of the ad. The same ad of the same portal has the same global_id in any directory; it splits unambiguously at its one '#'. null when the portal has no website: the ad then has no identity across directories
+             * @example https://sel-lyon.example.org#annonce-1234
+             */
+            global_id: string | null;
             /** @description Slug of the publishing portal */
             portal: string;
             /** @enum {unknown} */

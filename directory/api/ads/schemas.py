@@ -257,6 +257,18 @@ class PublicAdSchema(Schema):
     """An ad as the world may see it."""
 
     id = fields.UUID(metadata={"description": "The directory's id of the ad"})
+    global_id = fields.String(
+        allow_none=True,
+        metadata={
+            "description": "The ad's identity in every directory that carries it: its "
+            "portal's website (scheme and host in lower case, no default port, query, "
+            "fragment or trailing slash), '#', and the portal's own id of the ad. The same "
+            "ad of the same portal has the same global_id in any directory; it splits "
+            "unambiguously at its one '#'. null when the portal has no website: the ad "
+            "then has no identity across directories",
+            "example": "https://sel-lyon.example.org#annonce-1234",
+        },
+    )
     portal = fields.String(metadata={"description": "Slug of the publishing portal"})
     kind = fields.Enum(AdKind, by_value=True)
     title = fields.String()

@@ -143,6 +143,7 @@ def public_ad(hit: SearchHit) -> dict:
     ad = hit.ad
     return {
         "id": ad.id,
+        "global_id": ad.global_id,
         "portal": ad.portal,
         "kind": ad.kind.value,
         "title": ad.title,

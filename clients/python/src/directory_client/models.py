@@ -189,6 +189,7 @@ class Payment(Struct, kw_only=True):
 
 class PublicAd(Struct, kw_only=True):
     id: Annotated[UUID, Meta(description="The directory's id of the ad")]
+    global_id: Annotated[str, Meta(description="The ad's identity in every directory that carries it: its portal's website (scheme and host in lower case, no default port, query, fragment or trailing slash), '#', and the portal's own id of the ad. The same ad of the same portal has the same global_id in any directory; it splits unambiguously at its one '#'. null when the portal has no website: the ad then has no identity across directories")] | None
     portal: Annotated[str, Meta(description='Slug of the publishing portal')]
     kind: Literal['offer', 'want']
     title: str
@@ -362,6 +363,7 @@ class AdPut(Struct, kw_only=True):
 
 class Ad(Struct, kw_only=True):
     id: Annotated[UUID, Meta(description="The directory's id of the ad")]
+    global_id: Annotated[str, Meta(description="The ad's identity in every directory that carries it: its portal's website (scheme and host in lower case, no default port, query, fragment or trailing slash), '#', and the portal's own id of the ad. The same ad of the same portal has the same global_id in any directory; it splits unambiguously at its one '#'. null when the portal has no website: the ad then has no identity across directories")] | None
     portal: Annotated[str, Meta(description='Slug of the publishing portal')]
     kind: Literal['offer', 'want']
     title: str
@@ -464,6 +466,7 @@ class OwnAdsPage(Struct, kw_only=True):
 
 class SearchHit(Struct, kw_only=True):
     id: Annotated[UUID, Meta(description="The directory's id of the ad")]
+    global_id: Annotated[str, Meta(description="The ad's identity in every directory that carries it: its portal's website (scheme and host in lower case, no default port, query, fragment or trailing slash), '#', and the portal's own id of the ad. The same ad of the same portal has the same global_id in any directory; it splits unambiguously at its one '#'. null when the portal has no website: the ad then has no identity across directories")] | None
     portal: Annotated[str, Meta(description='Slug of the publishing portal')]
     kind: Literal['offer', 'want']
     title: str
@@ -524,6 +527,7 @@ class GeoJSONGeometry(Struct, kw_only=True):
 
 class GeoJSONProperties(Struct, kw_only=True):
     id: Annotated[UUID, Meta(description="The directory's id of the ad")]
+    global_id: Annotated[str, Meta(description="The ad's identity in every directory that carries it: its portal's website (scheme and host in lower case, no default port, query, fragment or trailing slash), '#', and the portal's own id of the ad. The same ad of the same portal has the same global_id in any directory; it splits unambiguously at its one '#'. null when the portal has no website: the ad then has no identity across directories")] | None
     portal: Annotated[str, Meta(description='Slug of the publishing portal')]
     kind: Literal['offer', 'want']
     title: str

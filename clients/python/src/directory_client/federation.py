@@ -1,0 +1,583 @@
+"""Several directories searched as one: regional or topical directories beside a global one.
+
+    with FederatedSearch(["https://annuaire.example.org", "https://lyon.example.org"]) as both:
+        page = both.search(lat=45.76, lon=4.84, radius_km=10, limit=20)
+        for hit in page.hits:
+            print(hit.directory, hit.ad.title, hit.ad.distance_km)
+        if page.partial:
+            print([status for status in page.directories if status.outcome != "ok"])
+
+Each page asks every directory at once (one thread each over the sync clients) and waits
+at most `timeout_s`: a directory that is down or slower yields a page marked `partial`,
+with its reason, never an exception; only when no directory asked answers does the page
+raise `FederationError` (its cursor stays good for another try). A cursor of another
+search raises `InvalidFederatedCursor`.
+
+The merge follows the sort: `distance` nearest first (`distance_km`), `recent` by
+`updated_at`, newest first, ties in the order the directories were given; `relevance`
+takes turns, one ad from each directory in turn by that directory's own rank (ranks of
+different engines cannot be compared, turns are fair). An ad published in several
+directories is shown once, where it comes first: ads are the same when their `global_id`
+is (the portal's website and its own id of the ad); an ad without one is never taken for
+another.
+
+One opaque `next_cursor` continues all directories. A directory's own cursor continues
+after the whole page it returned, while the merge may have taken only part of it, so the
+combined cursor holds, for each directory, the cursor of its current page, how many of
+that page's hits were taken and the id of the last one. The next page asks for that page
+again and continues after that hit: nothing is skipped or repeated, even when ads were
+added or removed in between (should that very ad have left the directory, it continues
+after as many hits as were taken). It also holds 8-byte digests of the global ids already
+shown, so a copy met pages later is still dropped: the cursor grows by about 11
+characters per ad shown that has a global id.
+
+A directory that failed on a page is asked again on the next one from where it stood: its
+ads then come late in the merge rather than not at all. The search ends (`next_cursor`
+None) when no directory that answered has more.
+
+Facets are each directory's counts summed: an ad published in two directories is counted
+twice (counts carry no identity to tell). A directory whose hits are all shown is still
+asked for its counts, so that every page's facets describe the whole search."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import inspect
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Annotated, Any
+
+import httpx
+import msgspec
+
+from directory_client import models
+from directory_client.client import DirectoryClient
+from directory_client.errors import DirectoryError, DirectoryUnavailable
+from directory_client.transport import NO_RETRIES, query
+
+DEFAULT_TIMEOUT_S = 5.0
+DEFAULT_PAGE_SIZE = 20
+MAX_PAGE_SIZE = 100  # the API's largest `limit` (openapi.yaml, searchAds)
+SORTS = frozenset({"distance", "recent", "relevance"})
+# The filters of DirectoryClient.search_ads, which the federated search passes on.
+FILTERS = frozenset(inspect.signature(DirectoryClient.search_ads).parameters) - {
+    "self",
+    "sort",
+    "limit",
+    "cursor",
+    "facets",
+}
+CURSOR_PREFIX = "fed1."
+# 64 bits: the chance that two of a million global ids share a digest is below 1 in 30
+# million, and a shared digest would hide one ad.
+DIGEST_BYTES = 8
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MICROSECOND = timedelta(microseconds=1)
+
+
+class FederationError(DirectoryError):
+    """No directory answered: `statuses` says what happened to each."""
+
+    def __init__(self, statuses: Sequence[DirectoryStatus]) -> None:
+        reasons = "; ".join(f"{status.directory}: {status.reason}" for status in statuses)
+        super().__init__(f"no directory answered ({reasons})")
+        self.statuses = list(statuses)
+
+
+class InvalidFederatedCursor(DirectoryError):
+    """A cursor that is not a next_cursor of this federated search."""
+
+
+class Outcome(StrEnum):
+    OK = "ok"
+    TIMED_OUT = "timed_out"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class DirectoryStatus:
+    directory: str  # the directory's base URL
+    outcome: Outcome
+    reason: str | None = None  # why it failed: the error, or the deadline missed
+    hits: int = 0  # hits of the page taken from it (copies shown from another left out)
+
+
+@dataclass(frozen=True, slots=True)
+class FederatedHit:
+    ad: models.SearchHit
+    directory: str  # base URL of the directory it was taken from
+
+
+@dataclass(frozen=True)
+class FederatedPage:
+    hits: list[FederatedHit]
+    next_cursor: str | None
+    facets: models.FacetCounts | None  # summed over the directories that answered
+    directories: list[DirectoryStatus]  # in the order the directories were given
+
+    @property
+    def partial(self) -> bool:
+        """Some directory did not answer: hits and facets leave its ads out."""
+        return any(status.outcome is not Outcome.OK for status in self.directories)
+
+
+class FederatedSearch:
+    """`directories`: clients, or base URLs for which clients are made (tried once each:
+    a federated search would rather show what it has than wait for a retry). Clients
+    passed in are left open by `close`; their own timeouts bound how long a request the
+    deadline gave up on keeps a thread busy in the background."""
+
+    def __init__(
+        self,
+        directories: Sequence[DirectoryClient | str],
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ) -> None:
+        if not directories:
+            raise ValueError("a federated search needs at least one directory")
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+        self.timeout_s = timeout_s
+        self._owned: list[DirectoryClient] = []
+        self._clients: list[DirectoryClient] = []
+        for directory in directories:
+            if isinstance(directory, str):
+                directory = DirectoryClient(directory, timeout_s=timeout_s, retry=NO_RETRIES)
+                self._owned.append(directory)
+            self._clients.append(directory)
+        names = self.directories
+        if len(set(names)) != len(names):
+            raise ValueError(f"a directory is listed twice: {names}")
+
+    @property
+    def directories(self) -> list[str]:
+        return [client.base_url for client in self._clients]
+
+    def __enter__(self) -> FederatedSearch:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for client in self._owned:
+            client.close()
+
+    def search(
+        self,
+        *,
+        sort: str | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
+        facets: Iterable[str] | None = None,
+        **filters: Any,
+    ) -> FederatedPage:
+        """One merged page; the filters are those of DirectoryClient.search_ads. Without
+        `sort`, as a single directory: relevance with `q`, else distance with a point,
+        else recent. Pass `next_cursor` as `cursor`, with the same filters and sort."""
+        unknown = sorted(set(filters) - FILTERS)
+        if unknown:
+            raise TypeError(f"unknown search filters: {', '.join(unknown)}")
+        if sort is None:
+            point = filters.get("lat") is not None
+            sort = "relevance" if filters.get("q") else "distance" if point else "recent"
+        if sort not in SORTS:
+            raise ValueError(f"sort must be one of {', '.join(sorted(SORTS))}, not {sort!r}")
+        if not 1 <= limit <= MAX_PAGE_SIZE:
+            raise ValueError(f"limit must be between 1 and {MAX_PAGE_SIZE}, got {limit}")
+        facets = None if facets is None else list(facets)
+        fingerprint = self._fingerprint(sort, filters)
+        state = (
+            _State.start(len(self._clients))
+            if cursor is None
+            else self._decode(cursor, fingerprint)
+        )
+
+        pages, statuses = self._fetch(state, sort=sort, limit=limit, facets=facets, filters=filters)
+        streams = {
+            index: _Stream.after(index, state.positions[index], page)
+            for index, page in enumerate(pages)
+            if page is not None and not state.positions[index].done
+        }
+        seen = set(state.seen)
+        turn = state.turn
+        if sort == "relevance":
+            taken, turn = _merge_in_turns(
+                list(streams.values()), seen, limit=limit, turn=turn, directories=len(pages)
+            )
+        else:
+            taken = _merge_ordered(list(streams.values()), seen, limit=limit, sort=sort)
+
+        positions = [
+            streams[index].position_after() if index in streams else position
+            for index, position in enumerate(state.positions)
+        ]
+        # A directory that failed does not keep the search going on its own.
+        more = any(
+            not positions[index].done for index, page in enumerate(pages) if page is not None
+        )
+        next_cursor = _State(fingerprint, positions, turn, frozenset(seen)).encode()
+        taken_from = Counter(stream.index for stream, _ in taken)
+        return FederatedPage(
+            hits=[FederatedHit(hit, self._clients[stream.index].base_url) for stream, hit in taken],
+            next_cursor=next_cursor if more else None,
+            facets=None
+            if facets is None
+            else _summed([page.facets for page in pages if page is not None and page.facets]),
+            directories=[
+                replace(status, hits=taken_from[index]) for index, status in enumerate(statuses)
+            ],
+        )
+
+    def iter_search(self, *, page_size: int = MAX_PAGE_SIZE, **filters: Any) -> FederatedHits:
+        """Every hit of a federated search, page after page (same arguments as search,
+        but for limit and cursor); the iterator's `partial` says whether any page was."""
+        return FederatedHits(self, page_size=page_size, filters=filters)
+
+    # --- asking the directories -------------------------------------------------------
+
+    def _fetch(
+        self,
+        state: _State,
+        *,
+        sort: str,
+        limit: int,
+        facets: list[str] | None,
+        filters: Mapping[str, Any],
+    ) -> tuple[list[models.SearchPage | None], list[DirectoryStatus]]:
+        """Each directory's page (None where it failed), asked all at once."""
+        requests: dict[int, dict[str, Any]] = {}
+        for index, position in enumerate(state.positions):
+            if not position.done:
+                # Again the page being read, long enough to hold `limit` hits after those
+                # already taken (the API caps it: the merge then stops where it runs out).
+                requests[index] = {
+                    "cursor": position.cursor,
+                    "limit": min(MAX_PAGE_SIZE, position.taken + limit),
+                }
+            elif facets is not None:
+                requests[index] = {"cursor": None, "limit": 1}  # for its counts only
+        executor = ThreadPoolExecutor(
+            max_workers=max(1, len(requests)), thread_name_prefix="federated-search"
+        )
+        try:
+            futures: dict[int, Future[models.SearchPage]] = {
+                index: executor.submit(
+                    self._clients[index].search_ads,
+                    sort=sort,
+                    facets=facets,
+                    **filters,
+                    **request,
+                )
+                for index, request in requests.items()
+            }
+            wait(futures.values(), timeout=self.timeout_s)
+        finally:
+            # Requests past the deadline finish in the background, bounded by their
+            # clients' timeouts; nobody waits for them.
+            executor.shutdown(wait=False, cancel_futures=True)
+
+        pages: list[models.SearchPage | None] = [None] * len(self._clients)
+        statuses = []
+        for index, client in enumerate(self._clients):
+            future = futures.get(index)
+            if future is None:  # all its hits shown already, and no facets asked
+                statuses.append(DirectoryStatus(client.base_url, Outcome.OK))
+                continue
+            if not future.done():
+                statuses.append(
+                    DirectoryStatus(
+                        client.base_url,
+                        Outcome.TIMED_OUT,
+                        f"no answer within {self.timeout_s:g} s",
+                    )
+                )
+                continue
+            try:
+                pages[index] = future.result()
+            except DirectoryUnavailable as error:
+                timed_out = isinstance(error.__cause__, httpx.TimeoutException)
+                outcome = Outcome.TIMED_OUT if timed_out else Outcome.ERROR
+                statuses.append(DirectoryStatus(client.base_url, outcome, str(error)))
+                continue
+            except DirectoryError as error:  # it answered with an error (ApiError)
+                statuses.append(DirectoryStatus(client.base_url, Outcome.ERROR, str(error)))
+                continue
+            except (msgspec.DecodeError, msgspec.ValidationError) as error:
+                reason = f"answer not understood (another version of the API?): {error}"
+                statuses.append(DirectoryStatus(client.base_url, Outcome.ERROR, reason))
+                continue
+            statuses.append(DirectoryStatus(client.base_url, Outcome.OK))
+        # Raised rather than an empty page: the cursor stays valid for another try.
+        if requests and all(pages[index] is None for index in requests):
+            raise FederationError([statuses[index] for index in requests])
+        return pages, statuses
+
+    # --- the cursor -------------------------------------------------------------------
+
+    def _fingerprint(self, sort: str, filters: Mapping[str, Any]) -> str:
+        """What a cursor is bound to: the directories, the sort and the filters as sent
+        (limit and facets may change from page to page)."""
+        described = msgspec.json.encode(
+            [self.directories, sort, sorted(query(filters).items())], order="sorted"
+        )
+        return hashlib.sha256(described).hexdigest()[:16]
+
+    def _decode(self, cursor: str, fingerprint: str) -> _State:
+        state = _State.decode(cursor)
+        if state.fingerprint != fingerprint or len(state.positions) != len(self._clients):
+            raise InvalidFederatedCursor(
+                "cursor belongs to a different search (other filters, sort or "
+                "directories): repeat the same search or start again without a cursor"
+            )
+        return state
+
+
+class FederatedHits(Iterator[FederatedHit]):
+    """The hits of every page of a federated search. `partial` becomes True once a page
+    was (some directory did not answer), and `failures` keeps those directories'
+    statuses, page after page."""
+
+    def __init__(
+        self, search: FederatedSearch, *, page_size: int, filters: Mapping[str, Any]
+    ) -> None:
+        self.partial = False
+        self.failures: list[DirectoryStatus] = []
+        self._hits = self._follow(search, page_size, dict(filters))
+
+    def __next__(self) -> FederatedHit:
+        return next(self._hits)
+
+    def _follow(
+        self, search: FederatedSearch, page_size: int, filters: dict[str, Any]
+    ) -> Iterator[FederatedHit]:
+        cursor = None
+        while True:
+            page = search.search(limit=page_size, cursor=cursor, **filters)
+            if page.partial:
+                self.partial = True
+                self.failures += [s for s in page.directories if s.outcome is not Outcome.OK]
+            yield from page.hits
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+
+# --- state kept in the cursor -------------------------------------------------------------
+
+
+class _Position(msgspec.Struct, array_like=True, frozen=True):
+    """Where a directory stands: `taken` hits of the page its `cursor` gives (None: the
+    first page) have been merged, the last of them `last_id`; `done`: none follow."""
+
+    cursor: str | None = None
+    taken: Annotated[int, msgspec.Meta(ge=0)] = 0
+    last_id: str | None = None
+    done: bool = False
+
+
+class _CursorBody(msgspec.Struct, array_like=True):
+    fingerprint: str
+    positions: list[_Position]
+    turn: Annotated[int, msgspec.Meta(ge=0)]  # relevance: the directory whose turn is next
+    seen: bytes  # digests of the global ids shown, DIGEST_BYTES each
+
+
+@dataclass(frozen=True)
+class _State:
+    fingerprint: str
+    positions: list[_Position]
+    turn: int
+    seen: frozenset[bytes]
+
+    @classmethod
+    def start(cls, directories: int) -> _State:
+        return cls("", [_Position()] * directories, 0, frozenset())
+
+    def encode(self) -> str:
+        body = _CursorBody(self.fingerprint, self.positions, self.turn, b"".join(sorted(self.seen)))
+        # MessagePack rather than JSON: the digests go in as bytes, not as base64 in base64.
+        return CURSOR_PREFIX + _base64(msgspec.msgpack.encode(body))
+
+    @classmethod
+    def decode(cls, cursor: str) -> _State:
+        problem = InvalidFederatedCursor(
+            "cursor must be a next_cursor returned by FederatedSearch.search"
+        )
+        if not isinstance(cursor, str) or not cursor.startswith(CURSOR_PREFIX):
+            raise problem
+        try:
+            raw = _unbase64(cursor[len(CURSOR_PREFIX) :])
+            body = msgspec.msgpack.decode(raw, type=_CursorBody)
+        except (ValueError, msgspec.DecodeError, msgspec.ValidationError):
+            raise problem from None
+        if len(body.seen) % DIGEST_BYTES:
+            raise problem
+        seen = frozenset(
+            body.seen[start : start + DIGEST_BYTES]
+            for start in range(0, len(body.seen), DIGEST_BYTES)
+        )
+        return cls(body.fingerprint, body.positions, body.turn, seen)
+
+
+def _base64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _unbase64(text: str) -> bytes:
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except binascii.Error as error:
+        raise ValueError("not base64") from error
+
+
+# --- merging ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Stream:
+    """A directory's hits not yet merged, from the page its position reads."""
+
+    index: int
+    position: _Position
+    hits: list[models.SearchHit]
+    offset: int  # the page's hits before hits[0], taken on earlier pages
+    next_cursor: str | None
+    consumed: int = 0
+
+    @classmethod
+    def after(cls, index: int, position: _Position, page: models.SearchPage) -> _Stream:
+        """The page's hits after the last one taken: found by its id, so that ads added
+        or removed before it change nothing; by count if it left the results."""
+        ids = [str(hit.id) for hit in page.hits]
+        start = 0
+        if position.taken:
+            if position.taken <= len(ids) and ids[position.taken - 1] == position.last_id:
+                start = position.taken
+            elif position.last_id in ids:
+                start = ids.index(position.last_id) + 1
+            else:
+                start = min(position.taken, len(ids))
+        return cls(index, position, page.hits[start:], start, page.next_cursor)
+
+    @property
+    def head(self) -> models.SearchHit | None:
+        return self.hits[self.consumed] if self.consumed < len(self.hits) else None
+
+    @property
+    def waiting(self) -> bool:
+        """Its fetched hits are used up but the directory has more: the merge cannot
+        know what would come next from it."""
+        return self.head is None and self.next_cursor is not None
+
+    def take(self) -> models.SearchHit:
+        hit = self.hits[self.consumed]
+        self.consumed += 1
+        return hit
+
+    def position_after(self) -> _Position:
+        if self.consumed == len(self.hits):
+            return _Position(cursor=self.next_cursor, done=self.next_cursor is None)
+        if self.consumed == 0:
+            return self.position
+        last = self.hits[self.consumed - 1]
+        return _Position(self.position.cursor, self.offset + self.consumed, str(last.id))
+
+
+def _digest(global_id: str) -> bytes:
+    return hashlib.blake2b(global_id.encode(), digest_size=DIGEST_BYTES).digest()
+
+
+def _first_time(hit: models.SearchHit, seen: set[bytes]) -> bool:
+    """True unless an ad with the same global id was shown already (and remembers it)."""
+    if hit.global_id is None:
+        return True
+    digest = _digest(hit.global_id)
+    if digest in seen:
+        return False
+    seen.add(digest)
+    return True
+
+
+def _sort_key(sort: str, hit: models.SearchHit) -> float | int:
+    if sort == "distance":
+        return float("inf") if hit.distance_km is None else hit.distance_km
+    return -((hit.updated_at - EPOCH) // MICROSECOND)  # newest first, exactly
+
+
+def _merge_ordered(
+    live: list[_Stream], seen: set[bytes], *, limit: int, sort: str
+) -> list[tuple[_Stream, models.SearchHit]]:
+    """Up to `limit` hits in the sort's order, ties in the directories' order. It stops
+    early where a directory's fetched hits run out: its next could come first."""
+    taken: list[tuple[_Stream, models.SearchHit]] = []
+    while len(taken) < limit:
+        if any(stream.waiting for stream in live):
+            break
+        candidates = [stream for stream in live if stream.head is not None]
+        if not candidates:
+            break
+        stream = min(candidates, key=lambda s: (_sort_key(sort, s.head), s.index))
+        hit = stream.take()
+        if _first_time(hit, seen):
+            taken.append((stream, hit))
+    return taken
+
+
+def _merge_in_turns(
+    live: list[_Stream], seen: set[bytes], *, limit: int, turn: int, directories: int
+) -> tuple[list[tuple[_Stream, models.SearchHit]], int]:
+    """Up to `limit` hits, one from each directory in turn (its next ad not shown yet),
+    starting with the directory whose turn it is; and whose turn is next. It stops where
+    the directory in turn has used up its fetched hits but has more."""
+    taken: list[tuple[_Stream, models.SearchHit]] = []
+    while len(taken) < limit:
+        playing = [stream for stream in live if stream.head is not None or stream.waiting]
+        if not playing:
+            break
+        stream = min(playing, key=lambda s: (s.index - turn) % directories)
+        if stream.waiting:
+            break
+        hit = stream.take()
+        if _first_time(hit, seen):
+            taken.append((stream, hit))
+            turn = (stream.index + 1) % directories
+    return taken, turn
+
+
+def _summed(all_facets: list[models.FacetCounts]) -> models.FacetCounts:
+    """Counts added up, each bucket ordered as a directory orders it: most first."""
+    sums: dict[str, dict[str, int]] = {}
+    for facets in all_facets:
+        for name in ("category", "kind", "currency", "portal"):
+            counts = getattr(facets, name)
+            if counts is msgspec.UNSET:
+                continue
+            bucket = sums.setdefault(name, {})
+            for value, count in counts.items():
+                bucket[value] = bucket.get(value, 0) + count
+    return models.FacetCounts(
+        total=sum(facets.total for facets in all_facets),
+        **{
+            name: dict(sorted(bucket.items(), key=lambda item: (-item[1], item[0])))
+            for name, bucket in sums.items()
+        },
+    )
+
+
+__all__ = [
+    "DirectoryStatus",
+    "FederatedHit",
+    "FederatedHits",
+    "FederatedPage",
+    "FederatedSearch",
+    "FederationError",
+    "InvalidFederatedCursor",
+    "Outcome",
+]

@@ -1,0 +1,111 @@
+"""The global identity of an ad: its portal's normalised website, '#', its external id.
+
+It is what lets a client searching several directories recognise one ad published in
+each (tests/clients/test_federation.py); here, how it is formed and that every public
+view of an ad carries it."""
+
+from __future__ import annotations
+
+import pytest
+
+from directory.services.ads import global_id_prefix
+from tests.factories import ad_payload
+
+
+def set_website(client, portal, website):
+    response = client.patch("/v1/portals/me", json={"website": website}, headers=portal.headers)
+    assert response.status_code == 200, response.json
+
+
+def put(client, portal, external_id, payload=None):
+    response = client.put(
+        f"/v1/ads/{external_id}", json=payload or ad_payload(), headers=portal.headers
+    )
+    assert response.status_code in (200, 201), response.json
+    return response.json
+
+
+@pytest.mark.parametrize(
+    ("website", "expected"),
+    [
+        ("https://sel-lyon.example.org", "https://sel-lyon.example.org#ad-1"),
+        ("https://SEL-Lyon.Example.ORG/", "https://sel-lyon.example.org#ad-1"),
+        ("HTTPS://sel-lyon.example.org:443/", "https://sel-lyon.example.org#ad-1"),
+        ("http://sel-lyon.example.org:80", "http://sel-lyon.example.org#ad-1"),
+        ("https://sel-lyon.example.org:8443", "https://sel-lyon.example.org:8443#ad-1"),
+        ("https://example.org/Sel/Lyon/?lang=fr#top", "https://example.org/Sel/Lyon#ad-1"),
+    ],
+)
+def test_global_id_is_the_normalised_website_then_the_external_id(
+    client, portal, website, expected
+):
+    set_website(client, portal, website)
+    ad = put(client, portal, "ad-1")
+    assert client.get(f"/v1/ads/{ad['id']}").json["global_id"] == expected
+
+
+def test_every_public_view_of_an_ad_carries_its_global_id(client, portal):
+    set_website(client, portal, "https://sel-lyon.example.org/")
+    ad = put(client, portal, "annonce-1234")
+    expected = "https://sel-lyon.example.org#annonce-1234"
+    assert ad["global_id"] == expected  # the portal's own answer to its PUT
+    assert client.get(f"/v1/ads/{ad['id']}").json["global_id"] == expected
+    (hit,) = client.get("/v1/search").json["hits"]
+    assert hit["global_id"] == expected
+    geojson = client.get("/v1/search", query_string={"format": "geojson"}).json
+    assert geojson["features"][0]["properties"]["global_id"] == expected
+    (change,) = client.get("/v1/feed").json["changes"]
+    assert change["ad"]["global_id"] == expected
+    own = client.get("/v1/portals/me/ads/annonce-1234", headers=portal.headers).json
+    assert own["global_id"] == expected
+    (listed,) = client.get("/v1/portals/me/ads", headers=portal.headers).json["items"]
+    assert listed["global_id"] == expected
+
+
+def test_ads_of_a_portal_without_website_have_no_global_id(client, portal):
+    ad = put(client, portal, "ad-1")
+    assert ad["global_id"] is None
+    assert client.get(f"/v1/ads/{ad['id']}").json["global_id"] is None
+    assert client.get("/v1/search").json["hits"][0]["global_id"] is None
+
+
+def test_global_id_follows_a_change_of_website(client, portal):
+    set_website(client, portal, "https://old.example.org")
+    ad = put(client, portal, "ad-1")
+    set_website(client, portal, "https://new.example.org")
+    assert client.get(f"/v1/ads/{ad['id']}").json["global_id"] == "https://new.example.org#ad-1"
+    set_website(client, portal, None)
+    assert client.get(f"/v1/ads/{ad['id']}").json["global_id"] is None
+
+
+def test_global_id_depends_on_website_and_external_id_only(client, portal, other_portal):
+    # Two registrations of one portal (as in two directories): other slugs, other ids.
+    set_website(client, portal, "https://sel-lyon.example.org")
+    set_website(client, other_portal, "https://SEL-LYON.example.org/")
+    first = put(client, portal, "ad-1", ad_payload(title="One"))
+    second = put(client, other_portal, "ad-1", ad_payload(title="One, written again"))
+    assert first["id"] != second["id"]
+    assert first["global_id"] == second["global_id"] == "https://sel-lyon.example.org#ad-1"
+
+
+@pytest.mark.parametrize("external_id", ["a.b_c:d~e-f", "2026:12:01", "~", "A-Z.0_9"])
+def test_global_id_splits_back_into_website_and_external_id(client, portal, external_id):
+    set_website(client, portal, "https://example.org/sel.lyon/")
+    global_id = put(client, portal, external_id)["global_id"]
+    website, external = global_id.split("#")  # exactly one '#'
+    assert (website, external) == ("https://example.org/sel.lyon", external_id)
+
+
+@pytest.mark.parametrize(
+    "website",
+    [None, "", "sel-lyon.example.org", "ftp://sel-lyon.example.org", "https://", "http://a:x"],
+)
+def test_no_identity_comes_from_a_website_that_is_not_an_http_url(website):
+    # The API accepts only http(s) URLs; the CLI stores what it is given.
+    assert global_id_prefix(website) is None
+
+
+def test_identity_of_ipv6_and_international_hosts():
+    assert global_id_prefix("https://[2001:DB8::1]:443/") == "https://[2001:db8::1]#"
+    assert global_id_prefix("https://Bücher.example/") == "https://xn--bcher-kva.example#"
+    assert global_id_prefix("https://user:secret@example.org") == "https://example.org#"
