@@ -31,7 +31,7 @@ from directory_client.errors import (
     ServiceUnavailable,
     Unauthenticated,
 )
-from directory_client.transport import RetryPolicy, retry_after_s
+from directory_client.transport import RetryPolicy, Transport, retry_after_s
 from directory_client.webhooks import InvalidWebhook, verify_webhook
 
 from directory import create_app
@@ -302,6 +302,20 @@ def test_safe_requests_are_retried_after_503_honouring_retry_after():
     ):
         assert directory.healthz().status == "ok"
     assert len(server.requests) == 3
+
+
+def test_a_short_retry_after_is_waited_for_then_the_request_repeated():
+    waits: list[float] = []
+    limited = (429, {"Retry-After": "2"}, b"{}")
+    with Scripted([limited, HEALTHY]) as server:
+        transport = Transport(server.url, retry=RetryPolicy(attempts=3), sleep=waits.append)
+        try:
+            response = transport.request("POST", "/v1/ads/batch", content=b"{}")
+        finally:
+            transport.close()
+    # Even a POST: a 429 was refused before anything was done.
+    assert response.status_code == 200 and len(server.requests) == 2
+    assert waits == [2.0]
 
 
 def test_a_post_is_not_repeated_after_a_503_or_a_lost_answer():
