@@ -226,61 +226,34 @@ def test_the_pay_command_pays_and_prints_the_new_balance(live, advertised, credi
     assert f"Balance of {PAYER}: {after[PAYER][0]} completed, {after[PAYER][1]}" in done.stdout
 
 
-def test_the_pay_command_explains_what_went_wrong(
-    live, advertised, credit_commons_node, make_portal
-):
+def test_the_pay_command_explains_what_went_wrong(live, advertised, credit_commons_node):
     portal_a, _, ad_id = advertised
-    node = credit_commons_node
-    args = ("pay", ad_id, "--quantity", "1", "--description", "A loaf")
+    key = credit_commons_node.key(PAYER)
 
-    no_credentials = run_cli(live, *args, account=None, key=None)
+    def pay(ad: str, quantity: str = "1", *, account=PAYER, key=key):
+        return run_cli(
+            live, "pay", ad, "--quantity", quantity, "--description", "A loaf",
+            account=account, key=key,
+        )  # fmt: skip
+
+    no_credentials = pay(ad_id, account=None, key=None)
     assert no_credentials.returncode == 2
     assert "LEDGER_ACCOUNT and LEDGER_KEY" in no_credentials.stderr
 
-    wrong_key = run_cli(live, *args, account=PAYER, key="wrong")
+    wrong_key = pay(ad_id, key="wrong")
     assert wrong_key.returncode == 1
     assert "AuthViolation" in wrong_key.stderr
 
-    negative = run_cli(
-        live,
-        "pay",
-        ad_id,
-        "--quantity",
-        "-4",
-        "--description",
-        "x",
-        account=PAYER,
-        key=node.key(PAYER),
-    )
+    negative = pay(ad_id, "-4")
     assert negative.returncode == 2
     assert "quantity" in negative.stderr
 
     with httpx.Client(base_url=live.url, headers=portal_a.headers) as http:
         plain_id = http.put("/v1/ads/plain-1", json=ad_payload(location=LYON)).json()["id"]
-    not_payable = run_cli(
-        live,
-        "pay",
-        plain_id,
-        "--quantity",
-        "1",
-        "--description",
-        "x",
-        account=PAYER,
-        key=node.key(PAYER),
-    )
+    not_payable = pay(plain_id)
     assert not_payable.returncode == 2
     assert "cannot be paid" in not_payable.stderr
 
-    missing = run_cli(
-        live,
-        "pay",
-        "0192f3a4-5b6c-7d8e-9fa0-b1c2d3e4f506",
-        "--quantity",
-        "1",
-        "--description",
-        "x",
-        account=PAYER,
-        key=node.key(PAYER),
-    )
+    missing = pay("0192f3a4-5b6c-7d8e-9fa0-b1c2d3e4f506")
     assert missing.returncode == 2
     assert "no public ad" in missing.stderr
