@@ -38,8 +38,9 @@ def test_an_unreachable_database_answers_503(migrated):
 
 def test_a_search_over_the_statement_timeout_answers_503(migrated):
     # Search runs on the pool's psycopg connection itself: its errors must still come
-    # out as the envelope, and the connection stay usable.
-    app = create_app(dataclasses.replace(migrated, db_statement_timeout_ms=50))
+    # out as the envelope, and the connection stay usable. The lock makes the first search
+    # wait whatever the timeout; 250 ms leaves the second one room on a busy machine.
+    app = create_app(dataclasses.replace(migrated, db_statement_timeout_ms=250))
     client = app.test_client()
     with psycopg.connect(migrated.database_url.replace("+psycopg", "")) as blocker:
         blocker.execute("LOCK TABLE portals IN ACCESS EXCLUSIVE MODE")
