@@ -38,7 +38,7 @@ format: deps
 openapi: deps
 	$(BIN)/directory openapi
 	$(BIN)/python clients/python/generate_models.py
-	cd clients/typescript && npm run generate --silent
+	cd clients/typescript && { test -d node_modules || npm ci --silent; } && npm run generate --silent
 
 bench: deps
 	$(BIN)/python bench/ingest.py
