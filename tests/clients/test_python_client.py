@@ -19,6 +19,7 @@ from uuid import UUID
 
 import httpx
 import orjson
+import psycopg
 import pytest
 import yaml
 from directory_client import __version__, models
@@ -236,7 +237,65 @@ def test_a_long_rate_limit_is_raised_with_retry_after_not_waited_for(limited_liv
     assert counting.statuses == [200, 200, 429]
 
 
+@pytest.fixture
+def impatient_live(migrated) -> Iterator[LiveDirectory]:
+    """The same database behind an app whose statements give up after 250 ms: a locked
+    table then makes it answer 503 (busy), as a real overload does."""
+    app = create_app(dataclasses.replace(migrated, db_statement_timeout_ms=250))
+    try:
+        with LiveDirectory(app) as server:
+            yield server
+    finally:
+        app.extensions["directory"].close()
+
+
+class ReleasingTransport(CountingTransport):
+    """Counts answers, and lets go of a lock once the first 503 has come back."""
+
+    def __init__(self, lock_holder: psycopg.Connection) -> None:
+        super().__init__()
+        self.lock_holder = lock_holder
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        if response.status_code == 503:
+            self.lock_holder.rollback()
+        return response
+
+
+def locked_portals(migrated) -> psycopg.Connection:
+    holder = psycopg.connect(migrated.database_url.replace("+psycopg", ""))
+    holder.execute("LOCK TABLE portals IN ACCESS EXCLUSIVE MODE")
+    return holder
+
+
+def test_the_directorys_own_503_is_retried_for_a_search(impatient_live, migrated):
+    with locked_portals(migrated) as holder:
+        transport = ReleasingTransport(holder)
+        client = DirectoryClient(impatient_live.url, retry=NO_WAIT, http_transport=transport)
+        with client as directory:
+            page = directory.search_ads(q="bike")
+    assert page.hits == []
+    assert transport.statuses == [503, 200]
+
+
+def test_the_directorys_own_503_is_not_retried_for_a_batch(impatient_live, migrated, make_portal):
+    portal = make_portal()
+    with locked_portals(migrated) as holder:
+        transport = ReleasingTransport(holder)
+        with (
+            DirectoryClient(
+                impatient_live.url, key=portal.key, retry=NO_WAIT, http_transport=transport
+            ) as directory,
+            pytest.raises(ServiceUnavailable),
+        ):
+            directory.batch_ads([{"external_id": "a-1", "ad": ad_payload()}])
+    assert transport.statuses == [503]
+
+
 # --- retries, against scripted servers ---------------------------------------------------
+# What a healthy directory does not do on demand (drop a connection after the request,
+# stay silent) is played by small scripted HTTP servers on loopback.
 
 
 @dataclasses.dataclass
