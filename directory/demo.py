@@ -33,7 +33,7 @@ from directory.services.ads import (
 )
 from directory.services.categories import category_tree
 from directory.services.currencies import BARTER, GIFT, HOUR, register_currency
-from directory.services.portals import create_portal, update_profile
+from directory.services.portals import create_portal, republish_payable_ads, update_profile
 
 # --- portals -----------------------------------------------------------------------------
 
@@ -913,10 +913,12 @@ class DemoSummary:
 
 def load(session: Session, *, ad_count: int, seed: int, lifetimes: Lifetimes) -> DemoSummary:
     """Create the demo portals, their currencies and `ad_count` ads, unless the demo
-    portals exist already. Never commits: the caller owns the transaction."""
+    portals exist already (then only what later releases added to the demo is added:
+    their ledgers). Never commits: the caller owns the transaction."""
     if ad_count < 0:
         raise ValueError(f"ad_count must be 0 or more, not {ad_count}")
     if session.scalar(select(func.count()).select_from(Portal).where(Portal.slug.in_(SLUGS))):
+        _register_missing_ledgers(session)
         return _summarise(session, created=False, keys={})
     domains = leaf_domains(session)
     keys: dict[str, str] = {}
@@ -971,6 +973,19 @@ def _create_portal(session: Session, spec: DemoPortal) -> tuple[int, str]:
     # resolve, and the profile refuses a URL it cannot check.
     portal.ledger = spec.ledger
     return portal.id, key.key
+
+
+def _register_missing_ledgers(session: Session) -> None:
+    """A demo loaded before ledgers existed gets them, its ads with accounts republished."""
+    for spec in PORTALS:
+        if spec.ledger is None:
+            continue
+        portal = session.scalar(
+            select(Portal).where(Portal.slug == spec.slug, Portal.ledger_url.is_(None))
+        )
+        if portal is not None:
+            portal.ledger = spec.ledger
+            republish_payable_ads(session, portal_id=portal.id)
 
 
 def _write(

@@ -164,6 +164,19 @@ def test_ads_with_ledger_accounts_of_portals_with_ledgers_can_be_paid(loaded, se
         assert payment["ledger_url"] == f"https://ledger.{hit['portal']}.example.org/"
 
 
+def test_a_demo_loaded_before_ledgers_existed_gets_them_on_the_next_load(loaded, wiring):
+    with unit_of_work(wiring.session_factory) as session:
+        portal = session.scalar(select(Portal).where(Portal.slug == "sel-lyon"))
+        portal.ledger = None
+
+    _load(wiring)
+
+    with unit_of_work(wiring.session_factory) as session:
+        portal = session.scalar(select(Portal).where(Portal.slug == "sel-lyon"))
+        assert portal.ledger is not None
+        assert portal.ledger.url == "https://ledger.sel-lyon.example.org/"
+
+
 def test_portal_only_ads_are_not_public(loaded, session, client):
     portal_only = session.scalars(select(Ad.id).where(Ad.visibility == Visibility.PORTAL)).all()
     assert portal_only
