@@ -98,7 +98,12 @@ def create_portal(
     if not 1 <= len(name.strip()) <= MAX_NAME_LENGTH:
         raise InvalidInput(f"name must be 1 to {MAX_NAME_LENGTH} characters", field="name")
     if webhook_url is not None:
-        check_webhook_url_field(webhook_url, allow_loopback=allow_loopback)
+        check_outbound_url(
+            webhook_url,
+            field="webhook_url",
+            code="unsafe_webhook_url",
+            allow_loopback=allow_loopback,
+        )
     portal = Portal(
         slug=slug,
         name=name,
@@ -252,10 +257,20 @@ def update_profile(
             portal=portal,
         )
     if changes.get("webhook_url") is not None:
-        check_webhook_url_field(changes["webhook_url"], allow_loopback=allow_loopback)
+        check_outbound_url(
+            changes["webhook_url"],
+            field="webhook_url",
+            code="unsafe_webhook_url",
+            allow_loopback=allow_loopback,
+        )
     ledger_changed = "ledger" in changes and changes["ledger"] != portal.ledger
     if ledger_changed and changes["ledger"] is not None:
-        check_ledger_url(changes["ledger"].url, allow_loopback=allow_loopback)
+        check_outbound_url(
+            changes["ledger"].url,
+            field="ledger.url",
+            code="unsafe_ledger_url",
+            allow_loopback=allow_loopback,
+        )
     for name, value in changes.items():
         setattr(portal, name, value)
     if "webhook_url" in changes:
@@ -276,13 +291,6 @@ def update_profile(
     return portal
 
 
-def check_ledger_url(url: str, *, allow_loopback: bool) -> None:
-    try:
-        check_webhook_url(url, allow_loopback=allow_loopback, field="ledger.url")
-    except UnsafeUrl as error:
-        raise InvalidInput(str(error), field="ledger.url", code="unsafe_ledger_url") from None
-
-
 def republish_payable_ads(session: Session, *, portal_id: int) -> None:
     """The ledger is part of the public view of the portal's ads with an account (their
     payment block): they go out again through the change feed, to search indexes and
@@ -295,11 +303,13 @@ def republish_payable_ads(session: Session, *, portal_id: int) -> None:
     session.execute(AdChange.__table__.insert().from_select(["ad_id", "portal_id", "op"], changed))
 
 
-def check_webhook_url_field(url: str, *, allow_loopback: bool) -> None:
+def check_outbound_url(url: str, *, field: str, code: str, allow_loopback: bool) -> None:
+    """A URL the directory or members' clients will call (webhook, ledger): refused as
+    InvalidInput naming `field` unless it leads to public addresses."""
     try:
-        check_webhook_url(url, allow_loopback=allow_loopback)
+        check_webhook_url(url, allow_loopback=allow_loopback, field=field)
     except UnsafeUrl as error:
-        raise InvalidInput(str(error), field="webhook_url", code="unsafe_webhook_url") from None
+        raise InvalidInput(str(error), field=field, code=code) from None
 
 
 @dataclass(frozen=True)
