@@ -79,6 +79,11 @@ def database():
         localdb.destroy(folder)
 
 
+def plain_url(url: str) -> str:
+    """The libpq URL psycopg takes, from the SQLAlchemy one the directory's settings take."""
+    return url.replace("postgresql+psycopg://", "postgresql://")
+
+
 @contextlib.contextmanager
 def gunicorn(database_url: str, *, workers: int = 2, env: dict[str, str] | None = None):
     """The API under gunicorn on a free loopback port, counting rate limits in a private
@@ -86,41 +91,47 @@ def gunicorn(database_url: str, *, workers: int = 2, env: dict[str, str] | None 
     or overrides DIRECTORY_* settings."""
     from directory import localredis
 
-    port = free_port()
     redis_folder = Path(tempfile.mkdtemp(prefix="directory-bench-redis-"))
     redis_url = localredis.start(redis_folder).url
+    try:
+        with gunicorn_app(
+            "directory.wsgi:app",
+            workers=workers,
+            env={
+                "DIRECTORY_DATABASE_URL": database_url,
+                "DIRECTORY_LOG_LEVEL": "WARNING",
+                "DIRECTORY_RATE_LIMIT_STORAGE_URL": redis_url,
+                # A benchmark is one client asking as fast as it can: not what limits are for.
+                "DIRECTORY_SEARCH_RATE_LIMIT_ANONYMOUS": "1000000 per second",
+                "DIRECTORY_SEARCH_RATE_LIMIT_PORTAL": "1000000 per second",
+                **(env or {}),
+            },
+        ) as process:
+            yield process
+    finally:
+        localredis.destroy(redis_folder)
+
+
+@contextlib.contextmanager
+def gunicorn_app(app: str, *, workers: int, env: dict[str, str]):
+    """`app` ("module:variable", answering GET /healthz) under gunicorn on a free loopback
+    port, with `env` added to this process's environment; yields the process, its base
+    URL in .base_url."""
+    port = free_port()
     process = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "--workers",
-            str(workers),
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--log-level",
-            "warning",
-            "directory.wsgi:app",
+            sys.executable, "-m", "gunicorn", "--workers", str(workers),
+            "--bind", f"127.0.0.1:{port}", "--log-level", "warning", app,
         ],
-        env={
-            **os.environ,
-            "DIRECTORY_DATABASE_URL": database_url,
-            "DIRECTORY_LOG_LEVEL": "WARNING",
-            "DIRECTORY_RATE_LIMIT_STORAGE_URL": redis_url,
-            # A benchmark is one client asking as fast as it can: not what limits are for.
-            "DIRECTORY_SEARCH_RATE_LIMIT_ANONYMOUS": "1000000 per second",
-            "DIRECTORY_SEARCH_RATE_LIMIT_PORTAL": "1000000 per second",
-            **(env or {}),
-        },
+        env={**os.environ, **env},
         cwd=ROOT,
-    )
+    )  # fmt: skip
     try:
-        process.base_url = wait_until_serving(process, port, name="gunicorn")
+        process.base_url = wait_until_serving(process, port, name=app)
         yield process
     finally:
         process.terminate()
         process.wait(timeout=30)
-        localredis.destroy(redis_folder)
 
 
 def wait_until_serving(process: subprocess.Popen, port: int, *, name: str) -> str:

@@ -24,7 +24,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import psycopg
 from sqlalchemy import text
 
-from bench.common import ad, children, database, gunicorn, machine_busy_s, process_cpu_s
+from bench.common import (
+    ad,
+    children,
+    database,
+    gunicorn,
+    machine_busy_s,
+    plain_url,
+    process_cpu_s,
+)
 from directory import build_wiring
 from directory.__main__ import DEFAULT_WORKERS
 from directory.db import unit_of_work
@@ -112,7 +120,7 @@ def copy_rows(database_url: str, portal_id: int, batches) -> float:
         "id, portal_id, external_id, kind, title, body, category, tags, location, privacy, "
         "visibility, currencies, language, images, expires_at, member, content_hash"
     )
-    with psycopg.connect(database_url.replace("+psycopg", "")) as conn:
+    with psycopg.connect(plain_url(database_url)) as conn:
         started = time.perf_counter()
         with conn.cursor().copy(f"COPY ads ({columns}) FROM STDIN") as copy:
             for row in rows:

@@ -17,9 +17,12 @@ a new one.
               time from the client reading the 201 to the receiver getting the verified
               webhook, matched by webhook-id ("msg_" + the message id's hex); both clocks
               are this process's time.monotonic().
+  floor       the throughput phase again with bench/minimal_relay.py in place of the
+              directory (one insert and a NOTIFY per message, a minimal deliverer, the
+              same receivers and clients): the most any Python relay could take here.
 
 Goals on this 2-core machine: at least 500 messages accepted per second, and p95 from
-acceptance to verified delivery under 1 s. About 2 minutes. Prints figures; asserts
+acceptance to verified delivery under 1 s. About 2.5 minutes. Prints figures; asserts
 nothing."""
 
 from __future__ import annotations
@@ -48,12 +51,15 @@ import orjson
 import psycopg
 from sqlalchemy import text
 
+from bench import minimal_relay
 from bench.common import (
     ROOT,
     children,
     database,
     gunicorn,
+    gunicorn_app,
     machine_busy_s,
+    plain_url,
     process_cpu_s,
 )
 from directory import build_wiring
@@ -61,6 +67,7 @@ from directory.__main__ import DEFAULT_WORKERS
 from directory.db import unit_of_work
 from directory.services.portals import create_portal
 from directory.settings import Settings
+from directory.webhooks.signing import new_secret
 from tests.peers import WebhookReceiver
 
 PORTALS = 4
@@ -177,6 +184,34 @@ class Writer:
 
 def webhook_id_of(message_id: str) -> str:
     return "msg_" + uuid.UUID(message_id).hex
+
+
+class FloorWriter:
+    """Sends messages to bench/minimal_relay.py's route, as Writer sends them to ours."""
+
+    def __init__(self, api: Api, name: str) -> None:
+        self.api = api
+        self.name = name
+        self.count = itertools.count(1)
+
+    def send(self, tally: Tally) -> None:
+        number = next(self.count)
+        try:
+            status, body = self.api.call(
+                "POST",
+                f"/messages/{number % PORTALS}",
+                "floor",
+                {"member": f"m-{self.name}", "body": BODY},
+            )
+        except (OSError, http.client.HTTPException) as error:
+            self.api.close()
+            tally.fail(type(error).__name__)
+            return
+        accepted_at = time.monotonic()
+        if status == 201:
+            tally.add(f"floor_{body['id']}", accepted_at)
+        else:
+            tally.fail(f"HTTP {status}")
 
 
 # --- setting up ---------------------------------------------------------------------------
@@ -373,6 +408,69 @@ def met(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
 
+@dataclass(frozen=True)
+class Floor:
+    accepted_per_s: float
+    accepted: int
+    elapsed_s: float
+    delivered: int
+    cpu: dict[str, float]
+
+
+def floor_throughput(database_url: str, *, clients: int, duration_s: float) -> Floor:
+    """The throughput phase again with bench/minimal_relay.py in place of the directory:
+    as many gunicorn workers, one deliverer, the same receivers and clients."""
+    url = plain_url(database_url)
+    minimal_relay.create_table(url)
+    secrets = [new_secret() for _ in range(PORTALS)]
+    receivers = [WebhookReceiver([secret]).start() for secret in secrets]
+    webhooks = {str(index): [receivers[index].url, secrets[index]] for index in range(PORTALS)}
+    deliverer = subprocess.Popen(
+        [sys.executable, "-m", "bench.minimal_relay"],
+        env={**os.environ, "BENCH_DATABASE_URL": url, "BENCH_WEBHOOKS": orjson.dumps(webhooks)},
+        cwd=ROOT,
+    )
+    try:
+        with gunicorn_app(
+            "bench.minimal_relay:app", workers=DEFAULT_WORKERS, env={"BENCH_DATABASE_URL": url}
+        ) as server:
+            postmaster = postmaster_pid(database_url)
+            meter = CpuMeter(
+                {
+                    "API": lambda: [server.pid, *children(server.pid)],
+                    "worker": lambda: [deliverer.pid],
+                    "PostgreSQL": lambda: [postmaster, *children(postmaster)],
+                    "bench clients + receivers": lambda: [os.getpid()],
+                }
+            )
+            writers = [FloorWriter(Api(server.base_url), f"f{index}") for index in range(clients)]
+            tally, elapsed_s = saturate(writers, duration_s)
+            cpu = meter.stop()
+            for writer in writers:
+                writer.api.close()
+            arrived, _ = drain(receivers, tally)
+    finally:
+        deliverer.terminate()
+        deliverer.wait(timeout=30)
+        for receiver in receivers:
+            receiver.stop()
+    return Floor(
+        accepted_per_s=len(tally.accepted) / elapsed_s,
+        accepted=len(tally.accepted),
+        elapsed_s=elapsed_s,
+        delivered=len(arrived.keys() & tally.accepted.keys()),
+        cpu=cpu,
+    )
+
+
+def cpu_per_message(cpu: dict[str, float], messages: int) -> str:
+    return ", ".join(
+        f"{name} {seconds / messages * 1000:.1f} ms"
+        for name, seconds in cpu.items()
+        if name in ("API", "worker", "PostgreSQL")
+    )
+
+
 # --- the run ---------------------------------------------------------------------------------
 
 
@@ -394,8 +492,7 @@ def start_worker(database_url: str, log_path: Path) -> subprocess.Popen:
 
 def postmaster_pid(database_url: str) -> int:
     """The benchmark cluster's server process (its backends are its children)."""
-    url = database_url.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(url) as connection:
+    with psycopg.connect(plain_url(database_url)) as connection:
         data = connection.execute("SHOW data_directory").fetchone()[0]
     return int((Path(data) / "postmaster.pid").read_text().split()[0])
 
@@ -547,6 +644,8 @@ def main() -> None:
             for receiver in receivers:
                 receiver.stop()
         log = worker_log.read_text().strip()
+        # (c) the floor: after the directory's worker stopped, so that it takes no CPU.
+        floor = floor_throughput(url, clients=args.clients, duration_s=args.duration)
         requests_seen = sum(len(receiver.deliveries) for receiver in receivers)
         unverified = sum(
             not delivery.verified for receiver in receivers for delivery in receiver.deliveries
@@ -569,9 +668,7 @@ def main() -> None:
     print("    CPU share:         "
           + ", ".join(f"{name} {seconds / busy:.0%}" for name, seconds in cpu.items())
           + f" (machine busy {busy / elapsed_s / cores:.0%}; CPU per message accepted: "
-          + ", ".join(f"{name} {seconds / len(tally.accepted) * 1000:.1f} ms"
-                      for name, seconds in cpu.items() if name in ("API", "worker", "PostgreSQL"))
-          + ")")  # fmt: skip
+          + cpu_per_message(cpu, len(tally.accepted)) + ")")  # fmt: skip
     if cpu["other"] > 0.1 * busy:
         print("    WARNING: other programs used the machine meanwhile; the figures are low")
     for rate, paced_tally, figures in steady:
@@ -581,11 +678,18 @@ def main() -> None:
               f"{paced_tally.most_behind_s * 1000:.0f} ms behind its pace"
               + (f", refused/failed {dict(paced_tally.errors)}" if paced_tally.errors else "")
               + ")")  # fmt: skip
+    floor_busy = sum(floor.cpu.values())
+    print(f"(c) floor:             {floor.accepted_per_s:,.0f} messages accepted/s "
+          f"(bench/minimal_relay.py: {floor.accepted:,} in {floor.elapsed_s:.1f} s, "
+          f"{floor.delivered:,} delivered; machine busy {floor_busy / floor.elapsed_s / cores:.0%}; "
+          f"CPU per message: {cpu_per_message(floor.cpu, floor.accepted)}); "
+          f"ours / floor: {accepted_per_s / floor.accepted_per_s:.2f}")  # fmt: skip
     print(f"receivers:             {requests_seen:,} requests, {unverified} unverified; "
           f"deliveries {total:,}, {retried:,} tried more than once, {pending:,} still pending")  # fmt: skip
     print("goals:")
     print(f"  >= {GOAL_ACCEPTED_PER_S} messages accepted/s:          "
-          f"{met(accepted_per_s >= GOAL_ACCEPTED_PER_S)} ({accepted_per_s:,.0f}/s)")  # fmt: skip
+          f"{met(accepted_per_s >= GOAL_ACCEPTED_PER_S)} ({accepted_per_s:,.0f}/s; "
+          f"the floor {floor.accepted_per_s:,.0f}/s)")  # fmt: skip
     for rate, paced_tally, figures in steady:
         ok = figures.p95_s < GOAL_P95_S and not figures.missing
         achieved = len(paced_tally.accepted) / args.duration

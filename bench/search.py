@@ -37,7 +37,6 @@ import math
 import os
 import queue
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -56,7 +55,7 @@ import orjson
 import psycopg
 from sqlalchemy import event, text
 
-from bench.common import ROOT, database, free_port, gunicorn, wait_until_serving
+from bench.common import database, gunicorn, gunicorn_app, plain_url
 from directory import build_wiring, create_app
 from directory.__main__ import DEFAULT_WORKERS
 from directory.db import unit_of_work
@@ -414,10 +413,6 @@ def in_portal_batches(rows: list[tuple], rng: np.random.Generator) -> list[tuple
 
 
 # --- loading ---------------------------------------------------------------------------
-
-
-def plain_url(url: str) -> str:
-    return url.replace("+psycopg", "")
 
 
 def search_indexes(conn) -> list[tuple[str, str]]:
@@ -861,25 +856,12 @@ def raw_sql(
 @contextlib.contextmanager
 def minimal_server(url: str, variants_file: Path, *, workers: int):
     """bench/minimal_app.py under gunicorn, started as bench/common.gunicorn starts the API."""
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable, "-m", "gunicorn", "--workers", str(workers),
-            "--bind", f"127.0.0.1:{port}", "--log-level", "warning", "bench.minimal_app:app",
-        ],
-        env={
-            **os.environ,
-            "BENCH_DATABASE_URL": plain_url(url),
-            "BENCH_VARIANTS_FILE": str(variants_file),
-        },
-        cwd=ROOT,
-    )  # fmt: skip
-    try:
-        process.base_url = wait_until_serving(process, port, name="the minimal app")
+    with gunicorn_app(
+        "bench.minimal_app:app",
+        workers=workers,
+        env={"BENCH_DATABASE_URL": plain_url(url), "BENCH_VARIANTS_FILE": str(variants_file)},
+    ) as process:
         yield process
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 @dataclass
