@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import orjson
-from sqlalchemy import select, text, update
+from sqlalchemy import BigInteger, any_, bindparam, select, text, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import BindParameter
 
 from directory.errors import InvalidInput
 from directory.models import (
@@ -109,74 +111,85 @@ def message_id_of(value: str) -> uuid.UUID | None:
         return None
 
 
+def _delivery_ids() -> BindParameter:
+    return bindparam("ids", type_=ARRAY(BigInteger))
+
+
+# The worker's statements are built once, of table columns: composing them and going
+# through the ORM cost more than running them.
+_deliveries = Delivery.__table__
+_sender_portal = Portal.__table__.alias("sender_portal")
+_EVENTS = (
+    select(
+        _deliveries.c.id.label("delivery_id"),
+        _deliveries.c.portal_id,
+        _deliveries.c.state,
+        _deliveries.c.attempts,
+        Message.__table__.c.id.label("message_id"),
+        Message.__table__.c.seq,
+        Message.__table__.c.body,
+        Message.__table__.c.created_at,
+        Message.__table__.c.sender_role,
+        Conversation.__table__,
+        _sender_portal.c.slug.label("sender_slug"),
+        _sender_portal.c.name.label("sender_portal_name"),
+    )
+    .select_from(_deliveries)
+    .join(Message.__table__, Message.__table__.c.id == _deliveries.c.message_id)
+    .join(
+        Conversation.__table__, Conversation.__table__.c.id == Message.__table__.c.conversation_id
+    )
+    .join(_sender_portal, _sender_portal.c.id == Message.__table__.c.sender_portal_id)
+    .where(_deliveries.c.id == any_(_delivery_ids()))
+    .order_by(_deliveries.c.id)
+)
+
+
 def events(session: Session, *, delivery_ids: Iterable[int]) -> list[Event]:
     """The deliveries' events, in delivery order. What crosses to the recipient's portal:
     the message, its own member's handle, and of the sender only the conversation's
     alias, the chosen display name and the community."""
-    sender_portal = Portal.__table__.alias("sender_portal")
-    conversation = Conversation.__table__
-    rows = session.execute(
-        select(
-            Delivery.id.label("delivery_id"),
-            Delivery.portal_id,
-            Delivery.state,
-            Delivery.attempts,
-            Message.id.label("message_id"),
-            Message.seq,
-            Message.body,
-            Message.created_at,
-            Message.sender_role,
-            conversation,
-            sender_portal.c.slug.label("sender_slug"),
-            sender_portal.c.name.label("sender_portal_name"),
-        )
-        .select_from(Delivery)
-        .join(Message, Message.id == Delivery.message_id)
-        .join(conversation, conversation.c.id == Message.conversation_id)
-        .join(sender_portal, sender_portal.c.id == Message.sender_portal_id)
-        .where(Delivery.id.in_(list(delivery_ids)))
-        .order_by(Delivery.id)
-    ).all()
+    rows = session.execute(_EVENTS, {"ids": list(delivery_ids)}).all()
     now = datetime.now(UTC).isoformat()
-    found = []
-    for row in rows:
-        sender = row.sender_role
-        recipient = sender.other
-        to_member, to_alias, _ = _party(row, recipient)
-        _, from_alias, from_name = _party(row, sender)
-        data = {
-            "message": {
-                "id": str(row.message_id),
-                "seq": row.seq,
-                "body": row.body,
-                "sent_at": row.created_at.isoformat(),
+    return [_event(row, now) for row in rows]
+
+
+def _event(row, now: str) -> Event:
+    """An Event from a row of _EVENTS' columns (or the claim's, which has them too)."""
+    sender = row.sender_role
+    recipient = sender.other
+    to_member, to_alias, _ = _party(row, recipient)
+    _, from_alias, from_name = _party(row, sender)
+    data = {
+        "message": {
+            "id": str(row.message_id),
+            "seq": row.seq,
+            "body": row.body,
+            "sent_at": row.created_at.isoformat(),
+        },
+        "conversation": {
+            "id": str(row.id),
+            "ad": {
+                "id": None if row.ad_id is None else str(row.ad_id),
+                "title": row.ad_title,
             },
-            "conversation": {
-                "id": str(row.id),
-                "ad": {
-                    "id": None if row.ad_id is None else str(row.ad_id),
-                    "title": row.ad_title,
-                },
-            },
-            "to": {"role": recipient.value, "member": to_member, "alias": to_alias},
-            "from": {
-                "role": sender.value,
-                "alias": from_alias,
-                "name": from_name,
-                "portal": {"slug": row.sender_slug, "name": row.sender_portal_name},
-            },
-        }
-        found.append(
-            Event(
-                delivery_id=row.delivery_id,
-                webhook_id=webhook_id(row.message_id),
-                portal_id=row.portal_id,
-                state=row.state,
-                attempts=row.attempts,
-                payload={"type": EVENT_MESSAGE_CREATED, "timestamp": now, "data": data},
-            )
-        )
-    return found
+        },
+        "to": {"role": recipient.value, "member": to_member, "alias": to_alias},
+        "from": {
+            "role": sender.value,
+            "alias": from_alias,
+            "name": from_name,
+            "portal": {"slug": row.sender_slug, "name": row.sender_portal_name},
+        },
+    }
+    return Event(
+        delivery_id=row.delivery_id,
+        webhook_id=webhook_id(row.message_id),
+        portal_id=row.portal_id,
+        state=row.state,
+        attempts=row.attempts,
+        payload={"type": EVENT_MESSAGE_CREATED, "timestamp": now, "data": data},
+    )
 
 
 def _party(conversation, role: Role) -> tuple[str, str, str | None]:
@@ -275,53 +288,70 @@ class Claim:
     secrets: list[str]  # the current secret, and the previous one during a rotation
 
 
+# One statement: the lease, and all that the webhooks need (their events and where and
+# how to sign them). The worker runs it at each wake-up, for as few as one message.
+_CLAIM = text(
+    """
+    WITH due AS (
+        SELECT id FROM deliveries WHERE state = 'pending' AND next_attempt_at <= now()
+        ORDER BY next_attempt_at LIMIT :limit FOR UPDATE SKIP LOCKED
+    ), claimed AS (
+        UPDATE deliveries SET next_attempt_at = now() + :lease,
+                              attempts = deliveries.attempts + 1
+        FROM due WHERE deliveries.id = due.id
+        RETURNING deliveries.id, deliveries.portal_id, deliveries.state, deliveries.attempts,
+                  deliveries.message_id
+    )
+    SELECT claimed.id AS delivery_id, claimed.portal_id, claimed.state, claimed.attempts,
+           messages.id AS message_id, messages.seq, messages.body, messages.created_at,
+           messages.sender_role, conversations.id, conversations.ad_id,
+           conversations.ad_title, conversations.initiator_member,
+           conversations.initiator_alias, conversations.initiator_name,
+           conversations.recipient_member, conversations.recipient_alias,
+           conversations.recipient_name, sender_portal.slug AS sender_slug,
+           sender_portal.name AS sender_portal_name, recipient_portal.webhook_url,
+           recipient_portal.webhook_disabled_at, recipient_portal.webhook_secret,
+           recipient_portal.webhook_previous_secret,
+           recipient_portal.webhook_previous_secret_expires_at
+    FROM claimed
+    JOIN messages ON messages.id = claimed.message_id
+    JOIN conversations ON conversations.id = messages.conversation_id
+    JOIN portals AS sender_portal ON sender_portal.id = messages.sender_portal_id
+    JOIN portals AS recipient_portal ON recipient_portal.id = claimed.portal_id
+    ORDER BY claimed.id
+    """
+).columns(
+    state=_deliveries.c.state.type,
+    sender_role=Message.__table__.c.sender_role.type,
+    created_at=Message.__table__.c.created_at.type,
+    webhook_disabled_at=Portal.__table__.c.webhook_disabled_at.type,
+    webhook_previous_secret_expires_at=Portal.__table__.c.webhook_previous_secret_expires_at.type,
+)
+
+
 def claim_due(session: Session, *, limit: int, lease: timedelta) -> list[Claim]:
     """Leases up to `limit` due deliveries to this worker (their next attempt moves past
     the lease, and their attempt count goes up)."""
-    ids = list(
-        session.scalars(
-            text(
-                "WITH due AS ("
-                " SELECT id FROM deliveries WHERE state = 'pending' AND next_attempt_at <= now()"
-                " ORDER BY next_attempt_at LIMIT :limit FOR UPDATE SKIP LOCKED)"
-                " UPDATE deliveries SET next_attempt_at = now() + :lease,"
-                " attempts = deliveries.attempts + 1"
-                " FROM due WHERE deliveries.id = due.id RETURNING deliveries.id"
-            ),
-            {"limit": limit, "lease": lease},
-        )
-    )
-    if not ids:
-        return []
+    rows = session.execute(_CLAIM, {"limit": limit, "lease": lease}).all()
     now = datetime.now(UTC)
-    portals = {
-        portal.id: portal
-        for portal in session.execute(
-            select(
-                Portal.id,
-                Portal.webhook_url,
-                Portal.webhook_disabled_at,
-                Portal.webhook_secret,
-                Portal.webhook_previous_secret,
-                Portal.webhook_previous_secret_expires_at,
-            ).where(Portal.id.in_(select(Delivery.portal_id).where(Delivery.id.in_(ids))))
-        )
-    }
+    timestamp = now.isoformat()
     claims = []
-    for event in events(session, delivery_ids=ids):
-        portal = portals[event.portal_id]
-        if portal.webhook_url is None or portal.webhook_disabled_at is not None:
+    parked = set()
+    for row in rows:
+        if row.webhook_url is None or row.webhook_disabled_at is not None:
             # The webhook went away after the message was queued: inbox only.
-            park_webhooks(session, portal_id=portal.id)
+            if row.portal_id not in parked:
+                park_webhooks(session, portal_id=row.portal_id)
+                parked.add(row.portal_id)
             continue
-        signing = [portal.webhook_secret]
+        signing = [row.webhook_secret]
         if (
-            portal.webhook_previous_secret is not None
-            and portal.webhook_previous_secret_expires_at is not None
-            and portal.webhook_previous_secret_expires_at > now
+            row.webhook_previous_secret is not None
+            and row.webhook_previous_secret_expires_at is not None
+            and row.webhook_previous_secret_expires_at > now
         ):
-            signing.append(portal.webhook_previous_secret)
-        claims.append(Claim(event, portal.webhook_url, signing))
+            signing.append(row.webhook_previous_secret)
+        claims.append(Claim(_event(row, timestamp), row.webhook_url, signing))
     return claims
 
 
