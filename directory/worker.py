@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import psycopg
+from sqlalchemy.orm import Session
 
 from directory import Wiring
 from directory.db import unit_of_work
@@ -198,19 +199,27 @@ class Deliverer:
             log.exception("recording the last deliveries failed; they will be sent again")
         self.sender.close()
 
-    def deliver_due(self) -> int:
+    def deliver_due(self) -> bool:
         """One round: records what was sent since the last round, claims what is due (as
-        much as there are free threads) and sends it; returns how many were claimed.
-        Called by `worker --once`, it also waits for them to be sent and recorded."""
-        self.record_finished()
+        much as there are free threads) and sends it; True when every free thread got a
+        delivery, so more may be due right away. Called by `worker --once`, it also
+        waits for them to be sent and recorded."""
         taken = 0
         while self.free.acquire(blocking=False):
             taken += 1
-        if not taken:
-            return 0
+        finished = self._take_finished()
+        if not taken and not finished:
+            return False
         try:
+            # One transaction a round, not one to record and one to claim: under load a
+            # round handles a few messages, and each transaction costs as much as one.
             with unit_of_work(self.wiring.session_factory) as session:
-                claims = deliveries.claim_due(session, limit=taken, lease=self.policy.lease)
+                self._record(session, finished)
+                claims = (
+                    deliveries.claim_due(session, limit=taken, lease=self.policy.lease)
+                    if taken
+                    else []
+                )
         except Exception:
             for _ in range(taken):
                 self.free.release()
@@ -221,51 +230,61 @@ class Deliverer:
         if self.thread is not threading.current_thread():
             wait(futures)  # `worker --once`: the round ends when its deliveries do
             self.record_finished()
-        return len(claims)
+        return bool(claims) and len(claims) == taken
 
     def record_finished(self) -> None:
         """Writes the outcomes of the webhooks sent since the last call. Until then, a
         worker that dies leaves them to be sent again (same webhook-id) when their
         lease runs out: at least once, never lost."""
-        delivered, other = [], []
+        finished = self._take_finished()
+        if finished:
+            with unit_of_work(self.wiring.session_factory) as session:
+                self._record(session, finished)
+
+    def _take_finished(self) -> list[tuple[deliveries.Claim, DeliveryResult]]:
+        finished = []
         while True:
             try:
-                claim, result = self.finished.get_nowait()
+                finished.append(self.finished.get_nowait())
             except queue.Empty:
-                break
+                return finished
+
+    def _record(
+        self, session: Session, finished: list[tuple[deliveries.Claim, DeliveryResult]]
+    ) -> None:
+        delivered = [
+            (claim.event.delivery_id, result.status)
+            for claim, result in finished
+            if result.outcome is Outcome.DELIVERED
+        ]
+        deliveries.record_delivered(session, delivered=delivered)
+        for claim, result in finished:
             if result.outcome is Outcome.DELIVERED:
-                delivered.append((claim.event.delivery_id, result.status))
-            else:
-                other.append((claim, result))
-        if not delivered and not other:
-            return
-        with unit_of_work(self.wiring.session_factory) as session:
-            deliveries.record_delivered(session, delivered=delivered)
-            for claim, result in other:
-                state = deliveries.record_outcome(
-                    session,
-                    delivery_id=claim.event.delivery_id,
-                    outcome=result.outcome,
-                    status=result.status,
-                    error=result.error,
-                    retry_after=None
-                    if result.retry_after_s is None
-                    else timedelta(seconds=result.retry_after_s),
-                    policy=self.policy,
-                )
-                log.info(
-                    "webhook %s to portal %d: %s (%s); now %s",
-                    claim.event.webhook_id,
-                    claim.event.portal_id,
-                    result.outcome,
-                    result.error,
-                    state,
-                )
+                continue
+            state = deliveries.record_outcome(
+                session,
+                delivery_id=claim.event.delivery_id,
+                outcome=result.outcome,
+                status=result.status,
+                error=result.error,
+                retry_after=None
+                if result.retry_after_s is None
+                else timedelta(seconds=result.retry_after_s),
+                policy=self.policy,
+            )
+            log.info(
+                "webhook %s to portal %d: %s (%s); now %s",
+                claim.event.webhook_id,
+                claim.event.portal_id,
+                result.outcome,
+                result.error,
+                state,
+            )
 
     def _run(self) -> None:
         while not self.stop.is_set():
             try:
-                claimed = self.deliver_due()
+                more_due = self.deliver_due()
                 self.failures = 0
             except Exception:
                 self.failures += 1
@@ -273,9 +292,9 @@ class Deliverer:
                 log.exception("claiming deliveries failed (%d in a row)", self.failures)
                 self.stop.wait(delay * random.uniform(0.75, 1.25))
                 continue
-            if claimed:
-                continue  # more may be due right away
-            # Nothing due: sleep until a message arrives (NOTIFY), a thread frees up,
+            if more_due:
+                continue  # rather than wait for a wake-up
+            # Nothing more due: sleep until a message arrives (NOTIFY), a thread frees up,
             # or the poll interval passes (retries coming due, a missed notification);
             # then a moment more, for the messages arriving with it.
             self.woken.wait(DELIVERY_POLL_S)
