@@ -11,8 +11,8 @@ realistic ads, each query measured three ways on the same database:
            orjson of the rows, the floor for any Python API on this machine.
 
     .venv/bin/python bench/search.py [--sizes 100000,1000000] [--requests 200]
-        [--budget 20] [--duration 8] [--clients 4] [--workers 3] [--explain] [--keep]
-        [--growth communities|density] [--arrival batches|random]
+        [--budget 20] [--duration 8] [--clients 4] [--workers 3] [--rounds 2]
+        [--explain] [--keep] [--growth communities|density] [--arrival batches|random]
 
 The directory grows by communities: the ads of the first size live around 53 real cities
 and their towns; each larger size adds as many copies of those communities, placed elsewhere
@@ -25,7 +25,13 @@ portal, the batches of all portals interleaved at random (`--arrival random`: ev
 random, the worst case for heap locality); the search indexes are dropped during a load
 and rebuilt after it, as a bulk load would, then VACUUM ANALYZE. Each query's variants
 (a different town, point, category, currency and words each request) are the same for
-all three ways. Takes about 7 minutes on 2 cores. Prints figures; asserts nothing."""
+all three ways.
+
+Each size has a database of its own (the smaller ones copied from the set-up one and
+loaded with the same first ads), and the sizes are measured in turns, `--rounds` times:
+this machine's speed drifts by a quarter within minutes, which a measurement of one size
+after the other took for growth. The summary gives the mean of the rounds, and the growth
+round by round. Takes about 12 minutes on 2 cores. Prints figures; asserts nothing."""
 
 from __future__ import annotations
 
@@ -879,10 +885,18 @@ class Result:
     hits: float
 
 
-def measure(url: str, name: str, captured: Captured, api_url: str, minimal_url: str, args):
+def measure(
+    url: str,
+    name: str,
+    captured: Captured,
+    query_strings: list[str],
+    api_url: str,
+    minimal_url: str,
+    args,
+):
     variants = captured.queries[name]
     order = [i % len(variants) for i in range(args.requests)]
-    api_paths = ["/v1/search?" + QUERY_STRINGS[name][i] for i in order]
+    api_paths = ["/v1/search?" + query_strings[i] for i in order]
     minimal_paths = [f"/search/{name}/{i}" for i in order]
     budget = Budget(args.requests, args.budget, 10)
     errors: Counter = Counter()
@@ -915,9 +929,6 @@ def measure(url: str, name: str, captured: Captured, api_url: str, minimal_url: 
         errors=errors,
         hits=hits,
     )
-
-
-QUERY_STRINGS: dict[str, list[str]] = {}  # the variants' query strings, set by main
 
 
 def explain(url: str, captured: Captured, statements: Statements) -> str:
@@ -977,6 +988,12 @@ def main() -> None:
         default="batches",
         help="the order ads reach the table: in portals' batches (default) or at random",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="times each size is measured, the sizes taking turns (figures: their mean)",
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--explain", action="store_true", help="EXPLAIN ANALYZE each query")
     parser.add_argument(
@@ -991,7 +1008,7 @@ def main() -> None:
 
     began = time.perf_counter()
     rng = np.random.default_rng(args.seed)
-    results: dict[int, dict[str, Result]] = {}
+    results: dict[int, dict[str, list[Result]]] = {size: {} for size in sizes}
     if args.growth == "communities":
         replicas = [round((b - a) / sizes[0]) for a, b in itertools.pairwise(sizes)]
     else:
@@ -1005,54 +1022,93 @@ def main() -> None:
             f"{len(world.portals)} portals, {len(world.leaves)} leaf categories; "
             f"{args.workers} gunicorn workers, {args.clients} concurrent clients; up to "
             f"{args.requests} requests per query and way ({args.budget:g} s budget), "
-            f"{args.duration:g} s per rps run"
+            f"{args.duration:g} s per rps run; {args.rounds} rounds"
         )
+        # A database per size, each grown as the directory grows, so that the sizes can be
+        # measured in turns: this machine's speed drifts by a quarter within minutes, and
+        # measuring one size after the other took that drift for growth.
+        urls = {size: copy_database(url, f"ads_{size}") for size in sizes[:-1]}
+        urls[sizes[-1]] = url
+        query_strings: dict[int, dict[str, list[str]]] = {}
+        captured: dict[int, Captured] = {}
+        variants_files: dict[int, Path] = {}
         loaded = 0
-        variants_file = Path(scratch) / "variants.json"
         for step, size in enumerate(sizes):
             generation = step if replicas else 0
             new_towns = [town for town in world.towns if town.generation == generation]
-            timings = load(url, world, new_towns, loaded, size - loaded, args.seed, args.arrival)
+            for target in sizes[step:]:
+                timings = load(
+                    urls[target], world, new_towns, loaded, size - loaded, args.seed, args.arrival
+                )
             total = sum(timings.values()) - timings["generate (within copy)"]
             steps = ", ".join(f"{part} {seconds:.0f} s" for part, seconds in timings.items())
             print(f"\nloaded {size - loaded:,} ads in {total:.0f} s ({steps}): {describe(url)}")
             loaded = size
             # Queries go where the ads are now: at a larger size, mostly to the new towns.
             towns = [town for town in world.towns if town.generation <= generation]
-            QUERY_STRINGS.update(make_variants(world, towns, rng, args.requests))
-            captured = capture(url, QUERY_STRINGS)
-            variants_file.write_bytes(
+            query_strings[size] = make_variants(world, towns, rng, args.requests)
+            captured[size] = capture(urls[size], query_strings[size])
+            variants_files[size] = Path(scratch) / f"variants-{size}.json"
+            variants_files[size].write_bytes(
                 orjson.dumps(
                     {
-                        "options": captured.options(),
-                        "autocommit": captured.autocommit,
-                        "queries": captured.queries,
+                        "options": captured[size].options(),
+                        "autocommit": captured[size].autocommit,
+                        "queries": captured[size].queries,
                     }
                 )
             )
             if step == 0:
                 print(
-                    f"the engine's connections: {captured.options()}, autocommit "
-                    f"{captured.autocommit}, prepare_threshold {captured.prepare_threshold}"
+                    f"the engine's connections: {captured[size].options()}, autocommit "
+                    f"{captured[size].autocommit}, prepare_threshold "
+                    f"{captured[size].prepare_threshold}"
                 )
-            results[size] = {}
-            with (
-                gunicorn(url, workers=args.workers) as api,
-                minimal_server(url, variants_file, workers=args.workers) as minimal,
-            ):
+        for round_ in range(1, args.rounds + 1):
+            for size in sizes:
+                print(f"\nround {round_} of {args.rounds}, {size:,} ads:")
+                with (
+                    gunicorn(urls[size], workers=args.workers) as api,
+                    minimal_server(
+                        urls[size], variants_files[size], workers=args.workers
+                    ) as minimal,
+                ):
+                    for name in QUERIES:
+                        result = measure(
+                            urls[size],
+                            name,
+                            captured[size],
+                            query_strings[size][name],
+                            api.base_url,
+                            minimal.base_url,
+                            args,
+                        )
+                        results[size].setdefault(name, []).append(result)
+                        print_result(name, result)
+        if args.explain:
+            for size in sizes:
                 for name in QUERIES:
-                    result = measure(url, name, captured, api.base_url, minimal.base_url, args)
-                    results[size][name] = result
-                    print_result(name, result)
-            if args.explain:
-                for name in QUERIES:
-                    print(f"\nEXPLAIN ANALYZE {name} at {size:,} ads ({QUERY_STRINGS[name][0]}):")
-                    print(explain(url, captured, captured.queries[name][0]))
+                    print(
+                        f"\nEXPLAIN ANALYZE {name} at {size:,} ads "
+                        f"({query_strings[size][name][0]}):"
+                    )
+                    print(explain(urls[size], captured[size], captured[size].queries[name][0]))
         report(sizes, results)
         print(f"\ntotal run time {time.perf_counter() - began:.0f} s")
         if args.keep:
-            print(f"database: {url}  (Enter destroys it)")
+            print(
+                "databases: " + ", ".join(urls[size] for size in sizes) + "  (Enter destroys them)"
+            )
             input()
+
+
+def copy_database(url: str, name: str) -> str:
+    """A copy of the database at `url`, named `name` (the cluster's owner makes it from
+    the first as a template); its URL."""
+    base, _, template = url.rpartition("/")
+    with psycopg.connect(plain_url(f"{base}/postgres"), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    return f"{base}/{name}"
 
 
 def print_result(name: str, result: Result) -> None:
@@ -1074,9 +1130,39 @@ def print_result(name: str, result: Result) -> None:
         print(f"    ERROR x{times}: {error}")
 
 
-def report(sizes: list[int], results: dict[int, dict[str, Result]]) -> None:
+def mean_result(rounds: list[Result]) -> Result:
+    """One Result for several rounds of a query: the mean of each figure."""
+
+    def mean(values: list[tuple[float, float, float]]) -> tuple[float, float, float]:
+        return tuple(statistics.fmean(column) for column in zip(*values, strict=True))
+
+    errors: Counter = Counter()
+    for result in rounds:
+        errors.update(result.errors)
+    last = rounds[-1]
+    return Result(
+        api=mean([result.api for result in rounds]),
+        minimal=mean([result.minimal for result in rounds]),
+        sql={mode: mean([result.sql[mode] for result in rounds]) for mode in last.sql},
+        sql_notes=last.sql_notes,
+        runs={key: sum(result.runs[key] for result in rounds) for key in last.runs},
+        api_rps=statistics.fmean(result.api_rps for result in rounds),
+        minimal_rps=statistics.fmean(result.minimal_rps for result in rounds),
+        api_loaded=mean([result.api_loaded for result in rounds]),
+        minimal_loaded=mean([result.minimal_loaded for result in rounds]),
+        errors=errors,
+        hits=statistics.fmean(result.hits for result in rounds),
+    )
+
+
+def report(sizes: list[int], rounds: dict[int, dict[str, list[Result]]]) -> None:
+    results = {
+        size: {name: mean_result(measured) for name, measured in rounds[size].items()}
+        for size in sizes
+    }
     print(
-        "\nSummary. Latency p50/p95/p99 in ms, one client, sequential requests. SQL: the "
+        "\nSummary, the mean of the rounds. Latency p50/p95/p99 in ms, one client, "
+        "sequential requests. SQL: the "
         "engine's statements\nthrough psycopg as the engine connects (force_custom_plan); "
         "SQL dflt: psycopg defaults (generic plans\nallowed). rps: requests/s with "
         "concurrent clients."
@@ -1105,9 +1191,13 @@ def report(sizes: list[int], results: dict[int, dict[str, Result]]) -> None:
         for name in QUERIES:
             before, after = results[small][name], results[large][name]
             growth = after.api[0] / before.api[0]
+            each = ", ".join(
+                f"{late.api[0] / early.api[0]:.2f}"
+                for early, late in zip(rounds[small][name], rounds[large][name], strict=True)
+            )
             print(
                 f"  {name:<20} API p50 {large:,} / {small:,}: {growth:5.2f} "
-                f"({'met' if growth < 1.5 else 'NOT met'}; SQL p50 "
+                f"({'met' if growth < 1.5 else 'NOT met'}; round by round {each}; SQL p50 "
                 f"{after.sql['engine'][0] / before.sql['engine'][0]:.2f}, minimal p50 "
                 f"{after.minimal[0] / before.minimal[0]:.2f})"
             )

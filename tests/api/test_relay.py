@@ -371,11 +371,17 @@ def test_a_member_opens_a_limited_number_of_conversations_an_hour(
     assert statuses == [201, 201, 429]
     refused = contact(strict_client, writer_portal, ads[2])
     assert refused.json["error"] == "too_many_conversations"
+    assert "opened 2 conversations in the last hour" in refused.json["message"]
     assert 3500 < int(refused.headers["Retry-After"]) <= 3601
     assert "member" in refused.json["errors"]["json"]
     # Another member of the portal still may, up to the portal's own limit.
     assert contact(strict_client, writer_portal, ads[2], member="m-other").status_code == 201
-    assert contact(strict_client, writer_portal, ads[2], member="m-third").status_code == 429
+    refused = contact(strict_client, writer_portal, ads[2], member="m-third")
+    assert refused.status_code == 429
+    assert refused.json["error"] == "too_many_conversations"
+    # Counted up to the limit, and no further: the message gives the limit.
+    assert "opened 3 conversations in the last hour" in refused.json["message"]
+    assert 3500 < int(refused.headers["Retry-After"]) <= 3601
 
 
 def test_the_limit_counts_only_the_last_hour(
