@@ -79,11 +79,6 @@ def database():
         localdb.destroy(folder)
 
 
-def plain_url(url: str) -> str:
-    """The libpq URL psycopg takes, from the SQLAlchemy one the directory's settings take."""
-    return url.replace("postgresql+psycopg://", "postgresql://")
-
-
 @contextlib.contextmanager
 def gunicorn(database_url: str, *, workers: int = 2, env: dict[str, str] | None = None):
     """The API under gunicorn on a free loopback port, counting rate limits in a private

@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import orjson
 import psycopg
 
-from bench.common import ad, database, plain_url
+from bench.common import ad, database
+from directory.db import libpq_url
 from directory.geo import Point, Privacy, publishable_point
 
 CANDIDATES = [
@@ -91,7 +92,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
     rng = random.Random(11)
-    with database() as url, psycopg.connect(plain_url(url)) as conn:
+    with database() as url, psycopg.connect(libpq_url(url)) as conn:
         portal_id = conn.execute(
             "INSERT INTO portals (slug, name) VALUES ('bench', 'Bench') RETURNING id"
         ).fetchone()[0]

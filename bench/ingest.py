@@ -30,12 +30,11 @@ from bench.common import (
     database,
     gunicorn,
     machine_busy_s,
-    plain_url,
     process_cpu_s,
 )
 from directory import build_wiring
 from directory.__main__ import DEFAULT_WORKERS
-from directory.db import unit_of_work
+from directory.db import libpq_url, unit_of_work
 from directory.geo import Point, Privacy, publishable_point
 from directory.services import portals
 from directory.settings import Settings
@@ -120,7 +119,7 @@ def copy_rows(database_url: str, portal_id: int, batches) -> float:
         "id, portal_id, external_id, kind, title, body, category, tags, location, privacy, "
         "visibility, currencies, language, images, expires_at, member, content_hash"
     )
-    with psycopg.connect(plain_url(database_url)) as conn:
+    with psycopg.connect(libpq_url(database_url)) as conn:
         started = time.perf_counter()
         with conn.cursor().copy(f"COPY ads ({columns}) FROM STDIN") as copy:
             for row in rows:

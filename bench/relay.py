@@ -59,12 +59,11 @@ from bench.common import (
     gunicorn,
     gunicorn_app,
     machine_busy_s,
-    plain_url,
     process_cpu_s,
 )
 from directory import build_wiring
 from directory.__main__ import DEFAULT_WORKERS
-from directory.db import unit_of_work
+from directory.db import libpq_url, unit_of_work
 from directory.services.portals import create_portal
 from directory.settings import Settings
 from directory.webhooks.signing import new_secret
@@ -420,7 +419,7 @@ class Floor:
 def floor_throughput(database_url: str, *, clients: int, duration_s: float) -> Floor:
     """The throughput phase again with bench/minimal_relay.py in place of the directory:
     as many gunicorn workers, one deliverer, the same receivers and clients."""
-    url = plain_url(database_url)
+    url = libpq_url(database_url)
     minimal_relay.create_table(url)
     secrets = [new_secret() for _ in range(PORTALS)]
     receivers = [WebhookReceiver([secret]).start() for secret in secrets]
@@ -492,7 +491,7 @@ def start_worker(database_url: str, log_path: Path) -> subprocess.Popen:
 
 def postmaster_pid(database_url: str) -> int:
     """The benchmark cluster's server process (its backends are its children)."""
-    with psycopg.connect(plain_url(database_url)) as connection:
+    with psycopg.connect(libpq_url(database_url)) as connection:
         data = connection.execute("SHOW data_directory").fetchone()[0]
     return int((Path(data) / "postmaster.pid").read_text().split()[0])
 

@@ -61,10 +61,10 @@ import orjson
 import psycopg
 from sqlalchemy import event, text
 
-from bench.common import database, gunicorn, gunicorn_app, plain_url
+from bench.common import database, gunicorn, gunicorn_app
 from directory import build_wiring, create_app
 from directory.__main__ import DEFAULT_WORKERS
-from directory.db import unit_of_work
+from directory.db import libpq_url, unit_of_work
 from directory.demo import CATALOGUE, PHRASES
 from directory.geo import Point, Privacy, publishable_point
 from directory.services.currencies import register_currency
@@ -436,7 +436,7 @@ def load(
     """COPY `count` ads on two connections, then rebuild the search indexes and VACUUM
     ANALYZE. Returns the time of each step."""
     timings = {}
-    with psycopg.connect(plain_url(url), autocommit=True) as conn:
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
         indexes = search_indexes(conn)
         for name, _ in indexes:
             conn.execute(f"DROP INDEX {name}")
@@ -446,7 +446,7 @@ def load(
 
     def writer() -> None:
         try:
-            with psycopg.connect(plain_url(url)) as conn:
+            with psycopg.connect(libpq_url(url)) as conn:
                 conn.execute("SET synchronous_commit = off")
                 while (rows := chunks.get()) is not None:
                     with conn.cursor().copy(f"COPY ads ({COLUMNS}) FROM STDIN") as copy:
@@ -488,7 +488,7 @@ def load(
 
     def builder() -> None:
         try:
-            with psycopg.connect(plain_url(url), autocommit=True) as conn:
+            with psycopg.connect(libpq_url(url), autocommit=True) as conn:
                 conn.execute("SET maintenance_work_mem = '1GB'")
                 while True:
                     try:
@@ -508,7 +508,7 @@ def load(
         raise problems[0]
     timings["index"] = time.perf_counter() - started
     started = time.perf_counter()
-    with psycopg.connect(plain_url(url), autocommit=True) as conn:
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE ads")
         conn.execute("VACUUM ANALYZE portals")
     timings["vacuum analyze"] = time.perf_counter() - started
@@ -831,7 +831,7 @@ def raw_sql(
         budget = Budget(max(budget.count, TRAP_RUNS), budget.seconds, TRAP_RUNS)
     latencies, hits = [], []
     with psycopg.connect(
-        plain_url(url),
+        libpq_url(url),
         options=captured.options(leave_out=leave_out),
         autocommit=captured.autocommit,
         prepare_threshold=threshold,
@@ -865,7 +865,7 @@ def minimal_server(url: str, variants_file: Path, *, workers: int):
     with gunicorn_app(
         "bench.minimal_app:app",
         workers=workers,
-        env={"BENCH_DATABASE_URL": plain_url(url), "BENCH_VARIANTS_FILE": str(variants_file)},
+        env={"BENCH_DATABASE_URL": libpq_url(url), "BENCH_VARIANTS_FILE": str(variants_file)},
     ) as process:
         yield process
 
@@ -935,7 +935,7 @@ def explain(url: str, captured: Captured, statements: Statements) -> str:
     """EXPLAIN ANALYZE of one variant's statements, on a connection set up as the engine's."""
     out = []
     with psycopg.connect(
-        plain_url(url), options=captured.options(), autocommit=True, prepare_threshold=None
+        libpq_url(url), options=captured.options(), autocommit=True, prepare_threshold=None
     ) as conn:
         for statement, parameters in statements:
             plan = conn.execute("EXPLAIN (ANALYZE, BUFFERS) " + statement, parameters).fetchall()
@@ -944,7 +944,7 @@ def explain(url: str, captured: Captured, statements: Statements) -> str:
 
 
 def describe(url: str) -> str:
-    with psycopg.connect(plain_url(url)) as conn:
+    with psycopg.connect(libpq_url(url)) as conn:
         ads, located, public, size = conn.execute(
             "SELECT count(*), count(location), count(*) FILTER (WHERE visibility = 'public'), "
             "pg_size_pretty(pg_total_relation_size('ads')) FROM ads"
@@ -1106,7 +1106,7 @@ def copy_database(url: str, name: str) -> str:
     """A copy of the database at `url`, named `name` (the cluster's owner makes it from
     the first as a template); its URL."""
     base, _, template = url.rpartition("/")
-    with psycopg.connect(plain_url(f"{base}/postgres"), autocommit=True) as conn:
+    with psycopg.connect(libpq_url(f"{base}/postgres"), autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
     return f"{base}/{name}"
 

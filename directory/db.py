@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import orjson
 from sqlalchemy import MetaData, create_engine, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 # Named constraints make migrations reviewable and let a 409 name what was violated.
@@ -42,6 +42,12 @@ def make_engine(
         **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}),
         connect_args={"options": f"-c statement_timeout={statement_timeout_ms} {options}".strip()},
     )
+
+
+def libpq_url(database_url: str) -> str:
+    """The URL psycopg and libpq's tools take, from the SQLAlchemy one of the settings."""
+    url = make_url(database_url).set(drivername="postgresql")
+    return url.render_as_string(hide_password=False)
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

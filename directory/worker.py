@@ -27,7 +27,7 @@ import psycopg
 from sqlalchemy.orm import Session
 
 from directory import Wiring
-from directory.db import unit_of_work
+from directory.db import libpq_url, unit_of_work
 from directory.services import deliveries, relay
 from directory.services.housekeeping import close_stale_sync_sessions
 from directory.webhooks.delivery import DeliveryResult, Outcome, WebhookSender
@@ -327,7 +327,7 @@ class Deliverer:
 
     def _listen(self) -> None:
         """Wakes the deliverer on NOTIFY; reconnects (with backoff) when the database goes."""
-        url = self.wiring.settings.database_url.replace("postgresql+psycopg://", "postgresql://")
+        url = libpq_url(self.wiring.settings.database_url)
         failures = 0
         while not self.stop.is_set():
             try:

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from directory.db import unit_of_work
+from directory.db import libpq_url, unit_of_work
 from directory.services import portals
 from directory.services.portals import (
     BASE62,
@@ -81,7 +81,7 @@ def test_database_dump_holds_key_digests_but_never_keys(wiring, make_portal, mig
     issued = [first.key, second.key, rotated.key, revoked.key]
 
     dump = subprocess.run(
-        [PG_DUMP, "--no-owner", migrated.database_url.replace("+psycopg", "")],
+        [PG_DUMP, "--no-owner", libpq_url(migrated.database_url)],
         capture_output=True,
         text=True,
         check=True,

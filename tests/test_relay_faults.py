@@ -28,7 +28,7 @@ import requests
 
 from directory import build_wiring, localdb
 from directory.__main__ import alembic_config
-from directory.db import unit_of_work
+from directory.db import libpq_url, unit_of_work
 from directory.localdb import free_port
 from directory.services.deliveries import webhook_id
 from directory.settings import Settings
@@ -134,7 +134,7 @@ def wait_until(condition: Callable[[], T], *, what: str, timeout_s: float = RECO
 
 def delivery_rows(database_url: str) -> dict[str, tuple[str, int]]:
     """Every delivery in the database: webhook id -> (state, attempts)."""
-    url = database_url.replace("postgresql+psycopg://", "postgresql://")
+    url = libpq_url(database_url)
     with psycopg.connect(url) as connection:
         rows = connection.execute("SELECT message_id, state, attempts FROM deliveries").fetchall()
     return {webhook_id(message_id): (state, attempts) for message_id, state, attempts in rows}
@@ -490,7 +490,7 @@ def test_a_database_restart_while_sending_loses_no_message_and_doubles_none(
 
 def listeners(database_url: str) -> int:
     """Worker connections waiting for NOTIFY on the deliveries' channel."""
-    url = database_url.replace("postgresql+psycopg://", "postgresql://")
+    url = libpq_url(database_url)
     with psycopg.connect(url) as connection:
         return connection.execute(
             "SELECT count(*) FROM pg_stat_activity"

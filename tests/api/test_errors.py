@@ -9,6 +9,7 @@ from sqlalchemy import text
 
 from directory import create_app
 from directory.api.db import transaction
+from directory.db import libpq_url
 
 
 def test_a_query_over_the_statement_timeout_answers_503(migrated):
@@ -42,7 +43,7 @@ def test_a_search_over_the_statement_timeout_answers_503(migrated):
     # wait whatever the timeout; 250 ms leaves the second one room on a busy machine.
     app = create_app(dataclasses.replace(migrated, db_statement_timeout_ms=250))
     client = app.test_client()
-    with psycopg.connect(migrated.database_url.replace("+psycopg", "")) as blocker:
+    with psycopg.connect(libpq_url(migrated.database_url)) as blocker:
         blocker.execute("LOCK TABLE portals IN ACCESS EXCLUSIVE MODE")
         response = client.get("/v1/search?q=bike")
         blocker.rollback()
@@ -58,7 +59,7 @@ def test_a_search_after_its_connection_was_lost_recovers(migrated):
     assert client.get("/v1/search?q=bike").status_code == 200
     with app.extensions["directory"].search_db.connect() as connection:
         pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()  # the pool's only
-    with psycopg.connect(migrated.database_url.replace("+psycopg", ""), autocommit=True) as admin:
+    with psycopg.connect(libpq_url(migrated.database_url), autocommit=True) as admin:
         admin.execute("SELECT pg_terminate_backend(%s)", (pid,))  # as a database restart would
     first = client.get("/v1/search?q=bike")
     assert first.status_code == 503

@@ -36,6 +36,7 @@ from directory_client.transport import RetryPolicy, Transport, retry_after_s
 from directory_client.webhooks import InvalidWebhook, verify_webhook
 
 from directory import create_app
+from directory.db import libpq_url
 from directory.webhooks.signing import new_secret, signed_headers
 from tests.factories import ad_payload
 from tests.live import LiveDirectory
@@ -264,7 +265,7 @@ class ReleasingTransport(CountingTransport):
 
 
 def locked_portals(migrated) -> psycopg.Connection:
-    holder = psycopg.connect(migrated.database_url.replace("+psycopg", ""))
+    holder = psycopg.connect(libpq_url(migrated.database_url))
     holder.execute("LOCK TABLE portals IN ACCESS EXCLUSIVE MODE")
     return holder
 
