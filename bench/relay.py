@@ -433,15 +433,7 @@ def floor_throughput(database_url: str, *, clients: int, duration_s: float) -> F
         with gunicorn_app(
             "bench.minimal_relay:app", workers=DEFAULT_WORKERS, env={"BENCH_DATABASE_URL": url}
         ) as server:
-            postmaster = postmaster_pid(database_url)
-            meter = CpuMeter(
-                {
-                    "API": lambda: [server.pid, *children(server.pid)],
-                    "worker": lambda: [deliverer.pid],
-                    "PostgreSQL": lambda: [postmaster, *children(postmaster)],
-                    "bench clients + receivers": lambda: [os.getpid()],
-                }
-            )
+            meter = relay_meter(api=server, worker=deliverer, database_url=database_url)
             writers = [FloorWriter(Api(server.base_url), f"f{index}") for index in range(clients)]
             tally, elapsed_s = saturate(writers, duration_s)
             cpu = meter.stop()
@@ -523,6 +515,20 @@ class CpuMeter:
             with contextlib.suppress(OSError):  # ended meanwhile
                 seconds[pid] = process_cpu_s(pid)
         return seconds
+
+
+def relay_meter(*, api: subprocess.Popen, worker: subprocess.Popen, database_url: str) -> CpuMeter:
+    """A CpuMeter of a relay's parts: the API's processes, the delivering worker,
+    PostgreSQL, and this process (clients and receivers)."""
+    postmaster = postmaster_pid(database_url)
+    return CpuMeter(
+        {
+            "API": lambda: [api.pid, *children(api.pid)],
+            "worker": lambda: [worker.pid],
+            "PostgreSQL": lambda: [postmaster, *children(postmaster)],
+            "bench clients + receivers": lambda: [os.getpid()],
+        }
+    )
 
 
 def retried_deliveries(database_url: str) -> tuple[int, int, int]:
@@ -607,15 +613,7 @@ def main() -> None:
                 ]
 
             # (a) throughput
-            postmaster = postmaster_pid(url)
-            meter = CpuMeter(
-                {
-                    "API": lambda: [server.pid, *children(server.pid)],
-                    "worker": lambda: [worker.pid],
-                    "PostgreSQL": lambda: [postmaster, *children(postmaster)],
-                    "bench clients + receivers": lambda: [os.getpid()],
-                }
-            )
+            meter = relay_meter(api=server, worker=worker, database_url=url)
             clients = writers(args.clients)
             tally, elapsed_s = saturate(clients, args.duration)
             cpu = meter.stop()
