@@ -213,6 +213,8 @@ class Deliverer:
         try:
             # One transaction a round, not one to record and one to claim: under load a
             # round handles a few messages, and each transaction costs as much as one.
+            # A round that fails leaves what it sent to be sent again (same webhook-id),
+            # as a worker that dies does.
             with unit_of_work(self.wiring.session_factory) as session:
                 self._record(session, finished)
                 claims = (

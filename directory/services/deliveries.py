@@ -19,7 +19,6 @@ import orjson
 from sqlalchemy import BigInteger, any_, bindparam, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
-from sqlalchemy.sql.elements import BindParameter
 
 from directory.errors import InvalidInput
 from directory.models import (
@@ -111,10 +110,6 @@ def message_id_of(value: str) -> uuid.UUID | None:
         return None
 
 
-def _delivery_ids() -> BindParameter:
-    return bindparam("ids", type_=ARRAY(BigInteger))
-
-
 # The worker's statements are built once, of table columns: composing them and going
 # through the ORM cost more than running them.
 _deliveries = Delivery.__table__
@@ -140,7 +135,7 @@ _EVENTS = (
         Conversation.__table__, Conversation.__table__.c.id == Message.__table__.c.conversation_id
     )
     .join(_sender_portal, _sender_portal.c.id == Message.__table__.c.sender_portal_id)
-    .where(_deliveries.c.id == any_(_delivery_ids()))
+    .where(_deliveries.c.id == any_(bindparam("ids", type_=ARRAY(BigInteger))))
     .order_by(_deliveries.c.id)
 )
 
@@ -155,7 +150,8 @@ def events(session: Session, *, delivery_ids: Iterable[int]) -> list[Event]:
 
 
 def _event(row, now: str) -> Event:
-    """An Event from a row of _EVENTS' columns (or the claim's, which has them too)."""
+    """An Event from a row of _EVENTS' columns, or of _CLAIM's, which has them too (a
+    column added to one belongs in the other)."""
     sender = row.sender_role
     recipient = sender.other
     to_member, to_alias, _ = _party(row, recipient)
