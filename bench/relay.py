@@ -150,35 +150,43 @@ class Writer:
 
     def send(self, tally: Tally) -> None:
         number = next(self.count)
-        try:
-            if number % NEW_CONTACT_EVERY == 0:
-                ad_id, writer_key = self.ads[number // NEW_CONTACT_EVERY % len(self.ads)]
-                status, body = self.api.call(
-                    "POST",
-                    f"/v1/ads/{ad_id}/contact",
-                    writer_key,
-                    {"member": f"m-{self.name}-{number}", "name": "Anna", "body": BODY},
-                )
-            else:
-                conversation = self.conversations[number % len(self.conversations)]
-                party = (conversation.initiator, conversation.recipient)[
-                    number // len(self.conversations) % 2
-                ]
-                status, body = self.api.call(
-                    "POST",
-                    f"/v1/conversations/{conversation.id}/messages",
-                    party.key,
-                    {"member": party.member, "body": BODY},
-                )
-        except (OSError, http.client.HTTPException) as error:
-            self.api.close()
-            tally.fail(type(error).__name__)
-            return
-        accepted_at = time.monotonic()
-        if status == 201:
-            tally.add(webhook_id_of(body["message"]["id"]), accepted_at)
+        if number % NEW_CONTACT_EVERY == 0:
+            ad_id, writer_key = self.ads[number // NEW_CONTACT_EVERY % len(self.ads)]
+            path, key = f"/v1/ads/{ad_id}/contact", writer_key
+            payload = {"member": f"m-{self.name}-{number}", "name": "Anna", "body": BODY}
         else:
-            tally.fail(f"HTTP {status}")
+            conversation = self.conversations[number % len(self.conversations)]
+            party = (conversation.initiator, conversation.recipient)[
+                number // len(self.conversations) % 2
+            ]
+            path, key = f"/v1/conversations/{conversation.id}/messages", party.key
+            payload = {"member": party.member, "body": BODY}
+        post_message(
+            self.api, tally, path, key, payload, lambda body: webhook_id_of(body["message"]["id"])
+        )
+
+
+def post_message(
+    api: Api,
+    tally: Tally,
+    path: str,
+    key: str,
+    payload: dict,
+    webhook_id: Callable[[dict], str],
+) -> None:
+    """POSTs one message and counts it: accepted (under its webhook id, when the 201 was
+    read) or failed."""
+    try:
+        status, body = api.call("POST", path, key, payload)
+    except (OSError, http.client.HTTPException) as error:
+        api.close()
+        tally.fail(type(error).__name__)
+        return
+    accepted_at = time.monotonic()
+    if status == 201:
+        tally.add(webhook_id(body), accepted_at)
+    else:
+        tally.fail(f"HTTP {status}")
 
 
 def webhook_id_of(message_id: str) -> str:
@@ -195,22 +203,14 @@ class FloorWriter:
 
     def send(self, tally: Tally) -> None:
         number = next(self.count)
-        try:
-            status, body = self.api.call(
-                "POST",
-                f"/messages/{number % PORTALS}",
-                "floor",
-                {"member": f"m-{self.name}", "body": BODY},
-            )
-        except (OSError, http.client.HTTPException) as error:
-            self.api.close()
-            tally.fail(type(error).__name__)
-            return
-        accepted_at = time.monotonic()
-        if status == 201:
-            tally.add(f"floor_{body['id']}", accepted_at)
-        else:
-            tally.fail(f"HTTP {status}")
+        post_message(
+            self.api,
+            tally,
+            f"/messages/{number % PORTALS}",
+            "floor",
+            {"member": f"m-{self.name}", "body": BODY},
+            lambda body: f"floor_{body['id']}",
+        )
 
 
 # --- setting up ---------------------------------------------------------------------------
