@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from flask import Flask
 from werkzeug.serving import make_server
+
+from directory import create_app
+from directory.settings import Settings
 
 
 class LiveDirectory:
@@ -29,3 +34,15 @@ class LiveDirectory:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=10)
+
+
+@contextmanager
+def live_directory(settings: Settings) -> Iterator[LiveDirectory]:
+    """An app of its own on `settings` (the test database with other limits, say),
+    served live; its connections are closed afterwards."""
+    app = create_app(settings)
+    try:
+        with LiveDirectory(app) as server:
+            yield server
+    finally:
+        app.extensions["directory"].close()

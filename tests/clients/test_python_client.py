@@ -35,11 +35,10 @@ from directory_client.errors import (
 from directory_client.transport import RetryPolicy, Transport, retry_after_s
 from directory_client.webhooks import InvalidWebhook, verify_webhook
 
-from directory import create_app
 from directory.db import libpq_url
 from directory.webhooks.signing import new_secret, signed_headers
 from tests.factories import ad_payload
-from tests.live import LiveDirectory
+from tests.live import LiveDirectory, live_directory
 
 REPO = Path(__file__).resolve().parents[2]
 NO_WAIT = RetryPolicy(attempts=3, backoff_s=0, max_backoff_s=0)
@@ -218,12 +217,10 @@ class CountingTransport(httpx.HTTPTransport):
 @pytest.fixture
 def limited_live(migrated) -> Iterator[LiveDirectory]:
     """The same database behind an app allowing anonymous clients 2 searches an hour."""
-    app = create_app(dataclasses.replace(migrated, search_rate_limit_anonymous="2 per hour"))
-    try:
-        with LiveDirectory(app) as server:
-            yield server
-    finally:
-        app.extensions["directory"].close()
+    with live_directory(
+        dataclasses.replace(migrated, search_rate_limit_anonymous="2 per hour")
+    ) as server:
+        yield server
 
 
 def test_a_long_rate_limit_is_raised_with_retry_after_not_waited_for(limited_live):
@@ -242,12 +239,8 @@ def test_a_long_rate_limit_is_raised_with_retry_after_not_waited_for(limited_liv
 def impatient_live(migrated) -> Iterator[LiveDirectory]:
     """The same database behind an app whose statements give up after 250 ms: a locked
     table then makes it answer 503 (busy), as a real overload does."""
-    app = create_app(dataclasses.replace(migrated, db_statement_timeout_ms=250))
-    try:
-        with LiveDirectory(app) as server:
-            yield server
-    finally:
-        app.extensions["directory"].close()
+    with live_directory(dataclasses.replace(migrated, db_statement_timeout_ms=250)) as server:
+        yield server
 
 
 class ReleasingTransport(CountingTransport):

@@ -20,9 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from directory import create_app
 from tests.factories import ad_payload
-from tests.live import LiveDirectory
+from tests.live import LiveDirectory, live_directory
 
 PACKAGE = Path(__file__).resolve().parents[2] / "clients" / "typescript"
 NPM_TIMEOUT_S = 240
@@ -88,12 +87,8 @@ def live(app) -> Iterator[LiveDirectory]:
 @pytest.fixture
 def rate_limited(migrated) -> Iterator[LiveDirectory]:
     """A second app on the same database whose anonymous searches run out quickly."""
-    app = create_app(replace(migrated, search_rate_limit_anonymous=RATE_LIMIT))
-    try:
-        with LiveDirectory(app) as server:
-            yield server
-    finally:
-        app.extensions["directory"].close()
+    with live_directory(replace(migrated, search_rate_limit_anonymous=RATE_LIMIT)) as server:
+        yield server
 
 
 def north_of(point: dict, km: float) -> dict:
