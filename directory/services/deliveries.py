@@ -16,7 +16,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import orjson
-from sqlalchemy import BigInteger, any_, bindparam, select, text, update
+from sqlalchemy import (
+    BigInteger,
+    Integer,
+    Interval,
+    Select,
+    any_,
+    bindparam,
+    func,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
@@ -113,30 +124,39 @@ def message_id_of(value: str) -> uuid.UUID | None:
 # The worker's statements are built once, of table columns: composing them and going
 # through the ORM cost more than running them.
 _deliveries = Delivery.__table__
+_messages = Message.__table__
+_conversations = Conversation.__table__
 _sender_portal = Portal.__table__.alias("sender_portal")
-_EVENTS = (
-    select(
-        _deliveries.c.id.label("delivery_id"),
-        _deliveries.c.portal_id,
-        _deliveries.c.state,
-        _deliveries.c.attempts,
-        Message.__table__.c.id.label("message_id"),
-        Message.__table__.c.seq,
-        Message.__table__.c.body,
-        Message.__table__.c.created_at,
-        Message.__table__.c.sender_role,
-        Conversation.__table__,
-        _sender_portal.c.slug.label("sender_slug"),
-        _sender_portal.c.name.label("sender_portal_name"),
+
+
+def _events_of(deliveries_) -> Select:
+    """What an Event is made of, for each delivery of `deliveries_` (the table, or the
+    claim's CTE of the same columns)."""
+    return (
+        select(
+            deliveries_.c.id.label("delivery_id"),
+            deliveries_.c.portal_id,
+            deliveries_.c.state,
+            deliveries_.c.attempts,
+            _messages.c.id.label("message_id"),
+            _messages.c.seq,
+            _messages.c.body,
+            _messages.c.created_at,
+            _messages.c.sender_role,
+            _conversations,
+            _sender_portal.c.slug.label("sender_slug"),
+            _sender_portal.c.name.label("sender_portal_name"),
+        )
+        .select_from(deliveries_)
+        .join(_messages, _messages.c.id == deliveries_.c.message_id)
+        .join(_conversations, _conversations.c.id == _messages.c.conversation_id)
+        .join(_sender_portal, _sender_portal.c.id == _messages.c.sender_portal_id)
+        .order_by(deliveries_.c.id)
     )
-    .select_from(_deliveries)
-    .join(Message.__table__, Message.__table__.c.id == _deliveries.c.message_id)
-    .join(
-        Conversation.__table__, Conversation.__table__.c.id == Message.__table__.c.conversation_id
-    )
-    .join(_sender_portal, _sender_portal.c.id == Message.__table__.c.sender_portal_id)
-    .where(_deliveries.c.id == any_(bindparam("ids", type_=ARRAY(BigInteger))))
-    .order_by(_deliveries.c.id)
+
+
+_EVENTS = _events_of(_deliveries).where(
+    _deliveries.c.id == any_(bindparam("ids", type_=ARRAY(BigInteger)))
 )
 
 
@@ -150,8 +170,7 @@ def events(session: Session, *, delivery_ids: Iterable[int]) -> list[Event]:
 
 
 def _event(row, now: str) -> Event:
-    """An Event from a row of _EVENTS' columns, or of _CLAIM's, which has them too (a
-    column added to one belongs in the other)."""
+    """An Event from a row of _events_of's columns."""
     sender = row.sender_role
     recipient = sender.other
     to_member, to_alias, _ = _party(row, recipient)
@@ -286,42 +305,43 @@ class Claim:
 
 # One statement: the lease, and all that the webhooks need (their events and where and
 # how to sign them). The worker runs it at each wake-up, for as few as one message.
-_CLAIM = text(
-    """
-    WITH due AS (
-        SELECT id FROM deliveries WHERE state = 'pending' AND next_attempt_at <= now()
-        ORDER BY next_attempt_at LIMIT :limit FOR UPDATE SKIP LOCKED
-    ), claimed AS (
-        UPDATE deliveries SET next_attempt_at = now() + :lease,
-                              attempts = deliveries.attempts + 1
-        FROM due WHERE deliveries.id = due.id
-        RETURNING deliveries.id, deliveries.portal_id, deliveries.state, deliveries.attempts,
-                  deliveries.message_id
+_due = (
+    select(_deliveries.c.id)
+    .where(
+        _deliveries.c.state == DeliveryState.PENDING, _deliveries.c.next_attempt_at <= func.now()
     )
-    SELECT claimed.id AS delivery_id, claimed.portal_id, claimed.state, claimed.attempts,
-           messages.id AS message_id, messages.seq, messages.body, messages.created_at,
-           messages.sender_role, conversations.id, conversations.ad_id,
-           conversations.ad_title, conversations.initiator_member,
-           conversations.initiator_alias, conversations.initiator_name,
-           conversations.recipient_member, conversations.recipient_alias,
-           conversations.recipient_name, sender_portal.slug AS sender_slug,
-           sender_portal.name AS sender_portal_name, recipient_portal.webhook_url,
-           recipient_portal.webhook_disabled_at, recipient_portal.webhook_secret,
-           recipient_portal.webhook_previous_secret,
-           recipient_portal.webhook_previous_secret_expires_at
-    FROM claimed
-    JOIN messages ON messages.id = claimed.message_id
-    JOIN conversations ON conversations.id = messages.conversation_id
-    JOIN portals AS sender_portal ON sender_portal.id = messages.sender_portal_id
-    JOIN portals AS recipient_portal ON recipient_portal.id = claimed.portal_id
-    ORDER BY claimed.id
-    """
-).columns(
-    state=_deliveries.c.state.type,
-    sender_role=Message.__table__.c.sender_role.type,
-    created_at=Message.__table__.c.created_at.type,
-    webhook_disabled_at=Portal.__table__.c.webhook_disabled_at.type,
-    webhook_previous_secret_expires_at=Portal.__table__.c.webhook_previous_secret_expires_at.type,
+    .order_by(_deliveries.c.next_attempt_at)
+    .limit(bindparam("limit", type_=Integer))
+    .with_for_update(skip_locked=True)
+    .cte("due")
+)
+_claimed = (
+    update(_deliveries)
+    .where(_deliveries.c.id == _due.c.id)
+    .values(
+        next_attempt_at=func.now() + bindparam("lease", type_=Interval),
+        attempts=_deliveries.c.attempts + 1,
+    )
+    .returning(
+        _deliveries.c.id,
+        _deliveries.c.portal_id,
+        _deliveries.c.state,
+        _deliveries.c.attempts,
+        _deliveries.c.message_id,
+    )
+    .cte("claimed")
+)
+_recipient_portal = Portal.__table__.alias("recipient_portal")
+_CLAIM = (
+    _events_of(_claimed)
+    .add_columns(
+        _recipient_portal.c.webhook_url,
+        _recipient_portal.c.webhook_disabled_at,
+        _recipient_portal.c.webhook_secret,
+        _recipient_portal.c.webhook_previous_secret,
+        _recipient_portal.c.webhook_previous_secret_expires_at,
+    )
+    .join(_recipient_portal, _recipient_portal.c.id == _claimed.c.portal_id)
 )
 
 
