@@ -17,6 +17,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+import orjson
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import update
@@ -24,6 +25,7 @@ from sqlalchemy import update
 from directory import build_wiring, create_app
 from directory import worker as worker_module
 from directory.__main__ import cli
+from directory.api.search.routes import public_ad
 from directory.db import unit_of_work
 from directory.geo import EARTH_RADIUS_M, BBox, Point, Privacy, haversine_m
 from directory.models import Ad, AdKind, LedgerProtocol, PortalStatus
@@ -749,7 +751,45 @@ def test_a_portals_own_search_is_answered_by_postgresql(unreachable_meilisearch,
 
     page = engine.search(SearchQuery(viewer_portal_id=portal.id))
 
-    assert [str(hit.ad.id) for hit in page.hits] == [own.json["id"]]
+    assert [str(hit.row[0]) for hit in page.hits] == [own.json["id"]]
+
+
+def test_a_page_of_meilisearch_candidates_renders_as_postgresql_renders_it(
+    unreachable_meilisearch, wiring, portal, client
+):
+    """Meilisearch only ranks: the page's ads are read again from PostgreSQL, in the
+    candidates' order, skipping those no longer public, and render as the default
+    engine's hits (distances measured from the stored point)."""
+    ids = {}
+    for name, fields in {
+        "near": {"location": {"lat": 50.85, "lon": 4.40}, "privacy": "approximate"},
+        "far": {"location": {"lat": 50.85, "lon": 4.70}, "privacy": "exact"},
+        "own": {"visibility": "portal"},
+        "later": {"location": {"lat": 50.85, "lon": 4.50}},
+    }.items():
+        response = client.put(f"/v1/ads/{name}", json=ad_payload(**fields), headers=portal.headers)
+        assert response.status_code == 201, response.json
+        ids[name] = uuid.UUID(response.json["id"])
+    point = Point(50.85, 4.35)
+    query = SearchQuery(point=point, sort=Sort.DISTANCE, limit=2)
+    candidates = [
+        meili._Candidate(ids[name], SortKey(float(rank), ids[name]), None)
+        for rank, name in enumerate(["far", "own", "near", "later"])
+    ]
+    engine = unreachable_meilisearch.search
+    with engine._session_factory() as session:
+        hits, keys, more = engine._page(session, query, iter(candidates))
+
+    assert [hit.row[0] for hit in hits] == [ids["far"], ids["near"]]  # not the portal's own
+    assert [key.ad_id for key in keys] == [ids["far"], ids["near"]] and more
+    by_postgres = {
+        hit.row[0]: hit for hit in wiring.search.search(dataclasses.replace(query, limit=10)).hits
+    }
+    for hit in hits:
+        assert orjson.loads(orjson.dumps(public_ad(hit))) == orjson.loads(
+            orjson.dumps(public_ad(by_postgres[hit.row[0]]))
+        )
+    assert [public_ad(hit)["distance_km"] for hit in hits] == [24.6, 3.0]
 
 
 # --- with a Meilisearch server ------------------------------------------------------------
@@ -788,7 +828,7 @@ def meili_wiring(migrated, wiring):
 
 
 def _found(wiring, **query) -> list[str]:
-    return [str(hit.ad.id) for hit in wiring.search.search(SearchQuery(**query)).hits]
+    return [str(hit.row[0]) for hit in wiring.search.search(SearchQuery(**query)).hits]
 
 
 def _indexed(wiring) -> dict[str, dict]:

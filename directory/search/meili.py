@@ -2,7 +2,7 @@
 worker keeps in step with the change feed (directory/search/indexing.py).
 
 Meilisearch selects and orders; PostgreSQL renders. A hit from Meilisearch is only an
-ad id with its sort values; the ads of a page are then loaded with `get_public_ads`,
+ad id with its sort values; the ads of a page are then loaded with `get_public_rows`,
 in one query, which keeps one rendering path for both engines and checks again, at
 read time, that each ad is still public, unexpired and of an active portal (the index
 follows the database about a second behind). Facet counts come from Meilisearch alone.
@@ -58,7 +58,7 @@ from directory.search import (
     encode_cursor,
 )
 from directory.search.postgres import PostgresSearch
-from directory.services.ads import AdRecord, get_public_ads
+from directory.services.ads import AdRecord, get_public_rows
 from directory.settings import Settings
 
 log = logging.getLogger("directory.search.meili")
@@ -497,17 +497,17 @@ class MeiliSearch:
         hits: list[SearchHit] = []
         keys: list[SortKey] = []
         for batch in _batches(candidates, query.limit + 1):
-            records = get_public_ads(session, ad_ids=[candidate.ad_id for candidate in batch])
+            rows = get_public_rows(session, ad_ids=[candidate.ad_id for candidate in batch])
             for candidate in batch:
-                record = records.get(candidate.ad_id)
-                if record is None:
+                row = rows.get(candidate.ad_id)
+                if row is None:
                     continue  # left public view since it was indexed
                 if len(hits) == query.limit:
                     return hits, keys, True
                 distance = None
-                if query.point is not None and record.location is not None:
-                    distance = haversine_m(query.point, record.location)
-                hits.append(SearchHit(record, distance_m=distance))
+                if query.point is not None and row.lat is not None:
+                    distance = haversine_m(query.point, Point(row.lat, row.lon))
+                hits.append(SearchHit(row, distance_m=distance))
                 keys.append(candidate.key)
         return hits, keys, False
 

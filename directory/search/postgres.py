@@ -33,7 +33,6 @@ from directory.search import (
     SortKey,
     encode_cursor,
 )
-from directory.services.ads import record_from_row
 
 # The configurations whose stemming a query tries when it names no language: the
 # languages most ads are written in. Words also always match as written and by prefix.
@@ -108,12 +107,12 @@ def search(db: psycopg.Cursor, query: SearchQuery) -> SearchPage:
     db.execute(sql, params)
     rows = db.fetchall()
     more = len(rows) > query.limit
-    hits, keys = [], []
-    for row in rows[: query.limit]:
-        record = record_from_row(row[:RECORD_WIDTH])
-        hits.append(SearchHit(record, distance_m=row[RECORD_WIDTH]))
-        keys.append(SortKey(_key_value(query.sort, row[RECORD_WIDTH + 1]), record.id))
-    next_cursor = encode_cursor(query, keys[-1]) if more and hits else None
+    hits = [SearchHit(row[:RECORD_WIDTH], row[RECORD_WIDTH]) for row in rows[: query.limit]]
+    next_cursor = None
+    if more and hits:
+        last = rows[query.limit - 1]  # the page ends at its sort value and id
+        key = SortKey(_key_value(query.sort, last[RECORD_WIDTH + 1]), last[0])
+        next_cursor = encode_cursor(query, key)
     facets = None
     if query.facets:
         sql, params = facets_sql(query)

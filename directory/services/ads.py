@@ -30,6 +30,7 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
 from directory.db import insert_rows, update_rows
@@ -834,9 +835,15 @@ def get_public_ad(session: Session, *, ad_id: uuid.UUID) -> AdRecord:
     return record_from_row(row)
 
 
-def get_public_ads(session: Session, *, ad_ids: list[uuid.UUID]) -> dict[uuid.UUID, AdRecord]:
+def get_public_rows(session: Session, *, ad_ids: list[uuid.UUID]) -> dict[uuid.UUID, Row]:
+    """The RECORD_COLUMNS values of those of the ads that are public, by id."""
     rows = session.execute(records_query().where(Ad.id.in_(ad_ids), public_condition()))
-    return {record.id: record for record in map(record_from_row, rows)}
+    return {row.id: row for row in rows}
+
+
+def get_public_ads(session: Session, *, ad_ids: list[uuid.UUID]) -> dict[uuid.UUID, AdRecord]:
+    rows = get_public_rows(session, ad_ids=ad_ids)
+    return {ad_id: record_from_row(row) for ad_id, row in rows.items()}
 
 
 def get_own_ad(session: Session, *, portal_id: int, external_id: str) -> AdRecord:

@@ -14,7 +14,8 @@ import pytest
 from directory.api.search.routes import public_ad
 from directory.api.search.schemas import SearchHitSchema
 from directory.geo import Point
-from directory.search import SearchQuery, Sort
+from directory.search import SearchQuery, Sort, shown_distance_km
+from directory.services.ads import record_from_row
 from tests.factories import ad_payload
 from tests.search.conftest import destination
 
@@ -273,6 +274,12 @@ def test_most_recent_first_paging_neither_repeats_nor_skips_when_ads_change(clie
 
 @pytest.fixture
 def varied_ads(client, portal):
+    # A website (global ids) and a ledger (payment blocks): every part of a hit shows.
+    profile = {
+        "website": "https://Example.org/sel/",
+        "ledger": {"protocol": "credit-commons", "url": "http://127.0.0.1:9/", "node": "n"},
+    }
+    assert client.patch("/v1/portals/me", json=profile, headers=portal.headers).status_code == 200
     return batch(
         client,
         portal,
@@ -296,12 +303,21 @@ def test_hits_render_as_the_hit_schema_dumps_them(client, wiring, varied_ads):
     page = wiring.search.search(query)
     assert len(page.hits) == 4
     schema = SearchHitSchema()
+    records = [record_from_row(hit.row) for hit in page.hits]
     expected = [
-        schema.dump({**dataclasses.asdict(hit.ad), "distance_km": hit.distance_km})
-        for hit in page.hits
+        schema.dump(
+            {
+                **dataclasses.asdict(record),
+                "distance_km": shown_distance_km(hit.distance_m, record.privacy),
+            }
+        )
+        for hit, record in zip(page.hits, records, strict=True)
     ]
     assert [orjson.loads(orjson.dumps(public_ad(hit))) for hit in page.hits] == expected
-    assert {hit.ad.privacy.value for hit in page.hits} == set(varied_ads)
+    assert {record.privacy.value for record in records} == set(varied_ads)
+    assert any(record.payment is not None for record in records)  # every part rendered
+    assert any(record.global_id is not None for record in records)
+    assert all(hit["distance_km"] is not None for hit in expected if hit["location"])
     body = search(client, lat=50.9, lon=4.4, sort="recent").json
     assert body["hits"] == expected
 
@@ -338,8 +354,16 @@ def test_geojson_by_format_parameter(client, varied_ads):
         assert feature["properties"] == hit
 
 
-def test_geojson_by_accept_header(client, varied_ads):
-    response = search(client, {"Accept": "application/geo+json"})
+@pytest.mark.parametrize(
+    "accept",
+    [
+        "application/geo+json",
+        "Application/GEO+JSON",  # media types are case-insensitive
+        "application/json;q=0.5, application/geo+json",
+    ],
+)
+def test_geojson_by_accept_header(client, varied_ads, accept):
+    response = search(client, {"Accept": accept})
     assert response.status_code == 200
     assert response.mimetype == "application/geo+json"
     _check_feature_collection(response.json, varied_ads)
