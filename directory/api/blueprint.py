@@ -26,9 +26,8 @@ class StrictParser(FlaskParser):
         # A parameter given twice would silently lose all but its first value.
         repeated = [
             name
-            for name in request.args
-            if len(request.args.getlist(name)) > 1
-            and not isinstance(schema.fields.get(name), ma.fields.List)
+            for name, values in request.args.lists()
+            if len(values) > 1 and not isinstance(schema.fields.get(name), ma.fields.List)
         ]
         if repeated:
             abort(
@@ -36,6 +35,10 @@ class StrictParser(FlaskParser):
                 message="A query parameter was given more than once.",
                 messages={"query": {name: ["Must be given once."] for name in repeated}},
             )
+        if self._query_loader(schema) is not None:
+            # A schema without lists takes one value each: a plain dict, rather than
+            # webargs' proxy, which looked at every field of the schema on each request.
+            return request.args.to_dict()
         return super().load_querystring(request, schema)
 
     def _process_location_data(self, location_data, schema, req, location, unknown, validators):
@@ -47,7 +50,7 @@ class StrictParser(FlaskParser):
             return super()._process_location_data(
                 location_data, schema, req, location, unknown, validators
             )
-        return loader.load(dict(location_data))
+        return loader.load(location_data)
 
     def _query_loader(self, schema: ma.Schema) -> FastLoader | None:
         kind = type(schema)
