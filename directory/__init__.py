@@ -34,11 +34,11 @@ class Wiring:
     search_db: Engine  # the database searches read: the primary or a replica
 
     @cached_property
-    def category_codes(self) -> set[str]:
+    def category_codes(self) -> frozenset[str]:
         """The taxonomy's codes: they change only through a migration, and a deploy
         restarts every process."""
         with unit_of_work(self.session_factory) as session:
-            return category_codes(session)
+            return frozenset(category_codes(session))
 
     def close(self) -> None:
         self.engine.dispose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
@@ -52,13 +53,20 @@ def require_known_category(
         )
 
 
-def expand_categories(codes: set[str], requested: tuple[str, ...]) -> tuple[str, ...]:
+def expand_categories(codes: frozenset[str], requested: tuple[str, ...]) -> tuple[str, ...]:
     """The codes a search for `requested` matches: a group stands for itself and its
     children (an ad may be filed under a group directly)."""
     expanded: dict[str, None] = {}
     for code in requested:
-        require_known_category(codes, code, location="query")
-        expanded[code] = None
-        if "." not in code:
-            expanded.update(dict.fromkeys(sorted(c for c in codes if c.startswith(code + "."))))
+        expanded.update(dict.fromkeys(_matched_by(codes, code)))
     return tuple(expanded)
+
+
+# Cached: every search by category asks, and finding a group's children scanned the
+# whole taxonomy each time. An unknown code raises, which is not cached.
+@functools.lru_cache(maxsize=512)
+def _matched_by(codes: frozenset[str], code: str) -> tuple[str, ...]:
+    require_known_category(codes, code, location="query")
+    if "." in code:
+        return (code,)
+    return (code, *sorted(c for c in codes if c.startswith(code + ".")))

@@ -92,7 +92,9 @@ def _wants_geojson(format_: str | None) -> bool:
     return accepted[GEOJSON] > accepted["application/json"]
 
 
-def build_query(args: dict, *, viewer_portal_id: int | None, categories: set[str]) -> SearchQuery:
+def build_query(
+    args: dict, *, viewer_portal_id: int | None, categories: frozenset[str]
+) -> SearchQuery:
     point = None if args["lat"] is None else Point(args["lat"], args["lon"])
     sort = args["sort"]
     if sort is None:
