@@ -11,7 +11,7 @@ realistic ads, each query measured three ways on the same database:
            orjson of the rows, the floor for any Python API on this machine.
 
     .venv/bin/python bench/search.py [--sizes 100000,1000000] [--requests 200]
-        [--budget 20] [--duration 8] [--clients 4] [--workers 3] [--rounds 2]
+        [--budget 20] [--duration 8] [--clients 4] [--turns 4] [--workers 3] [--rounds 2]
         [--explain] [--keep] [--growth communities|density] [--arrival batches|random]
 
 The directory grows by communities: the ads of the first size live around 53 real cities
@@ -31,7 +31,9 @@ Each size has a database of its own (the smaller ones copied from the set-up one
 loaded with the same first ads), and the sizes are measured in turns, `--rounds` times:
 this machine's speed drifts by a quarter within minutes, which a measurement of one size
 after the other took for growth. The summary gives the mean of the rounds, and the growth
-round by round. Takes about 12 minutes on 2 cores. Prints figures; asserts nothing."""
+round by round. The requests-per-second runs of the API and of the minimal endpoint
+take turns too (`--turns`, 2 s each by default), for the same reason. Takes about 12
+minutes on 2 cores. Prints figures; asserts nothing."""
 
 from __future__ import annotations
 
@@ -804,6 +806,27 @@ def concurrent(
     return len(latencies) / duration, latencies, errors
 
 
+def in_turns(
+    servers: list[tuple[str, list[str]]], args
+) -> list[tuple[float, list[float], Counter]]:
+    """`concurrent` for each (base URL, paths), `args.duration` seconds each in all, in
+    `args.turns` turns taken one server after the other: measured one after the other,
+    the machine's drift (a quarter within minutes) went into their ratio."""
+    latencies: list[list[float]] = [[] for _ in servers]
+    errors: list[Counter] = [Counter() for _ in servers]
+    for _ in range(args.turns):
+        for index, (base_url, paths) in enumerate(servers):
+            _, turn_latencies, turn_errors = concurrent(
+                base_url, paths, args.clients, args.duration / args.turns
+            )
+            latencies[index] += turn_latencies
+            errors[index].update(turn_errors)
+    return [
+        (len(measured) / args.duration, measured, failed)
+        for measured, failed in zip(latencies, errors, strict=True)
+    ]
+
+
 # How the raw runs connect: (options to leave out of the engine's, prepare_threshold).
 SQL_MODES = {
     # As the engine's connections (plan_cache_mode=force_custom_plan: PostgreSQL plans
@@ -910,11 +933,10 @@ def measure(
     for mode in SQL_MODES:
         latencies, note, hits = raw_sql(url, captured, [variants[i] for i in order], mode, budget)
         sql[mode], notes[mode], runs[f"SQL {mode}"] = percentiles(latencies), note, len(latencies)
-    api_rps, api_loaded, api_errors = concurrent(api_url, api_paths, args.clients, args.duration)
-    errors.update({f"API (concurrent): {k}": v for k, v in api_errors.items()})
-    minimal_rps, minimal_loaded, minimal_errors = concurrent(
-        minimal_url, minimal_paths, args.clients, args.duration
+    (api_rps, api_loaded, api_errors), (minimal_rps, minimal_loaded, minimal_errors) = in_turns(
+        [(api_url, api_paths), (minimal_url, minimal_paths)], args
     )
+    errors.update({f"API (concurrent): {k}": v for k, v in api_errors.items()})
     errors.update({f"minimal (concurrent): {k}": v for k, v in minimal_errors.items()})
     return Result(
         api=percentiles(api),
@@ -973,6 +995,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per rps run")
     parser.add_argument("--clients", type=int, default=4, help="concurrent clients")
     parser.add_argument(
+        "--turns", type=int, default=4, help="rps runs of the API and minimal in turns"
+    )
+    parser.add_argument(
         "--workers", type=int, default=DEFAULT_WORKERS, help="gunicorn workers (as `serve`)"
     )
     parser.add_argument(
@@ -1022,7 +1047,8 @@ def main() -> None:
             f"{len(world.portals)} portals, {len(world.leaves)} leaf categories; "
             f"{args.workers} gunicorn workers, {args.clients} concurrent clients; up to "
             f"{args.requests} requests per query and way ({args.budget:g} s budget), "
-            f"{args.duration:g} s per rps run; {args.rounds} rounds"
+            f"{args.duration:g} s per rps run (in {args.turns} turns with the minimal's); "
+            f"{args.rounds} rounds"
         )
         # A database per size, each grown as the directory grows, so that the sizes can be
         # measured in turns: this machine's speed drifts by a quarter within minutes, and

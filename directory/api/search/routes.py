@@ -136,7 +136,7 @@ def build_query(
 
 
 def public_ad(hit: SearchHit) -> dict:
-    """The ad as the world may see it: not its member, external id or visibility."""
+    """The ad as the world may see it: never its member handle or its visibility."""
     # RECORD_COLUMNS' order, as record_from_row reads it.
     (ad_id, slug, external_id, kind, title, body, category, tags, lat, lon, privacy,
      _visibility, currencies, amount, currency, unit, language, images, expires_at,
