@@ -28,9 +28,9 @@ and rebuilt after it, as a bulk load would, then VACUUM ANALYZE. Each query's va
 all three ways.
 
 Each size has a database of its own (the smaller ones copied from the set-up one and
-loaded with the same first ads), and the sizes are measured in turns, `--rounds` times:
-this machine's speed drifts by a quarter within minutes, which a measurement of one size
-after the other took for growth. The summary gives the mean of the rounds, and the growth
+loaded with the same first ads), and the sizes are measured in turns, `--rounds` times,
+smallest first and then largest first: this machine's speed drifts by a quarter within
+minutes, which a measurement of one size after the other took for growth. The summary gives the mean of the rounds, and the growth
 round by round. The requests-per-second runs of the API and of the minimal endpoint
 take turns too (`--turns`, 2 s each by default), for the same reason. Takes about 12
 minutes on 2 cores. Prints figures; asserts nothing."""
@@ -810,12 +810,13 @@ def in_turns(
     servers: list[tuple[str, list[str]]], args
 ) -> list[tuple[float, list[float], Counter]]:
     """`concurrent` for each (base URL, paths), `args.duration` seconds each in all, in
-    `args.turns` turns taken one server after the other: measured one after the other,
-    the machine's drift (a quarter within minutes) went into their ratio."""
+    `args.turns` turns (A B, B A, ...): measured one after the other, the machine's
+    drift (a quarter within minutes) went into their ratio."""
     latencies: list[list[float]] = [[] for _ in servers]
     errors: list[Counter] = [Counter() for _ in servers]
-    for _ in range(args.turns):
-        for index, (base_url, paths) in enumerate(servers):
+    for turn in range(args.turns):
+        order = list(enumerate(servers))
+        for index, (base_url, paths) in order if turn % 2 == 0 else order[::-1]:
             _, turn_latencies, turn_errors = concurrent(
                 base_url, paths, args.clients, args.duration / args.turns
             )
@@ -1091,7 +1092,9 @@ def main() -> None:
                     f"{captured[size].prepare_threshold}"
                 )
         for round_ in range(1, args.rounds + 1):
-            for size in sizes:
+            # Smallest first, then largest first: a drift that lasts the whole run
+            # weighs on both sizes alike (ABBA), instead of always on the larger one.
+            for size in sizes if round_ % 2 else sizes[::-1]:
                 print(f"\nround {round_} of {args.rounds}, {size:,} ads:")
                 with (
                     gunicorn(urls[size], workers=args.workers) as api,

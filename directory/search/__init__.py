@@ -134,7 +134,7 @@ class SearchQuery:
 class SearchHit:
     """One ad found, as its values in RECORD_COLUMNS' order (see `record_from_row`),
     which the API renders straight away: building an AdRecord for each hit only to
-    render it cost 10 µs a hit, 0.2 ms on a page of 20 (bench/search.py)."""
+    render it cost another 8-10 µs a hit, 0.2 ms on a page of 20."""
 
     row: Sequence
     distance_m: float | None = None  # from the query's point to the ad's stored point
