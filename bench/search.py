@@ -28,9 +28,10 @@ and rebuilt after it, as a bulk load would, then VACUUM ANALYZE. Each query's va
 all three ways.
 
 Each size has a database of its own (the smaller ones copied from the set-up one and
-loaded with the same first ads), and the sizes are measured in turns, `--rounds` times,
-smallest first and then largest first: this machine's speed drifts by a quarter within
-minutes, which a measurement of one size after the other took for growth. The summary gives the mean of the rounds, and the growth
+loaded with the same first ads) and an API and a minimal server of its own, all running
+at once. Each query is measured at every size in turn, seconds apart, smallest first and
+then largest first, `--rounds` times: this machine's speed drifts by a quarter or more
+within minutes, which a measurement of one size after the other took for growth. The summary gives the mean of the rounds, and the growth
 round by round. The requests-per-second runs of the API and of the minimal endpoint
 take turns too (`--turns`, 2 s each by default), for the same reason. Takes about 12
 minutes on 2 cores. Prints figures; asserts nothing."""
@@ -1091,18 +1092,25 @@ def main() -> None:
                     f"{captured[size].autocommit}, prepare_threshold "
                     f"{captured[size].prepare_threshold}"
                 )
-        for round_ in range(1, args.rounds + 1):
-            # Smallest first, then largest first: a drift that lasts the whole run
-            # weighs on both sizes alike (ABBA), instead of always on the larger one.
-            for size in sizes if round_ % 2 else sizes[::-1]:
-                print(f"\nround {round_} of {args.rounds}, {size:,} ads:")
-                with (
-                    gunicorn(urls[size], workers=args.workers) as api,
-                    minimal_server(
-                        urls[size], variants_files[size], workers=args.workers
-                    ) as minimal,
-                ):
-                    for name in QUERIES:
+        with contextlib.ExitStack() as servers:
+            # Every size served at once, so that each query measures the sizes one right
+            # after the other (seconds apart, not minutes): growth is then a comparison
+            # within one moment of the machine, whose speed drifts by a quarter or more.
+            served = {
+                size: (
+                    servers.enter_context(gunicorn(urls[size], workers=args.workers)),
+                    servers.enter_context(
+                        minimal_server(urls[size], variants_files[size], workers=args.workers)
+                    ),
+                )
+                for size in sizes
+            }
+            for round_ in range(1, args.rounds + 1):
+                print(f"\nround {round_} of {args.rounds}:")
+                for turn, name in enumerate(QUERIES):
+                    # Smallest first, then largest first (ABBA): a drift weighs on both.
+                    for size in sizes if (round_ + turn) % 2 else sizes[::-1]:
+                        api, minimal = served[size]
                         result = measure(
                             urls[size],
                             name,
@@ -1113,7 +1121,7 @@ def main() -> None:
                             args,
                         )
                         results[size].setdefault(name, []).append(result)
-                        print_result(name, result)
+                        print_result(f"{size:,} ads, {name}", name, result)
         if args.explain:
             for size in sizes:
                 for name in QUERIES:
@@ -1140,10 +1148,10 @@ def copy_database(url: str, name: str) -> str:
     return f"{base}/{name}"
 
 
-def print_result(name: str, result: Result) -> None:
+def print_result(title: str, name: str, result: Result) -> None:
     runs = result.runs
     print(
-        f"  {name} ({QUERIES[name]}; {result.hits:.1f} hits/page)\n"
+        f"  {title} ({QUERIES[name]}; {result.hits:.1f} hits/page)\n"
         f"    p50/p95/p99 ms  API {fmt(result.api)} [{runs['API']}]  minimal "
         f"{fmt(result.minimal)} [{runs['minimal']}]  SQL as the engine "
         f"{fmt(result.sql['engine'])} [{runs['SQL engine']}]\n"
