@@ -33,7 +33,7 @@ at once. Each query is measured at every size in turn, seconds apart, smallest f
 then largest first, `--rounds` times: this machine's speed drifts by a quarter or more
 within minutes, which a measurement of one size after the other took for growth. The summary gives the mean of the rounds, and the growth
 round by round. The requests-per-second runs of the API and of the minimal endpoint
-take turns too (`--turns`, 2 s each by default), for the same reason. Takes about 12
+take turns too (`--turns`, 2 s each by default), for the same reason. Takes about 10
 minutes on 2 cores. Prints figures; asserts nothing."""
 
 from __future__ import annotations
