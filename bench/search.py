@@ -31,10 +31,11 @@ Each size has a database of its own (the smaller ones copied from the set-up one
 loaded with the same first ads) and an API and a minimal server of its own, all running
 at once. Each query is measured at every size in turn, seconds apart, smallest first and
 then largest first, `--rounds` times: this machine's speed drifts by a quarter or more
-within minutes, which a measurement of one size after the other took for growth. The summary gives the mean of the rounds, and the growth
-round by round. The requests-per-second runs of the API and of the minimal endpoint
-take turns too (`--turns`, 2 s each by default), for the same reason. Takes about 10
-minutes on 2 cores. Prints figures; asserts nothing."""
+within minutes, which a measurement of one size after the other took for growth. The
+summary gives the mean of the rounds, and the growth round by round. The
+requests-per-second runs of the API and of the minimal endpoint take turns too
+(`--turns`, 2 s each by default), for the same reason. Takes about 10 minutes on 2
+cores. Prints figures; asserts nothing."""
 
 from __future__ import annotations
 
