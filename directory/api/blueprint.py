@@ -99,3 +99,8 @@ class StrictParser(FlaskParser):
 
 class Blueprint(flask_smorest.Blueprint):
     ARGUMENTS_PARSER = StrictParser()
+
+    def arguments(self, schema, **kwargs):
+        # webargs builds a schema given as a class anew for every request (copying each
+        # of its fields); an instance is built once. Loading keeps no state in it.
+        return super().arguments(schema() if isinstance(schema, type) else schema, **kwargs)

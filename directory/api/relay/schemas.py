@@ -163,6 +163,9 @@ class AdRefSchema(Schema):
     title = fields.String()
 
 
+_AD_REF = AdRefSchema()  # built once: building a schema copies each of its fields
+
+
 class ConversationSummarySchema(Schema):
     id = fields.UUID()
     ad = fields.Method("_ad", metadata={"type": "object"})
@@ -179,7 +182,7 @@ class ConversationSummarySchema(Schema):
     last_message_at = fields.DateTime()
 
     def _ad(self, view) -> dict:
-        return AdRefSchema().dump({"id": view.ad_id, "title": view.ad_title})
+        return _AD_REF.dump({"id": view.ad_id, "title": view.ad_title})
 
 
 class ConversationSchema(ConversationSummarySchema):

@@ -31,7 +31,7 @@ GEOJSON = "application/geo+json"
 
 @blp.route("/search")
 class Search(MethodView):
-    @blp.arguments(SearchArgsSchema(), location="query")  # an instance: built once, not per request
+    @blp.arguments(SearchArgsSchema, location="query")
     @blp.response(200, SearchPageSchema, description="A page of hits (GeoJSON on request)")
     @blp.alt_response(429, description="Too many searches from this client: see Retry-After")
     @blp.doc(
