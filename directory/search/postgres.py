@@ -71,10 +71,8 @@ def make_search_engine(database_url: str, *, pool_size: int, statement_timeout_m
         # No JIT: compiling a plan took ~100 ms, more than any search should take.
         options="-c plan_cache_mode=force_custom_plan -c default_transaction_read_only=on "
         f"-c jit=off -c pg_trgm.word_similarity_threshold={TYPO_SIMILARITY}",
-        # A search is one or two SELECTs: no BEGIN/COMMIT and no ping before each, which
-        # were three of its five round trips. A connection lost to a database restart
-        # fails one search (503) and the pool then replaces it.
-        pre_ping=False,
+        # A search is one or two SELECTs: no BEGIN/COMMIT, which were two of its five
+        # round trips.
         autocommit=True,
     )
 

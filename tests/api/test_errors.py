@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import psycopg
 from sqlalchemy import text
 
 from directory import create_app
 from directory.api.db import transaction
-from directory.db import libpq_url
+from directory.db import libpq_url, unit_of_work
+from tests import factories
 
 
 def test_a_query_over_the_statement_timeout_answers_503(migrated):
@@ -53,20 +55,46 @@ def test_a_search_over_the_statement_timeout_answers_503(migrated):
     app.extensions["directory"].close()
 
 
-def test_a_search_after_its_connection_was_lost_recovers(migrated):
+def _end_sessions_as_a_restart_would(database_url: str, engine) -> None:
+    """Terminates the pool's connections from the server's side, and waits until they
+    are gone (pg_terminate_backend only signals)."""
+    with engine.connect() as connection:
+        pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+    with psycopg.connect(libpq_url(database_url), autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        for _ in range(200):
+            gone = admin.execute(
+                "SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE pid = %s)", (pid,)
+            )
+            if gone.fetchone()[0]:
+                return
+            time.sleep(0.01)
+    raise AssertionError(f"backend {pid} still there")
+
+
+def test_a_search_after_its_connection_was_ended_by_the_server_succeeds(migrated):
     app = create_app(migrated)
     client = app.test_client()
     assert client.get("/v1/search?q=bike").status_code == 200
-    with app.extensions["directory"].search_db.connect() as connection:
-        pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()  # the pool's only
-    with psycopg.connect(libpq_url(migrated.database_url), autocommit=True) as admin:
-        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))  # as a database restart would
-    first = client.get("/v1/search?q=bike")
-    assert first.status_code == 503
-    assert first.json["error"] == "unavailable"
-    # The lost connection left the pool: the next search gets a fresh one.
+    wiring = app.extensions["directory"]
+    _end_sessions_as_a_restart_would(migrated.database_url, wiring.search_db)
+    # The pool sees the server's farewell on the socket and takes a new connection.
     assert client.get("/v1/search?q=bike").status_code == 200
-    app.extensions["directory"].close()
+    assert wiring.search_db.pool.checkedin() == 1  # the ended one left the pool
+    wiring.close()
+
+
+def test_a_write_after_its_connection_was_ended_by_the_server_succeeds(migrated):
+    app = create_app(migrated)
+    client = app.test_client()
+    with unit_of_work(app.extensions["directory"].session_factory) as session:
+        portal = factories.create_portal(session, slug="sel-lyon")
+    assert client.get("/v1/portals/me", headers=portal.headers).status_code == 200
+    wiring = app.extensions["directory"]
+    _end_sessions_as_a_restart_would(migrated.database_url, wiring.engine)
+    response = client.get("/v1/portals/me", headers=portal.headers)
+    assert response.status_code == 200, response.json
+    wiring.close()
 
 
 def test_a_search_with_the_database_unreachable_answers_503(migrated):
