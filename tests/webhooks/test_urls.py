@@ -157,6 +157,22 @@ def test_a_name_resolving_to_a_private_address_is_refused(dns):
     )
 
 
+def test_a_name_is_resolved_again_at_each_check(dns):
+    # A URL's syntax and the kinds of addresses are remembered between checks, a name's
+    # answer never: a name that turns private after a check (DNS rebinding) is refused.
+    dns["portal.example"] = ["8.8.8.8"]
+    target = resolve_webhook_target("https://portal.example/hook", allow_loopback=False)
+    assert target.addresses == ("8.8.8.8",)
+    dns["portal.example"] = ["10.0.0.7"]
+    for _ in range(2):  # a refusal is not remembered as a pass either
+        assert "'portal.example' resolves to 10.0.0.7, a private" in refusal(
+            "https://portal.example/hook", allow_loopback=False
+        )
+    dns["portal.example"] = ["8.8.4.4"]
+    target = resolve_webhook_target("https://portal.example/hook", allow_loopback=False)
+    assert target.addresses == ("8.8.4.4",)
+
+
 def test_one_private_address_among_public_ones_is_enough_to_refuse(dns):
     dns["portal.example"] = ["8.8.8.8", "2606:4700::1111", "fd00:ec2::254"]
     assert "resolves to fd00:ec2::254, a private address" in refusal(
