@@ -15,10 +15,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from marshmallow import ValidationError
 from sqlalchemy import text
 
 from directory import create_app, localdb, localredis
 from directory.__main__ import alembic_config
+from directory.api.loading import FastLoader
 from directory.db import unit_of_work
 from directory.settings import Settings
 from tests import factories
@@ -111,6 +113,29 @@ def _empty_database(request):
         names = ", ".join(f'"{name}"' for name in tables if name not in KEEP_TABLES)
         if names:
             connection.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+
+
+@pytest.fixture(autouse=True)
+def _fast_loading_checked(monkeypatch):
+    """Everything the API loads through FastLoader (query strings, JSON bodies, batches)
+    is loaded again by Schema.load, which must give the same data or the same errors:
+    every request of every test checks the fast path against marshmallow."""
+    fast_load = FastLoader.load
+
+    def outcome(load, data):
+        try:
+            return "ok", load(data), None
+        except ValidationError as error:
+            return "error", error.messages, error
+
+    def checked_load(loader, data):
+        fast = outcome(lambda data: fast_load(loader, data), data)
+        assert fast[:2] == outcome(loader.schema.load, data)[:2], type(loader.schema).__name__
+        if fast[2] is not None:
+            raise fast[2]
+        return fast[1]
+
+    monkeypatch.setattr(FastLoader, "load", checked_load)
 
 
 @pytest.fixture
