@@ -32,6 +32,8 @@ class FastLoader:
             raise TypeError(f"{type(schema).__name__} has hooks FastLoader cannot run")
         if any(field.data_key for field in schema.load_fields.values()):
             raise TypeError(f"{type(schema).__name__} uses data_key, which FastLoader skips")
+        if schema.partial:  # missing fields would get their load_default, not be left out
+            raise TypeError(f"{type(schema).__name__} is partial, which FastLoader ignores")
         self.schema = schema
         self.plan = [
             (

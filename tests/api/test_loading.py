@@ -78,6 +78,11 @@ def test_fast_loader_refuses_a_schema_with_hooks_it_cannot_run():
         FastLoader(WithPreLoad())
 
 
+def test_fast_loader_refuses_a_partial_schema():
+    with pytest.raises(TypeError):
+        FastLoader(AdPutSchema(partial=True))
+
+
 # Query strings of searches, good and bad (the parser takes them through FastLoader).
 SEARCH_QUERIES = [
     {},
