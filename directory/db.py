@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from decimal import Decimal
 
 import orjson
+import psycopg
 from sqlalchemy import MetaData, create_engine, event, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DisconnectionError
@@ -49,16 +50,23 @@ def make_engine(
 def _refuse_if_closed_by_server(dbapi_connection, _record, _proxy) -> None:
     """In place of SQLAlchemy's pre-ping, a round trip on every checkout (a sixth of the
     relay's statements): a connection idle in the pool has nothing to read unless the
-    server wrote to it, and what it writes then is the notice that it ended the session
-    (restart, pg_terminate_backend) and the end of the stream. Such a connection is
-    refused, and the pool retries with a new one. Only a server that vanished without
-    a word (a network cut) is found by the next statement instead, which then fails."""
+    server wrote to it. What it writes then is mostly the notice that it ended the
+    session (restart, pg_terminate_backend), and only then is the connection pinged:
+    refused if the ping fails (the pool retries with a new one), kept if it was only a
+    notice or a parameter change. A server that vanished without a word (a network cut)
+    is found by the next statement instead, which then fails."""
     if dbapi_connection.closed:
         raise DisconnectionError("the connection is closed")
     poller = select.poll()
     poller.register(dbapi_connection.pgconn.socket, select.POLLIN)
-    if poller.poll(0):
-        raise DisconnectionError("the server ended this connection")
+    if not poller.poll(0):
+        return
+    try:
+        dbapi_connection.execute("SELECT 1")
+        if not dbapi_connection.autocommit:
+            dbapi_connection.rollback()
+    except psycopg.Error as error:
+        raise DisconnectionError(f"the server ended this connection: {error}") from error
 
 
 def libpq_url(database_url: str) -> str:

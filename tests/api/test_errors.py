@@ -97,6 +97,24 @@ def test_a_write_after_its_connection_was_ended_by_the_server_succeeds(migrated)
     wiring.close()
 
 
+def test_a_connection_that_only_got_a_message_while_idle_is_kept(migrated):
+    # Not every byte an idle connection receives is a farewell: here a notification.
+    # The pool pings it rather than throwing it away.
+    app = create_app(migrated)
+    client = app.test_client()
+    wiring = app.extensions["directory"]
+    with wiring.search_db.connect() as connection:
+        pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        connection.exec_driver_sql("LISTEN idle_test")
+    with psycopg.connect(libpq_url(migrated.database_url), autocommit=True) as other:
+        other.execute("NOTIFY idle_test")
+    time.sleep(0.2)  # for the notification to reach the idle connection's socket
+    assert client.get("/v1/search?q=bike").status_code == 200
+    with wiring.search_db.connect() as connection:
+        assert connection.exec_driver_sql("SELECT pg_backend_pid()").scalar() == pid
+    wiring.close()
+
+
 def test_a_search_with_the_database_unreachable_answers_503(migrated):
     app = create_app(
         dataclasses.replace(migrated, database_url="postgresql+psycopg://x@127.0.0.1:1/x")
