@@ -10,8 +10,7 @@ from sqlalchemy import text
 
 from directory import create_app
 from directory.api.db import transaction
-from directory.db import libpq_url, unit_of_work
-from tests import factories
+from directory.db import libpq_url
 
 
 def test_a_query_over_the_statement_timeout_answers_503(migrated):
@@ -84,11 +83,10 @@ def test_a_search_after_its_connection_was_ended_by_the_server_succeeds(migrated
     wiring.close()
 
 
-def test_a_write_after_its_connection_was_ended_by_the_server_succeeds(migrated):
+def test_a_write_after_its_connection_was_ended_by_the_server_succeeds(migrated, portal):
+    # An app of its own, whose pool holds just the one connection ended here.
     app = create_app(migrated)
     client = app.test_client()
-    with unit_of_work(app.extensions["directory"].session_factory) as session:
-        portal = factories.create_portal(session, slug="sel-lyon")
     assert client.get("/v1/portals/me", headers=portal.headers).status_code == 200
     wiring = app.extensions["directory"]
     _end_sessions_as_a_restart_would(migrated.database_url, wiring.engine)
