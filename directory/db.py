@@ -43,30 +43,33 @@ def make_engine(
         **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}),
         connect_args={"options": f"-c statement_timeout={statement_timeout_ms} {options}".strip()},
     )
-    event.listen(engine, "checkout", _refuse_if_closed_by_server)
+    event.listen(engine, "checkout", _replacing_connections_the_server_ended(engine.dialect))
     return engine
 
 
-def _refuse_if_closed_by_server(dbapi_connection, _record, _proxy) -> None:
+def _replacing_connections_the_server_ended(dialect):
     """In place of SQLAlchemy's pre-ping, a round trip on every checkout (a sixth of the
     relay's statements): a connection idle in the pool has nothing to read unless the
     server wrote to it. What it writes then is mostly the notice that it ended the
-    session (restart, pg_terminate_backend), and only then is the connection pinged:
-    refused if the ping fails (the pool retries with a new one), kept if it was only a
-    notice or a parameter change. A server that vanished without a word (a network cut)
-    is found by the next statement instead, which then fails."""
-    if dbapi_connection.closed:
-        raise DisconnectionError("the connection is closed")
-    poller = select.poll()
-    poller.register(dbapi_connection.pgconn.socket, select.POLLIN)
-    if not poller.poll(0):
-        return
-    try:
-        dbapi_connection.execute("SELECT 1")
-        if not dbapi_connection.autocommit:
-            dbapi_connection.rollback()
-    except psycopg.Error as error:
-        raise DisconnectionError(f"the server ended this connection: {error}") from error
+    session (restart, pg_terminate_backend), and only then is the connection pinged
+    (the dialect's own ping): refused if the ping fails (the pool retries with a new
+    one), kept if it was only a notice or a parameter change. A server that vanished
+    without a word (a network cut) is found by the next statement instead, which then
+    fails."""
+
+    def on_checkout(dbapi_connection, _record, _proxy) -> None:
+        if dbapi_connection.closed:
+            raise DisconnectionError("the connection is closed")
+        poller = select.poll()
+        poller.register(dbapi_connection.pgconn.socket, select.POLLIN)
+        if not poller.poll(0):
+            return
+        try:
+            dialect.do_ping(dbapi_connection)
+        except psycopg.Error as error:
+            raise DisconnectionError(f"the server ended this connection: {error}") from error
+
+    return on_checkout
 
 
 def libpq_url(database_url: str) -> str:
