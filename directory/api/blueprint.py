@@ -52,12 +52,22 @@ class StrictParser(FlaskParser):
             loader is None
             or validators
             or location_data is core.missing
-            or unknown not in (None, ma.RAISE)
+            or self._unknown(unknown, location) not in (None, ma.RAISE)
         ):
             return super()._process_location_data(
                 location_data, schema, req, location, unknown, validators
             )
         return loader.load(location_data)
+
+    def _unknown(self, unknown, location: str):
+        """What webargs does with unknown fields here: as given to `arguments`, else the
+        parser's, else its location's default (webargs passes a placeholder for "not
+        given" and resolves it inside the method this one overrides)."""
+        if unknown != core._UNKNOWN_DEFAULT_PARAM:
+            return unknown
+        if self.unknown != core._UNKNOWN_DEFAULT_PARAM:
+            return self.unknown
+        return self.DEFAULT_UNKNOWN_BY_LOCATION.get(location)
 
     def _loader(self, schema: ma.Schema, location: str) -> FastLoader | None:
         key = (schema, location)

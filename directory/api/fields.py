@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 import orjson
 from marshmallow import Schema, ValidationError, fields, utils, validate
@@ -155,11 +157,17 @@ class PerItemList(fields.List):
         return loaded
 
 
+@dataclass
 class ItemErrors:
-    def __init__(self, index: int, raw, messages):
-        self.index = index
-        self.raw = raw
-        self.messages = messages if isinstance(messages, dict) else {"_schema": messages}
+    """A batch item that failed validation: its place, what was sent, and why."""
+
+    index: int
+    raw: Any
+    messages: Any
+
+    def __post_init__(self):
+        if not isinstance(self.messages, dict):
+            self.messages = {"_schema": self.messages}
 
     @property
     def external_id(self) -> str | None:

@@ -116,3 +116,22 @@ SEARCH_QUERIES = [
 def test_fast_loader_agrees_with_schema_load_on_search_queries(query):
     schema = SearchArgsSchema()
     assert outcome(FastLoader(schema).load, query) == outcome(schema.load, query)
+
+
+def test_the_api_loads_query_strings_and_json_bodies_through_the_fast_loader(
+    client, make_portal, monkeypatch
+):
+    loaded = []
+    checked_load = FastLoader.load  # the suite's own check of each fast load (conftest)
+
+    def counted_load(loader, data):
+        loaded.append(type(loader.schema).__name__)
+        return checked_load(loader, data)
+
+    monkeypatch.setattr(FastLoader, "load", counted_load)
+    portal = make_portal()
+    assert client.get("/v1/search?lat=48.85&lon=2.35&radius_km=10").status_code == 200
+    put = client.put("/v1/ads/a-1", json=ad_payload(), headers=portal.headers)
+    assert put.status_code == 201, put.json
+    assert client.get("/v1/search?lat=48.85&lon=2.35&radius=10").status_code == 400
+    assert loaded == ["SearchArgsSchema", "AdPutSchema", "SearchArgsSchema"]
