@@ -58,8 +58,22 @@ def test_checksum_detects_any_single_changed_character():
         lambda key: "cdix_" + key[5:],
         lambda key: key[:20] + "!" + key[21:],
         lambda key: key.upper(),
+        lambda key: key[:20] + "\u0663" + key[21:],  # an Arabic-Indic digit three
+        lambda key: key[:20] + "\u00e9" + key[21:],
+        lambda key: key[:-1] + "\n",
+        lambda key: key + "\n",
     ],
-    ids=["truncated", "extended", "other-prefix", "non-base62", "case-changed"],
+    ids=[
+        "truncated",
+        "extended",
+        "other-prefix",
+        "non-base62",
+        "case-changed",
+        "non-ascii-digit",
+        "non-ascii-letter",
+        "newline-for-last",
+        "newline-after",
+    ],
 )
 def test_looks_like_key_refuses_malformed_keys(mangle):
     assert not looks_like_key(mangle(generate_key()))

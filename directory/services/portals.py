@@ -46,14 +46,18 @@ def generate_key() -> str:
     return KEY_PREFIX + body + checksum
 
 
+_KEY_SHAPE = re.compile(
+    f"{KEY_PREFIX}([0-9A-Za-z]{{{KEY_RANDOM_CHARS}}})([0-9A-Za-z]{{{KEY_CHECKSUM_CHARS}}})"
+)
+
+
 def looks_like_key(value: str) -> bool:
     """True for a well-formed key with a valid checksum (whether or not it exists)."""
-    if len(value) != KEY_LENGTH or not value.startswith(KEY_PREFIX):
+    shape = _KEY_SHAPE.fullmatch(value)
+    if shape is None:
         return False
-    body = value[len(KEY_PREFIX) : len(KEY_PREFIX) + KEY_RANDOM_CHARS]
-    if any(char not in BASE62 for char in value[len(KEY_PREFIX) :]):
-        return False
-    return value[-KEY_CHECKSUM_CHARS:] == _base62(zlib.crc32(body.encode()), KEY_CHECKSUM_CHARS)
+    body, checksum = shape.groups()
+    return checksum == _base62(zlib.crc32(body.encode()), KEY_CHECKSUM_CHARS)
 
 
 def key_digest(key: str) -> str:
