@@ -62,7 +62,8 @@ class StrictParser(FlaskParser):
     def _unknown(self, unknown, location: str):
         """What webargs does with unknown fields here: as given to `arguments`, else the
         parser's, else its location's default (webargs passes a placeholder for "not
-        given" and resolves it inside the method this one overrides)."""
+        given", a private name, and resolves it inside the method this one overrides;
+        test_loading checks that requests still take the fast path)."""
         if unknown != core._UNKNOWN_DEFAULT_PARAM:
             return unknown
         if self.unknown != core._UNKNOWN_DEFAULT_PARAM:
