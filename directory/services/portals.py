@@ -47,7 +47,7 @@ def generate_key() -> str:
 
 
 _KEY_SHAPE = re.compile(
-    f"{KEY_PREFIX}([0-9A-Za-z]{{{KEY_RANDOM_CHARS}}})([0-9A-Za-z]{{{KEY_CHECKSUM_CHARS}}})"
+    f"{KEY_PREFIX}([{BASE62}]{{{KEY_RANDOM_CHARS}}})([{BASE62}]{{{KEY_CHECKSUM_CHARS}}})"
 )
 
 
