@@ -219,6 +219,11 @@ def json_response(payload, status: int = 200, *, mimetype: str = "application/js
     """A JSON response of plain data (str, numbers, UUIDs, datetimes, lists, dicts)."""
     from flask import Response
 
-    # Non-string keys: marshmallow reports list items by index ({"tags": {1: [...]}}).
-    body = orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS)
+    try:
+        body = orjson.dumps(payload)
+    except orjson.JSONEncodeError:
+        # Non-string keys: marshmallow reports list items by index ({"tags": {1: [...]}}),
+        # as in a batch's item errors. Only then: the option costs a quarter more on
+        # every dict (8 µs on a page of 20 search hits).
+        body = orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS)
     return Response(body, status=status, mimetype=mimetype)

@@ -67,6 +67,13 @@ def test_a_schema_error_in_one_item_leaves_the_others_applied(client, portal):
     assert [ad["external_id"] for ad in listed] == ["ok"]
 
 
+def test_an_error_in_a_list_item_is_reported_under_its_index(client, portal):
+    # marshmallow keys a list item's errors by its index, an int: JSON makes it a string.
+    response = batch(client, portal, [{"external_id": "bad", "ad": ad_payload(tags=["ok", 5])}])
+    assert response.status_code == 200, response.json
+    assert response.json["results"][0]["errors"] == {"ad": {"tags": {"1": ["Not a valid string."]}}}
+
+
 def test_a_thousand_items_are_applied_in_one_request(client, portal):
     items = [{"external_id": f"a-{i:04}", "ad": ad_payload(title=f"Ad {i}")} for i in range(1000)]
     response = batch(client, portal, items)
