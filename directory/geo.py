@@ -78,10 +78,15 @@ def haversine_m(a: Point, b: Point) -> float:
     return 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(h)))
 
 
+_STEP_IN_TENTHS_KM = {privacy: round(step * 10) for privacy, step in DISTANCE_STEP_KM.items()}
+
+
 def rounded_distance_km(distance_m: float, privacy: Privacy) -> float:
     step = DISTANCE_STEP_KM[privacy]
-    # round(…, 1) drops float noise such as 2.9000000000000004 from the multiplication.
-    return round(round(distance_m / 1000 / step) * step, 1)
+    # A whole number of tenths divided by ten is the float nearest to the decimal, free of
+    # the noise of steps * step (2.9000000000000004). round(…, 1) gave the same through a
+    # decimal conversion, at 0.5 µs a hit.
+    return round(distance_m / 1000 / step) * _STEP_IN_TENTHS_KM[privacy] / 10
 
 
 @dataclass(frozen=True, slots=True)

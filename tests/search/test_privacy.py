@@ -11,6 +11,7 @@ Run with -s to see the measured errors."""
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass
 
 import h3.api.basic_int as h3
@@ -23,6 +24,7 @@ from directory.geo import (
     Privacy,
     haversine_m,
     publishable_point,
+    rounded_distance_km,
 )
 from tests.search.conftest import SearchWorld, destination
 
@@ -288,6 +290,19 @@ def test_search_shows_the_snapped_point_only(searcher, dataset, privacy):
     )
     (hit,) = [hit for hit in body["hits"] if hit["id"] == target.id]
     assert Point(hit["location"]["lat"], hit["location"]["lon"]) == target.published
+
+
+def test_a_distance_is_the_nearest_float_to_its_rounded_decimal():
+    """The same figures as rounding the multiple of the step to one decimal with round()."""
+    rng = random.Random(4)
+    distances = [rng.uniform(0, 20_040_000) for _ in range(20_000)]
+    distances += [rng.uniform(0, 30_000) for _ in range(20_000)]
+    distances += [0.0, 49.999, 50.0, 50.001, 149.9, 450.0, 2_950.0, 20_037_508.3]
+    for privacy, step in DISTANCE_STEP_KM.items():
+        for distance_m in distances:
+            expected = round(round(distance_m / 1000 / step) * step, 1)
+            assert rounded_distance_km(distance_m, privacy) == expected, (distance_m, privacy)
+    assert rounded_distance_km(2_900, Privacy.EXACT) == 2.9  # 29 * 0.1 is 2.9000000000000004
 
 
 def test_distances_are_multiples_of_the_levels_step(distance_attacks):
