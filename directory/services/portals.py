@@ -47,7 +47,7 @@ def generate_key() -> str:
 
 
 _KEY_SHAPE = re.compile(
-    f"{KEY_PREFIX}([{BASE62}]{{{KEY_RANDOM_CHARS}}})([{BASE62}]{{{KEY_CHECKSUM_CHARS}}})"
+    f"{re.escape(KEY_PREFIX)}([{BASE62}]{{{KEY_RANDOM_CHARS}}})([{BASE62}]{{{KEY_CHECKSUM_CHARS}}})"
 )
 
 
