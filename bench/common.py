@@ -11,9 +11,13 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
+import psycopg
+
 from directory import localdb
+from directory.db import libpq_url
 from directory.localdb import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,8 +86,8 @@ def database():
 @contextlib.contextmanager
 def gunicorn(database_url: str, *, workers: int = 2, env: dict[str, str] | None = None):
     """The API under gunicorn on a free loopback port, counting rate limits in a private
-    Redis as in production; yields the process, its base URL in .base_url. `env` adds
-    or overrides DIRECTORY_* settings."""
+    Redis as in production; yields the process, its base URL in .base_url and its Redis
+    server's process id in .redis_pid. `env` adds or overrides DIRECTORY_* settings."""
     from directory import localredis
 
     redis_folder = Path(tempfile.mkdtemp(prefix="directory-bench-redis-"))
@@ -102,6 +106,8 @@ def gunicorn(database_url: str, *, workers: int = 2, env: dict[str, str] | None 
                 **(env or {}),
             },
         ) as process:
+            # Read once gunicorn serves: redis-server writes it just after it listens.
+            process.redis_pid = int((redis_folder / "redis.pid").read_text())
             yield process
     finally:
         localredis.destroy(redis_folder)
@@ -171,3 +177,39 @@ def machine_busy_s() -> float:
         int(value) for value in Path("/proc/stat").read_text().split("\n")[0].split()[1:9]
     )
     return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
+
+
+def postmaster_pid(database_url: str) -> int:
+    """The benchmark cluster's server process (its backends are its children)."""
+    with psycopg.connect(libpq_url(database_url)) as connection:
+        data = connection.execute("SHOW data_directory").fetchone()[0]
+    return int((Path(data) / "postmaster.pid").read_text().split()[0])
+
+
+class CpuMeter:
+    """CPU seconds each part of the set-up uses from now until stop(), per process (a
+    process that ends meanwhile is not counted). What the machine did besides shows as
+    "other": another program running during the benchmark would skew its figures."""
+
+    def __init__(self, parts: dict[str, Callable[[], list[int]]]) -> None:
+        self.parts = parts
+        self.started = {name: self._read(list_pids()) for name, list_pids in parts.items()}
+        self.machine = machine_busy_s()
+
+    def stop(self) -> dict[str, float]:
+        used = {}
+        for name, list_pids in self.parts.items():
+            before = self.started[name]
+            used[name] = sum(
+                seconds - before.get(pid, 0.0) for pid, seconds in self._read(list_pids()).items()
+            )
+        used["other"] = max(0.0, machine_busy_s() - self.machine - sum(used.values()))
+        return used
+
+    @staticmethod
+    def _read(pids: list[int]) -> dict[int, float]:
+        seconds = {}
+        for pid in pids:
+            with contextlib.suppress(OSError):  # ended meanwhile
+                seconds[pid] = process_cpu_s(pid)
+        return seconds

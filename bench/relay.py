@@ -28,7 +28,6 @@ nothing."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import http.client
 import itertools
 import os
@@ -48,18 +47,17 @@ from urllib.parse import urlsplit
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import orjson
-import psycopg
 from sqlalchemy import text
 
 from bench import minimal_relay
 from bench.common import (
     ROOT,
+    CpuMeter,
     children,
     database,
     gunicorn,
     gunicorn_app,
-    machine_busy_s,
-    process_cpu_s,
+    postmaster_pid,
 )
 from directory import build_wiring
 from directory.__main__ import DEFAULT_WORKERS
@@ -479,42 +477,6 @@ def start_worker(database_url: str, log_path: Path) -> subprocess.Popen:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-
-
-def postmaster_pid(database_url: str) -> int:
-    """The benchmark cluster's server process (its backends are its children)."""
-    with psycopg.connect(libpq_url(database_url)) as connection:
-        data = connection.execute("SHOW data_directory").fetchone()[0]
-    return int((Path(data) / "postmaster.pid").read_text().split()[0])
-
-
-class CpuMeter:
-    """CPU seconds each part of the set-up uses from now until stop(), per process (a
-    process that ends meanwhile is not counted). What the machine did besides shows as
-    "other": another program running during the benchmark would skew its figures."""
-
-    def __init__(self, parts: dict[str, Callable[[], list[int]]]) -> None:
-        self.parts = parts
-        self.started = {name: self._read(list_pids()) for name, list_pids in parts.items()}
-        self.machine = machine_busy_s()
-
-    def stop(self) -> dict[str, float]:
-        used = {}
-        for name, list_pids in self.parts.items():
-            before = self.started[name]
-            used[name] = sum(
-                seconds - before.get(pid, 0.0) for pid, seconds in self._read(list_pids()).items()
-            )
-        used["other"] = max(0.0, machine_busy_s() - self.machine - sum(used.values()))
-        return used
-
-    @staticmethod
-    def _read(pids: list[int]) -> dict[int, float]:
-        seconds = {}
-        for pid in pids:
-            with contextlib.suppress(OSError):  # ended meanwhile
-                seconds[pid] = process_cpu_s(pid)
-        return seconds
 
 
 def relay_meter(*, api: subprocess.Popen, worker: subprocess.Popen, database_url: str) -> CpuMeter:

@@ -34,7 +34,11 @@ then largest first, `--rounds` times: this machine's speed drifts by a quarter o
 within minutes, which a measurement of one size after the other took for growth. The
 summary gives the mean of the rounds, and the growth round by round. The
 requests-per-second runs of the API and of the minimal endpoint take turns too
-(`--turns`, 2 s each by default), for the same reason. Takes about 10 minutes on 2
+(`--turns`, 2 s each by default), for the same reason. During those runs the bench also
+reads the CPU each part used (the server's gunicorn processes, PostgreSQL, the API's Redis,
+the clients in this process, the rest of the machine), per request: the machine is
+saturated, so the ratio of throughputs is the inverse ratio of those sums, and their
+difference by part says where the API's extra cost lies. Takes about 10 minutes on 2
 cores. Prints figures; asserts nothing."""
 
 from __future__ import annotations
@@ -47,12 +51,14 @@ import math
 import os
 import queue
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -65,7 +71,7 @@ import orjson
 import psycopg
 from sqlalchemy import event, text
 
-from bench.common import database, gunicorn, gunicorn_app
+from bench.common import CpuMeter, children, database, gunicorn, gunicorn_app, postmaster_pid
 from directory import build_wiring, create_app
 from directory.__main__ import DEFAULT_WORKERS
 from directory.db import libpq_url, unit_of_work
@@ -808,25 +814,55 @@ def concurrent(
     return len(latencies) / duration, latencies, errors
 
 
-def in_turns(
-    servers: list[tuple[str, list[str]]], args
-) -> list[tuple[float, list[float], Counter]]:
-    """`concurrent` for each (base URL, paths), `args.duration` seconds each in all, in
-    `args.turns` turns (A B, B A, ...): measured one after the other, the machine's
-    drift (a quarter within minutes) went into their ratio."""
+@dataclass
+class Served:
+    """A server under load: where it answers, what to ask it, and the processes whose CPU
+    its requests cost (by name: the server, PostgreSQL, Redis, the clients)."""
+
+    base_url: str
+    paths: list[str]
+    parts: dict[str, Callable[[], list[int]]]
+
+
+@dataclass
+class Loaded:
+    """What `in_turns` measured of one server."""
+
+    rps: float
+    latencies: list[float]
+    errors: Counter
+    per_turn: list[int]  # requests answered in each turn
+    cpu_ms: dict[str, float]  # CPU per request by part (and "other": the rest of the machine)
+
+
+def in_turns(servers: list[Served], args) -> list[Loaded]:
+    """`concurrent` for each server, `args.duration` seconds each in all, in `args.turns`
+    turns (A B, B A, ...): measured one after the other, the machine's drift (a quarter
+    within minutes) went into their ratio."""
     latencies: list[list[float]] = [[] for _ in servers]
     errors: list[Counter] = [Counter() for _ in servers]
+    per_turn: list[list[int]] = [[] for _ in servers]
+    cpu: list[Counter] = [Counter() for _ in servers]
     for turn in range(args.turns):
         order = list(enumerate(servers))
-        for index, (base_url, paths) in order if turn % 2 == 0 else order[::-1]:
+        for index, served in order if turn % 2 == 0 else order[::-1]:
+            meter = CpuMeter(served.parts)
             _, turn_latencies, turn_errors = concurrent(
-                base_url, paths, args.clients, args.duration / args.turns
+                served.base_url, served.paths, args.clients, args.duration / args.turns
             )
+            cpu[index].update(meter.stop())
             latencies[index] += turn_latencies
             errors[index].update(turn_errors)
+            per_turn[index].append(len(turn_latencies))
     return [
-        (len(measured) / args.duration, measured, failed)
-        for measured, failed in zip(latencies, errors, strict=True)
+        Loaded(
+            rps=len(measured) / args.duration,
+            latencies=measured,
+            errors=failed,
+            per_turn=counts,
+            cpu_ms={part: seconds / max(1, len(measured)) * 1000 for part, seconds in used.items()},
+        )
+        for measured, failed, counts, used in zip(latencies, errors, per_turn, cpu, strict=True)
     ]
 
 
@@ -909,6 +945,9 @@ class Result:
     minimal_loaded: tuple[float, float, float]
     errors: Counter
     hits: float
+    turn_ratios: list[float]  # API/minimal requests of each turn
+    api_cpu_ms: dict[str, float]
+    minimal_cpu_ms: dict[str, float]
 
 
 def measure(
@@ -916,8 +955,8 @@ def measure(
     name: str,
     captured: Captured,
     query_strings: list[str],
-    api_url: str,
-    minimal_url: str,
+    api: subprocess.Popen,
+    minimal: subprocess.Popen,
     args,
 ):
     variants = captured.queries[name]
@@ -927,32 +966,55 @@ def measure(
     budget = Budget(args.requests, args.budget, 10)
     errors: Counter = Counter()
     runs = {}
-    api, api_errors = sequential(api_url, api_paths, budget)
+    api_latencies, api_errors = sequential(api.base_url, api_paths, budget)
     errors.update({f"API: {k}": v for k, v in api_errors.items()})
-    minimal, minimal_errors = sequential(minimal_url, minimal_paths, budget)
+    minimal_latencies, minimal_errors = sequential(minimal.base_url, minimal_paths, budget)
     errors.update({f"minimal: {k}": v for k, v in minimal_errors.items()})
-    runs["API"], runs["minimal"] = len(api), len(minimal)
+    runs["API"], runs["minimal"] = len(api_latencies), len(minimal_latencies)
     sql, notes = {}, {}
     for mode in SQL_MODES:
         latencies, note, hits = raw_sql(url, captured, [variants[i] for i in order], mode, budget)
         sql[mode], notes[mode], runs[f"SQL {mode}"] = percentiles(latencies), note, len(latencies)
-    (api_rps, api_loaded, api_errors), (minimal_rps, minimal_loaded, minimal_errors) = in_turns(
-        [(api_url, api_paths), (minimal_url, minimal_paths)], args
+    postmaster = postmaster_pid(url)
+
+    def parts(server: subprocess.Popen) -> dict[str, Callable[[], list[int]]]:
+        # The API's Redis for both: what the minimal costs there is the baseline (nothing).
+        return {
+            "server": lambda: [server.pid, *children(server.pid)],
+            "PostgreSQL": lambda: [postmaster, *children(postmaster)],
+            "Redis": lambda: [api.redis_pid],
+            "clients": lambda: [os.getpid()],
+        }
+
+    api_loaded, minimal_loaded = in_turns(
+        [
+            Served(api.base_url, api_paths, parts(api)),
+            Served(minimal.base_url, minimal_paths, parts(minimal)),
+        ],
+        args,
     )
-    errors.update({f"API (concurrent): {k}": v for k, v in api_errors.items()})
-    errors.update({f"minimal (concurrent): {k}": v for k, v in minimal_errors.items()})
+    errors.update({f"API (concurrent): {k}": v for k, v in api_loaded.errors.items()})
+    errors.update({f"minimal (concurrent): {k}": v for k, v in minimal_loaded.errors.items()})
     return Result(
-        api=percentiles(api),
-        minimal=percentiles(minimal),
+        api=percentiles(api_latencies),
+        minimal=percentiles(minimal_latencies),
         sql=sql,
         sql_notes=notes,
         runs=runs,
-        api_rps=api_rps,
-        minimal_rps=minimal_rps,
-        api_loaded=percentiles(api_loaded) if api_loaded else (math.nan,) * 3,
-        minimal_loaded=percentiles(minimal_loaded) if minimal_loaded else (math.nan,) * 3,
+        api_rps=api_loaded.rps,
+        minimal_rps=minimal_loaded.rps,
+        api_loaded=percentiles(api_loaded.latencies) if api_loaded.latencies else (math.nan,) * 3,
+        minimal_loaded=percentiles(minimal_loaded.latencies)
+        if minimal_loaded.latencies
+        else (math.nan,) * 3,
         errors=errors,
         hits=hits,
+        turn_ratios=[
+            ours / theirs if theirs else math.nan
+            for ours, theirs in zip(api_loaded.per_turn, minimal_loaded.per_turn, strict=True)
+        ],
+        api_cpu_ms=api_loaded.cpu_ms,
+        minimal_cpu_ms=minimal_loaded.cpu_ms,
     )
 
 
@@ -1117,8 +1179,8 @@ def main() -> None:
                             name,
                             captured[size],
                             query_strings[size][name],
-                            api.base_url,
-                            minimal.base_url,
+                            api,
+                            minimal,
                             args,
                         )
                         results[size].setdefault(name, []).append(result)
@@ -1162,10 +1224,18 @@ def print_result(title: str, name: str, result: Result) -> None:
         f"{result.sql_notes['engine']})\n"
         f"    requests/s  API {result.api_rps:.1f}  minimal {result.minimal_rps:.1f}  "
         f"(p50/p95/p99 ms under load: API {fmt(result.api_loaded)}, minimal "
-        f"{fmt(result.minimal_loaded)})"
+        f"{fmt(result.minimal_loaded)})\n"
+        f"    requests API/minimal by turn {' '.join(f'{r:.2f}' for r in result.turn_ratios)}\n"
+        f"    CPU ms per request under load: API {cpu_parts(result.api_cpu_ms)}; "
+        f"minimal {cpu_parts(result.minimal_cpu_ms)}"
     )
     for error, times in result.errors.most_common(3):
         print(f"    ERROR x{times}: {error}")
+
+
+def cpu_parts(cpu_ms: dict[str, float]) -> str:
+    parts = ", ".join(f"{part} {ms:.2f}" for part, ms in cpu_ms.items())
+    return f"{sum(cpu_ms.values()):.2f} ({parts})"
 
 
 def mean_result(rounds: list[Result]) -> Result:
@@ -1190,6 +1260,15 @@ def mean_result(rounds: list[Result]) -> Result:
         minimal_loaded=mean([result.minimal_loaded for result in rounds]),
         errors=errors,
         hits=statistics.fmean(result.hits for result in rounds),
+        turn_ratios=[ratio for result in rounds for ratio in result.turn_ratios],
+        api_cpu_ms={
+            part: statistics.fmean(result.api_cpu_ms[part] for result in rounds)
+            for part in last.api_cpu_ms
+        },
+        minimal_cpu_ms={
+            part: statistics.fmean(result.minimal_cpu_ms[part] for result in rounds)
+            for part in last.minimal_cpu_ms
+        },
     )
 
 
@@ -1219,6 +1298,25 @@ def report(sizes: list[int], rounds: dict[int, dict[str, list[Result]]]) -> None
                 f"{result.api_rps:>8.1f} {result.minimal_rps:>8.1f} "
                 f"{result.api[0] / result.minimal[0]:>11.2f} "
                 f"{result.api_rps / result.minimal_rps if result.minimal_rps else math.nan:>11.2f}"
+            )
+    print(
+        "\nWhere the throughputs differ: CPU per request under load in ms, the API's and the "
+        "minimal's\n(server: its gunicorn processes; other: the rest of the machine), and the "
+        "API/minimal requests\nof the rps runs' turns, lowest and highest."
+    )
+    header = (
+        f"{'ads':>9}  {'query':<20} {'API':>6} {'minimal':>8}  API - minimal by part"
+        f"{'':<51} {'turns':>10}"
+    )
+    print(header)
+    print("-" * len(header))
+    for size in sizes:
+        for name, result in results[size].items():
+            api, minimal = result.api_cpu_ms, result.minimal_cpu_ms
+            by_part = ", ".join(f"{part} {api[part] - minimal[part]:+.2f}" for part in api)
+            print(
+                f"{size:>9,}  {name:<20} {sum(api.values()):>6.2f} {sum(minimal.values()):>8.2f}"
+                f"  {by_part:<72} {min(result.turn_ratios):.2f}-{max(result.turn_ratios):.2f}"
             )
     print(
         "\nGoals: p50 API/minimal <= 2, rps API/minimal >= 0.7, API p50 at the largest size "
