@@ -7,11 +7,16 @@ import dataclasses
 import json
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import select, update
 from standardwebhooks import Webhook
 
 from directory import build_wiring, create_app
+from directory.db import unit_of_work
+from directory.models import Delivery, DeliveryState
+from directory.services.deliveries import RETRY_JITTER
 from directory.webhooks.delivery import WebhookSender
 from directory.worker import Deliverer
 from tests.factories import ad_payload
@@ -41,6 +46,17 @@ def fast(migrated):
     deliverer.join()
     wiring.close()
     app.extensions["directory"].close()
+
+
+@pytest.fixture
+def deliver_one_round(wiring):
+    """One round of the deliverer at a time, as `directory worker --once` runs it: claim
+    what is due, send it, record the outcomes in one transaction. Nothing runs between
+    rounds, so a test knows which deliveries shared one."""
+    sender = WebhookSender(read_timeout_s=READ_TIMEOUT_S, total_timeout_s=1)
+    deliverer = Deliverer(wiring, threading.Event(), sender=sender)
+    yield deliverer.deliver_due
+    deliverer.join()
 
 
 def secret_of(client, portal) -> str:
@@ -212,3 +228,63 @@ def _as_received(delivery) -> str:
     # The Host header names the receiver itself, which its portal knows.
     headers = {name: value for name, value in delivery.headers.items() if name != "host"}
     return delivery.raw_body.decode() + json.dumps(headers)
+
+
+def test_an_error_body_with_a_nul_byte_is_recorded_with_the_rest_of_its_round(
+    client, deliver_one_round, portal, other_portal
+):
+    # PostgreSQL's text cannot hold NUL: stored as received, the receiver's words would
+    # roll back the round's one transaction, every outcome in it with them.
+    with (
+        WebhookReceiver([secret_of(client, portal)]) as broken,
+        WebhookReceiver([secret_of(client, other_portal)]) as working,
+    ):
+        broken.reply_next(Reply(status=500, body=b"internal error\x00oops"))
+        for hooked, receiver in ((portal, broken), (other_portal, working)):
+            client.patch(
+                "/v1/portals/me", json={"webhook_url": receiver.url}, headers=hooked.headers
+            )
+        conversation_id = open_conversation(client, portal, other_portal)["conversation"]["id"]
+        client.post(
+            f"/v1/conversations/{conversation_id}/messages",
+            json={"member": "m-owner", "body": "Yes"},
+            headers=portal.headers,
+        )
+        deliver_one_round()
+        assert (len(broken.deliveries), len(working.deliveries)) == (1, 1)
+    path = f"/v1/conversations/{conversation_id}"
+    # Each portal sees the delivery to itself in full (last_error is about its endpoint).
+    to_broken = client.get(path, headers=portal.headers).json["messages"][0]["delivery"]
+    assert to_broken["state"] == "pending"
+    assert to_broken["attempts"] == 1
+    assert to_broken["last_error"] == "HTTP 500: internal error\ufffdoops"
+    to_working = client.get(path, headers=other_portal.headers).json["messages"][1]["delivery"]
+    assert to_working["state"] == "delivered"
+    assert to_working["delivered_via"] == "webhook"
+
+
+def test_an_endpoint_failing_for_a_day_is_still_retried_within_the_longest_delay(
+    client, wiring, deliver_one_round, portal, other_portal
+):
+    longest = timedelta(seconds=wiring.settings.delivery_max_retry_s)
+    with WebhookReceiver([secret_of(client, portal)]) as receiver:
+        receiver.reply_next(Reply(status=503))
+        client.patch("/v1/portals/me", json={"webhook_url": receiver.url}, headers=portal.headers)
+        open_conversation(client, portal, other_portal)
+        # Down for a day: about 9 attempts to reach the longest delay, then one every 30 to
+        # 60 minutes. The doubled first delay no longer fits in a timedelta by then.
+        with unit_of_work(wiring.session_factory) as session:
+            session.execute(update(Delivery).values(attempts=44))
+        before = datetime.now(UTC)
+        deliver_one_round()
+        after = datetime.now(UTC)
+        assert [delivery.reply.status for delivery in receiver.deliveries] == [503]
+    with unit_of_work(wiring.session_factory) as session:
+        delivery = session.scalars(select(Delivery)).one()
+    assert (delivery.state, delivery.attempts, delivery.last_status) == (
+        DeliveryState.PENDING,
+        45,
+        503,
+    )
+    # The longest delay, less its jitter: neither at once nor later than the longest.
+    assert before + longest * (1 - RETRY_JITTER) <= delivery.next_attempt_at <= after + longest

@@ -33,6 +33,7 @@ from directory.models.types import created_at_column, enum_column
 
 MAX_MESSAGE_CHARS = 8000
 MAX_NAME_CHARS = 80
+MAX_SEQ = 2**31 - 1  # messages.seq is an integer column
 
 
 class Role(enum.StrEnum):

@@ -284,7 +284,8 @@ def _encode_since(delivery_id: int) -> str:
 def _decode_since(since: str | None) -> int:
     if since is None:
         return 0
-    if since[:1] == "d" and since[1:].isdigit() and len(since) < 20:
+    # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
+    if since[:1] == "d" and since[1:].isascii() and since[1:].isdigit() and len(since) < 20:
         return int(since[1:])
     raise InvalidInput(
         "since must be a next_since value from the inbox, unchanged",
@@ -423,8 +424,13 @@ def record_outcome(
     if now >= give_up_at:
         delivery.state = DeliveryState.FAILED
         return delivery.state
-    delay = policy.first_retry * 2 ** max(0, delivery.attempts - 1)
-    delay = min(delay, policy.max_retry) * (1 - RETRY_JITTER * random.random())
+    # In float seconds, doublings bounded: a timedelta overflowed after 43 doublings of 10 s,
+    # which an endpoint failing for about a day reaches (retried every 30 to 60 min by then).
+    doublings = min(max(0, delivery.attempts - 1), 64)
+    seconds = min(
+        policy.first_retry.total_seconds() * 2.0**doublings, policy.max_retry.total_seconds()
+    )
+    delay = timedelta(seconds=seconds) * (1 - RETRY_JITTER * random.random())
     if retry_after is not None:
         delay = max(delay, min(retry_after, policy.max_retry))
     # The last try comes at the end of the delivery period, not after it.

@@ -125,7 +125,12 @@ def open_conversation(
     )
     if idempotency_key is not None:
         replay = _replayed(
-            session, sender=sender, idempotency_key=idempotency_key, body=body, ad_id=ad_id
+            session,
+            sender=sender,
+            member=member,
+            idempotency_key=idempotency_key,
+            body=body,
+            ad_id=ad_id,
         )
         if replay is not None:
             return replay
@@ -204,6 +209,7 @@ def post_message(
         replay = _replayed(
             session,
             sender=sender,
+            member=member,
             idempotency_key=idempotency_key,
             body=body,
             conversation_id=conversation_id,
@@ -405,23 +411,39 @@ def _replayed(
     session: Session,
     *,
     sender: AuthenticatedPortal,
+    member: str,
     idempotency_key: str,
     body: str,
     ad_id: uuid.UUID | None = None,
     conversation_id: uuid.UUID | None = None,
 ) -> Sent | None:
     """The message an earlier request with this key made, if any; a key used for a
-    different message is an error rather than a silent loss of the new one."""
+    different message (or by another of the portal's members) is an error rather than a
+    silent loss of the new one."""
     row = session.execute(
-        select(Message.id, Message.conversation_id, Message.body, Message.seq, Conversation.ad_id)
+        select(
+            Message.id,
+            Message.conversation_id,
+            Message.body,
+            Message.seq,
+            Message.sender_role,
+            Conversation.ad_id,
+            Conversation.initiator_member,
+            Conversation.recipient_member,
+        )
         .join(Conversation, Conversation.id == Message.conversation_id)
         .where(Message.sender_portal_id == sender.id, Message.idempotency_key == idempotency_key)
     ).one_or_none()
     if row is None:
         return None
-    same = row.body == body and (
-        (conversation_id is not None and row.conversation_id == conversation_id)
-        or (ad_id is not None and row.seq == 1 and row.ad_id == ad_id)
+    sent_by = row.initiator_member if row.sender_role is Role.INITIATOR else row.recipient_member
+    same = (
+        row.body == body
+        and sent_by == member
+        and (
+            (conversation_id is not None and row.conversation_id == conversation_id)
+            or (ad_id is not None and row.seq == 1 and row.ad_id == ad_id)
+        )
     )
     if not same:
         raise Conflict(
@@ -685,7 +707,12 @@ def _encode_cursor(at: datetime, conversation_id: uuid.UUID) -> str:
 def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     try:
         at, conversation_id = orjson.loads(cursors.decode(CURSOR_PREFIX, cursor))
-        return datetime.fromisoformat(at), uuid.UUID(conversation_id)
+        if not (isinstance(at, str) and isinstance(conversation_id, str)):
+            raise TypeError
+        at = datetime.fromisoformat(at)
+        if at.tzinfo is None:
+            raise ValueError
+        return at, uuid.UUID(conversation_id)
     except (ValueError, TypeError):  # orjson.JSONDecodeError is a ValueError
         raise InvalidInput(
             "cursor must be a next_cursor value from this list, unchanged",

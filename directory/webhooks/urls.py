@@ -33,6 +33,10 @@ DOMAIN_NAME = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?")
 
 # Shared address space of carrier-grade NAT: not public, yet not "private" to ipaddress.
 CARRIER_GRADE_NAT = ipaddress.IPv4Network("100.64.0.0/10")
+# IANA's IETF protocol assignments, not globally reachable (some clouds' metadata services
+# answer at 192.0.0.192). Named here: Python 3.11.7's ipaddress counts 192.0.0.8 and up
+# as global, and later versions changed that table.
+IETF_PROTOCOL_ASSIGNMENTS = ipaddress.IPv4Network("192.0.0.0/24")
 # IPv6 prefixes that carry an IPv4 address in their last 32 bits, routed to it by NAT64
 # gateways or, for the deprecated IPv4-compatible form, by the host itself.
 NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
@@ -194,6 +198,8 @@ def _why_not_public(address: IPAddress, *, allow_loopback: bool) -> str | None:
         return "a link-local address (where cloud metadata services answer)"
     if address in CARRIER_GRADE_NAT:
         return "a carrier-grade NAT address"
+    if address in IETF_PROTOCOL_ASSIGNMENTS:
+        return "an IETF protocol assignment address"
     if address.is_multicast:
         return "a multicast address"
     if address.is_reserved:

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import text, update
 
-from directory import create_app
+from directory import create_app, cursors
 from directory.db import unit_of_work
 from directory.models import Ad, Conversation, Message
 from directory.services import relay
@@ -127,6 +127,18 @@ def test_messages_page_by_seq(client, advertiser, writer_portal, ad_id):
     rest = client.get(path + "?after=2&limit=10", headers=advertiser.headers).json
     assert [m["seq"] for m in rest["messages"]] == [3, 4, 5]
     assert rest["next_after"] is None
+
+
+@pytest.mark.parametrize("after", ["2147483648", "99999999999999999999999"])
+def test_an_after_beyond_any_seq_is_refused(client, advertiser, writer_portal, ad_id, after):
+    # seq is a 32-bit integer column: a larger number is refused here, not by PostgreSQL.
+    conversation_id = contact(client, writer_portal, ad_id).json["conversation"]["id"]
+    path = f"/v1/conversations/{conversation_id}"
+    response = client.get(path, query_string={"after": after}, headers=advertiser.headers)
+    assert response.status_code == 400, response.json
+    assert "after" in response.json["errors"]["query"]
+    largest = client.get(path, query_string={"after": 2**31 - 1}, headers=advertiser.headers)
+    assert (largest.status_code, largest.json["messages"]) == (200, [])
 
 
 def test_two_conversations_of_one_member_cannot_be_linked(client, advertiser, writer_portal):
@@ -347,6 +359,34 @@ def test_a_key_reused_for_another_message_is_refused(client, advertiser, writer_
     assert "idempotency_key" in response.json["errors"]["json"]
 
 
+def test_a_key_reused_by_another_member_of_the_portal_is_refused_on_opening(
+    client, advertiser, writer_portal, ad_id
+):
+    # Keys are the portal's: another member's message, even in the same words, is not a
+    # retry of the first member's and must not be dropped as one.
+    first = contact(client, writer_portal, ad_id, member="m-one", idempotency_key="k-1")
+    again = contact(client, writer_portal, ad_id, member="m-two", idempotency_key="k-1")
+    assert (first.status_code, again.status_code) == (201, 409), again.json
+    assert again.json["error"] == "idempotency_key_reused"
+    assert "idempotency_key" in again.json["errors"]["json"]
+    listed = client.get("/v1/conversations?member=m-two", headers=writer_portal.headers).json
+    assert listed["conversations"] == []
+
+
+def test_a_key_reused_by_another_member_of_the_portal_is_refused_on_replying(
+    client, advertiser, ad_id
+):
+    # Both parties are members of one portal, so they write with the same portal's keys.
+    opened = contact(client, advertiser, ad_id, member="m-neighbour")
+    conversation_id = opened.json["conversation"]["id"]
+    first = reply(client, advertiser, conversation_id, member=ADVERTISER, idempotency_key="r-1")
+    again = reply(client, advertiser, conversation_id, member="m-neighbour", idempotency_key="r-1")
+    assert (first.status_code, again.status_code) == (201, 409), again.json
+    assert again.json["error"] == "idempotency_key_reused"
+    seen = client.get(f"/v1/conversations/{conversation_id}", headers=advertiser.headers).json
+    assert [message["sender"] for message in seen["messages"]] == ["initiator", "recipient"]
+
+
 # --- limits -------------------------------------------------------------------------------
 
 
@@ -428,6 +468,26 @@ def test_bad_list_queries_are_refused(client, advertiser, query):
     assert query.split("=")[0] in response.json["errors"]["query"]
 
 
+@pytest.mark.parametrize(
+    "inside",
+    [
+        pytest.param(["2024-01-01T00:00:00+00:00", 5], id="id-number"),
+        pytest.param(["2024-01-01T00:00:00+00:00", ["x"]], id="id-list"),
+        pytest.param(["2024-01-01T00:00:00+00:00", {"a": 1}], id="id-object"),
+        pytest.param(["2024-01-01T00:00:00", str(uuid.UUID(int=1))], id="time-without-zone"),
+    ],
+)
+def test_a_tampered_list_cursor_is_refused(client, advertiser, inside):
+    # Valid base64 of valid JSON, with the wrong things inside: what a client editing a
+    # cursor sends. It is refused as a cursor rather than reaching the query.
+    cursor = cursors.encode(relay.CURSOR_PREFIX, json.dumps(inside).encode())
+    response = client.get(
+        "/v1/conversations", query_string={"cursor": cursor}, headers=advertiser.headers
+    )
+    assert response.status_code == 400, response.json
+    assert "cursor" in response.json["errors"]["query"]
+
+
 # --- the inbox -------------------------------------------------------------------------------
 
 
@@ -503,6 +563,14 @@ def test_bad_inbox_queries_are_refused(client, advertiser, query):
     response = client.get(f"/v1/inbox?{query}", headers=advertiser.headers)
     assert response.status_code == 400
     assert query.split("=")[0] in response.json["errors"]["query"]
+
+
+@pytest.mark.parametrize("since", ["d\u00b2", "d1\u00b9", "d\u2460"])
+def test_an_inbox_since_with_other_than_ascii_digits_is_refused(client, advertiser, since):
+    # str.isdigit() is true of superscripts and circled digits, which int() refuses.
+    response = client.get("/v1/inbox", query_string={"since": since}, headers=advertiser.headers)
+    assert response.status_code == 400, response.json
+    assert "since" in response.json["errors"]["query"]
 
 
 # --- retention ----------------------------------------------------------------------------

@@ -37,6 +37,7 @@ def test_a_loopback_webhook_is_accepted_where_allowed(client, portal):
         "http://169.254.169.254/latest/meta-data",
         "https://[fd00:ec2::254]/",
         "https://100.64.0.1/",
+        "https://192.0.0.192/latest/",  # 192.0.0.0/24: Oracle Cloud's metadata service
         "https://0.0.0.0/",
         "https://user:secret@127.0.0.1/hook",
         "http://[::ffff:10.0.0.1]/",

@@ -4,7 +4,7 @@ from marshmallow import Schema, fields, validate
 
 from directory.api.fields import HANDLE, Text, validate_display_name, validate_member_handle
 from directory.models import DeliveryState, Role
-from directory.models.relay import MAX_MESSAGE_CHARS, MAX_NAME_CHARS
+from directory.models.relay import MAX_MESSAGE_CHARS, MAX_NAME_CHARS, MAX_SEQ
 
 MAX_ACK_IDS = 1000
 
@@ -80,7 +80,7 @@ class BlockSchema(Schema):
 class ConversationArgsSchema(Schema):
     after = fields.Integer(
         load_default=0,
-        validate=validate.Range(min=0),
+        validate=validate.Range(min=0, max=MAX_SEQ),
         metadata={"description": "Messages after this seq (next_after of the previous page)"},
     )
     limit = fields.Integer(load_default=50, validate=validate.Range(1, 100))
