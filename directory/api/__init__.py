@@ -138,8 +138,10 @@ def _refuse_unknown_query_parameters() -> None:
         return
     from flask import current_app
 
+    # HEAD is answered by GET and takes its parameters; OPTIONS is Flask's, and ignores them.
+    method = "GET" if request.method == "HEAD" else request.method
     view = current_app.view_functions.get(request.endpoint)
-    if view is None or _declares_query(view, request.method):
+    if view is None or method == "OPTIONS" or _declares_query(view, method):
         return
     if request.endpoint in ("api-docs.openapi_json",):
         return

@@ -73,7 +73,9 @@ class SearchQuery:
     kinds: tuple[AdKind, ...] = ()
     # Already expanded: a group stands for itself and all its children.
     categories: tuple[str, ...] = ()
-    tags: tuple[str, ...] = ()  # lower case
+    # As asked: each engine folds the case of both sides alike (PostgreSQL's lower() and
+    # Python's are not the same for every letter, casefold() differs from both).
+    tags: tuple[str, ...] = ()
     currencies: tuple[str, ...] = ()
     languages: tuple[str, ...] = ()  # lower case; "fr" also matches "fr-ca"
     portals: tuple[str, ...] = ()  # slugs
@@ -112,7 +114,7 @@ class SearchQuery:
             else [self.bbox.west, self.bbox.south, self.bbox.east, self.bbox.north],
             "kinds": sorted(self.kinds),
             "categories": sorted(self.categories),
-            "tags": sorted(self.tags),
+            "tags": sorted(tag.lower() for tag in self.tags),
             "currencies": sorted(self.currencies),
             "languages": sorted(self.languages),
             "portals": sorted(self.portals),
@@ -178,6 +180,13 @@ def encode_cursor(query: SearchQuery, key: SortKey) -> str:
     return cursors.encode(CURSOR_PREFIX, raw)
 
 
+def _is_aware_time(text: str) -> bool:
+    try:
+        return datetime.fromisoformat(text).tzinfo is not None
+    except ValueError:
+        return False
+
+
 def decode_cursor(query: SearchQuery, cursor: str) -> SortKey:
     """The key a cursor continues after; refused when it came from another query."""
 
@@ -188,6 +197,8 @@ def decode_cursor(query: SearchQuery, cursor: str) -> SortKey:
 
     try:
         fingerprint, value, ad_hex = orjson.loads(cursors.decode(CURSOR_PREFIX, cursor))
+        if not isinstance(ad_hex, str):
+            raise TypeError
         ad_id = uuid.UUID(hex=ad_hex)
     except (ValueError, TypeError):  # orjson.JSONDecodeError is a ValueError
         raise problem("cursor must be a next_cursor returned by GET /v1/search") from None
@@ -195,6 +206,8 @@ def decode_cursor(query: SearchQuery, cursor: str) -> SortKey:
     if isinstance(value, int) and expected_type is float:
         value = float(value)
     if not isinstance(fingerprint, str) or not isinstance(value, expected_type):
+        raise problem("cursor must be a next_cursor returned by GET /v1/search")
+    if query.sort is Sort.RECENT and not _is_aware_time(value):
         raise problem("cursor must be a next_cursor returned by GET /v1/search")
     if fingerprint != query.fingerprint():
         raise problem(

@@ -286,7 +286,7 @@ def query_filter(query: SearchQuery, *, now: datetime) -> list[str]:
     if query.categories:
         conditions.append(any_of("category", query.categories))
     if query.tags:
-        conditions.append(any_of("tags", query.tags))
+        conditions.append(any_of("tags", (tag.lower() for tag in query.tags)))
     if query.currencies:
         conditions.append(any_of("currencies", query.currencies))
     if query.languages:

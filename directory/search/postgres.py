@@ -155,12 +155,21 @@ def _text_query(query: SearchQuery, bind: _Params) -> str:
     """Words as written, each also as a prefix ("garden" finds "gardening"), or stemmed
     in any of the query's languages ("gardens" finds "garden")."""
     words = WORD.findall(query.text.casefold())
-    prefixes = bind(" & ".join(f"{word}:*" for word in words))
+    if words:
+        # Unaccented before each word is quoted as a lexeme: unaccent turns a few letters
+        # into tsquery syntax (a parenthesised digit into "(1)", modifier letters into a
+        # colon or a quote). All immutable: planned as the constant it comes to.
+        unaccented = f"btrim(directory_unaccent({bind(' '.join(words))}))"
+        escaped = rf"replace(replace({unaccented}, '\', '\\'), '''', '''''')"
+        lexemes = f"'''' || regexp_replace({escaped}, ' +', ''':* & ''', 'g') || ''':*'"
+        prefixes = f"to_tsquery('simple', {lexemes})"
+    else:
+        prefixes = "to_tsquery('simple', '')"
     text = bind(query.text)
     configs = {TEXT_CONFIGS.get(language.split("-")[0]) for language in query.languages}
     configs.discard(None)
     configs = sorted(configs) if query.languages else DEFAULT_QUERY_CONFIGS
-    alternatives = [f"to_tsquery('simple', directory_unaccent({prefixes}))"] + [
+    alternatives = [prefixes] + [
         f"plainto_tsquery('{config}', directory_unaccent({text}))" for config in configs
     ]
     return "(" + " || ".join(alternatives) + ")"
@@ -211,8 +220,8 @@ def _where(query: SearchQuery, bind: _Params) -> str:
         conditions.append(f"ads.category = ANY({bind(list(query.categories))})")
     if query.tags:
         conditions.append(
-            "EXISTS (SELECT 1 FROM unnest(ads.tags) AS tag "
-            f"WHERE lower(tag) = ANY({bind(list(query.tags))}))"
+            "EXISTS (SELECT 1 FROM unnest(ads.tags) AS tag WHERE lower(tag) = ANY(ARRAY("
+            f"SELECT lower(wanted) FROM unnest({bind(list(query.tags))}::text[]) AS wanted)))"
         )
     if query.currencies:
         conditions.append(f"ads.currencies && {bind(list(query.currencies))}::varchar[]")

@@ -6,6 +6,7 @@ JSON and GeoJSON bodies, on the default (PostgreSQL) engine."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 
 import orjson
@@ -50,6 +51,13 @@ def batch(client, portal, ads: dict[str, dict]) -> dict[str, str]:
 # --- refused input -------------------------------------------------------------------------
 
 POINT = {"lat": "50.85", "lon": "4.35"}
+AD_HEX = "0" * 32
+
+
+def forged_cursor(parts: list) -> str:
+    """A search cursor as a client could forge one: fingerprint, sort value, ad id."""
+    return "s1." + base64.urlsafe_b64encode(orjson.dumps(parts)).decode().rstrip("=")
+
 
 BAD_INPUTS = [
     pytest.param({"colour": "red"}, "colour", id="unknown-parameter"),
@@ -86,12 +94,24 @@ BAD_INPUTS = [
     pytest.param({"cursor": "garbage"}, "cursor", id="cursor-garbage"),
     pytest.param({"cursor": "s1.bm90IGpzb24"}, "cursor", id="cursor-not-json"),
     pytest.param({"cursor": "s1.WyJhIiwxLCJ6eiJd"}, "cursor", id="cursor-bad-id"),
+    pytest.param(
+        {"cursor": forged_cursor(["f", "2026-01-01T00:00:00+00:00", 5])},
+        "cursor",
+        id="cursor-id-a-number",
+    ),
+    pytest.param(
+        {"cursor": forged_cursor(["f", "2026-01-01T00:00:00+00:00", [AD_HEX]])},
+        "cursor",
+        id="cursor-id-a-list",
+    ),
     pytest.param({"category": "gardening"}, "category", id="unknown-category"),
     pytest.param({"category": "food,food.caviar"}, "category", id="unknown-child-category"),
     pytest.param({"currency": "euro"}, "currency", id="bad-currency-code"),
     pytest.param({"currency": "EUR,,HOUR"}, "currency", id="empty-comma-item"),
     pytest.param({"currency": "EUR,"}, "currency", id="trailing-comma"),
     pytest.param({"tags": ","}, "tags", id="empty-tags"),
+    pytest.param({"tags": "bi\x00kes"}, "tags", id="tag-with-nul"),
+    pytest.param({"tags": "bikes,\x1b[31m"}, "tags", id="tag-with-control-character"),
     pytest.param({"price_min": "5"}, "price_currency", id="price-min-without-currency"),
     pytest.param({"price_currency": "EUR"}, "price_currency", id="price-currency-without-range"),
     pytest.param(
@@ -168,6 +188,15 @@ def test_a_cursor_from_an_anonymous_search_is_refused_to_a_portal(client, portal
     first = search(client, q="bicycle", limit=1).json
     response = search(client, portal.headers, q="bicycle", cursor=first["next_cursor"])
     assert response.status_code == 400
+    assert "cursor" in response.json["errors"]["query"]
+
+
+@pytest.mark.parametrize("moment", ["not a time", "2026-01-01T00:00:00"])
+def test_a_most_recent_first_cursor_must_hold_a_time_with_its_zone(client, three_bikes, moment):
+    cursor = search(client, limit=1).json["next_cursor"]
+    fingerprint, _, ad_hex = orjson.loads(base64.urlsafe_b64decode(cursor[3:] + "=="))
+    response = search(client, limit=1, cursor=forged_cursor([fingerprint, moment, ad_hex]))
+    assert response.status_code == 400, response.json
     assert "cursor" in response.json["errors"]["query"]
 
 
@@ -388,3 +417,65 @@ def test_format_json_wins_over_the_accept_header(client, varied_ads):
 def test_geojson_carries_facets_when_asked(client, varied_ads):
     body = search(client, format="geojson", facets="kind").json
     assert body["facets"] == {"total": 4, "kind": {"offer": 3, "want": 1}}
+
+
+# --- words and tags as people write them ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "odd_word",
+    [
+        pytest.param("\u2474", id="parenthesised-digit"),  # unaccent: "(1)"
+        pytest.param("a\u02d0b", id="modifier-colon"),  # unaccent: "a:b"
+        pytest.param("\u02bc", id="modifier-apostrophe"),  # unaccent: a quote
+    ],
+)
+def test_words_that_unaccent_turns_into_query_syntax_are_still_words(client, portal, odd_word):
+    batch(client, portal, {"cafe": ad_payload(title="Café associatif")})
+    for q in (odd_word, f"café {odd_word}"):
+        for sort in ("relevance", "recent"):
+            response = search(client, q=q, sort=sort)
+            assert response.status_code == 200, response.json
+
+
+@pytest.mark.parametrize(
+    ("stored", "asked"),
+    [
+        pytest.param("Bike", "bIKE", id="ascii"),
+        pytest.param("Straße", "Straße", id="sharp-s-as-written"),
+        pytest.param("Straße", "STRAßE", id="sharp-s-other-case"),
+        pytest.param("İstanbul", "İstanbul", id="dotted-capital-i-as-written"),
+        pytest.param("İstanbul", "istanbul", id="dotted-capital-i-lower"),
+    ],
+)
+def test_a_tag_is_found_whatever_the_case_of_its_letters(client, portal, stored, asked):
+    ids = batch(client, portal, {"tagged": ad_payload(tags=[stored])})
+    hits = search(client, tags=asked).json["hits"]
+    assert [hit["id"] for hit in hits] == [ids["tagged"]]
+
+
+# --- HTTP ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("params", [{"limit": "1"}, {"q": "bicycle"}, POINT])
+def test_head_answers_as_get_does(client, three_bikes, params):
+    get = search(client, **params)
+    head = client.head("/v1/search", query_string=params)
+    assert (
+        (head.status_code, head.mimetype)
+        == (get.status_code, get.mimetype)
+        == (
+            200,
+            "application/json",
+        )
+    )
+    assert head.get_data() == b""
+
+
+@pytest.mark.parametrize("params", [{}, {"format": "geojson"}])
+@pytest.mark.parametrize("accept", [None, "application/geo+json"])
+def test_answers_say_they_vary_with_accept(client, three_bikes, params, accept):
+    # The format follows Accept unless asked for: a shared cache must key on it.
+    response = search(client, {"Accept": accept} if accept else {}, **params)
+    assert response.status_code == 200
+    assert "Accept" in response.headers["Vary"]

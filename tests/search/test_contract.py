@@ -340,7 +340,7 @@ def brute_force(dataset: Dataset, params: dict, viewer: str | None) -> Expected:
         categories.add(code)
         if "." not in code:
             categories |= {c for c in dataset.categories if c.startswith(code + ".")}
-    tags = {tag.casefold() for tag in _split(params, "tags")}
+    tags = {tag.lower() for tag in _split(params, "tags")}
     currencies = set(_split(params, "currency"))
     languages = [code.lower() for code in _split(params, "language")]
     slugs = set(_split(params, "portal"))
@@ -377,7 +377,7 @@ def brute_force(dataset: Dataset, params: dict, viewer: str | None) -> Expected:
         return (
             ("kind" not in params or ad.kind == params["kind"])
             and (not categories or ad.category in categories)
-            and (not tags or any(tag.casefold() in tags for tag in ad.tags))
+            and (not tags or any(tag.lower() in tags for tag in ad.tags))
             and (not currencies or bool(currencies & set(ad.currencies)))
             and (not languages or language_matches(ad.language))
             and (not slugs or ad.portal in slugs)

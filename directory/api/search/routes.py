@@ -63,9 +63,11 @@ class Search(MethodView):
         )
         page = search.search(query)
         if _wants_geojson(args["format"]):
-            body = render_geojson(page)
-            return json_response(body, mimetype=GEOJSON)
-        return json_response(render_json(page))
+            response = json_response(render_geojson(page), mimetype=GEOJSON)
+        else:
+            response = json_response(render_json(page))
+        response.headers["Vary"] = "Accept"  # the format may follow it: caches must too
+        return response
 
 
 def search_viewer() -> AuthenticatedPortal | None:
@@ -109,7 +111,7 @@ def build_query(
         bbox=args["bbox"],
         kinds=() if args["kind"] is None else (args["kind"],),
         categories=expand_categories(categories, args["category"]),
-        tags=tuple(tag.casefold() for tag in args["tags"]),
+        tags=tuple(args["tags"]),
         currencies=args["currency"],
         languages=tuple(language.lower() for language in args["language"]),
         portals=args["portal"],

@@ -112,7 +112,7 @@ class SearchArgsSchema(Schema):
         metadata={"description": "Category codes; a group includes its children"},
     )
     tags = CommaList(
-        fields.String(validate=validate.Length(1, 40)),
+        Text(validate=validate.Length(1, 40)),
         load_default=tuple,
         metadata={"description": "Ads with any of these tags (case does not matter)"},
     )
