@@ -129,7 +129,9 @@ def validate_display_name(value: str) -> None:
             raise ValidationError("Must be a name, without a phone number.")
 
 
-EXTERNAL_ID_ERROR = "Must be 1 to 128 letters, digits, '.', '_', ':', '~' or '-'."
+EXTERNAL_ID_ERROR = (
+    "Must be 1 to 128 letters, digits, '.', '_', ':', '~' or '-', and not '.' or '..'."
+)
 
 
 def external_id_field(**kwargs) -> fields.String:
@@ -187,7 +189,8 @@ class DecimalString(fields.String):
     through binary floating point; documented with its pattern."""
 
     def __init__(self, *, digits: int, places: int, **kwargs):
-        self.pattern = re.compile(rf"^\d{{1,{digits}}}(\.\d{{1,{places}}})?$")
+        # [0-9], not \d: Python's \d matches any script's digits, which Decimal() takes.
+        self.pattern = re.compile(rf"^[0-9]{{1,{digits}}}(\.[0-9]{{1,{places}}})?$")
         self.problem = (
             f'Must be a decimal number as a string, such as "12.50", with at most {digits} '
             f"digits before the point and {places} after it."

@@ -50,7 +50,9 @@ from directory.services.categories import category_codes, require_known_category
 from directory.services.currencies import unknown_currencies
 
 MAX_BATCH_ITEMS = 1000
-EXTERNAL_ID = re.compile(r"^[A-Za-z0-9._:~-]{1,128}$")
+# "." and ".." are refused: clients remove them from URL paths (RFC 3986 dot segments),
+# so such an ad could never be addressed.
+EXTERNAL_ID = re.compile(r"^(?!\.{1,2}$)[A-Za-z0-9._:~-]{1,128}$")
 # Arbitrary constant that keeps our advisory locks apart from anyone else's.
 PORTAL_WRITE_LOCK_NAMESPACE = 0x41D5
 
@@ -397,7 +399,9 @@ def _row(ad: AdInput, currencies: tuple[str, ...], now: datetime, lifetimes: Lif
         "price_unit": ad.price.unit if ad.price else None,
         "language": ad.language,
         "images": list(ad.images),
-        "expires_at": ad.expires_at or now + lifetimes.default,
+        # In UTC: rows travel as JSON through orjson, which drops the seconds of an offset
+        # such as +05:30:15. (The content hash keeps the expiry as sent, as it always has.)
+        "expires_at": ad.expires_at.astimezone(UTC) if ad.expires_at else now + lifetimes.default,
         "member": ad.member,
         "ledger_account": ad.ledger_account,
         "accepts_contact": ad.accepts_contact,

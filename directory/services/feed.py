@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,6 +16,9 @@ from directory.models import AdChange, ChangeOp
 from directory.services.ads import AdRecord, get_public_ads
 
 CURSOR_PREFIX = "f1."
+# Two bigints (up to 19 digits each) as written by encode.
+POSITION = re.compile(r"(?P<txid>[0-9]{1,19})\.(?P<seq>[0-9]{1,19})")
+MAX_BIGINT = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -35,10 +39,14 @@ class FeedPosition:
         )
         try:
             raw = cursors.decode(CURSOR_PREFIX, cursor).decode()
-            txid, seq = (int(part) for part in raw.split("."))
         except ValueError:  # UnicodeDecodeError included
             raise problem from None
-        if txid < 0 or seq < 0:
+        # int() would also take "1_0", " 1" and other scripts' digits.
+        match = POSITION.fullmatch(raw)
+        if match is None:
+            raise problem
+        txid, seq = int(match["txid"]), int(match["seq"])
+        if txid > MAX_BIGINT or seq > MAX_BIGINT:  # PostgreSQL would fail the query
             raise problem
         return cls(txid, seq)
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime
 
 import orjson
 import pytest
@@ -103,6 +104,17 @@ def test_default_expiry_is_ninety_days_and_explicit_expiry_is_kept(client, porta
     created = datetime.fromisoformat(default["created_at"])
     assert (datetime.fromisoformat(default["expires_at"]) - created).days in (89, 90)
     assert datetime.fromisoformat(explicit["expires_at"]) == datetime.fromisoformat(explicit_at)
+
+
+@pytest.mark.parametrize("offset", ["+00:00:59", "+05:30:15", "-03:00:30"])
+def test_expires_at_with_seconds_in_its_utc_offset_is_stored_as_the_instant_sent(
+    client, portal, offset
+):
+    # marshmallow accepts such offsets; orjson, which writes the rows, drops their seconds.
+    sent = in_days(10).replace("+00:00", offset)
+    put(client, portal, "a-1", ad_payload(expires_at=sent))
+    own = client.get("/v1/portals/me/ads/a-1", headers=portal.headers).json
+    assert datetime.fromisoformat(own["expires_at"]) == datetime.fromisoformat(sent)
 
 
 def test_portal_default_currencies_apply_when_none_are_given(client, make_portal):

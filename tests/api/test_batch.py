@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import pytest
+
 from tests.factories import ad_payload
 
 
@@ -72,6 +74,16 @@ def test_an_error_in_a_list_item_is_reported_under_its_index(client, portal):
     response = batch(client, portal, [{"external_id": "bad", "ad": ad_payload(tags=["ok", 5])}])
     assert response.status_code == 200, response.json
     assert response.json["results"][0]["errors"] == {"ad": {"tags": {"1": ["Not a valid string."]}}}
+
+
+@pytest.mark.parametrize("external_id", [".", ".."])
+def test_an_external_id_no_url_can_carry_is_rejected(client, portal, external_id):
+    # Clients remove "." and ".." path segments (RFC 3986): DELETE /v1/ads/.. is DELETE /v1.
+    response = batch(client, portal, [{"external_id": external_id, "ad": ad_payload()}])
+    result = response.json["results"][0]
+    assert result["status"] == "rejected"
+    assert "not '.' or '..'" in result["errors"]["external_id"][0]
+    assert client.get("/v1/portals/me/ads", headers=portal.headers).json["items"] == []
 
 
 def test_a_thousand_items_are_applied_in_one_request(client, portal):

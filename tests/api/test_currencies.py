@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import pytest
+
 from tests.factories import ad_payload
 
 
@@ -49,6 +51,17 @@ def test_ads_accept_a_registered_community_currency_and_refuse_an_unregistered_o
     )
     assert refused.status_code == 400
     assert refused.json["error"] == "unknown_currency"
+
+
+@pytest.mark.parametrize("value_hours", ["\u0661", "\uff11.5"], ids=["arabic-indic", "fullwidth"])
+def test_a_currency_value_in_non_ascii_digits_is_refused(client, portal, value_hours):
+    response = client.post(
+        "/v1/currencies",
+        json={"code": "SEL", "name": "Sel", "value_hours": value_hours},
+        headers=portal.headers,
+    )
+    assert response.status_code == 400, response.json
+    assert "value_hours" in response.json["errors"]["json"]
 
 
 def test_a_currency_is_updated_by_its_portal(client, portal):

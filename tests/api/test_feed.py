@@ -7,6 +7,7 @@ from sqlalchemy import text
 from directory.db import unit_of_work
 from directory.models import PortalStatus
 from directory.services import portals
+from directory.services.feed import FeedPosition
 from tests.factories import ad_payload
 
 
@@ -59,6 +60,14 @@ def test_feed_pages_cover_every_change_once(client, portal):
     client.post("/v1/ads/batch", json={"items": items}, headers=portal.headers)
     changes, _ = read_all(client, limit=7)
     assert sorted(c["ad"]["title"] for c in changes) == sorted(f"Ad {i}" for i in range(25))
+
+
+def test_a_feed_cursor_at_the_bigint_limit_is_read(client, portal):
+    client.put("/v1/ads/a-1", json=ad_payload(), headers=portal.headers)
+    last = FeedPosition(2**63 - 1, 2**63 - 1)  # beyond it, the cursor is refused
+    response = client.get(f"/v1/feed?since={last.encode()}")
+    assert response.status_code == 200, response.json
+    assert response.json["changes"] == []
 
 
 def test_feed_shows_public_ads_only_as_the_world_sees_them(client, portal):

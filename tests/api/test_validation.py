@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 
-from directory import create_app
+from directory import create_app, cursors
 from directory.db import unit_of_work
 from directory.models import PortalStatus
 from directory.services import portals
@@ -413,6 +413,10 @@ def test_put_without_currencies_is_refused_when_portal_has_no_defaults(client, m
         "",
         "1,50",
         "1e400",
+        # Python's \d and Decimal() take any script's digits; the spec's pattern does not.
+        pytest.param("\u0661\u0662.\u0665\u0660", id="arabic-indic-digits"),
+        pytest.param("\uff11\uff12", id="fullwidth-digits"),
+        pytest.param("\u06f1\u06f2", id="persian-digits"),
     ],
 )
 def test_put_refuses_price_with_bad_amount(client, portal, amount):
@@ -1092,6 +1096,10 @@ def test_suspended_portal_is_refused_with_403(client, portal, wiring):
         ("DELETE", "/v1/ads/has%20space"),
         ("DELETE", "/v1/ads/" + "a" * 129),
         ("POST", "/v1/ads/has%20space/expire"),
+        # Ids no URL can carry: clients remove "." and ".." segments (RFC 3986).
+        ("DELETE", "/v1/ads/.."),
+        ("DELETE", "/v1/ads/%2E"),
+        ("POST", "/v1/ads/../expire"),
     ],
 )
 def test_ad_route_refuses_invalid_external_id_in_path(client, portal, method, path):
@@ -1652,6 +1660,23 @@ def test_feed_refuses_bad_since_with_400_naming_since(client, since):
     body = assert_refused(response, error="invalid_cursor")
     assert "since" in body["message"]
     assert any("since" in fields for fields in body["errors"].values())
+
+
+@pytest.mark.parametrize(
+    "position",
+    [
+        pytest.param(b"99999999999999999999.1", id="txid-beyond-bigint"),
+        pytest.param(b"1.99999999999999999999", id="seq-beyond-bigint"),
+        pytest.param(b"9223372036854775808.1", id="txid-one-past-bigint"),
+        pytest.param(b"1_0.1", id="underscore"),
+        pytest.param(b" 1.1", id="space"),
+        pytest.param("\u0661.1".encode(), id="arabic-indic-digit"),
+    ],
+)
+def test_feed_refuses_since_beyond_bigint_or_not_in_ascii_digits(client, portal, position):
+    put_ad(client, portal)
+    response = client.get(f"/v1/feed?since={cursors.encode('f1.', position)}")
+    assert_refused(response, field="since", location="query", error="invalid_cursor")
 
 
 def test_feed_refuses_empty_since(client):

@@ -41,7 +41,8 @@ AD_REF = {
 def _external_id(value: str, *, field: str = "ad_ref", location: str = "path") -> str:
     if not EXTERNAL_ID.fullmatch(value):
         raise InvalidInput(
-            f"{field} must be 1 to 128 letters, digits, '.', '_', ':', '~' or '-'",
+            f"{field} must be 1 to 128 letters, digits, '.', '_', ':', '~' or '-', "
+            "and not '.' or '..'",
             field=field,
             details={"location": location},
         )

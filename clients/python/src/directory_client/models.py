@@ -170,7 +170,7 @@ class PublicLocation(Struct, kw_only=True):
 
 
 class PublicPrice(Struct, kw_only=True):
-    amount: Annotated[str, Meta(pattern='^\\d{1,10}(\\.\\d{1,4})?$')]
+    amount: Annotated[str, Meta(pattern='^[0-9]{1,10}(\\.[0-9]{1,4})?$')]
     currency: str
     unit: Literal['once', 'item', 'hour', 'day', 'week', 'month', 'kg']
 
@@ -230,7 +230,7 @@ class Price(Struct, kw_only=True):
         str,
         Meta(
             description='Amount as a decimal string',
-            pattern='^\\d{1,10}(\\.\\d{1,4})?$',
+            pattern='^[0-9]{1,10}(\\.[0-9]{1,4})?$',
         ),
     ]
     currency: Annotated[
@@ -400,7 +400,7 @@ class BatchItem(Struct, kw_only=True):
         str,
         Meta(
             description="The portal's own id for the ad",
-            pattern='^[A-Za-z0-9._:~-]{1,128}$',
+            pattern='^(?!\\.{1,2}$)[A-Za-z0-9._:~-]{1,128}$',
         ),
     ]
     op: (
@@ -587,7 +587,7 @@ class StageItem(Struct, kw_only=True):
         str,
         Meta(
             description="The portal's own id for the ad",
-            pattern='^[A-Za-z0-9._:~-]{1,128}$',
+            pattern='^(?!\\.{1,2}$)[A-Za-z0-9._:~-]{1,128}$',
         ),
     ]
     ad: AdPut
@@ -833,8 +833,8 @@ class Currency1(Struct, kw_only=True):
     name: str
     portal: Annotated[str, Meta(description='Owning portal (community)')] | None
     symbol: str | None
-    value_hours: Annotated[str, Meta(description='Value of one unit in hours', pattern='^\\d{1,6}(\\.\\d{1,6})?$')] | None
-    value_amount: Annotated[str, Meta(pattern='^\\d{1,10}(\\.\\d{1,4})?$')] | None
+    value_hours: Annotated[str, Meta(description='Value of one unit in hours', pattern='^[0-9]{1,6}(\\.[0-9]{1,6})?$')] | None
+    value_amount: Annotated[str, Meta(pattern='^[0-9]{1,10}(\\.[0-9]{1,4})?$')] | None
     value_currency: str | None
 
 
@@ -855,7 +855,7 @@ class CurrencyCreate(Struct, kw_only=True):
     value_hours: (
         Annotated[
             str,
-            Meta(description='Value of one unit in hours of time, e.g. "0.016667"', pattern='^\\d{1,6}(\\.\\d{1,6})?$'),
+            Meta(description='Value of one unit in hours of time, e.g. "0.016667"', pattern='^[0-9]{1,6}(\\.[0-9]{1,6})?$'),
         ]
         | None
         | UnsetType
@@ -863,7 +863,7 @@ class CurrencyCreate(Struct, kw_only=True):
     value_amount: (
         Annotated[
             str,
-            Meta(description='Value of one unit in value_currency, e.g. "1.00"', pattern='^\\d{1,10}(\\.\\d{1,4})?$'),
+            Meta(description='Value of one unit in value_currency, e.g. "1.00"', pattern='^[0-9]{1,10}(\\.[0-9]{1,4})?$'),
         ]
         | None
         | UnsetType
@@ -878,7 +878,7 @@ class CurrencyPatch(Struct, kw_only=True):
     value_hours: (
         Annotated[
             str,
-            Meta(description='Value of one unit in hours of time, e.g. "0.016667"', pattern='^\\d{1,6}(\\.\\d{1,6})?$'),
+            Meta(description='Value of one unit in hours of time, e.g. "0.016667"', pattern='^[0-9]{1,6}(\\.[0-9]{1,6})?$'),
         ]
         | None
         | UnsetType
@@ -886,7 +886,7 @@ class CurrencyPatch(Struct, kw_only=True):
     value_amount: (
         Annotated[
             str,
-            Meta(description='Value of one unit in value_currency, e.g. "1.00"', pattern='^\\d{1,10}(\\.\\d{1,4})?$'),
+            Meta(description='Value of one unit in value_currency, e.g. "1.00"', pattern='^[0-9]{1,10}(\\.[0-9]{1,4})?$'),
         ]
         | None
         | UnsetType
