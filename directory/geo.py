@@ -107,7 +107,8 @@ class BBox:
                 raise ValueError("latitudes must be between -90 and 90")
         if self.south > self.north:
             raise ValueError("min_lat must not be greater than max_lat")
-        if self.west == self.east:
+        if self.west == self.east or (self.west, self.east) == (180.0, -180.0):
+            # 180 and -180 are one meridian: as a crossing box, that has no width either.
             raise ValueError("min_lon must differ from max_lon")
 
     @property

@@ -80,6 +80,7 @@ BAD_INPUTS = [
     pytest.param({"bbox": "4.2,nan,4.5,50.9"}, "bbox", id="bbox-nan"),
     pytest.param({"bbox": "4.2,50.9,4.5,50.7"}, "bbox", id="bbox-inverted-latitudes"),
     pytest.param({"bbox": "4.2,50.7,4.2,50.9"}, "bbox", id="bbox-no-width"),
+    pytest.param({"bbox": "180,-90,-180,90"}, "bbox", id="bbox-antimeridian-no-width"),
     pytest.param({"bbox": "-181,50.7,4.5,50.9"}, "bbox", id="bbox-lon-out-of-range"),
     pytest.param({"bbox": "4.2,50.7,4.5,91"}, "bbox", id="bbox-lat-out-of-range"),
     pytest.param(
@@ -134,6 +135,8 @@ BAD_INPUTS = [
     pytest.param({"updated_since": "2026-01-01T00:00:00"}, "updated_since", id="time-without-zone"),
     pytest.param({"updated_since": "yesterday"}, "updated_since", id="time-text"),
     pytest.param({"q": ""}, "q", id="empty-words"),
+    pytest.param({"q": "!!! ?"}, "q", id="no-letter-or-digit"),
+    pytest.param({"q": "\u200b"}, "q", id="only-a-zero-width-space"),
     pytest.param({"q": "x" * 201}, "q", id="too-many-words"),
 ]
 

@@ -69,10 +69,17 @@ class BBoxField(fields.String):
             ) from None
 
 
+def _has_a_word(text: str) -> None:
+    # Without a letter or digit there is nothing to look for, and what such a query finds
+    # is up to each engine (nothing in PostgreSQL): said, rather than left to chance.
+    if not any(character.isalnum() for character in text):
+        raise ValidationError("Must contain at least one letter or digit.")
+
+
 class SearchArgsSchema(Schema):
     q = Text(
         load_default=None,
-        validate=validate.Length(1, 200),
+        validate=[validate.Length(1, 200), _has_a_word],
         metadata={
             "description": "Words to find in the title, tags and body: accents and case do "
             "not matter, words match by prefix and by stem, and small typos are forgiven"
