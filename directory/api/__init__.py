@@ -10,7 +10,7 @@ import secrets
 import time
 
 import flask_smorest
-from flask import Flask, g, request
+from flask import Flask, current_app, g, request
 from werkzeug.exceptions import BadRequest, UnsupportedMediaType
 
 from directory.api import errors
@@ -109,7 +109,9 @@ def _require_json_body() -> None:
     if request.method not in BODY_METHODS:
         return
     has_body = (request.content_length or 0) > 0 or request.headers.get("Transfer-Encoding")
-    if has_body and not request.is_json:
+    if not has_body:
+        return
+    if not request.is_json:
         error = UnsupportedMediaType()
         error.data = {
             "error": "unsupported_media_type",
@@ -118,16 +120,30 @@ def _require_json_body() -> None:
             "messages": {"headers": {"Content-Type": ["Must be application/json."]}},
         }
         raise error
+    view = current_app.view_functions.get(request.endpoint or "")
+    if view is None or "json" in _declared_locations(view, request.method):
+        return
+    # An operation without a body would ignore one; an empty object asks for nothing.
+    if request.get_data(cache=True).strip() not in (b"", b"{}"):
+        error = BadRequest()
+        error.data = {
+            "error": "body_not_taken",
+            "message": "This operation takes no body: leave it out.",
+            "messages": {"json": {"_schema": ["This operation takes no body."]}},
+        }
+        raise error
 
 
 @functools.cache  # views are made once, with the app
-def _declares_query(view_function, method: str) -> bool:
+def _declared_locations(view_function, method: str) -> frozenset[str]:
+    """Where the operation takes arguments: "query", "json"."""
     view_class = getattr(view_function, "view_class", None)
     handler = getattr(view_class, method.lower(), None) if view_class else view_function
     apidoc = getattr(handler, "_apidoc", {})
-    return any(
-        isinstance(parameter, dict) and parameter.get("in") == "query"
+    return frozenset(
+        parameter.get("in")
         for parameter in apidoc.get("arguments", {}).get("parameters", [])
+        if isinstance(parameter, dict)
     )
 
 
@@ -136,12 +152,10 @@ def _refuse_unknown_query_parameters() -> None:
     none at all, and say so rather than ignore them."""
     if not request.args or request.endpoint is None:
         return
-    from flask import current_app
-
     # HEAD is answered by GET and takes its parameters; OPTIONS is Flask's, and ignores them.
     method = "GET" if request.method == "HEAD" else request.method
     view = current_app.view_functions.get(request.endpoint)
-    if view is None or method == "OPTIONS" or _declares_query(view, method):
+    if view is None or method == "OPTIONS" or "query" in _declared_locations(view, method):
         return
     if request.endpoint in ("api-docs.openapi_json",):
         return

@@ -865,6 +865,35 @@ def test_415_carries_error_code_unsupported_media_type(client, portal):
     assert_refused(response, 415, error="unsupported_media_type")
 
 
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/v1/ads/a-1/expire"),
+        ("POST", "/v1/sync-sessions"),
+    ],
+)
+@pytest.mark.parametrize("body", [b'{"reason": "sold"}', b"[]", b'"now"', b"null"])
+def test_an_operation_without_a_body_refuses_one_rather_than_ignore_it(
+    client, portal, method, path, body
+):
+    put_ad(client, portal, "a-1")
+    before = own_ad(client, portal)
+    response = client.open(
+        path, method=method, data=body, content_type="application/json", headers=portal.headers
+    )
+    assert_refused(response, field="_schema", error="body_not_taken")
+    assert own_ad(client, portal) == before
+
+
+@pytest.mark.parametrize("body", [b"", b"{}", b" {} \n"])
+def test_an_operation_without_a_body_takes_an_empty_one(client, portal, body):
+    put_ad(client, portal, "a-1")
+    response = client.post(
+        "/v1/ads/a-1/expire", data=body, content_type="application/json", headers=portal.headers
+    )
+    assert response.status_code == 200, response.json
+
+
 def test_put_refuses_form_encoded_ad_with_415(client, portal):
     response = client.put(
         "/v1/ads/a-1", data={"kind": "offer", "title": "Bikes"}, headers=portal.headers
