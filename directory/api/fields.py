@@ -150,6 +150,11 @@ class PerItemList(fields.List):
     def _deserialize(self, value, attr, data, **kwargs):
         if not utils.is_sequence_but_not_string(value):
             raise self.make_error("invalid")
+        # Its length before its items: loading 300,000 items of an oversized batch, only to
+        # refuse it, took 2.5 s of CPU.
+        for validator in self.validators:
+            if isinstance(validator, validate.Length):
+                validator(value)
         loaded = []
         for index, item in enumerate(value):
             try:
