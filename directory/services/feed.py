@@ -70,9 +70,17 @@ class FeedPage:
 
 
 def read_feed(session: Session, *, since: str | None, limit: int) -> FeedPage:
-    """Changes after `since`, oldest first. An upsert carries the ad as it is now; an
-    upsert of an ad that has since left public view is skipped, since a deletion
-    for it follows later in the feed."""
+    """Changes after `since`, oldest first, each told as the ad stands now: an upsert
+    carries the ad as it is now, and is skipped if the ad has left public view since (a
+    deletion for it is in the feed); a deletion of an ad that is public now is told as
+    an upsert.
+
+    Entries are in transaction-id order, and two transactions that wrote one ad may
+    have taken their ids in the other order than they committed (an id comes with a
+    transaction's first write, which can precede the portal lock it then waits for).
+    Told by the ad's state when read, the last word on an ad is right whatever that
+    order: a sync commit that made an ad public again after a write that withdrew it no
+    longer ends the feed with a deletion."""
     position = START if since is None else FeedPosition.decode(since)
     # Only transactions older than every running one: nothing can still commit before them.
     horizon = text("pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
@@ -87,15 +95,13 @@ def read_feed(session: Session, *, since: str | None, limit: int) -> FeedPage:
     ).all()
     more = len(rows) > limit
     rows = rows[:limit]
-    ads = get_public_ads(session, ad_ids=[row.ad_id for row in rows if row.op is ChangeOp.UPSERT])
+    ads = get_public_ads(session, ad_ids=[row.ad_id for row in rows])
     entries = []
     for row in rows:
-        if row.op is ChangeOp.UPSERT:
-            ad = ads.get(row.ad_id)
-            if ad is None:
-                continue
+        ad = ads.get(row.ad_id)
+        if ad is not None:
             entries.append(FeedEntry(ChangeOp.UPSERT, row.ad_id, row.changed_at, ad))
-        else:
+        elif row.op is ChangeOp.DELETE:
             entries.append(FeedEntry(ChangeOp.DELETE, row.ad_id, row.changed_at, None))
     last = FeedPosition(rows[-1].txid, rows[-1].seq) if rows else position
     return FeedPage(entries=entries, next_cursor=last.encode(), more=more)

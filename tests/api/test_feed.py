@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import threading
+import time
 
 from sqlalchemy import text
 
+from directory.api.ads.schemas import AdPutSchema
 from directory.db import unit_of_work
-from directory.models import PortalStatus
-from directory.services import portals
+from directory.models import PortalStatus, Visibility
+from directory.services import ads, portals
 from directory.services.feed import FeedPosition
 from tests.factories import ad_payload
 
@@ -139,3 +141,67 @@ def test_a_change_committed_late_is_not_skipped(client, portal, wiring):
     after, _ = read_all(client, since=cursor_during)
     assert during == []  # held back while an older transaction is still open
     assert sorted(c["ad"]["title"] for c in after) == ["Bicycle repairs", "Fast"]
+
+
+def test_the_last_word_on_an_ad_is_its_state_when_writers_commit_out_of_id_order(
+    app, client, portal, wiring
+):
+    """A sync commit takes its transaction id (locking its session) before it waits for
+    the portal's lock, which a write holds; the write then takes a later id, withdraws
+    the ad and commits first; the commit makes the ad public again. The feed lists the
+    commit's upsert before the write's deletion, yet must end with the ad present."""
+    ad_id = client.put("/v1/ads/x", json=ad_payload(title="v1"), headers=portal.headers).json["id"]
+    _, cursor = read_all(client)
+    session_id = client.post("/v1/sync-sessions", headers=portal.headers).json["id"]
+    staged = client.post(
+        f"/v1/sync-sessions/{session_id}/items",
+        json={"items": [{"external_id": "x", "ad": ad_payload(title="From the sync")}]},
+        headers=portal.headers,
+    )
+    assert staged.status_code == 200, staged.json
+    holding, release = threading.Event(), threading.Event()
+    committed = {}
+
+    def withdrawing_write():
+        # As apply_changes runs: the portal's shared lock first, then the ad's row.
+        with unit_of_work(wiring.session_factory) as session:
+            ads.lock_portal_writes(session, portal.id, exclusive=False)
+            holding.set()
+            release.wait(10)
+            withdrawn = AdPutSchema().load(
+                ad_payload(title="Portal only", visibility=Visibility.PORTAL.value)
+            )
+            ads.apply_changes(
+                session,
+                portal_id=portal.id,
+                operations=[ads.Upsert("x", withdrawn)],
+                lifetimes=wiring.lifetimes,
+            )
+
+    def sync_commit():
+        committed["response"] = app.test_client().post(
+            f"/v1/sync-sessions/{session_id}/commit", headers=portal.headers
+        )
+
+    writer = threading.Thread(target=withdrawing_write)
+    writer.start()
+    assert holding.wait(10)
+    committer = threading.Thread(target=sync_commit)
+    committer.start()
+    with wiring.engine.connect() as probe:  # until the commit waits for the portal lock
+        deadline = time.monotonic() + 10
+        while (
+            time.monotonic() < deadline
+            and not probe.execute(
+                text("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory'")
+            ).scalar()
+        ):
+            time.sleep(0.05)
+    release.set()
+    writer.join(20)
+    committer.join(20)
+    assert committed["response"].status_code == 200, committed["response"].json
+    assert client.get(f"/v1/ads/{ad_id}").json["title"] == "From the sync"
+    changes, _ = read_all(client, since=cursor)
+    last_word = [change for change in changes if change["ad_id"] == ad_id][-1]
+    assert (last_word["op"], last_word["ad"]["title"]) == ("upsert", "From the sync")
