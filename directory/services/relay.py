@@ -793,13 +793,20 @@ class PurgeReport:
 
 
 def purge_old_messages(session: Session, *, retention: timedelta) -> PurgeReport:
-    """Messages older than the retention period go (their deliveries with them), and so
-    do conversations with no message left."""
+    """Messages older than the retention period go (their deliveries with them), except
+    those still being delivered: the retention may be shorter than the delivery period.
+    Conversations go with their last message, once no activity is newer."""
     cutoff = datetime.now(UTC) - retention
+    still_delivering = (
+        select(Delivery.id)
+        .where(Delivery.message_id == Message.id, Delivery.state == DeliveryState.PENDING)
+        .exists()
+    )
     messages = session.execute(
-        Message.__table__.delete().where(Message.created_at < cutoff)
+        Message.__table__.delete().where(Message.created_at < cutoff, ~still_delivering)
     ).rowcount
+    has_messages = select(Message.id).where(Message.conversation_id == Conversation.id).exists()
     conversations = session.execute(
-        Conversation.__table__.delete().where(Conversation.last_message_at < cutoff)
+        Conversation.__table__.delete().where(Conversation.last_message_at < cutoff, ~has_messages)
     ).rowcount
     return PurgeReport(messages, conversations)

@@ -14,7 +14,7 @@ from sqlalchemy import text, update
 
 from directory import create_app, cursors
 from directory.db import unit_of_work
-from directory.models import Ad, Conversation, Message
+from directory.models import Ad, Conversation, Delivery, DeliveryState, Message
 from directory.services import relay
 from tests.factories import ad_payload
 
@@ -593,6 +593,8 @@ def test_old_messages_and_empty_conversations_are_purged(client, wiring, adverti
             .where(Conversation.id == uuid.UUID(old))
             .values(last_message_at=long_ago)
         )
+        # Long delivered or given up by then (the delivery period is days).
+        session.execute(update(Delivery).values(state=DeliveryState.FAILED))
     with unit_of_work(wiring.session_factory) as session:
         report = relay.purge_old_messages(session, retention=timedelta(days=365))
     assert report == relay.PurgeReport(messages=2, conversations=1)
@@ -601,6 +603,26 @@ def test_old_messages_and_empty_conversations_are_purged(client, wiring, adverti
     assert [m["seq"] for m in seen["messages"]] == [2]
     with unit_of_work(wiring.session_factory) as session:
         assert session.scalar(text("SELECT count(*) FROM deliveries")) == 1
+
+
+def test_a_message_still_being_delivered_outlives_a_shorter_retention(
+    client, wiring, advertiser, writer_portal
+):
+    conversation = contact(client, writer_portal, publish(client, advertiser, "ad-1")).json
+    two_days_ago = datetime.now(UTC) - timedelta(days=2)
+    with unit_of_work(wiring.session_factory) as session:
+        session.execute(update(Message).values(created_at=two_days_ago))
+        session.execute(update(Conversation).values(last_message_at=two_days_ago))
+    with unit_of_work(wiring.session_factory) as session:
+        report = relay.purge_old_messages(session, retention=timedelta(days=1))
+    assert report == relay.PurgeReport(messages=0, conversations=0)
+    # Still in the advertiser's inbox, and in its conversation.
+    inbox = client.get("/v1/inbox", headers=advertiser.headers).json
+    assert [event["data"]["message"]["body"] for event in inbox["events"]] == ["Is it still on?"]
+    seen = client.get(
+        f"/v1/conversations/{conversation['conversation']['id']}", headers=advertiser.headers
+    )
+    assert [m["seq"] for m in seen.json["messages"]] == [1]
 
 
 @pytest.mark.parametrize("what", ["contact", "reply"])
