@@ -94,13 +94,16 @@ def _start_request() -> None:
 
 def _refuse_keys_in_query() -> None:
     for name, value in request.args.items(multi=True):
-        if name.lower() in KEY_PARAMETER_NAMES or value.startswith(KEY_PREFIX):
+        # Anywhere in a value ("q=bike cdir_..."), or as a name ("?cdir_..."), which the
+        # answer then names by the prefix alone: it must not send the key back.
+        if name.lower() in KEY_PARAMETER_NAMES or KEY_PREFIX in value or KEY_PREFIX in name:
+            field = f"{KEY_PREFIX}…" if KEY_PREFIX in name else name
             error = BadRequest()
             error.data = {
                 "error": "key_in_query",
                 "message": "API keys must never be sent in the query string (it ends up in "
                 "logs and browser history); use the header Authorization: Bearer <key>",
-                "messages": {"query": {name: ["API keys are refused here."]}},
+                "messages": {"query": {field: ["API keys are refused here."]}},
             }
             raise error
 

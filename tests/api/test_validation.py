@@ -969,6 +969,24 @@ def test_real_key_in_query_string_is_refused_under_any_name(client, portal):
     assert_nothing_stored(client, portal)
 
 
+@pytest.mark.parametrize(
+    "query",
+    [
+        pytest.param("q=bike%20{key}", id="after-a-word"),
+        pytest.param("q=%20{key}", id="after-a-space"),
+        pytest.param("{key}", id="as-a-name"),
+        pytest.param("{key}=1", id="as-a-name-with-a-value"),
+    ],
+)
+@pytest.mark.parametrize("path", ["/v1/search", "/v1/portals/me"])
+def test_a_key_anywhere_in_the_query_string_is_refused_and_never_sent_back(
+    client, portal, query, path
+):
+    response = client.get(f"{path}?{query.format(key=portal.key)}", headers=portal.headers)
+    assert_refused(response, location="query", error="key_in_query")
+    assert portal.key not in response.get_data(as_text=True)
+
+
 def test_key_in_query_string_is_refused_even_without_authorization_header(client, portal):
     response = client.get(f"/v1/portals/me/ads?key={portal.key}")
     assert_refused(response, field="key", location="query", error="key_in_query")
