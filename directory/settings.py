@@ -11,6 +11,29 @@ ENVIRONMENTS = ("development", "test", "production")
 SEARCH_ENGINES = ("postgres", "meilisearch")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 BOOLEANS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+# Each numeric setting's smallest and largest value (inclusive). The maximums are far
+# beyond any real use and below where a value would break later: PostgreSQL's
+# statement_timeout (32-bit milliseconds), datetimes past the year 9999, timedelta's
+# range, LIMIT (bigint). The delivery durations are floats: above 0 and finite.
+NUMERIC_RANGES: dict[str, tuple[float, float]] = {
+    "ad_default_ttl_days": (1, 36_500),
+    "ad_max_ttl_days": (1, 36_500),
+    "max_request_bytes": (1024, 1024**3),
+    "sync_session_ttl_hours": (1, 24 * 365),
+    "db_pool_size": (1, 1000),
+    "db_statement_timeout_ms": (1, 2**31 - 1),
+    "trusted_proxies": (0, 100),
+    "relay_conversations_per_member_per_hour": (1, 1_000_000),
+    "relay_conversations_per_portal_per_hour": (1, 1_000_000),
+    "relay_retention_days": (1, 36_500),
+    "delivery_first_retry_s": (0.001, 30 * 24 * 3600),
+    "delivery_max_retry_s": (0.001, 30 * 24 * 3600),
+    "delivery_give_up_after_hours": (0.001, 30 * 24),
+    "delivery_lease_s": (0.001, 30 * 24 * 3600),
+}
+# A search rate limit's longest window: "per year" (360 days to the limits library). Far
+# longer windows break the Redis counters, which expire after twice the window.
+LONGEST_RATE_LIMIT_WINDOW_S = 366 * 24 * 3600
 
 
 class SettingsError(ValueError):
@@ -85,19 +108,21 @@ class Settings:
             if url.startswith("postgresql://"):
                 # One driver everywhere: psycopg 3.
                 object.__setattr__(self, name, "postgresql+psycopg://" + url[13:])
-        if not 1 <= self.ad_default_ttl_days <= self.ad_max_ttl_days:
-            raise SettingsError(
-                "DIRECTORY_AD_DEFAULT_TTL_DAYS must be between 1 and DIRECTORY_AD_MAX_TTL_DAYS"
-            )
         if self.log_level not in LOG_LEVELS:
             raise SettingsError(
                 f"DIRECTORY_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}"
             )
-        for name in ("db_pool_size", "sync_session_ttl_hours", "db_statement_timeout_ms"):
-            if getattr(self, name) < 1:
-                raise SettingsError(f"DIRECTORY_{name.upper()} must be at least 1")
-        if self.max_request_bytes < 1024:
-            raise SettingsError("DIRECTORY_MAX_REQUEST_BYTES must be at least 1024")
+        for name, (minimum, maximum) in NUMERIC_RANGES.items():
+            value = getattr(self, name)
+            if not minimum <= value <= maximum:  # also false for NaN
+                raise SettingsError(
+                    f"DIRECTORY_{name.upper()} must be between {minimum} and {maximum}, "
+                    f"not {value!r}"
+                )
+        if self.ad_default_ttl_days > self.ad_max_ttl_days:
+            raise SettingsError(
+                "DIRECTORY_AD_DEFAULT_TTL_DAYS must be at most DIRECTORY_AD_MAX_TTL_DAYS"
+            )
         if (
             self.environment == "production"
             and self.search_engine == "meilisearch"
@@ -114,23 +139,6 @@ class Settings:
                 "DIRECTORY_MEILISEARCH_INDEX must be letters, digits, '-' or '_' "
                 "(and not end in _new, the name of a rebuild in progress)"
             )
-        if self.trusted_proxies < 0:
-            raise SettingsError("DIRECTORY_TRUSTED_PROXIES must be 0 or more")
-        for name in (
-            "relay_conversations_per_member_per_hour",
-            "relay_conversations_per_portal_per_hour",
-            "relay_retention_days",
-        ):
-            if getattr(self, name) < 1:
-                raise SettingsError(f"DIRECTORY_{name.upper()} must be at least 1")
-        for name in (
-            "delivery_first_retry_s",
-            "delivery_max_retry_s",
-            "delivery_give_up_after_hours",
-            "delivery_lease_s",
-        ):
-            if not getattr(self, name) > 0:
-                raise SettingsError(f"DIRECTORY_{name.upper()} must be more than 0")
         if self.delivery_max_retry_s < self.delivery_first_retry_s:
             raise SettingsError(
                 "DIRECTORY_DELIVERY_MAX_RETRY_S must be at least DIRECTORY_DELIVERY_FIRST_RETRY_S"
@@ -178,8 +186,6 @@ class Settings:
                     values[field.name] = float(raw)
                 except ValueError:
                     raise SettingsError(f"{name} must be a number, not {raw!r}") from None
-                if values[field.name] != values[field.name]:  # NaN compares with nothing
-                    raise SettingsError(f"{name} must be a number, not {raw!r}")
             elif field.type == "bool":
                 if raw.lower() not in BOOLEANS:
                     raise SettingsError(f"{name} must be 1 or 0 (true or false), not {raw!r}")
@@ -196,8 +202,15 @@ def _check_rate_limit(name: str, value: str) -> None:
     from limits import parse_many
 
     try:
-        parse_many(value)
+        # "0 per minute" would refuse every search.
+        usable = all(
+            limit.amount >= 1 and limit.get_expiry() <= LONGEST_RATE_LIMIT_WINDOW_S
+            for limit in parse_many(value)
+        )
     except ValueError:
+        usable = False
+    if not usable:
         raise SettingsError(
-            f"{name} must be rate limits such as '60 per minute; 10 per second', not {value!r}"
-        ) from None
+            f"{name} must be rate limits such as '60 per minute; 10 per second', each "
+            f"allowing at least 1 in a window of at most a year, not {value!r}"
+        )

@@ -3,11 +3,19 @@ the start with a message naming the variable."""
 
 from __future__ import annotations
 
-import pytest
+import dataclasses
+import threading
+from datetime import UTC, datetime, timedelta
 
-from directory.settings import Settings, SettingsError
+import pytest
+from sqlalchemy import text
+
+from directory import build_wiring
+from directory.settings import NUMERIC_RANGES, Settings, SettingsError
+from directory.worker import Deliverer, housekeeping
 
 URL = "postgresql+psycopg://directory@db.example:5432/directory"
+FLOAT_SETTINGS = [field.name for field in dataclasses.fields(Settings) if field.type == "float"]
 
 
 def test_from_env_reads_directory_variables():
@@ -181,3 +189,128 @@ def test_production_refuses_to_count_rate_limits_per_process():
                 "DIRECTORY_DATABASE_URL": "postgresql://directory:secret@db/directory",
             }
         )
+
+
+def test_every_numeric_setting_has_a_range():
+    numeric = {
+        field.name for field in dataclasses.fields(Settings) if field.type in ("int", "float")
+    }
+
+    assert set(NUMERIC_RANGES) == numeric
+
+
+def _out_of_range(name: str, minimum: float, maximum: float) -> list[str]:
+    if name in FLOAT_SETTINGS:
+        return ["0", "-1", str(maximum * 2), "1e300", "inf", "-inf", "nan"]
+    return [str(minimum - 1), str(maximum + 1), str(2**63)]
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw"),
+    [
+        pytest.param(f"DIRECTORY_{name.upper()}", raw, id=f"{name}={raw}")
+        for name, (minimum, maximum) in NUMERIC_RANGES.items()
+        for raw in _out_of_range(name, minimum, maximum)
+    ],
+)
+def test_from_env_refuses_a_number_out_of_its_range_naming_the_variable(variable, raw):
+    with pytest.raises(SettingsError, match=f"{variable} must be between .+, not"):
+        Settings.from_env({variable: raw})
+
+
+@pytest.mark.parametrize(
+    ("environ", "variable"),
+    [
+        # Each value broke requests or the worker once accepted.
+        pytest.param(
+            {"DIRECTORY_DB_STATEMENT_TIMEOUT_MS": "2147483648"},
+            "DIRECTORY_DB_STATEMENT_TIMEOUT_MS",
+            id="statement-timeout-past-postgresql-int",
+        ),
+        pytest.param(
+            {"DIRECTORY_AD_DEFAULT_TTL_DAYS": "3000000", "DIRECTORY_AD_MAX_TTL_DAYS": "3000000"},
+            "DIRECTORY_AD_(DEFAULT|MAX)_TTL_DAYS",
+            id="ad-expiry-past-year-9999",
+        ),
+        pytest.param(
+            {"DIRECTORY_AD_MAX_TTL_DAYS": "1000000000"},
+            "DIRECTORY_AD_MAX_TTL_DAYS",
+            id="ad-lifetime-past-timedelta",
+        ),
+        pytest.param(
+            {"DIRECTORY_SYNC_SESSION_TTL_HOURS": "100000000"},
+            "DIRECTORY_SYNC_SESSION_TTL_HOURS",
+            id="sync-session-past-year-9999",
+        ),
+        pytest.param(
+            {"DIRECTORY_RELAY_RETENTION_DAYS": "100000000000"},
+            "DIRECTORY_RELAY_RETENTION_DAYS",
+            id="retention-past-timedelta",
+        ),
+        pytest.param(
+            {"DIRECTORY_DELIVERY_GIVE_UP_AFTER_HOURS": "1e300"},
+            "DIRECTORY_DELIVERY_GIVE_UP_AFTER_HOURS",
+            id="give-up-past-timedelta",
+        ),
+    ],
+)
+def test_from_env_refuses_values_that_overflow_where_they_are_used(environ, variable):
+    with pytest.raises(SettingsError, match=variable):
+        Settings.from_env(environ)
+
+
+@pytest.mark.parametrize(
+    "variable", ["DIRECTORY_SEARCH_RATE_LIMIT_ANONYMOUS", "DIRECTORY_SEARCH_RATE_LIMIT_PORTAL"]
+)
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param("0 per minute", id="refuses-every-search"),
+        pytest.param("10 per second; 0 per hour", id="one-of-several-refuses-every-search"),
+        pytest.param("1 per 10000 years", id="window-longer-than-a-year"),
+    ],
+)
+def test_from_env_refuses_a_rate_limit_no_search_could_use(variable, raw):
+    with pytest.raises(SettingsError, match=variable):
+        Settings.from_env({variable: raw})
+
+
+def test_from_env_accepts_a_rate_limit_per_year():
+    settings = Settings.from_env({"DIRECTORY_SEARCH_RATE_LIMIT_PORTAL": "1000000 per year"})
+
+    assert settings.search_rate_limit_portal == "1000000 per year"
+
+
+def _largest_of_each() -> dict[str, str]:
+    return {
+        f"DIRECTORY_{name.upper()}": str(maximum) for name, (_, maximum) in NUMERIC_RANGES.items()
+    }
+
+
+def test_from_env_accepts_the_largest_value_of_each_setting():
+    settings = Settings.from_env(_largest_of_each())
+
+    for name, (_, maximum) in NUMERIC_RANGES.items():
+        assert getattr(settings, name) == maximum
+
+
+def test_the_largest_values_work_where_they_are_used(migrated):
+    largest = Settings.from_env(_largest_of_each())
+    settings = dataclasses.replace(
+        migrated, **{name: getattr(largest, name) for name in NUMERIC_RANGES}
+    )
+    wiring = build_wiring(settings)
+    try:
+        with wiring.engine.connect() as connection:
+            timeout = connection.execute(text("SHOW statement_timeout")).scalar_one()
+        assert timeout == "2147483647ms"
+        now = datetime.now(UTC)
+        assert now + wiring.lifetimes.maximum < datetime.max.replace(tzinfo=UTC)
+        assert now + wiring.sync_session_ttl < datetime.max.replace(tzinfo=UTC)
+        housekeeping(wiring)  # give-up period and retention, against the database
+        deliverer = Deliverer(wiring, threading.Event())
+        deliverer.pool.shutdown()
+        assert deliverer.policy.give_up_after == timedelta(days=30)
+        assert deliverer.policy.lease == timedelta(days=30)
+    finally:
+        wiring.close()
