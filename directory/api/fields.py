@@ -11,13 +11,8 @@ import orjson
 from marshmallow import Schema, ValidationError, fields, utils, validate
 
 from directory.services.ads import EXTERNAL_ID
+from directory.text import CONTROL_CHARS, LINE_BREAKS, SINGLE_LINE_REFUSED
 
-# Control characters break logs and terminals, and PostgreSQL text cannot hold NUL.
-# C0 and C1 controls except tab and line ends; the Unicode line and paragraph separators
-# count as line breaks (allowed in multi-line text only).
-CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
-LINE_BREAKS = re.compile(r"[\r\n\t\u2028\u2029]")
-SINGLE_LINE_REFUSED = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 BCP47 = re.compile(r"^[a-z]{2,3}(?:-[A-Za-z0-9]{1,8})*$")
 HANDLE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 EMAIL_LIKE = re.compile(r"[^@\s]+@[^@\s]+")

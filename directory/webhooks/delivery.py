@@ -8,7 +8,6 @@ failure becomes RETRY, and the worker's backoff decides when."""
 from __future__ import annotations
 
 import enum
-import re
 import threading
 import time
 from collections import OrderedDict
@@ -26,6 +25,7 @@ from urllib3.exceptions import (
     SSLError,
 )
 
+from directory.text import SINGLE_LINE_REFUSED
 from directory.webhooks.urls import UnsafeUrl, WebhookTarget, resolve_webhook_target
 
 CONNECT_TIMEOUT_S = 3
@@ -42,9 +42,6 @@ MAX_RESPONSE_BYTES = 64 * 1024
 MAX_RETRY_AFTER_S = 24 * 3600
 # How much of a response body an error message quotes.
 ERROR_BODY_CHARS = 200
-# What a receiver's text may not bring into an error: PostgreSQL's text cannot hold NUL
-# (the whole round's outcomes would roll back with it), and controls break logs.
-UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # Receivers whose idle connections are kept, and idle connections kept per receiver: the
 # busiest portals get a warm connection per worker thread.
 MAX_POOLS = 256
@@ -288,7 +285,8 @@ def _cause(error: BaseException) -> str:
 
 def _quote(text: str) -> str:
     """Text from elsewhere, on one line, printable and at most ERROR_BODY_CHARS long."""
-    text = UNPRINTABLE.sub("\ufffd", " ".join(text.split()))
+    # PostgreSQL's text cannot hold NUL: one would roll back the whole round's outcomes.
+    text = SINGLE_LINE_REFUSED.sub("\ufffd", " ".join(text.split()))
     return text if len(text) <= ERROR_BODY_CHARS else text[: ERROR_BODY_CHARS - 1] + "…"
 
 
