@@ -28,13 +28,26 @@ def _settings() -> Settings:
 
 
 @contextmanager
+def _database_errors():
+    """A database that cannot be reached (or fails) stops the command with its reason,
+    not a traceback."""
+    from sqlalchemy.exc import OperationalError
+
+    try:
+        yield
+    except OperationalError as error:
+        raise click.ClickException(f"database error: {error.orig or error}") from None
+
+
+@contextmanager
 def _wiring():
     """The app's wiring for one command; its connections are closed when it ends."""
     import directory
 
     wiring = directory.build_wiring(_settings())
     try:
-        yield wiring
+        with _database_errors():
+            yield wiring
     finally:
         wiring.close()
 
@@ -59,6 +72,7 @@ def cli() -> None:
 @click.option(
     "--workers",
     default=DEFAULT_WORKERS,
+    type=click.IntRange(min=1),
     show_default=True,
     help="gunicorn worker processes (default: one per core, plus one)",
 )
@@ -85,7 +99,9 @@ def migrate(revision: str) -> None:
     """Upgrade the database schema to the latest migration."""
     from alembic import command
 
-    command.upgrade(alembic_config(_settings().database_url), revision)
+    config = alembic_config(_settings().database_url)
+    with _database_errors():
+        command.upgrade(config, revision)
     click.echo(f"database at {revision}")
 
 
@@ -243,7 +259,7 @@ def portals_keys(slug: str) -> None:
 
 @portals.command("revoke-key")
 @click.argument("slug")
-@click.argument("key_id", type=int)
+@click.argument("key_id", type=click.IntRange(min=1, max=2**63 - 1))  # a bigint
 def portals_revoke_key(slug: str, key_id: int) -> None:
     """Revoke a key; it is refused from the very next request."""
     from directory.services import portals as service
@@ -263,7 +279,7 @@ def _domain(function, *args, **kwargs):
 
 
 @cli.command()
-@click.option("--ads", "ad_count", default=3000, show_default=True)
+@click.option("--ads", "ad_count", default=3000, show_default=True, type=click.IntRange(min=0))
 @click.option("--seed", default=20261125, show_default=True)
 @click.option("--keys-file", type=click.Path(path_type=Path), help="Write the portals' keys here")
 def demo(ad_count: int, seed: int, keys_file: Path | None) -> None:
@@ -271,15 +287,36 @@ def demo(ad_count: int, seed: int, keys_file: Path | None) -> None:
     from directory import demo as demo_module
     from directory.db import unit_of_work
 
+    # The keys are shown once (only their digests are stored): a file they cannot go
+    # to is refused before any portal is created.
+    if keys_file is not None:
+        _check_writable(keys_file)
     with _wiring() as wiring, unit_of_work(wiring.session_factory) as session:
         summary = demo_module.load(
             session, ad_count=ad_count, seed=seed, lifetimes=wiring.lifetimes
         )
     click.echo(summary.describe())
     if keys_file and summary.keys:
-        keys_file.write_text(json.dumps(summary.keys, indent=2) + "\n")
-        keys_file.chmod(0o600)
+        keys = json.dumps(summary.keys, indent=2)
+        try:
+            keys_file.write_text(keys + "\n")
+            keys_file.chmod(0o600)
+        except OSError as error:
+            click.echo(keys)
+            raise click.ClickException(
+                f"could not write the keys to {keys_file} ({error.strerror or error}); they "
+                "are printed above, store them now: they are shown only once"
+            ) from None
         click.echo(f"portal keys written to {keys_file}")
+
+
+def _check_writable(path: Path) -> None:
+    folder_takes_it = path.parent.is_dir() and os.access(path.parent, os.W_OK)
+    file_takes_it = not path.exists() or (path.is_file() and os.access(path, os.W_OK))
+    if not (folder_takes_it and file_takes_it):
+        raise click.ClickException(
+            f"--keys-file {path} cannot be written (does its folder exist?); nothing was loaded"
+        )
 
 
 @cli.command()

@@ -33,7 +33,7 @@ from directory.services.ads import (
 )
 from directory.services.categories import category_tree
 from directory.services.currencies import BARTER, GIFT, HOUR, register_currency
-from directory.services.portals import create_portal, republish_payable_ads, update_profile
+from directory.services.portals import create_portal, republish_public_ads, update_profile
 
 # --- portals -----------------------------------------------------------------------------
 
@@ -985,7 +985,7 @@ def _register_missing_ledgers(session: Session) -> None:
         )
         if portal is not None:
             portal.ledger = spec.ledger
-            republish_payable_ads(session, portal_id=portal.id)
+            republish_public_ads(session, portal_id=portal.id, payable_only=True)
 
 
 def _write(

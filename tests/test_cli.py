@@ -14,11 +14,14 @@ from click.testing import CliRunner, Result
 from sqlalchemy import text
 
 import directory
+import directory.__main__ as main
 from directory import Wiring
 from directory import build_wiring as real_build_wiring
 from directory.__main__ import alembic_config, cli
 from directory.services.portals import looks_like_key
 from tests.factories import ad_payload
+
+UNREACHABLE_DATABASE_URL = "postgresql+psycopg://directory@127.0.0.1:1/directory"
 
 
 @pytest.fixture
@@ -140,15 +143,44 @@ def test_portals_create_refuses_a_duplicate_slug(run, create_portal):
             "unknown currency code NOPE",
             id="unknown-currency",
         ),
+        # What PATCH /v1/portals/me refuses is refused here too.
+        pytest.param(
+            ["escape", "--name", "Evil\x1b[2JName"],
+            "name must be a single line without control characters",
+            id="name-with-control-characters",
+        ),
+        pytest.param(
+            ["long-contact", "--name", "Ok", "--contact", "c" * 321],
+            "contact must be 1 to 320 characters",
+            id="contact-too-long",
+        ),
+        pytest.param(
+            ["long-web", "--name", "Ok", "--website", "https://a.org/" + "p" * 2048],
+            "website must be at most 2048 characters",
+            id="website-too-long",
+        ),
+        *(
+            pytest.param(
+                ["odd-web", "--name", "Ok", "--website", website],
+                "website must be an http(s) URL",
+                id=f"website-{name}",
+            )
+            for name, website in [
+                ("javascript", "javascript:alert(1)"),
+                ("data", "data:text/html,<script>alert(1)</script>"),
+                ("not-a-url", "not a url"),
+            ]
+        ),
     ],
 )
-def test_portals_create_refuses_invalid_input_with_a_clear_message(run, args, expected):
+def test_portals_create_refuses_invalid_input_with_a_clear_message(run, run_ok, args, expected):
     result = run("portals", "create", *args)
 
     assert isinstance(result.exception, SystemExit), result.exception
     assert result.exit_code != 0
     assert result.output.startswith("Error: ")
     assert expected in result.output
+    assert json.loads(run_ok("portals", "list", "--json").output) == []
 
 
 def test_portals_list_shows_the_portal(run_ok, create_portal):
@@ -262,6 +294,47 @@ def test_portal_command_on_an_unknown_slug_fails_clearly(run):
     assert "no portal with slug 'no-such-portal'" in result.output
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["portals", "list"],
+        ["portals", "create", "new-portal", "--name", "New"],
+        ["portals", "suspend", "some-portal"],
+        ["portals", "keys", "some-portal"],
+        ["migrate"],
+    ],
+    ids=lambda args: " ".join(args[:2]),
+)
+def test_a_database_that_cannot_be_reached_stops_the_command_clearly(run, args):
+    result = run(*args, env={"DIRECTORY_DATABASE_URL": UNREACHABLE_DATABASE_URL})
+
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code != 0
+    assert result.output.startswith("Error: database error: connection failed"), result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "parameter"),
+    [
+        (["portals", "revoke-key", "cli-portal", str(2**70)], "KEY_ID"),  # beyond bigint
+        (["demo", "--ads", "-1"], "--ads"),
+        (["serve", "--workers", "0"], "--workers"),
+        (["serve", "--workers", "-1"], "--workers"),
+    ],
+    ids=["key-id-beyond-bigint", "negative-ads", "no-workers", "negative-workers"],
+)
+def test_out_of_range_numbers_are_refused_as_usage_errors(run, monkeypatch, args, parameter):
+    started = []
+    monkeypatch.setattr(main.os, "execvp", lambda *command: started.append(command))
+
+    result = run(*args)
+
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code == 2
+    assert f"Error: Invalid value for '{parameter}'" in result.output
+    assert not started
+
+
 def test_bad_settings_stop_the_command_naming_the_variable(run):
     result = run("portals", "list", env={"DIRECTORY_ENVIRONMENT": "nope"})
 
@@ -292,7 +365,7 @@ def test_worker_once_exits_non_zero_when_its_round_fails(run, restore_signal_han
     result = run(
         "worker",
         "--once",
-        env={"DIRECTORY_DATABASE_URL": "postgresql+psycopg://directory@127.0.0.1:1/directory"},
+        env={"DIRECTORY_DATABASE_URL": UNREACHABLE_DATABASE_URL},
     )
 
     assert result.exit_code != 0
@@ -307,6 +380,35 @@ def test_production_without_a_search_key_refuses_to_start(run, restore_signal_ha
 
     assert result.exit_code != 0
     assert "DIRECTORY_MEILISEARCH_KEY" in result.output
+
+
+def test_demo_refuses_a_keys_file_it_cannot_write_before_creating_anything(run, run_ok, tmp_path):
+    keys_file = tmp_path / "no-such-folder" / "keys.json"
+
+    result = run("demo", "--ads", "0", "--keys-file", str(keys_file))
+
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code != 0
+    assert result.output.startswith(f"Error: --keys-file {keys_file} cannot be written")
+    assert json.loads(run_ok("portals", "list", "--json").output) == []
+
+
+def test_demo_prints_the_keys_when_writing_them_fails(run, monkeypatch, tmp_path, client):
+    def disk_full(path, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(main.Path, "write_text", disk_full)
+
+    result = run("demo", "--ads", "0", "--keys-file", str(tmp_path / "keys.json"))
+
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code != 0
+    assert "Error: could not write the keys" in result.output
+    printed = json.loads(result.output[result.output.index("{") : result.output.index("}") + 1])
+    assert printed
+    for slug, key in printed.items():
+        response = client.get("/v1/portals/me", headers=_bearer(key))
+        assert response.json["slug"] == slug
 
 
 def test_migrate_at_head_is_idempotent(run_ok, wiring, migrated):

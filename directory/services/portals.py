@@ -9,7 +9,7 @@ import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import bindparam, func, literal, select, update
+from sqlalchemy import bindparam, func, literal, or_, select, update
 from sqlalchemy.orm import Session
 
 from directory.db import add_unique
@@ -17,7 +17,9 @@ from directory.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauth
 from directory.models import AdChange, ChangeOp, Portal, PortalKey, PortalStatus
 from directory.models.ads import Ad, Visibility
 from directory.services import deliveries
+from directory.services.ads import global_id_prefix
 from directory.services.currencies import require_known_currencies
+from directory.text import SINGLE_LINE_REFUSED
 from directory.webhooks.signing import new_secret
 from directory.webhooks.urls import UnsafeUrl, check_webhook_url
 
@@ -79,7 +81,43 @@ class AuthenticatedPortal:
 
 
 SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$")
-MAX_NAME_LENGTH = 200
+# Single-line profile text and its limits (the columns' lengths). Control characters
+# break logs and terminals (`portals list` prints names as they are).
+PROFILE_TEXT_LIMITS = {"name": 200, "contact": 320}
+MAX_WEBSITE_LENGTH = 2048
+
+
+def check_profile(fields: dict) -> None:
+    """Name, contact and website however they come in (the API or the CLI): refused as
+    InvalidInput naming the field. Other fields are left to their own checks."""
+    for field, limit in PROFILE_TEXT_LIMITS.items():
+        value = fields.get(field)
+        if value is None:
+            continue
+        if not value.strip() or len(value) > limit:
+            raise InvalidInput(f"{field} must be 1 to {limit} characters", field=field)
+        if SINGLE_LINE_REFUSED.search(value):
+            raise InvalidInput(
+                f"{field} must be a single line without control characters", field=field
+            )
+    website = fields.get("website")
+    if website is not None:
+        _check_website(website)
+
+
+def _check_website(website: str) -> None:
+    if len(website) > MAX_WEBSITE_LENGTH:
+        raise InvalidInput(
+            f"website must be at most {MAX_WEBSITE_LENGTH} characters", field="website"
+        )
+    # The website is the ads' global identity: a URL it cannot be made of is refused.
+    if any(char.isspace() or not char.isprintable() for char in website) or (
+        global_id_prefix(website) is None
+    ):
+        raise InvalidInput(
+            "website must be an http(s) URL with a host, such as https://sel.example.org",
+            field="website",
+        )
 
 
 def create_portal(
@@ -99,8 +137,7 @@ def create_portal(
             "with a letter or digit",
             field="slug",
         )
-    if not 1 <= len(name.strip()) <= MAX_NAME_LENGTH:
-        raise InvalidInput(f"name must be 1 to {MAX_NAME_LENGTH} characters", field="name")
+    check_profile({"name": name, "website": website, "contact": contact})
     if webhook_url is not None:
         check_outbound_url(
             webhook_url,
@@ -217,6 +254,24 @@ _KEY_LOOKUP = (
     .join(Portal.__table__, Portal.__table__.c.id == PortalKey.__table__.c.portal_id)
     .where(PortalKey.__table__.c.digest == bindparam("digest"))
 )
+# The row lock this takes lasts until the request ends (a sync commit: minutes): a row
+# that another request holds is skipped, not waited for; that one is writing it anyway.
+_STALE_KEY = (
+    select(PortalKey.__table__.c.id)
+    .where(
+        PortalKey.__table__.c.id == bindparam("key_id"),
+        or_(
+            PortalKey.__table__.c.last_used_at.is_(None),
+            PortalKey.__table__.c.last_used_at < bindparam("cutoff"),
+        ),
+    )
+    .with_for_update(skip_locked=True)
+)
+_TOUCH_KEY = (
+    update(PortalKey.__table__)
+    .where(PortalKey.__table__.c.id.in_(_STALE_KEY.scalar_subquery()))
+    .values(last_used_at=bindparam("now"))
+)
 
 
 def authenticate(session: Session, *, key: str | None) -> AuthenticatedPortal:
@@ -235,8 +290,9 @@ def authenticate(session: Session, *, key: str | None) -> AuthenticatedPortal:
     if status != PortalStatus.ACTIVE:
         raise Forbidden(f"portal {slug!r} is suspended", code="portal_suspended")
     now = datetime.now(UTC)
-    if last_used_at is None or now - last_used_at > LAST_USED_RESOLUTION:
-        session.execute(update(PortalKey).where(PortalKey.id == key_id).values(last_used_at=now))
+    cutoff = now - LAST_USED_RESOLUTION
+    if last_used_at is None or last_used_at < cutoff:
+        session.execute(_TOUCH_KEY, {"key_id": key_id, "cutoff": cutoff, "now": now})
     return AuthenticatedPortal(id=portal_id, slug=slug)
 
 
@@ -258,6 +314,7 @@ def update_profile(
     unknown = set(changes) - set(PROFILE_FIELDS)
     if unknown:
         raise ValueError(f"not profile fields: {sorted(unknown)}")
+    check_profile(changes)
     if "default_currencies" in changes:
         require_known_currencies(
             session,
@@ -273,6 +330,10 @@ def update_profile(
             allow_loopback=allow_loopback,
         )
     ledger_changed = "ledger" in changes and changes["ledger"] != portal.ledger
+    # The website makes the ads' global ids.
+    identity_changed = "website" in changes and (
+        global_id_prefix(changes["website"]) != global_id_prefix(portal.website)
+    )
     if ledger_changed and changes["ledger"] is not None:
         check_outbound_url(
             changes["ledger"].url,
@@ -292,23 +353,24 @@ def update_profile(
             deliveries.park_webhooks(session, portal_id=portal.id)
         else:
             deliveries.resume_webhooks(session, portal_id=portal.id)
-    if ledger_changed:
-        republish_payable_ads(session, portal_id=portal.id)
+    if identity_changed or ledger_changed:
+        republish_public_ads(session, portal_id=portal.id, payable_only=not identity_changed)
     if changes:
         portal.updated_at = datetime.now(UTC)
     session.flush()
     return portal
 
 
-def republish_payable_ads(session: Session, *, portal_id: int) -> None:
-    """The ledger is part of the public view of the portal's ads with an account (their
-    payment block): they go out again through the change feed, to search indexes and
-    other followers."""
+def republish_public_ads(session: Session, *, portal_id: int, payable_only: bool) -> None:
+    """The portal's public ads go out again through the change feed, to search indexes
+    and other followers, when a part of their public view kept on the portal changes: its
+    website (their global_id: all of them) or its ledger (the payment block of those with
+    an account: `payable_only`)."""
     changed = select(Ad.id, Ad.portal_id, literal(ChangeOp.UPSERT.value)).where(
-        Ad.portal_id == portal_id,
-        Ad.visibility == Visibility.PUBLIC,
-        Ad.ledger_account.is_not(None),
+        Ad.portal_id == portal_id, Ad.visibility == Visibility.PUBLIC
     )
+    if payable_only:
+        changed = changed.where(Ad.ledger_account.is_not(None))
     session.execute(AdChange.__table__.insert().from_select(["ad_id", "portal_id", "op"], changed))
 
 

@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import threading
 
+from sqlalchemy import select
+
+from directory.db import unit_of_work
+from directory.models import PortalKey
+from directory.services import portals
 from tests.factories import ad_payload
 
 
@@ -92,3 +97,30 @@ def test_a_replace_waits_for_ordinary_writes_and_deletes_what_they_made(app, cli
     ids = [ad["external_id"] for ad in listed]
     # Either order is fine; a mix (the replace seeing half of the other batch) is not.
     assert ids in (["r-1"], ["r-1", "x-1", "x-2"])
+
+
+def test_a_request_does_not_wait_for_another_holding_its_keys_row(app, wiring, portal):
+    """The first request with a key in a while records when the key was used, which
+    locks the key's row until that request ends (a sync commit may take minutes): other
+    requests with the key go on without that bookkeeping rather than wait for it."""
+    statuses = []
+
+    def request_with_the_same_key():
+        response = app.test_client().get("/v1/portals/me", headers=portal.headers)
+        statuses.append(response.status_code)
+
+    with unit_of_work(wiring.session_factory) as long_request:
+        portals.authenticate(long_request, key=portal.key)  # its row is locked now
+        other = threading.Thread(target=request_with_the_same_key)
+        other.start()
+        other.join(5)
+        waited = other.is_alive()
+    other.join()
+
+    assert not waited
+    assert statuses == [200]
+    with unit_of_work(wiring.session_factory) as session:
+        last_used = session.scalars(
+            select(PortalKey.last_used_at).where(PortalKey.portal_id == portal.id)
+        ).all()
+    assert all(last_used), last_used  # the long request's record stands

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from directory.services.ads import global_id_prefix
+from tests.api.test_feed import read_all
 from tests.factories import ad_payload
 
 
@@ -76,6 +77,26 @@ def test_global_id_follows_a_change_of_website(client, portal):
     assert client.get(f"/v1/ads/{ad['id']}").json["global_id"] == "https://new.example.org#ad-1"
     set_website(client, portal, None)
     assert client.get(f"/v1/ads/{ad['id']}").json["global_id"] is None
+
+
+def test_a_change_of_website_republishes_the_public_ads_through_the_feed(client, portal):
+    # Mirrors following the feed would otherwise keep the old global ids.
+    set_website(client, portal, "https://old.example.org")
+    public = put(client, portal, "ad-1")["id"]
+    put(client, portal, "ad-2", ad_payload("portal_only"))
+    _, cursor = read_all(client)
+
+    set_website(client, portal, "https://new.example.org")
+    changes, cursor = read_all(client, since=cursor)
+    assert [(change["op"], change["ad_id"]) for change in changes] == [("upsert", public)]
+    assert changes[0]["ad"]["global_id"] == "https://new.example.org#ad-1"
+
+    set_website(client, portal, "https://NEW.example.org/")  # the same identity
+    assert read_all(client, since=cursor)[0] == []
+
+    set_website(client, portal, None)
+    changes, _ = read_all(client, since=cursor)
+    assert [change["ad"]["global_id"] for change in changes] == [None]
 
 
 def test_global_id_depends_on_website_and_external_id_only(client, portal, other_portal):

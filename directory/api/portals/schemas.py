@@ -4,6 +4,7 @@ from marshmallow import Schema, fields, post_load, validate
 
 from directory.api.fields import Text, Url, currency_code_field, unique_values
 from directory.models import Ledger, LedgerProtocol, PortalStatus
+from directory.services.portals import MAX_WEBSITE_LENGTH, PROFILE_TEXT_LIMITS
 
 # Credit Commons node names are short path segments.
 LEDGER_NODE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
@@ -80,9 +81,14 @@ class PortalSchema(Schema):
 class PortalPatchSchema(Schema):
     """Fields of the profile to change; absent fields stay as they are."""
 
-    name = Text(validate=validate.Length(1, 200))
-    website = Url(schemes={"https", "http"}, allow_none=True, validate=validate.Length(max=2048))
-    contact = Text(allow_none=True, validate=validate.Length(1, 320))
+    # The service checks these too (the CLI creates portals): the same limits.
+    name = Text(validate=validate.Length(1, PROFILE_TEXT_LIMITS["name"]))
+    website = Url(
+        schemes={"https", "http"},
+        allow_none=True,
+        validate=validate.Length(max=MAX_WEBSITE_LENGTH),
+    )
+    contact = Text(allow_none=True, validate=validate.Length(1, PROFILE_TEXT_LIMITS["contact"]))
     description = Text(allow_none=True, multiline=True, validate=validate.Length(max=4000))
     default_currencies = fields.List(
         currency_code_field(),
