@@ -541,7 +541,8 @@ def test_when_no_directory_answers_the_search_fails():
 
 class Proxy:
     """Forwards GET requests to `target` after `delay_s`, its answers passed through
-    `rewrite`: a directory that is slow, or that answers otherwise."""
+    `rewrite` and sent with `headers` added: a directory that is slow, or that answers
+    otherwise."""
 
     def __init__(
         self,
@@ -549,6 +550,7 @@ class Proxy:
         *,
         delay_s: float = 0.0,
         rewrite: Callable[[int, bytes], tuple[int, bytes]] = lambda status, body: (status, body),
+        headers: dict[str, str] | None = None,
     ):
         stopping = threading.Event()
 
@@ -560,6 +562,8 @@ class Proxy:
                 status, body = rewrite(answer.status_code, answer.content)
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -621,6 +625,13 @@ def without_global_ids(status: int, body: bytes) -> tuple[int, bytes]:
     return status, orjson.dumps(page)
 
 
+def without_time_zones(status: int, body: bytes) -> tuple[int, bytes]:
+    page = orjson.loads(body)
+    for hit in page["hits"]:
+        hit["updated_at"] = hit["updated_at"][:19]  # 2026-01-01T00:00:00, zone cut off
+    return status, orjson.dumps(page)
+
+
 def refused(status: int, body: bytes) -> tuple[int, bytes]:
     envelope = {
         "code": 400,
@@ -633,16 +644,24 @@ def refused(status: int, body: bytes) -> tuple[int, bytes]:
 
 
 @pytest.mark.parametrize(
-    ("rewrite", "reason"),
+    ("answering", "reason"),
     [
-        pytest.param(refused, "400 validation_error", id="refused"),
-        pytest.param(without_global_ids, "answer not understood", id="older-version"),
+        pytest.param({"rewrite": refused}, "400 validation_error", id="refused"),
+        pytest.param({"rewrite": without_global_ids}, "answer not understood", id="older-version"),
+        pytest.param(
+            {"rewrite": without_time_zones}, "without a time zone", id="times-without-zone"
+        ),
+        pytest.param(
+            {"headers": {"Content-Encoding": "gzip"}}, "DecodingError", id="garbled-encoding"
+        ),
     ],
 )
-def test_a_directory_answering_otherwise_is_reported_with_its_reason(directories, rewrite, reason):
+def test_a_directory_answering_otherwise_is_reported_with_its_reason(
+    directories, answering, reason
+):
     a, b = directories
     with (
-        Proxy(b.url, rewrite=rewrite) as other_b,
+        Proxy(b.url, **answering) as other_b,
         FederatedSearch([a.url, other_b.url]) as search,
     ):
         page = search.search(sort="recent", limit=100)

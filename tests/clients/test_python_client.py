@@ -410,6 +410,17 @@ def test_every_call_has_a_timeout():
         assert time.monotonic() - started < 1.9  # it did not wait for the silence to end
 
 
+def test_an_answer_garbled_in_transit_is_unavailable_after_the_retries():
+    garbled = (200, {"Content-Encoding": "gzip"}, b'{"status":"ok"}')  # not gzip at all
+    with (
+        Scripted([garbled] * 3) as server,
+        DirectoryClient(server.url, retry=NO_WAIT) as directory,
+        pytest.raises(DirectoryUnavailable, match="DecodingError"),
+    ):
+        directory.healthz()
+    assert len(server.requests) == 3
+
+
 def test_a_directory_that_is_not_there_is_unavailable_after_the_retries():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -455,14 +466,17 @@ def test_a_retry_policy_needs_one_attempt_at_least(attempts):
 # --- webhooks ---------------------------------------------------------------------------
 
 
-def signed(secrets: list[str], *, timestamp: int | None = None) -> tuple[bytes, dict]:
-    body = orjson.dumps(
-        {
-            "type": "message.created",
-            "timestamp": datetime.now(UTC).isoformat(),
-            "data": {"message": {"body": "Hello"}},
-        }
-    )
+def signed(
+    secrets: list[str], *, timestamp: int | None = None, body: bytes | None = None
+) -> tuple[bytes, dict]:
+    if body is None:
+        body = orjson.dumps(
+            {
+                "type": "message.created",
+                "timestamp": datetime.now(UTC).isoformat(),
+                "data": {"message": {"body": "Hello"}},
+            }
+        )
     headers = signed_headers(
         secrets=secrets,
         webhook_id="msg_" + "ab" * 16,
@@ -502,3 +516,28 @@ def test_forged_tampered_and_stale_webhooks_are_refused():
         verify_webhook(stale_body, stale_headers, secrets=secret)
     with pytest.raises(ValueError):
         verify_webhook(body, headers, secrets=[])
+
+
+@pytest.mark.parametrize("signature", ["garbage", "v1", "v1,not base64!", "v1,a,b"])
+def test_a_malformed_signature_header_is_an_invalid_webhook(signature):
+    secret = new_secret()
+    body, headers = signed([secret])
+
+    with pytest.raises(InvalidWebhook):
+        verify_webhook(body, headers | {"webhook-signature": signature}, secrets=secret)
+
+
+def test_a_signed_body_that_is_not_json_is_an_invalid_webhook():
+    secret = new_secret()
+    body, headers = signed([secret], body=b"not json")
+
+    with pytest.raises(InvalidWebhook, match="not a directory event"):
+        verify_webhook(body, headers, secrets=secret)
+
+
+def test_a_body_that_is_not_utf8_is_an_invalid_webhook():
+    secret = new_secret()
+    body, headers = signed([secret])
+
+    with pytest.raises(InvalidWebhook, match="UTF-8"):
+        verify_webhook(body + b"\xff", headers, secrets=secret)

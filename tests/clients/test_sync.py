@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from directory_client.client import DirectoryClient
 from directory_client.sync import sync_ads, sync_file
@@ -402,6 +403,64 @@ def test_a_killed_replace_run_resumes_staging_in_the_same_session(
     assert f"resuming sync session {session_id}" in result.stderr
     assert set(stored(directory)) == {ad["external_id"] for ad in ads}
     assert directory.get_sync_session(session_id).status == "committed"
+
+
+class Died(Exception):
+    """The run died between the directory applying a request and it reading the answer."""
+
+
+class DiesAfterTheFirstStaging(httpx.HTTPTransport):
+    """Forwards to the directory; the first staging request is applied there, then the
+    run dies without its answer: a kill no signal can time as exactly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.died = False
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        if not self.died and request.method == "POST" and request.url.path.endswith("/items"):
+            response.close()
+            self.died = True
+            raise Died
+        return response
+
+
+def die_after_the_first_staging(live, portal, ads: list[dict[str, Any]], state: Path) -> None:
+    with (
+        DirectoryClient(
+            live.url, key=portal.key, http_transport=DiesAfterTheFirstStaging()
+        ) as dying,
+        pytest.raises(Died),
+    ):
+        sync_ads(dying, ads, state_path=state, replace=True)
+
+
+def test_a_replace_run_resumed_after_an_unanswered_staging_leaves_out_an_ad_that_left(
+    live, portal, directory, tmp_path
+):
+    state = tmp_path / "state"
+    die_after_the_first_staging(live, portal, [an_ad(1), an_ad(2), an_ad(3)], state)
+
+    report = sync_ads(directory, [an_ad(1), an_ad(2)], state_path=state, replace=True)
+
+    assert report.resumed
+    assert set(stored(directory)) == {"ad-1", "ad-2"}
+
+
+def test_a_replace_run_resumed_after_an_unanswered_staging_keeps_a_rejected_rows_ad(
+    live, portal, directory, tmp_path
+):
+    state = tmp_path / "state"
+    sync_ads(directory, [an_ad(1), an_ad(2)], state_path=state)
+    die_after_the_first_staging(live, portal, [an_ad(1), an_ad(2, title="Staged")], state)
+    # ad-2 on two lines: which one is meant is unclear, so its ad is kept as it was.
+    ads = [an_ad(1), an_ad(2, title="One"), an_ad(2, title="Other")]
+
+    report = sync_ads(directory, ads, state_path=state, replace=True)
+
+    assert {rejection.external_id for rejection in report.rejected} == {"ad-2"}
+    assert stored(directory)["ad-2"].title == "Bike repairs #2"
 
 
 # --- the command ------------------------------------------------------------------------

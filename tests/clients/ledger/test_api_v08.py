@@ -36,7 +36,7 @@ def ad(node) -> Payment:
             "ledger_url": node.url,
             "node": NODE_NAME,
             "payee": "ben",
-            "currencies": [],
+            "currencies": ["HOUR"],
             "price": None,
         }
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
@@ -22,6 +23,7 @@ from directory_client.ledger import (
     WorkflowViolation,
     ledger_for,
 )
+from directory_client.payments import NotPayable
 
 
 def balances(ledger, key, *accounts: str) -> dict[str, Balance]:
@@ -313,6 +315,41 @@ def test_an_ad_on_another_ledger_is_refused(ledger, ad_for, key, recorder):
         )
 
     assert recorder.exchanges == []
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"payee": ""}, "names no payee"),
+        ({"currencies": ()}, "accepts no currency"),
+        ({"currencies": ("HOUR",)}, "its price is in EUR, which it does not accept"),
+    ],
+)
+def test_an_inconsistent_payment_block_is_refused_before_any_request(
+    ledger, ad_for, key, recorder, changes, message
+):
+    ad = dataclasses.replace(ad_for("bob"), **changes)
+
+    with pytest.raises(NotPayable, match=message):
+        ledger.pay(ad, 1, "a contradiction", payer="alice", auth=key("alice"))
+
+    assert recorder.exchanges == []
+
+
+@pytest.mark.parametrize("field", ["protocol", "ledger_url", "node", "payee"])
+def test_a_payment_block_without_a_field_is_not_payable_and_names_it(credit_commons_node, field):
+    block = {
+        "protocol": "credit-commons",
+        "ledger_url": credit_commons_node.url,
+        "node": credit_commons_node.node_name,
+        "payee": "bob",
+        "currencies": ["EUR"],
+        "price": {"amount": "1", "currency": "EUR", "unit": "hour"},
+    }
+    del block[field]
+
+    with pytest.raises(NotPayable, match=f"has no {field}"):
+        ledger_for({"payment": block})
 
 
 def test_ledger_for_takes_the_ads_json_or_an_object_with_a_payment(

@@ -13,7 +13,8 @@ class DirectoryError(Exception):
 
 
 class DirectoryUnavailable(DirectoryError):
-    """The directory could not be reached (refused, timed out, dropped), retries spent."""
+    """The directory could not be reached (refused, timed out, dropped) or its answer not
+    read (garbled in transit), retries spent."""
 
 
 class ApiError(DirectoryError):

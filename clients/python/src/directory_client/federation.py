@@ -79,6 +79,7 @@ CURSOR_PREFIX = "fed1."
 DIGEST_BYTES = 8
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MICROSECOND = timedelta(microseconds=1)
+NOT_UNDERSTOOD = "answer not understood (another version of the API?)"
 
 
 class FederationError(DirectoryError):
@@ -300,7 +301,7 @@ class FederatedSearch:
                 )
                 continue
             try:
-                pages[index] = future.result()
+                page = future.result()
             except DirectoryUnavailable as error:
                 timed_out = isinstance(error.__cause__, httpx.TimeoutException)
                 outcome = Outcome.TIMED_OUT if timed_out else Outcome.ERROR
@@ -310,9 +311,15 @@ class FederatedSearch:
                 statuses.append(DirectoryStatus(client.base_url, Outcome.ERROR, str(error)))
                 continue
             except (msgspec.DecodeError, msgspec.ValidationError) as error:
-                reason = f"answer not understood (another version of the API?): {error}"
+                reason = f"{NOT_UNDERSTOOD}: {error}"
                 statuses.append(DirectoryStatus(client.base_url, Outcome.ERROR, reason))
                 continue
+            # The merge compares times of different directories: each needs its zone.
+            if any(hit.updated_at.tzinfo is None for hit in page.hits):
+                reason = f"{NOT_UNDERSTOOD}: an updated_at without a time zone"
+                statuses.append(DirectoryStatus(client.base_url, Outcome.ERROR, reason))
+                continue
+            pages[index] = page
             statuses.append(DirectoryStatus(client.base_url, Outcome.OK))
         # Raised rather than an empty page: the cursor stays valid for another try.
         if requests and all(pages[index] is None for index in requests):

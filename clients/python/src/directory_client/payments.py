@@ -12,7 +12,8 @@ import msgspec
 
 
 class NotPayable(ValueError):
-    """The ad carries no payment block: its portal has no ledger or the ad no account."""
+    """The ad cannot be paid: it carries no payment block (its portal has no ledger or
+    the ad no account), or one that lacks a field or contradicts itself."""
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class Price:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Price:
+        _require(data, ("amount", "currency", "unit"), within="payment block's price")
         return cls(amount=Decimal(data["amount"]), currency=data["currency"], unit=data["unit"])
 
 
@@ -37,6 +39,7 @@ class Payment:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Payment:
+        _require(data, ("protocol", "ledger_url", "node", "payee"), within="payment block")
         price = data.get("price")
         return cls(
             protocol=data["protocol"],
@@ -61,3 +64,9 @@ class Payment:
         if isinstance(payment, msgspec.Struct):
             payment = msgspec.to_builtins(payment)
         return cls.from_json(payment)
+
+
+def _require(data: Mapping[str, Any], names: tuple[str, ...], *, within: str) -> None:
+    missing = [name for name in names if name not in data]
+    if missing:
+        raise NotPayable(f"this ad cannot be paid: its {within} has no {', '.join(missing)}")

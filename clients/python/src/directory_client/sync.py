@@ -319,9 +319,6 @@ class _Run:
         items += [{"op": "delete", "external_id": key} for key in deletes]
         keys = upserts + deletes
 
-        def before(batch: _Batch) -> None:
-            log.record({"sending": batch.number, "ids": batch.external_ids})
-
         def after(batch: _Batch, results: Sequence[models.ItemResult]) -> None:
             synced: dict[str, str | None] = {}
             for key, result in zip(batch.external_ids, results, strict=True):
@@ -337,9 +334,7 @@ class _Run:
                     self.counts["deleted"] += 1
             log.record({"synced": batch.number, "ads": synced})
 
-        self._send(
-            "sending", keys, items, lambda batch: self._batch_ads(batch.items), before, after
-        )
+        self._send("sending", keys, items, lambda batch: self._batch_ads(batch.items), log, after)
         self._count()
 
     def _batch_ads(self, items: list[dict[str, Any]]) -> list[models.ItemResult]:
@@ -396,7 +391,9 @@ class _Run:
             self.progress.note(f"resuming sync session {session.id}")
         staged = session.staged
         keys = [key for key, ad in ads.items() if staged.get(key) != ad.digest]
-        keys += sorted(key for key in kept if staged.get(key) != UNKNOWN)
+        # Every kept id, even one staged UNKNOWN: that may be an unanswered batch's ad, and
+        # staging it again as KEEP_AS_IT_WAS replaces whatever that batch staged.
+        keys += sorted(kept)
         items = [
             {"external_id": key, "ad": msgspec.Raw(ads[key].body) if key in ads else KEEP_AS_IT_WAS}
             for key in keys
@@ -416,14 +413,14 @@ class _Run:
                     if key in ads:
                         self._reject(key, result.errors)
                 self.counts[result.status] += 1
-            log.record({"staged": recorded})
+            log.record({"staged": recorded, "batch": batch.number})
 
         self._send(
             "staging",
             keys,
             items,
             lambda batch: self.client.stage_sync_items(session.id, batch.items).results,
-            None,
+            log,
             after,
         )
         self.progress.note(f"committing sync session {session.id}")
@@ -465,11 +462,11 @@ class _Run:
         keys: list[str],
         items: list[dict[str, Any]],
         call: Callable[[_Batch], Sequence[models.ItemResult]],
-        before: Callable[[_Batch], None] | None,
+        log: StateLog,
         after: Callable[[_Batch, Sequence[models.ItemResult]], None],
     ) -> None:
-        """Send `items` in batches, up to `concurrency` at a time; `before` and `after`
-        run in this thread, in order of sending and of answers."""
+        """Send `items` in batches, up to `concurrency` at a time, each marked in `log`
+        before it is sent; `after` records an answer, in this thread, in order of answers."""
         size = self.batch_size
         batches = (
             _Batch(number, keys[start : start + size], items[start : start + size])
@@ -481,8 +478,7 @@ class _Run:
             try:
                 for batch in _then_none(batches):
                     if batch is not None:
-                        if before is not None:
-                            before(batch)
+                        log.record({"sending": batch.number, "ids": batch.external_ids})
                         running[pool.submit(call, batch)] = batch
                     while running and (batch is None or len(running) >= self.concurrency):
                         done, _ = wait(running, return_when=FIRST_COMPLETED)

@@ -9,20 +9,22 @@ It is a JSON Lines log. The first line is a snapshot:
 Each later line records one step, appended and flushed as it happens (a step is cheap to
 write, where rewriting 100,000 digests after every batch would cost more than the batch):
 
-    {"sending": n, "ids": [...]}          batch n is about to be sent
+    {"sending": n, "ids": [...]}          batch n is about to be sent or staged
     {"synced": n, "ads": {id: digest | null}}   batch n's answer: accepted, or deleted (null)
     {"session": id}                       a sync session (--replace) was opened
-    {"staged": {id: digest | ""}}         ads staged in it ("" rejected: kept as it was)
+    {"staged": {id: digest | ""}, "batch": n}   batch n's answer: ads staged in the session
+                                          ("" rejected: kept as it was)
     {"committed": id, "unknown": [...]}   it was committed: the staged ads are the set
     {"closed": id}                        it was aborted or found expired
 
 Replaying the log gives the state. An ad of a batch that was sent but never answered
 (the run was killed) may or may not have reached the directory: its digest becomes
 UNKNOWN, so the next run sends it again (or deletes it), which is harmless because upserts
-and deletes by external id are idempotent. The state is never ahead of the directory:
-a step is recorded only after the directory answered. At the start and the end of a run
-the log is rewritten as one snapshot (temporary file, fsync, rename); `finished` says
-whether the run that wrote it came to its end."""
+and deletes by external id are idempotent; in a sync session it becomes UNKNOWN among the
+staged ads, so that one no longer in the input makes the session stale. The state is never
+ahead of the directory: a step is recorded only after the directory answered. At the start
+and the end of a run the log is rewritten as one snapshot (temporary file, fsync, rename);
+`finished` says whether the run that wrote it came to its end."""
 
 from __future__ import annotations
 
@@ -70,6 +72,7 @@ class SyncState:
         elif "session" in record:
             self.session = OpenSession(record["session"])
         elif "staged" in record:
+            self.pending.pop(record.get("batch"), None)  # no batch in older logs
             self._open_session(record).staged.update(record["staged"])
         elif "committed" in record:
             self.ads = dict(self._open_session(record).staged)
@@ -81,9 +84,11 @@ class SyncState:
             raise StateError(f"unknown step {sorted(record)}")
 
     def settle_pending(self) -> None:
-        """Batches sent and never answered: their ads' fate is unknown."""
+        """Batches sent and never answered: their ads' fate is unknown, in the directory
+        or, while a session is open (the batches were staged), among its staged ads."""
+        fates = self.ads if self.session is None else self.session.staged
         for ids in self.pending.values():
-            self.ads.update(dict.fromkeys(ids, UNKNOWN))
+            fates.update(dict.fromkeys(ids, UNKNOWN))
         self.pending.clear()
 
     def _open_session(self, record: dict[str, Any]) -> OpenSession:

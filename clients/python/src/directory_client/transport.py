@@ -33,12 +33,13 @@ class RetryPolicy:
     """How often and how patiently a request is tried.
 
     Retried: 429 (always: the directory refused before doing anything), and for requests
-    that are safe to repeat also 503 and a connection lost after sending; a connection
-    that could not be made at all is retried for any request (nothing was sent). Waits
-    double from `backoff_s` up to `max_backoff_s`, each drawn at random below that bound
-    (full jitter, so that many clients do not retry in step), or are what Retry-After
-    says. A Retry-After longer than `max_retry_after_s` is not waited for: the error is
-    raised at once with its `retry_after`."""
+    that are safe to repeat also 503, a connection lost after sending and an answer
+    garbled in transit (a bad Content-Encoding); a connection that could not be made at
+    all is retried for any request (nothing was sent). Waits double from `backoff_s` up
+    to `max_backoff_s`, each drawn at random below that bound (full jitter, so that many
+    clients do not retry in step), or are what Retry-After says. A Retry-After longer
+    than `max_retry_after_s` is not waited for: the error is raised at once with its
+    `retry_after`."""
 
     attempts: int = 4  # in all, the first included
     backoff_s: float = 0.5
@@ -136,7 +137,8 @@ class Transport:
                     raise self._unavailable(method, path, error, sent=False) from error
                 self._sleep(self.retry.backoff(attempt))
                 continue
-            except httpx.TransportError as error:
+            except (httpx.TransportError, httpx.DecodingError) as error:
+                # DecodingError: the answer came garbled (bad Content-Encoding), as if lost.
                 if last or not repeatable:
                     raise self._unavailable(method, path, error, sent=True) from error
                 self._sleep(self.retry.backoff(attempt))

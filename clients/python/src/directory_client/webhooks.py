@@ -44,17 +44,23 @@ def verify_webhook(
         raise ValueError("verify_webhook needs at least one secret")
     # Header names are case-insensitive; the package looks them up in lower case.
     lowered = {name.lower(): value for name, value in headers.items()}
-    payload = body.decode() if isinstance(body, bytes) else body
+    try:
+        payload = body.decode() if isinstance(body, bytes) else body
+    except UnicodeDecodeError as error:
+        raise InvalidWebhook("the webhook's body is not UTF-8 text") from error
     for secret in secrets:
+        webhook = Webhook(secret)  # outside the try: a bad secret is the caller's error
         try:
-            Webhook(secret).verify(payload, lowered)
+            # Not parsed here: the body is read below, where not being a directory event
+            # is an InvalidWebhook. A malformed signature header raises ValueError.
+            webhook.verify(payload, lowered, json_parse=False)
             break
-        except WebhookVerificationError:
+        except (WebhookVerificationError, ValueError):
             continue
     else:
         raise InvalidWebhook(
-            "the webhook's signature matches none of the secrets, or its timestamp is "
-            "more than 5 minutes away"
+            "the webhook's signature is malformed or matches none of the secrets, or its "
+            "timestamp is more than 5 minutes away"
         )
     try:
         event = msgspec.json.decode(payload, type=_Body)

@@ -47,7 +47,7 @@ from directory_client.ledger.interface import (
     StatementEntry,
     Transaction,
 )
-from directory_client.payments import Payment
+from directory_client.payments import NotPayable, Payment
 
 PROTOCOL = "credit-commons"
 DEFAULT_TIMEOUT_S = 10.0
@@ -600,6 +600,16 @@ class CreditCommonsLedger:
         if payment.ledger_url.rstrip("/") != self.ledger_url:
             raise ValueError(
                 f"this ad is paid on {payment.ledger_url}, not on this ledger {self.ledger_url}"
+            )
+        # A block that contradicts itself is refused rather than guessed at.
+        if not payment.payee:
+            raise NotPayable("this ad cannot be paid: its payment block names no payee")
+        if not payment.currencies:
+            raise NotPayable("this ad cannot be paid: its payment block accepts no currency")
+        if payment.price is not None and payment.price.currency not in payment.currencies:
+            raise NotPayable(
+                f"this ad cannot be paid: its price is in {payment.price.currency}, which "
+                f"it does not accept ({', '.join(payment.currencies)})"
             )
         return payment
 
