@@ -299,8 +299,13 @@ def demo(ad_count: int, seed: int, keys_file: Path | None) -> None:
     if keys_file and summary.keys:
         keys = json.dumps(summary.keys, indent=2)
         try:
-            keys_file.write_text(keys + "\n")
-            keys_file.chmod(0o600)
+            # Created readable by its owner alone, never for a moment by anyone else.
+            with os.fdopen(
+                os.open(keys_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w"
+            ) as out:
+                out.write(keys + "\n")
+            if keys_file.is_file():  # an existing file keeps its mode through O_CREAT
+                keys_file.chmod(0o600)
         except OSError as error:
             click.echo(keys)
             raise click.ClickException(
@@ -311,9 +316,11 @@ def demo(ad_count: int, seed: int, keys_file: Path | None) -> None:
 
 
 def _check_writable(path: Path) -> None:
-    folder_takes_it = path.parent.is_dir() and os.access(path.parent, os.W_OK)
-    file_takes_it = not path.exists() or (path.is_file() and os.access(path, os.W_OK))
-    if not (folder_takes_it and file_takes_it):
+    if path.exists():
+        writable = not path.is_dir() and os.access(path, os.W_OK)
+    else:
+        writable = path.parent.is_dir() and os.access(path.parent, os.W_OK)
+    if not writable:
         raise click.ClickException(
             f"--keys-file {path} cannot be written (does its folder exist?); nothing was loaded"
         )

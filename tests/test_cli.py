@@ -7,6 +7,7 @@ import json
 import logging
 import re
 import signal
+from pathlib import Path
 
 import pytest
 from alembic.script import ScriptDirectory
@@ -393,13 +394,20 @@ def test_demo_refuses_a_keys_file_it_cannot_write_before_creating_anything(run, 
     assert json.loads(run_ok("portals", "list", "--json").output) == []
 
 
-def test_demo_prints_the_keys_when_writing_them_fails(run, monkeypatch, tmp_path, client):
-    def disk_full(path, *args, **kwargs):
-        raise OSError(28, "No space left on device")
+def test_demo_writes_the_keys_readable_by_their_owner_alone(run_ok, tmp_path, client):
+    keys_file = tmp_path / "keys.json"
 
-    monkeypatch.setattr(main.Path, "write_text", disk_full)
+    run_ok("demo", "--ads", "0", "--keys-file", str(keys_file))
 
-    result = run("demo", "--ads", "0", "--keys-file", str(tmp_path / "keys.json"))
+    assert keys_file.stat().st_mode & 0o777 == 0o600
+    for slug, key in json.loads(keys_file.read_text()).items():
+        assert client.get("/v1/portals/me", headers=_bearer(key)).json["slug"] == slug
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (a full disk)")
+def test_demo_prints_the_keys_when_writing_them_fails(run, client):
+    # /dev/full takes the file's opening and refuses the writing: a disk that filled up.
+    result = run("demo", "--ads", "0", "--keys-file", "/dev/full")
 
     assert isinstance(result.exception, SystemExit), result.exception
     assert result.exit_code != 0
