@@ -188,14 +188,11 @@ def test_the_last_word_on_an_ad_is_its_state_when_writers_commit_out_of_id_order
     assert holding.wait(10)
     committer = threading.Thread(target=sync_commit)
     committer.start()
+    waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory'"
     with wiring.engine.connect() as probe:  # until the commit waits for the portal lock
         deadline = time.monotonic() + 10
-        while (
-            time.monotonic() < deadline
-            and not probe.execute(
-                text("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory'")
-            ).scalar()
-        ):
+        while not probe.execute(text(waiting)).scalar():
+            assert time.monotonic() < deadline, "the commit never waited for the portal lock"
             time.sleep(0.05)
     release.set()
     writer.join(20)
