@@ -25,6 +25,7 @@ import yaml
 from directory_client import __version__, models
 from directory_client.client import DirectoryClient
 from directory_client.errors import (
+    AnswerNotUnderstood,
     BadRequest,
     DirectoryUnavailable,
     NotFound,
@@ -419,6 +420,20 @@ def test_an_answer_garbled_in_transit_is_unavailable_after_the_retries():
     ):
         directory.healthz()
     assert len(server.requests) == 3
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"<html>Welcome to nginx</html>", b'{"status": 42}'],
+    ids=["not-json", "another-shape"],
+)
+def test_an_answer_not_in_the_apis_shape_is_a_typed_error(body):
+    with (
+        Scripted([(200, {"Content-Type": "application/json"}, body)]) as server,
+        DirectoryClient(server.url, retry=NO_WAIT) as directory,
+        pytest.raises(AnswerNotUnderstood, match="GET /healthz: answer not understood"),
+    ):
+        directory.healthz()
 
 
 def test_a_directory_that_is_not_there_is_unavailable_after_the_retries():

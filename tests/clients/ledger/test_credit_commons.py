@@ -352,6 +352,21 @@ def test_a_payment_block_without_a_field_is_not_payable_and_names_it(credit_comm
         ledger_for({"payment": block})
 
 
+@pytest.mark.parametrize("amount", ["twelve", "", None, ["1"], "NaN", "Infinity"])
+def test_a_price_whose_amount_is_not_a_number_is_not_payable(credit_commons_node, amount):
+    block = {
+        "protocol": "credit-commons",
+        "ledger_url": credit_commons_node.url,
+        "node": credit_commons_node.node_name,
+        "payee": "bob",
+        "currencies": ["EUR"],
+        "price": {"amount": amount, "currency": "EUR", "unit": "hour"},
+    }
+
+    with pytest.raises(NotPayable, match="amount"):
+        ledger_for({"payment": block})
+
+
 def test_ledger_for_takes_the_ads_json_or_an_object_with_a_payment(
     credit_commons_node, ad_for, key
 ):

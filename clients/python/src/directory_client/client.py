@@ -24,7 +24,13 @@ import httpx
 import msgspec
 
 from directory_client import models
-from directory_client.errors import ApiError, RateLimited, error_class
+from directory_client.errors import (
+    NOT_UNDERSTOOD,
+    AnswerNotUnderstood,
+    ApiError,
+    RateLimited,
+    error_class,
+)
 from directory_client.transport import (
     DEFAULT_RETRY,
     DEFAULT_TIMEOUT_S,
@@ -399,7 +405,10 @@ class DirectoryClient:
             raise api_error(response)
         if result is None:
             return None  # type: ignore[return-value]
-        return msgspec.json.decode(response.content, type=result)
+        try:
+            return msgspec.json.decode(response.content, type=result)
+        except (msgspec.DecodeError, msgspec.ValidationError) as error:
+            raise AnswerNotUnderstood(f"{method} {path}: {NOT_UNDERSTOOD}: {error}") from error
 
 
 def api_error(response: httpx.Response) -> ApiError:

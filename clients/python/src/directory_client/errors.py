@@ -17,6 +17,14 @@ class DirectoryUnavailable(DirectoryError):
     read (garbled in transit), retries spent."""
 
 
+NOT_UNDERSTOOD = "answer not understood (another version of the API?)"
+
+
+class AnswerNotUnderstood(DirectoryError):
+    """The directory answered, but not as this client's version of the API expects
+    (another version of the API, or not the directory at all)."""
+
+
 class ApiError(DirectoryError):
     """The directory answered with an error. `code` is the envelope's stable `error`
     (e.g. `validation_error`, `invalid_cursor`); `errors` keeps the field paths."""

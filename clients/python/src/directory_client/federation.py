@@ -58,7 +58,7 @@ import msgspec
 
 from directory_client import models
 from directory_client.client import DirectoryClient
-from directory_client.errors import DirectoryError, DirectoryUnavailable
+from directory_client.errors import NOT_UNDERSTOOD, DirectoryError, DirectoryUnavailable
 from directory_client.transport import NO_RETRIES, query
 
 DEFAULT_TIMEOUT_S = 5.0
@@ -79,7 +79,6 @@ CURSOR_PREFIX = "fed1."
 DIGEST_BYTES = 8
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MICROSECOND = timedelta(microseconds=1)
-NOT_UNDERSTOOD = "answer not understood (another version of the API?)"
 
 
 class FederationError(DirectoryError):
@@ -307,12 +306,8 @@ class FederatedSearch:
                 outcome = Outcome.TIMED_OUT if timed_out else Outcome.ERROR
                 statuses.append(DirectoryStatus(client.base_url, outcome, str(error)))
                 continue
-            except DirectoryError as error:  # it answered with an error (ApiError)
+            except DirectoryError as error:  # an error answer, or one not understood
                 statuses.append(DirectoryStatus(client.base_url, Outcome.ERROR, str(error)))
-                continue
-            except (msgspec.DecodeError, msgspec.ValidationError) as error:
-                reason = f"{NOT_UNDERSTOOD}: {error}"
-                statuses.append(DirectoryStatus(client.base_url, Outcome.ERROR, reason))
                 continue
             # The merge compares times of different directories: each needs its zone.
             if any(hit.updated_at.tzinfo is None for hit in page.hits):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import msgspec
@@ -25,7 +25,15 @@ class Price:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Price:
         _require(data, ("amount", "currency", "unit"), within="payment block's price")
-        return cls(amount=Decimal(data["amount"]), currency=data["currency"], unit=data["unit"])
+        try:
+            amount = Decimal(data["amount"])
+        except (InvalidOperation, TypeError, ValueError):
+            raise NotPayable(
+                f"this ad cannot be paid: its price's amount {data['amount']!r} is not a number"
+            ) from None
+        if not amount.is_finite():
+            raise NotPayable(f"this ad cannot be paid: its price's amount is {amount}")
+        return cls(amount=amount, currency=data["currency"], unit=data["unit"])
 
 
 @dataclass(frozen=True)
