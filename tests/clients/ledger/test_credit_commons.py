@@ -336,16 +336,21 @@ def test_an_inconsistent_payment_block_is_refused_before_any_request(
     assert recorder.exchanges == []
 
 
-@pytest.mark.parametrize("field", ["protocol", "ledger_url", "node", "payee"])
-def test_a_payment_block_without_a_field_is_not_payable_and_names_it(credit_commons_node, field):
-    block = {
+def payment_block(node, *, amount="1") -> dict:
+    """An ad's payment block on `node`, as the directory shows it."""
+    return {
         "protocol": "credit-commons",
-        "ledger_url": credit_commons_node.url,
-        "node": credit_commons_node.node_name,
+        "ledger_url": node.url,
+        "node": node.node_name,
         "payee": "bob",
         "currencies": ["EUR"],
-        "price": {"amount": "1", "currency": "EUR", "unit": "hour"},
+        "price": {"amount": amount, "currency": "EUR", "unit": "hour"},
     }
+
+
+@pytest.mark.parametrize("field", ["protocol", "ledger_url", "node", "payee"])
+def test_a_payment_block_without_a_field_is_not_payable_and_names_it(credit_commons_node, field):
+    block = payment_block(credit_commons_node)
     del block[field]
 
     with pytest.raises(NotPayable, match=f"has no {field}"):
@@ -354,17 +359,8 @@ def test_a_payment_block_without_a_field_is_not_payable_and_names_it(credit_comm
 
 @pytest.mark.parametrize("amount", ["twelve", "", None, ["1"], "NaN", "Infinity"])
 def test_a_price_whose_amount_is_not_a_number_is_not_payable(credit_commons_node, amount):
-    block = {
-        "protocol": "credit-commons",
-        "ledger_url": credit_commons_node.url,
-        "node": credit_commons_node.node_name,
-        "payee": "bob",
-        "currencies": ["EUR"],
-        "price": {"amount": amount, "currency": "EUR", "unit": "hour"},
-    }
-
     with pytest.raises(NotPayable, match="amount"):
-        ledger_for({"payment": block})
+        ledger_for({"payment": payment_block(credit_commons_node, amount=amount)})
 
 
 def test_ledger_for_takes_the_ads_json_or_an_object_with_a_payment(
