@@ -369,6 +369,20 @@ def test_sort_rules_break_ties_by_id_like_postgresql():
     assert meili.sort_rules(SearchQuery(text="bread", sort=Sort.RELEVANCE)) is None
 
 
+@pytest.mark.parametrize(
+    ("text", "sent"),
+    [
+        pytest.param("-bike", "bike", id="not-an-exclusion"),
+        pytest.param('"red lamp" tools', "red lamp tools", id="not-a-phrase"),
+        pytest.param("e-bike, café!", "e bike café", id="punctuation"),
+    ],
+)
+def test_meilisearch_is_sent_the_words_postgresql_searches_for(text, sent):
+    # Meilisearch reads "-word" as "without word" and quotes as a phrase: PostgreSQL, and
+    # the contract, find ads with the words.
+    assert meili.search_words(SearchQuery(text=text, sort=Sort.RELEVANCE)) == sent
+
+
 def test_id_before_compares_the_parts_in_order():
     ad_id = meili.id_from_parts((5, 6, 7))
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -31,6 +32,9 @@ MAX_RADIUS_KM = 1000.0
 MAX_LIMIT = 100
 DEFAULT_LIMIT = 20
 CURSOR_PREFIX = "s1."
+# What a query's text is searched as, by every engine: its words. Punctuation is no
+# operator ("-bike" does not exclude, quotes make no phrase), as in PostgreSQL's tsquery.
+WORD = re.compile(r"\w+")
 
 
 class Sort(enum.StrEnum):

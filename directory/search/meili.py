@@ -48,6 +48,7 @@ from directory.db import make_session_factory
 from directory.errors import DirectoryError
 from directory.geo import EARTH_RADIUS_M, BBox, Point, haversine_m
 from directory.search import (
+    WORD,
     Facet,
     Facets,
     SearchHit,
@@ -248,6 +249,12 @@ def number(value: int | float | Decimal) -> str:
         value = Decimal(repr(value))
     text = format(value, "f")
     return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def search_words(query: SearchQuery) -> str:
+    """The query's words alone: Meilisearch reads a leading "-" as exclusion and quotes as
+    a phrase, where PostgreSQL finds the words."""
+    return " ".join(WORD.findall(query.text or ""))
 
 
 def any_of(attribute: str, values: Iterable[str]) -> str:
@@ -519,7 +526,7 @@ class MeiliSearch:
         return self._most_recent(query, now)
 
     def _hits(self, query: SearchQuery, params: dict[str, Any]) -> list[dict]:
-        return self.client.index(self.index_name).search(query.text or "", params)["hits"]
+        return self.client.index(self.index_name).search(search_words(query), params)["hits"]
 
     def _most_recent(self, query: SearchQuery, now: datetime) -> Iterator[_Candidate]:
         after = query.after
@@ -616,7 +623,7 @@ class MeiliSearch:
 
     def _facets(self, query: SearchQuery, now: datetime) -> Facets:
         result = self.client.index(self.index_name).search(
-            query.text or "", facet_params(query, now=now)
+            search_words(query), facet_params(query, now=now)
         )
         return facets_from_distribution(query, result.get("facetDistribution") or {})
 

@@ -15,7 +15,6 @@ values made a radius + currency + text query 15 times slower."""
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 
 import psycopg
@@ -24,6 +23,7 @@ from sqlalchemy.exc import DBAPIError
 
 from directory.db import make_engine
 from directory.search import (
+    WORD,
     Facet,
     Facets,
     SearchHit,
@@ -47,7 +47,6 @@ TEXT_CONFIGS = {
     "ru": "russian", "sr": "serbian", "sv": "swedish", "ta": "tamil", "tr": "turkish",
     "yi": "yiddish",
 }  # fmt: skip
-WORD = re.compile(r"\w+")
 # The trigram word similarity from which a query counts as a typo of the title or tags
 # (operator <%). pg_trgm's default, 0.6, missed one-letter typos of a 7-letter word:
 # "bicyle" scores 0.57 against "bicycle", "bicylce" 0.5 (tests/search/test_contract.py).
