@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from datetime import datetime
 
 
 def encode(prefix: str, raw: bytes) -> str:
@@ -21,3 +22,14 @@ def decode(prefix: str, cursor: str) -> bytes:
         return base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
     except binascii.Error as error:  # a ValueError too; said plainly
         raise ValueError("not a cursor of this list") from error
+
+
+def aware_time(value: object) -> datetime:
+    """A time found inside a cursor: ISO 8601 text with its zone; ValueError otherwise
+    (without its zone, PostgreSQL would read it in the session's)."""
+    if not isinstance(value, str):
+        raise ValueError("not a time")
+    moment = datetime.fromisoformat(value)
+    if moment.tzinfo is None:
+        raise ValueError("a time without its zone")
+    return moment

@@ -184,13 +184,6 @@ def encode_cursor(query: SearchQuery, key: SortKey) -> str:
     return cursors.encode(CURSOR_PREFIX, raw)
 
 
-def _is_aware_time(text: str) -> bool:
-    try:
-        return datetime.fromisoformat(text).tzinfo is not None
-    except ValueError:
-        return False
-
-
 def decode_cursor(query: SearchQuery, cursor: str) -> SortKey:
     """The key a cursor continues after; refused when it came from another query."""
 
@@ -211,8 +204,11 @@ def decode_cursor(query: SearchQuery, cursor: str) -> SortKey:
         value = float(value)
     if not isinstance(fingerprint, str) or not isinstance(value, expected_type):
         raise problem("cursor must be a next_cursor returned by GET /v1/search")
-    if query.sort is Sort.RECENT and not _is_aware_time(value):
-        raise problem("cursor must be a next_cursor returned by GET /v1/search")
+    if query.sort is Sort.RECENT:
+        try:
+            cursors.aware_time(value)
+        except ValueError:
+            raise problem("cursor must be a next_cursor returned by GET /v1/search") from None
     if fingerprint != query.fingerprint():
         raise problem(
             "cursor belongs to a different search: repeat the same parameters "

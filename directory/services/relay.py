@@ -707,12 +707,9 @@ def _encode_cursor(at: datetime, conversation_id: uuid.UUID) -> str:
 def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     try:
         at, conversation_id = orjson.loads(cursors.decode(CURSOR_PREFIX, cursor))
-        if not (isinstance(at, str) and isinstance(conversation_id, str)):
+        if not isinstance(conversation_id, str):
             raise TypeError
-        at = datetime.fromisoformat(at)
-        if at.tzinfo is None:
-            raise ValueError
-        return at, uuid.UUID(conversation_id)
+        return cursors.aware_time(at), uuid.UUID(conversation_id)
     except (ValueError, TypeError):  # orjson.JSONDecodeError is a ValueError
         raise InvalidInput(
             "cursor must be a next_cursor value from this list, unchanged",
