@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 from marshmallow import Schema, ValidationError, fields, utils, validate
 
-from directory.services.ads import EXTERNAL_ID
+from directory.services.ads import EXTERNAL_ID, EXTERNAL_ID_RULE
 from directory.text import CONTROL_CHARS, LINE_BREAKS, SINGLE_LINE_REFUSED
 
 BCP47 = re.compile(r"^[a-z]{2,3}(?:-[A-Za-z0-9]{1,8})*$")
@@ -124,9 +124,7 @@ def validate_display_name(value: str) -> None:
             raise ValidationError("Must be a name, without a phone number.")
 
 
-EXTERNAL_ID_ERROR = (
-    "Must be 1 to 128 letters, digits, '.', '_', ':', '~' or '-', and not '.' or '..'."
-)
+EXTERNAL_ID_ERROR = f"Must be {EXTERNAL_ID_RULE}."
 
 
 def external_id_field(**kwargs) -> fields.String:

@@ -53,6 +53,7 @@ MAX_BATCH_ITEMS = 1000
 # "." and ".." are refused: clients remove them from URL paths (RFC 3986 dot segments),
 # so such an ad could never be addressed.
 EXTERNAL_ID = re.compile(r"^(?!\.{1,2}$)[A-Za-z0-9._:~-]{1,128}$")
+EXTERNAL_ID_RULE = "1 to 128 letters, digits, '.', '_', ':', '~' or '-', and not '.' or '..'"
 # Arbitrary constant that keeps our advisory locks apart from anyone else's.
 PORTAL_WRITE_LOCK_NAMESPACE = 0x41D5
 

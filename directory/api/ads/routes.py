@@ -24,7 +24,7 @@ from directory.api.db import transaction, wiring
 from directory.api.fields import ItemErrors, json_response
 from directory.errors import InvalidInput, NotFound
 from directory.services import ads
-from directory.services.ads import EXTERNAL_ID, Delete, Expire, Rejected, Upsert
+from directory.services.ads import EXTERNAL_ID, EXTERNAL_ID_RULE, Delete, Expire, Rejected, Upsert
 
 blp = Blueprint("ads", __name__, url_prefix="/v1", description="Publish and read ads")
 
@@ -41,8 +41,7 @@ AD_REF = {
 def _external_id(value: str, *, field: str = "ad_ref", location: str = "path") -> str:
     if not EXTERNAL_ID.fullmatch(value):
         raise InvalidInput(
-            f"{field} must be 1 to 128 letters, digits, '.', '_', ':', '~' or '-', "
-            "and not '.' or '..'",
+            f"{field} must be {EXTERNAL_ID_RULE}",
             field=field,
             details={"location": location},
         )
