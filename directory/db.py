@@ -136,19 +136,29 @@ def _json_default(value):
     raise TypeError(f"cannot store a {type(value).__name__} as JSON")
 
 
-def add_unique(session: Session, row: Base, *, constraint: str, conflict: Exception) -> None:
-    """Insert `row`, raising `conflict` when it breaks the named unique constraint. The
-    constraint decides, not a look-up first: two creations can race."""
+def add_unique(session: Session, row: Base, *, conflicts: dict[str, Exception]) -> None:
+    """Insert `row`, raising the conflict of the unique constraint it breaks (named as
+    the keys of `conflicts`)."""
+    with unique_conflicts(session, conflicts):
+        session.add(row)
+
+
+@contextmanager
+def unique_conflicts(session: Session, conflicts: dict[str, Exception]) -> Iterator[None]:
+    """The changes made inside, flushed in a savepoint: breaking one of the unique
+    constraints named as the keys of `conflicts` raises its conflict. The constraint
+    decides, not a look-up first: two requests can race."""
     from sqlalchemy.exc import IntegrityError
 
     try:
         with session.begin_nested():
-            session.add(row)
+            yield
             session.flush()
     except IntegrityError as error:
-        if constraint_name(error) == constraint:
-            raise conflict from None
-        raise
+        conflict = conflicts.get(constraint_name(error))
+        if conflict is None:
+            raise
+        raise conflict from None
 
 
 def constraint_name(error) -> str | None:

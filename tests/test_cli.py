@@ -126,6 +126,18 @@ def test_portals_create_refuses_a_duplicate_slug(run, create_portal):
     assert "Traceback" not in result.output
 
 
+def test_portals_create_refuses_a_website_another_portal_has(run, run_ok):
+    run_ok("portals", "create", "sel-lyon", "--name", "SEL", "--website", "https://sel.example")
+
+    result = run("portals", "create", "copy", "--name", "Copy", "--website", "HTTPS://SEL.example/")
+
+    assert result.exit_code != 0
+    assert result.output.startswith("Error: another portal of this directory has this website")
+    assert [
+        portal["slug"] for portal in json.loads(run_ok("portals", "list", "--json").output)
+    ] == ["sel-lyon"]
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [

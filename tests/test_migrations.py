@@ -10,6 +10,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
 from directory.__main__ import alembic_config
+from directory.services.portals import website_identity
 
 # Tables that are not ours: alembic's bookkeeping and PostGIS's reference table.
 NOT_OURS = {"alembic_version", "spatial_ref_sys"}
@@ -104,3 +105,64 @@ def test_upgrade_writes_the_category_taxonomy(upgraded_database_url):
     groups = {code for code, parent in rows.items() if parent is None}
     assert all(parent in groups for parent in rows.values() if parent is not None)
     assert all(code.split(".")[0] == parent for code, parent in rows.items() if parent)
+
+
+def _portals_at_0006(url: str, websites: dict[str, str | None]) -> None:
+    command.upgrade(alembic_config(url), "0006")
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.begin() as connection:
+            for slug, website in websites.items():
+                connection.execute(
+                    text(
+                        "INSERT INTO portals (slug, name, website, webhook_secret)"
+                        " VALUES (:slug, :slug, :website, 'whsec_x')"
+                    ),
+                    {"slug": slug, "website": website},
+                )
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_gives_existing_portals_their_website_identity(empty_database_url):
+    _portals_at_0006(
+        empty_database_url,
+        {"lyon": "https://SEL-Lyon.example.org/", "paris": "https://sel-paris.example", "x": None},
+    )
+
+    command.upgrade(alembic_config(empty_database_url), "head")
+
+    identities = dict(
+        _query(empty_database_url, "SELECT slug, website_identity FROM portals ORDER BY slug")
+    )
+    assert identities == {
+        "lyon": website_identity("https://sel-lyon.example.org"),
+        "paris": website_identity("https://sel-paris.example"),
+        "x": None,
+    }
+
+
+def test_upgrade_stops_at_portals_sharing_a_website_and_names_them(empty_database_url):
+    _portals_at_0006(
+        empty_database_url,
+        {
+            "lyon": "https://sel-lyon.example.org",
+            "lyon-copy": "HTTPS://sel-lyon.example.org:443/",
+            "paris": "https://sel-paris.example",
+        },
+    )
+
+    with pytest.raises(RuntimeError, match="share a website") as refused:
+        command.upgrade(alembic_config(empty_database_url), "head")
+
+    assert "lyon (https://sel-lyon.example.org)" in str(refused.value)
+    assert "lyon-copy (HTTPS://sel-lyon.example.org:443/)" in str(refused.value)
+    assert "paris" not in str(refused.value)
+    # Nothing changed: still at 0006, without the column.
+    assert _query(empty_database_url, "SELECT version_num FROM alembic_version") == [("0006",)]
+    columns = _query(
+        empty_database_url,
+        "SELECT column_name FROM information_schema.columns"
+        " WHERE table_name = 'portals' AND column_name = 'website_identity'",
+    )
+    assert columns == []

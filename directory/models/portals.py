@@ -63,6 +63,10 @@ class Portal(Base):
     slug: Mapped[str] = mapped_column(String(40), unique=True)
     name: Mapped[str] = mapped_column(String(200))
     website: Mapped[str | None] = mapped_column(String(2048))
+    # SHA-256 (hex) of the website's global-id prefix (services.ads.global_id_prefix):
+    # the website names the portal's ads everywhere, so two portals of one directory
+    # cannot share it. A digest, since a normalised website can outgrow an index entry.
+    website_identity: Mapped[str | None] = mapped_column(String(64), unique=True)
     contact: Mapped[str | None] = mapped_column(String(320))
     description: Mapped[str | None] = mapped_column(Text)
     default_currencies: Mapped[list[str]] = mapped_column(

@@ -174,8 +174,9 @@ def register_currency(
     add_unique(
         session,
         currency,
-        constraint="pk_currencies",
-        conflict=Conflict(f"currency {full_code} is registered already", field="code"),
+        conflicts={
+            "pk_currencies": Conflict(f"currency {full_code} is registered already", field="code")
+        },
     )
     session.refresh(currency)  # the values as stored (numeric scale applied)
     return _community_info(currency, portal.slug)

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import bindparam, func, literal, or_, select, update
 from sqlalchemy.orm import Session
 
-from directory.db import add_unique
+from directory.db import add_unique, unique_conflicts
 from directory.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthenticated
 from directory.models import AdChange, ChangeOp, Portal, PortalKey, PortalStatus
 from directory.models.ads import Ad, Visibility
@@ -120,6 +120,26 @@ def _check_website(website: str) -> None:
         )
 
 
+def website_identity(website: str | None) -> str | None:
+    """What makes a website one portal's (Portal.website_identity): the digest of the
+    global-id prefix it gives its ads, so every spelling of one site is the same."""
+    prefix = global_id_prefix(website)
+    return None if prefix is None else hashlib.sha256(prefix.encode()).hexdigest()
+
+
+def _website_taken(website: str | None) -> dict[str, Exception]:
+    site = (global_id_prefix(website) or "").removesuffix("#")
+    return {
+        "uq_portals_website_identity": Conflict(
+            f"another portal of this directory has this website ({site}); a website "
+            "names its portal's ads everywhere (their global_id), so each portal needs "
+            "its own",
+            field="website",
+            code="website_taken",
+        )
+    }
+
+
 def create_portal(
     session: Session,
     *,
@@ -149,6 +169,7 @@ def create_portal(
         slug=slug,
         name=name,
         website=website,
+        website_identity=website_identity(website),
         contact=contact,
         default_currencies=default_currencies or [],
         webhook_url=webhook_url,
@@ -157,8 +178,12 @@ def create_portal(
     add_unique(
         session,
         portal,
-        constraint="uq_portals_slug",
-        conflict=Conflict(f"a portal with slug {slug!r} exists already", field="slug"),
+        conflicts={
+            "uq_portals_slug": Conflict(
+                f"a portal with slug {slug!r} exists already", field="slug"
+            ),
+            **_website_taken(website),
+        },
     )
     if default_currencies:
         require_known_currencies(
@@ -341,8 +366,11 @@ def update_profile(
             code="unsafe_ledger_url",
             allow_loopback=allow_loopback,
         )
-    for name, value in changes.items():
-        setattr(portal, name, value)
+    with unique_conflicts(session, _website_taken(changes.get("website"))):
+        for name, value in changes.items():
+            setattr(portal, name, value)
+        if "website" in changes:
+            portal.website_identity = website_identity(portal.website)
     if "webhook_url" in changes:
         # Setting the URL (again) is how a portal says its endpoint works: a webhook
         # disabled by a 410 comes back, and what waited in the inbox is sent too.

@@ -6,8 +6,15 @@ view of an ad carries it."""
 
 from __future__ import annotations
 
-import pytest
+import threading
+import time
 
+import pytest
+from sqlalchemy import text
+
+from directory.db import unit_of_work
+from directory.errors import Conflict
+from directory.services import portals
 from directory.services.ads import global_id_prefix
 from tests.api.test_feed import read_all
 from tests.factories import ad_payload
@@ -99,14 +106,88 @@ def test_a_change_of_website_republishes_the_public_ads_through_the_feed(client,
     assert [change["ad"]["global_id"] for change in changes] == [None]
 
 
-def test_global_id_depends_on_website_and_external_id_only(client, portal, other_portal):
-    # Two registrations of one portal (as in two directories): other slugs, other ids.
+def test_global_id_depends_on_website_and_external_id_only(client, portal):
+    # As a registration of the same portal in another directory would compute it (other
+    # slug, other ids, the website spelt otherwise): tests/clients/test_federation.py.
     set_website(client, portal, "https://sel-lyon.example.org")
-    set_website(client, other_portal, "https://SEL-LYON.example.org/")
-    first = put(client, portal, "ad-1", ad_payload(title="One"))
-    second = put(client, other_portal, "ad-1", ad_payload(title="One, written again"))
-    assert first["id"] != second["id"]
-    assert first["global_id"] == second["global_id"] == "https://sel-lyon.example.org#ad-1"
+    ad = put(client, portal, "ad-1", ad_payload(title="One"))
+    assert ad["global_id"] == global_id_prefix("https://SEL-LYON.example.org/") + "ad-1"
+
+
+def test_a_website_belongs_to_one_portal_of_a_directory(client, portal, other_portal):
+    # Otherwise the second could hide the first's ads, or stand in for them, wherever
+    # clients search several directories and show one ad per global_id.
+    set_website(client, portal, "https://sel-lyon.example.org")
+
+    response = client.patch(
+        "/v1/portals/me",
+        json={"website": "HTTPS://SEL-Lyon.example.org:443/", "name": "Renamed"},
+        headers=other_portal.headers,
+    )
+    assert response.status_code == 409, response.json
+    assert response.json["error"] == "website_taken"
+    assert response.json["errors"] == {"json": {"website": [response.json["message"]]}}
+    assert "(https://sel-lyon.example.org)" in response.json["message"]
+    unchanged = client.get("/v1/portals/me", headers=other_portal.headers).json
+    assert (unchanged["website"], unchanged["name"]) == (None, "Other Exchange")
+
+    # Its own portal may spell it otherwise; once it moves, the website is free.
+    set_website(client, portal, "https://SEL-LYON.example.org/")
+    set_website(client, portal, "https://sel-lyon.example.net")
+    set_website(client, other_portal, "https://sel-lyon.example.org")
+    # Portals without a website are many.
+    set_website(client, portal, None)
+    set_website(client, other_portal, None)
+
+
+def test_a_website_taken_by_another_portal_is_refused_at_creation(session, portal, client):
+    set_website(client, portal, "https://sel-lyon.example.org")
+    with pytest.raises(Conflict, match="another portal of this directory has this website"):
+        portals.create_portal(
+            session, slug="copy", name="Copy", website="https://sel-lyon.example.org/"
+        )
+
+
+def test_two_portals_racing_for_one_website_one_gets_it_the_other_a_clear_409(
+    app, wiring, client, portal, other_portal
+):
+    holding, release = threading.Event(), threading.Event()
+    answers = {}
+
+    def first():  # sets the website and holds its transaction open
+        with unit_of_work(wiring.session_factory) as session:
+            portals.update_profile(
+                session, portal_id=portal.id, changes={"website": "https://a.example.org"}
+            )
+            holding.set()
+            release.wait(10)
+
+    def second():
+        answers["second"] = app.test_client().patch(
+            "/v1/portals/me",
+            json={"website": "https://A.example.org/"},
+            headers=other_portal.headers,
+        )
+
+    winner = threading.Thread(target=first)
+    winner.start()
+    assert holding.wait(10)
+    loser = threading.Thread(target=second)
+    loser.start()
+    waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+    with wiring.engine.connect() as probe:  # until the second waits on the first's entry
+        deadline = time.monotonic() + 10
+        while not probe.execute(text(waiting)).scalar():
+            assert time.monotonic() < deadline, "the second never waited for the first"
+            time.sleep(0.05)
+    release.set()
+    winner.join(20)
+    loser.join(20)
+    assert answers["second"].status_code == 409, answers["second"].json
+    assert answers["second"].json["error"] == "website_taken"
+    assert client.get("/v1/portals/me", headers=portal.headers).json["website"] == (
+        "https://a.example.org"
+    )
 
 
 @pytest.mark.parametrize("external_id", ["a.b_c:d~e-f", "2026:12:01", "~", "A-Z.0_9"])

@@ -52,7 +52,12 @@ export interface paths {
         delete?: never;
         options?: never;
         head?: never;
-        /** Change fields of the calling portal's profile */
+        /**
+         * Change fields of the calling portal's profile
+         * @description The website names the portal's ads everywhere (their `global_id`), so it is one
+         *     portal's in a directory: however it is spelt, another portal's is refused
+         *     (`website_taken`).
+         */
         patch: operations["updateOwnPortal"];
         trace?: never;
     };
@@ -1462,6 +1467,13 @@ export interface operations {
                 };
             };
             400: components["responses"]["BAD_REQUEST"];
+            /** @description Another portal of this directory has this website */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
             default: components["responses"]["DEFAULT_ERROR"];
         };
     };

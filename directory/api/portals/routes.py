@@ -32,9 +32,14 @@ class OwnPortal(MethodView):
 
     @blp.arguments(PortalPatchSchema)
     @blp.response(200, PortalSchema)
+    @blp.alt_response(409, description="Another portal of this directory has this website")
     @blp.doc(operationId="updateOwnPortal", security=BEARER_AUTH)
     def patch(self, changes):
-        """Change fields of the calling portal's profile"""
+        """Change fields of the calling portal's profile
+
+        The website names the portal's ads everywhere (their `global_id`), so it is one
+        portal's in a directory: however it is spelt, another portal's is refused
+        (`website_taken`)."""
         with transaction() as session:
             caller = require_portal(session)
             return portals.update_profile(
