@@ -116,12 +116,15 @@ class BBox:
         return self.west > self.east
 
     def lon_ranges(self) -> list[tuple[float, float]]:
-        """One longitude range, or two when the box crosses the antimeridian."""
+        """The longitude ranges the box selects: one, or two when it crosses the
+        antimeridian. 180 and -180 are one meridian, and a point on it is stored under
+        either spelling: a range ending on it brings the other spelling along, as a range
+        of no width (a box crossing it has both already)."""
         if self.crosses_antimeridian:
             return [(self.west, 180.0), (-180.0, self.east)]
-        return [(self.west, self.east)]
-
-    def contains(self, point: Point) -> bool:
-        return self.south <= point.lat <= self.north and any(
-            west <= point.lon <= east for west, east in self.lon_ranges()
-        )
+        ranges = [(self.west, self.east)]
+        if self.west == -180.0 and self.east != 180.0:
+            ranges.append((180.0, 180.0))
+        if self.east == 180.0 and self.west != -180.0:
+            ranges.append((-180.0, -180.0))
+        return ranges

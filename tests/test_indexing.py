@@ -341,6 +341,33 @@ def test_box_across_the_antimeridian_is_sent_as_its_two_halves():
     )
 
 
+def _halves(*boxes: tuple[float, float, float, float]) -> str:
+    return " OR ".join(f"_geoBoundingBox([{n}, {e}], [{s}, {w}])" for w, s, e, n in boxes)
+
+
+@pytest.mark.parametrize(
+    ("box", "expected"),
+    [
+        # 180 and -180 are one meridian, stored under either spelling: a box ending on it
+        # takes the other spelling too, as a box of no width.
+        ((-180.0, -20.0, -170.0, -10.0), f"({_halves((-180, -20, -170, -10), (180, -20, 180, -10))})"),
+        ((170.0, -20.0, 180.0, -10.0), f"({_halves((170, -20, 180, -10), (-180, -20, -180, -10))})"),
+        # These have both spellings, or neither, already.
+        ((-180.0, -90.0, 180.0, 90.0), _halves((-180, -90, 180, 90))),
+        ((170.0, -20.0, -180.0, -10.0), f"({_halves((170, -20, 180, -10), (-180, -20, -180, -10))})"),
+        ((180.0, -20.0, -170.0, -10.0), f"({_halves((180, -20, 180, -10), (-180, -20, -170, -10))})"),
+        ((-179.9, -20.0, 179.9, -10.0), _halves((-179.9, -20, 179.9, -10))),
+    ],
+    ids=["from-the-east", "from-the-west", "whole-world", "across-ending-on-it",
+         "across-starting-on-it", "short-of-it"],
+)  # fmt: skip
+def test_box_ending_on_the_antimeridian_takes_its_other_spelling(box, expected):
+    west, south, east, north = box
+    (_, sent) = conditions(bbox=BBox(west=west, south=south, east=east, north=north))
+
+    assert sent == expected
+
+
 def test_hidden_ads_are_left_out_of_distance_order_without_an_area():
     point = Point(1.0, 2.0)
 

@@ -269,7 +269,9 @@ def geo_radius(point: Point, metres: float) -> str:
 def geo_box(box: BBox) -> str:
     """Inside the box; one crossing the antimeridian is sent as its two halves, rather
     than relying on how each Meilisearch version reads a box whose west is east of its
-    east (recent versions wrap it; the code doing so carries a TODO)."""
+    east (recent versions wrap it; the code doing so carries a TODO). A box ending on
+    the antimeridian also takes its other spelling, as a box of no width: Meilisearch
+    reads a box as inclusive ranges of _geo.lat and _geo.lng."""
     parts = [
         f"_geoBoundingBox([{number(box.north)}, {number(east)}], [{number(box.south)}, {number(west)}])"
         for west, east in box.lon_ranges()

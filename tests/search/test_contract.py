@@ -79,6 +79,9 @@ TEXT_ADS = (
     ("sourdough-body", "Kitchen help", "I can also teach you to bake sourdough.", "en", "food"),
 )
 TEXT_ADS_PLACE = Point(51.0543, 3.7174)  # Ghent, away from the towns above
+# Exact ads on the antimeridian, under each of its spellings (latitudes apart, so that
+# distance order never rests on how each side rounds 180 against -180).
+ON_ANTIMERIDIAN = {"east": Point(-16.7, 180.0), "west": Point(-16.9, -180.0)}
 
 
 CHILDREN = {
@@ -126,6 +129,7 @@ class Dataset:
     deleted: set[str]
     suspended: set[str]
     text_ads: dict[str, str]  # key -> id
+    antimeridian_ads: dict[str, str]  # key of ON_ANTIMERIDIAN -> id
     update_times: list[datetime] = field(default_factory=list)
 
     def headers(self, viewer: str | None) -> dict[str, str]:
@@ -241,6 +245,26 @@ def dataset(search_world: SearchWorld) -> Dataset:
     ]
     text_results = world.batch(portals["words"], text_items)
     text_ads = {key: result["id"] for (key, *_), result in zip(TEXT_ADS, text_results, strict=True)}
+    antimeridian_items = [
+        {
+            "op": "upsert",
+            "external_id": f"antimeridian-{key}",
+            "ad": {
+                "kind": "offer",
+                "title": f"Kava bowl from the {key}",
+                "body": "Carved on Taveuni.",
+                "category": "home",
+                "location": {"lat": point.lat, "lon": point.lon},
+                "privacy": "exact",
+                "member": "m-antimeridian",
+            },
+        }
+        for key, point in ON_ANTIMERIDIAN.items()
+    ]
+    antimeridian_results = world.batch(portals["words"], antimeridian_items)
+    antimeridian_ads = {
+        key: result["id"] for key, result in zip(ON_ANTIMERIDIAN, antimeridian_results, strict=True)
+    }
 
     # Later changes: some ads change (a later updated_at), some expire, some are deleted.
     expired: set[str] = set()
@@ -294,6 +318,7 @@ def dataset(search_world: SearchWorld) -> Dataset:
         deleted=deleted,
         suspended={ad.id for ad in published.values() if ad.portal == SUSPENDED_PORTAL},
         text_ads=text_ads,
+        antimeridian_ads=antimeridian_ads,
         update_times=sorted({ad.updated_at for ad in published.values()}),
     )
 
@@ -322,6 +347,17 @@ class Expected:
 def _split(params: dict, name: str) -> list[str]:
     value = params.get(name)
     return [] if value is None else [part.strip() for part in str(value).split(",")]
+
+
+def _in_box(box: BBox, point: Point) -> bool:
+    """The oracle's own box test, not BBox.lon_ranges, which the engines use: 180 and
+    -180 are one meridian, so a point on it is in every box that reaches it."""
+    if not box.south <= point.lat <= box.north:
+        return False
+    spellings = (180.0, -180.0) if abs(point.lon) == 180.0 else (point.lon,)
+    if box.west <= box.east:
+        return any(box.west <= lon <= box.east for lon in spellings)
+    return any(lon >= box.west or lon <= box.east for lon in spellings)
 
 
 def brute_force(dataset: Dataset, params: dict, viewer: str | None) -> Expected:
@@ -372,7 +408,7 @@ def brute_force(dataset: Dataset, params: dict, viewer: str | None) -> Expected:
             and haversine_m(point, ad.location) > radius_m + BOUNDARY_TOLERANCE_M
         ):
             return False
-        if box is not None and not box.contains(ad.location):
+        if box is not None and not _in_box(box, ad.location):
             return False
         return (
             ("kind" not in params or ad.kind == params["kind"])
@@ -676,6 +712,7 @@ def test_the_dataset_covers_what_the_contract_is_about(dataset):
     assert any(abs(point.lon) > 179.5 and point.lon < 0 for point in located)
     assert sum(point.lat > 85 for point in located) >= 5
     assert sum(point.lat < -85 for point in located) >= 5
+    assert {180.0, -180.0} <= {point.lon for point in located}
     assert len(dataset.expired) >= 6 and len(dataset.deleted) >= 6 and len(dataset.suspended) >= 30
     assert len(dataset.update_times) >= 10
     assert sum(ad.payable for ad in searchable) >= 30
@@ -715,6 +752,27 @@ def test_facets_count_the_whole_result_set(searcher, dataset, case):
     wanted = brute_force_facets(dataset, expected.ids, params["facets"].split(","))
     for body in bodies:
         assert body["facets"] == wanted
+
+
+@pytest.mark.parametrize(
+    "bbox",
+    [
+        pytest.param("-180,-17.5,-179.5,-16", id="from-the-east"),
+        pytest.param("179.5,-17.5,180,-16", id="from-the-west"),
+        pytest.param("179.5,-17.5,-179.5,-16", id="across"),
+        pytest.param("170,-20,-180,-10", id="across-ending-on-it"),
+        pytest.param("180,-20,-170,-10", id="across-starting-on-it"),
+    ],
+)
+def test_a_box_touching_the_antimeridian_finds_ads_on_it_under_either_spelling(
+    searcher, dataset, bbox
+):
+    assert set(dataset.antimeridian_ads.values()) <= set(_found(searcher, {"bbox": bbox}))
+
+
+def test_a_box_short_of_the_antimeridian_leaves_ads_on_it_out(searcher, dataset):
+    found = set(_found(searcher, {"bbox": "-179.9,-17.5,179.9,-16"}))
+    assert found and not set(dataset.antimeridian_ads.values()) & found
 
 
 # --- visibility ----------------------------------------------------------------------------
