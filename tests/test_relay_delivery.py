@@ -15,10 +15,11 @@ from standardwebhooks import Webhook
 
 from directory import build_wiring, create_app
 from directory.db import unit_of_work
-from directory.models import Delivery, DeliveryState
+from directory.models import Delivery, DeliveryState, PortalStatus
+from directory.services import portals
 from directory.services.deliveries import RETRY_JITTER
 from directory.webhooks.delivery import WebhookSender
-from directory.worker import Deliverer
+from directory.worker import DELIVERY_THREADS, Deliverer
 from tests.factories import ad_payload
 from tests.peers import Reply, WebhookReceiver
 
@@ -288,3 +289,56 @@ def test_an_endpoint_failing_for_a_day_is_still_retried_within_the_longest_delay
     )
     # The longest delay, less its jitter: neither at once nor later than the longest.
     assert before + longest * (1 - RETRY_JITTER) <= delivery.next_attempt_at <= after + longest
+
+
+def set_status(wiring, portal, status: PortalStatus) -> None:
+    with unit_of_work(wiring.session_factory) as session:
+        portals.set_status(session, portal_slug=portal.slug, status=status)
+
+
+def test_nothing_is_sent_to_a_suspended_portal_until_it_is_reactivated(
+    client, wiring, deliver_one_round, portal, other_portal
+):
+    with WebhookReceiver([secret_of(client, portal)]) as receiver:
+        client.patch("/v1/portals/me", json={"webhook_url": receiver.url}, headers=portal.headers)
+        open_conversation(client, portal, other_portal)
+        set_status(wiring, portal, PortalStatus.SUSPENDED)
+        deliver_one_round()
+        assert receiver.deliveries == []
+        with unit_of_work(wiring.session_factory) as session:
+            held = session.scalars(select(Delivery)).one()
+        # Not an attempt: a suspension says nothing of the portal's endpoint.
+        assert (held.state, held.attempts) == (DeliveryState.PENDING, 0)
+        set_status(wiring, portal, PortalStatus.ACTIVE)
+        deliver_one_round()
+        assert [delivery.reply.status for delivery in receiver.deliveries] == [204]
+    with unit_of_work(wiring.session_factory) as session:
+        delivered = session.scalars(select(Delivery)).one()
+    assert (delivered.state, delivered.attempts) == (DeliveryState.DELIVERED, 1)
+
+
+def test_a_suspended_portals_backlog_holds_up_no_other_portal(
+    client, wiring, deliver_one_round, make_portal
+):
+    suspended, active, writer = (make_portal(slug=slug) for slug in ("lyon", "lille", "bristol"))
+    with (
+        WebhookReceiver([secret_of(client, suspended)]) as suspended_hook,
+        WebhookReceiver([secret_of(client, active)]) as active_hook,
+    ):
+        for portal, hook in ((suspended, suspended_hook), (active, active_hook)):
+            client.patch("/v1/portals/me", json={"webhook_url": hook.url}, headers=portal.headers)
+        # More messages for the suspended portal, and older, than a round claims.
+        conversation_id = open_conversation(client, suspended, writer)["conversation"]["id"]
+        for number in range(DELIVERY_THREADS):
+            client.post(
+                f"/v1/conversations/{conversation_id}/messages",
+                json={"member": "m-writer", "body": f"Message {number}"},
+                headers=writer.headers,
+            )
+        set_status(wiring, suspended, PortalStatus.SUSPENDED)
+        open_conversation(client, active, writer)
+        more_due = deliver_one_round()
+        assert (len(suspended_hook.deliveries), len(active_hook.deliveries)) == (0, 1)
+    # The round took what it could and says nothing more is due: the deliverer waits for
+    # a wake-up rather than claiming again at once, round after round.
+    assert more_due is False

@@ -5,7 +5,14 @@ channel succeeded; it is delivered at least once, always under the same id.
 The worker's side: `claim_due` leases due deliveries (several workers never take the
 same one: FOR UPDATE SKIP LOCKED, then a lease), the worker sends the webhooks outside
 any transaction, and `record_outcome` writes what happened. A worker killed in between
-leaves its deliveries to come due again when their lease runs out."""
+leaves its deliveries to come due again when their lease runs out.
+
+Nothing is sent to a suspended portal (the operator's cut-off: abuse, a compromised
+site). Its pending deliveries are not claimed, so no attempt is counted, and go out
+once it is reactivated (at the worker's next poll: a reactivation sends no NOTIFY). The
+delivery period runs on meanwhile: a suspension longer than it leaves them failed, in
+the inbox the portal reads again once reactivated, as for a portal whose endpoint was
+down that long."""
 
 from __future__ import annotations
 
@@ -306,10 +313,21 @@ class Claim:
 
 # One statement: the lease, and all that the webhooks need (their events and where and
 # how to sign them). The worker runs it at each wake-up, for as few as one message.
+#
+# A suspended portal's deliveries are passed over where they stand, not moved: nothing
+# has to put them back on reactivation. Each claim reads past those that are due (under
+# half a microsecond each); there are few, as nothing new can be written to a suspended
+# portal, and none after the delivery period (fail_expired). The suspended portals are
+# an array computed once per statement from their small index, as in search.
+_NOT_TO_A_SUSPENDED_PORTAL = text(
+    "deliveries.portal_id <> ALL(ARRAY(SELECT id FROM portals WHERE status <> 'active'))"
+)
 _due = (
     select(_deliveries.c.id)
     .where(
-        _deliveries.c.state == DeliveryState.PENDING, _deliveries.c.next_attempt_at <= func.now()
+        _deliveries.c.state == DeliveryState.PENDING,
+        _deliveries.c.next_attempt_at <= func.now(),
+        _NOT_TO_A_SUSPENDED_PORTAL,
     )
     .order_by(_deliveries.c.next_attempt_at)
     .limit(bindparam("limit", type_=Integer))
@@ -348,7 +366,7 @@ _CLAIM = (
 
 def claim_due(session: Session, *, limit: int, lease: timedelta) -> list[Claim]:
     """Leases up to `limit` due deliveries to this worker (their next attempt moves past
-    the lease, and their attempt count goes up)."""
+    the lease, and their attempt count goes up), but none to a suspended portal."""
     rows = session.execute(_CLAIM, {"limit": limit, "lease": lease}).all()
     now = datetime.now(UTC)
     timestamp = now.isoformat()
@@ -449,7 +467,8 @@ def disable_webhook(session: Session, *, portal_id: int, reason: str) -> None:
 
 def fail_expired(session: Session, *, give_up_after: timedelta) -> int:
     """Deliveries still pending after the delivery period are marked failed (parked
-    inbox-only deliveries included); they stay in the inbox."""
+    inbox-only deliveries, and those held for a suspended portal, included); they stay
+    in the inbox."""
     result = session.execute(
         update(Delivery)
         .where(

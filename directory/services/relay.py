@@ -5,7 +5,11 @@ Each party is shown to the other only as a random alias, made for that conversat
 (two conversations of one member cannot be linked by their aliases), with the display
 name the member chose and the community (portal) they belong to. Member handles stay
 with their own portal. Every message is written in the same transaction as its
-delivery (the outbox, see services/deliveries.py), so an accepted message is never lost."""
+delivery (the outbox, see services/deliveries.py), so an accepted message is never lost.
+
+A suspended portal is cut off from the relay: its key is refused, its ads cannot be
+contacted, nobody can write in its members' conversations (post_message), and the
+worker sends it nothing until it is reactivated (deliveries.claim_due)."""
 
 from __future__ import annotations
 
@@ -196,7 +200,8 @@ def post_message(
     idempotency_key: str | None,
 ) -> Sent:
     """A party writes in a conversation. `member` says which party, when both are
-    members of the calling portal."""
+    members of the calling portal. Refused while the other party's portal is suspended:
+    nothing may flow to it (the conversation stays readable)."""
     # Locked: the messages of a conversation are numbered one after the other, and a
     # retry racing its original finds it once the lock is ours. Read with both
     # communities, as the answer shows them: this is the hot path of the relay.
@@ -222,6 +227,15 @@ def post_message(
             + ("you" if conversation.blocked_by is role else "the other party")
             + "; no more messages can be sent in it",
             code="conversation_blocked",
+        )
+    # Read without a lock on the portal (every message would queue on its row): a
+    # suspension committed meanwhile lets this message through to the outbox, where the
+    # worker holds it like the others (deliveries.claim_due).
+    if _portal_status(conversation, role.other) != PortalStatus.ACTIVE:
+        raise Conflict(
+            "the other party's community is suspended from the directory and cannot "
+            "receive messages now; the conversation can still be read",
+            code="recipient_portal_suspended",
         )
     portals = {
         conversation.initiator_portal_id: PortalRef(
@@ -290,6 +304,13 @@ def _member(conversation: Conversation, role: Role) -> str:
     return conversation.recipient_member
 
 
+def _portal_status(conversation, role: Role) -> PortalStatus:
+    """The status of a party's portal, from a row of _LOCK_CONVERSATION."""
+    if role is Role.INITIATOR:
+        return conversation.initiator_portal_status
+    return conversation.recipient_portal_status
+
+
 # The two parties' portals, as joined to a conversation.
 initiator_portal = Portal.__table__.alias("initiator_portal")
 recipient_portal = Portal.__table__.alias("recipient_portal")
@@ -301,8 +322,10 @@ _LOCK_CONVERSATION = (
         Conversation.__table__,
         initiator_portal.c.slug.label("initiator_slug"),
         initiator_portal.c.name.label("initiator_portal_name"),
+        initiator_portal.c.status.label("initiator_portal_status"),
         recipient_portal.c.slug.label("recipient_slug"),
         recipient_portal.c.name.label("recipient_portal_name"),
+        recipient_portal.c.status.label("recipient_portal_status"),
     )
     .join(
         initiator_portal,
@@ -321,6 +344,11 @@ _LOCK_CONVERSATION = (
 # delivery (due now when the recipient's portal has a working webhook, else parked for
 # the inbox) and the NOTIFY that wakes the workers at commit. Ten ORM round trips made
 # the relay's hot path four times slower.
+#
+# An idempotency key taken by a request that committed while this one waited on it (the
+# unique constraint decides, not the look-up before) inserts no message nor delivery, and
+# the statement returns no row: the caller fails the request, which rolls back the count
+# moved for nothing.
 APPEND_MESSAGE = text(
     """
     WITH conversation AS (
@@ -339,6 +367,7 @@ APPEND_MESSAGE = text(
         SELECT :message_id, :conversation_id, message_count, :role, :sender_portal_id,
                :idempotency_key, :body, :now
         FROM conversation
+        ON CONFLICT ON CONSTRAINT uq_messages_sender_portal_id_idempotency_key DO NOTHING
         RETURNING id, seq
     ), delivery AS (
         INSERT INTO deliveries (message_id, portal_id, next_attempt_at)
@@ -383,7 +412,14 @@ def _append(
             "parked": deliveries.PARKED,
             "channel": deliveries.NOTIFY_CHANNEL,
         },
-    ).scalar_one()
+    ).scalar_one_or_none()
+    if seq is None:
+        # The key went to a request that raced this one. Not to this same message: a
+        # retry of it (the same member, in the same conversation or opening the same
+        # ad) waits for its original on the conversation's row lock or the member's
+        # opening lock, and finds it as a replay before getting here. Raised, this
+        # rolls back what the statement and the caller wrote.
+        raise _key_reused()
     party = "initiator" if role is Role.INITIATOR else "recipient"
     if name is not None:
         changes = {party: dataclasses.replace(getattr(conversation, party), name=name)}
@@ -446,12 +482,16 @@ def _replayed(
         )
     )
     if not same:
-        raise Conflict(
-            "this idempotency_key was already used for a different message",
-            field="idempotency_key",
-            code="idempotency_key_reused",
-        )
+        raise _key_reused()
     return Sent(row.conversation_id, row.id, created=False)
+
+
+def _key_reused() -> Conflict:
+    return Conflict(
+        "this idempotency_key was already used for a different message",
+        field="idempotency_key",
+        code="idempotency_key_reused",
+    )
 
 
 # Each count stops at its limit: the work is bounded by the limit, not by how many

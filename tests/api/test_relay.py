@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -14,8 +15,8 @@ from sqlalchemy import text, update
 
 from directory import create_app, cursors
 from directory.db import unit_of_work
-from directory.models import Ad, Conversation, Delivery, DeliveryState, Message
-from directory.services import relay
+from directory.models import Ad, Conversation, Delivery, DeliveryState, Message, PortalStatus
+from directory.services import portals, relay
 from tests.factories import ad_payload
 
 ADVERTISER = "m-ad-owner"
@@ -206,15 +207,37 @@ def test_an_ad_with_contact_turned_off_cannot_be_contacted(
     assert response.json["error"] == "contact_disabled"
 
 
+def suspend(wiring, portal) -> None:
+    with unit_of_work(wiring.session_factory) as session:
+        portals.set_status(session, portal_slug=portal.slug, status=PortalStatus.SUSPENDED)
+
+
 def test_an_ad_of_a_suspended_portal_cannot_be_contacted(
     client, wiring, advertiser, writer_portal, ad_id
 ):
-    from directory.models import PortalStatus
-    from directory.services import portals
-
-    with unit_of_work(wiring.session_factory) as session:
-        portals.set_status(session, portal_slug="sel-lyon", status=PortalStatus.SUSPENDED)
+    suspend(wiring, advertiser)
     assert contact(client, writer_portal, ad_id).status_code == 404
+
+
+def test_no_one_can_write_to_a_member_of_a_suspended_portal(
+    client, wiring, advertiser, writer_portal, ad_id
+):
+    conversation_id = contact(client, writer_portal, ad_id).json["conversation"]["id"]
+    suspend(wiring, advertiser)
+    response = reply(client, writer_portal, conversation_id, member=WRITER, body="Still on?")
+    assert response.status_code == 409, response.json
+    assert response.json["error"] == "recipient_portal_suspended"
+    assert "suspended" in response.json["message"]
+    # Nothing was stored, and the writer's side of the conversation can still be read.
+    seen = client.get(f"/v1/conversations/{conversation_id}", headers=writer_portal.headers)
+    assert seen.status_code == 200
+    assert seen.json["message_count"] == 1
+    assert [message["body"] for message in seen.json["messages"]] == ["Is it still on?"]
+    with unit_of_work(wiring.session_factory) as session:
+        stored = session.execute(
+            text("SELECT (SELECT count(*) FROM messages), (SELECT count(*) FROM deliveries)")
+        ).one()
+    assert tuple(stored) == (1, 1)
 
 
 def test_a_member_cannot_contact_their_own_ad(client, advertiser, ad_id):
@@ -651,3 +674,88 @@ def test_a_retry_racing_its_original_gets_the_same_message(
         thread.join()
     assert sorted(answer.status_code for answer in answers) == [200, 201]
     assert len({answer.json["message"]["id"] for answer in answers}) == 1
+
+
+def wait_for_a_lock_wait(wiring, timeout_s: float = 10.0) -> None:
+    """Returns once a session of the test database waits on a lock: the racing request
+    has got as far as the row the held transaction is writing."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        # A new transaction each time: pg_stat_activity is read once per transaction.
+        with wiring.engine.connect() as connection:
+            waiting = connection.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            )
+        if waiting:
+            return
+        assert time.monotonic() < deadline, "the racing request never waited on a lock"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize(
+    ("member", "what", "status", "error"),
+    [
+        pytest.param("m-two", "reply", 409, "idempotency_key_reused", id="other-member-reply"),
+        pytest.param("m-two", "contact", 409, "idempotency_key_reused", id="other-member-contact"),
+        pytest.param("m-one", "reply", 200, None, id="same-member-retry"),
+    ],
+)
+def test_racing_requests_with_one_key_get_the_sequential_answers(
+    app, wiring, advertiser, writer_portal, ad_id, member, what, status, error
+):
+    """A request with the key of a message not yet committed waits for it, then answers
+    as if it had come after: the replay of the same member's same message, else the
+    key's reuse, not a bare unique-constraint violation."""
+    setup = app.test_client()
+    conversations = {
+        writer: contact(setup, writer_portal, ad_id, member=writer).json["conversation"]["id"]
+        for writer in ("m-one", "m-two")
+    }
+    answers = []
+
+    def race():
+        client = app.test_client()
+        if what == "contact":
+            answers.append(
+                contact(client, writer_portal, ad_id, member=member, idempotency_key="k")
+            )
+        else:
+            answers.append(
+                reply(
+                    client,
+                    writer_portal,
+                    conversations[member],
+                    member=member,
+                    body="Same words",
+                    idempotency_key="k",
+                )
+            )
+
+    with unit_of_work(wiring.session_factory) as first:
+        sent = relay.post_message(
+            first,
+            sender=portals.authenticate(first, key=writer_portal.key),
+            conversation_id=uuid.UUID(conversations["m-one"]),
+            member="m-one",
+            name=None,
+            body="Same words",
+            idempotency_key="k",
+        )
+        racer = threading.Thread(target=race)
+        racer.start()
+        wait_for_a_lock_wait(wiring)
+    racer.join(30)
+
+    (answer,) = answers
+    assert answer.status_code == status, answer.json
+    if error is None:
+        assert answer.json["message"]["id"] == str(sent.message_id)
+    else:
+        assert answer.json["error"] == error
+        assert "idempotency_key" in answer.json["errors"]["json"]
+    with unit_of_work(wiring.session_factory) as session:
+        keyed = session.scalar(text("SELECT count(*) FROM messages WHERE idempotency_key = 'k'"))
+    assert keyed == 1

@@ -380,7 +380,12 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Write in a conversation, on behalf of one of its parties */
+        /**
+         * Write in a conversation, on behalf of one of its parties
+         * @description Refused while the other party's community is suspended from the directory:
+         *     nothing reaches it then, and nothing is stored. The conversation can still be
+         *     read.
+         */
         post: operations["postMessage"];
         delete?: never;
         options?: never;
@@ -1955,7 +1960,7 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description The advertiser turned contact off for this ad */
+            /** @description The advertiser turned contact off for this ad (contact_disabled), or the idempotency_key was used for another message (idempotency_key_reused) */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -2083,7 +2088,7 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description The conversation was blocked */
+            /** @description The conversation was blocked (conversation_blocked), the other party's community is suspended (recipient_portal_suspended), or the idempotency_key was used for another message (idempotency_key_reused) */
             409: {
                 headers: {
                     [name: string]: unknown;

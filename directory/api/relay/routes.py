@@ -86,7 +86,11 @@ class Contact(MethodView):
         200, schema=SentSchema, description="Sent before with this idempotency_key: as then"
     )
     @blp.alt_response(404, description="No ad to contact (expired, deleted, not visible)")
-    @blp.alt_response(409, description="The advertiser turned contact off for this ad")
+    @blp.alt_response(
+        409,
+        description="The advertiser turned contact off for this ad (contact_disabled), or "
+        "the idempotency_key was used for another message (idempotency_key_reused)",
+    )
     @blp.alt_response(429, description="Too many new conversations: see Retry-After")
     @blp.doc(operationId="contactAdvertiser", security=BEARER_AUTH)
     def post(self, contact, ad_id: str):
@@ -162,10 +166,19 @@ class ConversationMessages(MethodView):
     )
     @blp.alt_response(403, description="The member is not a party to the conversation")
     @blp.alt_response(404, description="No such conversation for this portal")
-    @blp.alt_response(409, description="The conversation was blocked")
+    @blp.alt_response(
+        409,
+        description="The conversation was blocked (conversation_blocked), the other "
+        "party's community is suspended (recipient_portal_suspended), or the "
+        "idempotency_key was used for another message (idempotency_key_reused)",
+    )
     @blp.doc(operationId="postMessage", security=BEARER_AUTH)
     def post(self, message, conversation_id: str):
-        """Write in a conversation, on behalf of one of its parties"""
+        """Write in a conversation, on behalf of one of its parties
+
+        Refused while the other party's community is suspended from the directory:
+        nothing reaches it then, and nothing is stored. The conversation can still be
+        read."""
         conversation_uuid = _uuid(conversation_id, field="conversation_id", what="conversation")
         with transaction() as session:
             portal = require_portal(session)
