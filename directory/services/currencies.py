@@ -22,6 +22,9 @@ from directory.models import Ad, Currency, Portal
 COMMUNITY_CODE = re.compile(r"^[A-Z][A-Z0-9]{1,11}$")
 # Listed in error messages when an unknown code is refused; the full list is one GET away.
 MAX_CODES_IN_MESSAGE = 12
+# Where the code of GET/PATCH/DELETE /v1/currencies/{code} comes from: errors about it
+# name the path, not a JSON body (a GET or DELETE has none).
+IN_PATH = {"location": "path"}
 
 
 class CurrencyKind(enum.StrEnum):
@@ -100,7 +103,7 @@ def get_currency(session: Session, *, code: str) -> CurrencyInfo:
         select(Currency, Portal.slug).join(Portal).where(Currency.code == code)
     ).one_or_none()
     if row is None:
-        raise NotFound(f"no currency with code {code!r}", field="code")
+        raise NotFound(f"no currency with code {code!r}", field="code", details=IN_PATH)
     return _community_info(*row)
 
 
@@ -208,9 +211,9 @@ def _check_value(
 def _owned_currency(session: Session, *, portal_id: int, code: str) -> Currency:
     currency = session.scalar(select(Currency).where(Currency.code == code).with_for_update())
     if currency is None:
-        raise NotFound(f"no community currency with code {code!r}", field="code")
+        raise NotFound(f"no community currency with code {code!r}", field="code", details=IN_PATH)
     if currency.portal_id != portal_id:
-        raise Forbidden(f"currency {code} belongs to another portal", field="code")
+        raise Forbidden(f"currency {code} belongs to another portal", field="code", details=IN_PATH)
     return currency
 
 
@@ -240,6 +243,7 @@ def delete_currency(session: Session, *, portal_id: int, code: str) -> None:
             "change those first",
             field="code",
             code="currency_in_use",
+            details=IN_PATH,
         )
     session.delete(currency)
     session.flush()

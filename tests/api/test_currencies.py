@@ -109,3 +109,24 @@ def test_an_ad_may_name_a_group_or_a_child_category(client, portal):
             f"/v1/ads/{external_id}", json=ad_payload(category=category), headers=portal.headers
         )
         assert response.status_code == 201
+
+
+def test_errors_about_the_code_in_the_path_name_the_path(client, portal, other_portal):
+    code = client.post(
+        "/v1/currencies", json={"code": "SEL", "name": "Sel"}, headers=portal.headers
+    ).json["code"]
+    client.put("/v1/ads/a-1", json=ad_payload(currencies=[code]), headers=portal.headers)
+    answers = {
+        "unknown": client.get(f"/v1/currencies/{portal.slug}:NONE"),
+        "not-community": client.delete("/v1/currencies/EUR", headers=portal.headers),
+        "another-portals": client.patch(
+            f"/v1/currencies/{code}", json={"name": "Mine"}, headers=other_portal.headers
+        ),
+        "in-use": client.delete(f"/v1/currencies/{code}", headers=portal.headers),
+    }
+
+    statuses = {name: answer.status_code for name, answer in answers.items()}
+    assert statuses == {"unknown": 404, "not-community": 404, "another-portals": 403, "in-use": 409}
+    for answer in answers.values():
+        assert list(answer.json["errors"]) == ["path"], answer.json
+        assert "code" in answer.json["errors"]["path"]

@@ -1,6 +1,7 @@
 """A real TCP proxy on 127.0.0.1 in front of a ledger node that loses answers on purpose:
 it forwards a chosen request, lets the node act on it, and never passes the answer back,
-so that the client times out not knowing what happened. It can then go down entirely.
+so that the client times out not knowing what happened. It can then go down entirely,
+or answer in the node's place (a node that fails after acting).
 
 One request per connection, as the reference node (php -S, Connection: close) works."""
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 IO_TIMEOUT_S = 10.0
@@ -22,6 +24,11 @@ class LoseAnswer:
     method: str
     path_prefix: str
     go_down_after: bool = False  # refuse every connection once the answer is lost
+    # Called with the request's path once the node has acted on it, before the client
+    # hears anything: what someone else does on the node meanwhile.
+    then: Callable[[str], None] | None = None
+    # Sent instead of the node's answer (the node acted), rather than nothing.
+    replacement: bytes | None = None
 
 
 @dataclass
@@ -48,10 +55,21 @@ class LossyProxy:
         self._acceptor.start()
 
     def lose_next_answer(
-        self, method: str, path_prefix: str, *, go_down_after: bool = False
+        self,
+        method: str,
+        path_prefix: str,
+        *,
+        go_down_after: bool = False,
+        then: Callable[[str], None] | None = None,
     ) -> None:
         with self._lock:
-            self._rules.append(LoseAnswer(method, path_prefix, go_down_after))
+            self._rules.append(LoseAnswer(method, path_prefix, go_down_after, then))
+
+    def replace_next_answer(self, method: str, path_prefix: str, answer: bytes) -> None:
+        """Forward the next such request, then answer `answer` (raw HTTP) in the node's
+        place: a node that fails after it has acted."""
+        with self._lock:
+            self._rules.append(LoseAnswer(method, path_prefix, replacement=answer))
 
     def go_down(self) -> None:
         """Stop listening: from now on connections are refused."""
@@ -100,6 +118,11 @@ class LossyProxy:
             self.forwarded.append(Forwarded(method_text, path_text, answer_lost=rule is not None))
             if rule is None:
                 client.sendall(answer)
+                return
+            if rule.then is not None:
+                rule.then(path_text)
+            if rule.replacement is not None:
+                client.sendall(rule.replacement)
                 return
             if rule.go_down_after:
                 self.go_down()

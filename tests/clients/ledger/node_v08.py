@@ -66,6 +66,7 @@ class NodeV08:
     accounts: dict[str, tuple[str, int, int]]  # name -> (key, min, max)
     requests: list[str] = field(default_factory=list)  # "METHOD /path?query"
     html_crash_paths: set[str] = field(default_factory=set)  # answered as a PHP fatal error
+    shapeless_paths: set[str] = field(default_factory=set)  # answered as JSON of no known shape
     transactions: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -315,6 +316,9 @@ def _handler_for(node: NodeV08) -> type[BaseHTTPRequestHandler]:
                     b"<br />\n<b>Fatal error</b>:  Uncaught Error in x.php<br />\n",
                     "text/html",
                 )
+                return
+            if any(self.path.startswith(p) for p in node.shapeless_paths):
+                self._write(200, b'{"data": {"odd": []}, "meta": {}}', "application/json")
                 return
             try:
                 status, data = node.answer(

@@ -136,6 +136,30 @@ def test_an_html_error_page_is_an_unexpected_answer(ledger, node):
     assert (caught.value.status, caught.value.reason) == (200, "not JSON")
 
 
+@pytest.mark.parametrize(
+    ("path", "call"),
+    [
+        ("/account/summary", lambda ledger: ledger.balance("ann", user="ann", auth="annkey")),
+        (
+            "/transaction/",
+            lambda ledger: ledger.transaction(
+                "00000000-0000-4000-8000-000000000000", user="ann", auth="annkey"
+            ),
+        ),
+    ],
+    ids=["balance", "transaction"],
+)
+def test_an_answer_of_no_known_shape_names_the_url_asked(ledger, node, path, call):
+    node.shapeless_paths.add(path)
+
+    with pytest.raises(UnexpectedLedgerAnswer) as caught:
+        call(ledger)
+
+    asked = node.requests[-1].split(" ", 1)[1]
+    assert caught.value.url == node.url + asked
+    assert "{" not in caught.value.url
+
+
 def test_a_0_2_client_on_a_0_8_node_gets_a_clear_error(ad, node):
     with (
         CreditCommonsLedger(node.url, api_version="0.2", timeout_s=5) as ledger,

@@ -15,6 +15,7 @@ from directory_client.ledger import (
     Balance,
     CreditCommonsLedger,
     DoesNotExistViolation,
+    IdempotencyKeyReused,
     MaxLimitViolation,
     MinLimitViolation,
     Transaction,
@@ -436,3 +437,73 @@ def test_paying_again_with_the_same_key_does_not_pay_twice(ledger, ad_for, key):
         balances(ledger, key, "alice")["alice"].pending.balance
         == before["alice"].pending.balance - 3
     )
+
+
+def test_a_key_of_a_payment_of_another_quantity_is_refused_not_taken_for_it(ledger, ad_for, key):
+    first = ledger.pay(
+        ad_for("bob"), 2, "two", payer="alice", auth=key("alice"), idempotency_key="reused-key"
+    )
+    before = balances(ledger, key, "alice")["alice"].pending.balance
+
+    with pytest.raises(IdempotencyKeyReused) as caught:
+        ledger.pay(
+            ad_for("bob"),
+            20,
+            "twenty",
+            payer="alice",
+            auth=key("alice"),
+            idempotency_key="reused-key",
+        )
+
+    assert caught.value.transaction.uuid == first.uuid
+    assert (caught.value.transaction.quantity, caught.value.quantity) == (2, 20)
+    assert balances(ledger, key, "alice")["alice"].pending.balance == before
+
+
+@pytest.mark.parametrize(
+    ("ledger_url", "problem"),
+    [
+        ("https://ledger.example.org/cc?tenant=lyon", "query"),
+        ("https://ledger.example.org/#top", "fragment"),
+        ("http://ledger.example.org/", "http to another machine"),
+        ("http://203.0.113.7:8080/", "http to another machine"),
+        ("https://alice:secret@ledger.example.org/", "user name"),
+        ("ftp://ledger.example.org/", "absolute https"),
+        ("ledger.example.org", "absolute https"),
+        ("https:///path", "absolute https"),
+        ("https://ledger.example.org:http/", "not a valid URL"),
+        ("https://ledger.example.org/a b", "spaces"),
+        ("https://l\u00e9dger.example.org/", "non-ASCII"),
+    ],
+)
+def test_a_ledger_url_the_payers_key_must_not_go_to_is_not_payable(
+    credit_commons_node, ledger_url, problem
+):
+    block = payment_block(credit_commons_node) | {"ledger_url": ledger_url}
+
+    with pytest.raises(NotPayable, match=problem):
+        ledger_for({"payment": block})
+
+
+@pytest.mark.parametrize(
+    "ledger_url", ["https://ledger.example.org/cc/", "http://localhost:8000", "http://[::1]:9/"]
+)
+def test_https_and_loopback_ledger_urls_are_payable(credit_commons_node, ledger_url):
+    block = payment_block(credit_commons_node) | {"ledger_url": ledger_url}
+
+    with ledger_for({"payment": block}) as ledger:
+        assert ledger.ledger_url == ledger_url.rstrip("/")
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({"payee": 7}, "payee is no text"),
+        ({"protocol": ["credit-commons"]}, "protocol is no text"),
+        ({"currencies": "EUR"}, "not a list of codes"),
+        ({"currencies": ["EUR", 7]}, "not a list of codes"),
+    ],
+)
+def test_a_payment_block_of_the_wrong_types_is_not_payable(credit_commons_node, changes, problem):
+    with pytest.raises(NotPayable, match=problem):
+        ledger_for({"payment": payment_block(credit_commons_node) | changes})

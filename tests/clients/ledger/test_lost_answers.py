@@ -155,3 +155,51 @@ def test_a_ledger_that_cannot_be_reached_at_all_is_unavailable_and_nothing_is_pa
         )
 
     assert proxy.forwarded == []
+
+
+def test_a_payee_confirming_before_the_answer_comes_back_counts_as_paid(
+    credit_commons_node, proxy, proxied_ledger, ledger, ad_for, key
+):
+    before = ledger.balance("erin", user="erin", auth=key("erin")).completed.balance
+
+    def payee_confirms(path: str) -> None:
+        transaction_uuid = path.split("/")[2]
+        ledger.confirm(transaction_uuid, user="frank", auth=key("frank"))
+
+    proxy.lose_next_answer("PATCH", "/transaction/", then=payee_confirms)
+
+    paid = proxied_ledger.pay(
+        ad_for("frank", ledger_url=proxy.url),
+        1,
+        "confirmed at once",
+        payer="erin",
+        auth=key("erin"),
+    )
+
+    assert paid.state == "completed"
+    assert [f.method for f in proxy.forwarded if f.method == "PATCH"] == ["PATCH"]
+    assert ledger.balance("erin", user="erin", auth=key("erin")).completed.balance == before - 1
+
+
+CC_FAILURE = b'{"class":"CCFailure","node":"testnode","message":"failed after writing"}'
+
+
+def test_a_node_failing_after_moving_the_payment_on_counts_as_paid(
+    proxy, proxied_ledger, ledger, ad_for, key
+):
+    before = ledger.balance("erin", user="erin", auth=key("erin")).pending.balance
+    proxy.replace_next_answer(
+        "PATCH",
+        "/transaction/",
+        b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(CC_FAILURE)}\r\nConnection: close\r\n\r\n".encode()
+        + CC_FAILURE,
+    )
+
+    paid = proxied_ledger.pay(
+        ad_for("frank", ledger_url=proxy.url), 1, "failed after", payer="erin", auth=key("erin")
+    )
+
+    assert paid.state == "pending"
+    assert [f.method for f in proxy.forwarded if f.method == "PATCH"] == ["PATCH"]
+    assert ledger.balance("erin", user="erin", auth=key("erin")).pending.balance == before - 1

@@ -3,12 +3,17 @@ the payment itself is made on the ledger by the payer's own client."""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
+
+# Plain http sends the payer's key in clear: only to this machine (tests, a local node).
+LOOPBACK_NAMES = {"localhost"}
 
 
 class NotPayable(ValueError):
@@ -48,13 +53,22 @@ class Payment:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Payment:
         _require(data, ("protocol", "ledger_url", "node", "payee"), within="payment block")
+        for name in ("protocol", "ledger_url", "node", "payee"):
+            if not isinstance(data[name], str):
+                raise NotPayable(f"this ad cannot be paid: its payment block's {name} is no text")
+        _check_ledger_url(data["ledger_url"])
+        currencies = data.get("currencies") or ()
+        if isinstance(currencies, str) or not all(isinstance(c, str) for c in currencies):
+            raise NotPayable(
+                "this ad cannot be paid: its payment block's currencies are not a list of codes"
+            )
         price = data.get("price")
         return cls(
             protocol=data["protocol"],
             ledger_url=data["ledger_url"],
             node=data["node"],
             payee=data["payee"],
-            currencies=tuple(data.get("currencies") or ()),
+            currencies=tuple(currencies),
             price=None if price is None else Price.from_json(price),
         )
 
@@ -72,6 +86,45 @@ class Payment:
         if isinstance(payment, msgspec.Struct):
             payment = msgspec.to_builtins(payment)
         return cls.from_json(payment)
+
+
+def _check_ledger_url(url: str) -> None:
+    """The payer's client sends the payer's key to this URL: refuse one that would carry it
+    in clear to another machine, that holds user info, or that paths cannot be joined to
+    (a query or a fragment swallows them: `https://l.org/?t=1` + `/workflows`)."""
+    problem = _ledger_url_problem(url)
+    if problem:
+        raise NotPayable(f"this ad cannot be paid: its ledger_url {url!r} {problem}")
+
+
+def _ledger_url_problem(url: str) -> str | None:
+    if not url.isascii() or any(not char.isprintable() or char.isspace() for char in url):
+        return "holds spaces, control or non-ASCII characters"
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname
+        parts.port  # noqa: B018 - raises for a port that is no number
+    except ValueError:
+        return "is not a valid URL (check the host's brackets and the port)"
+    scheme = parts.scheme.lower()
+    if scheme not in ("https", "http") or not hostname:
+        return "is not an absolute https URL"
+    if "@" in parts.netloc:
+        return "holds a user name or password"
+    if parts.query or parts.fragment or "?" in url or "#" in url:
+        return "has a query or a fragment"
+    if scheme == "http" and not _is_loopback(hostname):
+        return "uses http to another machine: the payer's key would travel in clear"
+    return None
+
+
+def _is_loopback(hostname: str) -> bool:
+    if hostname in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(hostname).is_loopback
+    except ValueError:
+        return False
 
 
 def _require(data: Mapping[str, Any], names: tuple[str, ...], *, within: str) -> None:

@@ -31,7 +31,9 @@ from typing import Any, Self
 import httpx
 
 from directory_client.ledger.errors import (
+    CCFailure,
     CCViolation,
+    IdempotencyKeyReused,
     LedgerUnavailable,
     NoPayerWorkflow,
     PaymentOutcomeUnknown,
@@ -203,7 +205,8 @@ class CreditCommonsLedger:
         sees it.
 
         Give `idempotency_key` to resume a payment whose outcome was unknown: an earlier
-        transaction with that key is finished instead of a new one being made."""
+        transaction with that key is finished instead of a new one being made (one of
+        another quantity raises IdempotencyKeyReused)."""
         payment = self._payment_on_this_ledger(ad)
         _check_positive_quantity(quantity)
         _check_text("description", description)
@@ -215,6 +218,9 @@ class CreditCommonsLedger:
         found = None
         if idempotency_key is not None:
             found = self._find_or_unknown(key, payment=payment, payer=payer, auth=auth)
+        if found is not None and found.quantity != quantity:
+            # Finishing it would answer a payment of another amount as if it were this one.
+            raise IdempotencyKeyReused(key, found, quantity=quantity)
         transaction = found or self._create(
             {
                 "payer": payer,
@@ -255,8 +261,9 @@ class CreditCommonsLedger:
         transaction_uuid = _checked_uuid(transaction_uuid)
         _check_credentials(user, auth)
         paths = self._paths_for(user=user, auth=auth)
-        data = self._read(_fill(paths.transaction, uuid=transaction_uuid), user=user, auth=auth)
-        return self._transaction_from(data, method="GET", path=paths.transaction)
+        path = _fill(paths.transaction, uuid=transaction_uuid)
+        data = self._read(path, user=user, auth=auth)
+        return self._transaction_from(data, method="GET", path=path)
 
     def confirm(self, transaction_uuid: str, *, user: str, auth: str) -> Transaction:
         """Sign a pending transaction as its payee: pending -> completed. Repeating it is
@@ -272,7 +279,8 @@ class CreditCommonsLedger:
         _check_text("account", account)
         _check_credentials(user, auth)
         paths = self._paths_for(user=user, auth=auth)
-        data = self._read(_fill(paths.account_summary, account=account), user=user, auth=auth)
+        path = _fill(paths.account_summary, account=account)
+        data = self._read(path, user=user, auth=auth)
         try:
             return Balance(
                 account=account,
@@ -281,7 +289,7 @@ class CreditCommonsLedger:
             )
         except (KeyError, TypeError, ValueError) as error:
             raise self._bad_shape(
-                "GET", paths.account_summary, data, f"not an account summary ({error!r})"
+                "GET", path, data, f"not an account summary ({error!r})"
             ) from error
 
     def statement(
@@ -375,7 +383,11 @@ class CreditCommonsLedger:
                 f"{transaction.uuid}, not the {workflow.id} workflow's {target!r}"
             )
         try:
-            self._transition(transaction.uuid, target, user=user, auth=auth)
+            # The payee may confirm it between our PATCH and reading it back: completed
+            # is only reached through the creation state, so it was moved on too.
+            self._transition(
+                transaction.uuid, target, user=user, auth=auth, reached={target, COMPLETED}
+            )
         except (LedgerUnavailable, UnexpectedLedgerAnswer) as error:
             raise PaymentOutcomeUnknown(
                 f"the payment was created but whether it moved on to {target} is unknown: {error}",
@@ -424,10 +436,20 @@ class CreditCommonsLedger:
         self._transition(transaction_uuid, target, user=user, auth=auth)
         return self.transaction(transaction_uuid, user=user, auth=auth)
 
-    def _transition(self, transaction_uuid: str, target: str, *, user: str, auth: str) -> None:
-        """PATCH the transaction to `target`. When the answer is lost or the node refuses
-        in a way that may mean "already done", read the state: a transaction already in
-        `target` is a success; one not yet moved after a lost answer is PATCHed again."""
+    def _transition(
+        self,
+        transaction_uuid: str,
+        target: str,
+        *,
+        user: str,
+        auth: str,
+        reached: set[str] | None = None,
+    ) -> None:
+        """PATCH the transaction to `target`. When the answer is lost, or the node refuses
+        or fails in a way that may mean "already done", read the state: a transaction in
+        one of the `reached` states (`target` unless given) is a success; one not yet
+        moved after a lost answer is PATCHed again."""
+        reached = reached or {target}
         paths = self._paths_for(user=user, auth=auth)
         path = _fill(paths.transition, uuid=transaction_uuid, state=target)
         lost: Exception | None = None
@@ -439,11 +461,12 @@ class CreditCommonsLedger:
             except httpx.TransportError as error:
                 refusal = None
                 lost = error
-            except (CCViolation, WorkflowViolation) as violation:
-                # "Transaction is already completed" is a CCViolation on the reference node.
+            except (CCViolation, WorkflowViolation, CCFailure) as violation:
+                # "Transaction is already completed" is a CCViolation on the reference node;
+                # a CCFailure (500) may come after the node wrote the change.
                 refusal = violation
             current = self.transaction(transaction_uuid, user=user, auth=auth)
-            if current.state == target:
+            if current.state in reached:
                 return
             if refusal is not None:
                 raise refusal

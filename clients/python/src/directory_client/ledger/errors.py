@@ -75,6 +75,21 @@ class PaymentOutcomeUnknown(LedgerError):
         )
 
 
+class IdempotencyKeyReused(LedgerError):
+    """`pay` was given the idempotency key of an earlier payment of another quantity: that
+    payment is not finished as if it were this one, and no new one is made."""
+
+    def __init__(self, idempotency_key: str, transaction: Any, *, quantity: int) -> None:
+        self.idempotency_key = idempotency_key
+        self.transaction = transaction  # the earlier payment, as the payer sees it now
+        self.quantity = quantity
+        super().__init__(
+            f"idempotency key {idempotency_key} belongs to transaction {transaction.uuid}, a "
+            f"payment of {transaction.quantity} to {transaction.payee} ({transaction.state}), "
+            f"not to one of {quantity}; give a new key (or none) for a new payment"
+        )
+
+
 class LedgerViolation(LedgerError):
     """The node answered with a typed error (Credit Commons: a JSON object with `class`).
     The generic class for error classes this client does not know by name."""
