@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import flask
 import httpx
@@ -25,6 +27,7 @@ from directory_client.ledger import (
     ledger_for,
 )
 
+from tests.clients.ledger.lossy_proxy import LossyProxy
 from tests.credit_commons import CreditCommonsNode
 from tests.factories import ad_payload
 from tests.live import LiveDirectory
@@ -181,9 +184,13 @@ def test_refused_payments_raise_typed_errors_and_change_no_balance(
     assert balances(node, hit, ADVERTISER, PAYER, STRANGER) == before
 
 
-def run_cli(live: LiveDirectory, *args: str, account: str | None, key: str | None):
+def run_cli(
+    live: LiveDirectory, *args: str, ledger: str | None, account: str | None, key: str | None
+):
     env = {name: value for name, value in os.environ.items() if not name.startswith("LEDGER_")}
     env["DIRECTORY_URL"] = live.url
+    if ledger is not None:
+        env["LEDGER_URL"] = ledger
     if account is not None:
         env["LEDGER_ACCOUNT"] = account
     if key is not None:
@@ -213,6 +220,7 @@ def test_the_pay_command_pays_and_prints_the_new_balance(live, advertised, credi
         "3",
         "--description",
         "Three loaves",
+        ledger=node.url.upper().replace("HTTP://", "http://") + "/",  # spelt otherwise
         account=PAYER,
         key=node.key(PAYER),
     )
@@ -230,15 +238,17 @@ def test_the_pay_command_explains_what_went_wrong(live, advertised, credit_commo
     portal_a, _, ad_id = advertised
     key = credit_commons_node.key(PAYER)
 
-    def pay(ad: str, quantity: str = "1", *, account=PAYER, key=key):
+    def pay(
+        ad: str, quantity: str = "1", *, ledger=credit_commons_node.url, account=PAYER, key=key
+    ):
         return run_cli(
             live, "pay", ad, "--quantity", quantity, "--description", "A loaf",
-            account=account, key=key,
+            ledger=ledger, account=account, key=key,
         )  # fmt: skip
 
-    no_credentials = pay(ad_id, account=None, key=None)
+    no_credentials = pay(ad_id, ledger=None, account=None, key=None)
     assert no_credentials.returncode == 2
-    assert "LEDGER_ACCOUNT and LEDGER_KEY" in no_credentials.stderr
+    assert "set LEDGER_URL, LEDGER_ACCOUNT, LEDGER_KEY" in no_credentials.stderr
 
     wrong_key = pay(ad_id, key="wrong")
     assert wrong_key.returncode == 1
@@ -257,3 +267,99 @@ def test_the_pay_command_explains_what_went_wrong(live, advertised, credit_commo
     missing = pay("0192f3a4-5b6c-7d8e-9fa0-b1c2d3e4f506")
     assert missing.returncode == 2
     assert "no public ad" in missing.stderr
+
+
+class RecordingServer(ThreadingHTTPServer):
+    """A "ledger" on 127.0.0.1 that writes down every request it gets, and answers 404."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, dict[str, str]]] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server.requests.append((self.path, dict(self.headers)))
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_POST = do_PATCH = do_GET
+
+            def log_message(self, *args) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+def test_the_payers_key_goes_to_their_own_ledger_only(live, make_portal, credit_commons_node):
+    # Any portal may name any ledger: one naming its own would collect payers' keys.
+    with RecordingServer() as collector:
+        portal = make_portal()
+        with httpx.Client(base_url=live.url, headers=portal.headers) as http:
+            ledger = {"protocol": "credit-commons", "url": collector.url, "node": "trap"}
+            assert http.patch("/v1/portals/me", json={"ledger": ledger}).status_code == 200
+            offer = ad_payload(location=LYON, ledger_account="collector", title="Bait")
+            ad_id = http.put("/v1/ads/bait-1", json=offer).json()["id"]
+
+        for command in (
+            ["pay", ad_id, "--quantity", "1", "--description", "A"],
+            ["balance", ad_id],
+        ):
+            refused = run_cli(
+                live,
+                *command,
+                ledger=credit_commons_node.url,
+                account=PAYER,
+                key=credit_commons_node.key(PAYER),
+            )
+            assert refused.returncode == 2, refused.stderr
+            assert f"is paid on the ledger at {collector.url}" in refused.stderr
+            assert "they are not sent to another ledger" in refused.stderr
+        assert collector.requests == []
+        collector.shutdown()
+
+
+def test_a_payment_made_is_told_even_when_the_balance_cannot_be_read(
+    live, advertised, credit_commons_node
+):
+    # Told "refused", the payer would pay again.
+    portal_a, _, _ = advertised
+    port = int(credit_commons_node.url.rsplit(":", 1)[1])
+    with LossyProxy(port) as proxy:
+        with httpx.Client(base_url=live.url, headers=portal_a.headers) as http:
+            ledger = {
+                "protocol": "credit-commons",
+                "url": proxy.url,
+                "node": credit_commons_node.node_name,
+            }
+            assert http.patch("/v1/portals/me", json={"ledger": ledger}).status_code == 200
+            offer = ad_payload(location=LYON, ledger_account=ADVERTISER, title="Rolls")
+            ad_id = http.put("/v1/ads/rolls-1", json=offer).json()["id"]
+        refusal = b'{"class":"AuthViolation","message":"not now"}'
+        proxy.replace_next_answer(
+            "GET",
+            "/account/summary",
+            b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(refusal)}\r\nConnection: close\r\n\r\n".encode()
+            + refusal,
+        )
+
+        done = run_cli(
+            live,
+            "pay",
+            ad_id,
+            "--quantity",
+            "2",
+            "--description",
+            "Two rolls",
+            ledger=proxy.url,
+            account=PAYER,
+            key=credit_commons_node.key(PAYER),
+        )
+
+    assert done.returncode == 0, done.stderr
+    assert f"{PAYER} pays 2 to {ADVERTISER}" in done.stdout
+    assert "State: pending" in done.stdout
+    assert "Balance: could not be read" in done.stdout

@@ -1,11 +1,13 @@
 """`directory-client`: pay for an ad on its advertiser's ledger, for members' portals and
 for trying it by hand.
 
-    export LEDGER_ACCOUNT=alice LEDGER_KEY=...     # the payer's own, never the directory's
+    export LEDGER_URL=https://ledger.example.org LEDGER_ACCOUNT=alice LEDGER_KEY=...
     directory-client pay 0192f3a4-... --quantity 5 --description "Two hours of bike repair"
 
 The ad (GET /v1/ads/{id} on the directory) says which ledger and whom to pay; the payment
-goes straight from here to that ledger. Exit status: 0 done, 1 the ledger or directory
+goes straight from here to that ledger. The account and key are the payer's own, on the
+ledger named by LEDGER_URL: they are sent to that ledger only, never to another one an ad
+names (any portal may name any ledger). Exit status: 0 done, 1 the ledger or directory
 refused, 2 bad usage, 3 the payment's outcome is unknown (run again with the printed
 --idempotency-key to finish it without paying twice)."""
 
@@ -29,9 +31,10 @@ from directory_client.ledger import (
     Transaction,
     ledger_for,
 )
-from directory_client.payments import NotPayable, Payment
+from directory_client.payments import NotPayable, Payment, same_ledger
 
 DEFAULT_DIRECTORY_URL = "http://127.0.0.1:8000"  # where `make run` serves the directory
+LEDGER_VARIABLE = "LEDGER_URL"
 ACCOUNT_VARIABLE = "LEDGER_ACCOUNT"
 KEY_VARIABLE = "LEDGER_KEY"
 DIRECTORY_VARIABLE = "DIRECTORY_URL"
@@ -47,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="directory-client",
         description="Pay for an ad found in the Commons Directory on the advertiser's ledger, "
-        f"with your own ledger account (${ACCOUNT_VARIABLE}) and key (${KEY_VARIABLE}).",
+        f"with your own account (${ACCOUNT_VARIABLE}) and key (${KEY_VARIABLE}) on that "
+        f"ledger (${LEDGER_VARIABLE}).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
@@ -84,9 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     args = build_parser().parse_args(argv)
+    balance: Balance | str
     try:
-        account, key = _credentials()
+        ledger_url, account, key = _credentials()
         ad = _ad(args)
+        if not same_ledger(Payment.of(ad).ledger_url, ledger_url):
+            raise UsageError(
+                f"ad {args.ad_id} is paid on the ledger at {Payment.of(ad).ledger_url}, and your "
+                f"account and key are for {ledger_url} (${LEDGER_VARIABLE}): they are not sent "
+                "to another ledger"
+            )
         with ledger_for(ad, timeout_s=args.timeout) as ledger:
             if args.command == "pay":
                 transaction = ledger.pay(
@@ -103,7 +114,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
                 transaction = ledger.cancel(args.transaction, user=account, auth=key)
             else:
                 transaction = None
-            balance = ledger.balance(account, user=account, auth=key)
+            balance = _balance_after(ledger, transaction, account=account, key=key)
     except (UsageError, NotPayable, ValueError) as error:
         # ValueError: an argument the client refused before asking anyone.
         print(f"directory-client: {error}", file=sys.stderr)
@@ -123,17 +134,38 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     return EXIT_OK
 
 
-def _credentials() -> tuple[str, str]:
+def _balance_after(
+    ledger: Any, transaction: Transaction | None, *, account: str, key: str
+) -> Balance | str:
+    """The payer's balance; after a payment or a move made, a balance that cannot be read
+    is told (why) rather than failing the command: what was done is done, and a payer told
+    "refused" might pay again."""
+    if transaction is None:
+        return ledger.balance(account, user=account, auth=key)
+    try:
+        return ledger.balance(account, user=account, auth=key)
+    except LedgerError as error:
+        return str(error)
+
+
+def _credentials() -> tuple[str, str, str]:
+    ledger_url = os.environ.get(LEDGER_VARIABLE, "").strip()
     account = os.environ.get(ACCOUNT_VARIABLE, "").strip()
     key = os.environ.get(KEY_VARIABLE, "")
     missing = [
-        name for name, value in ((ACCOUNT_VARIABLE, account), (KEY_VARIABLE, key)) if not value
+        name
+        for name, value in (
+            (LEDGER_VARIABLE, ledger_url),
+            (ACCOUNT_VARIABLE, account),
+            (KEY_VARIABLE, key),
+        )
+        if not value
     ]
     if missing:
         raise UsageError(
-            f"set {' and '.join(missing)}: your own account and key on the advertiser's ledger"
+            f"set {', '.join(missing)}: your own account and key, and the ledger they are on"
         )
-    return account, key
+    return ledger_url, account, key
 
 
 def _ad(args: argparse.Namespace) -> models.PublicAd:
@@ -154,10 +186,11 @@ def _print_result(
     out: TextIO,
     payment: Payment,
     transaction: Transaction | None,
-    balance: Balance,
+    balance: Balance | str,
     *,
     as_json: bool,
 ) -> None:
+    """`balance` is the balance, or why it could not be read."""
     if as_json:
         body = {
             "ledger": {
@@ -166,8 +199,10 @@ def _print_result(
                 "node": payment.node,
             },
             "transaction": None if transaction is None else _transaction_json(transaction),
-            "balance": asdict(balance),
+            "balance": asdict(balance) if isinstance(balance, Balance) else None,
         }
+        if not isinstance(balance, Balance):
+            body["balance_unavailable"] = balance
         print(json.dumps(body, indent=2, default=str), file=out)
         return
     print(f"Ledger: {payment.node} ({payment.protocol}) at {payment.ledger_url}", file=out)
@@ -179,6 +214,9 @@ def _print_result(
         )
         next_steps = ", ".join(transaction.transitions) or "none"
         print(f"State: {transaction.state} (you may move it to: {next_steps})", file=out)
+    if not isinstance(balance, Balance):
+        print(f"Balance: could not be read ({balance})", file=out)
+        return
     print(
         f"Balance of {balance.account}: {balance.completed.balance} completed, "
         f"{balance.pending.balance} with pending payments",

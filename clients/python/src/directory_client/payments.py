@@ -14,6 +14,7 @@ import msgspec
 
 # Plain http sends the payer's key in clear: only to this machine (tests, a local node).
 LOOPBACK_NAMES = {"localhost"}
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class NotPayable(ValueError):
@@ -86,6 +87,21 @@ class Payment:
         if isinstance(payment, msgspec.Struct):
             payment = msgspec.to_builtins(payment)
         return cls.from_json(payment)
+
+
+def same_ledger(url: str, other: str) -> bool:
+    """Whether two ledger URLs name one node: scheme and host in any case, the default
+    port written or not, a trailing slash or not."""
+
+    def normalised(value: str) -> tuple:
+        parts = urlsplit(value.strip())
+        try:
+            port = parts.port or DEFAULT_PORTS.get(parts.scheme.lower())
+        except ValueError:
+            return (value,)
+        return (parts.scheme.lower(), parts.hostname, port, parts.path.rstrip("/"))
+
+    return normalised(url) == normalised(other)
 
 
 def _check_ledger_url(url: str) -> None:
