@@ -1,4 +1,4 @@
-import createClient, { type Client, type Middleware } from "openapi-fetch";
+import createClient, { defaultPathSerializer, type Client, type Middleware } from "openapi-fetch";
 
 import { DirectoryError } from "./errors.js";
 import type { paths } from "./schema.js";
@@ -22,25 +22,63 @@ export interface DirectoryClientOptions {
   /** The fetch to use (default: the global one), e.g. one that logs or goes through a proxy. */
   fetch?: typeof globalThis.fetch;
   /**
-   * Abort each request (answer and body) after this many milliseconds; the call then
-   * rejects with a DOMException named "TimeoutError". Needs AbortSignal.timeout and
-   * AbortSignal.any (Node 20.3+, current browsers).
+   * Abort each request (answer and body) after this many milliseconds (at most
+   * 2,147,483,647, about 24 days); the call then rejects with a DOMException named
+   * "TimeoutError". Needs AbortSignal.timeout and AbortSignal.any (Node 20.3+, current
+   * browsers).
    */
   timeoutMs?: number;
 }
 
+// The longest delay timers keep: Node fires a longer AbortSignal.timeout after 1 ms.
+const MAX_TIMEOUT_MS = 2 ** 31 - 1;
+// What an Authorization header can carry of a key: visible ASCII, no spaces.
+const KEY_CHARACTERS = /^[\x21-\x7E]+$/;
+
 export function createDirectoryClient(options: DirectoryClientOptions): DirectoryClient {
   const { baseUrl, key, fetch, timeoutMs } = options;
-  if (timeoutMs !== undefined && !(Number.isFinite(timeoutMs) && timeoutMs > 0)) {
-    throw new RangeError(`timeoutMs must be a positive number of milliseconds, not ${timeoutMs}`);
+  if (
+    timeoutMs !== undefined &&
+    !(Number.isFinite(timeoutMs) && timeoutMs > 0 && timeoutMs <= MAX_TIMEOUT_MS)
+  ) {
+    throw new RangeError(
+      `timeoutMs must be a positive number of milliseconds up to ${MAX_TIMEOUT_MS}, not ${timeoutMs}`,
+    );
+  }
+  // Checked here, because the Headers class would otherwise refuse it on each request with
+  // an error that quotes the whole header, the key with it, into whatever logs errors.
+  if (key !== undefined && !(typeof key === "string" && KEY_CHARACTERS.test(key.trim()))) {
+    throw new TypeError(
+      "key must be a portal key (cdir_ and letters and digits), without spaces or control " +
+        "characters; leave it out to search anonymously (the value is not shown: it is a secret)",
+    );
   }
   const client = createClient<paths, "application/json">({
     baseUrl,
+    pathSerializer: pathWithSegments,
     ...(fetch === undefined ? {} : { fetch }),
-    ...(key === undefined ? {} : { headers: { Authorization: `Bearer ${key}` } }),
+    ...(key === undefined ? {} : { headers: { Authorization: `Bearer ${key.trim()}` } }),
   });
-  if (timeoutMs !== undefined) client.use(abortAfter(timeoutMs));
+  // Timers take whole milliseconds (Node refuses a fraction): rounded up, never shorter.
+  if (timeoutMs !== undefined) client.use(abortAfter(Math.ceil(timeoutMs)));
   return client;
+}
+
+/**
+ * The path with its parameters, each one whole segment. A value that is empty, "." or ".."
+ * is refused before anything is sent: URLs resolve such a segment away, so the request
+ * would go to another path ("/v1/ads/.." is "/v1/") and fail there without naming it.
+ */
+function pathWithSegments(pathname: string, pathParams: Record<string, unknown>): string {
+  for (const [, name = ""] of pathname.matchAll(/\{([^{}]+)\}/g)) {
+    const value = pathParams[name];
+    if (value === undefined || value === null || ["", ".", ".."].includes(String(value))) {
+      throw new RangeError(
+        `path parameter ${name} must not be missing, empty, "." or "..", not ${JSON.stringify(value ?? null)}`,
+      );
+    }
+  }
+  return defaultPathSerializer(pathname, pathParams);
 }
 
 function abortAfter(timeoutMs: number): Middleware {

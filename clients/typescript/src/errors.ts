@@ -52,8 +52,14 @@ export class DirectoryError extends Error {
         body,
       });
     }
-    // A proxy or load balancer in front of the API may answer in its own format.
-    const text = typeof body === "string" && body !== "" ? body : undefined;
+    // A proxy or load balancer in front of the API may answer in its own format, JSON
+    // (which openapi-fetch has parsed) or not: kept as the text received.
+    const text =
+      typeof body === "string"
+        ? body || undefined
+        : body === undefined
+          ? undefined
+          : JSON.stringify(body);
     return new DirectoryError({
       status: response.status,
       code: `http_${response.status}`,
@@ -81,7 +87,9 @@ function flattenFieldErrors(errors: ErrorEnvelope["errors"]): FieldErrors {
       walk([node], path);
     }
   };
-  for (const [location, fields] of Object.entries(errors ?? {})) {
+  // Anything but the map the envelope promises (a gateway's own "errors") names no field.
+  if (typeof errors !== "object" || errors === null || Array.isArray(errors)) return flat;
+  for (const [location, fields] of Object.entries(errors)) {
     // A value straight under the top level (e.g. {"constraint": "..."}) is its own field.
     const isByField = typeof fields === "object" && fields !== null && !Array.isArray(fields);
     walk(fields, isByField ? [] : [location]);
@@ -89,10 +97,20 @@ function flattenFieldErrors(errors: ErrorEnvelope["errors"]): FieldErrors {
   return flat;
 }
 
-/** Retry-After is either seconds or an HTTP date (RFC 9110, section 10.2.3). */
+/**
+ * Retry-After is either whole seconds or an HTTP date (RFC 9110, sections 10.2.3 and 5.6.7:
+ * "Sun, 06 Nov 1994 08:49:37 GMT", or the obsolete "Sunday, 06-Nov-94 08:49:37 GMT" and
+ * "Sun Nov  6 08:49:37 1994"). Anything else says nothing: null, never 0, which would tell
+ * the caller to try again at once.
+ */
 function parseRetryAfter(header: string | null): number | null {
-  if (header === null || header.trim() === "") return null;
-  if (/^\d+$/.test(header.trim())) return Number(header.trim());
-  const date = Date.parse(header);
+  const value = header?.trim() ?? "";
+  if (/^\d+$/.test(value)) return Number(value);
+  if (!HTTP_DATE.test(value)) return null;
+  // Date.parse reads the three forms; the obsolete asctime one carries no zone but is GMT.
+  const date = Date.parse(value.endsWith("GMT") ? value : `${value} GMT`);
   return Number.isNaN(date) ? null : Math.max(0, Math.ceil((date - Date.now()) / 1000));
 }
+
+const HTTP_DATE =
+  /^(?:[A-Z][a-z]{2}, \d{2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}:\d{2} GMT|[A-Z][a-z]+, \d{2}-[A-Z][a-z]{2}-\d{2} \d{2}:\d{2}:\d{2} GMT|[A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]\d \d{2}:\d{2}:\d{2} \d{4})$/;

@@ -663,7 +663,7 @@ export interface components {
              * @description How long the current secret keeps signing beside the new one (0: stops at once)
              * @default 24
              */
-            overlap_hours: number;
+            overlap_hours?: number;
         };
         PublicLocation: {
             /** @description Latitude (already snapped to the privacy level) */
@@ -780,48 +780,48 @@ export interface components {
              * @description Free tags, up to 20 of up to 40 characters
              * @default []
              */
-            tags: string[];
+            tags?: string[];
             /**
              * @description Where the offer or want is. Required unless privacy is hidden; for approximate and area only a snapped point is stored, for hidden nothing.
              * @default null
              */
-            location: components["schemas"]["Location"] | null;
+            location?: components["schemas"]["Location"] | null;
             /**
              * @description How precisely the location is published: exact; approximate (snapped to a ~1 km cell); area (~10 km cell); hidden (no location). Default approximate.
              * @default approximate
              * @enum {unknown}
              */
-            privacy: "exact" | "approximate" | "area" | "hidden";
+            privacy?: "exact" | "approximate" | "area" | "hidden";
             /**
              * @description public, or portal: seen only by the owning portal
              * @default public
              * @enum {unknown}
              */
-            visibility: "public" | "portal";
+            visibility?: "public" | "portal";
             /**
              * @description Accepted currency codes; the portal's defaults when absent
              * @default null
              */
-            currencies: string[] | null;
+            currencies?: string[] | null;
             /** @default null */
-            price: components["schemas"]["Price"] | null;
+            price?: components["schemas"]["Price"] | null;
             /**
              * @description BCP 47 language tag of the text
              * @default null
              * @example en
              */
-            language: string | null;
+            language?: string | null;
             /**
              * @description Up to 10 image URLs
              * @default []
              */
-            images: string[];
+            images?: string[];
             /**
              * Format: date-time
              * @description When the ad ends (with a time zone). Default: 90 days after its last change; at most a year ahead.
              * @default null
              */
-            expires_at: string | null;
+            expires_at?: string | null;
             /**
              * @description The portal's opaque handle of the advertiser; never an email address or phone number
              * @example m-4821
@@ -831,12 +831,12 @@ export interface components {
              * @description The advertiser's account on the portal's ledger
              * @default null
              */
-            ledger_account: string | null;
+            ledger_account?: string | null;
             /**
              * @description false: members cannot contact the advertiser through the directory's relay. Default true.
              * @default true
              */
-            accepts_contact: boolean;
+            accepts_contact?: boolean;
         };
         Ad: {
             /**
@@ -890,7 +890,7 @@ export interface components {
              * @default upsert
              * @enum {string}
              */
-            op: "upsert" | "delete" | "expire";
+            op?: "upsert" | "delete" | "expire";
             /**
              * @description The portal's own id for the ad
              * @example ad-1842
@@ -906,7 +906,7 @@ export interface components {
              * @description The items are the portal's complete set: every other ad of the portal is deleted (an item that is rejected keeps its ad as it was). For a set larger than one batch, use a sync session.
              * @default false
              */
-            replace: boolean;
+            replace?: boolean;
         };
         ItemResult: {
             index: number;
@@ -1127,7 +1127,7 @@ export interface components {
              * @description The portal's own id for this message: sending again with the same key (after a timeout, say) returns the message already made instead of making another. 1 to 128 letters, digits, '.', '_', ':' or '-'.
              * @default null
              */
-            idempotency_key: string | null;
+            idempotency_key?: string | null;
         };
         PortalRef: {
             slug: string;
@@ -1228,14 +1228,14 @@ export interface components {
              * @default null
              * @example Anna
              */
-            name: string | null;
+            name?: string | null;
             /** @description The member's own words; passed on unchanged */
             body: string;
             /**
              * @description The portal's own id for this message: sending again with the same key (after a timeout, say) returns the message already made instead of making another. 1 to 128 letters, digits, '.', '_', ':' or '-'.
              * @default null
              */
-            idempotency_key: string | null;
+            idempotency_key?: string | null;
         };
         Block: {
             /**

@@ -60,7 +60,7 @@ describe("DirectoryError", () => {
       location: { lat: 91, lon: 0 },
     };
 
-    // A body the types refuse on purpose (no currencies, latitude 91): the server must too.
+    // A body the types refuse on purpose (no member, latitude 91): the server must too.
     const error = await directoryError(
       unwrap(
         portal.PUT("/v1/ads/{ad_ref}", {
@@ -124,6 +124,8 @@ describe("timeoutMs", () => {
     return {
       url: `http://127.0.0.1:${port}`,
       received,
+      /** Resolves when the server has a request (however busy the machine). */
+      requested: once(server, "request"),
       close: () => {
         server.closeAllConnections();
         server.close();
@@ -158,7 +160,9 @@ describe("timeoutMs", () => {
 
       const controller = new AbortController();
       const pending = search(client, {}, { signal: controller.signal });
-      setTimeout(() => controller.abort(), 50);
+      // Once the request is out, not after a fixed delay: on a loaded machine it may not be.
+      await silent.requested;
+      controller.abort();
 
       await assert.rejects(pending, { name: "AbortError" });
       assert.equal(silent.received.length, 1);
@@ -169,5 +173,108 @@ describe("timeoutMs", () => {
 
   test("must be a positive number", () => {
     assert.throws(() => createDirectoryClient({ baseUrl: directoryUrl, timeoutMs: 0 }), RangeError);
+  });
+
+  test("may be a fraction of a millisecond, as seconds * 1000 often is", async () => {
+    const timeoutMs = 0.1 * 3 * 10_000; // 3000.0000000000005
+
+    const client = createDirectoryClient({ baseUrl: directoryUrl, timeoutMs });
+    const page = await search(client, { lat: seed.point.lat, lon: seed.point.lon, limit: 1 });
+
+    assert.equal(page.hits.length, 1);
+  });
+
+  test("refuses a delay longer than timers keep, which would abort every request at once", () => {
+    // Node fires AbortSignal.timeout after 1 ms beyond 2**31 - 1 ms (about 24.8 days).
+    const thirtyDaysMs = 30 * 24 * 3600 * 1000;
+
+    assert.throws(
+      () => createDirectoryClient({ baseUrl: directoryUrl, timeoutMs: thirtyDaysMs }),
+      RangeError,
+    );
+  });
+});
+
+describe("an answer that is not the API's", () => {
+  /** A gateway on 127.0.0.1 in front of nothing, answering every request the same way. */
+  async function gateway(status: number, headers: Record<string, string>, body: string) {
+    const server = createServer((_request, response) => {
+      response.writeHead(status, headers);
+      response.end(body);
+    });
+    server.listen(0, "127.0.0.1");
+    await once(server, "listening");
+    const { port } = server.address() as AddressInfo;
+    return {
+      client: createDirectoryClient({ baseUrl: `http://127.0.0.1:${port}`, timeoutMs: 5_000 }),
+      close: () => {
+        server.closeAllConnections();
+        server.close();
+      },
+    };
+  }
+
+  test("keeps a gateway's own JSON body as the text received", async () => {
+    const text = '{"message":"API rate limit exceeded"}';
+    const limiting = await gateway(429, { "Content-Type": "application/json" }, text);
+    try {
+      const error = await directoryError(search(limiting.client, {}));
+
+      assert.equal(error.status, 429);
+      assert.equal(error.code, "http_429");
+      assert.equal(error.body, text);
+      assert.match(error.message, /API rate limit exceeded/);
+      assert.deepEqual(error.fieldErrors, {});
+    } finally {
+      limiting.close();
+    }
+  });
+
+  test("names no field after an errors member that is not the envelope's map", async () => {
+    const body = JSON.stringify({ code: 400, message: "Bad request", errors: "bad" });
+    const odd = await gateway(400, { "Content-Type": "application/json" }, body);
+    try {
+      const error = await directoryError(search(odd.client, {}));
+
+      assert.equal(error.message, "Bad request");
+      assert.deepEqual(error.fieldErrors, {});
+    } finally {
+      odd.close();
+    }
+  });
+
+  test("reads a Retry-After that is neither seconds nor an HTTP date as unknown, not 0", async () => {
+    for (const retryAfter of ["soon 5", "1.5", "-1"]) {
+      const limiting = await gateway(429, { "Retry-After": retryAfter }, "slow down");
+      try {
+        const error = await directoryError(search(limiting.client, {}));
+
+        assert.equal(error.retryAfter, null, `Retry-After: ${retryAfter}`);
+      } finally {
+        limiting.close();
+      }
+    }
+  });
+
+  test("reads a Retry-After in any of the HTTP date forms", async () => {
+    const inAMinute = new Date(Math.ceil(Date.now() / 1000) * 1000 + 60_000).toUTCString();
+    const expected = {
+      [inAMinute]: 60, // IMF-fixdate: Sun, 06 Nov 1994 08:49:37 GMT
+      "Sunday, 06-Nov-94 08:49:37 GMT": 0, // obsolete RFC 850, past: at once
+      "Sun Nov  6 08:49:37 1994": 0, // obsolete asctime, past
+    };
+    for (const [retryAfter, seconds] of Object.entries(expected)) {
+      const limiting = await gateway(429, { "Retry-After": retryAfter }, "");
+      try {
+        const error = await directoryError(search(limiting.client, {}));
+
+        assert.ok(
+          error.retryAfter !== null && Math.abs(error.retryAfter - seconds) <= 2,
+          `Retry-After: ${retryAfter} read as ${error.retryAfter}`,
+        );
+      } finally {
+        limiting.close();
+      }
+    }
   });
 });

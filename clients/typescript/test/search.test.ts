@@ -10,6 +10,7 @@ import {
   searchNearby,
   searchPages,
   unwrap,
+  type Schema,
   type SearchHit,
 } from "@commons-directory/client";
 
@@ -18,6 +19,15 @@ import { devicePosition, directoryUrl, ids, portalKey, seed } from "./live.js";
 const anonymous = createDirectoryClient({ baseUrl: directoryUrl, timeoutMs: 10_000 });
 const portal = createDirectoryClient({ baseUrl: directoryUrl, key: portalKey, timeoutMs: 10_000 });
 const allPublicIds = seed.public.map((ad) => ad.id);
+/** An ad with the fields the API requires (and a location: privacy is approximate by default). */
+const minimalAd = {
+  kind: "offer",
+  title: "Reserved characters",
+  body: "Anything",
+  category: "home.repairs",
+  member: "m-1",
+  location: { lat: seed.point.lat, lon: seed.point.lon },
+} satisfies Schema<"AdPut">;
 const within = (km: number) => seed.public.filter((ad) => ad.distance_km <= km).map((ad) => ad.id);
 
 describe("searchNearby", () => {
@@ -100,6 +110,26 @@ describe("a portal key", () => {
     assert.ok(asPortal.includes(seed.portal_only_id));
     assert.ok(!asAnyone.includes(seed.portal_only_id));
     assert.deepEqual(new Set(asPortal), new Set([...asAnyone, seed.portal_only_id]));
+  });
+
+  test("that cannot be sent is refused at once, without showing it", () => {
+    for (const key of [`${portalKey}\ncdir_next`, `${portalKey}\u0000`, `${portalKey}\u200b`, ""]) {
+      assert.throws(
+        () => createDirectoryClient({ baseUrl: directoryUrl, key }),
+        (error: Error) =>
+          error instanceof TypeError &&
+          /key/.test(error.message) &&
+          !error.message.includes(portalKey),
+      );
+    }
+  });
+
+  test("read with its line end from a file still works", async () => {
+    const fromFile = createDirectoryClient({ baseUrl: directoryUrl, key: `${portalKey}\n` });
+
+    const own = await unwrap(fromFile.GET("/v1/portals/me"));
+
+    assert.ok(own.slug);
   });
 
   test("does not make the portal-only ad public by its id", async () => {
@@ -202,6 +232,74 @@ describe("the typed client", () => {
     );
     assert.ok(currencies?.length && currencies.every((currency) => currency.kind === "time"));
     assert.ok(currencies.some((currency) => currency.code === "HOUR"));
+  });
+
+  test("takes an ad with only its required fields, as the API does", async () => {
+    // Compiles only if the fields with a default (tags, privacy, currencies, ...) are
+    // optional in the types, as they are in the API.
+    const ad: Schema<"AdPut"> = { ...minimalAd, title: "Only what is required" };
+
+    const created = await unwrap(
+      portal.PUT("/v1/ads/{ad_ref}", { params: { path: { ad_ref: "minimal" } }, body: ad }),
+    );
+
+    assert.equal(created.privacy, "approximate");
+    assert.deepEqual(created.tags, []);
+    assert.equal(created.accepts_contact, true);
+    await unwrap(portal.DELETE("/v1/ads/{ad_ref}", { params: { path: { ad_ref: "minimal" } } }));
+  });
+
+  test("sends a batch without the fields that have a default (op, replace)", async () => {
+    const { results } = await unwrap(
+      portal.POST("/v1/ads/batch", {
+        body: { items: [{ external_id: "batched", ad: { ...minimalAd, title: "Batched" } }] },
+      }),
+    );
+
+    assert.equal(results[0]?.status, "created", JSON.stringify(results));
+    await unwrap(portal.DELETE("/v1/ads/{ad_ref}", { params: { path: { ad_ref: "batched" } } }));
+  });
+
+  test("sends an external id with reserved characters to the ad's own path", async () => {
+    const externalId = "shop:bikes~2024.v1";
+    const path = { params: { path: { ad_ref: externalId } } };
+
+    const created = await unwrap(portal.PUT("/v1/ads/{ad_ref}", { ...path, body: minimalAd }));
+    const own = await unwrap(
+      portal.GET("/v1/portals/me/ads/{external_id}", {
+        params: { path: { external_id: externalId } },
+      }),
+    );
+    await unwrap(portal.DELETE("/v1/ads/{ad_ref}", path));
+
+    assert.equal(created.external_id, externalId);
+    assert.equal(own.id, created.id);
+  });
+
+  test("refuses a path parameter that a URL resolves away, sending nothing", async () => {
+    const sent: string[] = [];
+    const recording = createDirectoryClient({
+      baseUrl: directoryUrl,
+      key: portalKey,
+      fetch: (input, init) => {
+        sent.push(input instanceof Request ? `${input.method} ${input.url}` : String(input));
+        return fetch(input, init);
+      },
+    });
+
+    for (const value of [".", "..", ""]) {
+      // Else DELETE /v1/ads/.. would go to DELETE /v1/, expire "." to POST /v1/ads/expire.
+      await assert.rejects(
+        unwrap(recording.DELETE("/v1/ads/{ad_ref}", { params: { path: { ad_ref: value } } })),
+        (error: Error) => error instanceof RangeError && /ad_ref/.test(error.message),
+      );
+      await assert.rejects(
+        unwrap(recording.POST("/v1/ads/{ad_ref}/expire", { params: { path: { ad_ref: value } } })),
+        (error: Error) => error instanceof RangeError && /ad_ref/.test(error.message),
+      );
+    }
+
+    assert.deepEqual(sent, []);
   });
 
   test("sends the portal key for portal operations", async () => {
