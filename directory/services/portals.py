@@ -366,6 +366,13 @@ def update_profile(
             code="unsafe_ledger_url",
             allow_loopback=allow_loopback,
         )
+        if "?" in changes["ledger"].url:
+            # Payers' clients add the node's paths to the URL: a query would swallow them.
+            raise InvalidInput(
+                "ledger.url must not have a query (?…): it is the node's base URL, which "
+                "payers' clients add the ledger's paths to",
+                field="ledger.url",
+            )
     with unique_conflicts(session, _website_taken(changes.get("website"))):
         for name, value in changes.items():
             setattr(portal, name, value)

@@ -174,6 +174,17 @@ def test_malformed_ledgers_are_refused_naming_the_field(client, portal, ledger, 
     assert client.get("/v1/portals/me", headers=portal.headers).json["ledger"] is None
 
 
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9/cc?tenant=lyon", "http://127.0.0.1:9/cc?"])
+def test_a_ledger_url_with_a_query_is_refused(client, portal, url):
+    # Clients add the node's paths to it: /cc?tenant=lyon + /workflows is /cc?tenant=lyon/workflows.
+    response = set_ledger(client, portal, {**LEDGER, "url": url})
+
+    assert response.status_code == 400, response.json
+    message = response.json["errors"]["json"]["ledger"]["url"][0]
+    assert message.startswith("ledger.url must not have a query"), message
+    assert client.get("/v1/portals/me", headers=portal.headers).json["ledger"] is None
+
+
 def test_a_ledger_that_is_not_an_object_is_refused(client, portal):
     response = set_ledger(client, portal, "https://ledger.example.org/")
 
