@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import httpx
+import msgspec
 import pytest
 from directory_client.ledger import (
     IDEMPOTENCY_METADATA_KEY,
@@ -335,6 +336,26 @@ def test_an_inconsistent_payment_block_is_refused_before_any_request(
         ledger.pay(ad, 1, "a contradiction", payer="alice", auth=key("alice"))
 
     assert recorder.exchanges == []
+
+
+def test_a_want_is_not_paid_its_advertiser_is_the_one_who_pays(
+    ledger, credit_commons_node, key, recorder
+):
+    want = {"kind": "want", "payment": payment_block(credit_commons_node)}
+    hit = msgspec.convert({**want, "kind": "want"}, type=KindAndPayment)
+
+    for ad in (want, hit):
+        with pytest.raises(NotPayable, match="this ad is a want: its advertiser pays"):
+            ledger.pay(ad, 1, "the wrong way", payer="alice", auth=key("alice"))
+
+    assert recorder.exchanges == []
+
+
+class KindAndPayment(msgspec.Struct):
+    """The parts of a client model (models.PublicAd, SearchHit) that paying reads."""
+
+    kind: str
+    payment: dict
 
 
 def payment_block(node, *, amount="1") -> dict:

@@ -206,8 +206,10 @@ class CreditCommonsLedger:
 
         Give `idempotency_key` to resume a payment whose outcome was unknown: an earlier
         transaction with that key is finished instead of a new one being made (one of
-        another quantity raises IdempotencyKeyReused)."""
+        another quantity raises IdempotencyKeyReused). A want is not paid: its advertiser
+        is the one who pays (NotPayable)."""
         payment = self._payment_on_this_ledger(ad)
+        _check_not_a_want(ad)
         _check_positive_quantity(quantity)
         _check_text("description", description)
         _check_credentials(payer, auth, user_role="payer")
@@ -635,6 +637,17 @@ class CreditCommonsLedger:
                 f"it does not accept ({', '.join(payment.currencies)})"
             )
         return payment
+
+
+def _check_not_a_want(ad: Any) -> None:
+    """Paying the advertiser of a want would move the credit the wrong way: whoever
+    answers a want is the one paid."""
+    kind = ad.get("kind") if isinstance(ad, Mapping) else getattr(ad, "kind", None)
+    if getattr(kind, "value", kind) == "want":
+        raise NotPayable(
+            "this ad is a want: its advertiser pays whoever answers it, so it is not paid "
+            "from here (its payment block says where the advertiser's account is)"
+        )
 
 
 _NOT_JSON = object()
