@@ -109,7 +109,8 @@ def _refuse_keys_in_query() -> None:
 
 
 def _require_json_body() -> None:
-    if request.method not in BODY_METHODS:
+    # A request no route takes is answered 404 or 405 first, whatever its body.
+    if request.method not in BODY_METHODS or request.routing_exception is not None:
         return
     has_body = (request.content_length or 0) > 0 or request.headers.get("Transfer-Encoding")
     if not has_body:

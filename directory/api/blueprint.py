@@ -10,8 +10,12 @@ import marshmallow as ma
 import orjson
 from webargs import core
 from webargs.flaskparser import FlaskParser, abort, is_json_request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from directory.api.loading import FastLoader
+
+# Charset parameters that name UTF-8, or ASCII, a subset of it.
+UTF8_CHARSETS = {"utf-8", "utf8", "us-ascii", "ascii"}
 
 
 class StrictParser(FlaskParser):
@@ -91,7 +95,9 @@ class StrictParser(FlaskParser):
     def _raw_load_json(self, request):
         # Only operations that declare a JSON body get here: an empty one is an error,
         # never an empty object (a PATCH without a body must not "succeed").
+        _refuse_unreadable_body(request)
         body = request.get_data(cache=True)
+        _refuse_truncated_body(request, body)
         if not body:
             abort(
                 400,
@@ -117,6 +123,48 @@ class StrictParser(FlaskParser):
             message=f"The body is not valid JSON: {error}",
             messages={"json": {"_schema": ["Not valid JSON."]}},
         )
+
+
+def _refuse_unreadable_body(request) -> None:
+    """JSON is UTF-8 (RFC 8259): a body declared in another charset, or compressed,
+    would be read as something else than was sent, or not at all. 415, naming why."""
+    charset = request.mimetype_params.get("charset")
+    if charset is not None and charset.lower() not in UTF8_CHARSETS:
+        _refuse_media(
+            "Content-Type",
+            f"JSON bodies are UTF-8: charset {charset} is not supported.",
+            "Must be application/json, in UTF-8.",
+        )
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        _refuse_media(
+            "Content-Encoding",
+            f"Content-Encoding {encoding} is not supported: send the body uncompressed.",
+            "Must be absent (an uncompressed body).",
+        )
+
+
+def _refuse_media(header: str, message: str, problem: str) -> None:
+    abort(
+        415,
+        error="unsupported_media_type",
+        message=message,
+        messages={"headers": {header: [problem]}},
+    )
+
+
+def _refuse_truncated_body(request, body: bytes) -> None:
+    """A body sent without Content-Length (chunked) is read up to the size limit, and
+    werkzeug stops there without a word: what lies beyond would be cut off, and the
+    rest parsed as if it were the whole (413, as with a Content-Length over the limit)."""
+    limit = request.max_content_length
+    if (
+        request.content_length is None
+        and limit is not None
+        and len(body) >= limit
+        and request.environ["wsgi.input"].read(1)  # past what werkzeug let through
+    ):
+        raise RequestEntityTooLarge()
 
 
 class Blueprint(flask_smorest.Blueprint):

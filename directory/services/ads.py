@@ -140,20 +140,33 @@ class AdInput:
 
 
 @dataclass(frozen=True)
+class Preconditions:
+    """A request's If-Match and If-None-Match headers, as sent (None: absent)."""
+
+    if_match: str | None = None
+    if_none_match: str | None = None
+
+
+NO_PRECONDITIONS = Preconditions()
+
+
+@dataclass(frozen=True)
 class Upsert:
     external_id: str
     ad: AdInput
-    if_match: str | None = None
+    preconditions: Preconditions = NO_PRECONDITIONS
 
 
 @dataclass(frozen=True)
 class Delete:
     external_id: str
+    preconditions: Preconditions = NO_PRECONDITIONS
 
 
 @dataclass(frozen=True)
 class Expire:
     external_id: str
+    preconditions: Preconditions = NO_PRECONDITIONS
 
 
 @dataclass(frozen=True)
@@ -252,6 +265,25 @@ def make_etag(ad_id: uuid.UUID, version: int | None) -> str:
     return f'"{ad_id.hex[:12]}-{version}"'
 
 
+def etag_matches(header: str, etag: str | None, *, weak: bool) -> bool:
+    """Whether an If-Match (strong comparison) or If-None-Match (`weak`) header matches
+    the ETag of the ad as it is (None: there is no ad), RFC 9110 section 13.1: `*`
+    matches any ad; a weak tag (W/"...") matches only in a weak comparison."""
+    if etag is None:
+        return False
+    if header.strip() == "*":
+        return True
+    for tag in header.split(","):
+        tag = tag.strip()
+        if tag.startswith("W/"):
+            if not weak:
+                continue
+            tag = tag[2:]
+        if tag == etag:
+            return True
+    return False
+
+
 def content_hash(row: dict, explicit_expiry: datetime | None) -> str:
     """Digest of an ad as it would be stored (snapped location, resolved currencies), so
     a change that leaves the published ad as it was changes nothing. A defaulted expiry
@@ -265,6 +297,32 @@ def content_hash(row: dict, explicit_expiry: datetime | None) -> str:
         del hashed["accepts_contact"]
     canonical = orjson.dumps(hashed, option=orjson.OPT_SORT_KEYS, default=str)
     return hashlib.blake2b(canonical, digest_size=16).hexdigest()
+
+
+# price_amount is numeric(14, 4): "12.5" and "12.50" are both stored as 12.5000.
+AMOUNT_QUANTUM = Decimal("0.0001")
+
+
+def content_digests(row: dict, explicit_expiry: datetime | None) -> tuple[str, ...]:
+    """The digest to store for an ad, then any other digest under which an ad already
+    stored is this one unchanged.
+
+    An ad's text may spell one stored value several ways: an amount with more or fewer
+    trailing zeros, an expiry in another UTC offset. The digest is of the values as
+    stored, so that sending them spelt otherwise changes nothing; ads hashed before
+    that, from their values as sent, also match their digest as sent (else sending
+    every priced ad again, unchanged, would bump it once)."""
+    amount = row["price_amount"]
+    stored = row
+    if amount is not None and amount.as_tuple().exponent != AMOUNT_QUANTUM.as_tuple().exponent:
+        stored = {**row, "price_amount": amount.quantize(AMOUNT_QUANTUM)}
+    expiry = explicit_expiry
+    if expiry is not None and expiry.utcoffset():
+        expiry = expiry.astimezone(UTC)
+    digest = content_hash(stored, expiry)
+    if stored is row and expiry is explicit_expiry:
+        return (digest,)
+    return digest, content_hash(row, explicit_expiry)
 
 
 def lock_portal_writes(session: Session, portal_id: int, *, exclusive: bool) -> None:
@@ -385,6 +443,10 @@ def _check_ad_within(ad, ctx, now, lifetimes, reject_errors):
 
 def _row(ad: AdInput, currencies: tuple[str, ...], now: datetime, lifetimes: Lifetimes) -> dict:
     point = publishable_point(ad.location, ad.privacy)
+    if point is not None and (point.lat == 0 or point.lon == 0):
+        # -0.0 (sent, or rounded from a tiny negative) is the same place as 0.0: one
+        # spelling, or sending the ad again with the other would change its version.
+        point = Point(point.lat + 0.0, point.lon + 0.0)
     return {
         "kind": ad.kind,
         "title": ad.title,
@@ -476,13 +538,14 @@ def apply_changes(
             continue
         current = existing.get(op.external_id)
         try:
+            if not (isinstance(op, Expire) and current is None):  # that is a 404 anyway
+                _check_preconditions(op.preconditions, current)
             if isinstance(op, Upsert):
-                _check_precondition(op, current)
-                row, digest = outcome
+                row, digests = outcome
                 # Sending an expired ad again renews it, even when nothing else changed.
                 if (
                     current is not None
-                    and current.content_hash == digest
+                    and current.content_hash in digests
                     and current.expires_at > now
                 ):
                     results.append(
@@ -564,7 +627,7 @@ def _new_ids(count: int) -> Iterator[uuid.UUID]:
 
 
 def _prepare(session, portal_id, operations, now, lifetimes, reject_errors):
-    """Per operation: (op, (row, digest)) for an upsert that passed the checks,
+    """Per operation: (op, (row, digests)) for an upsert that passed the checks,
     (op, None) for a delete or expiry, (None, rejected ItemResult) for a refused item."""
     portal = session.get_one(Portal, portal_id)
     ctx = _Context(session, portal, operations)
@@ -585,9 +648,9 @@ def _prepare(session, portal_id, operations, now, lifetimes, reject_errors):
             if isinstance(op, Upsert):
                 currencies = _check_ad_within(op.ad, ctx, now, lifetimes, reject_errors)
                 row = _row(op.ad, currencies, now, lifetimes)
-                digest = content_hash(row, op.ad.expires_at)
-                row["content_hash"] = digest
-                prepared.append((op, (row, digest)))
+                digests = content_digests(row, op.ad.expires_at)
+                row["content_hash"] = digests[0]
+                prepared.append((op, (row, digests)))
             else:
                 prepared.append((op, None))
         except DirectoryError as error:
@@ -621,22 +684,25 @@ def _bulk_update(session: Session, updates: list[dict]) -> None:
         update_rows(session, table="ads", rows=rows)
 
 
-def _check_precondition(op: Upsert, current: _Existing | None) -> None:
-    if op.if_match is None:
-        return
-    if current is None:
+def _check_preconditions(preconditions: Preconditions, current: _Existing | None) -> None:
+    """RFC 9110 section 13.2.2: If-Match first, then If-None-Match; a write whose
+    condition is false is refused with 412 (never applied, nor silently ignored)."""
+    etag = None if current is None else make_etag(current.id, current.version)
+    if_match, if_none_match = preconditions.if_match, preconditions.if_none_match
+    if if_match is not None and not etag_matches(if_match, etag, weak=False):
         raise PreconditionFailed(
-            "If-Match was given but the ad does not exist",
+            "If-Match was given but the ad does not exist"
+            if current is None
+            else "the ad has changed since that ETag: fetch it again, then retry",
             field="If-Match",
             details={"location": "headers"},
         )
-    if op.if_match.strip() == "*":
-        return
-    allowed = {tag.strip() for tag in op.if_match.split(",")}
-    if make_etag(current.id, current.version) not in allowed:
+    if if_none_match is not None and etag_matches(if_none_match, etag, weak=True):
         raise PreconditionFailed(
-            "the ad has changed since that ETag: fetch it again, then retry",
-            field="If-Match",
+            "If-None-Match: * was given but the ad exists"
+            if if_none_match.strip() == "*"
+            else "If-None-Match names the ad's current ETag",
+            field="If-None-Match",
             details={"location": "headers"},
         )
 
@@ -885,25 +951,33 @@ def upsert_ad(
     portal_id: int,
     external_id: str,
     ad: AdInput,
-    if_match: str | None,
+    preconditions: Preconditions = NO_PRECONDITIONS,
     lifetimes: Lifetimes,
 ) -> tuple[ItemResult, AdRecord]:
     (result,) = apply_changes(
         session,
         portal_id=portal_id,
-        operations=[Upsert(external_id, ad, if_match)],
+        operations=[Upsert(external_id, ad, preconditions)],
         lifetimes=lifetimes,
         reject_errors=True,
     )
     return result, get_own_ad(session, portal_id=portal_id, external_id=external_id)
 
 
-def delete_ad(session: Session, *, portal_id: int, external_id: str, lifetimes: Lifetimes) -> bool:
-    """True when an ad was deleted, False when there was none (deleting twice is harmless)."""
+def delete_ad(
+    session: Session,
+    *,
+    portal_id: int,
+    external_id: str,
+    preconditions: Preconditions = NO_PRECONDITIONS,
+    lifetimes: Lifetimes,
+) -> bool:
+    """True when an ad was deleted, False when there was none (deleting twice is harmless,
+    unless If-Match asked for an ad)."""
     (result,) = apply_changes(
         session,
         portal_id=portal_id,
-        operations=[Delete(external_id)],
+        operations=[Delete(external_id, preconditions)],
         lifetimes=lifetimes,
         reject_errors=True,
     )
@@ -911,12 +985,17 @@ def delete_ad(session: Session, *, portal_id: int, external_id: str, lifetimes: 
 
 
 def expire_ad(
-    session: Session, *, portal_id: int, external_id: str, lifetimes: Lifetimes
+    session: Session,
+    *,
+    portal_id: int,
+    external_id: str,
+    preconditions: Preconditions = NO_PRECONDITIONS,
+    lifetimes: Lifetimes,
 ) -> AdRecord:
     apply_changes(
         session,
         portal_id=portal_id,
-        operations=[Expire(external_id)],
+        operations=[Expire(external_id, preconditions)],
         lifetimes=lifetimes,
         reject_errors=True,
     )

@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime
+import math
+from datetime import datetime, timedelta, timezone
 
 import orjson
 import pytest
@@ -69,6 +70,85 @@ def test_if_match_on_a_missing_ad_is_refused(client, portal):
     assert client.get("/v1/portals/me/ads", headers=portal.headers).json["items"] == []
 
 
+def test_if_none_match_star_creates_an_ad_that_does_not_exist(client, portal):
+    response = put(client, portal, "a-1", ad_payload(), **{"If-None-Match": "*"})
+    assert response.status_code == 201
+
+
+def test_if_none_match_star_never_replaces_an_existing_ad(client, portal):
+    first = put(client, portal, "a-1", ad_payload())
+    response = put(client, portal, "a-1", ad_payload(title="Other"), **{"If-None-Match": "*"})
+    assert response.status_code == 412
+    assert response.json["errors"]["headers"]["If-None-Match"]
+    own = client.get("/v1/portals/me/ads/a-1", headers=portal.headers)
+    assert (own.json["title"], own.headers["ETag"]) == ("Bicycle repairs", first.headers["ETag"])
+
+
+def test_if_match_with_a_weak_etag_never_matches(client, portal):
+    etag = put(client, portal, "a-1", ad_payload()).headers["ETag"]
+    response = put(client, portal, "a-1", ad_payload(title="New"), **{"If-Match": f"W/{etag}"})
+    assert response.status_code == 412
+
+
+def test_if_match_with_a_list_applies_when_one_of_them_is_current(client, portal):
+    etag = put(client, portal, "a-1", ad_payload()).headers["ETag"]
+    listed = f'"000000000000-7", {etag}'
+    response = put(client, portal, "a-1", ad_payload(title="New"), **{"If-Match": listed})
+    assert response.status_code == 200
+    assert response.json["title"] == "New"
+
+
+def test_delete_with_a_stale_if_match_is_refused_and_keeps_the_ad(client, portal):
+    stale = put(client, portal, "a-1", ad_payload()).headers["ETag"]
+    current = put(client, portal, "a-1", ad_payload(title="Changed")).headers["ETag"]
+    response = client.delete("/v1/ads/a-1", headers={**portal.headers, "If-Match": stale})
+    assert response.status_code == 412
+    assert response.json["errors"]["headers"]["If-Match"]
+    own = client.get("/v1/portals/me/ads/a-1", headers=portal.headers)
+    assert own.headers["ETag"] == current
+
+
+def test_delete_with_the_current_if_match_deletes(client, portal):
+    etag = put(client, portal, "a-1", ad_payload()).headers["ETag"]
+    response = client.delete("/v1/ads/a-1", headers={**portal.headers, "If-Match": etag})
+    assert response.status_code == 204
+    assert client.get("/v1/portals/me/ads/a-1", headers=portal.headers).status_code == 404
+
+
+def test_delete_with_if_match_of_a_missing_ad_is_refused(client, portal):
+    response = client.delete("/v1/ads/a-1", headers={**portal.headers, "If-Match": "*"})
+    assert response.status_code == 412
+
+
+def test_expire_with_a_stale_if_match_is_refused_and_keeps_the_ad_public(client, portal):
+    stale = put(client, portal, "a-1", ad_payload()).headers["ETag"]
+    ad_id = put(client, portal, "a-1", ad_payload(title="Changed")).json["id"]
+    response = client.post("/v1/ads/a-1/expire", headers={**portal.headers, "If-Match": stale})
+    assert response.status_code == 412
+    assert response.json["errors"]["headers"]["If-Match"]
+    assert client.get(f"/v1/ads/{ad_id}").status_code == 200
+
+
+def test_expire_with_the_current_if_match_expires(client, portal):
+    etag = put(client, portal, "a-1", ad_payload()).headers["ETag"]
+    response = client.post("/v1/ads/a-1/expire", headers={**portal.headers, "If-Match": etag})
+    assert response.status_code == 200
+    assert response.json["expired"] is True
+
+
+def test_own_ad_with_its_current_etag_in_if_none_match_is_304(client, portal):
+    etag = put(client, portal, "a-1", ad_payload()).headers["ETag"]
+    headers = {**portal.headers, "If-None-Match": etag}
+    response = client.get("/v1/portals/me/ads/a-1", headers=headers)
+    assert response.status_code == 304
+    assert response.headers["ETag"] == etag
+    assert response.get_data() == b""
+    put(client, portal, "a-1", ad_payload(title="Changed"))
+    changed = client.get("/v1/portals/me/ads/a-1", headers=headers)
+    assert changed.status_code == 200
+    assert changed.json["title"] == "Changed"
+
+
 def test_delete_removes_the_ad_and_a_second_delete_is_harmless(client, portal):
     ad_id = put(client, portal, "a-1", ad_payload()).json["id"]
     assert client.delete("/v1/ads/a-1", headers=portal.headers).status_code == 204
@@ -93,6 +173,21 @@ def test_expire_of_a_missing_ad_is_404(client, portal):
     response = client.post("/v1/ads/nope/expire", headers=portal.headers)
     assert response.status_code == 404
     assert response.json["error"] == "not_found"
+    assert response.json["errors"] == {"path": {"ad_ref": [response.json["message"]]}}
+
+
+@pytest.mark.parametrize(
+    ("path", "parameter"),
+    [
+        ("/v1/ads/not-a-uuid", "ad_ref"),
+        ("/v1/ads/7d1b0a34-8ef5-4a6c-9f7e-0c5b2f3c1e11", "ad_ref"),
+        ("/v1/portals/me/ads/nope", "external_id"),
+    ],
+)
+def test_a_missing_ad_is_named_by_its_path_parameter(client, portal, path, parameter):
+    response = client.get(path, headers=portal.headers)
+    assert response.status_code == 404
+    assert response.json["errors"] == {"path": {parameter: [response.json["message"]]}}
 
 
 def test_default_expiry_is_ninety_days_and_explicit_expiry_is_kept(client, portal, wiring):
@@ -217,6 +312,55 @@ def test_moving_an_approximate_ad_within_its_cell_changes_nothing(client, portal
     moved = put(client, portal, "a-1", ad_payload("area", location={"lat": 50.851, "lon": 4.351}))
     assert moved.status_code == 200
     assert moved.json["version"] == first.json["version"]
+
+
+@pytest.mark.parametrize("amount", ["12.5", "12.5000", "0012.50"])
+def test_an_amount_spelt_otherwise_changes_nothing(client, portal, amount):
+    first = put(client, portal, "a-1", ad_payload("priced"))  # "12.50"
+    price = {"amount": amount, "currency": "EUR", "unit": "hour"}
+    again = put(client, portal, "a-1", ad_payload(price=price))
+    assert again.status_code == 200
+    assert again.json["version"] == 1
+    assert again.headers["ETag"] == first.headers["ETag"]
+    assert again.json["updated_at"] == first.json["updated_at"]
+
+
+def test_an_expiry_in_another_utc_offset_changes_nothing(client, portal):
+    expires_at = datetime.fromisoformat(in_days(10))
+    first = put(client, portal, "a-1", ad_payload(expires_at=expires_at.isoformat()))
+    elsewhere = expires_at.astimezone(timezone(timedelta(hours=-5, minutes=-30)))
+    again = put(client, portal, "a-1", ad_payload(expires_at=elsewhere.isoformat()))
+    assert again.status_code == 200
+    assert again.json["version"] == 1
+    assert again.headers["ETag"] == first.headers["ETag"]
+
+
+def test_an_amount_changed_in_value_is_a_change(client, portal):
+    put(client, portal, "a-1", ad_payload("priced"))
+    price = {"amount": "12.51", "currency": "EUR", "unit": "hour"}
+    changed = put(client, portal, "a-1", ad_payload(price=price))
+    assert (changed.json["version"], changed.json["price"]["amount"]) == (2, "12.5100")
+
+
+def test_a_priced_ad_hashed_as_sent_is_unchanged_when_sent_again(client, portal, monkeypatch):
+    # Stored as releases before content_digests did: its digest from the amount as sent.
+    monkeypatch.setattr(
+        ads_service, "content_digests", lambda row, expiry: (content_hash(row, expiry),)
+    )
+    created = put(client, portal, "a-1", ad_payload("priced", expires_at=in_days(10)))
+    monkeypatch.undo()
+    again = put(client, portal, "a-1", ad_payload("priced", expires_at=created.json["expires_at"]))
+    assert again.status_code == 200
+    assert again.json["version"] == 1
+    assert again.headers["ETag"] == created.headers["ETag"]
+
+
+def test_minus_zero_coordinates_are_stored_as_zero_and_change_nothing(client, portal):
+    first = put(client, portal, "a-1", ad_payload(location={"lat": -0.0, "lon": -0.0}))
+    assert [math.copysign(1, value) for value in first.json["location"].values()] == [1, 1]
+    again = put(client, portal, "a-1", ad_payload(location={"lat": 0.0, "lon": 0.0}))
+    assert again.status_code == 200
+    assert again.json["version"] == 1
 
 
 def test_ad_ids_are_time_ordered_uuid7(client, portal):

@@ -4,6 +4,8 @@ never a 500, and never a silent change or loss of data."""
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
 import uuid
 from dataclasses import replace
@@ -855,6 +857,59 @@ def test_put_refuses_body_that_is_not_declared_json_with_415(client, portal, con
     assert_nothing_stored(client, portal)
 
 
+@pytest.mark.parametrize("charset", ["iso-8859-1", "latin1", "utf-16", "windows-1252"])
+def test_put_refuses_json_declared_in_a_charset_other_than_utf8_with_415(client, portal, charset):
+    # Read as UTF-8 anyway, "Ã©" sent in Latin-1 would be stored as "é".
+    data = json.dumps(ad_payload(title="Ã©"), ensure_ascii=False).encode("utf-8")
+    response = client.put(
+        "/v1/ads/a-1",
+        data=data,
+        content_type=f"application/json; charset={charset}",
+        headers=portal.headers,
+    )
+    body = assert_refused(
+        response, 415, field="Content-Type", location="headers", error="unsupported_media_type"
+    )
+    assert charset in body["message"]
+    assert_nothing_stored(client, portal)
+
+
+@pytest.mark.parametrize("charset", ["utf-8", "UTF-8", "utf8", "us-ascii"])
+def test_put_takes_json_declared_in_utf8_or_ascii(client, portal, charset):
+    response = client.put(
+        "/v1/ads/a-1",
+        data=json.dumps(ad_payload()),
+        content_type=f"application/json; charset={charset}",
+        headers=portal.headers,
+    )
+    assert response.status_code == 201, response.json
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br"])
+def test_put_refuses_a_compressed_body_with_415_naming_content_encoding(client, portal, encoding):
+    response = client.put(
+        "/v1/ads/a-1",
+        data=gzip.compress(json.dumps(ad_payload()).encode()),
+        content_type="application/json",
+        headers={**portal.headers, "Content-Encoding": encoding},
+    )
+    assert_refused(response, 415, field="Content-Encoding", location="headers")
+    assert_nothing_stored(client, portal)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [("PATCH", "/v1/ads/a-1", 405), ("PUT", "/v1/nowhere", 404), ("POST", "/v1/ads/a-1/", 404)],
+)
+def test_a_request_no_route_takes_is_404_or_405_whatever_its_body(
+    client, portal, method, path, status
+):
+    response = client.open(
+        path, method=method, data="x", content_type="text/plain", headers=portal.headers
+    )
+    assert_refused(response, status)
+
+
 def test_415_carries_error_code_unsupported_media_type(client, portal):
     response = client.put(
         "/v1/ads/a-1",
@@ -927,6 +982,31 @@ def test_batch_body_over_the_size_limit_is_refused_with_413(client, portal, smal
     )
     assert_refused(response, 413, error="request_too_large")
     assert_nothing_stored(client, portal)
+
+
+def put_chunked(client, portal, data: bytes):
+    """PUT a body as a server hands on a chunked one: no Content-Length, the stream
+    ended by the server (wsgi.input_terminated)."""
+    return client.put(
+        "/v1/ads/a-1",
+        input_stream=io.BytesIO(data),
+        content_type="application/json",
+        headers={**portal.headers, "Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+
+
+def test_chunked_body_over_the_size_limit_is_refused_with_413(client, portal, small_limit_client):
+    data = json.dumps(ad_payload(body="x" * SMALL_LIMIT_BYTES)).encode()
+    response = put_chunked(small_limit_client, portal, data)
+    assert_refused(response, 413, error="request_too_large")
+    assert_nothing_stored(client, portal)
+
+
+def test_chunked_body_within_the_size_limit_is_taken(client, portal, small_limit_client):
+    data = json.dumps(ad_payload(body="")).encode()
+    assert len(data) < SMALL_LIMIT_BYTES
+    assert put_chunked(small_limit_client, portal, data).status_code == 201
 
 
 def test_body_over_the_default_16_mib_limit_is_refused_with_413(client, portal):
@@ -1642,7 +1722,7 @@ def test_update_of_another_portals_currency_is_forbidden(client, portal, other_p
     response = client.patch(
         f"/v1/currencies/{talent}", json={"name": "Stolen"}, headers=other_portal.headers
     )
-    assert_refused(response, 403, field="code", location="json", error="forbidden")
+    assert_refused(response, 403, field="code", location="path", error="forbidden")
     assert community_currencies(client, portal) == before
 
 
@@ -1664,7 +1744,7 @@ def test_delete_of_currency_used_by_an_ad_is_refused_with_409(client, portal, ta
     created = put_ad(client, portal, currencies=["EUR", talent])
     assert created.status_code == 201, created.json
     response = client.delete(f"/v1/currencies/{talent}", headers=portal.headers)
-    assert_refused(response, 409, field="code", error="currency_in_use")
+    assert_refused(response, 409, field="code", location="path", error="currency_in_use")
     assert client.get(f"/v1/currencies/{talent}").status_code == 200
     assert own_ad(client, portal)["currencies"] == ["EUR", talent]
 

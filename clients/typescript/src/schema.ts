@@ -102,13 +102,15 @@ export interface paths {
         /**
          * Create or replace one of the calling portal's ads by its own id
          * @description Idempotent: sending the same ad again changes nothing (200, same ETag). For a
-         *     non-exact privacy level only a snapped location is stored.
+         *     non-exact privacy level only a snapped location is stored. `If-None-Match: *`
+         *     creates the ad only if there is none; `If-Match` changes it only as it was.
          */
         put: operations["putAd"];
         post?: never;
         /**
          * Delete one of the calling portal's ads by its own id
-         * @description Deleting an ad that does not exist (any more) is harmless: also 204.
+         * @description Deleting an ad that does not exist (any more) is harmless: also 204 (but for
+         *     `If-Match`, which asks for the ad as it was: 412).
          */
         delete: operations["deleteAd"];
         options?: never;
@@ -1555,7 +1557,9 @@ export interface operations {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             default: components["responses"]["DEFAULT_ERROR"];
         };
@@ -1564,8 +1568,10 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description Only apply when the ad's ETag is this one (or `*`: exists) */
+                /** @description Only apply when the ad's ETag is one of these (or `*`: when it exists); else 412 */
                 "If-Match"?: string;
+                /** @description Only apply when the ad's ETag is none of these (`*`: when there is no such ad, so that a PUT never replaces one); else 412 */
+                "If-None-Match"?: string;
             };
             path: {
                 /** @description For GET: the directory's id of the ad (a UUID). For PUT, DELETE and expire: the calling portal's own id of the ad (its external id). */
@@ -1582,6 +1588,8 @@ export interface operations {
             /** @description The ad was changed, or was already like this */
             200: {
                 headers: {
+                    /** @description The ad's version: pass it as If-Match to make a change conditional */
+                    ETag?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1591,6 +1599,8 @@ export interface operations {
             /** @description The ad was created */
             201: {
                 headers: {
+                    /** @description The ad's version: pass it as If-Match to make a change conditional */
+                    ETag?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1598,12 +1608,14 @@ export interface operations {
                 };
             };
             400: components["responses"]["BAD_REQUEST"];
-            /** @description If-Match did not match the ad's current ETag */
+            /** @description If-Match or If-None-Match did not hold for the ad as it is */
             412: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             default: components["responses"]["DEFAULT_ERROR"];
         };
@@ -1611,7 +1623,12 @@ export interface operations {
     deleteAd: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description Only apply when the ad's ETag is one of these (or `*`: when it exists); else 412 */
+                "If-Match"?: string;
+                /** @description Only apply when the ad's ETag is none of these (`*`: when there is no such ad, so that a PUT never replaces one); else 412 */
+                "If-None-Match"?: string;
+            };
             path: {
                 /** @description For GET: the directory's id of the ad (a UUID). For PUT, DELETE and expire: the calling portal's own id of the ad (its external id). */
                 ad_ref: string;
@@ -1627,13 +1644,27 @@ export interface operations {
                 };
                 content?: never;
             };
+            /** @description If-Match or If-None-Match did not hold for the ad as it is */
+            412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             default: components["responses"]["DEFAULT_ERROR"];
         };
     };
     expireAd: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description Only apply when the ad's ETag is one of these (or `*`: when it exists); else 412 */
+                "If-Match"?: string;
+                /** @description Only apply when the ad's ETag is none of these (`*`: when there is no such ad, so that a PUT never replaces one); else 412 */
+                "If-None-Match"?: string;
+            };
             path: {
                 /** @description For GET: the directory's id of the ad (a UUID). For PUT, DELETE and expire: the calling portal's own id of the ad (its external id). */
                 ad_ref: string;
@@ -1645,10 +1676,30 @@ export interface operations {
             /** @description OK */
             200: {
                 headers: {
+                    /** @description The ad's version: pass it as If-Match to make a change conditional */
+                    ETag?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["Ad"];
+                };
+            };
+            /** @description The portal has no ad of that id */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description If-Match or If-None-Match did not hold for the ad as it is */
+            412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
                 };
             };
             default: components["responses"]["DEFAULT_ERROR"];
@@ -1710,7 +1761,10 @@ export interface operations {
     getOwnAd: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description The ETag of the copy the caller holds: 304 while it is current */
+                "If-None-Match"?: string;
+            };
             path: {
                 /** @description The portal's own id of the ad */
                 external_id: string;
@@ -1722,10 +1776,30 @@ export interface operations {
             /** @description OK */
             200: {
                 headers: {
+                    /** @description The ad's version: pass it as If-Match to make a change conditional */
+                    ETag?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["Ad"];
+                };
+            };
+            /** @description If-None-Match named the ad's current ETag: it has not changed */
+            304: {
+                headers: {
+                    /** @description The ad's version: pass it as If-Match to make a change conditional */
+                    ETag?: string;
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description The portal has no ad of that id */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
                 };
             };
             default: components["responses"]["DEFAULT_ERROR"];

@@ -3,10 +3,11 @@ anyone reads a public ad by the directory's id."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections import Counter
 
-from flask import request
+from flask import Response, request
 from flask.views import MethodView
 
 from directory.api.ads.schemas import (
@@ -21,10 +22,19 @@ from directory.api.ads.schemas import (
 from directory.api.auth import BEARER_AUTH, require_portal
 from directory.api.blueprint import Blueprint
 from directory.api.db import transaction, wiring
+from directory.api.errors import ErrorSchema
 from directory.api.fields import ItemErrors, json_response
 from directory.errors import InvalidInput, NotFound
 from directory.services import ads
-from directory.services.ads import EXTERNAL_ID, EXTERNAL_ID_RULE, Delete, Expire, Rejected, Upsert
+from directory.services.ads import (
+    EXTERNAL_ID,
+    EXTERNAL_ID_RULE,
+    Delete,
+    Expire,
+    Preconditions,
+    Rejected,
+    Upsert,
+)
 
 blp = Blueprint("ads", __name__, url_prefix="/v1", description="Publish and read ads")
 
@@ -36,6 +46,48 @@ AD_REF = {
     "description": "For GET: the directory's id of the ad (a UUID). For PUT, DELETE and "
     "expire: the calling portal's own id of the ad (its external id).",
 }
+
+
+ETAG_HEADER = {
+    "ETag": {
+        "description": "The ad's version: pass it as If-Match to make a change conditional",
+        "schema": {"type": "string"},
+    }
+}
+IF_MATCH = {
+    "in": "header",
+    "name": "If-Match",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": "Only apply when the ad's ETag is one of these (or `*`: when it exists); "
+    "else 412",
+}
+IF_NONE_MATCH = {
+    "in": "header",
+    "name": "If-None-Match",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": "Only apply when the ad's ETag is none of these (`*`: when there is no "
+    "such ad, so that a PUT never replaces one); else 412",
+}
+PRECONDITION_FAILED = "If-Match or If-None-Match did not hold for the ad as it is"
+
+
+def _preconditions() -> Preconditions:
+    return Preconditions(
+        if_match=request.headers.get("If-Match"),
+        if_none_match=request.headers.get("If-None-Match"),
+    )
+
+
+@contextlib.contextmanager
+def _not_found_names(parameter: str):
+    """A missing ad named by the path parameter that asked for it, in the path (the
+    services name the ad's field, as a batch item has it)."""
+    try:
+        yield
+    except NotFound as error:
+        raise NotFound(error.message, field=parameter, details={"location": "path"}) from None
 
 
 def _external_id(value: str, *, field: str = "ad_ref", location: str = "path") -> str:
@@ -51,42 +103,37 @@ def _external_id(value: str, *, field: str = "ad_ref", location: str = "path") -
 @blp.route("/ads/<string:ad_ref>", parameters=[AD_REF])
 class AdByRef(MethodView):
     @blp.response(200, PublicAdSchema)
-    @blp.alt_response(404, description="No public ad with that id")
+    @blp.alt_response(404, schema=ErrorSchema, description="No public ad with that id")
     @blp.doc(operationId="getAd")
     def get(self, ad_ref: str):
         """Read a public ad as the world may see it
 
         Ads that are expired, deleted, visible to their portal only, or of a suspended
         portal are not found."""
-        try:
-            ad_id = uuid.UUID(ad_ref)
-        except ValueError:
-            raise NotFound(f"no public ad with id {ad_ref!r}", field="ad_ref") from None
-        with transaction() as session:
-            return ads.get_public_ad(session, ad_id=ad_id)
+        with _not_found_names("ad_ref"):
+            try:
+                ad_id = uuid.UUID(ad_ref)
+            except ValueError:
+                raise NotFound(f"no public ad with id {ad_ref!r}") from None
+            with transaction() as session:
+                return ads.get_public_ad(session, ad_id=ad_id)
 
     @blp.arguments(AdPutSchema)
-    @blp.response(200, AdSchema, description="The ad was changed, or was already like this")
-    @blp.alt_response(201, schema=AdSchema, description="The ad was created")
-    @blp.alt_response(412, description="If-Match did not match the ad's current ETag")
-    @blp.doc(
-        operationId="putAd",
-        security=BEARER_AUTH,
-        parameters=[
-            {
-                "in": "header",
-                "name": "If-Match",
-                "required": False,
-                "schema": {"type": "string"},
-                "description": "Only apply when the ad's ETag is this one (or `*`: exists)",
-            }
-        ],
+    @blp.response(
+        200,
+        AdSchema,
+        description="The ad was changed, or was already like this",
+        headers=ETAG_HEADER,
     )
+    @blp.alt_response(201, schema=AdSchema, description="The ad was created", headers=ETAG_HEADER)
+    @blp.alt_response(412, schema=ErrorSchema, description=PRECONDITION_FAILED)
+    @blp.doc(operationId="putAd", security=BEARER_AUTH, parameters=[IF_MATCH, IF_NONE_MATCH])
     def put(self, ad_input, ad_ref: str):
         """Create or replace one of the calling portal's ads by its own id
 
         Idempotent: sending the same ad again changes nothing (200, same ETag). For a
-        non-exact privacy level only a snapped location is stored."""
+        non-exact privacy level only a snapped location is stored. `If-None-Match: *`
+        creates the ad only if there is none; `If-Match` changes it only as it was."""
         external_id = _external_id(ad_ref)
         with transaction() as session:
             portal = require_portal(session)
@@ -95,39 +142,51 @@ class AdByRef(MethodView):
                 portal_id=portal.id,
                 external_id=external_id,
                 ad=ad_input,
-                if_match=request.headers.get("If-Match"),
+                preconditions=_preconditions(),
                 lifetimes=wiring().lifetimes,
             )
         status = 201 if result.status == "created" else 200
         return record, status, {"ETag": record.etag}
 
     @blp.response(204)
-    @blp.doc(operationId="deleteAd", security=BEARER_AUTH)
+    @blp.alt_response(412, schema=ErrorSchema, description=PRECONDITION_FAILED)
+    @blp.doc(operationId="deleteAd", security=BEARER_AUTH, parameters=[IF_MATCH, IF_NONE_MATCH])
     def delete(self, ad_ref: str):
         """Delete one of the calling portal's ads by its own id
 
-        Deleting an ad that does not exist (any more) is harmless: also 204."""
+        Deleting an ad that does not exist (any more) is harmless: also 204 (but for
+        `If-Match`, which asks for the ad as it was: 412)."""
         external_id = _external_id(ad_ref)
         with transaction() as session:
             portal = require_portal(session)
             ads.delete_ad(
-                session, portal_id=portal.id, external_id=external_id, lifetimes=wiring().lifetimes
+                session,
+                portal_id=portal.id,
+                external_id=external_id,
+                preconditions=_preconditions(),
+                lifetimes=wiring().lifetimes,
             )
 
 
 @blp.route("/ads/<string:ad_ref>/expire", parameters=[AD_REF])
 class AdExpiry(MethodView):
-    @blp.response(200, AdSchema)
-    @blp.doc(operationId="expireAd", security=BEARER_AUTH)
+    @blp.response(200, AdSchema, headers=ETAG_HEADER)
+    @blp.alt_response(404, schema=ErrorSchema, description="The portal has no ad of that id")
+    @blp.alt_response(412, schema=ErrorSchema, description=PRECONDITION_FAILED)
+    @blp.doc(operationId="expireAd", security=BEARER_AUTH, parameters=[IF_MATCH, IF_NONE_MATCH])
     def post(self, ad_ref: str):
         """End one of the calling portal's ads now, keeping it for the portal
 
         The ad leaves public view; sending it again with PUT brings it back."""
         external_id = _external_id(ad_ref)
-        with transaction() as session:
+        with transaction() as session, _not_found_names("ad_ref"):
             portal = require_portal(session)
             record = ads.expire_ad(
-                session, portal_id=portal.id, external_id=external_id, lifetimes=wiring().lifetimes
+                session,
+                portal_id=portal.id,
+                external_id=external_id,
+                preconditions=_preconditions(),
+                lifetimes=wiring().lifetimes,
             )
         return record, 200, {"ETag": record.etag}
 
@@ -233,12 +292,31 @@ class OwnAds(MethodView):
     ],
 )
 class OwnAd(MethodView):
-    @blp.response(200, AdSchema)
-    @blp.doc(operationId="getOwnAd", security=BEARER_AUTH)
+    @blp.response(200, AdSchema, headers=ETAG_HEADER)
+    @blp.alt_response(
+        304,
+        description="If-None-Match named the ad's current ETag: it has not changed",
+        headers=ETAG_HEADER,
+        success=True,
+    )
+    @blp.alt_response(404, schema=ErrorSchema, description="The portal has no ad of that id")
+    @blp.doc(
+        operationId="getOwnAd",
+        security=BEARER_AUTH,
+        parameters=[
+            {
+                **IF_NONE_MATCH,
+                "description": "The ETag of the copy the caller holds: 304 while it is current",
+            }
+        ],
+    )
     def get(self, external_id: str):
         """Read one of the calling portal's ads, whatever its visibility or expiry"""
         external_id = _external_id(external_id, field="external_id")
-        with transaction() as session:
+        with transaction() as session, _not_found_names("external_id"):
             portal = require_portal(session)
             record = ads.get_own_ad(session, portal_id=portal.id, external_id=external_id)
+        if_none_match = request.headers.get("If-None-Match")
+        if if_none_match is not None and ads.etag_matches(if_none_match, record.etag, weak=True):
+            return Response(status=304, headers={"ETag": record.etag})
         return record, 200, {"ETag": record.etag}
