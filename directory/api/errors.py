@@ -41,6 +41,15 @@ HTTP_ERROR_CODES = {
 }
 
 
+# Documents the header every 429 carries.
+RETRY_AFTER_HEADER = {
+    "Retry-After": {
+        "description": "Seconds to wait before trying again",
+        "schema": {"type": "integer", "minimum": 1},
+    }
+}
+
+
 class ErrorSchema(Schema):
     code = fields.Integer(metadata={"description": "HTTP status code"})
     status = fields.String(metadata={"description": "HTTP status name"})

@@ -14,6 +14,7 @@ from directory.api.currencies.schemas import (
     CurrencySchema,
 )
 from directory.api.db import transaction
+from directory.api.errors import ErrorSchema
 from directory.api.fields import CURRENCY_CODE
 from directory.errors import NotFound
 from directory.services import currencies
@@ -41,7 +42,9 @@ class Currencies(MethodView):
 
     @blp.arguments(CurrencyCreateSchema)
     @blp.response(201, CurrencySchema)
-    @blp.alt_response(409, description="The portal has registered that code already")
+    @blp.alt_response(
+        409, schema=ErrorSchema, description="The portal has registered that code already"
+    )
     @blp.doc(operationId="registerCurrency", security=BEARER_AUTH)
     def post(self, data):
         """Register a community currency of the calling portal's ledger
@@ -82,7 +85,9 @@ class CurrencyByCode(MethodView):
             )
 
     @blp.response(204)
-    @blp.alt_response(409, description="Ads or portal defaults still use the currency")
+    @blp.alt_response(
+        409, schema=ErrorSchema, description="Ads or portal defaults still use the currency"
+    )
     @blp.doc(operationId="deleteCurrency", security=BEARER_AUTH)
     def delete(self, code: str):
         """Remove the calling portal's community currency, when nothing uses it"""

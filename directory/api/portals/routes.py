@@ -9,6 +9,7 @@ from flask.views import MethodView
 from directory.api.auth import BEARER_AUTH, require_portal
 from directory.api.blueprint import Blueprint
 from directory.api.db import transaction, wiring
+from directory.api.errors import ErrorSchema
 from directory.api.portals.schemas import (
     PortalPatchSchema,
     PortalSchema,
@@ -32,7 +33,9 @@ class OwnPortal(MethodView):
 
     @blp.arguments(PortalPatchSchema)
     @blp.response(200, PortalSchema)
-    @blp.alt_response(409, description="Another portal of this directory has this website")
+    @blp.alt_response(
+        409, schema=ErrorSchema, description="Another portal of this directory has this website"
+    )
     @blp.doc(operationId="updateOwnPortal", security=BEARER_AUTH)
     def patch(self, changes):
         """Change fields of the calling portal's profile

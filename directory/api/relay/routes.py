@@ -10,6 +10,7 @@ from flask.views import MethodView
 from directory.api.auth import BEARER_AUTH, require_portal
 from directory.api.blueprint import Blueprint
 from directory.api.db import transaction, wiring
+from directory.api.errors import RETRY_AFTER_HEADER, ErrorSchema
 from directory.api.relay.schemas import (
     AcknowledgedSchema,
     AcknowledgeSchema,
@@ -85,13 +86,21 @@ class Contact(MethodView):
     @blp.alt_response(
         200, schema=SentSchema, description="Sent before with this idempotency_key: as then"
     )
-    @blp.alt_response(404, description="No ad to contact (expired, deleted, not visible)")
+    @blp.alt_response(
+        404, schema=ErrorSchema, description="No ad to contact (expired, deleted, not visible)"
+    )
     @blp.alt_response(
         409,
+        schema=ErrorSchema,
         description="The advertiser turned contact off for this ad (contact_disabled), or "
         "the idempotency_key was used for another message (idempotency_key_reused)",
     )
-    @blp.alt_response(429, description="Too many new conversations: see Retry-After")
+    @blp.alt_response(
+        429,
+        schema=ErrorSchema,
+        description="Too many new conversations: see Retry-After",
+        headers=RETRY_AFTER_HEADER,
+    )
     @blp.doc(operationId="contactAdvertiser", security=BEARER_AUTH)
     def post(self, contact, ad_id: str):
         """Open a conversation with an ad's advertiser
@@ -138,7 +147,7 @@ class Conversations(MethodView):
 class ConversationById(MethodView):
     @blp.arguments(ConversationArgsSchema, location="query")
     @blp.response(200, ConversationSchema)
-    @blp.alt_response(404, description="No such conversation for this portal")
+    @blp.alt_response(404, schema=ErrorSchema, description="No such conversation for this portal")
     @blp.doc(operationId="getConversation", security=BEARER_AUTH)
     def get(self, args, conversation_id: str):
         """Read a conversation and a page of its messages
@@ -164,10 +173,13 @@ class ConversationMessages(MethodView):
     @blp.alt_response(
         200, schema=SentSchema, description="Sent before with this idempotency_key: as then"
     )
-    @blp.alt_response(403, description="The member is not a party to the conversation")
-    @blp.alt_response(404, description="No such conversation for this portal")
+    @blp.alt_response(
+        403, schema=ErrorSchema, description="The member is not a party to the conversation"
+    )
+    @blp.alt_response(404, schema=ErrorSchema, description="No such conversation for this portal")
     @blp.alt_response(
         409,
+        schema=ErrorSchema,
         description="The conversation was blocked (conversation_blocked), the other "
         "party's community is suspended (recipient_portal_suspended), or the "
         "idempotency_key was used for another message (idempotency_key_reused)",
@@ -198,8 +210,10 @@ class ConversationMessages(MethodView):
 class BlockConversation(MethodView):
     @blp.arguments(BlockSchema)
     @blp.response(200, ConversationSummarySchema)
-    @blp.alt_response(403, description="The member is not a party to the conversation")
-    @blp.alt_response(404, description="No such conversation for this portal")
+    @blp.alt_response(
+        403, schema=ErrorSchema, description="The member is not a party to the conversation"
+    )
+    @blp.alt_response(404, schema=ErrorSchema, description="No such conversation for this portal")
     @blp.doc(operationId="blockConversation", security=BEARER_AUTH)
     def post(self, block, conversation_id: str):
         """Block a conversation: nobody can write in it any more

@@ -8,6 +8,7 @@ from flask.views import MethodView
 from directory.api.auth import BEARER_AUTH, optional_portal
 from directory.api.blueprint import Blueprint
 from directory.api.db import transaction, wiring
+from directory.api.errors import RETRY_AFTER_HEADER, ErrorSchema
 from directory.api.fields import json_response
 from directory.api.search.schemas import GeoJSONPageSchema, SearchArgsSchema, SearchPageSchema
 from directory.geo import Point
@@ -33,7 +34,12 @@ GEOJSON = "application/geo+json"
 class Search(MethodView):
     @blp.arguments(SearchArgsSchema, location="query")
     @blp.response(200, SearchPageSchema, description="A page of hits (GeoJSON on request)")
-    @blp.alt_response(429, description="Too many searches from this client: see Retry-After")
+    @blp.alt_response(
+        429,
+        schema=ErrorSchema,
+        description="Too many searches from this client: see Retry-After",
+        headers=RETRY_AFTER_HEADER,
+    )
     @blp.doc(
         operationId="searchAds",
         security=[{}, *BEARER_AUTH],
