@@ -6,7 +6,9 @@ only ids, keys and timestamps differ. Ads go in through `apply_changes`, under t
 rules as the API, so the demo never holds an ad that a portal could not have published.
 
 Loading is idempotent: when the demo portals exist already, nothing changes (their keys
-cannot be shown again; `directory portals rotate-key SLUG` issues new ones)."""
+cannot be shown again; `directory portals rotate-key SLUG` issues new ones), except that
+demo ads past their expiry are sent again, as a portal would renew them: `make run`
+months later still has ads to find."""
 
 from __future__ import annotations
 
@@ -889,6 +891,7 @@ class DemoSummary:
     languages: tuple[str, ...]
     community_currencies: int
     keys: dict[str, str] = field(default_factory=dict)  # slug -> key, only when created
+    renewed: int = 0  # expired demo ads sent again by a later load
 
     def describe(self) -> str:
         counts = (
@@ -897,8 +900,11 @@ class DemoSummary:
             f"{self.ads_without_location} without a location)"
         )
         if not self.created:
+            changed = (
+                f"{self.renewed} expired demo ads renewed" if self.renewed else "nothing changed"
+            )
             return (
-                f"demo data already loaded, nothing changed: {counts}. Keys are shown only "
+                f"demo data already loaded, {changed}: {counts}. Keys are shown only "
                 "when first loaded; `directory portals rotate-key SLUG` issues a new one."
             )
         return (
@@ -914,12 +920,14 @@ class DemoSummary:
 def load(session: Session, *, ad_count: int, seed: int, lifetimes: Lifetimes) -> DemoSummary:
     """Create the demo portals, their currencies and `ad_count` ads, unless the demo
     portals exist already (then only what later releases added to the demo is added:
-    their ledgers). Never commits: the caller owns the transaction."""
+    their ledgers, and the demo ads that have expired are sent again). Never commits:
+    the caller owns the transaction."""
     if ad_count < 0:
         raise ValueError(f"ad_count must be 0 or more, not {ad_count}")
     if session.scalar(select(func.count()).select_from(Portal).where(Portal.slug.in_(SLUGS))):
         _register_missing_ledgers(session)
-        return _summarise(session, created=False, keys={})
+        renewed = _renew_expired(session, seed=seed, ad_count=ad_count, lifetimes=lifetimes)
+        return _summarise(session, created=False, keys={}, renewed=renewed)
     domains = leaf_domains(session)
     keys: dict[str, str] = {}
     portal_ids: dict[str, int] = {}
@@ -988,6 +996,48 @@ def _register_missing_ledgers(session: Session) -> None:
             republish_public_ads(session, portal_id=portal.id, payable_only=True)
 
 
+def _renew_expired(session: Session, *, seed: int, ad_count: int, lifetimes: Lifetimes) -> int:
+    """Send the demo ads that have expired again, drawn as a first load would draw them
+    now (a demo ad changed through the API since gets its demo content back). Through
+    apply_changes, as a portal renews an ad: the feed and search indexes follow. An ad
+    the portal's present settings refuse stays expired."""
+    expired = {
+        (slug, external_id)
+        for slug, external_id in session.execute(
+            select(Portal.slug, Ad.external_id)
+            .join(Portal, Portal.id == Ad.portal_id)
+            .where(Portal.slug.in_(SLUGS), Ad.expires_at <= func.now())
+        )
+    }
+    if not expired:
+        return 0
+    portal_ids = {
+        slug: portal_id
+        for slug, portal_id in session.execute(
+            select(Portal.slug, Portal.id).where(Portal.slug.in_(SLUGS))
+        )
+    }
+    ads = build_ads(
+        seed=seed,
+        ad_count=ad_count,
+        domains=leaf_domains(session),
+        now=datetime.now(UTC),
+        lifetimes=lifetimes,
+    )
+    renewed = 0
+    for slug, operations in ads.items():
+        again = [op for op in operations if (slug, op.external_id) in expired]
+        for start in range(0, len(again), MAX_BATCH_ITEMS):
+            results = apply_changes(
+                session,
+                portal_id=portal_ids[slug],
+                operations=again[start : start + MAX_BATCH_ITEMS],
+                lifetimes=lifetimes,
+            )
+            renewed += sum(1 for result in results if result.status == "updated")
+    return renewed
+
+
 def _write(
     session: Session, *, portal_id: int, operations: Sequence[Upsert], lifetimes: Lifetimes
 ) -> None:
@@ -1004,7 +1054,9 @@ def _write(
             raise RuntimeError(f"{len(rejected)} demo ads were rejected: {details}")
 
 
-def _summarise(session: Session, *, created: bool, keys: dict[str, str]) -> DemoSummary:
+def _summarise(
+    session: Session, *, created: bool, keys: dict[str, str], renewed: int = 0
+) -> DemoSummary:
     demo_portal_ids = select(Portal.id).where(Portal.slug.in_(SLUGS))
     in_demo = Ad.portal_id.in_(demo_portal_ids)
     ads, public, without_location = session.execute(
@@ -1030,6 +1082,7 @@ def _summarise(session: Session, *, created: bool, keys: dict[str, str]) -> Demo
         languages=tuple(sorted(languages)),
         community_currencies=sum(1 for spec in PORTALS if spec.currency is not None),
         keys=keys,
+        renewed=renewed,
     )
 
 

@@ -6,10 +6,14 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from urllib.parse import urlsplit
 
 ENVIRONMENTS = ("development", "test", "production")
 SEARCH_ENGINES = ("postgres", "meilisearch")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# The one driver installed is psycopg 3; a plain postgresql:// URL is given it.
+POSTGRESQL_URL_PREFIXES = ("postgresql://", "postgresql+psycopg://")
+POSTGRESQL_URL_FORMS = "a postgresql:// (or postgresql+psycopg://) URL"
 BOOLEANS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 # Each numeric setting's smallest and largest value (inclusive). The maximums are far
 # beyond any real use and below where a value would break later: PostgreSQL's
@@ -31,6 +35,9 @@ NUMERIC_RANGES: dict[str, tuple[float, float]] = {
     "delivery_give_up_after_hours": (0.001, 30 * 24),
     "delivery_lease_s": (0.001, 30 * 24 * 3600),
 }
+# The longest Meilisearch index name: its feed position is stored under it
+# (search_index_positions.index_name, VARCHAR(64)).
+MEILISEARCH_INDEX_MAX_CHARS = 64
 # A search rate limit's longest window: "per year" (360 days to the limits library). Far
 # longer windows break the Redis counters, which expire after twice the window.
 LONGEST_RATE_LIMIT_WINDOW_S = 366 * 24 * 3600
@@ -99,10 +106,9 @@ class Settings:
                 f"DIRECTORY_SEARCH_ENGINE must be one of {', '.join(SEARCH_ENGINES)}, "
                 f"not {self.search_engine!r}"
             )
-        if not self.database_url.startswith("postgresql"):
-            raise SettingsError("DIRECTORY_DATABASE_URL must be a postgresql:// URL")
-        if self.search_database_url and not self.search_database_url.startswith("postgresql"):
-            raise SettingsError("DIRECTORY_SEARCH_DATABASE_URL must be a postgresql:// URL")
+        _check_database_url("DIRECTORY_DATABASE_URL", self.database_url)
+        if self.search_database_url:
+            _check_database_url("DIRECTORY_SEARCH_DATABASE_URL", self.search_database_url)
         for name in ("database_url", "search_database_url"):
             url = getattr(self, name)
             if url.startswith("postgresql://"):
@@ -123,6 +129,12 @@ class Settings:
             raise SettingsError(
                 "DIRECTORY_AD_DEFAULT_TTL_DAYS must be at most DIRECTORY_AD_MAX_TTL_DAYS"
             )
+        if self.search_engine == "meilisearch" and not _is_http_url(self.meilisearch_url):
+            # Otherwise every search would fail, the empty URL with a 500.
+            raise SettingsError(
+                "DIRECTORY_MEILISEARCH_URL must be an http:// or https:// URL, such as "
+                "http://127.0.0.1:7700, when DIRECTORY_SEARCH_ENGINE=meilisearch"
+            )
         if (
             self.environment == "production"
             and self.search_engine == "meilisearch"
@@ -132,12 +144,13 @@ class Settings:
                 "DIRECTORY_MEILISEARCH_KEY must be set in production when "
                 "DIRECTORY_SEARCH_ENGINE=meilisearch"
             )
-        if not re.fullmatch(r"[A-Za-z0-9_-]{1,200}", self.meilisearch_index) or (
-            self.meilisearch_index.endswith("_new")
-        ):
+        if not re.fullmatch(
+            rf"[A-Za-z0-9_-]{{1,{MEILISEARCH_INDEX_MAX_CHARS}}}", self.meilisearch_index
+        ) or (self.meilisearch_index.endswith("_new")):
             raise SettingsError(
-                "DIRECTORY_MEILISEARCH_INDEX must be letters, digits, '-' or '_' "
-                "(and not end in _new, the name of a rebuild in progress)"
+                f"DIRECTORY_MEILISEARCH_INDEX must be 1 to {MEILISEARCH_INDEX_MAX_CHARS} "
+                "letters, digits, '-' or '_' (and not end in _new, the name of a rebuild "
+                "in progress)"
             )
         if self.delivery_max_retry_s < self.delivery_first_retry_s:
             raise SettingsError(
@@ -196,6 +209,30 @@ class Settings:
             # The default points at a password-less local database: never what production means.
             raise SettingsError("DIRECTORY_DATABASE_URL must be set in production")
         return cls(**values)
+
+
+def _check_database_url(name: str, url: str) -> None:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    # Never the URL itself in the message: it may hold a password.
+    if not url.startswith(POSTGRESQL_URL_PREFIXES):
+        raise SettingsError(f"{name} must be {POSTGRESQL_URL_FORMS}")
+    try:
+        make_url(url)
+    except (ArgumentError, ValueError):
+        raise SettingsError(
+            f"{name} must be {POSTGRESQL_URL_FORMS}: it could not be read (a port that is "
+            "no number? characters of the password to %-escape?)"
+        ) from None
+
+
+def _is_http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        return parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # a port that is no number, or out of range
+        return False
 
 
 def _check_rate_limit(name: str, value: str) -> None:

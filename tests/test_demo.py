@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 from geoalchemy2 import Geometry
-from sqlalchemy import cast, func, select
+from sqlalchemy import cast, func, select, update
 
 from directory import demo
 from directory.api.ads.schemas import AdPutSchema
@@ -102,6 +102,25 @@ def test_second_load_changes_nothing_and_shows_no_keys(loaded, wiring):
     assert (again.portals, again.ads) == (loaded.portals, loaded.ads)
     with unit_of_work(wiring.session_factory) as session:
         assert _ad_rows(session) == before
+
+
+def test_a_load_months_later_renews_the_expired_demo_ads(loaded, wiring, client):
+    with unit_of_work(wiring.session_factory) as session:
+        # Months pass: every ad has expired but the one that ends last.
+        last = session.execute(select(Ad.id, Ad.version).order_by(Ad.expires_at.desc())).first()
+        session.execute(update(Ad).where(Ad.id != last.id).values(expires_at=func.now()))
+    assert len(client.get("/v1/search", query_string={"limit": 100}).json["hits"]) <= 1
+
+    again = _load(wiring)
+
+    assert not again.created and again.keys == {}
+    assert again.renewed == AD_COUNT - 1
+    assert again.describe().startswith(f"demo data already loaded, {AD_COUNT - 1} expired")
+    with unit_of_work(wiring.session_factory) as session:
+        expired = select(func.count()).select_from(Ad).where(Ad.expires_at <= func.now())
+        assert session.scalar(expired) == 0
+        assert session.scalar(select(Ad.version).where(Ad.id == last.id)) == last.version
+    assert len(client.get("/v1/search", query_string={"limit": 100}).json["hits"]) == 100
 
 
 def test_same_seed_gives_the_same_ads(wiring):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, text
 
 from directory import create_app
 from directory.__main__ import alembic_config
@@ -46,6 +47,46 @@ def test_readyz_reports_pending_migrations_on_an_unmigrated_database(empty_datab
     assert response.json["database"] == "ok"
     assert response.json["migration"] is None
     assert response.json["expected_migration"] is not None
+
+
+def test_readyz_stays_ready_when_a_later_release_has_migrated_the_database(empty_database_url):
+    """In a rollout the new release migrates first; the old one goes on serving."""
+    engine = create_engine(empty_database_url)
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE alembic_version (version_num varchar(32))"))
+        connection.execute(text("INSERT INTO alembic_version VALUES ('9999_a_later_release')"))
+    engine.dispose()
+    app, client = _client_for(empty_database_url)
+    try:
+        response = client.get("/readyz")
+    finally:
+        app.extensions["directory"].close()
+
+    assert response.status_code == 200, response.json
+    assert response.json["status"] == "ok"
+    assert response.json["migration"] == "9999_a_later_release"
+    assert response.json["expected_migration"] != "9999_a_later_release"
+
+
+def test_readyz_reports_pending_migrations_on_a_database_an_upgrade_behind(
+    empty_database_url, migrated
+):
+    scripts = ScriptDirectory.from_config(alembic_config(migrated.database_url))
+    previous = scripts.get_revision(scripts.get_current_head()).down_revision
+    engine = create_engine(empty_database_url)
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE alembic_version (version_num varchar(32))"))
+        connection.execute(text("INSERT INTO alembic_version VALUES (:v)"), {"v": previous})
+    engine.dispose()
+    app, client = _client_for(empty_database_url)
+    try:
+        response = client.get("/readyz")
+    finally:
+        app.extensions["directory"].close()
+
+    assert response.status_code == 503
+    assert response.json["status"] == "migrations pending"
+    assert response.json["migration"] == previous
 
 
 def test_readyz_answers_503_when_the_database_is_unreachable():

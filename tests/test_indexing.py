@@ -1,21 +1,27 @@
 """The Meilisearch engine and its indexing, as far as they run without a Meilisearch
 server: what is sent to Meilisearch (documents, filters, sorts, settings), the feed
 position table, and how the worker, the CLI and the API behave when the engine is
-Meilisearch but no server answers. The tests at the end need a live server and skip
-unless DIRECTORY_TEST_MEILISEARCH_URL points at one (tests/search/ runs the engine
-contract on it too)."""
+Meilisearch but no server answers. How indexing follows the feed, survives failures and
+rebuilds is checked against a stand-in that keeps indexes as Meilisearch would
+(StandInMeilisearch). The tests at the end need a live server and skip unless
+DIRECTORY_TEST_MEILISEARCH_URL points at one (tests/search/ runs the engine contract on
+it too)."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import random
 import re
 import signal
+import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 
 import orjson
 import pytest
@@ -832,6 +838,320 @@ def test_a_page_of_meilisearch_candidates_renders_as_postgresql_renders_it(
             orjson.dumps(public_ad(by_postgres[hit.row[0]]))
         )
     assert [public_ad(hit)["distance_km"] for hit in hits] == [24.6, 3.0]
+
+
+# --- with a stand-in Meilisearch ----------------------------------------------------------
+
+
+class StandInMeilisearch:
+    """Meilisearch on 127.0.0.1 as far as indexing uses it: indexes, settings, documents,
+    deletions, swaps and tasks, so tests see what indexing sends and what an index would
+    then hold. Tasks are processed in the order they arrive and are done at once. As
+    Meilisearch does, adding documents to a missing index creates it (with default
+    settings). `hold(method, path)` keeps the next such request waiting until released;
+    `fail_next(path)` makes the task of the next request to that path fail."""
+
+    def __init__(self):
+        self.indexes: dict[str, dict] = {}
+        self.tasks: list[dict] = []
+        self.requests: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+        self._holds: dict[tuple[str, str], tuple[threading.Event, threading.Event]] = {}
+        self._failing: set[str] = set()
+        stand_in = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _handle(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length)) if length else None
+                path = urlsplit(self.path).path
+                stand_in.requests.append((self.command, path))
+                held = stand_in._holds.pop((self.command, path), None)
+                if held is not None:
+                    reached, release = held
+                    reached.set()
+                    release.wait(30)
+                status, answer = stand_in._answer(self.command, path, body)
+                data = json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PATCH = do_DELETE = _handle
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        for _, release in self._holds.values():
+            release.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+    def hold(self, method: str, path: str) -> tuple[threading.Event, threading.Event]:
+        """(reached, release): set when the request arrives; set it to let it go on."""
+        events = (threading.Event(), threading.Event())
+        self._holds[(method, path)] = events
+        return events
+
+    def fail_next(self, path: str) -> None:
+        self._failing.add(path)
+
+    def lose_everything(self) -> None:
+        """As a Meilisearch restarted without its data."""
+        with self._lock:
+            self.indexes.clear()
+
+    def documents(self, uid: str = "ads") -> dict[str, dict]:
+        return self.indexes[uid]["documents"]
+
+    def _answer(self, method: str, path: str, body):
+        with self._lock:
+            if method == "GET" and (match := re.fullmatch(r"/tasks/(\d+)", path)):
+                return 200, self.tasks[int(match[1])]
+            match = re.fullmatch(r"/indexes/([^/]+)(/settings|/documents|/documents/delete)?", path)
+            uid, part = (match[1], match[2]) if match else (None, None)
+            if method == "GET" and uid:
+                index = self.indexes.get(uid)
+                if index is None:
+                    return 404, _meili_error("index_not_found", f"Index `{uid}` not found.")
+                if part == "/settings":
+                    return 200, dict(index["settings"])
+                return 200, {"uid": uid, "primaryKey": index["primaryKey"]}
+            if method == "POST" and path == "/indexes":
+                return self._task(path, body["uid"], "indexCreation", self._create, body)
+            if method == "DELETE" and uid and part is None:
+                return self._task(path, uid, "indexDeletion", self._delete, None)
+            if method == "PATCH" and part == "/settings":
+                return self._task(path, uid, "settingsUpdate", self._configure, body)
+            if method == "POST" and part == "/documents":
+                return self._task(path, uid, "documentAdditionOrUpdate", self._add, body)
+            if method == "POST" and part == "/documents/delete":
+                return self._task(path, uid, "documentDeletion", self._delete_where, body)
+            if method == "POST" and path == "/swap-indexes":
+                return self._task(path, None, "indexSwap", self._swap, body)
+            return 404, _meili_error("not_found", f"the stand-in does not serve {method} {path}")
+
+    def _task(self, path, uid, kind, work, body):
+        error = (
+            _meili_error("internal", "failed as the test asked")
+            if path in self._failing
+            else work(uid, body)
+        )
+        self._failing.discard(path)
+        moment = datetime.now(UTC).isoformat()
+        self.tasks.append(
+            {
+                "uid": len(self.tasks),
+                "indexUid": uid,
+                "type": kind,
+                "status": "failed" if error else "succeeded",
+                "error": error,
+                "enqueuedAt": moment,
+                "finishedAt": moment,
+            }
+        )
+        info = {"taskUid": len(self.tasks) - 1, "indexUid": uid, "type": kind}
+        return 202, info | {"status": "enqueued", "enqueuedAt": moment}
+
+    def _create(self, _uid, body):
+        if body["uid"] in self.indexes:
+            return _meili_error("index_already_exists", f"Index `{body['uid']}` already exists.")
+        self.indexes[body["uid"]] = _new_index(body.get("primaryKey"))
+        return None
+
+    def _delete(self, uid, _body):
+        if self.indexes.pop(uid, None) is None:
+            return _meili_error("index_not_found", f"Index `{uid}` not found.")
+        return None
+
+    def _configure(self, uid, changes):
+        self.indexes.setdefault(uid, _new_index(None))["settings"].update(changes)
+        return None
+
+    def _add(self, uid, documents):
+        index = self.indexes.setdefault(uid, _new_index(meili.PRIMARY_KEY))
+        index["documents"].update({document["id"]: document for document in documents})
+        return None
+
+    def _delete_where(self, uid, body):
+        index = self.indexes.get(uid)
+        if index is None:
+            return _meili_error("index_not_found", f"Index `{uid}` not found.")
+        if match := re.fullmatch(r"id IN \[(.*)\]", body["filter"]):
+            for ad_id in json.loads(f"[{match[1]}]"):
+                index["documents"].pop(ad_id, None)
+        elif match := re.fullmatch(r"expires_at_ts <= (\d+)", body["filter"]):
+            expired = int(match[1])
+            index["documents"] = {
+                ad_id: doc
+                for ad_id, doc in index["documents"].items()
+                if doc["expires_at_ts"] > expired
+            }
+        else:
+            return _meili_error("invalid_document_filter", body["filter"])
+        return None
+
+    def _swap(self, _uid, body):
+        first, second = body[0]["indexes"]
+        if first not in self.indexes or second not in self.indexes:
+            return _meili_error("index_not_found", f"{first} or {second} not found.")
+        self.indexes[first], self.indexes[second] = self.indexes[second], self.indexes[first]
+        return None
+
+
+def _new_index(primary_key: str | None) -> dict:
+    return {"primaryKey": primary_key, "settings": {}, "documents": {}}
+
+
+def _meili_error(code: str, message: str) -> dict:
+    return {"message": message, "code": code, "type": "invalid_request", "link": ""}
+
+
+@pytest.fixture
+def stand_in():
+    server = StandInMeilisearch()
+    yield server
+    server.close()
+
+
+def _stand_in_settings(migrated: Settings, stand_in: StandInMeilisearch) -> Settings:
+    return dataclasses.replace(migrated, search_engine="meilisearch", meilisearch_url=stand_in.url)
+
+
+@pytest.fixture
+def stand_in_wiring(stand_in, migrated, wiring):
+    """A wiring on the stand-in Meilisearch (`wiring` empties the database afterwards)."""
+    built = build_wiring(_stand_in_settings(migrated, stand_in))
+    yield built
+    built.close()
+
+
+def _publish(client, portal, count: int) -> dict[str, str]:
+    """`count` public ads: their ids by external id."""
+    return {
+        f"p-{number}": client.put(
+            f"/v1/ads/p-{number}", json=ad_payload(), headers=portal.headers
+        ).json["id"]
+        for number in range(count)
+    }
+
+
+def test_catch_up_builds_the_index_then_follows_the_feed(stand_in, stand_in_wiring, client, portal):
+    ids = _publish(client, portal, 3)
+
+    assert indexing.catch_up(stand_in_wiring) == 3
+    assert set(stand_in.documents()) == set(ids.values())
+    assert stand_in.indexes["ads"]["settings"] == meili.INDEX_SETTINGS
+
+    client.delete("/v1/ads/p-0", headers=portal.headers)
+    new = client.put("/v1/ads/new", json=ad_payload(), headers=portal.headers).json["id"]
+    assert indexing.catch_up(stand_in_wiring) == 2
+    assert set(stand_in.documents()) == {ids["p-1"], ids["p-2"], new}
+
+
+def test_a_page_meilisearch_failed_is_applied_again_on_the_next_round(
+    stand_in, stand_in_wiring, client, portal
+):
+    """A crash between reading a page and recording how far the index got loses nothing:
+    the position moves only once Meilisearch has applied the page."""
+    _publish(client, portal, 2)
+    indexing.catch_up(stand_in_wiring)
+    with unit_of_work(stand_in_wiring.session_factory) as session:
+        before = indexing.load_position(session, index_name="ads")
+    added = client.put("/v1/ads/added", json=ad_payload(), headers=portal.headers).json["id"]
+    stand_in.fail_next("/indexes/ads/documents")
+
+    with pytest.raises(meili.IndexingError):
+        indexing.catch_up(stand_in_wiring)
+
+    assert added not in stand_in.documents()
+    with unit_of_work(stand_in_wiring.session_factory) as session:
+        assert indexing.load_position(session, index_name="ads") == before
+    assert indexing.catch_up(stand_in_wiring) == 1
+    assert added in stand_in.documents()
+
+
+def test_catch_up_removes_an_ad_that_expired_after_its_last_change(
+    stand_in, stand_in_wiring, client, portal, session
+):
+    ad_id = client.put("/v1/ads/a", json=ad_payload(), headers=portal.headers).json["id"]
+    indexing.catch_up(stand_in_wiring)
+    client.put("/v1/ads/a", json=ad_payload(expires_at=in_days(1)), headers=portal.headers)
+    session.execute(  # the day passes before the worker's next round
+        update(Ad).where(Ad.id == uuid.UUID(ad_id)).values(expires_at=datetime.now(UTC))
+    )
+    session.commit()
+
+    indexing.catch_up(stand_in_wiring)
+
+    assert ad_id not in stand_in.documents()
+
+
+def test_catch_up_rebuilds_an_index_meilisearch_lost_while_the_worker_ran(
+    stand_in, stand_in_wiring, client, portal
+):
+    ids = set(_publish(client, portal, 3).values())
+    indexing.catch_up(stand_in_wiring)
+    stand_in.lose_everything()
+    ids.add(client.put("/v1/ads/new", json=ad_payload(), headers=portal.headers).json["id"])
+
+    indexing.catch_up(stand_in_wiring)
+
+    assert set(stand_in.documents()) == ids  # not just the page that came after the loss
+    assert stand_in.indexes["ads"]["settings"] == meili.INDEX_SETTINGS
+
+
+def test_a_second_rebuild_refuses_while_one_runs_and_leaves_it_whole(
+    stand_in, stand_in_wiring, client, portal
+):
+    """Two workers starting on a new deployment, or `directory reindex` beside a worker:
+    sharing the fresh index, each would drop what the other was filling."""
+    ids = set(_publish(client, portal, 3).values())
+    reached, release = stand_in.hold("POST", "/indexes/ads_new/documents")
+    first = threading.Thread(target=indexing.rebuild, args=(stand_in_wiring,))
+    first.start()
+    try:
+        assert reached.wait(10)
+        sent = len(stand_in.requests)
+        with pytest.raises(indexing.RebuildInProgress, match="being rebuilt"):
+            indexing.rebuild(stand_in_wiring)
+        assert len(stand_in.requests) == sent  # nothing sent to Meilisearch
+        with unit_of_work(stand_in_wiring.session_factory) as session:
+            assert indexing.load_position(session, index_name="ads") is None
+        assert indexing.catch_up(stand_in_wiring) == 0  # a worker leaves it be
+        assert not [path for _, path in stand_in.requests[sent:] if "ads_new" in path]
+    finally:
+        release.set()
+        first.join(30)
+
+    assert set(stand_in.documents()) == ids
+    assert stand_in.indexes["ads"]["settings"] == meili.INDEX_SETTINGS
+
+
+def test_reindex_refuses_while_another_rebuild_runs(stand_in, stand_in_wiring, migrated):
+    settings = _stand_in_settings(migrated, stand_in)
+    with indexing.rebuild_lock(stand_in_wiring, "ads"):
+        result = CliRunner().invoke(
+            cli,
+            ["reindex"],
+            env={
+                "DIRECTORY_DATABASE_URL": settings.database_url,
+                "DIRECTORY_ENVIRONMENT": "test",
+                "DIRECTORY_SEARCH_ENGINE": "meilisearch",
+                "DIRECTORY_MEILISEARCH_URL": stand_in.url,
+            },
+        )
+
+    assert result.exit_code != 0
+    assert result.output.startswith("Error: reindex failed: search index ads is being rebuilt")
+    assert stand_in.requests == []
 
 
 # --- with a Meilisearch server ------------------------------------------------------------

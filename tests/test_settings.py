@@ -11,7 +11,14 @@ import pytest
 from sqlalchemy import text
 
 from directory import build_wiring
-from directory.settings import NUMERIC_RANGES, Settings, SettingsError
+from directory.db import unit_of_work
+from directory.search.indexing import load_position, store_position
+from directory.settings import (
+    MEILISEARCH_INDEX_MAX_CHARS,
+    NUMERIC_RANGES,
+    Settings,
+    SettingsError,
+)
 from directory.worker import Deliverer, housekeeping
 
 URL = "postgresql+psycopg://directory@db.example:5432/directory"
@@ -97,6 +104,30 @@ def test_from_env_ignores_other_variables_and_keeps_defaults():
         ({"DIRECTORY_RATE_LIMIT_STORAGE_URL": "memcached://x"}, "DIRECTORY_RATE_LIMIT_STORAGE_URL"),
         ({"DIRECTORY_TRUSTED_PROXIES": "-1"}, "DIRECTORY_TRUSTED_PROXIES"),
         ({"DIRECTORY_SEARCH_DATABASE_URL": "mysql://x/y"}, "DIRECTORY_SEARCH_DATABASE_URL"),
+        (
+            {"DIRECTORY_DATABASE_URL": "postgresql+psycopg2://u@db/d"},
+            "DIRECTORY_DATABASE_URL",
+        ),
+        (
+            {"DIRECTORY_SEARCH_DATABASE_URL": "postgresql+asyncpg://u@replica/d"},
+            "DIRECTORY_SEARCH_DATABASE_URL",
+        ),
+        ({"DIRECTORY_DATABASE_URL": "postgresql://u@db:port/d"}, "DIRECTORY_DATABASE_URL"),
+        (
+            {"DIRECTORY_SEARCH_ENGINE": "meilisearch", "DIRECTORY_MEILISEARCH_URL": ""},
+            "DIRECTORY_MEILISEARCH_URL",
+        ),
+        (
+            {"DIRECTORY_SEARCH_ENGINE": "meilisearch", "DIRECTORY_MEILISEARCH_URL": "meili:7700"},
+            "DIRECTORY_MEILISEARCH_URL",
+        ),
+        (
+            {
+                "DIRECTORY_SEARCH_ENGINE": "meilisearch",
+                "DIRECTORY_MEILISEARCH_URL": "http://meili:port",
+            },
+            "DIRECTORY_MEILISEARCH_URL",
+        ),
     ],
     ids=[
         "non-int-ttl",
@@ -114,6 +145,12 @@ def test_from_env_ignores_other_variables_and_keeps_defaults():
         "unsupported-limit-store",
         "negative-proxy-count",
         "mysql-search-replica",
+        "driver-not-installed",
+        "replica-driver-not-installed",
+        "unreadable-database-port",
+        "empty-meilisearch-url",
+        "meilisearch-url-without-scheme",
+        "meilisearch-url-with-a-bad-port",
     ],
 )
 def test_from_env_rejects_a_bad_value_naming_its_variable(environ, variable):
@@ -194,10 +231,41 @@ def test_production_with_meilisearch_and_no_key_refuses_to_start():
         )
 
 
+def test_a_database_url_refused_is_not_shown_since_it_may_hold_a_password():
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env({"DIRECTORY_DATABASE_URL": "postgresql://u:hunter2@db:port/d"})
+
+    assert "hunter2" not in str(refused.value)
+
+
+def test_the_meilisearch_url_is_not_checked_when_postgresql_searches():
+    settings = Settings.from_env({"DIRECTORY_MEILISEARCH_URL": ""})
+
+    assert settings.search_engine == "postgres"
+
+
 def test_development_with_meilisearch_and_no_key_is_allowed():
     settings = Settings.from_env({"DIRECTORY_SEARCH_ENGINE": "meilisearch"})
 
     assert settings.meilisearch_key == ""
+
+
+def test_the_longest_meilisearch_index_name_can_hold_its_feed_position(migrated):
+    name = "i" * MEILISEARCH_INDEX_MAX_CHARS
+    assert Settings.from_env({"DIRECTORY_MEILISEARCH_INDEX": name}).meilisearch_index == name
+    wiring = build_wiring(migrated)
+    try:
+        with unit_of_work(wiring.session_factory) as session:
+            store_position(session, index_name=name, feed_cursor="f1.MC4w")
+            assert load_position(session, index_name=name) == "f1.MC4w"
+            session.rollback()
+    finally:
+        wiring.close()
+
+
+def test_from_env_refuses_a_meilisearch_index_name_too_long_to_store_its_position():
+    with pytest.raises(SettingsError, match="DIRECTORY_MEILISEARCH_INDEX must be 1 to 64"):
+        Settings.from_env({"DIRECTORY_MEILISEARCH_INDEX": "i" * (MEILISEARCH_INDEX_MAX_CHARS + 1)})
 
 
 def test_settings_are_frozen():

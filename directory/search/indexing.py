@@ -11,7 +11,14 @@ never apply pages side by side.
 `rebuild` builds a fresh index from the database and swaps it in, without a moment
 when searches see an empty or partial index. It notes the feed position before reading
 any ad, so every change it may have missed comes after that position and is applied
-by the catch-up that follows.
+by the catch-up that follows. One rebuild of an index runs at a time (two workers
+starting on a new deployment, or `directory reindex` beside a worker, would otherwise
+share the fresh index: each dropping what the other was filling).
+
+Meilisearch may lose an index (a restart without its data), and a document added to a
+missing index creates it anew, empty but for that page and without our settings: the
+catch-up therefore checks that the index is there before each page, and rebuilds it
+when it is not.
 
 Ads also leave public view when they expire, which writes nothing to the feed: searches
 filter on the expiry, and `purge_expired` removes the expired documents now and then.
@@ -22,17 +29,19 @@ from __future__ import annotations
 import logging
 import uuid
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from directory.db import unit_of_work
 from directory.models import Ad, AdChange, ChangeOp, Portal, SearchIndexPosition
-from directory.search.meili import MeiliSearch, document
+from directory.search.meili import IndexingError, MeiliSearch, document
 from directory.services.ads import AdRecord, public_condition, record_from_row, records_query
 from directory.services.feed import START, FeedPosition, read_feed
 
@@ -50,11 +59,16 @@ CATCH_UP_TASK_TIMEOUT_S = 120
 REBUILD_TASK_TIMEOUT_S = 6 * 3600
 # Keeps our advisory locks apart from everyone else's (ads use 0x41D5).
 INDEXING_LOCK_NAMESPACE = 0x5EA7
+REBUILD_LOCK_NAMESPACE = 0x5EA8
 FRESH_SUFFIX = "_new"
 
 
 class NotMeilisearch(Exception):
     """The wiring searches with another engine: there is no index to maintain."""
+
+
+class RebuildInProgress(IndexingError):
+    """Another process is rebuilding this index."""
 
 
 def meilisearch_engine(wiring: Wiring) -> MeiliSearch:
@@ -100,16 +114,42 @@ def feed_head(session: Session) -> str:
     return (START if newest is None else FeedPosition(newest.txid, newest.seq)).encode()
 
 
+def _lock_key(index_name: str) -> int:
+    return zlib.crc32(index_name.encode()) & 0x7FFFFFFF
+
+
 def _lock_index(session: Session, index_name: str, *, wait: bool) -> bool:
     """The index's writer lock, until the transaction ends. An advisory lock takes no
     transaction id, so holding it never holds back the feed's horizon."""
     function = "pg_advisory_xact_lock" if wait else "pg_try_advisory_xact_lock"
-    key = zlib.crc32(index_name.encode()) & 0x7FFFFFFF
     acquired = session.scalar(
         text(f"SELECT {function}(:namespace, :key)"),
-        {"namespace": INDEXING_LOCK_NAMESPACE, "key": key},
+        {"namespace": INDEXING_LOCK_NAMESPACE, "key": _lock_key(index_name)},
     )
     return wait or bool(acquired)
+
+
+@contextmanager
+def rebuild_lock(wiring: Wiring, index_name: str) -> Iterator[None]:
+    """The index's rebuild lock, for as long as the block runs; RebuildInProgress when
+    another process holds it. Held by a connection outside any transaction (a rebuild
+    takes hours on millions of ads), and let go by the server if the process dies."""
+    arguments = {"namespace": REBUILD_LOCK_NAMESPACE, "key": _lock_key(index_name)}
+    with wiring.engine.connect() as connection:
+        connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+        taken = connection.scalar(text("SELECT pg_try_advisory_lock(:namespace, :key)"), arguments)
+        if not taken:
+            raise RebuildInProgress(
+                f"search index {index_name} is being rebuilt by another process "
+                "(directory reindex or a worker); wait for it to finish"
+            )
+        try:
+            yield
+        finally:
+            try:
+                connection.execute(text("SELECT pg_advisory_unlock(:namespace, :key)"), arguments)
+            except DBAPIError:
+                connection.invalidate()  # the session is gone, and its lock with it
 
 
 # --- following the feed ---------------------------------------------------------------------
@@ -118,17 +158,19 @@ def _lock_index(session: Session, index_name: str, *, wait: bool) -> bool:
 def catch_up(wiring: Wiring, *, batch: int = CATCH_UP_BATCH, max_pages: int | None = None) -> int:
     """Apply the feed's changes since the stored position to the index; returns how many
     changes were applied. An index never built (no position, or created just now
-    because Meilisearch lost it) is rebuilt instead. `max_pages` bounds one call, so a
-    worker with a long backlog still gets back to its other work."""
+    because Meilisearch lost it) is rebuilt instead, unless another process is
+    rebuilding it. `max_pages` bounds one call, so a worker with a long backlog still
+    gets back to its other work."""
     engine = meilisearch_engine(wiring)
-    if not engine.prepared:
-        created = engine.prepare(timeout_s=REBUILD_TASK_TIMEOUT_S)
-        if created:
-            log.warning("search index %s was missing: rebuilding it", engine.index_name)
-            return rebuild(wiring)
     applied = 0
     pages = 0
     while max_pages is None or pages < max_pages:
+        # Before each page: a page added to a lost index would make a new one of it.
+        if not engine.prepared or not engine.index_exists(engine.index_name):
+            created = engine.prepare(timeout_s=REBUILD_TASK_TIMEOUT_S)
+            if created:
+                log.warning("search index %s was missing: rebuilding it", engine.index_name)
+                return applied + _rebuild_unless_running(wiring)
         with unit_of_work(wiring.session_factory) as session:
             if not _lock_index(session, engine.index_name, wait=False):
                 return applied  # another process is writing this index
@@ -143,7 +185,7 @@ def catch_up(wiring: Wiring, *, batch: int = CATCH_UP_BATCH, max_pages: int | No
                 store_position(session, index_name=engine.index_name, feed_cursor=page.next_cursor)
         if page is None:
             log.warning("search index %s has no feed position: rebuilding it", engine.index_name)
-            return applied + rebuild(wiring)
+            return applied + _rebuild_unless_running(wiring)
         applied += len(page.entries)
         pages += 1
         if not page.more:
@@ -196,12 +238,27 @@ def public_ads_after(session: Session, *, after: uuid.UUID | None, limit: int) -
     return [record_from_row(row) for row in rows]
 
 
+def _rebuild_unless_running(wiring: Wiring) -> int:
+    try:
+        return rebuild(wiring)
+    except RebuildInProgress:
+        return 0  # the other rebuild ends with a catch-up of its own
+
+
 def rebuild(wiring: Wiring, *, progress: bool = False) -> int:
     """Build the index afresh from the database and swap it in; returns how many ads
-    it holds (before the catch-up that follows)."""
+    it holds (before the catch-up that follows). RebuildInProgress if another process
+    is rebuilding the index."""
+    engine = meilisearch_engine(wiring)
+    with rebuild_lock(wiring, engine.index_name):
+        indexed = _rebuild(wiring, engine, progress=progress)
+    catch_up(wiring)
+    return indexed
+
+
+def _rebuild(wiring: Wiring, engine: MeiliSearch, *, progress: bool) -> int:
     from tqdm import tqdm
 
-    engine = meilisearch_engine(wiring)
     live, fresh = engine.index_name, engine.index_name + FRESH_SUFFIX
     # Swapping needs both indexes; a fresh one may be left over from an interrupted run.
     engine.prepare(timeout_s=REBUILD_TASK_TIMEOUT_S)
@@ -233,5 +290,4 @@ def rebuild(wiring: Wiring, *, progress: bool = False) -> int:
         store_position(session, index_name=live, feed_cursor=position)
     engine.drop_index(fresh, timeout_s=REBUILD_TASK_TIMEOUT_S)  # now the old documents
     log.info("search index %s rebuilt with %d ads", live, indexed)
-    catch_up(wiring)
     return indexed

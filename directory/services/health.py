@@ -1,4 +1,6 @@
-"""Readiness: the database answers and its schema is at the head migration."""
+"""Readiness: the database answers and its schema is at the head migration, or at a
+later one: during a rollout the new release migrates first, and the release still
+serving goes on doing so (each migration is written backward compatible)."""
 
 from __future__ import annotations
 
@@ -13,14 +15,24 @@ MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 
 
 @cache
-def head_revision() -> str | None:
+def _scripts():
     # Imported here: alembic takes a second to import, paid by each API process at start.
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
-    return ScriptDirectory.from_config(config).get_current_head()
+    return ScriptDirectory.from_config(config)
+
+
+@cache
+def head_revision() -> str | None:
+    return _scripts().get_current_head()
+
+
+@cache
+def known_revisions() -> frozenset[str]:
+    return frozenset(script.revision for script in _scripts().walk_revisions())
 
 
 def current_revision(session: Session) -> str | None:
@@ -34,7 +46,9 @@ def current_revision(session: Session) -> str | None:
 def readiness(session: Session) -> dict:
     current = current_revision(session)
     expected = head_revision()
-    status = "ok" if current == expected else "migrations pending"
+    # A revision this release does not know is a later release's: it has migrated first.
+    later = current is not None and current not in known_revisions()
+    status = "ok" if current == expected or later else "migrations pending"
     return {
         "status": status,
         "database": "ok",

@@ -2,15 +2,17 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
+from datetime import UTC, datetime
 
-from sqlalchemy import text
+from sqlalchemy import text, update
 
 from directory.api.ads.schemas import AdPutSchema
 from directory.db import unit_of_work
-from directory.models import PortalStatus, Visibility
+from directory.models import Ad, PortalStatus, Visibility
 from directory.services import ads, portals
 from directory.services.feed import FeedPosition
-from tests.factories import ad_payload
+from tests.factories import ad_payload, in_days
 
 
 def read_all(client, since=None, limit=500):
@@ -47,6 +49,25 @@ def test_feed_skips_upserts_of_ads_that_later_left_public_view(client, portal):
         ("upsert", False),
         ("delete", True),
     ]
+
+
+def test_an_upsert_read_after_the_ad_expired_is_told_as_a_delete(client, portal, session):
+    """Expiring writes nothing to the feed: a reader who last saw the ad with its old
+    expiry must still learn that it ended earlier, as its later change said."""
+    ad_id = client.put("/v1/ads/a-1", json=ad_payload(), headers=portal.headers).json["id"]
+    _, cursor = read_all(client)
+    shortened = client.put(
+        "/v1/ads/a-1", json=ad_payload(expires_at=in_days(1)), headers=portal.headers
+    )
+    assert shortened.status_code == 200, shortened.json
+    session.execute(  # the day passes
+        update(Ad).where(Ad.id == uuid.UUID(ad_id)).values(expires_at=datetime.now(UTC))
+    )
+    session.commit()
+
+    changes, _ = read_all(client, since=cursor)
+
+    assert [(c["op"], c["ad_id"]) for c in changes] == [("delete", ad_id)]
 
 
 def test_feed_cursor_resumes_after_the_last_change_seen(client, portal):
@@ -193,6 +214,8 @@ def test_the_last_word_on_an_ad_is_its_state_when_writers_commit_out_of_id_order
         deadline = time.monotonic() + 10
         while not probe.execute(text(waiting)).scalar():
             assert time.monotonic() < deadline, "the commit never waited for the portal lock"
+            # pg_stat_activity is read once per transaction: look again in a new one.
+            probe.rollback()
             time.sleep(0.05)
     release.set()
     writer.join(20)

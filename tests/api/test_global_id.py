@@ -179,6 +179,7 @@ def test_two_portals_racing_for_one_website_one_gets_it_the_other_a_clear_409(
         deadline = time.monotonic() + 10
         while not probe.execute(text(waiting)).scalar():
             assert time.monotonic() < deadline, "the second never waited for the first"
+            probe.rollback()  # pg_stat_activity is read once per transaction
             time.sleep(0.05)
     release.set()
     winner.join(20)
