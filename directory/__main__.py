@@ -102,7 +102,19 @@ def migrate(revision: str) -> None:
     config = alembic_config(_settings().database_url)
     with _database_errors():
         command.upgrade(config, revision)
+    _check_feed_order()
     click.echo(f"database at {revision}")
+
+
+def _check_feed_order() -> None:
+    """Stops a command on a database whose change feed this cluster cannot continue
+    (restored into a new cluster: services.feed.transaction_ids_gone_back)."""
+    from directory.services.feed import transaction_ids_gone_back
+
+    with _transaction() as session:
+        problem = transaction_ids_gone_back(session)
+    if problem is not None:
+        raise click.ClickException(problem)
 
 
 def alembic_config(database_url: str):
@@ -123,6 +135,7 @@ def worker(once: bool) -> None:
 
     settings = _settings()
     configure_logging(settings.log_level)
+    _check_feed_order()
     with _wiring() as wiring:
         succeeded = worker_module.run(wiring, once=once)
     if not succeeded:

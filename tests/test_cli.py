@@ -7,6 +7,7 @@ import json
 import logging
 import re
 import signal
+import uuid
 from pathlib import Path
 
 import pytest
@@ -440,6 +441,29 @@ def test_migrate_at_head_is_idempotent(run_ok, wiring, migrated):
     with wiring.engine.connect() as connection:
         versions = connection.scalars(text("SELECT version_num FROM alembic_version")).all()
     assert versions == [head]
+
+
+def test_migrate_and_worker_stop_on_a_feed_this_cluster_cannot_continue(
+    run, run_ok, session, make_portal
+):
+    # As after a dump restored into a new cluster: the feed holds transaction ids beyond
+    # the cluster's own, so every new change would sort before the readers' cursors.
+    run_ok("migrate")  # a feed whose ids are the cluster's own is fine
+    portal = make_portal()
+    ahead = session.scalar(text("SELECT pg_current_xact_id()::text::bigint")) + 2**33
+    session.execute(
+        text(
+            "INSERT INTO ad_changes (txid, ad_id, portal_id, op) VALUES (:txid, :ad, :portal, 'upsert')"
+        ),
+        {"txid": ahead, "ad": uuid.uuid4(), "portal": portal.id},
+    )
+    session.commit()
+
+    for command in ("migrate", "worker"):
+        result = run(command, "--once") if command == "worker" else run(command)
+        assert result.exit_code != 0, result.output
+        assert f"the change feed holds transaction ids up to {ahead}" in result.output
+        assert f"pg_resetwal --epoch={(ahead >> 32) + 1}" in result.output
 
 
 def test_command_closes_its_database_connections(migrated, wiring, built_wirings):

@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, text, tuple_
+from sqlalchemy import func, select, text, tuple_
 from sqlalchemy.orm import Session
 
 from directory import cursors
@@ -67,6 +67,28 @@ class FeedPage:
     entries: list[FeedEntry]
     next_cursor: str
     more: bool
+
+
+def transaction_ids_gone_back(session: Session) -> str | None:
+    """Why the feed cannot be followed on this cluster, if so: its order rests on
+    transaction ids, and a database restored into a new cluster (a dump, a logical copy)
+    starts them over below those already in the feed, so every later change would sort
+    before the readers' cursors and never reach them. None when all is well. Physical
+    replicas and pg_upgrade keep the ids."""
+    newest = session.scalar(select(func.max(AdChange.txid)))
+    if newest is None:
+        return None
+    # The snapshot's xmax: the next id to be given out, read without taking one.
+    next_id = session.scalar(text("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint"))
+    if newest < next_id:
+        return None
+    return (
+        f"the change feed holds transaction ids up to {newest}, and this cluster is at "
+        f"{next_id}: the database was restored into a new cluster, whose transaction ids "
+        "start over, so feed readers and the search index would miss every change from now "
+        "on. Stop PostgreSQL and raise the cluster's epoch above the feed's, with "
+        f"pg_resetwal --epoch={(newest >> 32) + 1} <data directory>, then start it again"
+    )
 
 
 def read_feed(session: Session, *, since: str | None, limit: int) -> FeedPage:
