@@ -91,6 +91,8 @@ def test_a_change_of_website_republishes_the_public_ads_through_the_feed(client,
     set_website(client, portal, "https://old.example.org")
     public = put(client, portal, "ad-1")["id"]
     put(client, portal, "ad-2", ad_payload("portal_only"))
+    put(client, portal, "ad-3")
+    assert client.post("/v1/ads/ad-3/expire", headers=portal.headers).status_code == 200
     _, cursor = read_all(client)
 
     set_website(client, portal, "https://new.example.org")
