@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from datetime import UTC, datetime
 
@@ -13,6 +12,7 @@ from directory.models import Ad, PortalStatus, Visibility
 from directory.services import ads, portals
 from directory.services.feed import FeedPosition
 from tests.factories import ad_payload, in_days
+from tests.waits import wait_for_a_lock_wait
 
 
 def read_all(client, since=None, limit=500):
@@ -209,14 +209,7 @@ def test_the_last_word_on_an_ad_is_its_state_when_writers_commit_out_of_id_order
     assert holding.wait(10)
     committer = threading.Thread(target=sync_commit)
     committer.start()
-    waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory'"
-    with wiring.engine.connect() as probe:  # until the commit waits for the portal lock
-        deadline = time.monotonic() + 10
-        while not probe.execute(text(waiting)).scalar():
-            assert time.monotonic() < deadline, "the commit never waited for the portal lock"
-            # pg_stat_activity is read once per transaction: look again in a new one.
-            probe.rollback()
-            time.sleep(0.05)
+    wait_for_a_lock_wait(wiring, what="the commit", wait_event="advisory")
     release.set()
     writer.join(20)
     committer.join(20)

@@ -7,10 +7,8 @@ view of an ad carries it."""
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
-from sqlalchemy import text
 
 from directory.db import unit_of_work
 from directory.errors import Conflict
@@ -18,6 +16,7 @@ from directory.services import portals
 from directory.services.ads import global_id_prefix
 from tests.api.test_feed import read_all
 from tests.factories import ad_payload
+from tests.waits import wait_for_a_lock_wait
 
 
 def set_website(client, portal, website):
@@ -176,13 +175,7 @@ def test_two_portals_racing_for_one_website_one_gets_it_the_other_a_clear_409(
     assert holding.wait(10)
     loser = threading.Thread(target=second)
     loser.start()
-    waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-    with wiring.engine.connect() as probe:  # until the second waits on the first's entry
-        deadline = time.monotonic() + 10
-        while not probe.execute(text(waiting)).scalar():
-            assert time.monotonic() < deadline, "the second never waited for the first"
-            probe.rollback()  # pg_stat_activity is read once per transaction
-            time.sleep(0.05)
+    wait_for_a_lock_wait(wiring, what="the second")
     release.set()
     winner.join(20)
     loser.join(20)

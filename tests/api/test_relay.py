@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -18,6 +17,7 @@ from directory.db import unit_of_work
 from directory.models import Ad, Conversation, Delivery, DeliveryState, Message, PortalStatus
 from directory.services import portals, relay
 from tests.factories import ad_payload
+from tests.waits import wait_for_a_lock_wait
 
 ADVERTISER = "m-ad-owner"
 WRITER = "m-writer"
@@ -676,25 +676,6 @@ def test_a_retry_racing_its_original_gets_the_same_message(
     assert len({answer.json["message"]["id"] for answer in answers}) == 1
 
 
-def wait_for_a_lock_wait(wiring, timeout_s: float = 10.0) -> None:
-    """Returns once a session of the test database waits on a lock: the racing request
-    has got as far as the row the held transaction is writing."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        # A new transaction each time: pg_stat_activity is read once per transaction.
-        with wiring.engine.connect() as connection:
-            waiting = connection.scalar(
-                text(
-                    "SELECT count(*) FROM pg_stat_activity"
-                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-                )
-            )
-        if waiting:
-            return
-        assert time.monotonic() < deadline, "the racing request never waited on a lock"
-        time.sleep(0.01)
-
-
 @pytest.mark.parametrize(
     ("member", "what", "status", "error"),
     [
@@ -746,7 +727,7 @@ def test_racing_requests_with_one_key_get_the_sequential_answers(
         )
         racer = threading.Thread(target=race)
         racer.start()
-        wait_for_a_lock_wait(wiring)
+        wait_for_a_lock_wait(wiring, what="the racing request")
     racer.join(30)
 
     (answer,) = answers
