@@ -49,18 +49,23 @@ def test_readyz_reports_pending_migrations_on_an_unmigrated_database(empty_datab
     assert response.json["expected_migration"] is not None
 
 
-def test_readyz_stays_ready_when_a_later_release_has_migrated_the_database(empty_database_url):
-    """In a rollout the new release migrates first; the old one goes on serving."""
-    engine = create_engine(empty_database_url)
+def _readyz_at_revision(database_url: str, revision: str):
+    """/readyz on a database that says it is at `revision` (and has nothing else)."""
+    engine = create_engine(database_url)
     with engine.begin() as connection:
         connection.execute(text("CREATE TABLE alembic_version (version_num varchar(32))"))
-        connection.execute(text("INSERT INTO alembic_version VALUES ('9999_a_later_release')"))
+        connection.execute(text("INSERT INTO alembic_version VALUES (:v)"), {"v": revision})
     engine.dispose()
-    app, client = _client_for(empty_database_url)
+    app, client = _client_for(database_url)
     try:
-        response = client.get("/readyz")
+        return client.get("/readyz")
     finally:
         app.extensions["directory"].close()
+
+
+def test_readyz_stays_ready_when_a_later_release_has_migrated_the_database(empty_database_url):
+    """In a rollout the new release migrates first; the old one goes on serving."""
+    response = _readyz_at_revision(empty_database_url, "9999_a_later_release")
 
     assert response.status_code == 200, response.json
     assert response.json["status"] == "ok"
@@ -73,16 +78,7 @@ def test_readyz_reports_pending_migrations_on_a_database_an_upgrade_behind(
 ):
     scripts = ScriptDirectory.from_config(alembic_config(migrated.database_url))
     previous = scripts.get_revision(scripts.get_current_head()).down_revision
-    engine = create_engine(empty_database_url)
-    with engine.begin() as connection:
-        connection.execute(text("CREATE TABLE alembic_version (version_num varchar(32))"))
-        connection.execute(text("INSERT INTO alembic_version VALUES (:v)"), {"v": previous})
-    engine.dispose()
-    app, client = _client_for(empty_database_url)
-    try:
-        response = client.get("/readyz")
-    finally:
-        app.extensions["directory"].close()
+    response = _readyz_at_revision(empty_database_url, previous)
 
     assert response.status_code == 503
     assert response.json["status"] == "migrations pending"
