@@ -256,12 +256,7 @@ def set_status(session: Session, *, portal_slug: str, status: PortalStatus) -> P
     portal.status = status
     portal.updated_at = func.now()
     op = ChangeOp.DELETE if status == PortalStatus.SUSPENDED else ChangeOp.UPSERT
-    public_ads = select(Ad.id, Ad.portal_id, literal(op.value)).where(
-        Ad.portal_id == portal.id, Ad.visibility == Visibility.PUBLIC, Ad.expires_at > func.now()
-    )
-    session.execute(
-        AdChange.__table__.insert().from_select(["ad_id", "portal_id", "op"], public_ads)
-    )
+    _log_public_ads(session, portal_id=portal.id, op=op)
     return portal
 
 
@@ -401,13 +396,20 @@ def republish_public_ads(session: Session, *, portal_id: int, payable_only: bool
     and other followers, when a part of their public view kept on the portal changes: its
     website (their global_id: all of them) or its ledger (the payment block of those with
     an account: `payable_only`)."""
-    # Expired ads are out of public view, and their feed entries told them so already.
-    changed = select(Ad.id, Ad.portal_id, literal(ChangeOp.UPSERT.value)).where(
+    _log_public_ads(session, portal_id=portal_id, op=ChangeOp.UPSERT, payable_only=payable_only)
+
+
+def _log_public_ads(
+    session: Session, *, portal_id: int, op: ChangeOp, payable_only: bool = False
+) -> None:
+    """A feed entry `op` for each of the portal's public ads (with a ledger account, if
+    `payable_only`). Expired ads are out of public view, and their entries said so."""
+    ads = select(Ad.id, Ad.portal_id, literal(op.value)).where(
         Ad.portal_id == portal_id, Ad.visibility == Visibility.PUBLIC, Ad.expires_at > func.now()
     )
     if payable_only:
-        changed = changed.where(Ad.ledger_account.is_not(None))
-    session.execute(AdChange.__table__.insert().from_select(["ad_id", "portal_id", "op"], changed))
+        ads = ads.where(Ad.ledger_account.is_not(None))
+    session.execute(AdChange.__table__.insert().from_select(["ad_id", "portal_id", "op"], ads))
 
 
 def check_outbound_url(url: str, *, field: str, code: str, allow_loopback: bool) -> None:
