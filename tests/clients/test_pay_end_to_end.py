@@ -47,23 +47,30 @@ def live(app) -> Iterator[LiveDirectory]:
 def advertised(live, make_portal, credit_commons_node: CreditCommonsNode):
     """Portal A with its ledger and an offer by its member `oscar`; portal B."""
     portal_a, portal_b = make_portal(), make_portal()
-    with httpx.Client(base_url=live.url, headers=portal_a.headers) as http:
-        ledger = {
-            "protocol": "credit-commons",
-            "url": credit_commons_node.url,
-            "node": credit_commons_node.node_name,
-        }
+    ad_id = advertise_on_ledger(
+        live,
+        portal_a,
+        ledger_url=credit_commons_node.url,
+        node=credit_commons_node.node_name,
+        external_id="bread-1",
+        title="Bread baked to order",
+        ledger_account=ADVERTISER,
+        currencies=["HOUR"],
+        price={"amount": "2", "currency": "HOUR", "unit": "item"},
+    )
+    return portal_a, portal_b, ad_id
+
+
+def advertise_on_ledger(
+    live: LiveDirectory, portal, *, ledger_url: str, node: str, external_id: str, **ad
+) -> str:
+    """Registers the portal's ledger and publishes one of its ads near Lyon; its id."""
+    with httpx.Client(base_url=live.url, headers=portal.headers) as http:
+        ledger = {"protocol": "credit-commons", "url": ledger_url, "node": node}
         assert http.patch("/v1/portals/me", json={"ledger": ledger}).status_code == 200
-        offer = ad_payload(
-            title="Bread baked to order",
-            location=LYON,
-            ledger_account=ADVERTISER,
-            currencies=["HOUR"],
-            price={"amount": "2", "currency": "HOUR", "unit": "item"},
-        )
-        response = http.put("/v1/ads/bread-1", json=offer)
+        response = http.put(f"/v1/ads/{external_id}", json=ad_payload(location=LYON, **ad))
         assert response.status_code == 201, response.json()
-    return portal_a, portal_b, response.json()["id"]
+    return response.json()["id"]
 
 
 def found_by_member_of(live: LiveDirectory, portal) -> models.SearchHit:
@@ -296,12 +303,15 @@ class RecordingServer(ThreadingHTTPServer):
 def test_the_payers_key_goes_to_their_own_ledger_only(live, make_portal, credit_commons_node):
     # Any portal may name any ledger: one naming its own would collect payers' keys.
     with RecordingServer() as collector:
-        portal = make_portal()
-        with httpx.Client(base_url=live.url, headers=portal.headers) as http:
-            ledger = {"protocol": "credit-commons", "url": collector.url, "node": "trap"}
-            assert http.patch("/v1/portals/me", json={"ledger": ledger}).status_code == 200
-            offer = ad_payload(location=LYON, ledger_account="collector", title="Bait")
-            ad_id = http.put("/v1/ads/bait-1", json=offer).json()["id"]
+        ad_id = advertise_on_ledger(
+            live,
+            make_portal(),
+            ledger_url=collector.url,
+            node="trap",
+            external_id="bait-1",
+            ledger_account="collector",
+            title="Bait",
+        )
 
         for command in (
             ["pay", ad_id, "--quantity", "1", "--description", "A"],
@@ -328,15 +338,15 @@ def test_a_payment_made_is_told_even_when_the_balance_cannot_be_read(
     portal_a, _, _ = advertised
     port = int(credit_commons_node.url.rsplit(":", 1)[1])
     with LossyProxy(port) as proxy:
-        with httpx.Client(base_url=live.url, headers=portal_a.headers) as http:
-            ledger = {
-                "protocol": "credit-commons",
-                "url": proxy.url,
-                "node": credit_commons_node.node_name,
-            }
-            assert http.patch("/v1/portals/me", json={"ledger": ledger}).status_code == 200
-            offer = ad_payload(location=LYON, ledger_account=ADVERTISER, title="Rolls")
-            ad_id = http.put("/v1/ads/rolls-1", json=offer).json()["id"]
+        ad_id = advertise_on_ledger(
+            live,
+            portal_a,
+            ledger_url=proxy.url,
+            node=credit_commons_node.node_name,
+            external_id="rolls-1",
+            ledger_account=ADVERTISER,
+            title="Rolls",
+        )
         refusal = b'{"class":"AuthViolation","message":"not now"}'
         proxy.replace_next_answer(
             "GET",
