@@ -26,6 +26,15 @@ def test_a_registered_community_currency_is_namespaced_by_its_portal(client, por
     assert [c["code"] for c in listed] == [f"{portal.slug}:TALENT"]
 
 
+def test_a_registered_currency_is_where_its_location_says(client, portal):
+    response = client.post(
+        "/v1/currencies", json={"code": "TALENT", "name": "Talent"}, headers=portal.headers
+    )
+    assert response.status_code == 201, response.json
+    assert response.headers["Location"] == f"/v1/currencies/{portal.slug}:TALENT"
+    assert client.get(response.headers["Location"]).json == response.json
+
+
 def test_two_portals_may_use_the_same_short_code(client, portal, other_portal):
     for who in (portal, other_portal):
         response = client.post(

@@ -284,6 +284,23 @@ def test_bad_contacts_are_refused_naming_the_field(
     assert field in response.json["errors"]["json"]
 
 
+def test_an_opened_conversation_is_where_its_location_says(
+    client, advertiser, writer_portal, ad_id
+):
+    opened = contact(client, writer_portal, ad_id)
+    conversation_id = opened.json["conversation"]["id"]
+    assert opened.headers["Location"] == f"/v1/conversations/{conversation_id}"
+    seen = client.get(opened.headers["Location"], headers=writer_portal.headers)
+    assert seen.json["id"] == conversation_id
+    replied = client.post(
+        f"{opened.headers['Location']}/messages",
+        json={"member": WRITER, "body": "Still there?"},
+        headers=writer_portal.headers,
+    )
+    assert replied.status_code == 201, replied.json
+    assert "Location" not in replied.headers  # a message has no address of its own
+
+
 def test_a_message_body_passes_unchanged(client, advertiser, writer_portal, ad_id):
     words = "Bonjour ! Écrivez-moi : anna@example.org\n\n  — Anna  "
     conversation_id = contact(client, writer_portal, ad_id, body=words).json["conversation"]["id"]

@@ -26,6 +26,13 @@ def own_titles(client, portal) -> dict[str, str]:
     return {ad["external_id"]: ad["title"] for ad in items}
 
 
+def test_an_opened_session_is_where_its_location_says(client, portal):
+    response = client.post("/v1/sync-sessions", headers=portal.headers)
+    assert response.status_code == 201, response.json
+    assert response.headers["Location"] == f"/v1/sync-sessions/{response.json['id']}"
+    assert client.get(response.headers["Location"], headers=portal.headers).json == response.json
+
+
 def test_a_resync_over_several_requests_replaces_all_ads_at_commit(client, portal):
     client.put("/v1/ads/old", json=ad_payload(title="Old"), headers=portal.headers)
     client.put("/v1/ads/kept", json=ad_payload(title="Kept v1"), headers=portal.headers)

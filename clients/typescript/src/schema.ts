@@ -1894,6 +1894,8 @@ export interface operations {
             /** @description Created */
             201: {
                 headers: {
+                    /** @description Where the created resource can be read (a path on this directory) */
+                    Location?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -2026,6 +2028,8 @@ export interface operations {
             /** @description The conversation was opened */
             201: {
                 headers: {
+                    /** @description Where the created resource can be read (a path on this directory) */
+                    Location?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -2360,6 +2364,8 @@ export interface operations {
             /** @description Created */
             201: {
                 headers: {
+                    /** @description Where the created resource can be read (a path on this directory) */
+                    Location?: string;
                     [name: string]: unknown;
                 };
                 content: {

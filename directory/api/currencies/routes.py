@@ -16,6 +16,7 @@ from directory.api.currencies.schemas import (
 from directory.api.db import transaction
 from directory.api.errors import ErrorSchema
 from directory.api.fields import CURRENCY_CODE
+from directory.api.headers import LOCATION_HEADER, location_of
 from directory.errors import NotFound
 from directory.services import currencies
 
@@ -41,7 +42,7 @@ class Currencies(MethodView):
             return {"currencies": currencies.list_currencies(session, **args)}
 
     @blp.arguments(CurrencyCreateSchema)
-    @blp.response(201, CurrencySchema)
+    @blp.response(201, CurrencySchema, headers=LOCATION_HEADER)
     @blp.alt_response(
         409, schema=ErrorSchema, description="The portal has registered that code already"
     )
@@ -53,7 +54,8 @@ class Currencies(MethodView):
         becomes `brixton:TALENT`."""
         with transaction() as session:
             portal = require_portal(session)
-            return currencies.register_currency(session, portal_id=portal.id, **data)
+            currency = currencies.register_currency(session, portal_id=portal.id, **data)
+        return currency, 201, location_of("currencies.CurrencyByCode", code=currency.code)
 
 
 def _code(code: str) -> str:

@@ -11,6 +11,7 @@ from directory.api.auth import BEARER_AUTH, require_portal
 from directory.api.blueprint import Blueprint
 from directory.api.db import transaction, wiring
 from directory.api.errors import RETRY_AFTER_HEADER, ErrorSchema
+from directory.api.headers import LOCATION_HEADER, location_of
 from directory.api.relay.schemas import (
     AcknowledgedSchema,
     AcknowledgeSchema,
@@ -68,9 +69,10 @@ def _limits() -> relay.RelayLimits:
     )
 
 
-def _sent(session, portal, sent: relay.Sent) -> tuple[dict, int]:
+def _sent(session, portal, sent: relay.Sent, *, headers: dict | None = None):
+    """The answer to a message sent: 201 (with `headers`) when it was made now."""
     if sent.created:
-        return {"conversation": sent.conversation, "message": sent.message}, 201
+        return {"conversation": sent.conversation, "message": sent.message}, 201, headers or {}
     # A replay: as it is now.
     conversation = relay.get_conversation_summary(
         session, viewer=portal, conversation_id=sent.conversation_id
@@ -82,7 +84,9 @@ def _sent(session, portal, sent: relay.Sent) -> tuple[dict, int]:
 @blp.route("/ads/<string:ad_id>/contact", parameters=[AD_ID])
 class Contact(MethodView):
     @blp.arguments(ContactSchema)
-    @blp.response(201, SentSchema, description="The conversation was opened")
+    @blp.response(
+        201, SentSchema, description="The conversation was opened", headers=LOCATION_HEADER
+    )
     @blp.alt_response(
         200, schema=SentSchema, description="Sent before with this idempotency_key: as then"
     )
@@ -121,7 +125,11 @@ class Contact(MethodView):
                 idempotency_key=contact["idempotency_key"],
                 limits=_limits(),
             )
-            return _sent(session, portal, sent)
+            # The conversation is what the first message creates.
+            conversation = location_of(
+                "relay.ConversationById", conversation_id=str(sent.conversation_id)
+            )
+            return _sent(session, portal, sent, headers=conversation)
 
 
 @blp.route("/conversations")

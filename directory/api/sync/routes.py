@@ -13,6 +13,7 @@ from directory.api.auth import BEARER_AUTH, require_portal
 from directory.api.blueprint import Blueprint
 from directory.api.db import transaction, wiring
 from directory.api.fields import ItemErrors, PerItemList
+from directory.api.headers import LOCATION_HEADER, location_of
 from directory.errors import NotFound
 from directory.models import SyncStatus
 from directory.services import sync
@@ -71,7 +72,7 @@ def _session_id(value: str) -> uuid.UUID:
 
 @blp.route("/sync-sessions")
 class SyncSessions(MethodView):
-    @blp.response(201, SyncSessionSchema)
+    @blp.response(201, SyncSessionSchema, headers=LOCATION_HEADER)
     @blp.doc(operationId="openSyncSession", security=BEARER_AUTH)
     def post(self):
         """Open a sync session for a full resync of the calling portal's ads
@@ -81,7 +82,8 @@ class SyncSessions(MethodView):
         before the commit; abort with DELETE."""
         with transaction() as session:
             portal = require_portal(session)
-            return sync.open_session(session, portal_id=portal.id, ttl=wiring().sync_session_ttl)
+            opened = sync.open_session(session, portal_id=portal.id, ttl=wiring().sync_session_ttl)
+        return opened, 201, location_of("sync.SyncSessionById", session_id=str(opened.id))
 
 
 @blp.route("/sync-sessions/<string:session_id>", parameters=[SESSION_ID])
