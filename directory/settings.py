@@ -180,6 +180,14 @@ class Settings:
                 "counted in memory, each worker process would allow the whole limit"
             )
 
+    def __repr__(self) -> str:
+        # Settings end up in logs and tracebacks: never with a password or a key.
+        shown = ", ".join(
+            f"{field.name}={_without_secrets(field.name, getattr(self, field.name))!r}"
+            for field in fields(self)
+        )
+        return f"{type(self).__name__}({shown})"
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         environ = os.environ if environ is None else environ
@@ -209,6 +217,21 @@ class Settings:
             # The default points at a password-less local database: never what production means.
             raise SettingsError("DIRECTORY_DATABASE_URL must be set in production")
         return cls(**values)
+
+
+def _without_secrets(name: str, value: object) -> object:
+    if name.endswith("_key"):
+        return "***" if value else value
+    if not name.endswith("_url") or not isinstance(value, str):
+        return value
+    try:
+        parts = urlsplit(value)
+        if parts.password is None:
+            return value
+    except ValueError:
+        return "***"  # unreadable: the password could be anywhere in it
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{parts.username or ''}:***@{host}").geturl()
 
 
 def _check_database_url(name: str, url: str) -> None:

@@ -372,3 +372,24 @@ def test_the_largest_values_work_where_they_are_used(migrated):
         assert deliverer.policy.lease == timedelta(days=30)
     finally:
         wiring.close()
+
+
+def test_settings_are_shown_without_passwords_or_keys():
+    settings = Settings.from_env(
+        {
+            "DIRECTORY_DATABASE_URL": "postgresql://directory:db-s3cret@db.example/directory",
+            "DIRECTORY_SEARCH_DATABASE_URL": "postgresql://reader:p@ss@replica.example/d",
+            "DIRECTORY_RATE_LIMIT_STORAGE_URL": "redis://:redis-s3cret@cache.example:6379/0",
+            "DIRECTORY_SEARCH_ENGINE": "meilisearch",
+            "DIRECTORY_MEILISEARCH_KEY": "meili-s3cret",
+        }
+    )
+    shown = repr(settings)
+    for secret in ("db-s3cret", "p@ss", "redis-s3cret", "meili-s3cret"):
+        assert secret not in shown
+    assert "database_url='postgresql+psycopg://directory:***@db.example/directory'" in shown
+    assert "search_database_url='postgresql+psycopg://reader:***@replica.example/d'" in shown
+    assert "rate_limit_storage_url='redis://:***@cache.example:6379/0'" in shown
+    assert "meilisearch_key='***'" in shown
+    assert "meilisearch_url='http://127.0.0.1:7700'" in shown  # no password: as it is
+    assert settings.database_url.endswith("db-s3cret@db.example/directory")  # only hidden
