@@ -13,13 +13,16 @@ from marshmallow import Schema, ValidationError, fields, utils, validate
 from directory.services.ads import EXTERNAL_ID, EXTERNAL_ID_RULE
 from directory.text import CONTROL_CHARS, LINE_BREAKS, SINGLE_LINE_REFUSED
 
-BCP47 = re.compile(r"^[a-z]{2,3}(?:-[A-Za-z0-9]{1,8})*$")
+# Any case: BCP 47 tags are case-insensitive ("EN" is "en"), so every comparison lowers them.
+BCP47 = re.compile(r"^[A-Za-z]{2,3}(?:-[A-Za-z0-9]{1,8})*$")
 HANDLE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 EMAIL_LIKE = re.compile(r"[^@\s]+@[^@\s]+")
 PHONE_SEPARATORS = re.compile(r"[\s().-]")
 PHONE_CHARACTERS = re.compile(r"\+?[\d\s().-]+")
 PHONE_RUN = re.compile(r"\+?\(?\d[\d\s().-]{5,}\d")
 LEDGER_ACCOUNT = re.compile(r"^[A-Za-z0-9._:@/-]{1,128}$")
+# [0-9], not \d: int() also reads other scripts' digits ("١٢" is 12).
+ASCII_INTEGER = re.compile(r"-?[0-9]+")
 
 
 class FullMatch(validate.Regexp):
@@ -204,6 +207,23 @@ class DecimalString(fields.String):
 
     def _serialize(self, value, attr, obj, **kwargs):
         return None if value is None else str(value)
+
+
+class WholeNumber(fields.Integer):
+    """An integer read exactly as sent: a JSON integer or, unless `strict`, a string of
+    ASCII digits with an optional "-" (all a query string holds). fields.Integer goes
+    through int(), which truncates 5.5 to 5 and reads "+5", "1_000", " 7 " and "١٢".
+    A float is refused even when whole: 5.0000000000000001 parses to the same float as
+    5.0, so a whole float does not prove that a whole number was sent."""
+
+    def _validated(self, value):
+        # _validated, not _deserialize, holds the check: FastLoader calls _deserialize,
+        # which goes through it too. type(), not isinstance(): a bool is an int.
+        if type(value) is int or (
+            not self.strict and type(value) is str and ASCII_INTEGER.fullmatch(value)
+        ):
+            return super()._validated(value)
+        raise self.make_error("invalid", input=value)
 
 
 class StrictBoolean(fields.Boolean):

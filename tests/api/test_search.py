@@ -457,6 +457,27 @@ def test_a_tag_is_found_whatever_the_case_of_its_letters(client, portal, stored,
     assert [hit["id"] for hit in hits] == [ids["tagged"]]
 
 
+@pytest.mark.parametrize(
+    ("stored", "asked"),
+    [
+        pytest.param("en", "EN", id="upper-case-asked"),
+        pytest.param("EN", "en", id="upper-case-stored"),
+        pytest.param("fr-CA", "fr-ca", id="lower-case-region-asked"),
+        pytest.param("fr-ca", "FR-CA", id="upper-case-tag-asked"),
+        pytest.param("fr-CA", "Fr", id="mixed-case-primary-asked"),
+    ],
+)
+def test_an_ad_is_found_whatever_the_case_of_its_language_tag(client, portal, stored, asked):
+    ids = batch(
+        client,
+        portal,
+        {"in-language": ad_payload(language=stored), "other": ad_payload(language="de")},
+    )
+    response = search(client, language=asked)
+    assert response.status_code == 200, response.json
+    assert [hit["id"] for hit in response.json["hits"]] == [ids["in-language"]]
+
+
 # --- HTTP ---------------------------------------------------------------------------------
 
 

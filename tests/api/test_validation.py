@@ -472,7 +472,6 @@ def test_put_refuses_price_with_unknown_unit(client, portal, unit):
         "en-",
         "123",
         "",
-        "EN",
         "en us",
         "en-toolongsubtag",
         pytest.param("en\n", id="trailing-newline"),
@@ -481,6 +480,13 @@ def test_put_refuses_price_with_unknown_unit(client, portal, unit):
 def test_put_refuses_language_that_is_not_bcp47(client, portal, language):
     refused = refused_put(client, portal, language=language)
     assert lookup(refused["errors"]["json"], "language")
+
+
+@pytest.mark.parametrize("language", ["EN", "Fr-ca", "PT-BR"])
+def test_put_takes_a_language_tag_in_any_case_and_keeps_it_as_sent(client, portal, language):
+    # BCP 47 tags are case-insensitive; search compares them in lower case.
+    assert put_ad(client, portal, language=language).status_code == 201
+    assert own_ad(client, portal)["language"] == language
 
 
 def test_put_refuses_more_than_10_images(client, portal):
@@ -1100,6 +1106,73 @@ def test_unknown_query_parameter_is_refused_naming_it(client, portal, method, pa
 def test_repeated_query_parameter_is_refused(client):
     response = client.get("/v1/feed?limit=1&limit=2")
     assert_refused(response, field="limit", location="query")
+
+
+# --- integers: taken as sent or refused, never read loosely --------------------------------
+
+UNKNOWN_CONVERSATION = "/v1/conversations/00000000-0000-4000-8000-000000000000"
+
+INTEGER_PARAMETERS = [
+    pytest.param("/v1/search", "limit", id="search-limit"),
+    pytest.param("/v1/feed", "limit", id="feed-limit"),
+    pytest.param("/v1/portals/me/ads", "limit", id="own-ads-limit"),
+    pytest.param("/v1/conversations", "limit", id="conversations-limit"),
+    pytest.param(UNKNOWN_CONVERSATION, "after", id="conversation-after"),
+    pytest.param(UNKNOWN_CONVERSATION, "limit", id="conversation-limit"),
+    pytest.param("/v1/inbox", "limit", id="inbox-limit"),
+]
+
+# int() reads a sign, underscores, spaces and any script's digits: each of the first five is
+# a number within every parameter's range, so only the reading can refuse it. int() refuses
+# the last two already; they must stay refused.
+NOT_ASCII_DIGITS = [
+    "+5",
+    "1_0",
+    "\u0661\u0662",  # Arabic-Indic 12
+    " 7",
+    "7 ",
+    "5.0",
+    "1e1",
+]
+
+
+@pytest.mark.parametrize("value", NOT_ASCII_DIGITS, ids=repr)
+@pytest.mark.parametrize(("path", "name"), INTEGER_PARAMETERS)
+def test_integer_parameter_refuses_what_is_not_ascii_digits(client, portal, path, name, value):
+    response = client.get(path, query_string={name: value}, headers=portal.headers)
+    body = assert_refused(response, field=name, location="query")
+    assert body["errors"]["query"][name] == ["Not a valid integer."]
+
+
+@pytest.mark.parametrize("value", ["5", "05"])
+@pytest.mark.parametrize(("path", "name"), INTEGER_PARAMETERS)
+def test_integer_parameter_takes_ascii_digits(client, portal, path, name, value):
+    response = client.get(path, query_string={name: value}, headers=portal.headers)
+    if path == UNKNOWN_CONVERSATION:  # taken: the conversation is what is missing
+        assert_refused(response, 404, error="conversation_not_found")
+    else:
+        assert response.status_code == 200, response.json
+
+
+@pytest.mark.parametrize("value", ["-1", "9223372036854775808", "9" * 30], ids=repr)
+@pytest.mark.parametrize(("path", "name"), INTEGER_PARAMETERS)
+def test_integer_parameter_out_of_range_is_refused_with_the_range(
+    client, portal, path, name, value
+):
+    response = client.get(path, query_string={name: value}, headers=portal.headers)
+    body = assert_refused(response, field=name, location="query")
+    assert "Must be greater than or equal to" in body["errors"]["query"][name][0]
+
+
+@pytest.mark.parametrize("hours", [1.5, 2.0, 1e30, "2", True], ids=repr)
+def test_rotation_refuses_overlap_hours_that_is_not_a_json_integer(client, portal, hours):
+    before = client.get("/v1/portals/me/webhook-secret", headers=portal.headers).json
+    response = client.post(
+        "/v1/portals/me/webhook-secret", json={"overlap_hours": hours}, headers=portal.headers
+    )
+    body = assert_refused(response, field="overlap_hours")
+    assert body["errors"]["json"]["overlap_hours"] == ["Not a valid integer."]
+    assert client.get("/v1/portals/me/webhook-secret", headers=portal.headers).json == before
 
 
 # --- authentication ------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from directory.api.fields import (
     StrictBoolean,
     Text,
     Url,
+    WholeNumber,
     currency_code_field,
     external_id_field,
     validate_member_handle,
@@ -310,7 +311,7 @@ class AdSchema(PublicAdSchema):
 
 
 class OwnAdsArgsSchema(Schema):
-    limit = fields.Integer(load_default=100, validate=validate.Range(1, 1000))
+    limit = WholeNumber(load_default=100, validate=validate.Range(1, 1000))
     cursor = fields.String(
         load_default=None,
         validate=validate.Length(1, 200),

@@ -8,6 +8,7 @@ from marshmallow import Schema, fields, validate
 from directory.api.ads.schemas import PublicAdSchema
 from directory.api.blueprint import Blueprint
 from directory.api.db import transaction
+from directory.api.fields import WholeNumber
 from directory.models import ChangeOp
 from directory.services import feed
 
@@ -20,7 +21,7 @@ class FeedArgsSchema(Schema):
         validate=validate.Length(1, 200),
         metadata={"description": "next_cursor of the previous page; absent: from the start"},
     )
-    limit = fields.Integer(load_default=500, validate=validate.Range(1, 1000))
+    limit = WholeNumber(load_default=500, validate=validate.Range(1, 1000))
 
 
 class FeedEntrySchema(Schema):

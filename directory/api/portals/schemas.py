@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, post_load, validate
 
-from directory.api.fields import Text, Url, currency_code_field, unique_values
+from directory.api.fields import Text, Url, WholeNumber, currency_code_field, unique_values
 from directory.models import Ledger, LedgerProtocol, PortalStatus
 from directory.services.portals import MAX_WEBSITE_LENGTH, PROFILE_TEXT_LIMITS
 
@@ -126,8 +126,8 @@ class WebhookSecretsSchema(Schema):
 
 
 class RotateSecretSchema(Schema):
-    # strict: 2.5 or 1e-40 hours are refused, not truncated.
-    overlap_hours = fields.Integer(
+    # strict: a JSON integer only, not "2"; 2.5 or 1e-40 hours are refused, not truncated.
+    overlap_hours = WholeNumber(
         strict=True,
         load_default=24,
         validate=validate.Range(0, 168),

@@ -2,7 +2,13 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
-from directory.api.fields import HANDLE, Text, validate_display_name, validate_member_handle
+from directory.api.fields import (
+    HANDLE,
+    Text,
+    WholeNumber,
+    validate_display_name,
+    validate_member_handle,
+)
 from directory.models import DeliveryState, Role
 from directory.models.relay import MAX_MESSAGE_CHARS, MAX_NAME_CHARS, MAX_SEQ
 
@@ -78,12 +84,12 @@ class BlockSchema(Schema):
 
 
 class ConversationArgsSchema(Schema):
-    after = fields.Integer(
+    after = WholeNumber(
         load_default=0,
         validate=validate.Range(min=0, max=MAX_SEQ),
         metadata={"description": "Messages after this seq (next_after of the previous page)"},
     )
-    limit = fields.Integer(load_default=50, validate=validate.Range(1, 100))
+    limit = WholeNumber(load_default=50, validate=validate.Range(1, 100))
 
 
 class ConversationListArgsSchema(Schema):
@@ -95,7 +101,7 @@ class ConversationListArgsSchema(Schema):
         validate=validate.Length(1, 200),
         metadata={"description": "next_cursor of the previous page"},
     )
-    limit = fields.Integer(load_default=20, validate=validate.Range(1, 100))
+    limit = WholeNumber(load_default=20, validate=validate.Range(1, 100))
 
 
 class InboxArgsSchema(Schema):
@@ -107,7 +113,7 @@ class InboxArgsSchema(Schema):
             "not yet delivered"
         },
     )
-    limit = fields.Integer(load_default=100, validate=validate.Range(1, 500))
+    limit = WholeNumber(load_default=100, validate=validate.Range(1, 500))
 
 
 class AcknowledgeSchema(Schema):

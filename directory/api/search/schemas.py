@@ -8,6 +8,7 @@ from directory.api.fields import (
     DecimalString,
     FullMatch,
     Text,
+    WholeNumber,
     currency_code_field,
 )
 from directory.api.spec import OPTIONAL_ANSWER_FIELD
@@ -177,7 +178,7 @@ class SearchArgsSchema(Schema):
             "Default: relevance with q, else distance with a point, else recent"
         },
     )
-    limit = fields.Integer(load_default=DEFAULT_LIMIT, validate=validate.Range(1, MAX_LIMIT))
+    limit = WholeNumber(load_default=DEFAULT_LIMIT, validate=validate.Range(1, MAX_LIMIT))
     cursor = fields.String(
         load_default=None,
         validate=validate.Length(1, 500),

@@ -325,7 +325,7 @@ class AdPut(Struct, kw_only=True):
     language: (
         Annotated[
             str,
-            Meta(description='BCP 47 language tag of the text', max_length=35, pattern='^[a-z]{2,3}(?:-[A-Za-z0-9]{1,8})*$'),
+            Meta(description='BCP 47 language tag of the text', max_length=35, pattern='^[A-Za-z]{2,3}(?:-[A-Za-z0-9]{1,8})*$'),
         ]
         | None
         | UnsetType
