@@ -29,6 +29,7 @@ from directory_client.errors import (
     BadRequest,
     DirectoryUnavailable,
     NotFound,
+    PreconditionFailed,
     RateLimited,
     ServiceUnavailable,
     Unauthenticated,
@@ -178,6 +179,64 @@ def test_process_inbox_acknowledges_what_was_handled_and_keeps_the_rest(live, ma
     assert handled_later == 2
 
 
+# --- conditional writes -----------------------------------------------------------------
+
+
+def test_a_conditional_delete_applies_only_to_the_ad_as_it_was_read(live, make_portal):
+    portal = make_portal()
+    with DirectoryClient(live.url, key=portal.key) as directory:
+        read = directory.put_ad("a-1", ad_payload(title="Bread"))
+        changed = directory.put_ad("a-1", ad_payload(title="Rye bread"))
+
+        with pytest.raises(PreconditionFailed) as refused:
+            directory.delete_ad("a-1", if_match=read.etag)
+        kept = directory.get_own_ad("a-1")
+        directory.delete_ad("a-1", if_match=changed.etag)
+        with pytest.raises(NotFound):
+            directory.get_own_ad("a-1")
+
+    assert refused.value.code == "precondition_failed"
+    assert kept.etag == changed.etag
+
+
+def test_a_conditional_expiry_applies_only_to_the_ad_as_it_was_read(live, make_portal):
+    portal = make_portal()
+    with DirectoryClient(live.url, key=portal.key) as directory:
+        read = directory.put_ad("a-1", ad_payload(title="Bread"))
+        changed = directory.put_ad("a-1", ad_payload(title="Rye bread"))
+
+        with pytest.raises(PreconditionFailed):
+            directory.expire_ad("a-1", if_match=read.etag)
+        kept = directory.get_own_ad("a-1")
+        expired = directory.expire_ad("a-1", if_match=changed.etag)
+
+    assert not kept.expired and kept.etag == changed.etag
+    assert expired.expired and expired.etag != changed.etag
+
+
+def test_a_put_with_if_none_match_star_creates_but_never_replaces(live, make_portal):
+    portal = make_portal()
+    with DirectoryClient(live.url, key=portal.key) as directory:
+        created = directory.put_ad("a-1", ad_payload(title="Bread"), if_none_match="*")
+        with pytest.raises(PreconditionFailed):
+            directory.put_ad("a-1", ad_payload(title="Rye bread"), if_none_match="*")
+        kept = directory.get_own_ad("a-1")
+
+    assert kept.title == "Bread" and kept.etag == created.etag
+
+
+def test_get_own_ad_with_if_none_match_is_none_while_the_copy_is_current(live, make_portal):
+    portal = make_portal()
+    with DirectoryClient(live.url, key=portal.key) as directory:
+        held = directory.put_ad("a-1", ad_payload(title="Bread"))
+        while_current = directory.get_own_ad("a-1", if_none_match=held.etag)
+        directory.put_ad("a-1", ad_payload(title="Rye bread"))
+        after_a_change = directory.get_own_ad("a-1", if_none_match=held.etag)
+
+    assert while_current is None
+    assert after_a_change.title == "Rye bread" and after_a_change.etag != held.etag
+
+
 # --- errors ---------------------------------------------------------------------------
 
 
@@ -325,7 +384,7 @@ class Scripted:
                 self.end_headers()
                 self.wfile.write(body)
 
-            do_GET = do_POST = do_PUT = _answer
+            do_GET = do_POST = do_PUT = do_DELETE = _answer
 
             def log_message(self, *args):
                 pass
@@ -388,6 +447,28 @@ def test_a_post_is_not_repeated_after_a_503_or_a_lost_answer():
         lost,
     ):
         directory.open_sync_session()
+    assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda directory: directory.put_ad("a-1", ad_payload(), if_match='"0123456789ab-1"'),
+        lambda directory: directory.put_ad("a-1", ad_payload(), if_none_match="*"),
+        lambda directory: directory.delete_ad("a-1", if_match='"0123456789ab-1"'),
+        lambda directory: directory.expire_ad("a-1", if_match='"0123456789ab-1"'),
+    ],
+    ids=["put-if-match", "put-if-none-match", "delete-if-match", "expire-if-match"],
+)
+def test_a_conditional_write_is_not_repeated_after_a_lost_answer(write):
+    # Applied the first time, the repeat would fail its own condition: a 412 for a change
+    # that was made.
+    with (
+        Scripted(["drop", HEALTHY]) as server,
+        DirectoryClient(server.url, retry=NO_WAIT) as directory,
+        pytest.raises(DirectoryUnavailable, match="may or may not have been applied"),
+    ):
+        write(directory)
     assert len(server.requests) == 1
 
 

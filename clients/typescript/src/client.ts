@@ -1,6 +1,6 @@
 import createClient, { defaultPathSerializer, type Client, type Middleware } from "openapi-fetch";
 
-import { DirectoryError } from "./errors.js";
+import { AnswerNotUnderstood, DirectoryError } from "./errors.js";
 import type { paths } from "./schema.js";
 
 /**
@@ -59,6 +59,7 @@ export function createDirectoryClient(options: DirectoryClientOptions): Director
     ...(fetch === undefined ? {} : { fetch }),
     ...(key === undefined ? {} : { headers: { Authorization: `Bearer ${key.trim()}` } }),
   });
+  client.use(requireJson);
   // Timers take whole milliseconds (Node refuses a fraction): rounded up, never shorter.
   if (timeoutMs !== undefined) client.use(abortAfter(Math.ceil(timeoutMs)));
   return client;
@@ -90,6 +91,34 @@ function abortAfter(timeoutMs: number): Middleware {
     },
   };
 }
+
+/**
+ * Every success answer of the API but 204 carries JSON. One that does not (a proxy's HTML
+ * page answering 200, an empty body) rejects with an AnswerNotUnderstood naming the
+ * request, rather than with JSON.parse's bare SyntaxError, or as data that is undefined.
+ * The body is parsed here and once more by openapi-fetch, which has no hook between reading
+ * and parsing it: a cost small next to the request's.
+ */
+const requireJson: Middleware = {
+  async onResponse({ request, response, options }) {
+    const noBody = response.status === 204 || request.method === "HEAD";
+    if (!response.ok || noBody || options.parseAs !== "json") return undefined;
+    const body = await response.clone().text();
+    try {
+      JSON.parse(body);
+    } catch (error) {
+      throw new AnswerNotUnderstood({
+        method: request.method,
+        path: new URL(request.url).pathname,
+        status: response.status,
+        contentType: response.headers.get("Content-Type"),
+        body,
+        cause: error,
+      });
+    }
+    return undefined;
+  },
+};
 
 /** What `unwrap` resolves to: the success data, or undefined for an empty answer (204). */
 export type SuccessData<Result extends { data?: unknown }> = [

@@ -70,6 +70,47 @@ export class DirectoryError extends Error {
   }
 }
 
+// Enough of a proxy's page to recognise it; the whole of it is in `body`.
+const BODY_SHOWN = 120;
+
+/**
+ * A success answer (2xx) that is not the JSON the API sends: a page of a proxy or load
+ * balancer in front of it answering 200, or an empty body where data was due. Not a
+ * DirectoryError: the API itself said nothing, and the request may or may not have reached it.
+ */
+export class AnswerNotUnderstood extends Error {
+  override readonly name = "AnswerNotUnderstood";
+  /** The request, e.g. "GET" and "/v1/search" (the query left out). */
+  readonly method: string;
+  readonly path: string;
+  /** The HTTP status received, e.g. 200. */
+  readonly status: number;
+  /** The body as received. */
+  readonly body: string;
+
+  constructor(init: {
+    method: string;
+    path: string;
+    status: number;
+    contentType: string | null;
+    body: string;
+    cause: unknown;
+  }) {
+    const received = init.body
+      ? `${JSON.stringify(init.body.slice(0, BODY_SHOWN))}${init.body.length > BODY_SHOWN ? "..." : ""}`
+      : "an empty body";
+    super(
+      `${init.method} ${init.path}: answer not understood (not the directory's JSON): ` +
+        `${init.status} ${init.contentType ?? "without a Content-Type"}, ${received}`,
+      { cause: init.cause },
+    );
+    this.method = init.method;
+    this.path = init.path;
+    this.status = init.status;
+    this.body = init.body;
+  }
+}
+
 function isEnvelope(body: unknown): body is ErrorEnvelope {
   return typeof body === "object" && body !== null && "message" in body && "code" in body;
 }

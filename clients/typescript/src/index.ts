@@ -9,7 +9,12 @@ export {
   type DirectoryClientOptions,
   type SuccessData,
 } from "./client.js";
-export { DirectoryError, type ErrorEnvelope, type FieldErrors } from "./errors.js";
+export {
+  AnswerNotUnderstood,
+  DirectoryError,
+  type ErrorEnvelope,
+  type FieldErrors,
+} from "./errors.js";
 export {
   MAX_PAGE_SIZE,
   MAX_RADIUS_KM,

@@ -5,6 +5,7 @@ import type { AddressInfo } from "node:net";
 import { describe, test } from "node:test";
 
 import {
+  AnswerNotUnderstood,
   createDirectoryClient,
   DirectoryError,
   search,
@@ -16,16 +17,21 @@ import { devicePosition, directoryUrl, rateLimitedUrl, seed } from "./live.js";
 
 const anonymous = createDirectoryClient({ baseUrl: directoryUrl, timeoutMs: 10_000 });
 
-/** Checks that `pending` rejects with a DirectoryError, and returns it for more checks. */
-async function directoryError(pending: Promise<unknown>): Promise<DirectoryError> {
+/** Checks that `pending` rejects with an error of `type`, and returns it for more checks. */
+async function rejection<E extends Error>(
+  pending: Promise<unknown>,
+  type: new (...args: never[]) => E,
+): Promise<E> {
   try {
     await pending;
   } catch (error) {
-    assert.ok(error instanceof DirectoryError, `not a DirectoryError: ${error}`);
+    assert.ok(error instanceof type, `not a ${type.name}: ${error}`);
     return error;
   }
   assert.fail("the call succeeded");
 }
+
+const directoryError = (pending: Promise<unknown>) => rejection(pending, DirectoryError);
 
 describe("DirectoryError", () => {
   test("names the field of a radius without a point", async () => {
@@ -213,6 +219,51 @@ describe("an answer that is not the API's", () => {
       },
     };
   }
+
+  test("rejects a success that is not JSON, a proxy's page, naming the request", async () => {
+    const page = "<html><body><h1>Welcome to nginx!</h1></body></html>";
+    const proxy = await gateway(200, { "Content-Type": "text/html" }, page);
+    try {
+      const error = await rejection(search(proxy.client, { q: "bike" }), AnswerNotUnderstood);
+
+      assert.equal(error.method, "GET");
+      assert.equal(error.path, "/v1/search");
+      assert.equal(error.status, 200);
+      assert.equal(error.body, page);
+      assert.match(error.message, /^GET \/v1\/search: answer not understood .*text\/html/);
+    } finally {
+      proxy.close();
+    }
+  });
+
+  test("rejects an empty success where data is due", async () => {
+    // With a length of 0, and chunked: openapi-fetch reads each as "no data".
+    const lengths: Record<string, string>[] = [{ "Content-Length": "0" }, {}];
+    for (const headers of lengths) {
+      const empty = await gateway(200, { "Content-Type": "application/json", ...headers }, "");
+      try {
+        const error = await rejection(search(empty.client, {}), AnswerNotUnderstood);
+
+        assert.equal(error.body, "", JSON.stringify(headers));
+        assert.match(error.message, /an empty body/);
+      } finally {
+        empty.close();
+      }
+    }
+  });
+
+  test("takes a 204 as the success without a body that it is", async () => {
+    const noContent = await gateway(204, {}, "");
+    try {
+      const deleted = await unwrap(
+        noContent.client.DELETE("/v1/ads/{ad_ref}", { params: { path: { ad_ref: "a-1" } } }),
+      );
+
+      assert.equal(deleted, undefined);
+    } finally {
+      noContent.close();
+    }
+  });
 
   test("keeps a gateway's own JSON body as the text received", async () => {
     const text = '{"message":"API rate limit exceeded"}';

@@ -11,13 +11,15 @@ and iterators that follow cursors.
 Request bodies are Structs of `models` or plain mappings of the same shape; path values
 are quoted. Requests that change something are tried once unless they are safe to
 repeat: PUT and DELETE, and POSTs that the API makes repeatable (an expiry, an inbox
-acknowledgement, a block, a relay message carrying an idempotency key)."""
+acknowledgement, a block, a relay message carrying an idempotency key); never one made
+conditional with `if_match` or `if_none_match`, whose repeat would fail its own condition
+once the first try was applied."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 from urllib.parse import quote
 
 import httpx
@@ -108,20 +110,53 @@ class DirectoryClient:
         return self._call("GET", f"/v1/ads/{_segment(ad_id)}", models.PublicAd)
 
     def put_ad(
-        self, external_id: str, ad: models.AdPut | Mapping[str, Any], *, if_match: str | None = None
+        self,
+        external_id: str,
+        ad: models.AdPut | Mapping[str, Any],
+        *,
+        if_match: str | None = None,
+        if_none_match: str | None = None,
     ) -> models.Ad:
-        """Create or replace one of the portal's ads by its own id (idempotent)."""
-        headers = {"If-Match": if_match} if if_match is not None else None
+        """Create or replace one of the portal's ads by its own id (idempotent).
+
+        `if_match=ad.etag` replaces the ad only if it is still as it was read;
+        `if_none_match="*"` creates it only if there is none, never replacing one. When
+        the condition does not hold: PreconditionFailed (412), nothing changed. A
+        conditional PUT is not repeated after a lost answer (DirectoryUnavailable: it may
+        or may not have been applied; `get_own_ad` tells)."""
         return self._call(
-            "PUT", f"/v1/ads/{_segment(external_id)}", models.Ad, body=ad, headers=headers
+            "PUT",
+            f"/v1/ads/{_segment(external_id)}",
+            models.Ad,
+            body=ad,
+            headers=_preconditions(if_match=if_match, if_none_match=if_none_match),
         )
 
-    def delete_ad(self, external_id: str) -> None:
-        self._call("DELETE", f"/v1/ads/{_segment(external_id)}", None)
+    def delete_ad(self, external_id: str, *, if_match: str | None = None) -> None:
+        """Delete one of the portal's ads; deleting one that is not there is harmless.
 
-    def expire_ad(self, external_id: str) -> models.Ad:
+        `if_match=ad.etag` deletes it only if it is still as it was read: else
+        PreconditionFailed (412), also when the ad is gone, and nothing is deleted. Not
+        repeated after a lost answer, like any conditional write (see `put_ad`)."""
+        self._call(
+            "DELETE",
+            f"/v1/ads/{_segment(external_id)}",
+            None,
+            headers=_preconditions(if_match=if_match),
+        )
+
+    def expire_ad(self, external_id: str, *, if_match: str | None = None) -> models.Ad:
+        """End one of the portal's ads now (it keeps it); expiring it again is harmless.
+
+        `if_match=ad.etag` expires it only if it is still as it was read: else
+        PreconditionFailed (412), nothing changed. Expiring changes the ETag, so a
+        conditional expiry is not repeated after a lost answer (see `put_ad`)."""
         return self._call(
-            "POST", f"/v1/ads/{_segment(external_id)}/expire", models.Ad, repeatable=True
+            "POST",
+            f"/v1/ads/{_segment(external_id)}/expire",
+            models.Ad,
+            headers=_preconditions(if_match=if_match),
+            repeatable=True,
         )
 
     def batch_ads(
@@ -157,8 +192,22 @@ class DirectoryClient:
             lambda page: page.items,
         )
 
-    def get_own_ad(self, external_id: str) -> models.Ad:
-        return self._call("GET", f"/v1/portals/me/ads/{_segment(external_id)}", models.Ad)
+    @overload
+    def get_own_ad(self, external_id: str) -> models.Ad: ...
+
+    @overload
+    def get_own_ad(self, external_id: str, *, if_none_match: str) -> models.Ad | None: ...
+
+    def get_own_ad(self, external_id: str, *, if_none_match: str | None = None) -> models.Ad | None:
+        """One of the portal's ads, whatever its visibility or expiry. With
+        `if_none_match=` the `etag` of a copy held: None while that copy is current (304),
+        else the ad as it is now."""
+        return self._call(
+            "GET",
+            f"/v1/portals/me/ads/{_segment(external_id)}",
+            models.Ad,
+            headers=_preconditions(if_none_match=if_none_match),
+        )
 
     # --- search ---------------------------------------------------------------------
 
@@ -401,6 +450,8 @@ class DirectoryClient:
         response = self._transport.request(
             method, path, params=params, content=content, headers=headers, repeatable=repeatable
         )
+        if response.status_code == 304:  # answers If-None-Match only: the copy held is current
+            return None  # type: ignore[return-value]
         if not response.is_success:
             raise api_error(response)
         if result is None:
@@ -457,6 +508,15 @@ def _strings(arguments: Mapping[str, Any]) -> dict[str, Any]:
     if bbox is not None and not isinstance(bbox, str):
         values["bbox"] = ",".join(str(number) for number in bbox)
     return values
+
+
+def _preconditions(
+    *, if_match: str | None = None, if_none_match: str | None = None
+) -> dict[str, str]:
+    """The If-Match and If-None-Match headers that are given (ETags as `Ad.etag` has
+    them, or `*`)."""
+    headers = {"If-Match": if_match, "If-None-Match": if_none_match}
+    return {name: value for name, value in headers.items() if value is not None}
 
 
 def _has_idempotency_key(message: Body) -> bool:

@@ -101,6 +101,9 @@ class Gone(ApiError):
 
 
 class PreconditionFailed(ApiError):
+    """412: the `if_match` or `if_none_match` of a write did not hold for the ad as it
+    is; nothing was changed."""
+
     status = 412
 
 

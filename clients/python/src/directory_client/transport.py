@@ -26,6 +26,11 @@ DEFAULT_TIMEOUT_S = 10.0
 # Repeating these changes nothing more than doing them once (PUT and DELETE by HTTP's
 # definition, which the directory's PUT /v1/ads and DELETE honour).
 REPEATABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# A write carrying one of these is never repeated once it may have been applied: the
+# repeat would meet its own change (a new ETag, an ad that now exists or is gone) and
+# fail with 412, reporting as refused a change that was made.
+CONDITIONAL_HEADERS = frozenset({"if-match", "if-none-match"})
 
 
 @dataclass(frozen=True)
@@ -35,11 +40,12 @@ class RetryPolicy:
     Retried: 429 (always: the directory refused before doing anything), and for requests
     that are safe to repeat also 503, a connection lost after sending and an answer
     garbled in transit (a bad Content-Encoding); a connection that could not be made at
-    all is retried for any request (nothing was sent). Waits double from `backoff_s` up
-    to `max_backoff_s`, each drawn at random below that bound (full jitter, so that many
-    clients do not retry in step), or are what Retry-After says. A Retry-After longer
-    than `max_retry_after_s` is not waited for: the error is raised at once with its
-    `retry_after`."""
+    all is retried for any request (nothing was sent). A write with If-Match or
+    If-None-Match is not safe to repeat (see CONDITIONAL_HEADERS). Waits double from
+    `backoff_s` up to `max_backoff_s`, each drawn at random below that bound (full jitter,
+    so that many clients do not retry in step), or are what Retry-After says. A
+    Retry-After longer than `max_retry_after_s` is not waited for: the error is raised at
+    once with its `retry_after`."""
 
     attempts: int = 4  # in all, the first included
     backoff_s: float = 0.5
@@ -119,10 +125,15 @@ class Transport:
     ) -> httpx.Response:
         """Send, retrying as the policy says; the last answer is returned whatever its
         status (the caller turns errors into exceptions). `repeatable` overrides what the
-        method implies (a POST carrying an idempotency key is repeatable)."""
+        method implies (a POST carrying an idempotency key is repeatable), but a write
+        with a precondition header is never repeatable."""
         if repeatable is None:
             repeatable = method in REPEATABLE_METHODS
         request_headers = dict(headers or {})
+        if method not in SAFE_METHODS and any(
+            name.lower() in CONDITIONAL_HEADERS for name in request_headers
+        ):
+            repeatable = False
         if content is not None:
             request_headers.setdefault("Content-Type", "application/json")
         attempts = self.retry.attempts
@@ -134,13 +145,17 @@ class Transport:
                 )
             except (httpx.ConnectError, httpx.ConnectTimeout) as error:
                 if last:
-                    raise self._unavailable(method, path, error, sent=False) from error
+                    raise self._unavailable(
+                        method, path, error, sent=False, repeatable=repeatable
+                    ) from error
                 self._sleep(self.retry.backoff(attempt))
                 continue
             except (httpx.TransportError, httpx.DecodingError) as error:
                 # DecodingError: the answer came garbled (bad Content-Encoding), as if lost.
                 if last or not repeatable:
-                    raise self._unavailable(method, path, error, sent=True) from error
+                    raise self._unavailable(
+                        method, path, error, sent=True, repeatable=repeatable
+                    ) from error
                 self._sleep(self.retry.backoff(attempt))
                 continue
             retried = response.status_code == 429 or (response.status_code == 503 and repeatable)
@@ -156,11 +171,11 @@ class Transport:
         raise AssertionError("unreachable")
 
     def _unavailable(
-        self, method: str, path: str, error: Exception, *, sent: bool
+        self, method: str, path: str, error: Exception, *, sent: bool, repeatable: bool
     ) -> DirectoryUnavailable:
         outcome = (
             "it may or may not have been applied"
-            if sent and method not in REPEATABLE_METHODS
+            if sent and not repeatable
             else "nothing was changed"
             if not sent
             else "it is safe to repeat"
