@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -120,9 +121,15 @@ def validate_member_handle(value: str) -> None:
 def validate_display_name(value: str) -> None:
     """The name a member shows the other party: their choice, but never a way to reach
     them outside the relay (the directory holds no contact details)."""
-    if EMAIL_LIKE.search(value):
+    # Checked as it reads, not as it is encoded: a full-width at sign (U+FF20) is "@",
+    # full-width digits are digits, and an invisible character (a zero-width space) must
+    # not split a number. The name itself is kept as written.
+    seen = "".join(
+        char for char in unicodedata.normalize("NFKC", value) if unicodedata.category(char) != "Cf"
+    )
+    if EMAIL_LIKE.search(seen):
         raise ValidationError("Must be a name, not an email address.")
-    for run in PHONE_RUN.findall(value):
+    for run in PHONE_RUN.findall(seen):
         if sum(char.isdigit() for char in run) >= 7:
             raise ValidationError("Must be a name, without a phone number.")
 

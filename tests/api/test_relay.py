@@ -262,6 +262,12 @@ def test_contact_needs_a_portal_key(client, ad_id):
         pytest.param({"member": None}, "member", id="member-null"),
         pytest.param({"name": "anna@example.org"}, "name", id="name-email"),
         pytest.param({"name": "Anna 06 12 34 56 78"}, "name", id="name-phone"),
+        pytest.param({"name": "anna\uff20example.org"}, "name", id="name-email-full-width"),
+        pytest.param({"name": "anna\u200b@\u200bexample.org"}, "name", id="name-email-split"),
+        pytest.param({"name": "Anna \uff10\uff16 12 34 56 78"}, "name", id="name-phone-full-width"),
+        pytest.param(
+            {"name": "Anna 06\u200b12\u200b34\u200b56\u200b78"}, "name", id="name-phone-split"
+        ),
         pytest.param({"name": ""}, "name", id="name-empty"),
         pytest.param({"name": " "}, "name", id="name-blank"),
         pytest.param({"name": "x" * 81}, "name", id="name-long"),
