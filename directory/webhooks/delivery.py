@@ -16,16 +16,14 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 import urllib3
-from urllib3.exceptions import (
-    ConnectTimeoutError,
-    HTTPError,
-    NewConnectionError,
-    ProtocolError,
-    ReadTimeoutError,
-    SSLError,
-)
 
-from directory.text import SINGLE_LINE_REFUSED
+from directory.webhooks.connections import (
+    RequestFailed,
+    connection_pool,
+    quote,
+    read_capped,
+    send_request,
+)
 from directory.webhooks.urls import UnsafeUrl, WebhookTarget, resolve_webhook_target
 
 CONNECT_TIMEOUT_S = 3
@@ -40,8 +38,6 @@ MAX_RESPONSE_BYTES = 64 * 1024
 # A Retry-After further away than this is taken as this: the portal's messages should not
 # wait days because of one header.
 MAX_RETRY_AFTER_S = 24 * 3600
-# How much of a response body an error message quotes.
-ERROR_BODY_CHARS = 200
 # Receivers whose idle connections are kept, and idle connections kept per receiver: the
 # busiest portals get a warm connection per worker thread.
 MAX_POOLS = 256
@@ -115,30 +111,18 @@ class WebhookSender:
             **{name.lower(): value for name, value in headers.items()},
             "host": target.host_header,
         }
-        last_error = "no address to connect to"
-        for address in target.addresses:
-            pool = self._pool(target, address)
-            try:
-                response = pool.urlopen(
-                    "POST",
-                    target.path_and_query,
-                    body=body,
-                    headers=request_headers,
-                    redirect=False,
-                    retries=False,
-                    timeout=self._timeout,
-                    preload_content=False,
-                    decode_content=False,
-                )
-            except ConnectTimeoutError as error:  # NewConnectionError too
-                last_error = _describe(error, address=address, target=target)
-                continue  # nothing was sent: another address of the host may answer
-            except (HTTPError, OSError) as error:
-                return _result(
-                    Outcome.RETRY, started, error=_describe(error, address=address, target=target)
-                )
-            return self._classify(response, started)
-        return _result(Outcome.RETRY, started, error=last_error)
+        try:
+            response = send_request(
+                target,
+                "POST",
+                pool_for=lambda address: self._pool(target, address),
+                headers=request_headers,
+                body=body,
+                timeout=self._timeout,
+            )
+        except RequestFailed as error:
+            return _result(Outcome.RETRY, started, error=str(error))
+        return self._classify(response, started)
 
     def close(self) -> None:
         """Close every kept-alive connection (the sender stays usable)."""
@@ -155,26 +139,13 @@ class WebhookSender:
             if pool is not None:
                 self._pools.move_to_end(key)
                 return pool
-            common = {
-                "port": target.port,
-                "maxsize": self._connections_per_pool,
-                # More threads than kept connections open extra ones rather than wait.
-                "block": False,
-                "timeout": self._timeout,
-                "retries": False,
-            }
-            if target.scheme == "https":
-                pool = urllib3.HTTPSConnectionPool(
-                    address,
-                    # SNI and certificate checks against the URL's name, not the address.
-                    server_hostname=target.hostname,
-                    assert_hostname=target.hostname,
-                    cert_reqs="CERT_REQUIRED",
-                    ca_certs=self._ca_certs,
-                    **common,
-                )
-            else:
-                pool = urllib3.HTTPConnectionPool(address, **common)
+            pool = connection_pool(
+                target,
+                address,
+                timeout=self._timeout,
+                maxsize=self._connections_per_pool,
+                ca_certs=self._ca_certs,
+            )
             self._pools[key] = pool
             evicted = (
                 self._pools.popitem(last=False)[1] if len(self._pools) > self._max_pools else None
@@ -186,19 +157,25 @@ class WebhookSender:
     def _classify(self, response: urllib3.BaseHTTPResponse, started: float) -> DeliveryResult:
         status = response.status
         try:
-            content, problem = self._read_capped(response, started)
+            content, problem = read_capped(
+                response,
+                max_bytes=MAX_RESPONSE_BYTES,
+                deadline=started + self._total_timeout_s,
+                read_timeout_s=self._read_timeout_s,
+                total_timeout_s=self._total_timeout_s,
+            )
         finally:
             response.release_conn()
         if 200 <= status < 300:
             # The portal said yes; what its body did afterwards does not change that.
             return _result(Outcome.DELIVERED, started, status=status)
         if 300 <= status < 400:
-            location = _quote(response.headers.get("location", ""))
+            location = quote(response.headers.get("location", ""))
             error = f"HTTP {status}: redirect to {location!r} not followed; update the webhook URL"
         else:
             error = f"HTTP {status}"
             if content:
-                error += f": {_quote(content.decode('utf-8', errors='replace'))}"
+                error += f": {quote(content.decode('utf-8', errors='replace'))}"
             if problem:
                 error += f" ({problem})"
         retry_after_s = (
@@ -206,37 +183,6 @@ class WebhookSender:
         )
         outcome = Outcome.GONE if status == 410 else Outcome.RETRY
         return _result(outcome, started, status=status, error=error, retry_after_s=retry_after_s)
-
-    def _read_capped(
-        self, response: urllib3.BaseHTTPResponse, started: float
-    ) -> tuple[bytes, str | None]:
-        """At most MAX_RESPONSE_BYTES of the body, and None if that was all of it, else
-        why not. A body not read to its end leaves the connection unusable: it closes."""
-        deadline = started + self._total_timeout_s
-        late = f"answer not complete within {self._total_timeout_s} s"
-        content = bytearray()
-        problem = f"answer longer than {MAX_RESPONSE_BYTES} bytes"
-        try:
-            while len(content) <= MAX_RESPONSE_BYTES:
-                remaining_s = deadline - time.monotonic()
-                if remaining_s <= 0:
-                    problem = late
-                    break
-                # Each read waits at most until the deadline: the whole exchange is bounded.
-                sock = getattr(response.connection, "sock", None)
-                if sock is not None:
-                    sock.settimeout(min(self._read_timeout_s, remaining_s))
-                piece = response.read1(MAX_RESPONSE_BYTES + 1 - len(content))
-                if not piece:
-                    return bytes(content), None
-                content += piece
-        except ReadTimeoutError:
-            stalled = time.monotonic() < deadline
-            problem = f"answer stalled for {self._read_timeout_s} s" if stalled else late
-        except (HTTPError, OSError) as error:
-            problem = f"answer cut short: {_cause(error)}"
-        response.close()
-        return bytes(content[:MAX_RESPONSE_BYTES]), problem
 
 
 def _result(
@@ -254,40 +200,6 @@ def _result(
         retry_after_s=retry_after_s,
         duration_ms=(time.monotonic() - started) * 1000,
     )
-
-
-def _describe(error: Exception, *, address: str, target: WebhookTarget) -> str:
-    """A short account of a network failure, naming the address tried."""
-    where = f"{address} port {target.port}"
-    if isinstance(error, NewConnectionError):
-        return f"cannot connect to {where}: {_cause(error)}"
-    if isinstance(error, ConnectTimeoutError):
-        return f"no connection to {where} within the connect timeout"
-    if isinstance(error, ReadTimeoutError):
-        return f"no answer from {where} within the read timeout"
-    if isinstance(error, SSLError):
-        return f"TLS error with {where} ({target.hostname}): {_cause(error)}"
-    if isinstance(error, ProtocolError):
-        return f"connection to {where} broken: {_cause(error)}"
-    return f"request to {where} failed: {_cause(error)}"
-
-
-def _cause(error: BaseException) -> str:
-    """The innermost reason, without urllib3's repetitions of the pool and URL."""
-    while error.__cause__ is not None:
-        error = error.__cause__
-    if isinstance(error, OSError) and error.strerror:
-        return _quote(error.strerror)
-    if isinstance(error, ProtocolError) and len(error.args) > 1:
-        return _quote(str(error.args[1]) or type(error.args[1]).__name__)
-    return _quote(str(error) or type(error).__name__)
-
-
-def _quote(text: str) -> str:
-    """Text from elsewhere, on one line, printable and at most ERROR_BODY_CHARS long."""
-    # PostgreSQL's text cannot hold NUL: one would roll back the whole round's outcomes.
-    text = SINGLE_LINE_REFUSED.sub("\ufffd", " ".join(text.split()))
-    return text if len(text) <= ERROR_BODY_CHARS else text[: ERROR_BODY_CHARS - 1] + "…"
 
 
 def _retry_after_s(value: str | None) -> float | None:

@@ -4,14 +4,11 @@ absence) is classified."""
 from __future__ import annotations
 
 import json
-import shutil
 import socket
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
-from pathlib import Path
 
 import pytest
 
@@ -304,29 +301,6 @@ def test_a_signature_the_receiver_cannot_verify_is_retried(sender, receiver):
 
 # --- https: the connection goes to a checked address, the certificate is checked against
 # the URL's host name.
-
-
-@pytest.fixture(scope="module")
-def certificates(tmp_path_factory) -> dict[str, Path]:
-    """Self-signed certificates (with their keys) for two host names."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is needed to make test certificates")
-    folder = tmp_path_factory.mktemp("certificates")
-    made = {}
-    for name in ("localhost", "other.example"):
-        key, certificate = folder / f"{name}.key", folder / f"{name}.crt"
-        subprocess.run(
-            [
-                *("openssl", "req", "-x509", "-nodes", "-days", "2", "-subj", f"/CN={name}"),
-                *("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"),
-                *("-addext", f"subjectAltName=DNS:{name}", "-keyout", key, "-out", certificate),
-            ],
-            check=True,
-            capture_output=True,
-        )
-        made[name] = folder / f"{name}.pem"
-        made[name].write_bytes(key.read_bytes() + certificate.read_bytes())
-    return made
 
 
 @pytest.mark.parametrize(

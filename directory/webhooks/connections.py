@@ -1,0 +1,170 @@
+"""What sending a webhook (delivery.py) and fetching a portal's website (fetch.py) share:
+connecting to an address that was checked (never to the name again: DNS rebinding gains
+nothing), reading an answer bounded in size and time, and saying in one short line what
+went wrong."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import urllib3
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    HTTPError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+    SSLError,
+)
+
+from directory.text import SINGLE_LINE_REFUSED
+from directory.webhooks.urls import WebhookTarget
+
+# How much of a text from elsewhere (an answer's body, an error) a message quotes.
+ERROR_BODY_CHARS = 200
+
+
+class RequestFailed(Exception):
+    """No answer came; the message says why, naming the address tried."""
+
+
+def connection_pool(
+    target: WebhookTarget,
+    address: str,
+    *,
+    timeout: urllib3.Timeout,
+    maxsize: int,
+    ca_certs: str | None,
+) -> urllib3.HTTPConnectionPool:
+    """Connections to `address`, one of the checked addresses of `target`, speaking to
+    it as `target.hostname`. `ca_certs`: a PEM file of the certificate authorities to
+    trust instead of the system's (tests with their own authority)."""
+    common = {
+        "port": target.port,
+        "maxsize": maxsize,
+        # More threads than kept connections open extra ones rather than wait.
+        "block": False,
+        "timeout": timeout,
+        "retries": False,
+    }
+    if target.scheme == "https":
+        return urllib3.HTTPSConnectionPool(
+            address,
+            # SNI and certificate checks against the URL's name, not the address.
+            server_hostname=target.hostname,
+            assert_hostname=target.hostname,
+            cert_reqs="CERT_REQUIRED",
+            ca_certs=ca_certs,
+            **common,
+        )
+    return urllib3.HTTPConnectionPool(address, **common)
+
+
+def send_request(
+    target: WebhookTarget,
+    method: str,
+    *,
+    pool_for: Callable[[str], urllib3.HTTPConnectionPool],
+    headers: dict[str, str],
+    timeout: urllib3.Timeout,
+    body: bytes | None = None,
+    deadline: float | None = None,
+) -> urllib3.BaseHTTPResponse:
+    """The answer of the first of `target`'s checked addresses that takes the connection
+    (through `pool_for(address)`), its body left to read; no other address is tried after
+    `deadline` (time.monotonic()). Redirects are answers like any other."""
+    last_error = "no address to connect to"
+    for address in target.addresses:
+        if deadline is not None and time.monotonic() >= deadline:
+            break
+        try:
+            return pool_for(address).urlopen(
+                method,
+                target.path_and_query,
+                body=body,
+                headers=headers,
+                redirect=False,
+                retries=False,
+                timeout=timeout,
+                preload_content=False,
+                decode_content=False,
+            )
+        except ConnectTimeoutError as error:  # NewConnectionError too
+            # Nothing was sent: another address of the host may answer.
+            last_error = describe_failure(error, address=address, target=target)
+        except (HTTPError, OSError) as error:
+            raise RequestFailed(describe_failure(error, address=address, target=target)) from None
+    raise RequestFailed(last_error)
+
+
+def read_capped(
+    response: urllib3.BaseHTTPResponse,
+    *,
+    max_bytes: int,
+    deadline: float,
+    read_timeout_s: float,
+    total_timeout_s: float,
+) -> tuple[bytes, str | None]:
+    """At most `max_bytes` of the body, and None if that was all of it, else why not. Each
+    read waits at most `read_timeout_s`, and none goes past `deadline` (time.monotonic(),
+    `total_timeout_s` after the exchange began). A body not read to its end leaves the
+    connection unusable: it closes."""
+    late = f"answer not complete within {total_timeout_s} s"
+    content = bytearray()
+    problem = f"answer longer than {max_bytes} bytes"
+    try:
+        while len(content) <= max_bytes:
+            remaining_s = deadline - time.monotonic()
+            if remaining_s <= 0:
+                problem = late
+                break
+            # Each read waits at most until the deadline: the whole exchange is bounded.
+            sock = getattr(response.connection, "sock", None)
+            if sock is not None:
+                sock.settimeout(min(read_timeout_s, remaining_s))
+            piece = response.read1(max_bytes + 1 - len(content))
+            if not piece:
+                return bytes(content), None
+            content += piece
+    except ReadTimeoutError:
+        stalled = time.monotonic() < deadline
+        problem = f"answer stalled for {read_timeout_s} s" if stalled else late
+    except (HTTPError, OSError) as error:
+        problem = f"answer cut short: {cause(error)}"
+    response.close()
+    return bytes(content[:max_bytes]), problem
+
+
+def describe_failure(error: Exception, *, address: str, target: WebhookTarget) -> str:
+    """A short account of a network failure, naming the address tried."""
+    where = f"{address} port {target.port}"
+    if isinstance(error, NewConnectionError):
+        return f"cannot connect to {where}: {cause(error)}"
+    if isinstance(error, ConnectTimeoutError):
+        return f"no connection to {where} within the connect timeout"
+    if isinstance(error, ReadTimeoutError):
+        return f"no answer from {where} within the read timeout"
+    if isinstance(error, SSLError):
+        return f"TLS error with {where} ({target.hostname}): {cause(error)}"
+    if isinstance(error, ProtocolError):
+        return f"connection to {where} broken: {cause(error)}"
+    return f"request to {where} failed: {cause(error)}"
+
+
+def cause(error: BaseException) -> str:
+    """The innermost reason, without urllib3's repetitions of the pool and URL."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    if isinstance(error, OSError) and error.strerror:
+        return quote(error.strerror)
+    if isinstance(error, ProtocolError) and len(error.args) > 1:
+        return quote(str(error.args[1]) or type(error.args[1]).__name__)
+    return quote(str(error) or type(error).__name__)
+
+
+def quote(text: str) -> str:
+    """Text from elsewhere, on one line, printable and at most ERROR_BODY_CHARS long."""
+    # PostgreSQL's text cannot hold NUL: one would roll back the whole round's outcomes.
+    text = SINGLE_LINE_REFUSED.sub("\ufffd", " ".join(text.split()))
+    return text if len(text) <= ERROR_BODY_CHARS else text[: ERROR_BODY_CHARS - 1] + "…"
