@@ -176,13 +176,21 @@ def portals() -> None:
 @portals.command("create")
 @click.argument("slug")
 @click.option("--name", required=True)
-@click.option("--website")
+@click.option("--website", help="Unverified until the portal proves it is its own")
+@click.option(
+    "--trust-website",
+    is_flag=True,
+    help="Mark the website verified without a check: you vetted it by other means",
+)
 @click.option("--contact", help="How the operators reach the portal's team")
 @click.option("--currency", "currencies", multiple=True, help="Default currency (repeatable)")
-def portals_create(slug, name, website, contact, currencies) -> None:
+def portals_create(slug, name, website, trust_website, contact, currencies) -> None:
     """Register a portal and print its first key (shown once)."""
     from directory.services import portals as service
+    from directory.services import websites
 
+    if trust_website and website is None:
+        raise click.UsageError("--trust-website needs --website")
     with _transaction() as session:
         portal, key = _domain(
             service.create_portal,
@@ -193,6 +201,15 @@ def portals_create(slug, name, website, contact, currencies) -> None:
             contact=contact,
             default_currencies=list(currencies),
         )
+        if trust_website:
+            _domain(websites.trust_website, session, portal_id=portal.id)
+    if trust_website:
+        click.echo(f"website {website} marked verified without a check (--trust-website)")
+    elif website is not None:
+        click.echo(
+            f"website {website} unverified: its ads have no global_id until the portal "
+            "publishes its token (GET /v1/portals/me) and verifies it"
+        )
     click.echo(f"portal {portal.slug} created; its key (shown once, store it now):")
     click.echo(key.key)
 
@@ -200,20 +217,67 @@ def portals_create(slug, name, website, contact, currencies) -> None:
 @portals.command("list")
 @click.option("--json", "as_json", is_flag=True)
 def portals_list(as_json: bool) -> None:
-    """List portals with their status, ads and live keys."""
+    """List portals with their status, ads, live keys and website verification."""
     from directory.services import portals as service
+    from directory.services.websites import website_verification
 
     with _transaction() as session:
-        rows = service.list_portals(session)
+        rows = [
+            (portal, website_verification(portal), ads, keys)
+            for portal, ads, keys in service.list_portals(session)
+        ]
     if as_json:
         click.echo(json.dumps([
-            {"slug": p.slug, "name": p.name, "status": p.status.value, "ads": ads, "keys": keys}
-            for p, ads, keys in rows
+            {"slug": p.slug, "name": p.name, "status": p.status.value, "ads": ads, "keys": keys,
+             "website": p.website, "website_state": v and v.state.value}
+            for p, v, ads, keys in rows
         ], indent=2))  # fmt: skip
         return
-    click.echo(f"{'SLUG':<24} {'STATUS':<10} {'ADS':>8} {'KEYS':>5}  NAME")
-    for portal, ads, keys in rows:
-        click.echo(f"{portal.slug:<24} {portal.status.value:<10} {ads:>8} {keys:>5}  {portal.name}")
+    click.echo(f"{'SLUG':<24} {'STATUS':<10} {'ADS':>8} {'KEYS':>5}  {'WEBSITE':<10}  NAME")
+    for portal, verification, ads, keys in rows:
+        website = verification.state.value if verification else "-"
+        click.echo(
+            f"{portal.slug:<24} {portal.status.value:<10} {ads:>8} {keys:>5}  {website:<10}  "
+            f"{portal.name}"
+        )
+
+
+@portals.command("verify-website")
+@click.argument("slug")
+@click.option(
+    "--trust",
+    is_flag=True,
+    help="Mark it verified without fetching: you vetted the site by other means",
+)
+def portals_verify_website(slug: str, trust: bool) -> None:
+    """Check that a portal's website publishes its token, as the portal's own
+    POST /v1/portals/me/website/verify does; verified, its ads have global ids."""
+    from directory.db import unit_of_work
+    from directory.services import portals as service
+    from directory.services import websites
+
+    with _wiring() as wiring:
+        with unit_of_work(wiring.session_factory) as session:
+            portal = _domain(service.get_portal, session, slug=slug)
+            if trust:
+                _domain(websites.trust_website, session, portal_id=portal.id)
+            else:
+                challenge = _domain(websites.verification_challenge, session, portal_id=portal.id)
+        if trust:
+            click.echo(
+                f"website {portal.website} of {slug} marked verified without a check (--trust)"
+            )
+            return
+        click.echo(f"looking for the token of {slug} at {challenge.url}")
+        # Outside any transaction: the website may take seconds to answer.
+        _domain(
+            websites.look_for_token,
+            challenge,
+            allow_loopback=wiring.settings.webhook_allow_loopback,
+        )
+        with unit_of_work(wiring.session_factory) as session:
+            _domain(websites.record_verification, session, challenge=challenge)
+    click.echo(f"website {challenge.website} of {slug} verified: the token is there")
 
 
 @portals.command("suspend")

@@ -36,6 +36,7 @@ from directory.services.ads import (
 from directory.services.categories import category_tree
 from directory.services.currencies import BARTER, GIFT, HOUR, register_currency
 from directory.services.portals import create_portal, republish_public_ads, update_profile
+from directory.services.websites import trust_website
 
 # --- portals -----------------------------------------------------------------------------
 
@@ -957,6 +958,9 @@ def _create_portal(session: Session, spec: DemoPortal) -> tuple[int, str]:
     portal, key = create_portal(
         session, slug=spec.slug, name=spec.name, website=spec.website, contact=spec.contact
     )
+    # Fictional sites, which no fetch could verify: vouched for as an operator would
+    # (`portals verify-website --trust`), so that the demo's ads have global ids.
+    trust_website(session, portal_id=portal.id)
     if spec.currency is not None:
         currency = spec.currency
         register_currency(

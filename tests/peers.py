@@ -2,7 +2,8 @@
 
 WebhookReceiver plays a portal's webhook endpoint: it verifies signatures with the reference
 Standard Webhooks package, records every request, answers as scripted (failures, delays,
-redirects, huge bodies), and can go down and come back on the same port."""
+redirects, huge bodies), and can go down and come back on the same port. Website plays a
+portal's website, answering GET with the page set for each path."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 from standardwebhooks import Webhook, WebhookVerificationError
 
@@ -65,53 +67,30 @@ class ReceivedWebhook:
 Responder = Callable[[ReceivedWebhook], Reply]
 
 
-class WebhookReceiver:
-    """A portal's webhook endpoint at `url`. Use as a context manager, or start()/stop().
+class _Peer:
+    """A server on 127.0.0.1 answering with `handler`: start()/stop(), or a context manager.
+    `tls_certificate`: a PEM file holding a certificate for "localhost" and its key; the
+    peer then speaks https."""
 
-    Answers, in this order of precedence: 401 to a request no secret verifies; 200 to an id
-    already accepted (as a deduplicating portal would; the repeat is still recorded, with
-    duplicate=True); the next queued reply (reply_next, fail_next); `responder`, if set;
-    else 204. `secrets` may be replaced at any time (secret rotation)."""
-
-    def __init__(
-        self,
-        secrets: Sequence[str],
-        *,
-        port: int | None = None,
-        responder: Responder | None = None,
-        deduplicate: bool = True,
-        tls_certificate: Path | None = None,
-    ) -> None:
-        """`tls_certificate`: a PEM file holding a certificate for "localhost" and its key;
-        the receiver then speaks https and `url` names localhost."""
-        self.secrets = list(secrets)
+    def __init__(self, *, port: int | None = None, tls_certificate: Path | None = None) -> None:
         self.port = port
-        self.responder = responder
-        self.deduplicate = deduplicate
         self._tls: ssl.SSLContext | None = None
         if tls_certificate is not None:
             self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             self._tls.load_cert_chain(tls_certificate)
-        self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)
-        self._deliveries: list[ReceivedWebhook] = []
-        self._accepted_ids: set[str] = set()
-        self._queued: deque[Reply] = deque()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
-    # --- lifecycle ---
-
-    def start(self) -> WebhookReceiver:
+    def start(self) -> Self:
         """Listen (again): on the port given, or on the one chosen at the first start."""
         if self._server is not None:
-            raise RuntimeError("the receiver is running already")
-        self._server = _Server(("127.0.0.1", self.port or 0), self, self._tls)
+            raise RuntimeError("the peer is running already")
+        self._server = _Server(("127.0.0.1", self.port or 0), self, self._tls, self.handler())
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.05},
-            name=f"webhook-receiver-{self.port}",
+            name=f"{type(self).__name__}-{self.port}",
             daemon=True,
         )
         self._thread.start()
@@ -128,7 +107,11 @@ class WebhookReceiver:
         server.server_close()  # waits for the request threads
         thread.join()
 
-    def __enter__(self) -> WebhookReceiver:
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        """How the peer answers requests."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(
@@ -140,12 +123,48 @@ class WebhookReceiver:
         self.stop()
 
     @property
-    def url(self) -> str:
+    def origin(self) -> str:
         if self.port is None:
-            raise RuntimeError("start the receiver first: its port is chosen then")
+            raise RuntimeError("start the peer first: its port is chosen then")
         if self._tls is not None:
-            return f"https://localhost:{self.port}/hook"
-        return f"http://127.0.0.1:{self.port}/hook"
+            return f"https://localhost:{self.port}"
+        return f"http://127.0.0.1:{self.port}"
+
+
+class WebhookReceiver(_Peer):
+    """A portal's webhook endpoint at `url`. Use as a context manager, or start()/stop().
+
+    Answers, in this order of precedence: 401 to a request no secret verifies; 200 to an id
+    already accepted (as a deduplicating portal would; the repeat is still recorded, with
+    duplicate=True); the next queued reply (reply_next, fail_next); `responder`, if set;
+    else 204. `secrets` may be replaced at any time (secret rotation)."""
+
+    def __init__(
+        self,
+        secrets: Sequence[str],
+        *,
+        port: int | None = None,
+        responder: Responder | None = None,
+        deduplicate: bool = True,
+        tls_certificate: Path | None = None,
+    ) -> None:
+        """`tls_certificate`: see _Peer; `url` then names localhost."""
+        super().__init__(port=port, tls_certificate=tls_certificate)
+        self.secrets = list(secrets)
+        self.responder = responder
+        self.deduplicate = deduplicate
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._deliveries: list[ReceivedWebhook] = []
+        self._accepted_ids: set[str] = set()
+        self._queued: deque[Reply] = deque()
+
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        return _WebhookHandler
+
+    @property
+    def url(self) -> str:
+        return f"{self.origin}/hook"
 
     # --- scripting the answers ---
 
@@ -261,6 +280,42 @@ def _verify(
         return False, None
 
 
+class Website(_Peer):
+    """A portal's website: answers GET with the reply set in `pages` for the path asked
+    (404 elsewhere), and records the paths asked, in order, in `requests`."""
+
+    def __init__(
+        self,
+        pages: dict[str, Reply] | None = None,
+        *,
+        port: int | None = None,
+        tls_certificate: Path | None = None,
+    ) -> None:
+        """`tls_certificate`: see _Peer; `url` then names localhost."""
+        super().__init__(port=port, tls_certificate=tls_certificate)
+        self.pages = dict(pages or {})
+        self._lock = threading.Lock()
+        self._requests: list[str] = []
+
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        return _WebsiteHandler
+
+    @property
+    def url(self) -> str:
+        """The website, as a portal gives it."""
+        return self.origin
+
+    @property
+    def requests(self) -> list[str]:
+        with self._lock:
+            return list(self._requests)
+
+    def _answer(self, path: str) -> Reply:
+        with self._lock:
+            self._requests.append(path)
+            return self.pages.get(path, Reply(status=404, body=b"not found"))
+
+
 def _int_or_none(value: str | None) -> int | None:
     try:
         return int(value) if value is not None else None
@@ -276,14 +331,18 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 128
 
     def __init__(
-        self, address: tuple[str, int], receiver: WebhookReceiver, tls: ssl.SSLContext | None
+        self,
+        address: tuple[str, int],
+        peer: _Peer,
+        tls: ssl.SSLContext | None,
+        handler: type[BaseHTTPRequestHandler],
     ) -> None:
-        self.receiver = receiver
+        self.peer = peer
         self.tls = tls
         self.stopping = threading.Event()
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
-        super().__init__(address, _Handler)
+        super().__init__(address, handler)
 
     def server_bind(self) -> None:
         # HTTPServer's own would look the address up in DNS (getfqdn) for nothing.
@@ -352,33 +411,44 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             self.server.untrack(self.request)
 
+    def write_reply(self, reply: Reply) -> None:
+        """Answer as `reply` says, counting the body's bytes sent in `bytes_sent`."""
+        self.bytes_sent = 0
+        if reply.delay_s:
+            self.server.stopping.wait(reply.delay_s)
+        self.send_response(reply.status)
+        for name, value in reply.headers.items():
+            self.send_header(name, value)
+        self.send_header("content-length", str(len(reply.body)))
+        self.end_headers()
+        for start in range(0, len(reply.body), reply.body_piece_bytes):
+            if start and reply.pause_between_pieces_s:
+                self.server.stopping.wait(reply.pause_between_pieces_s)
+            piece = reply.body[start : start + reply.body_piece_bytes]
+            self.wfile.write(piece)
+            self.bytes_sent += len(piece)
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet: tests look at what the peer recorded, not at an access log."""
+
+
+class _WebhookHandler(_Handler):
     def do_POST(self) -> None:
         length = int(self.headers.get("content-length") or 0)
         raw_body = self.rfile.read(length)
-        delivery = self.server.receiver._record(
+        receiver = self.server.peer
+        delivery = receiver._record(
             path=self.path,
             headers={name.lower(): value for name, value in self.headers.items()},
             raw_body=raw_body,
             client_port=self.client_address[1],
         )
-        reply = delivery.reply
-        sent = 0
         try:
-            if reply.delay_s:
-                self.server.stopping.wait(reply.delay_s)
-            self.send_response(reply.status)
-            for name, value in reply.headers.items():
-                self.send_header(name, value)
-            self.send_header("content-length", str(len(reply.body)))
-            self.end_headers()
-            for start in range(0, len(reply.body), reply.body_piece_bytes):
-                if start and reply.pause_between_pieces_s:
-                    self.server.stopping.wait(reply.pause_between_pieces_s)
-                piece = reply.body[start : start + reply.body_piece_bytes]
-                self.wfile.write(piece)
-                sent += len(piece)
+            self.write_reply(delivery.reply)
         finally:
-            self.server.receiver._answered(delivery, sent)
+            receiver._answered(delivery, self.bytes_sent)
 
-    def log_message(self, format: str, *args: object) -> None:
-        """Quiet: tests look at `deliveries`, not at an access log."""
+
+class _WebsiteHandler(_Handler):
+    def do_GET(self) -> None:
+        self.write_reply(self.server.peer._answer(self.path))

@@ -22,6 +22,7 @@ from directory import build_wiring as real_build_wiring
 from directory.__main__ import alembic_config, cli
 from directory.services.portals import looks_like_key
 from tests.factories import ad_payload
+from tests.peers import Reply, Website
 
 UNREACHABLE_DATABASE_URL = "postgresql+psycopg://directory@127.0.0.1:1/directory"
 
@@ -127,16 +128,118 @@ def test_portals_create_refuses_a_duplicate_slug(run, create_portal):
     assert "Traceback" not in result.output
 
 
-def test_portals_create_refuses_a_website_another_portal_has(run, run_ok):
-    run_ok("portals", "create", "sel-lyon", "--name", "SEL", "--website", "https://sel.example")
+def test_portals_create_leaves_the_website_unverified_unless_trusted(run_ok, client):
+    unverified = run_ok("portals", "create", "a", "--name", "A", "--website", "https://a.example")
+    trusted = run_ok(
+        "portals", "create", "b", "--name", "B", "--website", "https://b.example", "--trust-website"
+    )
 
-    result = run("portals", "create", "copy", "--name", "Copy", "--website", "HTTPS://SEL.example/")
+    assert "website https://a.example unverified" in unverified.output
+    assert "website https://b.example marked verified without a check" in trusted.output
+    states = [
+        client.get("/v1/portals/me", headers=_bearer(_printed_key(result))).json[
+            "website_verification"
+        ]["state"]
+        for result in (unverified, trusted)
+    ]
+    assert states == ["unverified", "verified"]
+
+
+def test_portals_create_refuses_to_trust_a_website_another_portal_has_verified(run, run_ok):
+    run_ok(
+        "portals", "create", "sel-lyon", "--name", "SEL", "--website", "https://sel.example",
+        "--trust-website",
+    )  # fmt: skip
+
+    result = run(
+        "portals", "create", "copy", "--name", "Copy", "--website", "HTTPS://SEL.example/",
+        "--trust-website",
+    )  # fmt: skip
 
     assert result.exit_code != 0
-    assert result.output.startswith("Error: another portal of this directory has this website")
+    assert result.output.startswith(
+        "Error: another portal of this directory has verified this website"
+    )
     assert [
         portal["slug"] for portal in json.loads(run_ok("portals", "list", "--json").output)
     ] == ["sel-lyon"]
+    # Unverified, it may claim the website.
+    run_ok("portals", "create", "copy", "--name", "Copy", "--website", "HTTPS://SEL.example/")
+
+
+def test_portals_create_refuses_to_trust_no_website(run, run_ok):
+    result = run("portals", "create", "a", "--name", "A", "--trust-website")
+
+    assert result.exit_code == 2
+    assert "--trust-website needs --website" in result.output
+    assert json.loads(run_ok("portals", "list", "--json").output) == []
+
+
+@pytest.fixture
+def site():
+    with Website() as website:
+        yield website
+
+
+def test_verify_website_finds_the_token_on_the_website(run_ok, create_portal, client, site):
+    key = create_portal("cli-portal")
+    client.patch("/v1/portals/me", json={"website": site.url}, headers=_bearer(key))
+    verification = client.get("/v1/portals/me", headers=_bearer(key)).json["website_verification"]
+    site.pages["/.well-known/commons-directory"] = Reply(
+        status=200, body=verification["token"].encode()
+    )
+
+    result = run_ok(
+        "portals", "verify-website", "cli-portal", env={"DIRECTORY_WEBHOOK_ALLOW_LOOPBACK": "1"}
+    )
+
+    assert f"looking for the token of cli-portal at {verification['url']}" in result.output
+    assert f"website {site.url} of cli-portal verified" in result.output
+    after = client.get("/v1/portals/me", headers=_bearer(key)).json["website_verification"]
+    assert after["state"] == "verified"
+
+
+def test_verify_website_says_why_it_failed(run, create_portal, client, site):
+    key = create_portal("cli-portal")
+    client.patch("/v1/portals/me", json={"website": site.url}, headers=_bearer(key))
+
+    result = run(
+        "portals", "verify-website", "cli-portal", env={"DIRECTORY_WEBHOOK_ALLOW_LOOPBACK": "1"}
+    )
+
+    assert result.exit_code == 1
+    assert (
+        f"Error: the website was not verified: {site.url}/.well-known/commons-directory "
+        "answered HTTP 404"
+    ) in result.output
+    after = client.get("/v1/portals/me", headers=_bearer(key)).json["website_verification"]
+    assert after["state"] == "unverified"
+
+
+def test_verify_website_trust_marks_it_verified_without_a_fetch(
+    run_ok, create_portal, client, site
+):
+    key = create_portal("cli-portal")
+    client.patch("/v1/portals/me", json={"website": site.url}, headers=_bearer(key))
+
+    result = run_ok("portals", "verify-website", "cli-portal", "--trust")
+
+    assert result.output == (
+        f"website {site.url} of cli-portal marked verified without a check (--trust)\n"
+    )
+    assert site.requests == []
+    after = client.get("/v1/portals/me", headers=_bearer(key)).json["website_verification"]
+    assert after["state"] == "verified"
+
+
+def test_verify_website_of_a_portal_without_one_fails_clearly(run, create_portal):
+    create_portal("cli-portal")
+
+    for trust in ([], ["--trust"]):
+        result = run("portals", "verify-website", "cli-portal", *trust)
+
+        assert result.exit_code == 1
+        assert result.output.startswith("Error: the portal has no website to verify")
 
 
 @pytest.mark.parametrize(
@@ -203,7 +306,24 @@ def test_portals_list_shows_the_portal(run_ok, create_portal):
     output = run_ok("portals", "list").output
 
     (row,) = [line for line in output.splitlines() if line.startswith("cli-portal ")]
-    assert row.split() == ["cli-portal", "active", "0", "1", "CLI", "Exchange"]
+    assert row.split() == ["cli-portal", "active", "0", "1", "-", "CLI", "Exchange"]
+
+
+def test_portals_list_shows_whether_websites_are_verified(run_ok):
+    run_ok("portals", "create", "a", "--name", "A", "--website", "https://a.example")
+    run_ok(
+        "portals", "create", "b", "--name", "B", "--website", "https://b.example", "--trust-website"
+    )
+
+    output = run_ok("portals", "list").output
+    listed = json.loads(run_ok("portals", "list", "--json").output)
+
+    states = {line.split()[0]: line.split()[4] for line in output.splitlines()[1:]}
+    assert states == {"a": "unverified", "b": "verified"}
+    assert [(p["slug"], p["website"], p["website_state"]) for p in listed] == [
+        ("a", "https://a.example", "unverified"),
+        ("b", "https://b.example", "verified"),
+    ]
 
 
 def test_portals_list_json_shows_the_portal(run_ok, create_portal):
@@ -212,7 +332,15 @@ def test_portals_list_json_shows_the_portal(run_ok, create_portal):
     listed = json.loads(run_ok("portals", "list", "--json").output)
 
     assert listed == [
-        {"slug": "cli-portal", "name": "CLI Exchange", "status": "active", "ads": 0, "keys": 1}
+        {
+            "slug": "cli-portal",
+            "name": "CLI Exchange",
+            "status": "active",
+            "ads": 0,
+            "keys": 1,
+            "website": None,
+            "website_state": None,
+        }
     ]
 
 

@@ -7,6 +7,7 @@ import pytest
 from alembic import command
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import NullPool
 
 from directory.__main__ import alembic_config
@@ -107,21 +108,27 @@ def test_upgrade_writes_the_category_taxonomy(upgraded_database_url):
     assert all(code.split(".")[0] == parent for code, parent in rows.items() if parent)
 
 
-def _portals_at_0006(url: str, websites: dict[str, str | None]) -> None:
-    command.upgrade(alembic_config(url), "0006")
+def _insert_portals(url: str, portals: dict[str, dict]) -> None:
+    """Portals (slug -> their other columns) written as they are."""
     engine = create_engine(url, poolclass=NullPool)
     try:
         with engine.begin() as connection:
-            for slug, website in websites.items():
+            for slug, columns in portals.items():
+                values = {"slug": slug, "name": slug, "webhook_secret": "whsec_x", **columns}
                 connection.execute(
                     text(
-                        "INSERT INTO portals (slug, name, website, webhook_secret)"
-                        " VALUES (:slug, :slug, :website, 'whsec_x')"
+                        f"INSERT INTO portals ({', '.join(values)})"
+                        f" VALUES ({', '.join(f':{column}' for column in values)})"
                     ),
-                    {"slug": slug, "website": website},
+                    values,
                 )
     finally:
         engine.dispose()
+
+
+def _portals_at_0006(url: str, websites: dict[str, str | None]) -> None:
+    command.upgrade(alembic_config(url), "0006")
+    _insert_portals(url, {slug: {"website": website} for slug, website in websites.items()})
 
 
 def test_upgrade_gives_existing_portals_their_website_identity(empty_database_url):
@@ -166,3 +173,92 @@ def test_upgrade_stops_at_portals_sharing_a_website_and_names_them(empty_databas
         " WHERE table_name = 'portals' AND column_name = 'website_identity'",
     )
     assert columns == []
+
+
+def test_upgrade_verifies_the_websites_of_existing_portals(empty_database_url):
+    # The operator created and vetted them: their ads keep their global ids.
+    command.upgrade(alembic_config(empty_database_url), "0007")
+    websites = {"lyon": "https://sel-lyon.example.org", "paris": "http://sel-paris.example"}
+    _insert_portals(
+        empty_database_url,
+        {
+            **{
+                slug: {"website": website, "website_identity": website_identity(website)}
+                for slug, website in websites.items()
+            },
+            "x": {},
+        },
+    )
+
+    command.upgrade(alembic_config(empty_database_url), "head")
+
+    rows = _query(
+        empty_database_url,
+        "SELECT slug, website_verified_at IS NOT NULL, length(website_verification_token)"
+        " FROM portals ORDER BY slug",
+    )
+    assert rows == [("lyon", True, 32), ("paris", True, 32), ("x", False, None)]
+    tokens = _query(empty_database_url, "SELECT DISTINCT website_verification_token FROM portals")
+    assert len(tokens) == 3  # each its own, and None
+
+
+def _claims_at_head(url: str, claims: dict[str, tuple[str, bool]]) -> None:
+    """Portals (slug -> (website, verified)) at head."""
+    command.upgrade(alembic_config(url), "head")
+    _insert_portals(
+        url,
+        {
+            slug: {
+                "website": website,
+                "website_identity": website_identity(website),
+                "website_verification_token": f"token-{slug}",
+                "website_verified_at": "2026-11-26T12:00:00Z" if verified else None,
+            }
+            for slug, (website, verified) in claims.items()
+        },
+    )
+
+
+def test_downgrade_stops_at_portals_claiming_one_website_and_names_them(empty_database_url):
+    _claims_at_head(
+        empty_database_url,
+        {
+            "lyon": ("https://sel-lyon.example.org", True),
+            "squatter": ("HTTPS://SEL-Lyon.example.org/", False),
+            "paris": ("https://sel-paris.example", True),
+        },
+    )
+
+    with pytest.raises(RuntimeError, match="share a website") as refused:
+        command.downgrade(alembic_config(empty_database_url), "0007")
+
+    message = str(refused.value)
+    assert "lyon (https://sel-lyon.example.org, verified)" in message
+    assert "squatter (HTTPS://SEL-Lyon.example.org/, unverified)" in message
+    assert "paris" not in message
+    # Nothing changed.
+    version = _query(empty_database_url, "SELECT version_num FROM alembic_version")
+    assert version == [(_head(empty_database_url),)]
+
+
+def test_downgrade_restores_one_portal_per_website(empty_database_url):
+    _claims_at_head(
+        empty_database_url,
+        {
+            "lyon": ("https://sel-lyon.example.org", True),
+            "paris": ("https://sel-paris.example", False),
+        },
+    )
+
+    command.downgrade(alembic_config(empty_database_url), "0007")
+
+    with pytest.raises(IntegrityError, match="uq_portals_website_identity"):
+        _insert_portals(
+            empty_database_url,
+            {
+                "copy": {
+                    "website": "https://sel-paris.example",
+                    "website_identity": website_identity("https://sel-paris.example"),
+                }
+            },
+        )

@@ -57,6 +57,15 @@ class Portal(Base):
         # Every search leaves out the ads of portals that are not active: a few among
         # hundreds or thousands, found in this index without reading the others.
         Index("ix_portals_not_active", "id", postgresql_where=text("status <> 'active'")),
+        # Of the portals of a directory that claim one website, one at most has proved it
+        # is its own: the one whose ads it names (their global_id). Claims stay open to
+        # others until then, so that a squatter cannot keep the site's real owner out.
+        Index(
+            "uq_portals_website_identity",
+            "website_identity",
+            unique=True,
+            postgresql_where=text("website_verified_at IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
@@ -64,9 +73,17 @@ class Portal(Base):
     name: Mapped[str] = mapped_column(String(200))
     website: Mapped[str | None] = mapped_column(String(2048))
     # SHA-256 (hex) of the website's global-id prefix (services.ads.global_id_prefix):
-    # the website names the portal's ads everywhere, so two portals of one directory
-    # cannot share it. A digest, since a normalised website can outgrow an index entry.
-    website_identity: Mapped[str | None] = mapped_column(String(64), unique=True)
+    # the website names the portal's ads everywhere, so two verified portals of one
+    # directory cannot share it. A digest, since a normalised website can outgrow an
+    # index entry.
+    website_identity: Mapped[str | None] = mapped_column(String(64))
+    # What the portal publishes at <website>/.well-known/commons-directory to prove the
+    # website is its own (services.websites); a new one with each new website, None
+    # without one.
+    website_verification_token: Mapped[str | None] = mapped_column(String(64))
+    # When the portal proved it (or an operator vouched for it); None: its ads have no
+    # global_id. Cleared when the website changes.
+    website_verified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     contact: Mapped[str | None] = mapped_column(String(320))
     description: Mapped[str | None] = mapped_column(Text)
     default_currencies: Mapped[list[str]] = mapped_column(

@@ -58,7 +58,8 @@ RECORD_SELECT = """ads.id, portals.slug, ads.external_id, ads.kind, ads.title, a
     ads.visibility, ads.currencies, ads.price_amount, ads.price_currency, ads.price_unit,
     ads.language, ads.images, ads.expires_at, ads.member, ads.ledger_account,
     ads.accepts_contact, ads.version, ads.created_at, ads.updated_at, portals.ledger_protocol,
-    portals.ledger_url, portals.ledger_node, portals.website"""
+    portals.ledger_url, portals.ledger_node,
+    CASE WHEN portals.website_verified_at IS NOT NULL THEN portals.website END"""
 RECORD_WIDTH = 29
 
 

@@ -24,6 +24,7 @@ from geoalchemy2 import Geometry
 from sqlalchemy import (
     ARRAY,
     String,
+    case,
     cast,
     delete,
     func,
@@ -235,7 +236,7 @@ class AdRecord:
     updated_at: datetime
     # Set when the ad has a ledger account and its portal a ledger.
     payment: Payment | None = None
-    # None when the portal has no website; record_from_row always sets it from the row.
+    # None unless the portal has a verified website; record_from_row always sets it.
     global_id: str | None = None
 
     @property
@@ -786,7 +787,9 @@ RECORD_COLUMNS = (
     Portal.ledger_protocol,
     Portal.ledger_url,
     Portal.ledger_node,
-    Portal.website,
+    # The website names the ads everywhere (global_id) only once the portal has proved it
+    # is its own (services.websites).
+    case((Portal.website_verified_at.is_not(None), Portal.website)).label("verified_website"),
 )
 
 
@@ -809,8 +812,8 @@ def record_from_row(row) -> AdRecord:
     (ad_id, slug, external_id, kind, title, body, category, tags, lat, lon, privacy,
      visibility, currencies, amount, currency, unit, language, images, expires_at,
      member, ledger_account, accepts_contact, version, created_at,
-     updated_at, ledger_protocol, ledger_url, ledger_node, website) = row  # fmt: skip
-    identity = global_id_prefix(website)
+     updated_at, ledger_protocol, ledger_url, ledger_node, verified_website) = row  # fmt: skip
+    identity = global_id_prefix(verified_website)
     price = None if amount is None else Price(amount=amount, currency=currency, unit=_UNITS[unit])
     payment = None
     if ledger_account is not None and ledger_url is not None:
@@ -869,7 +872,8 @@ def global_id_prefix(website: str | None) -> str | None:
     slashes dropped; the path is kept as written. It cannot be ambiguous: the normalised
     website holds no "#" (that would start its fragment), and external ids hold none
     (EXTERNAL_ID), so the id splits at its one "#". None when the portal has no http(s)
-    website: nothing would then tell its ads from another portal's across directories."""
+    website: nothing would then tell its ads from another portal's across directories.
+    Ads take it from a verified website only (RECORD_COLUMNS' verified_website)."""
     if not website:
         return None
     try:

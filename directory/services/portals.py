@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import bindparam, func, literal, or_, select, update
 from sqlalchemy.orm import Session
 
-from directory.db import add_unique, unique_conflicts
+from directory.db import add_unique
 from directory.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthenticated
 from directory.models import AdChange, ChangeOp, Portal, PortalKey, PortalStatus
 from directory.models.ads import Ad, Visibility
@@ -85,6 +85,8 @@ SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$")
 # break logs and terminals (`portals list` prints names as they are).
 PROFILE_TEXT_LIMITS = {"name": 200, "contact": 320}
 MAX_WEBSITE_LENGTH = 2048
+# Random bytes of a website verification token (services.websites): 32 URL-safe characters.
+VERIFICATION_TOKEN_BYTES = 24
 
 
 def check_profile(fields: dict) -> None:
@@ -127,17 +129,15 @@ def website_identity(website: str | None) -> str | None:
     return None if prefix is None else hashlib.sha256(prefix.encode()).hexdigest()
 
 
-def _website_taken(website: str | None) -> dict[str, Exception]:
-    site = (global_id_prefix(website) or "").removesuffix("#")
-    return {
-        "uq_portals_website_identity": Conflict(
-            f"another portal of this directory has this website ({site}); a website "
-            "names its portal's ads everywhere (their global_id), so each portal needs "
-            "its own",
-            field="website",
-            code="website_taken",
-        )
-    }
+def _claim_website(portal: Portal) -> None:
+    """A portal's new website (or none): its identity, a new verification token, and no
+    verification until the portal proves the website is its own (services.websites).
+    Only for a change of identity: another spelling of the same site keeps all three."""
+    portal.website_identity = website_identity(portal.website)
+    portal.website_verification_token = (
+        None if portal.website_identity is None else secrets.token_urlsafe(VERIFICATION_TOKEN_BYTES)
+    )
+    portal.website_verified_at = None
 
 
 def create_portal(
@@ -169,20 +169,17 @@ def create_portal(
         slug=slug,
         name=name,
         website=website,
-        website_identity=website_identity(website),
         contact=contact,
         default_currencies=default_currencies or [],
         webhook_url=webhook_url,
         webhook_secret=new_secret(),
     )
+    _claim_website(portal)
     add_unique(
         session,
         portal,
         conflicts={
-            "uq_portals_slug": Conflict(
-                f"a portal with slug {slug!r} exists already", field="slug"
-            ),
-            **_website_taken(website),
+            "uq_portals_slug": Conflict(f"a portal with slug {slug!r} exists already", field="slug")
         },
     )
     if default_currencies:
@@ -350,9 +347,9 @@ def update_profile(
             allow_loopback=allow_loopback,
         )
     ledger_changed = "ledger" in changes and changes["ledger"] != portal.ledger
-    # The website makes the ads' global ids.
-    identity_changed = "website" in changes and (
-        global_id_prefix(changes["website"]) != global_id_prefix(portal.website)
+    # The website makes the ads' global ids; a new one must be verified again.
+    identity_changed = (
+        "website" in changes and website_identity(changes["website"]) != portal.website_identity
     )
     if ledger_changed and changes["ledger"] is not None:
         check_outbound_url(
@@ -368,11 +365,10 @@ def update_profile(
                 "payers' clients add the ledger's paths to",
                 field="ledger.url",
             )
-    with unique_conflicts(session, _website_taken(changes.get("website"))):
-        for name, value in changes.items():
-            setattr(portal, name, value)
-        if "website" in changes:
-            portal.website_identity = website_identity(portal.website)
+    for name, value in changes.items():
+        setattr(portal, name, value)
+    if identity_changed:
+        _claim_website(portal)
     if "webhook_url" in changes:
         # Setting the URL (again) is how a portal says its endpoint works: a webhook
         # disabled by a 410 comes back, and what waited in the inbox is sent too.

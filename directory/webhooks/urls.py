@@ -8,7 +8,8 @@ check and the connection (DNS rebinding) gains nothing.
 
 A portal's ledger URL gets the same checks when it is set: the directory itself never
 calls it, but it sends members' payment clients there, and must not be the way to point
-them at addresses inside their own networks."""
+them at addresses inside their own networks. So does a portal's website when the directory
+fetches its verification file (directory.webhooks.fetch), with plain http allowed there."""
 
 from __future__ import annotations
 
@@ -72,10 +73,12 @@ def check_webhook_url(url: str, *, allow_loopback: bool, field: str = "webhook_u
 
 
 def resolve_webhook_target(
-    url: str, *, allow_loopback: bool, field: str = "webhook_url"
+    url: str, *, allow_loopback: bool, field: str = "webhook_url", allow_http: bool = False
 ) -> WebhookTarget:
-    """Check `url` as check_webhook_url does and return where to connect."""
-    parts = _parse(url, allow_loopback=allow_loopback, field=field)
+    """Check `url` as check_webhook_url does and return where to connect. `allow_http`:
+    plain http to public addresses too (a website's verification file, fetched as ACME's
+    http-01 challenge is: many community sites have no https)."""
+    parts = _parse(url, allow_loopback=allow_loopback, field=field, allow_http=allow_http)
     hostname = parts.hostname or ""
     port = parts.port or DEFAULT_PORTS[parts.scheme]
     literal = _ip_literal(hostname)
@@ -86,7 +89,7 @@ def resolve_webhook_target(
             if literal is not None
             else f"{field} host {hostname!r} resolves to {address}"
         )
-        if parts.scheme == "http" and not _is_loopback(address):
+        if parts.scheme == "http" and not allow_http and not _is_loopback(address):
             raise UnsafeUrl(f"{where}: http is allowed only to loopback addresses; use https")
         reason = _why_not_public(address, allow_loopback=allow_loopback)
         if reason:
@@ -102,7 +105,7 @@ def resolve_webhook_target(
 
 
 @functools.lru_cache(maxsize=REMEMBERED)
-def _parse(url: str, *, allow_loopback: bool, field: str) -> SplitResult:
+def _parse(url: str, *, allow_loopback: bool, field: str, allow_http: bool) -> SplitResult:
     """The syntactic checks, before any name is resolved."""
     if len(url) > MAX_URL_LENGTH:
         raise UnsafeUrl(f"{field} must be at most {MAX_URL_LENGTH} characters")
@@ -121,11 +124,11 @@ def _parse(url: str, *, allow_loopback: bool, field: str) -> SplitResult:
             f"{field} is not a valid URL (check the host's brackets and the port)"
         ) from None
     scheme = parts.scheme.lower()
-    if scheme != "https" and not (scheme == "http" and allow_loopback):
+    if scheme != "https" and not (scheme == "http" and (allow_loopback or allow_http)):
         raise UnsafeUrl(
-            f"{field} must use https, not {scheme}"
+            f"{field} must use {'http or https' if allow_http else 'https'}, not {scheme}"
             if scheme
-            else f"{field} must be an absolute https:// URL"
+            else f"{field} must be an absolute {'http(s)' if allow_http else 'https'}:// URL"
         )
     if "@" in parts.netloc:
         raise UnsafeUrl(f"{field} must not contain a user name or password")
@@ -138,7 +141,11 @@ def _parse(url: str, *, allow_loopback: bool, field: str) -> SplitResult:
         raise UnsafeUrl(f"{field} host {hostname!r} must be a domain name or an IP address")
     if port == 0:
         raise UnsafeUrl(f"{field} port must be a number from 1 to 65535")
-    if scheme == "http" and not (hostname in LOOPBACK_NAMES or _is_loopback(literal)):
+    if (
+        scheme == "http"
+        and not allow_http
+        and not (hostname in LOOPBACK_NAMES or _is_loopback(literal))
+    ):
         raise UnsafeUrl(
             f"{field} must use https: http is allowed only to localhost and loopback addresses"
         )

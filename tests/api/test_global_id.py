@@ -2,26 +2,34 @@
 
 It is what lets a client searching several directories recognise one ad published in
 each (tests/clients/test_federation.py); here, how it is formed and that every public
-view of an ad carries it."""
+view of an ad carries it. Only a verified website gives one: these portals' example.org
+websites are vouched for as an operator would (tests/api/test_website_verification.py
+verifies real ones)."""
 
 from __future__ import annotations
-
-import threading
 
 import pytest
 
 from directory.db import unit_of_work
 from directory.errors import Conflict
-from directory.services import portals
+from directory.services import portals, websites
 from directory.services.ads import global_id_prefix
 from tests.api.test_feed import read_all
 from tests.factories import ad_payload
-from tests.waits import wait_for_a_lock_wait
 
 
-def set_website(client, portal, website):
+def set_website(client, portal, website, *, verified=True):
+    """PATCH the portal's website; `verified`: then vouch for it (`trust`)."""
     response = client.patch("/v1/portals/me", json={"website": website}, headers=portal.headers)
     assert response.status_code == 200, response.json
+    if verified and website is not None:
+        trust(client, portal)
+
+
+def trust(client, portal):
+    """The website verified without a fetch, as `directory portals verify-website --trust`."""
+    with unit_of_work(client.application.extensions["directory"].session_factory) as session:
+        websites.trust_website(session, portal_id=portal.id)
 
 
 def put(client, portal, external_id, payload=None):
@@ -76,6 +84,22 @@ def test_ads_of_a_portal_without_website_have_no_global_id(client, portal):
     assert client.get("/v1/search").json["hits"][0]["global_id"] is None
 
 
+def test_ads_of_a_portal_with_an_unverified_website_have_no_global_id(client, portal):
+    # Anyone may claim any website: only a verified one names the portal's ads.
+    set_website(client, portal, "https://sel-lyon.example.org", verified=False)
+    ad = put(client, portal, "ad-1")
+    assert ad["global_id"] is None
+    assert client.get(f"/v1/ads/{ad['id']}").json["global_id"] is None
+    (hit,) = client.get("/v1/search").json["hits"]
+    assert hit["global_id"] is None
+    geojson = client.get("/v1/search", query_string={"format": "geojson"}).json
+    assert geojson["features"][0]["properties"]["global_id"] is None
+    (change,) = client.get("/v1/feed").json["changes"]
+    assert change["ad"]["global_id"] is None
+    (listed,) = client.get("/v1/portals/me/ads", headers=portal.headers).json["items"]
+    assert listed["global_id"] is None
+
+
 def test_global_id_follows_a_change_of_website(client, portal):
     set_website(client, portal, "https://old.example.org")
     ad = put(client, portal, "ad-1")
@@ -94,12 +118,18 @@ def test_a_change_of_website_republishes_the_public_ads_through_the_feed(client,
     assert client.post("/v1/ads/ad-3/expire", headers=portal.headers).status_code == 200
     _, cursor = read_all(client)
 
-    set_website(client, portal, "https://new.example.org")
+    # A new website: no global id until it is verified, then the new one.
+    set_website(client, portal, "https://new.example.org", verified=False)
+    changes, cursor = read_all(client, since=cursor)
+    assert [(change["op"], change["ad_id"]) for change in changes] == [("upsert", public)]
+    assert changes[0]["ad"]["global_id"] is None
+    trust(client, portal)
     changes, cursor = read_all(client, since=cursor)
     assert [(change["op"], change["ad_id"]) for change in changes] == [("upsert", public)]
     assert changes[0]["ad"]["global_id"] == "https://new.example.org#ad-1"
 
-    set_website(client, portal, "https://NEW.example.org/")  # the same identity
+    # The same identity: still verified, nothing to tell.
+    set_website(client, portal, "https://NEW.example.org/", verified=False)
     assert read_all(client, since=cursor)[0] == []
 
     set_website(client, portal, None)
@@ -115,75 +145,41 @@ def test_global_id_depends_on_website_and_external_id_only(client, portal):
     assert ad["global_id"] == global_id_prefix("https://SEL-LYON.example.org/") + "ad-1"
 
 
-def test_a_website_belongs_to_one_portal_of_a_directory(client, portal, other_portal):
+def test_a_website_is_verified_for_one_portal_of_a_directory_at_most(client, portal, other_portal):
     # Otherwise the second could hide the first's ads, or stand in for them, wherever
     # clients search several directories and show one ad per global_id.
     set_website(client, portal, "https://sel-lyon.example.org")
 
-    response = client.patch(
-        "/v1/portals/me",
-        json={"website": "HTTPS://SEL-Lyon.example.org:443/", "name": "Renamed"},
-        headers=other_portal.headers,
-    )
-    assert response.status_code == 409, response.json
-    assert response.json["error"] == "website_taken"
-    assert response.json["errors"] == {"json": {"website": [response.json["message"]]}}
-    assert "(https://sel-lyon.example.org)" in response.json["message"]
-    unchanged = client.get("/v1/portals/me", headers=other_portal.headers).json
-    assert (unchanged["website"], unchanged["name"]) == (None, "Other Exchange")
+    # Claiming it is allowed (a squatter must not keep its owner out), verifying it not.
+    set_website(client, other_portal, "HTTPS://SEL-Lyon.example.org:443/", verified=False)
+    with pytest.raises(Conflict, match="another portal of this directory has verified") as taken:
+        trust(client, other_portal)
+    assert taken.value.code == "website_taken"
+    assert "(https://sel-lyon.example.org)" in taken.value.message
+    ad = put(client, other_portal, "ad-1")
+    assert ad["global_id"] is None
 
-    # Its own portal may spell it otherwise; once it moves, the website is free.
-    set_website(client, portal, "https://SEL-LYON.example.org/")
+    # Once the first portal moves, the website is free to verify.
     set_website(client, portal, "https://sel-lyon.example.net")
-    set_website(client, other_portal, "https://sel-lyon.example.org")
+    trust(client, other_portal)
+    assert client.get(f"/v1/ads/{ad['id']}").json["global_id"] == (
+        "https://sel-lyon.example.org#ad-1"
+    )
     # Portals without a website are many.
     set_website(client, portal, None)
     set_website(client, other_portal, None)
 
 
-def test_a_website_taken_by_another_portal_is_refused_at_creation(session, portal, client):
-    set_website(client, portal, "https://sel-lyon.example.org")
-    with pytest.raises(Conflict, match="another portal of this directory has this website"):
-        portals.create_portal(
-            session, slug="copy", name="Copy", website="https://sel-lyon.example.org/"
-        )
-
-
-def test_two_portals_racing_for_one_website_one_gets_it_the_other_a_clear_409(
-    app, wiring, client, portal, other_portal
+def test_a_portal_created_with_a_website_another_has_verified_is_unverified(
+    session, portal, client
 ):
-    holding, release = threading.Event(), threading.Event()
-    answers = {}
-
-    def first():  # sets the website and holds its transaction open
-        with unit_of_work(wiring.session_factory) as session:
-            portals.update_profile(
-                session, portal_id=portal.id, changes={"website": "https://a.example.org"}
-            )
-            holding.set()
-            release.wait(10)
-
-    def second():
-        answers["second"] = app.test_client().patch(
-            "/v1/portals/me",
-            json={"website": "https://A.example.org/"},
-            headers=other_portal.headers,
-        )
-
-    winner = threading.Thread(target=first)
-    winner.start()
-    assert holding.wait(10)
-    loser = threading.Thread(target=second)
-    loser.start()
-    wait_for_a_lock_wait(wiring, what="the second")
-    release.set()
-    winner.join(20)
-    loser.join(20)
-    assert answers["second"].status_code == 409, answers["second"].json
-    assert answers["second"].json["error"] == "website_taken"
-    assert client.get("/v1/portals/me", headers=portal.headers).json["website"] == (
-        "https://a.example.org"
+    set_website(client, portal, "https://sel-lyon.example.org")
+    copy, _ = portals.create_portal(
+        session, slug="copy", name="Copy", website="https://sel-lyon.example.org/"
     )
+    assert copy.website_verified_at is None
+    with pytest.raises(Conflict, match="another portal of this directory has verified"):
+        websites.trust_website(session, portal_id=copy.id)
 
 
 @pytest.mark.parametrize("external_id", ["a.b_c:d~e-f", "2026:12:01", "~", "A-Z.0_9"])

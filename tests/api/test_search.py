@@ -17,6 +17,7 @@ from directory.api.search.schemas import SearchHitSchema
 from directory.geo import Point
 from directory.search import SearchQuery, Sort, shown_distance_km
 from directory.services.ads import record_from_row
+from tests.api.test_global_id import trust
 from tests.factories import ad_payload
 from tests.search.conftest import destination
 
@@ -306,12 +307,13 @@ def test_most_recent_first_paging_neither_repeats_nor_skips_when_ads_change(clie
 
 @pytest.fixture
 def varied_ads(client, portal):
-    # A website (global ids) and a ledger (payment blocks): every part of a hit shows.
+    # A verified website (global ids) and a ledger (payment blocks): every part of a hit shows.
     profile = {
         "website": "https://Example.org/sel/",
         "ledger": {"protocol": "credit-commons", "url": "http://127.0.0.1:9/", "node": "n"},
     }
     assert client.patch("/v1/portals/me", json=profile, headers=portal.headers).status_code == 200
+    trust(client, portal)
     return batch(
         client,
         portal,

@@ -5,7 +5,10 @@ brute force from each directory's own complete answer to the same search.
 
 The data: one portal (the same website, spelt differently, and another slug) publishes
 some ads in both directories and some in one only; each directory has a portal of its own;
-a portal without website publishes the very same ad in both, which must not be merged."""
+a portal without website publishes the very same ad in both, which must not be merged; and
+in B an impostor claims the website of one of A's portals without verifying it.
+Websites are verified as an operator vouching for them would verify them (their
+example.org sites cannot be fetched)."""
 
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -35,10 +39,12 @@ from directory_client.federation import (
     InvalidFederatedCursor,
     Outcome,
 )
+from sqlalchemy.orm import Session
 
 from directory.__main__ import alembic_config
 from directory.db import make_engine, make_session_factory, unit_of_work
 from directory.geo import Point
+from directory.services import portals, websites
 from tests import factories
 from tests.factories import ad_payload
 from tests.search.conftest import destination
@@ -48,6 +54,7 @@ ORIGIN = Point(45.7640, 4.8357)  # Lyon
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 SHARED_WEBSITE = "https://sel-lyon.example.org"
+GRENOBLE_WEBSITE = "https://sel-grenoble.example.org"
 # A bound on paging, so a cursor that never ends fails instead of looping.
 MAX_PAGES = 200
 
@@ -169,17 +176,29 @@ def start_directory(tmp_path_factory) -> Iterator[Callable[[str], DirectoryProce
         process.stop()
 
 
-def create_portals(database_url: str, portals: dict[str, str | None]) -> dict[str, str]:
-    """Portals (slug -> website) written straight to the database; returns their keys."""
+@contextmanager
+def straight_to(database_url: str) -> Iterator[Session]:
+    """A unit of work on the database of a directory."""
     engine = make_engine(database_url, pool_size=1)
     try:
         with unit_of_work(make_session_factory(engine)) as session:
-            return {
-                slug: factories.create_portal(session, slug=slug, website=website).key
-                for slug, website in portals.items()
-            }
+            yield session
     finally:
         engine.dispose()
+
+
+def create_portals(database_url: str, slugs: Sequence[str]) -> dict[str, str]:
+    """Portals written straight to the database; returns their keys."""
+    with straight_to(database_url) as session:
+        return {slug: factories.create_portal(session, slug=slug).key for slug in slugs}
+
+
+def trust_websites(database_url: str, slugs: Sequence[str]) -> None:
+    """Their websites verified, as `directory portals verify-website --trust` does."""
+    with straight_to(database_url) as session:
+        for slug in slugs:
+            portal_id = portals.get_portal(session, slug=slug).id
+            websites.trust_website(session, portal_id=portal_id)
 
 
 def ad(external_id: str, distance_km: float, bearing: float, title: str, **overrides) -> dict:
@@ -222,6 +241,9 @@ ONLY_B = [
     ad("b-3", 3.6, 90, "Guitar lessons"),
     ad("b-4", 6.8, 250, "Bicycle basket"),
 ]
+# The impostor's copy of A's g-1, nearer: its claim of A's website unverified, it must
+# not hide A's ad.
+IMPOSTOR = [ad("g-1", 0.5, 60, "Bicycle saddle", body="Bicycle saddle: ask the impostor.")]
 ONLY_ANNECY = [
     ad("y-1", 2.3, 330, "Bicycle repair stand", currencies=["EUR"]),
     ad("y-2", 7.1, 15, "Honey", category="food.meals"),
@@ -255,26 +277,28 @@ def directories(new_database, start_directory) -> tuple[Directory, Directory]:
     turns, so that the two directories' updated_at interleave."""
     url_a, url_b = new_database(), new_database()
     a = Directory(
-        start_directory(url_a),
-        create_portals(url_a, {"sel-lyon": None, "sel-grenoble": None, "jardin": None}),
+        start_directory(url_a), create_portals(url_a, ["sel-lyon", "sel-grenoble", "jardin"])
     )
     b = Directory(
-        start_directory(url_b),
-        create_portals(url_b, {"lyon": None, "sel-annecy": None, "jardin": None}),
+        start_directory(url_b), create_portals(url_b, ["lyon", "sel-annecy", "jardin", "impostor"])
     )
     for directory, slug, website in [
         (a, "sel-lyon", SHARED_WEBSITE),
-        (a, "sel-grenoble", "https://sel-grenoble.example.org"),
+        (a, "sel-grenoble", GRENOBLE_WEBSITE),
         (b, "lyon", "HTTPS://SEL-Lyon.Example.org:443/"),  # the same site, spelt otherwise
         (b, "sel-annecy", "https://sel-annecy.example.org"),
+        (b, "impostor", GRENOBLE_WEBSITE),  # and never verified
     ]:
         with directory.portal(slug) as portal:
             portal.update_own_portal({"website": website})
+    trust_websites(url_a, ["sel-lyon", "sel-grenoble"])
+    trust_websites(url_b, ["lyon", "sel-annecy"])
     publish(a, "sel-lyon", SHARED[:4] + ONLY_A)
     publish(b, "lyon", ONLY_B + SHARED)
     publish(a, "sel-grenoble", ONLY_GRENOBLE)
     publish(a, "sel-lyon", SHARED[4:])
     publish(b, "sel-annecy", ONLY_ANNECY)
+    publish(b, "impostor", IMPOSTOR)
     publish(a, "jardin", NO_WEBSITE + MOVING_A)
     publish(b, "jardin", NO_WEBSITE + MOVING_B)
     return a, b
@@ -412,6 +436,20 @@ def test_an_ad_of_one_portal_in_both_directories_is_shown_once(federated):
     assert len(global_ids) == len(set(global_ids))
     shared = {f"{SHARED_WEBSITE}#{item['external_id']}" for item in SHARED}
     assert shared <= set(global_ids)
+
+
+def test_an_unverified_claim_of_a_website_does_not_shadow_its_portals_ads(federated):
+    # With a global id, the impostor's nearer copy would come first and hide A's ad.
+    a_url, b_url = federated.directories
+    saddles = [
+        (hit.directory, hit.ad.portal, hit.ad.global_id)
+        for hit in federated.iter_search(sort="distance", **NEAR_LYON)
+        if hit.ad.title == "Bicycle saddle"
+    ]
+    assert saddles == [
+        (b_url, "impostor", None),
+        (a_url, "sel-grenoble", f"{GRENOBLE_WEBSITE}#g-1"),
+    ]
 
 
 def test_the_same_ad_of_a_portal_without_website_is_shown_from_each_directory(

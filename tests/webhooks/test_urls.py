@@ -221,3 +221,42 @@ def test_target_holds_every_checked_address_once_in_resolver_order(dns):
 def test_target_path_and_host_header(url, path_and_query, host_header):
     target = resolve_webhook_target(url, allow_loopback=True)
     assert (target.path_and_query, target.host_header) == (path_and_query, host_header)
+
+
+# --- plain http, for fetching a portal's website (directory.webhooks.fetch) ---------------
+
+
+def website_refusal(url: str) -> str:
+    with pytest.raises(UnsafeUrl) as refused:
+        resolve_webhook_target(url, allow_loopback=False, allow_http=True, field="website")
+    return str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "url", ["http://8.8.8.8/", "HTTP://8.8.8.8:8080/sel/", "https://8.8.8.8/sel"]
+)
+def test_plain_http_to_a_public_address_is_accepted_where_allowed(url):
+    target = resolve_webhook_target(url, allow_loopback=False, allow_http=True, field="website")
+    assert target.addresses == ("8.8.8.8",)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://10.1.2.3/", "website points to 10.1.2.3, a private address"),
+        ("http://169.254.169.254/", "a link-local address"),
+        ("http://127.0.0.1/", "website points to 127.0.0.1, a loopback address"),
+        ("http://[::ffff:10.0.0.1]/", "which leads to 10.0.0.1, a private address"),
+        ("ftp://8.8.8.8/", "website must use http or https, not ftp"),
+        ("8.8.8.8/", "website must be an absolute http(s):// URL"),
+    ],
+)
+def test_allowing_plain_http_allows_no_other_address(url, message):
+    assert message in website_refusal(url)
+
+
+def test_plain_http_to_a_name_resolving_to_a_private_address_is_refused(dns):
+    dns["sel.example"] = ["8.8.8.8", "10.0.0.7"]
+    assert "website host 'sel.example' resolves to 10.0.0.7, a private address" in (
+        website_refusal("http://sel.example/")
+    )

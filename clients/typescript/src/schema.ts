@@ -54,11 +54,39 @@ export interface paths {
         head?: never;
         /**
          * Change fields of the calling portal's profile
-         * @description The website names the portal's ads everywhere (their `global_id`), so it is one
-         *     portal's in a directory: however it is spelt, another portal's is refused
-         *     (`website_taken`).
+         * @description A new website is unverified (see `verifyWebsite`) and gets a new token: the
+         *     portal's ads have no `global_id` until it is verified.
          */
         patch: operations["updateOwnPortal"];
+        trace?: never;
+    };
+    "/v1/portals/me/website/verify": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Prove the portal's website is its own
+         * @description The website names the portal's ads everywhere (their `global_id`), so they have
+         *     one only once the portal has shown it controls the site: it publishes
+         *     `website_verification.token` of its profile on a line of its own at
+         *     `website_verification.url` (`<website>/.well-known/commons-directory`, plain
+         *     text), then calls this. The directory fetches that URL now (public addresses
+         *     only; at most 3 redirects, within the website's host; 10 seconds in all) and,
+         *     if the token is there, marks the website verified and republishes the portal's
+         *     public ads with their global ids through the feed. Of the portals of a
+         *     directory that claim one website, one at most is verified. A failed check
+         *     changes nothing (a verified website stays verified).
+         */
+        post: operations["verifyWebsite"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
         trace?: never;
     };
     "/v1/portals/me/webhook-secret": {
@@ -591,6 +619,25 @@ export interface components {
             /** @description The revision this release needs */
             expected_migration: string | null;
         };
+        WebsiteVerification: {
+            /**
+             * @description verified: the portal's ads have a global_id; unverified: they have none until the token is found at url (POST /v1/portals/me/website/verify)
+             * @enum {unknown}
+             */
+            state: "unverified" | "verified";
+            /** @description What to publish at url, on a line of its own (a site verified in several directories lists each one's token); new with each new website */
+            token: string;
+            /**
+             * @description Where the directory looks for the token: the website, normalised, then /.well-known/commons-directory (plain text)
+             * @example https://sel-lyon.example.org/.well-known/commons-directory
+             */
+            url: string;
+            /**
+             * Format: date-time
+             * @description When the token was last found there
+             */
+            verified_at: string | null;
+        };
         Ledger: {
             /**
              * @description The ledger's protocol
@@ -614,6 +661,8 @@ export interface components {
             slug: string;
             name: string;
             website: string | null;
+            /** @description null when the portal has no website */
+            website_verification: components["schemas"]["WebsiteVerification"] | null;
             /** @description How the directory's operators reach the portal's team */
             contact: string | null;
             description: string | null;
@@ -638,7 +687,10 @@ export interface components {
         };
         PortalPatch: {
             name?: string;
-            /** Format: url */
+            /**
+             * Format: url
+             * @description A new website (not the same one spelt otherwise) gets a new verification token and is unverified until verified again: the ads lose their global_id meanwhile
+             */
             website?: string | null;
             contact?: string | null;
             description?: string | null;
@@ -702,7 +754,7 @@ export interface components {
              */
             id: string;
             /**
-             * @description The ad's identity in every directory that carries it: its portal's website (scheme and host in lower case, no default port, query, fragment or trailing slash), '#', and the portal's own id of the ad. The same ad of the same portal has the same global_id in any directory; it splits unambiguously at its one '#'. null when the portal has no website: the ad then has no identity across directories
+             * @description The ad's identity in every directory that carries it: its portal's verified website (scheme and host in lower case, no default port, query, fragment or trailing slash), '#', and the portal's own id of the ad. The same ad of the same portal has the same global_id in any directory; it splits unambiguously at its one '#'. null when the portal has no verified website (one it proved is its own): the ad then has no identity across directories
              * @example https://sel-lyon.example.org#annonce-1234
              */
             global_id: string | null;
@@ -847,7 +899,7 @@ export interface components {
              */
             id: string;
             /**
-             * @description The ad's identity in every directory that carries it: its portal's website (scheme and host in lower case, no default port, query, fragment or trailing slash), '#', and the portal's own id of the ad. The same ad of the same portal has the same global_id in any directory; it splits unambiguously at its one '#'. null when the portal has no website: the ad then has no identity across directories
+             * @description The ad's identity in every directory that carries it: its portal's verified website (scheme and host in lower case, no default port, query, fragment or trailing slash), '#', and the portal's own id of the ad. The same ad of the same portal has the same global_id in any directory; it splits unambiguously at its one '#'. null when the portal has no verified website (one it proved is its own): the ad then has no identity across directories
              * @example https://sel-lyon.example.org#annonce-1234
              */
             global_id: string | null;
@@ -944,7 +996,7 @@ export interface components {
              */
             id: string;
             /**
-             * @description The ad's identity in every directory that carries it: its portal's website (scheme and host in lower case, no default port, query, fragment or trailing slash), '#', and the portal's own id of the ad. The same ad of the same portal has the same global_id in any directory; it splits unambiguously at its one '#'. null when the portal has no website: the ad then has no identity across directories
+             * @description The ad's identity in every directory that carries it: its portal's verified website (scheme and host in lower case, no default port, query, fragment or trailing slash), '#', and the portal's own id of the ad. The same ad of the same portal has the same global_id in any directory; it splits unambiguously at its one '#'. null when the portal has no verified website (one it proved is its own): the ad then has no identity across directories
              * @example https://sel-lyon.example.org#annonce-1234
              */
             global_id: string | null;
@@ -1016,7 +1068,7 @@ export interface components {
              */
             id: string;
             /**
-             * @description The ad's identity in every directory that carries it: its portal's website (scheme and host in lower case, no default port, query, fragment or trailing slash), '#', and the portal's own id of the ad. The same ad of the same portal has the same global_id in any directory; it splits unambiguously at its one '#'. null when the portal has no website: the ad then has no identity across directories
+             * @description The ad's identity in every directory that carries it: its portal's verified website (scheme and host in lower case, no default port, query, fragment or trailing slash), '#', and the portal's own id of the ad. The same ad of the same portal has the same global_id in any directory; it splits unambiguously at its one '#'. null when the portal has no verified website (one it proved is its own): the ad then has no identity across directories
              * @example https://sel-lyon.example.org#annonce-1234
              */
             global_id: string | null;
@@ -1474,7 +1526,28 @@ export interface operations {
                 };
             };
             400: components["responses"]["BAD_REQUEST"];
-            /** @description Another portal of this directory has this website */
+            default: components["responses"]["DEFAULT_ERROR"];
+        };
+    };
+    verifyWebsite: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Portal"];
+                };
+            };
+            /** @description Not verified, the message saying why: no_website (none is set), website_not_verified (unreachable, an HTTP error, a refused address or redirect, the token not found), website_taken (another portal of this directory has verified this website) */
             409: {
                 headers: {
                     [name: string]: unknown;

@@ -262,11 +262,12 @@ class PublicAdSchema(Schema):
         allow_none=True,
         metadata={
             "description": "The ad's identity in every directory that carries it: its "
-            "portal's website (scheme and host in lower case, no default port, query, "
-            "fragment or trailing slash), '#', and the portal's own id of the ad. The same "
-            "ad of the same portal has the same global_id in any directory; it splits "
-            "unambiguously at its one '#'. null when the portal has no website: the ad "
-            "then has no identity across directories",
+            "portal's verified website (scheme and host in lower case, no default port, "
+            "query, fragment or trailing slash), '#', and the portal's own id of the ad. "
+            "The same ad of the same portal has the same global_id in any directory; it "
+            "splits unambiguously at its one '#'. null when the portal has no verified "
+            "website (one it proved is its own): the ad then has no identity across "
+            "directories",
             "example": "https://sel-lyon.example.org#annonce-1234",
         },
     )

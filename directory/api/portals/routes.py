@@ -16,7 +16,7 @@ from directory.api.portals.schemas import (
     RotateSecretSchema,
     WebhookSecretsSchema,
 )
-from directory.services import portals
+from directory.services import portals, websites
 
 blp = Blueprint("portals", __name__, url_prefix="/v1", description="A portal's own profile")
 
@@ -33,16 +33,12 @@ class OwnPortal(MethodView):
 
     @blp.arguments(PortalPatchSchema)
     @blp.response(200, PortalSchema)
-    @blp.alt_response(
-        409, schema=ErrorSchema, description="Another portal of this directory has this website"
-    )
     @blp.doc(operationId="updateOwnPortal", security=BEARER_AUTH)
     def patch(self, changes):
         """Change fields of the calling portal's profile
 
-        The website names the portal's ads everywhere (their `global_id`), so it is one
-        portal's in a directory: however it is spelt, another portal's is refused
-        (`website_taken`)."""
+        A new website is unverified (see `verifyWebsite`) and gets a new token: the
+        portal's ads have no `global_id` until it is verified."""
         with transaction() as session:
             caller = require_portal(session)
             return portals.update_profile(
@@ -51,6 +47,40 @@ class OwnPortal(MethodView):
                 changes=changes,
                 allow_loopback=wiring().settings.webhook_allow_loopback,
             )
+
+
+@blp.route("/portals/me/website/verify")
+class OwnWebsiteVerification(MethodView):
+    @blp.response(200, PortalSchema)
+    @blp.alt_response(
+        409,
+        schema=ErrorSchema,
+        description="Not verified, the message saying why: no_website (none is set), "
+        "website_not_verified (unreachable, an HTTP error, a refused address or "
+        "redirect, the token not found), website_taken (another portal of this "
+        "directory has verified this website)",
+    )
+    @blp.doc(operationId="verifyWebsite", security=BEARER_AUTH)
+    def post(self):
+        """Prove the portal's website is its own
+
+        The website names the portal's ads everywhere (their `global_id`), so they have
+        one only once the portal has shown it controls the site: it publishes
+        `website_verification.token` of its profile on a line of its own at
+        `website_verification.url` (`<website>/.well-known/commons-directory`, plain
+        text), then calls this. The directory fetches that URL now (public addresses
+        only; at most 3 redirects, within the website's host; 10 seconds in all) and,
+        if the token is there, marks the website verified and republishes the portal's
+        public ads with their global ids through the feed. Of the portals of a
+        directory that claim one website, one at most is verified. A failed check
+        changes nothing (a verified website stays verified)."""
+        with transaction() as session:
+            caller = require_portal(session)
+            challenge = websites.verification_challenge(session, portal_id=caller.id)
+        # Outside any transaction: the website may take seconds to answer.
+        websites.look_for_token(challenge, allow_loopback=wiring().settings.webhook_allow_loopback)
+        with transaction() as session:
+            return websites.record_verification(session, challenge=challenge)
 
 
 @blp.route("/portals/me/webhook-secret")

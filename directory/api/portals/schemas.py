@@ -5,6 +5,7 @@ from marshmallow import Schema, fields, post_load, validate
 from directory.api.fields import Text, Url, WholeNumber, currency_code_field, unique_values
 from directory.models import Ledger, LedgerProtocol, PortalStatus
 from directory.services.portals import MAX_WEBSITE_LENGTH, PROFILE_TEXT_LIMITS
+from directory.services.websites import VerificationState, website_verification
 
 # Credit Commons node names are short path segments.
 LEDGER_NODE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
@@ -42,12 +43,46 @@ class LedgerSchema(Schema):
         return Ledger(**data)
 
 
+class WebsiteVerificationSchema(Schema):
+    """Whether the portal has proved its website is its own, and how to prove it."""
+
+    state = fields.Enum(
+        VerificationState,
+        by_value=True,
+        metadata={
+            "description": "verified: the portal's ads have a global_id; unverified: they "
+            "have none until the token is found at url (POST /v1/portals/me/website/verify)"
+        },
+    )
+    token = fields.String(
+        metadata={
+            "description": "What to publish at url, on a line of its own (a site verified "
+            "in several directories lists each one's token); new with each new website"
+        }
+    )
+    url = fields.String(
+        metadata={
+            "description": "Where the directory looks for the token: the website, "
+            "normalised, then /.well-known/commons-directory (plain text)",
+            "example": "https://sel-lyon.example.org/.well-known/commons-directory",
+        }
+    )
+    verified_at = fields.DateTime(
+        allow_none=True, metadata={"description": "When the token was last found there"}
+    )
+
+
 class PortalSchema(Schema):
     """A portal's own profile."""
 
     slug = fields.String(metadata={"description": "The portal's id in the directory"})
     name = fields.String()
     website = fields.String(allow_none=True)
+    website_verification = fields.Nested(
+        WebsiteVerificationSchema,
+        allow_none=True,
+        metadata={"description": "null when the portal has no website"},
+    )
     contact = fields.String(
         allow_none=True,
         metadata={"description": "How the directory's operators reach the portal's team"},
@@ -77,6 +112,12 @@ class PortalSchema(Schema):
     created_at = fields.DateTime()
     updated_at = fields.DateTime()
 
+    def get_attribute(self, obj, attr, default):
+        # Not a column: the service that decides it derives it from the portal.
+        if attr == "website_verification":
+            return website_verification(obj)
+        return super().get_attribute(obj, attr, default)
+
 
 class PortalPatchSchema(Schema):
     """Fields of the profile to change; absent fields stay as they are."""
@@ -87,6 +128,11 @@ class PortalPatchSchema(Schema):
         schemes={"https", "http"},
         allow_none=True,
         validate=validate.Length(max=MAX_WEBSITE_LENGTH),
+        metadata={
+            "description": "A new website (not the same one spelt otherwise) gets a new "
+            "verification token and is unverified until verified again: the ads lose "
+            "their global_id meanwhile"
+        },
     )
     contact = Text(allow_none=True, validate=validate.Length(1, PROFILE_TEXT_LIMITS["contact"]))
     description = Text(allow_none=True, multiline=True, validate=validate.Length(max=4000))

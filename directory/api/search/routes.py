@@ -149,7 +149,7 @@ def public_ad(hit: SearchHit) -> dict:
     (ad_id, slug, external_id, kind, title, body, category, tags, lat, lon, privacy,
      _visibility, currencies, amount, currency, unit, language, images, expires_at,
      _member, ledger_account, accepts_contact, version, created_at,
-     updated_at, ledger_protocol, ledger_url, ledger_node, website) = hit.row  # fmt: skip
+     updated_at, ledger_protocol, ledger_url, ledger_node, verified_website) = hit.row  # fmt: skip
     price = None
     if amount is not None:
         price = {"amount": str(amount), "currency": currency, "unit": unit}
@@ -163,7 +163,7 @@ def public_ad(hit: SearchHit) -> dict:
             "currencies": currencies,
             "price": price,
         }
-    identity = global_id_prefix(website)
+    identity = global_id_prefix(verified_website)
     return {
         "id": ad_id,
         "global_id": None if identity is None else identity + external_id,

@@ -92,6 +92,11 @@ class DirectoryClient:
     def update_own_portal(self, changes: models.PortalPatch | Mapping[str, Any]) -> models.Portal:
         return self._call("PATCH", "/v1/portals/me", models.Portal, body=changes, repeatable=True)
 
+    def verify_website(self) -> models.Portal:
+        """Have the directory look for the portal's token on its website now (see the
+        profile's `website_verification`); `Conflict` says why when it is not there."""
+        return self._call("POST", "/v1/portals/me/website/verify", models.Portal, repeatable=True)
+
     def get_webhook_secret(self) -> models.WebhookSecrets:
         return self._call("GET", "/v1/portals/me/webhook-secret", models.WebhookSecrets)
 

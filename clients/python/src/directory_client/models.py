@@ -59,6 +59,28 @@ class Readiness(Struct, kw_only=True):
     expected_migration: Annotated[str, Meta(description='The revision this release needs')] | None
 
 
+class WebsiteVerification(Struct, kw_only=True):
+    state: Annotated[
+        Literal['unverified', 'verified'],
+        Meta(
+            description="verified: the portal's ads have a global_id; unverified: they have none until the token is found at url (POST /v1/portals/me/website/verify)"
+        ),
+    ]
+    token: Annotated[
+        str,
+        Meta(
+            description="What to publish at url, on a line of its own (a site verified in several directories lists each one's token); new with each new website"
+        ),
+    ]
+    url: Annotated[
+        str,
+        Meta(
+            description='Where the directory looks for the token: the website, normalised, then /.well-known/commons-directory (plain text)'
+        ),
+    ]
+    verified_at: Annotated[datetime, Meta(description='When the token was last found there')] | None
+
+
 class Ledger(Struct, kw_only=True):
     protocol: Annotated[
         Literal['credit-commons'], Meta(description="The ledger's protocol")
@@ -83,6 +105,7 @@ class Portal(Struct, kw_only=True):
     slug: Annotated[str, Meta(description="The portal's id in the directory")]
     name: str
     website: str | None
+    website_verification: Annotated[WebsiteVerification, Meta(description='null when the portal has no website')] | None
     contact: Annotated[str, Meta(description="How the directory's operators reach the portal's team")] | None
     description: str | None
     default_currencies: Annotated[
@@ -107,7 +130,14 @@ DefaultCurrency: TypeAlias = Annotated[
 
 class PortalPatch(Struct, kw_only=True):
     name: Annotated[str, Meta(max_length=200, min_length=1)] | UnsetType = UNSET
-    website: Annotated[str, Meta(max_length=2048)] | None | UnsetType = UNSET
+    website: (
+        Annotated[
+            str,
+            Meta(description='A new website (not the same one spelt otherwise) gets a new verification token and is unverified until verified again: the ads lose their global_id meanwhile', max_length=2048),
+        ]
+        | None
+        | UnsetType
+    ) = UNSET
     contact: Annotated[str, Meta(max_length=320, min_length=1)] | None | UnsetType = (
         UNSET
     )
@@ -189,7 +219,7 @@ class Payment(Struct, kw_only=True):
 
 class PublicAd(Struct, kw_only=True):
     id: Annotated[UUID, Meta(description="The directory's id of the ad")]
-    global_id: Annotated[str, Meta(description="The ad's identity in every directory that carries it: its portal's website (scheme and host in lower case, no default port, query, fragment or trailing slash), '#', and the portal's own id of the ad. The same ad of the same portal has the same global_id in any directory; it splits unambiguously at its one '#'. null when the portal has no website: the ad then has no identity across directories")] | None
+    global_id: Annotated[str, Meta(description="The ad's identity in every directory that carries it: its portal's verified website (scheme and host in lower case, no default port, query, fragment or trailing slash), '#', and the portal's own id of the ad. The same ad of the same portal has the same global_id in any directory; it splits unambiguously at its one '#'. null when the portal has no verified website (one it proved is its own): the ad then has no identity across directories")] | None
     portal: Annotated[str, Meta(description='Slug of the publishing portal')]
     kind: Literal['offer', 'want']
     title: str
@@ -363,7 +393,7 @@ class AdPut(Struct, kw_only=True):
 
 class Ad(Struct, kw_only=True):
     id: Annotated[UUID, Meta(description="The directory's id of the ad")]
-    global_id: Annotated[str, Meta(description="The ad's identity in every directory that carries it: its portal's website (scheme and host in lower case, no default port, query, fragment or trailing slash), '#', and the portal's own id of the ad. The same ad of the same portal has the same global_id in any directory; it splits unambiguously at its one '#'. null when the portal has no website: the ad then has no identity across directories")] | None
+    global_id: Annotated[str, Meta(description="The ad's identity in every directory that carries it: its portal's verified website (scheme and host in lower case, no default port, query, fragment or trailing slash), '#', and the portal's own id of the ad. The same ad of the same portal has the same global_id in any directory; it splits unambiguously at its one '#'. null when the portal has no verified website (one it proved is its own): the ad then has no identity across directories")] | None
     portal: Annotated[str, Meta(description='Slug of the publishing portal')]
     kind: Literal['offer', 'want']
     title: str
@@ -466,7 +496,7 @@ class OwnAdsPage(Struct, kw_only=True):
 
 class SearchHit(Struct, kw_only=True):
     id: Annotated[UUID, Meta(description="The directory's id of the ad")]
-    global_id: Annotated[str, Meta(description="The ad's identity in every directory that carries it: its portal's website (scheme and host in lower case, no default port, query, fragment or trailing slash), '#', and the portal's own id of the ad. The same ad of the same portal has the same global_id in any directory; it splits unambiguously at its one '#'. null when the portal has no website: the ad then has no identity across directories")] | None
+    global_id: Annotated[str, Meta(description="The ad's identity in every directory that carries it: its portal's verified website (scheme and host in lower case, no default port, query, fragment or trailing slash), '#', and the portal's own id of the ad. The same ad of the same portal has the same global_id in any directory; it splits unambiguously at its one '#'. null when the portal has no verified website (one it proved is its own): the ad then has no identity across directories")] | None
     portal: Annotated[str, Meta(description='Slug of the publishing portal')]
     kind: Literal['offer', 'want']
     title: str
@@ -527,7 +557,7 @@ class GeoJSONGeometry(Struct, kw_only=True):
 
 class GeoJSONProperties(Struct, kw_only=True):
     id: Annotated[UUID, Meta(description="The directory's id of the ad")]
-    global_id: Annotated[str, Meta(description="The ad's identity in every directory that carries it: its portal's website (scheme and host in lower case, no default port, query, fragment or trailing slash), '#', and the portal's own id of the ad. The same ad of the same portal has the same global_id in any directory; it splits unambiguously at its one '#'. null when the portal has no website: the ad then has no identity across directories")] | None
+    global_id: Annotated[str, Meta(description="The ad's identity in every directory that carries it: its portal's verified website (scheme and host in lower case, no default port, query, fragment or trailing slash), '#', and the portal's own id of the ad. The same ad of the same portal has the same global_id in any directory; it splits unambiguously at its one '#'. null when the portal has no verified website (one it proved is its own): the ad then has no identity across directories")] | None
     portal: Annotated[str, Meta(description='Slug of the publishing portal')]
     kind: Literal['offer', 'want']
     title: str

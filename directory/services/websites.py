@@ -1,0 +1,192 @@
+"""A portal's website, proved to be its own, as ACME's http-01 challenge or a search
+engine's site verification prove it: the portal publishes its verification token at
+<website>/.well-known/commons-directory, and the directory looks.
+
+Why: the website names the portal's ads everywhere (their global_id), and clients that
+search several directories show one ad per global_id. Unproved, anyone could claim a
+community's website: in another directory, to shadow its ads there with their own contact
+and payment details; in this one, to keep the community from registering its own site.
+So an ad has a global_id only while its portal's website is verified (RECORD_COLUMNS), any
+number of portals may claim a website, and one of them at most is verified for it (the
+partial unique index `uq_portals_website_identity`). A new website starts unverified
+(services.portals gives it a new token).
+
+A verification takes three steps, the fetch between two transactions: held open for up
+to ten seconds of someone else's web server (webhooks.fetch), a transaction would hold a
+database connection and, once it has written, the change feed (its readers wait for every
+transaction that could still write before them)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from urllib.parse import quote
+
+from sqlalchemy.orm import Session
+
+from directory.db import unique_conflicts
+from directory.errors import Conflict
+from directory.models import Portal
+from directory.services.ads import global_id_prefix
+from directory.services.portals import republish_public_ads
+from directory.webhooks.fetch import FetchFailed, fetch_file
+
+# RFC 8615's place for site-wide metadata, below the website as the portal gave it (its
+# path included): what is verified is exactly the prefix of the ads' global ids.
+WELL_KNOWN_PATH = "/.well-known/commons-directory"
+# Characters a URL keeps as they are; others (a path's non-ASCII letters) are escaped.
+URL_SAFE = ":/?#[]@!$&'()*+,;=%~"
+
+
+class VerificationState(enum.StrEnum):
+    UNVERIFIED = "unverified"
+    VERIFIED = "verified"
+
+
+@dataclass(frozen=True)
+class WebsiteVerification:
+    """Where a portal stands with its website, as its profile shows it."""
+
+    state: VerificationState
+    token: str
+    url: str  # where the token must be published
+    verified_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """What one verification looks for, read before the fetch and checked again after it."""
+
+    portal_id: int
+    website: str
+    website_identity: str
+    token: str
+    url: str
+
+
+def verification_url(website: str | None) -> str | None:
+    """Where the portal of `website` publishes its token: below its normalised form."""
+    prefix = global_id_prefix(website)
+    if prefix is None:
+        return None
+    return quote(prefix.removesuffix("#"), safe=URL_SAFE) + WELL_KNOWN_PATH
+
+
+def website_verification(portal: Portal) -> WebsiteVerification | None:
+    """None when the portal has no website to verify."""
+    url = verification_url(portal.website)
+    if url is None or portal.website_verification_token is None:
+        return None
+    verified = portal.website_verified_at is not None
+    return WebsiteVerification(
+        state=VerificationState.VERIFIED if verified else VerificationState.UNVERIFIED,
+        token=portal.website_verification_token,
+        url=url,
+        verified_at=portal.website_verified_at,
+    )
+
+
+def verification_challenge(session: Session, *, portal_id: int) -> Challenge:
+    """Step 1: what to look for, and where."""
+    portal = session.get_one(Portal, portal_id)
+    verification = website_verification(portal)
+    if verification is None:
+        raise _no_website()
+    return Challenge(
+        portal_id=portal.id,
+        website=portal.website,
+        website_identity=portal.website_identity,
+        token=verification.token,
+        url=verification.url,
+    )
+
+
+def look_for_token(challenge: Challenge, *, allow_loopback: bool) -> None:
+    """Step 2, outside any transaction: fetch the challenge's URL now and find the token
+    on a line of its own; raise Conflict `website_not_verified`, saying why, otherwise.
+    `allow_loopback`: settings.webhook_allow_loopback."""
+    try:
+        fetched = fetch_file(challenge.url, allow_loopback=allow_loopback)
+    except FetchFailed as error:
+        raise _not_verified(str(error)) from None
+    text = fetched.body.decode("utf-8", errors="replace").removeprefix("\ufeff")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if challenge.token in lines:
+        return
+    found = "is empty" if not lines else f"holds {len(lines)} other line(s)"
+    content_type = (fetched.content_type or "").partition(";")[0].strip().lower()
+    hint = ""
+    if content_type and content_type != "text/plain":
+        hint = (
+            f" It was answered as {content_type}: a site that answers every path with a "
+            "page of its own needs the file published as plain text."
+        )
+    raise _not_verified(
+        f"{fetched.url} {found} but not this portal's token; publish {challenge.token} on a "
+        f"line of its own at {challenge.url}.{hint}"
+    )
+
+
+def record_verification(session: Session, *, challenge: Challenge) -> Portal:
+    """Step 3, once the token was found: the website is the portal's, unless another
+    portal of this directory has verified it first (Conflict `website_taken`), or the
+    portal's website changed meanwhile."""
+    portal = session.get_one(Portal, challenge.portal_id, with_for_update=True)
+    if (portal.website_identity, portal.website_verification_token) != (
+        challenge.website_identity,
+        challenge.token,
+    ):
+        raise _not_verified(
+            "the portal's website changed while it was being checked; verify it again"
+        )
+    return _verified(session, portal)
+
+
+def trust_website(session: Session, *, portal_id: int) -> Portal:
+    """Verified without a fetch: for an operator who vetted the website by other means.
+    A portal verified already stays as it is."""
+    portal = session.get_one(Portal, portal_id, with_for_update=True)
+    if website_verification(portal) is None:
+        raise _no_website()
+    if portal.website_verified_at is not None:
+        return portal
+    return _verified(session, portal)
+
+
+def _verified(session: Session, portal: Portal) -> Portal:
+    newly = portal.website_verified_at is None
+    now = datetime.now(UTC)
+    with unique_conflicts(session, _website_taken(portal.website)):
+        portal.website_verified_at = now
+        portal.updated_at = now
+    if newly:
+        # Its ads gain their global ids: followers of the feed (search indexes, mirrors)
+        # must learn them.
+        republish_public_ads(session, portal_id=portal.id, payable_only=False)
+    session.flush()
+    return portal
+
+
+def _no_website() -> Conflict:
+    return Conflict(
+        "the portal has no website to verify; set one first (PATCH /v1/portals/me "
+        '{"website": "https://…"})',
+        code="no_website",
+    )
+
+
+def _not_verified(reason: str) -> Conflict:
+    return Conflict(f"the website was not verified: {reason}", code="website_not_verified")
+
+
+def _website_taken(website: str) -> dict[str, Exception]:
+    site = (global_id_prefix(website) or "").removesuffix("#")
+    return {
+        "uq_portals_website_identity": Conflict(
+            f"another portal of this directory has verified this website ({site}); a "
+            "website names its portal's ads everywhere (their global_id), so one portal "
+            "of a directory at most may verify it",
+            code="website_taken",
+        )
+    }

@@ -1,0 +1,492 @@
+"""A portal proves its website is its own (services.websites): it publishes its token at
+<website>/.well-known/commons-directory and the directory fetches it. Only then do its
+ads have a global_id. The websites here are real servers on 127.0.0.1 (tests.peers), which
+the test settings let the directory reach (webhook_allow_loopback)."""
+
+from __future__ import annotations
+
+import itertools
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime
+
+import pytest
+
+from directory.db import unit_of_work
+from directory.errors import Conflict
+from directory.services import portals, websites
+from directory.webhooks import fetch
+from tests.api.test_feed import read_all
+from tests.factories import ad_payload
+from tests.peers import Reply, Website
+from tests.waits import wait_for_a_lock_wait
+
+WELL_KNOWN = "/.well-known/commons-directory"
+# How much longer than a timeout a test allows the refusal to take (a slow machine).
+LEEWAY_S = 2.0
+
+
+@pytest.fixture
+def site() -> Iterator[Website]:
+    with Website() as website:
+        yield website
+
+
+def claim(client, portal, website: str | None) -> dict:
+    """Set the portal's website; returns its profile."""
+    response = client.patch("/v1/portals/me", json={"website": website}, headers=portal.headers)
+    assert response.status_code == 200, response.json
+    return response.json
+
+
+def verify(client, portal):
+    return client.post("/v1/portals/me/website/verify", headers=portal.headers)
+
+
+def profile(client, portal) -> dict:
+    return client.get("/v1/portals/me", headers=portal.headers).json
+
+
+def token_of(client, portal) -> str:
+    return profile(client, portal)["website_verification"]["token"]
+
+
+def publish(site: Website, *lines: str, path: str = WELL_KNOWN) -> None:
+    site.pages[path] = Reply(
+        status=200, headers={"content-type": "text/plain"}, body="\n".join(lines).encode()
+    )
+
+
+def put(client, portal, external_id: str, *traits: str) -> str:
+    response = client.put(
+        f"/v1/ads/{external_id}", json=ad_payload(*traits), headers=portal.headers
+    )
+    assert response.status_code in (200, 201), response.json
+    return response.json["id"]
+
+
+def own_global_id(client, portal, external_id: str) -> str | None:
+    return client.get(f"/v1/portals/me/ads/{external_id}", headers=portal.headers).json["global_id"]
+
+
+def refused(response, code: str = "website_not_verified") -> str:
+    """The message of a refused verification, checked for its status and code."""
+    assert response.status_code == 409, response.json
+    assert response.json["error"] == code, response.json
+    return response.json["message"]
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A loopback port that refuses connections: bound, never listening."""
+    with socket.socket() as bound:
+        bound.bind(("127.0.0.1", 0))
+        yield bound.getsockname()[1]
+
+
+# --- the profile ----------------------------------------------------------------------------
+
+
+def test_the_profile_says_what_to_publish_and_where(client, portal, other_portal, site):
+    assert profile(client, portal)["website_verification"] is None
+
+    verification = claim(client, portal, site.url + "/")["website_verification"]
+
+    assert verification == {
+        "state": "unverified",
+        "token": verification["token"],
+        "url": f"{site.url}{WELL_KNOWN}",
+        "verified_at": None,
+    }
+    assert len(verification["token"]) == 32
+    assert (
+        verification["token"]
+        != claim(client, other_portal, site.url)["website_verification"]["token"]
+    )
+    assert claim(client, portal, None)["website_verification"] is None
+
+
+def test_the_verification_url_is_below_the_normalised_website():
+    assert (
+        websites.verification_url("HTTPS://Sel.Example.ORG:443/Lyon/?lang=fr#top")
+        == "https://sel.example.org/Lyon/.well-known/commons-directory"
+    )
+    assert (
+        websites.verification_url("https://example.org/sélection/")
+        == "https://example.org/s%C3%A9lection/.well-known/commons-directory"
+    )
+    assert websites.verification_url(None) is None
+
+
+# --- verified ---------------------------------------------------------------------------------
+
+
+def test_a_published_token_verifies_the_website_and_gives_the_ads_global_ids(client, portal, site):
+    claim(client, portal, site.url)
+    public = [put(client, portal, "ad-1"), put(client, portal, "ad-2")]
+    put(client, portal, "ad-3", "portal_only")
+    assert own_global_id(client, portal, "ad-1") is None  # unverified: no identity
+    assert [hit["global_id"] for hit in client.get("/v1/search").json["hits"]] == [None, None]
+    _, cursor = read_all(client)
+    # Other directories' tokens beside ours, blank lines, spaces and CRLF line ends.
+    token = token_of(client, portal)
+    publish(site, "other-directory-token", "", f"  {token}  \r", "another-one")
+
+    response = verify(client, portal)
+
+    assert response.status_code == 200, response.json
+    verification = response.json["website_verification"]
+    assert verification["state"] == "verified"
+    assert verification["verified_at"] is not None
+    assert profile(client, portal)["website_verification"] == verification
+    assert site.requests == [WELL_KNOWN]
+    assert own_global_id(client, portal, "ad-1") == f"{site.url}#ad-1"
+    hits = client.get("/v1/search").json["hits"]
+    assert sorted(hit["global_id"] for hit in hits) == [f"{site.url}#ad-1", f"{site.url}#ad-2"]
+    # Followers of the feed learn the new global ids: an entry per public ad.
+    changes, _ = read_all(client, since=cursor)
+    assert sorted((change["op"], change["ad_id"]) for change in changes) == sorted(
+        ("upsert", ad_id) for ad_id in public
+    )
+    assert {change["ad"]["global_id"] for change in changes} == {
+        f"{site.url}#ad-1",
+        f"{site.url}#ad-2",
+    }
+
+
+def test_verifying_again_checks_again_and_keeps_the_global_ids(client, portal, site):
+    claim(client, portal, site.url)
+    put(client, portal, "ad-1")
+    publish(site, token_of(client, portal))
+    first = verify(client, portal).json["website_verification"]["verified_at"]
+    _, cursor = read_all(client)
+
+    again = verify(client, portal)
+
+    assert again.status_code == 200, again.json
+    later = again.json["website_verification"]["verified_at"]
+    assert datetime.fromisoformat(later) > datetime.fromisoformat(first)
+    assert site.requests == [WELL_KNOWN, WELL_KNOWN]
+    assert read_all(client, since=cursor)[0] == []  # no global id changed
+
+
+# --- not verified -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("lines", "said"),
+    [
+        pytest.param([], "is empty", id="empty"),
+        pytest.param(["someone-elses-token"], "holds 1 other line(s)", id="another-token"),
+        pytest.param(["token: {token}"], "holds 1 other line(s)", id="token-within-a-line"),
+        pytest.param(["{token}x"], "holds 1 other line(s)", id="token-with-more"),
+    ],
+)
+def test_a_file_without_the_token_is_refused_and_changes_nothing(client, portal, site, lines, said):
+    claim(client, portal, site.url)
+    put(client, portal, "ad-1")
+    token = token_of(client, portal)
+    publish(site, *(line.format(token=token) for line in lines))
+    _, cursor = read_all(client)
+
+    message = refused(verify(client, portal))
+
+    assert f"{site.url}{WELL_KNOWN} {said} but not this portal's token" in message
+    assert f"publish {token} on a line of its own at {site.url}{WELL_KNOWN}" in message
+    assert profile(client, portal)["website_verification"]["state"] == "unverified"
+    assert own_global_id(client, portal, "ad-1") is None
+    assert read_all(client, since=cursor)[0] == []
+
+
+def test_a_site_answering_every_path_with_a_page_is_told_to_publish_plain_text(
+    client, portal, site
+):
+    claim(client, portal, site.url)
+    site.pages[WELL_KNOWN] = Reply(
+        status=200, headers={"content-type": "text/html; charset=utf-8"}, body=b"<html>Hi"
+    )
+
+    message = refused(verify(client, portal))
+
+    assert "It was answered as text/html" in message
+    assert "published as plain text" in message
+
+
+@pytest.mark.parametrize("status", [404, 403, 500, 503])
+def test_an_http_error_of_the_website_is_refused_naming_the_status(client, portal, site, status):
+    claim(client, portal, site.url)
+    site.pages[WELL_KNOWN] = Reply(status=status, body=b"nope")
+
+    message = refused(verify(client, portal))
+
+    assert message == (
+        f"the website was not verified: {site.url}{WELL_KNOWN} answered HTTP {status}"
+    )
+
+
+def test_a_website_that_refuses_connections_is_refused_saying_so(client, portal, closed_port):
+    claim(client, portal, f"http://127.0.0.1:{closed_port}")
+
+    message = refused(verify(client, portal))
+
+    assert f"cannot connect to 127.0.0.1 port {closed_port}" in message
+    assert "Connection refused" in message
+
+
+def test_a_website_that_does_not_answer_is_given_up_after_the_read_timeout(client, portal, site):
+    claim(client, portal, site.url)
+    site.pages[WELL_KNOWN] = Reply(status=200, delay_s=60, body=token_of(client, portal).encode())
+
+    started = time.monotonic()
+    message = refused(verify(client, portal))
+    waited_s = time.monotonic() - started
+
+    assert f"no answer from 127.0.0.1 port {site.port} within the read timeout" in message
+    assert fetch.READ_TIMEOUT_S - 0.5 <= waited_s < fetch.READ_TIMEOUT_S + LEEWAY_S
+
+
+def test_a_website_that_trickles_its_answer_is_given_up_after_the_total_timeout(
+    client, portal, site
+):
+    # Each pause is shorter than the read timeout: only the bound on the whole exchange
+    # stops it.
+    claim(client, portal, site.url)
+    site.pages[WELL_KNOWN] = Reply(
+        status=200,
+        body=token_of(client, portal).encode(),
+        body_piece_bytes=1,
+        pause_between_pieces_s=fetch.READ_TIMEOUT_S - 1,
+    )
+
+    started = time.monotonic()
+    message = refused(verify(client, portal))
+    waited_s = time.monotonic() - started
+
+    assert f"answer not complete within {fetch.TOTAL_TIMEOUT_S} s" in message
+    assert waited_s < fetch.TOTAL_TIMEOUT_S + LEEWAY_S
+
+
+def test_a_file_longer_than_the_limit_is_refused(client, portal, site):
+    claim(client, portal, site.url)
+    token = token_of(client, portal)
+    publish(site, token, "x" * fetch.MAX_BODY_BYTES)
+
+    message = refused(verify(client, portal))
+
+    assert f"answer longer than {fetch.MAX_BODY_BYTES} bytes" in message
+
+
+def test_verifying_without_a_website_is_refused(client, portal):
+    message = refused(verify(client, portal), code="no_website")
+
+    assert message.startswith("the portal has no website to verify; set one first")
+
+
+# --- where the directory connects -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("website", "reason"),
+    [
+        ("http://10.0.0.1", "website points to 10.0.0.1, a private address"),
+        ("http://169.254.169.254", "a link-local address (where cloud metadata"),
+        ("https://[fd00::1]:8443/sel", "website points to fd00::1, a private address"),
+    ],
+)
+def test_a_website_at_an_address_that_is_not_public_is_refused_without_a_request(
+    client, portal, website, reason
+):
+    # Claiming it is allowed (a website is a name); fetching from it is not.
+    claim(client, portal, website)
+
+    message = refused(verify(client, portal))
+
+    assert message.startswith("the website was not verified: refused to fetch ")
+    assert reason in message
+
+
+def test_a_loopback_website_is_refused_unless_loopback_is_allowed(session, portal, site):
+    portals.update_profile(session, portal_id=portal.id, changes={"website": site.url})
+    challenge = websites.verification_challenge(session, portal_id=portal.id)
+    publish(site, challenge.token)
+
+    with pytest.raises(Conflict, match=r"points to 127\.0\.0\.1, a loopback address"):
+        websites.look_for_token(challenge, allow_loopback=False)
+    assert site.requests == []
+    websites.look_for_token(challenge, allow_loopback=True)
+
+
+def test_a_redirect_within_the_website_is_followed(client, portal, site):
+    claim(client, portal, site.url)
+    site.pages[WELL_KNOWN] = Reply(status=301, headers={"location": "/verification"})
+    site.pages["/verification"] = Reply(status=302, headers={"location": f"{site.url}/v2"})
+    site.pages["/v2"] = Reply(status=307, headers={"location": "/files/token.txt#top"})
+    publish(site, token_of(client, portal), path="/files/token.txt")
+
+    response = verify(client, portal)
+
+    assert response.status_code == 200, response.json
+    assert site.requests == [WELL_KNOWN, "/verification", "/v2", "/files/token.txt"]
+
+
+def test_more_than_three_redirects_are_refused(client, portal, site):
+    claim(client, portal, site.url)
+    hops = [WELL_KNOWN, "/1", "/2", "/3", "/4"]
+    for here, there in itertools.pairwise(hops):
+        site.pages[here] = Reply(status=302, headers={"location": there})
+    publish(site, token_of(client, portal), path="/4")
+
+    message = refused(verify(client, portal))
+
+    assert f"{site.url}/3 redirects again after 3 redirects" in message
+    assert site.requests == hops[:4]
+
+
+@pytest.mark.parametrize(
+    "elsewhere",
+    [
+        pytest.param("http://localhost:{port}/token", id="another-host-name"),
+        pytest.param("http://127.0.0.1:{other_port}/token", id="another-port"),
+        pytest.param("http://10.0.0.1/token", id="a-private-address"),
+    ],
+)
+def test_a_redirect_out_of_the_website_is_refused(client, portal, site, elsewhere):
+    with Website() as other:
+        target = elsewhere.format(port=site.port, other_port=other.port)
+        claim(client, portal, site.url)
+        site.pages[WELL_KNOWN] = Reply(status=301, headers={"location": target})
+        publish(site, token_of(client, portal), path="/token")
+        publish(other, token_of(client, portal), path="/token")
+
+        message = refused(verify(client, portal))
+
+        assert f"redirects to {target}, which is not followed" in message
+        assert "within 127.0.0.1 only" in message
+        assert site.requests == [WELL_KNOWN]
+        assert other.requests == []
+
+
+# --- a change of website --------------------------------------------------------------------
+
+
+def verified(client, portal, site: Website) -> dict:
+    claim(client, portal, site.url)
+    publish(site, token_of(client, portal))
+    response = verify(client, portal)
+    assert response.status_code == 200, response.json
+    return response.json["website_verification"]
+
+
+def test_a_new_website_is_unverified_with_a_new_token_and_the_ads_lose_their_global_ids(
+    client, portal, site
+):
+    ad_id = put(client, portal, "ad-1")
+    before = verified(client, portal, site)
+    _, cursor = read_all(client)
+
+    with Website() as new_site:
+        after = claim(client, portal, new_site.url)["website_verification"]
+
+    assert (after["state"], after["verified_at"]) == ("unverified", None)
+    assert after["token"] != before["token"]
+    assert own_global_id(client, portal, "ad-1") is None
+    changes, _ = read_all(client, since=cursor)
+    assert [(c["op"], c["ad_id"], c["ad"]["global_id"]) for c in changes] == [
+        ("upsert", ad_id, None)
+    ]
+
+
+def test_the_same_website_spelt_otherwise_keeps_its_verification(client, portal, site):
+    put(client, portal, "ad-1")
+    before = verified(client, portal, site)
+    _, cursor = read_all(client)
+
+    after = claim(client, portal, site.url.upper() + "/")["website_verification"]
+
+    assert after == before
+    assert own_global_id(client, portal, "ad-1") == f"{site.url}#ad-1"
+    assert read_all(client, since=cursor)[0] == []
+
+
+def test_a_failed_check_leaves_a_verified_website_verified(client, portal, site):
+    # A site down for a moment must not take the ads' global ids away.
+    before = verified(client, portal, site)
+    site.pages.clear()
+
+    refused(verify(client, portal))
+
+    assert profile(client, portal)["website_verification"] == before
+
+
+def test_a_website_changed_during_the_check_is_not_verified(session, portal, site):
+    portals.update_profile(session, portal_id=portal.id, changes={"website": site.url})
+    challenge = websites.verification_challenge(session, portal_id=portal.id)
+    publish(site, challenge.token)
+    websites.look_for_token(challenge, allow_loopback=True)
+    portals.update_profile(
+        session, portal_id=portal.id, changes={"website": "https://elsewhere.example"}
+    )
+
+    with pytest.raises(Conflict, match="changed while it was being checked"):
+        websites.record_verification(session, challenge=challenge)
+
+
+# --- one verified portal per website ----------------------------------------------------------
+
+
+def test_portals_may_claim_one_website_but_one_only_verifies_it(client, portal, other_portal, site):
+    # A squatter claiming first does not keep the owner out: both claims are allowed...
+    claim(client, other_portal, site.url)
+    claim(client, portal, f"HTTP://127.0.0.1:{site.port}/")
+    put(client, other_portal, "ad-1")
+    # ...and the owner, who can publish its token there, verifies it.
+    publish(site, token_of(client, portal))
+    assert verify(client, portal).status_code == 200
+    refused(verify(client, other_portal))  # its token is not there
+    # Even with its token there too, the other portal cannot verify it now.
+    publish(site, token_of(client, portal), token_of(client, other_portal))
+
+    message = refused(verify(client, other_portal), code="website_taken")
+
+    assert message.startswith(
+        f"another portal of this directory has verified this website ({site.url})"
+    )
+    assert own_global_id(client, other_portal, "ad-1") is None
+    # Once the first portal has moved, the website is free to verify.
+    claim(client, portal, "https://sel-lyon.example.net")
+    assert verify(client, other_portal).status_code == 200
+    assert own_global_id(client, other_portal, "ad-1") == f"{site.url}#ad-1"
+
+
+def test_two_portals_racing_to_verify_one_website_one_gets_it_the_other_a_clear_409(
+    app, wiring, client, portal, other_portal, site
+):
+    claim(client, portal, site.url)
+    claim(client, other_portal, site.url)
+    publish(site, token_of(client, portal), token_of(client, other_portal))
+    holding, release = threading.Event(), threading.Event()
+    answers = {}
+
+    def first():  # verified, by an operator, in a transaction held open
+        with unit_of_work(wiring.session_factory) as session:
+            websites.trust_website(session, portal_id=portal.id)
+            holding.set()
+            release.wait(10)
+
+    def second():
+        answers["second"] = verify(app.test_client(), other_portal)
+
+    winner = threading.Thread(target=first)
+    winner.start()
+    assert holding.wait(10)
+    loser = threading.Thread(target=second)
+    loser.start()
+    wait_for_a_lock_wait(wiring, what="the second")
+    release.set()
+    winner.join(20)
+    loser.join(20)
+    refused(answers["second"], code="website_taken")
+    assert profile(client, portal)["website_verification"]["state"] == "verified"
+    assert profile(client, other_portal)["website_verification"]["state"] == "unverified"
