@@ -280,6 +280,20 @@ def portals_verify_website(slug: str, trust: bool) -> None:
     click.echo(f"website {challenge.website} of {slug} verified: the token is there")
 
 
+@portals.command("unverify-website")
+@click.argument("slug")
+def portals_unverify_website(slug: str) -> None:
+    """Withdraw a portal's website verification (a domain it lost): its ads lose their
+    global ids, and another portal may verify the website."""
+    from directory.services import portals as service
+    from directory.services import websites
+
+    with _transaction() as session:
+        portal = _domain(service.get_portal, session, slug=slug)
+        _domain(websites.withdraw_verification, session, portal_id=portal.id)
+    click.echo(f"website {portal.website} of {slug} is unverified: its ads have no global_id")
+
+
 @portals.command("suspend")
 @click.argument("slug")
 def portals_suspend(slug: str) -> None:

@@ -232,6 +232,21 @@ def test_verify_website_trust_marks_it_verified_without_a_fetch(
     assert after["state"] == "verified"
 
 
+def test_unverify_website_withdraws_a_verification(run_ok, create_portal, client, site):
+    key = create_portal("cli-portal")
+    client.patch("/v1/portals/me", json={"website": site.url}, headers=_bearer(key))
+    run_ok("portals", "verify-website", "cli-portal", "--trust")
+
+    result = run_ok("portals", "unverify-website", "cli-portal")
+
+    assert result.output == (
+        f"website {site.url} of cli-portal is unverified: its ads have no global_id\n"
+    )
+    after = client.get("/v1/portals/me", headers=_bearer(key)).json["website_verification"]
+    assert after["state"] == "unverified"
+    assert run_ok("portals", "unverify-website", "cli-portal").exit_code == 0  # again: harmless
+
+
 def test_verify_website_of_a_portal_without_one_fails_clearly(run, create_portal):
     create_portal("cli-portal")
 

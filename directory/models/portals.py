@@ -84,6 +84,9 @@ class Portal(Base):
     # When the portal proved it (or an operator vouched for it); None: its ads have no
     # global_id. Cleared when the website changes.
     website_verified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When the directory last fetched the website to verify it: one fetch at a time per
+    # portal, at most one every services.websites.CHECK_INTERVAL_S.
+    website_checked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     contact: Mapped[str | None] = mapped_column(String(320))
     description: Mapped[str | None] = mapped_column(Text)
     default_currencies: Mapped[list[str]] = mapped_column(

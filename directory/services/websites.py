@@ -19,24 +19,30 @@ transaction that could still write before them)."""
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from directory.db import unique_conflicts
-from directory.errors import Conflict
+from directory.errors import Conflict, TooManyRequests
 from directory.models import Portal
 from directory.services.ads import global_id_prefix
 from directory.services.portals import republish_public_ads
-from directory.webhooks.fetch import FetchFailed, fetch_file
+from directory.webhooks.fetch import TOTAL_TIMEOUT_S, FetchFailed, fetch_file
 
 # RFC 8615's place for site-wide metadata, below the website as the portal gave it (its
 # path included): what is verified is exactly the prefix of the ads' global ids.
 WELL_KNOWN_PATH = "/.well-known/commons-directory"
 # Characters a URL keeps as they are; others (a path's non-ASCII letters) are escaped.
 URL_SAFE = ":/?#[]@!$&'()*+,;=%~"
+# A portal's website is fetched at most once in this long, so one at a time (a fetch
+# lasts TOTAL_TIMEOUT_S at most): a check holds an API process meanwhile, and the
+# directory must not become a way to send a stream of requests to someone else's site.
+CHECK_INTERVAL = timedelta(seconds=TOTAL_TIMEOUT_S)
 
 
 class VerificationState(enum.StrEnum):
@@ -88,17 +94,49 @@ def website_verification(portal: Portal) -> WebsiteVerification | None:
 
 
 def verification_challenge(session: Session, *, portal_id: int) -> Challenge:
-    """Step 1: what to look for, and where."""
+    """Step 1: what to look for, and where; and the portal's turn to be checked
+    (TooManyRequests within CHECK_INTERVAL of its last check, or while one runs)."""
     portal = session.get_one(Portal, portal_id)
     verification = website_verification(portal)
     if verification is None:
         raise _no_website()
+    _take_turn(session, portal_id=portal_id)
     return Challenge(
         portal_id=portal.id,
         website=portal.website,
         website_identity=portal.website_identity,
         token=verification.token,
         url=verification.url,
+    )
+
+
+def _take_turn(session: Session, *, portal_id: int) -> None:
+    # One statement: of two requests at once, the second waits for the first's row lock,
+    # then finds its turn taken.
+    taken = session.execute(
+        update(Portal)
+        .where(
+            Portal.id == portal_id,
+            or_(
+                Portal.website_checked_at.is_(None),
+                Portal.website_checked_at <= func.now() - CHECK_INTERVAL,
+            ),
+        )
+        .values(website_checked_at=func.now())
+        .returning(Portal.id)
+    ).scalar_one_or_none()
+    if taken is not None:
+        return
+    wait_s = session.scalar(
+        select(
+            func.extract("epoch", Portal.website_checked_at + CHECK_INTERVAL - func.now())
+        ).where(Portal.id == portal_id)
+    )
+    raise TooManyRequests(
+        f"the website was checked less than {CHECK_INTERVAL.seconds} s ago (or is being "
+        "checked now); try again when Retry-After says",
+        code="website_checked_recently",
+        retry_after_s=max(1, math.ceil(wait_s or 0)),
     )
 
 
@@ -152,6 +190,21 @@ def trust_website(session: Session, *, portal_id: int) -> Portal:
     if portal.website_verified_at is not None:
         return portal
     return _verified(session, portal)
+
+
+def withdraw_verification(session: Session, *, portal_id: int) -> Portal:
+    """Unverified again, by an operator: for a portal that lost its domain, whose new
+    owner's portal could not verify it meanwhile (website_taken). Its ads lose their
+    global ids; it may verify the website again (with the same token) if it is its own."""
+    portal = session.get_one(Portal, portal_id, with_for_update=True)
+    if portal.website_verified_at is None:
+        return portal
+    portal.website_verified_at = None
+    portal.updated_at = datetime.now(UTC)
+    # Followers of the feed (search indexes, mirrors) must drop the global ids.
+    republish_public_ads(session, portal_id=portal.id, payable_only=False)
+    session.flush()
+    return portal
 
 
 def _verified(session: Session, portal: Portal) -> Portal:

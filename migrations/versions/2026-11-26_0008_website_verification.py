@@ -1,4 +1,5 @@
-"""Website verification: `portals.website_verification_token`, `website_verified_at`.
+"""Website verification: `portals.website_verification_token`, `website_verified_at`,
+`website_checked_at`.
 
 Revision ID: 0008
 Revises: 0007
@@ -22,7 +23,7 @@ Downgrade: 0007 allows one portal per website, verified or not; if several now c
 one, the downgrade stops and names them, changing nothing. After a downgrade every
 website gives global ids again, verified or not, as before this release.
 
-Lock safety: ADD COLUMN (nullable, no default) twice, a moment's ACCESS EXCLUSIVE lock
+Lock safety: ADD COLUMN (nullable, no default) three times, a moment's ACCESS EXCLUSIVE lock
 each; the backfill updates one row per portal with a website (a few hundred); the
 partial unique index is built under the table's lock in milliseconds at that size.
 Backward compatibility: the previous release neither reads nor writes the new columns.
@@ -48,6 +49,7 @@ TOKEN_BYTES = 24
 def upgrade() -> None:
     op.add_column("portals", sa.Column("website_verification_token", sa.String(64)))
     op.add_column("portals", sa.Column("website_verified_at", sa.DateTime(timezone=True)))
+    op.add_column("portals", sa.Column("website_checked_at", sa.DateTime(timezone=True)))
     connection = op.get_bind()
     vetted = connection.scalars(
         sa.text("SELECT id FROM portals WHERE website_identity IS NOT NULL ORDER BY id")
@@ -92,5 +94,6 @@ def downgrade() -> None:
         )
     op.drop_index("uq_portals_website_identity", table_name="portals")
     op.create_unique_constraint("uq_portals_website_identity", "portals", ["website_identity"])
+    op.drop_column("portals", "website_checked_at")
     op.drop_column("portals", "website_verified_at")
     op.drop_column("portals", "website_verification_token")

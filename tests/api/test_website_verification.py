@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from datetime import datetime
 
 import pytest
+from sqlalchemy import text
 
 from directory.db import unit_of_work
 from directory.errors import Conflict
@@ -41,8 +42,22 @@ def claim(client, portal, website: str | None) -> dict:
     return response.json
 
 
-def verify(client, portal):
+def check(client, portal):
     return client.post("/v1/portals/me/website/verify", headers=portal.headers)
+
+
+def verify(client, portal):
+    """A check, as if none had been made lately (the interval between checks has tests of
+    its own)."""
+    forget_last_check(client, portal)
+    return check(client, portal)
+
+
+def forget_last_check(client, portal) -> None:
+    with unit_of_work(client.application.extensions["directory"].session_factory) as session:
+        session.execute(
+            text("UPDATE portals SET website_checked_at = NULL WHERE id = :id"), {"id": portal.id}
+        )
 
 
 def profile(client, portal) -> dict:
@@ -170,6 +185,75 @@ def test_verifying_again_checks_again_and_keeps_the_global_ids(client, portal, s
     assert datetime.fromisoformat(later) > datetime.fromisoformat(first)
     assert site.requests == [WELL_KNOWN, WELL_KNOWN]
     assert read_all(client, since=cursor)[0] == []  # no global id changed
+
+
+def test_a_website_is_checked_at_most_once_in_the_interval(client, portal, site):
+    claim(client, portal, site.url)
+    publish(site, token_of(client, portal))
+    assert check(client, portal).status_code == 200
+
+    again = check(client, portal)
+
+    assert again.status_code == 429, again.json
+    assert again.json["error"] == "website_checked_recently"
+    assert 1 <= int(again.headers["Retry-After"]) <= websites.CHECK_INTERVAL.seconds
+    assert site.requests == [WELL_KNOWN]  # the site was not asked again
+    with unit_of_work(client.application.extensions["directory"].session_factory) as session:
+        session.execute(
+            text(
+                "UPDATE portals SET website_checked_at = website_checked_at - :interval "
+                "WHERE id = :id"
+            ),
+            {"interval": websites.CHECK_INTERVAL, "id": portal.id},
+        )
+    assert check(client, portal).status_code == 200  # the interval is over
+    assert site.requests == [WELL_KNOWN, WELL_KNOWN]
+
+
+def test_a_check_while_another_runs_is_refused_without_a_fetch(app, client, portal, site):
+    claim(client, portal, site.url)
+    # The site answers after a second: the first check is still fetching when the second
+    # comes.
+    site.pages[WELL_KNOWN] = Reply(
+        status=200,
+        headers={"content-type": "text/plain"},
+        body=token_of(client, portal).encode(),
+        delay_s=1.0,
+    )
+    answers = {}
+    first = threading.Thread(target=lambda: answers.update(first=check(app.test_client(), portal)))
+    first.start()
+    deadline = time.monotonic() + 5
+    while not site.requests and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+    second = check(client, portal)
+    first.join()
+
+    assert second.status_code == 429, second.json
+    assert answers["first"].status_code == 200, answers["first"].json
+    assert site.requests == [WELL_KNOWN]
+
+
+def test_an_operator_withdraws_a_verification_and_another_portal_may_verify(
+    client, portal, other_portal, site, session
+):
+    claim(client, portal, site.url)
+    put(client, portal, "ad-1")
+    publish(site, token_of(client, portal))
+    assert verify(client, portal).status_code == 200
+    _, cursor = read_all(client)
+
+    websites.withdraw_verification(session, portal_id=portal.id)
+    session.commit()
+
+    assert profile(client, portal)["website_verification"]["state"] == "unverified"
+    assert own_global_id(client, portal, "ad-1") is None
+    entries, _ = read_all(client, since=cursor)
+    assert [(e["op"], e["ad"]["global_id"]) for e in entries] == [("upsert", None)]
+    claim(client, other_portal, site.url)
+    publish(site, token_of(client, other_portal))
+    assert verify(client, other_portal).status_code == 200
 
 
 # --- not verified -----------------------------------------------------------------------------

@@ -80,7 +80,8 @@ export interface paths {
          *     if the token is there, marks the website verified and republishes the portal's
          *     public ads with their global ids through the feed. Of the portals of a
          *     directory that claim one website, one at most is verified. A failed check
-         *     changes nothing (a verified website stays verified).
+         *     changes nothing (a verified website stays verified). A website is checked at
+         *     most once every 10 seconds.
          */
         post: operations["verifyWebsite"];
         delete?: never;
@@ -1550,6 +1551,17 @@ export interface operations {
             /** @description Not verified, the message saying why: no_website (none is set), website_not_verified (unreachable, an HTTP error, a refused address or redirect, the token not found), website_taken (another portal of this directory has verified this website) */
             409: {
                 headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The website was checked less than 10 s ago, or is being checked now (website_checked_recently): see Retry-After */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {

@@ -9,7 +9,7 @@ from flask.views import MethodView
 from directory.api.auth import BEARER_AUTH, require_portal
 from directory.api.blueprint import Blueprint
 from directory.api.db import transaction, wiring
-from directory.api.errors import ErrorSchema
+from directory.api.errors import RETRY_AFTER_HEADER, ErrorSchema
 from directory.api.portals.schemas import (
     PortalPatchSchema,
     PortalSchema,
@@ -60,6 +60,13 @@ class OwnWebsiteVerification(MethodView):
         "redirect, the token not found), website_taken (another portal of this "
         "directory has verified this website)",
     )
+    @blp.alt_response(
+        429,
+        schema=ErrorSchema,
+        description="The website was checked less than 10 s ago, or is being checked now "
+        "(website_checked_recently): see Retry-After",
+        headers=RETRY_AFTER_HEADER,
+    )
     @blp.doc(operationId="verifyWebsite", security=BEARER_AUTH)
     def post(self):
         """Prove the portal's website is its own
@@ -73,7 +80,8 @@ class OwnWebsiteVerification(MethodView):
         if the token is there, marks the website verified and republishes the portal's
         public ads with their global ids through the feed. Of the portals of a
         directory that claim one website, one at most is verified. A failed check
-        changes nothing (a verified website stays verified)."""
+        changes nothing (a verified website stays verified). A website is checked at
+        most once every 10 seconds."""
         with transaction() as session:
             caller = require_portal(session)
             challenge = websites.verification_challenge(session, portal_id=caller.id)
