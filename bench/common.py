@@ -122,7 +122,9 @@ def gunicorn_app(app: str, *, workers: int, env: dict[str, str]):
     process = subprocess.Popen(
         [
             sys.executable, "-m", "gunicorn", "--workers", str(workers),
-            "--bind", f"127.0.0.1:{port}", "--log-level", "warning", app,
+            "--bind", f"127.0.0.1:{port}", "--log-level", "warning",
+            "--no-control-socket",  # as `directory serve`: one shared path, unused
+            app,
         ],
         env={**os.environ, **env},
         cwd=ROOT,

@@ -88,6 +88,8 @@ def serve(bind: str, workers: int) -> None:
             "--graceful-timeout", "20",
             # A sync-session commit of a few hundred thousand ads takes tens of seconds.
             "--timeout", "300",
+            # Unused, and by default one path in the user's home for all their gunicorns.
+            "--no-control-socket",
             "directory.wsgi:app",
         ],
     )  # fmt: skip

@@ -470,6 +470,23 @@ def test_a_database_that_cannot_be_reached_stops_the_command_clearly(run, args):
     assert result.output.startswith("Error: database error: connection failed"), result.output
 
 
+def test_serve_runs_gunicorn_without_a_control_socket(run, monkeypatch):
+    from gunicorn.config import Config
+
+    started = []
+    monkeypatch.setattr(main.os, "execvp", lambda *command: started.append(command))
+
+    result = run("serve", "--bind", "127.0.0.1:8001", "--workers", "2")
+
+    assert result.exit_code == 0, (result.output, result.exception)
+    ((_, argv),) = started
+    assert argv[1:3] == ["-m", "gunicorn"]
+    # By default gunicorn listens on ~/.gunicorn/gunicorn.ctl, one path for all of them.
+    assert "--no-control-socket" in argv
+    options = Config().parser().parse_args(argv[3:])  # this gunicorn knows every option
+    assert options.control_socket_disable is True
+
+
 @pytest.mark.parametrize(
     ("args", "parameter"),
     [

@@ -48,3 +48,26 @@ def test_the_spec_is_valid_openapi():
     """Generators (openapi-typescript, openapi-python-client) refuse an invalid spec:
     a response without its required description, say."""
     validate(yaml.safe_load(SPEC_FILE.read_text()))
+
+
+def test_the_spec_is_served_at_openapi_json(client):
+    response = client.get("/openapi.json")
+
+    assert response.status_code == 200
+    assert response.mimetype == "application/json"
+    assert response.json == yaml.safe_load(SPEC_FILE.read_text())
+
+
+def test_the_served_spec_ignores_query_parameters(client):
+    # Exempt from the refusal of unknown parameters: a cache-buster (?v=2) asks for the
+    # same document.
+    response = client.get("/openapi.json", query_string={"x": "1"})
+
+    assert response.status_code == 200
+    assert response.json == client.get("/openapi.json").json
+
+
+def test_only_the_spec_is_served_no_documentation_ui(app):
+    docs = [rule.rule for rule in app.url_map.iter_rules() if rule.endpoint.startswith("api-docs.")]
+
+    assert docs == ["/openapi.json"]

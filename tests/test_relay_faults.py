@@ -352,6 +352,7 @@ def api_server(database_url: str, folder: Path) -> Iterator[str]:
                 sys.executable, "-m", "gunicorn",
                 "--workers", "2",
                 "--bind", f"127.0.0.1:{port}",
+                "--no-control-socket",  # gunicorn's is one per user, shared
                 "directory.wsgi:app",
             ],
             env={

@@ -9,6 +9,7 @@ import re
 
 import pytest
 
+from directory import create_app
 from tests.factories import ad_payload
 
 ACCESS_LOGGER = "directory.access"
@@ -71,6 +72,36 @@ def test_valid_incoming_request_id_is_echoed_and_logged(client, access_log):
 
     assert response.headers["X-Request-Id"] == "edge-proxy.4f2a-91"
     assert access_log()[0]["request_id"] == "edge-proxy.4f2a-91"
+
+
+def test_search_refused_for_a_wrong_key_keeps_its_request_id(client, access_log):
+    # Refused by the rate limits' hook, which runs before the view.
+    response = client.get(
+        "/v1/search",
+        headers={"Authorization": "Bearer cdir_wrong", "X-Request-Id": "edge-proxy.4f2a-91"},
+    )
+
+    assert response.status_code == 401
+    assert response.headers["X-Request-Id"] == "edge-proxy.4f2a-91"
+    (line,) = access_log()
+    assert line["request_id"] == "edge-proxy.4f2a-91"
+    assert line["duration_ms"] >= 0
+
+
+def test_answer_before_the_request_started_has_an_id_but_no_duration(migrated, access_log):
+    app = create_app(migrated)
+    # A hook that answers before ours could start the request.
+    app.before_request_funcs[None].insert(0, lambda: ("", 204))
+    try:
+        response = app.test_client().get("/healthz", headers={"X-Request-Id": "edge-proxy.77"})
+    finally:
+        app.extensions["directory"].close()
+
+    assert response.status_code == 204
+    assert response.headers["X-Request-Id"] == "edge-proxy.77"
+    (line,) = access_log()
+    assert line["request_id"] == "edge-proxy.77"
+    assert line["duration_ms"] is None
 
 
 @pytest.mark.parametrize(

@@ -49,7 +49,14 @@ def create_api(app: Flask) -> Api:
             },
             "servers": [{"url": "/"}],
         },
+        # The spec at /openapi.json (OPENAPI_JSON_PATH's default); no UI is served, as
+        # none of OPENAPI_{REDOC,SWAGGER_UI,RAPIDOC}_PATH is set.
+        OPENAPI_URL_PREFIX="/",
     )
+    # First, before any hook that may answer (a rate limit, a wrong key): every answer
+    # carries its request id, and its log line a duration.
+    app.before_request(_start_request)
+    app.after_request(_log_request)
     api = Api(app)
     api.spec.components.security_scheme("PortalKey", SECURITY_SCHEMES["PortalKey"])
     from directory.api.ads.routes import blp as ads_blp
@@ -77,19 +84,22 @@ def create_api(app: Flask) -> Api:
     require_answer_fields(api.spec)
     install_rate_limits(app, app.extensions["directory"].settings, search_blueprint=search_blp)
     errors.register_error_handlers(app)
-    app.before_request(_start_request)
     app.before_request(_refuse_keys_in_query)
     app.before_request(_require_json_body)
     app.before_request(_refuse_unknown_query_parameters)
-    app.after_request(_log_request)
     return api
 
 
 def _start_request() -> None:
+    g.request_id = _request_id()
+    g.started = time.perf_counter()
+
+
+def _request_id() -> str:
+    """The client's own X-Request-Id if it is a sane one, else a new one."""
     incoming = request.headers.get("X-Request-Id", "")
     # secrets rather than uuid4().hex: the same 32 hex digits, a third of the time.
-    g.request_id = incoming if REQUEST_ID.fullmatch(incoming) else secrets.token_hex(16)
-    g.started = time.perf_counter()
+    return incoming if REQUEST_ID.fullmatch(incoming) else secrets.token_hex(16)
 
 
 def _refuse_keys_in_query() -> None:
@@ -173,19 +183,23 @@ def _refuse_unknown_query_parameters() -> None:
 
 def _log_request(response):
     # Never the Authorization header, the query string's values or any body.
-    duration_ms = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
-    response.headers["X-Request-Id"] = g.get("request_id", "")
+    if "request_id" not in g:  # answered before _start_request, the first hook, ran
+        g.request_id = _request_id()
+    response.headers["X-Request-Id"] = g.request_id
     if not access_log.isEnabledFor(logging.INFO):
         return response  # the line would be dropped: spare building it
+    started = g.get("started")
+    # None rather than a made-up figure for a request that was never started.
+    duration_ms = None if started is None else round((time.perf_counter() - started) * 1000, 2)
     access_log.info(
         json.dumps(
             {
                 "event": "request",
-                "request_id": g.get("request_id"),
+                "request_id": g.request_id,
                 "method": request.method,
                 "path": request.path,
                 "status": response.status_code,
-                "duration_ms": round(duration_ms, 2),
+                "duration_ms": duration_ms,
                 "portal": g.get("portal_slug"),
                 "bytes_in": request.content_length or 0,
             }

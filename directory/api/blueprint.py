@@ -26,6 +26,14 @@ class StrictParser(FlaskParser):
         super().__init__(*args, **kwargs)
         # By schema instance (each operation's, built once) and location.
         self._loaders: dict[tuple[ma.Schema, str], FastLoader | None] = {}
+        # Bodies declared optional (`arguments(..., required=False)`), by schema instance.
+        self.optional_bodies: set[ma.Schema] = set()
+
+    def load_json(self, request, schema):
+        # An optional body left out is loaded as {} (webargs' `missing`): every default.
+        if schema in self.optional_bodies and not request.get_data(cache=True):
+            return core.missing
+        return super().load_json(request, schema)
 
     def load_querystring(self, request, schema):
         # A parameter given twice would silently lose all but its first value.
@@ -93,8 +101,9 @@ class StrictParser(FlaskParser):
         return self._loaders[key]
 
     def _raw_load_json(self, request):
-        # Only operations that declare a JSON body get here: an empty one is an error,
-        # never an empty object (a PATCH without a body must not "succeed").
+        # Only operations that declare a JSON body get here (not with an optional one left
+        # out: load_json): an empty one is an error, never an empty object (a PATCH
+        # without a body must not "succeed").
         _refuse_unreadable_body(request)
         body = request.get_data(cache=True)
         _refuse_truncated_body(request, body)
@@ -170,7 +179,10 @@ def _refuse_truncated_body(request, body: bytes) -> None:
 class Blueprint(flask_smorest.Blueprint):
     ARGUMENTS_PARSER = StrictParser()
 
-    def arguments(self, schema, **kwargs):
+    def arguments(self, schema, *, required=True, **kwargs):
         # webargs builds a schema given as a class anew for every request (copying each
         # of its fields); an instance is built once. Loading keeps no state in it.
-        return super().arguments(schema() if isinstance(schema, type) else schema, **kwargs)
+        schema = schema() if isinstance(schema, type) else schema
+        if not required:
+            self.ARGUMENTS_PARSER.optional_bodies.add(schema)
+        return super().arguments(schema, required=required, **kwargs)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import subprocess
 import sys
@@ -40,6 +42,7 @@ def gunicorn(migrated, redis_url, tmp_path_factory):
             "--bind", f"127.0.0.1:{port}",
             "--access-logfile", str(access_log),
             "--access-logformat", "%(p)s %(s)s %(U)s",
+            "--no-control-socket",  # one path for every gunicorn of the user, unused
             "directory.wsgi:app",
         ],
         env={
@@ -152,6 +155,29 @@ def test_searches_go_on_when_the_rate_limit_store_is_down(migrated):
         assert statuses == [200, 200, 429, 429]
     finally:
         app.extensions["directory"].close()
+
+
+def test_rate_limited_search_keeps_its_request_id(migrated, caplog):
+    caplog.set_level(logging.INFO, logger="directory.access")
+    settings = Settings(
+        environment="test",
+        database_url=migrated.database_url,
+        search_rate_limit_anonymous="1 per minute",
+    )
+    app = create_app(settings)
+    try:
+        client = app.test_client()
+        client.get("/v1/search?limit=1")
+        refused = client.get("/v1/search?limit=1", headers={"X-Request-Id": "edge-proxy.4f2a-91"})
+    finally:
+        app.extensions["directory"].close()
+
+    assert refused.status_code == 429
+    assert refused.headers["X-Request-Id"] == "edge-proxy.4f2a-91"
+    line = json.loads(caplog.records[-1].getMessage())
+    assert line["status"] == 429
+    assert line["request_id"] == "edge-proxy.4f2a-91"
+    assert line["duration_ms"] >= 0
 
 
 def test_several_limits_must_all_pass(migrated):

@@ -86,6 +86,43 @@ def test_a_rotated_secret_keeps_the_old_one_signing_for_the_overlap(client, port
     assert immediate["secret"] not in (before, rotated["secret"])
 
 
+def test_a_rotation_without_a_body_keeps_the_old_secret_signing_for_a_day(client, portal):
+    before = client.get("/v1/portals/me/webhook-secret", headers=portal.headers).json["secret"]
+
+    response = client.post("/v1/portals/me/webhook-secret", headers=portal.headers)
+
+    assert response.status_code == 200, response.json
+    assert response.json["secret"] != before
+    assert response.json["previous_secret"] == before
+    expires = datetime.fromisoformat(response.json["previous_secret_expires_at"])
+    assert timedelta(hours=23.9) < expires - datetime.now(UTC) <= timedelta(hours=24)
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status", "error"),
+    [
+        ("overlap_hours=2", "application/x-www-form-urlencoded", 415, "unsupported_media_type"),
+        ('{"overlap_hours": 2', "application/json", 400, "malformed_json"),
+    ],
+    ids=["form", "malformed-json"],
+)
+def test_a_rotation_body_that_is_not_json_is_refused(
+    client, portal, body, content_type, status, error
+):
+    before = client.get("/v1/portals/me/webhook-secret", headers=portal.headers).json
+
+    response = client.post(
+        "/v1/portals/me/webhook-secret",
+        data=body,
+        content_type=content_type,
+        headers=portal.headers,
+    )
+
+    assert response.status_code == status
+    assert response.json["error"] == error
+    assert client.get("/v1/portals/me/webhook-secret", headers=portal.headers).json == before
+
+
 @pytest.mark.parametrize("body", [{"overlap_hours": -1}, {"overlap_hours": 169}, {"x": 1}])
 def test_bad_rotations_are_refused(client, portal, body):
     response = client.post("/v1/portals/me/webhook-secret", json=body, headers=portal.headers)

@@ -103,7 +103,8 @@ export interface paths {
         /**
          * Replace the webhook signing secret
          * @description The current secret keeps signing beside the new one for `overlap_hours`, so the
-         *     portal can switch its receiver over without missing a message.
+         *     portal can switch its receiver over without missing a message. The body may be
+         *     left out: every field has its default.
          */
         post: operations["rotateWebhookSecret"];
         delete?: never;
@@ -1599,7 +1600,7 @@ export interface operations {
             path?: never;
             cookie?: never;
         };
-        requestBody: {
+        requestBody?: {
             content: {
                 "application/json": components["schemas"]["RotateSecret"];
             };

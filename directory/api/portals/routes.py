@@ -101,14 +101,16 @@ class WebhookSecret(MethodView):
             caller = require_portal(session)
             return portals.webhook_secrets(session, portal_id=caller.id)
 
-    @blp.arguments(RotateSecretSchema)
+    # Every field has a default: a POST without a body rotates with them.
+    @blp.arguments(RotateSecretSchema, required=False)
     @blp.response(200, WebhookSecretsSchema)
     @blp.doc(operationId="rotateWebhookSecret", security=BEARER_AUTH)
     def post(self, rotation):
         """Replace the webhook signing secret
 
         The current secret keeps signing beside the new one for `overlap_hours`, so the
-        portal can switch its receiver over without missing a message."""
+        portal can switch its receiver over without missing a message. The body may be
+        left out: every field has its default."""
         with transaction() as session:
             caller = require_portal(session)
             return portals.rotate_webhook_secret(
