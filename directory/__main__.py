@@ -437,10 +437,15 @@ def localdb() -> None:
 @localdb.command("start")
 @click.argument("folder", type=click.Path(path_type=Path), default=ROOT / ".data" / "pg")
 def localdb_start(folder: Path) -> None:
-    """Start it (creating it if needed) and print its database URL."""
+    """Start it (creating it if needed) and print its database URL; when it runs
+    already, only print its URL."""
     from directory import localdb as module
 
-    click.echo(module.start(folder).url)
+    try:
+        cluster = module.start(folder)
+    except module.LocalDbError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(cluster.url)
 
 
 @localdb.command("stop")
@@ -449,7 +454,10 @@ def localdb_stop(folder: Path) -> None:
     """Stop it."""
     from directory import localdb as module
 
-    module.stop(folder)
+    try:
+        module.stop(folder)
+    except module.LocalDbError as error:
+        raise click.ClickException(str(error)) from None
 
 
 @cli.group()
