@@ -31,12 +31,23 @@ def _settings() -> Settings:
 def _database_errors():
     """A database that cannot be reached (or fails) stops the command with its reason,
     not a traceback."""
-    from sqlalchemy.exc import OperationalError
+    from psycopg.errors import UndefinedColumn, UndefinedTable
+    from sqlalchemy.exc import OperationalError, ProgrammingError
 
     try:
         yield
     except OperationalError as error:
         raise click.ClickException(f"database error: {error.orig or error}") from None
+    except ProgrammingError as error:
+        # The code was upgraded and `migrate` not run yet (or the URL names another
+        # database): say so, rather than show SQL.
+        if not isinstance(error.orig, UndefinedTable | UndefinedColumn):
+            raise
+        first_line = str(error.orig).splitlines()[0]
+        raise click.ClickException(
+            f"the database's tables are not this release's ({first_line}): run "
+            "`directory migrate` first, or check DIRECTORY_DATABASE_URL"
+        ) from None
 
 
 @contextmanager

@@ -470,6 +470,19 @@ def test_a_database_that_cannot_be_reached_stops_the_command_clearly(run, args):
     assert result.output.startswith("Error: database error: connection failed"), result.output
 
 
+@pytest.mark.parametrize(
+    "args",
+    [["portals", "list"], ["portals", "keys", "some-portal"]],
+    ids=lambda args: " ".join(args[:2]),
+)
+def test_a_database_not_migrated_stops_the_command_clearly(run, args, empty_database_url):
+    result = run(*args, env={"DIRECTORY_DATABASE_URL": empty_database_url})
+
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert result.output.startswith("Error: the database's tables are not this release's (")
+    assert "run `directory migrate` first" in result.output
+
+
 def test_serve_runs_gunicorn_without_a_control_socket(run, monkeypatch):
     from gunicorn.config import Config
 
