@@ -1,7 +1,8 @@
 """Contact relay speed: messages accepted per second, and the time from acceptance to
 verified webhook delivery, with live receivers on loopback.
 
-    .venv/bin/python bench/relay.py [--duration 30] [--clients 8] [--rate 100,300]
+    .venv/bin/python bench/relay.py [--turns 6] [--turn 5] [--clients 8] [--duration 30]
+                                    [--rate 100,300]
 
 The API runs under gunicorn with as many processes as `directory serve` (DEFAULT_WORKERS),
 one `directory worker` delivers with the production retry settings, and each portal's
@@ -10,24 +11,28 @@ with the reference Standard Webhooks package. Portals write to each other's adve
 most messages go into existing conversations (both parties take turns), one in ten opens
 a new one.
 
-  throughput  --clients threads post as fast as the API answers for --duration seconds
-              (the worker delivering meanwhile): accepted messages per second, then how
-              long the worker took to drain what was left;
+  throughput  --clients threads post as fast as the API answers (the worker delivering
+              meanwhile), in --turns turns of --turn seconds that alternate with the
+              floor's (below), each turn starting once the last one's messages have all
+              arrived: accepted messages per second, over all turns and for each pair.
+              The machine's speed drifts by a quarter within minutes; turns side by side
+              keep that drift out of the ratio to the floor.
   latency     for each --rate, messages at that steady rate for --duration seconds: the
               time from the client reading the 201 to the receiver getting the verified
               webhook, matched by webhook-id ("msg_" + the message id's hex); both clocks
               are this process's time.monotonic().
-  floor       the throughput phase again with bench/minimal_relay.py in place of the
-              directory (one insert and a NOTIFY per message, a minimal deliverer, the
-              same receivers and clients): the most any Python relay could take here.
+  floor       bench/minimal_relay.py in place of the directory (one insert and a NOTIFY
+              per message, a minimal deliverer, receivers and clients like ours), taking
+              turns with ours: the most any Python relay could take here.
 
 Goals on this 2-core machine: at least 500 messages accepted per second, and p95 from
-acceptance to verified delivery under 1 s. About 2.5 minutes. Prints figures; asserts
+acceptance to verified delivery under 1 s. About 3 minutes. Prints figures; asserts
 nothing."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import itertools
 import os
@@ -73,6 +78,7 @@ CONVERSATIONS_PER_CLIENT = 12  # each client writes in its own: no waiting on ro
 NEW_CONTACT_EVERY = 10  # one message in ten opens a conversation
 LATENCY_THREADS = 8  # senders sharing a steady rate
 DRAIN_TIMEOUT_S = 120
+WARM_UP_S = 2  # of each relay, before the turns
 GOAL_ACCEPTED_PER_S = 500
 GOAL_P95_S = 1.0
 # The listen backlog socketserver gives the receivers (5) resets some of the worker's new
@@ -109,6 +115,11 @@ class Tally:
     def fail(self, what: str) -> None:
         with self.lock:
             self.errors[what] += 1
+
+    def extend(self, other: Tally) -> None:
+        with self.lock:
+            self.accepted.update(other.accepted)
+            self.errors.update(other.errors)
 
 
 class Api:
@@ -405,18 +416,51 @@ def met(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
 
-@dataclass(frozen=True)
-class Floor:
-    accepted_per_s: float
-    accepted: int
-    elapsed_s: float
-    delivered: int
-    cpu: dict[str, float]
+@dataclass
+class Side:
+    """A relay in the throughput turns (ours or the floor): its clients and receivers, a
+    CpuMeter of its parts, and what its turns added up to."""
+
+    writers: list  # Writer or FloorWriter
+    receivers: list[WebhookReceiver]
+    meter: Callable[[], CpuMeter]
+    tally: Tally = field(default_factory=Tally)  # every turn's
+    elapsed_s: float = 0.0
+    per_turn: list[float] = field(default_factory=list)  # accepted/s
+    delivered_meanwhile: int = 0  # arrived before their turn ended
+    longest_drain_s: float = 0.0
+    cpu: Counter = field(default_factory=Counter)
+
+    @property
+    def accepted_per_s(self) -> float:
+        return len(self.tally.accepted) / self.elapsed_s
+
+    def take_turn(self, duration_s: float) -> None:
+        """Saturates for `duration_s`, then waits until the turn's messages all arrived."""
+        meter = self.meter()
+        tally, elapsed_s = saturate(self.writers, duration_s)
+        self.cpu.update(meter.stop())
+        self.delivered_meanwhile += len(arrivals(self.receivers).keys() & tally.accepted.keys())
+        _, drain_s = drain(self.receivers, tally)
+        self.longest_drain_s = max(self.longest_drain_s, drain_s)
+        self.tally.extend(tally)
+        self.elapsed_s += elapsed_s
+        self.per_turn.append(len(tally.accepted) / elapsed_s)
+
+    def warm_up(self, duration_s: float) -> None:
+        """A turn not counted: every server process is loaded and has its connections."""
+        tally, _ = saturate(self.writers, duration_s)
+        drain(self.receivers, tally)
+
+    def close(self) -> None:
+        for writer in self.writers:
+            writer.api.close()
 
 
-def floor_throughput(database_url: str, *, clients: int, duration_s: float) -> Floor:
-    """The throughput phase again with bench/minimal_relay.py in place of the directory:
-    as many gunicorn workers, one deliverer, the same receivers and clients."""
+@contextlib.contextmanager
+def floor_relay(database_url: str, *, clients: int):
+    """bench/minimal_relay.py, ready to take turns: as many gunicorn workers as ours, one
+    deliverer, receivers and clients like ours. Yields its Side."""
     url = libpq_url(database_url)
     minimal_relay.create_table(url)
     secrets = [new_secret() for _ in range(PORTALS)]
@@ -431,25 +475,22 @@ def floor_throughput(database_url: str, *, clients: int, duration_s: float) -> F
         with gunicorn_app(
             "bench.minimal_relay:app", workers=DEFAULT_WORKERS, env={"BENCH_DATABASE_URL": url}
         ) as server:
-            meter = relay_meter(api=server, worker=deliverer, database_url=database_url)
-            writers = [FloorWriter(Api(server.base_url), f"f{index}") for index in range(clients)]
-            tally, elapsed_s = saturate(writers, duration_s)
-            cpu = meter.stop()
-            for writer in writers:
-                writer.api.close()
-            arrived, _ = drain(receivers, tally)
+            side = Side(
+                writers=[
+                    FloorWriter(Api(server.base_url), f"f{index}") for index in range(clients)
+                ],
+                receivers=receivers,
+                meter=lambda: relay_meter(api=server, worker=deliverer, database_url=database_url),
+            )
+            try:
+                yield side
+            finally:
+                side.close()
     finally:
         deliverer.terminate()
         deliverer.wait(timeout=30)
         for receiver in receivers:
             receiver.stop()
-    return Floor(
-        accepted_per_s=len(tally.accepted) / elapsed_s,
-        accepted=len(tally.accepted),
-        elapsed_s=elapsed_s,
-        delivered=len(arrived.keys() & tally.accepted.keys()),
-        cpu=cpu,
-    )
 
 
 def cpu_per_message(cpu: dict[str, float], messages: int) -> str:
@@ -512,10 +553,16 @@ def retried_deliveries(database_url: str) -> tuple[int, int, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--duration", type=float, default=30, help="seconds of each phase (default 30)"
+        "--turns", type=int, default=6, help="throughput turns of each relay (default 6)"
     )
     parser.add_argument(
-        "--clients", type=int, default=8, help="concurrent clients of the throughput phase"
+        "--turn", type=float, default=5, help="seconds of each throughput turn (default 5)"
+    )
+    parser.add_argument(
+        "--clients", type=int, default=8, help="concurrent clients of the throughput turns"
+    )
+    parser.add_argument(
+        "--duration", type=float, default=30, help="seconds of each latency phase (default 30)"
     )
     parser.add_argument(
         "--rate",
@@ -574,17 +621,22 @@ def main() -> None:
                     for index in range(count)
                 ]
 
-            # (a) throughput
-            meter = relay_meter(api=server, worker=worker, database_url=url)
-            clients = writers(args.clients)
-            tally, elapsed_s = saturate(clients, args.duration)
-            cpu = meter.stop()
-            delivered_meanwhile = len(arrivals(receivers).keys() & tally.accepted.keys())
-            arrived, drain_s = drain(receivers, tally)
-            for client in clients:
-                client.api.close()
-            accepted_per_s = len(tally.accepted) / elapsed_s
-            saturated = latency(tally, arrived)
+            # (a) throughput, in turns with (c) the floor's
+            ours = Side(
+                writers=writers(args.clients),
+                receivers=receivers,
+                meter=lambda: relay_meter(api=server, worker=worker, database_url=url),
+            )
+            with floor_relay(url, clients=args.clients) as floor:
+                for side in (ours, floor):
+                    side.warm_up(WARM_UP_S)
+                for turn in range(args.turns):
+                    # Each goes first in half of the pairs: neither gains from the drift.
+                    for side in (ours, floor) if turn % 2 == 0 else (floor, ours):
+                        side.take_turn(args.turn)
+            ours.close()
+            arrived = arrivals(receivers)
+            saturated = latency(ours.tally, arrived)
 
             # (b) latency at steady rates
             steady = []
@@ -603,8 +655,6 @@ def main() -> None:
             for receiver in receivers:
                 receiver.stop()
         log = worker_log.read_text().strip()
-        # (c) the floor: after the directory's worker stopped, so that it takes no CPU.
-        floor = floor_throughput(url, clients=args.clients, duration_s=args.duration)
         requests_seen = sum(len(receiver.deliveries) for receiver in receivers)
         unverified = sum(
             not delivery.verified for receiver in receivers for delivery in receiver.deliveries
@@ -614,21 +664,24 @@ def main() -> None:
     print(f"setup:                 {PORTALS} portals with webhooks, {len(ads)} ads, "
           f"{len(conversations)} conversations; API: gunicorn, {DEFAULT_WORKERS} workers; "
           f"1 delivery worker; {cores} cores")  # fmt: skip
+    accepted_per_s = ours.accepted_per_s
+    accepted = len(ours.tally.accepted)
     print(f"(a) throughput:        {accepted_per_s:,.0f} messages accepted/s  "
-          f"({len(tally.accepted):,} in {elapsed_s:.1f} s, {args.clients} clients, "
-          f"1 in {NEW_CONTACT_EVERY} a new conversation)")  # fmt: skip
-    if tally.errors:
-        print(f"    refused/failed:    {dict(tally.errors)}")
-    print(f"    delivered meanwhile: {delivered_meanwhile:,} "
-          f"({delivered_meanwhile / elapsed_s:,.0f}/s); backlog at the end "
-          f"{len(tally.accepted) - delivered_meanwhile:,}, drained in {drain_s:.1f} s")  # fmt: skip
+          f"({accepted:,} in {ours.elapsed_s:.1f} s: {args.turns} turns of {args.turn:g} s, "
+          f"{args.clients} clients, 1 in {NEW_CONTACT_EVERY} a new conversation; turns "
+          f"{min(ours.per_turn):,.0f}-{max(ours.per_turn):,.0f}/s)")  # fmt: skip
+    if ours.tally.errors:
+        print(f"    refused/failed:    {dict(ours.tally.errors)}")
+    print(f"    delivered meanwhile: {ours.delivered_meanwhile:,} "
+          f"({ours.delivered_meanwhile / ours.elapsed_s:,.0f}/s); the rest of a turn's "
+          f"arrived within {ours.longest_drain_s:.1f} s of its end")  # fmt: skip
     print(f"    acceptance -> delivery (saturated): {describe(saturated)}")
-    busy = sum(cpu.values())
+    busy = sum(ours.cpu.values())
     print("    CPU share:         "
-          + ", ".join(f"{name} {seconds / busy:.0%}" for name, seconds in cpu.items())
-          + f" (machine busy {busy / elapsed_s / cores:.0%}; CPU per message accepted: "
-          + cpu_per_message(cpu, len(tally.accepted)) + ")")  # fmt: skip
-    if cpu["other"] > 0.1 * busy:
+          + ", ".join(f"{name} {seconds / busy:.0%}" for name, seconds in ours.cpu.items())
+          + f" (machine busy {busy / ours.elapsed_s / cores:.0%}; CPU per message accepted: "
+          + cpu_per_message(ours.cpu, accepted) + ")")  # fmt: skip
+    if ours.cpu["other"] > 0.1 * busy:
         print("    WARNING: other programs used the machine meanwhile; the figures are low")
     for rate, paced_tally, figures in steady:
         achieved = len(paced_tally.accepted) / args.duration
@@ -637,12 +690,21 @@ def main() -> None:
               f"{paced_tally.most_behind_s * 1000:.0f} ms behind its pace"
               + (f", refused/failed {dict(paced_tally.errors)}" if paced_tally.errors else "")
               + ")")  # fmt: skip
+    floor_accepted = len(floor.tally.accepted)
+    floor_delivered = len(arrivals(floor.receivers).keys() & floor.tally.accepted.keys())
     floor_busy = sum(floor.cpu.values())
+    pairs = sorted(
+        mine / theirs for mine, theirs in zip(ours.per_turn, floor.per_turn, strict=True)
+    )
     print(f"(c) floor:             {floor.accepted_per_s:,.0f} messages accepted/s "
-          f"(bench/minimal_relay.py: {floor.accepted:,} in {floor.elapsed_s:.1f} s, "
-          f"{floor.delivered:,} delivered; machine busy {floor_busy / floor.elapsed_s / cores:.0%}; "
-          f"CPU per message: {cpu_per_message(floor.cpu, floor.accepted)}); "
-          f"ours / floor: {accepted_per_s / floor.accepted_per_s:.2f}")  # fmt: skip
+          f"(bench/minimal_relay.py, in turns with (a): {floor_accepted:,} in "
+          f"{floor.elapsed_s:.1f} s, {floor_delivered:,} delivered; turns "
+          f"{min(floor.per_turn):,.0f}-{max(floor.per_turn):,.0f}/s; machine busy "
+          f"{floor_busy / floor.elapsed_s / cores:.0%}; CPU per message: "
+          f"{cpu_per_message(floor.cpu, floor_accepted)})")  # fmt: skip
+    print(f"    ours / floor:      {accepted_per_s / floor.accepted_per_s:.2f} over all turns; "
+          f"turn by turn {pairs[0]:.2f} lowest, {statistics.median(pairs):.2f} median, "
+          f"{pairs[-1]:.2f} highest")  # fmt: skip
     print(f"receivers:             {requests_seen:,} requests, {unverified} unverified; "
           f"deliveries {total:,}, {retried:,} tried more than once, {pending:,} still pending")  # fmt: skip
     print("goals:")
