@@ -148,7 +148,7 @@ class Api:
 
 class Writer:
     """Sends relay messages for one client thread: into its conversations, parties taking
-    turns, and now and then to a new advertiser."""
+    turns, and now and then (given `ads`) to a new advertiser."""
 
     def __init__(self, api: Api, conversations: list[Conversation], ads, name: str):
         self.api = api
@@ -158,8 +158,15 @@ class Writer:
         self.count = itertools.count(1)
 
     def send(self, tally: Tally) -> None:
+        path, key, payload = self.next_message()
+        post_message(
+            self.api, tally, path, key, payload, lambda body: webhook_id_of(body["message"]["id"])
+        )
+
+    def next_message(self) -> tuple[str, str, dict]:
+        """(path, key, body) of this client's next message."""
         number = next(self.count)
-        if number % NEW_CONTACT_EVERY == 0:
+        if self.ads and number % NEW_CONTACT_EVERY == 0:
             ad_id, writer_key = self.ads[number // NEW_CONTACT_EVERY % len(self.ads)]
             path, key = f"/v1/ads/{ad_id}/contact", writer_key
             payload = {"member": f"m-{self.name}-{number}", "name": "Anna", "body": BODY}
@@ -170,9 +177,7 @@ class Writer:
             ]
             path, key = f"/v1/conversations/{conversation.id}/messages", party.key
             payload = {"member": party.member, "body": BODY}
-        post_message(
-            self.api, tally, path, key, payload, lambda body: webhook_id_of(body["message"]["id"])
-        )
+        return path, key, payload
 
 
 def post_message(
@@ -501,6 +506,84 @@ def cpu_per_message(cpu: dict[str, float], messages: int) -> str:
     )
 
 
+@dataclass
+class Relay:
+    """The directory under test: its API under gunicorn, one delivering worker, portals
+    whose webhooks are receivers here, their ads and open conversations."""
+
+    database_url: str
+    server: subprocess.Popen
+    worker: subprocess.Popen
+    keys: list[str]
+    receivers: list[WebhookReceiver]
+    ads: list[tuple[str, int, str]]
+    conversations: list[Conversation]
+
+    def writers(
+        self, count: int, *, base_url: str | None = None, first: int = 0, contacts: bool = True
+    ) -> list[Writer]:
+        """`count` clients of the API at `base_url` (ours by default), each writing in
+        its own CONVERSATIONS_PER_CLIENT conversations from the `first` client's on."""
+        ads = [(ad_id, self.keys[(owner + 1) % PORTALS]) for ad_id, owner, _ in self.ads]
+        return [
+            Writer(
+                Api(base_url or self.server.base_url),
+                self.conversations[
+                    index * CONVERSATIONS_PER_CLIENT : (index + 1) * CONVERSATIONS_PER_CLIENT
+                ],
+                ads if contacts else [],
+                name=f"c{index}-{uuid.uuid4().hex[:6]}",
+            )
+            for index in range(first, first + count)
+        ]
+
+    def meter(self, api: subprocess.Popen | None = None) -> CpuMeter:
+        """A CpuMeter of the API at `api` (ours by default), the worker and PostgreSQL."""
+        return relay_meter(
+            api=api or self.server, worker=self.worker, database_url=self.database_url
+        )
+
+
+@contextlib.contextmanager
+def directory_relay(database_url: str, *, clients: int, worker_log: Path):
+    """Yields the directory's Relay, with conversations for `clients` writers."""
+    env = {
+        "DIRECTORY_WEBHOOK_ALLOW_LOOPBACK": "1",
+        # A few portals here open as many conversations as a whole federation would.
+        "DIRECTORY_RELAY_CONVERSATIONS_PER_PORTAL_PER_HOUR": "10000000",
+    }
+    with gunicorn(database_url, workers=DEFAULT_WORKERS, env=env) as server:
+        keys = create_portals(database_url)
+        setup = Api(server.base_url)
+        receivers = []
+        worker = None
+        try:
+            for key in keys:
+                _, secret = setup.call("GET", "/v1/portals/me/webhook-secret", key)
+                receiver = WebhookReceiver([secret["secret"]]).start()
+                receivers.append(receiver)
+                status, body = setup.call(
+                    "PATCH", "/v1/portals/me", key, {"webhook_url": receiver.url}
+                )
+                if status != 200:
+                    raise SystemExit(f"setting the webhook failed: HTTP {status} {body}")
+            ads = publish_ads(setup, keys)
+            conversations, first_messages = open_conversations(
+                setup, keys, ads, CONVERSATIONS_PER_CLIENT * clients
+            )
+            setup.close()
+            worker = start_worker(database_url, worker_log)
+            # The conversations' first messages go out as soon as the worker is up.
+            drain(receivers, first_messages)
+            yield Relay(database_url, server, worker, keys, receivers, ads, conversations)
+        finally:
+            if worker is not None:
+                worker.terminate()
+                worker.wait(timeout=60)
+            for receiver in receivers:
+                receiver.stop()
+
+
 # --- the run ---------------------------------------------------------------------------------
 
 
@@ -572,61 +655,16 @@ def main() -> None:
     args = parser.parse_args()
     rates = [float(rate) for rate in args.rate.split(",")]
 
-    env = {
-        "DIRECTORY_WEBHOOK_ALLOW_LOOPBACK": "1",
-        # A few portals here open as many conversations as a whole federation would.
-        "DIRECTORY_RELAY_CONVERSATIONS_PER_PORTAL_PER_HOUR": "10000000",
-    }
     with (
         tempfile.TemporaryDirectory(prefix="directory-bench-relay-") as folder,
         database() as url,
-        gunicorn(url, workers=DEFAULT_WORKERS, env=env) as server,
     ):
         worker_log = Path(folder) / "worker.log"
-        keys = create_portals(url)
-        setup = Api(server.base_url)
-        receivers = []
-        worker = None
-        try:
-            for key in keys:
-                _, secret = setup.call("GET", "/v1/portals/me/webhook-secret", key)
-                receiver = WebhookReceiver([secret["secret"]]).start()
-                receivers.append(receiver)
-                status, body = setup.call(
-                    "PATCH", "/v1/portals/me", key, {"webhook_url": receiver.url}
-                )
-                if status != 200:
-                    raise SystemExit(f"setting the webhook failed: HTTP {status} {body}")
-            ads = publish_ads(setup, keys)
-            conversations, first_messages = open_conversations(
-                setup, keys, ads, CONVERSATIONS_PER_CLIENT * max(args.clients, LATENCY_THREADS)
-            )
-            setup.close()
-            worker = start_worker(url, worker_log)
-            # The conversations' first messages go out as soon as the worker is up.
-            drain(receivers, first_messages)
-
-            def writers(count: int) -> list[Writer]:
-                contacts = [(ad_id, keys[(owner + 1) % PORTALS]) for ad_id, owner, _ in ads]
-                return [
-                    Writer(
-                        Api(server.base_url),
-                        conversations[
-                            index * CONVERSATIONS_PER_CLIENT : (index + 1)
-                            * CONVERSATIONS_PER_CLIENT
-                        ],
-                        contacts,
-                        name=f"c{index}-{uuid.uuid4().hex[:6]}",
-                    )
-                    for index in range(count)
-                ]
-
+        with directory_relay(
+            url, clients=max(args.clients, LATENCY_THREADS), worker_log=worker_log
+        ) as relay:
             # (a) throughput, in turns with (c) the floor's
-            ours = Side(
-                writers=writers(args.clients),
-                receivers=receivers,
-                meter=lambda: relay_meter(api=server, worker=worker, database_url=url),
-            )
+            ours = Side(relay.writers(args.clients), relay.receivers, relay.meter)
             with floor_relay(url, clients=args.clients) as floor:
                 for side in (ours, floor):
                     side.warm_up(WARM_UP_S)
@@ -635,34 +673,29 @@ def main() -> None:
                     for side in (ours, floor) if turn % 2 == 0 else (floor, ours):
                         side.take_turn(args.turn)
             ours.close()
-            arrived = arrivals(receivers)
-            saturated = latency(ours.tally, arrived)
+            saturated = latency(ours.tally, arrivals(relay.receivers))
 
             # (b) latency at steady rates
             steady = []
             for rate in rates:
-                clients = writers(LATENCY_THREADS)
+                clients = relay.writers(LATENCY_THREADS)
                 paced_tally = paced(clients, rate, args.duration)
-                arrived, _ = drain(receivers, paced_tally)
+                arrived, _ = drain(relay.receivers, paced_tally)
                 for client in clients:
                     client.api.close()
                 steady.append((rate, paced_tally, latency(paced_tally, arrived)))
             total, retried, pending = retried_deliveries(url)
-        finally:
-            if worker is not None:
-                worker.terminate()
-                worker.wait(timeout=60)
-            for receiver in receivers:
-                receiver.stop()
         log = worker_log.read_text().strip()
-        requests_seen = sum(len(receiver.deliveries) for receiver in receivers)
+        requests_seen = sum(len(receiver.deliveries) for receiver in relay.receivers)
         unverified = sum(
-            not delivery.verified for receiver in receivers for delivery in receiver.deliveries
+            not delivery.verified
+            for receiver in relay.receivers
+            for delivery in receiver.deliveries
         )
 
     cores = os.cpu_count() or 1
-    print(f"setup:                 {PORTALS} portals with webhooks, {len(ads)} ads, "
-          f"{len(conversations)} conversations; API: gunicorn, {DEFAULT_WORKERS} workers; "
+    print(f"setup:                 {PORTALS} portals with webhooks, {len(relay.ads)} ads, "
+          f"{len(relay.conversations)} conversations; API: gunicorn, {DEFAULT_WORKERS} workers; "
           f"1 delivery worker; {cores} cores")  # fmt: skip
     accepted_per_s = ours.accepted_per_s
     accepted = len(ours.tally.accepted)
