@@ -43,7 +43,7 @@ openapi: deps
 bench: deps
 	$(BIN)/python bench/ingest.py
 
-.PHONY: bench-search bench-flood bench-relay bench-sync
+.PHONY: bench-search bench-flood bench-relay bench-relay-layers bench-sync
 bench-search: deps
 	$(BIN)/python bench/search.py
 
@@ -52,6 +52,9 @@ bench-flood: deps
 
 bench-relay: deps
 	$(BIN)/python bench/relay.py
+
+bench-relay-layers: deps
+	$(BIN)/python bench/relay_layers.py
 
 bench-sync: deps
 	$(BIN)/python bench/sync.py
