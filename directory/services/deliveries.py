@@ -236,8 +236,12 @@ class InboxPage:
 
 def inbox(session: Session, *, portal_id: int, since: str | None, limit: int) -> InboxPage:
     """What has not reached the portal yet (by either channel), oldest first, after the
-    `since` cursor. A message stays here until acknowledged or delivered by webhook."""
-    after = _decode_since(since)
+    event `since` names. A message stays here until acknowledged or delivered by webhook.
+
+    The cursor is the id of a page's last event, not a position in the directory's
+    deliveries: those count every portal's messages, and the gaps between a portal's
+    own would show how much the others write, and when."""
+    after = _position_after(session, portal_id=portal_id, since=since)
     ids = list(
         session.scalars(
             select(Delivery.id)
@@ -251,7 +255,7 @@ def inbox(session: Session, *, portal_id: int, since: str | None, limit: int) ->
         )
     )
     found = events(session, delivery_ids=ids[:limit])
-    next_since = _encode_since(ids[limit - 1]) if len(ids) > limit else None
+    next_since = found[-1].webhook_id if len(ids) > limit else None
     return InboxPage(found, next_since)
 
 
@@ -284,18 +288,27 @@ def acknowledge(session: Session, *, portal_id: int, webhook_ids: list[str]) -> 
     return result.rowcount
 
 
-def _encode_since(delivery_id: int) -> str:
-    return f"d{delivery_id}"
-
-
-def _decode_since(since: str | None) -> int:
+def _position_after(session: Session, *, portal_id: int, since: str | None) -> int:
+    """The delivery id to read after: that of the portal's event `since`, or 0 (from the
+    oldest) when there is none, or when that event is no longer there (purged) or is not
+    the portal's, which then says nothing of other portals' events."""
     if since is None:
         return 0
+    message_id = message_id_of(since)
+    if message_id is not None:
+        position = session.scalar(
+            select(Delivery.id).where(
+                Delivery.message_id == message_id, Delivery.portal_id == portal_id
+            )
+        )
+        return position or 0
+    # "d" and a delivery id: next_since before it became an event id, still read for a
+    # portal that was paging while the directory was upgraded.
     # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
     if since[:1] == "d" and since[1:].isascii() and since[1:].isdigit() and len(since) < 20:
         return int(since[1:])
     raise InvalidInput(
-        "since must be a next_since value from the inbox, unchanged",
+        "since must be a next_since value from the inbox, or the id of one of its events",
         field="since",
         details={"location": "query"},
     )

@@ -576,6 +576,56 @@ def test_the_inbox_pages_with_since(client, advertiser, writer_portal, ad_id):
     assert rest["next_since"] is None
 
 
+def test_next_since_is_the_pages_last_event_not_a_count_of_everyones_messages(
+    client, advertiser, writer_portal, ad_id
+):
+    conversation_id = contact(client, writer_portal, ad_id).json["conversation"]["id"]
+    for number in range(3):
+        reply(client, writer_portal, conversation_id, member=WRITER, body=f"m{number}")
+        # Messages to another portal in between: a delivery id would show them.
+        reply(client, advertiser, conversation_id, body=f"r{number}")
+    page = client.get("/v1/inbox?limit=2", headers=advertiser.headers).json
+    assert page["next_since"] == page["events"][-1]["id"]
+
+
+def inbox_seqs(client, portal, **query) -> list[int]:
+    response = client.get("/v1/inbox", query_string=query, headers=portal.headers)
+    assert response.status_code == 200, response.json
+    return [event["data"]["message"]["seq"] for event in response.json["events"]]
+
+
+def test_the_inbox_reads_on_after_any_event_of_the_portal_even_acknowledged(
+    client, advertiser, writer_portal, ad_id
+):
+    conversation_id = contact(client, writer_portal, ad_id).json["conversation"]["id"]
+    for number in range(3):
+        reply(client, writer_portal, conversation_id, member=WRITER, body=f"m{number}")
+    second = client.get("/v1/inbox", headers=advertiser.headers).json["events"][1]["id"]
+    assert inbox_seqs(client, advertiser, since=second) == [3, 4]
+    client.post("/v1/inbox/ack", json={"ids": [second]}, headers=advertiser.headers)
+    assert inbox_seqs(client, advertiser, since=second) == [3, 4]
+    assert inbox_seqs(client, advertiser) == [1, 3, 4]
+
+
+def test_a_since_naming_no_event_of_the_portal_reads_from_the_oldest(
+    client, advertiser, writer_portal, ad_id
+):
+    conversation_id = contact(client, writer_portal, ad_id).json["conversation"]["id"]
+    reply(client, writer_portal, conversation_id, member=WRITER, body="m")
+    reply(client, advertiser, conversation_id, body="r")
+    theirs = client.get("/v1/inbox", headers=writer_portal.headers).json["events"][0]["id"]
+    unknown = "msg_" + uuid.uuid4().hex  # as if purged
+    # Another portal's event is read as one not kept: nothing tells it apart.
+    for since in (theirs, unknown):
+        assert inbox_seqs(client, advertiser, since=since) == [1, 2]
+
+
+def test_a_next_since_from_before_event_ids_is_still_read(client, advertiser, writer_portal, ad_id):
+    contact(client, writer_portal, ad_id)
+    assert inbox_seqs(client, advertiser, since="d0") == [1]
+    assert inbox_seqs(client, advertiser, since="d9999999999") == []
+
+
 def test_a_portal_cannot_acknowledge_another_portals_messages(
     client, advertiser, writer_portal, ad_id
 ):
@@ -604,7 +654,10 @@ def test_bad_acknowledgements_are_refused(client, advertiser, body, field):
     assert field in response.json["errors"]["json"]
 
 
-@pytest.mark.parametrize("query", ["since=zz", "since=d", "limit=0", "limit=501"])
+@pytest.mark.parametrize(
+    "query",
+    ["since=zz", "since=d", "since=msg_" + "z" * 32, "since=msg_123", "limit=0", "limit=501"],
+)
 def test_bad_inbox_queries_are_refused(client, advertiser, query):
     response = client.get(f"/v1/inbox?{query}", headers=advertiser.headers)
     assert response.status_code == 400

@@ -1316,7 +1316,7 @@ export interface components {
         };
         InboxPage: {
             events: components["schemas"]["InboxEvent"][];
-            /** @description Pass as since for more; null: nothing more for now */
+            /** @description The id of this page's last event: pass as since for more; null: nothing more for now */
             next_since: string | null;
         };
         Acknowledge: {
@@ -2333,7 +2333,7 @@ export interface operations {
     readInbox: {
         parameters: {
             query?: {
-                /** @description next_since of the previous page; absent: from the oldest message not yet delivered */
+                /** @description next_since of the previous page, or the id of any of the portal's events: the events after it. Absent, or an event no longer kept: from the oldest message not yet delivered */
                 since?: string | null;
                 limit?: number;
             };

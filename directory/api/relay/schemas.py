@@ -109,8 +109,9 @@ class InboxArgsSchema(Schema):
         load_default=None,
         validate=validate.Length(1, 40),
         metadata={
-            "description": "next_since of the previous page; absent: from the oldest message "
-            "not yet delivered"
+            "description": "next_since of the previous page, or the id of any of the "
+            "portal's events: the events after it. Absent, or an event no longer kept: from "
+            "the oldest message not yet delivered"
         },
     )
     limit = WholeNumber(load_default=100, validate=validate.Range(1, 500))
@@ -226,7 +227,10 @@ class InboxPageSchema(Schema):
     events = fields.List(fields.Nested(InboxEventSchema))
     next_since = fields.String(
         allow_none=True,
-        metadata={"description": "Pass as since for more; null: nothing more for now"},
+        metadata={
+            "description": "The id of this page's last event: pass as since for more; null: "
+            "nothing more for now"
+        },
     )
 
 

@@ -821,7 +821,7 @@ class InboxEvent(Struct, kw_only=True):
 
 class InboxPage(Struct, kw_only=True):
     events: list[InboxEvent]
-    next_since: Annotated[str, Meta(description='Pass as since for more; null: nothing more for now')] | None
+    next_since: Annotated[str, Meta(description="The id of this page's last event: pass as since for more; null: nothing more for now")] | None
 
 
 Id: TypeAlias = Annotated[str, Meta(max_length=64, min_length=1)]
