@@ -34,6 +34,8 @@ NUMERIC_RANGES: dict[str, tuple[float, float]] = {
     "delivery_max_retry_s": (0.001, 30 * 24 * 3600),
     "delivery_give_up_after_hours": (0.001, 30 * 24),
     "delivery_lease_s": (0.001, 30 * 24 * 3600),
+    "website_recheck_days": (1, 3650),
+    "website_recheck_grace_days": (1, 3650),
 }
 # The longest Meilisearch index name: its feed position is stored under it
 # (search_index_positions.index_name, VARCHAR(64)).
@@ -94,6 +96,10 @@ class Settings:
     # A worker that claimed a delivery and died is replaced after this long: the
     # delivery is tried again (same webhook-id).
     delivery_lease_s: float = 60.0
+    # A website verified by a fetch is looked at again this often (daily while its token
+    # is missing); its verification is withdrawn once the token has been missing this long.
+    website_recheck_days: int = 7
+    website_recheck_grace_days: int = 14
 
     def __post_init__(self) -> None:
         if self.environment not in ENVIRONMENTS:

@@ -6,7 +6,8 @@ Deliveries run in their own thread (`Deliverer`): woken by NOTIFY when a message
 accepted, and polling besides (a missed notification, a retry coming due), it leases
 due deliveries and sends them from a thread pool. Several workers may run at once.
 
-Each periodic job runs on its own schedule. A failing job is logged and tried again
+Each periodic job runs on its own schedule: housekeeping, the re-checks of verified
+websites and, with Meilisearch, indexing. A failing job is logged and tried again
 after a growing, jittered delay; it never stops the worker nor the other jobs (Meilisearch
 or the database restarting is an ordinary event)."""
 
@@ -28,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from directory import Wiring
 from directory.db import libpq_url, unit_of_work
-from directory.services import deliveries, relay
+from directory.services import deliveries, relay, websites
 from directory.services.housekeeping import close_stale_sync_sessions
 from directory.webhooks.delivery import DeliveryResult, Outcome, WebhookSender
 from directory.webhooks.signing import signed_headers
@@ -50,6 +51,9 @@ DELIVERY_POLL_S = 1.0
 # load, for a few milliseconds of latency.
 DELIVERY_BATCH_WAIT_S = 0.01
 LISTEN_TIMEOUT_S = 1.0  # how soon the listener notices the worker stopping
+# Verified websites are looked at again one per round: a slow site holds the other jobs
+# for one fetch at most (10 s), and a worker gets through 1,440 a day.
+WEBSITE_RECHECK_INTERVAL_S = 60
 
 
 @dataclass
@@ -100,6 +104,36 @@ def housekeeping(wiring: Wiring) -> None:
         log.info("relay retention: %s", purged)
 
 
+def website_recheck(wiring: Wiring) -> None:
+    """Looks for the token of the verified website whose turn it is (services.websites):
+    between two transactions, as a verification does."""
+    settings = wiring.settings
+    with unit_of_work(wiring.session_factory) as session:
+        challenge = websites.claim_recheck(
+            session, interval=timedelta(days=settings.website_recheck_days)
+        )
+    if challenge is None:
+        return
+    failure = websites.why_token_missing(challenge, allow_loopback=settings.webhook_allow_loopback)
+    with unit_of_work(wiring.session_factory) as session:
+        result = websites.record_recheck(
+            session,
+            challenge=challenge,
+            failure=failure,
+            grace=timedelta(days=settings.website_recheck_grace_days),
+        )
+    if result is websites.RecheckResult.WITHDRAWN:
+        log.warning(
+            "website %s of portal %d: token missing for %d days, verification withdrawn: %s",
+            challenge.website,
+            challenge.portal_id,
+            settings.website_recheck_grace_days,
+            failure,
+        )
+    elif result is websites.RecheckResult.FAILING:
+        log.info("website %s of portal %d: %s", challenge.website, challenge.portal_id, failure)
+
+
 def search_indexing(wiring: Wiring) -> None:
     from directory.search import indexing
 
@@ -115,7 +149,10 @@ def expired_purge(wiring: Wiring) -> None:
 
 
 def jobs_for(wiring: Wiring) -> list[Job]:
-    jobs = [Job("housekeeping", HOUSEKEEPING_INTERVAL_S, housekeeping)]
+    jobs = [
+        Job("housekeeping", HOUSEKEEPING_INTERVAL_S, housekeeping),
+        Job("website re-checks", WEBSITE_RECHECK_INTERVAL_S, website_recheck),
+    ]
     if wiring.settings.search_engine == "meilisearch":
         jobs.append(Job("search indexing", INDEXING_INTERVAL_S, search_indexing))
         jobs.append(Job("expired ads purge", EXPIRED_PURGE_INTERVAL_S, expired_purge))

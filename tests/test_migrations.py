@@ -262,3 +262,30 @@ def test_downgrade_restores_one_portal_per_website(empty_database_url):
                 }
             },
         )
+
+
+def test_upgrade_counts_the_websites_verified_before_as_the_operators(empty_database_url):
+    # Which were fetched is not recorded (0008 verified the existing ones without a
+    # fetch): none is looked at again by the worker, none loses its verification.
+    command.upgrade(alembic_config(empty_database_url), "0008")
+    _insert_portals(
+        empty_database_url,
+        {
+            "lyon": {
+                "website": "https://sel-lyon.example.org",
+                "website_identity": website_identity("https://sel-lyon.example.org"),
+                "website_verification_token": "token-lyon",
+                "website_verified_at": "2026-11-26T12:00:00Z",
+            },
+            "paris": {
+                "website": "https://sel-paris.example",
+                "website_identity": website_identity("https://sel-paris.example"),
+                "website_verification_token": "token-paris",
+            },
+        },
+    )
+
+    command.upgrade(alembic_config(empty_database_url), "head")
+
+    rows = _query(empty_database_url, "SELECT slug, website_verified_by FROM portals ORDER BY slug")
+    assert rows == [("lyon", "operator"), ("paris", None)]

@@ -54,6 +54,7 @@ class Portal(Base):
             "AND (ledger_url IS NULL) = (ledger_node IS NULL)",
             name="ledger_complete",
         ),
+        CheckConstraint("website_verified_by IN ('fetch', 'operator')", name="website_verified_by"),
         # Every search leaves out the ads of portals that are not active: a few among
         # hundreds or thousands, found in this index without reading the others.
         Index("ix_portals_not_active", "id", postgresql_where=text("status <> 'active'")),
@@ -84,9 +85,17 @@ class Portal(Base):
     # When the portal proved it (or an operator vouched for it); None: its ads have no
     # global_id. Cleared when the website changes.
     website_verified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    # When the directory last fetched the website to verify it: one fetch at a time per
-    # portal, at most one every services.websites.CHECK_INTERVAL_S.
+    # How: "fetch" (the token was found there; the worker looks for it again every few
+    # days) or "operator" (vouched for, never looked at again: services.websites.
+    # VerifiedBy). None while unverified, and for verifications older than both.
+    website_verified_by: Mapped[str | None] = mapped_column(String(16))
+    # When the directory last fetched the website to verify it, or to look for the token
+    # again: one fetch at a time per portal, at most one every CHECK_INTERVAL.
     website_checked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Since when, and why, the token has not been found again (services.websites.
+    # record_recheck): the verification is withdrawn once that has lasted long enough.
+    website_recheck_failing_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    website_recheck_failure: Mapped[str | None] = mapped_column(String(1000))
     contact: Mapped[str | None] = mapped_column(String(320))
     description: Mapped[str | None] = mapped_column(Text)
     default_currencies: Mapped[list[str]] = mapped_column(

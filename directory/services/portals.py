@@ -138,6 +138,9 @@ def _claim_website(portal: Portal) -> None:
         None if portal.website_identity is None else secrets.token_urlsafe(VERIFICATION_TOKEN_BYTES)
     )
     portal.website_verified_at = None
+    portal.website_verified_by = None
+    portal.website_recheck_failing_since = None
+    portal.website_recheck_failure = None
 
 
 def create_portal(

@@ -14,7 +14,13 @@ partial unique index `uq_portals_website_identity`). A new website starts unveri
 A verification takes three steps, the fetch between two transactions: held open for up
 to ten seconds of someone else's web server (webhooks.fetch), a transaction would hold a
 database connection and, once it has written, the change feed (its readers wait for every
-transaction that could still write before them)."""
+transaction that could still write before them).
+
+A website verified by a fetch is looked for again by the worker every few days
+(claim_recheck, why_token_missing, record_recheck): a domain lost, sold or rebuilt without
+the token would otherwise keep naming the portal's ads for good, and keep the site's new
+owner from verifying it here. A verification whose token stays missing for a grace period
+is withdrawn. Websites an operator vouched for are never looked at again."""
 
 from __future__ import annotations
 
@@ -24,7 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from directory.db import unique_conflicts
@@ -43,11 +49,29 @@ URL_SAFE = ":/?#[]@!$&'()*+,;=%~"
 # lasts TOTAL_TIMEOUT_S at most): a check holds an API process meanwhile, and the
 # directory must not become a way to send a stream of requests to someone else's site.
 CHECK_INTERVAL = timedelta(seconds=TOTAL_TIMEOUT_S)
+# Portal.website_recheck_failure's length.
+RECHECK_FAILURE_CHARS = 1000
 
 
 class VerificationState(enum.StrEnum):
     UNVERIFIED = "unverified"
     VERIFIED = "verified"
+
+
+class VerifiedBy(enum.StrEnum):
+    FETCH = "fetch"  # the token was found at the website; looked for again now and then
+    OPERATOR = "operator"  # vouched for by the directory's operator; never looked at again
+
+
+class RecheckResult(enum.StrEnum):
+    CONFIRMED = "confirmed"  # the token is still there
+    FAILING = "failing"  # not found, for less than the grace period so far
+    WITHDRAWN = "withdrawn"  # not found for the whole grace period: the verification ends
+    CHANGED = "changed"  # the website or its verification changed meanwhile: nothing recorded
+
+
+# While a verified website's token is missing, it is looked for daily rather than weekly.
+RECHECK_WHILE_FAILING = timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -58,6 +82,11 @@ class WebsiteVerification:
     token: str
     url: str  # where the token must be published
     verified_at: datetime | None
+    verified_by: VerifiedBy | None
+    # Re-checks that have not found the token: since when, and why (they survive a
+    # withdrawal, which they explain).
+    failing_since: datetime | None
+    last_failure: str | None
 
 
 @dataclass(frozen=True)
@@ -90,6 +119,14 @@ def website_verification(portal: Portal) -> WebsiteVerification | None:
         token=portal.website_verification_token,
         url=url,
         verified_at=portal.website_verified_at,
+        verified_by=(
+            None
+            if not verified
+            # Verified before verifications said how: as the operator's (migration 0009).
+            else VerifiedBy(portal.website_verified_by or VerifiedBy.OPERATOR)
+        ),
+        failing_since=portal.website_recheck_failing_since,
+        last_failure=portal.website_recheck_failure,
     )
 
 
@@ -144,14 +181,22 @@ def look_for_token(challenge: Challenge, *, allow_loopback: bool) -> None:
     """Step 2, outside any transaction: fetch the challenge's URL now and find the token
     on a line of its own; raise Conflict `website_not_verified`, saying why, otherwise.
     `allow_loopback`: settings.webhook_allow_loopback."""
+    missing = why_token_missing(challenge, allow_loopback=allow_loopback)
+    if missing is not None:
+        raise _not_verified(missing)
+
+
+def why_token_missing(challenge: Challenge, *, allow_loopback: bool) -> str | None:
+    """Fetches the challenge's URL now: None when the token is there on a line of its
+    own, else why not."""
     try:
         fetched = fetch_file(challenge.url, allow_loopback=allow_loopback)
     except FetchFailed as error:
-        raise _not_verified(str(error)) from None
+        return str(error)
     text = fetched.body.decode("utf-8", errors="replace").removeprefix("\ufeff")
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if challenge.token in lines:
-        return
+        return None
     found = "is empty" if not lines else f"holds {len(lines)} other line(s)"
     content_type = (fetched.content_type or "").partition(";")[0].strip().lower()
     hint = ""
@@ -160,7 +205,7 @@ def look_for_token(challenge: Challenge, *, allow_loopback: bool) -> None:
             f" It was answered as {content_type}: a site that answers every path with a "
             "page of its own needs the file published as plain text."
         )
-    raise _not_verified(
+    return (
         f"{fetched.url} {found} but not this portal's token; publish {challenge.token} on a "
         f"line of its own at {challenge.url}.{hint}"
     )
@@ -178,7 +223,7 @@ def record_verification(session: Session, *, challenge: Challenge) -> Portal:
         raise _not_verified(
             "the portal's website changed while it was being checked; verify it again"
         )
-    return _verified(session, portal)
+    return _verified(session, portal, by=VerifiedBy.FETCH)
 
 
 def trust_website(session: Session, *, portal_id: int) -> Portal:
@@ -189,7 +234,7 @@ def trust_website(session: Session, *, portal_id: int) -> Portal:
         raise _no_website()
     if portal.website_verified_at is not None:
         return portal
-    return _verified(session, portal)
+    return _verified(session, portal, by=VerifiedBy.OPERATOR)
 
 
 def withdraw_verification(session: Session, *, portal_id: int) -> Portal:
@@ -199,7 +244,14 @@ def withdraw_verification(session: Session, *, portal_id: int) -> Portal:
     portal = session.get_one(Portal, portal_id, with_for_update=True)
     if portal.website_verified_at is None:
         return portal
+    portal.website_recheck_failing_since = None
+    portal.website_recheck_failure = None
+    return _unverified(session, portal)
+
+
+def _unverified(session: Session, portal: Portal) -> Portal:
     portal.website_verified_at = None
+    portal.website_verified_by = None
     portal.updated_at = datetime.now(UTC)
     # Followers of the feed (search indexes, mirrors) must drop the global ids.
     republish_public_ads(session, portal_id=portal.id, payable_only=False)
@@ -207,11 +259,14 @@ def withdraw_verification(session: Session, *, portal_id: int) -> Portal:
     return portal
 
 
-def _verified(session: Session, portal: Portal) -> Portal:
+def _verified(session: Session, portal: Portal, *, by: VerifiedBy) -> Portal:
     newly = portal.website_verified_at is None
     now = datetime.now(UTC)
     with unique_conflicts(session, _website_taken(portal.website)):
         portal.website_verified_at = now
+        portal.website_verified_by = by
+        portal.website_recheck_failing_since = None
+        portal.website_recheck_failure = None
         portal.updated_at = now
     if newly:
         # Its ads gain their global ids: followers of the feed (search indexes, mirrors)
@@ -219,6 +274,76 @@ def _verified(session: Session, portal: Portal) -> Portal:
         republish_public_ads(session, portal_id=portal.id, payable_only=False)
     session.flush()
     return portal
+
+
+def claim_recheck(session: Session, *, interval: timedelta) -> Challenge | None:
+    """Step 1 of a re-check: the website verified by a fetch that was checked longest
+    ago, if its turn has come (its last check `interval` ago, or RECHECK_WHILE_FAILING
+    while its token is missing), and the turn taken (website_checked_at), so that
+    workers running at once take different ones. None when no website is due."""
+    due = (
+        select(Portal.id)
+        .where(
+            Portal.website_verified_by == VerifiedBy.FETCH,
+            Portal.website_verified_at.is_not(None),
+            or_(
+                Portal.website_checked_at.is_(None),
+                Portal.website_checked_at
+                <= func.now()
+                - case(
+                    (Portal.website_recheck_failing_since.is_(None), interval),
+                    else_=RECHECK_WHILE_FAILING,
+                ),
+            ),
+        )
+        .order_by(Portal.website_checked_at.asc().nulls_first())
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    row = session.execute(
+        update(Portal)
+        .where(Portal.id == due)
+        .values(website_checked_at=func.now())
+        .returning(
+            Portal.id, Portal.website, Portal.website_identity, Portal.website_verification_token
+        )
+    ).one_or_none()
+    if row is None:
+        return None
+    return Challenge(
+        portal_id=row.id,
+        website=row.website,
+        website_identity=row.website_identity,
+        token=row.website_verification_token,
+        url=verification_url(row.website),
+    )
+
+
+def record_recheck(
+    session: Session, *, challenge: Challenge, failure: str | None, grace: timedelta
+) -> RecheckResult:
+    """Step 3 of a re-check: `failure` None when the token was found, else why not.
+    Missing for `grace` since the first re-check that missed it, the verification is
+    withdrawn (its ads lose their global ids); the failure stays on the profile to
+    explain it. A website changed or unverified meanwhile is left as it is."""
+    portal = session.get_one(Portal, challenge.portal_id, with_for_update=True)
+    if portal.website_verified_at is None or (
+        portal.website_identity,
+        portal.website_verification_token,
+    ) != (challenge.website_identity, challenge.token):
+        return RecheckResult.CHANGED
+    if failure is None:
+        portal.website_recheck_failing_since = None
+        portal.website_recheck_failure = None
+        return RecheckResult.CONFIRMED
+    now = datetime.now(UTC)
+    portal.website_recheck_failing_since = portal.website_recheck_failing_since or now
+    portal.website_recheck_failure = failure[:RECHECK_FAILURE_CHARS]
+    if now - portal.website_recheck_failing_since < grace:
+        return RecheckResult.FAILING
+    _unverified(session, portal)
+    return RecheckResult.WITHDRAWN
 
 
 def _no_website() -> Conflict:

@@ -10,11 +10,12 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import text
 
+from directory import worker
 from directory.db import unit_of_work
 from directory.errors import Conflict
 from directory.services import portals, websites
@@ -114,6 +115,9 @@ def test_the_profile_says_what_to_publish_and_where(client, portal, other_portal
         "token": verification["token"],
         "url": f"{site.url}{WELL_KNOWN}",
         "verified_at": None,
+        "verified_by": None,
+        "failing_since": None,
+        "last_failure": None,
     }
     assert len(verification["token"]) == 32
     assert (
@@ -574,3 +578,173 @@ def test_two_portals_racing_to_verify_one_website_one_gets_it_the_other_a_clear_
     refused(answers["second"], code="website_taken")
     assert profile(client, portal)["website_verification"]["state"] == "verified"
     assert profile(client, other_portal)["website_verification"]["state"] == "unverified"
+
+
+# --- re-checks by the worker ------------------------------------------------------------------
+
+
+def recheck(wiring) -> None:
+    """One round of the worker's job that looks at verified websites again."""
+    worker.website_recheck(wiring)
+
+
+def age(wiring, portal, *, checked_days_ago: float, failing_for_days: float | None = None):
+    """As if the website was last checked `checked_days_ago`, and (if given) its token
+    had been missing for `failing_for_days`."""
+    with unit_of_work(wiring.session_factory) as session:
+        session.execute(
+            text(
+                "UPDATE portals SET"
+                " website_checked_at = now() - CAST(:checked AS float) * interval '1 day',"
+                " website_recheck_failing_since = coalesce("
+                "   now() - CAST(:failing AS float) * interval '1 day',"
+                "   website_recheck_failing_since)"
+                " WHERE id = :id"
+            ),
+            {"checked": checked_days_ago, "failing": failing_for_days, "id": portal.id},
+        )
+
+
+def verified_by_a_fetch(client, portal, site) -> None:
+    """The portal's website verified the usual way, and an ad of it: "bike"."""
+    claim(client, portal, site.url)
+    publish(site, token_of(client, portal))
+    assert verify(client, portal).status_code == 200
+    put(client, portal, "bike")
+    assert own_global_id(client, portal, "bike") == f"{site.url}#bike"
+
+
+def test_a_verified_website_is_looked_at_again_when_its_turn_comes(client, wiring, portal, site):
+    verified_by_a_fetch(client, portal, site)
+    assert profile(client, portal)["website_verification"]["verified_by"] == "fetch"
+    age(wiring, portal, checked_days_ago=6)
+
+    recheck(wiring)
+    assert site.requests == [WELL_KNOWN]  # the verification's own, nothing since
+
+    age(wiring, portal, checked_days_ago=7.1)
+    recheck(wiring)
+    assert site.requests == [WELL_KNOWN, WELL_KNOWN]
+    verification = profile(client, portal)["website_verification"]
+    assert (verification["state"], verification["failing_since"]) == ("verified", None)
+    recheck(wiring)  # checked just now: not again
+    assert len(site.requests) == 2
+
+
+def test_a_missing_token_is_told_then_after_two_weeks_the_verification_is_withdrawn(
+    client, wiring, portal, site
+):
+    verified_by_a_fetch(client, portal, site)
+    del site.pages[WELL_KNOWN]
+    age(wiring, portal, checked_days_ago=8)
+
+    recheck(wiring)
+
+    verification = profile(client, portal)["website_verification"]
+    assert verification["state"] == "verified"
+    assert verification["failing_since"] is not None
+    assert "HTTP 404" in verification["last_failure"]
+    assert own_global_id(client, portal, "bike") == f"{site.url}#bike"  # not yet
+
+    # Looked at daily while the token is missing; withdrawn once two weeks have passed.
+    age(wiring, portal, checked_days_ago=1.1, failing_for_days=13)
+    recheck(wiring)
+    assert profile(client, portal)["website_verification"]["state"] == "verified"
+    age(wiring, portal, checked_days_ago=1.1, failing_for_days=14)
+    _, cursor = read_all(client)
+    recheck(wiring)
+
+    assert len(site.requests) == 4
+    verification = profile(client, portal)["website_verification"]
+    assert (verification["state"], verification["verified_by"]) == ("unverified", None)
+    assert "HTTP 404" in verification["last_failure"]  # why, for the portal to see
+    assert verification["failing_since"] is not None
+    assert own_global_id(client, portal, "bike") is None
+    changes, _ = read_all(client, since=cursor)  # followers drop the global id
+    assert [change["ad"]["global_id"] for change in changes] == [None]
+    # Withdrawn, the website is not looked at again by the worker.
+    age(wiring, portal, checked_days_ago=30)
+    recheck(wiring)
+    assert len(site.requests) == 4
+
+
+def test_a_token_found_again_ends_the_failure(client, wiring, portal, site):
+    verified_by_a_fetch(client, portal, site)
+    token = token_of(client, portal)
+    site.pages[WELL_KNOWN] = Reply(status=503)
+    age(wiring, portal, checked_days_ago=8)
+    recheck(wiring)
+    assert profile(client, portal)["website_verification"]["failing_since"] is not None
+
+    publish(site, token)
+    age(wiring, portal, checked_days_ago=1.1)
+    recheck(wiring)
+
+    verification = profile(client, portal)["website_verification"]
+    assert verification["state"] == "verified"
+    assert (verification["failing_since"], verification["last_failure"]) == (None, None)
+
+
+def test_a_verification_by_the_portal_ends_the_failure_too(client, wiring, portal, site):
+    verified_by_a_fetch(client, portal, site)
+    token = token_of(client, portal)
+    del site.pages[WELL_KNOWN]
+    age(wiring, portal, checked_days_ago=8)
+    recheck(wiring)
+    publish(site, token)
+
+    assert verify(client, portal).status_code == 200
+
+    verification = profile(client, portal)["website_verification"]
+    assert (verification["failing_since"], verification["last_failure"]) == (None, None)
+
+
+def test_websites_the_operator_vouched_for_are_never_looked_at_again(
+    client, wiring, session, portal, site
+):
+    claim(client, portal, site.url)
+    websites.trust_website(session, portal_id=portal.id)
+    session.commit()
+    age(wiring, portal, checked_days_ago=365)
+
+    recheck(wiring)
+
+    assert site.requests == []
+    verification = profile(client, portal)["website_verification"]
+    assert (verification["state"], verification["verified_by"]) == ("verified", "operator")
+
+
+def test_a_website_changed_during_a_recheck_is_left_as_it_is(wiring, client, portal, site):
+    verified_by_a_fetch(client, portal, site)
+    age(wiring, portal, checked_days_ago=8)
+    with unit_of_work(wiring.session_factory) as session:
+        challenge = websites.claim_recheck(session, interval=timedelta(days=7))
+    assert challenge is not None and challenge.portal_id == portal.id
+    claim(client, portal, "https://elsewhere.example")
+
+    with unit_of_work(wiring.session_factory) as session:
+        result = websites.record_recheck(
+            session, challenge=challenge, failure="gone", grace=timedelta(0)
+        )
+
+    assert result is websites.RecheckResult.CHANGED
+    verification = profile(client, portal)["website_verification"]
+    assert (verification["state"], verification["last_failure"]) == ("unverified", None)
+
+
+def test_two_workers_at_once_look_at_different_websites(client, wiring, portal, other_portal, site):
+    with Website() as other_site:
+        verified_by_a_fetch(client, portal, site)
+        verified_by_a_fetch(client, other_portal, other_site)
+        for each in (portal, other_portal):
+            age(wiring, each, checked_days_ago=8)
+        with (
+            unit_of_work(wiring.session_factory) as first,
+            unit_of_work(wiring.session_factory) as second,
+        ):
+            claims = [
+                websites.claim_recheck(session, interval=timedelta(days=7))
+                for session in (first, second, second)
+            ]
+    assert claims[2] is None
+    assert {claims[0].portal_id, claims[1].portal_id} == {portal.id, other_portal.id}

@@ -636,9 +636,21 @@ export interface components {
             url: string;
             /**
              * Format: date-time
-             * @description When the token was last found there
+             * @description When the website was verified (null: it is not)
              */
             verified_at: string | null;
+            /**
+             * @description fetch: the token was found at url, and is looked for there again every few days (daily while it is missing); operator: vouched for by the directory's operator, never looked at again. Null while unverified
+             * @enum {unknown}
+             */
+            verified_by: "fetch" | "operator" | null;
+            /**
+             * Format: date-time
+             * @description Since when those later looks have not found the token: the verification is withdrawn once that has lasted the directory's grace period (14 days unless its operator chose otherwise). Null while they find it
+             */
+            failing_since: string | null;
+            /** @description Why the last look did not find the token */
+            last_failure: string | null;
         };
         Ledger: {
             /**

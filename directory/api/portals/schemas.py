@@ -5,7 +5,7 @@ from marshmallow import Schema, fields, post_load, validate
 from directory.api.fields import Text, Url, WholeNumber, currency_code_field, unique_values
 from directory.models import Ledger, LedgerProtocol, PortalStatus
 from directory.services.portals import MAX_WEBSITE_LENGTH, PROFILE_TEXT_LIMITS
-from directory.services.websites import VerificationState, website_verification
+from directory.services.websites import VerificationState, VerifiedBy, website_verification
 
 # Credit Commons node names are short path segments.
 LEDGER_NODE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
@@ -68,7 +68,30 @@ class WebsiteVerificationSchema(Schema):
         }
     )
     verified_at = fields.DateTime(
-        allow_none=True, metadata={"description": "When the token was last found there"}
+        allow_none=True,
+        metadata={"description": "When the website was verified (null: it is not)"},
+    )
+    verified_by = fields.Enum(
+        VerifiedBy,
+        by_value=True,
+        allow_none=True,
+        metadata={
+            "description": "fetch: the token was found at url, and is looked for there again "
+            "every few days (daily while it is missing); operator: vouched for by the "
+            "directory's operator, never looked at again. Null while unverified"
+        },
+    )
+    failing_since = fields.DateTime(
+        allow_none=True,
+        metadata={
+            "description": "Since when those later looks have not found the token: the "
+            "verification is withdrawn once that has lasted the directory's grace period "
+            "(14 days unless its operator chose otherwise). Null while they find it"
+        },
+    )
+    last_failure = fields.String(
+        allow_none=True,
+        metadata={"description": "Why the last look did not find the token"},
     )
 
 

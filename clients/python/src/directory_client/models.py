@@ -78,7 +78,10 @@ class WebsiteVerification(Struct, kw_only=True):
             description='Where the directory looks for the token: the website, normalised, then /.well-known/commons-directory (plain text)'
         ),
     ]
-    verified_at: Annotated[datetime, Meta(description='When the token was last found there')] | None
+    verified_at: Annotated[datetime, Meta(description='When the website was verified (null: it is not)')] | None
+    verified_by: Annotated[Literal['fetch', 'operator'], Meta(description="fetch: the token was found at url, and is looked for there again every few days (daily while it is missing); operator: vouched for by the directory's operator, never looked at again. Null while unverified")] | None
+    failing_since: Annotated[datetime, Meta(description="Since when those later looks have not found the token: the verification is withdrawn once that has lasted the directory's grace period (14 days unless its operator chose otherwise). Null while they find it")] | None
+    last_failure: Annotated[str, Meta(description='Why the last look did not find the token')] | None
 
 
 class Ledger(Struct, kw_only=True):
