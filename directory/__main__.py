@@ -242,13 +242,17 @@ def portals_list(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([
             {"slug": p.slug, "name": p.name, "status": p.status.value, "ads": ads, "keys": keys,
-             "website": p.website, "website_state": v and v.state.value}
+             "website": p.website, "website_state": v and v.state.value,
+             "website_verified_by": v and v.verified_by and v.verified_by.value,
+             "website_failing_since": v and v.failing_since and v.failing_since.isoformat()}
             for p, v, ads, keys in rows
         ], indent=2))  # fmt: skip
         return
     click.echo(f"{'SLUG':<24} {'STATUS':<10} {'ADS':>8} {'KEYS':>5}  {'WEBSITE':<10}  NAME")
     for portal, verification, ads, keys in rows:
-        website = verification.state.value if verification else "-"
+        website = "-" if verification is None else verification.state.value
+        if verification is not None and verification.verified_by and verification.failing_since:
+            website = "failing"  # verified, but its token has not been found again lately
         click.echo(
             f"{portal.slug:<24} {portal.status.value:<10} {ads:>8} {keys:>5}  {website:<10}  "
             f"{portal.name}"

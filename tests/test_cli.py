@@ -20,6 +20,7 @@ import directory.__main__ as main
 from directory import Wiring
 from directory import build_wiring as real_build_wiring
 from directory.__main__ import alembic_config, cli
+from directory.db import unit_of_work
 from directory.services.portals import looks_like_key
 from tests.factories import ad_payload
 from tests.peers import Reply, Website
@@ -335,10 +336,34 @@ def test_portals_list_shows_whether_websites_are_verified(run_ok):
 
     states = {line.split()[0]: line.split()[4] for line in output.splitlines()[1:]}
     assert states == {"a": "unverified", "b": "verified"}
-    assert [(p["slug"], p["website"], p["website_state"]) for p in listed] == [
-        ("a", "https://a.example", "unverified"),
-        ("b", "https://b.example", "verified"),
+    assert [
+        (p["slug"], p["website"], p["website_state"], p["website_verified_by"]) for p in listed
+    ] == [
+        ("a", "https://a.example", "unverified", None),
+        ("b", "https://b.example", "verified", "operator"),
     ]
+
+
+def test_portals_list_shows_a_verified_website_whose_token_went_missing(run_ok, wiring):
+    run_ok(
+        "portals", "create", "b", "--name", "B", "--website", "https://b.example", "--trust-website"
+    )
+    with unit_of_work(wiring.session_factory) as session:
+        session.execute(
+            text(
+                "UPDATE portals SET website_verified_by = 'fetch',"
+                " website_recheck_failing_since = '2026-11-20T08:00:00Z' WHERE slug = 'b'"
+            )
+        )
+
+    output = run_ok("portals", "list").output
+    (listed,) = json.loads(run_ok("portals", "list", "--json").output)
+
+    assert output.splitlines()[1].split()[4] == "failing"
+    assert (listed["website_state"], listed["website_failing_since"]) == (
+        "verified",
+        "2026-11-20T08:00:00+00:00",
+    )
 
 
 def test_portals_list_json_shows_the_portal(run_ok, create_portal):
@@ -355,6 +380,8 @@ def test_portals_list_json_shows_the_portal(run_ok, create_portal):
             "keys": 1,
             "website": None,
             "website_state": None,
+            "website_verified_by": None,
+            "website_failing_since": None,
         }
     ]
 
