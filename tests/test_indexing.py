@@ -731,8 +731,9 @@ def test_indexing_refuses_a_wiring_on_the_postgres_engine(wiring):
         indexing.rebuild(wiring)
 
 
-def test_worker_on_postgres_runs_housekeeping_only(wiring):
-    assert [job.name for job in worker_module.jobs_for(wiring)] == ["housekeeping"]
+def test_worker_on_postgres_runs_no_indexing_jobs(wiring):
+    names = [job.name for job in worker_module.jobs_for(wiring)]
+    assert names == ["housekeeping", "website re-checks"]
 
 
 def test_worker_survives_an_unreachable_meilisearch(
