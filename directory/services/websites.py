@@ -138,12 +138,17 @@ def verification_challenge(session: Session, *, portal_id: int) -> Challenge:
     if verification is None:
         raise _no_website()
     _take_turn(session, portal_id=portal_id)
+    return _challenge(portal)
+
+
+def _challenge(portal) -> Challenge:
+    """The challenge of a Portal, or of a row of its columns."""
     return Challenge(
         portal_id=portal.id,
         website=portal.website,
         website_identity=portal.website_identity,
-        token=verification.token,
-        url=verification.url,
+        token=portal.website_verification_token,
+        url=verification_url(portal.website),
     )
 
 
@@ -309,15 +314,7 @@ def claim_recheck(session: Session, *, interval: timedelta) -> Challenge | None:
             Portal.id, Portal.website, Portal.website_identity, Portal.website_verification_token
         )
     ).one_or_none()
-    if row is None:
-        return None
-    return Challenge(
-        portal_id=row.id,
-        website=row.website,
-        website_identity=row.website_identity,
-        token=row.website_verification_token,
-        url=verification_url(row.website),
-    )
+    return None if row is None else _challenge(row)
 
 
 def record_recheck(
