@@ -12,6 +12,7 @@ from webargs import core
 from webargs.flaskparser import FlaskParser, abort, is_json_request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from directory.api.duplicate_keys import DocumentTooDeep, repeated_key_path
 from directory.api.loading import FastLoader
 
 # Charset parameters that name UTF-8, or ASCII, a subset of it.
@@ -118,11 +119,15 @@ class StrictParser(FlaskParser):
             return core.missing  # refused with 415 before the view runs
         # orjson: a batch of 1,000 ads parses several times faster than with json.
         try:
-            return orjson.loads(body)
-        except orjson.JSONDecodeError as error:
+            document = orjson.loads(body)
+            repeated = repeated_key_path(body)
+        except (orjson.JSONDecodeError, DocumentTooDeep) as error:
             # Handled here: webargs takes an error without a document (as orjson
             # raises for invalid UTF-8) for "no body" and would carry on with none.
             self._handle_invalid_json_error(error, request)
+        if repeated is not None:
+            _refuse_repeated_key(repeated)
+        return document
 
     def _handle_invalid_json_error(self, error, req, *args, **kwargs):
         abort(
@@ -151,6 +156,21 @@ def _refuse_unreadable_body(request) -> None:
             f"Content-Encoding {encoding} is not supported: send the body uncompressed.",
             "Must be absent (an uncompressed body).",
         )
+
+
+def _refuse_repeated_key(path: tuple[str | int, ...]) -> None:
+    """A key given twice in one object: which value was meant is not ours to guess."""
+    where = ".".join(str(part) for part in path)
+    problem: object = ["Given more than once in the same object."]
+    for part in reversed(path):
+        problem = {part: problem}
+    abort(
+        400,
+        error="repeated_key",
+        message=f"The body gives the key {where!r} more than once in the same object: "
+        "send it once, with the value you mean.",
+        messages={"json": problem},
+    )
 
 
 def _refuse_media(header: str, message: str, problem: str) -> None:

@@ -806,6 +806,66 @@ def test_put_refuses_too_deeply_nested_json(client, portal):
     assert_nothing_stored(client, portal)
 
 
+def test_put_refuses_json_nested_deeper_than_the_standard_parser_follows(client, portal):
+    # orjson reads 1,000 levels; the check for repeated keys cannot, and says so.
+    response = client.put(
+        "/v1/ads/a-1",
+        data='{"title": ' + "[" * 1000 + "]" * 1000 + "}",
+        content_type="application/json",
+        headers=portal.headers,
+    )
+    assert_refused(response, field="_schema", error="malformed_json")
+    assert_nothing_stored(client, portal)
+
+
+def with_repeated_key(document: dict, key_text: str, first_value, *, inside: str = "") -> str:
+    """`document` as JSON text with the key written as `key_text` given first, with
+    `first_value`, in the object under the key `inside` (the top level if empty)."""
+    text = json.dumps(document)
+    marker = f'"{inside}": {{' if inside else "{"
+    assert marker in text
+    return text.replace(marker, f"{marker}{key_text}: {json.dumps(first_value)}, ", 1)
+
+
+@pytest.mark.parametrize(
+    ("key_text", "first_value", "inside", "field"),
+    [
+        ('"title"', "Bike repair", "", "title"),
+        ('"lat"', 0.0, "location", "location.lat"),
+        # The same name once its escape is decoded.
+        ('"\\u0074itle"', "Bike repair", "", "title"),
+    ],
+    ids=["top-level", "nested", "escaped"],
+)
+def test_put_refuses_a_key_given_twice_in_one_object(
+    client, portal, key_text, first_value, inside, field
+):
+    text = with_repeated_key(ad_payload(), key_text, first_value, inside=inside)
+    response = client.put(
+        "/v1/ads/a-1", data=text, content_type="application/json", headers=portal.headers
+    )
+    body = assert_refused(response, field=field, error="repeated_key")
+    assert repr(field) in body["message"], body
+    assert_nothing_stored(client, portal)
+
+
+def test_batch_refuses_a_key_given_twice_in_one_item_naming_where(client, portal):
+    document = {"items": [upsert("a-1"), upsert("a-2", "priced")]}
+    text = json.dumps(document).replace('"amount": "12.50"', '"amount": "125.0", "amount": "12.50"')
+    assert text.count('"amount"') == 2
+    response = client.post(
+        "/v1/ads/batch", data=text, content_type="application/json", headers=portal.headers
+    )
+    assert_refused(response, field="items.1.ad.price.amount", error="repeated_key")
+    assert_nothing_stored(client, portal)
+
+
+def test_the_same_key_in_different_objects_is_not_a_repetition(client, portal):
+    response = post_batch(client, portal, [upsert("a-1"), upsert("a-2")])
+    assert response.status_code == 200, response.json
+    assert [item["status"] for item in response.json["results"]] == ["created", "created"]
+
+
 @pytest.mark.parametrize(
     "document",
     [[], [ad_payload()], "an ad", 42, None, True],
