@@ -43,6 +43,8 @@ MEILISEARCH_INDEX_MAX_CHARS = 64
 # A search rate limit's longest window: "per year" (360 days to the limits library). Far
 # longer windows break the Redis counters, which expire after twice the window.
 LONGEST_RATE_LIMIT_WINDOW_S = 366 * 24 * 3600
+# A shorter metrics token could be guessed by trying.
+METRICS_TOKEN_MIN_CHARS = 32
 
 
 class SettingsError(ValueError):
@@ -100,6 +102,10 @@ class Settings:
     # is missing); its verification is withdrawn once the token has been missing this long.
     website_recheck_days: int = 7
     website_recheck_grace_days: int = 14
+    # --- operations ---
+    # The bearer token Prometheus sends to scrape GET /metrics; empty: no metrics. They
+    # tell the relay's traffic, which no portal may learn, so they are never public.
+    metrics_token: str = ""
 
     def __post_init__(self) -> None:
         if self.environment not in ENVIRONMENTS:
@@ -173,6 +179,13 @@ class Settings:
                     "DIRECTORY_DELIVERY_GIVE_UP_AFTER_HOURS must be at least 72 in production "
                     "(a portal down over a weekend must still get its messages)"
                 )
+        if self.metrics_token and not re.fullmatch(
+            rf"[\x21-\x7e]{{{METRICS_TOKEN_MIN_CHARS},200}}", self.metrics_token
+        ):
+            raise SettingsError(
+                f"DIRECTORY_METRICS_TOKEN must be {METRICS_TOKEN_MIN_CHARS} to 200 printable "
+                "ASCII characters without spaces (such as `openssl rand -hex 32` prints)"
+            )
         for name in ("search_rate_limit_anonymous", "search_rate_limit_portal"):
             _check_rate_limit(f"DIRECTORY_{name.upper()}", getattr(self, name))
         if not self.rate_limit_storage_url.startswith(("memory://", "redis://", "rediss://")):
@@ -226,7 +239,7 @@ class Settings:
 
 
 def _without_secrets(name: str, value: object) -> object:
-    if name.endswith("_key"):
+    if name.endswith(("_key", "_token")):
         return "***" if value else value
     if not name.endswith("_url") or not isinstance(value, str):
         return value

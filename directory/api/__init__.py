@@ -58,12 +58,14 @@ def create_api(app: Flask) -> Api:
     app.before_request(_start_request)
     app.after_request(_log_request)
     api = Api(app)
-    api.spec.components.security_scheme("PortalKey", SECURITY_SCHEMES["PortalKey"])
+    for name, scheme in SECURITY_SCHEMES.items():
+        api.spec.components.security_scheme(name, scheme)
     from directory.api.ads.routes import blp as ads_blp
     from directory.api.categories.routes import blp as categories_blp
     from directory.api.currencies.routes import blp as currencies_blp
     from directory.api.feed.routes import blp as feed_blp
     from directory.api.health import blp as health_blp
+    from directory.api.metrics import blp as metrics_blp
     from directory.api.portals.routes import blp as portals_blp
     from directory.api.relay.routes import blp as relay_blp
     from directory.api.search.routes import blp as search_blp
@@ -71,6 +73,7 @@ def create_api(app: Flask) -> Api:
 
     for blueprint in (
         health_blp,
+        metrics_blp,
         portals_blp,
         ads_blp,
         search_blp,

@@ -15,7 +15,12 @@ SECURITY_SCHEMES = {
         "scheme": "bearer",
         "description": "A portal key (cdir_...), issued by `directory portals create` or "
         "`directory portals rotate-key`.",
-    }
+    },
+    "MetricsToken": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "The operator's DIRECTORY_METRICS_TOKEN, for GET /metrics only.",
+    },
 }
 
 
