@@ -302,11 +302,12 @@ def _position_after(session: Session, *, portal_id: int, since: str | None) -> i
             )
         )
         return position or 0
-    # "d" and a delivery id: next_since before it became an event id, still read for a
-    # portal that was paging while the directory was upgraded.
+    # "d" and a delivery id: next_since before it became an event id, from a portal that
+    # was paging while the directory was upgraded. Read from the oldest: reading after the
+    # id would let a portal find its events' places among everyone's by trying numbers.
     # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
     if since[:1] == "d" and since[1:].isascii() and since[1:].isdigit() and len(since) < 20:
-        return int(since[1:])
+        return 0
     raise InvalidInput(
         "since must be a next_since value from the inbox, or the id of one of its events",
         field="since",
