@@ -76,7 +76,9 @@ def post_message(conversation_id: str):
         if key_row is None or key_row[1] is not None or key_row[5] != "active":
             return refused(401, "unauthenticated")
         portal_id = key_row[3]
-        cursor = conn.execute(LOCK_CONVERSATION, {"conversation_id": conversation_uuid})
+        cursor = conn.execute(
+            LOCK_CONVERSATION, {"conversation_id": conversation_uuid, "portal_id": portal_id}
+        )
         row = cursor.fetchone()
         if row is None:
             return refused(404, "conversation_not_found")

@@ -158,10 +158,15 @@ def open_conversation(
     recipient_alias = new_alias()
     while recipient_alias == initiator_alias:  # one chance in 2**50
         recipient_alias = new_alias()
+    # Opened when its first message was sent, not when the transaction began: the gap
+    # would show the recipient how long this opening waited for the member's earlier
+    # ones (the lock above), which links the member's conversations.
+    now = datetime.now(UTC)
     conversation = session.execute(
         _OPEN_CONVERSATION,
         {
             "id": uuid.uuid4(),
+            "created_at": now,
             "ad_id": ad.id,
             "ad_title": ad.title,
             "initiator_portal_id": sender.id,
@@ -186,6 +191,7 @@ def open_conversation(
         name=None,
         body=body,
         idempotency_key=idempotency_key,
+        now=now,
     )
 
 
@@ -207,7 +213,7 @@ def post_message(
     # communities, as the answer shows them: this is the hot path of the relay.
     # A plain row, not an ORM object: it is only read (the write is APPEND_MESSAGE).
     conversation = session.execute(
-        _LOCK_CONVERSATION, {"conversation_id": conversation_id}
+        _LOCK_CONVERSATION, {"conversation_id": conversation_id, "portal_id": sender.id}
     ).one_or_none()
     role = _role_of(conversation, sender, member)
     if idempotency_key is not None:
@@ -253,6 +259,7 @@ def post_message(
         name=name,
         body=body,
         idempotency_key=idempotency_key,
+        now=datetime.now(UTC),
     )
 
 
@@ -262,7 +269,9 @@ def block_conversation(
     """A party ends the conversation: no one can write in it any more. Blocking twice
     changes nothing."""
     conversation = session.scalar(
-        select(Conversation).where(Conversation.id == conversation_id).with_for_update()
+        select(Conversation)
+        .where(Conversation.id == conversation_id, _has_party_portal(caller.id))
+        .with_for_update()
     )
     role = _role_of(conversation, caller, member)
     if conversation.blocked_at is None:
@@ -311,6 +320,15 @@ def _portal_status(conversation, role: Role) -> PortalStatus:
     return conversation.recipient_portal_status
 
 
+def _has_party_portal(portal_id):
+    """In a conversation's locking read: only a party's portal takes the lock, so that
+    another portal is never held up by it, and cannot time whether the id exists."""
+    return or_(
+        Conversation.initiator_portal_id == portal_id,
+        Conversation.recipient_portal_id == portal_id,
+    )
+
+
 # The two parties' portals, as joined to a conversation.
 initiator_portal = Portal.__table__.alias("initiator_portal")
 recipient_portal = Portal.__table__.alias("recipient_portal")
@@ -335,7 +353,10 @@ _LOCK_CONVERSATION = (
         recipient_portal,
         recipient_portal.c.id == Conversation.__table__.c.recipient_portal_id,
     )
-    .where(Conversation.__table__.c.id == bindparam("conversation_id"))
+    .where(
+        Conversation.__table__.c.id == bindparam("conversation_id"),
+        _has_party_portal(bindparam("portal_id")),
+    )
     .with_for_update(of=Conversation.__table__)
 )
 
@@ -391,10 +412,10 @@ def _append(
     name: str | None,
     body: str,
     idempotency_key: str | None,
+    now: datetime,
 ) -> Sent:
     """The message and its delivery to the other party's portal, in this transaction;
-    `conversation` is the sender's view of it before the message."""
-    now = datetime.now(UTC)
+    `conversation` is the sender's view of it before the message, sent `now`."""
     message_id = uuid.uuid4()
     recipient = conversation.recipient if role is Role.INITIATOR else conversation.initiator
     seq = session.execute(
