@@ -89,17 +89,25 @@ def test_a_message_reaches_the_portals_webhook_signed(fast, portal, other_portal
         assert data["from"]["alias"] == sent["conversation"]["initiator"]["alias"]
         assert "m-writer" not in received.raw_body.decode()
     # The worker records the outcome once the receiver has answered.
+    path = f"/v1/conversations/{sent['conversation']['id']}"
     conversation = _wait_for(
-        lambda: (
-            client.get(
-                f"/v1/conversations/{sent['conversation']['id']}", headers=other_portal.headers
-            ).json
-        ),
+        lambda: client.get(path, headers=portal.headers).json,
         lambda seen: seen["messages"][0]["delivery"]["state"] != "pending",
     )
     delivery = conversation["messages"][0]["delivery"]
     assert delivery["state"] == "delivered"
     assert delivery["delivered_via"] == "webhook"
+    assert delivery["attempts"] == 1
+    # The sender's portal learns that it arrived, and the minute, not how or the instant.
+    delivered_at = datetime.fromisoformat(delivery["delivered_at"])
+    as_sent = client.get(path, headers=other_portal.headers).json["messages"][0]["delivery"]
+    assert as_sent == {
+        "state": "delivered",
+        "delivered_at": delivered_at.replace(second=0, microsecond=0).isoformat(),
+        "attempts": None,
+        "delivered_via": None,
+        "last_error": None,
+    }
     # Delivered: no longer in the inbox.
     assert client.get("/v1/inbox", headers=portal.headers).json["events"] == []
 
@@ -131,7 +139,7 @@ def test_a_receiver_too_slow_to_answer_gets_the_message_again_under_the_same_id(
     seen = _wait_for(
         lambda: (
             client.get(
-                f"/v1/conversations/{sent['conversation']['id']}", headers=other_portal.headers
+                f"/v1/conversations/{sent['conversation']['id']}", headers=portal.headers
             ).json
         ),
         lambda view: view["messages"][0]["delivery"]["state"] == "delivered",

@@ -452,13 +452,7 @@ def _append(
         sender=role,
         body=body,
         sent_at=now,
-        delivery=DeliveryView(
-            state=DeliveryState.PENDING,
-            attempts=0,
-            delivered_at=None,
-            delivered_via=None,
-            last_error=None,
-        ),
+        delivery=_senders_delivery_view(DeliveryState.PENDING, None),
     )
     view = dataclasses.replace(conversation, message_count=seq, last_message_at=now, **changes)
     return Sent(conversation.id, message_id, created=True, conversation=view, message=message)
@@ -604,10 +598,11 @@ class PartyView:
 @dataclass(frozen=True)
 class DeliveryView:
     state: DeliveryState
-    attempts: int
-    delivered_at: datetime | None
+    # Only for the recipient's portal: they are about how it takes its messages.
+    attempts: int | None
+    delivered_at: datetime | None  # to the minute for the sender's portal
     delivered_via: str | None
-    last_error: str | None  # only for the recipient's portal: it is about its endpoint
+    last_error: str | None
 
 
 @dataclass(frozen=True)
@@ -832,12 +827,30 @@ def _conversation_view(
 
 
 def _delivery_view(delivery: Delivery, *, viewer_is_recipient: bool) -> DeliveryView:
+    if not viewer_is_recipient:
+        return _senders_delivery_view(delivery.state, delivery.delivered_at)
     return DeliveryView(
         state=delivery.state,
         attempts=delivery.attempts,
         delivered_at=delivery.delivered_at,
         delivered_via=None if delivery.delivered_via is None else delivery.delivered_via.value,
-        last_error=delivery.last_error if viewer_is_recipient else None,
+        last_error=delivery.last_error,
+    )
+
+
+def _senders_delivery_view(state: DeliveryState, delivered_at: datetime | None) -> DeliveryView:
+    """The sender's portal learns whether its message arrived, and about when: not how the
+    other community takes its messages (webhook or inbox), how often its endpoint failed,
+    nor the exact instant, which the message shares with all that the other portal took
+    in the same go (one acknowledgement, one worker round), whoever they were from."""
+    return DeliveryView(
+        state=state,
+        attempts=None,
+        delivered_at=None
+        if delivered_at is None
+        else delivered_at.replace(second=0, microsecond=0),
+        delivered_via=None,
+        last_error=None,
     )
 
 

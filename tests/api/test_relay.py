@@ -633,9 +633,15 @@ def test_messages_wait_in_the_inbox_until_acknowledged(client, advertiser, write
     assert again.json == {"acknowledged": 0}
     left = client.get("/v1/inbox", headers=advertiser.headers).json["events"]
     assert [e["data"]["message"]["body"] for e in left] == ["Second"]
-    seen = client.get(f"/v1/conversations/{conversation_id}", headers=writer_portal.headers).json
+    path = f"/v1/conversations/{conversation_id}"
+    seen = client.get(path, headers=advertiser.headers).json
     assert seen["messages"][0]["delivery"]["state"] == "delivered"
     assert seen["messages"][0]["delivery"]["delivered_via"] == "inbox"
+    # The writer's portal sees that it arrived, not how the other community takes messages.
+    as_sent = client.get(path, headers=writer_portal.headers).json["messages"][0]["delivery"]
+    assert (as_sent["state"], as_sent["delivered_via"]) == ("delivered", None)
+    delivered_at = datetime.fromisoformat(as_sent["delivered_at"])
+    assert (delivered_at.second, delivered_at.microsecond) == (0, 0)
 
 
 def test_the_inbox_pages_with_since(client, advertiser, writer_portal, ad_id):

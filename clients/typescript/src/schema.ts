@@ -1258,11 +1258,14 @@ export interface components {
         Delivery: {
             /** @enum {unknown} */
             state: "pending" | "delivered" | "failed";
-            /** @description Webhook attempts so far */
-            attempts: number;
-            /** Format: date-time */
+            /** @description Webhook attempts so far: only shown to the recipient */
+            attempts: number | null;
+            /**
+             * Format: date-time
+             * @description When it arrived: to the minute (rounded down) for the sender
+             */
             delivered_at: string | null;
-            /** @description webhook or inbox */
+            /** @description webhook or inbox: only shown to the recipient */
             delivered_via: string | null;
             /** @description Why the last webhook failed: only shown to the recipient */
             last_error: string | null;

@@ -146,10 +146,23 @@ class PartySchema(Schema):
 
 
 class DeliverySchema(Schema):
+    """The message's way to the recipient's portal. The sender's portal sees only whether
+    it arrived, to the minute: the rest is about how the other community takes its
+    messages, which is its own business."""
+
     state = fields.Enum(DeliveryState, by_value=True)
-    attempts = fields.Integer(metadata={"description": "Webhook attempts so far"})
-    delivered_at = fields.DateTime(allow_none=True)
-    delivered_via = fields.String(allow_none=True, metadata={"description": "webhook or inbox"})
+    attempts = fields.Integer(
+        allow_none=True,
+        metadata={"description": "Webhook attempts so far: only shown to the recipient"},
+    )
+    delivered_at = fields.DateTime(
+        allow_none=True,
+        metadata={"description": "When it arrived: to the minute (rounded down) for the sender"},
+    )
+    delivered_via = fields.String(
+        allow_none=True,
+        metadata={"description": "webhook or inbox: only shown to the recipient"},
+    )
     last_error = fields.String(
         allow_none=True,
         metadata={"description": "Why the last webhook failed: only shown to the recipient"},

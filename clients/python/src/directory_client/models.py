@@ -719,9 +719,9 @@ class ConversationSummary(Struct, kw_only=True):
 
 class Delivery(Struct, kw_only=True):
     state: Literal['pending', 'delivered', 'failed']
-    attempts: Annotated[int, Meta(description='Webhook attempts so far')]
-    delivered_at: datetime | None
-    delivered_via: Annotated[str, Meta(description='webhook or inbox')] | None
+    attempts: Annotated[int, Meta(description='Webhook attempts so far: only shown to the recipient')] | None
+    delivered_at: Annotated[datetime, Meta(description='When it arrived: to the minute (rounded down) for the sender')] | None
+    delivered_via: Annotated[str, Meta(description='webhook or inbox: only shown to the recipient')] | None
     last_error: Annotated[str, Meta(description='Why the last webhook failed: only shown to the recipient')] | None
 
 
