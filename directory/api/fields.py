@@ -22,6 +22,8 @@ PHONE_SEPARATORS = re.compile(r"[\s().-]")
 PHONE_CHARACTERS = re.compile(r"\+?[\d\s().-]+")
 PHONE_RUN = re.compile(r"\+?\(?\d[\d\s().-]{5,}\d")
 LEDGER_ACCOUNT = re.compile(r"^[A-Za-z0-9._:@/-]{1,128}$")
+# An address with a domain name: "anna@example.org", not a ledger's "anna@lyon".
+EMAIL_ADDRESS = re.compile(r"[^@\s/]+@[^@\s/]+\.[A-Za-z]{2,}")
 # [0-9], not \d: int() also reads other scripts' digits ("١٢" is 12).
 ASCII_INTEGER = re.compile(r"-?[0-9]+")
 
@@ -132,6 +134,16 @@ def validate_display_name(value: str) -> None:
     for run in PHONE_RUN.findall(seen):
         if sum(char.isdigit() for char in run) >= 7:
             raise ValidationError("Must be a name, without a phone number.")
+
+
+def validate_ledger_account(value: str) -> None:
+    """The advertiser's account is published with the ad, for payers: one named by its
+    holder's email address would publish the address (the directory holds none)."""
+    if EMAIL_ADDRESS.search(value):
+        raise ValidationError(
+            "Must be the ledger's account name, not an email address: the account is "
+            "published with the ad."
+        )
 
 
 EXTERNAL_ID_ERROR = f"Must be {EXTERNAL_ID_RULE}."

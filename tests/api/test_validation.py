@@ -603,11 +603,18 @@ def test_put_refuses_member_that_is_not_an_opaque_handle(client, portal, member)
         pytest.param("acc\u00001", id="nul"),
         pytest.param("caf\u00e9", id="accent"),
         pytest.param("acc-1\n", id="trailing-newline"),
+        pytest.param("anna.smith@gmail.com", id="email-address"),
+        pytest.param("lyon/Anna@Example.ORG", id="email-address-in-a-path"),
     ],
 )
 def test_put_refuses_ledger_account_with_invalid_characters(client, portal, account):
     refused = refused_put(client, portal, ledger_account=account)
     assert lookup(refused["errors"]["json"], "ledger_account")
+
+
+@pytest.mark.parametrize("account", ["anna@lyon", "lyon/anna", "node:anna.smith", "a@b.c"])
+def test_put_takes_ledger_accounts_that_are_not_email_addresses(client, portal, account):
+    assert put_ad(client, portal, ledger_account=account).status_code == 201
 
 
 @pytest.mark.parametrize(

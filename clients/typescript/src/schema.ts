@@ -920,7 +920,7 @@ export interface components {
              */
             member: string;
             /**
-             * @description The advertiser's account on the portal's ledger
+             * @description The advertiser's account on the portal's ledger (published with the ad for payers; never an email address)
              * @default null
              */
             ledger_account?: string | null;

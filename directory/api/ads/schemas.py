@@ -17,6 +17,7 @@ from directory.api.fields import (
     WholeNumber,
     currency_code_field,
     external_id_field,
+    validate_ledger_account,
     validate_member_handle,
 )
 from directory.api.loading import FastLoader
@@ -197,10 +198,17 @@ class AdPutSchema(Schema):
     ledger_account = fields.String(
         allow_none=True,
         load_default=None,
-        validate=FullMatch(
-            LEDGER_ACCOUNT, error="Must be 1 to 128 characters: letters, digits and . _ : @ / -"
-        ),
-        metadata={"description": "The advertiser's account on the portal's ledger"},
+        validate=[
+            FullMatch(
+                LEDGER_ACCOUNT,
+                error="Must be 1 to 128 characters: letters, digits and . _ : @ / -",
+            ),
+            validate_ledger_account,
+        ],
+        metadata={
+            "description": "The advertiser's account on the portal's ledger (published "
+            "with the ad for payers; never an email address)"
+        },
     )
     accepts_contact = StrictBoolean(
         load_default=True,

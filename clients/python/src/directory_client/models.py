@@ -378,7 +378,7 @@ class AdPut(Struct, kw_only=True):
     ledger_account: (
         Annotated[
             str,
-            Meta(description="The advertiser's account on the portal's ledger", pattern='^[A-Za-z0-9._:@/-]{1,128}$'),
+            Meta(description="The advertiser's account on the portal's ledger (published with the ad for payers; never an email address)", pattern='^[A-Za-z0-9._:@/-]{1,128}$'),
         ]
         | None
         | UnsetType
