@@ -130,6 +130,16 @@ def website_recheck(wiring: Wiring) -> None:
             settings.website_recheck_grace_days,
             failure,
         )
+    elif result is websites.RecheckResult.HELD:
+        log.warning(
+            "website %s of portal %d: token missing for %d days, but no other website's "
+            "token was found in the last day either: kept verified, as the directory may "
+            "be the one cut off (`directory portals unverify-website` withdraws it): %s",
+            challenge.website,
+            challenge.portal_id,
+            settings.website_recheck_grace_days,
+            failure,
+        )
     elif result is websites.RecheckResult.FAILING:
         log.info("website %s of portal %d: %s", challenge.website, challenge.portal_id, failure)
 

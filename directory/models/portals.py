@@ -96,6 +96,10 @@ class Portal(Base):
     # record_recheck): the verification is withdrawn once that has lasted long enough.
     website_recheck_failing_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     website_recheck_failure: Mapped[str | None] = mapped_column(String(1000))
+    # When the directory last found the token there (a verification by fetch, a re-check):
+    # proof that it reached the web then, which withdrawing another portal's verification
+    # needs (services.websites.record_recheck).
+    website_token_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     contact: Mapped[str | None] = mapped_column(String(320))
     description: Mapped[str | None] = mapped_column(Text)
     default_currencies: Mapped[list[str]] = mapped_column(

@@ -20,7 +20,9 @@ A website verified by a fetch is looked for again by the worker every few days
 (claim_recheck, why_token_missing, record_recheck): a domain lost, sold or rebuilt without
 the token would otherwise keep naming the portal's ads for good, and keep the site's new
 owner from verifying it here. A verification whose token stays missing for a grace period
-is withdrawn. Websites an operator vouched for are never looked at again."""
+is withdrawn, provided the directory is seen to reach the web (another website's token
+found lately): a directory cut off from the network must not withdraw them all. Websites
+an operator vouched for are never looked at again."""
 
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
-from sqlalchemy import case, func, or_, select, update
+from sqlalchemy import case, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from directory.db import unique_conflicts
@@ -67,11 +69,18 @@ class RecheckResult(enum.StrEnum):
     CONFIRMED = "confirmed"  # the token is still there
     FAILING = "failing"  # not found, for less than the grace period so far
     WITHDRAWN = "withdrawn"  # not found for the whole grace period: the verification ends
+    # Not found for the whole grace period, but no other website's token was found lately
+    # either: the directory may be the one cut off from the web. Kept, and looked at daily.
+    HELD = "held"
     CHANGED = "changed"  # the website or its verification changed meanwhile: nothing recorded
 
 
 # While a verified website's token is missing, it is looked for daily rather than weekly.
 RECHECK_WHILE_FAILING = timedelta(days=1)
+# A withdrawal needs proof that the directory itself reaches the web: another website's
+# token found within this long. Otherwise a directory cut off from the network for the
+# grace period would withdraw every website it verified by a fetch.
+REACHED_THE_WEB_WITHIN = timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -273,6 +282,8 @@ def _verified(session: Session, portal: Portal, *, by: VerifiedBy) -> Portal:
         portal.website_recheck_failing_since = None
         portal.website_recheck_failure = None
         portal.updated_at = now
+        if by is VerifiedBy.FETCH:
+            portal.website_token_seen_at = now
     if newly:
         # Its ads gain their global ids: followers of the feed (search indexes, mirrors)
         # must learn them.
@@ -330,17 +341,32 @@ def record_recheck(
         portal.website_verification_token,
     ) != (challenge.website_identity, challenge.token):
         return RecheckResult.CHANGED
+    now = datetime.now(UTC)
     if failure is None:
         portal.website_recheck_failing_since = None
         portal.website_recheck_failure = None
+        portal.website_token_seen_at = now
         return RecheckResult.CONFIRMED
-    now = datetime.now(UTC)
     portal.website_recheck_failing_since = portal.website_recheck_failing_since or now
     portal.website_recheck_failure = failure[:RECHECK_FAILURE_CHARS]
     if now - portal.website_recheck_failing_since < grace:
         return RecheckResult.FAILING
+    if not _reached_the_web_lately(session, other_than=portal.id, now=now):
+        return RecheckResult.HELD
     _unverified(session, portal)
     return RecheckResult.WITHDRAWN
+
+
+def _reached_the_web_lately(session: Session, *, other_than: int, now: datetime) -> bool:
+    """Whether the directory found another portal's token within REACHED_THE_WEB_WITHIN."""
+    return session.scalar(
+        select(
+            exists().where(
+                Portal.id != other_than,
+                Portal.website_token_seen_at > now - REACHED_THE_WEB_WITHIN,
+            )
+        )
+    )
 
 
 def _no_website() -> Conflict:

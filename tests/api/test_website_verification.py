@@ -36,6 +36,12 @@ def site() -> Iterator[Website]:
         yield website
 
 
+@pytest.fixture
+def other_site() -> Iterator[Website]:
+    with Website() as website:
+        yield website
+
+
 def claim(client, portal, website: str | None) -> dict:
     """Set the portal's website; returns its profile."""
     response = client.patch("/v1/portals/me", json={"website": website}, headers=portal.headers)
@@ -632,7 +638,7 @@ def test_a_verified_website_is_looked_at_again_when_its_turn_comes(client, wirin
 
 
 def test_a_missing_token_is_told_then_after_two_weeks_the_verification_is_withdrawn(
-    client, wiring, portal, site
+    client, wiring, portal, site, other_portal, other_site
 ):
     verified_by_a_fetch(client, portal, site)
     del site.pages[WELL_KNOWN]
@@ -651,6 +657,8 @@ def test_a_missing_token_is_told_then_after_two_weeks_the_verification_is_withdr
     recheck(wiring)
     assert profile(client, portal)["website_verification"]["state"] == "verified"
     age(wiring, portal, checked_days_ago=1.1, failing_for_days=14)
+    # The directory reaches the web meanwhile: another portal's token was found just now.
+    verified_by_a_fetch(client, other_portal, other_site)
     _, cursor = read_all(client)
     recheck(wiring)
 
@@ -666,6 +674,48 @@ def test_a_missing_token_is_told_then_after_two_weeks_the_verification_is_withdr
     age(wiring, portal, checked_days_ago=30)
     recheck(wiring)
     assert len(site.requests) == 4
+
+
+def test_a_website_is_kept_while_the_directory_is_not_seen_to_reach_the_web(
+    client, wiring, portal, site, other_portal, other_site, caplog
+):
+    # Cut off from the network for two weeks, the directory would find no token at all:
+    # it must not take that for every website's failure.
+    verified_by_a_fetch(client, portal, site)
+    verified_by_a_fetch(client, other_portal, other_site)
+    token_seen(wiring, other_portal, days_ago=2)  # and not since
+    del site.pages[WELL_KNOWN]
+    age(wiring, portal, checked_days_ago=1.1, failing_for_days=15)
+
+    recheck(wiring)
+
+    verification = profile(client, portal)["website_verification"]
+    assert (verification["state"], verification["verified_by"]) == ("verified", "fetch")
+    assert "HTTP 404" in verification["last_failure"]
+    assert own_global_id(client, portal, "bike") == f"{site.url}#bike"
+    assert "may be the one cut off" in caplog.text
+
+    # The other website's turn comes and its token is found: the directory reaches the
+    # web, and the next daily look withdraws the verification whose token is still gone.
+    age(wiring, other_portal, checked_days_ago=8)
+    recheck(wiring)
+    assert other_site.requests[-1] == WELL_KNOWN
+    age(wiring, portal, checked_days_ago=1.1)
+    recheck(wiring)
+    verification = profile(client, portal)["website_verification"]
+    assert (verification["state"], verification["verified_by"]) == ("unverified", None)
+    assert own_global_id(client, portal, "bike") is None
+
+
+def token_seen(wiring, portal, *, days_ago: float) -> None:
+    with unit_of_work(wiring.session_factory) as session:
+        session.execute(
+            text(
+                "UPDATE portals SET website_token_seen_at"
+                " = now() - CAST(:days AS float) * interval '1 day' WHERE id = :id"
+            ),
+            {"days": days_ago, "id": portal.id},
+        )
 
 
 def test_a_token_found_again_ends_the_failure(client, wiring, portal, site):
@@ -732,19 +782,20 @@ def test_a_website_changed_during_a_recheck_is_left_as_it_is(wiring, client, por
     assert (verification["state"], verification["last_failure"]) == ("unverified", None)
 
 
-def test_two_workers_at_once_look_at_different_websites(client, wiring, portal, other_portal, site):
-    with Website() as other_site:
-        verified_by_a_fetch(client, portal, site)
-        verified_by_a_fetch(client, other_portal, other_site)
-        for each in (portal, other_portal):
-            age(wiring, each, checked_days_ago=8)
-        with (
-            unit_of_work(wiring.session_factory) as first,
-            unit_of_work(wiring.session_factory) as second,
-        ):
-            claims = [
-                websites.claim_recheck(session, interval=timedelta(days=7))
-                for session in (first, second, second)
-            ]
+def test_two_workers_at_once_look_at_different_websites(
+    client, wiring, portal, other_portal, site, other_site
+):
+    verified_by_a_fetch(client, portal, site)
+    verified_by_a_fetch(client, other_portal, other_site)
+    for each in (portal, other_portal):
+        age(wiring, each, checked_days_ago=8)
+    with (
+        unit_of_work(wiring.session_factory) as first,
+        unit_of_work(wiring.session_factory) as second,
+    ):
+        claims = [
+            websites.claim_recheck(session, interval=timedelta(days=7))
+            for session in (first, second, second)
+        ]
     assert claims[2] is None
     assert {claims[0].portal_id, claims[1].portal_id} == {portal.id, other_portal.id}
