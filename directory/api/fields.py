@@ -24,6 +24,8 @@ PHONE_RUN = re.compile(r"\+?\(?\d[\d\s().-]{5,}\d")
 LEDGER_ACCOUNT = re.compile(r"^[A-Za-z0-9._:@/-]{1,128}$")
 # An address with a domain name: "anna@example.org", not a ledger's "anna@lyon".
 EMAIL_ADDRESS = re.compile(r"[^@\s/]+@[^@\s/]+\.[A-Za-z]{2,}")
+# The same, spaced out as a name might hold it: "anna @ example.org", not "Anna @ Lyon".
+SPACED_EMAIL_ADDRESS = re.compile(r"[^@\s]+\s*@\s*[^@\s]+\.[^\W\d_]{2,}")
 # [0-9], not \d: int() also reads other scripts' digits ("١٢" is 12).
 ASCII_INTEGER = re.compile(r"-?[0-9]+")
 
@@ -129,7 +131,7 @@ def validate_display_name(value: str) -> None:
     seen = "".join(
         char for char in unicodedata.normalize("NFKC", value) if unicodedata.category(char) != "Cf"
     )
-    if EMAIL_LIKE.search(seen):
+    if EMAIL_LIKE.search(seen) or SPACED_EMAIL_ADDRESS.search(seen):
         raise ValidationError("Must be a name, not an email address.")
     for run in PHONE_RUN.findall(seen):
         if sum(char.isdigit() for char in run) >= 7:

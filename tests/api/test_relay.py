@@ -264,6 +264,7 @@ def test_contact_needs_a_portal_key(client, ad_id):
         pytest.param({"name": "Anna 06 12 34 56 78"}, "name", id="name-phone"),
         pytest.param({"name": "anna\uff20example.org"}, "name", id="name-email-full-width"),
         pytest.param({"name": "anna\u200b@\u200bexample.org"}, "name", id="name-email-split"),
+        pytest.param({"name": "anna @ example.org"}, "name", id="name-email-spaced"),
         pytest.param({"name": "Anna \uff10\uff16 12 34 56 78"}, "name", id="name-phone-full-width"),
         pytest.param(
             {"name": "Anna 06\u200b12\u200b34\u200b56\u200b78"}, "name", id="name-phone-split"
@@ -288,6 +289,11 @@ def test_bad_contacts_are_refused_naming_the_field(
     response = client.post(f"/v1/ads/{ad_id}/contact", json=body, headers=writer_portal.headers)
     assert response.status_code == 400, response.json
     assert field in response.json["errors"]["json"]
+
+
+@pytest.mark.parametrize("name", ["Anna @ Lyon market", "Anna (Lyon)", "Jo Smith-Brown"])
+def test_names_that_hold_no_address_are_taken(client, advertiser, writer_portal, ad_id, name):
+    assert contact(client, writer_portal, ad_id, name=name).status_code == 201
 
 
 def test_an_opened_conversation_is_where_its_location_says(
