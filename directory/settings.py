@@ -36,6 +36,7 @@ NUMERIC_RANGES: dict[str, tuple[float, float]] = {
     "delivery_lease_s": (0.001, 30 * 24 * 3600),
     "website_recheck_days": (1, 3650),
     "website_recheck_grace_days": (1, 3650),
+    "website_checks_at_once": (1, 100),
 }
 # The longest Meilisearch index name: its feed position is stored under it
 # (search_index_positions.index_name, VARCHAR(64)).
@@ -102,6 +103,9 @@ class Settings:
     # is missing); its verification is withdrawn once the token has been missing this long.
     website_recheck_days: int = 7
     website_recheck_grace_days: int = 14
+    # Portals' website verifications fetched at once, directory-wide: each holds an API
+    # process for up to 10 s, so fewer than the API has processes, for it to answer others.
+    website_checks_at_once: int = 1
     # --- operations ---
     # The bearer token Prometheus sends to scrape GET /metrics; empty: no metrics. They
     # tell the relay's traffic, which no portal may learn, so they are never public.

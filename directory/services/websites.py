@@ -28,11 +28,15 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
-from sqlalchemy import case, exists, func, or_, select, update
+from sqlalchemy import case, exists, func, or_, select, text, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from directory.db import unique_conflicts
@@ -51,6 +55,12 @@ URL_SAFE = ":/?#[]@!$&'()*+,;=%~"
 # lasts TOTAL_TIMEOUT_S at most): a check holds an API process meanwhile, and the
 # directory must not become a way to send a stream of requests to someone else's site.
 CHECK_INTERVAL = timedelta(seconds=TOTAL_TIMEOUT_S)
+# Keeps our advisory locks apart from everyone else's (services.ads, services.relay,
+# search.indexing): the slots of the API's website checks, one lock each.
+WEBSITE_CHECK_LOCK_NAMESPACE = 0x5173
+# How soon a verification refused for want of a slot may try again: most checks take well
+# under a second.
+CHECK_SLOT_RETRY_AFTER_S = 2
 # Portal.website_recheck_failure's length.
 RECHECK_FAILURE_CHARS = 1000
 
@@ -189,6 +199,35 @@ def _take_turn(session: Session, *, portal_id: int) -> None:
         code="website_checked_recently",
         retry_after_s=max(1, math.ceil(wait_s or 0)),
     )
+
+
+@contextmanager
+def check_slot(engine: Engine, *, slots: int) -> Iterator[None]:
+    """One of the directory's `slots` for a website check in an API process, for as long
+    as the block runs; TooManyRequests `website_checks_busy` when all are taken. A check
+    holds its API process for up to the fetch's 10 s: without a bound, a few portals
+    pointing at websites that answer slowly could hold every process in turn, and the
+    API would stop answering everyone. The slot is an advisory lock held by a connection
+    outside any transaction, let go by the server if the process dies."""
+    with engine.connect() as connection:
+        connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+        for slot in range(slots):
+            arguments = {"namespace": WEBSITE_CHECK_LOCK_NAMESPACE, "slot": slot}
+            if connection.scalar(text("SELECT pg_try_advisory_lock(:namespace, :slot)"), arguments):
+                break
+        else:
+            raise TooManyRequests(
+                "other websites are being checked right now; try again when Retry-After says",
+                code="website_checks_busy",
+                retry_after_s=CHECK_SLOT_RETRY_AFTER_S,
+            )
+        try:
+            yield
+        finally:
+            try:
+                connection.execute(text("SELECT pg_advisory_unlock(:namespace, :slot)"), arguments)
+            except DBAPIError:
+                connection.invalidate()  # the session is gone, and its lock with it
 
 
 def look_for_token(challenge: Challenge, *, allow_loopback: bool) -> None:

@@ -10,12 +10,14 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import datetime, timedelta
 
+import psycopg
 import pytest
 from sqlalchemy import text
 
-from directory import worker
+from directory import create_app, worker
 from directory.db import unit_of_work
 from directory.errors import Conflict
 from directory.services import portals, websites
@@ -243,6 +245,85 @@ def test_a_check_while_another_runs_is_refused_without_a_fetch(app, client, port
     assert second.status_code == 429, second.json
     assert answers["first"].status_code == 200, answers["first"].json
     assert site.requests == [WELL_KNOWN]
+
+
+def slow_token(client, portal, site: Website, *, delay_s: float = 1.0) -> None:
+    """The portal's token, at its site, answered after `delay_s`."""
+    claim(client, portal, site.url)
+    site.pages[WELL_KNOWN] = Reply(
+        status=200,
+        headers={"content-type": "text/plain"},
+        body=token_of(client, portal).encode(),
+        delay_s=delay_s,
+    )
+
+
+def while_fetching(app, portal, site: Website, then):
+    """`then()`'s result, called while the portal's check is fetching from its site;
+    and the check's answer."""
+    answers = {}
+    first = threading.Thread(target=lambda: answers.update(first=check(app.test_client(), portal)))
+    first.start()
+    deadline = time.monotonic() + 5
+    while not site.requests and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert site.requests, "the first check never fetched"
+    result = then()
+    first.join()
+    return result, answers["first"]
+
+
+def test_one_website_is_checked_at_a_time_and_the_others_told_when_to_retry(
+    app, client, portal, other_portal, site, other_site
+):
+    # A check holds an API process until the site answers (up to 10 s): a few portals
+    # with slow sites must not take every process.
+    slow_token(client, portal, site)
+    claim(client, other_portal, other_site.url)
+    publish(other_site, token_of(client, other_portal))
+
+    busy, first = while_fetching(app, portal, site, lambda: check(client, other_portal))
+
+    assert busy.status_code == 429, busy.json
+    assert busy.json["error"] == "website_checks_busy"
+    assert busy.headers["Retry-After"] == str(websites.CHECK_SLOT_RETRY_AFTER_S)
+    assert other_site.requests == []
+    assert first.status_code == 200, first.json
+    # Its turn was not taken: it may check as soon as the slot is free.
+    assert check(client, other_portal).status_code == 200
+    assert other_site.requests == [WELL_KNOWN]
+
+
+@pytest.fixture
+def two_slots_app(migrated):
+    app = create_app(replace(migrated, website_checks_at_once=2))
+    yield app
+    app.extensions["directory"].close()
+
+
+def test_as_many_websites_as_the_setting_says_are_checked_at_once(
+    two_slots_app, portal, other_portal, site, other_site
+):
+    client = two_slots_app.test_client()
+    slow_token(client, portal, site)
+    claim(client, other_portal, other_site.url)
+    publish(other_site, token_of(client, other_portal))
+
+    second, first = while_fetching(two_slots_app, portal, site, lambda: check(client, other_portal))
+
+    assert (first.status_code, second.status_code) == (200, 200)
+
+
+def test_a_slot_held_by_a_process_that_died_is_free_again(
+    cluster, client, portal, other_portal, site, other_site
+):
+    claim(client, portal, site.url)
+    publish(site, token_of(client, portal))
+    with psycopg.connect(cluster.admin_url()) as dead:
+        dead.execute("SELECT pg_advisory_lock(%s, 0)", (websites.WEBSITE_CHECK_LOCK_NAMESPACE,))
+        assert check(client, portal).json["error"] == "website_checks_busy"
+    # Its connection gone, the server let the slot go.
+    assert check(client, portal).status_code == 200
 
 
 def test_an_operator_withdraws_a_verification_and_another_portal_may_verify(

@@ -105,7 +105,8 @@ export interface paths {
          *     public ads with their global ids through the feed. Of the portals of a
          *     directory that claim one website, one at most is verified. A failed check
          *     changes nothing (a verified website stays verified). A website is checked at
-         *     most once every 10 seconds.
+         *     most once every 10 seconds, and the directory checks a few websites at a time
+         *     at most (DIRECTORY_WEBSITE_CHECKS_AT_ONCE, one by default).
          */
         post: operations["verifyWebsite"];
         delete?: never;
@@ -1636,7 +1637,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description The website was checked less than 10 s ago, or is being checked now (website_checked_recently): see Retry-After */
+            /** @description The website was checked less than 10 s ago, or is being checked now (website_checked_recently), or as many other websites as the directory checks at once are being checked (website_checks_busy): see Retry-After */
             429: {
                 headers: {
                     /** @description Seconds to wait before trying again */

@@ -64,7 +64,8 @@ class OwnWebsiteVerification(MethodView):
         429,
         schema=ErrorSchema,
         description="The website was checked less than 10 s ago, or is being checked now "
-        "(website_checked_recently): see Retry-After",
+        "(website_checked_recently), or as many other websites as the directory checks at "
+        "once are being checked (website_checks_busy): see Retry-After",
         headers=RETRY_AFTER_HEADER,
     )
     @blp.doc(operationId="verifyWebsite", security=BEARER_AUTH)
@@ -81,12 +82,16 @@ class OwnWebsiteVerification(MethodView):
         public ads with their global ids through the feed. Of the portals of a
         directory that claim one website, one at most is verified. A failed check
         changes nothing (a verified website stays verified). A website is checked at
-        most once every 10 seconds."""
+        most once every 10 seconds, and the directory checks a few websites at a time
+        at most (DIRECTORY_WEBSITE_CHECKS_AT_ONCE, one by default)."""
+        settings = wiring().settings
         with transaction() as session:
-            caller = require_portal(session)
-            challenge = websites.verification_challenge(session, portal_id=caller.id)
-        # Outside any transaction: the website may take seconds to answer.
-        websites.look_for_token(challenge, allow_loopback=wiring().settings.webhook_allow_loopback)
+            caller = require_portal(session)  # first: a request without a key takes no slot
+        with websites.check_slot(wiring().engine, slots=settings.website_checks_at_once):
+            with transaction() as session:
+                challenge = websites.verification_challenge(session, portal_id=caller.id)
+            # Outside any transaction: the website may take seconds to answer.
+            websites.look_for_token(challenge, allow_loopback=settings.webhook_allow_loopback)
         with transaction() as session:
             return websites.record_verification(session, challenge=challenge)
 
