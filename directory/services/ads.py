@@ -722,6 +722,15 @@ def replace_all(
             "a replace batch holds only upserts: ads left out of it are deleted",
             field="items",
         )
+    unnamed = next((index for index, op in enumerate(operations) if not op.external_id), None)
+    if unnamed is not None:
+        # Its ad could not be kept as it is: it would be deleted by omission.
+        raise InvalidInput(
+            f"item {unnamed} of a replace batch has no valid external_id, so the ad it "
+            "stands for would be deleted; nothing was applied: fix the item, then send "
+            "the batch again",
+            field=f"items.{unnamed}.external_id",
+        )
     lock_portal_writes(session, portal_id, exclusive=True)
     results = apply_changes(
         session, portal_id=portal_id, operations=operations, lifetimes=lifetimes

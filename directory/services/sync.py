@@ -113,9 +113,19 @@ def stage_items(
 ) -> list[ItemResult]:
     """Stage ads, each given as an AdInput or as the errors the API found in it. Ads are
     checked now, so errors come back at once; a rejected ad is remembered as such and
-    kept as it is at commit. Sending an external id again replaces what was staged."""
+    kept as it is at commit. An item without a valid external id refuses them all: its
+    ad could be neither staged nor kept. Sending an external id again replaces what was
+    staged."""
     if len(items) > MAX_BATCH_ITEMS:
         raise InvalidInput(f"at most {MAX_BATCH_ITEMS} items per request", field="items")
+    unnamed = next((index for index, (external_id, _) in enumerate(items) if not external_id), None)
+    if unnamed is not None:
+        # Nothing could be remembered of it, so its ad would be deleted at commit.
+        raise InvalidInput(
+            f"item {unnamed} has no valid external_id, so the ad it stands for would be "
+            "deleted at commit; nothing was staged: fix the item, then send them again",
+            field=f"items.{unnamed}.external_id",
+        )
     sync = _get(session, portal_id=portal_id, session_id=session_id, lock=True)
     _require_open(sync)
     valid = [ad for _, ad in items if isinstance(ad, AdInput)]
@@ -124,10 +134,7 @@ def stage_items(
     results: list[ItemResult] = []
     for external_id, ad in items:
         errors = next(domain_errors) if isinstance(ad, AdInput) else ad
-        if external_id is None:
-            # Without a valid external id there is nothing to stage or keep.
-            results.append(ItemResult(None, "rejected", errors=errors))
-        elif errors is None:
+        if errors is None:
             rows[external_id] = ad.to_json()
             results.append(ItemResult(external_id, "staged"))
         else:

@@ -154,6 +154,51 @@ def test_batch_replace_deletes_ads_left_out_but_keeps_rejected_ones(client, port
     assert own_titles(client, portal) == {"a-1": "a-1 v2", "a-2": "a-2"}
 
 
+UNNAMED_ITEMS = [
+    {"external_id": 1842, "ad": ad_payload()},  # a number, not a string
+    {"externalId": "a-1", "ad": ad_payload()},  # the key misspelt
+    {"external_id": "has space", "ad": ad_payload()},
+    {"ad": ad_payload()},
+    "a-1",  # not an object at all
+]
+
+
+def test_a_replace_batch_with_an_item_naming_no_ad_is_refused_whole(client, portal):
+    # Its ad could not be kept: it would be deleted for having been left out.
+    for external_id in ("1842", "a-1", "a-2"):
+        client.put(
+            f"/v1/ads/{external_id}", json=ad_payload(title=external_id), headers=portal.headers
+        )
+    for unnamed in UNNAMED_ITEMS:
+        response = client.post(
+            "/v1/ads/batch",
+            json={
+                "replace": True,
+                "items": [{"external_id": "a-2", "ad": ad_payload(title="a-2 v2")}, unnamed],
+            },
+            headers=portal.headers,
+        )
+        assert response.status_code == 400, response.json
+        assert "external_id" in response.json["errors"]["json"]["items"]["1"], response.json
+        assert own_titles(client, portal) == {"1842": "1842", "a-1": "a-1", "a-2": "a-2"}
+
+
+def test_staging_an_item_naming_no_ad_is_refused_whole(client, portal):
+    client.put("/v1/ads/1842", json=ad_payload(title="Kept"), headers=portal.headers)
+    session_id = open_session(client, portal)
+    for unnamed in UNNAMED_ITEMS:
+        response = stage(
+            client, portal, session_id, [{"external_id": "a-2", "ad": ad_payload()}, unnamed]
+        )
+        assert response.status_code == 400, response.json
+        assert "external_id" in response.json["errors"]["json"]["items"]["1"], response.json
+    state = client.get(f"/v1/sync-sessions/{session_id}", headers=portal.headers).json
+    assert (state["staged"], state["rejected"]) == (0, 0)
+    stage(client, portal, session_id, [{"external_id": "1842", "ad": ad_payload(title="New")}])
+    client.post(f"/v1/sync-sessions/{session_id}/commit", headers=portal.headers)
+    assert own_titles(client, portal) == {"1842": "New"}
+
+
 def accepts_contact(client, portal) -> dict[str, bool]:
     items = client.get("/v1/portals/me/ads?limit=1000", headers=portal.headers).json["items"]
     return {ad["external_id"]: ad["accepts_contact"] for ad in items}

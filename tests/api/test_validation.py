@@ -2051,16 +2051,7 @@ def test_aborting_a_committed_session_is_refused_with_409(client, portal):
         ),
         pytest.param({"external_id": "a-2"}, "ad", id="missing-ad"),
         pytest.param({**upsert("a-2"), "op": "upsert"}, "op", id="op-not-allowed"),
-        pytest.param(
-            {"external_id": "has space", "ad": ad_payload()},
-            "external_id",
-            id="bad-external-id",
-        ),
-        pytest.param(
-            "a-2",
-            "_schema",
-            id="item-not-an-object",
-        ),
+        # Items without a valid external_id refuse the whole request: tests/api/test_sync.py.
     ],
 )
 def test_staging_rejects_bad_item_and_stages_the_others(client, portal, item, field):

@@ -209,7 +209,9 @@ export interface paths {
          * Apply up to 1,000 upserts, deletes and expiries in one transaction
          * @description Each item gets its own result: created, updated, unchanged, deleted, expired, or
          *     rejected with its errors (the other items are applied all the same). With
-         *     `replace: true` the items are the portal's complete set of ads.
+         *     `replace: true` the items are the portal's complete set of ads: the others are
+         *     deleted, those of rejected items kept as they are; an item without a valid
+         *     `external_id` then refuses the whole batch (400), as its ad would be deleted.
          */
         post: operations["batchAds"];
         delete?: never;
@@ -333,7 +335,9 @@ export interface paths {
         put?: never;
         /**
          * Stage up to 1,000 ads in an open sync session
-         * @description Each ad is checked now and reported as staged or rejected.
+         * @description Each ad is checked now and reported as staged or rejected; a rejected ad is kept
+         *     as it is at commit. An item without a valid `external_id` refuses the whole
+         *     request (400): its ad could be neither staged nor kept, and would be deleted.
          */
         post: operations["stageSyncItems"];
         delete?: never;

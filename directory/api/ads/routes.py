@@ -226,7 +226,9 @@ class AdBatch(MethodView):
 
         Each item gets its own result: created, updated, unchanged, deleted, expired, or
         rejected with its errors (the other items are applied all the same). With
-        `replace: true` the items are the portal's complete set of ads."""
+        `replace: true` the items are the portal's complete set of ads: the others are
+        deleted, those of rejected items kept as they are; an item without a valid
+        `external_id` then refuses the whole batch (400), as its ad would be deleted."""
         operations = [_operation(item) for item in batch["items"]]
         with transaction() as session:
             portal = require_portal(session)

@@ -115,7 +115,9 @@ class SyncSessionItems(MethodView):
     def post(self, body, session_id: str):
         """Stage up to 1,000 ads in an open sync session
 
-        Each ad is checked now and reported as staged or rejected."""
+        Each ad is checked now and reported as staged or rejected; a rejected ad is kept
+        as it is at commit. An item without a valid `external_id` refuses the whole
+        request (400): its ad could be neither staged nor kept, and would be deleted."""
         items = [
             (item.external_id, item.messages)
             if isinstance(item, ItemErrors)
