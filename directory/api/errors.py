@@ -9,7 +9,7 @@ import logging
 from flask import jsonify
 from marshmallow import Schema, fields
 from psycopg import errors as pg_errors
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnavailable
 from werkzeug.wrappers import Response
 
@@ -146,6 +146,18 @@ def handle_integrity_error(error: IntegrityError):
     )
 
 
+def handle_data_error(error: DataError):
+    """A value the database refused (too long, out of range): the input's doing, though
+    validation should have caught it first, hence logged in full to be fixed there."""
+    log.exception("a value reached the database that validation let through")
+    problem = getattr(getattr(error.orig, "diag", None), "message_primary", None)
+    return envelope(
+        400,
+        error="invalid_value",
+        message=f"a value was refused by the database: {problem or 'out of range'}",
+    )
+
+
 def handle_operational_error(error: OperationalError):
     if isinstance(error.orig, pg_errors.QueryCanceled | pg_errors.LockNotAvailable):
         return envelope(503, error="busy", message="the database is busy; retry shortly")
@@ -162,5 +174,6 @@ def register_error_handlers(app) -> None:
     app.register_error_handler(DirectoryError, handle_directory_error)
     app.register_error_handler(HTTPException, handle_http_exception)
     app.register_error_handler(IntegrityError, handle_integrity_error)
+    app.register_error_handler(DataError, handle_data_error)
     app.register_error_handler(OperationalError, handle_operational_error)
     app.register_error_handler(Exception, handle_unexpected)

@@ -28,6 +28,22 @@ def test_a_query_over_the_statement_timeout_answers_503(migrated):
     assert response.json["error"] == "busy"
 
 
+def test_a_value_the_database_refuses_answers_400_not_500(migrated):
+    app = create_app(migrated)
+
+    @app.get("/out-of-range-for-test")
+    def out_of_range():  # stands in for a value validation let through
+        with transaction() as session:
+            session.execute(text("SELECT CAST(:value AS smallint)"), {"value": 99999})
+        return {}
+
+    response = app.test_client().get("/out-of-range-for-test")
+    app.extensions["directory"].close()
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert response.json["error"] == "invalid_value"
+    assert "out of range" in response.json["message"]
+
+
 def test_an_unreachable_database_answers_503(migrated):
     app = create_app(
         dataclasses.replace(migrated, database_url="postgresql+psycopg://x@127.0.0.1:1/x")

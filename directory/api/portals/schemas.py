@@ -2,7 +2,14 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, post_load, validate
 
-from directory.api.fields import Text, Url, WholeNumber, currency_code_field, unique_values
+from directory.api.fields import (
+    FullMatch,
+    Text,
+    Url,
+    WholeNumber,
+    currency_code_field,
+    unique_values,
+)
 from directory.models import Ledger, LedgerProtocol, PortalStatus
 from directory.services.portals import MAX_WEBSITE_LENGTH, PROFILE_TEXT_LIMITS
 from directory.services.websites import VerificationState, VerifiedBy, website_verification
@@ -32,9 +39,7 @@ class LedgerSchema(Schema):
     )
     node = fields.String(
         required=True,
-        validate=validate.Regexp(
-            LEDGER_NODE, error="Must be 1 to 100 letters, digits, '_', '.' or '-'."
-        ),
+        validate=FullMatch(LEDGER_NODE, error="Must be 1 to 100 letters, digits, '_', '.' or '-'."),
         metadata={"description": "The node's name on its ledger", "example": "lyon-sel"},
     )
 
