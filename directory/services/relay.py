@@ -134,6 +134,7 @@ def open_conversation(
             member=member,
             idempotency_key=idempotency_key,
             body=body,
+            name=name,
             ad_id=ad_id,
         )
         if replay is not None:
@@ -223,6 +224,7 @@ def post_message(
             member=member,
             idempotency_key=idempotency_key,
             body=body,
+            name=name,
             conversation_id=conversation_id,
         )
         if replay is not None:
@@ -465,12 +467,14 @@ def _replayed(
     member: str,
     idempotency_key: str,
     body: str,
+    name: str | None,
     ad_id: uuid.UUID | None = None,
     conversation_id: uuid.UUID | None = None,
 ) -> Sent | None:
     """The message an earlier request with this key made, if any; a key used for a
-    different message (or by another of the portal's members) is an error rather than a
-    silent loss of the new one."""
+    different message (or by another of the portal's members, or under another name) is
+    an error rather than a silent loss of the new one. The name is compared with the
+    party's name now: a message sends one only to set it."""
     row = session.execute(
         select(
             Message.id,
@@ -481,16 +485,21 @@ def _replayed(
             Conversation.ad_id,
             Conversation.initiator_member,
             Conversation.recipient_member,
+            Conversation.initiator_name,
+            Conversation.recipient_name,
         )
         .join(Conversation, Conversation.id == Message.conversation_id)
         .where(Message.sender_portal_id == sender.id, Message.idempotency_key == idempotency_key)
     ).one_or_none()
     if row is None:
         return None
-    sent_by = row.initiator_member if row.sender_role is Role.INITIATOR else row.recipient_member
+    by_initiator = row.sender_role is Role.INITIATOR
+    sent_by = row.initiator_member if by_initiator else row.recipient_member
+    named = row.initiator_name if by_initiator else row.recipient_name
     same = (
         row.body == body
         and sent_by == member
+        and (name is None or name == named)
         and (
             (conversation_id is not None and row.conversation_id == conversation_id)
             or (ad_id is not None and row.seq == 1 and row.ad_id == ad_id)

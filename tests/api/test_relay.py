@@ -448,6 +448,27 @@ def test_a_key_reused_for_another_message_is_refused(client, advertiser, writer_
     assert "idempotency_key" in response.json["errors"]["json"]
 
 
+def test_a_key_reused_under_another_name_is_refused(client, advertiser, writer_portal, ad_id):
+    # The replay would answer 200 while the name sent with it went nowhere.
+    opened = contact(client, writer_portal, ad_id, name="Anna", idempotency_key="k-1")
+    conversation_id = opened.json["conversation"]["id"]
+    again = contact(client, writer_portal, ad_id, name="Bob", idempotency_key="k-1")
+    assert again.status_code == 409, again.json
+    assert again.json["error"] == "idempotency_key_reused"
+    reply(client, advertiser, conversation_id, name="Carla", idempotency_key="r-1")
+    renamed = reply(client, advertiser, conversation_id, name="Dora", idempotency_key="r-1")
+    assert renamed.status_code == 409, renamed.json
+    # Sent again as it was, or without a name (none to set), it is the same message.
+    for name in ("Carla", None):
+        extra = {} if name is None else {"name": name}
+        assert (
+            reply(client, advertiser, conversation_id, idempotency_key="r-1", **extra).status_code
+            == 200
+        )
+    seen = client.get(f"/v1/conversations/{conversation_id}", headers=writer_portal.headers).json
+    assert (seen["initiator"]["name"], seen["recipient"]["name"]) == ("Anna", "Carla")
+
+
 def test_a_key_reused_by_another_member_of_the_portal_is_refused_on_opening(
     client, advertiser, writer_portal, ad_id
 ):

@@ -1221,7 +1221,7 @@ export interface components {
             /** @description The member's own words; passed on unchanged */
             body: string;
             /**
-             * @description The portal's own id for this message: sending again with the same key (after a timeout, say) returns the message already made instead of making another. 1 to 128 letters, digits, '.', '_', ':' or '-'.
+             * @description The portal's own id for this message: sending again with the same key (after a timeout, say) returns the message already made instead of making another; the key sent with another message (its words, member or name) is refused with 409 idempotency_key_reused. 1 to 128 letters, digits, '.', '_', ':' or '-'.
              * @default null
              */
             idempotency_key?: string | null;
@@ -1332,7 +1332,7 @@ export interface components {
             /** @description The member's own words; passed on unchanged */
             body: string;
             /**
-             * @description The portal's own id for this message: sending again with the same key (after a timeout, say) returns the message already made instead of making another. 1 to 128 letters, digits, '.', '_', ':' or '-'.
+             * @description The portal's own id for this message: sending again with the same key (after a timeout, say) returns the message already made instead of making another; the key sent with another message (its words, member or name) is refused with 409 idempotency_key_reused. 1 to 128 letters, digits, '.', '_', ':' or '-'.
              * @default null
              */
             idempotency_key?: string | null;

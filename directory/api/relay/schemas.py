@@ -47,7 +47,9 @@ def _idempotency_field() -> fields.String:
         metadata={
             "description": "The portal's own id for this message: sending again with the "
             "same key (after a timeout, say) returns the message already made instead of "
-            "making another. 1 to 128 letters, digits, '.', '_', ':' or '-'."
+            "making another; the key sent with another message (its words, member or "
+            "name) is refused with 409 idempotency_key_reused. 1 to 128 letters, digits, "
+            "'.', '_', ':' or '-'."
         },
     )
 

@@ -679,7 +679,7 @@ class Contact(Struct, kw_only=True):
     idempotency_key: (
         Annotated[
             str,
-            Meta(description="The portal's own id for this message: sending again with the same key (after a timeout, say) returns the message already made instead of making another. 1 to 128 letters, digits, '.', '_', ':' or '-'.", pattern='\\A[A-Za-z0-9._:-]{1,128}\\Z'),
+            Meta(description="The portal's own id for this message: sending again with the same key (after a timeout, say) returns the message already made instead of making another; the key sent with another message (its words, member or name) is refused with 409 idempotency_key_reused. 1 to 128 letters, digits, '.', '_', ':' or '-'.", pattern='\\A[A-Za-z0-9._:-]{1,128}\\Z'),
         ]
         | None
         | UnsetType
@@ -789,7 +789,7 @@ class MessagePost(Struct, kw_only=True):
     idempotency_key: (
         Annotated[
             str,
-            Meta(description="The portal's own id for this message: sending again with the same key (after a timeout, say) returns the message already made instead of making another. 1 to 128 letters, digits, '.', '_', ':' or '-'.", pattern='\\A[A-Za-z0-9._:-]{1,128}\\Z'),
+            Meta(description="The portal's own id for this message: sending again with the same key (after a timeout, say) returns the message already made instead of making another; the key sent with another message (its words, member or name) is refused with 409 idempotency_key_reused. 1 to 128 letters, digits, '.', '_', ':' or '-'.", pattern='\\A[A-Za-z0-9._:-]{1,128}\\Z'),
         ]
         | None
         | UnsetType
