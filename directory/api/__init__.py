@@ -26,6 +26,9 @@ REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 # Query parameter names under which clients commonly (and wrongly) send keys.
 KEY_PARAMETER_NAMES = {"key", "api_key", "apikey", "access_token", "token", "auth"}
 BODY_METHODS = {"POST", "PUT", "PATCH"}
+# Methods that change something: a precondition sent with one must hold, or stop it.
+UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+PRECONDITION_HEADERS = ("If-Match", "If-None-Match", "If-Unmodified-Since")
 
 access_log = logging.getLogger("directory.access")
 
@@ -89,6 +92,7 @@ def create_api(app: Flask) -> Api:
     errors.register_error_handlers(app)
     app.before_request(_refuse_keys_in_query)
     app.before_request(_require_json_body)
+    app.before_request(_refuse_unchecked_preconditions)
     app.before_request(_refuse_unknown_query_parameters)
     return api
 
@@ -123,10 +127,16 @@ def _refuse_keys_in_query() -> None:
 
 def _require_json_body() -> None:
     # A request no route takes is answered 404 or 405 first, whatever its body.
-    if request.method not in BODY_METHODS or request.routing_exception is not None:
+    if request.routing_exception is not None:
         return
     has_body = (request.content_length or 0) > 0 or request.headers.get("Transfer-Encoding")
     if not has_body:
+        return
+    if request.method not in BODY_METHODS:
+        # A GET or DELETE never takes one: what it asks for (a condition, say) would be
+        # ignored, and the deletion made all the same.
+        if request.get_data(cache=True).strip() not in (b"", b"{}"):
+            _refuse_body()
         return
     if not request.is_json:
         error = UnsupportedMediaType()
@@ -142,13 +152,54 @@ def _require_json_body() -> None:
         return
     # An operation without a body would ignore one; an empty object asks for nothing.
     if request.get_data(cache=True).strip() not in (b"", b"{}"):
+        _refuse_body()
+
+
+def _refuse_body() -> None:
+    error = BadRequest()
+    error.data = {
+        "error": "body_not_taken",
+        "message": "This operation takes no body: leave it out.",
+        "messages": {"json": {"_schema": ["This operation takes no body."]}},
+    }
+    raise error
+
+
+def _refuse_unchecked_preconditions() -> None:
+    """A change sent with a precondition the operation does not check (only the ads'
+    take If-Match and If-None-Match) is refused: made anyway, it would be made in
+    exactly the case the client asked it not to be."""
+    if request.method not in UNSAFE_METHODS or request.routing_exception is not None:
+        return
+    view = current_app.view_functions.get(request.endpoint or "")
+    if view is None:
+        return
+    checked = _declared_headers(view, request.method)
+    unchecked = [
+        name for name in PRECONDITION_HEADERS if name in request.headers and name not in checked
+    ]
+    if unchecked:
         error = BadRequest()
         error.data = {
-            "error": "body_not_taken",
-            "message": "This operation takes no body: leave it out.",
-            "messages": {"json": {"_schema": ["This operation takes no body."]}},
+            "error": "precondition_not_supported",
+            "message": f"This operation does not check {', '.join(unchecked)}: send the "
+            "request without it (only the ads' own operations take conditions).",
+            "messages": {"headers": {name: ["Not checked here."] for name in unchecked}},
         }
         raise error
+
+
+@functools.cache  # views are made once, with the app
+def _declared_headers(view_function, method: str) -> frozenset[str]:
+    """The headers the operation's documentation says it takes (If-Match...)."""
+    view_class = getattr(view_function, "view_class", None)
+    handler = getattr(view_class, method.lower(), None) if view_class else view_function
+    parameters = getattr(handler, "_apidoc", {}).get("manual_doc", {}).get("parameters", [])
+    return frozenset(
+        parameter["name"]
+        for parameter in parameters
+        if isinstance(parameter, dict) and parameter.get("in") == "header"
+    )
 
 
 @functools.cache  # views are made once, with the app

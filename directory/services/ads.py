@@ -266,16 +266,18 @@ def make_etag(ad_id: uuid.UUID, version: int | None) -> str:
     return f'"{ad_id.hex[:12]}-{version}"'
 
 
-def etag_matches(header: str, etag: str | None, *, weak: bool) -> bool:
-    """Whether an If-Match (strong comparison) or If-None-Match (`weak`) header matches
-    the ETag of the ad as it is (None: there is no ad), RFC 9110 section 13.1: `*`
-    matches any ad; a weak tag (W/"...") matches only in a weak comparison."""
+def etag_matches(header: str, etag: str | None, *, weak: bool, name: str) -> bool:
+    """Whether an If-Match (strong comparison) or If-None-Match (`weak`) header, called
+    `name`, matches the ETag of the ad as it is (None: there is no ad), RFC 9110 section
+    13.1: `*` matches any ad; a weak tag (W/"...") matches only in a weak comparison.
+    A header that is not `*` or a list of entity tags is refused (InvalidInput naming
+    it): read as matching nothing, it would let a change through that it meant to stop."""
+    tags = entity_tags(header, name=name)
     if etag is None:
         return False
-    if header.strip() == "*":
+    if tags is None:
         return True
-    for tag in header.split(","):
-        tag = tag.strip()
+    for tag in tags:
         if tag.startswith("W/"):
             if not weak:
                 continue
@@ -283,6 +285,38 @@ def etag_matches(header: str, etag: str | None, *, weak: bool) -> bool:
         if tag == etag:
             return True
     return False
+
+
+# RFC 9110 section 8.8.3: entity-tag = [ "W/" ] DQUOTE *etagc DQUOTE, in a list whose
+# elements are separated by commas and optional whitespace (empty ones allowed).
+_ENTITY_TAG = re.compile(r'[ \t]*((?:W/)?"[\x21\x23-\x7e\x80-\xff]*")[ \t]*(?:,|\Z)')
+_EMPTY_LIST_ELEMENT = re.compile(r"[ \t]*,")
+
+
+def entity_tags(header: str, *, name: str) -> list[str] | None:
+    """The entity tags of an If-Match or If-None-Match header (None: `*`)."""
+    if header.strip(" \t") == "*":
+        return None
+    tags, position = [], 0
+    while position < len(header):
+        if empty := _EMPTY_LIST_ELEMENT.match(header, position):
+            position = empty.end()
+        elif tag := _ENTITY_TAG.match(header, position):
+            tags.append(tag.group(1))
+            position = tag.end()
+        elif not header[position:].strip(" \t"):
+            break
+        else:
+            tags = []
+            break
+    if not tags:
+        raise InvalidInput(
+            f'{name} must be "*" or a list of ETags as the API gives them, quotes '
+            'included (such as "01a2b3c4d5e6-7"), separated by commas',
+            field=name,
+            details={"location": "headers"},
+        )
+    return tags
 
 
 def content_hash(row: dict, explicit_expiry: datetime | None) -> str:
@@ -690,7 +724,7 @@ def _check_preconditions(preconditions: Preconditions, current: _Existing | None
     condition is false is refused with 412 (never applied, nor silently ignored)."""
     etag = None if current is None else make_etag(current.id, current.version)
     if_match, if_none_match = preconditions.if_match, preconditions.if_none_match
-    if if_match is not None and not etag_matches(if_match, etag, weak=False):
+    if if_match is not None and not etag_matches(if_match, etag, weak=False, name="If-Match"):
         raise PreconditionFailed(
             "If-Match was given but the ad does not exist"
             if current is None
@@ -698,7 +732,9 @@ def _check_preconditions(preconditions: Preconditions, current: _Existing | None
             field="If-Match",
             details={"location": "headers"},
         )
-    if if_none_match is not None and etag_matches(if_none_match, etag, weak=True):
+    if if_none_match is not None and etag_matches(
+        if_none_match, etag, weak=True, name="If-None-Match"
+    ):
         raise PreconditionFailed(
             "If-None-Match: * was given but the ad exists"
             if if_none_match.strip() == "*"

@@ -730,9 +730,8 @@ def test_currency_list_refuses_nul_character_in_portal_parameter(client):
 
 @pytest.mark.parametrize("method", ["GET", "PATCH", "DELETE"])
 def test_currency_code_with_nul_character_is_not_found(client, portal, method):
-    response = client.open(
-        "/v1/currencies/a%00b", method=method, json={"name": "x"}, headers=portal.headers
-    )
+    body = {"name": "x"} if method == "PATCH" else None
+    response = client.open("/v1/currencies/a%00b", method=method, json=body, headers=portal.headers)
     assert_refused(response, 404, error="not_found")
 
 
@@ -768,6 +767,85 @@ def test_put_with_stale_if_match_is_refused_with_412_and_changes_nothing(
         client, portal, "a-1", "priced", title="Changed", headers={"If-Match": '"000000000000-1"'}
     )
     assert_refused(response, 412, field="If-Match", location="headers")
+    assert own_ad(client, portal, "a-1") == existing_ad
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/octet-stream", None])
+def test_a_delete_with_a_body_of_any_type_is_refused_and_deletes_nothing(
+    client, portal, content_type
+):
+    # {"If-Match": ...} in a body is no condition: the ad would go all the same.
+    put_ad(client, portal, "a-1")
+    response = client.delete(
+        "/v1/ads/a-1",
+        data=b'{"If-Match": "\\"000000000000-1\\""}',
+        content_type=content_type,
+        headers=portal.headers,
+    )
+    assert_refused(response, field="_schema", error="body_not_taken")
+    assert own_ad(client, portal)["external_id"] == "a-1"
+
+
+MALFORMED_ENTITY_TAGS = [
+    pytest.param("000000000000-1", id="unquoted"),
+    pytest.param('"x", *', id="star-in-a-list"),
+    pytest.param("W/*", id="weak-star"),
+    pytest.param('"x" "y"', id="no-comma"),
+    pytest.param('"x', id="unterminated"),
+    pytest.param("", id="empty"),
+]
+
+
+@pytest.mark.parametrize("header", ["If-Match", "If-None-Match"])
+@pytest.mark.parametrize("value", MALFORMED_ENTITY_TAGS)
+def test_a_malformed_condition_is_refused_naming_the_header_and_changes_nothing(
+    client, portal, existing_ad, header, value
+):
+    # Read as matching nothing, If-None-Match would let through what it meant to stop.
+    put = put_ad(client, portal, "a-1", title="Changed", headers={header: value})
+    assert_refused(put, field=header, location="headers")
+    delete = client.delete("/v1/ads/a-1", headers={**portal.headers, header: value})
+    assert_refused(delete, field=header, location="headers")
+    expire = client.post("/v1/ads/a-1/expire", headers={**portal.headers, header: value})
+    assert_refused(expire, field=header, location="headers")
+    assert own_ad(client, portal, "a-1") == existing_ad
+
+
+@pytest.mark.parametrize("value", MALFORMED_ENTITY_TAGS)
+def test_a_malformed_if_none_match_on_a_read_is_refused_naming_it(
+    client, portal, existing_ad, value
+):
+    response = client.get(
+        "/v1/portals/me/ads/a-1", headers={**portal.headers, "If-None-Match": value}
+    )
+    assert_refused(response, field="If-None-Match", location="headers")
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        ("If-Match", '"stale-1"'),
+        ("If-None-Match", "*"),
+        ("If-Unmodified-Since", "Sun, 06 Nov 1994 08:49:37 GMT"),
+    ],
+    ids=["if-match", "if-none-match", "if-unmodified-since"],
+)
+def test_a_change_with_a_condition_the_operation_does_not_check_is_refused(
+    client, portal, existing_ad, header
+):
+    name, value = header
+    headers = {**portal.headers, name: value}
+    profile = client.get("/v1/portals/me", headers=portal.headers).json
+    patched = client.patch("/v1/portals/me", json={"name": "Renamed"}, headers=headers)
+    assert_refused(patched, field=name, location="headers", error="precondition_not_supported")
+    assert client.get("/v1/portals/me", headers=portal.headers).json == profile
+    batch = client.post(
+        "/v1/ads/batch", json={"items": [upsert("a-1", title="Changed")]}, headers=headers
+    )
+    assert_refused(batch, field=name, location="headers", error="precondition_not_supported")
+    if name == "If-Unmodified-Since":  # not even the ads' own operations take it
+        put = put_ad(client, portal, "a-1", title="Changed", headers={name: value})
+        assert_refused(put, field=name, location="headers", error="precondition_not_supported")
     assert own_ad(client, portal, "a-1") == existing_ad
 
 
@@ -998,6 +1076,8 @@ def test_415_carries_error_code_unsupported_media_type(client, portal):
     [
         ("POST", "/v1/ads/a-1/expire"),
         ("POST", "/v1/sync-sessions"),
+        ("DELETE", "/v1/ads/a-1"),
+        ("GET", "/v1/portals/me/ads/a-1"),
     ],
 )
 @pytest.mark.parametrize("body", [b'{"reason": "sold"}', b"[]", b'"now"', b"null"])
@@ -1165,6 +1245,8 @@ def test_key_in_query_string_is_refused_even_without_authorization_header(client
 def test_unknown_query_parameter_is_refused_naming_it(client, portal, method, path, name):
     body = {"items": [{"external_id": "a-1", "ad": ad_payload()}]} if "batch" in path else None
     body = body or ad_payload()
+    if method in ("GET", "DELETE"):
+        body = None  # they take none, and say so first
     response = client.open(path, method=method, json=body, headers=portal.headers)
     assert_refused(response, field=name, location="query")
     assert_nothing_stored(client, portal)

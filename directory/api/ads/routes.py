@@ -319,6 +319,8 @@ class OwnAd(MethodView):
             portal = require_portal(session)
             record = ads.get_own_ad(session, portal_id=portal.id, external_id=external_id)
         if_none_match = request.headers.get("If-None-Match")
-        if if_none_match is not None and ads.etag_matches(if_none_match, record.etag, weak=True):
+        if if_none_match is not None and ads.etag_matches(
+            if_none_match, record.etag, weak=True, name="If-None-Match"
+        ):
             return Response(status=304, headers={"ETag": record.etag})
         return record, 200, {"ETag": record.etag}
