@@ -28,6 +28,8 @@ EMAIL_ADDRESS = re.compile(r"[^@\s/]+@[^@\s/]+\.[A-Za-z]{2,}")
 SPACED_EMAIL_ADDRESS = re.compile(r"[^@\s]+\s*@\s*[^@\s]+\.[^\W\d_]{2,}")
 # [0-9], not \d: int() also reads other scripts' digits ("١٢" is 12).
 ASCII_INTEGER = re.compile(r"-?[0-9]+")
+# A decimal number as a query string writes it: ASCII digits, a point, an exponent.
+ASCII_DECIMAL = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 
 
 class FullMatch(validate.Regexp):
@@ -243,6 +245,17 @@ class WholeNumber(fields.Integer):
         if type(value) is int or (
             not self.strict and type(value) is str and ASCII_INTEGER.fullmatch(value)
         ):
+            return super()._validated(value)
+        raise self.make_error("invalid", input=value)
+
+
+class QueryNumber(fields.Float):
+    """A decimal number from a query string, read exactly as sent: fields.Float goes
+    through float(), which also reads "1_0" (as 10), "+45", " 45", "٤٥" and "nan"."""
+
+    def _validated(self, value):
+        # _validated, not _deserialize, as in WholeNumber: FastLoader goes through it too.
+        if type(value) is str and ASCII_DECIMAL.fullmatch(value):
             return super()._validated(value)
         raise self.make_error("invalid", input=value)
 

@@ -1293,6 +1293,40 @@ def test_integer_parameter_refuses_what_is_not_ascii_digits(client, portal, path
     assert body["errors"]["query"][name] == ["Not a valid integer."]
 
 
+# float() reads these too, as numbers within every range: 10, 45, 45, 45, 3, 1.
+NOT_PLAIN_DECIMALS = ["1_0", "+45", " 45", "\uff14\uff15", "\u0663", "1.0 ", "nan", "inf"]
+
+
+@pytest.mark.parametrize("value", NOT_PLAIN_DECIMALS, ids=repr)
+@pytest.mark.parametrize("name", ["lat", "lon", "radius_km"])
+def test_search_numbers_refuse_what_is_not_a_plain_decimal(client, name, value):
+    query = {"lat": "45", "lon": "4", "radius_km": "10", name: value}
+    response = client.get("/v1/search", query_string=query)
+    body = assert_refused(response, field=name, location="query")
+    assert body["errors"]["query"][name] == ["Not a valid number."]
+
+
+@pytest.mark.parametrize("value", NOT_PLAIN_DECIMALS, ids=repr)
+def test_search_bbox_refuses_what_is_not_plain_decimals(client, value):
+    response = client.get("/v1/search", query_string={"bbox": f"{value},0,20,10"})
+    assert_refused(response, field="bbox", location="query")
+
+
+@pytest.mark.parametrize("value", ["45", "-45.5", ".5", "5.", "4.5e1", "45E-0", "0"])
+def test_search_numbers_take_plain_decimals(client, value):
+    response = client.get(
+        "/v1/search",
+        query_string={
+            "lat": value,
+            "lon": "4",
+            "radius_km": value.lstrip("-") if value != "0" else "1",
+        },
+    )
+    assert response.status_code == 200, response.json
+    bbox = client.get("/v1/search", query_string={"bbox": f"-10,{value},10,50"})
+    assert bbox.status_code == 200, bbox.json
+
+
 @pytest.mark.parametrize("value", ["5", "05"])
 @pytest.mark.parametrize(("path", "name"), INTEGER_PARAMETERS)
 def test_integer_parameter_takes_ascii_digits(client, portal, path, name, value):

@@ -4,9 +4,11 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 
 from directory.api.ads.schemas import PublicAdSchema
 from directory.api.fields import (
+    ASCII_DECIMAL,
     BCP47,
     DecimalString,
     FullMatch,
+    QueryNumber,
     Text,
     WholeNumber,
     currency_code_field,
@@ -55,12 +57,10 @@ class BBoxField(fields.String):
     def _deserialize(self, value, attr, data, **kwargs):
         text = super()._deserialize(value, attr, data, **kwargs)
         parts = text.split(",")
-        try:
-            numbers = [float(part) for part in parts]
-        except ValueError:
-            raise ValidationError(self.PROBLEM) from None
-        if len(numbers) != 4 or any(number != number for number in numbers):  # NaN
+        # Plain ASCII numbers only: float() also reads "1_0" (as 10), "+1", "٤" and "nan".
+        if len(parts) != 4 or not all(ASCII_DECIMAL.fullmatch(part) for part in parts):
             raise ValidationError(self.PROBLEM)
+        numbers = [float(part) for part in parts]
         west, south, east, north = numbers
         try:
             return BBox(west=west, south=south, east=east, north=north)
@@ -86,17 +86,17 @@ class SearchArgsSchema(Schema):
             "not matter, words match by prefix and by stem, and small typos are forgiven"
         },
     )
-    lat = fields.Float(
+    lat = QueryNumber(
         load_default=None,
         validate=validate.Range(-90, 90),
         metadata={"description": "Latitude of the point to search around (with lon)"},
     )
-    lon = fields.Float(
+    lon = QueryNumber(
         load_default=None,
         validate=validate.Range(-180, 180),
         metadata={"description": "Longitude of the point to search around (with lat)"},
     )
-    radius_km = fields.Float(
+    radius_km = QueryNumber(
         load_default=None,
         validate=validate.Range(0, MAX_RADIUS_KM, min_inclusive=False),
         metadata={
