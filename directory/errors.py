@@ -46,6 +46,11 @@ class NotFound(DirectoryError):
     code = "not_found"
 
 
+class NotAcceptable(DirectoryError):
+    status = 406
+    code = "not_acceptable"
+
+
 class Conflict(DirectoryError):
     status = 409
     code = "conflict"

@@ -394,6 +394,10 @@ def test_geojson_by_format_parameter(client, varied_ads):
         "application/geo+json",
         "Application/GEO+JSON",  # media types are case-insensitive
         "application/json;q=0.5, application/geo+json",
+        # Parameters do not hide the type (werkzeug alone matched nothing with them).
+        "application/geo+json; charset=utf-8",
+        "application/geo+json;profile=x, application/json;q=0.5",
+        "application/*;q=0.2, application/geo+json",
     ],
 )
 def test_geojson_by_accept_header(client, varied_ads, accept):
@@ -405,12 +409,33 @@ def test_geojson_by_accept_header(client, varied_ads, accept):
 
 @pytest.mark.parametrize(
     "accept",
-    ["application/json", "*/*", "application/json, application/geo+json;q=0.5", None],
+    [
+        "application/json",
+        "*/*",
+        "application/json, application/geo+json;q=0.5",
+        None,
+        "application/json; charset=utf-8",
+        "text/html, */*;q=0.8",  # a browser's
+        "application/*",
+    ],
 )
 def test_json_unless_geojson_is_preferred(client, varied_ads, accept):
     response = search(client, {"Accept": accept} if accept else {})
     assert response.mimetype == "application/json"
     assert "hits" in response.json
+
+
+@pytest.mark.parametrize(
+    "accept",
+    ["application/xml", "text/html", "application/json;q=0", "*/*;q=0", "text/*"],
+)
+def test_an_accept_header_taking_neither_format_is_refused_with_406(client, accept):
+    response = search(client, {"Accept": accept})
+    assert response.status_code == 406, response.get_data(as_text=True)
+    assert response.json["error"] == "not_acceptable"
+    assert response.json["errors"]["headers"]["Accept"]
+    # Asked for by name, a format is served whatever Accept says.
+    assert search(client, {"Accept": accept}, format="geojson").status_code == 200
 
 
 def test_format_json_wins_over_the_accept_header(client, varied_ads):

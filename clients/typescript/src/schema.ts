@@ -2037,6 +2037,15 @@ export interface operations {
                 };
             };
             400: components["responses"]["BAD_REQUEST"];
+            /** @description The Accept header takes neither application/json nor application/geo+json (not_acceptable) */
+            406: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description Too many searches from this client: see Retry-After */
             429: {
                 headers: {

@@ -11,6 +11,7 @@ from directory.api.db import transaction, wiring
 from directory.api.errors import RETRY_AFTER_HEADER, ErrorSchema
 from directory.api.fields import json_response
 from directory.api.search.schemas import GeoJSONPageSchema, SearchArgsSchema, SearchPageSchema
+from directory.errors import NotAcceptable
 from directory.geo import Point
 from directory.search import (
     PriceRange,
@@ -34,6 +35,12 @@ GEOJSON = "application/geo+json"
 class Search(MethodView):
     @blp.arguments(SearchArgsSchema, location="query")
     @blp.response(200, SearchPageSchema, description="A page of hits (GeoJSON on request)")
+    @blp.alt_response(
+        406,
+        schema=ErrorSchema,
+        description="The Accept header takes neither application/json nor "
+        "application/geo+json (not_acceptable)",
+    )
     @blp.alt_response(
         429,
         schema=ErrorSchema,
@@ -67,8 +74,9 @@ class Search(MethodView):
             viewer_portal_id=None if viewer is None else viewer.id,
             categories=wiring().category_codes,
         )
+        geojson = _wants_geojson(args["format"])  # a 406 before any work
         page = search.search(query)
-        if _wants_geojson(args["format"]):
+        if geojson:
             response = json_response(render_geojson(page), mimetype=GEOJSON)
         else:
             response = json_response(render_json(page))
@@ -90,14 +98,43 @@ def search_viewer() -> AuthenticatedPortal | None:
 
 
 def _wants_geojson(format_: str | None) -> bool:
+    """GeoJSON when `format` asks for it, or Accept prefers it; JSON otherwise. Accept
+    naming neither (nor a wildcard) is refused with 406."""
     if format_ is not None:
         return format_ == "geojson"
-    # Only when preferred: a client accepting both (or */*) gets JSON. Most clients do
-    # not name GeoJSON at all, and are spared parsing their Accept header.
-    if "geo+json" not in request.headers.get("Accept", "").lower():
+    if not request.accept_mimetypes:
         return False
-    accepted = request.accept_mimetypes
-    return accepted[GEOJSON] > accepted["application/json"]
+    json, geojson = (_quality("application/json"), _quality(GEOJSON))
+    if not json and not geojson:
+        raise NotAcceptable(
+            "this search answers in application/json or application/geo+json, and the "
+            "Accept header takes neither (or give format=json or format=geojson)",
+            field="Accept",
+            details={"location": "headers"},
+        )
+    # Only when preferred: a client accepting both (or */*) gets JSON.
+    return geojson > json
+
+
+def _quality(media_type: str) -> float:
+    """How much the request's Accept header wants `media_type`, by its most specific
+    entry (RFC 9110 section 12.5.1). Parameters are read past: werkzeug matches
+    "application/geo+json; charset=utf-8" against nothing without them."""
+    kind = media_type.split("/")[0]
+    best, quality = -1, 0.0
+    for value, entry_quality in request.accept_mimetypes:
+        entry = value.split(";")[0].strip().lower()
+        if entry == media_type:
+            specificity = 2
+        elif entry == f"{kind}/*":
+            specificity = 1
+        elif entry == "*/*":
+            specificity = 0
+        else:
+            continue
+        if specificity > best:
+            best, quality = specificity, entry_quality
+    return quality
 
 
 def build_query(
