@@ -65,10 +65,13 @@ def require_metrics_token(expected: str) -> None:
         # As if there were no such page: nothing to learn about a directory without one.
         raise NotFound("metrics are off: the operator sets DIRECTORY_METRICS_TOKEN to turn them on")
     given = bearer_token()
+    header = {"field": "Authorization", "details": {"location": "headers"}}
     if given is None:
-        raise Unauthenticated("metrics need the metrics token: Authorization: Bearer <token>")
+        raise Unauthenticated(
+            "metrics need the metrics token: Authorization: Bearer <token>", **header
+        )
     if not hmac.compare_digest(given.encode(), expected.encode()):
-        raise Unauthenticated("this is not the metrics token")
+        raise Unauthenticated("this is not the metrics token", **header)
 
 
 class _Snapshot(Collector):

@@ -294,21 +294,27 @@ _TOUCH_KEY = (
 )
 
 
+# Where a refused key came from, for the error to name it.
+_KEY_HEADER = {"field": "Authorization", "details": {"location": "headers"}}
+
+
 def authenticate(session: Session, *, key: str | None) -> AuthenticatedPortal:
     """The portal that owns this key; the key is checked on every request, so a
     revoked key or a suspended portal is refused on the very next one."""
     if not key:
-        raise Unauthenticated("this request needs a portal key: Authorization: Bearer <key>")
+        raise Unauthenticated(
+            "this request needs a portal key: Authorization: Bearer <key>", **_KEY_HEADER
+        )
     if not looks_like_key(key):
-        raise Unauthenticated("the portal key is malformed")
+        raise Unauthenticated("the portal key is malformed", **_KEY_HEADER)
     row = session.execute(_KEY_LOOKUP, {"digest": key_digest(key)}).one_or_none()
     if row is None:
-        raise Unauthenticated("unknown portal key")
+        raise Unauthenticated("unknown portal key", **_KEY_HEADER)
     key_id, revoked_at, last_used_at, portal_id, slug, status = row
     if revoked_at is not None:
-        raise Unauthenticated("this portal key has been revoked", code="key_revoked")
+        raise Unauthenticated("this portal key has been revoked", code="key_revoked", **_KEY_HEADER)
     if status != PortalStatus.ACTIVE:
-        raise Forbidden(f"portal {slug!r} is suspended", code="portal_suspended")
+        raise Forbidden(f"portal {slug!r} is suspended", code="portal_suspended", **_KEY_HEADER)
     now = datetime.now(UTC)
     cutoff = now - LAST_USED_RESOLUTION
     if last_used_at is None or last_used_at < cutoff:

@@ -85,7 +85,9 @@ def _get(session: Session, *, portal_id: int, session_id: uuid.UUID, lock: bool 
     sync = session.scalar(query.with_for_update() if lock else query)
     if sync is None:
         # Another portal's session is reported as missing: its existence is not ours to know.
-        raise NotFound(f"no sync session {session_id}", field="session_id")
+        raise NotFound(
+            f"no sync session {session_id}", field="session_id", details={"location": "path"}
+        )
     return sync
 
 

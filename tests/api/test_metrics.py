@@ -81,6 +81,7 @@ def test_metrics_need_the_metrics_token(metrics_app, portal, authorization):
     response = metrics_app.test_client().get("/metrics", headers=headers)
     assert response.status_code == 401, response.get_data(as_text=True)
     assert response.json["error"] == "unauthenticated"
+    assert response.json["errors"]["headers"]["Authorization"]
     assert response.headers["WWW-Authenticate"].startswith("Bearer")
     assert "directory_" not in response.get_data(as_text=True)
 

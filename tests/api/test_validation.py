@@ -1377,7 +1377,7 @@ AUTHENTICATED_REQUESTS = [
 
 
 def assert_unauthenticated(response, error: str = "unauthenticated") -> dict:
-    body = assert_refused(response, 401, error=error)
+    body = assert_refused(response, 401, error=error, field="Authorization", location="headers")
     assert response.headers["WWW-Authenticate"].startswith("Bearer")
     return body
 
@@ -1464,7 +1464,9 @@ def test_suspended_portal_is_refused_with_403(client, portal, wiring):
     with unit_of_work(wiring.session_factory) as session:
         portals.set_status(session, portal_slug=portal.slug, status=PortalStatus.SUSPENDED)
     response = put_ad(client, portal)
-    assert_refused(response, 403, error="portal_suspended")
+    assert_refused(
+        response, 403, error="portal_suspended", field="Authorization", location="headers"
+    )
     with unit_of_work(wiring.session_factory) as session:
         portals.set_status(session, portal_slug=portal.slug, status=PortalStatus.ACTIVE)
     assert_nothing_stored(client, portal)
@@ -2105,7 +2107,7 @@ def test_sync_session_unknown_id_is_404(client, portal, method, suffix, payload,
         json=payload,
         headers=portal.headers,
     )
-    assert_refused(response, 404, error="not_found")
+    assert_refused(response, 404, error="not_found", field="session_id", location="path")
     assert_nothing_stored(client, portal)
 
 
@@ -2120,7 +2122,7 @@ def test_sync_session_of_another_portal_is_404(
         json=payload,
         headers=portal.headers,
     )
-    assert_refused(response, 404, error="not_found")
+    assert_refused(response, 404, error="not_found", field="session_id", location="path")
     summary = client.get(f"/v1/sync-sessions/{session_id}", headers=other_portal.headers).json
     assert (summary["status"], summary["staged"]) == ("open", 0)
 

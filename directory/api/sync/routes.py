@@ -67,7 +67,9 @@ def _session_id(value: str) -> uuid.UUID:
     try:
         return uuid.UUID(value)
     except ValueError:
-        raise NotFound(f"no sync session {value!r}", field="session_id") from None
+        raise NotFound(
+            f"no sync session {value!r}", field="session_id", details={"location": "path"}
+        ) from None
 
 
 @blp.route("/sync-sessions")
