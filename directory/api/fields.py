@@ -7,6 +7,7 @@ import unicodedata
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 from marshmallow import Schema, ValidationError, fields, utils, validate
@@ -54,12 +55,20 @@ class Str(fields.String):
 
 
 class Url(fields.Url):
-    """A URL without control characters (NUL included), which fields.Url lets through."""
+    """A URL without control characters (NUL included) and with a port that can exist,
+    both of which fields.Url lets through ("https://example.org:99999/")."""
 
     def _deserialize(self, value, attr, data, **kwargs):
         if isinstance(value, str) and (CONTROL_CHARS.search(value) or LINE_BREAKS.search(value)):
             raise ValidationError("Must not contain control characters.")
-        return super()._deserialize(value, attr, data, **kwargs)
+        url = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            port = urlsplit(url).port
+        except ValueError:
+            port = 0
+        if port == 0:
+            raise ValidationError("Must have a port from 1 to 65535, if any.")
+        return url
 
 
 CURRENCY_CODE = re.compile(

@@ -506,11 +506,20 @@ def test_put_refuses_more_than_10_images(client, portal):
         "data:image/png;base64,AAAA",
         "example.org/a.png",
         "",
+        "https://example.org:99999/a.png",  # a port that cannot exist
+        "https://example.org:0/a.png",
+        "https://example.org:-1/a.png",
     ],
 )
 def test_put_refuses_image_that_is_not_an_http_url(client, portal, url):
     refused = refused_put(client, portal, images=["https://example.org/ok.png", url])
     assert lookup(refused["errors"]["json"], "images.1")
+
+
+def test_put_takes_image_urls_with_a_port(client, portal):
+    images = ["https://example.org:8443/a.png", "http://example.org:65535/b.png"]
+    assert put_ad(client, portal, images=images).status_code == 201
+    assert own_ad(client, portal)["images"] == images
 
 
 def test_put_refuses_image_url_over_2048_characters(client, portal):
