@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import select
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
 
@@ -11,7 +11,7 @@ import orjson
 import psycopg
 from sqlalchemy import MetaData, create_engine, event, text
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 # Named constraints make migrations reviewable and let a 409 name what was violated.
@@ -70,6 +70,32 @@ def _replacing_connections_the_server_ended(dialect):
             raise DisconnectionError(f"the server ended this connection: {error}") from error
 
     return on_checkout
+
+
+@contextmanager
+def first_free_advisory_lock(
+    engine: Engine, namespace: int, keys: Iterable[int]
+) -> Iterator[int | None]:
+    """The first of `keys` whose session-level advisory lock (in `namespace`) was free,
+    held while the block runs (None: every one was taken). Held by a connection outside
+    any transaction, so for as long as need be, and let go by the server if the process
+    dies."""
+    with engine.connect() as connection:
+        connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+        for key in keys:
+            arguments = {"namespace": namespace, "key": key}
+            if connection.scalar(text("SELECT pg_try_advisory_lock(:namespace, :key)"), arguments):
+                break
+        else:
+            yield None
+            return
+        try:
+            yield key
+        finally:
+            try:
+                connection.execute(text("SELECT pg_advisory_unlock(:namespace, :key)"), arguments)
+            except DBAPIError:
+                connection.invalidate()  # the session is gone, and its lock with it
 
 
 def libpq_url(database_url: str) -> str:

@@ -36,10 +36,9 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from directory.db import unit_of_work
+from directory.db import first_free_advisory_lock, unit_of_work
 from directory.models import Ad, AdChange, ChangeOp, Portal, SearchIndexPosition
 from directory.search.meili import IndexingError, MeiliSearch, document
 from directory.services.ads import AdRecord, public_condition, record_from_row, records_query
@@ -134,22 +133,14 @@ def rebuild_lock(wiring: Wiring, index_name: str) -> Iterator[None]:
     """The index's rebuild lock, for as long as the block runs; RebuildInProgress when
     another process holds it. Held by a connection outside any transaction (a rebuild
     takes hours on millions of ads), and let go by the server if the process dies."""
-    arguments = {"namespace": REBUILD_LOCK_NAMESPACE, "key": _lock_key(index_name)}
-    with wiring.engine.connect() as connection:
-        connection = connection.execution_options(isolation_level="AUTOCOMMIT")
-        taken = connection.scalar(text("SELECT pg_try_advisory_lock(:namespace, :key)"), arguments)
-        if not taken:
+    keys = [_lock_key(index_name)]
+    with first_free_advisory_lock(wiring.engine, REBUILD_LOCK_NAMESPACE, keys) as taken:
+        if taken is None:
             raise RebuildInProgress(
                 f"search index {index_name} is being rebuilt by another process "
                 "(directory reindex or a worker); wait for it to finish"
             )
-        try:
-            yield
-        finally:
-            try:
-                connection.execute(text("SELECT pg_advisory_unlock(:namespace, :key)"), arguments)
-            except DBAPIError:
-                connection.invalidate()  # the session is gone, and its lock with it
+        yield
 
 
 # --- following the feed ---------------------------------------------------------------------

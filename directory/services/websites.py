@@ -34,12 +34,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
-from sqlalchemy import case, exists, func, or_, select, text, update
+from sqlalchemy import case, exists, func, or_, select, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from directory.db import unique_conflicts
+from directory.db import first_free_advisory_lock, unique_conflicts
 from directory.errors import Conflict, TooManyRequests
 from directory.models import Portal
 from directory.services.ads import global_id_prefix
@@ -209,25 +208,14 @@ def check_slot(engine: Engine, *, slots: int) -> Iterator[None]:
     pointing at websites that answer slowly could hold every process in turn, and the
     API would stop answering everyone. The slot is an advisory lock held by a connection
     outside any transaction, let go by the server if the process dies."""
-    with engine.connect() as connection:
-        connection = connection.execution_options(isolation_level="AUTOCOMMIT")
-        for slot in range(slots):
-            arguments = {"namespace": WEBSITE_CHECK_LOCK_NAMESPACE, "slot": slot}
-            if connection.scalar(text("SELECT pg_try_advisory_lock(:namespace, :slot)"), arguments):
-                break
-        else:
+    with first_free_advisory_lock(engine, WEBSITE_CHECK_LOCK_NAMESPACE, range(slots)) as slot:
+        if slot is None:
             raise TooManyRequests(
                 "other websites are being checked right now; try again when Retry-After says",
                 code="website_checks_busy",
                 retry_after_s=CHECK_SLOT_RETRY_AFTER_S,
             )
-        try:
-            yield
-        finally:
-            try:
-                connection.execute(text("SELECT pg_advisory_unlock(:namespace, :slot)"), arguments)
-            except DBAPIError:
-                connection.invalidate()  # the session is gone, and its lock with it
+        yield
 
 
 def look_for_token(challenge: Challenge, *, allow_loopback: bool) -> None:

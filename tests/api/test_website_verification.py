@@ -222,31 +222,6 @@ def test_a_website_is_checked_at_most_once_in_the_interval(client, portal, site)
     assert site.requests == [WELL_KNOWN, WELL_KNOWN]
 
 
-def test_a_check_while_another_runs_is_refused_without_a_fetch(app, client, portal, site):
-    claim(client, portal, site.url)
-    # The site answers after a second: the first check is still fetching when the second
-    # comes.
-    site.pages[WELL_KNOWN] = Reply(
-        status=200,
-        headers={"content-type": "text/plain"},
-        body=token_of(client, portal).encode(),
-        delay_s=1.0,
-    )
-    answers = {}
-    first = threading.Thread(target=lambda: answers.update(first=check(app.test_client(), portal)))
-    first.start()
-    deadline = time.monotonic() + 5
-    while not site.requests and time.monotonic() < deadline:
-        time.sleep(0.01)
-
-    second = check(client, portal)
-    first.join()
-
-    assert second.status_code == 429, second.json
-    assert answers["first"].status_code == 200, answers["first"].json
-    assert site.requests == [WELL_KNOWN]
-
-
 def slow_token(client, portal, site: Website, *, delay_s: float = 1.0) -> None:
     """The portal's token, at its site, answered after `delay_s`."""
     claim(client, portal, site.url)
@@ -271,6 +246,18 @@ def while_fetching(app, portal, site: Website, then):
     result = then()
     first.join()
     return result, answers["first"]
+
+
+def test_a_check_while_another_runs_is_refused_without_a_fetch(app, client, portal, site):
+    # The site answers after a second: the first check is still fetching when the second
+    # comes.
+    slow_token(client, portal, site)
+
+    second, first = while_fetching(app, portal, site, lambda: check(client, portal))
+
+    assert second.status_code == 429, second.json
+    assert first.status_code == 200, first.json
+    assert site.requests == [WELL_KNOWN]
 
 
 def test_one_website_is_checked_at_a_time_and_the_others_told_when_to_retry(
