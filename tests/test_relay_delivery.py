@@ -16,9 +16,9 @@ from standardwebhooks import Webhook
 from directory import build_wiring, create_app
 from directory.db import unit_of_work
 from directory.models import Delivery, DeliveryState, PortalStatus
-from directory.services import portals
+from directory.services import deliveries, portals
 from directory.services.deliveries import RETRY_JITTER
-from directory.webhooks.delivery import WebhookSender
+from directory.webhooks.delivery import Outcome, WebhookSender
 from directory.worker import DELIVERY_THREADS, Deliverer
 from tests.factories import ad_payload
 from tests.peers import Reply, WebhookReceiver
@@ -350,3 +350,105 @@ def test_a_suspended_portals_backlog_holds_up_no_other_portal(
     # The round took what it could and says nothing more is due: the deliverer waits for
     # a wake-up rather than claiming again at once, round after round.
     assert more_due is False
+
+
+# --- outcomes that come late ------------------------------------------------------------------
+
+POLICY = deliveries.DeliveryPolicy(
+    first_retry=timedelta(seconds=10),
+    max_retry=timedelta(hours=1),
+    give_up_after=timedelta(hours=72),
+    lease=timedelta(minutes=1),
+)
+
+
+def claimed_delivery(client, wiring, portal, other_portal, receiver) -> deliveries.Claim:
+    """A message to `portal`'s webhook, claimed by a worker that is now sending it."""
+    client.patch("/v1/portals/me", json={"webhook_url": receiver.url}, headers=portal.headers)
+    open_conversation(client, portal, other_portal)
+    with unit_of_work(wiring.session_factory) as session:
+        (claim,) = deliveries.claim_due(session, limit=10, lease=POLICY.lease)
+    return claim
+
+
+def period_ends_meanwhile(wiring) -> int:
+    """The delivery period ends while the last attempt is on its way: housekeeping runs."""
+    with unit_of_work(wiring.session_factory) as session:
+        session.execute(update(Delivery).values(created_at=datetime.now(UTC) - timedelta(hours=73)))
+        return deliveries.fail_expired(session, give_up_after=POLICY.give_up_after)
+
+
+@pytest.mark.parametrize("recorded_by", ["the round", "its own outcome"])
+def test_a_last_attempt_that_succeeds_after_the_period_ended_is_delivered_after_all(
+    client, wiring, portal, other_portal, recorded_by
+):
+    # Left failed, the sender's portal would be told its message never arrived, and the
+    # recipient's inbox would hold it for good.
+    with WebhookReceiver([secret_of(client, portal)]) as receiver:
+        claim = claimed_delivery(client, wiring, portal, other_portal, receiver)
+    assert period_ends_meanwhile(wiring) == 1
+    with unit_of_work(wiring.session_factory) as session:
+        if recorded_by == "the round":
+            deliveries.record_delivered(session, delivered=[(claim.event.delivery_id, 204)])
+        else:
+            state = deliveries.record_outcome(
+                session,
+                delivery_id=claim.event.delivery_id,
+                outcome=Outcome.DELIVERED,
+                status=204,
+                error=None,
+                retry_after=None,
+                policy=POLICY,
+            )
+            assert state is DeliveryState.DELIVERED
+    with unit_of_work(wiring.session_factory) as session:
+        delivery = session.scalars(select(Delivery)).one()
+    assert (delivery.state, delivery.delivered_via.value) == (DeliveryState.DELIVERED, "webhook")
+    assert client.get("/v1/inbox", headers=portal.headers).json["events"] == []
+
+
+def test_a_last_attempt_that_fails_after_the_period_ended_stays_failed_with_its_reason(
+    client, wiring, portal, other_portal
+):
+    with WebhookReceiver([secret_of(client, portal)]) as receiver:
+        claim = claimed_delivery(client, wiring, portal, other_portal, receiver)
+    period_ends_meanwhile(wiring)
+    with unit_of_work(wiring.session_factory) as session:
+        state = deliveries.record_outcome(
+            session,
+            delivery_id=claim.event.delivery_id,
+            outcome=Outcome.RETRY,
+            status=503,
+            error="HTTP 503",
+            retry_after=None,
+            policy=POLICY,
+        )
+    assert state is DeliveryState.FAILED
+    with unit_of_work(wiring.session_factory) as session:
+        delivery = session.scalars(select(Delivery)).one()
+    assert (delivery.state, delivery.last_status) == (DeliveryState.FAILED, 503)
+
+
+def test_a_webhook_failing_after_the_inbox_took_the_message_leaves_it_as_delivered(
+    client, wiring, portal, other_portal
+):
+    with WebhookReceiver([secret_of(client, portal)]) as receiver:
+        claim = claimed_delivery(client, wiring, portal, other_portal, receiver)
+    acked = client.post(
+        "/v1/inbox/ack", json={"ids": [claim.event.webhook_id]}, headers=portal.headers
+    )
+    assert acked.json == {"acknowledged": 1}
+    with unit_of_work(wiring.session_factory) as session:
+        deliveries.record_outcome(
+            session,
+            delivery_id=claim.event.delivery_id,
+            outcome=Outcome.RETRY,
+            status=500,
+            error="boom",
+            retry_after=None,
+            policy=POLICY,
+        )
+    with unit_of_work(wiring.session_factory) as session:
+        delivery = session.scalars(select(Delivery)).one()
+    assert (delivery.state, delivery.delivered_via.value) == (DeliveryState.DELIVERED, "inbox")
+    assert (delivery.last_status, delivery.last_error) == (None, None)

@@ -406,7 +406,9 @@ def claim_due(session: Session, *, limit: int, lease: timedelta) -> list[Claim]:
 
 def record_delivered(session: Session, *, delivered: list[tuple[int, int | None]]) -> None:
     """Webhooks that were delivered, as (delivery id, HTTP status): one statement for
-    all. A delivery acknowledged in the inbox meanwhile keeps its first success."""
+    all. A delivery acknowledged in the inbox meanwhile keeps its first success; one
+    marked failed meanwhile (its delivery period ended while this last attempt was on
+    its way) is delivered after all: the portal's 2xx says so."""
     if not delivered:
         return
     ids, statuses = zip(*delivered, strict=True)
@@ -416,7 +418,7 @@ def record_delivered(session: Session, *, delivered: list[tuple[int, int | None]
             " delivered_via = 'webhook', last_status = outcome.status, last_error = NULL"
             " FROM unnest(CAST(:ids AS bigint[]), CAST(:statuses AS smallint[]))"
             " AS outcome(id, status)"
-            " WHERE deliveries.id = outcome.id AND deliveries.state = 'pending'"
+            " WHERE deliveries.id = outcome.id AND deliveries.state <> 'delivered'"
         ),
         {"ids": list(ids), "statuses": list(statuses)},
     )
@@ -437,14 +439,16 @@ def record_outcome(
     delivery = session.scalar(select(Delivery).where(Delivery.id == delivery_id).with_for_update())
     if delivery is None:
         return None
+    if delivery.state is DeliveryState.DELIVERED:
+        return delivery.state  # acknowledged in the inbox meanwhile: that success stands
     delivery.last_status = status
     delivery.last_error = None if error is None else error[:300]
-    if delivery.state is not DeliveryState.PENDING:
-        return delivery.state  # acknowledged in the inbox meanwhile, or failed
-    now = datetime.now(UTC)
     if outcome is Outcome.DELIVERED:
         record_delivered(session, delivered=[(delivery_id, status)])
         return DeliveryState.DELIVERED
+    if delivery.state is not DeliveryState.PENDING:
+        return delivery.state  # failed meanwhile: its delivery period is over
+    now = datetime.now(UTC)
     if outcome is Outcome.GONE:
         disable_webhook(
             session,
