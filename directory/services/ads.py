@@ -262,8 +262,9 @@ class ReplaceSummary:
 
 def make_etag(ad_id: uuid.UUID, version: int | None) -> str:
     # The id part keeps an ETag of a deleted ad from matching a new ad of the same
-    # external id, whose version starts again at 1.
-    return f'"{ad_id.hex[:12]}-{version}"'
+    # external id, whose version starts again at 1: the id's last 48 bits, random (its
+    # first 48 are its creation's millisecond, which two such ads may share).
+    return f'"{ad_id.hex[-12:]}-{version}"'
 
 
 def etag_matches(header: str, etag: str | None, *, weak: bool, name: str) -> bool:

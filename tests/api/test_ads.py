@@ -47,6 +47,23 @@ def test_public_view_hides_member_external_id_and_visibility(client, portal):
         assert private not in public.json
 
 
+def test_an_etag_of_a_deleted_ad_does_not_match_its_successor_made_in_the_same_millisecond(
+    client, portal, monkeypatch
+):
+    # Ad ids begin with their creation's millisecond: two made in one (a clock stepped
+    # back, two hosts) differ only in their random bits, which the ETag must carry.
+    monkeypatch.setattr(ads_service.time, "time_ns", lambda: 1_750_000_000_000_000_000)
+    deleted = put(client, portal, "a-1", ad_payload())
+    client.delete("/v1/ads/a-1", headers=portal.headers)
+    successor = put(client, portal, "a-1", ad_payload(title="Successor"))
+    assert deleted.json["id"][:13] == successor.json["id"][:13]  # the same millisecond
+    assert deleted.headers["ETag"] != successor.headers["ETag"]
+    response = put(
+        client, portal, "a-1", ad_payload(title="Third"), **{"If-Match": deleted.headers["ETag"]}
+    )
+    assert response.status_code == 412, response.json
+
+
 def test_if_match_with_current_etag_applies(client, portal):
     etag = put(client, portal, "a-1", ad_payload()).headers["ETag"]
     response = put(client, portal, "a-1", ad_payload(title="New"), **{"If-Match": etag})
