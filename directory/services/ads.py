@@ -558,6 +558,9 @@ def apply_changes(
     existing = _load_existing(
         session, portal_id, {op.external_id for op, _ in prepared if op is not None}
     )
+    # Whether an ad has expired is judged now that it is locked, not when the request
+    # came: a write may wait for the lock, during which the ad may expire (or be expired).
+    locked_at = datetime.now(UTC)
     new_ids = _new_ids(len(prepared))
     results: list[ItemResult] = []
     inserts: list[dict] = []
@@ -582,7 +585,7 @@ def apply_changes(
                 if (
                     current is not None
                     and current.content_hash in digests
-                    and current.expires_at > now
+                    and current.expires_at > locked_at
                 ):
                     results.append(
                         ItemResult(op.external_id, "unchanged", current.id, current.version)
@@ -615,13 +618,13 @@ def apply_changes(
                     raise NotFound(
                         f"no ad with external_id {op.external_id!r}", field="external_id"
                     )
-                if current.expires_at <= now:
+                if current.expires_at <= locked_at:
                     results.append(
                         ItemResult(op.external_id, "unchanged", current.id, current.version)
                     )
                     continue
                 version = current.version + 1
-                updates.append({"id": current.id, "version": version, "expires_at": now})
+                updates.append({"id": current.id, "version": version, "expires_at": locked_at})
                 results.append(ItemResult(op.external_id, "expired", current.id, version))
                 if current.visibility is Visibility.PUBLIC:
                     change(current.id, ChangeOp.DELETE)  # it left public view

@@ -9,8 +9,9 @@ from sqlalchemy import select
 
 from directory.db import unit_of_work
 from directory.models import PortalKey
-from directory.services import portals
+from directory.services import ads, portals
 from tests.factories import ad_payload
+from tests.waits import wait_for_a_lock_wait
 
 
 def run_together(app, requests):
@@ -124,3 +125,27 @@ def test_a_request_does_not_wait_for_another_holding_its_keys_row(app, wiring, p
             select(PortalKey.last_used_at).where(PortalKey.portal_id == portal.id)
         ).all()
     assert all(last_used), last_used  # the long request's record stands
+
+
+def test_an_unchanged_put_that_waited_while_its_ad_expired_renews_it(app, client, wiring, portal):
+    # Judged against the time it came, not the time it got the lock, it was answered
+    # "unchanged" and left the ad expired.
+    put = app.test_client()
+    assert put.put("/v1/ads/a-1", json=ad_payload(), headers=portal.headers).status_code == 201
+    answers = []
+    with unit_of_work(wiring.session_factory) as holder:
+        ads.lock_portal_writes(holder, portal.id, exclusive=True)  # a replace, a sync commit
+        racer = threading.Thread(
+            target=lambda: answers.append(
+                put.put("/v1/ads/a-1", json=ad_payload(), headers=portal.headers)
+            )
+        )
+        racer.start()
+        wait_for_a_lock_wait(wiring, what="the PUT", wait_event="advisory")
+        ads.expire_ad(holder, portal_id=portal.id, external_id="a-1", lifetimes=wiring.lifetimes)
+    racer.join(30)
+    (answer,) = answers
+    assert answer.status_code == 200, answer.json
+    assert (answer.json["version"], answer.json["expired"]) == (3, False)
+    stored = client.get("/v1/portals/me/ads/a-1", headers=portal.headers).json
+    assert (stored["version"], stored["expired"]) == (3, False)
