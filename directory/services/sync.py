@@ -134,8 +134,20 @@ def stage_items(
     domain_errors = iter(check_ads(session, portal_id=portal_id, ads=valid, lifetimes=lifetimes))
     rows: dict[str, dict | None] = {}
     results: list[ItemResult] = []
-    for external_id, ad in items:
+    first_index: dict[str, int] = {}
+    for index, (external_id, ad) in enumerate(items):
         errors = next(domain_errors) if isinstance(ad, AdInput) else ad
+        if external_id in first_index:
+            # As in a batch: the first stands, and what it was told stays true.
+            errors = {
+                "external_id": [
+                    f"Appears more than once in this request (first at item "
+                    f"{first_index[external_id]})."
+                ]
+            }
+            results.append(ItemResult(external_id, "rejected", errors=errors))
+            continue
+        first_index[external_id] = index
         if errors is None:
             rows[external_id] = ad.to_json()
             results.append(ItemResult(external_id, "staged"))

@@ -246,3 +246,22 @@ def test_items_staged_before_accepts_contact_existed_commit_accepting_contact(
     assert accepts_contact(client, portal) == {"a-1": True, "a-2": True}
     own = client.get("/v1/portals/me/ads/a-1", headers=portal.headers).json
     assert own["version"] == created["version"]
+
+
+def test_an_external_id_given_twice_in_one_request_keeps_the_first(client, portal):
+    # The later one replaced the first, which had been reported staged.
+    session_id = open_session(client, portal)
+    response = stage(
+        client,
+        portal,
+        session_id,
+        [
+            {"external_id": "a-1", "ad": ad_payload(title="First")},
+            {"external_id": "a-1", "ad": ad_payload(title="x" * 201)},
+        ],
+    )
+    assert [r["status"] for r in response.json["results"]] == ["staged", "rejected"]
+    assert "first at item 0" in str(response.json["results"][1]["errors"])
+    assert (response.json["session"]["staged"], response.json["session"]["rejected"]) == (1, 0)
+    client.post(f"/v1/sync-sessions/{session_id}/commit", headers=portal.headers)
+    assert own_titles(client, portal) == {"a-1": "First"}

@@ -293,7 +293,10 @@ export interface paths {
          * Open a sync session for a full resync of the calling portal's ads
          * @description Stage every ad with POST .../items (many requests if need be), then commit:
          *     the staged ads become the portal's complete set, at once. Nothing changes
-         *     before the commit; abort with DELETE.
+         *     before the commit; abort with DELETE. The commit undoes the portal's other writes
+         *     made while the session was open: an ad written by PUT or batch meanwhile is
+         *     deleted unless staged, and takes its staged content if it was; so while
+         *     resyncing, send changes to the session only.
          */
         post: operations["openSyncSession"];
         delete?: never;
@@ -1189,7 +1192,7 @@ export interface components {
             ad: components["schemas"]["AdPut"];
         };
         Stage: {
-            /** @description 1 to 1000 ads; an external id sent again replaces */
+            /** @description 1 to 1000 ads; an external id sent again in a later request replaces what was staged (twice in one request, the first stands) */
             items: components["schemas"]["StageItem"][];
         };
         StageResult: {

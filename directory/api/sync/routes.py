@@ -44,7 +44,10 @@ class StageSchema(Schema):
         AdItemField(StageItemSchema, ops=None),
         required=True,
         validate=validate.Length(1, MAX_BATCH_ITEMS),
-        metadata={"description": f"1 to {MAX_BATCH_ITEMS} ads; an external id sent again replaces"},
+        metadata={
+            "description": f"1 to {MAX_BATCH_ITEMS} ads; an external id sent again in a "
+            "later request replaces what was staged (twice in one request, the first stands)"
+        },
     )
 
 
@@ -81,7 +84,10 @@ class SyncSessions(MethodView):
 
         Stage every ad with POST .../items (many requests if need be), then commit:
         the staged ads become the portal's complete set, at once. Nothing changes
-        before the commit; abort with DELETE."""
+        before the commit; abort with DELETE. The commit undoes the portal's other writes
+        made while the session was open: an ad written by PUT or batch meanwhile is
+        deleted unless staged, and takes its staged content if it was; so while
+        resyncing, send changes to the session only."""
         with transaction() as session:
             portal = require_portal(session)
             opened = sync.open_session(session, portal_id=portal.id, ttl=wiring().sync_session_ttl)

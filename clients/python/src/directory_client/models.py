@@ -630,7 +630,7 @@ class Stage(Struct, kw_only=True):
     items: Annotated[
         list[StageItem],
         Meta(
-            description='1 to 1000 ads; an external id sent again replaces',
+            description='1 to 1000 ads; an external id sent again in a later request replaces what was staged (twice in one request, the first stands)',
             max_length=1000,
             min_length=1,
         ),
