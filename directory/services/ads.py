@@ -188,10 +188,14 @@ class ItemResult:
     id: uuid.UUID | None = None
     version: int | None = None
     errors: dict | None = None
+    view: str = ""  # portal_view of the ad, for its ETag
+    expired: bool = False
 
     @property
     def etag(self) -> str | None:
-        return None if self.id is None else make_etag(self.id, self.version)
+        return (
+            None if self.id is None else make_etag(self.id, self.version, self.view, self.expired)
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -238,10 +242,11 @@ class AdRecord:
     payment: Payment | None = None
     # None unless the portal has a verified website; record_from_row always sets it.
     global_id: str | None = None
+    view: str = ""  # portal_view of the ad, for its ETag; record_from_row sets it
 
     @property
     def etag(self) -> str:
-        return make_etag(self.id, self.version)
+        return make_etag(self.id, self.version, self.view, self.expired)
 
     @property
     def expired(self) -> bool:
@@ -260,11 +265,36 @@ class ReplaceSummary:
     deleted: int = 0
 
 
-def make_etag(ad_id: uuid.UUID, version: int | None) -> str:
+def make_etag(ad_id: uuid.UUID, version: int | None, view: str = "", expired: bool = False) -> str:
+    """The ad's ETag: it changes whenever what the portal reads of the ad does, which is
+    its version, and besides what its portal adds (`view`: portal_view) and whether it
+    has expired, which change without a new version."""
     # The id part keeps an ETag of a deleted ad from matching a new ad of the same
     # external id, whose version starts again at 1: the id's last 48 bits, random (its
     # first 48 are its creation's millisecond, which two such ads may share).
-    return f'"{ad_id.hex[-12:]}-{version}"'
+    return f'"{ad_id.hex[-12:]}-{version}{"." + view if view else ""}{".x" if expired else ""}"'
+
+
+@functools.lru_cache(maxsize=4096)
+def portal_view(identity: str | None, ledger: tuple[str, str, str] | None) -> str:
+    """What an ad shows of its portal, for its ETag: the prefix of its global_id (the
+    portal's verified website) and, for an ad with a ledger account, the portal's ledger
+    (protocol, URL, node), which make its payment block. Empty when there is neither."""
+    if identity is None and ledger is None:
+        return ""
+    return hashlib.blake2b(repr((identity, ledger)).encode(), digest_size=4).hexdigest()
+
+
+def _view_of_portal(portal: Portal, *, ledger_account: str | None) -> str:
+    verified = portal.website if portal.website_verified_at is not None else None
+    ledger = None
+    if ledger_account is not None and portal.ledger_url is not None:
+        ledger = (
+            LedgerProtocol(portal.ledger_protocol).value,
+            portal.ledger_url,
+            portal.ledger_node,
+        )
+    return portal_view(global_id_prefix(verified), ledger)
 
 
 def etag_matches(header: str, etag: str | None, *, weak: bool, name: str) -> bool:
@@ -379,13 +409,22 @@ class _Existing:
     visibility: Visibility
     version: int
     expires_at: datetime
+    ledger_account: str | None
 
 
 def _load_existing(session: Session, portal_id: int, external_ids: Iterable[str]):
     # Locked until the transaction ends, always in the same order, so two writes of the
     # same ads wait for each other instead of deadlocking.
     rows = session.execute(
-        select(Ad.external_id, Ad.id, Ad.content_hash, Ad.visibility, Ad.version, Ad.expires_at)
+        select(
+            Ad.external_id,
+            Ad.id,
+            Ad.content_hash,
+            Ad.visibility,
+            Ad.version,
+            Ad.expires_at,
+            Ad.ledger_account,
+        )
         .where(
             Ad.portal_id == portal_id,
             Ad.external_id == func.any(cast(sorted(external_ids), ARRAY(String))),
@@ -561,6 +600,11 @@ def apply_changes(
     # Whether an ad has expired is judged now that it is locked, not when the request
     # came: a write may wait for the lock, during which the ad may expire (or be expired).
     locked_at = datetime.now(UTC)
+    portal = session.get_one(Portal, portal_id)  # loaded by _prepare: no query
+
+    def view(ledger_account: str | None) -> str:
+        return _view_of_portal(portal, ledger_account=ledger_account)
+
     new_ids = _new_ids(len(prepared))
     results: list[ItemResult] = []
     inserts: list[dict] = []
@@ -578,7 +622,13 @@ def apply_changes(
         current = existing.get(op.external_id)
         try:
             if not (isinstance(op, Expire) and current is None):  # that is a 404 anyway
-                _check_preconditions(op.preconditions, current)
+                etag = None
+                if current is not None:
+                    expired = current.expires_at <= locked_at
+                    etag = make_etag(
+                        current.id, current.version, view(current.ledger_account), expired
+                    )
+                _check_preconditions(op.preconditions, current_etag=etag)
             if isinstance(op, Upsert):
                 row, digests = outcome
                 # Sending an expired ad again renews it, even when nothing else changed.
@@ -588,19 +638,37 @@ def apply_changes(
                     and current.expires_at > locked_at
                 ):
                     results.append(
-                        ItemResult(op.external_id, "unchanged", current.id, current.version)
+                        ItemResult(
+                            op.external_id,
+                            "unchanged",
+                            current.id,
+                            current.version,
+                            view=view(current.ledger_account),
+                        )
                     )
                 elif current is None:
                     ad_id = next(new_ids)
                     row |= {"id": ad_id, "portal_id": portal_id, "external_id": op.external_id}
                     inserts.append(row)
-                    results.append(ItemResult(op.external_id, "created", ad_id, 1))
+                    results.append(
+                        ItemResult(
+                            op.external_id, "created", ad_id, 1, view=view(op.ad.ledger_account)
+                        )
+                    )
                     if op.ad.visibility is Visibility.PUBLIC:
                         change(ad_id, ChangeOp.UPSERT)
                 else:
                     version = current.version + 1
                     updates.append(row | {"id": current.id, "version": version})
-                    results.append(ItemResult(op.external_id, "updated", current.id, version))
+                    results.append(
+                        ItemResult(
+                            op.external_id,
+                            "updated",
+                            current.id,
+                            version,
+                            view=view(op.ad.ledger_account),
+                        )
+                    )
                     if op.ad.visibility is Visibility.PUBLIC:
                         change(current.id, ChangeOp.UPSERT)
                     elif current.visibility is Visibility.PUBLIC:
@@ -618,14 +686,23 @@ def apply_changes(
                     raise NotFound(
                         f"no ad with external_id {op.external_id!r}", field="external_id"
                     )
+                expired_view = {"view": view(current.ledger_account), "expired": True}
                 if current.expires_at <= locked_at:
                     results.append(
-                        ItemResult(op.external_id, "unchanged", current.id, current.version)
+                        ItemResult(
+                            op.external_id,
+                            "unchanged",
+                            current.id,
+                            current.version,
+                            **expired_view,
+                        )
                     )
                     continue
                 version = current.version + 1
                 updates.append({"id": current.id, "version": version, "expires_at": locked_at})
-                results.append(ItemResult(op.external_id, "expired", current.id, version))
+                results.append(
+                    ItemResult(op.external_id, "expired", current.id, version, **expired_view)
+                )
                 if current.visibility is Visibility.PUBLIC:
                     change(current.id, ChangeOp.DELETE)  # it left public view
         except DirectoryError as error:
@@ -723,15 +800,16 @@ def _bulk_update(session: Session, updates: list[dict]) -> None:
         update_rows(session, table="ads", rows=rows)
 
 
-def _check_preconditions(preconditions: Preconditions, current: _Existing | None) -> None:
-    """RFC 9110 section 13.2.2: If-Match first, then If-None-Match; a write whose
-    condition is false is refused with 412 (never applied, nor silently ignored)."""
-    etag = None if current is None else make_etag(current.id, current.version)
+def _check_preconditions(preconditions: Preconditions, *, current_etag: str | None) -> None:
+    """RFC 9110 section 13.2.2: If-Match first, then If-None-Match, against the ETag of
+    the ad as it is (None: there is none); a write whose condition is false is refused
+    with 412 (never applied, nor silently ignored)."""
+    etag = current_etag
     if_match, if_none_match = preconditions.if_match, preconditions.if_none_match
     if if_match is not None and not etag_matches(if_match, etag, weak=False, name="If-Match"):
         raise PreconditionFailed(
             "If-Match was given but the ad does not exist"
-            if current is None
+            if etag is None
             else "the ad has changed since that ETag: fetch it again, then retry",
             field="If-Match",
             details={"location": "headers"},
@@ -865,7 +943,9 @@ def record_from_row(row) -> AdRecord:
     identity = global_id_prefix(verified_website)
     price = None if amount is None else Price(amount=amount, currency=currency, unit=_UNITS[unit])
     payment = None
+    ledger = None
     if ledger_account is not None and ledger_url is not None:
+        ledger = (_PROTOCOLS[ledger_protocol].value, ledger_url, ledger_node)
         payment = Payment(
             protocol=_PROTOCOLS[ledger_protocol],
             ledger_url=ledger_url,
@@ -899,6 +979,7 @@ def record_from_row(row) -> AdRecord:
         updated_at=updated_at,
         payment=payment,
         global_id=None if identity is None else identity + external_id,
+        view=portal_view(identity, ledger),
     )
 
 

@@ -8,9 +8,12 @@ import orjson
 import pytest
 from sqlalchemy import text
 
+from directory.db import unit_of_work
 from directory.geo import Point, Privacy, publishable_point
 from directory.services import ads as ads_service
 from directory.services.ads import content_hash
+from tests.api.test_global_id import set_website
+from tests.api.test_ledgers import LEDGER, set_ledger
 from tests.factories import ad_payload, in_days
 
 
@@ -62,6 +65,71 @@ def test_an_etag_of_a_deleted_ad_does_not_match_its_successor_made_in_the_same_m
         client, portal, "a-1", ad_payload(title="Third"), **{"If-Match": deleted.headers["ETag"]}
     )
     assert response.status_code == 412, response.json
+
+
+def own_etag(client, portal, external_id="a-1") -> str:
+    response = client.get(f"/v1/portals/me/ads/{external_id}", headers=portal.headers)
+    assert response.status_code == 200, response.json
+    return response.headers["ETag"]
+
+
+def test_the_etag_changes_when_the_portal_changes_what_the_ad_shows(client, portal):
+    # Its version does not: a portal holding the old copy would be told "304 not changed"
+    # while the ad gained a global_id or a payment block.
+    put(client, portal, "a-1", ad_payload(ledger_account="bob"))
+    put(client, portal, "b-1", ad_payload())  # no account: a ledger changes nothing in it
+    first, plain = own_etag(client, portal, "a-1"), own_etag(client, portal, "b-1")
+
+    set_website(client, portal, "https://sel.example.org")
+    verified, plain_verified = own_etag(client, portal, "a-1"), own_etag(client, portal, "b-1")
+    assert verified != first and plain_verified != plain
+    stale = client.get("/v1/portals/me/ads/a-1", headers={**portal.headers, "If-None-Match": first})
+    assert stale.status_code == 200 and stale.json["global_id"]
+
+    set_ledger(client, portal, LEDGER)
+    assert own_etag(client, portal, "a-1") != verified
+    assert own_etag(client, portal, "b-1") == plain_verified
+    unchanged = client.get(
+        "/v1/portals/me/ads/a-1",
+        headers={**portal.headers, "If-None-Match": own_etag(client, portal, "a-1")},
+    )
+    assert unchanged.status_code == 304
+
+
+def test_a_write_conditional_on_the_etag_from_before_a_portal_change_is_refused(client, portal):
+    etag = put(client, portal, "a-1", ad_payload(ledger_account="bob")).headers["ETag"]
+    set_ledger(client, portal, LEDGER)
+    stale = put(client, portal, "a-1", ad_payload(title="New"), **{"If-Match": etag})
+    assert stale.status_code == 412, stale.json
+    current = own_etag(client, portal)
+    response = put(client, portal, "a-1", ad_payload(title="New"), **{"If-Match": current})
+    assert response.status_code == 200, response.json
+
+
+def test_the_etag_changes_when_the_ad_expires(client, portal, wiring):
+    etag = put(client, portal, "a-1", ad_payload()).headers["ETag"]
+    with unit_of_work(wiring.session_factory) as session:
+        session.execute(text("UPDATE ads SET expires_at = now() - interval '1 second'"))
+    response = client.get(
+        "/v1/portals/me/ads/a-1", headers={**portal.headers, "If-None-Match": etag}
+    )
+    assert response.status_code == 200 and response.json["expired"] is True
+    assert response.headers["ETag"] != etag
+
+
+def test_every_answer_gives_an_ad_the_same_etag(client, portal):
+    set_website(client, portal, "https://sel.example.org")
+    set_ledger(client, portal, LEDGER)
+    single = put(client, portal, "a-1", ad_payload(ledger_account="bob")).headers["ETag"]
+    batch = client.post(
+        "/v1/ads/batch",
+        json={"items": [{"external_id": "a-1", "ad": ad_payload(ledger_account="bob")}]},
+        headers=portal.headers,
+    ).json["results"][0]["etag"]
+    listed = client.get("/v1/portals/me/ads", headers=portal.headers).json["items"][0]["etag"]
+    assert single == batch == listed == own_etag(client, portal)
+    expired = client.post("/v1/ads/a-1/expire", headers=portal.headers).headers["ETag"]
+    assert expired == own_etag(client, portal) != single
 
 
 def test_if_match_with_current_etag_applies(client, portal):

@@ -1762,7 +1762,7 @@ export interface operations {
             /** @description The ad was changed, or was already like this */
             200: {
                 headers: {
-                    /** @description The ad's version: pass it as If-Match to make a change conditional */
+                    /** @description The ad as the portal reads it (its version, what its portal's website and ledger add, whether it has expired): pass it as If-Match to make a change conditional */
                     ETag?: string;
                     [name: string]: unknown;
                 };
@@ -1773,7 +1773,7 @@ export interface operations {
             /** @description The ad was created */
             201: {
                 headers: {
-                    /** @description The ad's version: pass it as If-Match to make a change conditional */
+                    /** @description The ad as the portal reads it (its version, what its portal's website and ledger add, whether it has expired): pass it as If-Match to make a change conditional */
                     ETag?: string;
                     [name: string]: unknown;
                 };
@@ -1850,7 +1850,7 @@ export interface operations {
             /** @description OK */
             200: {
                 headers: {
-                    /** @description The ad's version: pass it as If-Match to make a change conditional */
+                    /** @description The ad as the portal reads it (its version, what its portal's website and ledger add, whether it has expired): pass it as If-Match to make a change conditional */
                     ETag?: string;
                     [name: string]: unknown;
                 };
@@ -1950,7 +1950,7 @@ export interface operations {
             /** @description OK */
             200: {
                 headers: {
-                    /** @description The ad's version: pass it as If-Match to make a change conditional */
+                    /** @description The ad as the portal reads it (its version, what its portal's website and ledger add, whether it has expired): pass it as If-Match to make a change conditional */
                     ETag?: string;
                     [name: string]: unknown;
                 };
@@ -1961,7 +1961,7 @@ export interface operations {
             /** @description If-None-Match named the ad's current ETag: it has not changed */
             304: {
                 headers: {
-                    /** @description The ad's version: pass it as If-Match to make a change conditional */
+                    /** @description The ad as the portal reads it (its version, what its portal's website and ledger add, whether it has expired): pass it as If-Match to make a change conditional */
                     ETag?: string;
                     [name: string]: unknown;
                 };

@@ -50,7 +50,9 @@ AD_REF = {
 
 ETAG_HEADER = {
     "ETag": {
-        "description": "The ad's version: pass it as If-Match to make a change conditional",
+        "description": "The ad as the portal reads it (its version, what its portal's "
+        "website and ledger add, whether it has expired): pass it as If-Match to make a "
+        "change conditional",
         "schema": {"type": "string"},
     }
 }
