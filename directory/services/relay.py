@@ -103,6 +103,10 @@ _CONTACTABLE_AD = (
             Ad.__table__.c.portal_id == bindparam("sender_id"),
         ),
     )
+    # Kept from being deleted until the conversation that names it is written (a delete
+    # already under way is waited for, then the ad is not found). Changes to the ad do
+    # not wait: they take no key lock.
+    .with_for_update(key_share=True, of=Ad.__table__)
 )
 _OPEN_CONVERSATION = insert(Conversation.__table__).returning(*Conversation.__table__.c)
 

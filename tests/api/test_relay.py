@@ -197,6 +197,25 @@ def test_an_unknown_or_malformed_ad_id_is_not_found(client, writer_portal):
     assert "ad_id" in response.json["errors"]["path"]
 
 
+def test_an_ad_deleted_while_it_is_contacted_is_not_found(
+    app, client, wiring, advertiser, writer_portal, ad_id
+):
+    # Found just before the deletion committed, it made the conversation's insert fail
+    # its foreign key: 409 constraint_violation rather than the ad's own 404.
+    answers = []
+    with unit_of_work(wiring.session_factory) as deleting:
+        deleting.execute(text("DELETE FROM ads WHERE id = :id"), {"id": ad_id})
+        writer = threading.Thread(
+            target=lambda: answers.append(contact(app.test_client(), writer_portal, ad_id))
+        )
+        writer.start()
+        wait_for_a_lock_wait(wiring, what="the contact")
+    writer.join(30)
+    (answer,) = answers
+    assert answer.status_code == 404, answer.json
+    assert answer.json["error"] == "ad_not_found"
+
+
 def test_an_ad_with_contact_turned_off_cannot_be_contacted(
     client, wiring, advertiser, writer_portal, ad_id
 ):
