@@ -371,6 +371,25 @@ def claimed_delivery(client, wiring, portal, other_portal, receiver) -> deliveri
     return claim
 
 
+def late_outcome(wiring, claim, outcome: Outcome, *, status: int, error: str | None):
+    """The worker records what the claimed attempt came to; returns the delivery's state."""
+    with unit_of_work(wiring.session_factory) as session:
+        return deliveries.record_outcome(
+            session,
+            delivery_id=claim.event.delivery_id,
+            outcome=outcome,
+            status=status,
+            error=error,
+            retry_after=None,
+            policy=POLICY,
+        )
+
+
+def the_delivery(wiring) -> Delivery:
+    with unit_of_work(wiring.session_factory) as session:
+        return session.scalars(select(Delivery)).one()
+
+
 def period_ends_meanwhile(wiring) -> int:
     """The delivery period ends while the last attempt is on its way: housekeeping runs."""
     with unit_of_work(wiring.session_factory) as session:
@@ -387,22 +406,13 @@ def test_a_last_attempt_that_succeeds_after_the_period_ended_is_delivered_after_
     with WebhookReceiver([secret_of(client, portal)]) as receiver:
         claim = claimed_delivery(client, wiring, portal, other_portal, receiver)
     assert period_ends_meanwhile(wiring) == 1
-    with unit_of_work(wiring.session_factory) as session:
-        if recorded_by == "the round":
+    if recorded_by == "the round":
+        with unit_of_work(wiring.session_factory) as session:
             deliveries.record_delivered(session, delivered=[(claim.event.delivery_id, 204)])
-        else:
-            state = deliveries.record_outcome(
-                session,
-                delivery_id=claim.event.delivery_id,
-                outcome=Outcome.DELIVERED,
-                status=204,
-                error=None,
-                retry_after=None,
-                policy=POLICY,
-            )
-            assert state is DeliveryState.DELIVERED
-    with unit_of_work(wiring.session_factory) as session:
-        delivery = session.scalars(select(Delivery)).one()
+    else:
+        state = late_outcome(wiring, claim, Outcome.DELIVERED, status=204, error=None)
+        assert state is DeliveryState.DELIVERED
+    delivery = the_delivery(wiring)
     assert (delivery.state, delivery.delivered_via.value) == (DeliveryState.DELIVERED, "webhook")
     assert client.get("/v1/inbox", headers=portal.headers).json["events"] == []
 
@@ -413,19 +423,9 @@ def test_a_last_attempt_that_fails_after_the_period_ended_stays_failed_with_its_
     with WebhookReceiver([secret_of(client, portal)]) as receiver:
         claim = claimed_delivery(client, wiring, portal, other_portal, receiver)
     period_ends_meanwhile(wiring)
-    with unit_of_work(wiring.session_factory) as session:
-        state = deliveries.record_outcome(
-            session,
-            delivery_id=claim.event.delivery_id,
-            outcome=Outcome.RETRY,
-            status=503,
-            error="HTTP 503",
-            retry_after=None,
-            policy=POLICY,
-        )
+    state = late_outcome(wiring, claim, Outcome.RETRY, status=503, error="HTTP 503")
     assert state is DeliveryState.FAILED
-    with unit_of_work(wiring.session_factory) as session:
-        delivery = session.scalars(select(Delivery)).one()
+    delivery = the_delivery(wiring)
     assert (delivery.state, delivery.last_status) == (DeliveryState.FAILED, 503)
 
 
@@ -438,17 +438,7 @@ def test_a_webhook_failing_after_the_inbox_took_the_message_leaves_it_as_deliver
         "/v1/inbox/ack", json={"ids": [claim.event.webhook_id]}, headers=portal.headers
     )
     assert acked.json == {"acknowledged": 1}
-    with unit_of_work(wiring.session_factory) as session:
-        deliveries.record_outcome(
-            session,
-            delivery_id=claim.event.delivery_id,
-            outcome=Outcome.RETRY,
-            status=500,
-            error="boom",
-            retry_after=None,
-            policy=POLICY,
-        )
-    with unit_of_work(wiring.session_factory) as session:
-        delivery = session.scalars(select(Delivery)).one()
+    late_outcome(wiring, claim, Outcome.RETRY, status=500, error="boom")
+    delivery = the_delivery(wiring)
     assert (delivery.state, delivery.delivered_via.value) == (DeliveryState.DELIVERED, "inbox")
     assert (delivery.last_status, delivery.last_error) == (None, None)

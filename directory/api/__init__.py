@@ -132,37 +132,29 @@ def _require_json_body() -> None:
     has_body = (request.content_length or 0) > 0 or request.headers.get("Transfer-Encoding")
     if not has_body:
         return
-    if request.method not in BODY_METHODS:
-        # A GET or DELETE never takes one: what it asks for (a condition, say) would be
-        # ignored, and the deletion made all the same.
-        if request.get_data(cache=True).strip() not in (b"", b"{}"):
-            _refuse_body()
-        return
-    if not request.is_json:
-        error = UnsupportedMediaType()
+    if request.method in BODY_METHODS:
+        if not request.is_json:
+            error = UnsupportedMediaType()
+            error.data = {
+                "error": "unsupported_media_type",
+                "message": f"The body must be JSON (Content-Type: application/json), "
+                f"not {request.mimetype or 'untyped'}",
+                "messages": {"headers": {"Content-Type": ["Must be application/json."]}},
+            }
+            raise error
+        view = current_app.view_functions.get(request.endpoint or "")
+        if view is None or "json" in _declared_locations(view, request.method):
+            return
+    # An operation without a body (a GET or DELETE never has one) would ignore one, and
+    # what it asks for with it (a condition, say); an empty object asks for nothing.
+    if request.get_data(cache=True).strip() not in (b"", b"{}"):
+        error = BadRequest()
         error.data = {
-            "error": "unsupported_media_type",
-            "message": f"The body must be JSON (Content-Type: application/json), "
-            f"not {request.mimetype or 'untyped'}",
-            "messages": {"headers": {"Content-Type": ["Must be application/json."]}},
+            "error": "body_not_taken",
+            "message": "This operation takes no body: leave it out.",
+            "messages": {"json": {"_schema": ["This operation takes no body."]}},
         }
         raise error
-    view = current_app.view_functions.get(request.endpoint or "")
-    if view is None or "json" in _declared_locations(view, request.method):
-        return
-    # An operation without a body would ignore one; an empty object asks for nothing.
-    if request.get_data(cache=True).strip() not in (b"", b"{}"):
-        _refuse_body()
-
-
-def _refuse_body() -> None:
-    error = BadRequest()
-    error.data = {
-        "error": "body_not_taken",
-        "message": "This operation takes no body: leave it out.",
-        "messages": {"json": {"_schema": ["This operation takes no body."]}},
-    }
-    raise error
 
 
 def _refuse_unchecked_preconditions() -> None:

@@ -285,10 +285,10 @@ def portal_view(identity: str | None, ledger: tuple[str, str, str] | None) -> st
     return hashlib.blake2b(repr((identity, ledger)).encode(), digest_size=4).hexdigest()
 
 
-def _view_of_portal(portal: Portal, *, ledger_account: str | None) -> str:
+def _view_of_portal(portal: Portal, *, with_ledger_account: bool) -> str:
     verified = portal.website if portal.website_verified_at is not None else None
     ledger = None
-    if ledger_account is not None and portal.ledger_url is not None:
+    if with_ledger_account and portal.ledger_url is not None:
         ledger = (
             LedgerProtocol(portal.ledger_protocol).value,
             portal.ledger_url,
@@ -601,9 +601,11 @@ def apply_changes(
     # came: a write may wait for the lock, during which the ad may expire (or be expired).
     locked_at = datetime.now(UTC)
     portal = session.get_one(Portal, portal_id)  # loaded by _prepare: no query
+    # It depends on the ad only through whether it has a ledger account: twice per write.
+    views = {has: _view_of_portal(portal, with_ledger_account=has) for has in (False, True)}
 
     def view(ledger_account: str | None) -> str:
-        return _view_of_portal(portal, ledger_account=ledger_account)
+        return views[ledger_account is not None]
 
     new_ids = _new_ids(len(prepared))
     results: list[ItemResult] = []

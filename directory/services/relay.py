@@ -729,10 +729,7 @@ def list_conversations(
     limit: int,
 ) -> ConversationPage:
     """The viewer's conversations (or one member's), newest activity first."""
-    involved = or_(
-        Conversation.initiator_portal_id == viewer.id,
-        Conversation.recipient_portal_id == viewer.id,
-    )
+    involved = _has_party_portal(viewer.id)
     if member is not None:
         involved = or_(
             (Conversation.initiator_portal_id == viewer.id)

@@ -257,14 +257,20 @@ def record_verification(session: Session, *, challenge: Challenge) -> Portal:
     portal of this directory has verified it first (Conflict `website_taken`), or the
     portal's website changed meanwhile."""
     portal = session.get_one(Portal, challenge.portal_id, with_for_update=True)
-    if (portal.website_identity, portal.website_verification_token) != (
-        challenge.website_identity,
-        challenge.token,
-    ):
+    if not _still_challenged(portal, challenge):
         raise _not_verified(
             "the portal's website changed while it was being checked; verify it again"
         )
     return _verified(session, portal, by=VerifiedBy.FETCH)
+
+
+def _still_challenged(portal: Portal, challenge: Challenge) -> bool:
+    """Whether the portal's website and token are still those the challenge was made of
+    (the fetch runs between two transactions)."""
+    return (portal.website_identity, portal.website_verification_token) == (
+        challenge.website_identity,
+        challenge.token,
+    )
 
 
 def trust_website(session: Session, *, portal_id: int) -> Portal:
@@ -363,10 +369,7 @@ def record_recheck(
     withdrawn (its ads lose their global ids); the failure stays on the profile to
     explain it. A website changed or unverified meanwhile is left as it is."""
     portal = session.get_one(Portal, challenge.portal_id, with_for_update=True)
-    if portal.website_verified_at is None or (
-        portal.website_identity,
-        portal.website_verification_token,
-    ) != (challenge.website_identity, challenge.token):
+    if portal.website_verified_at is None or not _still_challenged(portal, challenge):
         return RecheckResult.CHANGED
     now = datetime.now(UTC)
     if failure is None:
