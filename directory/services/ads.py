@@ -35,7 +35,13 @@ from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
 from directory.db import insert_rows, update_rows
-from directory.errors import DirectoryError, InvalidInput, NotFound, PreconditionFailed
+from directory.errors import (
+    Conflict,
+    DirectoryError,
+    InvalidInput,
+    NotFound,
+    PreconditionFailed,
+)
 from directory.geo import Point, Privacy, publishable_point
 from directory.models import (
     Ad,
@@ -51,6 +57,10 @@ from directory.services.categories import category_codes, require_known_category
 from directory.services.currencies import unknown_currencies
 
 MAX_BATCH_ITEMS = 1000
+# How often a write decides again the ads that other writes created while it ran. Each
+# round waits for one of those writes to commit; only creations and deletions of the
+# same ads racing each other again and again use up more than two.
+CREATION_RACE_ROUNDS = 5
 # "." and ".." are refused: clients remove them from URL paths (RFC 3986 dot segments),
 # so such an ad could never be addressed.
 EXTERNAL_ID = re.compile(r"^(?!\.{1,2}$)[A-Za-z0-9._:~-]{1,128}$")
@@ -608,8 +618,8 @@ def apply_changes(
         return views[ledger_account is not None]
 
     new_ids = _new_ids(len(prepared))
-    results: list[ItemResult] = []
-    inserts: list[dict] = []
+    results: list[ItemResult | None] = [None] * len(prepared)
+    inserts: list[tuple[int, dict]] = []  # (index in prepared, row)
     updates: list[dict] = []
     deletions: list[uuid.UUID] = []
     changes: list[tuple[uuid.UUID, int, ChangeOp]] = []
@@ -617,112 +627,118 @@ def apply_changes(
     def change(ad_id: uuid.UUID, op: ChangeOp) -> None:
         changes.append((ad_id, portal_id, op))
 
-    for op, outcome in prepared:
-        if op is None:
-            results.append(outcome)  # rejected while preparing
-            continue
-        current = existing.get(op.external_id)
-        try:
-            if not (isinstance(op, Expire) and current is None):  # that is a 404 anyway
-                etag = None
-                if current is not None:
-                    expired = current.expires_at <= locked_at
-                    etag = make_etag(
-                        current.id, current.version, view(current.ledger_account), expired
-                    )
-                _check_preconditions(op.preconditions, current_etag=etag)
-            if isinstance(op, Upsert):
-                row, digests = outcome
-                # Sending an expired ad again renews it, even when nothing else changed.
-                if (
-                    current is not None
-                    and current.content_hash in digests
-                    and current.expires_at > locked_at
-                ):
-                    results.append(
-                        ItemResult(
-                            op.external_id,
-                            "unchanged",
-                            current.id,
-                            current.version,
-                            view=view(current.ledger_account),
-                        )
-                    )
-                elif current is None:
-                    ad_id = next(new_ids)
-                    row |= {"id": ad_id, "portal_id": portal_id, "external_id": op.external_id}
-                    inserts.append(row)
-                    results.append(
-                        ItemResult(
-                            op.external_id, "created", ad_id, 1, view=view(op.ad.ledger_account)
-                        )
-                    )
-                    if op.ad.visibility is Visibility.PUBLIC:
-                        change(ad_id, ChangeOp.UPSERT)
-                else:
-                    version = current.version + 1
-                    updates.append(row | {"id": current.id, "version": version})
-                    results.append(
-                        ItemResult(
-                            op.external_id,
-                            "updated",
-                            current.id,
-                            version,
-                            view=view(op.ad.ledger_account),
-                        )
-                    )
-                    if op.ad.visibility is Visibility.PUBLIC:
-                        change(current.id, ChangeOp.UPSERT)
-                    elif current.visibility is Visibility.PUBLIC:
-                        change(current.id, ChangeOp.DELETE)  # it left public view
-            elif isinstance(op, Delete):
-                if current is None:
-                    results.append(ItemResult(op.external_id, "unchanged"))
-                    continue
-                deletions.append(current.id)
-                results.append(ItemResult(op.external_id, "deleted", current.id, current.version))
-                if current.visibility is Visibility.PUBLIC:
-                    change(current.id, ChangeOp.DELETE)
-            elif isinstance(op, Expire):
-                if current is None:
-                    raise NotFound(
-                        f"no ad with external_id {op.external_id!r}", field="external_id"
-                    )
-                expired_view = {"view": view(current.ledger_account), "expired": True}
-                if current.expires_at <= locked_at:
-                    results.append(
-                        ItemResult(
-                            op.external_id,
-                            "unchanged",
-                            current.id,
-                            current.version,
-                            **expired_view,
-                        )
-                    )
-                    continue
-                version = current.version + 1
-                updates.append({"id": current.id, "version": version, "expires_at": locked_at})
-                results.append(
-                    ItemResult(op.external_id, "expired", current.id, version, **expired_view)
+    def decide(index: int, op: Operation, outcome, current: _Existing | None) -> ItemResult:
+        if not (isinstance(op, Expire) and current is None):  # that is a 404 anyway
+            etag = None
+            if current is not None:
+                expired = current.expires_at <= locked_at
+                etag = make_etag(current.id, current.version, view(current.ledger_account), expired)
+            _check_preconditions(op.preconditions, current_etag=etag)
+        if isinstance(op, Upsert):
+            row, digests = outcome
+            # Sending an expired ad again renews it, even when nothing else changed.
+            if (
+                current is not None
+                and current.content_hash in digests
+                and current.expires_at > locked_at
+            ):
+                return ItemResult(
+                    op.external_id,
+                    "unchanged",
+                    current.id,
+                    current.version,
+                    view=view(current.ledger_account),
                 )
-                if current.visibility is Visibility.PUBLIC:
-                    change(current.id, ChangeOp.DELETE)  # it left public view
-        except DirectoryError as error:
-            if reject_errors:
-                raise
-            results.append(ItemResult(op.external_id, "rejected", errors=_errors_of(error)))
+            if current is None:
+                ad_id = next(new_ids)
+                inserts.append(
+                    (
+                        index,
+                        row | {"id": ad_id, "portal_id": portal_id, "external_id": op.external_id},
+                    )
+                )
+                if op.ad.visibility is Visibility.PUBLIC:
+                    change(ad_id, ChangeOp.UPSERT)
+                return ItemResult(
+                    op.external_id, "created", ad_id, 1, view=view(op.ad.ledger_account)
+                )
+            version = current.version + 1
+            updates.append(row | {"id": current.id, "version": version})
+            if op.ad.visibility is Visibility.PUBLIC:
+                change(current.id, ChangeOp.UPSERT)
+            elif current.visibility is Visibility.PUBLIC:
+                change(current.id, ChangeOp.DELETE)  # it left public view
+            return ItemResult(
+                op.external_id, "updated", current.id, version, view=view(op.ad.ledger_account)
+            )
+        if isinstance(op, Delete):
+            if current is None:
+                return ItemResult(op.external_id, "unchanged")
+            deletions.append(current.id)
+            if current.visibility is Visibility.PUBLIC:
+                change(current.id, ChangeOp.DELETE)
+            return ItemResult(op.external_id, "deleted", current.id, current.version)
+        # Expire
+        if current is None:
+            raise NotFound(f"no ad with external_id {op.external_id!r}", field="external_id")
+        expired_view = {"view": view(current.ledger_account), "expired": True}
+        if current.expires_at <= locked_at:
+            return ItemResult(
+                op.external_id, "unchanged", current.id, current.version, **expired_view
+            )
+        version = current.version + 1
+        updates.append({"id": current.id, "version": version, "expires_at": locked_at})
+        if current.visibility is Visibility.PUBLIC:
+            change(current.id, ChangeOp.DELETE)  # it left public view
+        return ItemResult(op.external_id, "expired", current.id, version, **expired_view)
 
-    if inserts:
-        # In external-id order, like the row locks: two writes creating the same new ad
-        # then meet at the same first key, and the later one gets a 409 to retry.
-        inserts.sort(key=lambda row: row["external_id"])
-        insert_rows(session, table="ads", rows=inserts)
+    to_decide = [index for index, (op, _) in enumerate(prepared) if op is not None]
+    for index, (op, outcome) in enumerate(prepared):
+        if op is None:
+            results[index] = outcome  # rejected while preparing
+    for _ in range(CREATION_RACE_ROUNDS):
+        for index in to_decide:
+            op, outcome = prepared[index]
+            try:
+                results[index] = decide(index, op, outcome, existing.get(op.external_id))
+            except DirectoryError as error:
+                if reject_errors:
+                    raise
+                results[index] = ItemResult(op.external_id, "rejected", errors=_errors_of(error))
+        # In external-id order, like the row locks, so that two writes creating the same
+        # new ads meet at the same first key.
+        inserts.sort(key=lambda item: item[1]["external_id"])
+        created = insert_rows(
+            session,
+            table="ads",
+            rows=[row for _, row in inserts],
+            skip_conflicts_on=("portal_id", "external_id"),
+        )
+        # A write that created one of them meanwhile has committed (the insert waited for
+        # it): those are decided again, as the updates they now are, like a write that
+        # came after it.
+        raced = [
+            (index, row) for index, row in inserts if (portal_id, row["external_id"]) not in created
+        ]
+        inserts.clear()
+        if not raced:
+            break
+        lost_ids = {row["id"] for _, row in raced}
+        changes[:] = [entry for entry in changes if entry[0] not in lost_ids]
+        to_decide = [index for index, _ in raced]
+        existing = _load_existing(session, portal_id, {row["external_id"] for _, row in raced})
+    else:
+        raise Conflict(
+            "other writes kept creating and deleting these ads at the same time; retry",
+            field="external_id",
+        )
+
     if updates:
         _bulk_update(session, updates)
     if deletions:
         session.execute(delete(Ad).where(Ad.id.in_(deletions)))
     _log_changes(session, changes)
-    return results
+    return results  # type: ignore[return-value]  # every index was decided
 
 
 def _new_ids(count: int) -> Iterator[uuid.UUID]:
