@@ -5,7 +5,10 @@ the peer README describes:
   and error class names as 0.2;
 - bodies wrapped in {"data": ..., "meta": {...}}, errors in {"errors": [{class, ...}]};
 - `GET /transaction/{uuid}`, `GET /transactions`, `GET /entries/{uuid}` and
-  `GET /account/summary?acc_path=` instead of the 0.2 paths, which answer 404 here.
+  `GET /account/summary?acc_path=` instead of the 0.2 paths, which answer 404 here;
+- `GET /transactions` filtered as in 0.2 (payer, payee, involving, states, `after` on the
+  time of the last change), sorted by `sort` (`created,desc` unless told), and cut to
+  `limit` transactions: 10 unless told.
 Its workflows differ from the reference node's on purpose (a payer workflow named
 `payment`, after an inactive one), so that a client hard-coding `credit` fails."""
 
@@ -21,6 +24,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 NODE_NAME = "node08"
+DEFAULT_LIMIT = 10  # transactions a list holds when the request does not say
 TRANSITIONS = {"pending": {"completed": "payee", "erased": "payer"}}
 WORKFLOWS = [
     {
@@ -53,6 +57,10 @@ WORKFLOWS = [
         },
     },
 ]
+
+
+# Kept by the node, not shown in a transaction.
+HIDDEN_FIELDS = {"author", "created"}
 
 
 class Violation(Exception):
@@ -172,26 +180,80 @@ class NodeV08:
                     "projected": payee_projected,
                 },
             )
+        transaction = self._write(
+            author=user,
+            workflow=workflow["id"],
+            payer=data["payer"],
+            payee=data["payee"],
+            quant=quant,
+            description=data["description"],
+            metadata=data.get("metadata") or {},
+            state="validated",
+            when=datetime.now(UTC),
+        )
+        return self._view(transaction, user)
+
+    def record(
+        self,
+        *,
+        payer: str,
+        payee: str,
+        quant: int,
+        state: str = "completed",
+        metadata: dict[str, Any] | None = None,
+        when: datetime | None = None,
+    ) -> str:
+        """Write a payment as if its payer had made it at `when` (now unless given) and
+        moved it on to `state`, without asking: for tests that need many, or old ones.
+        Its uuid."""
+        with self._lock:
+            transaction = self._write(
+                author=payer,
+                workflow="payment",
+                payer=payer,
+                payee=payee,
+                quant=quant,
+                description="recorded",
+                metadata=metadata or {},
+                state=state,
+                when=when or datetime.now(UTC),
+            )
+        return transaction["uuid"]
+
+    def _write(
+        self,
+        *,
+        author: str,
+        workflow: str,
+        payer: str,
+        payee: str,
+        quant: int,
+        description: str,
+        metadata: dict[str, Any],
+        state: str,
+        when: datetime,
+    ) -> dict[str, Any]:
         transaction = {
             "uuid": str(uuid.uuid4()),  # 0.8 too makes its own uuid
-            "updated": _now(),
-            "state": "validated",
-            "type": workflow["id"],
-            "version": 0,
-            "author": user,
+            "created": _iso(when),
+            "updated": _iso(when),
+            "state": state,
+            "type": workflow,
+            "version": 0 if state == "validated" else 1,
+            "author": author,
             "entries": [
                 {
-                    "payer": data["payer"],
-                    "payee": data["payee"],
+                    "payer": payer,
+                    "payee": payee,
                     "quant": quant,
-                    "description": data["description"],
-                    "author": user,
-                    "metadata": data.get("metadata") or {},
+                    "description": description,
+                    "author": author,
+                    "metadata": metadata,
                 }
             ],
         }
         self.transactions[transaction["uuid"]] = transaction
-        return self._view(transaction, user)
+        return transaction
 
     def _move(self, user: str, transaction_uuid: str, target: str) -> dict[str, Any]:
         transaction = self._load(transaction_uuid)
@@ -210,7 +272,9 @@ class NodeV08:
                     "to": target,
                 },
             )
-        transaction.update(state=target, version=transaction["version"] + 1, updated=_now())
+        transaction.update(
+            state=target, version=transaction["version"] + 1, updated=_iso(datetime.now(UTC))
+        )
         return self._view(transaction, user)
 
     def _load(self, transaction_uuid: str) -> dict[str, Any]:
@@ -233,7 +297,7 @@ class NodeV08:
         ]
 
     def _view(self, transaction: dict[str, Any], user: str) -> dict[str, Any]:
-        shown = {k: v for k, v in transaction.items() if k != "author"}
+        shown = {k: v for k, v in transaction.items() if k not in HIDDEN_FIELDS}
         return {**shown, "transitions": self._transitions(transaction, user)}
 
     def _filter(self, user: str, query: dict[str, str]) -> list[dict[str, Any]]:
@@ -255,8 +319,21 @@ class NodeV08:
                 transaction["updated"]
             ) <= datetime.fromisoformat(query["after"]):
                 continue
-            found.append(self._view(transaction, user))
-        return found[::-1]  # newest first
+            found.append(transaction)
+        field_name, _, direction = query.get("sort", "created,desc").partition(",")
+        if field_name not in ("created", "updated") or direction not in ("", "asc", "desc"):
+            raise Violation(
+                400, **{"class": "CCViolation", "message": f"Cannot sort on {query['sort']}"}
+            )
+        # A stable sort: transactions of one microsecond stay in the order they were made.
+        found.sort(key=lambda t: t[field_name], reverse=direction != "asc")
+        try:
+            limit = int(query.get("limit", DEFAULT_LIMIT))
+        except ValueError:
+            raise Violation(
+                400, **{"class": "InvalidFieldsViolation", "fields": {"limit": "Not a number"}}
+            ) from None
+        return [self._view(transaction, user) for transaction in found[:limit]]
 
     def _balance(self, account: str, states: tuple[str, ...]) -> int:
         total = 0
@@ -292,8 +369,8 @@ class NodeV08:
         return {"data": data, "meta": {"node": NODE_NAME}}
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds")
+def _iso(when: datetime) -> str:
+    return when.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def _handler_for(node: NodeV08) -> type[BaseHTTPRequestHandler]:
