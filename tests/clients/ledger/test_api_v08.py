@@ -3,14 +3,20 @@ stand-in node on 127.0.0.1 (tests/clients/ledger/node_v08.py)."""
 
 from __future__ import annotations
 
+import secrets
+import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from directory_client.ledger import (
+    IDEMPOTENCY_METADATA_KEY,
     AuthViolation,
     CreditCommonsLedger,
     MinLimitViolation,
+    PaymentOutcomeUnknown,
+    PaymentSearchInconclusive,
     UnexpectedLedgerAnswer,
     WorkflowViolation,
     ledger_for,
@@ -19,7 +25,15 @@ from directory_client.payments import Payment
 
 from tests.clients.ledger.node_v08 import NODE_NAME, NodeV08
 
-ACCOUNTS = {"ann": ("annkey", -20, 100), "ben": ("benkey", -100, 100)}
+ACCOUNTS = {
+    "ann": ("annkey", -20, 100),
+    "ben": ("benkey", -100, 100),
+    # A business that pays its supplier often: room for thousands of payments.
+    "shop": ("shopkey", -100_000, 100_000),
+    "farm": ("farmkey", -100_000, 100_000),
+}
+# As many transactions as the client reads in one search for a key.
+FULL_PAGE = 1000
 
 
 @pytest.fixture
@@ -36,6 +50,20 @@ def ad(node) -> Payment:
             "ledger_url": node.url,
             "node": NODE_NAME,
             "payee": "ben",
+            "currencies": ["HOUR"],
+            "price": None,
+        }
+    )
+
+
+@pytest.fixture
+def farm_ad(node) -> Payment:
+    return Payment.from_json(
+        {
+            "protocol": "credit-commons",
+            "ledger_url": node.url,
+            "node": NODE_NAME,
+            "payee": "farm",
             "currencies": ["HOUR"],
             "price": None,
         }
@@ -168,3 +196,146 @@ def test_a_0_2_client_on_a_0_8_node_gets_a_clear_error(ad, node):
         ledger.balance("ann", user="ann", auth="annkey")
 
     assert caught.value.status == 404
+
+
+def uuid7_made_at(when: datetime) -> str:
+    """A UUIDv7 (RFC 9562) that says it was made at `when`: 48 bits of Unix milliseconds,
+    version 7, the variant, random bits. Built here, not by the client under test."""
+    millis = int(when.timestamp() * 1000)
+    return str(uuid.UUID(int=(millis << 80) | (7 << 76) | (0b10 << 62) | secrets.randbits(62)))
+
+
+def key_searches(node: NodeV08) -> list[dict[str, str]]:
+    """The query of every transaction list the node was asked for."""
+    return [
+        {name: values[0] for name, values in parse_qs(urlsplit(target).query).items()}
+        for method, target in (request.split(" ", 1) for request in node.requests)
+        if method == "GET" and urlsplit(target).path == "/transactions"
+    ]
+
+
+def changes_asked(node: NodeV08) -> list[str]:
+    return [r for r in node.requests if r.startswith(("POST", "PATCH"))]
+
+
+def test_a_payment_resumed_after_a_thousand_later_ones_is_found_not_paid_again(
+    ledger, node, farm_ad
+):
+    made = datetime.now(UTC).replace(microsecond=0) - timedelta(days=3)
+    key = uuid7_made_at(made)
+    for _ in range(FULL_PAGE):  # long before: left out by the key's time
+        node.record(payer="shop", payee="farm", quant=1, when=made - timedelta(days=2))
+    earlier = node.record(
+        payer="shop",
+        payee="farm",
+        quant=5,
+        state="pending",
+        metadata={IDEMPOTENCY_METADATA_KEY: key},
+        when=made,
+    )
+    for minute in range(1, FULL_PAGE + 1):  # after it: a page of them, and more
+        node.record(payer="shop", payee="farm", quant=1, when=made + timedelta(minutes=minute))
+
+    resumed = ledger.pay(farm_ad, 5, "crates", payer="shop", auth="shopkey", idempotency_key=key)
+
+    assert resumed.uuid == earlier
+    assert changes_asked(node) == []
+
+
+def test_a_full_page_without_the_key_makes_the_outcome_unknown_and_sends_nothing(
+    ledger, node, farm_ad
+):
+    for _ in range(FULL_PAGE):
+        node.record(payer="shop", payee="farm", quant=1)
+    made = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    key = uuid7_made_at(made)
+
+    with pytest.raises(PaymentOutcomeUnknown) as caught:
+        ledger.pay(farm_ad, 5, "crates", payer="shop", auth="shopkey", idempotency_key=key)
+
+    assert isinstance(caught.value, PaymentSearchInconclusive)
+    assert caught.value.idempotency_key == key
+    assert (caught.value.searched, caught.value.since) == (FULL_PAGE, made - timedelta(days=1))
+    since = (made - timedelta(days=1)).isoformat()
+    assert f"could not be found among the 1000 transactions of shop changed since {since}" in (
+        str(caught.value)
+    )
+    assert "nothing new was sent" in str(caught.value)
+    assert changes_asked(node) == []
+    assert len(node.transactions) == FULL_PAGE
+
+
+def test_find_payment_cannot_tell_from_a_full_page_without_the_key(ledger, node, farm_ad):
+    for _ in range(FULL_PAGE):
+        node.record(payer="shop", payee="farm", quant=1)
+
+    with pytest.raises(PaymentSearchInconclusive) as caught:
+        ledger.find_payment(farm_ad, str(uuid.uuid4()), payer="shop", auth="shopkey")
+
+    assert caught.value.since is None
+    assert "among the 1000 transactions of shop newest" in str(caught.value)
+
+
+def test_a_validated_copy_is_not_moved_on_while_a_full_page_may_hide_one_moved_on(
+    ledger, node, farm_ad
+):
+    # Two POSTs of one payment can both have been written (the first answer lost): the
+    # copy that was moved on may be beyond the page, and moving this one too pays twice.
+    key = uuid7_made_at(datetime.now(UTC) - timedelta(hours=1))
+    node.record(
+        payer="shop",
+        payee="farm",
+        quant=5,
+        state="validated",
+        metadata={IDEMPOTENCY_METADATA_KEY: key},
+    )
+    for _ in range(FULL_PAGE):
+        node.record(payer="shop", payee="farm", quant=1)
+
+    with pytest.raises(PaymentSearchInconclusive):
+        ledger.pay(farm_ad, 5, "crates", payer="shop", auth="shopkey", idempotency_key=key)
+
+    assert changes_asked(node) == []
+
+
+@pytest.mark.parametrize(
+    ("made", "searched_from"),
+    [
+        (timedelta(days=-3), timedelta(days=-4)),
+        # A key from a clock running ahead is searched for from a day before now.
+        (timedelta(hours=5), timedelta(days=-1)),
+    ],
+    ids=["made-3-days-ago", "made-ahead-of-this-clock"],
+)
+def test_a_uuid7_key_is_searched_for_from_a_day_before_it_was_made(
+    ledger, node, farm_ad, made, searched_from
+):
+    now = datetime.now(UTC).replace(microsecond=0)
+    key = uuid7_made_at(now + made)
+
+    ledger.pay(farm_ad, 1, "crates", payer="shop", auth="shopkey", idempotency_key=key)
+
+    searches = key_searches(node)
+    assert [search.pop("states") for search in searches] == [
+        "validated",
+        "pending,completed,erased",
+    ]
+    for search in searches:
+        after = datetime.fromisoformat(search.pop("after"))
+        # Not filtered by payee: the ad's payee may have changed since the payment.
+        assert search == {"payer": "shop", "limit": "1000", "sort": "created,asc"}
+        assert abs(after - (now + searched_from)) <= timedelta(seconds=2)
+
+
+@pytest.mark.parametrize(
+    "key", [str(uuid.uuid4()), "order-4711"], ids=["uuid4-of-older-clients", "chosen"]
+)
+def test_a_key_that_tells_no_time_is_searched_for_among_the_newest(ledger, node, farm_ad, key):
+    ledger.pay(farm_ad, 1, "crates", payer="shop", auth="shopkey", idempotency_key=key)
+
+    searches = key_searches(node)
+    assert [search.pop("states") for search in searches] == [
+        "validated",
+        "pending,completed,erased",
+    ]
+    assert searches == [{"payer": "shop", "limit": "1000", "sort": "created,desc"}] * 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
@@ -479,6 +480,42 @@ def test_a_key_of_a_payment_of_another_quantity_is_refused_not_taken_for_it(ledg
     assert caught.value.transaction.uuid == first.uuid
     assert (caught.value.transaction.quantity, caught.value.quantity) == (2, 20)
     assert balances(ledger, key, "alice")["alice"].pending.balance == before
+
+
+def test_the_key_the_client_makes_is_a_uuid7_of_the_moment_it_was_made(ledger, ad_for, key):
+    before_ms = time.time_ns() // 1_000_000
+
+    paid = ledger.pay(ad_for("bob"), 1, "keyed by time", payer="alice", auth=key("alice"))
+
+    after_ms = time.time_ns() // 1_000_000
+    made = uuid.UUID(paid.idempotency_key)
+    assert str(made) == paid.idempotency_key
+    assert (made.version, made.variant) == (7, uuid.RFC_4122)
+    assert before_ms <= made.int >> 80 <= after_ms  # its first 48 bits: Unix milliseconds
+
+
+def test_a_payment_resumed_after_more_than_50_later_payments_to_its_payee_is_not_paid_again(
+    ledger, ad_for, key
+):
+    # A business paying its supplier daily, resuming a payment weeks later.
+    first = ledger.pay(ad_for("sink"), 1, "day 1", payer="spender", auth=key("spender"))
+    # The node orders by a time to the second: the later payments must be later by it.
+    time.sleep(1.1)
+    for day in range(2, 53):
+        ledger.pay(ad_for("sink"), 1, f"day {day}", payer="spender", auth=key("spender"))
+    before = balances(ledger, key, "spender", "sink")
+
+    resumed = ledger.pay(
+        ad_for("sink"),
+        1,
+        "day 1",
+        payer="spender",
+        auth=key("spender"),
+        idempotency_key=first.idempotency_key,
+    )
+
+    assert resumed.uuid == first.uuid
+    assert balances(ledger, key, "spender", "sink") == before
 
 
 @pytest.mark.parametrize(

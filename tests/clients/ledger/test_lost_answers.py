@@ -11,6 +11,7 @@ from directory_client.ledger import (
     IDEMPOTENCY_METADATA_KEY,
     CreditCommonsLedger,
     LedgerUnavailable,
+    PayeeChanged,
     PaymentOutcomeUnknown,
 )
 
@@ -203,3 +204,43 @@ def test_a_node_failing_after_moving_the_payment_on_counts_as_paid(
     assert paid.state == "pending"
     assert [f.method for f in proxy.forwarded if f.method == "PATCH"] == ["PATCH"]
     assert ledger.balance("erin", user="erin", auth=key("erin")).pending.balance == before - 1
+
+
+def test_a_payment_resumed_after_the_ads_payee_changed_is_refused_not_finished_nor_made_again(
+    credit_commons_node, proxy, proxied_ledger, ledger, ad_for, key
+):
+    proxy.lose_next_answer("POST", "/transaction", go_down_after=True)
+    with pytest.raises(PaymentOutcomeUnknown) as caught:
+        proxied_ledger.pay(
+            ad_for("hank", ledger_url=proxy.url), 4, "moved", payer="gina", auth=key("gina")
+        )
+    idempotency_key = caught.value.idempotency_key
+    before = {
+        account: ledger.balance(account, user=account, auth=key(account))
+        for account in ("gina", "hank", "judy")
+    }
+
+    # The advertiser takes payments on another account now: the ad names judy.
+    with pytest.raises(PayeeChanged) as refused:
+        ledger.pay(
+            ad_for("judy"),
+            4,
+            "moved",
+            payer="gina",
+            auth=key("gina"),
+            idempotency_key=idempotency_key,
+        )
+
+    earlier = refused.value.transaction
+    assert (earlier.payee, earlier.state, refused.value.payee) == ("hank", "validated", "judy")
+    assert "to hank (validated), but this ad's payee is now judy" in str(refused.value)
+    # Not finished: still validated, moving nothing; and judy was not paid instead.
+    assert ledger.transaction(earlier.uuid, user="gina", auth=key("gina")).state == "validated"
+    assert transactions_with_key(credit_commons_node, "hank", idempotency_key, payer="gina") == [
+        earlier.uuid
+    ]
+    assert transactions_with_key(credit_commons_node, "judy", idempotency_key, payer="gina") == []
+    assert {
+        account: ledger.balance(account, user=account, auth=key(account))
+        for account in ("gina", "hank", "judy")
+    } == before

@@ -12,20 +12,31 @@ objects (`errors`) are read in either version.
 A payment never happens twice. The node makes the transaction's uuid itself (it ignores
 a uuid in the POST body), so each payment carries a client-made idempotency key in its
 `metadata`. The creating POST is never blindly repeated: when its answer is lost, the
-payer's recent transactions are searched for the key first. The creation only writes a
-`validated` transaction, which moves no value and which nobody but its author sees;
-value moves when it is PATCHed on to `pending`, and that is done for one transaction
-only, whose state is read back whenever the PATCH's answer is lost."""
+payer's transactions are searched for the key first, and so they are when `pay` is given
+a key to resume. The creation only writes a `validated` transaction, which moves no value
+and which nobody but its author sees; value moves when it is PATCHed on to `pending`, and
+that is done for one transaction only, whose state is read back whenever the PATCH's
+answer is lost.
+
+The search reads the payer's transactions to any payee (the ad's payee may have changed
+since; a payment found to another payee is refused, PayeeChanged, not finished). Nodes
+answer a bounded page, so a search that fills its page without finding the key cannot say
+"not made": it raises PaymentSearchInconclusive rather than paying. A key this client
+makes is a UUIDv7, which tells when it was made: its search reads only the transactions
+changed since shortly before, oldest first, so payments made after it do not push it out
+of the page. Any other key (older clients made uuid4 keys) is searched for among the
+payer's newest transactions."""
 
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.parse
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Self
 
 import httpx
@@ -36,7 +47,9 @@ from directory_client.ledger.errors import (
     IdempotencyKeyReused,
     LedgerUnavailable,
     NoPayerWorkflow,
+    PayeeChanged,
     PaymentOutcomeUnknown,
+    PaymentSearchInconclusive,
     UnexpectedLedgerAnswer,
     WorkflowViolation,
     violation_from,
@@ -57,13 +70,25 @@ DEFAULT_TIMEOUT_S = 10.0
 # then twice that, and so on, between tries.
 READ_ATTEMPTS = 3
 RETRY_BACKOFF_S = 0.2
-# How many of the payer's newest transactions to the payee are searched for a payment's
-# idempotency key. A lost answer is looked for at once, so it is among the newest.
-RECENT_TRANSACTIONS_SEARCHED = 50
+# How many of the payer's transactions one search for an idempotency key reads. It is
+# always given: a node may cut a list short unless told how long (0.8 answers 10). A page
+# this full without the key cannot tell that the payment was not made. Paging on with the
+# node's before/after is no way round it: they compare to the second, so a page boundary
+# inside one second would skip or repeat transactions.
+KEY_SEARCH_LIMIT = 1000
+# A UUIDv7 key bounds its search from below: transactions changed before the key was made,
+# less this margin, are not read. The key's time is its maker's clock, the node's the
+# node's, in a zone it need not say (the reference node keeps local wall-clock times).
+# Even a node that read our UTC bound as its own local time would be off by 14 hours at
+# most (zones run from UTC-12 to UTC+14), so a day still leaves ten hours for the two
+# clocks to disagree. It costs a day more of the payer's transactions read.
+KEY_TIME_MARGIN = timedelta(days=1)
 
 VALIDATED = "validated"
 COMPLETED = "completed"
 ERASED = "erased"
+# The states of a transaction that its creator has moved on from `validated`.
+MOVED_ON_STATES = "pending,completed,erased"
 # The states a statement lists: those that count in a balance.
 STATEMENT_STATES = "pending,completed"
 
@@ -205,9 +230,10 @@ class CreditCommonsLedger:
         sees it.
 
         Give `idempotency_key` to resume a payment whose outcome was unknown: an earlier
-        transaction with that key is finished instead of a new one being made (one of
-        another quantity raises IdempotencyKeyReused). A want is not paid: its advertiser
-        is the one who pays (NotPayable)."""
+        transaction with that key is finished instead of a new one being made (one to
+        another payee than the ad's now raises PayeeChanged, one of another quantity
+        IdempotencyKeyReused; a search that cannot tell raises PaymentSearchInconclusive).
+        A want is not paid: its advertiser is the one who pays (NotPayable)."""
         payment = self._payment_on_this_ledger(ad)
         _check_not_a_want(ad)
         _check_positive_quantity(quantity)
@@ -216,10 +242,13 @@ class CreditCommonsLedger:
         if idempotency_key is not None:
             _check_text("idempotency_key", idempotency_key)
         workflow = self.payer_workflow(user=payer, auth=auth)
-        key = idempotency_key or str(uuid.uuid4())
+        key = idempotency_key or _new_idempotency_key()
         found = None
         if idempotency_key is not None:
-            found = self._find_or_unknown(key, payment=payment, payer=payer, auth=auth)
+            found = self._find_or_unknown(key, payer=payer, auth=auth)
+        if found is not None and found.payee != payment.payee:
+            # Finishing it would pay the old account; a new one might pay for it twice.
+            raise PayeeChanged(key, found, payee=payment.payee)
         if found is not None and found.quantity != quantity:
             # Finishing it would answer a payment of another amount as if it were this one.
             raise IdempotencyKeyReused(key, found, quantity=quantity)
@@ -233,7 +262,6 @@ class CreditCommonsLedger:
                 "metadata": {IDEMPOTENCY_METADATA_KEY: key},
             },
             key=key,
-            payment=payment,
             auth=auth,
         )
         if transaction.state == VALIDATED:
@@ -250,13 +278,14 @@ class CreditCommonsLedger:
     def find_payment(
         self, ad: Any, idempotency_key: str, *, payer: str, auth: str
     ) -> Transaction | None:
-        """The payer's transaction to the ad's payee that carries this idempotency key,
-        in whatever state, or None. When there are several (only one of them can have
-        left `validated`), the one furthest on."""
-        payment = self._payment_on_this_ledger(ad)
+        """The payer's transaction that carries this idempotency key, in whatever state,
+        or None. Its payee is the one it was made to, which may no longer be the ad's.
+        When there are several (only one of them can have left `validated`), the one
+        furthest on. Raises PaymentSearchInconclusive when the search cannot tell."""
+        self._payment_on_this_ledger(ad)
         _check_text("idempotency_key", idempotency_key)
         _check_credentials(payer, auth, user_role="payer")
-        return self._find_by_key(idempotency_key, payment=payment, payer=payer, auth=auth)
+        return self._find_by_key(idempotency_key, payer=payer, auth=auth)
 
     def transaction(self, transaction_uuid: str, *, user: str, auth: str) -> Transaction:
         """One transaction, with the transitions `user` may make on it now."""
@@ -331,9 +360,7 @@ class CreditCommonsLedger:
 
     # Paying, step by step
 
-    def _create(
-        self, body: dict[str, Any], *, key: str, payment: Payment, auth: str
-    ) -> Transaction:
+    def _create(self, body: dict[str, Any], *, key: str, auth: str) -> Transaction:
         """POST the new transaction. The POST is repeated only when it surely never
         reached the node, or when the node was asked and has no transaction with `key`."""
         paths = self._paths_for(user=body["payer"], auth=auth)
@@ -353,7 +380,7 @@ class CreditCommonsLedger:
                 continue
             except httpx.TransportError:
                 # Sent, but the answer was lost: the node may have made it.
-                found = self._find_or_unknown(key, payment=payment, payer=payer, auth=auth)
+                found = self._find_or_unknown(key, payer=payer, auth=auth)
                 if found is not None:
                     return found
                 self._back_off(attempt)
@@ -362,7 +389,7 @@ class CreditCommonsLedger:
                 data = self._answer(response)
             except UnexpectedLedgerAnswer:
                 # A crash report may follow a write: look before giving up.
-                found = self._find_or_unknown(key, payment=payment, payer=payer, auth=auth)
+                found = self._find_or_unknown(key, payer=payer, auth=auth)
                 if found is not None:
                     return found
                 raise
@@ -397,11 +424,9 @@ class CreditCommonsLedger:
                 transaction_uuid=transaction.uuid,
             ) from error
 
-    def _find_or_unknown(
-        self, key: str, *, payment: Payment, payer: str, auth: str
-    ) -> Transaction | None:
+    def _find_or_unknown(self, key: str, *, payer: str, auth: str) -> Transaction | None:
         try:
-            return self._find_by_key(key, payment=payment, payer=payer, auth=auth)
+            return self._find_by_key(key, payer=payer, auth=auth)
         except (LedgerUnavailable, UnexpectedLedgerAnswer) as error:
             raise PaymentOutcomeUnknown(
                 f"the ledger at {self.ledger_url} could not be asked whether the payment was made: {error}",
@@ -409,26 +434,42 @@ class CreditCommonsLedger:
                 transaction_uuid=None,
             ) from error
 
-    def _find_by_key(
-        self, key: str, *, payment: Payment, payer: str, auth: str
-    ) -> Transaction | None:
+    def _find_by_key(self, key: str, *, payer: str, auth: str) -> Transaction | None:
+        """The payer's transaction carrying `key`, to whichever payee, furthest on; None
+        when the node surely has none. PaymentSearchInconclusive when a page came back
+        full and what it left unread might hold the answer."""
         paths = self._paths_for(user=payer, auth=auth)
+        since = _search_start(key)
+        params = {"payer": payer, "limit": str(KEY_SEARCH_LIMIT)}
+        if since is None:
+            # Newest first: a lost answer is looked for at once.
+            params["sort"] = "created,desc"
+        else:
+            # From just before the key was made on: the payments made after it, however
+            # many, cannot push it out of the page. `after` is compared to the second.
+            params |= {"after": since.isoformat(timespec="seconds"), "sort": "created,asc"}
         found: list[Transaction] = []
+        full: dict[str, bool] = {}
         # Two searches: the reference node shows `validated` transactions to their author
         # only, and a `states` list holding `validated` returns nothing else.
-        for states in (VALIDATED, "pending,completed,erased"):
-            params = {
-                "payer": payer,
-                "payee": payment.payee,
-                "states": states,
-                "sort": "created,desc",
-                "limit": str(RECENT_TRANSACTIONS_SEARCHED),
-            }
-            data = self._read(paths.transactions, user=payer, auth=auth, params=params)
+        for states in (VALIDATED, MOVED_ON_STATES):
+            data = self._read(
+                paths.transactions, user=payer, auth=auth, params={**params, "states": states}
+            )
             transactions = self._transactions_from(data, path=paths.transactions)
-            found += [t for t in transactions if t.idempotency_key == key]
+            found += [t for t in transactions if t.idempotency_key == key and t.payer == payer]
+            full[states] = _fills_page(transactions, payer=payer)
         progress = {VALIDATED: 0, ERASED: 1}  # anything else has gone further on
-        return max(found, key=lambda t: progress.get(t.state, 2), default=None)
+        best = max(found, key=lambda t: progress.get(t.state, 2), default=None)
+        # One found beyond `validated` settles it: only one of them is ever moved on. Short
+        # of that, one moved on may be among the transactions a full page left unread.
+        if (best is None or best.state == VALIDATED) and (
+            full[MOVED_ON_STATES] or (best is None and full[VALIDATED])
+        ):
+            raise PaymentSearchInconclusive(
+                idempotency_key=key, payer=payer, searched=KEY_SEARCH_LIMIT, since=since
+            )
+        return best
 
     # State changes
 
@@ -637,6 +678,54 @@ class CreditCommonsLedger:
                 f"it does not accept ({', '.join(payment.currencies)})"
             )
         return payment
+
+
+def _new_idempotency_key() -> str:
+    """A new payment's idempotency key: a UUID version 7 (RFC 9562), written out as usual.
+    Its first 48 bits are the Unix time in milliseconds, so the key tells when it was made
+    and its search need not read what came before (see _search_start); its 74 random
+    bits keep it unguessable. Python's uuid module has no uuid7 before 3.14."""
+    millis = time.time_ns() // 1_000_000
+    random_bits = int.from_bytes(os.urandom(10), "big")  # 80 bits, 74 of them used
+    return str(
+        uuid.UUID(
+            # 48 bits of time | version 7 | 12 random bits | variant 0b10 | 62 random bits
+            int=(millis << 80)
+            | (0x7 << 76)
+            | (((random_bits >> 62) & 0xFFF) << 64)
+            | (0b10 << 62)
+            | (random_bits & ((1 << 62) - 1))
+        )
+    )
+
+
+def _key_time(key: str) -> datetime | None:
+    """When a UUIDv7 key was made, by its own account; None for any other key (uuid4
+    keys of older clients, or any string a caller chose), which tells no time."""
+    try:
+        value = uuid.UUID(key)
+    except ValueError:
+        return None
+    if value.variant != uuid.RFC_4122 or value.version != 7:
+        return None
+    return datetime.fromtimestamp((value.int >> 80) / 1000, UTC)
+
+
+def _search_start(key: str) -> datetime | None:
+    """The time from which transactions are searched for `key`; None: from the newest."""
+    made = _key_time(key)
+    if made is None:
+        return None
+    # A key from the future says more about its maker's clock than about the payment.
+    return min(made, datetime.now(UTC)) - KEY_TIME_MARGIN
+
+
+def _fills_page(transactions: list[Transaction], *, payer: str) -> bool:
+    """Whether a search answer may have been cut short by KEY_SEARCH_LIMIT. The reference
+    node's LIMIT counts the payer's entries, not transactions: one with two entries paid
+    by the payer (a fee, say) takes two places."""
+    entries = sum(1 for t in transactions for e in t.entries if e.payer == payer)
+    return max(len(transactions), entries) >= KEY_SEARCH_LIMIT
 
 
 def _check_not_a_want(ad: Any) -> None:

@@ -6,6 +6,7 @@ or failed, and said why in a typed error); the others say that no usable answer 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 
@@ -59,7 +60,8 @@ class NoPayerWorkflow(LedgerError):
 
 
 class PaymentOutcomeUnknown(LedgerError):
-    """A payment was sent but the ledger could not be asked whether it was made.
+    """A payment was sent but the ledger could not be asked whether it was made, or a
+    search for its idempotency key could not tell (PaymentSearchInconclusive).
 
     Nothing may be assumed: check later with `find_payment(ad, idempotency_key, ...)`, or
     call `pay(..., idempotency_key=error.idempotency_key)` again, which finds the earlier
@@ -75,6 +77,33 @@ class PaymentOutcomeUnknown(LedgerError):
         )
 
 
+class PaymentSearchInconclusive(PaymentOutcomeUnknown):
+    """The payer's transactions were searched for the idempotency key, and the node
+    answered as many as were asked for (`searched`) without it: the payment may be among
+    those left unread, so nothing new was sent. Asking again gives the same answer until
+    fewer transactions match; look for the key on the ledger itself before paying again.
+    `since` is the lower bound of the search (None: the newest were read)."""
+
+    def __init__(
+        self, *, idempotency_key: str, payer: str, searched: int, since: datetime | None
+    ) -> None:
+        self.payer = payer
+        self.searched = searched
+        self.since = since
+        window = (
+            f"changed since {since.isoformat(timespec='seconds')}"
+            if since is not None
+            else "newest (the key tells no time to search from)"
+        )
+        super().__init__(
+            f"idempotency key {idempotency_key} could not be found among the {searched} "
+            f"transactions of {payer} {window} that the ledger answered, and it may hold more: "
+            "whether the payment was made cannot be told, so nothing new was sent",
+            idempotency_key=idempotency_key,
+            transaction_uuid=None,
+        )
+
+
 class IdempotencyKeyReused(LedgerError):
     """`pay` was given the idempotency key of an earlier payment of another quantity: that
     payment is not finished as if it were this one, and no new one is made."""
@@ -87,6 +116,27 @@ class IdempotencyKeyReused(LedgerError):
             f"idempotency key {idempotency_key} belongs to transaction {transaction.uuid}, a "
             f"payment of {transaction.quantity} to {transaction.payee} ({transaction.state}), "
             f"not to one of {quantity}; give a new key (or none) for a new payment"
+        )
+
+
+class PayeeChanged(LedgerError):
+    """`pay` was given the idempotency key of an earlier payment to another payee than the
+    ad names now: its advertiser changed their ledger account since (or the key is another
+    ad's). That payment is not finished, and no new one is made: paying the ad's payee now
+    could pay for the same thing twice, which only the payer and the advertiser can rule
+    out. `transaction` is the earlier payment, `payee` the ad's payee now."""
+
+    def __init__(self, idempotency_key: str, transaction: Any, *, payee: str) -> None:
+        self.idempotency_key = idempotency_key
+        self.transaction = transaction  # the earlier payment, as the payer sees it now
+        self.payee = payee
+        super().__init__(
+            f"idempotency key {idempotency_key} belongs to transaction {transaction.uuid}, a "
+            f"payment of {transaction.quantity} to {transaction.payee} "
+            f"({transaction.state}), but this ad's payee is now {payee}: that payment was "
+            f"neither finished nor made again to {payee}. Settle with the advertiser which "
+            f"account to pay (a pending payment can be cancelled) before paying {payee} "
+            "with a new key (or none)"
         )
 
 
