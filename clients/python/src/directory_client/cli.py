@@ -8,8 +8,9 @@ The ad (GET /v1/ads/{id} on the directory) says which ledger and whom to pay; th
 goes straight from here to that ledger. The account and key are the payer's own, on the
 ledger named by LEDGER_URL: they are sent to that ledger only, never to another one an ad
 names (any portal may name any ledger). Exit status: 0 done, 1 the ledger or directory
-refused, 2 bad usage, 3 the payment's outcome is unknown (run again with the printed
---idempotency-key to finish it without paying twice)."""
+refused (or the client did: an --idempotency-key of a payment of another amount, or to
+another payee than the ad's now), 2 bad usage, 3 the payment's outcome is unknown (run
+again with the printed --idempotency-key to finish it without paying twice)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from directory_client.ledger import (
     Balance,
     LedgerError,
     PaymentOutcomeUnknown,
+    PaymentSearchInconclusive,
     Transaction,
     ledger_for,
 )
@@ -119,6 +121,15 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         # ValueError: an argument the client refused before asking anyone.
         print(f"directory-client: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except PaymentSearchInconclusive as error:
+        # Running it again would search the same transactions: it cannot tell either.
+        print(
+            f"directory-client: {error}\nThe payment may or may not have been made. Look on "
+            f"the ledger itself for a transaction of yours whose metadata holds idempotency "
+            f"key {error.idempotency_key} before paying again.",
+            file=sys.stderr,
+        )
+        return EXIT_UNKNOWN
     except PaymentOutcomeUnknown as error:
         print(
             f"directory-client: {error}\nThe payment may or may not have been made. Run the "
