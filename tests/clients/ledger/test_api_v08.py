@@ -121,6 +121,27 @@ def test_statement_reads_the_transactions_list(ledger, ad):
     ]
 
 
+def test_statement_asks_for_its_page_rather_than_take_the_nodes_ten(ledger, node):
+    # A 0.8 node answers 10 transactions unless told: the statement lost the rest.
+    start = datetime.now(UTC) - timedelta(hours=1)
+    made = [
+        node.record(payer="shop", payee="farm", quant=n, when=start + timedelta(minutes=n))
+        for n in range(1, 16)
+    ]
+
+    lines = ledger.statement("shop", user="shop", auth="shopkey")
+    assert [line.transaction_uuid for line in lines] == made
+
+    last_three = ledger.statement("shop", user="shop", auth="shopkey", limit=3)
+    assert [line.transaction_uuid for line in last_three] == made[-3:]
+
+
+@pytest.mark.parametrize("limit", [0, -1, True, 2.5, "10"])
+def test_statement_refuses_a_limit_that_is_not_a_positive_integer(ledger, limit):
+    with pytest.raises(ValueError, match="limit"):
+        ledger.statement("shop", user="shop", auth="shopkey", limit=limit)
+
+
 def test_errors_in_the_errors_list_are_typed(ledger, ad):
     with pytest.raises(MinLimitViolation) as caught:
         ledger.pay(ad, 21, "too much", payer="ann", auth="annkey")

@@ -91,6 +91,8 @@ ERASED = "erased"
 MOVED_ON_STATES = "pending,completed,erased"
 # The states a statement lists: those that count in a balance.
 STATEMENT_STATES = "pending,completed"
+# How many transactions a statement reads unless told: the ones changed last.
+STATEMENT_LIMIT = 1000
 
 
 @dataclass(frozen=True)
@@ -324,19 +326,35 @@ class CreditCommonsLedger:
             ) from error
 
     def statement(
-        self, account: str, *, user: str, auth: str, since: datetime | None = None
+        self,
+        account: str,
+        *,
+        user: str,
+        auth: str,
+        since: datetime | None = None,
+        limit: int = STATEMENT_LIMIT,
     ) -> list[StatementEntry]:
         """The entries of the account's pending and completed transactions, oldest first
         by their last change; with `since` (timezone-aware), only transactions changed
-        after it (the node filters on the time of the last change, to the second)."""
+        after it (the node filters on the time of the last change, to the second).
+
+        At most the `limit` transactions changed last are read: the node is always told
+        how many, since a node may otherwise cut the list short (0.8 answers 10)."""
         _check_text("account", account)
         _check_credentials(user, auth)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be a positive integer, not {limit!r}")
         if since is not None and (since.tzinfo is None or since.utcoffset() is None):
             raise ValueError(
                 "since must be a timezone-aware datetime (the node's clock zone is unknown)"
             )
         paths = self._paths_for(user=user, auth=auth)
-        params = {"involving": account, "states": STATEMENT_STATES}
+        params = {
+            "involving": account,
+            "states": STATEMENT_STATES,
+            "sort": "updated,desc",
+            "limit": str(limit),
+        }
         if since is not None:
             params["after"] = since.isoformat(timespec="seconds")
         data = self._read(paths.transactions, user=user, auth=auth, params=params)
