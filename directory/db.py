@@ -122,36 +122,22 @@ def unit_of_work(session_factory: sessionmaker[Session]) -> Iterator[Session]:
         session.close()
 
 
-def insert_rows(
-    session: Session,
-    *,
-    table: str,
-    rows: list[dict],
-    skip_conflicts_on: tuple[str, ...] | None = None,
-) -> set[tuple]:
+def insert_rows(session: Session, *, table: str, rows: list[dict]) -> None:
     """Insert many rows (dicts with the same keys) in one statement. They travel as one
     JSON document that PostgreSQL unpacks itself with json_populate_recordset: per value,
     C in the server instead of Python adaptation in the client, which makes this several
     times cheaper for the API process than COPY or executemany. Columns left out get
-    their defaults.
-
-    With `skip_conflicts_on` (the columns of a unique constraint), rows whose key another
-    transaction holds are skipped instead of failing, once that transaction has
-    committed; the keys of the rows inserted are returned."""
+    their defaults."""
     if not rows:
-        return set()
+        return
     columns = ", ".join(rows[0])
-    statement = (
-        f"INSERT INTO {table} ({columns}) SELECT {columns} "
-        f"FROM json_populate_recordset(NULL::{table}, CAST(:rows AS json))"
+    session.execute(
+        text(
+            f"INSERT INTO {table} ({columns}) SELECT {columns} "
+            f"FROM json_populate_recordset(NULL::{table}, CAST(:rows AS json))"
+        ),
+        {"rows": orjson.dumps(rows, default=_json_default).decode()},
     )
-    if skip_conflicts_on:
-        key = ", ".join(skip_conflicts_on)
-        statement += f" ON CONFLICT ({key}) DO NOTHING RETURNING {key}"
-    result = session.execute(
-        text(statement), {"rows": orjson.dumps(rows, default=_json_default).decode()}
-    )
-    return {tuple(row) for row in result} if skip_conflicts_on else set()
 
 
 def update_rows(session: Session, *, table: str, rows: list[dict]) -> None:

@@ -34,7 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
-from directory.db import insert_rows, update_rows
+from directory.db import insert_rows, unique_conflicts, update_rows
 from directory.errors import (
     Conflict,
     DirectoryError,
@@ -61,6 +61,13 @@ MAX_BATCH_ITEMS = 1000
 # round waits for one of those writes to commit; only creations and deletions of the
 # same ads racing each other again and again use up more than two.
 CREATION_RACE_ROUNDS = 5
+ADS_EXTERNAL_ID_KEY = "uq_ads_portal_id_external_id"
+
+
+class _CreatedMeanwhile(Exception):
+    """Another write created one of the ads this write is creating."""
+
+
 # "." and ".." are refused: clients remove them from URL paths (RFC 3986 dot segments),
 # so such an ad could never be addressed.
 EXTERNAL_ID = re.compile(r"^(?!\.{1,2}$)[A-Za-z0-9._:~-]{1,128}$")
@@ -617,7 +624,7 @@ def apply_changes(
     def view(ledger_account: str | None) -> str:
         return views[ledger_account is not None]
 
-    new_ids = _new_ids(len(prepared))
+    new_ids = list(_new_ids(len(prepared)))
     results: list[ItemResult | None] = [None] * len(prepared)
     inserts: list[tuple[int, dict]] = []  # (index in prepared, row)
     updates: list[dict] = []
@@ -650,7 +657,7 @@ def apply_changes(
                     view=view(current.ledger_account),
                 )
             if current is None:
-                ad_id = next(new_ids)
+                ad_id = new_ids[index]  # the same one if decided again
                 inserts.append(
                     (
                         index,
@@ -708,18 +715,19 @@ def apply_changes(
         # In external-id order, like the row locks, so that two writes creating the same
         # new ads meet at the same first key.
         inserts.sort(key=lambda item: item[1]["external_id"])
-        created = insert_rows(
-            session,
-            table="ads",
-            rows=[row for _, row in inserts],
-            skip_conflicts_on=("portal_id", "external_id"),
-        )
-        # A write that created one of them meanwhile has committed (the insert waited for
-        # it): those are decided again, as the updates they now are, like a write that
-        # came after it.
-        raced = [
-            (index, row) for index, row in inserts if (portal_id, row["external_id"]) not in created
-        ]
+        if not inserts:
+            break
+        raced = []
+        try:
+            with unique_conflicts(session, {ADS_EXTERNAL_ID_KEY: _CreatedMeanwhile()}):
+                insert_rows(session, table="ads", rows=[row for _, row in inserts])
+        except _CreatedMeanwhile:
+            # A write that created one of them meanwhile has committed (the insert
+            # waited for it): they are all decided again, that one as the update it now
+            # is, like a write that came after it. A plain insert in a savepoint, rather
+            # than ON CONFLICT DO NOTHING, which makes every row's insertion speculative
+            # for the sake of a rare race.
+            raced = list(inserts)
         inserts.clear()
         if not raced:
             break
