@@ -44,6 +44,11 @@ class Point:
             raise ValueError("lat must be between -90 and 90")
         if not -180.0 <= self.lon <= 180.0:
             raise ValueError("lon must be between -180 and 180")
+        if self.lon == -180.0:
+            # One spelling of the antimeridian, stored and searched alike: PostGIS's
+            # nearest-first scan fails ("index returned tuples in wrong order") when an ad
+            # at 180 is searched for at -180, or the other way round.
+            object.__setattr__(self, "lon", 180.0)
 
     def as_wkt(self) -> str:
         return f"SRID=4326;POINT({self.lon} {self.lat})"
@@ -117,14 +122,11 @@ class BBox:
 
     def lon_ranges(self) -> list[tuple[float, float]]:
         """The longitude ranges the box selects: one, or two when it crosses the
-        antimeridian. 180 and -180 are one meridian, and a point on it is stored under
-        either spelling: a range ending on it brings the other spelling along, as a range
-        of no width (a box crossing it has both already)."""
+        antimeridian. 180 and -180 are one meridian, and a point on it is stored as 180
+        (see Point): a box starting at -180 brings it along, as a range of no width."""
         if self.crosses_antimeridian:
             return [(self.west, 180.0), (-180.0, self.east)]
         ranges = [(self.west, self.east)]
         if self.west == -180.0 and self.east != 180.0:
             ranges.append((180.0, 180.0))
-        if self.east == 180.0 and self.west != -180.0:
-            ranges.append((-180.0, -180.0))
         return ranges

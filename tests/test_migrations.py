@@ -3,6 +3,8 @@ from nothing, agree with the models (`alembic check`), and survive a round trip.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from alembic import command
 from alembic.script import ScriptDirectory
@@ -11,7 +13,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import NullPool
 
 from directory.__main__ import alembic_config
+from directory.api.ads.schemas import AdPutSchema
+from directory.db import make_session_factory, unit_of_work
+from directory.services import ads
+from directory.services.ads import Lifetimes
 from directory.services.portals import website_identity
+from tests.factories import ad_payload, create_portal
 
 # Tables that are not ours: alembic's bookkeeping and PostGIS's reference table.
 NOT_OURS = {"alembic_version", "spatial_ref_sys"}
@@ -289,3 +296,45 @@ def test_upgrade_counts_the_websites_verified_before_as_the_operators(empty_data
 
     rows = _query(empty_database_url, "SELECT slug, website_verified_by FROM portals ORDER BY slug")
     assert rows == [("lyon", "operator"), ("paris", None)]
+
+
+def test_upgrade_writes_points_on_the_antimeridian_as_180(empty_database_url):
+    # Before 0011 a point was stored as its portal sent it; one at -180 searched for at
+    # 180 (or the other way round) failed PostGIS's nearest-first scan.
+    command.upgrade(alembic_config(empty_database_url), "head")
+    engine = create_engine(empty_database_url, poolclass=NullPool)
+    lifetimes = Lifetimes(default=timedelta(days=30), maximum=timedelta(days=365))
+    try:
+        with unit_of_work(make_session_factory(engine)) as session:
+            portal = create_portal(session)
+            for external_id, lon in (("west", 179.0), ("meridian", 180.0), ("near", -179.5)):
+                ads.upsert_ad(
+                    session,
+                    portal_id=portal.id,
+                    external_id=external_id,
+                    ad=AdPutSchema().load(ad_payload(location={"lat": -16.5, "lon": lon})),
+                    lifetimes=lifetimes,
+                )
+            # As the previous release stored it when sent -180.
+            session.execute(
+                text(
+                    "UPDATE ads SET location = 'SRID=4326;POINT(-180 -16.5)'::geography"
+                    " WHERE external_id = 'meridian'"
+                )
+            )
+    finally:
+        engine.dispose()
+    command.downgrade(alembic_config(empty_database_url), "0010")
+
+    command.upgrade(alembic_config(empty_database_url), "head")
+
+    rows = _query(
+        empty_database_url,
+        "SELECT external_id, ST_X(location::geometry), ST_X(location_box), ST_Y(location_box)"
+        " FROM ads ORDER BY external_id",
+    )
+    assert rows == [
+        ("meridian", 180.0, 180.0, -16.5),
+        ("near", -179.5, -179.5, -16.5),
+        ("west", 179.0, 179.0, -16.5),
+    ]

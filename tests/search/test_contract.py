@@ -79,9 +79,10 @@ TEXT_ADS = (
     ("sourdough-body", "Kitchen help", "I can also teach you to bake sourdough.", "en", "food"),
 )
 TEXT_ADS_PLACE = Point(51.0543, 3.7174)  # Ghent, away from the towns above
-# Exact ads on the antimeridian, under each of its spellings (latitudes apart, so that
-# distance order never rests on how each side rounds 180 against -180).
-ON_ANTIMERIDIAN = {"east": Point(-16.7, 180.0), "west": Point(-16.9, -180.0)}
+# Exact ads on the antimeridian, sent under each of its spellings as (lat, lon) (a Point
+# would spell it 180). Latitudes apart, so that distance order never rests on how each
+# side rounds 180 against -180.
+ON_ANTIMERIDIAN = {"east": (-16.7, 180.0), "west": (-16.9, -180.0)}
 
 
 CHILDREN = {
@@ -254,12 +255,12 @@ def dataset(search_world: SearchWorld) -> Dataset:
                 "title": f"Kava bowl from the {key}",
                 "body": "Carved on Taveuni.",
                 "category": "home",
-                "location": {"lat": point.lat, "lon": point.lon},
+                "location": {"lat": lat, "lon": lon},
                 "privacy": "exact",
                 "member": "m-antimeridian",
             },
         }
-        for key, point in ON_ANTIMERIDIAN.items()
+        for key, (lat, lon) in ON_ANTIMERIDIAN.items()
     ]
     antimeridian_results = world.batch(portals["words"], antimeridian_items)
     antimeridian_ads = {
@@ -712,7 +713,9 @@ def test_the_dataset_covers_what_the_contract_is_about(dataset):
     assert any(abs(point.lon) > 179.5 and point.lon < 0 for point in located)
     assert sum(point.lat > 85 for point in located) >= 5
     assert sum(point.lat < -85 for point in located) >= 5
-    assert {180.0, -180.0} <= {point.lon for point in located}
+    # On the meridian itself, stored as 180 (ON_ANTIMERIDIAN sends both spellings).
+    assert 180.0 in {point.lon for point in located}
+    assert {lon for _, lon in ON_ANTIMERIDIAN.values()} == {180.0, -180.0}
     assert len(dataset.expired) >= 6 and len(dataset.deleted) >= 6 and len(dataset.suspended) >= 30
     assert len(dataset.update_times) >= 10
     assert sum(ad.payable for ad in searchable) >= 30
@@ -768,6 +771,28 @@ def test_a_box_touching_the_antimeridian_finds_ads_on_it_under_either_spelling(
     searcher, dataset, bbox
 ):
     assert set(dataset.antimeridian_ads.values()) <= set(_found(searcher, {"bbox": bbox}))
+
+
+@pytest.mark.parametrize("key", ON_ANTIMERIDIAN)
+@pytest.mark.parametrize("lon", ["180", "-180"])
+@pytest.mark.parametrize("sort", ["distance", "recent"])
+def test_a_radius_search_on_the_antimeridian_finds_its_ads_under_either_spelling(
+    searcher, dataset, key, lon, sort
+):
+    # An ad sent at one spelling and searched for at the other failed PostGIS's
+    # nearest-first scan: 500 "index returned tuples in wrong order".
+    lat, _ = ON_ANTIMERIDIAN[key]
+    hits, _ = searcher.search_all(
+        {"lat": lat, "lon": lon, "radius_km": 1, "sort": sort, "limit": 100}
+    )
+    assert [(hit["id"], hit["distance_km"]) for hit in hits] == [
+        (dataset.antimeridian_ads[key], 0.0)
+    ]
+
+
+def test_an_ad_sent_on_the_antimeridian_at_minus_180_is_shown_at_180(searcher, dataset):
+    (hit,) = searcher.search_all({"lat": -16.9, "lon": 180, "radius_km": 1, "limit": 100})[0]
+    assert hit["location"] == {"lat": -16.9, "lon": 180.0}
 
 
 def test_a_box_short_of_the_antimeridian_leaves_ads_on_it_out(searcher, dataset):
