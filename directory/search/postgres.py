@@ -147,14 +147,21 @@ def _point(query: SearchQuery, bind: _Params) -> str:
     return f"{_planar_point(query, bind)}::geography"
 
 
+def _words(text: str) -> list[str]:
+    """The query's words, case-folded, each once: ranking grows steeply with repeated
+    words, and a repeat adds nothing to which ads match or how well (a word's trigrams
+    form a set)."""
+    return list(dict.fromkeys(WORD.findall(text.casefold())))
+
+
 def _folded(text: str) -> str:
-    return " ".join(WORD.findall(text.casefold()))
+    return " ".join(_words(text))
 
 
 def _text_query(query: SearchQuery, bind: _Params) -> str:
     """Words as written, each also as a prefix ("garden" finds "gardening"), or stemmed
     in any of the query's languages ("gardens" finds "garden")."""
-    words = WORD.findall(query.text.casefold())
+    words = _words(query.text)
     if words:
         # Unaccented before each word is quoted as a lexeme: unaccent turns a few letters
         # into tsquery syntax (a parenthesised digit into "(1)", modifier letters into a
@@ -165,7 +172,7 @@ def _text_query(query: SearchQuery, bind: _Params) -> str:
         prefixes = f"to_tsquery('simple', {lexemes})"
     else:
         prefixes = "to_tsquery('simple', '')"
-    text = bind(query.text)
+    text = bind(" ".join(words))
     configs = {TEXT_CONFIGS.get(language.split("-")[0]) for language in query.languages}
     configs.discard(None)
     configs = sorted(configs) if query.languages else DEFAULT_QUERY_CONFIGS
