@@ -35,6 +35,10 @@ CURSOR_PREFIX = "s1."
 # What a query's text is searched as, by every engine: its words. Punctuation is no
 # operator ("-bike" does not exclude, quotes make no phrase), as in PostgreSQL's tsquery.
 WORD = re.compile(r"\w+")
+# Different words a query may have (case aside; a repeat counts once). Every word must
+# match, so longer queries find next to nothing, and ranking's cost grows steeply with
+# words that match the same places ("de dé dè dê …" are one word once unaccented).
+MAX_QUERY_WORDS = 16
 
 
 class Sort(enum.StrEnum):

@@ -2228,3 +2228,24 @@ def test_staging_refuses_bad_items_list(client, portal, items, field):
     assert_refused(stage(client, portal, session_id, items), field=field)
     summary = client.get(f"/v1/sync-sessions/{session_id}", headers=portal.headers).json
     assert summary["staged"] == summary["rejected"] == 0
+
+
+def test_search_text_refuses_more_than_sixteen_different_words(client):
+    words = [f"w{n}" for n in range(17)]
+    response = client.get("/v1/search", query_string={"q": " ".join(words)})
+    body = assert_refused(response, field="q", location="query")
+    assert "at most 16 different words (it has 17)" in body["errors"]["query"]["q"][0]
+
+
+@pytest.mark.parametrize(
+    "q",
+    [
+        " ".join(f"w{n}" for n in range(16)),
+        " ".join(["d"] * 100),  # a repeat counts once
+        " ".join(f"W{n} w{n}" for n in range(16)),  # so does a word in other case
+    ],
+    ids=["sixteen", "repeated", "cases"],
+)
+def test_search_text_takes_sixteen_different_words(client, q):
+    response = client.get("/v1/search", query_string={"q": q})
+    assert response.status_code == 200, response.json

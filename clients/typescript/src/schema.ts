@@ -1982,7 +1982,7 @@ export interface operations {
     searchAds: {
         parameters: {
             query?: {
-                /** @description Words to find in the title, tags and body: accents and case do not matter, words match by prefix and by stem, and small typos are forgiven */
+                /** @description Words to find in the title, tags and body: accents and case do not matter, words match by prefix and by stem, and small typos are forgiven. Every word must match; at most 16 different words */
                 q?: string | null;
                 /** @description Latitude of the point to search around (with lon) */
                 lat?: number | null;

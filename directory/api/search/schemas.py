@@ -16,7 +16,15 @@ from directory.api.fields import (
 from directory.api.spec import OPTIONAL_ANSWER_FIELD
 from directory.geo import BBox
 from directory.models import AdKind
-from directory.search import DEFAULT_LIMIT, MAX_LIMIT, MAX_RADIUS_KM, Facet, Sort
+from directory.search import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    MAX_QUERY_WORDS,
+    MAX_RADIUS_KM,
+    WORD,
+    Facet,
+    Sort,
+)
 
 MAX_LIST_ITEMS = 20
 SLUG = r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$"
@@ -77,13 +85,23 @@ def _has_a_word(text: str) -> None:
         raise ValidationError("Must contain at least one letter or digit.")
 
 
+def _few_enough_words(text: str) -> None:
+    words = set(WORD.findall(text.casefold()))
+    if len(words) > MAX_QUERY_WORDS:
+        raise ValidationError(
+            f"Must have at most {MAX_QUERY_WORDS} different words (it has {len(words)}): "
+            "every word must match, so fewer find more."
+        )
+
+
 class SearchArgsSchema(Schema):
     q = Text(
         load_default=None,
-        validate=[validate.Length(1, 200), _has_a_word],
+        validate=[validate.Length(1, 200), _has_a_word, _few_enough_words],
         metadata={
             "description": "Words to find in the title, tags and body: accents and case do "
-            "not matter, words match by prefix and by stem, and small typos are forgiven"
+            "not matter, words match by prefix and by stem, and small typos are forgiven. "
+            f"Every word must match; at most {MAX_QUERY_WORDS} different words"
         },
     )
     lat = QueryNumber(
