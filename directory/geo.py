@@ -44,11 +44,13 @@ class Point:
             raise ValueError("lat must be between -90 and 90")
         if not -180.0 <= self.lon <= 180.0:
             raise ValueError("lon must be between -180 and 180")
-        if self.lon == -180.0:
-            # One spelling of the antimeridian, stored and searched alike: PostGIS's
-            # nearest-first scan fails ("index returned tuples in wrong order") when an ad
-            # at 180 is searched for at -180, or the other way round.
-            object.__setattr__(self, "lon", 180.0)
+        # One spelling of each place, so that sending an ad again with the other one
+        # changes nothing. -0.0 (sent, or rounded from a tiny negative) is 0.0. On the
+        # antimeridian it is also what makes searches work: PostGIS's nearest-first scan
+        # fails ("index returned tuples in wrong order") when an ad at 180 is searched
+        # for at -180, or the other way round.
+        object.__setattr__(self, "lat", self.lat + 0.0)
+        object.__setattr__(self, "lon", 180.0 if self.lon == -180.0 else self.lon + 0.0)
 
     def as_wkt(self) -> str:
         return f"SRID=4326;POINT({self.lon} {self.lat})"

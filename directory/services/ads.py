@@ -14,7 +14,7 @@ import re
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from urllib.parse import urlsplit
@@ -104,6 +104,11 @@ class AdInput:
     expires_at: datetime | None = None  # None: the default lifetime from the last change
     ledger_account: str | None = None
     accepts_contact: bool = True  # False: nobody may open a conversation about the ad
+
+    def with_publishable_location(self) -> AdInput:
+        """The ad with the only location that may be stored for it (publishable_point):
+        what is kept of it before it becomes an ad, such as a staged sync item."""
+        return replace(self, location=publishable_point(self.location, self.privacy))
 
     def to_json(self) -> dict:
         # Written out rather than dataclasses.asdict: this runs for every ad of a batch.
@@ -535,10 +540,6 @@ def _check_ad_within(ad, ctx, now, lifetimes, reject_errors):
 
 def _row(ad: AdInput, currencies: tuple[str, ...], now: datetime, lifetimes: Lifetimes) -> dict:
     point = publishable_point(ad.location, ad.privacy)
-    if point is not None and (point.lat == 0 or point.lon == 0):
-        # -0.0 (sent, or rounded from a tiny negative) is the same place as 0.0: one
-        # spelling, or sending the ad again with the other would change its version.
-        point = Point(point.lat + 0.0, point.lon + 0.0)
     return {
         "kind": ad.kind,
         "title": ad.title,

@@ -149,7 +149,8 @@ def stage_items(
             continue
         first_index[external_id] = index
         if errors is None:
-            rows[external_id] = ad.to_json()
+            # Nothing finer than the ad will keep is stored, even while staged.
+            rows[external_id] = ad.with_publishable_location().to_json()
             results.append(ItemResult(external_id, "staged"))
         else:
             rows[external_id] = None

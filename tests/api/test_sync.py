@@ -265,3 +265,33 @@ def test_an_external_id_given_twice_in_one_request_keeps_the_first(client, porta
     assert (response.json["session"]["staged"], response.json["session"]["rejected"]) == (1, 0)
     client.post(f"/v1/sync-sessions/{session_id}/commit", headers=portal.headers)
     assert own_titles(client, portal) == {"a-1": "First"}
+
+
+def test_a_staged_item_keeps_no_finer_location_than_its_ad_will(client, portal, wiring):
+    # The point as sent stayed in the staging table, for up to a day and after the
+    # commit until housekeeping, though approximate and area ads store only a cell's
+    # centre and hidden ones no location at all.
+    sent = {"lat": 51.4612345, "lon": -0.1112345}
+    items = [
+        {"external_id": privacy, "ad": ad_payload(location=sent, privacy=privacy)}
+        for privacy in ("exact", "approximate", "area")
+    ] + [{"external_id": "hidden", "ad": ad_payload(location=sent, privacy="hidden")}]
+    session_id = open_session(client, portal)
+    assert stage(client, portal, session_id, items).status_code == 200
+
+    with unit_of_work(wiring.session_factory) as session:
+        rows = session.execute(
+            text("SELECT external_id, data->'location' FROM sync_session_items")
+        ).all()
+    staged = {external_id: location for external_id, location in rows}
+    result = client.post(f"/v1/sync-sessions/{session_id}/commit", headers=portal.headers)
+    assert result.json["created"] == 4, result.json
+
+    stored = {
+        ad["external_id"]: ad["location"]
+        for ad in client.get("/v1/portals/me/ads", headers=portal.headers).json["items"]
+    }
+    assert staged == stored
+    assert staged["hidden"] is None
+    assert staged["exact"] == {"lat": 51.461235, "lon": -0.111235}
+    assert staged["approximate"] != sent and staged["area"] != staged["approximate"]
