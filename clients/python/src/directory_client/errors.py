@@ -17,6 +17,12 @@ class DirectoryUnavailable(DirectoryError):
     read (garbled in transit), retries spent."""
 
 
+class ClientMisconfigured(DirectoryError, ValueError):
+    """What the client was given cannot be sent at all (a portal key that is no valid
+    header value, a directory URL without http(s)): nothing was sent, and trying again
+    changes nothing. The message never shows the key."""
+
+
 NOT_UNDERSTOOD = "answer not understood (another version of the API?)"
 
 
