@@ -138,3 +138,18 @@ export async function unwrap<
   if (!result.response.ok) throw DirectoryError.fromResponse(result.response, result.error);
   return result.data as SuccessData<Result>;
 }
+
+/**
+ * `unwrap` for a request made with If-None-Match: undefined when the directory answers
+ * 304 Not Modified (the copy held, whose ETag was sent, is current), the new data
+ * otherwise. `unwrap` itself rejects a 304, since its type promises data.
+ * `const changed = await unwrapIfModified(client.GET("/v1/portals/me/ads/{external_id}",
+ * { params: { path: { external_id }, header: { "If-None-Match": etag } } }))`.
+ */
+export async function unwrapIfModified<
+  Result extends { data?: unknown; error?: unknown; response: Response },
+>(pending: Promise<Result>): Promise<SuccessData<Result> | undefined> {
+  const result = await pending;
+  if (result.response.status === 304) return undefined;
+  return unwrap(Promise.resolve(result));
+}

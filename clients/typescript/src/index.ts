@@ -5,6 +5,7 @@
 export {
   createDirectoryClient,
   unwrap,
+  unwrapIfModified,
   type DirectoryClient,
   type DirectoryClientOptions,
   type SuccessData,

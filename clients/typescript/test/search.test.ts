@@ -10,6 +10,7 @@ import {
   searchNearby,
   searchPages,
   unwrap,
+  unwrapIfModified,
   type Schema,
   type SearchHit,
 } from "@commons-directory/client";
@@ -274,6 +275,35 @@ describe("the typed client", () => {
 
     assert.equal(created.external_id, externalId);
     assert.equal(own.id, created.id);
+  });
+
+  test("reads an own ad again only when it changed (If-None-Match, 304)", async () => {
+    const path = { params: { path: { ad_ref: "conditional" } } };
+    const ownPath = { external_id: "conditional" };
+    await unwrap(portal.PUT("/v1/ads/{ad_ref}", { ...path, body: minimalAd }));
+    const read = await portal.GET("/v1/portals/me/ads/{external_id}", {
+      params: { path: ownPath },
+    });
+    const etag = read.response.headers.get("ETag")!;
+    const again = () =>
+      portal.GET("/v1/portals/me/ads/{external_id}", {
+        params: { path: ownPath, header: { "If-None-Match": etag } },
+      });
+
+    const unchanged = await unwrapIfModified(again());
+    // unwrap's type promises data: a 304 there is refused, not passed off as an ad.
+    const refused = await unwrap(again()).then(
+      () => undefined,
+      (error: unknown) => error,
+    );
+    await unwrap(portal.PUT("/v1/ads/{ad_ref}", { ...path, body: { ...minimalAd, title: "New" } }));
+    const changed = await unwrapIfModified(again());
+    await unwrap(portal.DELETE("/v1/ads/{ad_ref}", path));
+
+    assert.ok(etag);
+    assert.equal(unchanged, undefined);
+    assert.ok(refused instanceof DirectoryError && refused.status === 304, String(refused));
+    assert.equal(changed?.title, "New");
   });
 
   test("refuses a path parameter that a URL resolves away, sending nothing", async () => {
