@@ -56,7 +56,7 @@ def build_wiring(settings: Settings) -> Wiring:
     search_db = make_search_engine(
         settings.search_database_url or settings.database_url,
         pool_size=settings.db_pool_size,
-        statement_timeout_ms=settings.db_statement_timeout_ms,
+        statement_timeout_ms=settings.search_statement_timeout_ms,
     )
     if settings.search_engine == "meilisearch":
         from directory.search.meili import MeiliSearch

@@ -26,6 +26,7 @@ NUMERIC_RANGES: dict[str, tuple[float, float]] = {
     "sync_session_ttl_hours": (1, 24 * 365),
     "db_pool_size": (1, 1000),
     "db_statement_timeout_ms": (1, 2**31 - 1),
+    "search_statement_timeout_ms": (1, 2**31 - 1),
     "trusted_proxies": (0, 100),
     "relay_conversations_per_member_per_hour": (1, 10**9),
     "relay_conversations_per_portal_per_hour": (1, 10**9),
@@ -73,6 +74,9 @@ class Settings:
     db_pool_size: int = 5
     # A runaway query is cancelled (503) rather than left to hold a connection.
     db_statement_timeout_ms: int = 60_000
+    # Searches are anyone's, and take milliseconds: one that runs this long is cancelled
+    # (503) before it holds a database core for as long as a sync commit may.
+    search_statement_timeout_ms: int = 10_000
     # Where rate-limit counters live: redis://… so that every worker process shares
     # them (`make run` starts one); memory:// counts per process (development only).
     rate_limit_storage_url: str = "memory://"

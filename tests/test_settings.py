@@ -183,6 +183,11 @@ def test_from_env_rejects_a_bad_value_naming_its_variable(environ, variable):
             id="statement-timeout-past-postgresql-int",
         ),
         pytest.param(
+            {"DIRECTORY_SEARCH_STATEMENT_TIMEOUT_MS": "0"},
+            "DIRECTORY_SEARCH_STATEMENT_TIMEOUT_MS",
+            id="no-search-statement-timeout",
+        ),
+        pytest.param(
             {"DIRECTORY_AD_DEFAULT_TTL_DAYS": "3000000", "DIRECTORY_AD_MAX_TTL_DAYS": "3000000"},
             "DIRECTORY_AD_(DEFAULT|MAX)_TTL_DAYS",
             id="ad-expiry-past-year-9999",

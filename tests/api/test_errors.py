@@ -28,6 +28,29 @@ def test_a_query_over_the_statement_timeout_answers_503(migrated):
     assert response.json["error"] == "busy"
 
 
+def test_the_search_timeout_bounds_searches_only(migrated):
+    # Searches are anyone's: theirs is short, while a sync commit may need the long one.
+    app = create_app(
+        dataclasses.replace(
+            migrated, db_statement_timeout_ms=60_000, search_statement_timeout_ms=50
+        )
+    )
+
+    @app.get("/slow-for-test")
+    def slow():
+        with transaction() as session:
+            session.execute(text("SELECT pg_sleep(0.2)"))
+        return {}
+
+    response = app.test_client().get("/slow-for-test")
+    wiring = app.extensions["directory"]
+    with wiring.search_db.connect() as connection:
+        search_timeout = connection.exec_driver_sql("SHOW statement_timeout").scalar()
+    wiring.close()
+    assert response.status_code == 200, response.json
+    assert search_timeout == "50ms"
+
+
 def test_a_value_the_database_refuses_answers_400_not_500(migrated):
     app = create_app(migrated)
 
@@ -58,7 +81,7 @@ def test_a_search_over_the_statement_timeout_answers_503(migrated):
     # Search runs on the pool's psycopg connection itself: its errors must still come
     # out as the envelope, and the connection stay usable. The lock makes the first search
     # wait whatever the timeout; 250 ms leaves the second one room on a busy machine.
-    app = create_app(dataclasses.replace(migrated, db_statement_timeout_ms=250))
+    app = create_app(dataclasses.replace(migrated, search_statement_timeout_ms=250))
     client = app.test_client()
     with psycopg.connect(libpq_url(migrated.database_url)) as blocker:
         blocker.execute("LOCK TABLE portals IN ACCESS EXCLUSIVE MODE")
