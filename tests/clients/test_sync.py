@@ -221,6 +221,63 @@ def test_a_malformed_row_keeps_the_directorys_ad_as_it_was(live, portal, directo
     assert set(stored(directory)) == {"ad-1", "ad-2"}
 
 
+CSV_HEADER = "external_id,kind,title,body,category,location.lat,location.lon,currencies,member"
+
+
+def csv_rows(numbers: range) -> list[str]:
+    return [
+        f"tr-{n:04},offer,Brot {n},Sauerteig,home.repairs,47.99,7.84,HOUR,m-{n}" for n in numbers
+    ]
+
+
+def cut_after(text: str, *, line: int, characters: int) -> str:
+    """The text as an export cut off `characters` into its line `line` (from 1) leaves it."""
+    lines = text.splitlines(keepends=True)
+    return "".join(lines[: line - 1]) + lines[line - 1][:characters]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda text: cut_after(text, line=5, characters=5), id="cut-mid-row"),
+        pytest.param(
+            lambda text: text.replace("Brot 4,", "Brot 4, frisch,"), id="unquoted-separator"
+        ),
+    ],
+)
+def test_a_csv_row_with_the_wrong_number_of_cells_names_no_ad_and_deletes_nothing(
+    live, portal, directory, tmp_path, damage
+):
+    source = tmp_path / "ads.csv"
+    source.write_text("\n".join([CSV_HEADER, *csv_rows(range(1, 11))]) + "\n")
+    assert run_sync(live, portal.key, source).returncode == 0
+    source.write_text(damage(source.read_text()))
+
+    result = run_sync(live, portal.key, source)
+
+    assert result.returncode == 1, result.stderr
+    assert "line 5 (no external_id): " in result.stdout
+    assert "cells where the header has 9: which cell is the external_id" in result.stdout
+    assert "deleted 0" in result.stdout
+    assert "deletes held back: " in result.stdout
+    assert set(stored(directory)) == {f"tr-{n:04}" for n in range(1, 11)}
+
+
+def test_replace_refuses_a_csv_cut_off_mid_row(live, portal, directory, tmp_path):
+    source = tmp_path / "ads.csv"
+    source.write_text("\n".join([CSV_HEADER, *csv_rows(range(1, 11))]) + "\n")
+    assert run_sync(live, portal.key, source).returncode == 0
+    source.write_text(cut_after(source.read_text(), line=5, characters=5))
+
+    dry = run_sync(live, portal.key, source, "--replace", "--dry-run")
+    result = run_sync(live, portal.key, source, "--replace")
+
+    for refused in (dry, result):
+        assert refused.returncode == 2
+        assert "1 rows without a readable external_id (first on line 5)" in refused.stderr
+    assert set(stored(directory)) == {f"tr-{n:04}" for n in range(1, 11)}
+
+
 def test_the_directorys_rejections_are_reported_with_field_paths(directory, tmp_path):
     ads = [
         an_ad(1),

@@ -11,7 +11,9 @@ field out (the API's default applies). Columns may come in any order; an unknown
 stops the run before anything is sent, since every row would lose that field.
 
 A row that cannot be read (bad JSON, a bad number, no external_id) is yielded with its
-problem and line number, never dropped: the sync reports it as rejected."""
+problem and line number, never dropped: the sync reports it as rejected. A CSV row with
+more or fewer cells than the header names no ad, not even by the cell where its
+external_id would be: it may be cut short (`tr-00` of `tr-0005`) or shifted."""
 
 from __future__ import annotations
 
@@ -152,12 +154,20 @@ def _columns(header: list[str]) -> list[tuple[str, Cell]]:
 def _csv_row(
     line: int, columns: list[tuple[str, Cell]], cells: list[str], id_position: int
 ) -> SourceRow:
-    # A row that cannot be read still names its ad when it can: the sync then keeps the
-    # directory's copy of that ad as it was instead of taking it for gone.
-    external_id = cells[id_position] if len(cells) > id_position else ""
-    named = {"external_id": external_id} if external_id else None
     if len(cells) != len(columns):
-        return SourceRow(line, named, f"{len(cells)} cells where the header has {len(columns)}")
+        # Cut short (an export that stopped mid-row) or with an unquoted separator: which
+        # cell is which is unknown, so the row names no ad, and while it is there no ad is
+        # taken for gone (the sync holds deletes back; --replace refuses to start).
+        return SourceRow(
+            line,
+            None,
+            f"{len(cells)} cells where the header has {len(columns)}: which cell is the "
+            "external_id cannot be told",
+        )
+    # A row that cannot be read still names its ad: the sync then keeps the directory's
+    # copy of that ad as it was instead of taking it for gone.
+    external_id = cells[id_position]
+    named = {"external_id": external_id} if external_id else None
     fields: dict[str, Any] = {}
     for (name, cell), text in zip(columns, cells, strict=True):
         if text == "":
