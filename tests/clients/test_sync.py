@@ -17,15 +17,15 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 from directory_client.client import DirectoryClient
-from directory_client.sync import sync_ads, sync_file
+from directory_client.sync import EXTERNAL_ID, sync_ads, sync_file
 from directory_client.sync_input import CSV_COLUMNS
 
 from tests.live import LiveDirectory
 
-EXAMPLE = (
-    Path(__file__).resolve().parents[2] / "clients/python/examples/tauschring-freiburg-ads.csv"
-)
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "clients/python/examples/tauschring-freiburg-ads.csv"
 
 
 @pytest.fixture
@@ -276,6 +276,67 @@ def test_replace_refuses_a_csv_cut_off_mid_row(live, portal, directory, tmp_path
         assert refused.returncode == 2
         assert "1 rows without a readable external_id (first on line 5)" in refused.stderr
     assert set(stored(directory)) == {f"tr-{n:04}" for n in range(1, 11)}
+
+
+def test_the_external_id_pattern_is_the_specs():
+    schemas = yaml.safe_load((ROOT / "openapi.yaml").read_text())["components"]["schemas"]
+
+    for schema in ("BatchItem", "StageItem"):
+        assert schemas[schema]["properties"]["external_id"]["pattern"] == EXTERNAL_ID.pattern
+
+
+REFUSED_EXTERNAL_IDS = [
+    "ad 3 with space",
+    "ad/3",
+    "ad-3\n",
+    "vélo-3",
+    ".",
+    "..",
+    "x" * 129,
+]
+
+
+@pytest.mark.parametrize("external_id", REFUSED_EXTERNAL_IDS)
+def test_an_external_id_the_directory_refuses_is_a_rejected_row_naming_no_ad(
+    directory, tmp_path, external_id
+):
+    report = sync_ads(
+        directory, [an_ad(1), an_ad(2) | {"external_id": external_id}], state_path=tmp_path / "s"
+    )
+
+    assert report.created == 1 and set(stored(directory)) == {"ad-1"}
+    (rejection,) = report.rejected
+    assert (rejection.line, rejection.external_id) == (2, None)
+    assert rejection.reason == (
+        f"external_id {external_id!r} is not one the directory takes "
+        f"(it must match {EXTERNAL_ID.pattern})"
+    )
+
+
+@pytest.mark.parametrize("external_id", ["a", "x" * 128, "...", ".a", "a.b_c:d~e-F9"])
+def test_external_ids_at_the_edges_of_the_pattern_are_taken(directory, tmp_path, external_id):
+    report = sync_ads(
+        directory, [an_ad(1) | {"external_id": external_id}], state_path=tmp_path / "s"
+    )
+
+    assert report.ok and report.created == 1
+    assert set(stored(directory)) == {external_id}
+
+
+def test_replace_refuses_a_row_whose_external_id_the_directory_refuses(
+    live, portal, directory, tmp_path
+):
+    source = write_jsonl(tmp_path / "ads.jsonl", [an_ad(1), an_ad(2)])
+    assert run_sync(live, portal.key, source).returncode == 0
+    state = (tmp_path / "ads.jsonl.sync-state").read_bytes()
+    write_jsonl(source, [an_ad(1), an_ad(2), an_ad(3) | {"external_id": "ad 3 with space"}])
+
+    result = run_sync(live, portal.key, source, "--replace")
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "1 rows without a readable external_id (first on line 3)" in result.stderr
+    assert (tmp_path / "ads.jsonl.sync-state").read_bytes() == state  # no session opened
+    assert set(stored(directory)) == {"ad-1", "ad-2"}
 
 
 def test_the_directorys_rejections_are_reported_with_field_paths(directory, tmp_path):

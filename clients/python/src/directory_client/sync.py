@@ -12,14 +12,16 @@ it stopped. Ads this command never pushed are left alone: `replace=True` makes t
 the portal's complete set instead, atomically, through a sync session (staged in batches,
 then committed in one transaction; a killed run resumes staging in the same session).
 
-Rows that cannot be used (unreadable, no external_id, an external_id given twice) and ads
-the directory rejects are reported with their line and reason, and the directory's copy
-of such an ad is kept as it was: a row with a typo never deletes an ad."""
+Rows that cannot be used (unreadable, no external_id or one the directory refuses, an
+external_id given twice) and ads the directory rejects are reported with their line and
+reason, and the directory's copy of such an ad is kept as it was: a row with a typo never
+deletes an ad."""
 
 from __future__ import annotations
 
 import gc
 import hashlib
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -59,6 +61,18 @@ RETRIED_ERRORS = (DirectoryUnavailable, ServiceUnavailable, ServerError)
 # Staged for a row this command rejected, in --replace: the directory rejects it too,
 # and a sync session keeps the ad of a rejected item as it was instead of deleting it.
 KEEP_AS_IT_WAS: dict[str, Any] = {}
+
+
+def _spec_pattern(struct: type[msgspec.Struct], name: str) -> re.Pattern[str]:
+    """The pattern of a string field, as the models generated from openapi.yaml hold it."""
+    (field_info,) = (f for f in msgspec.inspect.type_info(struct).fields if f.name == name)
+    return re.compile(field_info.type.type.pattern)
+
+
+# The ids the directory takes: a row with another names no ad it can hold, so it is
+# rejected here, as a row without one, rather than refuse the request that carried it.
+# Matched whole (fullmatch), as the directory does: "$" alone lets a final newline in.
+EXTERNAL_ID = _spec_pattern(models.BatchItem, "external_id")
 
 
 class SyncError(Exception):
@@ -227,7 +241,7 @@ def _read_input(ads: Iterable[Mapping[str, Any] | SourceRow]) -> _Input:
         external_id = None if fields is None else fields.pop("external_id", None)
         if problem is None:
             problem = _external_id_problem(external_id)
-        if isinstance(external_id, str) and external_id:
+        if isinstance(external_id, str) and EXTERNAL_ID.fullmatch(external_id):
             lines_by_id.setdefault(external_id, []).append(line)
         else:
             external_id = None
@@ -263,6 +277,11 @@ def _external_id_problem(external_id: Any) -> str | None:
         return "external_id is missing"
     if not isinstance(external_id, str) or not external_id:
         return f"external_id must be a non-empty string, got {external_id!r}"
+    if not EXTERNAL_ID.fullmatch(external_id):
+        return (
+            f"external_id {external_id!r} is not one the directory takes (it must match "
+            f"{EXTERNAL_ID.pattern})"
+        )
     return None
 
 
