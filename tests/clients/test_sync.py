@@ -527,17 +527,18 @@ class Died(Exception):
     """The run died between the directory applying a request and it reading the answer."""
 
 
-class DiesAfterTheFirstStaging(httpx.HTTPTransport):
-    """Forwards to the directory; the first staging request is applied there, then the
-    run dies without its answer: a kill no signal can time as exactly."""
+class DiesAfterTheFirstPost(httpx.HTTPTransport):
+    """Forwards to the directory; the first POST to a path ending in `ending` is applied
+    there, then the run dies without its answer: a kill no signal can time as exactly."""
 
-    def __init__(self) -> None:
+    def __init__(self, ending: str) -> None:
         super().__init__()
+        self.ending = ending
         self.died = False
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         response = super().handle_request(request)
-        if not self.died and request.method == "POST" and request.url.path.endswith("/items"):
+        if not self.died and request.method == "POST" and request.url.path.endswith(self.ending):
             response.close()
             self.died = True
             raise Died
@@ -547,11 +548,36 @@ class DiesAfterTheFirstStaging(httpx.HTTPTransport):
 def die_after_the_first_staging(live, portal, ads: list[dict[str, Any]], state: Path) -> None:
     with (
         DirectoryClient(
-            live.url, key=portal.key, http_transport=DiesAfterTheFirstStaging()
+            live.url, key=portal.key, http_transport=DiesAfterTheFirstPost("/items")
         ) as dying,
         pytest.raises(Died),
     ):
         sync_ads(dying, ads, state_path=state, replace=True)
+
+
+def die_after_the_first_batch(live, portal, ads: list[dict[str, Any]], state: Path) -> None:
+    with (
+        DirectoryClient(
+            live.url, key=portal.key, http_transport=DiesAfterTheFirstPost("/v1/ads/batch")
+        ) as dying,
+        pytest.raises(Died),
+    ):
+        sync_ads(dying, ads, state_path=state)
+
+
+def test_a_dry_run_after_an_unanswered_batch_counts_the_deletes_of_its_ads(
+    live, portal, directory, tmp_path
+):
+    state = tmp_path / "state"
+    die_after_the_first_batch(live, portal, [an_ad(1), an_ad(2), an_ad(3)], state)
+    state_before = state.read_bytes()
+
+    dry = sync_ads(directory, [an_ad(1)], state_path=state, dry_run=True)
+
+    assert dry.would_delete == ["ad-2", "ad-3"]
+    assert state.read_bytes() == state_before
+    report = sync_ads(directory, [an_ad(1)], state_path=state)
+    assert report.deleted == 2 and set(stored(directory)) == {"ad-1"}
 
 
 def test_a_replace_run_resumed_after_an_unanswered_staging_leaves_out_an_ad_that_left(

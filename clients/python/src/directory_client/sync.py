@@ -19,6 +19,7 @@ deletes an ad."""
 
 from __future__ import annotations
 
+import copy
 import gc
 import hashlib
 import re
@@ -460,6 +461,11 @@ class _Run:
     def plan_dry(self, state: SyncState, *, replace: bool) -> None:
         """What a run would change, from the state file and the directory's list of the
         portal's external ids (whether an ad is new there); nothing is written."""
+        # Settled as a run settles it first: the ads of a batch an interrupted run sent
+        # and never heard back about may be in the directory (UNKNOWN), so one that left
+        # the input is a delete. On a copy: a dry run writes nothing.
+        state = copy.deepcopy(state)
+        state.settle_pending()
         on_directory = {ad.external_id for ad in self.client.iter_own_ads()}
         ads, report = self.source.ads, self.report
         if replace:
