@@ -302,9 +302,12 @@ def test_a_long_rate_limit_is_raised_with_retry_after_not_waited_for(limited_liv
 
 @pytest.fixture
 def impatient_live(migrated) -> Iterator[LiveDirectory]:
-    """The same database behind an app whose statements give up after 250 ms: a locked
-    table then makes it answer 503 (busy), as a real overload does."""
-    with live_directory(dataclasses.replace(migrated, db_statement_timeout_ms=250)) as server:
+    """The same database behind an app whose statements, searches' too, give up after
+    250 ms: a locked table then makes it answer 503 (busy), as a real overload does."""
+    impatient = dataclasses.replace(
+        migrated, db_statement_timeout_ms=250, search_statement_timeout_ms=250
+    )
+    with live_directory(impatient) as server:
         yield server
 
 
