@@ -4,6 +4,7 @@ API directly, the directory's own view of the portal's ads as the judge."""
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ import yaml
 from directory_client.client import DirectoryClient
 from directory_client.sync import EXTERNAL_ID, sync_ads, sync_file
 from directory_client.sync_input import CSV_COLUMNS
+from directory_client.sync_state import StateError
 
 from tests.live import LiveDirectory
 
@@ -456,20 +458,25 @@ def test_an_input_without_usable_ads_is_refused_rather_than_deleting_everything(
 # --- interrupted runs -------------------------------------------------------------------
 
 
-def kill_when(process: subprocess.Popen, state: Path, step: str, count: int) -> None:
-    """SIGKILL the process once the state file records `count` steps named `step`."""
+def wait_for(process: subprocess.Popen, state: Path, step: str, count: int) -> None:
+    """Return once the state file records `count` steps named `step`, the process running."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if state.exists() and state.read_bytes().count(f'{{"{step}"'.encode()) >= count:
-            process.send_signal(signal.SIGKILL)
-            process.wait()
-            process.stderr.close()
             return
         if process.poll() is not None:
             with process.stderr:
                 pytest.fail(f"finished before {count} {step} steps: {process.stderr.read()}")
         time.sleep(0.005)
     pytest.fail("the state file never showed progress")
+
+
+def kill_when(process: subprocess.Popen, state: Path, step: str, count: int) -> None:
+    """SIGKILL the process once the state file records `count` steps named `step`."""
+    wait_for(process, state, step, count)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    process.stderr.close()
 
 
 def test_a_killed_run_resumes_without_duplicating_or_losing_an_ad(
@@ -605,6 +612,209 @@ def test_a_replace_run_resumed_after_an_unanswered_staging_keeps_a_rejected_rows
 
     assert {rejection.external_id for rejection in report.rejected} == {"ad-2"}
     assert stored(directory)["ad-2"].title == "Bike repairs #2"
+
+
+# --- the state file ---------------------------------------------------------------------
+
+
+# Holds a state file's lock as a run does (flock on STATE.lock), until its stdin closes.
+HOLD_LOCK = """
+import fcntl, sys
+lock = open(sys.argv[1], "ab")
+fcntl.flock(lock, fcntl.LOCK_EX)
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+def lock_of(state: Path) -> Path:
+    return state.with_name(state.name + ".lock")
+
+
+def test_a_run_stops_before_sending_anything_while_another_process_holds_its_state(
+    live, portal, directory, tmp_path
+):
+    source = write_jsonl(tmp_path / "ads.jsonl", [an_ad(1)])
+    state = tmp_path / "ads.jsonl.sync-state"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, lock_of(state)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "held\n"
+
+        refused = run_sync(live, portal.key, source)
+
+        assert refused.returncode == 2
+        assert f"another directory-sync run is using {state}" in refused.stderr
+        assert stored(directory) == {} and not state.exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)  # a run that dies: the system releases its lock
+        holder.wait()
+        holder.stdin.close()
+        holder.stdout.close()
+    assert run_sync(live, portal.key, source).returncode == 0
+    assert set(stored(directory)) == {"ad-1"}
+
+
+def test_a_second_run_on_the_same_state_file_leaves_the_first_to_finish(
+    live, portal, directory, tmp_path
+):
+    ads = [an_ad(n) for n in range(1, 601)]
+    source = write_jsonl(tmp_path / "ads.jsonl", ads)
+    state = tmp_path / "ads.jsonl.sync-state"
+    # Run on its own, this one would delete 599 of the ads the first run is pushing.
+    other = write_jsonl(tmp_path / "other.jsonl", [an_ad(1)])
+    first = subprocess.Popen(
+        sync_command(live, source, "--batch-size", "2", "--concurrency", "1"),
+        env=sync_env(portal.key),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(first, state, "synced", 2)
+
+    second = run_sync(live, portal.key, other, "--state", state)
+
+    assert first.poll() is None, "the first run ended before the second began: no overlap"
+    assert second.returncode == 2
+    assert f"another directory-sync run is using {state}" in second.stderr
+    with first.stderr:
+        assert first.wait(timeout=60) == 0, first.stderr.read()
+    assert set(stored(directory)) == {ad["external_id"] for ad in ads}
+    again = sync_ads(directory, ads, state_path=state)
+    assert again.sent == 0 and again.unchanged == 600
+
+
+def hold_lock(state: Path, mode: int) -> Any:
+    """The state's lock held as another run holds it, by another open file: a run in this
+    process meets it as it would meet another process's."""
+    lock = lock_of(state).open("ab")
+    fcntl.flock(lock, mode | fcntl.LOCK_NB)
+    return lock
+
+
+def test_a_dry_run_waits_for_no_other_dry_run_but_stops_beside_a_run(directory, tmp_path):
+    state = tmp_path / "state"
+    sync_ads(directory, [an_ad(1)], state_path=state)
+
+    with hold_lock(state, fcntl.LOCK_SH):  # as a dry run holds it
+        dry = sync_ads(directory, [an_ad(2)], state_path=state, dry_run=True)
+        with pytest.raises(StateError, match="another directory-sync run is using"):
+            sync_ads(directory, [an_ad(2)], state_path=state)
+    with (
+        hold_lock(state, fcntl.LOCK_EX),  # as a run holds it
+        pytest.raises(StateError, match="another directory-sync run is using"),
+    ):
+        sync_ads(directory, [an_ad(2)], state_path=state, dry_run=True)
+
+    assert dry.would_create == ["ad-2"] and dry.would_delete == ["ad-1"]
+    assert set(stored(directory)) == {"ad-1"}
+
+
+@pytest.mark.parametrize(
+    ("arrange", "message"),
+    [
+        pytest.param(
+            lambda folder: folder / "no-such-folder" / "ads.sync-state",
+            "cannot create the lock file {state}.lock beside the state file: "
+            "No such file or directory; nothing was sent",
+            id="folder-missing",
+        ),
+        pytest.param(
+            lambda folder: folder,
+            "cannot read the state file {state}: Is a directory",
+            id="a-folder",
+        ),
+        pytest.param(
+            lambda folder: (folder / "ads.sync-state.tmp").mkdir() or folder / "ads.sync-state",
+            "cannot write the state file {state}: Is a directory; nothing was sent",
+            id="not-writable",
+        ),
+    ],
+)
+def test_a_state_file_that_cannot_be_used_stops_the_run_before_anything_is_sent(
+    live, portal, directory, tmp_path, arrange, message
+):
+    source = write_jsonl(tmp_path / "ads.jsonl", [an_ad(1)])
+    folder = tmp_path / "states"
+    folder.mkdir()
+    state = arrange(folder)
+
+    result = run_sync(live, portal.key, source, "--state", state)
+
+    assert result.returncode == 2, result.stderr
+    assert f"directory-sync: {message.format(state=state)}\n" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert stored(directory) == {}
+
+
+@pytest.mark.parametrize(
+    ("arrange", "reason"),
+    [
+        pytest.param(
+            lambda folder: folder / "no-such-folder" / "report.json",
+            "No such file or directory",
+            id="folder-missing",
+        ),
+        pytest.param(lambda folder: folder, "Is a directory", id="a-folder"),
+    ],
+)
+def test_a_report_file_that_cannot_be_written_stops_the_run_before_anything_is_sent(
+    live, portal, directory, tmp_path, arrange, reason
+):
+    source = write_jsonl(tmp_path / "ads.jsonl", [an_ad(1)])
+    report = arrange(tmp_path)
+
+    result = run_sync(live, portal.key, source, "--report", report)
+
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        f"directory-sync: cannot write the report file {report}: {reason}; nothing was sent\n"
+    )
+    assert stored(directory) == {}
+    assert not (tmp_path / "ads.jsonl.sync-state").exists()
+
+
+def test_a_report_path_checked_before_the_run_is_not_left_behind_when_the_run_stops(
+    live, portal, tmp_path
+):
+    source = tmp_path / "ads.csv"
+    source.write_text("external_id,title,colour\nad-1,Bike,red\n")
+    report = tmp_path / "report.json"
+
+    result = run_sync(live, portal.key, source, "--report", report)
+
+    assert result.returncode == 2
+    assert not report.exists()
+
+
+def test_a_state_file_that_cannot_be_written_during_a_run_stops_it_with_a_clear_message(
+    live, portal, tmp_path
+):
+    source = write_jsonl(tmp_path / "ads.jsonl", [an_ad(n) for n in range(1, 401)])
+    folder = tmp_path / "states"
+    folder.mkdir()
+    state = folder / "ads.sync-state"
+    process = subprocess.Popen(
+        sync_command(live, source, "--state", state, "--batch-size", "5", "--concurrency", "1"),
+        env=sync_env(portal.key),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(process, state, "synced", 2)
+
+    shutil.rmtree(folder)  # the run's last snapshot cannot be written
+    with process.stderr:
+        assert process.wait(timeout=60) == 3
+        stderr = process.stderr.read()
+
+    assert f"directory-sync: cannot write the state file {state}: " in stderr
+    assert "Run the same command again once the state file can be written" in stderr
+    assert "Traceback" not in stderr
 
 
 # --- the command ------------------------------------------------------------------------

@@ -50,6 +50,7 @@ from directory_client.sync_state import (
     StateLog,
     SyncState,
     load_state,
+    locked,
 )
 from directory_client.transport import RetryPolicy
 
@@ -168,6 +169,31 @@ def sync_ads(
     if concurrency < 1:
         raise SyncError(f"concurrency must be at least 1, got {concurrency}")
     progress = progress or Silent()
+    # A dry run only reads the state: it may run beside another dry run, not beside a run.
+    with locked(state_path, shared=dry_run):
+        return _sync(
+            client,
+            ads,
+            state_path=state_path,
+            replace=replace,
+            dry_run=dry_run,
+            batch_size=batch_size,
+            concurrency=concurrency,
+            progress=progress,
+        )
+
+
+def _sync(
+    client: DirectoryClient,
+    ads: Iterable[Mapping[str, Any] | SourceRow],
+    *,
+    state_path: Path,
+    replace: bool,
+    dry_run: bool,
+    batch_size: int,
+    concurrency: int,
+    progress: Progress,
+) -> SyncReport:
     started = time.monotonic()
     portal = client.get_own_portal()
     state = load_state(state_path, directory=client.base_url, portal=portal.slug)

@@ -8,9 +8,11 @@ that left the file are deleted (the state file, `ADS.sync-state` beside the inpu
 what earlier runs pushed). `--replace` makes the file the portal's complete set,
 atomically. Killed half way, it resumes where it stopped when run again.
 
-Exit status: 0 done, 1 done but some rows were rejected (see the report), 2 bad usage or
-an input that cannot be read (nothing was sent), 3 the directory could not be reached or
-refused the run (run again to resume)."""
+Exit status: 0 done, 1 done but some rows were rejected (see the report), 2 bad usage, an
+input or state file that cannot be read, a state or report file that cannot be written,
+or another run using the state file (nothing was sent), 3 the run was cut short: the
+directory could not be reached or refused the run, or the state or report file could not
+be written once it had begun (run again to resume)."""
 
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ from directory_client.sync import (
 )
 from directory_client.sync_input import LIST_SEPARATOR, InputError
 from directory_client.sync_progress import for_stream
-from directory_client.sync_state import StateError
+from directory_client.sync_state import StateError, StateWriteError
 
 KEY_VARIABLE = "DIRECTORY_PORTAL_KEY"
 DIRECTORY_VARIABLE = "DIRECTORY_URL"
@@ -102,6 +104,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     report_path = args.report or args.input.with_name(args.input.name + ".sync-report.json")
     progress = for_stream(sys.stderr)
     try:
+        check_writable(report_path)
+    except OSError as error:
+        print(
+            f"directory-sync: cannot write the report file {report_path}: "
+            f"{error.strerror or error}; nothing was sent",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    try:
         with DirectoryClient(args.directory, key=key, timeout_s=TIMEOUT_S) as client:
             report = sync_file(
                 client,
@@ -113,6 +124,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 concurrency=args.concurrency,
                 progress=progress,
             )
+    except StateWriteError as error:
+        progress.finish()
+        print(
+            f"directory-sync: {error}\nThe run stopped there: what the directory answered "
+            "before is recorded. Run the same command again once the state file can be "
+            "written, to resume.",
+            file=sys.stderr,
+        )
+        return EXIT_DIRECTORY
     except (InputError, StateError, SyncError) as error:
         progress.finish()
         print(f"directory-sync: {error}", file=sys.stderr)
@@ -128,12 +148,32 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_DIRECTORY
-    report_path.write_text(json.dumps(report.to_json(), indent=2, ensure_ascii=False) + "\n")
+    try:
+        report_path.write_text(json.dumps(report.to_json(), indent=2, ensure_ascii=False) + "\n")
+    except OSError as error:
+        print_summary(report, sys.stdout, report_path=None)
+        print(
+            f"directory-sync: cannot write the report file {report_path}: "
+            f"{error.strerror or error}. The sync itself is done: the summary above is "
+            "what the report would have said.",
+            file=sys.stderr,
+        )
+        return EXIT_DIRECTORY
     print_summary(report, sys.stdout, report_path=report_path)
     return EXIT_OK if report.ok else EXIT_REJECTED
 
 
-def print_summary(report: SyncReport, out: TextIO, *, report_path: Path) -> None:
+def check_writable(path: Path) -> None:
+    """Raise the OSError that writing `path` would meet (a folder that does not exist, a
+    folder in its place, no permission) now, before anything is sent; leave no file."""
+    existed = path.exists()
+    with path.open("a"):
+        pass
+    if not existed:
+        path.unlink()
+
+
+def print_summary(report: SyncReport, out: TextIO, *, report_path: Path | None) -> None:
     if report.dry_run:
         print(f"dry run ({report.mode}): nothing was changed", file=out)
         for label, keys in (
@@ -179,7 +219,8 @@ def print_summary(report: SyncReport, out: TextIO, *, report_path: Path) -> None
               f"{rejection.reason}", file=out)  # fmt: skip
     if len(rejected) > REJECTIONS_SHOWN:
         print(f"  ... and {len(rejected) - REJECTIONS_SHOWN:,} more", file=out)
-    print(f"report: {report_path}", file=out)
+    if report_path is not None:
+        print(f"report: {report_path}", file=out)
 
 
 if __name__ == "__main__":

@@ -24,11 +24,18 @@ and deletes by external id are idempotent; in a sync session it becomes UNKNOWN 
 staged ads, so that one no longer in the input makes the session stale. The state is never
 ahead of the directory: a step is recorded only after the directory answered. At the start
 and the end of a run the log is rewritten as one snapshot (temporary file, fsync, rename);
-`finished` says whether the run that wrote it came to its end."""
+`finished` says whether the run that wrote it came to its end.
+
+One run at a time uses a state file: `locked` holds `STATE.lock` beside it for the whole run
+(two runs interleaving their steps, or one replacing the file while the other appends to
+it, would each record what the other undid)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,10 +44,52 @@ import msgspec
 
 STATE_FORMAT = "directory-sync/1"
 UNKNOWN = ""  # the directory may hold some version of this ad, or none
+LOCK_SUFFIX = ".lock"
 
 
 class StateError(Exception):
-    """The state file cannot be used (corrupt, or kept for another directory or portal)."""
+    """The state file cannot be used (corrupt, kept for another directory or portal, in
+    use by another run, or not writable): nothing was sent."""
+
+
+class StateWriteError(StateError):
+    """The state file could not be written during a run, which stopped there: what it
+    recorded before stands, and a batch whose answer it could not record is sent again
+    by the next run."""
+
+
+@contextmanager
+def locked(path: Path, *, shared: bool = False) -> Iterator[None]:
+    """Lock the state file `path` for a run: exclusively for a run that writes it, shared
+    for a dry run that only reads it. Never waits: a run that finds it held stops before
+    sending anything. The lock is on `path` + LOCK_SUFFIX, a file left in place (deleting
+    it would let a third run lock a fresh file while the second holds the old one); the
+    system releases it when the process ends, however it ends."""
+    lock_path = path.with_name(path.name + LOCK_SUFFIX)
+    try:
+        file = lock_path.open("ab")
+    except OSError as error:
+        raise StateError(
+            f"cannot create the lock file {lock_path} beside the state file: "
+            f"{error.strerror}; nothing was sent"
+        ) from error
+    with file:
+        try:
+            fcntl.flock(file, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StateError(
+                f"another directory-sync run is using {path} (it holds {lock_path}); "
+                "nothing was sent"
+            ) from None
+        except OSError as error:
+            raise StateError(
+                f"cannot lock {lock_path}: {_reason(error)}; nothing was sent"
+            ) from None
+        yield
+
+
+def _reason(error: OSError) -> str:
+    return error.strerror or str(error)
 
 
 @dataclass
@@ -104,7 +153,7 @@ def load_state(path: Path, *, directory: str, portal: str) -> SyncState:
     except FileNotFoundError:
         return SyncState(directory=directory, portal=portal)
     except OSError as error:
-        raise StateError(f"cannot read the state file {path}: {error.strerror}") from error
+        raise StateError(f"cannot read the state file {path}: {_reason(error)}") from error
     lines = data.split(b"\n")
     state = _snapshot(path, lines[0])
     if (state.directory, state.portal) != (directory, portal):
@@ -161,7 +210,10 @@ class StateLog:
         self._encoder = msgspec.json.Encoder()
         self._file = None
         state.finished = False
-        self.compact()
+        try:
+            self.compact()
+        except StateWriteError as error:
+            raise StateError(f"{error}; nothing was sent") from error.__cause__
 
     def finish(self) -> None:
         """The run came to its end: say so, in a fresh snapshot."""
@@ -170,15 +222,32 @@ class StateLog:
 
     def record(self, step: dict[str, Any]) -> None:
         self.state.apply(step)
-        self._file.write(self._encoder.encode(step) + b"\n")
-        # Flushed to the kernel before the request it announces is sent: a killed process
-        # loses nothing written so far.
-        self._file.flush()
+        try:
+            self._file.write(self._encoder.encode(step) + b"\n")
+            # Flushed to the kernel before the request it announces is sent: a killed
+            # process loses nothing written so far.
+            self._file.flush()
+        except OSError as error:
+            raise self._cannot_write(error) from error
 
     def compact(self) -> None:
         """Rewrite the log as one snapshot line, atomically."""
         if self._file is not None:
             self._file.close()
+            self._file = None
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        try:
+            self._write_snapshot(temporary)
+            self._file = self.path.open("ab")
+        except OSError as error:
+            with suppress(OSError):
+                temporary.unlink(missing_ok=True)
+            raise self._cannot_write(error) from error
+
+    def _cannot_write(self, error: OSError) -> StateWriteError:
+        return StateWriteError(f"cannot write the state file {self.path}: {_reason(error)}")
+
+    def _write_snapshot(self, temporary: Path) -> None:
         state = self.state
         state.settle_pending()
         session = state.session
@@ -190,13 +259,11 @@ class StateLog:
             "ads": state.ads,
             "session": None if session is None else {"id": session.id, "staged": session.staged},
         }
-        temporary = self.path.with_name(self.path.name + ".tmp")
         with temporary.open("wb") as file:
             file.write(self._encoder.encode(snapshot) + b"\n")
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, self.path)
-        self._file = self.path.open("ab")
 
     def close(self) -> None:
         if self._file is not None:
