@@ -4,6 +4,7 @@ API directly, the directory's own view of the portal's ads as the judge."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import fcntl
 import json
 import os
@@ -24,7 +25,7 @@ from directory_client.sync import EXTERNAL_ID, sync_ads, sync_file
 from directory_client.sync_input import CSV_COLUMNS
 from directory_client.sync_state import StateError
 
-from tests.live import LiveDirectory
+from tests.live import LiveDirectory, live_directory
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "clients/python/examples/tauschring-freiburg-ads.csv"
@@ -453,6 +454,93 @@ def test_an_input_without_usable_ads_is_refused_rather_than_deleting_everything(
     assert result.returncode == 2
     assert "would delete every ad" in result.stderr
     assert set(stored(directory)) == {"ad-1"}
+
+
+# --- request size -----------------------------------------------------------------------
+
+
+class Batches:
+    """Progress that keeps the number of ads of each batch answered."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def note(self, message: str) -> None:
+        pass
+
+    def start(self, action: str, total: int) -> None:
+        pass
+
+    def advance(self, ads: int, counts: Mapping[str, int]) -> None:
+        self.sizes.append(ads)
+
+    def finish(self) -> None:
+        pass
+
+
+def long_ad(number: int, **changes: Any) -> dict[str, Any]:
+    """About 24 KB as JSON: a body of 8,000 characters (the most) of 3 bytes each."""
+    return an_ad(number, body="€" * 8000, **changes)
+
+
+def test_long_ads_go_in_batches_under_the_directorys_request_limit(directory, tmp_path):
+    ads = [long_ad(n) for n in range(1, 801)]  # 19 MB: 1,000 a batch is over its 16 MiB
+    batches = Batches()
+
+    report = sync_ads(directory, ads, state_path=tmp_path / "state", progress=batches)
+
+    assert report.ok and report.created == 800
+    assert len(batches.sizes) == 3 and sum(batches.sizes) == 800
+    assert len(stored(directory)) == 800
+
+
+@pytest.fixture
+def small_live(migrated) -> Iterator[LiveDirectory]:
+    """The same database behind an app taking request bodies of 16 KiB at most."""
+    with live_directory(dataclasses.replace(migrated, max_request_bytes=16 * 1024)) as server:
+        yield server
+
+
+@pytest.mark.parametrize("replace", [False, True], ids=["incremental", "replace"])
+def test_a_batch_the_directory_finds_too_large_is_sent_again_in_halves(
+    small_live, portal, directory, tmp_path, replace
+):
+    ads = [an_ad(n, body="é" * 1000) for n in range(1, 41)]  # 2 KB each, 80 KB in all
+
+    with DirectoryClient(small_live.url, key=portal.key) as small:
+        report = sync_ads(small, ads, state_path=tmp_path / "state", replace=replace)
+
+    assert report.ok and report.created == 40
+    assert len(stored(directory)) == 40
+
+
+@pytest.mark.parametrize("replace", [False, True], ids=["incremental", "replace"])
+def test_an_ad_too_large_for_any_request_is_rejected_and_kept_as_it_was(
+    small_live, portal, directory, tmp_path, replace
+):
+    state = tmp_path / "state"
+    with DirectoryClient(small_live.url, key=portal.key) as small:
+        sync_ads(small, [an_ad(1), an_ad(2), an_ad(3)], state_path=state)
+
+        report = sync_ads(
+            small,
+            [an_ad(1, title="Changed"), long_ad(2), an_ad(3)],
+            state_path=state,
+            replace=replace,
+        )
+        again = sync_ads(small, [an_ad(1, title="Changed"), an_ad(2), an_ad(3)], state_path=state)
+
+    (rejection,) = report.rejected
+    assert (rejection.line, rejection.external_id) == (2, "ad-2")
+    assert rejection.reason.startswith("ad: 24,")
+    assert "more than the directory takes in a request (413 request_too_large: " in (
+        rejection.reason
+    )
+    ads = stored(directory)
+    assert set(ads) == {"ad-1", "ad-2", "ad-3"}
+    assert ads["ad-1"].title == "Changed" and ads["ad-2"].body == "Punctures, brakes, gears."
+    # Not recorded as synced: the row as it was is sent again, and all is as it should be.
+    assert again.ok and again.unchanged == 3
 
 
 # --- interrupted runs -------------------------------------------------------------------

@@ -37,6 +37,7 @@ import msgspec
 from directory_client import models
 from directory_client.client import DirectoryClient
 from directory_client.errors import (
+    ApiError,
     DirectoryUnavailable,
     NotFound,
     ServerError,
@@ -55,6 +56,10 @@ from directory_client.sync_state import (
 from directory_client.transport import RetryPolicy
 
 MAX_BATCH_SIZE = 1000  # the API's limit per batch or staging request
+# A batch is cut by its size too: half the directory's default request limit (16 MiB,
+# DIRECTORY_MAX_REQUEST_BYTES), which 1,000 long ads exceed. A directory set lower answers
+# 413: the batch is then sent again in halves (`_Run._fitted`).
+MAX_BATCH_BYTES = 8 * 1024 * 1024
 DEFAULT_CONCURRENCY = 4
 # A batch whose answer was lost is sent again: upserts and deletes by external id give
 # the same result twice (the repeat reports `unchanged`).
@@ -380,7 +385,14 @@ class _Run:
                     self.counts["deleted"] += 1
             log.record({"synced": batch.number, "ads": synced})
 
-        self._send("sending", keys, items, lambda batch: self._batch_ads(batch.items), log, after)
+        self._send(
+            "sending",
+            keys,
+            items,
+            lambda batch: self._fitted(self._batch_ads, batch.items),
+            log,
+            after,
+        )
         self._count()
 
     def _batch_ads(self, items: list[dict[str, Any]]) -> list[models.ItemResult]:
@@ -465,7 +477,12 @@ class _Run:
             "staging",
             keys,
             items,
-            lambda batch: self.client.stage_sync_items(session.id, batch.items).results,
+            lambda batch: self._fitted(
+                lambda items: self.client.stage_sync_items(session.id, items).results,
+                batch.items,
+                # An ad left unstaged would be deleted by the commit.
+                keep_too_large=True,
+            ),
             log,
             after,
         )
@@ -481,6 +498,45 @@ class _Run:
         self.report.updated = result.updated
         self.report.unchanged = result.unchanged
         self.report.deleted = result.deleted
+
+    def _fitted(
+        self,
+        call: Callable[[list[dict[str, Any]]], Sequence[models.ItemResult]],
+        items: list[dict[str, Any]],
+        *,
+        keep_too_large: bool = False,
+    ) -> list[models.ItemResult]:
+        """`call(items)`, sent again in halves while the directory answers 413 (its
+        request limit is below MAX_BATCH_BYTES). An item too large on its own is rejected
+        here; with `keep_too_large`, KEEP_AS_IT_WAS is staged in its place."""
+        try:
+            return list(call(items))
+        except ApiError as error:
+            if error.status != 413:
+                raise
+            too_large = error
+        if len(items) > 1:
+            half = len(items) // 2
+            return [
+                *self._fitted(call, items[:half], keep_too_large=keep_too_large),
+                *self._fitted(call, items[half:], keep_too_large=keep_too_large),
+            ]
+        (item,) = items
+        if keep_too_large:
+            call([{"external_id": item["external_id"], "ad": KEEP_AS_IT_WAS}])
+        size = len(_ENCODER.encode(item))
+        reason = f"{size:,} bytes as JSON, more than the directory takes in a request"
+        return [
+            models.ItemResult(
+                index=0,
+                external_id=item["external_id"],
+                status="rejected",
+                id=None,
+                version=None,
+                etag=None,
+                errors={"ad": [f"{reason} ({too_large})"]},
+            )
+        ]
 
     # --- dry run --------------------------------------------------------------------
 
@@ -518,10 +574,9 @@ class _Run:
     ) -> None:
         """Send `items` in batches, up to `concurrency` at a time, each marked in `log`
         before it is sent; `after` records an answer, in this thread, in order of answers."""
-        size = self.batch_size
         batches = (
-            _Batch(number, keys[start : start + size], items[start : start + size])
-            for number, start in enumerate(range(0, len(items), size), start=1)
+            _Batch(number, keys[start:end], items[start:end])
+            for number, (start, end) in enumerate(self._cut(items), start=1)
         )
         self.progress.start(action, len(items))
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="directory-sync") as pool:
@@ -542,6 +597,21 @@ class _Run:
                 for future in running:
                     future.cancel()
         self.progress.finish()
+
+    def _cut(self, items: list[dict[str, Any]]) -> Iterator[tuple[int, int]]:
+        """Where batches start and end: at most `batch_size` items and MAX_BATCH_BYTES
+        (an item larger than that goes alone)."""
+        start, size = 0, 0
+        for index, item in enumerate(items):
+            item_size = len(_ENCODER.encode(item)) + 1  # and a comma
+            if index > start and (
+                index - start == self.batch_size or size + item_size > MAX_BATCH_BYTES
+            ):
+                yield start, index
+                start, size = index, 0
+            size += item_size
+        if start < len(items):
+            yield start, len(items)
 
     def _reject(self, external_id: str | None, errors: dict[str, Any] | None) -> None:
         # The directory names an item's fields under "ad"; a row has them at its top.
@@ -565,6 +635,9 @@ class _Run:
         report.updated = counts["updated"]
         report.unchanged = counts["unchanged"]
         report.deleted = counts["deleted"]
+
+
+_ENCODER = msgspec.json.Encoder()  # an item as it is sent (its ad is msgspec.Raw already)
 
 
 def _then_none(items: Iterable[Any]) -> Iterator[Any]:
