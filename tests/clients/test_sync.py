@@ -20,7 +20,9 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from directory_client import sync_cli
 from directory_client.client import DirectoryClient
+from directory_client.errors import ClientMisconfigured
 from directory_client.sync import EXTERNAL_ID, sync_ads, sync_file
 from directory_client.sync_input import CSV_COLUMNS
 from directory_client.sync_state import StateError
@@ -933,6 +935,38 @@ def test_the_key_comes_from_the_environment_only(live, tmp_path):
 
     assert result.returncode == 2
     assert "DIRECTORY_PORTAL_KEY" in result.stderr
+
+
+class MisconfiguredAtStart(DirectoryClient):
+    """Refuses its URL as it is made, as the transport refuses one without http(s)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        raise ClientMisconfigured("the directory URL must start with http:// or https://")
+
+
+class MisconfiguredAtFirstCall(DirectoryClient):
+    """Refuses its key before its first request, as the transport refuses a key that is no
+    valid header value."""
+
+    def get_own_portal(self) -> Any:
+        raise ClientMisconfigured("the portal key is not a valid HTTP header value")
+
+
+@pytest.mark.parametrize("client_class", [MisconfiguredAtStart, MisconfiguredAtFirstCall])
+def test_a_key_or_url_the_client_cannot_send_is_bad_usage_not_a_run_to_resume(
+    live, portal, directory, tmp_path, capsys, monkeypatch, client_class
+):
+    source = write_jsonl(tmp_path / "ads.jsonl", [an_ad(1)])
+    monkeypatch.setenv("DIRECTORY_PORTAL_KEY", portal.key)
+
+    status = sync_cli.main([str(source), "--directory", live.url], client_class=client_class)
+
+    assert status == 2
+    stderr = capsys.readouterr().err
+    assert stderr.startswith("directory-sync: the ")
+    assert stderr.endswith("; nothing was sent\n") and "run the same command again" not in stderr
+    assert stored(directory) == {}
+    assert not (tmp_path / "ads.jsonl.sync-state").exists()
 
 
 def test_an_unknown_csv_column_stops_the_run_before_anything_is_sent(

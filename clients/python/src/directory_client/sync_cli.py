@@ -8,9 +8,10 @@ that left the file are deleted (the state file, `ADS.sync-state` beside the inpu
 what earlier runs pushed). `--replace` makes the file the portal's complete set,
 atomically. Killed half way, it resumes where it stopped when run again.
 
-Exit status: 0 done, 1 done but some rows were rejected (see the report), 2 bad usage, an
-input or state file that cannot be read, a state or report file that cannot be written,
-or another run using the state file (nothing was sent), 3 the run was cut short: the
+Exit status: 0 done, 1 done but some rows were rejected (see the report), 2 bad usage (a
+key or URL that cannot be sent, too), an input or state file that cannot be read, a state
+or report file that cannot be written, or another run using the state file (nothing was
+sent), 3 the run was cut short: the
 directory could not be reached or refused the run, or the state or report file could not
 be written once it had begun (run again to resume)."""
 
@@ -26,7 +27,7 @@ from typing import TextIO
 
 from directory_client import __version__
 from directory_client.client import DirectoryClient
-from directory_client.errors import ApiError, DirectoryError
+from directory_client.errors import ApiError, ClientMisconfigured, DirectoryError
 from directory_client.sync import (
     DEFAULT_CONCURRENCY,
     MAX_BATCH_SIZE,
@@ -92,7 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None, *, client_class: type[DirectoryClient] = DirectoryClient
+) -> int:
+    """The command; `client_class` makes its client (the tests' may fail as a real one can)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     key = os.environ.get(KEY_VARIABLE)
@@ -113,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_USAGE
     try:
-        with DirectoryClient(args.directory, key=key, timeout_s=TIMEOUT_S) as client:
+        with client_class(args.directory, key=key, timeout_s=TIMEOUT_S) as client:
             report = sync_file(
                 client,
                 args.input,
@@ -124,6 +128,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 concurrency=args.concurrency,
                 progress=progress,
             )
+    except ClientMisconfigured as error:
+        # The key or URL cannot be sent at all: running again changes nothing. (The
+        # message never shows the key.)
+        print(f"directory-sync: {error}; nothing was sent", file=sys.stderr)
+        return EXIT_USAGE
     except StateWriteError as error:
         progress.finish()
         print(
