@@ -567,6 +567,28 @@ def test_a_retry_policy_needs_one_attempt_at_least(attempts):
         RetryPolicy(attempts=attempts)
 
 
+def test_a_write_sent_once_says_it_was_tried_once():
+    retry = RetryPolicy(attempts=4, backoff_s=0, max_backoff_s=0)
+    with (
+        Scripted(["drop", HEALTHY]) as server,
+        DirectoryClient(server.url, retry=retry) as directory,
+        pytest.raises(DirectoryUnavailable, match="failed after 1 attempt: ") as lost,
+    ):
+        directory.batch_ads([{"op": "delete", "external_id": "a-1"}])
+    assert len(server.requests) == 1
+    assert "may or may not have been applied" in str(lost.value)
+
+
+def test_unavailable_counts_the_attempts_made():
+    with (
+        Scripted(["drop", "drop", "drop"]) as server,
+        DirectoryClient(server.url, retry=NO_WAIT) as directory,
+        pytest.raises(DirectoryUnavailable, match="failed after 3 attempts: "),
+    ):
+        directory.healthz()
+    assert len(server.requests) == 3
+
+
 # --- webhooks ---------------------------------------------------------------------------
 
 

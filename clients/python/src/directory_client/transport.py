@@ -146,7 +146,7 @@ class Transport:
             except (httpx.ConnectError, httpx.ConnectTimeout) as error:
                 if last:
                     raise self._unavailable(
-                        method, path, error, sent=False, repeatable=repeatable
+                        method, path, error, attempt, sent=False, repeatable=repeatable
                     ) from error
                 self._sleep(self.retry.backoff(attempt))
                 continue
@@ -154,7 +154,7 @@ class Transport:
                 # DecodingError: the answer came garbled (bad Content-Encoding), as if lost.
                 if last or not repeatable:
                     raise self._unavailable(
-                        method, path, error, sent=True, repeatable=repeatable
+                        method, path, error, attempt, sent=True, repeatable=repeatable
                     ) from error
                 self._sleep(self.retry.backoff(attempt))
                 continue
@@ -171,7 +171,14 @@ class Transport:
         raise AssertionError("unreachable")
 
     def _unavailable(
-        self, method: str, path: str, error: Exception, *, sent: bool, repeatable: bool
+        self,
+        method: str,
+        path: str,
+        error: Exception,
+        attempts: int,
+        *,
+        sent: bool,
+        repeatable: bool,
     ) -> DirectoryUnavailable:
         outcome = (
             "it may or may not have been applied"
@@ -181,8 +188,8 @@ class Transport:
             else "it is safe to repeat"
         )
         return DirectoryUnavailable(
-            f"{method} {self.base_url}{path} failed after {self.retry.attempts} "
-            f"attempt(s): {error!r}; {outcome}"
+            f"{method} {self.base_url}{path} failed after {attempts} "
+            f"attempt{'s' if attempts > 1 else ''}: {error!r}; {outcome}"
         )
 
 
