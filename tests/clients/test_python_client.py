@@ -11,6 +11,7 @@ import re
 import socket
 import threading
 import time
+import traceback
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,6 +28,8 @@ from directory_client.client import DirectoryClient
 from directory_client.errors import (
     AnswerNotUnderstood,
     BadRequest,
+    ClientMisconfigured,
+    DirectoryError,
     DirectoryUnavailable,
     NotFound,
     PreconditionFailed,
@@ -587,6 +590,142 @@ def test_unavailable_counts_the_attempts_made():
     ):
         directory.healthz()
     assert len(server.requests) == 3
+
+
+# --- what cannot be sent at all -----------------------------------------------------------
+
+# A key of the directory's shape; the tests look for its middle in every message.
+SECRET = "cdir_" + "S3cr3tPart" * 4 + "x7Yz9Q"
+
+
+def shown(error: BaseException) -> str:
+    """All that an error can show: its message, its repr and its traceback with causes."""
+    return "\n".join([str(error), repr(error), "".join(traceback.format_exception(error))])
+
+
+def test_a_portal_key_is_sent_as_a_bearer_token():
+    with Scripted([HEALTHY]) as server, DirectoryClient(server.url, key=SECRET) as directory:
+        directory.healthz()
+    headers = {name.lower(): value for name, value in server.requests[0][2].items()}
+    assert headers["authorization"] == f"Bearer {SECRET}"
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        SECRET + "\n",
+        SECRET + "\r\n",
+        SECRET + "\r",
+        SECRET + " ",
+        " " + SECRET,
+        SECRET[:20] + " " + SECRET[20:],
+        SECRET + "\t",
+        SECRET + "\x00",
+        SECRET.replace("S3", "Š3"),
+        SECRET + "\u00a0",  # a no-break space
+        "",
+        SECRET.encode(),
+    ],
+    ids=[
+        "newline",
+        "crlf",
+        "carriage-return",
+        "trailing-space",
+        "leading-space",
+        "inner-space",
+        "tab",
+        "nul",
+        "non-ascii",
+        "no-break-space",
+        "empty",
+        "bytes",
+    ],
+)
+def test_a_key_that_cannot_be_a_header_is_refused_without_being_shown(key):
+    with Scripted([HEALTHY] * 4) as server:
+        with (
+            pytest.raises(ClientMisconfigured, match="key must be a portal key") as refused,
+            DirectoryClient(server.url, key=key, retry=NO_WAIT) as directory,
+        ):
+            directory.get_own_portal()
+        assert server.requests == []
+    assert isinstance(refused.value, ValueError)
+    assert "S3cr3tPart" not in shown(refused.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "127.0.0.1:8000",
+        "localhost:8000",
+        "directory.example.org",
+        "ftp://directory.example.org",
+        "file:///etc/hosts",
+        "http://",
+        "https:///v1",
+        "",
+    ],
+)
+def test_a_directory_url_without_http_or_a_host_is_refused_at_once(url):
+    with pytest.raises(ClientMisconfigured, match="must start with http:// or https://"):
+        DirectoryClient(url, key=SECRET)
+
+
+def test_a_refused_url_does_not_show_its_credentials():
+    url = "ftp://reader:hunter2@directory.example.org"
+    with pytest.raises(ClientMisconfigured) as refused:
+        DirectoryClient(url)
+    assert "hunter2" not in shown(refused.value)
+
+
+@pytest.mark.parametrize(
+    "etag",
+    ['"x"\r\nX-Injected: 1', '"x"\n', '"é"'],
+    ids=["header-injection", "newline", "non-ascii"],
+)
+def test_a_header_value_that_cannot_be_sent_fails_at_once_and_is_not_retried(etag):
+    with (
+        Scripted([HEALTHY] * 4) as server,
+        DirectoryClient(server.url, key=SECRET, retry=NO_WAIT) as directory,
+        pytest.raises(ClientMisconfigured, match="cannot be sent") as refused,
+    ):
+        directory.get_own_ad("a-1", if_none_match=etag)
+    assert server.requests == []
+    assert "S3cr3tPart" not in shown(refused.value)
+
+
+def unreachable_url() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{probe.getsockname()[1]}"
+
+
+UNAUTHENTICATED = (401, {}, b'{"code":401,"status":"Unauthorized","error":"unauthenticated",'
+                   b'"message":"unknown key","errors":{}}')  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [
+        ["drop"] * 3,
+        [(200, {"Content-Encoding": "gzip"}, b"{}")] * 3,
+        ["silence"] * 3,
+        [UNAVAILABLE] * 3,
+        [UNAUTHENTICATED],
+        [(200, {}, b"<html>not the directory</html>")],
+        None,  # nothing listens
+    ],
+    ids=["dropped", "garbled", "silent", "unavailable", "refused", "not-understood", "down"],
+)
+def test_no_error_shows_the_key(steps):
+    with Scripted(list(steps or [])) as server:
+        url = server.url if steps is not None else unreachable_url()
+        with (
+            DirectoryClient(url, key=SECRET, timeout_s=0.3, retry=NO_WAIT) as directory,
+            pytest.raises(DirectoryError) as failed,
+        ):
+            directory.get_own_portal()
+    assert "S3cr3tPart" not in shown(failed.value)
 
 
 # --- webhooks ---------------------------------------------------------------------------

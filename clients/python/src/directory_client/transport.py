@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email.utils
 import random
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -19,10 +20,15 @@ from typing import Any
 import httpx
 
 from directory_client import __version__
-from directory_client.errors import DirectoryUnavailable
+from directory_client.errors import ClientMisconfigured, DirectoryUnavailable
 
 USER_AGENT = f"commons-directory-client/{__version__} (python; httpx/{httpx.__version__})"
 DEFAULT_TIMEOUT_S = 10.0
+# What an Authorization header can carry of a key: visible ASCII, no spaces (a portal key
+# is cdir_ and letters and digits). Checked before anything is sent, because httpx refuses
+# any other value with an error that quotes the whole header, the key with it.
+KEY_CHARACTERS = re.compile(r"[\x21-\x7e]+")
+SCHEMES = frozenset({"http", "https"})
 # Repeating these changes nothing more than doing them once (PUT and DELETE by HTTP's
 # definition, which the directory's PUT /v1/ads and DELETE honour).
 REPEATABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
@@ -97,11 +103,14 @@ class Transport:
     ) -> None:
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+        _check_base_url(base_url)
         headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
         if key is not None:
+            _check_key(key)
             headers["Authorization"] = f"Bearer {key}"
         self.base_url = base_url.rstrip("/")
         self.retry = retry
+        self._key = key
         self._sleep = sleep
         self._http = httpx.Client(
             base_url=self.base_url,
@@ -126,7 +135,11 @@ class Transport:
         """Send, retrying as the policy says; the last answer is returned whatever its
         status (the caller turns errors into exceptions). `repeatable` overrides what the
         method implies (a POST carrying an idempotency key is repeatable), but a write
-        with a precondition header is never repeatable."""
+        with a precondition header is never repeatable.
+
+        Raises DirectoryUnavailable when no answer could be had (retries spent, or a
+        request that may not be repeated lost its answer), and ClientMisconfigured, at
+        once, for a request that cannot be sent at all (a header value that is none)."""
         if repeatable is None:
             repeatable = method in REPEATABLE_METHODS
         request_headers = dict(headers or {})
@@ -143,6 +156,17 @@ class Transport:
                 response = self._http.request(
                     method, path, params=params, content=content, headers=request_headers
                 )
+            except (
+                httpx.UnsupportedProtocol,
+                httpx.LocalProtocolError,
+                UnicodeEncodeError,
+            ) as error:
+                # Nothing could be sent, and sending again changes nothing. Not chained:
+                # the error may quote a header, and the message below shows it redacted.
+                raise ClientMisconfigured(
+                    f"{method} {self.base_url}{path} cannot be sent: "
+                    f"{self._redacted(f'{type(error).__name__}: {error}')}; nothing was sent"
+                ) from None
             except (httpx.ConnectError, httpx.ConnectTimeout) as error:
                 if last:
                     raise self._unavailable(
@@ -189,7 +213,31 @@ class Transport:
         )
         return DirectoryUnavailable(
             f"{method} {self.base_url}{path} failed after {attempts} "
-            f"attempt{'s' if attempts > 1 else ''}: {error!r}; {outcome}"
+            f"attempt{'s' if attempts > 1 else ''}: {self._redacted(repr(error))}; {outcome}"
+        )
+
+    def _redacted(self, text: str) -> str:
+        """`text` without the key in it, should an error ever quote it."""
+        return text if not self._key else text.replace(self._key, "[key]")
+
+
+def _check_base_url(base_url: str) -> None:
+    url = httpx.URL(base_url) if isinstance(base_url, str) else None
+    if url is None or url.scheme not in SCHEMES or not url.host:
+        shown = "a URL with credentials, not shown" if "@" in str(base_url) else repr(base_url)
+        raise ClientMisconfigured(
+            "the directory's URL must start with http:// or https:// and name a host, such "
+            f"as https://directory.example.org, not {shown}"
+        )
+
+
+def _check_key(key: str) -> None:
+    if not isinstance(key, str) or KEY_CHARACTERS.fullmatch(key) is None:
+        raise ClientMisconfigured(
+            "key must be a portal key (cdir_ and letters and digits), without spaces, line "
+            "breaks or characters beyond visible ASCII (a key read from a file may end with "
+            "a line break); leave it out to call anonymously. The value is not shown: it is "
+            "a secret"
         )
 
 
