@@ -128,9 +128,10 @@ class FederatedPage:
 
 
 class FederatedSearch:
-    """`directories`: clients, or base URLs for which clients are made (tried once each:
-    a federated search would rather show what it has than wait for a retry). Clients
-    passed in are left open by `close`; their own timeouts bound how long a request the
+    """`directories`: clients, or base URLs for which clients are made (tried once each,
+    each attempt bounded by `timeout_s`: a federated search would rather show what it has
+    than wait for a retry). Clients passed in are left open by `close`; their own
+    `timeout_s`, which bounds each attempt whole, bounds how long a request the page's
     deadline gave up on keeps a thread busy in the background."""
 
     def __init__(

@@ -1,34 +1,60 @@
-"""HTTP for the directory client: timeouts on every call, a user agent with the client's
-version, and retries with backoff and jitter where repeating is safe.
+"""HTTP for the directory client: a deadline on every attempt, a user agent with the
+client's version, and retries with backoff and jitter where repeating is safe.
 
 Written here rather than taken from a retry library: which failures may be retried
 depends on the API's own semantics (a 429 was refused before anything was done; a lost
 answer to a POST may have been applied), which is the whole of the logic; the waiting
-itself is three lines."""
+itself is three lines.
+
+`timeout_s` bounds each attempt as a whole, from connecting to the answer's last byte.
+httpx's timeouts bound each wait for the network alone, so a peer that sends a byte now
+and then (a broken proxy, a hostile directory of a federation) could hold a call for
+ever. The default transport therefore gives every connect, read and write of an attempt
+only the time left before its deadline (`_DeadlineBackend`, under httpcore's own
+connection pool); with an `http_transport` of the caller's, the deadline is checked
+between the chunks of the answer instead. Either way an attempt past its deadline fails
+as a read timeout does."""
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
+import math
 import random
 import re
+import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import httpcore
 import httpx
 
 from directory_client import __version__
-from directory_client.errors import ClientMisconfigured, DirectoryUnavailable
+from directory_client.errors import (
+    NOT_UNDERSTOOD,
+    AnswerNotUnderstood,
+    ClientMisconfigured,
+    DirectoryUnavailable,
+)
 
 USER_AGENT = f"commons-directory-client/{__version__} (python; httpx/{httpx.__version__})"
-DEFAULT_TIMEOUT_S = 10.0
+DEFAULT_TIMEOUT_S = 10.0  # per attempt, from connecting to the answer's last byte
+# The longest answer read. The directory's largest, a page of 1,000 of a portal's own ads,
+# is a few MB; a peer that sends more is not the directory, and is not kept in memory.
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
 # What an Authorization header can carry of a key: visible ASCII, no spaces (a portal key
 # is cdir_ and letters and digits). Checked before anything is sent, because httpx refuses
 # any other value with an error that quotes the whole header, the key with it.
 KEY_CHARACTERS = re.compile(r"[\x21-\x7e]+")
 SCHEMES = frozenset({"http", "https"})
+# httpx's own defaults for its transport, which the default transport keeps.
+MAX_CONNECTIONS = 100
+MAX_KEEPALIVE_CONNECTIONS = 20
+KEEPALIVE_EXPIRY_S = 5.0
 # Repeating these changes nothing more than doing them once (PUT and DELETE by HTTP's
 # definition, which the directory's PUT /v1/ads and DELETE honour).
 REPEATABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
@@ -101,14 +127,15 @@ class Transport:
         http_transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        if timeout_s <= 0:
-            raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+        if not (isinstance(timeout_s, int | float) and math.isfinite(timeout_s) and timeout_s > 0):
+            raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
         _check_base_url(base_url)
         headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
         if key is not None:
             _check_key(key)
             headers["Authorization"] = f"Bearer {key}"
         self.base_url = base_url.rstrip("/")
+        self.timeout_s = float(timeout_s)
         self.retry = retry
         self._key = key
         self._sleep = sleep
@@ -116,7 +143,7 @@ class Transport:
             base_url=self.base_url,
             headers=headers,
             timeout=timeout_s,
-            transport=http_transport,
+            transport=_DeadlineTransport() if http_transport is None else http_transport,
         )
 
     def close(self) -> None:
@@ -132,14 +159,15 @@ class Transport:
         headers: Mapping[str, str] | None = None,
         repeatable: bool | None = None,
     ) -> httpx.Response:
-        """Send, retrying as the policy says; the last answer is returned whatever its
-        status (the caller turns errors into exceptions). `repeatable` overrides what the
-        method implies (a POST carrying an idempotency key is repeatable), but a write
-        with a precondition header is never repeatable.
+        """Send, retrying as the policy says; the last answer is returned, read whole,
+        whatever its status (the caller turns errors into exceptions). `repeatable`
+        overrides what the method implies (a POST carrying an idempotency key is
+        repeatable), but a write with a precondition header is never repeatable.
 
         Raises DirectoryUnavailable when no answer could be had (retries spent, or a
-        request that may not be repeated lost its answer), and ClientMisconfigured, at
-        once, for a request that cannot be sent at all (a header value that is none)."""
+        request that may not be repeated lost its answer), AnswerNotUnderstood for an
+        answer longer than MAX_ANSWER_BYTES, and ClientMisconfigured, at once, for a
+        request that cannot be sent at all (a header value that is no header value)."""
         if repeatable is None:
             repeatable = method in REPEATABLE_METHODS
         request_headers = dict(headers or {})
@@ -153,14 +181,8 @@ class Transport:
         for attempt in range(1, attempts + 1):
             last = attempt == attempts
             try:
-                response = self._http.request(
-                    method, path, params=params, content=content, headers=request_headers
-                )
-            except (
-                httpx.UnsupportedProtocol,
-                httpx.LocalProtocolError,
-                UnicodeEncodeError,
-            ) as error:
+                response = self._attempt(method, path, params, content, request_headers)
+            except (httpx.UnsupportedProtocol, httpx.LocalProtocolError) as error:
                 # Nothing could be sent, and sending again changes nothing. Not chained:
                 # the error may quote a header, and the message below shows it redacted.
                 raise ClientMisconfigured(
@@ -190,9 +212,43 @@ class Transport:
                 wait = self.retry.backoff(attempt)
             elif wait > self.retry.max_retry_after_s:
                 return response
-            response.close()
             self._sleep(wait)
         raise AssertionError("unreachable")
+
+    def _attempt(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, str] | None,
+        content: bytes | None,
+        headers: Mapping[str, str],
+    ) -> httpx.Response:
+        """One try, its answer read whole before its deadline."""
+        deadline = time.monotonic() + self.timeout_s
+        token = _DEADLINE.set(deadline)
+        try:
+            try:
+                request = self._http.build_request(
+                    method, path, params=params, content=content, headers=headers
+                )
+            except UnicodeEncodeError:  # a header value beyond ASCII: httpx cannot send it
+                raise httpx.LocalProtocolError("a header value is not ASCII") from None
+            response = self._http.send(request, stream=True)
+            try:
+                response.stream = _CheckedStream(response.stream, deadline, request)
+                body = bytearray()
+                for chunk in response.iter_bytes():
+                    body += chunk
+                    if len(body) > MAX_ANSWER_BYTES:
+                        raise AnswerNotUnderstood(
+                            f"{method} {self.base_url}{path}: {NOT_UNDERSTOOD}: longer than "
+                            f"{MAX_ANSWER_BYTES} bytes"
+                        )
+            finally:
+                response.close()
+            return _read_answer(response, bytes(body))
+        finally:
+            _DEADLINE.reset(token)
 
     def _unavailable(
         self,
@@ -239,6 +295,213 @@ def _check_key(key: str) -> None:
             "a line break); leave it out to call anonymously. The value is not shown: it is "
             "a secret"
         )
+
+
+def _read_answer(response: httpx.Response, body: bytes) -> httpx.Response:
+    """The answer with its body read and decoded, as httpx's `read()` leaves it: built
+    anew from public parts, without the Content-Encoding that was already undone."""
+    headers = [
+        (name, value)
+        for name, value in response.headers.multi_items()
+        if name.lower() != "content-encoding"
+    ]
+    return httpx.Response(
+        response.status_code,
+        headers=headers,
+        content=body,
+        request=response.request,
+        extensions=response.extensions,
+    )
+
+
+# --- the deadline -----------------------------------------------------------------------
+
+# When the attempt under way in this thread must be over (time.monotonic()).
+_DEADLINE: ContextVar[float | None] = ContextVar("directory_client_deadline", default=None)
+
+
+def _time_left(timeout: float | None, late: type[Exception]) -> float | None:
+    """`timeout`, shortened to the time left before the attempt's deadline; `late` is
+    raised once that has passed."""
+    deadline = _DEADLINE.get()
+    if deadline is None:
+        return timeout
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise late("the attempt's deadline (timeout_s) has passed")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A connection whose every wait ends at the deadline of the attempt using it."""
+
+    def __init__(self, stream: httpcore.NetworkStream) -> None:
+        self._stream = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, _time_left(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, _time_left(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        return _DeadlineStream(
+            self._stream.start_tls(
+                ssl_context, server_hostname, _time_left(timeout, httpcore.ConnectTimeout)
+            )
+        )
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    """httpcore's sockets, as _DeadlineStreams."""
+
+    def __init__(self) -> None:
+        self._backend = httpcore.SyncBackend()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        left = _time_left(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(
+            self._backend.connect_tcp(host, port, left, local_address, socket_options)
+        )
+
+    def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        left = _time_left(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._backend.connect_unix_socket(path, left, socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
+
+
+# httpcore's errors as httpx names them, the most specific first (as httpx maps them).
+_HTTPX_ERRORS: list[tuple[type[Exception], type[httpx.TransportError]]] = [
+    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
+    (httpcore.ReadTimeout, httpx.ReadTimeout),
+    (httpcore.WriteTimeout, httpx.WriteTimeout),
+    (httpcore.PoolTimeout, httpx.PoolTimeout),
+    (httpcore.TimeoutException, httpx.TimeoutException),
+    (httpcore.ConnectError, httpx.ConnectError),
+    (httpcore.ReadError, httpx.ReadError),
+    (httpcore.WriteError, httpx.WriteError),
+    (httpcore.NetworkError, httpx.NetworkError),
+    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
+    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
+    (httpcore.ProtocolError, httpx.ProtocolError),
+    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
+    (httpcore.ProxyError, httpx.ProxyError),
+]
+
+
+@contextlib.contextmanager
+def _as_httpx_errors(request: httpx.Request) -> Iterator[None]:
+    try:
+        yield
+    except Exception as error:
+        for cause, named in _HTTPX_ERRORS:
+            if isinstance(error, cause):
+                raise named(str(error), request=request) from error
+        raise
+
+
+class _CoreAnswer(httpx.SyncByteStream):
+    """An answer's body from httpcore, its errors named as httpx names them."""
+
+    def __init__(self, stream: Iterable[bytes], request: httpx.Request) -> None:
+        self._stream = stream
+        self._request = request
+
+    def __iter__(self) -> Iterator[bytes]:
+        with _as_httpx_errors(self._request):
+            yield from self._stream
+
+    def close(self) -> None:
+        close = getattr(self._stream, "close", None)
+        if close is not None:
+            with _as_httpx_errors(self._request):
+                close()
+
+
+class _DeadlineTransport(httpx.BaseTransport):
+    """httpx's HTTPTransport, in essence, over a connection pool on _DeadlineBackend:
+    httpx does not let its own transport take another network backend."""
+
+    def __init__(self) -> None:
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=httpx.create_ssl_context(),
+            max_connections=MAX_CONNECTIONS,
+            max_keepalive_connections=MAX_KEEPALIVE_CONNECTIONS,
+            keepalive_expiry=KEEPALIVE_EXPIRY_S,
+            network_backend=_DeadlineBackend(),
+        )
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        core_request = httpcore.Request(
+            method=request.method,
+            url=httpcore.URL(
+                scheme=request.url.raw_scheme,
+                host=request.url.raw_host,
+                port=request.url.port,
+                target=request.url.raw_path,
+            ),
+            headers=request.headers.raw,
+            content=request.stream,
+            extensions=request.extensions,
+        )
+        with _as_httpx_errors(request):
+            answer = self._pool.handle_request(core_request)
+        return httpx.Response(
+            status_code=answer.status,
+            headers=answer.headers,
+            stream=_CoreAnswer(answer.stream, request),
+            extensions=answer.extensions,
+        )
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+class _CheckedStream(httpx.SyncByteStream):
+    """An answer's raw chunks, failing as a read timeout once the deadline has passed:
+    the deadline for transports other than the default one, whose waits end with it."""
+
+    def __init__(self, stream: httpx.SyncByteStream, deadline: float, request: httpx.Request):
+        self._stream = stream
+        self._deadline = deadline
+        self._request = request
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._stream:
+            if time.monotonic() > self._deadline:
+                raise httpx.ReadTimeout(
+                    "the answer was still coming at the attempt's deadline (timeout_s)",
+                    request=self._request,
+                )
+            yield chunk
+
+    def close(self) -> None:
+        self._stream.close()
 
 
 def query(params: Mapping[str, Any]) -> dict[str, str]:

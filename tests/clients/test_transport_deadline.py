@@ -1,0 +1,227 @@
+"""Every attempt of the Python client ends by its deadline (`timeout_s`), however slowly
+the peer sends, and an answer is read up to MAX_ANSWER_BYTES: against real servers on
+127.0.0.1 that send their answer a few bytes at a time, or without end."""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import socket
+import socketserver
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import httpx
+import pytest
+from directory_client.client import DirectoryClient
+from directory_client.errors import AnswerNotUnderstood, DirectoryUnavailable
+from directory_client.federation import FederatedSearch, Outcome
+from directory_client.transport import MAX_ANSWER_BYTES, NO_RETRIES, RetryPolicy
+
+# How long a test waits for a call that should end by its deadline before declaring it
+# stuck (the call then goes on in a daemon thread until the server stops).
+STUCK_S = 8.0
+JSON_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+CHUNKED_HEAD = JSON_HEAD + b"Transfer-Encoding: chunked\r\n\r\n"
+EMPTY_PAGE = b'{"hits":[],"next_cursor":null,"facets":null}'
+
+
+class Trickling:
+    """A loopback server answering each request with `head` at once, then each piece of
+    `pieces()` `pause_s` after the one before, until they run out, the client leaves or
+    the server stops. `answered` counts the requests that came."""
+
+    def __init__(
+        self, head: bytes, pieces: Callable[[], Iterable[bytes]], *, pause_s: float
+    ) -> None:
+        self.answered = 0
+        stopping = threading.Event()
+        trickling = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                self.request.recv(65536)  # the request: these tests send small ones
+                trickling.answered += 1
+                try:
+                    self.request.sendall(head)
+                    for piece in pieces():
+                        if stopping.wait(pause_s):
+                            return
+                        self.request.sendall(piece)
+                except OSError:  # the client gave up
+                    return
+
+        self._stopping = stopping
+        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> Trickling:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stopping.set()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)
+
+
+def dripping_body() -> Trickling:
+    """200 and its headers at once, then a JSON body one space a chunk, without end."""
+    return Trickling(CHUNKED_HEAD, lambda: itertools.repeat(b"1\r\n \r\n"), pause_s=0.1)
+
+
+def dripping_headers() -> Trickling:
+    """The status line and headers a byte at a time, without end."""
+    head = b"HTTP/1.1 200 OK\r\nX-Padding: "
+    pieces = itertools.chain((bytes([byte]) for byte in head), itertools.repeat(b"a"))
+    return Trickling(b"", lambda: pieces, pause_s=0.1)
+
+
+def within(limit_s: float, call: Callable[[], Any]) -> tuple[BaseException | None, float]:
+    """What `call` raised (None if it returned) and how long it took; fails the test
+    if it is still running after `limit_s`."""
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as error:  # handed to the test
+            outcome.append(error)
+        else:
+            outcome.append(None)
+
+    started = time.monotonic()
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(limit_s)
+    assert outcome, f"the call was still waiting after {limit_s:g} s"
+    return outcome[0], time.monotonic() - started
+
+
+@pytest.mark.parametrize("server", [dripping_body, dripping_headers], ids=["body", "headers"])
+def test_an_answer_dripped_a_byte_at_a_time_ends_at_the_deadline(server):
+    with server() as slow, DirectoryClient(slow.url, timeout_s=1, retry=NO_RETRIES) as directory:
+        error, took = within(STUCK_S, lambda: directory.search_ads(q="bike"))
+
+    assert isinstance(error, DirectoryUnavailable), error
+    assert isinstance(error.__cause__, httpx.TimeoutException)
+    assert "failed after 1 attempt:" in str(error)
+    assert 0.9 <= took < 2.5
+
+
+def test_each_attempt_has_its_own_deadline():
+    retry = RetryPolicy(attempts=2, backoff_s=0, max_backoff_s=0)
+    with (
+        dripping_body() as slow,
+        DirectoryClient(slow.url, timeout_s=0.7, retry=retry) as directory,
+    ):
+        error, took = within(STUCK_S, lambda: directory.search_ads(q="bike"))
+
+    assert isinstance(error, DirectoryUnavailable) and "failed after 2 attempts" in str(error)
+    assert slow.answered == 2
+    assert 1.3 <= took < 3
+
+
+def test_the_deadline_holds_with_a_transport_of_the_callers():
+    with (
+        dripping_body() as slow,
+        DirectoryClient(
+            slow.url, timeout_s=1, retry=NO_RETRIES, http_transport=httpx.HTTPTransport()
+        ) as directory,
+    ):
+        error, took = within(STUCK_S, lambda: directory.search_ads(q="bike"))
+
+    assert isinstance(error, DirectoryUnavailable), error
+    assert isinstance(error.__cause__, httpx.TimeoutException)
+    assert took < 2.5
+
+
+def test_an_answer_that_arrives_slowly_but_within_the_deadline_is_read():
+    pieces = [EMPTY_PAGE[index : index + 8] for index in range(0, len(EMPTY_PAGE), 8)]
+    head = JSON_HEAD + f"Content-Length: {len(EMPTY_PAGE)}\r\n\r\n".encode()
+    with (
+        Trickling(head, lambda: pieces, pause_s=0.05) as slow,
+        DirectoryClient(slow.url, timeout_s=3, retry=NO_RETRIES) as directory,
+    ):
+        page = directory.search_ads(q="bike")  # 6 pieces, 0.3 s in all
+
+    assert page.hits == [] and page.next_cursor is None
+
+
+def test_an_answer_far_longer_than_the_cap_is_read_up_to_the_cap():
+    megabyte = b"100000\r\n" + b" " * 0x100000 + b"\r\n"  # chunks of 1 MiB of spaces
+    # A quarter more than the cap, then the connection closes, so that a client without
+    # a cap fails otherwise instead of filling the memory.
+    chunks = MAX_ANSWER_BYTES // 0x100000 * 5 // 4
+    with (
+        Trickling(CHUNKED_HEAD, lambda: itertools.repeat(megabyte, chunks), pause_s=0) as long,
+        DirectoryClient(long.url, timeout_s=30, retry=NO_RETRIES) as directory,
+        pytest.raises(AnswerNotUnderstood, match=f"longer than {MAX_ANSWER_BYTES} bytes"),
+    ):
+        directory.search_ads(q="bike")
+
+
+def test_a_compressed_answer_is_capped_as_it_is_unpacked():
+    bomb = gzip.compress(b" " * (MAX_ANSWER_BYTES + 1), compresslevel=9)  # about 64 kB
+    head = JSON_HEAD + f"Content-Encoding: gzip\r\nContent-Length: {len(bomb)}\r\n\r\n".encode()
+    with (
+        Trickling(head, lambda: [bomb], pause_s=0) as packed,
+        DirectoryClient(packed.url, timeout_s=30, retry=NO_RETRIES) as directory,
+        pytest.raises(AnswerNotUnderstood, match="longer than"),
+    ):
+        directory.search_ads(q="bike")
+    assert len(bomb) < MAX_ANSWER_BYTES // 100
+
+
+def test_a_compressed_answer_within_the_cap_is_unpacked():
+    packed_page = gzip.compress(EMPTY_PAGE)
+    head = (
+        JSON_HEAD + f"Content-Encoding: gzip\r\nContent-Length: {len(packed_page)}\r\n\r\n".encode()
+    )
+    with (
+        Trickling(head, lambda: [packed_page], pause_s=0) as packed,
+        DirectoryClient(packed.url, retry=NO_RETRIES) as directory,
+    ):
+        assert directory.search_ads(q="bike").hits == []
+
+
+def federated_search_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name.startswith("federated")]
+
+
+def test_a_federated_search_leaves_no_thread_behind_on_a_dripping_directory():
+    healthy_head = JSON_HEAD + f"Content-Length: {len(EMPTY_PAGE)}\r\n\r\n".encode()
+    with (
+        Trickling(healthy_head, lambda: [EMPTY_PAGE], pause_s=0) as healthy,
+        dripping_body() as slow,
+        FederatedSearch([healthy.url, slow.url], timeout_s=1) as both,
+    ):
+        for _ in range(3):
+            page = both.search(q="bike")
+            assert [status.outcome for status in page.directories] == [
+                Outcome.OK,
+                Outcome.TIMED_OUT,
+            ]
+        # The requests the page gave up on end by their own deadline, a second at most.
+        deadline = time.monotonic() + 3
+        while federated_search_threads() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert federated_search_threads() == []
+
+
+def test_a_server_that_never_answers_is_a_timeout_too():
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()  # accepts connections (the kernel does) but never reads or answers
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        with DirectoryClient(url, timeout_s=0.5, retry=NO_RETRIES) as directory:
+            error, took = within(STUCK_S, directory.healthz)
+
+    assert isinstance(error, DirectoryUnavailable)
+    assert isinstance(error.__cause__, httpx.TimeoutException)
+    assert took < 1.5
