@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import quote
 from uuid import UUID
 
 import httpx
@@ -726,6 +727,57 @@ def test_no_error_shows_the_key(steps):
         ):
             directory.get_own_portal()
     assert "S3cr3tPart" not in shown(failed.value)
+
+
+# --- path values -------------------------------------------------------------------------
+
+PATH_CALLS = {
+    "get_ad": ("ad_id", lambda directory, value: directory.get_ad(value)),
+    "put_ad": ("external_id", lambda directory, value: directory.put_ad(value, ad_payload())),
+    "delete_ad": ("external_id", lambda directory, value: directory.delete_ad(value)),
+    "expire_ad": ("external_id", lambda directory, value: directory.expire_ad(value)),
+    "get_own_ad": ("external_id", lambda directory, value: directory.get_own_ad(value)),
+    "get_sync_session": ("session_id", lambda d, value: d.get_sync_session(value)),
+    "abort_sync_session": ("session_id", lambda d, value: d.abort_sync_session(value)),
+    "stage_sync_items": ("session_id", lambda d, value: d.stage_sync_items(value, [])),
+    "commit_sync_session": ("session_id", lambda d, value: d.commit_sync_session(value)),
+    "contact_advertiser": (
+        "ad_id",
+        lambda d, value: d.contact_advertiser(value, {"member": "m", "name": "S", "body": "Hi"}),
+    ),
+    "get_conversation": ("conversation_id", lambda d, value: d.get_conversation(value)),
+    "post_message": ("conversation_id", lambda d, value: d.post_message(value, {"body": "Hi"})),
+    "block_conversation": (
+        "conversation_id",
+        lambda d, value: d.block_conversation(value, {"member": "m"}),
+    ),
+    "get_currency": ("code", lambda directory, value: directory.get_currency(value)),
+    "update_currency": ("code", lambda d, value: d.update_currency(value, {"name": "N"})),
+    "delete_currency": ("code", lambda directory, value: directory.delete_currency(value)),
+}
+
+
+@pytest.mark.parametrize("value", ["", ".", ".."], ids=["empty", "dot", "dot-dot"])
+@pytest.mark.parametrize("operation", sorted(PATH_CALLS))
+def test_a_path_value_a_url_would_resolve_away_is_refused_before_sending(operation, value):
+    name, call = PATH_CALLS[operation]
+    with (
+        Scripted([HEALTHY] * 4) as server,
+        DirectoryClient(server.url, key=SECRET, retry=NO_WAIT) as directory,
+        pytest.raises(ValueError, match=f'^{name} must not be empty, "." or ".."'),
+    ):
+        call(directory, value)
+    assert server.requests == []
+
+
+@pytest.mark.parametrize("value", ["...", ".a", "a.", "a/b", "../a", "a?b#c", "%2e%2e", "é 1"])
+def test_any_other_path_value_is_sent_as_one_segment(value):
+    with (
+        Scripted([(204, {}, b"")]) as server,
+        DirectoryClient(server.url, key=SECRET, retry=NO_WAIT) as directory,
+    ):
+        directory.delete_ad(value)
+    assert [path for _, path, _ in server.requests] == [f"/v1/ads/{quote(value, safe='')}"]
 
 
 # --- webhooks ---------------------------------------------------------------------------

@@ -8,12 +8,13 @@ and iterators that follow cursors.
         for hit in directory.iter_search(lat=45.76, lon=4.84, radius_km=10, q="bike"):
             print(hit.title, hit.distance_km)
 
-Request bodies are Structs of `models` or plain mappings of the same shape; path values
-are quoted. Requests that change something are tried once unless they are safe to
-repeat: PUT and DELETE, and POSTs that the API makes repeatable (an expiry, an inbox
-acknowledgement, a block, a relay message carrying an idempotency key); never one made
-conditional with `if_match` or `if_none_match`, whose repeat would fail its own condition
-once the first try was applied."""
+Request bodies are Structs of `models` or plain mappings of the same shape; a path value
+is quoted as one whole segment (empty, "." and ".." raise ValueError). Requests that
+change something are tried once unless they are safe to repeat: PUT and DELETE, and POSTs
+that the API makes repeatable (an expiry, an inbox acknowledgement, a block, a relay
+message carrying an idempotency key); never one made conditional with `if_match` or
+`if_none_match`, whose repeat would fail its own condition once the first try was
+applied."""
 
 from __future__ import annotations
 
@@ -112,7 +113,7 @@ class DirectoryClient:
 
     def get_ad(self, ad_id: str) -> models.PublicAd:
         """A public ad by the directory's id, as the world may see it."""
-        return self._call("GET", f"/v1/ads/{_segment(ad_id)}", models.PublicAd)
+        return self._call("GET", f"/v1/ads/{_segment('ad_id', ad_id)}", models.PublicAd)
 
     def put_ad(
         self,
@@ -131,7 +132,7 @@ class DirectoryClient:
         or may not have been applied; `get_own_ad` tells)."""
         return self._call(
             "PUT",
-            f"/v1/ads/{_segment(external_id)}",
+            f"/v1/ads/{_segment('external_id', external_id)}",
             models.Ad,
             body=ad,
             headers=_preconditions(if_match=if_match, if_none_match=if_none_match),
@@ -145,7 +146,7 @@ class DirectoryClient:
         repeated after a lost answer, like any conditional write (see `put_ad`)."""
         self._call(
             "DELETE",
-            f"/v1/ads/{_segment(external_id)}",
+            f"/v1/ads/{_segment('external_id', external_id)}",
             None,
             headers=_preconditions(if_match=if_match),
         )
@@ -158,7 +159,7 @@ class DirectoryClient:
         conditional expiry is not repeated after a lost answer (see `put_ad`)."""
         return self._call(
             "POST",
-            f"/v1/ads/{_segment(external_id)}/expire",
+            f"/v1/ads/{_segment('external_id', external_id)}/expire",
             models.Ad,
             headers=_preconditions(if_match=if_match),
             repeatable=True,
@@ -209,7 +210,7 @@ class DirectoryClient:
         else the ad as it is now."""
         return self._call(
             "GET",
-            f"/v1/portals/me/ads/{_segment(external_id)}",
+            f"/v1/portals/me/ads/{_segment('external_id', external_id)}",
             models.Ad,
             headers=_preconditions(if_none_match=if_none_match),
         )
@@ -266,10 +267,12 @@ class DirectoryClient:
         return self._call("POST", "/v1/sync-sessions", models.SyncSession)
 
     def get_sync_session(self, session_id: str) -> models.SyncSession:
-        return self._call("GET", f"/v1/sync-sessions/{_segment(session_id)}", models.SyncSession)
+        return self._call(
+            "GET", f"/v1/sync-sessions/{_segment('session_id', session_id)}", models.SyncSession
+        )
 
     def abort_sync_session(self, session_id: str) -> None:
-        self._call("DELETE", f"/v1/sync-sessions/{_segment(session_id)}", None)
+        self._call("DELETE", f"/v1/sync-sessions/{_segment('session_id', session_id)}", None)
 
     def stage_sync_items(
         self, session_id: str, items: Iterable[models.StageItem | Mapping[str, Any]]
@@ -278,7 +281,7 @@ class DirectoryClient:
         repeat is harmless."""
         return self._call(
             "POST",
-            f"/v1/sync-sessions/{_segment(session_id)}/items",
+            f"/v1/sync-sessions/{_segment('session_id', session_id)}/items",
             models.StageResult,
             body={"items": list(items)},
             repeatable=True,
@@ -286,7 +289,9 @@ class DirectoryClient:
 
     def commit_sync_session(self, session_id: str) -> models.CommitResult:
         return self._call(
-            "POST", f"/v1/sync-sessions/{_segment(session_id)}/commit", models.CommitResult
+            "POST",
+            f"/v1/sync-sessions/{_segment('session_id', session_id)}/commit",
+            models.CommitResult,
         )
 
     # --- the contact relay ----------------------------------------------------------
@@ -298,7 +303,7 @@ class DirectoryClient:
         carries an idempotency_key."""
         return self._call(
             "POST",
-            f"/v1/ads/{_segment(ad_id)}/contact",
+            f"/v1/ads/{_segment('ad_id', ad_id)}/contact",
             models.Sent,
             body=message,
             repeatable=_has_idempotency_key(message),
@@ -324,7 +329,7 @@ class DirectoryClient:
         params = query({"after": after, "limit": limit})
         return self._call(
             "GET",
-            f"/v1/conversations/{_segment(conversation_id)}",
+            f"/v1/conversations/{_segment('conversation_id', conversation_id)}",
             models.Conversation,
             params=params,
         )
@@ -334,7 +339,7 @@ class DirectoryClient:
     ) -> models.Sent:
         return self._call(
             "POST",
-            f"/v1/conversations/{_segment(conversation_id)}/messages",
+            f"/v1/conversations/{_segment('conversation_id', conversation_id)}/messages",
             models.Sent,
             body=message,
             repeatable=_has_idempotency_key(message),
@@ -345,7 +350,7 @@ class DirectoryClient:
     ) -> models.ConversationSummary:
         return self._call(
             "POST",
-            f"/v1/conversations/{_segment(conversation_id)}/block",
+            f"/v1/conversations/{_segment('conversation_id', conversation_id)}/block",
             models.ConversationSummary,
             body=block,
             repeatable=True,
@@ -419,21 +424,21 @@ class DirectoryClient:
         return self._call("POST", "/v1/currencies", models.Currency1, body=currency)
 
     def get_currency(self, code: str) -> models.Currency1:
-        return self._call("GET", f"/v1/currencies/{_segment(code)}", models.Currency1)
+        return self._call("GET", f"/v1/currencies/{_segment('code', code)}", models.Currency1)
 
     def update_currency(
         self, code: str, changes: models.CurrencyPatch | Mapping[str, Any]
     ) -> models.Currency1:
         return self._call(
             "PATCH",
-            f"/v1/currencies/{_segment(code)}",
+            f"/v1/currencies/{_segment('code', code)}",
             models.Currency1,
             body=changes,
             repeatable=True,
         )
 
     def delete_currency(self, code: str) -> None:
-        self._call("DELETE", f"/v1/currencies/{_segment(code)}", None)
+        self._call("DELETE", f"/v1/currencies/{_segment('code', code)}", None)
 
     def list_categories(self) -> models.CategoryList:
         return self._call("GET", "/v1/categories", models.CategoryList)
@@ -499,10 +504,14 @@ def _follow(
         cursor = page.next_cursor
 
 
-def _segment(value: str) -> str:
+def _segment(name: str, value: str) -> str:
+    """`value` as one whole segment of a path, `name` the argument it came from. Empty,
+    "." and ".." are refused before anything is sent: a URL resolves such a segment away,
+    so the request would go to another path (`get_own_ad(".")` to the list of ads) and
+    fail there, or succeed, without naming it."""
     text = str(value)
-    if not text:
-        raise ValueError("a path value must not be empty")
+    if text in {"", ".", ".."}:
+        raise ValueError(f'{name} must not be empty, "." or "..", not {text!r}')
     return quote(text, safe="")
 
 
