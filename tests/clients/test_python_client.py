@@ -126,6 +126,32 @@ def test_iterators_follow_cursors_to_the_end(live, make_portal):
     assert len(changes) == 7 and all(entry.op == "upsert" for entry, _ in changes)
 
 
+def test_a_feed_reader_storing_each_cursor_given_misses_no_change(live, make_portal):
+    # A reader handles each change in order, stores the cursors it is given, and stops
+    # (is killed) after any change: resumed from what it stored, it reads every change
+    # it had not handled.
+    portal = make_portal()
+    with DirectoryClient(live.url, key=portal.key) as directory:
+        items = [{"external_id": f"a-{n}", "ad": ad_payload(title=f"Ad {n}")} for n in range(7)]
+        directory.batch_ads(items)
+        every_change = [(entry.ad_id, cursor) for entry, cursor in directory.iter_feed(page_size=3)]
+        for stop_after in range(1, len(every_change) + 1):
+            handled, stored = [], None
+            for entry, cursor in directory.iter_feed(page_size=3):
+                handled.append(entry.ad_id)
+                if cursor is not None:
+                    stored = cursor
+                if len(handled) == stop_after:
+                    break
+            resumed = [entry.ad_id for entry, _ in directory.iter_feed(since=stored, page_size=3)]
+            ids = [ad_id for ad_id, _ in every_change]
+            assert resumed == ids[len(ids) - len(resumed) :]  # the end of the feed
+            assert len(resumed) >= len(ids) - stop_after, f"stopped after {stop_after}"
+
+    # A cursor only where resuming from it is right: after the last change of a page.
+    assert [cursor is not None for _, cursor in every_change] == [False, False, True] * 2 + [True]
+
+
 def test_search_as_geojson(live, make_portal):
     portal = make_portal()
     with DirectoryClient(live.url, key=portal.key) as directory:

@@ -399,13 +399,17 @@ class DirectoryClient:
 
     def iter_feed(
         self, *, since: str | None = None, page_size: int = 500
-    ) -> Iterator[tuple[models.FeedEntry, str]]:
-        """Every change waiting now, each with the cursor to resume after it (store the
-        last one seen: `since=` it continues there)."""
+    ) -> Iterator[tuple[models.FeedEntry, str | None]]:
+        """Every change waiting now, in order, each with the cursor to store once it is
+        handled, or None. A cursor (`since=` it continues) resumes after the end of a page,
+        so only the last change of each page comes with one. A reader stopped elsewhere and
+        resumed from the last cursor it stored reads again the changes it handled after
+        it (handle changes idempotently, by `ad_id`), and misses none."""
         while True:
             page = self.read_feed(since=since, limit=page_size)
-            for entry in page.changes:
-                yield entry, page.next_cursor
+            last = len(page.changes) - 1
+            for position, entry in enumerate(page.changes):
+                yield entry, page.next_cursor if position == last else None
             since = page.next_cursor
             if not page.more:
                 return
