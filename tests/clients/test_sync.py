@@ -14,11 +14,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 import yaml
 from directory_client import sync_cli
 from directory_client.client import DirectoryClient
@@ -27,6 +29,8 @@ from directory_client.sync import EXTERNAL_ID, sync_ads, sync_file
 from directory_client.sync_input import CSV_COLUMNS
 from directory_client.sync_state import StateError
 
+from directory.db import unit_of_work
+from directory.models.ads import Ad
 from tests.live import LiveDirectory, live_directory
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -363,6 +367,216 @@ def test_the_directorys_rejections_are_reported_with_field_paths(directory, tmp_
     assert rejected[3].reason.startswith("location.lat: ")
     # Not recorded as synced: the next run tries them again.
     assert again.sent == 2 and len(again.rejected) == 2 and again.unchanged == 1
+
+
+# --- renewal ----------------------------------------------------------------------------
+
+
+def days_pass(wiring, portal, days: int, *, state: Path, only: str | None = None) -> None:
+    """As if `days` had passed since the portal's ads were written (or only ad `only`): in
+    the directory (written then, ending as it had them end) and in the state file."""
+    ads = sa.update(Ad).where(Ad.portal_id == portal.id)
+    if only is not None:
+        ads = ads.where(Ad.external_id == only)
+    with unit_of_work(wiring.session_factory) as session:
+        session.execute(
+            ads.values(
+                updated_at=Ad.updated_at - timedelta(days=days),
+                expires_at=Ad.expires_at - timedelta(days=days),
+            )
+        )
+    snapshot, *steps = state.read_text().splitlines()
+    head = json.loads(snapshot)
+    head["written"] = {
+        key: when - days * 86400 if only in (None, key) else when
+        for key, when in head.get("written", {}).items()
+    }
+    state.write_text("\n".join([json.dumps(head), *steps]) + "\n")
+
+
+def ends_in_days(ad: Any) -> float:
+    return (ad.expires_at - datetime.now(UTC)) / timedelta(days=1)
+
+
+class Notes:
+    """Progress that keeps its notes."""
+
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+
+    def note(self, message: str) -> None:
+        self.notes.append(message)
+
+    def start(self, action: str, total: int) -> None:
+        pass
+
+    def advance(self, ads: int, counts: Mapping[str, int]) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+def test_an_unchanged_ad_is_renewed_before_it_ends(wiring, portal, directory, tmp_path):
+    state = tmp_path / "state"
+    ads = [an_ad(1), an_ad(2)]
+    sync_ads(directory, ads, state_path=state)
+    days_pass(wiring, portal, 31, state=state)  # 59 days to go
+    assert all(58 < ends_in_days(ad) < 60 for ad in stored(directory).values())
+
+    report = sync_ads(directory, ads, state_path=state)
+    after = sync_ads(directory, ads, state_path=state)
+
+    assert all(89 < ends_in_days(ad) < 90 for ad in stored(directory).values())
+    assert (report.renewed, report.updated, report.unchanged, report.sent) == (2, 0, 0, 2)
+    assert (after.renewed, after.unchanged, after.sent) == (0, 2, 0)
+
+
+def test_an_unchanged_ad_is_not_sent_before_a_third_of_its_lifetime(
+    wiring, portal, directory, tmp_path
+):
+    state = tmp_path / "state"
+    sync_ads(directory, [an_ad(1)], state_path=state)
+    days_pass(wiring, portal, 29, state=state)
+    notes = Notes()
+
+    report = sync_ads(directory, [an_ad(1)], state_path=state, progress=notes)
+
+    assert (report.renewed, report.unchanged, report.sent) == (0, 1, 0)
+    assert not any(note.startswith("looked at") for note in notes.notes)  # not even a look
+    assert 60 < ends_in_days(stored(directory)["ad-1"]) < 62
+
+
+def test_an_ad_that_ended_is_sent_again_and_lives_again(wiring, portal, directory, tmp_path):
+    state = tmp_path / "state"
+    sync_ads(directory, [an_ad(1)], state_path=state)
+    days_pass(wiring, portal, 91, state=state)  # as test_lapse: ended a day ago
+    assert stored(directory)["ad-1"].expired and not directory.search_ads(q="Bike").hits
+
+    report = sync_ads(directory, [an_ad(1)], state_path=state)
+
+    ad = stored(directory)["ad-1"]
+    assert not ad.expired and 89 < ends_in_days(ad) <= 90
+    assert [hit.title for hit in directory.search_ads(q="Bike").hits] == ["Bike repairs #1"]
+    assert (report.renewed, report.sent) == (1, 1)
+
+
+def test_an_ad_whose_row_sets_its_end_is_never_renewed(wiring, portal, directory, tmp_path):
+    state = tmp_path / "state"
+    ends = (datetime.now(UTC) + timedelta(days=40)).isoformat()
+    ads = [an_ad(1, expires_at=ends), an_ad(2, expires_at=None)]  # null: the default
+    sync_ads(directory, ads, state_path=state)
+    days_pass(wiring, portal, 31, state=state)
+
+    report = sync_ads(directory, ads, state_path=state)
+
+    assert (report.renewed, report.unchanged) == (1, 1)
+    held = stored(directory)
+    assert 8 < ends_in_days(held["ad-1"]) < 10 and 89 < ends_in_days(held["ad-2"]) < 90
+
+
+def test_an_ad_deleted_behind_its_back_is_made_again_when_due(wiring, portal, directory, tmp_path):
+    state = tmp_path / "state"
+    sync_ads(directory, [an_ad(1), an_ad(2)], state_path=state)
+    directory.delete_ad("ad-2")
+    days_pass(wiring, portal, 31, state=state)
+
+    report = sync_ads(directory, [an_ad(1), an_ad(2)], state_path=state)
+
+    assert (report.created, report.renewed) == (1, 1)
+    assert set(stored(directory)) == {"ad-1", "ad-2"}
+
+
+def test_an_ad_written_since_by_other_hands_is_looked_at_and_left_until_due(
+    wiring, portal, directory, tmp_path
+):
+    state = tmp_path / "state"
+    sync_ads(directory, [an_ad(1)], state_path=state)
+    days_pass(wiring, portal, 31, state=state)
+    directory.expire_ad("ad-1")  # ended, by hand
+    directory.put_ad("ad-1", {k: v for k, v in an_ad(1).items() if k != "external_id"})
+
+    looked = sync_ads(directory, [an_ad(1)], state_path=state, progress=(notes := Notes()))
+    again = sync_ads(directory, [an_ad(1)], state_path=state, progress=(later := Notes()))
+
+    assert (looked.renewed, looked.sent) == (0, 0)
+    assert "looked at 1 ads due for renewal: 0 to send again (0 gone from the directory)" in (
+        notes.notes
+    )
+    assert again.sent == 0 and not any(note.startswith("looked at") for note in later.notes)
+
+
+def test_a_state_file_from_before_renewals_loads_and_renews_what_is_due(
+    wiring, portal, directory, tmp_path
+):
+    state = tmp_path / "state"
+    sync_ads(directory, [an_ad(1), an_ad(2)], state_path=state)
+    days_pass(wiring, portal, 40, state=state, only="ad-1")
+    snapshot = json.loads(state.read_text())
+    del snapshot["written"], snapshot["lifetime_s"]
+    state.write_text(json.dumps(snapshot) + "\n")
+
+    report = sync_ads(directory, [an_ad(1), an_ad(2)], state_path=state)
+    after = sync_ads(directory, [an_ad(1), an_ad(2)], state_path=state, progress=(notes := Notes()))
+
+    assert (report.renewed, report.unchanged, report.sent) == (1, 1, 1)
+    assert all(89 < ends_in_days(ad) <= 90 for ad in stored(directory).values())
+    assert after.sent == 0 and not any(note.startswith("looked at") for note in notes.notes)
+
+
+def test_replace_renews_unchanged_ads_before_they_end(wiring, portal, directory, tmp_path):
+    state = tmp_path / "state"
+    ads = [an_ad(1), an_ad(2)]
+    sync_ads(directory, ads, state_path=state, replace=True)
+    sync_ads(directory, ads, state_path=state)  # a look: the commit said not which it wrote
+    days_pass(wiring, portal, 31, state=state)
+
+    report = sync_ads(directory, ads, state_path=state, replace=True)
+
+    assert all(89 < ends_in_days(ad) < 90 for ad in stored(directory).values())
+    assert (report.renewed, report.updated, report.created, report.deleted) == (2, 0, 0, 0)
+    after = sync_ads(directory, ads, state_path=state)
+    assert after.sent == 0
+
+
+def test_a_dry_run_names_the_ads_it_would_renew_and_renews_none(
+    wiring, portal, directory, tmp_path
+):
+    state = tmp_path / "state"
+    sync_ads(directory, [an_ad(1), an_ad(2)], state_path=state)
+    days_pass(wiring, portal, 31, state=state)
+    state_before = state.read_bytes()
+
+    dry = sync_ads(directory, [an_ad(1), an_ad(2), an_ad(3)], state_path=state, dry_run=True)
+
+    assert dry.would_renew == ["ad-1", "ad-2"]
+    assert (dry.would_create, dry.would_update, dry.unchanged) == (["ad-3"], [], 0)
+    assert state.read_bytes() == state_before
+    assert all(58 < ends_in_days(ad) < 60 for ad in stored(directory).values())
+
+
+@pytest.fixture
+def short_lived(migrated) -> Iterator[LiveDirectory]:
+    """The same database behind an app giving ads 9 days unless they say otherwise."""
+    settings = dataclasses.replace(migrated, ad_default_ttl_days=9, ad_max_ttl_days=9)
+    with live_directory(settings) as server:
+        yield server
+
+
+def test_a_directorys_shorter_lifetime_is_learned_and_ads_renewed_within_it(
+    wiring, portal, directory, short_lived, tmp_path
+):
+    state = tmp_path / "state"
+    with DirectoryClient(short_lived.url, key=portal.key) as short:
+        sync_ads(short, [an_ad(1)], state_path=state)
+        days_pass(wiring, portal, 31, state=state)  # ended 22 days ago: 90 days assumed
+        lapsed = sync_ads(short, [an_ad(1)], state_path=state)
+        days_pass(wiring, portal, 4, state=state)  # 5 days to go: due, at a third of 9
+        renewed = sync_ads(short, [an_ad(1)], state_path=state)
+
+    assert lapsed.renewed == 1 and renewed.renewed == 1 and renewed.ok
+    assert json.loads(state.read_text())["lifetime_s"] == 9 * 86400
+    assert 8.9 < ends_in_days(stored(directory)["ad-1"]) < 9  # the directory's maximum, too
 
 
 # --- dry run ----------------------------------------------------------------------------

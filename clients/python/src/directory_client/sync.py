@@ -8,9 +8,11 @@ Incremental (the default): only ads that changed since the last successful run a
 upserted (POST /v1/ads/batch), and ads that earlier runs pushed but that left the input
 are deleted. What the directory accepted is remembered by digest in the state file
 (`directory_client.sync_state`), after every batch, so a run that is killed resumes where
-it stopped. Ads this command never pushed are left alone: `replace=True` makes the input
-the portal's complete set instead, atomically, through a sync session (staged in batches,
-then committed in one transaction; a killed run resumes staging in the same session).
+it stopped; unchanged ads are sent again before the directory would end them (see
+DEFAULT_LIFETIME_S). Ads this command never pushed are left alone: `replace=True` makes
+the input the portal's complete set instead, atomically, through a sync session (staged
+in batches, then committed in one transaction; a killed run resumes staging in the same
+session).
 
 Rows that cannot be used (unreadable, no external_id or one the directory refuses, an
 external_id given twice) and ads the directory rejects are reported with their line and
@@ -28,7 +30,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +70,19 @@ RETRIED_ERRORS = (DirectoryUnavailable, ServiceUnavailable, ServerError)
 # Staged for a row this command rejected, in --replace: the directory rejects it too,
 # and a sync session keeps the ad of a rejected item as it was instead of deleting it.
 KEEP_AS_IT_WAS: dict[str, Any] = {}
+# The directory ends an ad a lifetime after its last change (90 days unless its operator
+# set another: DIRECTORY_AD_DEFAULT_TTL_DAYS), and sending it again unchanged does not
+# move that end; only an ad that has ended is renewed by being sent again. So an ad whose
+# row gives no expires_at of its own is renewed before it ends: once a third of its
+# lifetime has passed since the directory last wrote it, it is sent with an expires_at one
+# lifetime ahead, the lifetime the directory gave it (a look at the portal's ads tells).
+# Until a look tells the directory's, its default is assumed.
+DEFAULT_LIFETIME_S = 90 * 24 * 3600
+RENEW_AFTER_SHARE = 3  # renewed once 1/3 of its lifetime has passed: 30 days of 90
+# A renewal asks for a lifetime less this, so that a client clock ahead of the directory's
+# by up to this never asks beyond its maximum lifetime (which may be its default).
+CLOCK_ALLOWANCE_S = 3600
+DAY_S = 24 * 3600
 
 
 def _spec_pattern(struct: type[msgspec.Struct], name: str) -> re.Pattern[str]:
@@ -101,6 +116,7 @@ class SyncReport:
     rows: int = 0
     created: int = 0
     updated: int = 0
+    renewed: int = 0  # sent unchanged, to keep them from ending (not among `updated`)
     unchanged: int = 0
     deleted: int = 0
     rejected: list[Rejection] = field(default_factory=list)
@@ -110,6 +126,7 @@ class SyncReport:
     # For a dry run: the external ids that would change.
     would_create: list[str] = field(default_factory=list)
     would_update: list[str] = field(default_factory=list)
+    would_renew: list[str] = field(default_factory=list)
     would_delete: list[str] = field(default_factory=list)
     # Deletes not sent because a row without a readable external_id might be that ad.
     deletes_held_back: list[str] = field(default_factory=list)
@@ -122,7 +139,8 @@ class SyncReport:
         data = asdict(self)
         data["rejected"] = sorted(data["rejected"], key=lambda rejection: rejection["line"])
         if not self.dry_run:
-            del data["would_create"], data["would_update"], data["would_delete"]
+            for key in ("would_create", "would_update", "would_renew", "would_delete"):
+                del data[key]
         return data
 
 
@@ -131,6 +149,7 @@ class _Ad:
     line: int
     body: bytes  # the ad's fields, encoded once, with sorted keys: sent as they are
     digest: str
+    renewable: bool  # the row gives no expires_at: the directory's default lifetime applies
 
 
 @dataclass
@@ -285,7 +304,12 @@ def _read_input(ads: Iterable[Mapping[str, Any] | SourceRow]) -> _Input:
         except (TypeError, msgspec.EncodeError) as error:
             rejected.append(Rejection(line, external_id, f"cannot be encoded as JSON: {error}"))
             continue
-        accepted[external_id] = _Ad(line, body, hashlib.blake2b(body, digest_size=16).hexdigest())
+        accepted[external_id] = _Ad(
+            line,
+            body,
+            hashlib.blake2b(body, digest_size=16).hexdigest(),
+            renewable=fields.get("expires_at") is None,
+        )
     kept = {external_id for rejection in rejected if (external_id := rejection.external_id)}
     for external_id, lines in lines_by_id.items():
         if len(lines) > 1:
@@ -317,6 +341,16 @@ def _external_id_problem(external_id: Any) -> str | None:
     return None
 
 
+@dataclass
+class _Renewals:
+    """Ads the input has unchanged that are sent again all the same, lest they end."""
+
+    bodies: dict[str, bytes] = field(default_factory=dict)  # what to send, by external id
+    missing: set[str] = field(default_factory=set)  # gone from the directory: made again
+    looked: dict[str, int] | None = None  # after a look: ads written since, and when
+    lifetime_s: int | None = None  # the shortest lifetime a look found
+
+
 @dataclass(frozen=True, slots=True)
 class _Batch:
     number: int
@@ -341,6 +375,7 @@ class _Run:
         self.batch_size = batch_size
         self.concurrency = concurrency
         self.counts: Counter[str] = Counter()
+        self.now = datetime.now(UTC).replace(microsecond=0)
 
     # --- incremental ----------------------------------------------------------------
 
@@ -358,20 +393,83 @@ class _Run:
             deletes = []
         return upserts, deletes
 
+    def _renewals(
+        self,
+        state: SyncState,
+        unchanged: Iterable[str],
+        own: Mapping[str, models.Ad] | None = None,
+    ) -> _Renewals:
+        """Which of the `unchanged` ads to send again: those due for renewal (see
+        DEFAULT_LIFETIME_S), after a look at what the directory holds of them (`own`, the
+        portal's ads by external id, when the caller has them already)."""
+        ads, now = self.source.ads, self.now
+        renew_after = (state.lifetime_s or DEFAULT_LIFETIME_S) // RENEW_AFTER_SHARE
+        due = [
+            key
+            for key in unchanged
+            if ads[key].renewable and now.timestamp() - state.written.get(key, 0) >= renew_after
+        ]
+        renewals = _Renewals()
+        if not due:
+            return renewals
+        if own is None:
+            wanted = set(due)
+            own = {
+                ad.external_id: ad for ad in self.client.iter_own_ads() if ad.external_id in wanted
+            }
+        renewals.looked = {}
+        lifetimes = []
+        for key in due:
+            held = own.get(key)
+            if held is None:  # deleted behind this command's back: sent, it is made again
+                renewals.bodies[key] = ads[key].body
+                renewals.missing.add(key)
+                continue
+            days = round((held.expires_at - held.updated_at) / timedelta(days=1))
+            lifetime_s = max(days, 1) * DAY_S
+            if days >= 1:  # an ad ended by hand (`expire`) ends when it was last written
+                lifetimes.append(lifetime_s)
+            if held.expired:  # sent again as it is, it is renewed
+                renewals.bodies[key] = ads[key].body
+            elif now - held.updated_at < timedelta(seconds=lifetime_s // RENEW_AFTER_SHARE):
+                renewals.looked[key] = int(held.updated_at.timestamp())  # written since
+            else:
+                expires_at = now + timedelta(seconds=lifetime_s - CLOCK_ALLOWANCE_S)
+                renewals.bodies[key] = _with_expiry(ads[key].body, expires_at)
+        renewals.lifetime_s = min(lifetimes, default=None)
+        self.progress.note(
+            f"looked at {len(due):,} ads due for renewal: {len(renewals.bodies):,} to send "
+            f"again ({len(renewals.missing):,} gone from the directory)"
+        )
+        return renewals
+
+    def _record_look(self, log: StateLog, renewals: _Renewals) -> None:
+        if renewals.looked is not None:
+            log.record({"looked": renewals.looked, "lifetime_s": renewals.lifetime_s})
+
     def incremental(self, log: StateLog) -> None:
         upserts, deletes = self._incremental_plan(log.state)
-        self.counts["unchanged"] = len(self.source.ads) - len(upserts)
-        self.progress.note(
-            f"{len(upserts):,} ads to send, {len(deletes):,} to delete, "
-            f"{self.counts['unchanged']:,} unchanged since the last run"
-        )
         ads = self.source.ads
-        items = [{"external_id": key, "ad": msgspec.Raw(ads[key].body)} for key in upserts]
+        sending = set(upserts)
+        renewals = self._renewals(log.state, (key for key in ads if key not in sending))
+        self._record_look(log, renewals)
+        renewing = list(renewals.bodies)
+        self.counts["unchanged"] = len(ads) - len(upserts) - len(renewing)
+        self.progress.note(
+            f"{len(upserts):,} ads to send, {len(renewing):,} to renew, "
+            f"{len(deletes):,} to delete, {self.counts['unchanged']:,} unchanged since the "
+            "last run"
+        )
+        bodies = {key: ads[key].body for key in upserts} | renewals.bodies
+        items: list[dict[str, Any]] = [
+            {"external_id": key, "ad": msgspec.Raw(body)} for key, body in bodies.items()
+        ]
         items += [{"op": "delete", "external_id": key} for key in deletes]
-        keys = upserts + deletes
+        keys = list(bodies) + deletes
 
         def after(batch: _Batch, results: Sequence[models.ItemResult]) -> None:
             synced: dict[str, str | None] = {}
+            written: dict[str, int] = {}
             for key, result in zip(batch.external_ids, results, strict=True):
                 if result.status == "rejected":
                     self._reject(key, result.errors)
@@ -379,11 +477,14 @@ class _Run:
                     continue
                 if key in ads:
                     synced[key] = ads[key].digest
-                    self.counts[result.status] += 1
+                    if result.status in ("created", "updated"):
+                        written[key] = int(time.time())
+                    renewed = key in renewals.bodies and result.status == "updated"
+                    self.counts["renewed" if renewed else result.status] += 1
                 else:  # `deleted`, or `unchanged` when it was gone already: gone either way
                     synced[key] = None
                     self.counts["deleted"] += 1
-            log.record({"synced": batch.number, "ads": synced})
+            log.record({"synced": batch.number, "ads": synced, "written": written})
 
         self._send(
             "sending",
@@ -433,6 +534,11 @@ class _Run:
 
     def replace(self, log: StateLog) -> None:
         ads, kept = self.source.ads, self.source.kept
+        known = log.state.ads
+        renewals = self._renewals(
+            log.state, (key for key, ad in ads.items() if known.get(key) == ad.digest)
+        )
+        self._record_look(log, renewals)
         session = log.state.session
         if session is not None and set(session.staged) - set(ads) - kept:
             # Staged ads are applied at commit and cannot be unstaged: the input changed
@@ -453,13 +559,21 @@ class _Run:
         # staging it again as KEEP_AS_IT_WAS replaces whatever that batch staged.
         keys += sorted(kept)
         items = [
-            {"external_id": key, "ad": msgspec.Raw(ads[key].body) if key in ads else KEEP_AS_IT_WAS}
+            {
+                "external_id": key,
+                "ad": msgspec.Raw(renewals.bodies.get(key, ads[key].body))
+                if key in ads
+                else KEEP_AS_IT_WAS,
+            }
             for key in keys
         ]
+        # What this run stages of the renewals (a resumed session may hold some already).
+        renewing = {key for key in keys if key in renewals.bodies}
         self.progress.note(
             f"staging {len(keys):,} ads in sync session {session.id} "
-            f"({len(staged):,} staged before)"
+            f"({len(staged):,} staged before; {len(renewing):,} to renew)"
         )
+        refused: set[str] = set()
 
         def after(batch: _Batch, results: Sequence[models.ItemResult]) -> None:
             recorded: dict[str, str] = {}
@@ -468,6 +582,7 @@ class _Run:
                     recorded[key] = ads[key].digest
                 else:
                     recorded[key] = UNKNOWN
+                    refused.add(key)
                     if key in ads:
                         self._reject(key, result.errors)
                 self.counts[result.status] += 1
@@ -493,9 +608,21 @@ class _Run:
             self._reject(item.external_id, item.errors)
             if item.external_id is not None:
                 unknown.append(item.external_id)
-        log.record({"committed": session.id, "unknown": unknown})
+        renewed = renewing - refused - set(unknown)
+        committed_at = int(time.time())
+        log.record(
+            {
+                "committed": session.id,
+                "unknown": unknown,
+                "written": dict.fromkeys(sorted(renewed), committed_at),
+            }
+        )
+        # The commit counts a renewal as an update, and making a missing ad again as a
+        # creation, which it is.
+        renewed -= renewals.missing
         self.report.created = result.created
-        self.report.updated = result.updated
+        self.report.updated = max(result.updated - len(renewed), 0)
+        self.report.renewed = len(renewed)
         self.report.unchanged = result.unchanged
         self.report.deleted = result.deleted
 
@@ -548,17 +675,24 @@ class _Run:
         # the input is a delete. On a copy: a dry run writes nothing.
         state = copy.deepcopy(state)
         state.settle_pending()
-        on_directory = {ad.external_id for ad in self.client.iter_own_ads()}
+        own = {ad.external_id: ad for ad in self.client.iter_own_ads()}
         ads, report = self.source.ads, self.report
         if replace:
             upserts = list(ads)
-            deletes = sorted(on_directory - set(ads) - self.source.kept)
+            deletes = sorted(own.keys() - set(ads) - self.source.kept)
+            renewals = self._renewals(
+                state, (key for key, ad in ads.items() if state.ads.get(key) == ad.digest), own
+            )
         else:
             upserts, deletes = self._incremental_plan(state)
-            deletes = [key for key in deletes if key in on_directory]
-            report.unchanged = len(ads) - len(upserts)
-        report.would_create = [key for key in upserts if key not in on_directory]
-        report.would_update = [key for key in upserts if key in on_directory]
+            deletes = [key for key in deletes if key in own]
+            sending = set(upserts)
+            renewals = self._renewals(state, (key for key in ads if key not in sending), own)
+            report.unchanged = len(ads) - len(upserts) - len(renewals.bodies)
+            upserts += renewals.missing
+        report.would_create = [key for key in upserts if key not in own]
+        report.would_update = [key for key in upserts if key in own and key not in renewals.bodies]
+        report.would_renew = [key for key in renewals.bodies if key in own]
         report.would_delete = deletes
 
     # --- sending --------------------------------------------------------------------
@@ -633,11 +767,18 @@ class _Run:
         report, counts = self.report, self.counts
         report.created = counts["created"]
         report.updated = counts["updated"]
+        report.renewed = counts["renewed"]
         report.unchanged = counts["unchanged"]
         report.deleted = counts["deleted"]
 
 
 _ENCODER = msgspec.json.Encoder()  # an item as it is sent (its ad is msgspec.Raw already)
+_SORTED_ENCODER = msgspec.json.Encoder(order="sorted")  # an ad's fields, as read_input does
+
+
+def _with_expiry(body: bytes, expires_at: datetime) -> bytes:
+    """An ad's fields, encoded by read_input, with an expires_at of their own."""
+    return _SORTED_ENCODER.encode(msgspec.json.decode(body) | {"expires_at": expires_at})
 
 
 def _then_none(items: Iterable[Any]) -> Iterator[Any]:

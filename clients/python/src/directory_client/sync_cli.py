@@ -193,6 +193,7 @@ def print_summary(report: SyncReport, out: TextIO, *, report_path: Path | None) 
                 else "would send again (update or keep)",
                 report.would_update,
             ),
+            ("would renew (unchanged, sent again lest they end)", report.would_renew),
             ("would delete", report.would_delete),
         ):
             print(f"{label}: {len(keys):,}", file=out)
@@ -210,8 +211,8 @@ def print_summary(report: SyncReport, out: TextIO, *, report_path: Path | None) 
         )
         print(
             f"created {report.created:,}, updated {report.updated:,}, "
-            f"unchanged {report.unchanged:,}, deleted {report.deleted:,}, "
-            f"rejected {len(report.rejected):,}",
+            f"renewed {report.renewed:,}, unchanged {report.unchanged:,}, "
+            f"deleted {report.deleted:,}, rejected {len(report.rejected):,}",
             file=out,
         )
     if report.deletes_held_back:

@@ -4,17 +4,31 @@ as earlier runs know, so that a run sends only what changed and a killed run res
 It is a JSON Lines log. The first line is a snapshot:
 
     {"format": "directory-sync/1", "directory": URL, "portal": slug, "finished": bool,
-     "ads": {external_id: digest, ...}, "session": null | {"id": ..., "staged": {...}}}
+     "ads": {external_id: digest, ...}, "session": null | {"id": ..., "staged": {...}},
+     "written": {external_id: seconds, ...}, "lifetime_s": seconds | null}
+
+`written` says when the directory last set an ad's expiry (created or changed it, or
+renewed it), in seconds since the epoch, as far as runs know: an ad it leaves out is due
+for a look (`directory_client.sync` renews ads before they expire). `lifetime_s` is the
+shortest lifetime the directory gave the portal's ads at the last look. State files
+written before these two existed lack them: every ad is then due for a look, the safe
+side, since the ads of such a file may be near their end or past it.
 
 Each later line records one step, appended and flushed as it happens (a step is cheap to
 write, where rewriting 100,000 digests after every batch would cost more than the batch):
 
     {"sending": n, "ids": [...]}          batch n is about to be sent or staged
-    {"synced": n, "ads": {id: digest | null}}   batch n's answer: accepted, or deleted (null)
+    {"synced": n, "ads": {id: digest | null}, "written": {id: seconds}}
+                                          batch n's answer: accepted, or deleted (null);
+                                          those the directory wrote, and when
+    {"looked": {id: seconds}, "lifetime_s": seconds | null}
+                                          a look at the directory: when it last wrote ads
+                                          not due for renewal yet, and their lifetime
     {"session": id}                       a sync session (--replace) was opened
     {"staged": {id: digest | ""}, "batch": n}   batch n's answer: ads staged in the session
                                           ("" rejected: kept as it was)
-    {"committed": id, "unknown": [...]}   it was committed: the staged ads are the set
+    {"committed": id, "unknown": [...], "written": {id: seconds}}
+                                          it was committed: the staged ads are the set
     {"closed": id}                        it was aborted or found expired
 
 Replaying the log gives the state. An ad of a batch that was sent but never answered
@@ -106,6 +120,8 @@ class SyncState:
     session: OpenSession | None = None
     pending: dict[int, list[str]] = field(default_factory=dict)
     finished: bool = True  # False while a run is under way, and after one was cut short
+    written: dict[str, int] = field(default_factory=dict)  # see the module's docstring
+    lifetime_s: int | None = None
 
     def apply(self, record: dict[str, Any]) -> None:
         """One step of the log (see the module's docstring)."""
@@ -116,16 +132,31 @@ class SyncState:
             for external_id, digest in record["ads"].items():
                 if digest is None:
                     self.ads.pop(external_id, None)
+                    self.written.pop(external_id, None)
                 else:
                     self.ads[external_id] = digest
+            self.written.update(record.get("written", {}))  # none in older logs
+        elif "looked" in record:
+            self.written.update(record["looked"])
+            if record["lifetime_s"] is not None:
+                self.lifetime_s = record["lifetime_s"]
         elif "session" in record:
             self.session = OpenSession(record["session"])
         elif "staged" in record:
             self.pending.pop(record.get("batch"), None)  # no batch in older logs
             self._open_session(record).staged.update(record["staged"])
         elif "committed" in record:
+            before = self.ads
             self.ads = dict(self._open_session(record).staged)
             self.ads.update(dict.fromkeys(record["unknown"], UNKNOWN))
+            # An ad the commit may have written, and not said so, is due for a look.
+            self.written = {
+                external_id: written
+                for external_id, written in self.written.items()
+                if self.ads.get(external_id, UNKNOWN) != UNKNOWN
+                and self.ads[external_id] == before.get(external_id)
+            }
+            self.written.update(record.get("written", {}))  # none in older logs
             self.session = None
         elif "closed" in record:
             self.session = None
@@ -195,6 +226,8 @@ def _snapshot(path: Path, line: bytes) -> SyncState:
             finished=head["finished"],
             ads=dict(head["ads"]),
             session=None if session is None else OpenSession(session["id"], session["staged"]),
+            written=dict(head.get("written", {})),  # none in older state files
+            lifetime_s=head.get("lifetime_s"),
         )
     except (msgspec.DecodeError, AttributeError, KeyError, TypeError):
         raise StateError(f"{path}, line 1: not a directory-sync state snapshot") from None
@@ -258,6 +291,8 @@ class StateLog:
             "finished": state.finished,
             "ads": state.ads,
             "session": None if session is None else {"id": session.id, "staged": session.staged},
+            "written": {key: when for key, when in state.written.items() if key in state.ads},
+            "lifetime_s": state.lifetime_s,
         }
         with temporary.open("wb") as file:
             file.write(self._encoder.encode(snapshot) + b"\n")
