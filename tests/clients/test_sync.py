@@ -1183,6 +1183,60 @@ def test_a_key_or_url_the_client_cannot_send_is_bad_usage_not_a_run_to_resume(
     assert not (tmp_path / "ads.jsonl.sync-state").exists()
 
 
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        pytest.param(lambda key: key + "\n", id="read-from-a-file-with-its-line-break"),
+        pytest.param(lambda key: key[:8] + " " + key[8:], id="a-space"),
+        pytest.param(lambda key: key + "é", id="beyond-ascii"),
+    ],
+)
+def test_a_key_that_cannot_be_sent_stops_the_command_before_anything_is_sent(
+    live, portal, directory, tmp_path, spoil
+):
+    source = write_jsonl(tmp_path / "ads.jsonl", [an_ad(1)])
+    key = spoil(portal.key)
+
+    result = run_sync(live, key, source)
+
+    assert result.returncode == 2
+    assert result.stderr.startswith("directory-sync: key must be a portal key")
+    assert result.stderr.endswith("; nothing was sent\n")
+    assert portal.key not in result.stdout + result.stderr
+    assert "run the same command again" not in result.stderr
+    assert stored(directory) == {}
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["ads.jsonl"]
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        pytest.param(lambda url: url.removeprefix("http://"), id="no-scheme"),
+        pytest.param(lambda url: url.replace("http://", "ftp://"), id="ftp"),
+    ],
+)
+def test_a_directory_url_that_cannot_be_sent_stops_the_command_before_anything_is_sent(
+    live, portal, directory, tmp_path, spoil
+):
+    source = write_jsonl(tmp_path / "ads.jsonl", [an_ad(1)])
+    url = spoil(live.url)
+
+    result = subprocess.run(
+        [sys.executable, "-m", "directory_client.sync_cli", "--directory", url, str(source)],
+        env=sync_env(portal.key),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+    assert result.returncode == 2
+    assert result.stderr.startswith("directory-sync: the directory's URL must start with ")
+    assert result.stderr.endswith("; nothing was sent\n")
+    assert "run the same command again" not in result.stderr
+    assert stored(directory) == {}
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["ads.jsonl"]
+
+
 def test_an_unknown_csv_column_stops_the_run_before_anything_is_sent(
     live, portal, directory, tmp_path
 ):
