@@ -23,13 +23,22 @@ another.
 
 One opaque `next_cursor` continues all directories. A directory's own cursor continues
 after the whole page it returned, while the merge may have taken only part of it, so the
-combined cursor holds, for each directory, the cursor of its current page, how many of
-that page's hits were taken and the id of the last one. The next page asks for that page
-again and continues after that hit: nothing is skipped or repeated, even when ads were
-added or removed in between (should that very ad have left the directory, it continues
-after as many hits as were taken). It also holds 8-byte digests of the global ids already
-shown, so a copy met pages later is still dropped: the cursor grows by about 11
-characters per ad shown that has a global id.
+combined cursor holds, for each directory, the cursor of its current page and the hits
+taken from that page: an 8-byte digest of each one's id, and its `version`. The next page
+asks for that page again and goes on after the last hit that is still as it was taken
+(same id, same version, so the same place in the order), leaving out any other hit
+already taken (changed since). Nothing that stays put is skipped or repeated, whatever
+ads are added, changed or removed in between. The sort keys of the hits cannot serve
+instead: a hit shows its distance rounded to its privacy level and no relevance score,
+so only `recent` could compare them. As with a directory's own cursor, an ad that itself
+changes between two pages may be missed, moved back before where the search stands, and
+one shown on an earlier page of that directory may be shown again when it moves after
+where the search stands while every hit taken from the current page changed or left too.
+The hits taken are kept for at most MAX_TAKEN per directory, about 17 characters each.
+
+The cursor also holds 8-byte digests of the global ids already shown, so a copy met pages
+later is still dropped: it grows by about 11 characters per ad shown that has a global
+id.
 
 A directory that failed on a page is asked again on the next one from where it stood: its
 ads then come late in the merge rather than not at all. The search ends (`next_cursor`
@@ -73,10 +82,15 @@ FILTERS = frozenset(inspect.signature(DirectoryClient.search_ads).parameters) - 
     "cursor",
     "facets",
 }
-CURSOR_PREFIX = "fed1."
+# fed1 cursors (the count and the last id taken) are refused: they cannot say which of
+# the hits taken changed since.
+CURSOR_PREFIX = "fed2."
 # 64 bits: the chance that two of a million global ids share a digest is below 1 in 30
 # million, and a shared digest would hide one ad.
 DIGEST_BYTES = 8
+# Hits taken from the page a directory is being read at: at most a page (MAX_PAGE_SIZE),
+# and those carried past its end when ads added before them pushed them off it.
+MAX_TAKEN = 2 * MAX_PAGE_SIZE
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MICROSECOND = timedelta(microseconds=1)
 
@@ -260,7 +274,7 @@ class FederatedSearch:
                 # already taken (the API caps it: the merge then stops where it runs out).
                 requests[index] = {
                     "cursor": position.cursor,
-                    "limit": min(MAX_PAGE_SIZE, position.taken + limit),
+                    "limit": min(MAX_PAGE_SIZE, len(position.taken) + limit),
                 }
             elif facets is not None:
                 requests[index] = {"cursor": None, "limit": 1}  # for its counts only
@@ -375,13 +389,19 @@ class FederatedHits(Iterator[FederatedHit]):
 # --- state kept in the cursor -------------------------------------------------------------
 
 
+class _Taken(msgspec.Struct, array_like=True, frozen=True):
+    """A hit taken from a directory: the digest of its id, and its version then."""
+
+    id: Annotated[bytes, msgspec.Meta(min_length=DIGEST_BYTES, max_length=DIGEST_BYTES)]
+    version: int
+
+
 class _Position(msgspec.Struct, array_like=True, frozen=True):
-    """Where a directory stands: `taken` hits of the page its `cursor` gives (None: the
-    first page) have been merged, the last of them `last_id`; `done`: none follow."""
+    """Where a directory stands: the page its `cursor` gives (None: the first page) has
+    been merged up to the hits `taken` (in the order taken); `done`: none follow."""
 
     cursor: str | None = None
-    taken: Annotated[int, msgspec.Meta(ge=0)] = 0
-    last_id: str | None = None
+    taken: tuple[_Taken, ...] = ()
     done: bool = False
 
 
@@ -450,24 +470,28 @@ class _Stream:
     index: int
     position: _Position
     hits: list[models.SearchHit]
-    offset: int  # the page's hits before hits[0], taken on earlier pages
+    page_ids: frozenset[bytes]  # digests of the ids of all the page's hits
     next_cursor: str | None
     consumed: int = 0
 
     @classmethod
     def after(cls, index: int, position: _Position, page: models.SearchPage) -> _Stream:
-        """The page's hits after the last one taken: found by its id, so that ads added
-        or removed before it change nothing; by count if it left the results."""
-        ids = [str(hit.id) for hit in page.hits]
+        """The page's hits after the last one still as it was taken (its place in the
+        order is the same), without the other hits taken (changed since): ads added,
+        changed or removed before it change nothing. None taken is still there: the page
+        from its start, without those taken."""
+        taken = {hit.id: hit.version for hit in position.taken}
+        ids = [_id_digest(hit) for hit in page.hits]
         start = 0
-        if position.taken:
-            if position.taken <= len(ids) and ids[position.taken - 1] == position.last_id:
-                start = position.taken
-            elif position.last_id in ids:
-                start = ids.index(position.last_id) + 1
-            else:
-                start = min(position.taken, len(ids))
-        return cls(index, position, page.hits[start:], start, page.next_cursor)
+        for number, (digest, hit) in enumerate(zip(ids, page.hits, strict=True)):
+            if taken.get(digest) == hit.version:
+                start = number + 1
+        hits = [
+            hit
+            for digest, hit in zip(ids[start:], page.hits[start:], strict=True)
+            if digest not in taken
+        ]
+        return cls(index, position, hits, frozenset(ids), page.next_cursor)
 
     @property
     def head(self) -> models.SearchHit | None:
@@ -485,16 +509,25 @@ class _Stream:
         return hit
 
     def position_after(self) -> _Position:
-        if self.consumed == len(self.hits):
-            return _Position(cursor=self.next_cursor, done=self.next_cursor is None)
-        if self.consumed == 0:
-            return self.position
-        last = self.hits[self.consumed - 1]
-        return _Position(self.position.cursor, self.offset + self.consumed, str(last.id))
+        taken = self.position.taken + tuple(
+            _Taken(_id_digest(hit), hit.version) for hit in self.hits[: self.consumed]
+        )
+        if self.consumed < len(self.hits):
+            return _Position(self.position.cursor, taken[-MAX_TAKEN:])
+        if self.next_cursor is None:
+            return _Position(done=True)
+        # On to the next page. Taken hits this page did not hold, pushed past its end by
+        # ads added before them, are still to be left out there.
+        carried = tuple(hit for hit in taken if hit.id not in self.page_ids)
+        return _Position(self.next_cursor, carried[-MAX_TAKEN:])
 
 
 def _digest(global_id: str) -> bytes:
     return hashlib.blake2b(global_id.encode(), digest_size=DIGEST_BYTES).digest()
+
+
+def _id_digest(hit: models.SearchHit) -> bytes:
+    return hashlib.blake2b(hit.id.bytes, digest_size=DIGEST_BYTES).digest()
 
 
 def _first_time(hit: models.SearchHit, seen: set[bytes]) -> bool:

@@ -1,0 +1,195 @@
+"""Paging a federated search while ads change between its pages: every ad that stays put is
+shown once from each directory that has it, whatever is added, changed or removed in
+between, in every sort. The two directories are the test app served twice over HTTP on
+127.0.0.1 (the same ads, from a portal without website: no ad is taken for another), so
+that a page takes part of each directory's page and the cursor must resume inside it."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+
+import pytest
+from directory_client.client import DirectoryClient
+from directory_client.federation import FederatedPage, FederatedSearch
+
+from tests.live import LiveDirectory
+
+ORIGIN = {"lat": 45.76, "lon": 4.84}
+NEAR = {**ORIGIN, "radius_km": 200, "sort": "distance"}
+# A bound on paging, so a cursor that never ends fails instead of looping.
+MAX_PAGES = 100
+
+
+def ad(number: int, *, title: str | None = None, km: float | None = None) -> dict:
+    """Ad `number`, about `km` (default: number / 4) north of ORIGIN, exactly placed."""
+    north_km = number / 4 if km is None else km
+    return {
+        "kind": "offer",
+        "title": title or f"Bike {number}",
+        "body": "A bike.",
+        "category": "home.repairs",
+        "member": f"m{number}",
+        "location": {"lat": ORIGIN["lat"] + north_km / 111.2, "lon": ORIGIN["lon"]},
+        "privacy": "exact",
+        "currencies": ["HOUR"],
+    }
+
+
+@pytest.fixture
+def two(app) -> Iterator[tuple[str, str]]:
+    with LiveDirectory(app) as a, LiveDirectory(app) as b:
+        yield a.url, b.url
+
+
+@pytest.fixture
+def writer(two, make_portal) -> Iterator[DirectoryClient]:
+    portal = make_portal(default_currencies=["EUR"])
+    with DirectoryClient(two[0], key=portal.key) as client:
+        yield client
+
+
+def publish(writer: DirectoryClient, ads: dict[str, dict]) -> None:
+    result = writer.batch_ads([{"external_id": name, "ad": body} for name, body in ads.items()])
+    assert {item.status for item in result.results} <= {"created", "updated"}, result
+
+
+def page_through(
+    search: FederatedSearch,
+    *,
+    limit: int,
+    after_page: Mapping[int, Callable[[], object]] | None = None,
+    **filters,
+) -> list[tuple[str, str]]:
+    """(directory, title) of every hit shown, page after page; `after_page[n]` is called
+    after page n (1 for the first), before the next is asked for."""
+    after_page = after_page or {}
+    shown: list[tuple[str, str]] = []
+    cursor = None
+    for number in range(1, MAX_PAGES + 1):
+        page: FederatedPage = search.search(limit=limit, cursor=cursor, **filters)
+        assert not page.partial, page.directories
+        shown += [(hit.directory, hit.ad.title) for hit in page.hits]
+        if page.next_cursor is None:
+            return shown
+        if number in after_page:
+            after_page[number]()
+        cursor = page.next_cursor
+    raise AssertionError(f"still paging after {MAX_PAGES} pages")
+
+
+def titles_now(url: str, **filters) -> list[str]:
+    with DirectoryClient(url) as client:
+        return [hit.title for hit in client.iter_search(**filters)]
+
+
+def assert_each_shown_once_per_directory(
+    shown: list[tuple[str, str]], directories: tuple[str, str], stayed: set[str]
+) -> None:
+    counts = Counter(shown)
+    repeated = {key: count for key, count in counts.items() if count > 1}
+    assert not repeated, f"shown more than once: {repeated}"
+    for url in directories:
+        missed = stayed - {title for directory, title in shown if directory == url}
+        assert not missed, f"never shown from {url}: {sorted(missed)}"
+
+
+@pytest.mark.parametrize(
+    "deleted", [["ad-2"], ["ad-1", "ad-2"], ["ad-2", "ad-3"]], ids=["last", "two-last", "next"]
+)
+def test_distance_paging_skips_nothing_when_the_last_ad_taken_leaves(two, writer, deleted):
+    # Page 1 (limit 4) takes ad-1 and ad-2 from each directory.
+    publish(writer, {f"ad-{n}": ad(n) for n in range(1, 11)})
+    with FederatedSearch(list(two)) as both:
+        shown = page_through(
+            both,
+            limit=4,
+            after_page={1: lambda: [writer.delete_ad(name) for name in deleted]},
+            **NEAR,
+        )
+
+    assert shown[:4] == [(url, f"Bike {n}") for n in (1, 2) for url in two]
+    stayed = set(titles_now(two[0], **NEAR))
+    assert_each_shown_once_per_directory(shown, two, stayed)
+
+
+def test_recent_paging_repeats_nothing_when_the_last_ad_taken_changes(two, writer):
+    # Page 1 (limit 4, newest first) takes ad-8 and ad-7 from each directory; ad-7 then
+    # changes and comes first in the directory's own order.
+    for number in range(1, 9):
+        publish(writer, {f"ad-{number}": ad(number)})
+    with FederatedSearch(list(two)) as both:
+        shown = page_through(
+            both,
+            limit=4,
+            after_page={1: lambda: writer.put_ad("ad-7", ad(7, title="Bike 7 (price changed)"))},
+            sort="recent",
+        )
+
+    assert [title for _, title in shown[:4]] == ["Bike 8", "Bike 8", "Bike 7", "Bike 7"]
+    assert_each_shown_once_per_directory(shown, two, {f"Bike {n}" for n in range(1, 7)})
+    assert not any(title.endswith("(price changed)") for _, title in shown)
+
+
+@pytest.mark.parametrize("km", [0.1, 1.6, 50], ids=["nearer", "a-little-farther", "farthest"])
+def test_distance_paging_when_the_last_ad_taken_moves(two, writer, km):
+    # ad-2 (0.5 km), the last taken on page 1, moves: nearer, among the ads not shown yet,
+    # or farthest of all. The ads that stayed put are each shown once all the same, and
+    # ad-2 is not shown again wherever it goes on the page being read.
+    publish(writer, {f"ad-{n}": ad(n) for n in range(1, 11)})
+    with FederatedSearch(list(two)) as both:
+        shown = page_through(
+            both,
+            limit=4,
+            after_page={1: lambda: writer.put_ad("ad-2", ad(2, km=km))},
+            **NEAR,
+        )
+
+    stayed = {f"Bike {n}" for n in range(1, 11) if n != 2}
+    assert_each_shown_once_per_directory(shown, two, stayed)
+
+
+def test_relevance_paging_skips_and_repeats_nothing_when_taken_ads_change(two, writer):
+    # Relevance shows no score to resume after: the hits taken, by id and version, are
+    # what the next page goes on after.
+    ads = {f"ad-{n}": ad(n, title="Bike " * (12 - n) + f"no. {n}") for n in range(1, 11)}
+    publish(writer, ads)
+    ranked = titles_now(two[0], q="bike", sort="relevance")
+    assert ranked == [ads[f"ad-{n}"]["title"] for n in range(1, 11)]  # the data's sanity
+
+    def change() -> None:  # page 1 took ad-1 and ad-2 from each directory
+        writer.delete_ad("ad-2")
+        writer.put_ad("ad-1", ad(1, title="Bike no. 1, now rather less of a bike"))
+
+    with FederatedSearch(list(two)) as both:
+        shown = page_through(both, limit=4, after_page={1: change}, q="bike")
+
+    stayed = {ads[f"ad-{n}"]["title"] for n in range(3, 11)}
+    assert_each_shown_once_per_directory(shown, two, stayed)
+    assert not any("rather less" in title for _, title in shown)
+
+
+def test_ads_added_before_the_cursor_push_none_taken_into_view_again(two, writer):
+    # Four pages of 40 take 80 of each directory's first page, read again each time with
+    # a limit of 100; then 30 ads come nearer than all. The page read again ends 20 hits
+    # before where it ended: the last 10 taken are past its end, on the next page, and
+    # must not be shown again there.
+    publish(writer, {f"ad-{n}": ad(n) for n in range(1, 151)})
+
+    nearer = {f"new-{n}": ad(1000 + n, km=n / 1000) for n in range(1, 31)}
+    with FederatedSearch(list(two)) as both:
+        shown = page_through(
+            both, limit=40, after_page={4: lambda: publish(writer, nearer)}, **NEAR
+        )
+
+    assert_each_shown_once_per_directory(shown, two, {f"Bike {n}" for n in range(1, 151)})
+
+
+def test_paging_without_changes_shows_every_ad_once_from_each_directory(two, writer):
+    publish(writer, {f"ad-{n}": ad(n) for n in range(1, 24)})
+    with FederatedSearch(list(two)) as both:
+        for limit in (1, 3, 7, 100):
+            shown = page_through(both, limit=limit, **NEAR)
+            assert shown == [(url, f"Bike {n}") for n in range(1, 24) for url in two]
+            recent = page_through(both, limit=limit, sort="recent")
+            assert sorted(recent) == sorted(shown)
