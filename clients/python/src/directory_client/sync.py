@@ -689,7 +689,7 @@ class _Run:
             sending = set(upserts)
             renewals = self._renewals(state, (key for key in ads if key not in sending), own)
             report.unchanged = len(ads) - len(upserts) - len(renewals.bodies)
-            upserts += renewals.missing
+            upserts += [key for key in renewals.bodies if key in renewals.missing]
         report.would_create = [key for key in upserts if key not in own]
         report.would_update = [key for key in upserts if key in own and key not in renewals.bodies]
         report.would_renew = [key for key in renewals.bodies if key in own]

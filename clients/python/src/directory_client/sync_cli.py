@@ -18,6 +18,7 @@ be written once it had begun (run again to resume)."""
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -174,12 +175,16 @@ def main(
 
 def check_writable(path: Path) -> None:
     """Raise the OSError that writing `path` would meet (a folder that does not exist, a
-    folder in its place, no permission) now, before anything is sent; leave no file."""
-    existed = path.exists()
-    with path.open("a"):
-        pass
-    if not existed:
-        path.unlink()
+    folder in its place, no permission) now, before anything is sent. Nothing is made or
+    changed: another run may be about to write the same report."""
+    if path.exists():
+        with path.open("ab"):  # a folder raises IsADirectoryError; no permission, its error
+            return
+    folder = path.parent
+    if not folder.is_dir():
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(folder))
+    if not os.access(folder, os.W_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(folder))
 
 
 def print_summary(report: SyncReport, out: TextIO, *, report_path: Path | None) -> None:
