@@ -78,7 +78,7 @@ KEEP_AS_IT_WAS: dict[str, Any] = {}
 # lifetime ahead, the lifetime the directory gave it (a look at the portal's ads tells).
 # Until a look tells the directory's, its default is assumed.
 DEFAULT_LIFETIME_S = 90 * 24 * 3600
-RENEW_AFTER_SHARE = 3  # renewed once 1/3 of its lifetime has passed: 30 days of 90
+RENEW_AFTER_SHARE = 1 / 3  # of its lifetime: 30 days of 90
 # A renewal asks for a lifetime less this, so that a client clock ahead of the directory's
 # by up to this never asks beyond its maximum lifetime (which may be its default).
 CLOCK_ALLOWANCE_S = 3600
@@ -403,7 +403,7 @@ class _Run:
         DEFAULT_LIFETIME_S), after a look at what the directory holds of them (`own`, the
         portal's ads by external id, when the caller has them already)."""
         ads, now = self.source.ads, self.now
-        renew_after = (state.lifetime_s or DEFAULT_LIFETIME_S) // RENEW_AFTER_SHARE
+        renew_after = (state.lifetime_s or DEFAULT_LIFETIME_S) * RENEW_AFTER_SHARE
         due = [
             key
             for key in unchanged
@@ -431,7 +431,7 @@ class _Run:
                 lifetimes.append(lifetime_s)
             if held.expired:  # sent again as it is, it is renewed
                 renewals.bodies[key] = ads[key].body
-            elif now - held.updated_at < timedelta(seconds=lifetime_s // RENEW_AFTER_SHARE):
+            elif now - held.updated_at < timedelta(seconds=lifetime_s * RENEW_AFTER_SHARE):
                 renewals.looked[key] = int(held.updated_at.timestamp())  # written since
             else:
                 expires_at = now + timedelta(seconds=lifetime_s - CLOCK_ALLOWANCE_S)
