@@ -2,16 +2,29 @@
 shown once from each directory that has it, whatever is added, changed or removed in
 between, in every sort. The two directories are the test app served twice over HTTP on
 127.0.0.1 (the same ads, from a portal without website: no ad is taken for another), so
-that a page takes part of each directory's page and the cursor must resume inside it."""
+that a page takes part of each directory's page and the cursor must resume inside it.
+
+And directories that answer pages without hits while saying more follow (a real HTTP
+server in front of a directory): read past within the page, or left out of it."""
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
+import httpx
+import orjson
 import pytest
 from directory_client.client import DirectoryClient
-from directory_client.federation import FederatedPage, FederatedSearch
+from directory_client.federation import (
+    MAX_PAGES_WITHOUT_HITS,
+    FederatedPage,
+    FederatedSearch,
+    Outcome,
+)
 
 from tests.live import LiveDirectory
 
@@ -69,6 +82,7 @@ def page_through(
     for number in range(1, MAX_PAGES + 1):
         page: FederatedPage = search.search(limit=limit, cursor=cursor, **filters)
         assert not page.partial, page.directories
+        assert page.hits or page.next_cursor is None, f"page {number} is empty but not the last"
         shown += [(hit.directory, hit.ad.title) for hit in page.hits]
         if page.next_cursor is None:
             return shown
@@ -193,3 +207,103 @@ def test_paging_without_changes_shows_every_ad_once_from_each_directory(two, wri
             assert shown == [(url, f"Bike {n}") for n in range(1, 24) for url in two]
             recent = page_through(both, limit=limit, sort="recent")
             assert sorted(recent) == sorted(shown)
+
+
+# --- pages without hits -------------------------------------------------------------------
+
+
+class Hollow:
+    """A directory in front of `target` that answers its first `hollow_pages` pages (all
+    of them if None) with no hits and a next_cursor of its own, then goes on with the
+    target's first page: a directory that is broken, or hostile. `asked` counts the
+    searches that came."""
+
+    def __init__(self, target: str | None, *, hollow_pages: int | None) -> None:
+        self.asked = 0
+        hollow = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                hollow.asked += 1
+                url = urlsplit(self.path)
+                params = dict(parse_qsl(url.query))
+                cursor = params.pop("cursor", "")
+                passed = int(cursor.removeprefix("hollow-")) if cursor.startswith("hollow-") else 0
+                if not cursor or cursor.startswith("hollow-"):
+                    if hollow_pages is None or passed < hollow_pages:
+                        self._answer(200, {"hits": [], "next_cursor": f"hollow-{passed + 1}"})
+                        return
+                elif cursor:
+                    params["cursor"] = cursor
+                answer = httpx.get(f"{target}{url.path}?{urlencode(params)}")
+                self._answer(answer.status_code, orjson.loads(answer.content))
+
+            def _answer(self, status: int, body: dict) -> None:
+                content = orjson.dumps({"facets": None, **body})
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(content)))
+                self.end_headers()
+                self.wfile.write(content)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self.url = f"http://127.0.0.1:{self._server.server_port}"
+
+    def __enter__(self) -> Hollow:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)
+
+
+def test_a_directory_answering_only_pages_without_hits_is_left_out_of_the_page(two, writer):
+    publish(writer, {f"ad-{n}": ad(n) for n in range(1, 6)})
+    with (
+        Hollow(None, hollow_pages=None) as hollow,
+        FederatedSearch([two[0], hollow.url], timeout_s=5) as both,
+    ):
+        page = both.search(sort="recent", limit=5)
+        asked = hollow.asked
+        titles, cursor, pages = [], None, []
+        for _ in range(MAX_PAGES):  # not iter_search: a search that never ends fails here
+            pages.append(both.search(sort="recent", limit=2, cursor=cursor))
+            titles += [hit.ad.title for hit in pages[-1].hits]
+            cursor = pages[-1].next_cursor
+            if cursor is None:
+                break
+
+    assert sorted(hit.ad.title for hit in page.hits) == [f"Bike {n}" for n in range(1, 6)]
+    assert page.directories[0].outcome is Outcome.OK
+    assert page.directories[1].outcome is Outcome.ERROR
+    assert "pages without hits" in page.directories[1].reason
+    assert asked == MAX_PAGES_WITHOUT_HITS
+    assert page.next_cursor is None  # the one directory that answered has no more
+    assert sorted(titles) == [f"Bike {n}" for n in range(1, 6)]
+    assert len(pages) == 3 and all(page.partial for page in pages)
+
+
+@pytest.mark.parametrize("hollow_pages", [1, MAX_PAGES_WITHOUT_HITS - 1])
+def test_pages_without_hits_before_the_real_ones_are_read_past_within_the_page(
+    two, writer, hollow_pages
+):
+    publish(writer, {f"ad-{n}": ad(n) for n in range(1, 8)})
+    with (
+        Hollow(two[1], hollow_pages=hollow_pages) as hollow,
+        FederatedSearch([two[0], hollow.url], timeout_s=5) as both,
+    ):
+        first = both.search(limit=4, **NEAR)
+        shown = page_through(both, limit=4, **NEAR)
+
+    assert [status.outcome for status in first.directories] == [Outcome.OK, Outcome.OK]
+    assert [(hit.directory, hit.ad.title) for hit in first.hits] == [
+        (url, f"Bike {n}") for n in (1, 2) for url in (two[0], hollow.url)
+    ]
+    assert shown == [(url, f"Bike {n}") for n in range(1, 8) for url in (two[0], hollow.url)]

@@ -42,7 +42,10 @@ id.
 
 A directory that failed on a page is asked again on the next one from where it stood: its
 ads then come late in the merge rather than not at all. The search ends (`next_cursor`
-None) when no directory that answered has more.
+None) when no directory that answered has more. A directory that answers a page with no
+hit left to merge but says more follow is read on at once, within the page's deadline; one
+that does so MAX_PAGES_WITHOUT_HITS times in a row is an error on that page ("pages
+without hits"), and the page is merged without it, instead of waiting for it.
 
 Facets are each directory's counts summed: an ad published in two directories is counted
 twice (counts carry no identity to tell). A directory whose hits are all shown is still
@@ -54,6 +57,7 @@ import base64
 import binascii
 import hashlib
 import inspect
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -67,7 +71,12 @@ import msgspec
 
 from directory_client import models
 from directory_client.client import DirectoryClient
-from directory_client.errors import NOT_UNDERSTOOD, DirectoryError, DirectoryUnavailable
+from directory_client.errors import (
+    NOT_UNDERSTOOD,
+    AnswerNotUnderstood,
+    DirectoryError,
+    DirectoryUnavailable,
+)
 from directory_client.transport import NO_RETRIES, query
 
 DEFAULT_TIMEOUT_S = 5.0
@@ -91,6 +100,10 @@ DIGEST_BYTES = 8
 # Hits taken from the page a directory is being read at: at most a page (MAX_PAGE_SIZE),
 # and those carried past its end when ads added before them pushed them off it.
 MAX_TAKEN = 2 * MAX_PAGE_SIZE
+# Pages in a row that a directory may answer with no hit left to merge but more said to
+# follow, read within a page's deadline before it is left out of the page. One is normal
+# (a page read again whose hits were all taken); the directory never sends an empty one.
+MAX_PAGES_WITHOUT_HITS = 4
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MICROSECOND = timedelta(microseconds=1)
 
@@ -106,6 +119,10 @@ class FederationError(DirectoryError):
 
 class InvalidFederatedCursor(DirectoryError):
     """A cursor that is not a next_cursor of this federated search."""
+
+
+class _OutOfTime(DirectoryError):
+    """A directory's pages without hits went on past the page's deadline."""
 
 
 class Outcome(StrEnum):
@@ -214,17 +231,17 @@ class FederatedSearch:
             else self._decode(cursor, fingerprint)
         )
 
-        pages, statuses = self._fetch(state, sort=sort, limit=limit, facets=facets, filters=filters)
+        answers, statuses = self._fetch(
+            state, sort=sort, limit=limit, facets=facets, filters=filters
+        )
         streams = {
-            index: _Stream.after(index, state.positions[index], page)
-            for index, page in enumerate(pages)
-            if page is not None and not state.positions[index].done
+            index: answer.stream for index, answer in answers.items() if answer.stream is not None
         }
         seen = set(state.seen)
         turn = state.turn
         if sort == "relevance":
             taken, turn = _merge_in_turns(
-                list(streams.values()), seen, limit=limit, turn=turn, directories=len(pages)
+                list(streams.values()), seen, limit=limit, turn=turn, directories=len(self._clients)
             )
         else:
             taken = _merge_ordered(list(streams.values()), seen, limit=limit, sort=sort)
@@ -234,9 +251,7 @@ class FederatedSearch:
             for index, position in enumerate(state.positions)
         ]
         # A directory that failed does not keep the search going on its own.
-        more = any(
-            not positions[index].done for index, page in enumerate(pages) if page is not None
-        )
+        more = any(not positions[index].done for index in answers)
         next_cursor = _State(fingerprint, positions, turn, frozenset(seen)).encode()
         taken_from = Counter(stream.index for stream, _ in taken)
         return FederatedPage(
@@ -244,7 +259,7 @@ class FederatedSearch:
             next_cursor=next_cursor if more else None,
             facets=None
             if facets is None
-            else _summed([page.facets for page in pages if page is not None and page.facets]),
+            else _summed([answer.facets for answer in answers.values() if answer.facets]),
             directories=[
                 replace(status, hits=taken_from[index]) for index, status in enumerate(statuses)
             ],
@@ -265,32 +280,31 @@ class FederatedSearch:
         limit: int,
         facets: list[str] | None,
         filters: Mapping[str, Any],
-    ) -> tuple[list[models.SearchPage | None], list[DirectoryStatus]]:
-        """Each directory's page (None where it failed), asked all at once."""
-        requests: dict[int, dict[str, Any]] = {}
-        for index, position in enumerate(state.positions):
-            if not position.done:
-                # Again the page being read, long enough to hold `limit` hits after those
-                # already taken (the API caps it: the merge then stops where it runs out).
-                requests[index] = {
-                    "cursor": position.cursor,
-                    "limit": min(MAX_PAGE_SIZE, len(position.taken) + limit),
-                }
-            elif facets is not None:
-                requests[index] = {"cursor": None, "limit": 1}  # for its counts only
+    ) -> tuple[dict[int, _Answer], list[DirectoryStatus]]:
+        """What each directory that answered gave, and every directory's status: all
+        asked at once, waited for until the page's deadline."""
+        deadline = time.monotonic() + self.timeout_s
+        asked = [
+            index
+            for index, position in enumerate(state.positions)
+            if not position.done or facets is not None
+        ]
         executor = ThreadPoolExecutor(
-            max_workers=max(1, len(requests)), thread_name_prefix="federated-search"
+            max_workers=max(1, len(asked)), thread_name_prefix="federated-search"
         )
         try:
-            futures: dict[int, Future[models.SearchPage]] = {
+            futures: dict[int, Future[_Answer]] = {
                 index: executor.submit(
-                    self._clients[index].search_ads,
+                    self._read,
+                    index,
+                    state.positions[index],
                     sort=sort,
+                    limit=limit,
                     facets=facets,
-                    **filters,
-                    **request,
+                    filters=filters,
+                    deadline=deadline,
                 )
-                for index, request in requests.items()
+                for index in asked
             }
             wait(futures.values(), timeout=self.timeout_s)
         finally:
@@ -298,7 +312,7 @@ class FederatedSearch:
             # clients' timeouts; nobody waits for them.
             executor.shutdown(wait=False, cancel_futures=True)
 
-        pages: list[models.SearchPage | None] = [None] * len(self._clients)
+        answers: dict[int, _Answer] = {}
         statuses = []
         for index, client in enumerate(self._clients):
             future = futures.get(index)
@@ -315,26 +329,68 @@ class FederatedSearch:
                 )
                 continue
             try:
-                page = future.result()
+                answers[index] = future.result()
             except DirectoryUnavailable as error:
                 timed_out = isinstance(error.__cause__, httpx.TimeoutException)
                 outcome = Outcome.TIMED_OUT if timed_out else Outcome.ERROR
                 statuses.append(DirectoryStatus(client.base_url, outcome, str(error)))
                 continue
+            except _OutOfTime as error:
+                statuses.append(DirectoryStatus(client.base_url, Outcome.TIMED_OUT, str(error)))
+                continue
             except DirectoryError as error:  # an error answer, or one not understood
                 statuses.append(DirectoryStatus(client.base_url, Outcome.ERROR, str(error)))
                 continue
-            # The merge compares times of different directories: each needs its zone.
-            if any(hit.updated_at.tzinfo is None for hit in page.hits):
-                reason = f"{NOT_UNDERSTOOD}: an updated_at without a time zone"
-                statuses.append(DirectoryStatus(client.base_url, Outcome.ERROR, reason))
-                continue
-            pages[index] = page
             statuses.append(DirectoryStatus(client.base_url, Outcome.OK))
         # Raised rather than an empty page: the cursor stays valid for another try.
-        if requests and all(pages[index] is None for index in requests):
-            raise FederationError([statuses[index] for index in requests])
-        return pages, statuses
+        if asked and not answers:
+            raise FederationError([statuses[index] for index in asked])
+        return answers, statuses
+
+    def _read(
+        self,
+        index: int,
+        position: _Position,
+        *,
+        sort: str,
+        limit: int,
+        facets: list[str] | None,
+        filters: Mapping[str, Any],
+        deadline: float,
+    ) -> _Answer:
+        """A directory's hits not yet merged, read from where it stands (in a thread of
+        its own). A page with none left to merge, but more said to follow, is read past
+        (and counted: one is normal, when every hit it holds was taken); after
+        MAX_PAGES_WITHOUT_HITS of them in a row the directory is given up for this page."""
+        client = self._clients[index]
+        if position.done:  # all its hits shown: asked for its counts only
+            page = client.search_ads(sort=sort, facets=facets, limit=1, **filters)
+            return _Answer(None, page.facets)
+        counts = None
+        for passed in range(MAX_PAGES_WITHOUT_HITS):
+            if passed and time.monotonic() >= deadline:
+                raise _OutOfTime(
+                    f"no page with hits within {self.timeout_s:g} s ({passed} without)"
+                )
+            page = client.search_ads(
+                sort=sort,
+                facets=None if passed else facets,  # the same counts on every page
+                cursor=position.cursor,
+                limit=min(MAX_PAGE_SIZE, len(position.taken) + limit),
+                **filters,
+            )
+            # The merge compares times of different directories: each needs its zone.
+            if any(hit.updated_at.tzinfo is None for hit in page.hits):
+                raise AnswerNotUnderstood(f"{NOT_UNDERSTOOD}: an updated_at without a time zone")
+            counts = page.facets if counts is None else counts
+            stream = _Stream.after(index, position, page)
+            if stream.hits or stream.next_cursor is None:
+                return _Answer(stream, counts)
+            position = stream.position_after()  # past the page, none of it merged
+        raise DirectoryError(
+            f"{MAX_PAGES_WITHOUT_HITS} pages without hits in a row, each saying more follow "
+            "(next_cursor): left out of this page"
+        )
 
     # --- the cursor -------------------------------------------------------------------
 
@@ -461,6 +517,15 @@ def _unbase64(text: str) -> bytes:
 
 
 # --- merging ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """What a directory gave for a page: its hits to merge (None when all were shown),
+    and its facet counts if asked."""
+
+    stream: _Stream | None
+    facets: models.FacetCounts | None
 
 
 @dataclass
