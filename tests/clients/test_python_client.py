@@ -573,6 +573,20 @@ def test_requests_carry_the_clients_user_agent():
     assert headers["user-agent"].startswith(f"commons-directory-client/{__version__} ")
 
 
+PROXY_VARIABLES = ["http_proxy", "https_proxy", "all_proxy", "no_proxy"]
+
+
+def test_a_proxy_set_in_the_environment_is_used(monkeypatch):
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    with Scripted([HEALTHY]) as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        with DirectoryClient("http://directory.invalid", retry=NO_WAIT) as directory:
+            assert directory.healthz().status == "ok"
+    assert [path for _, path, _ in proxy.requests] == ["http://directory.invalid/healthz"]
+
+
 def test_backoff_is_jittered_below_a_doubling_bound():
     policy = RetryPolicy(backoff_s=0.5, max_backoff_s=3.0)
     for retry, bound in ((1, 0.5), (2, 1.0), (3, 2.0), (4, 3.0), (9, 3.0)):

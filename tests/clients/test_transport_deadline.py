@@ -141,6 +141,19 @@ def test_the_deadline_holds_with_a_transport_of_the_callers():
     assert took < 2.5
 
 
+def test_the_deadline_holds_through_a_proxy_set_in_the_environment(monkeypatch):
+    for name in ["http_proxy", "https_proxy", "all_proxy", "no_proxy"]:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    with dripping_body() as slow_proxy:
+        monkeypatch.setenv("HTTP_PROXY", slow_proxy.url)
+        with DirectoryClient("http://directory.invalid", timeout_s=1, retry=NO_RETRIES) as dc:
+            error, took = within(STUCK_S, lambda: dc.search_ads(q="bike"))
+
+    assert slow_proxy.answered == 1  # through the proxy
+    assert isinstance(error, DirectoryUnavailable) and took < 2.5
+
+
 def test_an_answer_that_arrives_slowly_but_within_the_deadline_is_read():
     pieces = [EMPTY_PAGE[index : index + 8] for index in range(0, len(EMPTY_PAGE), 8)]
     head = JSON_HEAD + f"Content-Length: {len(EMPTY_PAGE)}\r\n\r\n".encode()

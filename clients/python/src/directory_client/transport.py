@@ -11,9 +11,10 @@ httpx's timeouts bound each wait for the network alone, so a peer that sends a b
 and then (a broken proxy, a hostile directory of a federation) could hold a call for
 ever. The default transport therefore gives every connect, read and write of an attempt
 only the time left before its deadline (`_DeadlineBackend`, under httpcore's own
-connection pool); with an `http_transport` of the caller's, the deadline is checked
-between the chunks of the answer instead. Either way an attempt past its deadline fails
-as a read timeout does."""
+connection pool). With an `http_transport` of the caller's, or proxies set in the
+environment (HTTP_PROXY and the like, which httpx honours only with its own transport),
+the deadline is checked between the chunks of the answer instead. Either way an attempt
+past its deadline fails as a read timeout does."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import random
 import re
 import ssl
 import time
+import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -143,7 +145,7 @@ class Transport:
             base_url=self.base_url,
             headers=headers,
             timeout=timeout_s,
-            transport=_DeadlineTransport() if http_transport is None else http_transport,
+            transport=_default_transport() if http_transport is None else http_transport,
         )
 
     def close(self) -> None:
@@ -480,6 +482,16 @@ class _DeadlineTransport(httpx.BaseTransport):
 
     def close(self) -> None:
         self._pool.close()
+
+
+def _default_transport() -> httpx.BaseTransport | None:
+    """_DeadlineTransport, or None (httpx's own) when the environment sets proxies: httpx
+    reads HTTP_PROXY, HTTPS_PROXY, ALL_PROXY and NO_PROXY (as urllib does, the system's
+    settings too) only when it makes its transport itself."""
+    proxies = urllib.request.getproxies()
+    if any(proxies.get(scheme) for scheme in ("http", "https", "all")):
+        return None
+    return _DeadlineTransport()
 
 
 class _CheckedStream(httpx.SyncByteStream):
