@@ -31,10 +31,10 @@ already taken (changed since). Nothing that stays put is skipped or repeated, wh
 ads are added, changed or removed in between. The sort keys of the hits cannot serve
 instead: a hit shows its distance rounded to its privacy level and no relevance score,
 so only `recent` could compare them. As with a directory's own cursor, an ad that itself
-changes between two pages may be missed, moved back before where the search stands, and
-one shown on an earlier page of that directory may be shown again when it moves after
-where the search stands while every hit taken from the current page changed or left too.
-The hits taken are kept for at most MAX_TAKEN per directory, about 17 characters each.
+changes between two pages can move across where the search stands: it is then missed
+(moved before), or shown again (moved after, when it was shown from an earlier page of
+that directory; one taken from the page being read is left out). The hits taken are kept
+for at most MAX_TAKEN per directory, about 17 characters each.
 
 The cursor also holds 8-byte digests of the global ids already shown, so a copy met pages
 later is still dropped: it grows by about 11 characters per ad shown that has a global
