@@ -704,7 +704,9 @@ def test_a_key_that_cannot_be_a_header_is_refused_without_being_shown(key):
         "file:///etc/hosts",
         "http://",
         "https:///v1",
+        "http://[::1",
         "",
+        None,
     ],
 )
 def test_a_directory_url_without_http_or_a_host_is_refused_at_once(url):

@@ -280,7 +280,10 @@ class Transport:
 
 
 def _check_base_url(base_url: str) -> None:
-    url = httpx.URL(base_url) if isinstance(base_url, str) else None
+    try:
+        url = httpx.URL(base_url) if isinstance(base_url, str) else None
+    except httpx.InvalidURL:  # not chained: its message quotes the URL, credentials too
+        url = None
     if url is None or url.scheme not in SCHEMES or not url.host:
         shown = "a URL with credentials, not shown" if "@" in str(base_url) else repr(base_url)
         raise ClientMisconfigured(
