@@ -338,3 +338,11 @@ def test_upgrade_writes_points_on_the_antimeridian_as_180(empty_database_url):
         ("near", -179.5, -179.5, -16.5),
         ("west", 179.0, 179.0, -16.5),
     ]
+    # Logged to the feed, for the search index and the feed's readers: once by its
+    # creation, once by this.
+    logged = _query(
+        empty_database_url,
+        "SELECT ads.external_id, count(*) FROM ad_changes JOIN ads ON ads.id = ad_changes.ad_id"
+        " GROUP BY 1 ORDER BY 1",
+    )
+    assert logged == [("meridian", 2), ("near", 1), ("west", 1)]

@@ -4,7 +4,8 @@
 sent. PostGIS's nearest-first scan on the geography index then fails ("index returned
 tuples in wrong order") when an ad stored at one spelling is searched for at the other,
 so a radius search there answered 500. From this release the directory writes and
-searches one spelling, 180 (directory.geo.Point); this rewrites the points stored at -180.
+searches one spelling, 180 (directory.geo.Point); this rewrites the points stored at -180,
+and logs the public ones to the change feed, so that the Meilisearch index follows.
 
 Downgrade: nothing to undo. The previous release reads 180 as well as -180.
 
@@ -26,12 +27,19 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    # Each public ad rewritten is logged to the change feed, as any write of it is: the
+    # Meilisearch index and the feed's readers then have it at 180 too.
     op.execute(
         """
-        UPDATE ads
-        SET location = ST_SetSRID(ST_MakePoint(180, ST_Y(location_box)), 4326)::geography
-        WHERE location_box && ST_MakeEnvelope(-180, -90, -180, 90, 4326)
-          AND ST_X(location_box) = -180
+        WITH rewritten AS (
+            UPDATE ads
+            SET location = ST_SetSRID(ST_MakePoint(180, ST_Y(location_box)), 4326)::geography
+            WHERE location_box && ST_MakeEnvelope(-180, -90, -180, 90, 4326)
+              AND ST_X(location_box) = -180
+            RETURNING id, portal_id, visibility
+        )
+        INSERT INTO ad_changes (ad_id, portal_id, op)
+        SELECT id, portal_id, 'upsert' FROM rewritten WHERE visibility = 'public'
         """
     )
 
