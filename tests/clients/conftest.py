@@ -1,4 +1,5 @@
-"""A Credit Commons reference node for the client tests, started once per test run."""
+"""What the client tests share: a Credit Commons reference node, started once per test run,
+and the directory served on loopback."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.credit_commons import Account, CreditCommonsNode, running_node
+from tests.live import LiveDirectory
 
 # Balances persist for the whole run: tests assert on changes, and the tests that need an
 # exact balance or a tight limit have accounts of their own.
@@ -37,3 +39,10 @@ NODE_ACCOUNTS = [
 def credit_commons_node(tmp_path_factory) -> Iterator[CreditCommonsNode]:
     with running_node(tmp_path_factory.mktemp("credit-commons"), accounts=NODE_ACCOUNTS) as node:
         yield node
+
+
+@pytest.fixture
+def live(app) -> Iterator[LiveDirectory]:
+    """The directory served over HTTP on 127.0.0.1, for the clients to call."""
+    with LiveDirectory(app) as server:
+        yield server

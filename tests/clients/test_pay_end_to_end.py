@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import flask
@@ -35,12 +34,6 @@ from tests.live import LiveDirectory
 LYON = {"lat": 45.7640, "lon": 4.8357}
 # Accounts of this module's own on the shared node (tests/clients/conftest.py).
 ADVERTISER, PAYER, STRANGER = "oscar", "paula", "quinn"
-
-
-@pytest.fixture
-def live(app) -> Iterator[LiveDirectory]:
-    with LiveDirectory(app) as server:
-        yield server
 
 
 @pytest.fixture

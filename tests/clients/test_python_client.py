@@ -50,12 +50,6 @@ REPO = Path(__file__).resolve().parents[2]
 NO_WAIT = RetryPolicy(attempts=3, backoff_s=0, max_backoff_s=0)
 
 
-@pytest.fixture
-def live(app) -> Iterator[LiveDirectory]:
-    with LiveDirectory(app) as server:
-        yield server
-
-
 def snake_case(operation_id: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", operation_id).lower()
 

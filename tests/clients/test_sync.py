@@ -27,6 +27,7 @@ from directory_client.client import DirectoryClient
 from directory_client.errors import ClientMisconfigured
 from directory_client.sync import EXTERNAL_ID, sync_ads, sync_file
 from directory_client.sync_input import CSV_COLUMNS
+from directory_client.sync_progress import Silent
 from directory_client.sync_state import StateError
 
 from directory.db import unit_of_work
@@ -35,12 +36,6 @@ from tests.live import LiveDirectory, live_directory
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "clients/python/examples/tauschring-freiburg-ads.csv"
-
-
-@pytest.fixture
-def live(app) -> Iterator[LiveDirectory]:
-    with LiveDirectory(app) as server:
-        yield server
 
 
 @pytest.fixture
@@ -398,7 +393,7 @@ def ends_in_days(ad: Any) -> float:
     return (ad.expires_at - datetime.now(UTC)) / timedelta(days=1)
 
 
-class Notes:
+class Notes(Silent):
     """Progress that keeps its notes."""
 
     def __init__(self) -> None:
@@ -406,15 +401,6 @@ class Notes:
 
     def note(self, message: str) -> None:
         self.notes.append(message)
-
-    def start(self, action: str, total: int) -> None:
-        pass
-
-    def advance(self, ads: int, counts: Mapping[str, int]) -> None:
-        pass
-
-    def finish(self) -> None:
-        pass
 
 
 def test_an_unchanged_ad_is_renewed_before_it_ends(wiring, portal, directory, tmp_path):
@@ -856,31 +842,26 @@ class DiesAfterTheFirstPost(httpx.HTTPTransport):
         return response
 
 
-def die_after_the_first_staging(live, portal, ads: list[dict[str, Any]], state: Path) -> None:
+def die_after_the_first_post(
+    live, portal, ads: list[dict[str, Any]], state: Path, *, replace: bool
+) -> None:
+    """A run killed once its first batch (or, with `replace`, its first staging request)
+    has been sent, before its answer is read."""
+    path = "/items" if replace else "/v1/ads/batch"
     with (
         DirectoryClient(
-            live.url, key=portal.key, http_transport=DiesAfterTheFirstPost("/items")
+            live.url, key=portal.key, http_transport=DiesAfterTheFirstPost(path)
         ) as dying,
         pytest.raises(Died),
     ):
-        sync_ads(dying, ads, state_path=state, replace=True)
-
-
-def die_after_the_first_batch(live, portal, ads: list[dict[str, Any]], state: Path) -> None:
-    with (
-        DirectoryClient(
-            live.url, key=portal.key, http_transport=DiesAfterTheFirstPost("/v1/ads/batch")
-        ) as dying,
-        pytest.raises(Died),
-    ):
-        sync_ads(dying, ads, state_path=state)
+        sync_ads(dying, ads, state_path=state, replace=replace)
 
 
 def test_a_dry_run_after_an_unanswered_batch_counts_the_deletes_of_its_ads(
     live, portal, directory, tmp_path
 ):
     state = tmp_path / "state"
-    die_after_the_first_batch(live, portal, [an_ad(1), an_ad(2), an_ad(3)], state)
+    die_after_the_first_post(live, portal, [an_ad(1), an_ad(2), an_ad(3)], state, replace=False)
     state_before = state.read_bytes()
 
     dry = sync_ads(directory, [an_ad(1)], state_path=state, dry_run=True)
@@ -895,7 +876,7 @@ def test_a_replace_run_resumed_after_an_unanswered_staging_leaves_out_an_ad_that
     live, portal, directory, tmp_path
 ):
     state = tmp_path / "state"
-    die_after_the_first_staging(live, portal, [an_ad(1), an_ad(2), an_ad(3)], state)
+    die_after_the_first_post(live, portal, [an_ad(1), an_ad(2), an_ad(3)], state, replace=True)
 
     report = sync_ads(directory, [an_ad(1), an_ad(2)], state_path=state, replace=True)
 
@@ -908,7 +889,9 @@ def test_a_replace_run_resumed_after_an_unanswered_staging_keeps_a_rejected_rows
 ):
     state = tmp_path / "state"
     sync_ads(directory, [an_ad(1), an_ad(2)], state_path=state)
-    die_after_the_first_staging(live, portal, [an_ad(1), an_ad(2, title="Staged")], state)
+    die_after_the_first_post(
+        live, portal, [an_ad(1), an_ad(2, title="Staged")], state, replace=True
+    )
     # ad-2 on two lines: which one is meant is unclear, so its ad is kept as it was.
     ads = [an_ad(1), an_ad(2, title="One"), an_ad(2, title="Other")]
 

@@ -79,12 +79,6 @@ def built(installed) -> Path:
 
 
 @pytest.fixture
-def live(app) -> Iterator[LiveDirectory]:
-    with LiveDirectory(app) as server:
-        yield server
-
-
-@pytest.fixture
 def rate_limited(migrated) -> Iterator[LiveDirectory]:
     """A second app on the same database whose anonymous searches run out quickly."""
     with live_directory(replace(migrated, search_rate_limit_anonymous=RATE_LIMIT)) as server:

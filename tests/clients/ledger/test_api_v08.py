@@ -42,32 +42,28 @@ def node() -> Iterator[NodeV08]:
         yield node
 
 
-@pytest.fixture
-def ad(node) -> Payment:
+def payment_to(node: NodeV08, payee: str) -> Payment:
+    """The payment block of an ad paid to `payee` on the stand-in node."""
     return Payment.from_json(
         {
             "protocol": "credit-commons",
             "ledger_url": node.url,
             "node": NODE_NAME,
-            "payee": "ben",
+            "payee": payee,
             "currencies": ["HOUR"],
             "price": None,
         }
     )
+
+
+@pytest.fixture
+def ad(node) -> Payment:
+    return payment_to(node, "ben")
 
 
 @pytest.fixture
 def farm_ad(node) -> Payment:
-    return Payment.from_json(
-        {
-            "protocol": "credit-commons",
-            "ledger_url": node.url,
-            "node": NODE_NAME,
-            "payee": "farm",
-            "currencies": ["HOUR"],
-            "price": None,
-        }
-    )
+    return payment_to(node, "farm")
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -13,17 +13,10 @@ from directory_client.cli import EXIT_OK, EXIT_REFUSED, EXIT_UNKNOWN, main
 
 from tests.clients.ledger.node_v08 import NODE_NAME, NodeV08
 from tests.factories import ad_payload
-from tests.live import LiveDirectory
 
 # Accounts of the shared reference node (tests/clients/conftest.py): the payer, the
 # advertiser's account before and after it changes.
 PAYER, FORMER_PAYEE, NEW_PAYEE = "ivan", "dave", "bob"
-
-
-@pytest.fixture
-def live(app) -> Iterator[LiveDirectory]:
-    with LiveDirectory(app) as server:
-        yield server
 
 
 @pytest.fixture
