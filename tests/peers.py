@@ -67,8 +67,9 @@ class ReceivedWebhook:
 Responder = Callable[[ReceivedWebhook], Reply]
 
 
-class _Peer:
+class Peer:
     """A server on 127.0.0.1 answering with `handler`: start()/stop(), or a context manager.
+    A handler that waits (a slow peer) waits on `self.server.stopping`, which stop() sets.
     `tls_certificate`: a PEM file holding a certificate for "localhost" and its key; the
     peer then speaks https."""
 
@@ -107,8 +108,9 @@ class _Peer:
         server.server_close()  # waits for the request threads
         thread.join()
 
-    def handler(self) -> type[BaseHTTPRequestHandler]:
-        """How the peer answers requests."""
+    def handler(self) -> type[socketserver.BaseRequestHandler]:
+        """How the peer answers requests (an HTTP handler, or a raw one for a peer that
+        writes its own bytes)."""
         raise NotImplementedError
 
     def __enter__(self) -> Self:
@@ -131,7 +133,7 @@ class _Peer:
         return f"http://127.0.0.1:{self.port}"
 
 
-class WebhookReceiver(_Peer):
+class WebhookReceiver(Peer):
     """A portal's webhook endpoint at `url`. Use as a context manager, or start()/stop().
 
     Answers, in this order of precedence: 401 to a request no secret verifies; 200 to an id
@@ -148,7 +150,7 @@ class WebhookReceiver(_Peer):
         deduplicate: bool = True,
         tls_certificate: Path | None = None,
     ) -> None:
-        """`tls_certificate`: see _Peer; `url` then names localhost."""
+        """`tls_certificate`: see Peer; `url` then names localhost."""
         super().__init__(port=port, tls_certificate=tls_certificate)
         self.secrets = list(secrets)
         self.responder = responder
@@ -280,7 +282,7 @@ def _verify(
         return False, None
 
 
-class Website(_Peer):
+class Website(Peer):
     """A portal's website: answers GET with the reply set in `pages` for the path asked
     (404 elsewhere), and records the paths asked, in order, in `requests`."""
 
@@ -291,7 +293,7 @@ class Website(_Peer):
         port: int | None = None,
         tls_certificate: Path | None = None,
     ) -> None:
-        """`tls_certificate`: see _Peer; `url` then names localhost."""
+        """`tls_certificate`: see Peer; `url` then names localhost."""
         super().__init__(port=port, tls_certificate=tls_certificate)
         self.pages = dict(pages or {})
         self._lock = threading.Lock()
@@ -333,9 +335,9 @@ class _Server(ThreadingHTTPServer):
     def __init__(
         self,
         address: tuple[str, int],
-        peer: _Peer,
+        peer: Peer,
         tls: ssl.SSLContext | None,
-        handler: type[BaseHTTPRequestHandler],
+        handler: type[socketserver.BaseRequestHandler],
     ) -> None:
         self.peer = peer
         self.tls = tls

@@ -17,14 +17,13 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import httpx
@@ -47,6 +46,7 @@ from directory.geo import Point
 from directory.services import portals, websites
 from tests import factories
 from tests.factories import ad_payload
+from tests.peers import Peer
 from tests.search.conftest import destination
 
 REPO = Path(__file__).resolve().parents[2]
@@ -577,7 +577,7 @@ def test_when_no_directory_answers_the_search_fails():
     assert [status.outcome for status in raised.value.statuses] == [Outcome.ERROR] * 2
 
 
-class Proxy:
+class Proxy(Peer):
     """Forwards GET requests to `target` after `delay_s`, its answers passed through
     `rewrite` and sent with `headers` added: a directory that is slow, or that answers
     otherwise."""
@@ -590,17 +590,26 @@ class Proxy:
         rewrite: Callable[[int, bytes], tuple[int, bytes]] = lambda status, body: (status, body),
         headers: dict[str, str] | None = None,
     ):
-        stopping = threading.Event()
+        super().__init__()
+        self.target = target
+        self.delay_s = delay_s
+        self.rewrite = rewrite
+        self.headers = headers or {}
+
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        proxy = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
-                if stopping.wait(delay_s):
+                if self.server.stopping.wait(proxy.delay_s):
                     return  # stopped meanwhile: the connection just closes
-                answer = httpx.get(f"{target}{self.path}", headers={"Accept": "application/json"})
-                status, body = rewrite(answer.status_code, answer.content)
+                answer = httpx.get(
+                    f"{proxy.target}{self.path}", headers={"Accept": "application/json"}
+                )
+                status, body = proxy.rewrite(answer.status_code, answer.content)
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
-                for name, value in (headers or {}).items():
+                for name, value in proxy.headers.items():
                     self.send_header(name, value)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -609,28 +618,14 @@ class Proxy:
             def log_message(self, *args):
                 pass
 
-        self._stopping = stopping
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self.url = f"http://127.0.0.1:{self._server.server_port}"
-
-    def __enter__(self) -> Proxy:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._stopping.set()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=10)
+        return Handler
 
 
 def test_a_directory_slower_than_the_deadline_leaves_partial_results(directories):
     a, b = directories
     with (
         Proxy(b.url, delay_s=5) as slow_b,
-        FederatedSearch([a.url, slow_b.url], timeout_s=0.5) as search,
+        FederatedSearch([a.url, slow_b.origin], timeout_s=0.5) as search,
     ):
         started = time.monotonic()
         page = search.search(sort="recent", limit=100)
@@ -649,11 +644,11 @@ def test_a_slow_directory_within_the_deadline_is_waited_for(directories):
     a, b = directories
     with (
         Proxy(b.url, delay_s=0.3) as slow_b,
-        FederatedSearch([a.url, slow_b.url], timeout_s=5) as search,
+        FederatedSearch([a.url, slow_b.origin], timeout_s=5) as search,
     ):
         page = search.search(sort="recent", limit=100)
     assert not page.partial
-    assert {hit.directory for hit in page.hits} == {a.url, slow_b.url}
+    assert {hit.directory for hit in page.hits} == {a.url, slow_b.origin}
 
 
 def without_global_ids(status: int, body: bytes) -> tuple[int, bytes]:
@@ -700,7 +695,7 @@ def test_a_directory_answering_otherwise_is_reported_with_its_reason(
     a, b = directories
     with (
         Proxy(b.url, **answering) as other_b,
-        FederatedSearch([a.url, other_b.url]) as search,
+        FederatedSearch([a.url, other_b.origin]) as search,
     ):
         page = search.search(sort="recent", limit=100)
     assert page.partial

@@ -9,10 +9,9 @@ server in front of a directory): read past within the page, or left out of it.""
 
 from __future__ import annotations
 
-import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import httpx
@@ -27,6 +26,7 @@ from directory_client.federation import (
 )
 
 from tests.live import LiveDirectory
+from tests.peers import Peer
 
 ORIGIN = {"lat": 45.76, "lon": 4.84}
 NEAR = {**ORIGIN, "radius_km": 200, "sort": "distance"}
@@ -212,14 +212,19 @@ def test_paging_without_changes_shows_every_ad_once_from_each_directory(two, wri
 # --- pages without hits -------------------------------------------------------------------
 
 
-class Hollow:
+class Hollow(Peer):
     """A directory in front of `target` that answers its first `hollow_pages` pages (all
     of them if None) with no hits and a next_cursor of its own, then goes on with the
     target's first page: a directory that is broken, or hostile. `asked` counts the
     searches that came."""
 
     def __init__(self, target: str | None, *, hollow_pages: int | None) -> None:
+        super().__init__()
+        self.target = target
+        self.hollow_pages = hollow_pages
         self.asked = 0
+
+    def handler(self) -> type[BaseHTTPRequestHandler]:
         hollow = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -230,12 +235,12 @@ class Hollow:
                 cursor = params.pop("cursor", "")
                 passed = int(cursor.removeprefix("hollow-")) if cursor.startswith("hollow-") else 0
                 if not cursor or cursor.startswith("hollow-"):
-                    if hollow_pages is None or passed < hollow_pages:
+                    if hollow.hollow_pages is None or passed < hollow.hollow_pages:
                         self._answer(200, {"hits": [], "next_cursor": f"hollow-{passed + 1}"})
                         return
                 elif cursor:
                     params["cursor"] = cursor
-                answer = httpx.get(f"{target}{url.path}?{urlencode(params)}")
+                answer = httpx.get(f"{hollow.target}{url.path}?{urlencode(params)}")
                 self._answer(answer.status_code, orjson.loads(answer.content))
 
             def _answer(self, status: int, body: dict) -> None:
@@ -249,26 +254,14 @@ class Hollow:
             def log_message(self, *args) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self.url = f"http://127.0.0.1:{self._server.server_port}"
-
-    def __enter__(self) -> Hollow:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=10)
+        return Handler
 
 
 def test_a_directory_answering_only_pages_without_hits_is_left_out_of_the_page(two, writer):
     publish(writer, {f"ad-{n}": ad(n) for n in range(1, 6)})
     with (
         Hollow(None, hollow_pages=None) as hollow,
-        FederatedSearch([two[0], hollow.url], timeout_s=5) as both,
+        FederatedSearch([two[0], hollow.origin], timeout_s=5) as both,
     ):
         page = both.search(sort="recent", limit=5)
         asked = hollow.asked
@@ -297,13 +290,13 @@ def test_pages_without_hits_before_the_real_ones_are_read_past_within_the_page(
     publish(writer, {f"ad-{n}": ad(n) for n in range(1, 8)})
     with (
         Hollow(two[1], hollow_pages=hollow_pages) as hollow,
-        FederatedSearch([two[0], hollow.url], timeout_s=5) as both,
+        FederatedSearch([two[0], hollow.origin], timeout_s=5) as both,
     ):
         first = both.search(limit=4, **NEAR)
         shown = page_through(both, limit=4, **NEAR)
 
     assert [status.outcome for status in first.directories] == [Outcome.OK, Outcome.OK]
     assert [(hit.directory, hit.ad.title) for hit in first.hits] == [
-        (url, f"Bike {n}") for n in (1, 2) for url in (two[0], hollow.url)
+        (url, f"Bike {n}") for n in (1, 2) for url in (two[0], hollow.origin)
     ]
-    assert shown == [(url, f"Bike {n}") for n in range(1, 8) for url in (two[0], hollow.url)]
+    assert shown == [(url, f"Bike {n}") for n in range(1, 8) for url in (two[0], hollow.origin)]

@@ -20,6 +20,8 @@ from directory_client.errors import AnswerNotUnderstood, DirectoryUnavailable
 from directory_client.federation import FederatedSearch, Outcome
 from directory_client.transport import MAX_ANSWER_BYTES, NO_RETRIES, RetryPolicy
 
+from tests.peers import Peer
+
 # How long a test waits for a call that should end by its deadline before declaring it
 # stuck (the call then goes on in a daemon thread until the server stops).
 STUCK_S = 8.0
@@ -28,7 +30,7 @@ CHUNKED_HEAD = JSON_HEAD + b"Transfer-Encoding: chunked\r\n\r\n"
 EMPTY_PAGE = b'{"hits":[],"next_cursor":null,"facets":null}'
 
 
-class Trickling:
+class Trickling(Peer):
     """A loopback server answering each request with `head` at once, then each piece of
     `pieces()` `pause_s` after the one before, until they run out, the client leaves or
     the server stops. `answered` counts the requests that came."""
@@ -36,8 +38,13 @@ class Trickling:
     def __init__(
         self, head: bytes, pieces: Callable[[], Iterable[bytes]], *, pause_s: float
     ) -> None:
+        super().__init__()
+        self.head = head
+        self.pieces = pieces
+        self.pause_s = pause_s
         self.answered = 0
-        stopping = threading.Event()
+
+    def handler(self) -> type[socketserver.BaseRequestHandler]:
         trickling = self
 
         class Handler(socketserver.BaseRequestHandler):
@@ -45,29 +52,15 @@ class Trickling:
                 self.request.recv(65536)  # the request: these tests send small ones
                 trickling.answered += 1
                 try:
-                    self.request.sendall(head)
-                    for piece in pieces():
-                        if stopping.wait(pause_s):
+                    self.request.sendall(trickling.head)
+                    for piece in trickling.pieces():
+                        if self.server.stopping.wait(trickling.pause_s):
                             return
                         self.request.sendall(piece)
                 except OSError:  # the client gave up
                     return
 
-        self._stopping = stopping
-        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def __enter__(self) -> Trickling:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stopping.set()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=10)
+        return Handler
 
 
 def dripping_body() -> Trickling:
@@ -105,7 +98,7 @@ def within(limit_s: float, call: Callable[[], Any]) -> tuple[BaseException | Non
 
 @pytest.mark.parametrize("server", [dripping_body, dripping_headers], ids=["body", "headers"])
 def test_an_answer_dripped_a_byte_at_a_time_ends_at_the_deadline(server):
-    with server() as slow, DirectoryClient(slow.url, timeout_s=1, retry=NO_RETRIES) as directory:
+    with server() as slow, DirectoryClient(slow.origin, timeout_s=1, retry=NO_RETRIES) as directory:
         error, took = within(STUCK_S, lambda: directory.search_ads(q="bike"))
 
     assert isinstance(error, DirectoryUnavailable), error
@@ -118,7 +111,7 @@ def test_each_attempt_has_its_own_deadline():
     retry = RetryPolicy(attempts=2, backoff_s=0, max_backoff_s=0)
     with (
         dripping_body() as slow,
-        DirectoryClient(slow.url, timeout_s=0.7, retry=retry) as directory,
+        DirectoryClient(slow.origin, timeout_s=0.7, retry=retry) as directory,
     ):
         error, took = within(STUCK_S, lambda: directory.search_ads(q="bike"))
 
@@ -131,7 +124,7 @@ def test_the_deadline_holds_with_a_transport_of_the_callers():
     with (
         dripping_body() as slow,
         DirectoryClient(
-            slow.url, timeout_s=1, retry=NO_RETRIES, http_transport=httpx.HTTPTransport()
+            slow.origin, timeout_s=1, retry=NO_RETRIES, http_transport=httpx.HTTPTransport()
         ) as directory,
     ):
         error, took = within(STUCK_S, lambda: directory.search_ads(q="bike"))
@@ -146,7 +139,7 @@ def test_the_deadline_holds_through_a_proxy_set_in_the_environment(monkeypatch):
         monkeypatch.delenv(name, raising=False)
         monkeypatch.delenv(name.upper(), raising=False)
     with dripping_body() as slow_proxy:
-        monkeypatch.setenv("HTTP_PROXY", slow_proxy.url)
+        monkeypatch.setenv("HTTP_PROXY", slow_proxy.origin)
         with DirectoryClient("http://directory.invalid", timeout_s=1, retry=NO_RETRIES) as dc:
             error, took = within(STUCK_S, lambda: dc.search_ads(q="bike"))
 
@@ -159,7 +152,7 @@ def test_an_answer_that_arrives_slowly_but_within_the_deadline_is_read():
     head = JSON_HEAD + f"Content-Length: {len(EMPTY_PAGE)}\r\n\r\n".encode()
     with (
         Trickling(head, lambda: pieces, pause_s=0.05) as slow,
-        DirectoryClient(slow.url, timeout_s=3, retry=NO_RETRIES) as directory,
+        DirectoryClient(slow.origin, timeout_s=3, retry=NO_RETRIES) as directory,
     ):
         page = directory.search_ads(q="bike")  # 6 pieces, 0.3 s in all
 
@@ -173,7 +166,7 @@ def test_an_answer_far_longer_than_the_cap_is_read_up_to_the_cap():
     chunks = MAX_ANSWER_BYTES // 0x100000 * 5 // 4
     with (
         Trickling(CHUNKED_HEAD, lambda: itertools.repeat(megabyte, chunks), pause_s=0) as long,
-        DirectoryClient(long.url, timeout_s=30, retry=NO_RETRIES) as directory,
+        DirectoryClient(long.origin, timeout_s=30, retry=NO_RETRIES) as directory,
         pytest.raises(AnswerNotUnderstood, match=f"longer than {MAX_ANSWER_BYTES} bytes"),
     ):
         directory.search_ads(q="bike")
@@ -184,7 +177,7 @@ def test_a_compressed_answer_is_capped_as_it_is_unpacked():
     head = JSON_HEAD + f"Content-Encoding: gzip\r\nContent-Length: {len(bomb)}\r\n\r\n".encode()
     with (
         Trickling(head, lambda: [bomb], pause_s=0) as packed,
-        DirectoryClient(packed.url, timeout_s=30, retry=NO_RETRIES) as directory,
+        DirectoryClient(packed.origin, timeout_s=30, retry=NO_RETRIES) as directory,
         pytest.raises(AnswerNotUnderstood, match="longer than"),
     ):
         directory.search_ads(q="bike")
@@ -198,7 +191,7 @@ def test_a_compressed_answer_within_the_cap_is_unpacked():
     )
     with (
         Trickling(head, lambda: [packed_page], pause_s=0) as packed,
-        DirectoryClient(packed.url, retry=NO_RETRIES) as directory,
+        DirectoryClient(packed.origin, retry=NO_RETRIES) as directory,
     ):
         assert directory.search_ads(q="bike").hits == []
 
@@ -212,7 +205,7 @@ def test_a_federated_search_leaves_no_thread_behind_on_a_dripping_directory():
     with (
         Trickling(healthy_head, lambda: [EMPTY_PAGE], pause_s=0) as healthy,
         dripping_body() as slow,
-        FederatedSearch([healthy.url, slow.url], timeout_s=1) as both,
+        FederatedSearch([healthy.origin, slow.origin], timeout_s=1) as both,
     ):
         for _ in range(3):
             page = both.search(q="bike")
