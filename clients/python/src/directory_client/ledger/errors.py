@@ -104,22 +104,35 @@ class PaymentSearchInconclusive(PaymentOutcomeUnknown):
         )
 
 
-class IdempotencyKeyReused(LedgerError):
+class _KeyOfAnotherPayment(LedgerError):
+    """`pay` was given the idempotency key of an earlier payment that is not this one:
+    that payment is not finished as if it were, and no new one is made. `transaction` is
+    the earlier payment, as the payer sees it now; `why` ends the message."""
+
+    def __init__(self, idempotency_key: str, transaction: Any, *, why: str) -> None:
+        self.idempotency_key = idempotency_key
+        self.transaction = transaction
+        super().__init__(
+            f"idempotency key {idempotency_key} belongs to transaction {transaction.uuid}, a "
+            f"payment of {transaction.quantity} to {transaction.payee} ({transaction.state}), "
+            + why
+        )
+
+
+class IdempotencyKeyReused(_KeyOfAnotherPayment):
     """`pay` was given the idempotency key of an earlier payment of another quantity: that
     payment is not finished as if it were this one, and no new one is made."""
 
     def __init__(self, idempotency_key: str, transaction: Any, *, quantity: int) -> None:
-        self.idempotency_key = idempotency_key
-        self.transaction = transaction  # the earlier payment, as the payer sees it now
         self.quantity = quantity
         super().__init__(
-            f"idempotency key {idempotency_key} belongs to transaction {transaction.uuid}, a "
-            f"payment of {transaction.quantity} to {transaction.payee} ({transaction.state}), "
-            f"not to one of {quantity}; give a new key (or none) for a new payment"
+            idempotency_key,
+            transaction,
+            why=f"not to one of {quantity}; give a new key (or none) for a new payment",
         )
 
 
-class PayeeChanged(LedgerError):
+class PayeeChanged(_KeyOfAnotherPayment):
     """`pay` was given the idempotency key of an earlier payment to another payee than the
     ad names now: its advertiser changed their ledger account since (or the key is another
     ad's). That payment is not finished, and no new one is made: paying the ad's payee now
@@ -127,16 +140,13 @@ class PayeeChanged(LedgerError):
     out. `transaction` is the earlier payment, `payee` the ad's payee now."""
 
     def __init__(self, idempotency_key: str, transaction: Any, *, payee: str) -> None:
-        self.idempotency_key = idempotency_key
-        self.transaction = transaction  # the earlier payment, as the payer sees it now
         self.payee = payee
         super().__init__(
-            f"idempotency key {idempotency_key} belongs to transaction {transaction.uuid}, a "
-            f"payment of {transaction.quantity} to {transaction.payee} "
-            f"({transaction.state}), but this ad's payee is now {payee}: that payment was "
-            f"neither finished nor made again to {payee}. Settle with the advertiser which "
-            f"account to pay (a pending payment can be cancelled) before paying {payee} "
-            "with a new key (or none)"
+            idempotency_key,
+            transaction,
+            why=f"but this ad's payee is now {payee}: that payment was neither finished nor "
+            f"made again to {payee}. Settle with the advertiser which account to pay (a "
+            f"pending payment can be cancelled) before paying {payee} with a new key (or none)",
         )
 
 
