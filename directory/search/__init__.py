@@ -41,6 +41,12 @@ WORD = re.compile(r"\w+")
 MAX_QUERY_WORDS = 16
 
 
+def query_words(text: str) -> list[str]:
+    """The query's different words, case-folded, each once, in their order: a repeat adds
+    nothing to which ads match, and only cost to ranking them."""
+    return list(dict.fromkeys(WORD.findall(text.casefold())))
+
+
 class Sort(enum.StrEnum):
     DISTANCE = "distance"  # nearest first; needs a point
     RELEVANCE = "relevance"  # best text match first; needs q

@@ -23,7 +23,6 @@ from sqlalchemy.exc import DBAPIError
 
 from directory.db import make_engine
 from directory.search import (
-    WORD,
     Facet,
     Facets,
     SearchHit,
@@ -32,6 +31,7 @@ from directory.search import (
     Sort,
     SortKey,
     encode_cursor,
+    query_words,
 )
 
 # The configurations whose stemming a query tries when it names no language: the
@@ -147,21 +147,16 @@ def _point(query: SearchQuery, bind: _Params) -> str:
     return f"{_planar_point(query, bind)}::geography"
 
 
-def _words(text: str) -> list[str]:
-    """The query's words, case-folded, each once: ranking grows steeply with repeated
-    words, and a repeat adds nothing to which ads match or how well (a word's trigrams
-    form a set)."""
-    return list(dict.fromkeys(WORD.findall(text.casefold())))
-
-
 def _folded(text: str) -> str:
-    return " ".join(_words(text))
+    # Each word once: ranking grows steeply with repeated words, and the typo score does
+    # not change (a word's trigrams form a set).
+    return " ".join(query_words(text))
 
 
 def _text_query(query: SearchQuery, bind: _Params) -> str:
     """Words as written, each also as a prefix ("garden" finds "gardening"), or stemmed
     in any of the query's languages ("gardens" finds "garden")."""
-    words = _words(query.text)
+    words = query_words(query.text)
     if words:
         # Unaccented before each word is quoted as a lexeme: unaccent turns a few letters
         # into tsquery syntax (a parenthesised digit into "(1)", modifier letters into a

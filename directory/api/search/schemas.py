@@ -21,9 +21,9 @@ from directory.search import (
     MAX_LIMIT,
     MAX_QUERY_WORDS,
     MAX_RADIUS_KM,
-    WORD,
     Facet,
     Sort,
+    query_words,
 )
 
 MAX_LIST_ITEMS = 20
@@ -86,7 +86,7 @@ def _has_a_word(text: str) -> None:
 
 
 def _few_enough_words(text: str) -> None:
-    words = set(WORD.findall(text.casefold()))
+    words = query_words(text)
     if len(words) > MAX_QUERY_WORDS:
         raise ValidationError(
             f"Must have at most {MAX_QUERY_WORDS} different words (it has {len(words)}): "
