@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from directory import cursors
 from directory.errors import InvalidInput
-from directory.models import Ad, AdChange, ChangeOp
+from directory.models import AdChange, ChangeOp
 from directory.services.ads import AdRecord, get_public_ads
 
 CURSOR_PREFIX = "f1."
@@ -93,10 +93,11 @@ def transaction_ids_gone_back(session: Session) -> str | None:
 
 def read_feed(session: Session, *, since: str | None, limit: int) -> FeedPage:
     """Changes after `since`, oldest first, each told as the ad stands now: an upsert
-    carries the ad as it is now, and is skipped if the ad is gone since (a deletion for
-    it is in the feed), or told as a deletion if the ad is still there but not public
+    carries the ad as it is now, or is told as a deletion if the ad is not public now
     (expired above all: its expiry wrote nothing to the feed); a deletion of an ad that
-    is public now is told as an upsert.
+    is public now is told as an upsert. An ad out of public view is told alike whether
+    it is gone or its portal keeps it (portal-only, expired): which, is the portal's to
+    know.
 
     Entries are in transaction-id order, and two transactions that wrote one ad may
     have taken their ids in the other order than they committed (an id comes with a
@@ -119,17 +120,16 @@ def read_feed(session: Session, *, since: str | None, limit: int) -> FeedPage:
     more = len(rows) > limit
     rows = rows[:limit]
     ads = get_public_ads(session, ad_ids=[row.ad_id for row in rows])
-    # An upsert of an ad still there but not public is told as a deletion: an ad that
-    # expired since writes nothing more to the feed, and skipped, its upsert would leave
-    # a reader with the ad as last told, under its old expiry.
-    unseen = [row.ad_id for row in rows if row.op is ChangeOp.UPSERT and row.ad_id not in ads]
-    withdrawn = set(session.scalars(select(Ad.id).where(Ad.id.in_(unseen)))) if unseen else set()
+    # An upsert of an ad not public now is told as a deletion: an ad that expired since
+    # writes nothing more to the feed, and skipped, its upsert would leave a reader with
+    # the ad as last told, under its old expiry. Deleted ads are told so too: skipped
+    # for them alone, it would tell anyone which of the others their portals still keep.
     entries = []
     for row in rows:
         ad = ads.get(row.ad_id)
         if ad is not None:
             entries.append(FeedEntry(ChangeOp.UPSERT, row.ad_id, row.changed_at, ad))
-        elif row.op is ChangeOp.DELETE or row.ad_id in withdrawn:
+        else:
             entries.append(FeedEntry(ChangeOp.DELETE, row.ad_id, row.changed_at, None))
     last = FeedPosition(rows[-1].txid, rows[-1].seq) if rows else position
     return FeedPage(entries=entries, next_cursor=last.encode(), more=more)

@@ -33,6 +33,7 @@ def test_feed_lists_upserts_and_deletes_in_order(client, portal):
     client.delete("/v1/ads/a-1", headers=portal.headers)
     changes, _ = read_all(client)
     assert [(c["op"], c["ad"] and c["ad"]["title"]) for c in changes] == [
+        ("delete", None),  # the ad as it is now: gone
         ("upsert", "Two again"),  # the ad as it is now, for both of its upserts
         ("upsert", "Two again"),
         ("delete", None),
@@ -40,12 +41,13 @@ def test_feed_lists_upserts_and_deletes_in_order(client, portal):
     assert changes[-1]["ad_id"] == first.json["id"]
 
 
-def test_feed_skips_upserts_of_ads_that_later_left_public_view(client, portal):
+def test_upserts_of_ads_that_later_left_public_view_are_told_as_deletes(client, portal):
     ad_id = client.put("/v1/ads/a-1", json=ad_payload(), headers=portal.headers).json["id"]
     client.put("/v1/ads/a-2", json=ad_payload(title="Stays"), headers=portal.headers)
     client.delete("/v1/ads/a-1", headers=portal.headers)
     changes, _ = read_all(client)
     assert [(c["op"], c["ad_id"] == ad_id) for c in changes] == [
+        ("delete", True),
         ("upsert", False),
         ("delete", True),
     ]
@@ -218,3 +220,17 @@ def test_the_last_word_on_an_ad_is_its_state_when_writers_commit_out_of_id_order
     changes, _ = read_all(client, since=cursor)
     last_word = [change for change in changes if change["ad_id"] == ad_id][-1]
     assert (last_word["op"], last_word["ad"]["title"]) == ("upsert", "From the sync")
+
+
+def test_the_feed_tells_no_more_of_an_ad_withdrawn_but_kept_than_of_a_deleted_one(client, portal):
+    """Whether an ad that left public view still exists (portal-only, expired) is its
+    portal's to know: the feed tells it exactly as it tells a deleted ad."""
+    kept = client.put("/v1/ads/a-1", json=ad_payload(), headers=portal.headers).json["id"]
+    gone = client.put("/v1/ads/a-2", json=ad_payload(), headers=portal.headers).json["id"]
+    client.put("/v1/ads/a-1", json=ad_payload("portal_only"), headers=portal.headers)
+    client.delete("/v1/ads/a-2", headers=portal.headers)
+
+    changes, _ = read_all(client)
+
+    told = {ad_id: [c["op"] for c in changes if c["ad_id"] == ad_id] for ad_id in (kept, gone)}
+    assert told[kept] == told[gone]
