@@ -1,6 +1,7 @@
-"""Every attempt of the Python client ends by its deadline (`timeout_s`), however slowly
-the peer sends, and an answer is read up to MAX_ANSWER_BYTES: against real servers on
-127.0.0.1 that send their answer a few bytes at a time, or without end."""
+"""Every attempt of the Python client, to a directory or to a ledger, ends by its deadline
+(`timeout_s`), however slowly the peer sends, and an answer is read up to MAX_ANSWER_BYTES:
+against real servers on 127.0.0.1 that send their answer a few bytes at a time, or without
+end."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import pytest
 from directory_client.client import DirectoryClient
 from directory_client.errors import AnswerNotUnderstood, DirectoryUnavailable
 from directory_client.federation import FederatedSearch, Outcome
+from directory_client.ledger import CreditCommonsLedger, LedgerUnavailable
 from directory_client.transport import MAX_ANSWER_BYTES, NO_RETRIES, RetryPolicy
 
 from tests.peers import Peer
@@ -157,6 +159,29 @@ def test_an_answer_that_arrives_slowly_but_within_the_deadline_is_read():
         page = directory.search_ads(q="bike")  # 6 pieces, 0.3 s in all
 
     assert page.hits == [] and page.next_cursor is None
+
+
+def test_a_ledger_that_drips_its_answer_is_unavailable_by_the_timeout():
+    with (
+        dripping_body() as slow,
+        CreditCommonsLedger(slow.origin, timeout_s=1, api_version="0.2", read_attempts=1) as cc,
+    ):
+        error, took = within(STUCK_S, lambda: cc.balance("alice", user="alice", auth="k"))
+
+    assert isinstance(error, LedgerUnavailable), error
+    assert isinstance(error.__cause__, httpx.TimeoutException)
+    assert 0.9 <= took < 2.5
+
+
+def test_a_ledgers_answer_is_read_up_to_the_cap():
+    bomb = gzip.compress(b" " * (MAX_ANSWER_BYTES + 1), compresslevel=9)
+    head = JSON_HEAD + f"Content-Encoding: gzip\r\nContent-Length: {len(bomb)}\r\n\r\n".encode()
+    with (
+        Trickling(head, lambda: [bomb], pause_s=0) as packed,
+        CreditCommonsLedger(packed.origin, api_version="0.2", read_attempts=1) as cc,
+        pytest.raises(LedgerUnavailable, match=f"longer than {MAX_ANSWER_BYTES} bytes"),
+    ):
+        cc.balance("alice", user="alice", auth="k")
 
 
 def test_an_answer_far_longer_than_the_cap_is_read_up_to_the_cap():

@@ -1,7 +1,8 @@
 """A real TCP proxy on 127.0.0.1 in front of a ledger node that loses answers on purpose:
 it forwards a chosen request, lets the node act on it, and never passes the answer back,
 so that the client times out not knowing what happened. It can then go down entirely,
-or answer in the node's place (a node that fails after acting).
+answer in the node's place (a node that fails after acting), or drip an answer that never
+ends (a byte now and then: each of the client's reads is answered in time).
 
 One request per connection, as the reference node (php -S, Connection: close) works."""
 
@@ -17,6 +18,12 @@ IO_TIMEOUT_S = 10.0
 # How long a lost answer keeps the client's connection open without a word: well past
 # the client's timeout, so the client is the one that gives up.
 HOLD_LOST_ANSWER_S = 5.0
+# A dripped answer: its head, then a space every DRIP_PAUSE_S until the client leaves or
+# the proxy goes down.
+DRIPPED_HEAD = (
+    b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n"
+)
+DRIP_PAUSE_S = 0.1
 
 
 @dataclass
@@ -29,6 +36,7 @@ class LoseAnswer:
     then: Callable[[str], None] | None = None
     # Sent instead of the node's answer (the node acted), rather than nothing.
     replacement: bytes | None = None
+    drip: bool = False  # DRIPPED_HEAD and spaces without end, rather than nothing
 
 
 @dataclass
@@ -70,6 +78,12 @@ class LossyProxy:
         place: a node that fails after it has acted."""
         with self._lock:
             self._rules.append(LoseAnswer(method, path_prefix, replacement=answer))
+
+    def drip_next_answer(self, method: str, path_prefix: str) -> None:
+        """Forward the next such request, then send a head and a body a space at a time,
+        without end, in the node's place."""
+        with self._lock:
+            self._rules.append(LoseAnswer(method, path_prefix, drip=True))
 
     def go_down(self) -> None:
         """Stop listening: from now on connections are refused."""
@@ -123,6 +137,12 @@ class LossyProxy:
                 rule.then(path_text)
             if rule.replacement is not None:
                 client.sendall(rule.replacement)
+                return
+            if rule.drip:
+                with contextlib.suppress(OSError):  # until the client gives up
+                    client.sendall(DRIPPED_HEAD)
+                    while not self._down.wait(DRIP_PAUSE_S):
+                        client.sendall(b" ")
                 return
             if rule.go_down_after:
                 self.go_down()

@@ -3,6 +3,7 @@ of the real node swallows them) are found out about before anything is sent agai
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -75,6 +76,35 @@ def test_a_lost_answer_to_the_payment_is_found_not_paid_again(
         credit_commons_node, "frank", paid.idempotency_key, payer="erin"
     ) == [paid.uuid]
     assert ledger.balance("erin", user="erin", auth=key("erin")).pending.balance == before - 6
+
+
+@pytest.mark.parametrize(
+    "transport", [None, httpx.HTTPTransport], ids=["default transport", "callers transport"]
+)
+def test_an_answer_dripped_without_end_counts_as_lost_by_the_timeout(
+    credit_commons_node, proxy, ledger, ad_for, key, transport
+):
+    """A byte now and then answers each of httpx's reads in time: only the timeout on the
+    request as a whole ends it, after which the payment is looked for, not made again."""
+    before = ledger.balance("erin", user="erin", auth=key("erin")).pending.balance
+    proxy.drip_next_answer("POST", "/transaction")
+
+    with CreditCommonsLedger(
+        proxy.url,
+        timeout_s=CLIENT_TIMEOUT_S,
+        transport=transport and transport(),
+        retry_backoff_s=0.05,
+    ) as dripped:
+        started = time.monotonic()
+        paid = dripped.pay(
+            ad_for("frank", ledger_url=proxy.url), 3, "dripped", payer="erin", auth=key("erin")
+        )
+        took = time.monotonic() - started
+
+    assert paid.state == "pending"
+    assert [f.answer_lost for f in proxy.forwarded if f.method == "POST"] == [True]
+    assert took < 3 * CLIENT_TIMEOUT_S  # the drip alone would go on until the proxy stops
+    assert ledger.balance("erin", user="erin", auth=key("erin")).pending.balance == before - 3
 
 
 def test_a_lost_answer_to_moving_the_payment_on_is_read_back_not_repeated(

@@ -14,7 +14,8 @@ only the time left before its deadline (`_DeadlineBackend`, under httpcore's own
 connection pool). With an `http_transport` of the caller's, or proxies set in the
 environment (HTTP_PROXY and the like, which httpx honours only with its own transport),
 the deadline is checked between the chunks of the answer instead. Either way an attempt
-past its deadline fails as a read timeout does."""
+past its deadline fails as a read timeout does. The ledger adapters send through the same
+`send_within`."""
 
 from __future__ import annotations
 
@@ -145,7 +146,7 @@ class Transport:
             base_url=self.base_url,
             headers=headers,
             timeout=timeout_s,
-            transport=_default_transport() if http_transport is None else http_transport,
+            transport=default_transport() if http_transport is None else http_transport,
         )
 
     def close(self) -> None:
@@ -226,31 +227,18 @@ class Transport:
         headers: Mapping[str, str],
     ) -> httpx.Response:
         """One try, its answer read whole before its deadline."""
-        deadline = time.monotonic() + self.timeout_s
-        token = _DEADLINE.set(deadline)
         try:
-            try:
-                request = self._http.build_request(
-                    method, path, params=params, content=content, headers=headers
-                )
-            except UnicodeEncodeError:  # a header value beyond ASCII: httpx cannot send it
-                raise httpx.LocalProtocolError("a header value is not ASCII") from None
-            response = self._http.send(request, stream=True)
-            try:
-                response.stream = _CheckedStream(response.stream, deadline, request)
-                body = bytearray()
-                for chunk in response.iter_bytes():
-                    body += chunk
-                    if len(body) > MAX_ANSWER_BYTES:
-                        raise AnswerNotUnderstood(
-                            f"{method} {self.base_url}{path}: {NOT_UNDERSTOOD}: longer than "
-                            f"{MAX_ANSWER_BYTES} bytes"
-                        )
-            finally:
-                response.close()
-            return _read_answer(response, bytes(body))
-        finally:
-            _DEADLINE.reset(token)
+            request = self._http.build_request(
+                method, path, params=params, content=content, headers=headers
+            )
+        except UnicodeEncodeError:  # a header value beyond ASCII: httpx cannot send it
+            raise httpx.LocalProtocolError("a header value is not ASCII") from None
+        try:
+            return send_within(self._http, request, self.timeout_s)
+        except AnswerTooLong as error:
+            raise AnswerNotUnderstood(
+                f"{method} {self.base_url}{path}: {NOT_UNDERSTOOD}: {error}"
+            ) from None
 
     def _unavailable(
         self,
@@ -300,6 +288,34 @@ def _check_key(key: str) -> None:
             "a line break); leave it out to call anonymously. The value is not shown: it is "
             "a secret"
         )
+
+
+class AnswerTooLong(httpx.RemoteProtocolError):
+    """An answer longer than MAX_ANSWER_BYTES: read no further, and to a caller that does
+    not look for it, a broken answer like any other."""
+
+
+def send_within(http: httpx.Client, request: httpx.Request, timeout_s: float) -> httpx.Response:
+    """`request` sent on `http` and its answer read whole, all within `timeout_s` (an
+    httpx.ReadTimeout or the like once it has passed; see the module's docstring), and at
+    most MAX_ANSWER_BYTES of it (AnswerTooLong). Shared by the directory's client and the
+    ledger's, so that no peer can hold either for longer than its timeout."""
+    deadline = time.monotonic() + timeout_s
+    token = _DEADLINE.set(deadline)
+    try:
+        response = http.send(request, stream=True)
+        try:
+            response.stream = _CheckedStream(response.stream, deadline, request)
+            body = bytearray()
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > MAX_ANSWER_BYTES:
+                    raise AnswerTooLong(f"longer than {MAX_ANSWER_BYTES} bytes", request=request)
+        finally:
+            response.close()
+        return _read_answer(response, bytes(body))
+    finally:
+        _DEADLINE.reset(token)
 
 
 def _read_answer(response: httpx.Response, body: bytes) -> httpx.Response:
@@ -487,7 +503,7 @@ class _DeadlineTransport(httpx.BaseTransport):
         self._pool.close()
 
 
-def _default_transport() -> httpx.BaseTransport | None:
+def default_transport() -> httpx.BaseTransport | None:
     """_DeadlineTransport, or None (httpx's own) when the environment sets proxies: httpx
     reads HTTP_PROXY, HTTPS_PROXY, ALL_PROXY and NO_PROXY (as urllib does, the system's
     settings too) only when it makes its transport itself."""

@@ -63,6 +63,7 @@ from directory_client.ledger.interface import (
     Transaction,
 )
 from directory_client.payments import NotPayable, Payment
+from directory_client.transport import default_transport, send_within
 
 PROTOCOL = "credit-commons"
 DEFAULT_TIMEOUT_S = 10.0
@@ -176,10 +177,11 @@ class CreditCommonsLedger:
         self._workflows: list[Workflow] | None = None
         self._read_attempts = read_attempts
         self._retry_backoff_s = retry_backoff_s
+        self._timeout_s = float(timeout_s)
         self._http = httpx.Client(
             base_url=self.ledger_url,
             timeout=httpx.Timeout(timeout_s),
-            transport=transport,
+            transport=default_transport() if transport is None else transport,
             headers={"accept": "application/json"},
         )
 
@@ -573,13 +575,12 @@ class CreditCommonsLedger:
         json: Any = None,
         params: Mapping[str, str] | None = None,
     ) -> httpx.Response:
-        return self._http.request(
-            method,
-            path,
-            json=json,
-            params=params,
-            headers={"cc-user": user, "cc-auth": auth},
+        """One request, its answer read whole within the timeout: a ledger that drips its
+        answer, or sends one without end, fails as one that lost it."""
+        request = self._http.build_request(
+            method, path, json=json, params=params, headers={"cc-user": user, "cc-auth": auth}
         )
+        return send_within(self._http, request, self._timeout_s)
 
     def _read(
         self,
