@@ -625,6 +625,11 @@ def apply_changes(
     def view(ledger_account: str | None) -> str:
         return views[ledger_account is not None]
 
+    def in_public_view(current: _Existing) -> bool:
+        # An expired ad left public view when it expired (unlogged: the feed tells it by
+        # its expiry); what its portal does with it since is the portal's to know.
+        return current.visibility is Visibility.PUBLIC and current.expires_at > locked_at
+
     new_ids = list(_new_ids(len(prepared)))
     results: list[ItemResult | None] = [None] * len(prepared)
     inserts: list[tuple[int, dict]] = []  # (index in prepared, row)
@@ -674,7 +679,7 @@ def apply_changes(
             updates.append(row | {"id": current.id, "version": version})
             if op.ad.visibility is Visibility.PUBLIC:
                 change(current.id, ChangeOp.UPSERT)
-            elif current.visibility is Visibility.PUBLIC:
+            elif in_public_view(current):
                 change(current.id, ChangeOp.DELETE)  # it left public view
             return ItemResult(
                 op.external_id, "updated", current.id, version, view=view(op.ad.ledger_account)
@@ -683,7 +688,7 @@ def apply_changes(
             if current is None:
                 return ItemResult(op.external_id, "unchanged")
             deletions.append(current.id)
-            if current.visibility is Visibility.PUBLIC:
+            if in_public_view(current):
                 change(current.id, ChangeOp.DELETE)
             return ItemResult(op.external_id, "deleted", current.id, current.version)
         # Expire
@@ -897,14 +902,16 @@ def delete_all_but(session: Session, *, portal_id: int, keep, keep_subquery=None
     gone = session.execute(
         delete(Ad)
         .where(Ad.portal_id == portal_id, Ad.external_id.not_in(kept))
-        .returning(Ad.id, Ad.visibility)
+        .returning(Ad.id, Ad.visibility, Ad.expires_at)
     ).all()
+    now = datetime.now(UTC)
+    # Only those in public view: an expired ad left it when it expired (apply_changes).
     _log_changes(
         session,
         [
             (ad_id, portal_id, ChangeOp.DELETE)
-            for ad_id, visibility in gone
-            if visibility is Visibility.PUBLIC
+            for ad_id, visibility, expires_at in gone
+            if visibility is Visibility.PUBLIC and expires_at > now
         ],
     )
     return len(gone)

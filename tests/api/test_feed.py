@@ -234,3 +234,23 @@ def test_the_feed_tells_no_more_of_an_ad_withdrawn_but_kept_than_of_a_deleted_on
 
     told = {ad_id: [c["op"] for c in changes if c["ad_id"] == ad_id] for ad_id in (kept, gone)}
     assert told[kept] == told[gone]
+
+
+def test_changes_to_ads_out_of_public_view_write_nothing_to_the_feed(client, portal, session):
+    """Once an ad has expired, what its portal does with it (keeps it, deletes it, makes
+    it portal-only, replaces its set without it) is the portal's to know."""
+    for external_id in ("a-1", "a-2", "a-3", "a-4"):
+        client.put(f"/v1/ads/{external_id}", json=ad_payload(), headers=portal.headers)
+    session.execute(update(Ad).values(expires_at=datetime.now(UTC)))  # they all expire
+    session.commit()
+    _, cursor = read_all(client)
+
+    client.delete("/v1/ads/a-1", headers=portal.headers)
+    client.put("/v1/ads/a-2", json=ad_payload("portal_only"), headers=portal.headers)
+    client.post(
+        "/v1/ads/batch",
+        json={"replace": True, "items": [{"external_id": "a-2", "ad": ad_payload("portal_only")}]},
+        headers=portal.headers,
+    )
+
+    assert read_all(client, since=cursor)[0] == []
