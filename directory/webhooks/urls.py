@@ -92,6 +92,8 @@ def resolve_webhook_target(
         if parts.scheme == "http" and not allow_http and not _is_loopback(address):
             raise UnsafeUrl(f"{where}: http is allowed only to loopback addresses; use https")
         reason = _why_not_public(address, allow_loopback=allow_loopback)
+        if reason and literal is None:
+            raise _no_public_address(field, hostname)
         if reason:
             raise UnsafeUrl(f"{where}, {reason}")
     path = parts.path or "/"
@@ -168,8 +170,18 @@ def _resolve(hostname: str, port: int, *, field: str) -> list[IPAddress]:
         answers = []
     addresses = [ipaddress.ip_address(answer[4][0]) for answer in answers]
     if not addresses:
-        raise UnsafeUrl(f"{field} host {hostname!r} does not resolve")
+        raise _no_public_address(field, hostname)
     return addresses
+
+
+def _no_public_address(field: str, hostname: str) -> UnsafeUrl:
+    """The refusal of a name without an answer or with an address that is not public, the
+    same for both: the resolver knows the names of the directory's own network, and a
+    portal must not learn which of them exist, nor where they lead. (An address written in
+    the URL is named with its kind: the portal knows it already.)"""
+    return UnsafeUrl(
+        f"{field} host {hostname!r} does not resolve, or resolves to an address that is not public"
+    )
 
 
 def _is_loopback(address: IPAddress | None) -> bool:
