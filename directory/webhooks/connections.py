@@ -67,16 +67,19 @@ def send_request(
     *,
     pool_for: Callable[[str], urllib3.HTTPConnectionPool],
     headers: dict[str, str],
-    timeout: urllib3.Timeout,
+    connect_timeout_s: float,
+    read_timeout_s: float,
+    deadline: float,
     body: bytes | None = None,
-    deadline: float | None = None,
 ) -> urllib3.BaseHTTPResponse:
     """The answer of the first of `target`'s checked addresses that takes the connection
-    (through `pool_for(address)`), its body left to read; no other address is tried after
-    `deadline` (time.monotonic()). Redirects are answers like any other."""
-    last_error = "no address to connect to"
+    (through `pool_for(address)`), its body left to read. No wait goes past `deadline`
+    (time.monotonic()), and no other address is tried after it: a host may have dozens
+    of addresses that never answer. Redirects are answers like any other."""
+    last_error = None
     for address in target.addresses:
-        if deadline is not None and time.monotonic() >= deadline:
+        remaining_s = deadline - time.monotonic()
+        if remaining_s <= 0:
             break
         try:
             return pool_for(address).urlopen(
@@ -86,7 +89,9 @@ def send_request(
                 headers=headers,
                 redirect=False,
                 retries=False,
-                timeout=timeout,
+                timeout=urllib3.Timeout(
+                    connect=connect_timeout_s, read=read_timeout_s, total=remaining_s
+                ),
                 preload_content=False,
                 decode_content=False,
             )
@@ -95,7 +100,7 @@ def send_request(
             last_error = describe_failure(error, address=address, target=target)
         except (HTTPError, OSError) as error:
             raise RequestFailed(describe_failure(error, address=address, target=target)) from None
-    raise RequestFailed(last_error)
+    raise RequestFailed(last_error or "no time left to connect")
 
 
 def read_capped(

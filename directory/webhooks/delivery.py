@@ -88,6 +88,7 @@ class WebhookSender:
         self._timeout = urllib3.Timeout(
             connect=connect_timeout_s, read=read_timeout_s, total=total_timeout_s
         )
+        self._connect_timeout_s = connect_timeout_s
         self._read_timeout_s = read_timeout_s
         self._total_timeout_s = total_timeout_s
         self._max_pools = max_pools
@@ -118,7 +119,9 @@ class WebhookSender:
                 pool_for=lambda address: self._pool(target, address),
                 headers=request_headers,
                 body=body,
-                timeout=self._timeout,
+                connect_timeout_s=self._connect_timeout_s,
+                read_timeout_s=self._read_timeout_s,
+                deadline=started + self._total_timeout_s,
             )
         except RequestFailed as error:
             return _result(Outcome.RETRY, started, error=str(error))

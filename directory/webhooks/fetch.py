@@ -123,7 +123,8 @@ def _get(
                     "accept-encoding": "identity",
                     "host": target.host_header,
                 },
-                timeout=timeout,
+                connect_timeout_s=CONNECT_TIMEOUT_S,
+                read_timeout_s=READ_TIMEOUT_S,
                 deadline=deadline,
             )
         except RequestFailed as error:

@@ -3,9 +3,11 @@ absence) is classified."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -60,6 +62,39 @@ def unused_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def unanswered_addresses(count: int) -> Iterator[tuple[list[str], int]]:
+    """`count` loopback addresses and a port where a connection is never taken: each
+    listens with its backlog full, so a new connection's SYN goes unanswered, as with a
+    host that drops packets."""
+    addresses = [f"127.0.0.{number}" for number in range(2, 2 + count)]
+    with contextlib.ExitStack() as stack:
+        port = 0
+        for address in addresses:
+            listener = stack.enter_context(socket.socket())
+            listener.bind((address, port))
+            listener.listen(0)
+            port = listener.getsockname()[1]
+            filler = stack.enter_context(socket.socket())
+            filler.connect((address, port))  # the one connection the backlog holds
+        yield addresses, port
+
+
+def resolve_localhost_to(monkeypatch, addresses: list[str]) -> None:
+    """ "localhost" resolves to `addresses`, in this order; other names as they did."""
+    real_getaddrinfo = socket.getaddrinfo
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        if host != "localhost":
+            return real_getaddrinfo(host, port, *args, **kwargs)
+        return [
+            (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (address, port))
+            for address in addresses
+        ]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
 
 
 def test_2xx_is_delivered_and_the_receiver_verifies_the_signature(sender, receiver, secret):
@@ -224,23 +259,29 @@ def test_a_receiver_down_for_a_while_gets_the_retry(sender, receiver, secret):
 
 
 def test_the_next_address_is_tried_when_one_refuses(sender, receiver, secret, monkeypatch):
-    real_getaddrinfo = socket.getaddrinfo
-
-    def getaddrinfo(host, port, *args, **kwargs):
-        if host != "localhost":
-            return real_getaddrinfo(host, port, *args, **kwargs)
-        return [
-            (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (address, port))
-            for address in ("127.0.0.2", "127.0.0.1")  # nothing listens on 127.0.0.2
-        ]
-
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    resolve_localhost_to(monkeypatch, ["127.0.0.2", "127.0.0.1"])  # none listens on .2
     url = f"http://localhost:{receiver.port}/hook"
 
     result = deliver(sender, url, secrets=[secret])
 
     assert result.outcome == Outcome.DELIVERED
     assert receiver.deliveries[0].headers["host"] == f"localhost:{receiver.port}"
+
+
+def test_a_host_of_many_silent_addresses_is_given_up_at_the_total_timeout(secret, monkeypatch):
+    # Each address waited on for the connect timeout in turn would hold the worker's
+    # thread for 5 x 0.4 s; the whole exchange has 1 s.
+    sender = WebhookSender(connect_timeout_s=0.4, read_timeout_s=0.4, total_timeout_s=1)
+    try:
+        with unanswered_addresses(5) as (addresses, port):
+            resolve_localhost_to(monkeypatch, addresses)
+            result = deliver(sender, f"http://localhost:{port}/hook", secrets=[secret])
+    finally:
+        sender.close()
+
+    assert (result.outcome, result.status) == (Outcome.RETRY, None)
+    assert "no connection to 127.0.0." in result.error
+    assert result.duration_ms < 1300
 
 
 def test_one_sender_serves_many_threads(sender, receiver, secret):
