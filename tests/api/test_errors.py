@@ -159,3 +159,15 @@ def test_a_search_with_the_database_unreachable_answers_503(migrated):
     response = app.test_client().get("/v1/search?q=bike")
     assert response.status_code == 503
     assert response.json["error"] == "unavailable"
+
+
+def test_a_search_with_its_replica_unreachable_answers_503(migrated):
+    # The primary answers (the taxonomy is read from it); the replica that searches read
+    # is down, so the search's own connection fails.
+    app = create_app(
+        dataclasses.replace(migrated, search_database_url="postgresql+psycopg://x@127.0.0.1:1/x")
+    )
+    response = app.test_client().get("/v1/search?q=bike")
+    app.extensions["directory"].close()
+    assert response.status_code == 503, response.get_data(as_text=True)
+    assert response.json["error"] == "unavailable"
