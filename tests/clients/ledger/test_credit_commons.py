@@ -292,6 +292,13 @@ def test_bad_arguments_are_refused_before_any_request(
             "user must be",
         ),
         (lambda ledger: ledger.balance("", user="bob", auth="k"), "account must be"),
+        (lambda ledger: ledger.balance("..", user="bob", auth="k"), "account must be"),
+        (lambda ledger: ledger.statement(".", user="bob", auth="k"), "account must be"),
+        (lambda ledger: ledger.balance("bob", user="zoë", auth="k"), r"user must be .* ASCII"),
+        (lambda ledger: ledger.balance("bob", user="bob\r\n", auth="k"), "user must be"),
+        (lambda ledger: ledger.balance("bob", user="bob", auth="s3cret\n"), "auth must be"),
+        (lambda ledger: ledger.balance("bob", user="bob", auth="clé-s3cret"), "auth must be"),
+        (lambda ledger: ledger.balance("bob", user="bob", auth=b"s3cret"), "auth must be"),
         (
             lambda ledger: ledger.statement(
                 "bob", user="bob", auth="k", since=datetime(2026, 1, 1)
@@ -301,8 +308,18 @@ def test_bad_arguments_are_refused_before_any_request(
     ],
 )
 def test_other_bad_arguments_are_refused_before_any_request(ledger, recorder, call, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=message) as caught:
         call(ledger)
+
+    assert recorder.exchanges == []
+    assert "s3cret" not in str(caught.value)  # an auth is never shown
+
+
+def test_a_payer_that_cannot_be_a_header_is_refused_before_any_request(
+    ledger, ad_for, key, recorder
+):
+    with pytest.raises(ValueError, match=r"payer must be .* ASCII"):
+        ledger.pay(ad_for("bob"), 1, "a coffee", payer="alicé", auth=key("alice"))
 
     assert recorder.exchanges == []
 

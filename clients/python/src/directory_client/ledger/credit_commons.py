@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import urllib.parse
 import uuid
@@ -311,7 +312,7 @@ class CreditCommonsLedger:
         return self._move(transaction_uuid, ERASED, user=user, auth=auth)
 
     def balance(self, account: str, *, user: str, auth: str) -> Balance:
-        _check_text("account", account)
+        _check_account(account)
         _check_credentials(user, auth)
         paths = self._paths_for(user=user, auth=auth)
         path = _fill(paths.account_summary, account=account)
@@ -342,7 +343,7 @@ class CreditCommonsLedger:
 
         At most the `limit` transactions changed last are read: the node is always told
         how many, since a node may otherwise cut the list short (0.8 answers 10)."""
-        _check_text("account", account)
+        _check_account(account)
         _check_credentials(user, auth)
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValueError(f"limit must be a positive integer, not {limit!r}")
@@ -889,9 +890,31 @@ def _check_text(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be a non-empty string, got {value!r}")
 
 
+# What a header value carries unchanged: visible ASCII, spaces only inside. The user and
+# the auth travel as the cc-user and cc-auth headers; httpx refuses anything else with an
+# error that does not name the argument (and may quote the secret).
+HEADER_VALUE = re.compile(r"[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?")
+
+
 def _check_credentials(user: Any, auth: Any, *, user_role: str = "user") -> None:
     _check_text(user_role, user)
-    _check_text("auth", auth)
+    if HEADER_VALUE.fullmatch(user) is None:
+        raise ValueError(
+            f"{user_role} must be an account name of visible ASCII characters (it is sent "
+            f"as the cc-user header), got {user!r}"
+        )
+    if not isinstance(auth, str) or HEADER_VALUE.fullmatch(auth) is None:
+        raise ValueError(
+            "auth must be a non-empty string of visible ASCII characters, without line "
+            "breaks or spaces at either end (it is sent as the cc-auth header; a key read "
+            "from a file may end with a line break). The value is not shown: it is a secret"
+        )
+
+
+def _check_account(account: Any) -> None:
+    _check_text("account", account)
+    if account.strip() in {".", ".."}:  # a path segment that would name another path
+        raise ValueError(f"account must be an account name, got {account!r}")
 
 
 def _checked_uuid(value: Any) -> str:
