@@ -5,10 +5,15 @@ went wrong."""
 
 from __future__ import annotations
 
+import http.client
+import io
+import socket
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 
 import urllib3
+import urllib3.connection
 from urllib3.exceptions import (
     ConnectTimeoutError,
     HTTPError,
@@ -27,6 +32,70 @@ ERROR_BODY_CHARS = 200
 
 class RequestFailed(Exception):
     """No answer came; the message says why, naming the address tried."""
+
+
+# The deadline (time.monotonic()) of the exchange this thread is sending, for the answer
+# it makes (_DeadlineResponse): urllib3 bounds each wait for a read, not their sum.
+_DEADLINE: ContextVar[float | None] = ContextVar("outbound_deadline", default=None)
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A socket's reads, none waiting past `deadline`; one asked for after it fails as a
+    read timeout does. http.client reads the status line and headers (and skips any
+    number of 1xx answers) as bytes come: a peer sending a byte within each read timeout
+    held the thread for as long as it liked."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        super().__init__()
+        self._sock = sock
+        # As http.client's own file: the socket stays open until this closes too.
+        self._raw = sock.makefile("rb", buffering=0)
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int | None:
+        remaining_s = self._deadline - time.monotonic()
+        if remaining_s <= 0:
+            raise TimeoutError("the exchange's deadline has passed")
+        timeout_s = self._sock.gettimeout()
+        self._sock.settimeout(remaining_s if timeout_s is None else min(timeout_s, remaining_s))
+        try:
+            return self._raw.readinto(buffer)
+        finally:
+            self._sock.settimeout(timeout_s)
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+class _DeadlineResponse(http.client.HTTPResponse):
+    """An answer read within the deadline of the exchange that asked for it."""
+
+    def __init__(self, sock: socket.socket, *args, **kwargs) -> None:
+        super().__init__(sock, *args, **kwargs)
+        deadline = _DEADLINE.get()
+        if deadline is not None:
+            self.fp.close()
+            self.fp = io.BufferedReader(_DeadlineReader(sock, deadline))
+
+
+class _HTTPConnection(urllib3.connection.HTTPConnection):
+    response_class = _DeadlineResponse
+
+
+class _HTTPSConnection(urllib3.connection.HTTPSConnection):
+    response_class = _DeadlineResponse
+
+
+class _HTTPConnectionPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSConnectionPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
 
 
 def connection_pool(
@@ -49,7 +118,7 @@ def connection_pool(
         "retries": False,
     }
     if target.scheme == "https":
-        return urllib3.HTTPSConnectionPool(
+        return _HTTPSConnectionPool(
             address,
             # SNI and certificate checks against the URL's name, not the address.
             server_hostname=target.hostname,
@@ -58,7 +127,7 @@ def connection_pool(
             ca_certs=ca_certs,
             **common,
         )
-    return urllib3.HTTPConnectionPool(address, **common)
+    return _HTTPConnectionPool(address, **common)
 
 
 def send_request(
@@ -81,6 +150,7 @@ def send_request(
         remaining_s = deadline - time.monotonic()
         if remaining_s <= 0:
             break
+        token = _DEADLINE.set(deadline)
         try:
             return pool_for(address).urlopen(
                 method,
@@ -99,7 +169,12 @@ def send_request(
             # Nothing was sent: another address of the host may answer.
             last_error = describe_failure(error, address=address, target=target)
         except (HTTPError, OSError) as error:
-            raise RequestFailed(describe_failure(error, address=address, target=target)) from None
+            late = time.monotonic() >= deadline
+            raise RequestFailed(
+                describe_failure(error, address=address, target=target, late=late)
+            ) from None
+        finally:
+            _DEADLINE.reset(token)
     raise RequestFailed(last_error or "no time left to connect")
 
 
@@ -112,22 +187,18 @@ def read_capped(
     total_timeout_s: float,
 ) -> tuple[bytes, str | None]:
     """At most `max_bytes` of the body, and None if that was all of it, else why not. Each
-    read waits at most `read_timeout_s`, and none goes past `deadline` (time.monotonic(),
-    `total_timeout_s` after the exchange began). A body not read to its end leaves the
-    connection unusable: it closes."""
+    read waits at most `read_timeout_s`, and none goes past `deadline`, the one given to
+    send_request (`total_timeout_s` after the exchange began). A body not read to its end
+    leaves the connection unusable: it closes."""
     late = f"answer not complete within {total_timeout_s} s"
     content = bytearray()
     problem = f"answer longer than {max_bytes} bytes"
     try:
         while len(content) <= max_bytes:
-            remaining_s = deadline - time.monotonic()
-            if remaining_s <= 0:
+            if time.monotonic() >= deadline:
                 problem = late
                 break
-            # Each read waits at most until the deadline: the whole exchange is bounded.
-            sock = getattr(response.connection, "sock", None)
-            if sock is not None:
-                sock.settimeout(min(read_timeout_s, remaining_s))
+            # Each read waits at most until the exchange's deadline (_DeadlineReader).
             piece = response.read1(max_bytes + 1 - len(content))
             if not piece:
                 return bytes(content), None
@@ -141,13 +212,18 @@ def read_capped(
     return bytes(content[:max_bytes]), problem
 
 
-def describe_failure(error: Exception, *, address: str, target: WebhookTarget) -> str:
-    """A short account of a network failure, naming the address tried."""
+def describe_failure(
+    error: Exception, *, address: str, target: WebhookTarget, late: bool = False
+) -> str:
+    """A short account of a network failure, naming the address tried. `late`: it came
+    once the exchange's deadline had passed."""
     where = f"{address} port {target.port}"
     if isinstance(error, NewConnectionError):
         return f"cannot connect to {where}: {cause(error)}"
     if isinstance(error, ConnectTimeoutError):
         return f"no connection to {where} within the connect timeout"
+    if isinstance(error, ReadTimeoutError) and late:
+        return f"no complete answer from {where} within the total timeout"
     if isinstance(error, ReadTimeoutError):
         return f"no answer from {where} within the read timeout"
     if isinstance(error, SSLError):

@@ -29,9 +29,9 @@ from directory.webhooks.urls import UnsafeUrl, WebhookTarget, resolve_webhook_ta
 CONNECT_TIMEOUT_S = 3
 # The longest wait for any one read of the answer...
 READ_TIMEOUT_S = 10
-# ...and for the whole exchange, connection to last byte: a receiver that trickles its
-# answer must not hold a worker thread for long. (The status line and headers, whose size
-# http.client limits, are bounded per read only; resolving the name, by the system's resolver.)
+# ...and for the whole exchange, connection to last byte, status line and headers
+# included: a receiver that trickles its answer must not hold a worker thread for long.
+# (Resolving the name is bounded by the system's resolver only.)
 TOTAL_TIMEOUT_S = 15
 # Portals answer with a status; a body is only read to show the portal its own error.
 MAX_RESPONSE_BYTES = 64 * 1024

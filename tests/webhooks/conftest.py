@@ -1,12 +1,18 @@
-"""What the tests of outbound HTTP share: certificates for https peers."""
+"""What the tests of outbound HTTP share: certificates for https peers, and a peer whose
+answer never gets past its head."""
 
 from __future__ import annotations
 
+import itertools
 import shutil
+import socketserver
 import subprocess
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.peers import Peer
 
 
 @pytest.fixture(scope="module")
@@ -30,3 +36,50 @@ def certificates(tmp_path_factory) -> dict[str, Path]:
         made[name] = folder / f"{name}.pem"
         made[name].write_bytes(key.read_bytes() + certificate.read_bytes())
     return made
+
+
+class EndlessHead(Peer):
+    """A loopback server answering each request with an HTTP head that never ends: `pieces`
+    sent `pause_s` apart until the client leaves or the server stops."""
+
+    def __init__(self, pieces: Callable[[], Iterable[bytes]], *, pause_s: float) -> None:
+        super().__init__()
+        self.pieces = pieces
+        self.pause_s = pause_s
+
+    def handler(self) -> type[socketserver.BaseRequestHandler]:
+        peer = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                self.request.recv(65536)  # the request: these tests send small ones
+                try:
+                    for piece in peer.pieces():
+                        if self.server.stopping.wait(peer.pause_s):
+                            return
+                        self.request.sendall(piece)
+                except OSError:  # the client gave up
+                    return
+
+        return Handler
+
+
+def _dripped_headers() -> Iterable[bytes]:
+    """A status line and a header, a byte at a time, the header's value without end."""
+    head = b"HTTP/1.1 200 OK\r\nX-Padding: "
+    return itertools.chain((bytes([byte]) for byte in head), itertools.repeat(b"a"))
+
+
+@pytest.fixture(
+    params=[
+        (_dripped_headers, 0.05),
+        # Informational answers, which http.client skips in a loop of its own.
+        (lambda: itertools.repeat(b"HTTP/1.1 100 Continue\r\n\r\n"), 0.001),
+    ],
+    ids=["dripped-headers", "endless-100-continue"],
+)
+def endless_head(request) -> Iterator[EndlessHead]:
+    """A server whose answer's status line and headers never end, each read being quick."""
+    pieces, pause_s = request.param
+    with EndlessHead(pieces, pause_s=pause_s) as peer:
+        yield peer

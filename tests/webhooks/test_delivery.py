@@ -214,6 +214,22 @@ def test_a_receiver_trickling_its_answer_is_cut_off_at_the_total_timeout(receive
     assert result.duration_ms < 1000
 
 
+@pytest.mark.timeout(10)
+def test_an_answer_whose_head_never_ends_is_cut_off_at_the_total_timeout(endless_head, secret):
+    # Each read comes within the read timeout: only the exchange's deadline can end it.
+    sender = WebhookSender(read_timeout_s=0.3, total_timeout_s=0.5)
+    try:
+        result = deliver(sender, f"{endless_head.origin}/hook", secrets=[secret])
+    finally:
+        sender.close()
+
+    assert (result.outcome, result.status) == (Outcome.RETRY, None)
+    assert result.error == (
+        f"no complete answer from 127.0.0.1 port {endless_head.port} within the total timeout"
+    )
+    assert result.duration_ms < 1000
+
+
 def test_nothing_listening_is_a_connection_error(sender, secret):
     result = deliver(sender, f"http://127.0.0.1:{unused_port()}/hook", secrets=[secret])
 

@@ -1,12 +1,14 @@
 """Fetching a file from a portal's website (directory.webhooks.fetch) where the API tests
-(tests/api/test_website_verification.py) cannot reach: https, and redirects between http
-and https on one host. The websites are real servers on 127.0.0.1."""
+(tests/api/test_website_verification.py) cannot reach: https, redirects between http and
+https on one host, and answers that never end. The websites are real servers on 127.0.0.1."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from directory.webhooks.fetch import FetchFailed, fetch_file
+from directory.webhooks.fetch import TOTAL_TIMEOUT_S, FetchFailed, fetch_file
 from tests.peers import Reply, Website
 
 FILE = "/.well-known/commons-directory"
@@ -60,3 +62,18 @@ def test_a_redirect_from_https_down_to_http_is_refused(certificates):
 
     assert f"redirects to {downgrade}" in str(refused.value)
     assert plain.requests == []
+
+
+@pytest.mark.timeout(20)
+def test_a_website_whose_answer_head_never_ends_is_given_up_at_the_total_timeout(endless_head):
+    # Each read comes within the read timeout: only the fetch's deadline can end it.
+    started = time.monotonic()
+    with pytest.raises(FetchFailed) as failed:
+        fetch_file(f"{endless_head.origin}{FILE}", allow_loopback=True)
+    took_s = time.monotonic() - started
+
+    assert str(failed.value) == (
+        f"cannot fetch {endless_head.origin}{FILE}: no complete answer from 127.0.0.1 port "
+        f"{endless_head.port} within the total timeout"
+    )
+    assert TOTAL_TIMEOUT_S <= took_s < TOTAL_TIMEOUT_S + 1
