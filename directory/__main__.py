@@ -142,7 +142,8 @@ def alembic_config(database_url: str):
 @cli.command()
 @click.option("--once", is_flag=True, help="One round, then exit")
 def worker(once: bool) -> None:
-    """Run the background worker: housekeeping and, with Meilisearch, search indexing."""
+    """Run the background worker: relay deliveries, housekeeping, website re-checks and,
+    with Meilisearch, search indexing."""
     from directory import configure_logging
     from directory import worker as worker_module
 
