@@ -1,7 +1,7 @@
 """Ingestion speed: 100,000 ads through POST /v1/ads/batch on one local server, beside
 a plain COPY of the same rows into the same table (the floor to compare with).
 
-    .venv/bin/python bench/ingest.py [--ads 100000] [--clients 3] [--workers 2]
+    .venv/bin/python bench/ingest.py [--ads 100000] [--clients 4] [--workers N]
 
 Prints figures; asserts nothing."""
 

@@ -11,7 +11,7 @@ realistic ads, each query measured three ways on the same database:
            orjson of the rows, the floor for any Python API on this machine.
 
     .venv/bin/python bench/search.py [--sizes 100000,1000000] [--requests 200]
-        [--budget 20] [--duration 8] [--clients 4] [--turns 4] [--workers 3] [--rounds 2]
+        [--budget 20] [--duration 8] [--clients 4] [--turns 4] [--workers N] [--rounds 2]
         [--explain] [--keep] [--growth communities|density] [--arrival batches|random]
 
 The directory grows by communities: the ads of the first size live around 53 real cities
