@@ -23,8 +23,8 @@ class Privacy(enum.StrEnum):
     HIDDEN = "hidden"  # no location published, nor stored
 
 
-# H3 resolution 7: cells ~5.2 km², centre at most ~1.4 km (typically ~0.9 km) from the point.
-# H3 resolution 5: cells ~252 km², centre at most ~9.9 km (typically ~6 km) from the point.
+# H3 resolution 7: cells ~5.2 km², centre at most ~1.5 km (typically ~0.9 km) from the point.
+# H3 resolution 5: cells ~252 km², centre at most ~11 km (typically ~6 km) from the point.
 SNAP_RESOLUTION = {Privacy.APPROXIMATE: 7, Privacy.AREA: 5}
 # Largest distance between a point and the centre of its cell, per level, in km
 # (measured over 20,000 random points: 1.52 km and 10.73 km).
