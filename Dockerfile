@@ -1,5 +1,5 @@
-# The API and the worker, for docker-compose.yml (PostgreSQL/PostGIS and Meilisearch
-# run in their own containers).
+# The API and the worker, for docker-compose.yml (PostgreSQL/PostGIS, Meilisearch and
+# Redis, the rate limits' shared store, run in their own containers).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
