@@ -295,6 +295,21 @@ def test_production_refuses_to_count_rate_limits_per_process():
         )
 
 
+PRODUCTION = {
+    "DIRECTORY_ENVIRONMENT": "production",
+    "DIRECTORY_DATABASE_URL": URL,
+    "DIRECTORY_RATE_LIMIT_STORAGE_URL": "redis://cache.internal:6379/0",
+}
+
+
+def test_production_retries_deliveries_for_at_least_three_days():
+    with pytest.raises(SettingsError, match="DIRECTORY_DELIVERY_GIVE_UP_AFTER_HOURS"):
+        Settings.from_env({**PRODUCTION, "DIRECTORY_DELIVERY_GIVE_UP_AFTER_HOURS": "71.9"})
+    settings = Settings.from_env({**PRODUCTION, "DIRECTORY_DELIVERY_GIVE_UP_AFTER_HOURS": "72"})
+    assert settings.delivery_give_up_after_hours == 72
+    assert Settings.from_env(PRODUCTION).delivery_give_up_after_hours == 72
+
+
 def test_every_numeric_setting_has_a_range():
     numeric = {
         field.name for field in dataclasses.fields(Settings) if field.type in ("int", "float")
