@@ -12,10 +12,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select, text, update
 
-from directory import create_app, cursors
+from directory import build_wiring, create_app, cursors
 from directory.db import unit_of_work
 from directory.models import Ad, Conversation, Delivery, DeliveryState, Message, PortalStatus
+from directory.models.relay import MAX_MESSAGE_CHARS
 from directory.services import portals, relay
+from directory.worker import housekeeping
 from tests.factories import ad_payload
 from tests.waits import wait_for_a_lock_wait
 
@@ -117,6 +119,32 @@ def test_replies_thread_back_in_order(client, advertiser, writer_portal, ad_id):
     assert ADVERTISER not in json.dumps(seen)
 
 
+def test_a_reply_reaches_the_writers_portal_for_its_member_in_the_same_conversation(
+    client, advertiser, writer_portal, ad_id
+):
+    opened = contact(client, writer_portal, ad_id).json["conversation"]
+    reply(client, advertiser, opened["id"], name="Luc", body="Yes, come by!")
+    (event,) = client.get("/v1/inbox", headers=writer_portal.headers).json["events"]
+    data = event["data"]
+    assert data["conversation"]["id"] == opened["id"]
+    assert data["conversation"]["ad"] == {"id": ad_id, "title": "Bicycle repairs"}
+    assert data["message"]["seq"] == 2
+    assert data["message"]["body"] == "Yes, come by!"
+    # For the writer's own member, under the alias the advertiser's side knows them by.
+    assert data["to"] == {
+        "role": "initiator",
+        "member": WRITER,
+        "alias": opened["initiator"]["alias"],
+    }
+    assert data["from"] == {
+        "role": "recipient",
+        "alias": opened["recipient"]["alias"],
+        "name": "Luc",
+        "portal": {"slug": "sel-lyon", "name": "SEL de Lyon"},
+    }
+    assert ADVERTISER not in json.dumps(event)
+
+
 def test_messages_page_by_seq(client, advertiser, writer_portal, ad_id):
     conversation_id = contact(client, writer_portal, ad_id).json["conversation"]["id"]
     for number in range(4):
@@ -155,6 +183,29 @@ def test_two_conversations_of_one_member_cannot_be_linked(client, advertiser, wr
     assert seen[0]["initiator"]["alias"] != seen[1]["initiator"]["alias"]
 
 
+def test_the_advertiser_cannot_be_linked_across_its_ads_conversations_either(
+    client, advertiser, writer_portal
+):
+    # The writer's side sees the advertiser under an alias of each conversation: the
+    # same member's two ads, talked about with one writer, do not name them as one.
+    first_ad = publish(client, advertiser, "ad-1")
+    second_ad = publish(client, advertiser, "ad-2", title="Ladder to lend")
+    opened = [
+        contact(client, writer_portal, ad).json["conversation"] for ad in (first_ad, second_ad)
+    ]
+    for conversation in opened:
+        reply(client, advertiser, conversation["id"], name="Luc")
+    seen = [
+        client.get(f"/v1/conversations/{c['id']}", headers=writer_portal.headers).json
+        for c in opened
+    ]
+    assert seen[0]["recipient"]["alias"] != seen[1]["recipient"]["alias"]
+    replies = client.get("/v1/inbox", headers=writer_portal.headers).json["events"]
+    aliases = [event["data"]["from"]["alias"] for event in replies]
+    assert aliases == [seen[0]["recipient"]["alias"], seen[1]["recipient"]["alias"]]
+    assert ADVERTISER not in json.dumps(seen) + json.dumps(replies)
+
+
 def test_members_of_one_portal_can_talk_too(client, advertiser, ad_id):
     response = contact(client, advertiser, ad_id, member="m-neighbour")
     assert response.status_code == 201
@@ -188,6 +239,15 @@ def test_an_expired_ad_cannot_be_contacted(client, advertiser, writer_portal, ad
 def test_a_deleted_ad_cannot_be_contacted(client, advertiser, writer_portal, ad_id):
     client.delete("/v1/ads/ad-1", headers=advertiser.headers)
     assert contact(client, writer_portal, ad_id).status_code == 404
+
+
+def test_a_conversation_goes_on_after_its_ad_is_deleted(client, advertiser, writer_portal, ad_id):
+    conversation_id = contact(client, writer_portal, ad_id).json["conversation"]["id"]
+    assert client.delete("/v1/ads/ad-1", headers=advertiser.headers).status_code == 204
+    answered = reply(client, advertiser, conversation_id)
+    assert answered.status_code == 201, answered.json
+    assert answered.json["conversation"]["ad"] == {"id": None, "title": "Bicycle repairs"}
+    assert reply(client, writer_portal, conversation_id, member=WRITER).status_code == 201
 
 
 def test_an_unknown_or_malformed_ad_id_is_not_found(client, writer_portal):
@@ -224,6 +284,25 @@ def test_an_ad_with_contact_turned_off_cannot_be_contacted(
     response = contact(client, writer_portal, ad_id)
     assert response.status_code == 409
     assert response.json["error"] == "contact_disabled"
+
+
+def test_the_advertiser_turns_contact_off_and_on_again_with_the_ad(
+    client, advertiser, writer_portal, ad_id
+):
+    closed = client.put(
+        "/v1/ads/ad-1",
+        json=ad_payload(member=ADVERTISER, accepts_contact=False),
+        headers=advertiser.headers,
+    )
+    assert closed.status_code == 200, closed.json
+    assert client.get(f"/v1/ads/{ad_id}").json["accepts_contact"] is False
+    refused = contact(client, writer_portal, ad_id)
+    assert refused.status_code == 409, refused.json
+    assert refused.json["error"] == "contact_disabled"
+    assert "turned contact off" in refused.json["message"]
+    assert client.get("/v1/conversations", headers=advertiser.headers).json["conversations"] == []
+    client.put("/v1/ads/ad-1", json=ad_payload(member=ADVERTISER), headers=advertiser.headers)
+    assert contact(client, writer_portal, ad_id).status_code == 201
 
 
 def suspend(wiring, portal) -> None:
@@ -339,6 +418,51 @@ def test_a_message_body_passes_unchanged(client, advertiser, writer_portal, ad_i
     assert seen["messages"][0]["body"] == words
 
 
+# Each character as the member typed it: nothing normalised (e + combining accent stays two
+# code points), trimmed or folded; emoji beyond the BMP, a joined family, a byte-order mark,
+# the Unicode line separator, CR LF and tabs; blanks at both ends.
+UNUSUAL_WORDS = "\ufeff  Grüße e\u0301 👋🏽 👩\u200d👩\u200d👧 « ok »\u2028\r\n\tfin\t  "
+
+
+def longest_body(words: str) -> str:
+    """`words`, then filler up to the largest body taken, counted in characters (code
+    points), as the API and the database count them."""
+    return words + "ß" * (MAX_MESSAGE_CHARS - len(words))
+
+
+def test_a_message_at_the_size_limit_passes_unchanged_every_way(
+    client, advertiser, writer_portal, ad_id
+):
+    first = longest_body(UNUSUAL_WORDS)
+    second = longest_body("Réponse " + UNUSUAL_WORDS)
+    assert len(first) == len(second) == MAX_MESSAGE_CHARS
+    opened = contact(client, writer_portal, ad_id, body=first)
+    assert opened.status_code == 201, opened.json
+    assert opened.json["message"]["body"] == first
+    conversation_id = opened.json["conversation"]["id"]
+    answered = reply(client, advertiser, conversation_id, body=second)
+    assert answered.status_code == 201, answered.json
+    assert answered.json["message"]["body"] == second
+    for portal in (advertiser, writer_portal):
+        seen = client.get(f"/v1/conversations/{conversation_id}", headers=portal.headers).json
+        assert [message["body"] for message in seen["messages"]] == [first, second]
+    (to_advertiser,) = client.get("/v1/inbox", headers=advertiser.headers).json["events"]
+    (to_writer,) = client.get("/v1/inbox", headers=writer_portal.headers).json["events"]
+    assert to_advertiser["data"]["message"]["body"] == first
+    assert to_writer["data"]["message"]["body"] == second
+
+
+def test_a_reply_over_the_size_limit_is_refused_and_nothing_is_stored(
+    client, wiring, advertiser, writer_portal, ad_id
+):
+    conversation_id = contact(client, writer_portal, ad_id).json["conversation"]["id"]
+    response = reply(client, advertiser, conversation_id, body=longest_body("Too long") + "!")
+    assert response.status_code == 400, response.json
+    assert "body" in response.json["errors"]["json"]
+    with unit_of_work(wiring.session_factory) as session:
+        assert session.scalar(text("SELECT count(*) FROM messages")) == 1
+
+
 def test_a_portal_not_party_to_a_conversation_cannot_see_or_write_in_it(
     client, make_portal, advertiser, writer_portal, ad_id
 ):
@@ -403,7 +527,9 @@ def test_only_a_party_member_can_write(client, advertiser, writer_portal, ad_id)
 # --- blocking ---------------------------------------------------------------------------
 
 
-def test_a_blocked_conversation_refuses_further_messages(client, advertiser, writer_portal, ad_id):
+def test_a_blocked_conversation_refuses_further_messages(
+    client, wiring, advertiser, writer_portal, ad_id
+):
     conversation_id = contact(client, writer_portal, ad_id).json["conversation"]["id"]
     blocked = client.post(
         f"/v1/conversations/{conversation_id}/block",
@@ -412,10 +538,18 @@ def test_a_blocked_conversation_refuses_further_messages(client, advertiser, wri
     )
     assert blocked.status_code == 200
     assert blocked.json["blocked_by"] == "recipient"
-    for portal, member in ((writer_portal, WRITER), (advertiser, ADVERTISER)):
+    for portal, member, by in (
+        (writer_portal, WRITER, "the other party"),
+        (advertiser, ADVERTISER, "you"),
+    ):
         response = reply(client, portal, conversation_id, member=member)
         assert response.status_code == 409
         assert response.json["error"] == "conversation_blocked"
+        assert response.json["message"] == (
+            f"this conversation was blocked by {by}; no more messages can be sent in it"
+        )
+    with unit_of_work(wiring.session_factory) as session:
+        assert session.scalar(text("SELECT count(*) FROM messages")) == 1
     again = client.post(
         f"/v1/conversations/{conversation_id}/block",
         json={"member": WRITER},
@@ -621,6 +755,43 @@ def test_conversations_list_newest_activity_first_and_by_member(client, advertis
     assert rest["next_cursor"] is None
     mine = client.get("/v1/conversations?member=m-1", headers=writer_portal.headers).json
     assert [c["id"] for c in mine["conversations"]] == [ids[1]]
+
+
+def conversation_ids(client, portal, **query) -> tuple[list[str], str | None]:
+    response = client.get("/v1/conversations", query_string=query, headers=portal.headers)
+    assert response.status_code == 200, response.json
+    return [c["id"] for c in response.json["conversations"]], response.json["next_cursor"]
+
+
+def test_paging_while_conversations_move_up_repeats_none_and_skips_none_that_stayed(
+    client, advertiser, writer_portal
+):
+    ads = [publish(client, advertiser, f"ad-{number}") for number in range(5)]
+    ids = [
+        contact(client, writer_portal, ad, member=f"m-{number}").json["conversation"]["id"]
+        for number, ad in enumerate(ads)
+    ]
+    first, cursor = conversation_ids(client, advertiser, limit=2)
+    assert first == [ids[4], ids[3]]
+    # Meanwhile the page's last conversation and one not yet read get new messages: both
+    # move to the top, past where the reader stands.
+    reply(client, advertiser, ids[3])
+    reply(client, advertiser, ids[1])
+    pages = [first]
+    while cursor is not None:
+        page, cursor = conversation_ids(client, advertiser, limit=2, cursor=cursor)
+        pages.append(page)
+    read = [conversation for page in pages for conversation in page]
+    assert len(read) == len(set(read))  # none twice
+    assert read == [ids[4], ids[3], ids[2], ids[0]]  # each that stayed put, in order
+    # What moved up is at the top of the next read from the start.
+    assert conversation_ids(client, advertiser, limit=5)[0] == [
+        ids[1],
+        ids[3],
+        ids[4],
+        ids[2],
+        ids[0],
+    ]
 
 
 @pytest.mark.parametrize(
@@ -832,6 +1003,41 @@ def test_old_messages_and_empty_conversations_are_purged(client, wiring, adverti
     assert [m["seq"] for m in seen["messages"]] == [2]
     with unit_of_work(wiring.session_factory) as session:
         assert session.scalar(text("SELECT count(*) FROM deliveries")) == 1
+
+
+def test_the_worker_purges_after_the_configured_retention(
+    client, migrated, wiring, advertiser, writer_portal
+):
+    """DIRECTORY_RELAY_RETENTION_DAYS decides: a message 31 days old outlives the default
+    year and goes under 30 days, with its delivery (a failed one: out of the inbox too)
+    and its conversation."""
+    conversation_id = contact(client, writer_portal, publish(client, advertiser)).json[
+        "conversation"
+    ]["id"]
+    (event,) = client.get("/v1/inbox", headers=advertiser.headers).json["events"]
+    month_ago = datetime.now(UTC) - timedelta(days=31)
+    with unit_of_work(wiring.session_factory) as session:
+        session.execute(update(Message).values(created_at=month_ago))
+        session.execute(update(Conversation).values(last_message_at=month_ago))
+        session.execute(update(Delivery).values(state=DeliveryState.FAILED))
+    for retention_days, kept in ((365, True), (30, False)):
+        settings = dataclasses.replace(migrated, relay_retention_days=retention_days)
+        worker_wiring = build_wiring(settings)
+        try:
+            housekeeping(worker_wiring)
+        finally:
+            worker_wiring.close()
+        seen = client.get(f"/v1/conversations/{conversation_id}", headers=advertiser.headers)
+        assert seen.status_code == (200 if kept else 404), retention_days
+        inbox = client.get("/v1/inbox", headers=advertiser.headers).json["events"]
+        assert [e["id"] for e in inbox] == ([event["id"]] if kept else [])
+    with unit_of_work(wiring.session_factory) as session:
+        left = session.execute(
+            text("SELECT (SELECT count(*) FROM messages), (SELECT count(*) FROM deliveries)")
+        ).one()
+    assert tuple(left) == (0, 0)
+    # A since naming the purged event reads from the oldest, as for any event not kept.
+    assert inbox_seqs(client, advertiser, since=event["id"]) == []
 
 
 def test_a_message_still_being_delivered_outlives_a_shorter_retention(
