@@ -11,11 +11,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select, update
-from standardwebhooks import Webhook
+from standardwebhooks import Webhook, WebhookVerificationError
 
 from directory import build_wiring, create_app
 from directory.db import unit_of_work
-from directory.models import Delivery, DeliveryState, PortalStatus
+from directory.models import Delivery, DeliveryState, Portal, PortalStatus
+from directory.models.relay import MAX_MESSAGE_CHARS
 from directory.services import deliveries, portals
 from directory.services.deliveries import RETRY_JITTER
 from directory.webhooks.delivery import Outcome, WebhookSender
@@ -442,3 +443,186 @@ def test_a_webhook_failing_after_the_inbox_took_the_message_leaves_it_as_deliver
     delivery = the_delivery(wiring)
     assert (delivery.state, delivery.delivered_via.value) == (DeliveryState.DELIVERED, "inbox")
     assert (delivery.last_status, delivery.last_error) == (None, None)
+
+
+# --- the inbox and the webhook: delivered once either succeeded --------------------------------
+
+
+def make_due(wiring) -> None:
+    """The retry's time has come (rather than waiting for the backoff)."""
+    with unit_of_work(wiring.session_factory) as session:
+        session.execute(
+            update(Delivery)
+            .where(Delivery.state == DeliveryState.PENDING)
+            .values(next_attempt_at=datetime.now(UTC) - timedelta(seconds=1))
+        )
+
+
+def test_a_message_acknowledged_in_the_inbox_is_not_sent_by_webhook_again(
+    client, wiring, deliver_one_round, portal, other_portal
+):
+    with WebhookReceiver([secret_of(client, portal)]) as receiver:
+        receiver.fail_next(1, status=500)
+        client.patch("/v1/portals/me", json={"webhook_url": receiver.url}, headers=portal.headers)
+        open_conversation(client, portal, other_portal)
+        deliver_one_round()
+        # Waiting for its retry, the message is in the inbox too: the portal takes it there.
+        (event,) = client.get("/v1/inbox", headers=portal.headers).json["events"]
+        assert event["delivery"] == {"state": "pending", "attempts": 1}
+        acked = client.post("/v1/inbox/ack", json={"ids": [event["id"]]}, headers=portal.headers)
+        assert acked.json == {"acknowledged": 1}
+        make_due(wiring)
+        deliver_one_round()
+        assert [delivery.reply.status for delivery in receiver.deliveries] == [500]
+    delivery = the_delivery(wiring)
+    assert (delivery.state, delivery.delivered_via.value, delivery.attempts) == (
+        DeliveryState.DELIVERED,
+        "inbox",
+        1,
+    )
+
+
+def test_a_message_delivered_by_webhook_leaves_the_inbox_and_its_acknowledgement_is_a_repeat(
+    client, wiring, deliver_one_round, portal, other_portal
+):
+    with WebhookReceiver([secret_of(client, portal)]) as receiver:
+        client.patch("/v1/portals/me", json={"webhook_url": receiver.url}, headers=portal.headers)
+        open_conversation(client, portal, other_portal)
+        (event,) = client.get("/v1/inbox", headers=portal.headers).json["events"]
+        deliver_one_round()
+        assert receiver.unique_ids() == [event["id"]]
+    assert client.get("/v1/inbox", headers=portal.headers).json["events"] == []
+    acked = client.post("/v1/inbox/ack", json={"ids": [event["id"]]}, headers=portal.headers)
+    assert acked.json == {"acknowledged": 0}
+    delivery = the_delivery(wiring)
+    assert (delivery.state, delivery.delivered_via.value) == (DeliveryState.DELIVERED, "webhook")
+
+
+def test_a_webhook_succeeding_after_the_inbox_took_the_message_leaves_the_inbox_first(
+    client, wiring, portal, other_portal
+):
+    with WebhookReceiver([secret_of(client, portal)]) as receiver:
+        claim = claimed_delivery(client, wiring, portal, other_portal, receiver)
+    client.post("/v1/inbox/ack", json={"ids": [claim.event.webhook_id]}, headers=portal.headers)
+    acknowledged_at = the_delivery(wiring).delivered_at
+    with unit_of_work(wiring.session_factory) as session:
+        deliveries.record_delivered(session, delivered=[(claim.event.delivery_id, 204)])
+    delivery = the_delivery(wiring)
+    assert (delivery.delivered_via.value, delivery.delivered_at) == ("inbox", acknowledged_at)
+
+
+# --- the body, the secrets --------------------------------------------------------------------
+
+
+def test_a_message_at_the_size_limit_reaches_the_webhook_unchanged(
+    client, deliver_one_round, portal, other_portal
+):
+    words = "\ufeff  Grüße e\u0301 👋🏽 👩\u200d👩\u200d👧\u2028\r\n\tfin\t  "
+    body = words + "ß" * (MAX_MESSAGE_CHARS - len(words))
+    with WebhookReceiver([secret_of(client, portal)]) as receiver:
+        client.patch("/v1/portals/me", json={"webhook_url": receiver.url}, headers=portal.headers)
+        open_conversation(client, portal, other_portal, body=body)
+        deliver_one_round()
+        (received,) = receiver.deliveries
+    assert received.verified
+    assert received.body["data"]["message"]["body"] == body
+
+
+def test_once_the_overlap_ends_only_the_new_secret_signs(
+    client, wiring, deliver_one_round, portal, other_portal
+):
+    old = secret_of(client, portal)
+    new = client.post(
+        "/v1/portals/me/webhook-secret", json={"overlap_hours": 1}, headers=portal.headers
+    ).json["secret"]
+    with unit_of_work(wiring.session_factory) as session:
+        session.execute(
+            update(Portal)
+            .where(Portal.id == portal.id)
+            .values(webhook_previous_secret_expires_at=datetime.now(UTC) - timedelta(seconds=1))
+        )
+    with WebhookReceiver([new]) as receiver:
+        client.patch("/v1/portals/me", json={"webhook_url": receiver.url}, headers=portal.headers)
+        open_conversation(client, portal, other_portal)
+        deliver_one_round()
+        (received,) = receiver.deliveries
+    assert received.verified
+    assert len(received.headers["webhook-signature"].split(" ")) == 1
+    with pytest.raises(WebhookVerificationError):
+        Webhook(old).verify(received.raw_body, received.headers)
+
+
+# --- backoff, and giving up -------------------------------------------------------------------
+
+
+def retry_delay(wiring, claim, *, attempts: int) -> timedelta:
+    """The delay record_outcome sets after a failed attempt, the `attempts`th."""
+    with unit_of_work(wiring.session_factory) as session:
+        session.execute(update(Delivery).values(attempts=attempts, state=DeliveryState.PENDING))
+    before = datetime.now(UTC)
+    assert late_outcome(wiring, claim, Outcome.RETRY, status=500, error="HTTP 500") is (
+        DeliveryState.PENDING
+    )
+    return the_delivery(wiring).next_attempt_at - before
+
+
+def test_retries_back_off_exponentially_with_jitter_up_to_the_longest_delay(
+    client, wiring, portal, other_portal
+):
+    with WebhookReceiver([secret_of(client, portal)]) as receiver:
+        claim = claimed_delivery(client, wiring, portal, other_portal, receiver)
+    slack = timedelta(seconds=2)  # the time the test itself takes
+    for attempts in (1, 2, 3, 4, 9, 20):
+        full = min(POLICY.first_retry * 2 ** (attempts - 1), POLICY.max_retry)
+        delays = [retry_delay(wiring, claim, attempts=attempts) for _ in range(8)]
+        for delay in delays:
+            assert full * (1 - RETRY_JITTER) - slack <= delay <= full + slack, (attempts, delay)
+        # Left partly to chance: endpoints failing together do not all come back at once.
+        assert len(set(delays)) > 1, attempts
+
+
+def test_a_delivery_is_retried_until_three_days_are_over_the_last_try_at_their_end(
+    client, wiring, portal, other_portal
+):
+    with WebhookReceiver([secret_of(client, portal)]) as receiver:
+        claim = claimed_delivery(client, wiring, portal, other_portal, receiver)
+    end = datetime.now(UTC) + timedelta(seconds=30)
+    with unit_of_work(wiring.session_factory) as session:
+        session.execute(update(Delivery).values(created_at=end - POLICY.give_up_after))
+    retry_delay(wiring, claim, attempts=30)  # an hour's delay would pass the end
+    assert the_delivery(wiring).next_attempt_at == end
+
+
+def test_a_delivery_failing_after_three_days_is_failed_and_shown_so_to_both_portals(
+    client, wiring, deliver_one_round, portal, other_portal
+):
+    with WebhookReceiver([secret_of(client, portal)]) as receiver:
+        claim = claimed_delivery(client, wiring, portal, other_portal, receiver)
+    with unit_of_work(wiring.session_factory) as session:
+        session.execute(
+            update(Delivery).values(
+                created_at=datetime.now(UTC) - POLICY.give_up_after - timedelta(seconds=1)
+            )
+        )
+    state = late_outcome(wiring, claim, Outcome.RETRY, status=503, error="HTTP 503: busy")
+    assert state is DeliveryState.FAILED
+    # Not tried again...
+    make_due(wiring)
+    with unit_of_work(wiring.session_factory) as session:
+        assert deliveries.claim_due(session, limit=10, lease=POLICY.lease) == []
+    # ...and visible: to the recipient's portal with why, in its inbox, and to the sender's.
+    conversation_id = client.get("/v1/conversations", headers=portal.headers).json["conversations"][
+        0
+    ]["id"]
+    path = f"/v1/conversations/{conversation_id}"
+    to_recipient = client.get(path, headers=portal.headers).json["messages"][0]["delivery"]
+    assert (to_recipient["state"], to_recipient["last_error"]) == ("failed", "HTTP 503: busy")
+    (event,) = client.get("/v1/inbox", headers=portal.headers).json["events"]
+    assert event["delivery"]["state"] == "failed"
+    to_sender = client.get(path, headers=other_portal.headers).json["messages"][0]["delivery"]
+    assert to_sender["state"] == "failed"
+    # Taken from the inbox after all, it is delivered: the sender's portal learns so.
+    acked = client.post("/v1/inbox/ack", json={"ids": [event["id"]]}, headers=portal.headers)
+    assert acked.json == {"acknowledged": 1}
+    to_sender = client.get(path, headers=other_portal.headers).json["messages"][0]["delivery"]
+    assert to_sender["state"] == "delivered"
