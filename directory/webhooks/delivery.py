@@ -31,7 +31,7 @@ CONNECT_TIMEOUT_S = 3
 READ_TIMEOUT_S = 10
 # ...and for the whole exchange, connection to last byte, status line and headers
 # included: a receiver that trickles its answer must not hold a worker thread for long.
-# (Resolving the name is bounded by the system's resolver only.)
+# Resolving the name counts too (and gives up after urls.RESOLVE_TIMEOUT_S).
 TOTAL_TIMEOUT_S = 15
 # Portals answer with a status; a body is only read to show the portal its own error.
 MAX_RESPONSE_BYTES = 64 * 1024

@@ -13,16 +13,22 @@ fetches its verification file (directory.webhooks.fetch), with plain http allowe
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import ipaddress
 import re
 import socket
+import threading
 from dataclasses import dataclass
 from urllib.parse import SplitResult, urlsplit
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 MAX_URL_LENGTH = 2048
+# The longest wait for a name's addresses. The system's resolver may wait far longer on a
+# name whose servers answer slowly (glibc: 5 s a try, 2 tries a server, up to 3 servers),
+# and a portal choosing such a name must not hold an API process or a worker's thread.
+RESOLVE_TIMEOUT_S = 5
 # What does not depend on DNS (a URL's syntax, what kind of address an address is) is
 # remembered: the worker checks every delivery, and parsing took a sixth of its time. A
 # name is resolved again at each check, always.
@@ -164,14 +170,30 @@ def _ip_literal(hostname: str) -> IPAddress | None:
 
 def _resolve(hostname: str, port: int, *, field: str) -> list[IPAddress]:
     """Every address the name has, IPv4 and IPv6: any of them may be the one connected to."""
-    try:
-        answers = socket.getaddrinfo(hostname, port, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError):  # gaierror; UnicodeError: a label over 63 characters
-        answers = []
+    answers = _look_up(hostname, port, timeout_s=RESOLVE_TIMEOUT_S)
+    if answers is None:
+        raise UnsafeUrl(f"{field} host {hostname!r} did not resolve within {RESOLVE_TIMEOUT_S} s")
     addresses = [ipaddress.ip_address(answer[4][0]) for answer in answers]
     if not addresses:
         raise _no_public_address(field, hostname)
     return addresses
+
+
+def _look_up(hostname: str, port: int, *, timeout_s: float) -> list | None:
+    """getaddrinfo's answers ([] when it fails), or None when it takes longer than
+    `timeout_s`: the lookup then goes on in its own thread until the resolver gives up
+    (the system's resolver cannot be interrupted)."""
+    answers = []
+
+    def look_up() -> None:
+        # gaierror; UnicodeError: a label over 63 characters
+        with contextlib.suppress(OSError, UnicodeError):
+            answers.extend(socket.getaddrinfo(hostname, port, type=socket.SOCK_STREAM))
+
+    lookup = threading.Thread(target=look_up, name="resolve", daemon=True)
+    lookup.start()
+    lookup.join(timeout_s)
+    return None if lookup.is_alive() else answers
 
 
 def _no_public_address(field: str, hostname: str) -> UnsafeUrl:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import time
 
 import pytest
 
+from directory.webhooks import urls
 from directory.webhooks.urls import (
     MAX_URL_LENGTH,
     UnsafeUrl,
@@ -213,6 +215,23 @@ def test_a_name_that_does_not_resolve_is_refused(dns):
     assert f"host 'gone.example' {NOT_PUBLIC}" in refusal(
         "https://gone.example/hook", allow_loopback=False
     )
+
+
+def test_a_name_whose_resolution_outlasts_the_resolve_timeout_is_refused(monkeypatch):
+    # The system's resolver may wait 30 s and more on a name whose servers answer slowly
+    # (glibc: 5 s a try, 2 tries a server): an API process or a worker's thread must not.
+    def slow_getaddrinfo(host, port, *args, **kwargs):
+        time.sleep(1)
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", ("8.8.8.8", port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow_getaddrinfo)
+    monkeypatch.setattr(urls, "RESOLVE_TIMEOUT_S", 0.2)
+    started = time.monotonic()
+
+    message = refusal("https://slow.example/hook", allow_loopback=False)
+
+    assert message == "webhook_url host 'slow.example' did not resolve within 0.2 s"
+    assert time.monotonic() - started < 0.5
 
 
 def test_target_holds_every_checked_address_once_in_resolver_order(dns):
