@@ -506,7 +506,9 @@ def _replayed(
         and (name is None or name == named)
         and (
             (conversation_id is not None and row.conversation_id == conversation_id)
-            or (ad_id is not None and row.seq == 1 and row.ad_id == ad_id)
+            # An ad deleted since leaves its conversation without an id to compare: the
+            # same member's same words under the same key are this message, sent.
+            or (ad_id is not None and row.seq == 1 and row.ad_id in (ad_id, None))
         )
     )
     if not same:

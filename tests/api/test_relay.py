@@ -592,6 +592,23 @@ def test_a_retried_reply_with_its_key_is_sent_once(client, advertiser, writer_po
     assert seen["message_count"] == 2
 
 
+def test_a_retried_contact_finds_its_message_after_the_ad_was_deleted(
+    client, advertiser, writer_portal, ad_id
+):
+    # The advertiser deleted the ad between the first try and its retry: the message was
+    # sent all the same, and the retry must say so, not that the key went to another one.
+    first = contact(client, writer_portal, ad_id, idempotency_key="send-1")
+    assert client.delete("/v1/ads/ad-1", headers=advertiser.headers).status_code == 204
+    again = contact(client, writer_portal, ad_id, idempotency_key="send-1")
+    assert (first.status_code, again.status_code) == (201, 200), again.json
+    assert again.json["message"]["id"] == first.json["message"]["id"]
+    assert again.json["conversation"]["ad"] == {"id": None, "title": "Bicycle repairs"}
+    # Other words under the key are still another message.
+    other = contact(client, writer_portal, ad_id, idempotency_key="send-1", body="Other")
+    assert other.status_code == 409, other.json
+    assert other.json["error"] == "idempotency_key_reused"
+
+
 def test_a_key_reused_for_another_message_is_refused(client, advertiser, writer_portal, ad_id):
     conversation_id = contact(client, writer_portal, ad_id).json["conversation"]["id"]
     reply(client, advertiser, conversation_id, idempotency_key="r-1")
