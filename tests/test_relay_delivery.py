@@ -209,11 +209,30 @@ def test_nothing_the_other_party_receives_reveals_the_sender(fast, make_portal):
     ):
         for portal, hook in ((lyon, lyon_hook), (bristol, bristol_hook)):
             client.patch("/v1/portals/me", json={"webhook_url": hook.url}, headers=portal.headers)
-        sent = open_conversation(client, lyon, bristol)  # m-writer of Bristol writes
+        # m-writer of Bristol writes about Lyon's ad; each portal names its message with
+        # an idempotency key of its own, and Lyon its ad with its own id.
+        ad = client.put(
+            "/v1/ads/lyon-ad-5521", json=ad_payload(member="m-owner"), headers=lyon.headers
+        )
+        sent = client.post(
+            f"/v1/ads/{ad.json['id']}/contact",
+            json={
+                "member": "m-writer",
+                "name": "Anna",
+                "body": "Hello there",
+                "idempotency_key": "bristol-key-7f3a",
+            },
+            headers=bristol.headers,
+        ).json
         conversation_id = sent["conversation"]["id"]
         client.post(
             f"/v1/conversations/{conversation_id}/messages",
-            json={"member": "m-owner", "name": "Luc", "body": "Yes"},
+            json={
+                "member": "m-owner",
+                "name": "Luc",
+                "body": "Yes",
+                "idempotency_key": "lyon-key-9c2e",
+            },
             headers=lyon.headers,
         )
         lyon_hook.wait_for(1)
@@ -224,12 +243,14 @@ def test_nothing_the_other_party_receives_reveals_the_sender(fast, make_portal):
         seen_by_lyon.append(client.get(path, headers=lyon.headers).text)
         seen_by_bristol.append(client.get(path, headers=bristol.headers).text)
     secrets = {"lyon": secret_of(client, lyon), "bristol": secret_of(client, bristol)}
-    for text, other_member, other_secret in (
-        ("\n".join(seen_by_lyon), "m-writer", secrets["bristol"]),
-        ("\n".join(seen_by_bristol), "m-owner", secrets["lyon"]),
+    for text, other_member, other_secret, other_ids in (
+        ("\n".join(seen_by_lyon), "m-writer", secrets["bristol"], ["bristol-key-7f3a"]),
+        ("\n".join(seen_by_bristol), "m-owner", secrets["lyon"], ["lyon-key-9c2e", "lyon-ad-5521"]),
     ):
         assert other_member not in text
         assert other_secret not in text
+        for internal_id in other_ids:
+            assert internal_id not in text
         for leak in ("portal_id", "127.0.0.1", "localhost", "@", "webhook_url", "/hook"):
             assert leak not in text, leak
 
