@@ -740,6 +740,39 @@ def test_a_member_opens_a_limited_number_of_conversations_an_hour(
     assert 3500 < int(refused.headers["Retry-After"]) <= 3601
 
 
+def test_openings_at_once_by_one_member_cannot_both_pass_its_limit(
+    strict_client, client, wiring, advertiser, writer_portal
+):
+    ads = [publish(client, advertiser, f"ad-{number}") for number in range(3)]
+    assert contact(strict_client, writer_portal, ads[0]).status_code == 201
+    answers = []
+    with unit_of_work(wiring.session_factory) as first:
+        # The member's second opening, not committed yet, and a third racing it.
+        relay.open_conversation(
+            first,
+            sender=portals.authenticate(first, key=writer_portal.key),
+            ad_id=uuid.UUID(ads[1]),
+            member=WRITER,
+            name="Anna",
+            body="Second",
+            idempotency_key=None,
+            limits=relay.RelayLimits(
+                conversations_per_member_per_hour=2, conversations_per_portal_per_hour=3
+            ),
+        )
+        racer = threading.Thread(
+            target=lambda: answers.append(contact(strict_client, writer_portal, ads[2]))
+        )
+        racer.start()
+        wait_for_a_lock_wait(wiring, what="the racing opening", wait_event="advisory")
+    racer.join(30)
+    (answer,) = answers
+    assert answer.status_code == 429, answer.json
+    assert answer.json["error"] == "too_many_conversations"
+    with unit_of_work(wiring.session_factory) as session:
+        assert session.scalar(text("SELECT count(*) FROM conversations")) == 2
+
+
 def test_the_limit_counts_only_the_last_hour(
     strict_client, client, wiring, advertiser, writer_portal
 ):
