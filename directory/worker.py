@@ -36,6 +36,8 @@ from directory.webhooks.signing import signed_headers
 
 log = logging.getLogger("directory.worker")
 HOUSEKEEPING_INTERVAL_S = 60
+# How long one round of housekeeping purges old messages before it lets the other jobs run.
+PURGE_TIME_BUDGET_S = 10
 # New and changed ads reach search results within about this long.
 INDEXING_INTERVAL_S = 1
 # Searches already leave expired ads out: removing their documents only saves space.
@@ -95,13 +97,25 @@ def housekeeping(wiring: Wiring) -> None:
         failed = deliveries.fail_expired(
             session, give_up_after=timedelta(hours=settings.delivery_give_up_after_hours)
         )
-        purged = relay.purge_old_messages(
-            session, retention=timedelta(days=settings.relay_retention_days)
-        )
     if failed:
         log.warning("relay: %d messages could not be delivered in time; marked failed", failed)
+    purged = purge_old_messages(wiring)
     if purged.messages or purged.conversations:
         log.info("relay retention: %s", purged)
+
+
+def purge_old_messages(wiring: Wiring, *, batch: int = relay.PURGE_BATCH) -> relay.PurgeReport:
+    """The relay's retention, a batch a transaction, for PURGE_TIME_BUDGET_S at most: a
+    long backlog (the retention just shortened) is purged over several rounds, and the
+    other jobs run in between."""
+    retention = timedelta(days=wiring.settings.relay_retention_days)
+    started = time.monotonic()
+    purged = relay.PurgeReport(0, 0)
+    while True:
+        with unit_of_work(wiring.session_factory) as session:
+            purged += relay.purge_old_messages(session, retention=retention, limit=batch)
+        if not purged.more or time.monotonic() - started > PURGE_TIME_BUDGET_S:
+            return purged
 
 
 def website_recheck(wiring: Wiring) -> None:

@@ -869,27 +869,56 @@ def _senders_delivery_view(state: DeliveryState, delivered_at: datetime | None) 
 # --- retention ---------------------------------------------------------------------------
 
 
+# Messages (and emptied conversations) purged per call: after the retention is shortened
+# on a large relay, the backlog goes in many short transactions, rather than in one that
+# could outlast the statement timeout and be rolled back at every try.
+PURGE_BATCH = 5_000
+
+
 @dataclass(frozen=True)
 class PurgeReport:
     messages: int
     conversations: int
+    more: bool = False  # a batch was full: more may be due at once
+
+    def __add__(self, other: PurgeReport) -> PurgeReport:
+        return PurgeReport(
+            self.messages + other.messages, self.conversations + other.conversations, other.more
+        )
 
 
-def purge_old_messages(session: Session, *, retention: timedelta) -> PurgeReport:
+def purge_old_messages(
+    session: Session, *, retention: timedelta, limit: int = PURGE_BATCH
+) -> PurgeReport:
     """Messages older than the retention period go (their deliveries with them), except
     those still being delivered: the retention may be shorter than the delivery period.
-    Conversations go with their last message, once no activity is newer."""
+    Conversations go with their last message, once no activity is newer. At most `limit`
+    of each a call, oldest first."""
     cutoff = datetime.now(UTC) - retention
     still_delivering = (
         select(Delivery.id)
         .where(Delivery.message_id == Message.id, Delivery.state == DeliveryState.PENDING)
         .exists()
     )
+    oldest_messages = (
+        select(Message.id)
+        .where(Message.created_at < cutoff, ~still_delivering)
+        .order_by(Message.created_at)
+        .limit(limit)
+    )
     messages = session.execute(
-        Message.__table__.delete().where(Message.created_at < cutoff, ~still_delivering)
+        Message.__table__.delete().where(Message.id.in_(oldest_messages.scalar_subquery()))
     ).rowcount
     has_messages = select(Message.id).where(Message.conversation_id == Conversation.id).exists()
+    emptied_conversations = (
+        select(Conversation.id)
+        .where(Conversation.last_message_at < cutoff, ~has_messages)
+        .order_by(Conversation.last_message_at)
+        .limit(limit)
+    )
     conversations = session.execute(
-        Conversation.__table__.delete().where(Conversation.last_message_at < cutoff, ~has_messages)
+        Conversation.__table__.delete().where(
+            Conversation.id.in_(emptied_conversations.scalar_subquery())
+        )
     ).rowcount
-    return PurgeReport(messages, conversations)
+    return PurgeReport(messages, conversations, more=max(messages, conversations) >= limit)

@@ -11,13 +11,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select, text, update
+from sqlalchemy.exc import OperationalError
 
 from directory import build_wiring, create_app, cursors
 from directory.db import unit_of_work
 from directory.models import Ad, Conversation, Delivery, DeliveryState, Message, PortalStatus
 from directory.models.relay import MAX_MESSAGE_CHARS
 from directory.services import portals, relay
-from directory.worker import housekeeping
+from directory.worker import housekeeping, purge_old_messages
 from tests.factories import ad_payload
 from tests.waits import wait_for_a_lock_wait
 
@@ -1088,6 +1089,76 @@ def test_the_worker_purges_after_the_configured_retention(
     assert tuple(left) == (0, 0)
     # A since naming the purged event reads from the oldest, as for any event not kept.
     assert inbox_seqs(client, advertiser, since=event["id"]) == []
+
+
+def test_a_long_backlog_is_purged_a_batch_a_transaction(
+    client, migrated, wiring, advertiser, writer_portal
+):
+    ids = [
+        contact(client, writer_portal, publish(client, advertiser, f"ad-{n}")).json["conversation"][
+            "id"
+        ]
+        for n in range(5)
+    ]
+    long_ago = datetime.now(UTC) - timedelta(days=400)
+    with unit_of_work(wiring.session_factory) as session:
+        session.execute(update(Message).values(created_at=long_ago))
+        session.execute(update(Conversation).values(last_message_at=long_ago))
+        session.execute(update(Delivery).values(state=DeliveryState.FAILED))
+
+    with unit_of_work(wiring.session_factory) as session:
+        first = relay.purge_old_messages(session, retention=timedelta(days=365), limit=2)
+    assert first == relay.PurgeReport(messages=2, conversations=2, more=True)
+    worker_wiring = build_wiring(migrated)
+    try:
+        rest = purge_old_messages(worker_wiring, batch=2)
+    finally:
+        worker_wiring.close()
+
+    assert rest == relay.PurgeReport(messages=3, conversations=3, more=False)
+    for conversation_id in ids:
+        gone = client.get(f"/v1/conversations/{conversation_id}", headers=advertiser.headers)
+        assert gone.status_code == 404
+
+
+def test_deliveries_are_failed_in_time_even_when_the_purge_cannot_finish(
+    client, migrated, wiring, advertiser, writer_portal
+):
+    """The purge runs in transactions of its own: one outlasting the statement timeout
+    (a long backlog, a lock) does not take the failing of overdue deliveries with it."""
+    purged, overdue = (
+        contact(client, writer_portal, publish(client, advertiser, f"ad-{n}")).json
+        for n in range(2)
+    )
+    long_ago = datetime.now(UTC) - timedelta(days=400)
+    with unit_of_work(wiring.session_factory) as session:
+        session.execute(update(Message).values(created_at=long_ago))
+        session.execute(update(Conversation).values(last_message_at=long_ago))
+        session.execute(update(Delivery).values(created_at=long_ago))
+        session.execute(
+            update(Delivery)
+            .where(Delivery.message_id == uuid.UUID(purged["message"]["id"]))
+            .values(state=DeliveryState.FAILED)
+        )
+    worker_wiring = build_wiring(dataclasses.replace(migrated, db_statement_timeout_ms=300))
+    try:
+        with unit_of_work(wiring.session_factory) as holder:
+            # Another transaction holds the message the purge would delete.
+            holder.execute(
+                select(Message.id)
+                .where(Message.id == uuid.UUID(purged["message"]["id"]))
+                .with_for_update()
+            )
+            with pytest.raises(OperationalError):
+                housekeeping(worker_wiring)
+    finally:
+        worker_wiring.close()
+
+    with unit_of_work(wiring.session_factory) as session:
+        state = session.scalar(
+            select(Delivery.state).where(Delivery.message_id == uuid.UUID(overdue["message"]["id"]))
+        )
+    assert state is DeliveryState.FAILED
 
 
 def test_a_message_still_being_delivered_outlives_a_shorter_retention(
