@@ -242,21 +242,26 @@ def inbox(session: Session, *, portal_id: int, since: str | None, limit: int) ->
     deliveries: those count every portal's messages, and the gaps between a portal's
     own would show how much the others write, and when."""
     after = _position_after(session, portal_id=portal_id, since=since)
-    ids = list(
-        session.scalars(
-            select(Delivery.id)
-            .where(
-                Delivery.portal_id == portal_id,
-                Delivery.state != DeliveryState.DELIVERED,
-                Delivery.id > after,
-            )
-            .order_by(Delivery.id)
-            .limit(limit + 1)
-        )
-    )
-    found = events(session, delivery_ids=ids[:limit])
-    next_since = found[-1].webhook_id if len(ids) > limit else None
+    # One statement, so that the page and whether more follow are of one moment: events
+    # read apart from their ids could have been purged in between, the whole page too.
+    rows = session.execute(
+        _INBOX_PAGE, {"portal_id": portal_id, "after": after, "limit": limit + 1}
+    ).all()
+    now = datetime.now(UTC).isoformat()
+    found = [_event(row, now) for row in rows[:limit]]
+    next_since = found[-1].webhook_id if len(rows) > limit else None
     return InboxPage(found, next_since)
+
+
+_INBOX_PAGE = (
+    _events_of(_deliveries)
+    .where(
+        _deliveries.c.portal_id == bindparam("portal_id"),
+        _deliveries.c.state != DeliveryState.DELIVERED,
+        _deliveries.c.id > bindparam("after"),
+    )
+    .limit(bindparam("limit"))
+)
 
 
 def acknowledge(session: Session, *, portal_id: int, webhook_ids: list[str]) -> int:
