@@ -18,24 +18,20 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import orjson
 from sqlalchemy import (
-    BigInteger,
     Integer,
     Interval,
     Select,
-    any_,
     bindparam,
     func,
     select,
     text,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from directory.errors import InvalidInput
@@ -162,22 +158,10 @@ def _events_of(deliveries_) -> Select:
     )
 
 
-_EVENTS = _events_of(_deliveries).where(
-    _deliveries.c.id == any_(bindparam("ids", type_=ARRAY(BigInteger)))
-)
-
-
-def events(session: Session, *, delivery_ids: Iterable[int]) -> list[Event]:
-    """The deliveries' events, in delivery order. What crosses to the recipient's portal:
-    the message, its own member's handle, and of the sender only the conversation's
-    alias, the chosen display name and the community."""
-    rows = session.execute(_EVENTS, {"ids": list(delivery_ids)}).all()
-    now = datetime.now(UTC).isoformat()
-    return [_event(row, now) for row in rows]
-
-
 def _event(row, now: str) -> Event:
-    """An Event from a row of _events_of's columns."""
+    """An Event from a row of _events_of's columns. What crosses to the recipient's
+    portal: the message, its own member's handle, and of the sender only the
+    conversation's alias, the chosen display name and the community."""
     sender = row.sender_role
     recipient = sender.other
     to_member, to_alias, _ = _party(row, recipient)
