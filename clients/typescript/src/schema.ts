@@ -400,7 +400,13 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** List the calling portal's conversations, newest activity first */
+        /**
+         * List the calling portal's conversations, newest activity first
+         * @description Paging follows the order as it stood: a conversation with new activity while the
+         *     pages are read moves to the top, past the page being read, and is not shown
+         *     again; none is shown twice, and none that stayed where it was is skipped. Read
+         *     again from the first page to see what moved up.
+         */
         get: operations["listConversations"];
         put?: never;
         post?: never;

@@ -138,7 +138,12 @@ class Conversations(MethodView):
     @blp.response(200, ConversationPageSchema)
     @blp.doc(operationId="listConversations", security=BEARER_AUTH)
     def get(self, args):
-        """List the calling portal's conversations, newest activity first"""
+        """List the calling portal's conversations, newest activity first
+
+        Paging follows the order as it stood: a conversation with new activity while the
+        pages are read moves to the top, past the page being read, and is not shown
+        again; none is shown twice, and none that stayed where it was is skipped. Read
+        again from the first page to see what moved up."""
         with transaction() as session:
             portal = require_portal(session)
             page = relay.list_conversations(
