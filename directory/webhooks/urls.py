@@ -142,6 +142,9 @@ def _parse(url: str, *, allow_loopback: bool, field: str, allow_http: bool) -> S
         raise UnsafeUrl(f"{field} must not contain a user name or password")
     if "#" in url:
         raise UnsafeUrl(f"{field} must not contain a fragment (#…)")
+    if parts.path.startswith("//"):
+        # urllib3 would send it as another path ("//hook" as "/hook"), not as written.
+        raise UnsafeUrl(f"{field} path must not begin with // (write it with one /)")
     if not hostname:
         raise UnsafeUrl(f"{field} must name a host")
     literal = _ip_literal(hostname)

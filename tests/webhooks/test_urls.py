@@ -80,6 +80,8 @@ def test_https_to_a_public_address_is_accepted(url):
         ("https://user:secret@8.8.8.8/hook", "must not contain a user name or password"),
         ("https://user@8.8.8.8/hook", "must not contain a user name or password"),
         ("https://8.8.8.8/hook#part", "must not contain a fragment"),
+        ("https://8.8.8.8//hook", "path must not begin with //"),
+        ("https://8.8.8.8//hook/x?a=1", "path must not begin with //"),
         ("https:///hook", "must name a host"),
         ("https://8.8.8.8:0/hook", "port must be a number from 1 to 65535"),
         ("https://8.8.8.8:99999/hook", "not a valid URL"),
