@@ -230,7 +230,15 @@ def update_currency(session: Session, *, portal_id: int, code: str, changes: dic
 
 
 def delete_currency(session: Session, *, portal_id: int, code: str) -> None:
-    currency = _owned_currency(session, portal_id=portal_id, code=code)
+    """Delete one of the portal's community currencies. One of its own codes that is not
+    registered (any more) is deleted already: deleting twice is harmless, as a deletion
+    retried after its answer was lost must be."""
+    try:
+        currency = _owned_currency(session, portal_id=portal_id, code=code)
+    except NotFound:
+        if code.startswith(f"{session.get_one(Portal, portal_id).slug}:"):
+            return
+        raise
     in_use = session.scalar(
         select(Ad.id).where(Ad.currencies.contains([code]) | (Ad.price_currency == code)).limit(1)
     )

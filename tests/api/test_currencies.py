@@ -99,6 +99,18 @@ def test_an_unused_currency_can_be_deleted_and_a_used_one_cannot(client, portal)
     assert client.get(f"/v1/currencies/{code}").status_code == 404
 
 
+def test_deleting_a_currency_twice_is_harmless(client, portal):
+    code = client.post(
+        "/v1/currencies", json={"code": "SEL", "name": "Sel"}, headers=portal.headers
+    ).json["code"]
+
+    first = client.delete(f"/v1/currencies/{code}", headers=portal.headers)
+    again = client.delete(f"/v1/currencies/{code}", headers=portal.headers)
+
+    assert (first.status_code, again.status_code) == (204, 204)
+    assert client.get(f"/v1/currencies/{code}").status_code == 404
+
+
 def test_a_builtin_currency_is_read_by_code(client):
     response = client.get("/v1/currencies/HOUR")
     assert response.json["kind"] == "time"

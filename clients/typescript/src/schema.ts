@@ -583,7 +583,11 @@ export interface paths {
         get: operations["getCurrency"];
         put?: never;
         post?: never;
-        /** Remove the calling portal's community currency, when nothing uses it */
+        /**
+         * Remove the calling portal's community currency, when nothing uses it
+         * @description Removing one of its codes that is not registered is harmless (204): a removal
+         *     may be sent again after its answer was lost.
+         */
         delete: operations["deleteCurrency"];
         options?: never;
         head?: never;

@@ -92,7 +92,10 @@ class CurrencyByCode(MethodView):
     )
     @blp.doc(operationId="deleteCurrency", security=BEARER_AUTH)
     def delete(self, code: str):
-        """Remove the calling portal's community currency, when nothing uses it"""
+        """Remove the calling portal's community currency, when nothing uses it
+
+        Removing one of its codes that is not registered is harmless (204): a removal
+        may be sent again after its answer was lost."""
         with transaction() as session:
             portal = require_portal(session)
             currencies.delete_currency(session, portal_id=portal.id, code=_code(code))

@@ -1,0 +1,65 @@
+"""A portal's write reaches the directory and its answer is lost on the way back (a real
+TCP proxy in front of the live directory swallows it); the client's own retry, or the
+portal's by hand, ends with the state asked for and an answer that tells the truth."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from directory_client.client import DirectoryClient
+from directory_client.transport import RetryPolicy
+
+from tests.clients.ledger.lossy_proxy import LossyProxy
+
+# Short, so that a lost answer is given up on quickly; the directory answers in milliseconds.
+CLIENT_TIMEOUT_S = 1.0
+QUICK_RETRY = RetryPolicy(attempts=4, backoff_s=0.05, max_backoff_s=0.1)
+
+
+class DirectoryProxy(LossyProxy):
+    """LossyProxy in front of the directory, its rules matching any part of the path
+    (`/commit` of a session whose id is not known yet)."""
+
+    def _take_rule(self, method, path):
+        with self._lock:
+            for rule in self._rules:
+                if rule.method == method and rule.path_prefix in path:
+                    self._rules.remove(rule)
+                    return rule
+        return None
+
+
+@pytest.fixture
+def proxy(live) -> Iterator[DirectoryProxy]:
+    with DirectoryProxy(int(live.url.rsplit(":", 1)[1])) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def lossy(proxy, portal) -> Iterator[DirectoryClient]:
+    """The portal's client, through the proxy."""
+    with DirectoryClient(
+        proxy.url, key=portal.key, timeout_s=CLIENT_TIMEOUT_S, retry=QUICK_RETRY
+    ) as client:
+        yield client
+
+
+@pytest.fixture
+def direct(live, portal) -> Iterator[DirectoryClient]:
+    """The portal's client, straight to the directory: to look."""
+    with DirectoryClient(live.url, key=portal.key) as client:
+        yield client
+
+
+def test_a_currency_deletion_retried_after_its_answer_was_lost_succeeds(proxy, lossy, direct):
+    code = direct.register_currency({"code": "TALENT", "name": "Talent"}).code
+    proxy.lose_next_answer("DELETE", "/v1/currencies/")
+
+    lossy.delete_currency(code)
+
+    assert [(f.method, f.answer_lost) for f in proxy.forwarded] == [
+        ("DELETE", True),
+        ("DELETE", False),
+    ]
+    assert direct.list_currencies(kind="community").currencies == []
