@@ -113,6 +113,8 @@ class Portal(Base):
     webhook_previous_secret_expires_at: Mapped[datetime | None] = mapped_column(
         DateTime(timezone=True)
     )
+    # The idempotency key of the latest rotation: sent again, it rotates no more.
+    webhook_rotation_key: Mapped[str | None] = mapped_column(String(128))
     # Set when the endpoint answered 410 Gone: no more webhooks until the URL is set again
     # (messages wait in the inbox meanwhile).
     webhook_disabled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

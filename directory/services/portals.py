@@ -446,17 +446,22 @@ def webhook_secrets(session: Session, *, portal_id: int) -> WebhookSecrets:
 
 
 def rotate_webhook_secret(
-    session: Session, *, portal_id: int, overlap: timedelta
+    session: Session, *, portal_id: int, overlap: timedelta, idempotency_key: str | None = None
 ) -> WebhookSecrets:
     """A new signing secret. The current one keeps signing beside it for `overlap`, so
     that the portal can switch its receiver over without losing a message; a rotation
-    during an overlap ends the older one at once."""
+    during an overlap ends the older one at once. Sent again with the `idempotency_key`
+    of the latest rotation (its answer was lost), it answers the secrets as they are
+    instead: rotating again would end at once the secret the portal's receiver holds."""
     if not timedelta(0) <= overlap <= MAX_SECRET_OVERLAP:
         raise InvalidInput(
             f"overlap must be between 0 and {MAX_SECRET_OVERLAP.days * 24} hours",
             field="overlap_hours",
         )
     portal = session.get_one(Portal, portal_id, with_for_update=True)
+    if idempotency_key is not None and idempotency_key == portal.webhook_rotation_key:
+        return webhook_secrets(session, portal_id=portal_id)
+    portal.webhook_rotation_key = idempotency_key
     now = datetime.now(UTC)
     portal.webhook_previous_secret = portal.webhook_secret if overlap else None
     portal.webhook_previous_secret_expires_at = now + overlap if overlap else None

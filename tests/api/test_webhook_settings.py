@@ -98,6 +98,33 @@ def test_a_rotation_without_a_body_keeps_the_old_secret_signing_for_a_day(client
     assert timedelta(hours=23.9) < expires - datetime.now(UTC) <= timedelta(hours=24)
 
 
+def test_a_rotation_sent_again_with_its_idempotency_key_rotates_once(client, portal):
+    before = client.get("/v1/portals/me/webhook-secret", headers=portal.headers).json["secret"]
+    body = {"overlap_hours": 2, "idempotency_key": "rotation-1"}
+
+    first = client.post("/v1/portals/me/webhook-secret", json=body, headers=portal.headers)
+    again = client.post("/v1/portals/me/webhook-secret", json=body, headers=portal.headers)
+
+    assert (first.status_code, again.status_code) == (200, 200)
+    assert again.json == first.json
+    assert first.json["previous_secret"] == before  # still signing: the portal's receiver has it
+    now = client.get("/v1/portals/me/webhook-secret", headers=portal.headers).json
+    assert now == first.json
+
+
+def test_a_rotation_with_another_idempotency_key_rotates_again(client, portal):
+    def rotate(key: str) -> dict:
+        return client.post(
+            "/v1/portals/me/webhook-secret", json={"idempotency_key": key}, headers=portal.headers
+        ).json
+
+    first = rotate("rotation-1")
+    second = rotate("rotation-2")
+
+    assert second["previous_secret"] == first["secret"]
+    assert second["secret"] not in (first["secret"], first["previous_secret"])
+
+
 @pytest.mark.parametrize(
     ("body", "content_type", "status", "error"),
     [
@@ -123,7 +150,17 @@ def test_a_rotation_body_that_is_not_json_is_refused(
     assert client.get("/v1/portals/me/webhook-secret", headers=portal.headers).json == before
 
 
-@pytest.mark.parametrize("body", [{"overlap_hours": -1}, {"overlap_hours": 169}, {"x": 1}])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"overlap_hours": -1},
+        {"overlap_hours": 169},
+        {"x": 1},
+        {"idempotency_key": ""},
+        {"idempotency_key": "a b"},
+        {"idempotency_key": "k" * 129},
+    ],
+)
 def test_bad_rotations_are_refused(client, portal, body):
     response = client.post("/v1/portals/me/webhook-secret", json=body, headers=portal.headers)
     assert response.status_code == 400

@@ -8,7 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 from directory_client.client import DirectoryClient
-from directory_client.transport import RetryPolicy
+from directory_client.errors import DirectoryUnavailable
+from directory_client.transport import NO_RETRIES, RetryPolicy
 
 from tests.clients.ledger.lossy_proxy import LossyProxy
 
@@ -63,3 +64,29 @@ def test_a_currency_deletion_retried_after_its_answer_was_lost_succeeds(proxy, l
         ("DELETE", False),
     ]
     assert direct.list_currencies(kind="community").currencies == []
+
+
+def test_a_rotation_whose_answer_was_lost_is_retried_without_rotating_twice(proxy, lossy, direct):
+    held = direct.get_webhook_secret().secret  # what the portal's receiver verifies with
+    proxy.lose_next_answer("POST", "/v1/portals/me/webhook-secret")
+
+    rotated = lossy.rotate_webhook_secret(overlap_hours=2)
+
+    assert [f.answer_lost for f in proxy.forwarded] == [True, False]
+    assert rotated.previous_secret == held  # signs beside the new one for the overlap
+    assert direct.get_webhook_secret() == rotated
+
+
+def test_a_rotation_retried_by_hand_with_its_idempotency_key_rotates_once(proxy, portal, direct):
+    held = direct.get_webhook_secret().secret
+    proxy.lose_next_answer("POST", "/v1/portals/me/webhook-secret")
+    with DirectoryClient(
+        proxy.url, key=portal.key, timeout_s=CLIENT_TIMEOUT_S, retry=NO_RETRIES
+    ) as once:
+        with pytest.raises(DirectoryUnavailable):
+            once.rotate_webhook_secret(idempotency_key="rotation-7")
+
+        rotated = once.rotate_webhook_secret(idempotency_key="rotation-7")
+
+    assert rotated.previous_secret == held
+    assert direct.get_webhook_secret() == rotated

@@ -129,7 +129,8 @@ export interface paths {
          * Replace the webhook signing secret
          * @description The current secret keeps signing beside the new one for `overlap_hours`, so the
          *     portal can switch its receiver over without missing a message. The body may be
-         *     left out: every field has its default.
+         *     left out: every field has its default. Send an `idempotency_key` to repeat a
+         *     rotation safely after its answer was lost.
          */
         post: operations["rotateWebhookSecret"];
         delete?: never;
@@ -774,6 +775,11 @@ export interface components {
              * @default 24
              */
             overlap_hours?: number;
+            /**
+             * @description The portal's own id for this rotation: sent again with the key of the latest rotation (after a timeout, say), the request answers the secrets as they are instead of rotating again, which would end at once the secret the portal's receiver holds. 1 to 128 letters, digits, '.', '_', ':' or '-'.
+             * @default null
+             */
+            idempotency_key?: string | null;
         };
         PublicLocation: {
             /** @description Latitude (already snapped to the privacy level) */

@@ -115,9 +115,13 @@ class WebhookSecret(MethodView):
 
         The current secret keeps signing beside the new one for `overlap_hours`, so the
         portal can switch its receiver over without missing a message. The body may be
-        left out: every field has its default."""
+        left out: every field has its default. Send an `idempotency_key` to repeat a
+        rotation safely after its answer was lost."""
         with transaction() as session:
             caller = require_portal(session)
             return portals.rotate_webhook_secret(
-                session, portal_id=caller.id, overlap=timedelta(hours=rotation["overlap_hours"])
+                session,
+                portal_id=caller.id,
+                overlap=timedelta(hours=rotation["overlap_hours"]),
+                idempotency_key=rotation["idempotency_key"],
             )

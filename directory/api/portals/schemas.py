@@ -210,3 +210,13 @@ class RotateSecretSchema(Schema):
             "(0: stops at once)"
         },
     )
+    idempotency_key = fields.String(
+        load_default=None,
+        validate=validate.Regexp(r"\A[A-Za-z0-9._:-]{1,128}\Z"),
+        metadata={
+            "description": "The portal's own id for this rotation: sent again with the key "
+            "of the latest rotation (after a timeout, say), the request answers the secrets "
+            "as they are instead of rotating again, which would end at once the secret the "
+            "portal's receiver holds. 1 to 128 letters, digits, '.', '_', ':' or '-'."
+        },
+    )

@@ -12,12 +12,14 @@ Request bodies are Structs of `models` or plain mappings of the same shape; a pa
 is quoted as one whole segment (empty, "." and ".." raise ValueError). Requests that
 change something are tried once unless they are safe to repeat: PUT and DELETE, and POSTs
 that the API makes repeatable (an expiry, an inbox acknowledgement, a block, a relay
-message carrying an idempotency key); never one made conditional with `if_match` or
+message carrying an idempotency key, a webhook secret rotation, which always carries
+one); never one made conditional with `if_match` or
 `if_none_match`, whose repeat would fail its own condition once the first try was
 applied."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any, TypeVar, overload
@@ -101,12 +103,24 @@ class DirectoryClient:
     def get_webhook_secret(self) -> models.WebhookSecrets:
         return self._call("GET", "/v1/portals/me/webhook-secret", models.WebhookSecrets)
 
-    def rotate_webhook_secret(self, *, overlap_hours: int = 24) -> models.WebhookSecrets:
+    def rotate_webhook_secret(
+        self, *, overlap_hours: int = 24, idempotency_key: str | None = None
+    ) -> models.WebhookSecrets:
+        """A new signing secret; the current one signs beside it for `overlap_hours`.
+
+        Repeated safely after a lost answer: the rotation carries an idempotency key (a
+        random one unless given), and the directory answers a repeat with the secrets
+        as they are instead of rotating twice, which would end at once the secret the
+        portal's receiver holds. To repeat a rotation by hand, give the same key."""
         return self._call(
             "POST",
             "/v1/portals/me/webhook-secret",
             models.WebhookSecrets,
-            body={"overlap_hours": overlap_hours},
+            body={
+                "overlap_hours": overlap_hours,
+                "idempotency_key": idempotency_key or str(uuid.uuid4()),
+            },
+            repeatable=True,
         )
 
     # --- ads ------------------------------------------------------------------------
