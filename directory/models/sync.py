@@ -33,6 +33,9 @@ class SyncSession(Base):
     created_at: Mapped[datetime] = created_at_column()
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Set by the commit: its counts and rejected items, answered again to a commit sent
+    # again (its answer was lost). The staged items are purged after the commit.
+    result: Mapped[dict | None] = mapped_column(JSONB(none_as_null=True))
 
 
 class SyncSessionItem(Base):

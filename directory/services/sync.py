@@ -60,13 +60,17 @@ def open_session(session: Session, *, portal_id: int, ttl: timedelta) -> SyncSum
 
 
 def _summary(session: Session, sync: SyncSession) -> SyncSummary:
-    staged, rejected = session.execute(
-        select(
-            func.count().filter(SyncSessionItem.data.is_not(None)),
-            func.count().filter(SyncSessionItem.data.is_(None)),
-        ).where(SyncSessionItem.session_id == sync.id)
-    ).one()
     session.refresh(sync)
+    if sync.result is not None:
+        # Committed: its items are purged by housekeeping; the commit kept their counts.
+        staged, rejected = sync.result["staged"], sync.result["rejected"]
+    else:
+        staged, rejected = session.execute(
+            select(
+                func.count().filter(SyncSessionItem.data.is_not(None)),
+                func.count().filter(SyncSessionItem.data.is_(None)),
+            ).where(SyncSessionItem.session_id == sync.id)
+        ).one()
     return SyncSummary(
         id=sync.id,
         status=sync.status,
@@ -174,7 +178,11 @@ def stage_items(
 def commit(
     session: Session, *, portal_id: int, session_id: uuid.UUID, lifetimes: Lifetimes
 ) -> CommitResult:
+    """Apply the session. A session committed already (the answer to its commit was
+    lost) is answered as its commit was, and nothing changes."""
     sync = _get(session, portal_id=portal_id, session_id=session_id, lock=True)
+    if sync.status is SyncStatus.COMMITTED and sync.result is not None:
+        return _committed(session, sync)
     _require_open(sync)
     lock_portal_writes(session, portal_id, exclusive=True)
     counts = {"created": 0, "updated": 0, "unchanged": 0, "rejected": 0}
@@ -206,17 +214,39 @@ def commit(
                 rejected_items.append(result)
     staged_ids = select(SyncSessionItem.external_id).where(SyncSessionItem.session_id == sync.id)
     deleted = delete_all_but(session, portal_id=portal_id, keep=None, keep_subquery=staged_ids)
+    before = _summary(session, sync)
     sync.status = SyncStatus.COMMITTED
     sync.finished_at = datetime.now(UTC)
+    sync.result = {
+        "staged": before.staged,
+        "rejected": before.rejected,
+        "created": counts["created"],
+        "updated": counts["updated"],
+        "unchanged": counts["unchanged"],
+        "deleted": deleted,
+        "kept_rejected": counts["rejected"],
+        "rejected_items": [
+            {"external_id": item.external_id, "errors": item.errors} for item in rejected_items
+        ],
+    }
     session.flush()
+    return _committed(session, sync)
+
+
+def _committed(session: Session, sync: SyncSession) -> CommitResult:
+    """The answer to the commit of `sync`, as it stored it."""
+    result = sync.result
     return CommitResult(
         summary=_summary(session, sync),
-        created=counts["created"],
-        updated=counts["updated"],
-        unchanged=counts["unchanged"],
-        deleted=deleted,
-        kept_rejected=counts["rejected"],
-        rejected_items=rejected_items,
+        created=result["created"],
+        updated=result["updated"],
+        unchanged=result["unchanged"],
+        deleted=result["deleted"],
+        kept_rejected=result["kept_rejected"],
+        rejected_items=[
+            ItemResult(item["external_id"], "rejected", errors=item["errors"])
+            for item in result["rejected_items"]
+        ],
     )
 
 

@@ -93,12 +93,35 @@ def test_an_aborted_session_changes_nothing_and_accepts_no_more_items(client, po
     assert own_titles(client, portal) == {"a-1": "Original"}
 
 
-def test_a_committed_session_cannot_be_committed_twice(client, portal):
+def test_a_commit_sent_again_answers_the_same_and_changes_nothing(client, portal):
+    client.put("/v1/ads/old", json=ad_payload(), headers=portal.headers)
     session_id = open_session(client, portal)
     stage(client, portal, session_id, [{"external_id": "a-1", "ad": ad_payload()}])
-    client.post(f"/v1/sync-sessions/{session_id}/commit", headers=portal.headers)
+    first = client.post(f"/v1/sync-sessions/{session_id}/commit", headers=portal.headers)
+    client.put("/v1/ads/later", json=ad_payload(), headers=portal.headers)
+
     again = client.post(f"/v1/sync-sessions/{session_id}/commit", headers=portal.headers)
-    assert again.status_code == 409
+
+    assert (first.status_code, again.status_code) == (200, 200)
+    assert again.json == first.json
+    assert (first.json["created"], first.json["deleted"]) == (1, 1)
+    assert set(own_titles(client, portal)) == {"a-1", "later"}  # applied once, not again
+
+
+def test_a_commit_sent_again_tells_the_ads_it_rejected(client, portal, wiring):
+    client.post("/v1/currencies", json={"code": "TALENT", "name": "T"}, headers=portal.headers)
+    code = f"{portal.slug}:TALENT"
+    session_id = open_session(client, portal)
+    stage(client, portal, session_id, [{"external_id": "a-1", "ad": ad_payload(currencies=[code])}])
+    client.delete(f"/v1/currencies/{code}", headers=portal.headers)  # staged ads don't count
+    first = client.post(f"/v1/sync-sessions/{session_id}/commit", headers=portal.headers)
+    with unit_of_work(wiring.session_factory) as session:
+        session.execute(text("DELETE FROM sync_session_items"))  # as housekeeping does
+
+    again = client.post(f"/v1/sync-sessions/{session_id}/commit", headers=portal.headers)
+
+    assert [item["external_id"] for item in first.json["rejected_items"]] == ["a-1"]
+    assert again.json == first.json
 
 
 def test_an_expired_session_is_refused(client, portal, wiring):

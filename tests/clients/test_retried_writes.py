@@ -9,9 +9,11 @@ from collections.abc import Iterator
 import pytest
 from directory_client.client import DirectoryClient
 from directory_client.errors import DirectoryUnavailable
+from directory_client.sync import sync_ads
 from directory_client.transport import NO_RETRIES, RetryPolicy
 
 from tests.clients.ledger.lossy_proxy import LossyProxy
+from tests.factories import ad_payload
 
 # Short, so that a lost answer is given up on quickly; the directory answers in milliseconds.
 CLIENT_TIMEOUT_S = 1.0
@@ -90,3 +92,33 @@ def test_a_rotation_retried_by_hand_with_its_idempotency_key_rotates_once(proxy,
 
     assert rotated.previous_secret == held
     assert direct.get_webhook_secret() == rotated
+
+
+def test_a_commit_whose_answer_was_lost_is_retried_and_tells_what_it_did(proxy, lossy, direct):
+    direct.put_ad("old", ad_payload())
+    opened = direct.open_sync_session()
+    direct.stage_sync_items(opened.id, [{"external_id": "new", "ad": ad_payload()}])
+    proxy.lose_next_answer("POST", "/commit")
+
+    result = lossy.commit_sync_session(opened.id)
+
+    assert [f.answer_lost for f in proxy.forwarded] == [True, False]
+    assert (result.created, result.updated, result.deleted) == (1, 0, 1)
+    assert result.session.status == "committed"
+    assert {ad.external_id for ad in direct.iter_own_ads()} == {"new"}
+
+
+def test_a_replace_sync_whose_commit_answer_was_lost_finishes_in_one_run(
+    proxy, lossy, direct, tmp_path
+):
+    direct.put_ad("by-hand", ad_payload())
+    state = tmp_path / "state"
+    ads = [{"external_id": f"ad-{n}", **ad_payload(title=f"Ad {n}")} for n in range(1, 4)]
+    proxy.lose_next_answer("POST", "/commit")
+
+    report = sync_ads(lossy, ads, state_path=state, replace=True)
+
+    assert (report.created, report.deleted, report.ok) == (3, 1, True)
+    assert {ad.external_id for ad in direct.iter_own_ads()} == {"ad-1", "ad-2", "ad-3"}
+    again = sync_ads(lossy, ads, state_path=state)  # the state file knows them all
+    assert (again.sent, again.unchanged) == (0, 3)

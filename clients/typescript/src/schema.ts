@@ -361,7 +361,11 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Commit: the staged ads replace all of the portal's ads, in one transaction */
+        /**
+         * Commit: the staged ads replace all of the portal's ads, in one transaction
+         * @description Sent again once committed (its answer was lost), it answers as the commit did
+         *     and changes nothing.
+         */
         post: operations["commitSyncSession"];
         delete?: never;
         options?: never;

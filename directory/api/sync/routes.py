@@ -151,7 +151,10 @@ class SyncSessionCommit(MethodView):
     @blp.response(200, CommitResultSchema)
     @blp.doc(operationId="commitSyncSession", security=BEARER_AUTH)
     def post(self, session_id: str):
-        """Commit: the staged ads replace all of the portal's ads, in one transaction"""
+        """Commit: the staged ads replace all of the portal's ads, in one transaction
+
+        Sent again once committed (its answer was lost), it answers as the commit did
+        and changes nothing."""
         with transaction() as session:
             portal = require_portal(session)
             result = sync.commit(

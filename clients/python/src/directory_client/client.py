@@ -13,7 +13,7 @@ is quoted as one whole segment (empty, "." and ".." raise ValueError). Requests 
 change something are tried once unless they are safe to repeat: PUT and DELETE, and POSTs
 that the API makes repeatable (an expiry, an inbox acknowledgement, a block, a relay
 message carrying an idempotency key, a webhook secret rotation, which always carries
-one); never one made conditional with `if_match` or
+one, a sync session's staging and commit); never one made conditional with `if_match` or
 `if_none_match`, whose repeat would fail its own condition once the first try was
 applied."""
 
@@ -302,10 +302,13 @@ class DirectoryClient:
         )
 
     def commit_sync_session(self, session_id: str) -> models.CommitResult:
+        """Apply the session; a commit repeated after a lost answer is answered as the
+        first was, so a repeat is harmless."""
         return self._call(
             "POST",
             f"/v1/sync-sessions/{_segment('session_id', session_id)}/commit",
             models.CommitResult,
+            repeatable=True,
         )
 
     # --- the contact relay ----------------------------------------------------------
