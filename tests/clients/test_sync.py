@@ -901,6 +901,49 @@ def test_a_replace_run_resumed_after_an_unanswered_staging_keeps_a_rejected_rows
     assert stored(directory)["ad-2"].title == "Bike repairs #2"
 
 
+class LosesACurrencyThenDiesAtCommit(DiesAfterTheFirstPost):
+    """The portal's currency is deleted between staging and commit, so the commit rejects
+    the ad that accepts it; the run dies before reading the commit's answer."""
+
+    def __init__(self, delete_currency) -> None:
+        super().__init__("/commit")
+        self.delete_currency = delete_currency
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if not self.died and request.url.path.endswith("/commit"):
+            self.delete_currency()
+        return super().handle_request(request)
+
+
+@pytest.mark.parametrize("answer_kept", [True, False], ids=["answer kept", "committed before"])
+def test_an_ad_the_commit_of_a_killed_run_rejected_is_sent_by_the_next_run(
+    live, wiring, portal, directory, tmp_path, answer_kept
+):
+    """The next run asks the commit's answer again; a session committed before the
+    directory kept it (no answer to give: 409) leaves every staged ad to be looked at."""
+    code = f"{portal.slug}:TALENT"
+    directory.register_currency({"code": "TALENT", "name": "Talents"})
+    ads = [an_ad(1, currencies=[code]), an_ad(2)]
+    state = tmp_path / "state"
+    dying = LosesACurrencyThenDiesAtCommit(lambda: directory.delete_currency(code))
+    with (
+        DirectoryClient(live.url, key=portal.key, http_transport=dying) as client,
+        pytest.raises(Died),
+    ):
+        sync_ads(client, ads, state_path=state, replace=True)
+    assert set(stored(directory)) == {"ad-2"}  # the commit rejected ad-1
+    directory.register_currency({"code": "TALENT", "name": "Talents"})
+    if not answer_kept:
+        with unit_of_work(wiring.session_factory) as session:
+            session.execute(sa.text("UPDATE sync_sessions SET result = NULL"))
+
+    report = sync_ads(directory, ads, state_path=state)  # not --replace: only what changed
+
+    if answer_kept:
+        assert [rejection.external_id for rejection in report.rejected] == ["ad-1"]  # then
+    assert set(stored(directory)) == {"ad-1", "ad-2"}  # and now sent again
+
+
 # --- the state file ---------------------------------------------------------------------
 
 

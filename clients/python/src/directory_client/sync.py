@@ -40,6 +40,7 @@ from directory_client import models
 from directory_client.client import DirectoryClient
 from directory_client.errors import (
     ApiError,
+    Conflict,
     DirectoryUnavailable,
     NotFound,
     ServerError,
@@ -50,6 +51,7 @@ from directory_client.sync_input import SourceRow, read_rows
 from directory_client.sync_progress import Progress, Silent
 from directory_client.sync_state import (
     UNKNOWN,
+    OpenSession,
     StateLog,
     SyncState,
     load_state,
@@ -520,7 +522,7 @@ class _Run:
             status = None
         if status is not None and status.status == "committed":
             self.progress.note(f"the interrupted run's sync session {session.id} was committed")
-            log.record({"committed": session.id, "unknown": []})
+            log.record({"committed": session.id, "unknown": self._rejected_at_commit(session)})
             return
         still_open = (
             status is not None and status.status == "open" and status.expires_at > datetime.now(UTC)
@@ -531,6 +533,19 @@ class _Run:
             self.client.abort_sync_session(session.id)
         self.progress.note(f"closed the interrupted run's sync session {session.id}")
         log.record({"closed": session.id})
+
+    def _rejected_at_commit(self, session: OpenSession) -> list[str]:
+        """The ads an interrupted run's commit rejected (a currency gone since staging,
+        say), from the commit's answer asked for again. Recorded as synced, they would
+        be sent again only once they change. A directory that kept no answer (a session
+        committed before it did) leaves every staged ad to be looked at again."""
+        try:
+            result = self.client.commit_sync_session(session.id)
+        except Conflict:
+            return sorted(session.staged)
+        for item in result.rejected_items:
+            self._reject(item.external_id, item.errors)
+        return [item.external_id for item in result.rejected_items if item.external_id]
 
     def replace(self, log: StateLog) -> None:
         ads, kept = self.source.ads, self.source.kept
