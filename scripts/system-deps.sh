@@ -4,6 +4,8 @@
 set -euo pipefail
 
 packages=(postgresql-15 postgresql-15-postgis-3 postgresql-contrib redis-server python3-venv)
+# nginx: the tests run deploy/nginx.conf.template in front of the API, as deployed.
+packages+=(nginx)
 # The Credit Commons reference node that the payment client is tested against
 # (../shared/peers/credit-commons): PHP and a MariaDB of its own. Its start script
 # installs these too, but misses php-xml, without which the node cannot start.
