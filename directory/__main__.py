@@ -88,7 +88,11 @@ def cli() -> None:
     help="gunicorn worker processes (default: one per core, plus one)",
 )
 def serve(bind: str, workers: int) -> None:
-    """Serve the API under gunicorn."""
+    """Serve the API under gunicorn.
+
+    Its sync workers read one request at a time: anything reachable by others belongs
+    behind a buffering proxy (deploy/nginx.conf.template), or a few slow clients hold
+    every worker."""
     _settings()  # fail fast, before gunicorn starts its workers
     os.execvp(
         sys.executable,
