@@ -80,7 +80,8 @@ class Settings:
     # Where rate-limit counters live: redis://… so that every worker process shares
     # them (`make run` starts one); memory:// counts per process (development only).
     rate_limit_storage_url: str = "memory://"
-    # One limit each: every limit costs each search a Redis round trip.
+    # One limit each: every limit costs each search a Redis round trip. Pages of the
+    # change feed are limited alike, counted apart from searches.
     search_rate_limit_anonymous: str = "120 per minute"  # per client address
     search_rate_limit_portal: str = "3000 per minute"  # per portal key
     # Reverse proxies in front of the API whose X-Forwarded-For is believed (0: none;

@@ -88,7 +88,7 @@ def create_api(app: Flask) -> Api:
     ):
         api.register_blueprint(blueprint)
     require_answer_fields(api.spec)
-    install_rate_limits(app, app.extensions["directory"].settings, search_blueprint=search_blp)
+    install_rate_limits(app, app.extensions["directory"].settings)
     errors.register_error_handlers(app)
     app.before_request(_refuse_keys_in_query)
     app.before_request(_require_json_body)

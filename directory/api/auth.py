@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import g, request
 from sqlalchemy.orm import Session
 
+from directory.api.db import transaction
 from directory.services import portals
 from directory.services.portals import AuthenticatedPortal
 
@@ -36,6 +37,19 @@ def require_portal(session: Session) -> AuthenticatedPortal:
     portal = portals.authenticate(session, key=bearer_token())
     g.portal_slug = portal.slug  # for the request log
     return portal
+
+
+def calling_portal() -> AuthenticatedPortal | None:
+    """The portal whose key came with a request that anyone may make, if any (a wrong
+    key is refused with 401, never taken as anonymous), looked up once per request: the
+    rate limiter asks first, to count the request against the portal, not the address."""
+    if "calling_portal" not in g:
+        viewer = None
+        if "Authorization" in request.headers:
+            with transaction() as session:
+                viewer = optional_portal(session)
+        g.calling_portal = viewer
+    return g.calling_portal
 
 
 def optional_portal(session: Session) -> AuthenticatedPortal | None:

@@ -1,8 +1,10 @@
-"""Rate limits on search, counted in a store every worker process shares (Redis).
+"""Rate limits on the anonymous reads that cost the most, search and the change feed,
+counted in a store every worker process shares (Redis).
 
-Anonymous searches are limited per client address, a portal's searches per portal
-(a higher limit). A refused request costs one Redis round trip and no database work,
-so a client flooding the API spends its own budget, not the others' capacity.
+Anonymous requests are limited per client address, a portal's (sent with its key) per
+portal, at a higher limit; searches and feed pages each have a budget of their own, of
+the same size. A refused request costs one Redis round trip and no database work, so a
+client flooding the API spends its own budget, not the others' capacity.
 
 Built on `limits`, the library under Flask-Limiter (same maintainers: its storages and
 its sliding-window counter, one Redis script call per search). Flask-Limiter itself
@@ -25,12 +27,14 @@ from limits.errors import StorageError
 from limits.storage import MemoryStorage, storage_from_string
 from limits.strategies import SlidingWindowCounterRateLimiter
 
+from directory.api.auth import calling_portal
 from directory.api.errors import envelope
 from directory.settings import Settings
 
 log = logging.getLogger(__name__)
 
-NAMESPACE = "directory-search"
+# Each limited blueprint's counters, by its name.
+NAMESPACES = {"search": "directory-search", "feed": "directory-feed"}
 # A store that fails is left alone this long (each process counts in its own memory
 # meanwhile), so that a Redis outage costs one failed call per interval, not per search.
 RETRY_SHARED_STORE_AFTER_S = 30.0
@@ -56,21 +60,23 @@ class SearchRateLimits:
         self.anonymous = parse_many(settings.search_rate_limit_anonymous)
         self.portal = parse_many(settings.search_rate_limit_portal)
 
-    def refusal(self, limits: list[RateLimitItem], client: str) -> tuple[RateLimitItem, int] | None:
-        """Counts one search of `client`: None if allowed, else the limit it broke and the
-        seconds to wait."""
+    def refusal(
+        self, limits: list[RateLimitItem], client: str, *, namespace: str = NAMESPACES["search"]
+    ) -> tuple[RateLimitItem, int] | None:
+        """Counts one request of `client`: None if allowed, else the limit it broke and
+        the seconds to wait."""
         limiter = self._limiter()
         try:
             for limit in limits:
-                if not limiter.hit(limit, NAMESPACE, client):
-                    reset_time, _remaining = limiter.get_window_stats(limit, NAMESPACE, client)
+                if not limiter.hit(limit, namespace, client):
+                    reset_time, _remaining = limiter.get_window_stats(limit, namespace, client)
                     # The window's own reset time, never beyond the window itself.
                     wait = math.ceil(reset_time - time.time())
                     return limit, min(max(1, wait), limit.get_expiry())
         except StorageError:
             log.warning("rate limit store unavailable; counting in this process for now")
             self._shared_failed_at = time.monotonic()
-            return self.refusal(limits, client)
+            return self.refusal(limits, client, namespace=namespace)
         return None
 
     def close(self) -> None:
@@ -84,28 +90,29 @@ class SearchRateLimits:
         return self._shared
 
 
-def install_rate_limits(app: Flask, settings: Settings, *, search_blueprint) -> None:
+def install_rate_limits(app: Flask, settings: Settings) -> None:
     rate_limits = SearchRateLimits(settings)
     app.extensions["rate_limits"] = rate_limits
 
     @app.before_request
-    def limit_searches() -> Response | None:
-        if request.blueprint != search_blueprint.name:
+    def limit_costly_reads() -> Response | None:
+        namespace = NAMESPACES.get(request.blueprint or "")
+        if namespace is None:
             return None
-        from directory.api.search.routes import search_viewer
-
-        viewer = search_viewer()  # a wrong key is refused here, before any counting
+        viewer = calling_portal()  # a wrong key is refused here, before any counting
         if viewer is None:
-            refusal = rate_limits.refusal(rate_limits.anonymous, f"address:{request.remote_addr}")
+            limits, client = rate_limits.anonymous, f"address:{request.remote_addr}"
         else:
-            refusal = rate_limits.refusal(rate_limits.portal, f"portal:{viewer.id}")
+            limits, client = rate_limits.portal, f"portal:{viewer.id}"
+        refusal = rate_limits.refusal(limits, client, namespace=namespace)
         if refusal is None:
             return None
         limit, retry_after = refusal
+        what = "searches" if request.blueprint == "search" else "feed pages"
         response = envelope(
             429,
             error="rate_limited",
-            message=f"Too many searches from this client (at most {limit}); try again "
+            message=f"Too many {what} from this client (at most {limit}); try again "
             f"in {retry_after} s, as the Retry-After header says.",
         )
         response.headers["Retry-After"] = str(retry_after)

@@ -1,4 +1,5 @@
-"""Search rate limits, through gunicorn with several worker processes sharing Redis."""
+"""Rate limits on search and the change feed, through gunicorn with several worker
+processes sharing Redis."""
 
 from __future__ import annotations
 
@@ -132,6 +133,41 @@ def test_portal_has_its_own_higher_limit(gunicorn, portal):
         for _ in range(PORTAL_LIMIT + 2)
     ]
     assert statuses == [200] * PORTAL_LIMIT + [429] * 2
+
+
+def _feed_page(base: str, *, address: str, headers: dict | None = None) -> requests.Response:
+    return requests.get(
+        base + "/v1/feed",
+        params={"limit": 1},
+        headers={"X-Forwarded-For": address, "Connection": "close", **(headers or {})},
+        timeout=10,
+    )
+
+
+def test_feed_pages_are_limited_per_address_on_a_budget_apart_from_searches(gunicorn):
+    base, _ = gunicorn
+    address = "203.0.113.77"
+    pages = [_feed_page(base, address=address) for _ in range(ANONYMOUS_LIMIT + 1)]
+
+    assert [page.status_code for page in pages] == [200] * ANONYMOUS_LIMIT + [429]
+    refused = pages[-1]
+    assert refused.json()["error"] == "rate_limited"
+    assert "feed pages" in refused.json()["message"]
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    # Its searches are counted apart, and other addresses are not concerned.
+    assert _search(base, address=address).status_code == 200
+    assert _feed_page(base, address="203.0.113.78").status_code == 200
+
+
+def test_a_portal_reading_the_feed_with_its_key_has_its_higher_limit(gunicorn, portal):
+    base, _ = gunicorn
+    statuses = [
+        _feed_page(base, address="192.0.2.77", headers=portal.headers).status_code
+        for _ in range(PORTAL_LIMIT + 1)
+    ]
+    assert statuses == [200] * PORTAL_LIMIT + [429]
+    wrong_key = _feed_page(base, address="192.0.2.78", headers={"Authorization": "Bearer x"})
+    assert wrong_key.status_code == 401
 
 
 def test_wrong_key_is_refused_not_searched_anonymously(gunicorn):

@@ -542,6 +542,10 @@ export interface paths {
          *     (deleted, expired, made portal-only, or its portal suspended). Ads also end
          *     at their `expires_at` without a feed entry. Follow `next_cursor` until
          *     `more` is false, then poll with it.
+         *
+         *     Anyone may read it. Pages are rate-limited as searches are, with a budget of
+         *     their own: per client address, or per portal at its higher limit when the
+         *     portal's key comes with the request (the feed is the same for every reader).
          */
         get: operations["readFeed"];
         put?: never;
@@ -2520,6 +2524,17 @@ export interface operations {
                 };
             };
             400: components["responses"]["BAD_REQUEST"];
+            /** @description Too many feed pages from this client: see Retry-After */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             default: components["responses"]["DEFAULT_ERROR"];
         };
     };

@@ -6,8 +6,10 @@ from flask.views import MethodView
 from marshmallow import Schema, fields, validate
 
 from directory.api.ads.schemas import PublicAdSchema
+from directory.api.auth import BEARER_AUTH
 from directory.api.blueprint import Blueprint
 from directory.api.db import transaction
+from directory.api.errors import RETRY_AFTER_HEADER, ErrorSchema
 from directory.api.fields import WholeNumber
 from directory.models import ChangeOp
 from directory.services import feed
@@ -43,14 +45,24 @@ class FeedPageSchema(Schema):
 class Feed(MethodView):
     @blp.arguments(FeedArgsSchema, location="query")
     @blp.response(200, FeedPageSchema)
-    @blp.doc(operationId="readFeed")
+    @blp.alt_response(
+        429,
+        schema=ErrorSchema,
+        description="Too many feed pages from this client: see Retry-After",
+        headers=RETRY_AFTER_HEADER,
+    )
+    @blp.doc(operationId="readFeed", security=[{}, *BEARER_AUTH])
     def get(self, args):
         """Changes to public ads, oldest first
 
         `upsert` carries the ad as it is now; `delete` means it left public view
         (deleted, expired, made portal-only, or its portal suspended). Ads also end
         at their `expires_at` without a feed entry. Follow `next_cursor` until
-        `more` is false, then poll with it."""
+        `more` is false, then poll with it.
+
+        Anyone may read it. Pages are rate-limited as searches are, with a budget of
+        their own: per client address, or per portal at its higher limit when the
+        portal's key comes with the request (the feed is the same for every reader)."""
         with transaction() as session:
             page = feed.read_feed(session, since=args["since"], limit=args["limit"])
         return {"changes": page.entries, "next_cursor": page.next_cursor, "more": page.more}

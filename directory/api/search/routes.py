@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from flask import g, request
+from flask import request
 from flask.views import MethodView
 
-from directory.api.auth import BEARER_AUTH, optional_portal
+from directory.api.auth import BEARER_AUTH, calling_portal
 from directory.api.blueprint import Blueprint
-from directory.api.db import transaction, wiring
+from directory.api.db import wiring
 from directory.api.errors import RETRY_AFTER_HEADER, ErrorSchema
 from directory.api.fields import json_response
 from directory.api.search.schemas import GeoJSONPageSchema, SearchArgsSchema, SearchPageSchema
@@ -24,7 +24,6 @@ from directory.search import (
 )
 from directory.services.ads import global_id_prefix
 from directory.services.categories import expand_categories
-from directory.services.portals import AuthenticatedPortal
 
 blp = Blueprint("search", __name__, url_prefix="/v1", description="Search ads")
 
@@ -67,7 +66,7 @@ class Search(MethodView):
         ads, and has a higher rate limit. Hidden ads never appear in an area search or
         in distance order; the other ads show only their published (snapped) point, and
         distances are rounded to their privacy level."""
-        viewer = search_viewer()
+        viewer = calling_portal()
         search = wiring().search
         query = build_query(
             args,
@@ -82,19 +81,6 @@ class Search(MethodView):
             response = json_response(render_json(page))
         response.headers["Vary"] = "Accept"  # the format may follow it: caches must too
         return response
-
-
-def search_viewer() -> AuthenticatedPortal | None:
-    """The portal whose key came with the search, if any (a wrong key is refused with
-    401, never treated as anonymous). Looked up once per request: the rate limiter
-    asks first, to count the search against the portal rather than the address."""
-    if "search_viewer" not in g:
-        viewer = None
-        if "Authorization" in request.headers:
-            with transaction() as session:
-                viewer = optional_portal(session)
-        g.search_viewer = viewer
-    return g.search_viewer
 
 
 def _wants_geojson(format_: str | None) -> bool:
