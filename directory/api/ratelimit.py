@@ -41,7 +41,7 @@ RETRY_SHARED_STORE_AFTER_S = 30.0
 STORE_TIMEOUT_S = 0.5  # a hung Redis must not hold searches up
 
 
-class SearchRateLimits:
+class RateLimits:
     def __init__(self, settings: Settings):
         url = settings.rate_limit_storage_url
         self._pool = None
@@ -91,7 +91,7 @@ class SearchRateLimits:
 
 
 def install_rate_limits(app: Flask, settings: Settings) -> None:
-    rate_limits = SearchRateLimits(settings)
+    rate_limits = RateLimits(settings)
     app.extensions["rate_limits"] = rate_limits
 
     @app.before_request
