@@ -3,7 +3,8 @@
 WebhookReceiver plays a portal's webhook endpoint: it verifies signatures with the reference
 Standard Webhooks package, records every request, answers as scripted (failures, delays,
 redirects, huge bodies), and can go down and come back on the same port. Website plays a
-portal's website, answering GET with the page set for each path."""
+portal's website, answering GET with the page set for each path. Trickling answers with
+bytes of its choosing, a piece at a time: a peer that sends slowly, or without end."""
 
 from __future__ import annotations
 
@@ -316,6 +317,39 @@ class Website(Peer):
         with self._lock:
             self._requests.append(path)
             return self.pages.get(path, Reply(status=404, body=b"not found"))
+
+
+class Trickling(Peer):
+    """A loopback server answering each request with `head` at once, then each piece of
+    `pieces()` `pause_s` after the one before, until they run out, the client leaves or
+    the server stops. `answered` counts the requests that came."""
+
+    def __init__(
+        self, head: bytes, pieces: Callable[[], Iterable[bytes]], *, pause_s: float
+    ) -> None:
+        super().__init__()
+        self.head = head
+        self.pieces = pieces
+        self.pause_s = pause_s
+        self.answered = 0
+
+    def handler(self) -> type[socketserver.BaseRequestHandler]:
+        trickling = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                self.request.recv(65536)  # the request: these tests send small ones
+                trickling.answered += 1
+                try:
+                    self.request.sendall(trickling.head)
+                    for piece in trickling.pieces():
+                        if self.server.stopping.wait(trickling.pause_s):
+                            return
+                        self.request.sendall(piece)
+                except OSError:  # the client gave up
+                    return
+
+        return Handler
 
 
 def _int_or_none(value: str | None) -> int | None:

@@ -8,10 +8,9 @@ from __future__ import annotations
 import gzip
 import itertools
 import socket
-import socketserver
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -22,7 +21,7 @@ from directory_client.federation import FederatedSearch, Outcome
 from directory_client.ledger import CreditCommonsLedger, LedgerUnavailable
 from directory_client.transport import MAX_ANSWER_BYTES, NO_RETRIES, RetryPolicy
 
-from tests.peers import Peer
+from tests.peers import Trickling
 
 # How long a test waits for a call that should end by its deadline before declaring it
 # stuck (the call then goes on in a daemon thread until the server stops).
@@ -30,39 +29,6 @@ STUCK_S = 8.0
 JSON_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
 CHUNKED_HEAD = JSON_HEAD + b"Transfer-Encoding: chunked\r\n\r\n"
 EMPTY_PAGE = b'{"hits":[],"next_cursor":null,"facets":null}'
-
-
-class Trickling(Peer):
-    """A loopback server answering each request with `head` at once, then each piece of
-    `pieces()` `pause_s` after the one before, until they run out, the client leaves or
-    the server stops. `answered` counts the requests that came."""
-
-    def __init__(
-        self, head: bytes, pieces: Callable[[], Iterable[bytes]], *, pause_s: float
-    ) -> None:
-        super().__init__()
-        self.head = head
-        self.pieces = pieces
-        self.pause_s = pause_s
-        self.answered = 0
-
-    def handler(self) -> type[socketserver.BaseRequestHandler]:
-        trickling = self
-
-        class Handler(socketserver.BaseRequestHandler):
-            def handle(self) -> None:
-                self.request.recv(65536)  # the request: these tests send small ones
-                trickling.answered += 1
-                try:
-                    self.request.sendall(trickling.head)
-                    for piece in trickling.pieces():
-                        if self.server.stopping.wait(trickling.pause_s):
-                            return
-                        self.request.sendall(piece)
-                except OSError:  # the client gave up
-                    return
-
-        return Handler
 
 
 def dripping_body() -> Trickling:

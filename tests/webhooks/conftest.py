@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import itertools
 import shutil
-import socketserver
 import subprocess
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.peers import Peer
+from tests.peers import Trickling
 
 
 @pytest.fixture(scope="module")
@@ -38,32 +37,6 @@ def certificates(tmp_path_factory) -> dict[str, Path]:
     return made
 
 
-class EndlessHead(Peer):
-    """A loopback server answering each request with an HTTP head that never ends: `pieces`
-    sent `pause_s` apart until the client leaves or the server stops."""
-
-    def __init__(self, pieces: Callable[[], Iterable[bytes]], *, pause_s: float) -> None:
-        super().__init__()
-        self.pieces = pieces
-        self.pause_s = pause_s
-
-    def handler(self) -> type[socketserver.BaseRequestHandler]:
-        peer = self
-
-        class Handler(socketserver.BaseRequestHandler):
-            def handle(self) -> None:
-                self.request.recv(65536)  # the request: these tests send small ones
-                try:
-                    for piece in peer.pieces():
-                        if self.server.stopping.wait(peer.pause_s):
-                            return
-                        self.request.sendall(piece)
-                except OSError:  # the client gave up
-                    return
-
-        return Handler
-
-
 def _dripped_headers() -> Iterable[bytes]:
     """A status line and a header, a byte at a time, the header's value without end."""
     head = b"HTTP/1.1 200 OK\r\nX-Padding: "
@@ -78,8 +51,8 @@ def _dripped_headers() -> Iterable[bytes]:
     ],
     ids=["dripped-headers", "endless-100-continue"],
 )
-def endless_head(request) -> Iterator[EndlessHead]:
+def endless_head(request) -> Iterator[Trickling]:
     """A server whose answer's status line and headers never end, each read being quick."""
     pieces, pause_s = request.param
-    with EndlessHead(pieces, pause_s=pause_s) as peer:
+    with Trickling(b"", pieces, pause_s=pause_s) as peer:
         yield peer
