@@ -792,6 +792,64 @@ def test_search_answers_503_when_meilisearch_is_unreachable(migrated):
     assert response.json["error"] == "search_unavailable"
 
 
+class BrokenAnswers:
+    """A server on 127.0.0.1 that answers every request with a broken 200: cut short
+    (as from a Meilisearch that stops mid-answer), or not JSON (as from a proxy's page)."""
+
+    ANSWERS = {
+        "cut short": (b'{"hits": [', 1000),
+        "not json": (b"<html>502 Bad Gateway</html>", None),
+    }
+
+    def __init__(self, kind: str):
+        body, length = self.ANSWERS[kind]
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(200)
+                self.send_header("Content-Length", str(length or len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                self.close_connection = True
+
+            do_GET = do_POST
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.mark.parametrize("kind", sorted(BrokenAnswers.ANSWERS))
+def test_search_answers_503_when_meilisearch_answers_brokenly(migrated, kind):
+    """The client wraps refused connections and timeouts in its own errors, but not an
+    answer cut short (requests' ChunkedEncodingError) or one that is not JSON."""
+    server = BrokenAnswers(kind)
+    app = create_app(
+        Settings(
+            environment="test",
+            database_url=migrated.database_url,
+            search_engine="meilisearch",
+            meilisearch_url=server.url,
+        )
+    )
+    try:
+        response = app.test_client().get("/v1/search", query_string={"q": "bread"})
+    finally:
+        app.extensions["directory"].close()
+        server.close()
+
+    assert response.status_code == 503, response.json
+    assert response.json["error"] == "search_unavailable"
+
+
 def test_a_portals_own_search_is_answered_by_postgresql(unreachable_meilisearch, portal, client):
     own = client.put("/v1/ads/own", json=ad_payload("portal_only"), headers=portal.headers)
     assert own.status_code == 201, own.json

@@ -40,6 +40,7 @@ from decimal import Decimal
 from typing import Any
 
 import meilisearch
+import requests
 from meilisearch.errors import MeilisearchApiError, MeilisearchError
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
@@ -68,6 +69,10 @@ INDEX_NAME = "ads"
 PRIMARY_KEY = "id"
 # Per HTTP request to Meilisearch; a search or a document batch takes far less.
 MEILISEARCH_TIMEOUT_S = 10
+# What failing to get an answer from Meilisearch raises. The client wraps refused
+# connections, timeouts and error statuses in MeilisearchError, but lets through
+# requests' own errors for an answer cut short (ChunkedEncodingError) or not JSON.
+UNAVAILABLE_ERRORS = (MeilisearchError, requests.RequestException)
 TASK_POLL_INTERVAL_MS = 50
 
 # Meilisearch's haversine uses this radius (geoutils); ours is PostGIS's (geo.py).
@@ -493,7 +498,7 @@ class MeiliSearch:
             with self._session_factory() as session, session.begin():
                 hits, keys, more = self._page(session, query, self._candidates(query, now))
             facets = self._facets(query, now) if query.facets else None
-        except MeilisearchError as error:
+        except UNAVAILABLE_ERRORS as error:
             # The details (addresses, Meilisearch's own messages) go to the log only.
             log.exception("Meilisearch search failed")
             raise SearchUnavailable("search is unavailable; retry shortly") from error
