@@ -1167,6 +1167,24 @@ def test_catch_up_rebuilds_an_index_meilisearch_lost_while_the_worker_ran(
     assert stand_in.indexes["ads"]["settings"] == meili.INDEX_SETTINGS
 
 
+def test_a_lost_index_whose_rebuild_failed_is_rebuilt_on_the_next_round(
+    stand_in, stand_in_wiring, client, portal
+):
+    """The index made anew when Meilisearch lost it is empty: until a rebuild fills it,
+    the feed position stored for the old one must not be followed."""
+    ids = set(_publish(client, portal, 3).values())
+    indexing.catch_up(stand_in_wiring)
+    stand_in.lose_everything()
+    stand_in.fail_next("/indexes/ads_new/documents")
+    with pytest.raises(meili.IndexingError):
+        indexing.catch_up(stand_in_wiring)
+    ids.add(client.put("/v1/ads/new", json=ad_payload(), headers=portal.headers).json["id"])
+
+    indexing.catch_up(stand_in_wiring)
+
+    assert set(stand_in.documents()) == ids
+
+
 def test_a_second_rebuild_refuses_while_one_runs_and_leaves_it_whole(
     stand_in, stand_in_wiring, client, portal
 ):

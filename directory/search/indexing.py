@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import func, select, text
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -99,6 +99,10 @@ def store_position(session: Session, *, index_name: str, feed_cursor: str) -> No
     )
 
 
+def forget_position(session: Session, *, index_name: str) -> None:
+    session.execute(delete(SearchIndexPosition).where(SearchIndexPosition.index_name == index_name))
+
+
 def feed_head(session: Session) -> str:
     """The cursor of the newest change a feed reader may see now (the same horizon as
     services.feed.read_feed: only transactions older than every running one). Anything
@@ -161,6 +165,11 @@ def catch_up(wiring: Wiring, *, batch: int = CATCH_UP_BATCH, max_pages: int | No
             created = engine.prepare(timeout_s=REBUILD_TASK_TIMEOUT_S)
             if created:
                 log.warning("search index %s was missing: rebuilding it", engine.index_name)
+                # The new index is empty: the stored position was the lost one's. Gone,
+                # every round rebuilds until a rebuild succeeds and stores its own.
+                with unit_of_work(wiring.session_factory) as session:
+                    _lock_index(session, engine.index_name, wait=True)
+                    forget_position(session, index_name=engine.index_name)
                 return applied + _rebuild_unless_running(wiring)
         with unit_of_work(wiring.session_factory) as session:
             if not _lock_index(session, engine.index_name, wait=False):
