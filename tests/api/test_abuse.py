@@ -1,0 +1,59 @@
+"""Hostile requests cost about what a normal one does: refused input is refused in time
+proportional to its size (never worse), before any key is looked at, and never with a
+500. Each bound below is far above what the request takes (milliseconds), and far below
+what it took before it was fixed (seconds to minutes)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from tests.api.test_validation import assert_refused
+from tests.factories import ad_payload
+
+# Far above a refusal's cost on a busy machine; far below what a quadratic check takes.
+REFUSAL_BUDGET_S = 1.0
+# 50,000 characters: within the 16 MiB request limit many times over; a check that is
+# quadratic in the length spent about 15 s on it (an email-like pattern searched from
+# every position of a value without an @).
+LONG_TEXT = "a" * 50_000
+
+
+def timed(call):
+    started = time.perf_counter()
+    response = call()
+    return response, time.perf_counter() - started
+
+
+@pytest.mark.parametrize(
+    ("path", "payload", "field"),
+    [
+        ("/v1/ads/a-1", ad_payload(member=LONG_TEXT), "member"),
+        ("/v1/ads/a-1", ad_payload(ledger_account=LONG_TEXT), "ledger_account"),
+        (
+            f"/v1/ads/{uuid.uuid4()}/contact",
+            {"member": "m-1", "name": LONG_TEXT, "body": "Hello"},
+            "name",
+        ),
+        (
+            f"/v1/ads/{uuid.uuid4()}/contact",
+            {"member": LONG_TEXT, "name": "Sam", "body": "Hello"},
+            "member",
+        ),
+        (
+            f"/v1/conversations/{uuid.uuid4()}/messages",
+            {"member": "m-1", "name": LONG_TEXT, "body": "Hello"},
+            "name",
+        ),
+    ],
+    ids=["ad-member", "ad-ledger-account", "contact-name", "contact-member", "message-name"],
+)
+def test_a_long_value_checked_for_contact_details_is_refused_at_once_anonymously(
+    client, path, payload, field
+):
+    method = client.put if path.startswith("/v1/ads/a-") else client.post
+    response, elapsed_s = timed(lambda: method(path, json=payload))
+    assert_refused(response, field=field)
+    assert elapsed_s < REFUSAL_BUDGET_S, f"{elapsed_s:.2f} s to refuse {field}"
