@@ -1185,6 +1185,31 @@ def test_a_lost_index_whose_rebuild_failed_is_rebuilt_on_the_next_round(
     assert set(stand_in.documents()) == ids
 
 
+def test_an_index_built_by_an_earlier_release_is_rebuilt_not_only_reconfigured(
+    stand_in, stand_in_wiring, migrated, client, portal
+):
+    """A release that indexes a new attribute (payable came so) declares it filterable
+    and writes it in new documents; the documents already indexed lack it until rebuilt,
+    and a filter on it (payable = false) would leave them out."""
+    ids = set(_publish(client, portal, 3).values())
+    indexing.catch_up(stand_in_wiring)
+    index = stand_in.indexes["ads"]  # as the release before payable left it
+    for doc in index["documents"].values():
+        del doc["payable"]
+    filterable = index["settings"]["filterableAttributes"]
+    index["settings"]["filterableAttributes"] = [name for name in filterable if name != "payable"]
+
+    upgraded = build_wiring(_stand_in_settings(migrated, stand_in))  # the new release's worker
+    try:
+        indexing.catch_up(upgraded)
+    finally:
+        upgraded.close()
+
+    assert stand_in.indexes["ads"]["settings"] == meili.INDEX_SETTINGS
+    assert set(stand_in.documents()) == ids
+    assert all(doc["payable"] is False for doc in stand_in.documents().values())
+
+
 def test_a_second_rebuild_refuses_while_one_runs_and_leaves_it_whole(
     stand_in, stand_in_wiring, client, portal
 ):

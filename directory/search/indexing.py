@@ -152,25 +152,22 @@ def rebuild_lock(wiring: Wiring, index_name: str) -> Iterator[None]:
 
 def catch_up(wiring: Wiring, *, batch: int = CATCH_UP_BATCH, max_pages: int | None = None) -> int:
     """Apply the feed's changes since the stored position to the index; returns how many
-    changes were applied. An index never built (no position, or created just now
-    because Meilisearch lost it) is rebuilt instead, unless another process is
-    rebuilding it. `max_pages` bounds one call, so a worker with a long backlog still
-    gets back to its other work."""
+    changes were applied. An index never built (no position, created just now because
+    Meilisearch lost it, or made with an earlier release's settings) is rebuilt
+    instead, unless another process is rebuilding it. `max_pages` bounds one call, so
+    a worker with a long backlog still gets back to its other work."""
     engine = meilisearch_engine(wiring)
     applied = 0
     pages = 0
     while max_pages is None or pages < max_pages:
         # Before each page: a page added to a lost index would make a new one of it.
-        if not engine.prepared or not engine.index_exists(engine.index_name):
-            created = engine.prepare(timeout_s=REBUILD_TASK_TIMEOUT_S)
-            if created:
-                log.warning("search index %s was missing: rebuilding it", engine.index_name)
-                # The new index is empty: the stored position was the lost one's. Gone,
-                # every round rebuilds until a rebuild succeeds and stores its own.
-                with unit_of_work(wiring.session_factory) as session:
-                    _lock_index(session, engine.index_name, wait=True)
-                    forget_position(session, index_name=engine.index_name)
-                return applied + _rebuild_unless_running(wiring)
+        unchecked = not engine.prepared or not engine.index_exists(engine.index_name)
+        if unchecked and _prepare(wiring, engine):
+            log.warning(
+                "search index %s was missing or made with other settings: rebuilding it",
+                engine.index_name,
+            )
+            return applied + _rebuild_unless_running(wiring)
         with unit_of_work(wiring.session_factory) as session:
             if not _lock_index(session, engine.index_name, wait=False):
                 return applied  # another process is writing this index
@@ -191,6 +188,19 @@ def catch_up(wiring: Wiring, *, batch: int = CATCH_UP_BATCH, max_pages: int | No
         if not page.more:
             break
     return applied
+
+
+def _prepare(wiring: Wiring, engine: MeiliSearch) -> bool:
+    """Make sure the live index exists; True when it must be rebuilt (see
+    MeiliSearch.prepare). Its stored position is then forgotten: it told how far the
+    lost or outdated index got, and without it every round rebuilds until a rebuild
+    succeeds and stores its own."""
+    stale = engine.prepare(timeout_s=REBUILD_TASK_TIMEOUT_S)
+    if stale:
+        with unit_of_work(wiring.session_factory) as session:
+            _lock_index(session, engine.index_name, wait=True)
+            forget_position(session, index_name=engine.index_name)
+    return stale
 
 
 def _apply(engine: MeiliSearch, entries: Iterable[FeedEntry]) -> None:
@@ -261,7 +271,7 @@ def _rebuild(wiring: Wiring, engine: MeiliSearch, *, progress: bool) -> int:
 
     live, fresh = engine.index_name, engine.index_name + FRESH_SUFFIX
     # Swapping needs both indexes; a fresh one may be left over from an interrupted run.
-    engine.prepare(timeout_s=REBUILD_TASK_TIMEOUT_S)
+    _prepare(wiring, engine)
     engine.drop_index(fresh, timeout_s=REBUILD_TASK_TIMEOUT_S)
     engine.create_index(fresh, timeout_s=REBUILD_TASK_TIMEOUT_S)
     with unit_of_work(wiring.session_factory) as session:

@@ -675,15 +675,21 @@ class MeiliSearch:
         return bool(changes)
 
     def prepare(self, *, timeout_s: float) -> bool:
-        """Make sure the live index exists with our settings; True when it had to be
-        created (it is then empty, and must be rebuilt)."""
-        created = not self.index_exists(self.index_name)
-        if created:
-            self.create_index(self.index_name, timeout_s=timeout_s)
+        """Make sure the live index exists; True when it must be rebuilt: created just
+        now (empty), or found with other settings than ours. Those change with a release
+        that indexes something new (payable came so), and the documents in the index
+        were made by the release before: given the new settings in place, Meilisearch
+        would re-index them still without what the new release filters on. A rebuild
+        sends every document anew into a fresh index made with our settings. (A change
+        to `document` alone, with the same settings, needs `directory reindex`.)"""
+        if self.index_exists(self.index_name):
+            current = self.client.index(self.index_name).get_settings()
+            stale = bool(settings_changes(current, INDEX_SETTINGS))
         else:
-            self.configure(self.index_name, timeout_s=timeout_s)
+            self.create_index(self.index_name, timeout_s=timeout_s)
+            stale = True
         self.prepared = True
-        return created
+        return stale
 
     def put_documents(self, uid: str, documents: list[dict]):
         """Add or replace whole documents; returns the task to wait for."""
