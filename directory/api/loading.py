@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from marshmallow import Schema, ValidationError, fields, missing
 
+from directory.api.fields import validate_length_first
+
 SUPPORTED_HOOKS = {"validates_schema", "post_load"}
 
 
@@ -96,6 +98,7 @@ def _list_loader(field):
     def load(raw, name, data):
         if type(raw) is not list:
             raise _Fallback
+        validate_length_first(field, raw)
         items = []
         for item in raw:
             if item is None:

@@ -7,6 +7,7 @@ from directory.api.fields import (
     EXTERNAL_ID_ERROR,
     HANDLE,
     LEDGER_ACCOUNT,
+    BoundedList,
     DecimalString,
     FullMatch,
     PerItemList,
@@ -122,7 +123,7 @@ class AdPutSchema(Schema):
         validate=validate.Length(1, 64),
         metadata={"description": "A code from GET /v1/categories", "example": "home.repairs"},
     )
-    tags = fields.List(
+    tags = BoundedList(
         Text(validate=validate.Length(1, 40)),
         validate=validate.Length(max=20),
         load_default=(),
@@ -152,7 +153,7 @@ class AdPutSchema(Schema):
         load_default=Visibility.PUBLIC,
         metadata={"description": "public, or portal: seen only by the owning portal"},
     )
-    currencies = fields.List(
+    currencies = BoundedList(
         currency_code_field(
             metadata={"description": "A code from GET /v1/currencies", "example": "EUR"}
         ),
@@ -171,7 +172,7 @@ class AdPutSchema(Schema):
         ],
         metadata={"description": "BCP 47 language tag of the text", "example": "en"},
     )
-    images = fields.List(
+    images = BoundedList(
         Url(schemes={"https", "http"}, validate=validate.Length(max=2048)),
         validate=validate.Length(max=10),
         load_default=(),

@@ -3,6 +3,7 @@ from __future__ import annotations
 from marshmallow import Schema, fields, post_load, validate
 
 from directory.api.fields import (
+    BoundedList,
     FullMatch,
     Text,
     Url,
@@ -164,7 +165,7 @@ class PortalPatchSchema(Schema):
     )
     contact = Text(allow_none=True, validate=validate.Length(1, PROFILE_TEXT_LIMITS["contact"]))
     description = Text(allow_none=True, multiline=True, validate=validate.Length(max=4000))
-    default_currencies = fields.List(
+    default_currencies = BoundedList(
         currency_code_field(),
         validate=[validate.Length(max=20), unique_values],
         metadata={"description": "Applied to ads that name no currencies"},

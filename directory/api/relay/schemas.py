@@ -4,6 +4,7 @@ from marshmallow import Schema, fields, validate
 
 from directory.api.fields import (
     HANDLE,
+    BoundedList,
     Text,
     WholeNumber,
     validate_display_name,
@@ -120,7 +121,7 @@ class InboxArgsSchema(Schema):
 
 
 class AcknowledgeSchema(Schema):
-    ids = fields.List(
+    ids = BoundedList(
         fields.String(validate=validate.Length(1, 64)),
         required=True,
         validate=validate.Length(1, MAX_ACK_IDS),
