@@ -12,7 +12,7 @@ from decimal import Decimal
 from functools import cache
 
 import pycountry
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from directory.db import add_unique
@@ -22,6 +22,10 @@ from directory.models import Ad, Currency, Portal
 COMMUNITY_CODE = re.compile(r"^[A-Z][A-Z0-9]{1,11}$")
 # Listed in error messages when an unknown code is refused; the full list is one GET away.
 MAX_CODES_IN_MESSAGE = 12
+# Community currencies of one portal: as many as an ad may accept. GET /v1/currencies
+# lists every portal's to anyone, unpaged, so without a bound one portal made each
+# listing as costly as it liked (2,000 codes: ten times the time and 24 times the size).
+MAX_CURRENCIES_PER_PORTAL = 20
 # Where the code of GET/PATCH/DELETE /v1/currencies/{code} comes from: errors about it
 # name the path, not a JSON body (a GET or DELETE has none).
 IN_PATH = {"location": "path"}
@@ -157,11 +161,22 @@ def register_currency(
     value_currency: str | None = None,
 ) -> CurrencyInfo:
     """Register a community currency; `code` is the short code, namespaced here."""
-    portal = session.get_one(Portal, portal_id)
+    # Locked, so that two registrations at once cannot both pass the count.
+    portal = session.get_one(Portal, portal_id, with_for_update=True)
     if not COMMUNITY_CODE.fullmatch(code):
         raise InvalidInput(
             "code must be 2 to 12 capital letters or digits, starting with a letter",
             field="code",
+        )
+    registered = session.scalar(
+        select(func.count()).select_from(Currency).where(Currency.portal_id == portal.id)
+    )
+    if registered >= MAX_CURRENCIES_PER_PORTAL:
+        raise Conflict(
+            f"a portal registers at most {MAX_CURRENCIES_PER_PORTAL} community currencies; "
+            "delete one it no longer uses first",
+            field="code",
+            code="too_many_currencies",
         )
     full_code = f"{portal.slug}:{code}"
     _check_value(value_amount, value_currency, value_hours)

@@ -569,7 +569,8 @@ export interface paths {
         /**
          * Register a community currency of the calling portal's ledger
          * @description Its code is namespaced by the portal: TALENT registered by portal `brixton`
-         *     becomes `brixton:TALENT`.
+         *     becomes `brixton:TALENT`. A portal registers at most 20 (delete one it no longer
+         *     uses to register another).
          */
         post: operations["registerCurrency"];
         delete?: never;
@@ -2589,7 +2590,7 @@ export interface operations {
                 };
             };
             400: components["responses"]["BAD_REQUEST"];
-            /** @description The portal has registered that code already */
+            /** @description The portal has registered that code already, or 20 currencies (too_many_currencies) */
             409: {
                 headers: {
                     [name: string]: unknown;

@@ -19,6 +19,7 @@ from directory.api.fields import CURRENCY_CODE
 from directory.api.headers import LOCATION_HEADER, location_of
 from directory.errors import NotFound
 from directory.services import currencies
+from directory.services.currencies import MAX_CURRENCIES_PER_PORTAL
 
 blp = Blueprint("currencies", __name__, url_prefix="/v1", description="Currency registry")
 
@@ -44,14 +45,18 @@ class Currencies(MethodView):
     @blp.arguments(CurrencyCreateSchema)
     @blp.response(201, CurrencySchema, headers=LOCATION_HEADER)
     @blp.alt_response(
-        409, schema=ErrorSchema, description="The portal has registered that code already"
+        409,
+        schema=ErrorSchema,
+        description="The portal has registered that code already, or "
+        f"{MAX_CURRENCIES_PER_PORTAL} currencies (too_many_currencies)",
     )
     @blp.doc(operationId="registerCurrency", security=BEARER_AUTH)
     def post(self, data):
         """Register a community currency of the calling portal's ledger
 
         Its code is namespaced by the portal: TALENT registered by portal `brixton`
-        becomes `brixton:TALENT`."""
+        becomes `brixton:TALENT`. A portal registers at most 20 (delete one it no longer
+        uses to register another)."""
         with transaction() as session:
             portal = require_portal(session)
             currency = currencies.register_currency(session, portal_id=portal.id, **data)
