@@ -24,6 +24,7 @@ NUMERIC_RANGES: dict[str, tuple[float, float]] = {
     "ad_max_ttl_days": (1, 36_500),
     "max_request_bytes": (1024, 1024**3),
     "sync_session_ttl_hours": (1, 24 * 365),
+    "sync_session_max_items": (1, 10**9),
     "db_pool_size": (1, 1000),
     "db_statement_timeout_ms": (1, 2**31 - 1),
     "search_statement_timeout_ms": (1, 2**31 - 1),
@@ -70,6 +71,10 @@ class Settings:
     # A whole batch of 1,000 large ads fits; anything bigger is refused with 413.
     max_request_bytes: int = 16 * 1024 * 1024
     sync_session_ttl_hours: int = 24
+    # A commit applies every staged ad in one request: about 0.2 ms each, so 100,000 take
+    # some 20 s, well inside the workers' timeout; unbounded, a session took as long as
+    # its portal liked, at every retry.
+    sync_session_max_items: int = 100_000
     log_level: str = "INFO"
     db_pool_size: int = 5
     # A runaway query is cancelled (503) rather than left to hold a connection.

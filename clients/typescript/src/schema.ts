@@ -342,6 +342,8 @@ export interface paths {
          * @description Each ad is checked now and reported as staged or rejected; a rejected ad is kept
          *     as it is at commit. An item without a valid `external_id` refuses the whole
          *     request (400): its ad could be neither staged nor kept, and would be deleted.
+         *     A session holds at most 100,000 ads by default (DIRECTORY_SYNC_SESSION_MAX_ITEMS):
+         *     a request that would take it past them stages nothing (409 sync_session_full).
          */
         post: operations["stageSyncItems"];
         delete?: never;
@@ -2180,6 +2182,15 @@ export interface operations {
                 };
             };
             400: components["responses"]["BAD_REQUEST"];
+            /** @description The session is closed or expired, or would hold more ads than a session may (sync_session_full) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             default: components["responses"]["DEFAULT_ERROR"];
         };
     };

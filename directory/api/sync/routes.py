@@ -12,6 +12,7 @@ from directory.api.ads.schemas import AdItemField, ItemResultSchema, StageItemSc
 from directory.api.auth import BEARER_AUTH, require_portal
 from directory.api.blueprint import Blueprint
 from directory.api.db import transaction, wiring
+from directory.api.errors import ErrorSchema
 from directory.api.fields import ItemErrors, PerItemList
 from directory.api.headers import LOCATION_HEADER, location_of
 from directory.errors import NotFound
@@ -119,13 +120,21 @@ class SyncSessionById(MethodView):
 class SyncSessionItems(MethodView):
     @blp.arguments(StageSchema)
     @blp.response(200, StageResultSchema)
+    @blp.alt_response(
+        409,
+        schema=ErrorSchema,
+        description="The session is closed or expired, or would hold more ads than a "
+        "session may (sync_session_full)",
+    )
     @blp.doc(operationId="stageSyncItems", security=BEARER_AUTH)
     def post(self, body, session_id: str):
         """Stage up to 1,000 ads in an open sync session
 
         Each ad is checked now and reported as staged or rejected; a rejected ad is kept
         as it is at commit. An item without a valid `external_id` refuses the whole
-        request (400): its ad could be neither staged nor kept, and would be deleted."""
+        request (400): its ad could be neither staged nor kept, and would be deleted.
+        A session holds at most 100,000 ads by default (DIRECTORY_SYNC_SESSION_MAX_ITEMS):
+        a request that would take it past them stages nothing (409 sync_session_full)."""
         items = [
             (item.external_id, item.messages)
             if isinstance(item, ItemErrors)
@@ -141,6 +150,7 @@ class SyncSessionItems(MethodView):
                 session_id=sid,
                 items=items,
                 lifetimes=wiring().lifetimes,
+                max_items=wiring().settings.sync_session_max_items,
             )
             summary = sync.get_session(session, portal_id=portal.id, session_id=sid)
         return {"results": result_rows(results), "session": summary}
