@@ -12,7 +12,12 @@ from webargs import core
 from webargs.flaskparser import FlaskParser, abort, is_json_request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from directory.api.duplicate_keys import DocumentTooDeep, repeated_key_path
+from directory.api.duplicate_keys import (
+    MAX_OBJECT_KEYS,
+    DocumentTooDeep,
+    ObjectTooLarge,
+    repeated_key_path,
+)
 from directory.api.loading import FastLoader
 
 # Charset parameters that name UTF-8, or ASCII, a subset of it.
@@ -125,6 +130,16 @@ class StrictParser(FlaskParser):
             # Handled here: webargs takes an error without a document (as orjson
             # raises for invalid UTF-8) for "no body" and would carry on with none.
             self._handle_invalid_json_error(error, request)
+        except ObjectTooLarge as error:
+            abort(
+                400,
+                error="too_many_keys",
+                message=f"The body is refused: {error}, and none of the API's takes more "
+                f"than {MAX_OBJECT_KEYS}.",
+                messages={
+                    "json": {"_schema": [f"An object has more than {MAX_OBJECT_KEYS} keys."]}
+                },
+            )
         if repeated is not None:
             _refuse_repeated_key(repeated)
         return document

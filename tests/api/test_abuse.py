@@ -95,3 +95,23 @@ def test_a_list_over_its_length_is_refused_before_its_items_are_read(
     else:
         assert_refused(response, field=field)
     assert elapsed_s < REFUSAL_BUDGET_S, f"{elapsed_s:.2f} s to refuse {field}"
+
+
+@pytest.mark.parametrize(
+    ("path", "document"),
+    [
+        ("/v1/ads/a-1", {f"k{n}": 0 for n in range(MANY)}),
+        ("/v1/ads/batch", {"items": [{f"k{n}": 0 for n in range(MANY)}]}),
+    ],
+    ids=["ad", "batch-item"],
+)
+def test_an_object_with_a_million_keys_is_refused_at_once_without_naming_each(
+    client, path, document
+):
+    """Each unknown key was named in the answer: a body of 12 MB took 4.8 s to refuse,
+    anonymously, in an answer of 29 MB."""
+    method = client.put if path.endswith("a-1") else client.post
+    response, elapsed_s = timed(lambda: method(path, json=document))
+    body = assert_refused(response, error="too_many_keys", field="_schema")
+    assert len(response.get_data()) < 1000, body
+    assert elapsed_s < 3 * REFUSAL_BUDGET_S, f"{elapsed_s:.2f} s to refuse"
