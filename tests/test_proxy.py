@@ -33,7 +33,7 @@ API_WORKERS = 2
 # Connections that send part of a request and then nothing: more than the API has
 # processes, many times over.
 SLOW_CLIENTS = 20
-# How long a request through the proxy may take while they hang on.
+# How long a request through the proxy may wait for its answer while they hang on.
 PROMPT_S = 5.0
 
 pytestmark = pytest.mark.skipif(
@@ -182,19 +182,17 @@ def test_without_the_proxy_a_few_slow_clients_stop_the_api(api):
 
 def test_behind_the_proxy_slow_clients_hold_nothing(proxy):
     with slow_clients(proxy, SLOW_CLIENTS):
-        started = time.monotonic()
-        for _ in range(5):
+        for _ in range(5):  # each in time (without the proxy, never: the test above)
             answer = requests.get(f"{proxy}/v1/categories", timeout=PROMPT_S)
             assert answer.status_code == 200
-        assert time.monotonic() - started < PROMPT_S
 
 
-def test_a_body_beyond_the_apis_limit_is_refused_in_the_apis_json(proxy):
+def test_a_body_beyond_the_apis_limit_is_refused_in_the_apis_json(proxy, portal):
     for size_mib in (17, 21):  # the API's own refusal, then the proxy's
         answer = requests.put(
             f"{proxy}/v1/ads/too-large",
             data=b" " * (size_mib * 1024 * 1024),
-            headers={"Content-Type": "application/json", "Authorization": "Bearer cdir_x"},
+            headers={"Content-Type": "application/json", **portal.headers},
             timeout=30,
         )
         assert answer.status_code == 413, size_mib

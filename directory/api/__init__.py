@@ -14,7 +14,8 @@ from flask import Flask, current_app, g, request
 from werkzeug.exceptions import BadRequest, UnsupportedMediaType
 
 from directory.api import errors
-from directory.api.auth import SECURITY_SCHEMES
+from directory.api.auth import SECURITY_SCHEMES, require_portal
+from directory.api.db import transaction
 from directory.api.ratelimit import install_rate_limits
 from directory.api.spec import require_answer_fields
 from directory.services.portals import KEY_PREFIX
@@ -26,6 +27,9 @@ REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 # Query parameter names under which clients commonly (and wrongly) send keys.
 KEY_PARAMETER_NAMES = {"key", "api_key", "apikey", "access_token", "token", "auth"}
 BODY_METHODS = {"POST", "PUT", "PATCH"}
+# Bodies above this are read only once their key is known (_key_before_large_bodies).
+# A relay message, an ad or a profile is well below it.
+LARGE_BODY_BYTES = 64 * 1024
 # Methods that change something: a precondition sent with one must hold, or stop it.
 UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 PRECONDITION_HEADERS = ("If-Match", "If-None-Match", "If-Unmodified-Since")
@@ -91,6 +95,7 @@ def create_api(app: Flask) -> Api:
     install_rate_limits(app, app.extensions["directory"].settings)
     errors.register_error_handlers(app)
     app.before_request(_refuse_keys_in_query)
+    app.before_request(_key_before_large_bodies)
     app.before_request(_require_json_body)
     app.before_request(_refuse_unchecked_preconditions)
     app.before_request(_refuse_unknown_query_parameters)
@@ -123,6 +128,23 @@ def _refuse_keys_in_query() -> None:
                 "messages": {"query": {field: ["API keys are refused here."]}},
             }
             raise error
+
+
+def _key_before_large_bodies() -> None:
+    """Every operation that takes a body needs a portal key; a large body is read only
+    once the key is known. Reading (and refusing) 16 MiB costs the API about a second,
+    which anyone could otherwise make it spend at will. Small bodies skip this: their
+    key is checked by their view, in its own transaction, and one more lookup would cost
+    the relay's hot path."""
+    if request.routing_exception is not None or request.method not in BODY_METHODS:
+        return
+    length = request.content_length
+    if length is None and not request.headers.get("Transfer-Encoding"):
+        return  # no body
+    if length is not None and length <= LARGE_BODY_BYTES:
+        return
+    with transaction() as session:
+        require_portal(session)
 
 
 def _require_json_body() -> None:
