@@ -43,7 +43,7 @@ openapi: deps
 bench: deps
 	$(BIN)/python bench/ingest.py
 
-.PHONY: bench-search bench-flood bench-relay bench-relay-layers bench-sync
+.PHONY: bench-search bench-flood bench-relay bench-relay-layers bench-sync bench-hostile
 bench-search: deps
 	$(BIN)/python bench/search.py
 
@@ -58,6 +58,9 @@ bench-relay-layers: deps
 
 bench-sync: deps
 	$(BIN)/python bench/sync.py
+
+bench-hostile: deps
+	$(BIN)/python bench/hostile.py
 
 deps: system-deps $(VENV)/.installed
 
