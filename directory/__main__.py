@@ -103,6 +103,10 @@ def serve(bind: str, workers: int) -> None:
             "--graceful-timeout", "20",
             # A sync-session commit of a few hundred thousand ads takes tens of seconds.
             "--timeout", "300",
+            # Request lines as long as nginx's 8k header buffers let through (its maximum):
+            # longer ones nginx refuses in the API's JSON (deploy/nginx.conf.template),
+            # where gunicorn's own refusal of a line over its default 4,094 is an HTML page.
+            "--limit-request-line", "8190",
             # Unused, and by default one path in the user's home for all their gunicorns.
             "--no-control-socket",
             "directory.wsgi:app",

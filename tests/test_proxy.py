@@ -10,6 +10,7 @@ address the API sees (rate limits count by it) cannot be made up by the client."
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -223,3 +224,37 @@ def test_the_client_address_is_the_one_nginx_saw_whatever_the_client_claims(prox
     ]
 
     assert statuses == [200, 200, 200, 429]
+
+
+@pytest.mark.parametrize(
+    ("length", "status", "error"),
+    [
+        (6_000, 400, "validation_error"),  # the API's; gunicorn's default refused it in HTML
+        (9_000, 414, "request_line_too_long"),  # nginx's refusal
+    ],
+)
+def test_a_long_request_line_is_answered_in_json(proxy, length, status, error):
+    answer = requests.get(f"{proxy}/v1/categories?x={'a' * length}", timeout=10)
+
+    assert answer.status_code == status
+    assert answer.json()["error"] == error
+
+
+def test_a_header_too_large_is_refused_in_json(proxy):
+    answer = requests.get(f"{proxy}/v1/categories", headers={"X-Big": "a" * 9_000}, timeout=10)
+
+    assert answer.status_code == 431
+    assert answer.json()["error"] == "request_header_too_large"
+
+
+def test_a_request_that_is_not_http_is_refused_in_json(proxy):
+    host, port = proxy.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), head
+    assert json.loads(body)["error"] == "bad_request"
