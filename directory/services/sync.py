@@ -117,13 +117,14 @@ def stage_items(
     items: list[tuple[str | None, AdInput | dict]],
     lifetimes: Lifetimes,
     max_items: int,
-) -> list[ItemResult]:
+) -> tuple[list[ItemResult], SyncSummary]:
     """Stage ads, each given as an AdInput or as the errors the API found in it. Ads are
     checked now, so errors come back at once; a rejected ad is remembered as such and
     kept as it is at commit. An item without a valid external id refuses them all: its
     ad could be neither staged nor kept. Sending an external id again replaces what was
     staged. A session holds at most `max_items` ads (rejected ones included): a request
-    that would take it past them stages nothing."""
+    that would take it past them stages nothing. Returns each item's result and the
+    session as it now stands."""
     if len(items) > MAX_BATCH_ITEMS:
         raise InvalidInput(f"at most {MAX_BATCH_ITEMS} items per request", field="items")
     unnamed = next((index for index, (external_id, _) in enumerate(items) if not external_id), None)
@@ -174,21 +175,18 @@ def stage_items(
                 set_={"data": statement.excluded.data},
             )
         )
-        # Counted once written, so that ids staged already count once; the session's
-        # row lock (above) keeps two requests from passing the limit together.
-        staged = session.scalar(
-            select(func.count())
-            .select_from(SyncSessionItem)
-            .where(SyncSessionItem.session_id == sync.id)
+    # Counted once written, so that ids staged already count once; the session's row
+    # lock (above) keeps two requests from passing the limit together.
+    summary = _summary(session, sync)
+    held = summary.staged + summary.rejected
+    if held > max_items:
+        raise Conflict(
+            f"a sync session stages at most {max_items} ads, and this request would "
+            f"make it {held}; nothing of it was staged",
+            field="items",
+            code="sync_session_full",
         )
-        if staged > max_items:
-            raise Conflict(
-                f"a sync session stages at most {max_items} ads, and this request would "
-                f"make it {staged}; nothing of it was staged",
-                field="items",
-                code="sync_session_full",
-            )
-    return results
+    return results, summary
 
 
 def commit(

@@ -144,7 +144,7 @@ class SyncSessionItems(MethodView):
         with transaction() as session:
             portal = require_portal(session)
             sid = _session_id(session_id)
-            results = sync.stage_items(
+            results, summary = sync.stage_items(
                 session,
                 portal_id=portal.id,
                 session_id=sid,
@@ -152,7 +152,6 @@ class SyncSessionItems(MethodView):
                 lifetimes=wiring().lifetimes,
                 max_items=wiring().settings.sync_session_max_items,
             )
-            summary = sync.get_session(session, portal_id=portal.id, session_id=sid)
         return {"results": result_rows(results), "session": summary}
 
 
