@@ -33,8 +33,9 @@ from directory.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Each limited blueprint's counters, by its name.
-NAMESPACES = {"search": "directory-search", "feed": "directory-feed"}
+# The limited blueprints, by name: where their counters are kept, and what a refusal
+# calls their requests.
+LIMITED = {"search": ("directory-search", "searches"), "feed": ("directory-feed", "feed pages")}
 # A store that fails is left alone this long (each process counts in its own memory
 # meanwhile), so that a Redis outage costs one failed call per interval, not per search.
 RETRY_SHARED_STORE_AFTER_S = 30.0
@@ -61,7 +62,7 @@ class RateLimits:
         self.portal = parse_many(settings.search_rate_limit_portal)
 
     def refusal(
-        self, limits: list[RateLimitItem], client: str, *, namespace: str = NAMESPACES["search"]
+        self, limits: list[RateLimitItem], client: str, *, namespace: str
     ) -> tuple[RateLimitItem, int] | None:
         """Counts one request of `client`: None if allowed, else the limit it broke and
         the seconds to wait."""
@@ -96,9 +97,10 @@ def install_rate_limits(app: Flask, settings: Settings) -> None:
 
     @app.before_request
     def limit_costly_reads() -> Response | None:
-        namespace = NAMESPACES.get(request.blueprint or "")
-        if namespace is None:
+        limited = LIMITED.get(request.blueprint or "")
+        if limited is None:
             return None
+        namespace, what = limited
         viewer = calling_portal()  # a wrong key is refused here, before any counting
         if viewer is None:
             limits, client = rate_limits.anonymous, f"address:{request.remote_addr}"
@@ -108,7 +110,6 @@ def install_rate_limits(app: Flask, settings: Settings) -> None:
         if refusal is None:
             return None
         limit, retry_after = refusal
-        what = "searches" if request.blueprint == "search" else "feed pages"
         response = envelope(
             429,
             error="rate_limited",
