@@ -543,9 +543,13 @@ class _Run:
             result = self.client.commit_sync_session(session.id)
         except Conflict:
             return sorted(session.staged)
-        for item in result.rejected_items:
+        return self._rejected_by(result)
+
+    def _rejected_by(self, commit: models.CommitResult) -> list[str]:
+        """The ads a commit rejected, reported; their ids, to be recorded as unknown."""
+        for item in commit.rejected_items:
             self._reject(item.external_id, item.errors)
-        return [item.external_id for item in result.rejected_items if item.external_id]
+        return [item.external_id for item in commit.rejected_items if item.external_id is not None]
 
     def replace(self, log: StateLog) -> None:
         ads, kept = self.source.ads, self.source.kept
@@ -618,11 +622,7 @@ class _Run:
         )
         self.progress.note(f"committing sync session {session.id}")
         result = self.client.commit_sync_session(session.id)
-        unknown = []
-        for item in result.rejected_items:
-            self._reject(item.external_id, item.errors)
-            if item.external_id is not None:
-                unknown.append(item.external_id)
+        unknown = self._rejected_by(result)
         renewed = renewing - refused - set(unknown)
         committed_at = int(time.time())
         log.record(
