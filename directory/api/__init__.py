@@ -130,6 +130,10 @@ def _refuse_keys_in_query() -> None:
             raise error
 
 
+def _has_body() -> bool:
+    return (request.content_length or 0) > 0 or bool(request.headers.get("Transfer-Encoding"))
+
+
 def _key_before_large_bodies() -> None:
     """Every operation that takes a body needs a portal key; a large body is read only
     once the key is known. Reading (and refusing) 16 MiB costs the API about a second,
@@ -138,10 +142,8 @@ def _key_before_large_bodies() -> None:
     the relay's hot path."""
     if request.routing_exception is not None or request.method not in BODY_METHODS:
         return
-    length = request.content_length
-    if length is None and not request.headers.get("Transfer-Encoding"):
-        return  # no body
-    if length is not None and length <= LARGE_BODY_BYTES:
+    length = request.content_length  # None for a chunked body: it counts as large
+    if not _has_body() or (length is not None and length <= LARGE_BODY_BYTES):
         return
     with transaction() as session:
         require_portal(session)
@@ -151,8 +153,7 @@ def _require_json_body() -> None:
     # A request no route takes is answered 404 or 405 first, whatever its body.
     if request.routing_exception is not None:
         return
-    has_body = (request.content_length or 0) > 0 or request.headers.get("Transfer-Encoding")
-    if not has_body:
+    if not _has_body():
         return
     if request.method in BODY_METHODS:
         if not request.is_json:

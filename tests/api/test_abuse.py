@@ -6,6 +6,7 @@ bench/hostile.py (tests assert no timings)."""
 
 from __future__ import annotations
 
+import io
 import uuid
 
 import pytest
@@ -129,3 +130,12 @@ def test_a_small_body_is_read_before_the_key_as_before(client):
     # The view checks its key; a body it cannot read is refused first, as it always was.
     response = client.put("/v1/ads/a-1", data=b"[", headers={"Content-Type": "application/json"})
     assert_refused(response, error="malformed_json")
+
+
+def test_a_chunked_body_has_no_length_and_is_not_read_without_a_key(client):
+    response = client.put(
+        "/v1/ads/a-1",
+        input_stream=io.BytesIO(b"["),
+        headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+    )
+    assert_refused(response, 401)
