@@ -46,6 +46,8 @@ MEILISEARCH_INDEX_MAX_CHARS = 64
 # A search rate limit's longest window: "per year" (360 days to the limits library). Far
 # longer windows break the Redis counters, which expire after twice the window.
 LONGEST_RATE_LIMIT_WINDOW_S = 366 * 24 * 3600
+# What a number setting may look like: 10, 0.5, 2e3, and inf or nan to be refused by range.
+FLOAT_PATTERN = r"[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?|[-+]?(inf|nan)"
 # A shorter metrics token could be guessed by trying.
 METRICS_TOKEN_MIN_CHARS = 32
 
@@ -207,6 +209,8 @@ class Settings:
                 "DIRECTORY_RATE_LIMIT_STORAGE_URL must be a redis:// URL (or memory:// "
                 "outside production)"
             )
+        if self.rate_limit_storage_url.startswith(("redis://", "rediss://")):
+            _check_redis_url("DIRECTORY_RATE_LIMIT_STORAGE_URL", self.rate_limit_storage_url)
         if self.environment == "production" and self.rate_limit_storage_url == "memory://":
             raise SettingsError(
                 "DIRECTORY_RATE_LIMIT_STORAGE_URL must be a redis:// URL in production: "
@@ -230,16 +234,16 @@ class Settings:
             if name not in environ:
                 continue
             raw = environ[name]
+            # Python's int() and float() also read " 5", "5_0" (50) and other digits than
+            # 0-9: a value spelt so is a typo more likely than a number.
             if field.type == "int":
-                try:
-                    values[field.name] = int(raw)
-                except ValueError:
-                    raise SettingsError(f"{name} must be a whole number, not {raw!r}") from None
+                if not re.fullmatch(r"-?[0-9]+", raw):
+                    raise SettingsError(f"{name} must be a whole number, not {raw!r}")
+                values[field.name] = int(raw)
             elif field.type == "float":
-                try:
-                    values[field.name] = float(raw)
-                except ValueError:
-                    raise SettingsError(f"{name} must be a number, not {raw!r}") from None
+                if not re.fullmatch(FLOAT_PATTERN, raw):
+                    raise SettingsError(f"{name} must be a number, not {raw!r}")
+                values[field.name] = float(raw)
             elif field.type == "bool":
                 if raw.lower() not in BOOLEANS:
                     raise SettingsError(f"{name} must be 1 or 0 (true or false), not {raw!r}")
@@ -281,6 +285,56 @@ def _check_database_url(name: str, url: str) -> None:
             f"{name} must be {POSTGRESQL_URL_FORMS}: it could not be read (a port that is "
             "no number? characters of the password to %-escape?)"
         ) from None
+    # What libpq will make of it, read as libpq reads it when connecting (only the
+    # options' names are checked then, not their values): otherwise an unknown option
+    # failed the first connection, with a traceback, and a port out of range or a
+    # database left out failed (or went to the database named after the user) later.
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
+    from directory.db import libpq_url
+
+    try:
+        conninfo = conninfo_to_dict(libpq_url(url))
+    except ProgrammingError as error:
+        option = re.search(r'"([A-Za-z0-9_]*)"', str(error))
+        raise SettingsError(
+            f"{name} has an option PostgreSQL does not know"
+            + (f" ({option[1]})" if option else "")
+            + ": see libpq's connection parameters"
+        ) from None
+    ports = str(conninfo.get("port", "")).split(",")
+    if conninfo.get("port") is not None and not all(
+        re.fullmatch(r"[0-9]{1,5}", port) and 1 <= int(port) <= 65535 for port in ports
+    ):
+        raise SettingsError(f"{name} must have a port between 1 and 65535")
+    if not conninfo.get("dbname"):
+        raise SettingsError(
+            f"{name} must name the database, as in postgresql://user@host:5432/directory"
+        )
+
+
+def _check_redis_url(name: str, url: str) -> None:
+    """As redis-py reads it when the API starts or counts: a port that is no number made
+    every API process fail to start, an unknown option every search fail (500), and a
+    database that is no number was read as database 0."""
+    import redis
+
+    example = "such as redis://host:6379/0"
+    try:
+        path = urlsplit(url).path
+        redis.ConnectionPool.from_url(url).make_connection()  # builds it, connects nowhere
+    except TypeError as error:  # an option no connection takes
+        option = re.search(r"argument '(\w+)'", str(error))
+        raise SettingsError(
+            f"{name} has an option Redis connections do not take"
+            + (f" ({option[1]})" if option else "")
+        ) from None
+    except (ValueError, redis.RedisError) as error:
+        # redis-py's messages name the part it could not read, never the password.
+        raise SettingsError(f"{name} could not be read ({error}): {example}") from None
+    if not re.fullmatch(r"/?|/[0-9]+", path):
+        raise SettingsError(f"{name} must name the Redis database by its number, {example}")
 
 
 def _is_http_url(url: str) -> bool:

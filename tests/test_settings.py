@@ -413,3 +413,96 @@ def test_settings_are_shown_without_passwords_or_keys():
     assert "meilisearch_key='***'" in shown
     assert "meilisearch_url='http://127.0.0.1:7700'" in shown  # no password: as it is
     assert settings.database_url.endswith("db-s3cret@db.example/directory")  # only hidden
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        pytest.param(
+            {"DIRECTORY_DATABASE_URL": "postgresql://u@db.example/d?connect_timout=5"},
+            r"DIRECTORY_DATABASE_URL has an option PostgreSQL does not know \(connect_timout\)",
+            id="database-option-misspelt",
+        ),
+        pytest.param(
+            {"DIRECTORY_SEARCH_DATABASE_URL": "postgresql://u@replica.example/d?foo=bar"},
+            r"DIRECTORY_SEARCH_DATABASE_URL has an option PostgreSQL does not know \(foo\)",
+            id="replica-option-unknown",
+        ),
+        pytest.param(
+            {"DIRECTORY_DATABASE_URL": "postgresql://u:pw@db.example:99999/d"},
+            "DIRECTORY_DATABASE_URL must have a port between 1 and 65535",
+            id="database-port-out-of-range",
+        ),
+        pytest.param(
+            {"DIRECTORY_DATABASE_URL": "postgresql://u@db.example"},
+            "DIRECTORY_DATABASE_URL must name the database",
+            id="database-not-named",
+        ),
+        pytest.param(
+            {"DIRECTORY_DATABASE_URL": "postgresql://"},
+            "DIRECTORY_DATABASE_URL must name the database",
+            id="database-url-empty-but-for-its-scheme",
+        ),
+        pytest.param(
+            {"DIRECTORY_RATE_LIMIT_STORAGE_URL": "redis://cache.example:port/0"},
+            r"DIRECTORY_RATE_LIMIT_STORAGE_URL could not be read \(Port could not be cast",
+            id="redis-port-no-number",
+        ),
+        pytest.param(
+            {"DIRECTORY_RATE_LIMIT_STORAGE_URL": "redis://cache.example:70000/0"},
+            r"DIRECTORY_RATE_LIMIT_STORAGE_URL could not be read \(Port out of range",
+            id="redis-port-out-of-range",
+        ),
+        pytest.param(
+            {"DIRECTORY_RATE_LIMIT_STORAGE_URL": "redis://cache.example:6379/0?timeout=1"},
+            r"DIRECTORY_RATE_LIMIT_STORAGE_URL has an option Redis connections do not take "
+            r"\(timeout\)",
+            id="redis-option-unknown",
+        ),
+        pytest.param(
+            {"DIRECTORY_RATE_LIMIT_STORAGE_URL": "redis://cache.example:6379/0?socket_timeout=x"},
+            "DIRECTORY_RATE_LIMIT_STORAGE_URL could not be read",
+            id="redis-option-value-unreadable",
+        ),
+        pytest.param(
+            {"DIRECTORY_RATE_LIMIT_STORAGE_URL": "redis://cache.example:6379/counters"},
+            "DIRECTORY_RATE_LIMIT_STORAGE_URL must name the Redis database by its number",
+            id="redis-database-by-name",
+        ),
+        pytest.param({"DIRECTORY_DB_POOL_SIZE": "1_0"}, "must be a whole number", id="int-1_0"),
+        pytest.param({"DIRECTORY_DB_POOL_SIZE": " 5"}, "must be a whole number", id="int-space"),
+        pytest.param(
+            {"DIRECTORY_DB_POOL_SIZE": "\u0665"}, "must be a whole number", id="int-arabic"
+        ),
+        pytest.param(
+            {"DIRECTORY_DELIVERY_LEASE_S": "6_0"}, "must be a number", id="float-underscore"
+        ),
+    ],
+)
+def test_from_env_refuses_a_value_that_would_fail_or_mislead_once_used(environ, message):
+    """Each of these was accepted: the first connection then failed with a traceback, every
+    API process failed to start or every search answered 500, or the value meant another
+    than it seemed ("1_0" was 10, a Redis database by name was database 0)."""
+    with pytest.raises(SettingsError, match=message) as refused:
+        Settings.from_env(environ)
+
+    assert "pw@" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {"DIRECTORY_DATABASE_URL": "postgresql://u:p@db.example:6432/d?sslmode=require"},
+        {"DIRECTORY_DATABASE_URL": "postgresql:///directory?host=/var/run/postgresql"},
+        {"DIRECTORY_DATABASE_URL": "postgresql://u@db.example/?dbname=directory"},
+        {
+            "DIRECTORY_RATE_LIMIT_STORAGE_URL": "rediss://:pw@cache.example:6380/2?ssl_cert_reqs=none"
+        },
+        {"DIRECTORY_RATE_LIMIT_STORAGE_URL": "redis://cache.example"},
+        {"DIRECTORY_DELIVERY_LEASE_S": "1.5e2"},
+        {"DIRECTORY_DELIVERY_LEASE_S": ".5"},
+    ],
+    ids=lambda environ: next(iter(environ.values())),
+)
+def test_from_env_accepts_the_forms_libpq_and_redis_read(environ):
+    Settings.from_env(environ)
