@@ -346,3 +346,65 @@ def test_upgrade_writes_points_on_the_antimeridian_as_180(empty_database_url):
         " GROUP BY 1 ORDER BY 1",
     )
     assert logged == [("meridian", 2), ("near", 1), ("west", 1)]
+
+
+def test_downgrade_from_0014_deletes_the_conversations_of_erased_members_only(
+    empty_database_url,
+):
+    # The release before 0014 cannot show a party without a handle.
+    command.upgrade(alembic_config(empty_database_url), "head")
+    conversation = (
+        "INSERT INTO conversations (id, ad_title, initiator_portal_id, initiator_member,"
+        " initiator_alias, initiator_name, recipient_portal_id, recipient_member,"
+        " recipient_alias, message_count, created_at, last_message_at)"
+        " VALUES (CAST(:id AS uuid), :title, :portal, :initiator, 'member-a', :name, :portal,"
+        " :recipient, 'member-b', 0, now(), now())"
+    )
+    engine = create_engine(empty_database_url, poolclass=NullPool)
+    try:
+        with unit_of_work(make_session_factory(engine)) as session:
+            portal = create_portal(session)
+            for id_, title, initiator, name, recipient in (
+                ("00000000-0000-0000-0000-000000000001", "Piano", "m-1", "Anna", "m-2"),
+                ("00000000-0000-0000-0000-000000000002", "Piano", None, None, "m-2"),
+                ("00000000-0000-0000-0000-000000000003", None, "m-1", "Anna", None),
+            ):
+                session.execute(
+                    text(conversation),
+                    {
+                        "id": id_,
+                        "title": title,
+                        "portal": portal.id,
+                        "initiator": initiator,
+                        "name": name,
+                        "recipient": recipient,
+                    },
+                )
+            # What the constraints refuse: a party with a name but no handle, or a handle
+            # but no name; a title gone while its advertiser stays.
+            for title, initiator, name in (
+                ("Piano", None, "Anna"),
+                ("Piano", "m-1", None),
+                (None, "m-1", "Anna"),
+            ):
+                with pytest.raises(IntegrityError), session.begin_nested():
+                    session.execute(
+                        text(conversation),
+                        {
+                            "id": "00000000-0000-0000-0000-000000000009",
+                            "title": title,
+                            "portal": portal.id,
+                            "initiator": initiator,
+                            "name": name,
+                            "recipient": "m-2",
+                        },
+                    )
+    finally:
+        engine.dispose()
+
+    command.downgrade(alembic_config(empty_database_url), "0013")
+
+    assert _query(empty_database_url, "SELECT id::text FROM conversations") == [
+        ("00000000-0000-0000-0000-000000000001",)
+    ]
+    command.upgrade(alembic_config(empty_database_url), "head")

@@ -73,6 +73,20 @@ class Conversation(Base):
         CheckConstraint(
             "(blocked_at IS NULL) = (blocked_by IS NULL)", name="blocked_by_when_blocked"
         ),
+        # An erased party (services/members.py) keeps only its alias: no handle, no name;
+        # an erased advertiser takes the title of its ad with it.
+        CheckConstraint(
+            "(initiator_member IS NULL) = (initiator_name IS NULL)",
+            name="initiator_named_unless_erased",
+        ),
+        CheckConstraint(
+            "recipient_member IS NOT NULL OR recipient_name IS NULL",
+            name="recipient_unnamed_when_erased",
+        ),
+        CheckConstraint(
+            "ad_title IS NOT NULL OR recipient_member IS NULL",
+            name="ad_title_unless_advertiser_erased",
+        ),
         # Each portal's list, newest activity first.
         Index(
             "ix_conversations_initiator_activity",
@@ -95,6 +109,9 @@ class Conversation(Base):
             "created_at",
         ),
         Index("ix_conversations_portal_opened", "initiator_portal_id", "created_at"),
+        # The conversations of one member as the advertiser (the list's member filter,
+        # erasure).
+        Index("ix_conversations_recipient_member", "recipient_portal_id", "recipient_member"),
         Index(None, "ad_id"),
         Index(None, "last_message_at"),  # retention
     )
@@ -102,13 +119,13 @@ class Conversation(Base):
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     # The ad may be deleted later; the conversation goes on and keeps its title.
     ad_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("ads.id", ondelete="SET NULL"))
-    ad_title: Mapped[str] = mapped_column(String(200))
+    ad_title: Mapped[str | None] = mapped_column(String(200))  # None: its advertiser erased
     initiator_portal_id: Mapped[int] = mapped_column(ForeignKey("portals.id", ondelete="CASCADE"))
-    initiator_member: Mapped[str] = mapped_column(String(64))
+    initiator_member: Mapped[str | None] = mapped_column(String(64))  # None: erased
     initiator_alias: Mapped[str] = mapped_column(String(32))
-    initiator_name: Mapped[str] = mapped_column(String(MAX_NAME_CHARS))
+    initiator_name: Mapped[str | None] = mapped_column(String(MAX_NAME_CHARS))
     recipient_portal_id: Mapped[int] = mapped_column(ForeignKey("portals.id", ondelete="CASCADE"))
-    recipient_member: Mapped[str] = mapped_column(String(64))
+    recipient_member: Mapped[str | None] = mapped_column(String(64))  # None: erased
     recipient_alias: Mapped[str] = mapped_column(String(32))
     recipient_name: Mapped[str | None] = mapped_column(String(MAX_NAME_CHARS))  # first reply
     blocked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
