@@ -72,6 +72,7 @@ def create_api(app: Flask) -> Api:
     from directory.api.currencies.routes import blp as currencies_blp
     from directory.api.feed.routes import blp as feed_blp
     from directory.api.health import blp as health_blp
+    from directory.api.members.routes import blp as members_blp
     from directory.api.metrics import blp as metrics_blp
     from directory.api.portals.routes import blp as portals_blp
     from directory.api.relay.routes import blp as relay_blp
@@ -86,6 +87,7 @@ def create_api(app: Flask) -> Api:
         search_blp,
         sync_blp,
         relay_blp,
+        members_blp,
         feed_blp,
         currencies_blp,
         categories_blp,

@@ -127,10 +127,7 @@ def open_conversation(
     unexpired, and accept contact."""
     # Openings by one member wait for each other: a retry racing its original finds it
     # (below), and two openings cannot both pass the limits.
-    session.execute(
-        text("SELECT pg_advisory_xact_lock(:namespace, hashtext(:key))"),
-        {"namespace": OPEN_CONVERSATION_LOCK_NAMESPACE, "key": f"{sender.id}:{member}"},
-    )
+    _lock_member_openings(session, portal_id=sender.id, member=member)
     if idempotency_key is not None:
         replay = _replayed(
             session,
@@ -233,6 +230,12 @@ def post_message(
         )
         if replay is not None:
             return replay
+    if _member(conversation, role.other) is None:
+        raise Conflict(
+            "the other party has left the directory (their community erased them); no "
+            "more messages can be sent in this conversation",
+            code="party_erased",
+        )
     if conversation.blocked_at is not None:
         raise Conflict(
             "this conversation was blocked by "
@@ -285,6 +288,14 @@ def block_conversation(
         conversation.blocked_by = role
 
 
+def _lock_member_openings(session: Session, *, portal_id: int, member: str) -> None:
+    """Until the transaction ends, the member opens no other conversation."""
+    session.execute(
+        text("SELECT pg_advisory_xact_lock(:namespace, hashtext(:key))"),
+        {"namespace": OPEN_CONVERSATION_LOCK_NAMESPACE, "key": f"{portal_id}:{member}"},
+    )
+
+
 def _role_of(conversation, portal: AuthenticatedPortal, member: str) -> Role:
     """Which party `member` of `portal` is, in a Conversation (or a row of its columns).
     A conversation the portal has no part in does not exist, as far as it may know."""
@@ -313,7 +324,8 @@ def _portal_roles(conversation: Conversation, portal_id: int) -> list[Role]:
     return roles
 
 
-def _member(conversation: Conversation, role: Role) -> str:
+def _member(conversation: Conversation, role: Role) -> str | None:
+    """The party's handle; None once erased."""
     if role is Role.INITIATOR:
         return conversation.initiator_member
     return conversation.recipient_member
@@ -608,6 +620,7 @@ class PartyView:
     portal: PortalRef
     member: str | None  # only for the party's own portal
     portal_id: int  # for the directory's own use: never shown
+    erased: bool = False  # by their portal: no handle, no name, no messages any more
 
 
 @dataclass(frozen=True)
@@ -634,7 +647,7 @@ class MessageView:
 class ConversationView:
     id: uuid.UUID
     ad_id: uuid.UUID | None
-    ad_title: str
+    ad_title: str | None  # None once the advertiser was erased
     your_roles: list[Role]
     initiator: PartyView
     recipient: PartyView
@@ -821,6 +834,7 @@ def _conversation_view(
             portal=portals[portal_id],
             member=member if portal_id == viewer_id else None,
             portal_id=portal_id,
+            erased=member is None,
         )
 
     return ConversationView(
@@ -864,6 +878,60 @@ def _senders_delivery_view(state: DeliveryState, delivered_at: datetime | None) 
         delivered_via=None,
         last_error=None,
     )
+
+
+# --- erasure ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ErasedConversations:
+    conversations: int
+    messages: int
+
+
+# The member's side of each of their conversations is emptied, under the conversation's
+# row lock (a message being written in it waits, then finds the party gone). The SET
+# expressions read the row as it was, so both sides are decided before either changes.
+_ERASE_PARTY = text(
+    """
+    UPDATE conversations SET
+        initiator_member = CASE WHEN as_initiator THEN NULL ELSE initiator_member END,
+        initiator_name = CASE WHEN as_initiator THEN NULL ELSE initiator_name END,
+        recipient_member = CASE WHEN as_recipient THEN NULL ELSE recipient_member END,
+        recipient_name = CASE WHEN as_recipient THEN NULL ELSE recipient_name END,
+        ad_title = CASE WHEN as_recipient THEN NULL ELSE ad_title END
+    FROM (SELECT id,
+                 initiator_portal_id = :portal_id AND initiator_member = :member AS as_initiator,
+                 recipient_portal_id = :portal_id AND recipient_member = :member AS as_recipient
+          FROM conversations
+          WHERE (initiator_portal_id = :portal_id AND initiator_member = :member)
+             OR (recipient_portal_id = :portal_id AND recipient_member = :member)
+          FOR UPDATE) AS party
+    WHERE conversations.id = party.id
+    RETURNING conversations.id
+    """
+)
+
+
+def erase_member_conversations(
+    session: Session, *, portal_id: int, member: str
+) -> ErasedConversations:
+    """The member of `portal_id` leaves every conversation they are a party to: its
+    messages go, both parties' (with their deliveries, still pending or not), and the
+    member's handle and name, and the ad's title when they were its advertiser. The
+    conversation stays with its aliases, so that the other party's portal reads that it
+    ended (party_erased), and the limits on new conversations still count it."""
+    # An opening by the member under way is erased with the rest; one after is new.
+    _lock_member_openings(session, portal_id=portal_id, member=member)
+    conversation_ids = list(
+        session.scalars(_ERASE_PARTY, {"portal_id": portal_id, "member": member})
+    )
+    messages = 0
+    if conversation_ids:
+        messages = session.execute(
+            Message.__table__.delete().where(Message.conversation_id.in_(conversation_ids))
+        ).rowcount
+    return ErasedConversations(len(conversation_ids), messages)
 
 
 # --- retention ---------------------------------------------------------------------------

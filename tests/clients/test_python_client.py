@@ -180,6 +180,26 @@ def test_a_portal_polls_and_acknowledges_its_inbox(live, make_portal):
     assert after.events == []
 
 
+def test_a_portal_erases_a_member_and_a_repeat_is_harmless(live, make_portal):
+    advertiser, contacting = make_portal(), make_portal()
+    with (
+        DirectoryClient(live.url, key=advertiser.key) as advertiser_portal,
+        DirectoryClient(live.url, key=contacting.key) as contacting_portal,
+    ):
+        ad = advertiser_portal.put_ad("a-1", ad_payload(member="m-leaving"))
+        sent = contacting_portal.contact_advertiser(
+            str(ad.id), {"member": "m-7", "name": "Sam", "body": "Still free?"}
+        )
+        erased = advertiser_portal.erase_member("m-leaving")
+        again = advertiser_portal.erase_member("m-leaving")
+        seen = contacting_portal.get_conversation(str(sent.conversation.id))
+
+    assert (erased.ads_deleted, erased.conversations_ended, erased.messages_deleted) == (1, 1, 1)
+    assert (again.ads_deleted, again.conversations_ended, again.messages_deleted) == (0, 0, 0)
+    assert seen.recipient.erased is True
+    assert seen.messages == []
+
+
 def test_process_inbox_acknowledges_what_was_handled_and_keeps_the_rest(live, make_portal):
     advertiser, contacting = make_portal(), make_portal()
     with (

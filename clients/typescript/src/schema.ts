@@ -531,6 +531,40 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/portals/me/member-erasures": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Erase a member from the directory
+         * @description For a member who left the community, or asked it to forget them: everything
+         *     the directory holds under the handle goes, in one transaction, at once.
+         *     - Their ads are deleted, as by DELETE (the feed and search are told).
+         *     - Every conversation they are a party to loses all its messages (both
+         *       parties', delivered or not: what is still pending is not delivered), and
+         *       their handle and name; when they were the advertiser, the ad's title too. The
+         *       conversation stays, with its random aliases: the other party's portal reads
+         *       it ended (the party's `erased` is true) and writing in it is refused with
+         *       409 party_erased. A webhook already on its way may still arrive.
+         *     - Their ads staged in the portal's open sync sessions are dropped.
+         *
+         *     The directory keeps no list of members, so erasing a handle it never saw, or
+         *     erasing again, removes nothing and succeeds. The handle may be used again
+         *     afterwards: it is a new member to the directory. Nothing is kept to tell the
+         *     member was erased, other than the conversations' aliases.
+         */
+        post: operations["eraseMember"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/feed": {
         parameters: {
             query?: never;
@@ -1265,12 +1299,14 @@ export interface components {
             role: "initiator" | "recipient";
             /** @description The party's name in this conversation only */
             alias: string;
-            /** @description The name they chose */
+            /** @description The name they chose; null for the advertiser until their first reply, and once erased */
             name: string | null;
             /** @description Their community */
             portal: components["schemas"]["PortalRef"];
             /** @description The member's handle: only shown to their own portal */
             member: string | null;
+            /** @description Their portal erased them (eraseMember): no handle, no name and no messages any more, and no one can write in the conversation */
+            erased: boolean;
         };
         ConversationSummary: {
             /** Format: uuid */
@@ -1400,6 +1436,23 @@ export interface components {
         Acknowledged: {
             /** @description Newly acknowledged (repeats and unknown ids count 0) */
             acknowledged: number;
+        };
+        ErasureRequest: {
+            /**
+             * @description The calling portal's handle of the member to erase
+             * @example m-4821
+             */
+            member: string;
+        };
+        Erasure: {
+            /** @description The member's ads, now deleted */
+            ads_deleted: number;
+            /** @description Conversations the member was a party to: emptied of their messages, the member's handle and name; the other party's portal reads them ended (erased: true), and writing in them is refused with 409 party_erased */
+            conversations_ended: number;
+            /** @description Messages of those conversations, both parties', deleted */
+            messages_deleted: number;
+            /** @description The member's ads staged in the portal's open sync sessions, dropped: their commit will not publish them again */
+            staged_ads_dropped: number;
         };
         FeedEntry: {
             /**
@@ -2403,7 +2456,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description The conversation was blocked (conversation_blocked), the other party's community is suspended (recipient_portal_suspended), or the idempotency_key was used for another message (idempotency_key_reused) */
+            /** @description The conversation was blocked (conversation_blocked), the other party was erased by their community (party_erased), the other party's community is suspended (recipient_portal_suspended), or the idempotency_key was used for another message (idempotency_key_reused) */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -2507,6 +2560,32 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Acknowledged"];
+                };
+            };
+            400: components["responses"]["BAD_REQUEST"];
+            default: components["responses"]["DEFAULT_ERROR"];
+        };
+    };
+    eraseMember: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ErasureRequest"];
+            };
+        };
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Erasure"];
                 };
             };
             400: components["responses"]["BAD_REQUEST"];

@@ -194,7 +194,8 @@ class ConversationMessages(MethodView):
         409,
         schema=ErrorSchema,
         description="The conversation was blocked (conversation_blocked), the other "
-        "party's community is suspended (recipient_portal_suspended), or the "
+        "party was erased by their community (party_erased), the other party's community "
+        "is suspended (recipient_portal_suspended), or the "
         "idempotency_key was used for another message (idempotency_key_reused)",
     )
     @blp.doc(operationId="postMessage", security=BEARER_AUTH)

@@ -140,11 +140,23 @@ class PortalRefSchema(Schema):
 class PartySchema(Schema):
     role = fields.Enum(Role, by_value=True)
     alias = fields.String(metadata={"description": "The party's name in this conversation only"})
-    name = fields.String(allow_none=True, metadata={"description": "The name they chose"})
+    name = fields.String(
+        allow_none=True,
+        metadata={
+            "description": "The name they chose; null for the advertiser until their first "
+            "reply, and once erased"
+        },
+    )
     portal = fields.Nested(PortalRefSchema, metadata={"description": "Their community"})
     member = fields.String(
         allow_none=True,
         metadata={"description": "The member's handle: only shown to their own portal"},
+    )
+    erased = fields.Boolean(
+        metadata={
+            "description": "Their portal erased them (eraseMember): no handle, no name and "
+            "no messages any more, and no one can write in the conversation"
+        }
     )
 
 
@@ -183,7 +195,9 @@ class MessageSchema(Schema):
 
 class AdRefSchema(Schema):
     id = fields.UUID(allow_none=True, metadata={"description": "None once the ad is deleted"})
-    title = fields.String()
+    title = fields.String(
+        allow_none=True, metadata={"description": "None once its advertiser was erased"}
+    )
 
 
 _AD_REF = AdRefSchema()  # built once: building a schema copies each of its fields

@@ -373,6 +373,18 @@ class DirectoryClient:
             repeatable=True,
         )
 
+    def erase_member(self, member: str) -> models.Erasure:
+        """Erase a member of the calling portal from the directory: their ads, their
+        conversations' messages, their handle and name (see the API's eraseMember).
+        Erasing again removes nothing more, so a repeat is harmless."""
+        return self._call(
+            "POST",
+            "/v1/portals/me/member-erasures",
+            models.Erasure,
+            body={"member": member},
+            repeatable=True,
+        )
+
     def read_inbox(self, *, since: str | None = None, limit: int | None = None) -> models.InboxPage:
         params = query({"since": since, "limit": limit})
         return self._call("GET", "/v1/inbox", models.InboxPage, params=params)

@@ -704,9 +704,15 @@ class Party(Struct, kw_only=True):
     alias: Annotated[
         str, Meta(description="The party's name in this conversation only")
     ]
-    name: Annotated[str, Meta(description='The name they chose')] | None
+    name: Annotated[str, Meta(description='The name they chose; null for the advertiser until their first reply, and once erased')] | None
     portal: Annotated[PortalRef, Meta(description='Their community')]
     member: Annotated[str, Meta(description="The member's handle: only shown to their own portal")] | None
+    erased: Annotated[
+        bool,
+        Meta(
+            description='Their portal erased them (eraseMember): no handle, no name and no messages any more, and no one can write in the conversation'
+        ),
+    ]
 
 
 class ConversationSummary(Struct, kw_only=True):
@@ -852,6 +858,35 @@ class Acknowledge(Struct, kw_only=True):
 class Acknowledged(Struct, kw_only=True):
     acknowledged: Annotated[
         int, Meta(description='Newly acknowledged (repeats and unknown ids count 0)')
+    ]
+
+
+class ErasureRequest(Struct, kw_only=True):
+    member: Annotated[
+        str,
+        Meta(
+            description="The calling portal's handle of the member to erase",
+            pattern='^[A-Za-z0-9._:-]{1,64}$',
+        ),
+    ]
+
+
+class Erasure(Struct, kw_only=True):
+    ads_deleted: Annotated[int, Meta(description="The member's ads, now deleted")]
+    conversations_ended: Annotated[
+        int,
+        Meta(
+            description="Conversations the member was a party to: emptied of their messages, the member's handle and name; the other party's portal reads them ended (erased: true), and writing in them is refused with 409 party_erased"
+        ),
+    ]
+    messages_deleted: Annotated[
+        int, Meta(description="Messages of those conversations, both parties', deleted")
+    ]
+    staged_ads_dropped: Annotated[
+        int,
+        Meta(
+            description="The member's ads staged in the portal's open sync sessions, dropped: their commit will not publish them again"
+        ),
     ]
 
 

@@ -1,0 +1,68 @@
+"""A portal's members, as the directory knows them: only by the opaque handles their
+portal gives them, on its ads, its conversations and its staged resyncs.
+
+A member who leaves their community, or asks it to forget them, is erased here by their
+portal: everything the directory holds under the handle goes at once, in one
+transaction. The directory keeps no list of members, so erasing a handle it never saw,
+or erasing twice, erases nothing and is no error."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from directory.models import Ad, SyncSession, SyncSessionItem, SyncStatus
+from directory.services import relay
+from directory.services.ads import MAX_BATCH_ITEMS, Delete, Lifetimes, apply_changes
+
+
+@dataclass(frozen=True)
+class Erasure:
+    ads_deleted: int
+    conversations_ended: int
+    messages_deleted: int
+    staged_ads_dropped: int
+
+
+def erase_member(session: Session, *, portal_id: int, member: str, lifetimes: Lifetimes) -> Erasure:
+    """Erase the member `member` of `portal_id`:
+    - their ads are deleted, as a DELETE of each would (the feed and the search index
+      are told);
+    - in each conversation they are a party to, every message goes, with its delivery,
+      and their handle and name (services/relay.py erase_member_conversations);
+    - their ads staged in the portal's open sync sessions are dropped: a commit then
+      treats them as omitted, which deletes nothing more."""
+    ads_deleted = 0
+    external_ids = list(
+        session.scalars(
+            select(Ad.external_id).where(Ad.portal_id == portal_id, Ad.member == member)
+        )
+    )
+    for start in range(0, len(external_ids), MAX_BATCH_ITEMS):
+        results = apply_changes(
+            session,
+            portal_id=portal_id,
+            operations=[Delete(id_) for id_ in external_ids[start : start + MAX_BATCH_ITEMS]],
+            lifetimes=lifetimes,
+        )
+        ads_deleted += sum(result.status == "deleted" for result in results)
+    # After the ads: a contact made meanwhile held its ad (key share) until it committed,
+    # so its conversation is among those erased now.
+    conversations = relay.erase_member_conversations(session, portal_id=portal_id, member=member)
+    open_sessions = select(SyncSession.id).where(
+        SyncSession.portal_id == portal_id, SyncSession.status == SyncStatus.OPEN
+    )
+    staged = session.execute(
+        delete(SyncSessionItem).where(
+            SyncSessionItem.session_id.in_(open_sessions.scalar_subquery()),
+            SyncSessionItem.data["member"].astext == member,
+        )
+    ).rowcount
+    return Erasure(
+        ads_deleted=ads_deleted,
+        conversations_ended=conversations.conversations,
+        messages_deleted=conversations.messages,
+        staged_ads_dropped=staged,
+    )
