@@ -114,17 +114,89 @@ def serve(bind: str, workers: int) -> None:
     )  # fmt: skip
 
 
+# Keeps `directory migrate`'s advisory lock apart from the others (services.ads,
+# services.relay, services.websites, search.indexing).
+MIGRATE_LOCK = {"namespace": 0x316A, "key": 0}
+
+
 @cli.command()
 @click.option("--revision", default="head", show_default=True)
 def migrate(revision: str) -> None:
-    """Upgrade the database schema to the latest migration."""
-    from alembic import command
+    """Upgrade the database schema to the latest migration (or to --revision).
 
-    config = alembic_config(_settings().database_url)
-    with _database_errors():
-        command.upgrade(config, revision)
+    One migration runs at a time: a second `migrate` (two deployments starting together)
+    waits for the first, then finds nothing left to do."""
+    from alembic import command
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+
+    database_url = _settings().database_url
+    config = alembic_config(database_url)
+    scripts = ScriptDirectory.from_config(config)
+    engine = create_engine(database_url, poolclass=NullPool)
+    try:
+        with _database_errors(), engine.connect() as connection:
+            # Held by this connection's session until it closes, so by a process that
+            # dies too; migrations run on the same connection (migrations/env.py).
+            if not connection.scalar(
+                text("SELECT pg_try_advisory_lock(:namespace, :key)"), MIGRATE_LOCK
+            ):
+                click.echo("another `directory migrate` is running: waiting for it", err=True)
+                connection.execute(text("SELECT pg_advisory_lock(:namespace, :key)"), MIGRATE_LOCK)
+            before = _revision_of(connection)
+            if before is not None and before not in {s.revision for s in scripts.walk_revisions()}:
+                # A later release migrated it first; this one serves on that schema
+                # (each migration is backward compatible), as /readyz says.
+                if revision != "head":
+                    raise click.ClickException(
+                        f"the database is at {before}, a later release's migration that this "
+                        f"release does not know: it cannot migrate it to {revision}"
+                    )
+                click.echo(
+                    f"database at {before}, a later release's migration (this release's "
+                    f"latest is {scripts.get_current_head()}): nothing to do"
+                )
+                return
+            config.attributes["connection"] = connection
+            try:
+                command.upgrade(config, revision)
+            except CommandError as error:
+                raise click.ClickException(f"cannot migrate to {revision!r}: {error}") from None
+            after = _revision_of(connection)
+    finally:
+        engine.dispose()
     _check_feed_order()
-    click.echo(f"database at {revision}")
+    if _short_of(scripts, revision, after):
+        raise click.ClickException(
+            f"the database is at {after or 'base'}, past {revision}: `migrate` only upgrades "
+            "(nothing was changed)"
+        )
+    click.echo(f"database at {revision}" + (f" ({after})" if after != revision else ""))
+
+
+def _revision_of(connection) -> str | None:
+    from sqlalchemy.orm import Session
+
+    from directory.services.health import current_revision
+
+    with Session(bind=connection) as session:
+        revision = current_revision(session)
+    connection.commit()  # out of the transaction the read began: the lock stays
+    return revision
+
+
+def _short_of(scripts, revision: str, reached: str | None) -> bool:
+    """Whether the database, at `reached`, is not at the revision asked for: alembic's
+    upgrade to an earlier one leaves it as it is, without a word."""
+    from alembic.util import CommandError
+
+    try:
+        script = scripts.get_revision(revision)
+    except CommandError:  # relative ("+1"): whatever alembic made of it
+        return False
+    return (None if script is None else script.revision) != reached
 
 
 def _check_feed_order() -> None:

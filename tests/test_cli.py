@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import signal
+import subprocess
+import sys
+import threading
+import time
 import uuid
 from pathlib import Path
 
+import psycopg
 import pytest
 from alembic.script import ScriptDirectory
 from click.testing import CliRunner, Result
@@ -20,7 +26,7 @@ import directory.__main__ as main
 from directory import Wiring
 from directory import build_wiring as real_build_wiring
 from directory.__main__ import alembic_config, cli
-from directory.db import unit_of_work
+from directory.db import libpq_url, unit_of_work
 from directory.services.portals import looks_like_key
 from tests.factories import ad_payload
 from tests.peers import Reply, Website
@@ -676,3 +682,106 @@ def test_command_closes_its_database_connections(migrated, wiring, built_wirings
     finally:
         for leftover in built_wirings:
             leftover.close()
+
+
+def _revision_in(database_url: str) -> str | None:
+    with psycopg.connect(libpq_url(database_url), autocommit=True) as connection:
+        if connection.execute("SELECT to_regclass('alembic_version')").fetchone()[0] is None:
+            return None
+        return connection.execute("SELECT version_num FROM alembic_version").fetchone()[0]
+
+
+def test_two_migrates_at_once_both_succeed(empty_database_url):
+    # Two deployments starting together: one migrated, the other failed with a traceback
+    # (UniqueViolation on pg_type, as both created the same tables).
+    environment = {
+        **os.environ,
+        "DIRECTORY_DATABASE_URL": empty_database_url,
+        "DIRECTORY_ENVIRONMENT": "test",
+    }
+    migrates = [
+        subprocess.Popen(
+            [sys.executable, "-m", "directory", "migrate"],
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [migrate.communicate(timeout=300) for migrate in migrates]
+
+    assert [migrate.returncode for migrate in migrates] == [0, 0], outputs
+    head = ScriptDirectory.from_config(alembic_config(empty_database_url)).get_current_head()
+    assert all(f"database at head ({head})" in stdout for stdout, _ in outputs), outputs
+    assert _revision_in(empty_database_url) == head
+
+
+def test_migrate_waits_while_another_migrate_runs(run, empty_database_url):
+    result: list[Result] = []
+    with psycopg.connect(libpq_url(empty_database_url), autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(%(namespace)s, %(key)s)", main.MIGRATE_LOCK)
+        waiting = threading.Thread(
+            target=lambda: result.append(
+                run("migrate", env={"DIRECTORY_DATABASE_URL": empty_database_url})
+            )
+        )
+        waiting.start()
+        try:
+            deadline = time.monotonic() + 30
+            while not other.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event = 'advisory'"
+            ).fetchone()[0]:
+                assert time.monotonic() < deadline, "migrate never waited for the other"
+                time.sleep(0.01)
+            assert _revision_in(empty_database_url) is None  # nothing done meanwhile
+        finally:
+            other.execute("SELECT pg_advisory_unlock(%(namespace)s, %(key)s)", main.MIGRATE_LOCK)
+            waiting.join(timeout=300)
+
+    ((done,),) = [result]
+    assert done.exit_code == 0, (done.output, done.exception)
+    assert "another `directory migrate` is running: waiting for it" in done.output
+    assert "database at head" in done.output
+
+
+def test_migrate_leaves_a_database_a_later_release_migrated_as_it_is(run, empty_database_url):
+    env = {"DIRECTORY_DATABASE_URL": empty_database_url}
+    assert run("migrate", env=env).exit_code == 0
+    with psycopg.connect(libpq_url(empty_database_url), autocommit=True) as connection:
+        connection.execute("UPDATE alembic_version SET version_num = 'ffff_later'")
+
+    result = run("migrate", env=env)
+
+    # The release before serves on a later schema (/readyz says it is ready); its
+    # `migrate` (run before the API starts) showed alembic's traceback and failed.
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "database at ffff_later, a later release's migration" in result.output
+    assert _revision_in(empty_database_url) == "ffff_later"
+    refused = run("migrate", "--revision", "0001", env=env)
+    assert isinstance(refused.exception, SystemExit), refused.exception
+    assert refused.exit_code == 1
+    assert "Error: the database is at ffff_later, a later release's migration" in refused.output
+
+
+def test_migrate_to_an_earlier_revision_says_it_changed_nothing(run, migrated):
+    head = ScriptDirectory.from_config(alembic_config(migrated.database_url)).get_current_head()
+
+    result = run("migrate", "--revision", "0001")
+
+    # It said "database at 0001", with the database still at the head.
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code == 1
+    assert f"Error: the database is at {head}, past 0001: `migrate` only upgrades" in (
+        result.output
+    )
+    assert _revision_in(migrated.database_url) == head
+
+
+def test_migrate_to_an_unknown_revision_fails_clearly(run):
+    result = run("migrate", "--revision", "nonsense")
+
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: cannot migrate to 'nonsense': Can't locate")
