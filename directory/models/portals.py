@@ -24,7 +24,10 @@ from directory.models.types import created_at_column, enum_column, updated_at_co
 
 class PortalStatus(enum.StrEnum):
     ACTIVE = "active"
-    SUSPENDED = "suspended"
+    SUSPENDED = "suspended"  # by an operator, until reactivated
+    # Left the directory for good (services/closing.py): nothing of its members is kept,
+    # only its name, for the other side of the conversations its members had.
+    CLOSED = "closed"
 
 
 class LedgerProtocol(enum.StrEnum):

@@ -251,6 +251,13 @@ def set_status(session: Session, *, portal_slug: str, status: PortalStatus) -> P
     portal = session.scalar(select(Portal).where(Portal.slug == portal_slug).with_for_update())
     if portal is None:
         raise NotFound(f"no portal with slug {portal_slug!r}", field="slug")
+    if portal.status is PortalStatus.CLOSED:
+        raise Conflict(
+            f"portal {portal_slug!r} is closed: it left the directory for good, and keeps "
+            "nothing to come back with; register a new portal",
+            field="slug",
+            code="portal_closed",
+        )
     if portal.status == status:
         return portal
     portal.status = status

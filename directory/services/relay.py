@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import orjson
-from sqlalchemy import bindparam, func, insert, or_, select, text
+from sqlalchemy import TextClause, bindparam, func, insert, or_, select, text
 from sqlalchemy.orm import Session
 
 from directory import cursors
@@ -889,28 +889,34 @@ class ErasedConversations:
     messages: int
 
 
-# The member's side of each of their conversations is emptied, under the conversation's
-# row lock (a message being written in it waits, then finds the party gone). The SET
-# expressions read the row as it was, so both sides are decided before either changes.
-_ERASE_PARTY = text(
-    """
-    UPDATE conversations SET
-        initiator_member = CASE WHEN as_initiator THEN NULL ELSE initiator_member END,
-        initiator_name = CASE WHEN as_initiator THEN NULL ELSE initiator_name END,
-        recipient_member = CASE WHEN as_recipient THEN NULL ELSE recipient_member END,
-        recipient_name = CASE WHEN as_recipient THEN NULL ELSE recipient_name END,
-        ad_title = CASE WHEN as_recipient THEN NULL ELSE ad_title END
-    FROM (SELECT id,
-                 initiator_portal_id = :portal_id AND initiator_member = :member AS as_initiator,
-                 recipient_portal_id = :portal_id AND recipient_member = :member AS as_recipient
-          FROM conversations
-          WHERE (initiator_portal_id = :portal_id AND initiator_member = :member)
-             OR (recipient_portal_id = :portal_id AND recipient_member = :member)
-          FOR UPDATE) AS party
-    WHERE conversations.id = party.id
-    RETURNING conversations.id
-    """
-)
+def _erase_parties(party: str) -> TextClause:
+    """The statement that empties, in each conversation, the side of the parties that
+    `party` (SQL of `{role}_portal_id`, `{role}_member`) picks, under the conversation's
+    row lock: a message being written in it waits, then finds the party gone. The SET
+    expressions read the row as it was, so both sides are decided before either changes."""
+    as_initiator = party.format(role="initiator")
+    as_recipient = party.format(role="recipient")
+    return text(
+        f"""
+        UPDATE conversations SET
+            initiator_member = CASE WHEN as_initiator THEN NULL ELSE initiator_member END,
+            initiator_name = CASE WHEN as_initiator THEN NULL ELSE initiator_name END,
+            recipient_member = CASE WHEN as_recipient THEN NULL ELSE recipient_member END,
+            recipient_name = CASE WHEN as_recipient THEN NULL ELSE recipient_name END,
+            ad_title = CASE WHEN as_recipient THEN NULL ELSE ad_title END
+        FROM (SELECT id, {as_initiator} AS as_initiator, {as_recipient} AS as_recipient
+              FROM conversations
+              WHERE ({as_initiator}) OR ({as_recipient})
+              FOR UPDATE) AS party
+        WHERE conversations.id = party.id
+        RETURNING conversations.id
+        """
+    )
+
+
+_ERASE_MEMBER = _erase_parties("{role}_portal_id = :portal_id AND {role}_member = :member")
+# Every member of the portal not erased yet.
+_ERASE_PORTAL = _erase_parties("{role}_portal_id = :portal_id AND {role}_member IS NOT NULL")
 
 
 def erase_member_conversations(
@@ -924,14 +930,24 @@ def erase_member_conversations(
     # An opening by the member under way is erased with the rest; one after is new.
     _lock_member_openings(session, portal_id=portal_id, member=member)
     conversation_ids = list(
-        session.scalars(_ERASE_PARTY, {"portal_id": portal_id, "member": member})
+        session.scalars(_ERASE_MEMBER, {"portal_id": portal_id, "member": member})
     )
-    messages = 0
-    if conversation_ids:
-        messages = session.execute(
-            Message.__table__.delete().where(Message.conversation_id.in_(conversation_ids))
-        ).rowcount
-    return ErasedConversations(len(conversation_ids), messages)
+    return ErasedConversations(len(conversation_ids), _delete_messages(session, conversation_ids))
+
+
+def erase_portal_conversations(session: Session, *, portal_id: int) -> ErasedConversations:
+    """Every member of `portal_id` leaves their conversations, as erase_member_conversations
+    says. For a portal that can no longer write (closed): no opening can be under way."""
+    conversation_ids = list(session.scalars(_ERASE_PORTAL, {"portal_id": portal_id}))
+    return ErasedConversations(len(conversation_ids), _delete_messages(session, conversation_ids))
+
+
+def _delete_messages(session: Session, conversation_ids: list[uuid.UUID]) -> int:
+    if not conversation_ids:
+        return 0
+    return session.execute(
+        Message.__table__.delete().where(Message.conversation_id.in_(conversation_ids))
+    ).rowcount
 
 
 # --- retention ---------------------------------------------------------------------------

@@ -1,0 +1,106 @@
+"""A community leaving the directory for good: its portal is closed by an operator.
+
+Closing keeps the portal's row, with its slug and name only: the other side of its
+members' conversations still reads which community they were with, and the slug is
+never given to another portal (whose ads would pass for the old community's). Everything
+else it held goes: its ads, its members (as erase_member does for one), its staged
+resyncs, its keys, its website, contact, webhook and ledger. Its community currencies
+stay: other portals' ads may accept them, and they hold nothing personal."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from directory.errors import Conflict, NotFound
+from directory.models import Ad, Portal, PortalKey, PortalStatus, SyncSession
+from directory.services import relay
+from directory.services.ads import (
+    MAX_BATCH_ITEMS,
+    Delete,
+    Lifetimes,
+    apply_changes,
+    lock_portal_writes,
+)
+from directory.webhooks.signing import new_secret
+
+
+@dataclass(frozen=True)
+class Closure:
+    ads_deleted: int
+    conversations_ended: int
+    messages_deleted: int
+    keys_revoked: int
+    already_closed: bool = False
+
+
+def close_portal(session: Session, *, portal_slug: str, lifetimes: Lifetimes) -> Closure:
+    """Close a suspended portal, for good. Only a suspended one: its keys have been
+    refused since, so no request of its own is still writing (an ad write under way is
+    waited for besides). Closing a closed portal changes nothing."""
+    portal = session.scalar(select(Portal).where(Portal.slug == portal_slug).with_for_update())
+    if portal is None:
+        raise NotFound(f"no portal with slug {portal_slug!r}", field="slug")
+    if portal.status is PortalStatus.CLOSED:
+        return Closure(0, 0, 0, 0, already_closed=True)
+    if portal.status is not PortalStatus.SUSPENDED:
+        raise Conflict(
+            f"portal {portal_slug!r} is {portal.status.value}: suspend it first (its keys are "
+            "then refused, and its requests under way end), then close it",
+            field="slug",
+            code="portal_not_suspended",
+        )
+    lock_portal_writes(session, portal.id, exclusive=True)
+    # Its public ads left public view when it was suspended; each is told deleted again.
+    ads_deleted = 0
+    external_ids = list(session.scalars(select(Ad.external_id).where(Ad.portal_id == portal.id)))
+    for start in range(0, len(external_ids), MAX_BATCH_ITEMS):
+        results = apply_changes(
+            session,
+            portal_id=portal.id,
+            operations=[Delete(id_) for id_ in external_ids[start : start + MAX_BATCH_ITEMS]],
+            lifetimes=lifetimes,
+        )
+        ads_deleted += sum(result.status == "deleted" for result in results)
+    session.execute(delete(SyncSession).where(SyncSession.portal_id == portal.id))
+    conversations = relay.erase_portal_conversations(session, portal_id=portal.id)
+    keys_revoked = session.execute(
+        update(PortalKey)
+        .where(PortalKey.portal_id == portal.id, PortalKey.revoked_at.is_(None))
+        .values(revoked_at=func.now())
+    ).rowcount
+    _forget_profile(portal)
+    portal.status = PortalStatus.CLOSED
+    portal.updated_at = func.now()
+    return Closure(
+        ads_deleted=ads_deleted,
+        conversations_ended=conversations.conversations,
+        messages_deleted=conversations.messages,
+        keys_revoked=keys_revoked,
+    )
+
+
+def _forget_profile(portal: Portal) -> None:
+    """All of the profile but the slug and the name. The website is free for another
+    portal to verify (a successor of the community, say)."""
+    portal.website = None
+    portal.website_identity = None
+    portal.website_verification_token = None
+    portal.website_verified_at = None
+    portal.website_verified_by = None
+    portal.website_checked_at = None
+    portal.website_recheck_failing_since = None
+    portal.website_recheck_failure = None
+    portal.website_token_seen_at = None
+    portal.contact = None
+    portal.description = None
+    portal.webhook_url = None
+    portal.webhook_secret = new_secret()  # never used: the column holds one always
+    portal.webhook_previous_secret = None
+    portal.webhook_previous_secret_expires_at = None
+    portal.webhook_rotation_key = None
+    portal.webhook_disabled_at = None
+    portal.webhook_disabled_reason = None
+    portal.ledger = None

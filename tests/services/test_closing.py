@@ -1,0 +1,179 @@
+"""Closing a portal (services/closing.py): a community leaving the directory for good."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import text
+
+from directory.db import unit_of_work
+from directory.errors import Conflict, NotFound
+from directory.models import PortalStatus
+from directory.services import closing, portals, websites
+from tests.factories import ad_payload
+
+LEAVING_MEMBER = "m-leaving-4410"
+STAYING_MEMBER = "m-stays"
+
+
+@pytest.fixture
+def leaving(make_portal, client, wiring):
+    portal = make_portal(slug="sel-closing", name="SEL qui ferme")
+    changed = client.patch(
+        "/v1/portals/me",
+        json={
+            "website": "https://sel-closing.example.org",
+            "contact": "bureau@sel-closing.example.org",
+            "description": "Our little exchange",
+        },
+        headers=portal.headers,
+    )
+    assert changed.status_code == 200, changed.json
+    with unit_of_work(wiring.session_factory) as session:
+        # As PATCH sets it where the host resolves: the tests resolve no public name.
+        session.execute(
+            text("UPDATE portals SET webhook_url = :url WHERE id = :id"),
+            {"url": "https://hooks.sel-closing.example.org/in", "id": portal.id},
+        )
+    return portal
+
+
+@pytest.fixture
+def staying(make_portal):
+    return make_portal(slug="lets-stays", name="LETS that stays")
+
+
+def close(wiring, slug):
+    with unit_of_work(wiring.session_factory) as session:
+        return closing.close_portal(session, portal_slug=slug, lifetimes=wiring.lifetimes)
+
+
+def suspend(wiring, slug):
+    with unit_of_work(wiring.session_factory) as session:
+        portals.set_status(session, portal_slug=slug, status=PortalStatus.SUSPENDED)
+
+
+def publish(client, portal, external_id, member):
+    response = client.put(
+        f"/v1/ads/{external_id}", json=ad_payload(member=member), headers=portal.headers
+    )
+    assert response.status_code == 201, response.json
+    return response.json["id"]
+
+
+def contact(client, portal, ad_id, member, body):
+    response = client.post(
+        f"/v1/ads/{ad_id}/contact",
+        json={"member": member, "name": "Camille", "body": body},
+        headers=portal.headers,
+    )
+    assert response.status_code == 201, response.json
+    return response.json["conversation"]["id"]
+
+
+def test_closing_a_portal_keeps_only_its_name_and_slug(client, wiring, leaving, staying):
+    own_ad = publish(client, leaving, "a-1", LEAVING_MEMBER)
+    publish(client, leaving, "a-2", LEAVING_MEMBER)
+    their_ad = publish(client, staying, "b-1", STAYING_MEMBER)
+    # Conversations both ways: its member wrote, and was written to.
+    wrote = contact(client, leaving, their_ad, LEAVING_MEMBER, "Written by the leaver")
+    written_to = contact(client, staying, own_ad, STAYING_MEMBER, "Written to the leaver")
+    session_id = client.post("/v1/sync-sessions", headers=leaving.headers).json["id"]
+    suspend(wiring, "sel-closing")
+
+    closed = close(wiring, "sel-closing")
+
+    assert closed == closing.Closure(
+        ads_deleted=2, conversations_ended=2, messages_deleted=2, keys_revoked=1
+    )
+    with wiring.engine.connect() as connection:
+        row = connection.execute(
+            text(
+                "SELECT status, name, website, contact, description, webhook_url, ledger_url"
+                " FROM portals WHERE slug = 'sel-closing'"
+            )
+        ).one()
+        assert tuple(row) == ("closed", "SEL qui ferme", None, None, None, None, None)
+        for table in ("ads", "sync_sessions", "deliveries"):
+            left = connection.scalar(
+                text(f"SELECT count(*) FROM {table} WHERE portal_id = :id"), {"id": leaving.id}
+            )
+            assert left == 0, table
+        assert connection.scalar(text("SELECT count(*) FROM messages")) == 0
+        for value in (LEAVING_MEMBER, "Written by the leaver", "Written to the leaver"):
+            assert not connection.scalar(
+                text("SELECT count(*) FROM conversations c WHERE c::text LIKE :value"),
+                {"value": f"%{value}%"},
+            ), value
+    assert client.get(f"/v1/sync-sessions/{session_id}", headers=leaving.headers).status_code == 401
+    # The other side reads both conversations ended, with the community they were with.
+    for conversation_id in (wrote, written_to):
+        seen = client.get(f"/v1/conversations/{conversation_id}", headers=staying.headers).json
+        gone = (
+            seen["initiator"]
+            if seen["initiator"]["portal"]["slug"] == "sel-closing"
+            else (seen["recipient"])
+        )
+        assert gone["erased"] is True
+        assert gone["portal"] == {"slug": "sel-closing", "name": "SEL qui ferme"}
+        assert seen["messages"] == []
+        refused = client.post(
+            f"/v1/conversations/{conversation_id}/messages",
+            json={"member": STAYING_MEMBER, "body": "Still there?"},
+            headers=staying.headers,
+        )
+        assert refused.status_code == 409, refused.json
+    # The other portal's own ad is untouched.
+    assert client.get(f"/v1/ads/{their_ad}").status_code == 200
+
+
+def test_a_closed_portals_key_is_refused_and_it_cannot_be_reactivated(client, wiring, leaving):
+    suspend(wiring, "sel-closing")
+    close(wiring, "sel-closing")
+
+    response = client.get("/v1/portals/me", headers=leaving.headers)
+    assert response.status_code == 401, response.json
+    assert response.json["error"] == "key_revoked"
+    for status in (PortalStatus.ACTIVE, PortalStatus.SUSPENDED):
+        with unit_of_work(wiring.session_factory) as session, pytest.raises(Conflict) as refused:
+            portals.set_status(session, portal_slug="sel-closing", status=status)
+        assert refused.value.code == "portal_closed"
+
+
+def test_only_a_suspended_portal_is_closed(wiring, leaving):
+    with pytest.raises(Conflict) as refused:
+        close(wiring, "sel-closing")
+    assert refused.value.code == "portal_not_suspended"
+    assert "suspend it first" in str(refused.value)
+    with unit_of_work(wiring.session_factory) as session:
+        assert (
+            session.scalar(text("SELECT status FROM portals WHERE slug = 'sel-closing'"))
+            == "active"
+        )
+    with pytest.raises(NotFound):
+        close(wiring, "no-such-portal")
+
+
+def test_closing_twice_changes_nothing_the_second_time(wiring, leaving):
+    suspend(wiring, "sel-closing")
+    close(wiring, "sel-closing")
+    assert close(wiring, "sel-closing") == closing.Closure(0, 0, 0, 0, already_closed=True)
+
+
+def test_its_website_is_free_for_another_portal_to_verify(client, wiring, leaving, make_portal):
+    with unit_of_work(wiring.session_factory) as session:
+        websites.trust_website(session, portal_id=leaving.id)
+    successor = make_portal(slug="sel-successor", name="SEL, again")
+    changed = client.patch(
+        "/v1/portals/me",
+        json={"website": "https://sel-closing.example.org"},
+        headers=successor.headers,
+    )
+    assert changed.status_code == 200, changed.json
+    with unit_of_work(wiring.session_factory) as session, pytest.raises(Conflict):
+        websites.trust_website(session, portal_id=successor.id)  # taken
+    suspend(wiring, "sel-closing")
+
+    close(wiring, "sel-closing")
+
+    with unit_of_work(wiring.session_factory) as session:
+        assert websites.trust_website(session, portal_id=successor.id).website_verified_at
