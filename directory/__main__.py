@@ -132,10 +132,12 @@ def migrate(revision: str) -> None:
     from sqlalchemy import create_engine, text
     from sqlalchemy.pool import NullPool
 
+    from directory.db import with_connect_timeout
+
     database_url = _settings().database_url
     config = alembic_config(database_url)
     scripts = ScriptDirectory.from_config(config)
-    engine = create_engine(database_url, poolclass=NullPool)
+    engine = create_engine(with_connect_timeout(database_url), poolclass=NullPool)
     try:
         with _database_errors(), engine.connect() as connection:
             # Held by this connection's session until it closes, so by a process that

@@ -28,6 +28,13 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
+# A database that takes a connection and says nothing (a host gone behind a firewall
+# that drops packets, a server stuck starting) is given up on after this long, per host
+# address: libpq waits for ever by default, and held every command, /readyz and the
+# worker with it. A URL's own ?connect_timeout= is kept.
+CONNECT_TIMEOUT_S = 10
+
+
 def make_engine(
     database_url: str,
     *,
@@ -37,9 +44,12 @@ def make_engine(
     autocommit: bool = False,
 ) -> Engine:
     engine = create_engine(
-        database_url,
+        with_connect_timeout(database_url),
         pool_size=pool_size,
         max_overflow=pool_size,
+        # A statement's values are messages, member handles, key digests: a failing
+        # statement is logged with its SQL and without them.
+        hide_parameters=True,
         **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}),
         connect_args={"options": f"-c statement_timeout={statement_timeout_ms} {options}".strip()},
     )
@@ -96,6 +106,15 @@ def first_free_advisory_lock(
                 connection.execute(text("SELECT pg_advisory_unlock(:namespace, :key)"), arguments)
             except DBAPIError:
                 connection.invalidate()  # the session is gone, and its lock with it
+
+
+def with_connect_timeout(database_url: str) -> str:
+    """The URL with ?connect_timeout=CONNECT_TIMEOUT_S unless it gives its own."""
+    url = make_url(database_url)
+    if "connect_timeout" in url.query:
+        return database_url
+    url = url.update_query_dict({"connect_timeout": str(CONNECT_TIMEOUT_S)})
+    return url.render_as_string(hide_password=False)
 
 
 def libpq_url(database_url: str) -> str:

@@ -28,7 +28,7 @@ import psycopg
 from sqlalchemy.orm import Session
 
 from directory import Wiring
-from directory.db import libpq_url, unit_of_work
+from directory.db import libpq_url, unit_of_work, with_connect_timeout
 from directory.services import deliveries, relay, websites
 from directory.services.housekeeping import close_stale_sync_sessions
 from directory.webhooks.delivery import DeliveryResult, Outcome, WebhookSender
@@ -390,7 +390,7 @@ class Deliverer:
 
     def _listen(self) -> None:
         """Wakes the deliverer on NOTIFY; reconnects (with backoff) when the database goes."""
-        url = libpq_url(self.wiring.settings.database_url)
+        url = libpq_url(with_connect_timeout(self.wiring.settings.database_url))
         failures = 0
         while not self.stop.is_set():
             try:

@@ -3,6 +3,7 @@ administration takes effect on the API's very next request."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -23,13 +24,14 @@ from sqlalchemy import text
 
 import directory
 import directory.__main__ as main
+import directory.db
 from directory import Wiring
 from directory import build_wiring as real_build_wiring
 from directory.__main__ import alembic_config, cli
 from directory.db import libpq_url, unit_of_work
 from directory.services.portals import looks_like_key
 from tests.factories import ad_payload
-from tests.peers import Reply, Website
+from tests.peers import Reply, Trickling, Website
 
 UNREACHABLE_DATABASE_URL = "postgresql+psycopg://directory@127.0.0.1:1/directory"
 
@@ -785,3 +787,16 @@ def test_migrate_to_an_unknown_revision_fails_clearly(run):
     assert isinstance(result.exception, SystemExit), result.exception
     assert result.exit_code == 1
     assert result.output.startswith("Error: cannot migrate to 'nonsense': Can't locate")
+
+
+@pytest.mark.timeout(60)  # libpq waits for ever by default: the commands never ended
+@pytest.mark.parametrize("args", [["portals", "list"], ["migrate"]], ids=" ".join)
+def test_a_database_that_says_nothing_stops_the_command_clearly(run, monkeypatch, args):
+    monkeypatch.setattr(directory.db, "CONNECT_TIMEOUT_S", 1)
+    with Trickling(b"", lambda: itertools.repeat(b""), pause_s=0.1) as silent:
+        url = f"postgresql+psycopg://directory@127.0.0.1:{silent.port}/directory"
+        result = run(*args, env={"DIRECTORY_DATABASE_URL": url})
+
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: database error: connection timeout expired")

@@ -3,13 +3,16 @@ database and its schema, and neither ever raises."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, text
 
-from directory import create_app
+from directory import create_app, db
 from directory.__main__ import alembic_config
 from directory.settings import Settings
+from tests.peers import Trickling
 
 
 def _client_for(database_url: str):
@@ -102,3 +105,25 @@ def test_probe_refuses_query_parameters(client, path):
 
     assert response.status_code == 400
     assert response.json["errors"] == {"query": {"verbose": ["Unknown field."]}}
+
+
+@pytest.fixture
+def silent_database(monkeypatch):
+    """A loopback server that takes connections and never says a word, as a database host
+    behind a firewall dropping packets, or a server stuck starting, looks to a client;
+    connections to it are given up on after a second instead of ten."""
+    monkeypatch.setattr(db, "CONNECT_TIMEOUT_S", 1)
+    with Trickling(b"", lambda: itertools.repeat(b""), pause_s=0.1) as silent:
+        yield f"postgresql+psycopg://directory@127.0.0.1:{silent.port}/directory"
+
+
+@pytest.mark.timeout(60)  # libpq waits for ever by default: the probe never answered
+def test_readyz_answers_503_when_the_database_says_nothing(silent_database):
+    app, client = _client_for(silent_database)
+    try:
+        response = client.get("/readyz")
+    finally:
+        app.extensions["directory"].close()
+
+    assert response.status_code == 503
+    assert response.json["status"] == "database unreachable"

@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 
 import pytest
+from sqlalchemy import text
 
 from directory import create_app
 from tests.factories import ad_payload
+from tests.waits import wait_for_a_lock_wait
 
 ACCESS_LOGGER = "directory.access"
 GENERATED_REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -148,3 +151,41 @@ def test_log_never_contains_any_part_of_the_request_body(client, portal, caplog,
     assert line["status"] == 201
     for fragment in ("Zanzibar", "quokka lessons", "Marmalade", "m-secret-4242"):
         assert fragment not in caplog.text
+
+
+def test_a_failing_statement_is_logged_without_the_values_it_carried(
+    client, wiring, make_portal, caplog
+):
+    from tests.api.test_relay import contact, publish
+
+    advertiser = make_portal(slug="sel-lyon", name="SEL de Lyon")
+    writer = make_portal(slug="lets-bristol", name="Bristol LETS")
+    ad_id = publish(client, advertiser)
+    body, member = "Meet me at 12 Rue Secrète, door code 4471", "m-private-handle-93"
+    caplog.set_level(logging.INFO)
+    answered = []
+    with wiring.engine.connect() as holder:
+        # Messages can be read but not written: the relay's insert waits, and is then cut
+        # off as by a database restart, carrying the message.
+        holder.execute(text("LOCK TABLE messages IN SHARE MODE"))
+        writing = threading.Thread(
+            target=lambda: answered.append(contact(client, writer, ad_id, member=member, body=body))
+        )
+        writing.start()
+        try:
+            wait_for_a_lock_wait(wiring, what="the message's insert")
+            holder.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            )
+        finally:
+            holder.rollback()
+            writing.join(timeout=60)
+
+    ((response,),) = [answered]
+    assert response.status_code == 503, response.json
+    assert "database unavailable" in caplog.text  # logged, with its traceback...
+    assert body not in caplog.text  # ...but not the message it was writing
+    assert member not in caplog.text
