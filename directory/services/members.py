@@ -15,7 +15,13 @@ from sqlalchemy.orm import Session
 
 from directory.models import Ad, SyncSession, SyncSessionItem, SyncStatus
 from directory.services import relay
-from directory.services.ads import MAX_BATCH_ITEMS, Delete, Lifetimes, apply_changes
+from directory.services.ads import (
+    MAX_BATCH_ITEMS,
+    Delete,
+    Lifetimes,
+    apply_changes,
+    lock_portal_writes,
+)
 
 
 @dataclass(frozen=True)
@@ -33,7 +39,22 @@ def erase_member(session: Session, *, portal_id: int, member: str, lifetimes: Li
     - in each conversation they are a party to, every message goes, with its delivery,
       and their handle and name (services/relay.py erase_member_conversations);
     - their ads staged in the portal's open sync sessions are dropped: a commit then
-      treats them as omitted, which deletes nothing more."""
+      treats them as omitted, which deletes nothing more; what committed or aborted
+      sessions still hold of them until housekeeping purges it goes too.
+
+    Whatever writes for the member and is under way ends first, and nothing starts until
+    this transaction ends: an ad write or a sync commit that created the member's ads
+    after the ads below were listed would leave them published (and a commit read its
+    staged ads before they were dropped). The locks are taken in the order those writers
+    take theirs, so that none deadlocks with the erasure: the member's openings (a
+    contact they are making, relay.open_conversation), the portal's open sync sessions
+    (a staging or a commit under way, services/sync.py), then the portal's write lock,
+    alone, as a commit holds it."""
+    relay.lock_member_openings(session, portal_id=portal_id, member=member)
+    portal_sessions = select(SyncSession.id).where(SyncSession.portal_id == portal_id)
+    open_sessions = portal_sessions.where(SyncSession.status == SyncStatus.OPEN)
+    session.execute(open_sessions.order_by(SyncSession.id).with_for_update())
+    lock_portal_writes(session, portal_id, exclusive=True)
     ads_deleted = 0
     external_ids = list(
         session.scalars(
@@ -51,15 +72,22 @@ def erase_member(session: Session, *, portal_id: int, member: str, lifetimes: Li
     # After the ads: a contact made meanwhile held its ad (key share) until it committed,
     # so its conversation is among those erased now.
     conversations = relay.erase_member_conversations(session, portal_id=portal_id, member=member)
-    open_sessions = select(SyncSession.id).where(
-        SyncSession.portal_id == portal_id, SyncSession.status == SyncStatus.OPEN
-    )
+    of_member = SyncSessionItem.data["member"].astext == member
     staged = session.execute(
         delete(SyncSessionItem).where(
-            SyncSessionItem.session_id.in_(open_sessions.scalar_subquery()),
-            SyncSessionItem.data["member"].astext == member,
+            SyncSessionItem.session_id.in_(open_sessions.scalar_subquery()), of_member
         )
     ).rowcount
+    # A finished session keeps its items until housekeeping: not counted, as they would
+    # not have been published again, but they hold the member's handle and words.
+    session.execute(
+        delete(SyncSessionItem).where(
+            SyncSessionItem.session_id.in_(
+                portal_sessions.where(SyncSession.status != SyncStatus.OPEN).scalar_subquery()
+            ),
+            of_member,
+        )
+    )
     return Erasure(
         ads_deleted=ads_deleted,
         conversations_ended=conversations.conversations,

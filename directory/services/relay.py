@@ -127,7 +127,7 @@ def open_conversation(
     unexpired, and accept contact."""
     # Openings by one member wait for each other: a retry racing its original finds it
     # (below), and two openings cannot both pass the limits.
-    _lock_member_openings(session, portal_id=sender.id, member=member)
+    lock_member_openings(session, portal_id=sender.id, member=member)
     if idempotency_key is not None:
         replay = _replayed(
             session,
@@ -288,7 +288,7 @@ def block_conversation(
         conversation.blocked_by = role
 
 
-def _lock_member_openings(session: Session, *, portal_id: int, member: str) -> None:
+def lock_member_openings(session: Session, *, portal_id: int, member: str) -> None:
     """Until the transaction ends, the member opens no other conversation."""
     session.execute(
         text("SELECT pg_advisory_xact_lock(:namespace, hashtext(:key))"),
@@ -928,7 +928,7 @@ def erase_member_conversations(
     conversation stays with its aliases, so that the other party's portal reads that it
     ended (party_erased), and the limits on new conversations still count it."""
     # An opening by the member under way is erased with the rest; one after is new.
-    _lock_member_openings(session, portal_id=portal_id, member=member)
+    lock_member_openings(session, portal_id=portal_id, member=member)
     conversation_ids = list(
         session.scalars(_ERASE_MEMBER, {"portal_id": portal_id, "member": member})
     )

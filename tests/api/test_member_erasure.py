@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import uuid
 
 import pytest
 from sqlalchemy import select, text
 
 from directory import create_app
+from directory.api.ads.schemas import AdPutSchema
 from directory.db import unit_of_work
 from directory.models import Delivery
-from directory.services import members
+from directory.services import ads, members, sync
 from tests.factories import ad_payload
 from tests.waits import wait_for_a_lock_wait
 
@@ -445,3 +447,116 @@ def test_an_erasure_is_not_json_refused(client, advertiser):
         ERASURES, data="member=m-1", headers=advertiser.headers | {"Content-Type": "text/plain"}
     )
     assert response.status_code == 415, response.json
+
+
+def test_the_erased_members_ads_staged_in_a_committed_session_go_too(client, wiring, advertiser):
+    # A committed session's items stay until housekeeping purges them: they hold the
+    # member's handle and words as much as an open one's.
+    session_id = client.post("/v1/sync-sessions", headers=advertiser.headers).json["id"]
+    staged = client.post(
+        f"/v1/sync-sessions/{session_id}/items",
+        json={"items": [{"external_id": "piano", "ad": ad_payload(member=ERASED)}]},
+        headers=advertiser.headers,
+    )
+    assert staged.status_code == 200, staged.json
+    committed = client.post(f"/v1/sync-sessions/{session_id}/commit", headers=advertiser.headers)
+    assert committed.status_code == 200, committed.json
+
+    erased = erase(client, advertiser)
+
+    assert erased.json["ads_deleted"] == 1, erased.json
+    assert rows_naming(wiring, ERASED) == {}
+    # The commit's answer, asked again, is as it was.
+    again = client.post(f"/v1/sync-sessions/{session_id}/commit", headers=advertiser.headers)
+    assert (again.status_code, again.json) == (200, committed.json)
+
+
+def test_ads_a_sync_commit_under_way_publishes_for_the_member_are_erased_too(
+    app, client, wiring, advertiser
+):
+    publish(client, advertiser, "violin", member=ERASED)
+    session_id = client.post("/v1/sync-sessions", headers=advertiser.headers).json["id"]
+    staged = client.post(
+        f"/v1/sync-sessions/{session_id}/items",
+        json={
+            "items": [
+                {"external_id": "violin", "ad": ad_payload(member=ERASED)},
+                {"external_id": "piano", "ad": ad_payload(member=ERASED)},
+            ]
+        },
+        headers=advertiser.headers,
+    )
+    assert staged.status_code == 200, staged.json
+    answers = []
+    with unit_of_work(wiring.session_factory) as committing:
+        sync.commit(
+            committing,
+            portal_id=advertiser.id,
+            session_id=uuid.UUID(session_id),
+            lifetimes=wiring.lifetimes,
+        )
+        eraser = threading.Thread(
+            target=lambda: answers.append(erase(app.test_client(), advertiser))
+        )
+        eraser.start()
+        wait_for_a_lock_wait(wiring, what="the erasure")
+    eraser.join(30)
+    (answer,) = answers
+    assert answer.status_code == 200, answer.json
+    # Whichever came first, the commit's ads are the erased member's: none is left.
+    assert client.get("/v1/portals/me/ads", headers=advertiser.headers).json["items"] == []
+    assert client.get("/v1/search?q=bicycle").json["hits"] == []
+    assert rows_naming(wiring, ERASED) == {}
+
+
+def test_an_ad_written_for_the_member_while_the_erasure_starts_is_erased_too(
+    app, client, wiring, advertiser
+):
+    publish(client, advertiser, "violin", member=ERASED)
+    answers = []
+    with unit_of_work(wiring.session_factory) as writing:
+        ads.upsert_ad(
+            writing,
+            portal_id=advertiser.id,
+            external_id="piano",
+            ad=AdPutSchema().load(ad_payload(member=ERASED)),
+            lifetimes=wiring.lifetimes,
+        )
+        eraser = threading.Thread(
+            target=lambda: answers.append(erase(app.test_client(), advertiser))
+        )
+        eraser.start()
+        wait_for_a_lock_wait(wiring, what="the erasure")
+    eraser.join(30)
+    (answer,) = answers
+    assert answer.status_code == 200, answer.json
+    assert answer.json["ads_deleted"] == 2
+    assert client.get("/v1/portals/me/ads", headers=advertiser.headers).json["items"] == []
+    assert rows_naming(wiring, ERASED) == {}
+
+
+def test_ads_staged_for_the_member_while_the_erasure_starts_are_dropped_too(
+    app, client, wiring, advertiser
+):
+    session_id = client.post("/v1/sync-sessions", headers=advertiser.headers).json["id"]
+    answers = []
+    with unit_of_work(wiring.session_factory) as staging:
+        sync.stage_items(
+            staging,
+            portal_id=advertiser.id,
+            session_id=uuid.UUID(session_id),
+            items=[("piano", AdPutSchema().load(ad_payload(member=ERASED)))],
+            lifetimes=wiring.lifetimes,
+            max_items=10,
+        )
+        eraser = threading.Thread(
+            target=lambda: answers.append(erase(app.test_client(), advertiser))
+        )
+        eraser.start()
+        wait_for_a_lock_wait(wiring, what="the erasure")
+    eraser.join(30)
+    (answer,) = answers
+    assert answer.json["staged_ads_dropped"] == 1, answer.json
+    committed = client.post(f"/v1/sync-sessions/{session_id}/commit", headers=advertiser.headers)
+    assert committed.status_code == 200, committed.json
+    assert client.get("/v1/portals/me/ads", headers=advertiser.headers).json["items"] == []
