@@ -201,6 +201,23 @@ def _short_of(scripts, revision: str, reached: str | None) -> bool:
     return (None if script is None else script.revision) != reached
 
 
+def _check_schema() -> None:
+    """Stops a command that would work on the database for long (the worker) while its
+    schema is behind this release's: each of its jobs would fail at the first statement
+    naming what a pending migration adds, and again at each retry. A later release's
+    schema is fine, as for /readyz: migrations are backward compatible."""
+    from directory.services.health import readiness
+
+    with _transaction() as session:
+        state = readiness(session)
+    if state["status"] != "ok":
+        raise click.ClickException(
+            f"the database is at migration {state['migration'] or '(none)'}, and this release "
+            f"needs {state['expected_migration']}: run `directory migrate` first, or check "
+            "DIRECTORY_DATABASE_URL"
+        )
+
+
 def _check_feed_order() -> None:
     """Stops a command on a database whose change feed this cluster cannot continue
     (restored into a new cluster: services.feed.transaction_ids_gone_back)."""
@@ -231,6 +248,7 @@ def worker(once: bool) -> None:
 
     settings = _settings()
     configure_logging(settings.log_level)
+    _check_schema()
     _check_feed_order()
     with _wiring() as wiring:
         succeeded = worker_module.run(wiring, once=once)
@@ -256,6 +274,7 @@ def reindex() -> None:
             "itself and has no index to rebuild"
         )
     configure_logging(settings.log_level)
+    _check_schema()
     with _wiring() as wiring:
         try:
             count = indexing.rebuild(wiring, progress=True)

@@ -800,3 +800,34 @@ def test_a_database_that_says_nothing_stops_the_command_clearly(run, monkeypatch
     assert isinstance(result.exception, SystemExit), result.exception
     assert result.exit_code == 1
     assert result.output.startswith("Error: database error: connection timeout expired")
+
+
+def test_worker_refuses_a_database_a_migration_behind_this_release(
+    run, empty_database_url, restore_signal_handlers
+):
+    scripts = ScriptDirectory.from_config(alembic_config(empty_database_url))
+    head = scripts.get_current_head()
+    previous = scripts.get_revision(head).down_revision
+    env = {"DIRECTORY_DATABASE_URL": empty_database_url}
+    assert run("migrate", "--revision", previous, env=env).exit_code == 0
+
+    result = run("worker", "--once", env=env)
+
+    # It started, and its jobs met the missing columns one statement at a time.
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code == 1
+    assert result.output.startswith(
+        f"Error: the database is at migration {previous}, and this release needs {head}: "
+        "run `directory migrate` first"
+    )
+
+
+def test_worker_runs_on_a_database_a_later_release_migrated(
+    run_ok, empty_database_url, restore_signal_handlers
+):
+    env = {"DIRECTORY_DATABASE_URL": empty_database_url}
+    run_ok("migrate", env=env)
+    with psycopg.connect(libpq_url(empty_database_url), autocommit=True) as connection:
+        connection.execute("UPDATE alembic_version SET version_num = 'ffff_later'")
+
+    run_ok("worker", "--once", env=env)
