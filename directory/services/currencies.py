@@ -149,6 +149,19 @@ def _unknown_message(session: Session, unknown: list[str], portal: Portal | None
     )
 
 
+@dataclass(frozen=True)
+class Registration:
+    currency: CurrencyInfo
+    # False: the portal had registered it already, identically (a registration sent
+    # again after its answer was lost), and nothing changed.
+    created: bool
+
+
+# What a registration says of a currency besides its code: a registration sent again is
+# answered as the first was only when all of them are the same.
+REGISTERED_ATTRIBUTES = ("name", "symbol", "value_hours", "value_amount", "value_currency")
+
+
 def register_currency(
     session: Session,
     *,
@@ -159,15 +172,32 @@ def register_currency(
     value_hours: Decimal | None = None,
     value_amount: Decimal | None = None,
     value_currency: str | None = None,
-) -> CurrencyInfo:
-    """Register a community currency; `code` is the short code, namespaced here."""
-    # Locked, so that two registrations at once cannot both pass the count.
+) -> Registration:
+    """Register a community currency; `code` is the short code, namespaced here. The
+    same registration sent again (its answer was lost) registers nothing and answers
+    the currency as it is; a registration of the code with other attributes is refused."""
+    # Locked, so that two registrations at once cannot both pass the count, and the
+    # second of two identical ones finds the first's currency.
     portal = session.get_one(Portal, portal_id, with_for_update=True)
     if not COMMUNITY_CODE.fullmatch(code):
         raise InvalidInput(
             "code must be 2 to 12 capital letters or digits, starting with a letter",
             field="code",
         )
+    _check_value(value_amount, value_currency, value_hours)
+    full_code = f"{portal.slug}:{code}"
+    asked = {
+        "name": name,
+        "symbol": symbol,
+        "value_hours": value_hours,
+        "value_amount": value_amount,
+        "value_currency": value_currency,
+    }
+    existing = session.get(Currency, full_code)
+    if existing is not None:
+        # Before the count: the registration that reached the limit, sent again,
+        # registers nothing more.
+        return Registration(_registered_already(existing, portal, asked), created=False)
     registered = session.scalar(
         select(func.count()).select_from(Currency).where(Currency.portal_id == portal.id)
     )
@@ -178,17 +208,7 @@ def register_currency(
             field="code",
             code="too_many_currencies",
         )
-    full_code = f"{portal.slug}:{code}"
-    _check_value(value_amount, value_currency, value_hours)
-    currency = Currency(
-        code=full_code,
-        portal_id=portal.id,
-        name=name,
-        symbol=symbol,
-        value_hours=value_hours,
-        value_amount=value_amount,
-        value_currency=value_currency,
-    )
+    currency = Currency(code=full_code, portal_id=portal.id, **asked)
     add_unique(
         session,
         currency,
@@ -197,7 +217,23 @@ def register_currency(
         },
     )
     session.refresh(currency)  # the values as stored (numeric scale applied)
-    return _community_info(currency, portal.slug)
+    return Registration(_community_info(currency, portal.slug), created=True)
+
+
+def _registered_already(existing: Currency, portal: Portal, asked: dict) -> CurrencyInfo:
+    """The currency registered already, if `asked` registers it again identically."""
+    if existing.portal_id != portal.id:  # cannot be while slugs never change
+        raise Conflict(f"currency {existing.code} is registered already", field="code")
+    # Decimals compare by value: "1.5" asks for what is stored as 1.500000.
+    differing = [name for name in REGISTERED_ATTRIBUTES if getattr(existing, name) != asked[name]]
+    if differing:
+        raise Conflict(
+            f"currency {existing.code} is registered already, with another "
+            f"{' and '.join(differing)}; a registration sent again succeeds only when it "
+            f"is the same: change the currency with PATCH /v1/currencies/{existing.code}",
+            field="code",
+        )
+    return _community_info(existing, portal.slug)
 
 
 def _check_value(

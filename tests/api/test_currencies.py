@@ -1,9 +1,27 @@
 from __future__ import annotations
 
-import pytest
+import threading
+from decimal import Decimal
 
+import pytest
+from sqlalchemy import select
+
+from directory.db import unit_of_work
+from directory.models import Currency
+from directory.services import currencies
 from directory.services.currencies import MAX_CURRENCIES_PER_PORTAL
 from tests.factories import ad_payload
+from tests.waits import wait_for_a_lock_wait
+
+TALENT = {
+    "code": "TALENT",
+    "name": "Talent",
+    "symbol": "T",
+    "value_hours": "0.5",
+    "value_amount": "10.00",
+    "value_currency": "EUR",
+}
+STORED = ("name", "symbol", "value_hours", "value_amount", "value_currency", "updated_at")
 
 
 def test_the_registry_lists_iso_codes_hours_gift_and_barter(client):
@@ -177,3 +195,123 @@ def test_a_portal_registers_at_most_twenty_currencies_and_may_replace_one(client
         client.delete(f"/v1/currencies/{portal.slug}:T0", headers=portal.headers).status_code == 204
     )
     assert register("ONEMORE").status_code == 201
+
+
+def _stored(wiring, code: str) -> tuple:
+    with unit_of_work(wiring.session_factory) as session:
+        row = session.scalar(select(Currency).where(Currency.code == code))
+        return tuple(getattr(row, name) for name in STORED)
+
+
+def test_a_registration_sent_again_identically_answers_200_and_changes_nothing(
+    client, wiring, portal
+):
+    """Its answer lost, a portal sends the same registration again: it was told 409
+    "registered already", as if it had asked for something else."""
+    first = client.post("/v1/currencies", json=TALENT, headers=portal.headers)
+    assert first.status_code == 201, first.json
+    stored = _stored(wiring, first.json["code"])
+
+    # Decimals spelt otherwise are the same values.
+    again = client.post(
+        "/v1/currencies", json={**TALENT, "value_hours": "0.500"}, headers=portal.headers
+    )
+
+    assert again.status_code == 200, again.json
+    assert again.json == first.json
+    assert again.headers["Location"] == first.headers["Location"]
+    assert _stored(wiring, first.json["code"]) == stored
+    listed = client.get(f"/v1/currencies?portal={portal.slug}").json["currencies"]
+    assert listed == [first.json]
+
+
+def test_a_registration_sent_again_at_the_limit_of_currencies_answers_200(client, portal):
+    for number in range(MAX_CURRENCIES_PER_PORTAL - 1):
+        payload = {"code": f"T{number}", "name": "Talent"}
+        assert (
+            client.post("/v1/currencies", json=payload, headers=portal.headers).status_code == 201
+        )
+    assert client.post("/v1/currencies", json=TALENT, headers=portal.headers).status_code == 201
+
+    again = client.post("/v1/currencies", json=TALENT, headers=portal.headers)
+
+    assert again.status_code == 200, again.json
+
+
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [
+        pytest.param({"name": "Talents"}, "name", id="name"),
+        pytest.param({"symbol": None}, "symbol", id="symbol-left-out"),
+        pytest.param({"value_hours": "0.25"}, "value_hours", id="value-hours"),
+        pytest.param(
+            {"value_amount": "12.00", "value_currency": "GBP"},
+            "value_amount and value_currency",
+            id="value-amount-and-currency",
+        ),
+    ],
+)
+def test_the_code_registered_again_with_other_attributes_is_refused_naming_them(
+    client, wiring, portal, changes, named
+):
+    first = client.post("/v1/currencies", json=TALENT, headers=portal.headers)
+    stored = _stored(wiring, first.json["code"])
+    payload = {key: value for key, value in {**TALENT, **changes}.items() if value is not None}
+
+    refused = client.post("/v1/currencies", json=payload, headers=portal.headers)
+
+    assert refused.status_code == 409, refused.json
+    assert refused.json["error"] == "conflict"
+    assert refused.json["errors"] == {"json": {"code": [refused.json["message"]]}}
+    assert f"registered already, with another {named};" in refused.json["message"]
+    assert f"PATCH /v1/currencies/{portal.slug}:TALENT" in refused.json["message"]
+    assert _stored(wiring, first.json["code"]) == stored
+
+
+def test_another_portal_registering_the_same_code_registers_its_own(client, portal, other_portal):
+    """Codes are namespaced by portal: another portal never meets the first's currency,
+    identical or not."""
+    first = client.post("/v1/currencies", json=TALENT, headers=portal.headers)
+
+    other = client.post("/v1/currencies", json=TALENT, headers=other_portal.headers)
+
+    assert other.status_code == 201, other.json
+    assert (first.json["code"], other.json["code"]) == (
+        f"{portal.slug}:TALENT",
+        f"{other_portal.slug}:TALENT",
+    )
+    assert client.get(f"/v1/currencies/{portal.slug}:TALENT").json == first.json
+
+
+def test_two_identical_registrations_at_once_create_one_currency_and_both_succeed(
+    app, client, wiring, portal
+):
+    """A client retrying a registration whose first try is still running: the retry
+    waits for the first, then finds its currency (it used to get 409)."""
+    answers = []
+    with unit_of_work(wiring.session_factory) as first:
+        created = currencies.register_currency(
+            first,
+            portal_id=portal.id,
+            code="TALENT",
+            name="Talent",
+            symbol="T",
+            value_hours=Decimal("0.5"),
+            value_amount=Decimal("10.00"),
+            value_currency="EUR",
+        )
+        racer = threading.Thread(
+            target=lambda: answers.append(
+                app.test_client().post("/v1/currencies", json=TALENT, headers=portal.headers)
+            )
+        )
+        racer.start()
+        wait_for_a_lock_wait(wiring, what="the racing registration")
+    racer.join(30)
+
+    (answer,) = answers
+    assert answer.status_code == 200, answer.json
+    assert created.created
+    assert answer.json["code"] == created.currency.code
+    listed = client.get(f"/v1/currencies?portal={portal.slug}").json["currencies"]
+    assert [currency["code"] for currency in listed] == [f"{portal.slug}:TALENT"]

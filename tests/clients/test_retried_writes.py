@@ -68,6 +68,21 @@ def test_a_currency_deletion_retried_after_its_answer_was_lost_succeeds(proxy, l
     assert direct.list_currencies(kind="community").currencies == []
 
 
+def test_a_currency_registration_whose_answer_was_lost_is_retried_and_tells_the_currency(
+    proxy, lossy, direct, portal
+):
+    proxy.lose_next_answer("POST", "/v1/currencies")
+
+    registered = lossy.register_currency({"code": "TALENT", "name": "Talent", "symbol": "T"})
+
+    assert [(f.method, f.answer_lost) for f in proxy.forwarded] == [
+        ("POST", True),
+        ("POST", False),
+    ]
+    assert (registered.code, registered.symbol) == (f"{portal.slug}:TALENT", "T")
+    assert direct.list_currencies(kind="community").currencies == [registered]
+
+
 def test_a_rotation_whose_answer_was_lost_is_retried_without_rotating_twice(proxy, lossy, direct):
     held = direct.get_webhook_secret().secret  # what the portal's receiver verifies with
     proxy.lose_next_answer("POST", "/v1/portals/me/webhook-secret")

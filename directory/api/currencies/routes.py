@@ -23,6 +23,7 @@ from directory.services.currencies import MAX_CURRENCIES_PER_PORTAL
 
 blp = Blueprint("currencies", __name__, url_prefix="/v1", description="Currency registry")
 
+CURRENCY_LOCATION = "Where the currency can be read (a path on this directory)"
 CODE = {
     "in": "path",
     "name": "code",
@@ -45,10 +46,17 @@ class Currencies(MethodView):
     @blp.arguments(CurrencyCreateSchema)
     @blp.response(201, CurrencySchema, headers=LOCATION_HEADER)
     @blp.alt_response(
+        200,
+        schema=CurrencySchema,
+        headers={"Location": {**LOCATION_HEADER["Location"], "description": CURRENCY_LOCATION}},
+        description="The portal had registered this currency already, identically: a "
+        "registration sent again after its answer was lost; nothing changed",
+    )
+    @blp.alt_response(
         409,
         schema=ErrorSchema,
-        description="The portal has registered that code already, or "
-        f"{MAX_CURRENCIES_PER_PORTAL} currencies (too_many_currencies)",
+        description="The portal has registered that code already with other attributes, "
+        f"or {MAX_CURRENCIES_PER_PORTAL} currencies (too_many_currencies)",
     )
     @blp.doc(operationId="registerCurrency", security=BEARER_AUTH)
     def post(self, data):
@@ -56,11 +64,15 @@ class Currencies(MethodView):
 
         Its code is namespaced by the portal: TALENT registered by portal `brixton`
         becomes `brixton:TALENT`. A portal registers at most 20 (delete one it no longer
-        uses to register another)."""
+        uses to register another). The same registration sent again (its answer was
+        lost) is answered 200 with the currency and changes nothing; the code sent again
+        with another name, symbol or value is refused (409: change it with PATCH)."""
         with transaction() as session:
             portal = require_portal(session)
-            currency = currencies.register_currency(session, portal_id=portal.id, **data)
-        return currency, 201, location_of("currencies.CurrencyByCode", code=currency.code)
+            registration = currencies.register_currency(session, portal_id=portal.id, **data)
+        currency = registration.currency
+        status = 201 if registration.created else 200
+        return currency, status, location_of("currencies.CurrencyByCode", code=currency.code)
 
 
 def _code(code: str) -> str:

@@ -13,9 +13,9 @@ is quoted as one whole segment (empty, "." and ".." raise ValueError). Requests 
 change something are tried once unless they are safe to repeat: PUT and DELETE, and POSTs
 that the API makes repeatable (an expiry, an inbox acknowledgement, a block, a relay
 message carrying an idempotency key, a webhook secret rotation, which always carries
-one, a sync session's staging and commit); never one made conditional with `if_match` or
-`if_none_match`, whose repeat would fail its own condition once the first try was
-applied."""
+one, a currency registration, a sync session's staging and commit); never one made
+conditional with `if_match` or `if_none_match`, whose repeat would fail its own
+condition once the first try was applied."""
 
 from __future__ import annotations
 
@@ -454,7 +454,11 @@ class DirectoryClient:
     def register_currency(
         self, currency: models.CurrencyCreate | Mapping[str, Any]
     ) -> models.Currency1:
-        return self._call("POST", "/v1/currencies", models.Currency1, body=currency)
+        """Register a community currency; the same registration repeated after a lost
+        answer is answered with the currency (200), so a repeat is harmless."""
+        return self._call(
+            "POST", "/v1/currencies", models.Currency1, body=currency, repeatable=True
+        )
 
     def get_currency(self, code: str) -> models.Currency1:
         return self._call("GET", f"/v1/currencies/{_segment('code', code)}", models.Currency1)
