@@ -560,3 +560,36 @@ def test_ads_staged_for_the_member_while_the_erasure_starts_are_dropped_too(
     committed = client.post(f"/v1/sync-sessions/{session_id}/commit", headers=advertiser.headers)
     assert committed.status_code == 200, committed.json
     assert client.get("/v1/portals/me/ads", headers=advertiser.headers).json["items"] == []
+
+
+def test_a_member_with_more_conversations_than_a_statement_takes_parameters_is_erased(
+    client, wiring, advertiser, writer_portal
+):
+    # PostgreSQL takes at most 65,535 parameters a statement: a popular advertiser's
+    # year of conversations (or a closing portal's) is more.
+    ad_id = publish(client, advertiser, "piano", member=ERASED)
+    contact(client, writer_portal, ad_id, body="The one with words")
+    with unit_of_work(wiring.session_factory) as session:
+        session.execute(
+            text(
+                "INSERT INTO conversations (id, ad_id, ad_title, initiator_portal_id,"
+                " initiator_member, initiator_alias, initiator_name, recipient_portal_id,"
+                " recipient_member, recipient_alias, message_count, created_at,"
+                " last_message_at) SELECT gen_random_uuid(), :ad, 'Piano', :writer,"
+                " 'm-' || n, 'member-a' || n, 'Anna', :advertiser, :erased, 'member-b' || n,"
+                " 0, now(), now() FROM generate_series(1, 66000) AS n"
+            ),
+            {
+                "ad": ad_id,
+                "writer": writer_portal.id,
+                "advertiser": advertiser.id,
+                "erased": ERASED,
+            },
+        )
+
+    erased = erase(client, advertiser)
+
+    assert erased.status_code == 200, erased.json["message"]
+    assert erased.json["conversations_ended"] == 66001
+    assert erased.json["messages_deleted"] == 1
+    assert rows_naming(wiring, ERASED) == {}
