@@ -48,6 +48,10 @@ MEILISEARCH_INDEX_MAX_CHARS = 64
 LONGEST_RATE_LIMIT_WINDOW_S = 366 * 24 * 3600
 # What a number setting may look like: 10, 0.5, 2e3, and inf or nan to be refused by range.
 FLOAT_PATTERN = r"[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?|[-+]?(inf|nan)"
+# A delivery's lease must outlast its sending (webhooks.delivery.TOTAL_TIMEOUT_S, 15 s,
+# name resolution included) and its recording, in the deliverer's next round. Tests run
+# the worker with shorter leases (and senders) to see dead workers replaced in seconds.
+MIN_PRODUCTION_DELIVERY_LEASE_S = 30
 # A shorter metrics token could be guessed by trying.
 METRICS_TOKEN_MIN_CHARS = 32
 
@@ -194,6 +198,13 @@ class Settings:
                 raise SettingsError(
                     "DIRECTORY_DELIVERY_GIVE_UP_AFTER_HOURS must be at least 72 in production "
                     "(a portal down over a weekend must still get its messages)"
+                )
+            if self.delivery_lease_s < MIN_PRODUCTION_DELIVERY_LEASE_S:
+                raise SettingsError(
+                    "DIRECTORY_DELIVERY_LEASE_S must be at least "
+                    f"{MIN_PRODUCTION_DELIVERY_LEASE_S} in production: a webhook may take "
+                    "15 s to send, and a delivery whose lease ends meanwhile is claimed and "
+                    "sent again while the first sending goes on"
                 )
         if self.metrics_token and not re.fullmatch(
             rf"[\x21-\x7e]{{{METRICS_TOKEN_MIN_CHARS},200}}", self.metrics_token

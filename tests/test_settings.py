@@ -15,11 +15,13 @@ from directory.db import unit_of_work
 from directory.search.indexing import load_position, store_position
 from directory.settings import (
     MEILISEARCH_INDEX_MAX_CHARS,
+    MIN_PRODUCTION_DELIVERY_LEASE_S,
     NUMERIC_RANGES,
     Settings,
     SettingsError,
 )
-from directory.worker import Deliverer, housekeeping
+from directory.webhooks.delivery import TOTAL_TIMEOUT_S as WEBHOOK_TOTAL_TIMEOUT_S
+from directory.worker import DELIVERY_POLL_S, Deliverer, housekeeping
 
 URL = "postgresql+psycopg://directory@db.example:5432/directory"
 FLOAT_SETTINGS = [field.name for field in dataclasses.fields(Settings) if field.type == "float"]
@@ -506,3 +508,13 @@ def test_from_env_refuses_a_value_that_would_fail_or_mislead_once_used(environ, 
 )
 def test_from_env_accepts_the_forms_libpq_and_redis_read(environ):
     Settings.from_env(environ)
+
+
+def test_production_leases_a_delivery_for_longer_than_sending_it_takes():
+    # A lease that ends while the webhook is still being sent lets the next round (of
+    # this worker or another) claim the delivery and send it again meanwhile.
+    with pytest.raises(SettingsError, match="DIRECTORY_DELIVERY_LEASE_S must be at least 30"):
+        Settings.from_env({**PRODUCTION, "DIRECTORY_DELIVERY_LEASE_S": "5"})
+    settings = Settings.from_env({**PRODUCTION, "DIRECTORY_DELIVERY_LEASE_S": "30"})
+    assert settings.delivery_lease_s == MIN_PRODUCTION_DELIVERY_LEASE_S == 30
+    assert MIN_PRODUCTION_DELIVERY_LEASE_S > WEBHOOK_TOTAL_TIMEOUT_S + DELIVERY_POLL_S
