@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import psycopg
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from directory import Wiring
@@ -45,6 +46,9 @@ EXPIRED_PURGE_INTERVAL_S = 600
 # Pages of the feed per indexing round, so a long backlog still lets the other jobs run.
 INDEXING_PAGES_PER_ROUND = 20
 MAX_BACKOFF_S = 300
+# The deliverer and its listener try the database again at least this often while it is
+# away, so messages flow again within about this long of its return, not minutes later.
+DELIVERY_MAX_BACKOFF_S = 30
 # Webhooks in flight at once: most of their time is spent waiting on portals' answers.
 DELIVERY_THREADS = 16
 # Deliveries are looked for at least this often without a notification.
@@ -71,20 +75,41 @@ class Job:
             return
         try:
             self.run(wiring)
-        except Exception:
+        except Exception as error:
             self.failures += 1
             delay = min(
                 self.interval_s * 2 ** (self.failures - 1), max(MAX_BACKOFF_S, self.interval_s)
             )
             # Jitter: workers that failed together do not all retry together.
             delay *= random.uniform(0.75, 1.25)
-            log.exception(
-                "%s failed (%d in a row); next try in %.0f s", self.name, self.failures, delay
-            )
+            if isinstance(error, OperationalError):
+                log.warning(
+                    "%s failed (%d in a row), the database is unavailable: %s; next try in %.0f s",
+                    self.name,
+                    self.failures,
+                    first_line(error.orig),
+                    delay,
+                )
+            else:
+                log.exception(
+                    "%s failed (%d in a row); next try in %.0f s", self.name, self.failures, delay
+                )
             self.due_at = time.monotonic() + delay
         else:
             self.failures = 0
             self.due_at = time.monotonic() + self.interval_s
+
+
+def delivery_backoff_s(failures: int) -> float:
+    """How long the deliverer, or its listener, waits after `failures` failed tries in a
+    row: doubling from the poll interval, at most DELIVERY_MAX_BACKOFF_S, jittered so that
+    workers that failed together do not all try again together."""
+    delay = min(DELIVERY_POLL_S * 2.0 ** min(failures, 32), DELIVERY_MAX_BACKOFF_S)
+    return delay * random.uniform(0.75, 1.25)
+
+
+def first_line(error: BaseException | None) -> str:
+    return str(error).strip().split("\n", 1)[0]
 
 
 def housekeeping(wiring: Wiring) -> None:
@@ -349,11 +374,21 @@ class Deliverer:
             try:
                 more_due = self.deliver_due()
                 self.failures = 0
-            except Exception:
+            except Exception as error:
                 self.failures += 1
-                delay = min(DELIVERY_POLL_S * 2**self.failures, MAX_BACKOFF_S)
-                log.exception("claiming deliveries failed (%d in a row)", self.failures)
-                self.stop.wait(delay * random.uniform(0.75, 1.25))
+                delay = delivery_backoff_s(self.failures)
+                if isinstance(error, OperationalError):
+                    # The database away: one line a try, not a traceback each time.
+                    log.warning(
+                        "claiming deliveries failed (%d in a row), the database is "
+                        "unavailable: %s; again in %.0f s",
+                        self.failures,
+                        first_line(error.orig),
+                        delay,
+                    )
+                else:
+                    log.exception("claiming deliveries failed (%d in a row)", self.failures)
+                self.stop.wait(delay)
                 continue
             if more_due:
                 continue  # rather than wait for a wake-up
@@ -403,6 +438,6 @@ class Deliverer:
                             self.woken.set()
             except psycopg.Error:
                 failures += 1
-                delay = min(DELIVERY_POLL_S * 2**failures, MAX_BACKOFF_S)
+                delay = delivery_backoff_s(failures)
                 log.warning("listening for new messages failed; again in %.0f s", delay)
-                self.stop.wait(delay * random.uniform(0.75, 1.25))
+                self.stop.wait(delay)

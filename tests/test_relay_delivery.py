@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -13,7 +14,7 @@ import pytest
 from sqlalchemy import select, update
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from directory import build_wiring, create_app
+from directory import build_wiring, create_app, worker
 from directory.db import unit_of_work
 from directory.models import Delivery, DeliveryState, Portal, PortalStatus
 from directory.models.relay import MAX_MESSAGE_CHARS
@@ -21,6 +22,7 @@ from directory.services import deliveries, portals
 from directory.services.deliveries import RETRY_JITTER
 from directory.webhooks.delivery import Outcome, WebhookSender
 from directory.worker import DELIVERY_THREADS, Deliverer
+from tests.credit_commons import free_port
 from tests.factories import ad_payload
 from tests.peers import Reply, WebhookReceiver
 
@@ -647,3 +649,45 @@ def test_a_delivery_failing_after_three_days_is_failed_and_shown_so_to_both_port
     assert acked.json == {"acknowledged": 1}
     to_sender = client.get(path, headers=other_portal.headers).json["messages"][0]["delivery"]
     assert to_sender["state"] == "delivered"
+
+
+# --- the database away -------------------------------------------------------------------
+
+
+def test_the_deliverer_tries_the_database_again_within_half_a_minute_however_long_it_was_away():
+    # Doubling up to five minutes, it let messages wait up to five minutes after an
+    # outage of a few: the relay's own latency is about a second.
+    waits = [worker.delivery_backoff_s(failures) for failures in range(1, 200)]
+    assert max(waits) <= worker.DELIVERY_MAX_BACKOFF_S * 1.25
+    assert waits[0] < waits[4]  # it does back off
+
+
+def test_the_deliverer_says_in_one_line_that_the_database_is_away(migrated, caplog):
+    # A traceback at every try filled the log with about 900 lines in 100 s of outage.
+    settings = dataclasses.replace(
+        migrated, database_url=f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/none"
+    )
+    wiring = build_wiring(settings)
+    stop = threading.Event()
+    deliverer = Deliverer(wiring, stop)
+    caplog.set_level(logging.WARNING, logger=worker.log.name)
+    try:
+        deliverer.start()
+        deadline = time.monotonic() + 30
+        while not any("claiming" in record.getMessage() for record in caplog.records):
+            assert time.monotonic() < deadline, "the deliverer never said it failed"
+            time.sleep(0.05)
+        claiming = next(record for record in caplog.records if "claiming" in record.getMessage())
+        # The worker's other jobs alike.
+        caplog.clear()
+        worker.Job("housekeeping", 60, worker.housekeeping).run_if_due(wiring, 0)
+        (housekeeping,) = [r for r in caplog.records if r.getMessage().startswith("housekeeping")]
+    finally:
+        stop.set()
+        deliverer.join()
+        wiring.close()
+    for record in (claiming, housekeeping):
+        assert record.levelno == logging.WARNING
+        assert record.exc_info is None
+        assert "the database is unavailable" in record.getMessage()
+        assert "\n" not in record.getMessage()
