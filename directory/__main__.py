@@ -427,6 +427,38 @@ def portals_activate(slug: str) -> None:
     _set_status(slug, "active")
 
 
+@portals.command("close")
+@click.argument("slug")
+@click.option("--yes", is_flag=True, help="Close it without asking first")
+def portals_close(slug: str, yes: bool) -> None:
+    """Close a suspended portal for good: a community leaving the directory. Its ads,
+    resyncs, keys and profile go, and its members are erased from every conversation
+    (as eraseMember does for one); only its slug and name stay, for the other side of
+    those conversations. It cannot be reactivated."""
+    from directory.services import closing
+
+    if not yes:
+        click.confirm(
+            f"Close portal {slug} for good, deleting its ads and its members' conversations?",
+            abort=True,
+        )
+    with _wiring() as wiring:
+        from directory.db import unit_of_work
+
+        with unit_of_work(wiring.session_factory) as session:
+            closed = _domain(
+                closing.close_portal, session, portal_slug=slug, lifetimes=wiring.lifetimes
+            )
+    if closed.already_closed:
+        click.echo(f"portal {slug} was closed already: nothing changed")
+        return
+    click.echo(
+        f"portal {slug} is closed: {closed.ads_deleted} ads deleted, "
+        f"{closed.conversations_ended} conversations ended "
+        f"({closed.messages_deleted} messages deleted), {closed.keys_revoked} keys revoked"
+    )
+
+
 def _set_status(slug: str, status: str) -> None:
     from directory.models import PortalStatus
     from directory.services import portals as service

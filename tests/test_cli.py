@@ -59,14 +59,14 @@ def run(migrated, wiring, built_wirings):
     keeps that one bug from failing every other test at random."""
     runner = CliRunner()
 
-    def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
+    def invoke(*args: str, env: dict[str, str] | None = None, input: str | None = None) -> Result:
         environment = {
             "DIRECTORY_DATABASE_URL": migrated.database_url,
             "DIRECTORY_ENVIRONMENT": "test",
             **(env or {}),
         }
         try:
-            return runner.invoke(cli, list(args), env=environment)
+            return runner.invoke(cli, list(args), env=environment, input=input)
         finally:
             while built_wirings:
                 built_wirings.pop().close()
@@ -76,8 +76,8 @@ def run(migrated, wiring, built_wirings):
 
 @pytest.fixture
 def run_ok(run):
-    def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
-        result = run(*args, env=env)
+    def invoke(*args: str, env: dict[str, str] | None = None, input: str | None = None) -> Result:
+        result = run(*args, env=env, input=input)
         assert result.exit_code == 0, (result.output, result.exception)
         return result
 
@@ -477,6 +477,35 @@ def test_activate_brings_back_the_key_and_the_public_ads(run_ok, create_portal, 
     ad = client.get(f"/v1/ads/{ad_id}")
     assert ad.status_code == 200
     assert ad.json["title"] == ad_payload()["title"]
+
+
+def test_portals_close_asks_first_and_closes_a_suspended_portal_for_good(
+    run, run_ok, create_portal, client
+):
+    key = create_portal()
+    ad_id = client.put("/v1/ads/x", json=ad_payload(), headers=_bearer(key)).json["id"]
+
+    active = run("portals", "close", "cli-portal", "--yes")
+    assert active.exit_code == 1
+    assert "is active: suspend it first" in active.output
+    run_ok("portals", "suspend", "cli-portal")
+    declined = run("portals", "close", "cli-portal", input="n\n")
+    assert declined.exit_code == 1
+    assert "Aborted" in declined.output
+
+    closed = run_ok("portals", "close", "cli-portal", input="y\n")
+
+    assert "portal cli-portal is closed: 1 ads deleted" in closed.output
+    assert "1 keys revoked" in closed.output
+    assert client.get("/v1/portals/me", headers=_bearer(key)).json["error"] == "key_revoked"
+    assert client.get(f"/v1/ads/{ad_id}").status_code == 404
+    listed = json.loads(run_ok("portals", "list", "--json").output)
+    assert [(portal["slug"], portal["status"]) for portal in listed] == [("cli-portal", "closed")]
+    again = run_ok("portals", "close", "cli-portal", "--yes")
+    assert "closed already: nothing changed" in again.output
+    refused = run("portals", "activate", "cli-portal")
+    assert refused.exit_code == 1
+    assert "is closed: it left the directory for good" in refused.output
 
 
 def test_portal_command_on_an_unknown_slug_fails_clearly(run):
