@@ -14,7 +14,7 @@ from directory import create_app
 from directory.api.ads.schemas import AdPutSchema
 from directory.db import unit_of_work
 from directory.models import Delivery
-from directory.services import ads, members, sync
+from directory.services import ads, members, relay, sync
 from tests.factories import ad_payload
 from tests.waits import wait_for_a_lock_wait
 
@@ -593,3 +593,26 @@ def test_a_member_with_more_conversations_than_a_statement_takes_parameters_is_e
     assert erased.json["conversations_ended"] == 66001
     assert erased.json["messages_deleted"] == 1
     assert rows_naming(wiring, ERASED) == {}
+
+
+def test_an_erasure_and_the_members_own_contact_under_way_do_not_deadlock(
+    app, client, wiring, advertiser
+):
+    # The member writing to their own ad is refused, but only once the ad is found: the
+    # contact holds the member's opening lock, then waits for the ad's row. An erasure
+    # that deleted the ad before taking that lock waited for the contact, which waited
+    # for it: PostgreSQL broke the deadlock by failing one of them.
+    ad_id = publish(client, advertiser, "piano", member=ERASED)
+    answers = []
+    with unit_of_work(wiring.session_factory) as contacting:
+        relay.lock_member_openings(contacting, portal_id=advertiser.id, member=ERASED)
+        eraser = threading.Thread(
+            target=lambda: answers.append(erase(app.test_client(), advertiser))
+        )
+        eraser.start()
+        wait_for_a_lock_wait(wiring, what="the erasure")
+        contacting.execute(text("SELECT 1 FROM ads WHERE id = :id FOR KEY SHARE"), {"id": ad_id})
+    eraser.join(30)
+    (answer,) = answers
+    assert answer.status_code == 200, answer.json
+    assert answer.json["ads_deleted"] == 1
