@@ -4,8 +4,9 @@ Closing keeps the portal's row, with its slug and name only: the other side of i
 members' conversations still reads which community they were with, and the slug is
 never given to another portal (whose ads would pass for the old community's). Everything
 else it held goes: its ads, its members (as erase_member does for one), its staged
-resyncs, its keys, its website, contact, webhook and ledger. Its community currencies
-stay: other portals' ads may accept them, and they hold nothing personal."""
+resyncs, its keys (revoked, and no longer labelled), its website, contact, webhook and
+ledger. Its community currencies stay: other portals' ads may accept them, and they hold
+nothing personal."""
 
 from __future__ import annotations
 
@@ -71,6 +72,9 @@ def close_portal(session: Session, *, portal_slug: str, lifetimes: Lifetimes) ->
         .where(PortalKey.portal_id == portal.id, PortalKey.revoked_at.is_(None))
         .values(revoked_at=func.now())
     ).rowcount
+    # A key's label may say whose it was ("Odile's laptop"); its digest and dates are all
+    # that refusing it as revoked needs.
+    session.execute(update(PortalKey).where(PortalKey.portal_id == portal.id).values(label=None))
     _forget_profile(portal)
     portal.status = PortalStatus.CLOSED
     portal.updated_at = func.now()

@@ -215,8 +215,25 @@ def list_portals(session: Session) -> list[tuple[Portal, int, int]]:
     return [tuple(row) for row in session.execute(select(Portal, ads, keys).order_by(Portal.slug))]
 
 
+def _closed(portal_slug: str) -> Conflict:
+    return Conflict(
+        f"portal {portal_slug!r} is closed: it left the directory for good, and keeps "
+        "nothing to come back with; register a new portal",
+        field="slug",
+        code="portal_closed",
+    )
+
+
 def issue_key(session: Session, *, portal_slug: str, label: str | None = None) -> IssuedKey:
-    portal = get_portal(session, slug=portal_slug)
+    """A new key for the portal; none for a closed one (services/closing.py). Its row is
+    locked against a closing under way, whose end this then reads."""
+    portal = session.scalar(
+        select(Portal).where(Portal.slug == portal_slug).with_for_update(key_share=True)
+    )
+    if portal is None:
+        raise NotFound(f"no portal with slug {portal_slug!r}", field="slug")
+    if portal.status is PortalStatus.CLOSED:
+        raise _closed(portal_slug)
     key = generate_key()
     row = PortalKey(portal_id=portal.id, digest=key_digest(key), hint=key[:12], label=label)
     session.add(row)
@@ -252,12 +269,7 @@ def set_status(session: Session, *, portal_slug: str, status: PortalStatus) -> P
     if portal is None:
         raise NotFound(f"no portal with slug {portal_slug!r}", field="slug")
     if portal.status is PortalStatus.CLOSED:
-        raise Conflict(
-            f"portal {portal_slug!r} is closed: it left the directory for good, and keeps "
-            "nothing to come back with; register a new portal",
-            field="slug",
-            code="portal_closed",
-        )
+        raise _closed(portal_slug)
     if portal.status == status:
         return portal
     portal.status = status

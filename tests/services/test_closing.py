@@ -177,3 +177,33 @@ def test_its_website_is_free_for_another_portal_to_verify(client, wiring, leavin
 
     with unit_of_work(wiring.session_factory) as session:
         assert websites.trust_website(session, portal_id=successor.id).website_verified_at
+
+
+def test_no_key_is_issued_to_a_closed_portal(wiring, leaving):
+    suspend(wiring, "sel-closing")
+    close(wiring, "sel-closing")
+
+    with unit_of_work(wiring.session_factory) as session, pytest.raises(Conflict) as refused:
+        portals.issue_key(session, portal_slug="sel-closing", label="the new treasurer")
+    assert refused.value.code == "portal_closed"
+    with wiring.engine.connect() as connection:
+        assert (
+            connection.scalar(text("SELECT count(*) FROM portal_keys WHERE revoked_at IS NULL"))
+            == 0
+        )
+
+
+def test_a_closed_portals_keys_keep_no_label(wiring, make_portal):
+    # A label says whose key it was ("Odile's laptop"): the key's digest and dates are
+    # enough to refuse it as revoked.
+    make_portal(slug="sel-closing", name="SEL qui ferme")
+    with unit_of_work(wiring.session_factory) as session:
+        portals.issue_key(session, portal_slug="sel-closing", label="Odile Martin, treasurer")
+    suspend(wiring, "sel-closing")
+
+    assert close(wiring, "sel-closing").keys_revoked == 2
+
+    with wiring.engine.connect() as connection:
+        assert (
+            connection.scalar(text("SELECT count(*) FROM portal_keys WHERE label IS NOT NULL")) == 0
+        )
