@@ -352,10 +352,24 @@ PROFILE_FIELDS = (
 )
 
 
+def _writable_portal(session: Session, portal_id: int) -> Portal:
+    """The portal, locked, for a change by its own request. Its key was checked at the
+    request's start; a suspension or a closing committed since is seen here, under the
+    lock, so a request under way cannot change a closed portal's profile back."""
+    portal = session.get_one(Portal, portal_id, with_for_update=True)
+    if portal.status is not PortalStatus.ACTIVE:
+        raise Forbidden(
+            f"portal {portal.slug!r} is {portal.status.value}",
+            code="portal_suspended",
+            **_KEY_HEADER,
+        )
+    return portal
+
+
 def update_profile(
     session: Session, *, portal_id: int, changes: dict, allow_loopback: bool = False
 ) -> Portal:
-    portal = session.get_one(Portal, portal_id, with_for_update=True)
+    portal = _writable_portal(session, portal_id)
     unknown = set(changes) - set(PROFILE_FIELDS)
     if unknown:
         raise ValueError(f"not profile fields: {sorted(unknown)}")
@@ -477,7 +491,7 @@ def rotate_webhook_secret(
             f"overlap must be between 0 and {MAX_SECRET_OVERLAP.days * 24} hours",
             field="overlap_hours",
         )
-    portal = session.get_one(Portal, portal_id, with_for_update=True)
+    portal = _writable_portal(session, portal_id)
     if idempotency_key is not None and idempotency_key == portal.webhook_rotation_key:
         return webhook_secrets(session, portal_id=portal_id)
     portal.webhook_rotation_key = idempotency_key

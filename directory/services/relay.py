@@ -907,6 +907,7 @@ def _erase_parties(party: str) -> TextClause:
         FROM (SELECT id, {as_initiator} AS as_initiator, {as_recipient} AS as_recipient
               FROM conversations
               WHERE ({as_initiator}) OR ({as_recipient})
+              ORDER BY id  -- locked in one order by every erasure: none deadlocks another
               FOR UPDATE) AS party
         WHERE conversations.id = party.id
         RETURNING conversations.id

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from sqlalchemy import text
 
 from directory.db import unit_of_work
-from directory.errors import Conflict, NotFound
+from directory.errors import Conflict, Forbidden, NotFound
 from directory.models import PortalStatus
 from directory.services import closing, portals, websites
 from tests.factories import ad_payload
@@ -206,4 +208,30 @@ def test_a_closed_portals_keys_keep_no_label(wiring, make_portal):
     with wiring.engine.connect() as connection:
         assert (
             connection.scalar(text("SELECT count(*) FROM portal_keys WHERE label IS NOT NULL")) == 0
+        )
+
+
+def test_a_profile_change_under_way_since_before_the_suspension_changes_nothing(wiring, leaving):
+    # Its key was checked at the request's start; the portal's row, locked, says since.
+    suspend(wiring, "sel-closing")
+    close(wiring, "sel-closing")
+    changes = (
+        lambda session: portals.update_profile(
+            session, portal_id=leaving.id, changes={"contact": "back@example.org"}
+        ),
+        lambda session: portals.rotate_webhook_secret(
+            session, portal_id=leaving.id, overlap=timedelta(hours=1), idempotency_key=None
+        ),
+    )
+    for change in changes:
+        with unit_of_work(wiring.session_factory) as session, pytest.raises(Forbidden) as refused:
+            change(session)
+        assert refused.value.code == "portal_suspended"
+        assert "is closed" in str(refused.value)
+    with wiring.engine.connect() as connection:
+        assert (
+            connection.scalar(
+                text("SELECT contact FROM portals WHERE id = :id"), {"id": leaving.id}
+            )
+            is None
         )

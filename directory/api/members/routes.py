@@ -35,7 +35,13 @@ class MemberErasures(MethodView):
           conversation stays, with its random aliases: the other party's portal reads
           it ended (the party's `erased` is true) and writing in it is refused with
           409 party_erased. A webhook already on its way may still arrive.
-        - Their ads staged in the portal's open sync sessions are dropped.
+        - Their ads staged in the portal's sync sessions are dropped: an open
+          session's commit will not publish them (finished sessions keep none either).
+
+        The portal's ad writes and sync commits under way are waited for, and its
+        other ad writes wait while the erasure runs. Remove the member from what the
+        portal publishes first (its own export, what `directory-sync` reads): else the
+        next resync publishes their ads again.
 
         The directory keeps no list of members, so erasing a handle it never saw, or
         erasing again, removes nothing and succeeds. The handle may be used again
