@@ -25,6 +25,7 @@ NUMERIC_RANGES: dict[str, tuple[float, float]] = {
     "max_request_bytes": (1024, 1024**3),
     "sync_session_ttl_hours": (1, 24 * 365),
     "sync_session_max_items": (1, 10**9),
+    "sync_session_max_open_per_portal": (1, 10**6),
     "db_pool_size": (1, 1000),
     "db_statement_timeout_ms": (1, 2**31 - 1),
     "search_statement_timeout_ms": (1, 2**31 - 1),
@@ -81,6 +82,10 @@ class Settings:
     # some 20 s, well inside the workers' timeout; unbounded, a session took as long as
     # its portal liked, at every retry.
     sync_session_max_items: int = 100_000
+    # Each open session holds its staged ads until it is committed, aborted or expires:
+    # unbounded, a portal (or a client opening sessions in a loop) held as many as it
+    # liked. A full resync needs one.
+    sync_session_max_open_per_portal: int = 5
     log_level: str = "INFO"
     db_pool_size: int = 5
     # A runaway query is cancelled (503) rather than left to hold a connection.

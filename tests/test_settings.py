@@ -64,6 +64,7 @@ def test_from_env_parses_whole_numbers():
             "DIRECTORY_AD_MAX_TTL_DAYS": "60",
             "DIRECTORY_MAX_REQUEST_BYTES": "2048",
             "DIRECTORY_SYNC_SESSION_TTL_HOURS": "6",
+            "DIRECTORY_SYNC_SESSION_MAX_OPEN_PER_PORTAL": "2",
             "DIRECTORY_DB_POOL_SIZE": "12",
         }
     )
@@ -72,6 +73,7 @@ def test_from_env_parses_whole_numbers():
     assert settings.ad_max_ttl_days == 60
     assert settings.max_request_bytes == 2048
     assert settings.sync_session_ttl_hours == 6
+    assert settings.sync_session_max_open_per_portal == 2
     assert settings.db_pool_size == 12
 
 

@@ -13,7 +13,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from directory.errors import Conflict, InvalidInput, NotFound
-from directory.models import SyncSession, SyncSessionItem, SyncStatus
+from directory.models import Portal, SyncSession, SyncSessionItem, SyncStatus
 from directory.services.ads import (
     MAX_BATCH_ITEMS,
     AdInput,
@@ -28,6 +28,9 @@ from directory.services.ads import (
 )
 
 COMMIT_CHUNK = MAX_BATCH_ITEMS
+# The open sessions a refused opening names, oldest first, for a portal that lost them
+# to abort them (there is no listing of a portal's sessions).
+MAX_SESSIONS_IN_MESSAGE = 10
 
 
 @dataclass(frozen=True)
@@ -52,8 +55,39 @@ class CommitResult:
     rejected_items: list[ItemResult]
 
 
-def open_session(session: Session, *, portal_id: int, ttl: timedelta) -> SyncSummary:
-    sync = SyncSession(portal_id=portal_id, expires_at=datetime.now(UTC) + ttl)
+def open_session(session: Session, *, portal_id: int, ttl: timedelta, max_open: int) -> SyncSummary:
+    """Open a sync session, unless the portal has `max_open` open already (neither
+    committed, aborted nor expired): each holds its staged ads until it ends."""
+    # The portal's row lock, as a currency registration takes it, so that two openings
+    # at once cannot both pass the count. Not the portal's write lock: shared, it would
+    # not keep openings apart; exclusive, it would wait for a commit that may take
+    # minutes. FOR NO KEY UPDATE, as the row itself does not change: it does not wait for
+    # writes that only refer to the portal (a commit creating ads).
+    session.execute(select(Portal.id).where(Portal.id == portal_id).with_for_update(key_share=True))
+    now = datetime.now(UTC)
+    open_now = (
+        SyncSession.portal_id == portal_id,
+        SyncSession.status == SyncStatus.OPEN,
+        SyncSession.expires_at > now,
+    )
+    held = session.scalar(select(func.count()).select_from(SyncSession).where(*open_now))
+    if held >= max_open:
+        oldest = session.execute(
+            select(SyncSession.id, SyncSession.expires_at)
+            .where(*open_now)
+            .order_by(SyncSession.expires_at, SyncSession.id)
+            .limit(MAX_SESSIONS_IN_MESSAGE)
+        ).all()
+        more = held - len(oldest)
+        raise Conflict(
+            f"the portal has {held} sync sessions open and may have at most {max_open}: "
+            "commit or abort one (DELETE /v1/sync-sessions/{id}), or wait until one "
+            f"expires (the first at {oldest[0].expires_at.isoformat()}). Open, oldest "
+            f"first: {', '.join(str(row.id) for row in oldest)}"
+            + (f" and {more} more" if more else ""),
+            code="too_many_sync_sessions",
+        )
+    sync = SyncSession(portal_id=portal_id, expires_at=now + ttl)
     session.add(sync)
     session.flush()
     return _summary(session, sync)

@@ -1,15 +1,21 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import text, update
+from sqlalchemy import func, select, text, update
 
 from directory import create_app
 from directory.db import unit_of_work
 from directory.models import SyncSession
+from directory.services import sync
+from directory.settings import Settings
 from tests.factories import ad_payload
+from tests.waits import wait_for_a_lock_wait
+
+MAX_OPEN = Settings().sync_session_max_open_per_portal
 
 
 def open_session(client, portal) -> str:
@@ -353,3 +359,94 @@ def test_a_session_stages_at_most_its_limit_of_ads_and_keeps_what_it_had(
     assert stage(client, portal, session_id, items[:1]).status_code == 200
     commit = client.post(f"/v1/sync-sessions/{session_id}/commit", headers=portal.headers)
     assert commit.json["created"] == 3, commit.json
+
+
+def test_a_portal_opens_at_most_its_limit_of_sessions_at_once(client, portal):
+    """Each open session holds its staged ads until it ends: a client opening sessions
+    in a loop held as many as it liked."""
+    opened = [client.post("/v1/sync-sessions", headers=portal.headers) for _ in range(MAX_OPEN)]
+    assert [response.status_code for response in opened] == [201] * MAX_OPEN
+
+    refused = client.post("/v1/sync-sessions", headers=portal.headers)
+
+    assert refused.status_code == 409, refused.json
+    assert refused.json["error"] == "too_many_sync_sessions"
+    message = refused.json["message"]
+    assert f"has {MAX_OPEN} sync sessions open and may have at most {MAX_OPEN}" in message
+    assert "commit or abort one" in message
+    assert f"the first at {opened[0].json['expires_at']})" in message
+    # Named oldest first, so that a portal that lost them can abort them.
+    assert message.endswith(", ".join(response.json["id"] for response in opened))
+
+
+def _end(how: str, client, portal, wiring, session_id: str) -> None:
+    if how == "committed":
+        answer = client.post(f"/v1/sync-sessions/{session_id}/commit", headers=portal.headers)
+        assert answer.status_code == 200, answer.json
+    elif how == "aborted":
+        answer = client.delete(f"/v1/sync-sessions/{session_id}", headers=portal.headers)
+        assert answer.status_code == 204, answer.json
+    else:
+        with unit_of_work(wiring.session_factory) as session:
+            session.execute(
+                update(SyncSession)
+                .where(SyncSession.id == session_id)
+                .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+            )
+
+
+@pytest.mark.parametrize("how", ["committed", "aborted", "expired"])
+def test_a_session_that_ended_makes_room_for_another(client, portal, wiring, how):
+    ids = [open_session(client, portal) for _ in range(MAX_OPEN)]
+    assert client.post("/v1/sync-sessions", headers=portal.headers).status_code == 409
+
+    _end(how, client, portal, wiring, ids[-1])
+
+    assert client.post("/v1/sync-sessions", headers=portal.headers).status_code == 201
+    assert client.post("/v1/sync-sessions", headers=portal.headers).status_code == 409
+
+
+def test_another_portals_open_sessions_do_not_count(client, portal, other_portal):
+    for _ in range(MAX_OPEN):
+        open_session(client, other_portal)
+
+    assert client.post("/v1/sync-sessions", headers=portal.headers).status_code == 201
+
+
+def test_two_openings_at_once_cannot_both_pass_the_limit(app, wiring, portal):
+    """The second waits for the first, then counts the session it opened."""
+    with unit_of_work(wiring.session_factory) as arrange:
+        for _ in range(MAX_OPEN - 1):
+            sync.open_session(arrange, portal_id=portal.id, ttl=timedelta(hours=1), max_open=99)
+    answers = []
+    with unit_of_work(wiring.session_factory) as first:
+        sync.open_session(first, portal_id=portal.id, ttl=timedelta(hours=1), max_open=MAX_OPEN)
+        racer = threading.Thread(
+            target=lambda: answers.append(
+                app.test_client().post("/v1/sync-sessions", headers=portal.headers)
+            )
+        )
+        racer.start()
+        wait_for_a_lock_wait(wiring, what="the racing opening")
+    racer.join(30)
+
+    (answer,) = answers
+    assert answer.status_code == 409, answer.json
+    assert answer.json["error"] == "too_many_sync_sessions"
+    with unit_of_work(wiring.session_factory) as session:
+        assert session.scalar(select(func.count()).select_from(SyncSession)) == MAX_OPEN
+
+
+@pytest.fixture(scope="module")
+def two_sessions_client(migrated):
+    """A second app on the same database, whose portals have at most 2 sessions open."""
+    app = create_app(dataclasses.replace(migrated, sync_session_max_open_per_portal=2))
+    yield app.test_client()
+    app.extensions["directory"].close()
+
+
+def test_the_limit_of_open_sessions_is_the_setting(two_sessions_client, portal):
+    client = two_sessions_client
+    assert [
+        client.post("/v1/sync-sessions", headers=portal.headers).status_code for _ in range(3)
+    ] == [201, 201, 409]

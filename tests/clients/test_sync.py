@@ -32,9 +32,11 @@ from directory_client.sync_state import StateError
 
 from directory.db import unit_of_work
 from directory.models.ads import Ad
+from directory.settings import Settings
 from tests.live import LiveDirectory, live_directory
 
 ROOT = Path(__file__).resolve().parents[2]
+MAX_OPEN_SESSIONS = Settings().sync_session_max_open_per_portal
 EXAMPLE = ROOT / "clients/python/examples/tauschring-freiburg-ads.csv"
 
 
@@ -655,6 +657,26 @@ def test_an_input_without_usable_ads_is_refused_rather_than_deleting_everything(
 
     assert result.returncode == 2
     assert "would delete every ad" in result.stderr
+    assert set(stored(directory)) == {"ad-1"}
+
+
+def test_replace_meeting_the_limit_of_open_sessions_says_so_and_not_to_resume_at_once(
+    live, portal, directory, tmp_path
+):
+    held = [str(directory.open_sync_session().id) for _ in range(MAX_OPEN_SESSIONS)]
+    source = write_jsonl(tmp_path / "ads.jsonl", [an_ad(1)])
+
+    result = run_sync(live, portal.key, source, "--replace")
+
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "directory-sync: 409 too_many_sync_sessions: the portal has " in result.stderr
+    assert held[0] in result.stderr  # the open sessions are named, to be aborted
+    assert "Run the same command again once one is committed, aborted or expired" in (
+        result.stderr.replace("\n", " ")
+    )
+    assert "resume" not in result.stderr and "Traceback" not in result.stderr
+    directory.abort_sync_session(held[0])
+    assert run_sync(live, portal.key, source, "--replace").returncode == 0
     assert set(stored(directory)) == {"ad-1"}
 
 

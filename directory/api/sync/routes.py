@@ -79,6 +79,11 @@ def _session_id(value: str) -> uuid.UUID:
 @blp.route("/sync-sessions")
 class SyncSessions(MethodView):
     @blp.response(201, SyncSessionSchema, headers=LOCATION_HEADER)
+    @blp.alt_response(
+        409,
+        schema=ErrorSchema,
+        description="The portal has as many sync sessions open as it may (too_many_sync_sessions)",
+    )
     @blp.doc(operationId="openSyncSession", security=BEARER_AUTH)
     def post(self):
         """Open a sync session for a full resync of the calling portal's ads
@@ -88,10 +93,19 @@ class SyncSessions(MethodView):
         before the commit; abort with DELETE. The commit undoes the portal's other writes
         made while the session was open: an ad written by PUT or batch meanwhile is
         deleted unless staged, and takes its staged content if it was; so while
-        resyncing, send changes to the session only."""
+        resyncing, send changes to the session only.
+        A portal has at most 5 sessions open at once by default
+        (DIRECTORY_SYNC_SESSION_MAX_OPEN_PER_PORTAL): one more is refused (409
+        too_many_sync_sessions, naming the open ones) until one is committed, aborted
+        or expired."""
         with transaction() as session:
             portal = require_portal(session)
-            opened = sync.open_session(session, portal_id=portal.id, ttl=wiring().sync_session_ttl)
+            opened = sync.open_session(
+                session,
+                portal_id=portal.id,
+                ttl=wiring().sync_session_ttl,
+                max_open=wiring().settings.sync_session_max_open_per_portal,
+            )
         return opened, 201, location_of("sync.SyncSessionById", session_id=str(opened.id))
 
 

@@ -43,6 +43,8 @@ from directory_client.sync_state import StateError, StateWriteError
 KEY_VARIABLE = "DIRECTORY_PORTAL_KEY"
 DIRECTORY_VARIABLE = "DIRECTORY_URL"
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_DIRECTORY = 0, 1, 2, 3
+# The directory's refusal to open one more sync session for the portal (409).
+TOO_MANY_SYNC_SESSIONS = "too_many_sync_sessions"
 REJECTIONS_SHOWN = 20  # in the printed summary; the report file has them all
 TIMEOUT_S = 120.0  # a batch of 1,000 ads on a busy directory takes seconds, not minutes
 
@@ -149,6 +151,16 @@ def main(
         return EXIT_USAGE
     except DirectoryError as error:
         progress.finish()
+        if isinstance(error, ApiError) and error.code == TOO_MANY_SYNC_SESSIONS:
+            # Running again at once would be refused alike.
+            print(
+                f"directory-sync: {error}\nThe portal has as many sync sessions open as "
+                "the directory allows (other runs, with other state files, or other "
+                "programs may be resyncing it); nothing was staged. Run the same command "
+                "again once one is committed, aborted or expired.",
+                file=sys.stderr,
+            )
+            return EXIT_DIRECTORY
         detail = ""
         if isinstance(error, ApiError) and error.field_errors:
             detail = f" {error.field_errors}"
