@@ -298,6 +298,10 @@ export interface paths {
          *     made while the session was open: an ad written by PUT or batch meanwhile is
          *     deleted unless staged, and takes its staged content if it was; so while
          *     resyncing, send changes to the session only.
+         *     A portal has at most 5 sessions open at once by default
+         *     (DIRECTORY_SYNC_SESSION_MAX_OPEN_PER_PORTAL): one more is refused (409
+         *     too_many_sync_sessions, naming the open ones) until one is committed, aborted
+         *     or expired.
          */
         post: operations["openSyncSession"];
         delete?: never;
@@ -551,7 +555,13 @@ export interface paths {
          *       conversation stays, with its random aliases: the other party's portal reads
          *       it ended (the party's `erased` is true) and writing in it is refused with
          *       409 party_erased. A webhook already on its way may still arrive.
-         *     - Their ads staged in the portal's open sync sessions are dropped.
+         *     - Their ads staged in the portal's sync sessions are dropped: an open
+         *       session's commit will not publish them (finished sessions keep none either).
+         *
+         *     The portal's ad writes and sync commits under way are waited for, and its
+         *     other ad writes wait while the erasure runs. Remove the member from what the
+         *     portal publishes first (its own export, what `directory-sync` reads): else the
+         *     next resync publishes their ads again.
          *
          *     The directory keeps no list of members, so erasing a handle it never saw, or
          *     erasing again, removes nothing and succeeds. The handle may be used again
@@ -606,7 +616,9 @@ export interface paths {
          * Register a community currency of the calling portal's ledger
          * @description Its code is namespaced by the portal: TALENT registered by portal `brixton`
          *     becomes `brixton:TALENT`. A portal registers at most 20 (delete one it no longer
-         *     uses to register another).
+         *     uses to register another). The same registration sent again (its answer was
+         *     lost) is answered 200 with the currency and changes nothing; the code sent again
+         *     with another name, symbol or value is refused (409: change it with PATCH).
          */
         post: operations["registerCurrency"];
         delete?: never;
@@ -781,7 +793,7 @@ export interface components {
             /** @description Where members' ads with a ledger_account are paid */
             ledger: components["schemas"]["Ledger"] | null;
             /** @enum {unknown} */
-            status: "active" | "suspended";
+            status: "active" | "suspended" | "closed";
             /** Format: date-time */
             created_at: string;
             /** Format: date-time */
@@ -2163,6 +2175,15 @@ export interface operations {
                     "application/json": components["schemas"]["SyncSession"];
                 };
             };
+            /** @description The portal has as many sync sessions open as it may (too_many_sync_sessions) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             default: components["responses"]["DEFAULT_ERROR"];
         };
     };
@@ -2668,6 +2689,17 @@ export interface operations {
             };
         };
         responses: {
+            /** @description The portal had registered this currency already, identically: a registration sent again after its answer was lost; nothing changed */
+            200: {
+                headers: {
+                    /** @description Where the currency can be read (a path on this directory) */
+                    Location?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Currency"];
+                };
+            };
             /** @description Created */
             201: {
                 headers: {
@@ -2680,7 +2712,7 @@ export interface operations {
                 };
             };
             400: components["responses"]["BAD_REQUEST"];
-            /** @description The portal has registered that code already, or 20 currencies (too_many_currencies) */
+            /** @description The portal has registered that code already with other attributes, or 20 currencies (too_many_currencies) */
             409: {
                 headers: {
                     [name: string]: unknown;

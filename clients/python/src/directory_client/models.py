@@ -118,7 +118,7 @@ class Portal(Struct, kw_only=True):
     webhook_disabled_at: Annotated[datetime, Meta(description='Set when the endpoint answered 410 Gone: no webhooks are sent (messages wait in the inbox) until webhook_url is set again')] | None
     webhook_disabled_reason: str | None
     ledger: Annotated[Ledger, Meta(description="Where members' ads with a ledger_account are paid")] | None
-    status: Literal['active', 'suspended']
+    status: Literal['active', 'suspended', 'closed']
     created_at: datetime
     updated_at: datetime
 
