@@ -87,15 +87,26 @@ def wiring(app):
 
 
 @pytest.fixture
-def empty_database_url(cluster):
+def empty_database_url(make_empty_database):
     """A database of its own for one test, never migrated, dropped afterwards."""
-    name = f"scratch_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(cluster.admin_url("postgres"), autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield cluster.admin_url(name).replace("postgresql://", "postgresql+psycopg://")
-    finally:
+    return make_empty_database()
+
+
+@pytest.fixture
+def make_empty_database(cluster):
+    """Makes new, empty databases of the test cluster (their SQLAlchemy URLs), dropped
+    after the test."""
+    names = []
+
+    def make() -> str:
+        names.append(f"scratch_{uuid.uuid4().hex[:12]}")
         with psycopg.connect(cluster.admin_url("postgres"), autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{names[-1]}"')
+        return cluster.admin_url(names[-1]).replace("postgresql://", "postgresql+psycopg://")
+
+    yield make
+    with psycopg.connect(cluster.admin_url("postgres"), autocommit=True) as admin:
+        for name in names:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 

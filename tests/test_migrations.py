@@ -3,10 +3,8 @@ from nothing, agree with the models (`alembic check`), and survive a round trip.
 
 from __future__ import annotations
 
-import uuid
 from datetime import timedelta
 
-import psycopg
 import pytest
 from alembic import command
 from alembic.script import ScriptDirectory
@@ -87,26 +85,15 @@ def test_models_and_migrations_do_not_drift(upgraded_database_url):
     command.check(alembic_config(upgraded_database_url))
 
 
-@pytest.fixture
-def second_empty_database_url(cluster):
-    name = f"scratch_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(cluster.admin_url("postgres"), autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield cluster.admin_url(name).replace("postgresql://", "postgresql+psycopg://")
-    finally:
-        with psycopg.connect(cluster.admin_url("postgres"), autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def test_migrations_build_the_constraints_the_models_declare(
-    upgraded_database_url, second_empty_database_url
+    upgraded_database_url, make_empty_database
 ):
     # `alembic check` compares no CHECK constraint: a migration naming one otherwise than
     # the model, or checking another condition, would pass it.
     # The models' tables, beside the functions and extensions the migrations made.
-    command.upgrade(alembic_config(second_empty_database_url), "head")
-    engine = create_engine(second_empty_database_url, poolclass=NullPool)
+    models_database_url = make_empty_database()
+    command.upgrade(alembic_config(models_database_url), "head")
+    engine = create_engine(models_database_url, poolclass=NullPool)
     try:
         with engine.begin() as connection:
             Base.metadata.drop_all(connection)
@@ -114,9 +101,7 @@ def test_migrations_build_the_constraints_the_models_declare(
     finally:
         engine.dispose()
     constraints = SCHEMA_QUERIES["constraints"]
-    assert _query(upgraded_database_url, constraints) == _query(
-        second_empty_database_url, constraints
-    )
+    assert _query(upgraded_database_url, constraints) == _query(models_database_url, constraints)
 
 
 def test_downgrade_to_base_removes_every_table(upgraded_database_url):

@@ -25,16 +25,6 @@ OTHER = "m-stays"
 ERASURES = "/v1/portals/me/member-erasures"
 
 
-@pytest.fixture
-def advertiser(make_portal):
-    return make_portal(slug="sel-lyon", name="SEL de Lyon")
-
-
-@pytest.fixture
-def writer_portal(make_portal):
-    return make_portal(slug="lets-bristol", name="Bristol LETS")
-
-
 def publish(client, portal, external_id, *, member, **overrides) -> str:
     response = client.put(
         f"/v1/ads/{external_id}",

@@ -26,16 +26,6 @@ ADVERTISER = "m-ad-owner"
 WRITER = "m-writer"
 
 
-@pytest.fixture
-def advertiser(make_portal):
-    return make_portal(slug="sel-lyon", name="SEL de Lyon")
-
-
-@pytest.fixture
-def writer_portal(make_portal):
-    return make_portal(slug="lets-bristol", name="Bristol LETS")
-
-
 def publish(client, portal, external_id="ad-1", **overrides) -> str:
     response = client.put(
         f"/v1/ads/{external_id}",
