@@ -43,7 +43,7 @@ openapi: deps
 bench: deps
 	$(BIN)/python bench/ingest.py
 
-.PHONY: bench-search bench-flood bench-relay bench-relay-layers bench-sync bench-hostile
+.PHONY: bench-search bench-flood bench-relay bench-relay-layers bench-sync bench-hostile bench-erasure
 bench-search: deps
 	$(BIN)/python bench/search.py
 
@@ -61,6 +61,9 @@ bench-sync: deps
 
 bench-hostile: deps
 	$(BIN)/python bench/hostile.py
+
+bench-erasure: deps
+	$(BIN)/python bench/erasure.py
 
 deps: system-deps $(VENV)/.installed
 
