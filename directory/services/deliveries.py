@@ -56,7 +56,6 @@ PARKED = datetime(9999, 12, 31, tzinfo=UTC)
 # Part of each retry delay left to chance, so that deliveries that failed together
 # (an endpoint down) do not all come back at once.
 RETRY_JITTER = 0.5
-MAX_INBOX_PAGE = 500
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,6 @@ OPEN_CONVERSATION_LOCK_NAMESPACE = 0xC0A7
 ALIAS_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"  # no 0/o, 1/l: read aloud safely
 ALIAS_CHARS = 10  # ~50 bits: aliases of one member never repeat in practice
 RATE_WINDOW = timedelta(hours=1)
-MAX_PAGE = 100
 
 
 @dataclass(frozen=True)
