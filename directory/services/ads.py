@@ -23,6 +23,7 @@ import orjson
 from geoalchemy2 import Geometry
 from sqlalchemy import (
     ARRAY,
+    Select,
     String,
     case,
     cast,
@@ -890,13 +891,13 @@ def replace_all(
     return ReplaceSummary(results=results, deleted=deleted)
 
 
-def delete_all_but(session: Session, *, portal_id: int, keep, keep_subquery=None) -> int:
+def delete_all_but(session: Session, *, portal_id: int, keep: Sequence[str] | Select) -> int:
     """Delete the portal's ads whose external id is not kept; `keep` is a list of ids
     or, for large sets, a SELECT of external ids. Returns how many were deleted.
     The caller holds the portal's write lock exclusively."""
     kept = (
-        keep_subquery
-        if keep_subquery is not None
+        keep
+        if isinstance(keep, Select)
         else select(func.unnest(cast(keep, ARRAY(String))).column_valued("external_id"))
     )
     gone = session.execute(

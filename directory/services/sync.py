@@ -261,7 +261,7 @@ def commit(
             if result.status == "rejected" and result.errors and "_schema" not in result.errors:
                 rejected_items.append(result)
     staged_ids = select(SyncSessionItem.external_id).where(SyncSessionItem.session_id == sync.id)
-    deleted = delete_all_but(session, portal_id=portal_id, keep=None, keep_subquery=staged_ids)
+    deleted = delete_all_but(session, portal_id=portal_id, keep=staged_ids)
     before = _summary(session, sync)
     sync.status = SyncStatus.COMMITTED
     sync.finished_at = datetime.now(UTC)
