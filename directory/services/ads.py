@@ -417,7 +417,8 @@ def content_digests(row: dict, explicit_expiry: datetime | None) -> tuple[str, .
 def lock_portal_writes(session: Session, portal_id: int, *, exclusive: bool) -> None:
     """The portal's write lock, until the transaction ends. Ordinary writes share it and
     run side by side (the rows they touch are locked one by one, in external-id order);
-    a replace or a sync commit, which deletes whatever it was not given, holds it alone."""
+    a replace or a sync commit, which deletes whatever it was not given, holds it alone,
+    as do a member's erasure and a portal's closing (services/members.py, closing.py)."""
     function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
     session.execute(
         text(f"SELECT {function}(:namespace, :portal_id)"),
@@ -916,6 +917,23 @@ def delete_all_but(session: Session, *, portal_id: int, keep: Sequence[str] | Se
         ],
     )
     return len(gone)
+
+
+def delete_ads(
+    session: Session, *, portal_id: int, external_ids: Sequence[str], lifetimes: Lifetimes
+) -> int:
+    """Delete these ads of the portal as a DELETE of each would (the feed and the search
+    index are told), however many there are. Returns how many were deleted."""
+    deleted = 0
+    for start in range(0, len(external_ids), MAX_BATCH_ITEMS):
+        results = apply_changes(
+            session,
+            portal_id=portal_id,
+            operations=[Delete(id_) for id_ in external_ids[start : start + MAX_BATCH_ITEMS]],
+            lifetimes=lifetimes,
+        )
+        deleted += sum(result.status == "deleted" for result in results)
+    return deleted
 
 
 # --- reading -----------------------------------------------------------------------------

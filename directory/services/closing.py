@@ -18,13 +18,7 @@ from sqlalchemy.orm import Session
 from directory.errors import Conflict, NotFound
 from directory.models import Ad, Portal, PortalKey, PortalStatus, SyncSession
 from directory.services import relay
-from directory.services.ads import (
-    MAX_BATCH_ITEMS,
-    Delete,
-    Lifetimes,
-    apply_changes,
-    lock_portal_writes,
-)
+from directory.services.ads import Lifetimes, delete_ads, lock_portal_writes
 from directory.webhooks.signing import new_secret
 
 
@@ -55,16 +49,12 @@ def close_portal(session: Session, *, portal_slug: str, lifetimes: Lifetimes) ->
         )
     lock_portal_writes(session, portal.id, exclusive=True)
     # Its public ads left public view when it was suspended; each is told deleted again.
-    ads_deleted = 0
-    external_ids = list(session.scalars(select(Ad.external_id).where(Ad.portal_id == portal.id)))
-    for start in range(0, len(external_ids), MAX_BATCH_ITEMS):
-        results = apply_changes(
-            session,
-            portal_id=portal.id,
-            operations=[Delete(id_) for id_ in external_ids[start : start + MAX_BATCH_ITEMS]],
-            lifetimes=lifetimes,
-        )
-        ads_deleted += sum(result.status == "deleted" for result in results)
+    ads_deleted = delete_ads(
+        session,
+        portal_id=portal.id,
+        external_ids=list(session.scalars(select(Ad.external_id).where(Ad.portal_id == portal.id))),
+        lifetimes=lifetimes,
+    )
     session.execute(delete(SyncSession).where(SyncSession.portal_id == portal.id))
     conversations = relay.erase_portal_conversations(session, portal_id=portal.id)
     keys_revoked = session.execute(

@@ -15,13 +15,7 @@ from sqlalchemy.orm import Session
 
 from directory.models import Ad, SyncSession, SyncSessionItem, SyncStatus
 from directory.services import relay
-from directory.services.ads import (
-    MAX_BATCH_ITEMS,
-    Delete,
-    Lifetimes,
-    apply_changes,
-    lock_portal_writes,
-)
+from directory.services.ads import Lifetimes, delete_ads, lock_portal_writes
 
 
 @dataclass(frozen=True)
@@ -55,20 +49,13 @@ def erase_member(session: Session, *, portal_id: int, member: str, lifetimes: Li
     open_sessions = portal_sessions.where(SyncSession.status == SyncStatus.OPEN)
     session.execute(open_sessions.order_by(SyncSession.id).with_for_update())
     lock_portal_writes(session, portal_id, exclusive=True)
-    ads_deleted = 0
-    external_ids = list(
-        session.scalars(
-            select(Ad.external_id).where(Ad.portal_id == portal_id, Ad.member == member)
-        )
+    their_ads = select(Ad.external_id).where(Ad.portal_id == portal_id, Ad.member == member)
+    ads_deleted = delete_ads(
+        session,
+        portal_id=portal_id,
+        external_ids=list(session.scalars(their_ads)),
+        lifetimes=lifetimes,
     )
-    for start in range(0, len(external_ids), MAX_BATCH_ITEMS):
-        results = apply_changes(
-            session,
-            portal_id=portal_id,
-            operations=[Delete(id_) for id_ in external_ids[start : start + MAX_BATCH_ITEMS]],
-            lifetimes=lifetimes,
-        )
-        ads_deleted += sum(result.status == "deleted" for result in results)
     # After the ads: a contact made meanwhile held its ad (key share) until it committed,
     # so its conversation is among those erased now.
     conversations = relay.erase_member_conversations(session, portal_id=portal_id, member=member)
