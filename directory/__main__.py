@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from directory.db import MIGRATE_LOCK_NAMESPACE
 from directory.settings import Settings, SettingsError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,9 +115,7 @@ def serve(bind: str, workers: int) -> None:
     )  # fmt: skip
 
 
-# Keeps `directory migrate`'s advisory lock apart from the others (services.ads,
-# services.relay, services.websites, search.indexing).
-MIGRATE_LOCK = {"namespace": 0x316A, "key": 0}
+MIGRATE_LOCK = {"namespace": MIGRATE_LOCK_NAMESPACE, "key": 0}
 
 
 @cli.command()

@@ -28,6 +28,16 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
+# The namespaces of our advisory locks (the first of their two keys), arbitrary numbers
+# kept in one place so that no two uses share one.
+PORTAL_WRITE_LOCK_NAMESPACE = 0x41D5  # services/ads.py lock_portal_writes
+OPEN_CONVERSATION_LOCK_NAMESPACE = 0xC0A7  # services/relay.py lock_member_openings
+WEBSITE_CHECK_LOCK_NAMESPACE = 0x5173  # services/websites.py check_slot
+INDEXING_LOCK_NAMESPACE = 0x5EA7  # search/indexing.py, a writer per index
+REBUILD_LOCK_NAMESPACE = 0x5EA8  # search/indexing.py, one rebuild at a time
+MIGRATE_LOCK_NAMESPACE = 0x316A  # `directory migrate`, one at a time
+
+
 # A database that takes a connection and says nothing (a host gone behind a firewall
 # that drops packets, a server stuck starting) is given up on after this long, per host
 # address: libpq waits for ever by default, and held every command, /readyz and the

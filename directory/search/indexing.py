@@ -38,7 +38,12 @@ from sqlalchemy import delete, func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from directory.db import first_free_advisory_lock, unit_of_work
+from directory.db import (
+    INDEXING_LOCK_NAMESPACE,
+    REBUILD_LOCK_NAMESPACE,
+    first_free_advisory_lock,
+    unit_of_work,
+)
 from directory.models import Ad, AdChange, ChangeOp, Portal, SearchIndexPosition
 from directory.search.meili import IndexingError, MeiliSearch, document
 from directory.services.ads import AdRecord, public_condition, record_from_row, records_query
@@ -56,9 +61,6 @@ REBUILD_CHUNK = 1000
 CATCH_UP_TASK_TIMEOUT_S = 120
 # A rebuild waits for millions of documents, and settings changes re-index everything.
 REBUILD_TASK_TIMEOUT_S = 6 * 3600
-# Keeps our advisory locks apart from everyone else's (ads use 0x41D5).
-INDEXING_LOCK_NAMESPACE = 0x5EA7
-REBUILD_LOCK_NAMESPACE = 0x5EA8
 FRESH_SUFFIX = "_new"
 
 

@@ -35,7 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
-from directory.db import insert_rows, unique_conflicts, update_rows
+from directory.db import PORTAL_WRITE_LOCK_NAMESPACE, insert_rows, unique_conflicts, update_rows
 from directory.errors import (
     Conflict,
     DirectoryError,
@@ -73,8 +73,6 @@ class _CreatedMeanwhile(Exception):
 # so such an ad could never be addressed.
 EXTERNAL_ID = re.compile(r"^(?!\.{1,2}$)[A-Za-z0-9._:~-]{1,128}$")
 EXTERNAL_ID_RULE = "1 to 128 letters, digits, '.', '_', ':', '~' or '-', and not '.' or '..'"
-# Arbitrary constant that keeps our advisory locks apart from anyone else's.
-PORTAL_WRITE_LOCK_NAMESPACE = 0x41D5
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -24,6 +24,7 @@ from sqlalchemy import TextClause, bindparam, func, insert, or_, select, text
 from sqlalchemy.orm import Session
 
 from directory import cursors
+from directory.db import OPEN_CONVERSATION_LOCK_NAMESPACE
 from directory.errors import (
     Conflict,
     Forbidden,
@@ -45,9 +46,6 @@ from directory.models import (
 from directory.services import deliveries
 from directory.services.portals import AuthenticatedPortal
 
-# Namespace of the advisory locks that serialise one member's new conversations (the
-# others: services/ads.py PORTAL_WRITE_LOCK_NAMESPACE, search/indexing.py).
-OPEN_CONVERSATION_LOCK_NAMESPACE = 0xC0A7
 ALIAS_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"  # no 0/o, 1/l: read aloud safely
 ALIAS_CHARS = 10  # ~50 bits: aliases of one member never repeat in practice
 RATE_WINDOW = timedelta(hours=1)

@@ -38,7 +38,7 @@ from sqlalchemy import case, exists, func, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from directory.db import first_free_advisory_lock, unique_conflicts
+from directory.db import WEBSITE_CHECK_LOCK_NAMESPACE, first_free_advisory_lock, unique_conflicts
 from directory.errors import Conflict, TooManyRequests
 from directory.models import Portal
 from directory.services.ads import global_id_prefix
@@ -54,9 +54,6 @@ URL_SAFE = ":/?#[]@!$&'()*+,;=%~"
 # lasts TOTAL_TIMEOUT_S at most): a check holds an API process meanwhile, and the
 # directory must not become a way to send a stream of requests to someone else's site.
 CHECK_INTERVAL = timedelta(seconds=TOTAL_TIMEOUT_S)
-# Keeps our advisory locks apart from everyone else's (services.ads, services.relay,
-# search.indexing): the slots of the API's website checks, one lock each.
-WEBSITE_CHECK_LOCK_NAMESPACE = 0x5173
 # How soon a verification refused for want of a slot may try again: most checks take well
 # under a second.
 CHECK_SLOT_RETRY_AFTER_S = 2
