@@ -206,12 +206,17 @@ def _refuse_unchecked_preconditions() -> None:
         raise error
 
 
+def _apidoc(view_function, method: str) -> dict:
+    """What flask-smorest's decorators recorded of the operation (its documentation)."""
+    view_class = getattr(view_function, "view_class", None)
+    handler = getattr(view_class, method.lower(), None) if view_class else view_function
+    return getattr(handler, "_apidoc", {})
+
+
 @functools.cache  # views are made once, with the app
 def _declared_headers(view_function, method: str) -> frozenset[str]:
     """The headers the operation's documentation says it takes (If-Match...)."""
-    view_class = getattr(view_function, "view_class", None)
-    handler = getattr(view_class, method.lower(), None) if view_class else view_function
-    parameters = getattr(handler, "_apidoc", {}).get("manual_doc", {}).get("parameters", [])
+    parameters = _apidoc(view_function, method).get("manual_doc", {}).get("parameters", [])
     return frozenset(
         parameter["name"]
         for parameter in parameters
@@ -222,14 +227,8 @@ def _declared_headers(view_function, method: str) -> frozenset[str]:
 @functools.cache  # views are made once, with the app
 def _declared_locations(view_function, method: str) -> frozenset[str]:
     """Where the operation takes arguments: "query", "json"."""
-    view_class = getattr(view_function, "view_class", None)
-    handler = getattr(view_class, method.lower(), None) if view_class else view_function
-    apidoc = getattr(handler, "_apidoc", {})
-    return frozenset(
-        parameter.get("in")
-        for parameter in apidoc.get("arguments", {}).get("parameters", [])
-        if isinstance(parameter, dict)
-    )
+    parameters = _apidoc(view_function, method).get("arguments", {}).get("parameters", [])
+    return frozenset(parameter.get("in") for parameter in parameters if isinstance(parameter, dict))
 
 
 def _refuse_unknown_query_parameters() -> None:
