@@ -3,27 +3,13 @@
 from __future__ import annotations
 
 from flask.views import MethodView
-from marshmallow import Schema, fields
 
 from directory.api.blueprint import Blueprint
+from directory.api.categories.schemas import CategoryListSchema
 from directory.api.db import transaction
 from directory.services import categories
 
 blp = Blueprint("categories", __name__, url_prefix="/v1", description="Category taxonomy")
-
-
-class CategoryChildSchema(Schema):
-    code = fields.String(metadata={"example": "food.produce"})
-    domain = fields.String(metadata={"description": "goods, services or other"})
-    name = fields.String()
-
-
-class CategorySchema(CategoryChildSchema):
-    children = fields.List(fields.Nested(CategoryChildSchema))
-
-
-class CategoryListSchema(Schema):
-    categories = fields.List(fields.Nested(CategorySchema))
 
 
 @blp.route("/categories")

@@ -5,20 +5,22 @@ from __future__ import annotations
 import uuid
 
 from flask.views import MethodView
-from marshmallow import Schema, fields, validate
 
 from directory.api.ads.routes import result_rows
-from directory.api.ads.schemas import AdItemField, ItemResultSchema, StageItemSchema
 from directory.api.auth import BEARER_AUTH, require_portal
 from directory.api.blueprint import Blueprint
 from directory.api.db import transaction, wiring
 from directory.api.errors import ErrorSchema
-from directory.api.fields import ItemErrors, PerItemList
+from directory.api.fields import ItemErrors
 from directory.api.headers import LOCATION_HEADER, location_of
+from directory.api.sync.schemas import (
+    CommitResultSchema,
+    StageResultSchema,
+    StageSchema,
+    SyncSessionSchema,
+)
 from directory.errors import NotFound
-from directory.models import SyncStatus
 from directory.services import sync
-from directory.services.ads import MAX_BATCH_ITEMS
 
 blp = Blueprint("sync", __name__, url_prefix="/v1", description="Full resync in several requests")
 
@@ -28,43 +30,6 @@ SESSION_ID = {
     "required": True,
     "schema": {"type": "string", "format": "uuid"},
 }
-
-
-class SyncSessionSchema(Schema):
-    id = fields.UUID()
-    status = fields.Enum(SyncStatus, by_value=True)
-    created_at = fields.DateTime()
-    expires_at = fields.DateTime(metadata={"description": "Commit before this, or start again"})
-    finished_at = fields.DateTime(allow_none=True)
-    staged = fields.Integer(metadata={"description": "Ads staged so far"})
-    rejected = fields.Integer(metadata={"description": "Ads rejected so far (kept as they are)"})
-
-
-class StageSchema(Schema):
-    items = PerItemList(
-        AdItemField(StageItemSchema, ops=None),
-        required=True,
-        validate=validate.Length(1, MAX_BATCH_ITEMS),
-        metadata={
-            "description": f"1 to {MAX_BATCH_ITEMS} ads; an external id sent again in a "
-            "later request replaces what was staged (twice in one request, the first stands)"
-        },
-    )
-
-
-class StageResultSchema(Schema):
-    results = fields.List(fields.Nested(ItemResultSchema))
-    session = fields.Nested(SyncSessionSchema)
-
-
-class CommitResultSchema(Schema):
-    session = fields.Nested(SyncSessionSchema)
-    created = fields.Integer()
-    updated = fields.Integer()
-    unchanged = fields.Integer()
-    deleted = fields.Integer(metadata={"description": "Ads of the portal that were not staged"})
-    kept_rejected = fields.Integer(metadata={"description": "Rejected ads, kept as they were"})
-    rejected_items = fields.List(fields.Nested(ItemResultSchema))
 
 
 def _session_id(value: str) -> uuid.UUID:

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+from marshmallow import Schema, fields, validate
+
+from directory.api.ads.schemas import AdItemField, ItemResultSchema, StageItemSchema
+from directory.api.fields import PerItemList
+from directory.models import SyncStatus
+from directory.services.ads import MAX_BATCH_ITEMS
+
+
+class SyncSessionSchema(Schema):
+    id = fields.UUID()
+    status = fields.Enum(SyncStatus, by_value=True)
+    created_at = fields.DateTime()
+    expires_at = fields.DateTime(metadata={"description": "Commit before this, or start again"})
+    finished_at = fields.DateTime(allow_none=True)
+    staged = fields.Integer(metadata={"description": "Ads staged so far"})
+    rejected = fields.Integer(metadata={"description": "Ads rejected so far (kept as they are)"})
+
+
+class StageSchema(Schema):
+    items = PerItemList(
+        AdItemField(StageItemSchema, ops=None),
+        required=True,
+        validate=validate.Length(1, MAX_BATCH_ITEMS),
+        metadata={
+            "description": f"1 to {MAX_BATCH_ITEMS} ads; an external id sent again in a "
+            "later request replaces what was staged (twice in one request, the first stands)"
+        },
+    )
+
+
+class StageResultSchema(Schema):
+    results = fields.List(fields.Nested(ItemResultSchema))
+    session = fields.Nested(SyncSessionSchema)
+
+
+class CommitResultSchema(Schema):
+    session = fields.Nested(SyncSessionSchema)
+    created = fields.Integer()
+    updated = fields.Integer()
+    unchanged = fields.Integer()
+    deleted = fields.Integer(metadata={"description": "Ads of the portal that were not staged"})
+    kept_rejected = fields.Integer(metadata={"description": "Rejected ads, kept as they were"})
+    rejected_items = fields.List(fields.Nested(ItemResultSchema))
