@@ -19,9 +19,15 @@ def decode(prefix: str, cursor: str) -> bytes:
         raise ValueError("not a cursor of this list")
     body = cursor[len(prefix) :]
     try:
-        return base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+        raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
     except binascii.Error as error:  # a ValueError too; said plainly
         raise ValueError("not a cursor of this list") from error
+    # Python's base64 drops characters outside its alphabet, takes "+" and "/" beside
+    # "-" and "_", and reads padding: "f1.MS4y!!" would pass for "f1.MS4y". Only the
+    # spelling encode writes is a cursor.
+    if encode(prefix, raw) != cursor:
+        raise ValueError("not a cursor of this list")
+    return raw
 
 
 def aware_time(value: object) -> datetime:

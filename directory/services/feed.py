@@ -16,8 +16,8 @@ from directory.models import AdChange, ChangeOp
 from directory.services.ads import AdRecord, get_public_ads
 
 CURSOR_PREFIX = "f1."
-# Two bigints (up to 19 digits each) as written by encode.
-POSITION = re.compile(r"(?P<txid>[0-9]{1,19})\.(?P<seq>[0-9]{1,19})")
+# Two bigints (up to 19 digits each, no leading zero) as written by encode.
+POSITION = re.compile(r"(?P<txid>0|[1-9][0-9]{0,18})\.(?P<seq>0|[1-9][0-9]{0,18})")
 MAX_BIGINT = 2**63 - 1
 
 

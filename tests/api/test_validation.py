@@ -2041,7 +2041,22 @@ def test_unknown_currency_is_404(client):
 
 
 @pytest.mark.parametrize(
-    "since", ["garbage", "f1.", "f1.!!!", "f1.bm90LWEtbnVtYmVy", "f1.LTEuMA"], ids=str
+    "since",
+    [
+        "garbage",
+        "f1.",
+        "f1.!!!",
+        "f1.bm90LWEtbnVtYmVy",
+        "f1.LTEuMA",
+        # A cursor of position 1.2 is f1.MS4y, spelt so only: base64 would drop what is
+        # not of its alphabet and read padding, and int() leading zeros.
+        "f1.MS4y!!",
+        "f1.MS4y==",
+        "f1.MS4y%20",
+        "f1.MS4y%0A",
+        "f1.MDEuMg",
+    ],
+    ids=str,
 )
 def test_feed_refuses_bad_since_naming_it_in_query(client, since):
     response = client.get(f"/v1/feed?since={since}")
