@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from directory.errors import Conflict, NotFound
+from directory.errors import Conflict
 from directory.models import Ad, Portal, PortalKey, PortalStatus, SyncSession
 from directory.services import relay
 from directory.services.ads import Lifetimes, delete_ads, lock_portal_writes
+from directory.services.portals import get_portal
 from directory.webhooks.signing import new_secret
 
 
@@ -35,9 +36,7 @@ def close_portal(session: Session, *, portal_slug: str, lifetimes: Lifetimes) ->
     """Close a suspended portal, for good. Only a suspended one: its keys have been
     refused since, so no request of its own is still writing (an ad write under way is
     waited for besides). Closing a closed portal changes nothing."""
-    portal = session.scalar(select(Portal).where(Portal.slug == portal_slug).with_for_update())
-    if portal is None:
-        raise NotFound(f"no portal with slug {portal_slug!r}", field="slug")
+    portal = get_portal(session, slug=portal_slug, lock=True)
     if portal.status is PortalStatus.CLOSED:
         return Closure(0, 0, 0, 0, already_closed=True)
     if portal.status is not PortalStatus.SUSPENDED:

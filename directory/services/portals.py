@@ -192,8 +192,14 @@ def create_portal(
     return portal, issue_key(session, portal_slug=slug)
 
 
-def get_portal(session: Session, *, slug: str) -> Portal:
-    portal = session.scalar(select(Portal).where(Portal.slug == slug))
+def get_portal(
+    session: Session, *, slug: str, lock: bool = False, key_share: bool = False
+) -> Portal:
+    """The portal of that slug. With `lock`, its row is locked until the transaction ends:
+    FOR UPDATE, or with `key_share` FOR NO KEY UPDATE (which does not wait for writes
+    that only refer to the portal, nor holds them up)."""
+    query = select(Portal).where(Portal.slug == slug)
+    portal = session.scalar(query.with_for_update(key_share=key_share) if lock else query)
     if portal is None:
         raise NotFound(f"no portal with slug {slug!r}", field="slug")
     return portal
@@ -227,11 +233,7 @@ def _closed(portal_slug: str) -> Conflict:
 def issue_key(session: Session, *, portal_slug: str, label: str | None = None) -> IssuedKey:
     """A new key for the portal; none for a closed one (services/closing.py). Its row is
     locked against a closing under way, whose end this then reads."""
-    portal = session.scalar(
-        select(Portal).where(Portal.slug == portal_slug).with_for_update(key_share=True)
-    )
-    if portal is None:
-        raise NotFound(f"no portal with slug {portal_slug!r}", field="slug")
+    portal = get_portal(session, slug=portal_slug, lock=True, key_share=True)
     if portal.status is PortalStatus.CLOSED:
         raise _closed(portal_slug)
     key = generate_key()
@@ -265,9 +267,7 @@ def revoke_key(session: Session, *, portal_slug: str, key_id: int) -> PortalKey:
 def set_status(session: Session, *, portal_slug: str, status: PortalStatus) -> Portal:
     """Suspend or reactivate a portal. A suspended portal's public ads leave the feed
     (and search) as deletions, and come back as upserts when it is reactivated."""
-    portal = session.scalar(select(Portal).where(Portal.slug == portal_slug).with_for_update())
-    if portal is None:
-        raise NotFound(f"no portal with slug {portal_slug!r}", field="slug")
+    portal = get_portal(session, slug=portal_slug, lock=True)
     if portal.status is PortalStatus.CLOSED:
         raise _closed(portal_slug)
     if portal.status == status:
