@@ -511,9 +511,14 @@ def _base64(raw: bytes) -> str:
 
 def _unbase64(text: str) -> bytes:
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except binascii.Error as error:
         raise ValueError("not base64") from error
+    # base64 drops characters outside its alphabet and reads padding: only the spelling
+    # _base64 writes is a cursor, not one with more (or less) around it.
+    if _base64(raw) != text:
+        raise ValueError("not base64 as a cursor spells it")
+    return raw
 
 
 # --- merging ------------------------------------------------------------------------------
