@@ -156,6 +156,12 @@ class AdChange(Base):
         BigInteger, server_default=text("(pg_current_xact_id()::text::bigint)")
     )
     ad_id: Mapped[uuid.UUID] = mapped_column(Uuid)  # no FK: deletions are logged too
+    # The key orders more than it checks: logging a change takes a key share lock on the
+    # portal's row, which a change of the whole portal's public view (suspension, website,
+    # ledger: services.portals._log_public_ads, under FOR UPDATE) waits for, and waits
+    # behind. That change then lists every ad as the write left it; without the key, an
+    # ad a write made public meanwhile would keep its upsert as the feed's last word
+    # (tests/api/test_feed.py, the portal change races).
     portal_id: Mapped[int] = mapped_column(ForeignKey("portals.id", ondelete="CASCADE"), index=True)
     op: Mapped[ChangeOp] = enum_column(ChangeOp, "ad_change_op")
     changed_at: Mapped[datetime] = created_at_column()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from datetime import UTC, datetime
 
@@ -9,7 +10,7 @@ from sqlalchemy import text, update
 from directory.api.ads.schemas import AdPutSchema
 from directory.db import unit_of_work
 from directory.models import Ad, PortalStatus, Visibility
-from directory.services import ads, portals
+from directory.services import ads, portals, websites
 from directory.services.feed import FeedPosition
 from tests.factories import ad_payload, in_days
 from tests.waits import wait_for_a_lock_wait
@@ -254,3 +255,107 @@ def test_changes_to_ads_out_of_public_view_write_nothing_to_the_feed(client, por
     )
 
     assert read_all(client, since=cursor)[0] == []
+
+
+def _wait_until_listed_or_waiting(wiring, listed: threading.Event, *, what: str) -> None:
+    """Returns once `listed` is set or a session waits on a lock: the change of the
+    whole portal has either read its ads or waits for the write under way."""
+    deadline = time.monotonic() + 10
+    while not listed.is_set():
+        with wiring.engine.connect() as connection:
+            if connection.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND wait_event_type = 'Lock'"
+                )
+            ):
+                return
+        assert time.monotonic() < deadline, f"{what} neither listed the ads nor waited"
+        time.sleep(0.01)
+
+
+def _race_a_portal_change(client, wiring, portal, *, change, external_id, ad):
+    """Writes `ad` (uncommitted) while `change` (a function of a session) changes the
+    whole portal in another transaction; commits the write, reads the feed while the
+    change is still open, then lets the change commit and reads on. Returns every
+    entry read since before the race."""
+    _, cursor = read_all(client)
+    listed, release = threading.Event(), threading.Event()
+
+    def portal_change():
+        with unit_of_work(wiring.session_factory) as session:
+            change(session)
+            listed.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=portal_change)
+    with unit_of_work(wiring.session_factory) as writer:
+        ads.apply_changes(
+            writer,
+            portal_id=portal.id,
+            operations=[ads.Upsert(external_id, AdPutSchema().load(ad))],
+            lifetimes=wiring.lifetimes,
+        )
+        thread.start()
+        _wait_until_listed_or_waiting(wiring, listed, what="the portal's change")
+    assert listed.wait(10)
+    during, cursor = read_all(client, since=cursor)  # the write, with the change open
+    release.set()
+    thread.join(20)
+    after, _ = read_all(client, since=cursor)
+    return during + after
+
+
+def test_an_ad_made_public_while_its_portal_is_being_suspended_ends_the_feed_deleted(
+    client, portal, wiring
+):
+    """The suspension lists the portal's public ads to tell them deleted. Were an ad
+    that a write under way makes public not among them, the write's upsert, read before
+    the suspension commits, would show the ad public, and be the feed's last word on it.
+    What orders the two is the key share lock that the write's feed entry takes on the
+    portal's row (ad_changes' foreign key), which the suspension's FOR UPDATE waits for:
+    without that key, this fails."""
+    created = client.put("/v1/ads/a-1", json=ad_payload("portal_only"), headers=portal.headers)
+    ad_id = created.json["id"]
+
+    changes = _race_a_portal_change(
+        client,
+        wiring,
+        portal,
+        change=lambda session: portals.set_status(
+            session, portal_slug=portal.slug, status=PortalStatus.SUSPENDED
+        ),
+        external_id="a-1",
+        ad=ad_payload(title="Public now"),
+    )
+
+    assert client.get(f"/v1/ads/{ad_id}").status_code == 404
+    last_word = [c for c in changes if c["ad_id"] == ad_id][-1]
+    assert last_word["op"] == "delete"
+
+
+def test_an_ad_made_public_while_its_portals_website_is_verified_ends_with_its_global_id(
+    client, make_portal, wiring
+):
+    """Verifying the website republishes the public ads with their global id; an ad a
+    write under way makes public meanwhile must end the feed with its global id too (as
+    in the suspension's race above)."""
+    portal = make_portal(website="https://sel.example.org")
+    created = client.put("/v1/ads/a-1", json=ad_payload("portal_only"), headers=portal.headers)
+    ad_id = created.json["id"]
+
+    changes = _race_a_portal_change(
+        client,
+        wiring,
+        portal,
+        change=lambda session: websites.trust_website(session, portal_id=portal.id),
+        external_id="a-1",
+        ad=ad_payload(title="Public now"),
+    )
+
+    assert client.get(f"/v1/ads/{ad_id}").json["global_id"] == "https://sel.example.org#a-1"
+    last_word = [c for c in changes if c["ad_id"] == ad_id][-1]
+    assert (last_word["op"], last_word["ad"]["global_id"]) == (
+        "upsert",
+        "https://sel.example.org#a-1",
+    )
