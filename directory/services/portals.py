@@ -393,6 +393,9 @@ def update_profile(
     identity_changed = (
         "website" in changes and website_identity(changes["website"]) != portal.website_identity
     )
+    # Only a verified website is in the ads' public view: from one unverified website to
+    # another, nothing the feed tells changes (and a portal could write to it at will).
+    global_ids_changed = identity_changed and portal.website_verified_at is not None
     if ledger_changed and changes["ledger"] is not None:
         check_outbound_url(
             changes["ledger"].url,
@@ -421,8 +424,8 @@ def update_profile(
             deliveries.park_webhooks(session, portal_id=portal.id)
         else:
             deliveries.resume_webhooks(session, portal_id=portal.id)
-    if identity_changed or ledger_changed:
-        republish_public_ads(session, portal_id=portal.id, payable_only=not identity_changed)
+    if global_ids_changed or ledger_changed:
+        republish_public_ads(session, portal_id=portal.id, payable_only=not global_ids_changed)
     if changes:
         portal.updated_at = datetime.now(UTC)
     session.flush()

@@ -137,6 +137,19 @@ def test_a_change_of_website_republishes_the_public_ads_through_the_feed(client,
     assert [change["ad"]["global_id"] for change in changes] == [None]
 
 
+def test_a_change_between_unverified_websites_tells_the_feed_nothing(client, portal):
+    # Their ads had no global id and have none: a portal flipping its website could
+    # otherwise write its every public ad to the feed as often as it liked.
+    set_website(client, portal, "https://one.example.org", verified=False)
+    put(client, portal, "ad-1")
+    _, cursor = read_all(client)
+
+    for website in ("https://two.example.org", "https://one.example.org", None):
+        set_website(client, portal, website, verified=False)
+
+    assert read_all(client, since=cursor)[0] == []
+
+
 def test_global_id_depends_on_website_and_external_id_only(client, portal):
     # As a registration of the same portal in another directory would compute it (other
     # slug, other ids, the website spelt otherwise): tests/clients/test_federation.py.
