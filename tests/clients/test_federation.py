@@ -485,6 +485,8 @@ def test_facets_are_the_directories_counts_summed(directories, federated):
         with DirectoryClient(url) as client:
             own.append(client.search_ads(facets=asked, **NEAR_LYON).facets)
     assert page.facets.total == own[0].total + own[1].total
+    # Each directory's own counts: a portal's slug names it within its directory only.
+    assert page.facets_by_directory == {a.url: own[0], b.url: own[1]}
     for name in asked:
         sums: dict[str, int] = {}
         for facets in own:

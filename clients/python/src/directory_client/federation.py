@@ -149,8 +149,13 @@ class FederatedHit:
 class FederatedPage:
     hits: list[FederatedHit]
     next_cursor: str | None
-    facets: models.FacetCounts | None  # summed over the directories that answered
+    # Summed over the directories that answered. Portals (and their community currencies,
+    # "<portal>:<CODE>") are counted by slug, which is unique within one directory only:
+    # namesakes of two directories add up there; facets_by_directory tells them apart.
+    facets: models.FacetCounts | None
     directories: list[DirectoryStatus]  # in the order the directories were given
+    # Each answering directory's own counts, by its base URL (None: no facets asked).
+    facets_by_directory: dict[str, models.FacetCounts] | None = None
 
     @property
     def partial(self) -> bool:
@@ -254,15 +259,19 @@ class FederatedSearch:
         more = any(not positions[index].done for index in answers)
         next_cursor = _State(fingerprint, positions, turn, frozenset(seen)).encode()
         taken_from = Counter(stream.index for stream, _ in taken)
+        counted = {
+            self._clients[index].base_url: answer.facets
+            for index, answer in answers.items()
+            if answer.facets
+        }
         return FederatedPage(
             hits=[FederatedHit(hit, self._clients[stream.index].base_url) for stream, hit in taken],
             next_cursor=next_cursor if more else None,
-            facets=None
-            if facets is None
-            else _summed([answer.facets for answer in answers.values() if answer.facets]),
+            facets=None if facets is None else _summed(list(counted.values())),
             directories=[
                 replace(status, hits=taken_from[index]) for index, status in enumerate(statuses)
             ],
+            facets_by_directory=None if facets is None else counted,
         )
 
     def iter_search(self, *, page_size: int = MAX_PAGE_SIZE, **filters: Any) -> FederatedHits:
