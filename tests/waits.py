@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import text
 
@@ -31,3 +34,20 @@ def wait_for_a_lock_wait(
             return
         assert time.monotonic() < deadline, f"{what} never waited on a lock"
         time.sleep(0.01)
+
+
+def send_aside(wiring, request: Callable[[], Any], *, what: str) -> Callable[[], Any]:
+    """Sends `request` from a thread of its own, and returns once it waits on a lock (one
+    the caller's open transaction holds). Call what it returns, once that transaction has
+    ended, for the request's answer."""
+    answers: list[Any] = []
+    thread = threading.Thread(target=lambda: answers.append(request()))
+    thread.start()
+    wait_for_a_lock_wait(wiring, what=what)
+
+    def answer() -> Any:
+        thread.join(30)
+        assert answers, f"{what} never answered"
+        return answers[0]
+
+    return answer

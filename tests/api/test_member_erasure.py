@@ -4,7 +4,6 @@ under their handle goes; the other party's portal reads its conversations ended.
 from __future__ import annotations
 
 import dataclasses
-import threading
 import uuid
 
 import pytest
@@ -16,7 +15,7 @@ from directory.db import unit_of_work
 from directory.models import Delivery
 from directory.services import ads, members, relay, sync
 from tests.factories import ad_payload
-from tests.waits import wait_for_a_lock_wait
+from tests.waits import send_aside
 
 # Distinctive, so that a search of every table for it finds only what erasure missed.
 ERASED = "m-erase-me-7731"
@@ -313,20 +312,16 @@ def test_a_message_written_while_the_erasure_commits_is_refused(
 ):
     ad_id = publish(client, advertiser, "piano", member=ERASED)
     conversation_id = contact(client, writer_portal, ad_id)
-    answers = []
     with unit_of_work(wiring.session_factory) as erasing:
         members.erase_member(
             erasing, portal_id=advertiser.id, member=ERASED, lifetimes=wiring.lifetimes
         )
-        writer = threading.Thread(
-            target=lambda: answers.append(
-                write(app.test_client(), writer_portal, conversation_id, member=WRITER)
-            )
+        writer = send_aside(
+            wiring,
+            lambda: write(app.test_client(), writer_portal, conversation_id, member=WRITER),
+            what="the message",
         )
-        writer.start()
-        wait_for_a_lock_wait(wiring, what="the message")
-    writer.join(30)
-    (answer,) = answers
+    answer = writer()
     assert answer.status_code == 409, answer.json
     assert answer.json["error"] == "party_erased"
 
@@ -336,16 +331,13 @@ def test_a_message_committed_before_the_erasure_is_erased_with_the_rest(
 ):
     ad_id = publish(client, advertiser, "piano", member=ERASED)
     conversation_id = contact(client, writer_portal, ad_id)
-    answers = []
     with unit_of_work(wiring.session_factory) as writing:
         writing.execute(
             text("SELECT 1 FROM conversations WHERE id = :id FOR UPDATE"), {"id": conversation_id}
         )
-        eraser = threading.Thread(
-            target=lambda: answers.append(erase(app.test_client(), advertiser))
+        erasure = send_aside(
+            wiring, lambda: erase(app.test_client(), advertiser), what="the erasure"
         )
-        eraser.start()
-        wait_for_a_lock_wait(wiring, what="the erasure")
         writing.execute(
             text(
                 "INSERT INTO messages (id, conversation_id, seq, sender_role, sender_portal_id,"
@@ -354,8 +346,7 @@ def test_a_message_committed_before_the_erasure_is_erased_with_the_rest(
             ),
             {"id": conversation_id, "portal": writer_portal.id},
         )
-    eraser.join(30)
-    (answer,) = answers
+    answer = erasure()
     assert answer.status_code == 200, answer.json
     assert answer.json["messages_deleted"] == 2
     assert conversation(client, writer_portal, conversation_id)["messages"] == []
@@ -368,12 +359,9 @@ def test_a_contact_made_while_the_erasure_waits_is_erased_too(
     with unit_of_work(wiring.session_factory) as contacting:
         # What a contact holds from finding the ad to committing its conversation.
         contacting.execute(text("SELECT 1 FROM ads WHERE id = :id FOR KEY SHARE"), {"id": ad_id})
-        answers = []
-        eraser = threading.Thread(
-            target=lambda: answers.append(erase(app.test_client(), advertiser))
+        erasure = send_aside(
+            wiring, lambda: erase(app.test_client(), advertiser), what="the erasure"
         )
-        eraser.start()
-        wait_for_a_lock_wait(wiring, what="the erasure")
         contacting.execute(
             text(
                 "INSERT INTO conversations (id, ad_id, ad_title, initiator_portal_id,"
@@ -390,8 +378,7 @@ def test_a_contact_made_while_the_erasure_waits_is_erased_too(
                 "erased": ERASED,
             },
         )
-    eraser.join(30)
-    (answer,) = answers
+    answer = erasure()
     assert answer.json["conversations_ended"] == 1, answer.json
     assert rows_naming(wiring, ERASED) == {}
 
@@ -477,7 +464,6 @@ def test_ads_a_sync_commit_under_way_publishes_for_the_member_are_erased_too(
         headers=advertiser.headers,
     )
     assert staged.status_code == 200, staged.json
-    answers = []
     with unit_of_work(wiring.session_factory) as committing:
         sync.commit(
             committing,
@@ -485,13 +471,10 @@ def test_ads_a_sync_commit_under_way_publishes_for_the_member_are_erased_too(
             session_id=uuid.UUID(session_id),
             lifetimes=wiring.lifetimes,
         )
-        eraser = threading.Thread(
-            target=lambda: answers.append(erase(app.test_client(), advertiser))
+        erasure = send_aside(
+            wiring, lambda: erase(app.test_client(), advertiser), what="the erasure"
         )
-        eraser.start()
-        wait_for_a_lock_wait(wiring, what="the erasure")
-    eraser.join(30)
-    (answer,) = answers
+    answer = erasure()
     assert answer.status_code == 200, answer.json
     # Whichever came first, the commit's ads are the erased member's: none is left.
     assert client.get("/v1/portals/me/ads", headers=advertiser.headers).json["items"] == []
@@ -503,7 +486,6 @@ def test_an_ad_written_for_the_member_while_the_erasure_starts_is_erased_too(
     app, client, wiring, advertiser
 ):
     publish(client, advertiser, "violin", member=ERASED)
-    answers = []
     with unit_of_work(wiring.session_factory) as writing:
         ads.upsert_ad(
             writing,
@@ -512,13 +494,10 @@ def test_an_ad_written_for_the_member_while_the_erasure_starts_is_erased_too(
             ad=AdPutSchema().load(ad_payload(member=ERASED)),
             lifetimes=wiring.lifetimes,
         )
-        eraser = threading.Thread(
-            target=lambda: answers.append(erase(app.test_client(), advertiser))
+        erasure = send_aside(
+            wiring, lambda: erase(app.test_client(), advertiser), what="the erasure"
         )
-        eraser.start()
-        wait_for_a_lock_wait(wiring, what="the erasure")
-    eraser.join(30)
-    (answer,) = answers
+    answer = erasure()
     assert answer.status_code == 200, answer.json
     assert answer.json["ads_deleted"] == 2
     assert client.get("/v1/portals/me/ads", headers=advertiser.headers).json["items"] == []
@@ -529,7 +508,6 @@ def test_ads_staged_for_the_member_while_the_erasure_starts_are_dropped_too(
     app, client, wiring, advertiser
 ):
     session_id = client.post("/v1/sync-sessions", headers=advertiser.headers).json["id"]
-    answers = []
     with unit_of_work(wiring.session_factory) as staging:
         sync.stage_items(
             staging,
@@ -539,13 +517,10 @@ def test_ads_staged_for_the_member_while_the_erasure_starts_are_dropped_too(
             lifetimes=wiring.lifetimes,
             max_items=10,
         )
-        eraser = threading.Thread(
-            target=lambda: answers.append(erase(app.test_client(), advertiser))
+        erasure = send_aside(
+            wiring, lambda: erase(app.test_client(), advertiser), what="the erasure"
         )
-        eraser.start()
-        wait_for_a_lock_wait(wiring, what="the erasure")
-    eraser.join(30)
-    (answer,) = answers
+    answer = erasure()
     assert answer.json["staged_ads_dropped"] == 1, answer.json
     committed = client.post(f"/v1/sync-sessions/{session_id}/commit", headers=advertiser.headers)
     assert committed.status_code == 200, committed.json
@@ -593,16 +568,12 @@ def test_an_erasure_and_the_members_own_contact_under_way_do_not_deadlock(
     # that deleted the ad before taking that lock waited for the contact, which waited
     # for it: PostgreSQL broke the deadlock by failing one of them.
     ad_id = publish(client, advertiser, "piano", member=ERASED)
-    answers = []
     with unit_of_work(wiring.session_factory) as contacting:
         relay.lock_member_openings(contacting, portal_id=advertiser.id, member=ERASED)
-        eraser = threading.Thread(
-            target=lambda: answers.append(erase(app.test_client(), advertiser))
+        erasure = send_aside(
+            wiring, lambda: erase(app.test_client(), advertiser), what="the erasure"
         )
-        eraser.start()
-        wait_for_a_lock_wait(wiring, what="the erasure")
         contacting.execute(text("SELECT 1 FROM ads WHERE id = :id FOR KEY SHARE"), {"id": ad_id})
-    eraser.join(30)
-    (answer,) = answers
+    answer = erasure()
     assert answer.status_code == 200, answer.json
     assert answer.json["ads_deleted"] == 1
