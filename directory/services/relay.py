@@ -900,7 +900,10 @@ def _erase_parties(party: str) -> TextClause:
             initiator_name = CASE WHEN as_initiator THEN NULL ELSE initiator_name END,
             recipient_member = CASE WHEN as_recipient THEN NULL ELSE recipient_member END,
             recipient_name = CASE WHEN as_recipient THEN NULL ELSE recipient_name END,
-            ad_title = CASE WHEN as_recipient THEN NULL ELSE ad_title END
+            ad_title = CASE WHEN as_recipient THEN NULL ELSE ad_title END,
+            -- Their ad is deleted with them, unless it was given to another member since:
+            -- the husk points at nothing then either.
+            ad_id = CASE WHEN as_recipient THEN NULL ELSE ad_id END
         FROM (SELECT id, {as_initiator} AS as_initiator, {as_recipient} AS as_recipient
               FROM conversations
               WHERE ({as_initiator}) OR ({as_recipient})

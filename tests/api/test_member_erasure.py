@@ -149,6 +149,22 @@ def test_erasing_a_writer_ends_their_conversations_for_the_advertiser(
     assert rows_naming(wiring, "Hello from me") == {}
 
 
+def test_an_erased_advertisers_conversation_no_longer_points_at_an_ad_given_to_another(
+    client, advertiser, writer_portal
+):
+    ad_id = publish(client, advertiser, "piano", member=ERASED)
+    conversation_id = contact(client, writer_portal, ad_id)
+    # The portal gives the ad to another of its members, then erases the first.
+    assert publish(client, advertiser, "piano", member=OTHER) == ad_id
+
+    assert erase(client, advertiser).json["ads_deleted"] == 0
+
+    assert client.get(f"/v1/ads/{ad_id}").status_code == 200  # the other member's now
+    seen = conversation(client, writer_portal, conversation_id)
+    assert seen["ad"] == {"id": None, "title": None}
+    assert seen["recipient"]["erased"] is True
+
+
 def test_nobody_can_write_in_a_conversation_whose_party_was_erased(
     client, advertiser, writer_portal
 ):

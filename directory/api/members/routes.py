@@ -31,7 +31,7 @@ class MemberErasures(MethodView):
         - Their ads are deleted, as by DELETE (the feed and search are told).
         - Every conversation they are a party to loses all its messages (both
           parties', delivered or not: what is still pending is not delivered), and
-          their handle and name; when they were the advertiser, the ad's title too. The
+          their handle and name; when they were the advertiser, the ad's title and id too. The
           conversation stays, with its random aliases: the other party's portal reads
           it ended (the party's `erased` is true) and writing in it is refused with
           409 party_erased. A webhook already on its way may still arrive.

@@ -194,7 +194,10 @@ class MessageSchema(Schema):
 
 
 class AdRefSchema(Schema):
-    id = fields.UUID(allow_none=True, metadata={"description": "None once the ad is deleted"})
+    id = fields.UUID(
+        allow_none=True,
+        metadata={"description": "None once the ad is deleted, or its advertiser erased"},
+    )
     title = fields.String(
         allow_none=True, metadata={"description": "None once its advertiser was erased"}
     )
