@@ -180,6 +180,17 @@ def other_portal(make_portal):
     return make_portal(slug="other-portal", name="Other Exchange")
 
 
+# The relay's two portals: an advertiser's, and the one whose member writes to it.
+@pytest.fixture
+def advertiser(make_portal):
+    return make_portal(slug="sel-lyon", name="SEL de Lyon")
+
+
+@pytest.fixture
+def writer_portal(make_portal):
+    return make_portal(slug="lets-bristol", name="Bristol LETS")
+
+
 def pytest_report_header(config):
     return f"PostgreSQL binaries: {localdb.PG_BIN}; postgis: {shutil.which('shp2pgsql') or 'n/a'}"
 

@@ -242,21 +242,11 @@ def write(client, writer, conversation_id: str, count: int) -> list[str]:
     return sent
 
 
-@pytest.fixture
-def advertiser(make_portal):
-    return make_portal(slug="sel-lyon", name="SEL de Lyon")
-
-
-@pytest.fixture
-def writer(make_portal):
-    return make_portal(slug="lets-bristol", name="Bristol LETS")
-
-
 # --- the receiver down for a while ----------------------------------------------------------
 
 
 def test_messages_sent_while_the_receiver_is_down_arrive_once_it_is_back(
-    client, migrated, advertiser, writer, workers
+    client, migrated, advertiser, writer_portal, workers
 ):
     receiver = WebhookReceiver([signing_secret(client, advertiser)]).start()
     try:
@@ -264,8 +254,8 @@ def test_messages_sent_while_the_receiver_is_down_arrive_once_it_is_back(
         port = receiver.port
         receiver.stop()
         workers.start(migrated.database_url)
-        conversation_id, first = open_conversation(client, advertiser, writer)
-        accepted = {first, *write(client, writer, conversation_id, 19)}
+        conversation_id, first = open_conversation(client, advertiser, writer_portal)
+        accepted = {first, *write(client, writer_portal, conversation_id, 19)}
         # Down "for a while": every message has failed at least twice.
         wait_until(
             lambda: (
@@ -289,7 +279,7 @@ SLOW_ANSWER_S = 1.0
 
 
 def test_a_worker_killed_mid_delivery_loses_nothing_and_repeats_under_the_same_id(
-    client, migrated, advertiser, writer, workers
+    client, migrated, advertiser, writer_portal, workers
 ):
     slow = Reply(delay_s=SLOW_ANSWER_S)
     with WebhookReceiver(
@@ -297,8 +287,8 @@ def test_a_worker_killed_mid_delivery_loses_nothing_and_repeats_under_the_same_i
     ) as receiver:
         set_webhook(client, advertiser, receiver.url)
         first_worker = workers.start(migrated.database_url)
-        conversation_id, first = open_conversation(client, advertiser, writer)
-        accepted = {first, *write(client, writer, conversation_id, 39)}
+        conversation_id, first = open_conversation(client, advertiser, writer_portal)
+        accepted = {first, *write(client, writer_portal, conversation_id, 39)}
         receiver.wait_for(
             lambda seen: sum(delivery.answered_at is None for delivery in seen) >= 8,
             timeout_s=STARTUP_S,
@@ -500,7 +490,7 @@ def listeners(database_url: str) -> int:
 
 
 def test_two_workers_share_the_deliveries_without_doing_any_twice(
-    client, migrated, advertiser, writer, workers
+    client, migrated, advertiser, writer_portal, workers
 ):
     # Each answer takes a while, so that both workers have deliveries in flight at once.
     answer = Reply(delay_s=0.3)
@@ -517,10 +507,10 @@ def test_two_workers_share_the_deliveries_without_doing_any_twice(
         # Half the messages wait in the inbox (no webhook yet) and all come due at once
         # when the webhook is set, waking both workers with one notification; the other
         # half come one by one while the first are being delivered.
-        conversation_id, first = open_conversation(client, advertiser, writer)
-        accepted = {first, *write(client, writer, conversation_id, 99)}
+        conversation_id, first = open_conversation(client, advertiser, writer_portal)
+        accepted = {first, *write(client, writer_portal, conversation_id, 99)}
         set_webhook(client, advertiser, receiver.url)
-        accepted |= set(write(client, writer, conversation_id, 100))
+        accepted |= set(write(client, writer_portal, conversation_id, 100))
         rows = wait_until_all_delivered(receiver, accepted, migrated.database_url)
         deliveries = receiver.deliveries
         assert len(deliveries) == len(accepted) == 200
