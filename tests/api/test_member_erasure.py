@@ -14,6 +14,7 @@ from directory.api.ads.schemas import AdPutSchema
 from directory.db import unit_of_work
 from directory.models import Delivery
 from directory.services import ads, members, relay, sync
+from tests.api.test_relay import publish
 from tests.factories import ad_payload
 from tests.waits import send_aside
 
@@ -22,16 +23,6 @@ ERASED = "m-erase-me-7731"
 WRITER = "m-writer"
 OTHER = "m-stays"
 ERASURES = "/v1/portals/me/member-erasures"
-
-
-def publish(client, portal, external_id, *, member, **overrides) -> str:
-    response = client.put(
-        f"/v1/ads/{external_id}",
-        json=ad_payload(member=member, **overrides),
-        headers=portal.headers,
-    )
-    assert response.status_code in (200, 201), response.json
-    return response.json["id"]
 
 
 def contact(client, portal, ad_id, *, member=WRITER, body="Is it still on?"):
