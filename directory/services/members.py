@@ -45,8 +45,9 @@ def erase_member(session: Session, *, portal_id: int, member: str, lifetimes: Li
     (a staging or a commit under way, services/sync.py), then the portal's write lock,
     alone, as a commit holds it."""
     relay.lock_member_openings(session, portal_id=portal_id, member=member)
-    portal_sessions = select(SyncSession.id).where(SyncSession.portal_id == portal_id)
-    open_sessions = portal_sessions.where(SyncSession.status == SyncStatus.OPEN)
+    open_sessions = select(SyncSession.id).where(
+        SyncSession.portal_id == portal_id, SyncSession.status == SyncStatus.OPEN
+    )
     session.execute(open_sessions.order_by(SyncSession.id).with_for_update())
     lock_portal_writes(session, portal_id, exclusive=True)
     their_ads = select(Ad.external_id).where(Ad.portal_id == portal_id, Ad.member == member)
@@ -59,25 +60,21 @@ def erase_member(session: Session, *, portal_id: int, member: str, lifetimes: Li
     # After the ads: a contact made meanwhile held its ad (key share) until it committed,
     # so its conversation is among those erased now.
     conversations = relay.erase_member_conversations(session, portal_id=portal_id, member=member)
-    of_member = SyncSessionItem.data["member"].astext == member
-    staged = session.execute(
-        delete(SyncSessionItem).where(
-            SyncSessionItem.session_id.in_(open_sessions.scalar_subquery()), of_member
+    # Every session of the portal's: a finished one keeps its items until housekeeping,
+    # and they hold the member's handle and words. Only those of open sessions are
+    # counted: a commit would have published them again.
+    dropped = session.scalars(
+        delete(SyncSessionItem)
+        .where(
+            SyncSessionItem.session_id == SyncSession.id,
+            SyncSession.portal_id == portal_id,
+            SyncSessionItem.data["member"].astext == member,
         )
-    ).rowcount
-    # A finished session keeps its items until housekeeping: not counted, as they would
-    # not have been published again, but they hold the member's handle and words.
-    session.execute(
-        delete(SyncSessionItem).where(
-            SyncSessionItem.session_id.in_(
-                portal_sessions.where(SyncSession.status != SyncStatus.OPEN).scalar_subquery()
-            ),
-            of_member,
-        )
-    )
+        .returning(SyncSession.status)
+    ).all()
     return Erasure(
         ads_deleted=ads_deleted,
         conversations_ended=conversations.conversations,
         messages_deleted=conversations.messages,
-        staged_ads_dropped=staged,
+        staged_ads_dropped=sum(status is SyncStatus.OPEN for status in dropped),
     )
