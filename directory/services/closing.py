@@ -19,7 +19,7 @@ from directory.errors import Conflict
 from directory.models import Ad, Portal, PortalKey, PortalStatus, SyncSession
 from directory.services import relay
 from directory.services.ads import Lifetimes, delete_ads, lock_portal_writes
-from directory.services.portals import get_portal
+from directory.services.portals import claim_website, get_portal
 from directory.webhooks.signing import new_secret
 
 
@@ -79,13 +79,8 @@ def _forget_profile(portal: Portal) -> None:
     """All of the profile but the slug and the name. The website is free for another
     portal to verify (a successor of the community, say)."""
     portal.website = None
-    portal.website_identity = None
-    portal.website_verification_token = None
-    portal.website_verified_at = None
-    portal.website_verified_by = None
+    claim_website(portal)  # no identity, token nor verification for no website
     portal.website_checked_at = None
-    portal.website_recheck_failing_since = None
-    portal.website_recheck_failure = None
     portal.website_token_seen_at = None
     portal.contact = None
     portal.description = None

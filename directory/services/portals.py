@@ -129,7 +129,7 @@ def website_identity(website: str | None) -> str | None:
     return None if prefix is None else hashlib.sha256(prefix.encode()).hexdigest()
 
 
-def _claim_website(portal: Portal) -> None:
+def claim_website(portal: Portal) -> None:
     """A portal's new website (or none): its identity, a new verification token, and no
     verification until the portal proves the website is its own (services.websites).
     Only for a change of identity: another spelling of the same site keeps all three."""
@@ -177,7 +177,7 @@ def create_portal(
         webhook_url=webhook_url,
         webhook_secret=new_secret(),
     )
-    _claim_website(portal)
+    claim_website(portal)
     add_unique(
         session,
         portal,
@@ -413,7 +413,7 @@ def update_profile(
     for name, value in changes.items():
         setattr(portal, name, value)
     if identity_changed:
-        _claim_website(portal)
+        claim_website(portal)
     if "webhook_url" in changes:
         # Setting the URL (again) is how a portal says its endpoint works: a webhook
         # disabled by a 410 comes back, and what waited in the inbox is sent too.
