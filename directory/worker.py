@@ -82,18 +82,7 @@ class Job:
             )
             # Jitter: workers that failed together do not all retry together.
             delay *= random.uniform(0.75, 1.25)
-            if isinstance(error, OperationalError):
-                log.warning(
-                    "%s failed (%d in a row), the database is unavailable: %s; next try in %.0f s",
-                    self.name,
-                    self.failures,
-                    first_line(error.orig),
-                    delay,
-                )
-            else:
-                log.exception(
-                    "%s failed (%d in a row); next try in %.0f s", self.name, self.failures, delay
-                )
+            log_failure(self.name, self.failures, delay, error)
             self.due_at = time.monotonic() + delay
         else:
             self.failures = 0
@@ -108,8 +97,20 @@ def delivery_backoff_s(failures: int) -> float:
     return delay * random.uniform(0.75, 1.25)
 
 
-def first_line(error: BaseException | None) -> str:
-    return str(error).strip().split("\n", 1)[0]
+def log_failure(what: str, failures: int, delay: float, error: Exception) -> None:
+    """A failed try of a job or of the deliverer. With the database away, one line a try
+    (it fails at every try until it is back), not a traceback each time."""
+    if isinstance(error, OperationalError):
+        reason = str(error.orig).strip().split("\n", 1)[0]
+        log.warning(
+            "%s failed (%d in a row), the database is unavailable: %s; next try in %.0f s",
+            what,
+            failures,
+            reason,
+            delay,
+        )
+    else:
+        log.exception("%s failed (%d in a row); next try in %.0f s", what, failures, delay)
 
 
 def housekeeping(wiring: Wiring) -> None:
@@ -377,17 +378,7 @@ class Deliverer:
             except Exception as error:
                 self.failures += 1
                 delay = delivery_backoff_s(self.failures)
-                if isinstance(error, OperationalError):
-                    # The database away: one line a try, not a traceback each time.
-                    log.warning(
-                        "claiming deliveries failed (%d in a row), the database is "
-                        "unavailable: %s; again in %.0f s",
-                        self.failures,
-                        first_line(error.orig),
-                        delay,
-                    )
-                else:
-                    log.exception("claiming deliveries failed (%d in a row)", self.failures)
+                log_failure("claiming deliveries", self.failures, delay, error)
                 self.stop.wait(delay)
                 continue
             if more_due:
