@@ -87,6 +87,10 @@ class Conversation(Base):
             "ad_title IS NOT NULL OR recipient_member IS NULL",
             name="ad_title_unless_advertiser_erased",
         ),
+        CheckConstraint(
+            "(last_sender IS NULL) = (unanswered_messages = 0)",
+            name="last_sender_when_unanswered",
+        ),
         # Each portal's list, newest activity first.
         Index(
             "ix_conversations_initiator_activity",
@@ -131,6 +135,11 @@ class Conversation(Base):
     blocked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     blocked_by: Mapped[Role | None] = enum_column(Role, "conversation_role", nullable=True)
     message_count: Mapped[int] = mapped_column(Integer, server_default="0")
+    # Who wrote last, and how many messages in a row: a party may send only so many
+    # before the other answers (services/relay.py), so that what reaches a member
+    # unasked is bounded by the limits on new conversations.
+    last_sender: Mapped[Role | None] = enum_column(Role, "last_sender_role", nullable=True)
+    unanswered_messages: Mapped[int] = mapped_column(Integer, server_default="0")
     created_at: Mapped[datetime] = created_at_column()
     last_message_at: Mapped[datetime] = created_at_column()
 
