@@ -55,6 +55,10 @@ RATE_WINDOW = timedelta(hours=1)
 class RelayLimits:
     conversations_per_member_per_hour: int
     conversations_per_portal_per_hour: int
+    # Messages a party may send in a row before the other answers: with the limits on
+    # new conversations, this bounds what reaches a member unasked (the recipient need
+    # not block a flood, it stops by itself).
+    unanswered_messages: int
 
 
 def new_alias() -> str:
@@ -203,10 +207,12 @@ def post_message(
     name: str | None,
     body: str,
     idempotency_key: str | None,
+    limits: RelayLimits,
 ) -> Sent:
     """A party writes in a conversation. `member` says which party, when both are
     members of the calling portal. Refused while the other party's portal is suspended:
-    nothing may flow to it (the conversation stays readable)."""
+    nothing may flow to it (the conversation stays readable), and once the party has
+    sent as many messages in a row as the limits allow, until the other answers."""
     # Locked: the messages of a conversation are numbered one after the other, and a
     # retry racing its original finds it once the lock is ours. Read with both
     # communities, as the answer shows them: this is the hot path of the relay.
@@ -248,6 +254,16 @@ def post_message(
             "the other party's community is suspended from the directory and cannot "
             "receive messages now; the conversation can still be read",
             code="recipient_portal_suspended",
+        )
+    if (
+        conversation.last_sender is role
+        and conversation.unanswered_messages >= limits.unanswered_messages
+    ):
+        raise Conflict(
+            f"you have sent {conversation.unanswered_messages} messages in a row in this "
+            "conversation; the other party must answer before you write again",
+            field="member",
+            code="awaiting_reply",
         )
     portals = {
         conversation.initiator_portal_id: PortalRef(
@@ -391,6 +407,9 @@ APPEND_MESSAGE = text(
         UPDATE conversations SET
             message_count = message_count + 1,
             last_message_at = :now,
+            unanswered_messages = CASE WHEN last_sender = :role
+                THEN unanswered_messages + 1 ELSE 1 END,
+            last_sender = :role,
             initiator_name = CASE WHEN :role = 'initiator'
                 THEN coalesce(:name, initiator_name) ELSE initiator_name END,
             recipient_name = CASE WHEN :role = 'recipient'

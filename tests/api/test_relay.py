@@ -15,7 +15,15 @@ from sqlalchemy.exc import OperationalError
 
 from directory import build_wiring, create_app, cursors
 from directory.db import unit_of_work
-from directory.models import Ad, Conversation, Delivery, DeliveryState, Message, PortalStatus
+from directory.models import (
+    Ad,
+    Conversation,
+    Delivery,
+    DeliveryState,
+    Message,
+    PortalStatus,
+    Role,
+)
 from directory.models.relay import MAX_MESSAGE_CHARS
 from directory.services import portals, relay
 from directory.worker import housekeeping, purge_old_messages
@@ -24,6 +32,12 @@ from tests.waits import wait_for_a_lock_wait
 
 ADVERTISER = "m-ad-owner"
 WRITER = "m-writer"
+# For the service called directly, where a test does not reach any limit.
+LIMITS = relay.RelayLimits(
+    conversations_per_member_per_hour=100,
+    conversations_per_portal_per_hour=100,
+    unanswered_messages=10,
+)
 
 
 def publish(client, portal, external_id="ad-1", **overrides) -> str:
@@ -694,9 +708,7 @@ def test_a_conversation_is_opened_when_its_first_message_is_sent(
             name="Anna",
             body="First",
             idempotency_key=None,
-            limits=relay.RelayLimits(
-                conversations_per_member_per_hour=100, conversations_per_portal_per_hour=100
-            ),
+            limits=LIMITS,
         )
         opener = threading.Thread(target=second_opening)
         opener.start()
@@ -747,8 +759,8 @@ def test_openings_at_once_by_one_member_cannot_both_pass_its_limit(
             name="Anna",
             body="Second",
             idempotency_key=None,
-            limits=relay.RelayLimits(
-                conversations_per_member_per_hour=2, conversations_per_portal_per_hour=3
+            limits=dataclasses.replace(
+                LIMITS, conversations_per_member_per_hour=2, conversations_per_portal_per_hour=3
             ),
         )
         racer = threading.Thread(
@@ -775,6 +787,136 @@ def test_the_limit_counts_only_the_last_hour(
             update(Conversation).values(created_at=datetime.now(UTC) - timedelta(minutes=61))
         )
     assert contact(strict_client, writer_portal, ads[2]).status_code == 201
+
+
+@pytest.fixture
+def three_in_a_row(migrated):
+    """A client of a directory where a party may send 3 messages in a row."""
+    app = create_app(dataclasses.replace(migrated, relay_unanswered_messages=3))
+    yield app.test_client()
+    app.extensions["directory"].close()
+
+
+def stored_messages(wiring) -> list[tuple[int, str]]:
+    with unit_of_work(wiring.session_factory) as session:
+        rows = session.execute(select(Message.seq, Message.body).order_by(Message.seq))
+        return [tuple(row) for row in rows]
+
+
+def test_a_party_sends_only_so_many_messages_before_the_other_answers(
+    three_in_a_row, wiring, advertiser, writer_portal, ad_id
+):
+    client = three_in_a_row
+    conversation_id = contact(client, writer_portal, ad_id, body="1").json["conversation"]["id"]
+    for body in ("2", "3"):
+        sent = reply(client, writer_portal, conversation_id, member=WRITER, body=body)
+        assert sent.status_code == 201, sent.json
+    refused = reply(client, writer_portal, conversation_id, member=WRITER, body="4")
+    assert refused.status_code == 409
+    assert refused.json["error"] == "awaiting_reply"
+    assert refused.json["message"] == (
+        "you have sent 3 messages in a row in this conversation; the other party must "
+        "answer before you write again"
+    )
+    assert "member" in refused.json["errors"]["json"]
+    assert stored_messages(wiring) == [(1, "1"), (2, "2"), (3, "3")]  # nothing of the 4th
+    # Once answered, the writer may send as many in a row again; the other party too.
+    assert reply(client, advertiser, conversation_id, body="A").status_code == 201
+    for body in ("4", "5", "6"):
+        assert (
+            reply(client, writer_portal, conversation_id, member=WRITER, body=body).status_code
+            == 201
+        )
+    assert reply(client, writer_portal, conversation_id, member=WRITER, body="7").status_code == 409
+    for body in ("B", "C", "D"):
+        assert reply(client, advertiser, conversation_id, body=body).status_code == 201
+    refused = reply(client, advertiser, conversation_id, body="E")
+    assert refused.status_code == 409
+    assert refused.json["error"] == "awaiting_reply"
+    assert [body for _, body in stored_messages(wiring)] == list("123A456BCD")
+
+
+def test_the_limit_on_messages_in_a_row_holds_between_members_of_one_portal(
+    three_in_a_row, advertiser
+):
+    client = three_in_a_row
+    ad_id = publish(client, advertiser)
+    conversation_id = contact(client, advertiser, ad_id, member="m-neighbour").json["conversation"][
+        "id"
+    ]
+    for _ in range(2):
+        assert reply(client, advertiser, conversation_id, member="m-neighbour").status_code == 201
+    assert reply(client, advertiser, conversation_id, member="m-neighbour").status_code == 409
+    # The advertiser, a member of the same portal, is the other party: it may answer.
+    assert reply(client, advertiser, conversation_id, member=ADVERTISER).status_code == 201
+    assert reply(client, advertiser, conversation_id, member="m-neighbour").status_code == 201
+
+
+def test_a_retry_of_the_last_message_allowed_in_a_row_is_answered_as_sent(
+    three_in_a_row, wiring, advertiser, writer_portal, ad_id
+):
+    client = three_in_a_row
+    conversation_id = contact(client, writer_portal, ad_id).json["conversation"]["id"]
+    reply(client, writer_portal, conversation_id, member=WRITER, body="2")
+    third = reply(
+        client, writer_portal, conversation_id, member=WRITER, body="3", idempotency_key="k3"
+    )
+    assert third.status_code == 201
+    again = reply(
+        client, writer_portal, conversation_id, member=WRITER, body="3", idempotency_key="k3"
+    )
+    assert again.status_code == 200, again.json
+    assert again.json["message"]["id"] == third.json["message"]["id"]
+    assert len(stored_messages(wiring)) == 3
+
+
+def test_messages_racing_for_the_last_place_in_a_row_cannot_both_pass(
+    three_in_a_row, wiring, advertiser, writer_portal, ad_id
+):
+    client = three_in_a_row
+    conversation_id = contact(client, writer_portal, ad_id).json["conversation"]["id"]
+    assert reply(client, writer_portal, conversation_id, member=WRITER, body="2").status_code == 201
+    answers = []
+    with unit_of_work(wiring.session_factory) as first:
+        # The third message, not committed yet, and a fourth racing it.
+        relay.post_message(
+            first,
+            sender=portals.authenticate(first, key=writer_portal.key),
+            conversation_id=uuid.UUID(conversation_id),
+            member=WRITER,
+            name=None,
+            body="3",
+            idempotency_key=None,
+            limits=dataclasses.replace(LIMITS, unanswered_messages=3),
+        )
+        racer = threading.Thread(
+            target=lambda: answers.append(
+                reply(client, writer_portal, conversation_id, member=WRITER, body="4")
+            )
+        )
+        racer.start()
+        wait_for_a_lock_wait(wiring, what="the racing message")
+    racer.join(30)
+    (answer,) = answers
+    assert answer.status_code == 409, answer.json
+    assert answer.json["error"] == "awaiting_reply"
+    assert [body for _, body in stored_messages(wiring)] == ["Is it still on?", "2", "3"]
+
+
+def test_the_count_in_a_row_is_stored_with_the_conversation(
+    client, wiring, advertiser, writer_portal, ad_id
+):
+    conversation_id = contact(client, writer_portal, ad_id).json["conversation"]["id"]
+    reply(client, writer_portal, conversation_id, member=WRITER)
+
+    def stored() -> tuple:
+        with unit_of_work(wiring.session_factory) as session:
+            conversation = session.get(Conversation, uuid.UUID(conversation_id))
+            return conversation.last_sender, conversation.unanswered_messages
+
+    assert stored() == (Role.INITIATOR, 2)
+    reply(client, advertiser, conversation_id)
+    assert stored() == (Role.RECIPIENT, 1)
 
 
 # --- listing --------------------------------------------------------------------------------
@@ -1247,6 +1389,7 @@ def test_racing_requests_with_one_key_get_the_sequential_answers(
             name=None,
             body="Same words",
             idempotency_key="k",
+            limits=LIMITS,
         )
         racer = threading.Thread(target=race)
         racer.start()

@@ -2477,7 +2477,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description The conversation was blocked (conversation_blocked), the other party was erased by their community (party_erased), the other party's community is suspended (recipient_portal_suspended), or the idempotency_key was used for another message (idempotency_key_reused) */
+            /** @description The conversation was blocked (conversation_blocked), the other party was erased by their community (party_erased), the other party's community is suspended (recipient_portal_suspended), the member has sent as many messages in a row as they may before the other party answers (awaiting_reply), or the idempotency_key was used for another message (idempotency_key_reused) */
             409: {
                 headers: {
                     [name: string]: unknown;

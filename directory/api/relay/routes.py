@@ -66,6 +66,7 @@ def _limits() -> relay.RelayLimits:
     return relay.RelayLimits(
         conversations_per_member_per_hour=settings.relay_conversations_per_member_per_hour,
         conversations_per_portal_per_hour=settings.relay_conversations_per_portal_per_hour,
+        unanswered_messages=settings.relay_unanswered_messages,
     )
 
 
@@ -195,7 +196,8 @@ class ConversationMessages(MethodView):
         schema=ErrorSchema,
         description="The conversation was blocked (conversation_blocked), the other "
         "party was erased by their community (party_erased), the other party's community "
-        "is suspended (recipient_portal_suspended), or the "
+        "is suspended (recipient_portal_suspended), the member has sent as many messages "
+        "in a row as they may before the other party answers (awaiting_reply), or the "
         "idempotency_key was used for another message (idempotency_key_reused)",
     )
     @blp.doc(operationId="postMessage", security=BEARER_AUTH)
@@ -216,6 +218,7 @@ class ConversationMessages(MethodView):
                 name=message["name"],
                 body=message["body"],
                 idempotency_key=message["idempotency_key"],
+                limits=_limits(),
             )
             return _sent(session, portal, sent)
 
