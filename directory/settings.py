@@ -26,6 +26,7 @@ NUMERIC_RANGES: dict[str, tuple[float, float]] = {
     "sync_session_ttl_hours": (1, 24 * 365),
     "sync_session_max_items": (1, 10**9),
     "sync_session_max_open_per_portal": (1, 10**6),
+    "portal_max_ads": (1, 10**9),
     "db_pool_size": (1, 1000),
     "db_statement_timeout_ms": (1, 2**31 - 1),
     "search_statement_timeout_ms": (1, 2**31 - 1),
@@ -87,6 +88,11 @@ class Settings:
     # unbounded, a portal (or a client opening sessions in a loop) held as many as it
     # liked. A full resync needs one.
     sync_session_max_open_per_portal: int = 5
+    # The most ads a portal stores (409 too_many_ads beyond), unless an operator set its
+    # own (`directory portals set-max-ads`): unbounded, one buggy or hostile portal could
+    # fill the directory and slow every search. As many as one sync session stages, so a
+    # full resync of a portal at its limit fits in one session.
+    portal_max_ads: int = 100_000
     log_level: str = "INFO"
     db_pool_size: int = 5
     # A runaway query is cancelled (503) rather than left to hold a connection.

@@ -11,6 +11,7 @@ from sqlalchemy import (
     ForeignKey,
     Identity,
     Index,
+    Integer,
     String,
     Text,
     text,
@@ -58,6 +59,7 @@ class Portal(Base):
             name="ledger_complete",
         ),
         CheckConstraint("website_verified_by IN ('fetch', 'operator')", name="website_verified_by"),
+        CheckConstraint("max_ads >= 0", name="max_ads_not_negative"),
         # Every search leaves out the ads of portals that are not active: a few among
         # hundreds or thousands, found in this index without reading the others.
         Index("ix_portals_not_active", "id", postgresql_where=text("status <> 'active'")),
@@ -132,6 +134,9 @@ class Portal(Base):
     status: Mapped[PortalStatus] = enum_column(
         PortalStatus, "portal_status", server_default=PortalStatus.ACTIVE.value
     )
+    # The most ads the portal may store, set by an operator (`directory portals
+    # set-max-ads`; 0: no new ones); None: the directory's DIRECTORY_PORTAL_MAX_ADS.
+    max_ads: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = created_at_column()
     updated_at: Mapped[datetime] = updated_at_column()
 
