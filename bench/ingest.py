@@ -149,7 +149,9 @@ def main() -> None:
                 session, slug="bench", name="Bench", default_currencies=["EUR"]
             )
             portal_id = portal.id
-        with gunicorn(url, workers=args.workers) as server:
+        # Its ads up to the portal's limit, counted at each batch, as in production.
+        limit = {"DIRECTORY_PORTAL_MAX_ADS": str(max(args.ads, 1))}
+        with gunicorn(url, workers=args.workers, env=limit) as server:
             workers = children(server.pid)
             api_before = sum(process_cpu_s(pid) for pid in workers)
             client_before, machine_before = time.process_time(), machine_busy_s()

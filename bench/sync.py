@@ -118,7 +118,9 @@ def push_both(args, batches, source: Path, order: tuple[str, str]):
                 default_currencies=["EUR"],
             )
         elapsed, summary = {}, ""
-        with gunicorn(url, workers=args.workers) as server:
+        # Each portal's ads up to its limit, counted at each batch, as in production.
+        limit = {"DIRECTORY_PORTAL_MAX_ADS": str(max(args.ads, 1))}
+        with gunicorn(url, workers=args.workers, env=limit) as server:
             for name in order:
                 if name == "raw":
                     elapsed["raw"], _ = push(server.base_url, raw_key.key, batches, args.clients)

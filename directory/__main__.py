@@ -331,32 +331,89 @@ def portals_create(slug, name, website, trust_website, contact, currencies) -> N
 @portals.command("list")
 @click.option("--json", "as_json", is_flag=True)
 def portals_list(as_json: bool) -> None:
-    """List portals with their status, ads, live keys and website verification."""
+    """List portals with their status, ads and the most they may store, live keys and
+    website verification."""
     from directory.services import portals as service
+    from directory.services.ads import ad_limit
     from directory.services.websites import website_verification
 
+    max_ads = _settings().portal_max_ads
     with _transaction() as session:
         rows = [
-            (portal, website_verification(portal), ads, keys)
+            (portal, website_verification(portal), ads, ad_limit(portal, max_ads=max_ads), keys)
             for portal, ads, keys in service.list_portals(session)
         ]
     if as_json:
         click.echo(json.dumps([
-            {"slug": p.slug, "name": p.name, "status": p.status.value, "ads": ads, "keys": keys,
+            {"slug": p.slug, "name": p.name, "status": p.status.value, "ads": ads,
+             "ads_limit": limit, "max_ads": p.max_ads, "keys": keys,
              "website": p.website, "website_state": v and v.state.value,
              "website_verified_by": v and v.verified_by and v.verified_by.value,
              "website_failing_since": v and v.failing_since and v.failing_since.isoformat()}
-            for p, v, ads, keys in rows
+            for p, v, ads, limit, keys in rows
         ], indent=2))  # fmt: skip
         return
-    click.echo(f"{'SLUG':<24} {'STATUS':<10} {'ADS':>8} {'KEYS':>5}  {'WEBSITE':<10}  NAME")
-    for portal, verification, ads, keys in rows:
+    click.echo(
+        f"{'SLUG':<24} {'STATUS':<10} {'ADS':>8} {'MAX ADS':>11} {'KEYS':>5}  {'WEBSITE':<10}  NAME"
+    )
+    for portal, verification, ads, limit, keys in rows:
         website = "-" if verification is None else verification.state.value
         if verification is not None and verification.verified_by and verification.failing_since:
             website = "failing"  # verified, but its token has not been found again lately
+        # "*": the portal's own limit (portals set-max-ads), else DIRECTORY_PORTAL_MAX_ADS.
+        own = "*" if portal.max_ads is not None else " "
         click.echo(
-            f"{portal.slug:<24} {portal.status.value:<10} {ads:>8} {keys:>5}  {website:<10}  "
-            f"{portal.name}"
+            f"{portal.slug:<24} {portal.status.value:<10} {ads:>8} {limit:>10}{own} {keys:>5}  "
+            f"{website:<10}  {portal.name}"
+        )
+    if any(portal.max_ads is not None for portal, *_ in rows):
+        click.echo(
+            "* set for the portal (portals set-max-ads); the others: DIRECTORY_PORTAL_MAX_ADS"
+        )
+
+
+class _MaxAds(click.ParamType):
+    """A limit on a portal's ads: a whole number, or `default` (None)."""
+
+    name = "max_ads"
+
+    def convert(self, value, param, ctx):
+        from directory.services.portals import MAX_ADS_CEILING
+
+        if value == "default":
+            return None
+        if not (value.isascii() and value.isdigit()) or int(value) > MAX_ADS_CEILING:
+            self.fail(
+                f"{value!r} is not a whole number from 0 to {MAX_ADS_CEILING}, nor 'default'",
+                param,
+                ctx,
+            )
+        return int(value)
+
+
+# Unknown options let through: a negative LIMIT is then refused as a LIMIT, not as an
+# option "-5" that does not exist.
+@portals.command("set-max-ads", context_settings={"ignore_unknown_options": True})
+@click.argument("slug")
+@click.argument("limit", type=_MaxAds())
+def portals_set_max_ads(slug: str, limit: int | None) -> None:
+    """Set the most ads a portal may store (LIMIT, 0 for no new ones), or give it the
+    directory's own again (LIMIT `default`: DIRECTORY_PORTAL_MAX_ADS). A limit below what
+    it stores deletes nothing: new ads are refused until it stores fewer."""
+    from directory.services import portals as service
+    from directory.services.ads import ad_limit, count_ads
+
+    max_ads = _settings().portal_max_ads
+    with _transaction() as session:
+        portal = _domain(service.set_max_ads, session, portal_slug=slug, max_ads=limit)
+        stored = count_ads(session, portal_id=portal.id)
+        effective = ad_limit(portal, max_ads=max_ads)
+    source = "" if limit is not None else " (the directory's, DIRECTORY_PORTAL_MAX_ADS)"
+    click.echo(f"portal {slug} may store at most {effective} ads{source}; it stores {stored}")
+    if stored > effective:
+        click.echo(
+            f"it stores {stored - effective} more than that: they stay, and new ads are "
+            "refused until it stores fewer"
         )
 
 

@@ -31,6 +31,7 @@ class Base(DeclarativeBase):
 # The namespaces of our advisory locks (the first of their two keys), arbitrary numbers
 # kept in one place so that no two uses share one.
 PORTAL_WRITE_LOCK_NAMESPACE = 0x41D5  # services/ads.py lock_portal_writes
+AD_COUNT_LOCK_NAMESPACE = 0x41D6  # services/ads.py lock_and_count_ads, the limit on ads
 OPEN_CONVERSATION_LOCK_NAMESPACE = 0xC0A7  # services/relay.py lock_member_openings
 WEBSITE_CHECK_LOCK_NAMESPACE = 0x5173  # services/websites.py check_slot
 INDEXING_LOCK_NAMESPACE = 0x5EA7  # search/indexing.py, a writer per index

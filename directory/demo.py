@@ -1037,6 +1037,7 @@ def _renew_expired(session: Session, *, seed: int, ad_count: int, lifetimes: Lif
                 portal_id=portal_ids[slug],
                 operations=again[start : start + MAX_BATCH_ITEMS],
                 lifetimes=lifetimes,
+                max_ads=None,  # the operator's own demo data
             )
             renewed += sum(1 for result in results if result.status == "updated")
     return renewed
@@ -1051,6 +1052,7 @@ def _write(
             portal_id=portal_id,
             operations=operations[start : start + MAX_BATCH_ITEMS],
             lifetimes=lifetimes,
+            max_ads=None,  # the operator's own demo data
         )
         rejected = [result for result in results if result.status == "rejected"]
         if rejected:

@@ -330,7 +330,7 @@ def test_portals_list_shows_the_portal(run_ok, create_portal):
     output = run_ok("portals", "list").output
 
     (row,) = [line for line in output.splitlines() if line.startswith("cli-portal ")]
-    assert row.split() == ["cli-portal", "active", "0", "1", "-", "CLI", "Exchange"]
+    assert row.split() == ["cli-portal", "active", "0", "100000", "1", "-", "CLI", "Exchange"]
 
 
 def test_portals_list_shows_whether_websites_are_verified(run_ok):
@@ -342,7 +342,7 @@ def test_portals_list_shows_whether_websites_are_verified(run_ok):
     output = run_ok("portals", "list").output
     listed = json.loads(run_ok("portals", "list", "--json").output)
 
-    states = {line.split()[0]: line.split()[4] for line in output.splitlines()[1:]}
+    states = {line.split()[0]: line.split()[5] for line in output.splitlines()[1:]}
     assert states == {"a": "unverified", "b": "verified"}
     assert [
         (p["slug"], p["website"], p["website_state"], p["website_verified_by"]) for p in listed
@@ -367,7 +367,7 @@ def test_portals_list_shows_a_verified_website_whose_token_went_missing(run_ok, 
     output = run_ok("portals", "list").output
     (listed,) = json.loads(run_ok("portals", "list", "--json").output)
 
-    assert output.splitlines()[1].split()[4] == "failing"
+    assert output.splitlines()[1].split()[5] == "failing"
     assert (listed["website_state"], listed["website_failing_since"]) == (
         "verified",
         "2026-11-20T08:00:00+00:00",
@@ -385,6 +385,8 @@ def test_portals_list_json_shows_the_portal(run_ok, create_portal):
             "name": "CLI Exchange",
             "status": "active",
             "ads": 0,
+            "ads_limit": 100000,
+            "max_ads": None,
             "keys": 1,
             "website": None,
             "website_state": None,
@@ -392,6 +394,64 @@ def test_portals_list_json_shows_the_portal(run_ok, create_portal):
             "website_failing_since": None,
         }
     ]
+
+
+def test_set_max_ads_sets_a_portals_own_limit_and_default_gives_back_the_directorys(
+    run_ok, create_portal, client
+):
+    key = create_portal()
+
+    assert run_ok("portals", "set-max-ads", "cli-portal", "5").output == (
+        "portal cli-portal may store at most 5 ads; it stores 0\n"
+    )
+    (listed,) = json.loads(run_ok("portals", "list", "--json").output)
+    assert (listed["max_ads"], listed["ads_limit"]) == (5, 5)
+    output = run_ok("portals", "list").output.splitlines()
+    assert output[1].split()[3] == "5*"
+    assert output[-1].startswith("* set for the portal")
+    assert client.get("/v1/portals/me", headers=_bearer(key)).json["ads"] == {
+        "stored": 0,
+        "limit": 5,
+    }
+
+    cleared = run_ok("portals", "set-max-ads", "cli-portal", "default").output
+    assert "at most 100000 ads (the directory's, DIRECTORY_PORTAL_MAX_ADS)" in cleared
+    (listed,) = json.loads(run_ok("portals", "list", "--json").output)
+    assert (listed["max_ads"], listed["ads_limit"]) == (None, 100000)
+    assert not run_ok("portals", "list").output.splitlines()[-1].startswith("*")
+
+
+def test_set_max_ads_below_what_a_portal_stores_keeps_its_ads(run_ok, create_portal, client):
+    headers = _bearer(create_portal())
+    for external_id in ("a-1", "a-2", "a-3"):
+        client.put(f"/v1/ads/{external_id}", json=ad_payload(), headers=headers)
+
+    output = run_ok("portals", "set-max-ads", "cli-portal", "1").output
+
+    assert "may store at most 1 ads; it stores 3" in output
+    assert "2 more than that: they stay, and new ads are refused" in output
+    assert client.put("/v1/ads/a-4", json=ad_payload(), headers=headers).status_code == 409
+    assert client.delete("/v1/ads/a-3", headers=headers).status_code == 204
+
+
+@pytest.mark.parametrize("limit", ["-5", "many", "2.5", "1e3", "", str(10**9 + 1)], ids=repr)
+def test_set_max_ads_refuses_a_limit_that_is_no_whole_number(run, run_ok, create_portal, limit):
+    create_portal()
+
+    result = run("portals", "set-max-ads", "cli-portal", limit)
+
+    assert result.exit_code == 2, result.output
+    assert "Error: Invalid value for 'LIMIT'" in result.output
+    assert "not a whole number from 0 to 1000000000, nor 'default'" in result.output
+    (listed,) = json.loads(run_ok("portals", "list", "--json").output)
+    assert listed["max_ads"] is None
+
+
+def test_set_max_ads_of_an_unknown_portal_fails_clearly(run):
+    result = run("portals", "set-max-ads", "no-such-portal", "5")
+
+    assert result.exit_code == 1
+    assert "no portal with slug 'no-such-portal'" in result.output
 
 
 def test_rotate_key_issues_a_second_key_and_both_work(run_ok, create_portal, client):

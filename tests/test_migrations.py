@@ -333,6 +333,7 @@ def test_upgrade_writes_points_on_the_antimeridian_as_180(empty_database_url):
                     external_id=external_id,
                     ad=AdPutSchema().load(ad_payload(location={"lat": -16.5, "lon": lon})),
                     lifetimes=lifetimes,
+                    max_ads=100,
                 )
             # As the previous release stored it when sent -180.
             session.execute(

@@ -314,6 +314,12 @@ def test_production_retries_deliveries_for_at_least_three_days():
     assert Settings.from_env(PRODUCTION).delivery_give_up_after_hours == 72
 
 
+def test_a_full_resync_of_a_portal_at_the_default_limit_fits_in_one_sync_session():
+    settings = Settings()
+
+    assert settings.portal_max_ads <= settings.sync_session_max_items
+
+
 def test_every_numeric_setting_has_a_range():
     numeric = {
         field.name for field in dataclasses.fields(Settings) if field.type in ("int", "float")

@@ -35,7 +35,13 @@ from sqlalchemy import (
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
-from directory.db import PORTAL_WRITE_LOCK_NAMESPACE, insert_rows, unique_conflicts, update_rows
+from directory.db import (
+    AD_COUNT_LOCK_NAMESPACE,
+    PORTAL_WRITE_LOCK_NAMESPACE,
+    insert_rows,
+    unique_conflicts,
+    update_rows,
+)
 from directory.errors import (
     Conflict,
     DirectoryError,
@@ -424,6 +430,56 @@ def lock_portal_writes(session: Session, portal_id: int, *, exclusive: bool) -> 
     )
 
 
+# --- the limit on a portal's stored ads ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AdUsage:
+    """A portal's stored ads against its limit, as its profile shows them."""
+
+    stored: int
+    limit: int
+
+
+def ad_limit(portal: Portal, *, max_ads: int) -> int:
+    """The most ads the portal may store: the limit an operator set for it, else the
+    directory's (`max_ads`: DIRECTORY_PORTAL_MAX_ADS)."""
+    return max_ads if portal.max_ads is None else portal.max_ads
+
+
+def count_ads(session: Session, *, portal_id: int) -> int:
+    """The portal's stored ads, expired ones included: an index-only scan of the
+    (portal_id, external_id) unique index."""
+    return session.scalar(select(func.count()).select_from(Ad).where(Ad.portal_id == portal_id))
+
+
+def ad_usage(session: Session, *, portal: Portal, max_ads: int) -> AdUsage:
+    return AdUsage(
+        stored=count_ads(session, portal_id=portal.id), limit=ad_limit(portal, max_ads=max_ads)
+    )
+
+
+def lock_and_count_ads(session: Session, *, portal_id: int) -> int:
+    """The portal's ads, counted once this write has written its own, under the portal's
+    count lock (until the transaction ends).
+
+    Ordinary writes share the portal's write lock and run side by side: two of them
+    counting before they insert could each see room for the last ad, and together pass
+    the limit. So a write that created ads takes this lock last, once its rows are
+    written, and counts: the next such write waits for it to commit, then counts its ads
+    too (each statement reads what has committed before it, READ COMMITTED), so the count
+    is exact. Only that tail is serialised; the inserts, the bulk of a write, still run
+    side by side, and it is one count per write, whatever its size. A counter kept on the
+    portal would spare the count, but every write, deletions included, would queue on
+    its one row, and any path that forgot it would make it drift. Taken last, it cannot
+    deadlock: its holder waits for no lock on the portal's ads any more."""
+    session.execute(
+        text("SELECT pg_advisory_xact_lock(:namespace, :portal_id)"),
+        {"namespace": AD_COUNT_LOCK_NAMESPACE, "portal_id": portal_id},
+    )
+    return count_ads(session, portal_id=portal_id)
+
+
 @dataclass(frozen=True)
 class _Existing:
     id: uuid.UUID
@@ -598,13 +654,19 @@ def apply_changes(
     portal_id: int,
     operations: Sequence[Operation],
     lifetimes: Lifetimes,
+    max_ads: int | None,
     reject_errors: bool = False,
 ) -> list[ItemResult]:
     """Apply upserts, deletes and expiries of one portal's ads, in one transaction.
 
     Items that break a rule are returned as rejected with their errors and the others
     are applied, unless `reject_errors` is set: then the first error is raised (the
-    single-ad endpoints want a plain 4xx)."""
+    single-ad endpoints want a plain 4xx).
+
+    Ads it would create beyond the portal's limit (ad_limit, of `max_ads`) are rejected
+    too, the last ones first: updates and deletions never are, even past the limit.
+    `max_ads` is None for writes that create nothing, or whose caller checks the count
+    once it is final (a sync commit)."""
     if len(operations) > MAX_BATCH_ITEMS:
         raise InvalidInput(f"at most {MAX_BATCH_ITEMS} items per write", field="items")
     now = datetime.now(UTC)
@@ -751,6 +813,31 @@ def apply_changes(
         _bulk_update(session, updates)
     if deletions:
         session.execute(delete(Ad).where(Ad.id.in_(deletions)))
+    created = [index for index, result in enumerate(results) if result.status == "created"]
+    if created and max_ads is not None:
+        # Counted with this write's deletions done: what the portal would store.
+        stored, limit = (
+            lock_and_count_ads(session, portal_id=portal_id),
+            ad_limit(portal, max_ads=max_ads),
+        )
+        beyond = min(len(created), stored - limit)
+        if beyond > 0:
+            refused = created[-beyond:]
+            error = Conflict(
+                f"the portal may store at most {limit} ads and stores "
+                f"{stored - len(refused)}: this ad was not created; delete ads the portal "
+                "no longer needs, or ask the directory's operators for a higher limit",
+                code="too_many_ads",
+            )
+            if reject_errors:
+                raise error
+            refused_ids = {results[index].id for index in refused}
+            session.execute(delete(Ad).where(Ad.id.in_(refused_ids)))
+            changes[:] = [entry for entry in changes if entry[0] not in refused_ids]
+            for index in refused:
+                results[index] = ItemResult(
+                    results[index].external_id, "rejected", errors=_errors_of(error)
+                )
     _log_changes(session, changes)
     return results  # type: ignore[return-value]  # every index was decided
 
@@ -864,6 +951,7 @@ def replace_all(
     portal_id: int,
     operations: Sequence[Operation],
     lifetimes: Lifetimes,
+    max_ads: int,
 ) -> ReplaceSummary:
     """The batch is the portal's complete set: upsert it, delete every other ad.
     An ad whose item was rejected is kept as it is, never deleted by omission."""
@@ -882,11 +970,13 @@ def replace_all(
             field=f"items.{unnamed}.external_id",
         )
     lock_portal_writes(session, portal_id, exclusive=True)
-    results = apply_changes(
-        session, portal_id=portal_id, operations=operations, lifetimes=lifetimes
-    )
+    # The others go first, so that the limit on ads counts the portal's ads as the batch
+    # leaves them, not with those it replaces.
     keep = [op.external_id for op in operations if op.external_id]
     deleted = delete_all_but(session, portal_id=portal_id, keep=keep)
+    results = apply_changes(
+        session, portal_id=portal_id, operations=operations, lifetimes=lifetimes, max_ads=max_ads
+    )
     return ReplaceSummary(results=results, deleted=deleted)
 
 
@@ -929,6 +1019,7 @@ def delete_ads(
             portal_id=portal_id,
             operations=[Delete(id_) for id_ in external_ids[start : start + MAX_BATCH_ITEMS]],
             lifetimes=lifetimes,
+            max_ads=None,
         )
         deleted += sum(result.status == "deleted" for result in results)
     return deleted
@@ -1138,12 +1229,14 @@ def upsert_ad(
     ad: AdInput,
     preconditions: Preconditions = NO_PRECONDITIONS,
     lifetimes: Lifetimes,
+    max_ads: int,
 ) -> tuple[ItemResult, AdRecord]:
     (result,) = apply_changes(
         session,
         portal_id=portal_id,
         operations=[Upsert(external_id, ad, preconditions)],
         lifetimes=lifetimes,
+        max_ads=max_ads,
         reject_errors=True,
     )
     return result, get_own_ad(session, portal_id=portal_id, external_id=external_id)
@@ -1164,6 +1257,7 @@ def delete_ad(
         portal_id=portal_id,
         operations=[Delete(external_id, preconditions)],
         lifetimes=lifetimes,
+        max_ads=None,
         reject_errors=True,
     )
     return result.status == "deleted"
@@ -1182,6 +1276,7 @@ def expire_ad(
         portal_id=portal_id,
         operations=[Expire(external_id, preconditions)],
         lifetimes=lifetimes,
+        max_ads=None,
         reject_errors=True,
     )
     return get_own_ad(session, portal_id=portal_id, external_id=external_id)

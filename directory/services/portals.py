@@ -17,7 +17,7 @@ from directory.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauth
 from directory.models import AdChange, ChangeOp, Portal, PortalKey, PortalStatus
 from directory.models.ads import Ad, Visibility
 from directory.services import deliveries
-from directory.services.ads import global_id_prefix
+from directory.services.ads import AdUsage, ad_usage, global_id_prefix
 from directory.services.currencies import require_known_currencies
 from directory.text import SINGLE_LINE_REFUSED
 from directory.webhooks.signing import new_secret
@@ -205,8 +205,41 @@ def get_portal(
     return portal
 
 
-def get_portal_by_id(session: Session, *, portal_id: int) -> Portal:
-    return session.get_one(Portal, portal_id)
+@dataclass(frozen=True)
+class Profile:
+    """A portal's profile as it reads it: the portal, and its ads against its limit."""
+
+    portal: Portal
+    ads: AdUsage
+
+
+def profile(session: Session, *, portal_id: int, max_ads: int) -> Profile:
+    """`max_ads`: the directory's limit on a portal's ads (DIRECTORY_PORTAL_MAX_ADS)."""
+    portal = session.get_one(Portal, portal_id)
+    return Profile(portal, ad_usage(session, portal=portal, max_ads=max_ads))
+
+
+# The highest limit an operator may set on a portal's ads (Portal.max_ads), as high as
+# DIRECTORY_PORTAL_MAX_ADS may go; 0 refuses the portal any new ad.
+MAX_ADS_CEILING = 10**9
+
+
+def set_max_ads(session: Session, *, portal_slug: str, max_ads: int | None) -> Portal:
+    """Set the most ads the portal may store, or with None give it the directory's
+    limit again. A limit below what it stores deletes nothing: its ads stay, and may be
+    changed or deleted, while new ones are refused until it stores fewer."""
+    if max_ads is not None and not 0 <= max_ads <= MAX_ADS_CEILING:
+        raise InvalidInput(
+            f"max_ads must be a whole number from 0 to {MAX_ADS_CEILING}", field="max_ads"
+        )
+    # Locked for the change: a closing committed meanwhile is seen here.
+    portal = get_portal(session, slug=portal_slug, lock=True, key_share=True)
+    if portal.status is PortalStatus.CLOSED:
+        raise _closed(portal_slug)
+    portal.max_ads = max_ads
+    portal.updated_at = datetime.now(UTC)
+    session.flush()
+    return portal
 
 
 def list_portals(session: Session) -> list[tuple[Portal, int, int]]:

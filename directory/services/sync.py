@@ -21,9 +21,11 @@ from directory.services.ads import (
     Lifetimes,
     Rejected,
     Upsert,
+    ad_limit,
     apply_changes,
     check_ads,
     delete_all_but,
+    lock_and_count_ads,
     lock_portal_writes,
 )
 
@@ -151,13 +153,15 @@ def stage_items(
     items: list[tuple[str | None, AdInput | dict]],
     lifetimes: Lifetimes,
     max_items: int,
+    max_ads: int,
 ) -> tuple[list[ItemResult], SyncSummary]:
     """Stage ads, each given as an AdInput or as the errors the API found in it. Ads are
     checked now, so errors come back at once; a rejected ad is remembered as such and
     kept as it is at commit. An item without a valid external id refuses them all: its
     ad could be neither staged nor kept. Sending an external id again replaces what was
-    staged. A session holds at most `max_items` ads (rejected ones included): a request
-    that would take it past them stages nothing. Returns each item's result and the
+    staged. A session holds at most `max_items` ads (rejected ones included), and
+    stages no more than the portal may store (ads.ad_limit, of `max_ads`): a request
+    that would take it past either stages nothing. Returns each item's result and the
     session as it now stands."""
     if len(items) > MAX_BATCH_ITEMS:
         raise InvalidInput(f"at most {MAX_BATCH_ITEMS} items per request", field="items")
@@ -220,14 +224,32 @@ def stage_items(
             field="items",
             code="sync_session_full",
         )
+    # Each ad staged (not rejected) is one of the portal's at commit: refused now, rather
+    # than once the portal has staged them all. The commit counts again, exactly.
+    limit = ad_limit(session.get_one(Portal, portal_id), max_ads=max_ads)
+    if summary.staged > limit:
+        raise Conflict(
+            f"this request would make the session stage {summary.staged} ads, and the "
+            f"portal may store at most {limit}: committed, it would be refused; nothing "
+            "of the request was staged",
+            field="items",
+            code="too_many_ads",
+        )
     return results, summary
 
 
 def commit(
-    session: Session, *, portal_id: int, session_id: uuid.UUID, lifetimes: Lifetimes
+    session: Session,
+    *,
+    portal_id: int,
+    session_id: uuid.UUID,
+    lifetimes: Lifetimes,
+    max_ads: int,
 ) -> CommitResult:
     """Apply the session. A session committed already (the answer to its commit was
-    lost) is answered as its commit was, and nothing changes."""
+    lost) is answered as its commit was, and nothing changes. A commit that would leave
+    the portal more ads than it may store (ads.ad_limit, of `max_ads`) is refused whole,
+    and the session stays open: a resync is the portal's complete set, not a part of it."""
     sync = _get(session, portal_id=portal_id, session_id=session_id, lock=True)
     if sync.status is SyncStatus.COMMITTED and sync.result is not None:
         return _committed(session, sync)
@@ -254,14 +276,25 @@ def commit(
                 )
             else:
                 operations.append(Upsert(external_id, AdInput.from_json(data)))
+        # The limit is checked once the portal's ads are as the resync leaves them.
         for result in apply_changes(
-            session, portal_id=portal_id, operations=operations, lifetimes=lifetimes
+            session, portal_id=portal_id, operations=operations, lifetimes=lifetimes, max_ads=None
         ):
             counts[result.status] += 1
             if result.status == "rejected" and result.errors and "_schema" not in result.errors:
                 rejected_items.append(result)
     staged_ids = select(SyncSessionItem.external_id).where(SyncSessionItem.session_id == sync.id)
     deleted = delete_all_but(session, portal_id=portal_id, keep=staged_ids)
+    stored = lock_and_count_ads(session, portal_id=portal_id)
+    limit = ad_limit(session.get_one(Portal, portal_id), max_ads=max_ads)
+    if stored > limit:
+        raise Conflict(
+            f"this resync would leave the portal {stored} ads, and it may store at most "
+            f"{limit}: nothing was committed, and the session stays open (abort it, then "
+            "resync fewer ads; or ask the directory's operators for a higher limit, then "
+            "commit again)",
+            code="too_many_ads",
+        )
     before = _summary(session, sync)
     sync.status = SyncStatus.COMMITTED
     sync.finished_at = datetime.now(UTC)

@@ -163,6 +163,7 @@ def _create_without_committing(holder, wiring, portal, external_id, **overrides)
         external_id=external_id,
         ad=AdPutSchema().load(ad_payload(**overrides)),
         lifetimes=wiring.lifetimes,
+        max_ads=wiring.settings.portal_max_ads,
     )
 
 

@@ -200,6 +200,7 @@ def test_the_last_word_on_an_ad_is_its_state_when_writers_commit_out_of_id_order
                 portal_id=portal.id,
                 operations=[ads.Upsert("x", withdrawn)],
                 lifetimes=wiring.lifetimes,
+                max_ads=wiring.settings.portal_max_ads,
             )
 
     def sync_commit():
@@ -295,6 +296,7 @@ def _race_a_portal_change(client, wiring, portal, *, change, external_id, ad):
             portal_id=portal.id,
             operations=[ads.Upsert(external_id, AdPutSchema().load(ad))],
             lifetimes=wiring.lifetimes,
+            max_ads=wiring.settings.portal_max_ads,
         )
         thread.start()
         _wait_until_listed_or_waiting(wiring, listed, what="the portal's change")

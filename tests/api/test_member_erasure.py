@@ -477,6 +477,7 @@ def test_ads_a_sync_commit_under_way_publishes_for_the_member_are_erased_too(
             portal_id=advertiser.id,
             session_id=uuid.UUID(session_id),
             lifetimes=wiring.lifetimes,
+            max_ads=wiring.settings.portal_max_ads,
         )
         erasure = send_aside(
             wiring, lambda: erase(app.test_client(), advertiser), what="the erasure"
@@ -500,6 +501,7 @@ def test_an_ad_written_for_the_member_while_the_erasure_starts_is_erased_too(
             external_id="piano",
             ad=AdPutSchema().load(ad_payload(member=ERASED)),
             lifetimes=wiring.lifetimes,
+            max_ads=wiring.settings.portal_max_ads,
         )
         erasure = send_aside(
             wiring, lambda: erase(app.test_client(), advertiser), what="the erasure"
@@ -523,6 +525,7 @@ def test_ads_staged_for_the_member_while_the_erasure_starts_are_dropped_too(
             items=[("piano", AdPutSchema().load(ad_payload(member=ERASED)))],
             lifetimes=wiring.lifetimes,
             max_items=10,
+            max_ads=wiring.settings.portal_max_ads,
         )
         erasure = send_aside(
             wiring, lambda: erase(app.test_client(), advertiser), what="the erasure"

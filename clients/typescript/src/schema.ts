@@ -160,6 +160,9 @@ export interface paths {
          * @description Idempotent: sending the same ad again changes nothing (200, same ETag). For a
          *     non-exact privacy level only a snapped location is stored. `If-None-Match: *`
          *     creates the ad only if there is none; `If-Match` changes it only as it was.
+         *     A portal stores at most 100,000 ads by default (DIRECTORY_PORTAL_MAX_ADS; its
+         *     profile's `ads` tells its own limit): a new ad beyond is refused (409
+         *     too_many_ads), while its existing ads may always be changed.
          */
         put: operations["putAd"];
         post?: never;
@@ -213,6 +216,8 @@ export interface paths {
          *     `replace: true` the items are the portal's complete set of ads: the others are
          *     deleted, those of rejected items kept as they are; an item without a valid
          *     `external_id` then refuses the whole batch (400), as its ad would be deleted.
+         *     New ads beyond the portal's limit on stored ads (see `putAd`) are rejected, the
+         *     last items first, the message naming the limit; the others are applied.
          */
         post: operations["batchAds"];
         delete?: never;
@@ -347,7 +352,9 @@ export interface paths {
          *     as it is at commit. An item without a valid `external_id` refuses the whole
          *     request (400): its ad could be neither staged nor kept, and would be deleted.
          *     A session holds at most 100,000 ads by default (DIRECTORY_SYNC_SESSION_MAX_ITEMS):
-         *     a request that would take it past them stages nothing (409 sync_session_full).
+         *     a request that would take it past them stages nothing (409 sync_session_full);
+         *     nor does one that would make it stage more ads than the portal may store (409
+         *     too_many_ads: see the profile's `ads`), as their commit would be refused.
          */
         post: operations["stageSyncItems"];
         delete?: never;
@@ -370,7 +377,10 @@ export interface paths {
         /**
          * Commit: the staged ads replace all of the portal's ads, in one transaction
          * @description Sent again once committed (its answer was lost), it answers as the commit did
-         *     and changes nothing.
+         *     and changes nothing. A commit that would leave the portal more ads than it may
+         *     store (the staged ones and those of rejected items it keeps) is refused whole
+         *     (409 too_many_ads); the session stays open, to commit again once the limit is
+         *     raised, or to abort.
          */
         post: operations["commitSyncSession"];
         delete?: never;
@@ -770,6 +780,12 @@ export interface components {
              */
             node: string;
         };
+        AdUsage: {
+            /** @description The ads the portal stores, expired ones included */
+            stored: number;
+            /** @description The most it may store (the directory's DIRECTORY_PORTAL_MAX_ADS, or one its operators set for the portal): a new ad beyond is refused (409 too_many_ads), while its existing ads may always be changed or deleted, even when it stores more (a limit lowered) */
+            limit: number;
+        };
         Portal: {
             /** @description The portal's id in the directory */
             slug: string;
@@ -794,6 +810,7 @@ export interface components {
             ledger: components["schemas"]["Ledger"] | null;
             /** @enum {unknown} */
             status: "active" | "suspended" | "closed";
+            ads: components["schemas"]["AdUsage"];
             /** Format: date-time */
             created_at: string;
             /** Format: date-time */
@@ -1874,6 +1891,15 @@ export interface operations {
                 };
             };
             400: components["responses"]["BAD_REQUEST"];
+            /** @description A new ad, and the portal stores as many as it may (too_many_ads) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description If-Match or If-None-Match did not hold for the ad as it is */
             412: {
                 headers: {
@@ -2256,7 +2282,7 @@ export interface operations {
                 };
             };
             400: components["responses"]["BAD_REQUEST"];
-            /** @description The session is closed or expired, or would hold more ads than a session may (sync_session_full) */
+            /** @description The session is closed or expired, or would hold more ads than a session may (sync_session_full), or stage more than the portal may store (too_many_ads) */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -2286,6 +2312,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["CommitResult"];
+                };
+            };
+            /** @description The session was aborted or has expired, or the resync would leave the portal more ads than it may store (too_many_ads: nothing changed, and the session stays open) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
                 };
             };
             default: components["responses"]["DEFAULT_ERROR"];

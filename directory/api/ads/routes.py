@@ -128,6 +128,11 @@ class AdByRef(MethodView):
         headers=ETAG_HEADER,
     )
     @blp.alt_response(201, schema=AdSchema, description="The ad was created", headers=ETAG_HEADER)
+    @blp.alt_response(
+        409,
+        schema=ErrorSchema,
+        description="A new ad, and the portal stores as many as it may (too_many_ads)",
+    )
     @blp.alt_response(412, schema=ErrorSchema, description=PRECONDITION_FAILED)
     @blp.doc(operationId="putAd", security=BEARER_AUTH, parameters=[IF_MATCH, IF_NONE_MATCH])
     def put(self, ad_input, ad_ref: str):
@@ -135,7 +140,10 @@ class AdByRef(MethodView):
 
         Idempotent: sending the same ad again changes nothing (200, same ETag). For a
         non-exact privacy level only a snapped location is stored. `If-None-Match: *`
-        creates the ad only if there is none; `If-Match` changes it only as it was."""
+        creates the ad only if there is none; `If-Match` changes it only as it was.
+        A portal stores at most 100,000 ads by default (DIRECTORY_PORTAL_MAX_ADS; its
+        profile's `ads` tells its own limit): a new ad beyond is refused (409
+        too_many_ads), while its existing ads may always be changed."""
         external_id = _external_id(ad_ref)
         with transaction() as session:
             portal = require_portal(session)
@@ -146,6 +154,7 @@ class AdByRef(MethodView):
                 ad=ad_input,
                 preconditions=_preconditions(),
                 lifetimes=wiring().lifetimes,
+                max_ads=wiring().settings.portal_max_ads,
             )
         status = 201 if result.status == "created" else 200
         return record, status, {"ETag": record.etag}
@@ -230,7 +239,9 @@ class AdBatch(MethodView):
         rejected with its errors (the other items are applied all the same). With
         `replace: true` the items are the portal's complete set of ads: the others are
         deleted, those of rejected items kept as they are; an item without a valid
-        `external_id` then refuses the whole batch (400), as its ad would be deleted."""
+        `external_id` then refuses the whole batch (400), as its ad would be deleted.
+        New ads beyond the portal's limit on stored ads (see `putAd`) are rejected, the
+        last items first, the message naming the limit; the others are applied."""
         operations = [_operation(item) for item in batch["items"]]
         with transaction() as session:
             portal = require_portal(session)
@@ -240,6 +251,7 @@ class AdBatch(MethodView):
                     portal_id=portal.id,
                     operations=operations,
                     lifetimes=wiring().lifetimes,
+                    max_ads=wiring().settings.portal_max_ads,
                 )
                 results, deleted = summary.results, summary.deleted
             else:
@@ -248,6 +260,7 @@ class AdBatch(MethodView):
                     portal_id=portal.id,
                     operations=operations,
                     lifetimes=wiring().lifetimes,
+                    max_ads=wiring().settings.portal_max_ads,
                 )
                 deleted = 0
         # Serialised straight to JSON: these rows are BatchResultSchema's shape already,

@@ -21,6 +21,10 @@ from directory.services import portals, websites
 blp = Blueprint("portals", __name__, url_prefix="/v1", description="A portal's own profile")
 
 
+def _profile(session, caller) -> portals.Profile:
+    return portals.profile(session, portal_id=caller.id, max_ads=wiring().settings.portal_max_ads)
+
+
 @blp.route("/portals/me")
 class OwnPortal(MethodView):
     @blp.response(200, PortalSchema)
@@ -29,7 +33,7 @@ class OwnPortal(MethodView):
         """Read the calling portal's profile"""
         with transaction() as session:
             caller = require_portal(session)
-            return portals.get_portal_by_id(session, portal_id=caller.id)
+            return _profile(session, caller)
 
     @blp.arguments(PortalPatchSchema)
     @blp.response(200, PortalSchema)
@@ -41,12 +45,13 @@ class OwnPortal(MethodView):
         portal's ads have no `global_id` until it is verified."""
         with transaction() as session:
             caller = require_portal(session)
-            return portals.update_profile(
+            portals.update_profile(
                 session,
                 portal_id=caller.id,
                 changes=changes,
                 allow_loopback=wiring().settings.webhook_allow_loopback,
             )
+            return _profile(session, caller)
 
 
 @blp.route("/portals/me/website/verify")
@@ -93,7 +98,8 @@ class OwnWebsiteVerification(MethodView):
             # Outside any transaction: the website may take seconds to answer.
             websites.look_for_token(challenge, allow_loopback=settings.webhook_allow_loopback)
         with transaction() as session:
-            return websites.record_verification(session, challenge=challenge)
+            websites.record_verification(session, challenge=challenge)
+            return _profile(session, caller)
 
 
 @blp.route("/portals/me/webhook-secret")

@@ -101,6 +101,22 @@ class WebsiteVerificationSchema(Schema):
     )
 
 
+class AdUsageSchema(Schema):
+    """The portal's stored ads against its limit."""
+
+    stored = fields.Integer(
+        metadata={"description": "The ads the portal stores, expired ones included"}
+    )
+    limit = fields.Integer(
+        metadata={
+            "description": "The most it may store (the directory's DIRECTORY_PORTAL_MAX_ADS, "
+            "or one its operators set for the portal): a new ad beyond is refused (409 "
+            "too_many_ads), while its existing ads may always be changed or deleted, even "
+            "when it stores more (a limit lowered)"
+        }
+    )
+
+
 class PortalSchema(Schema):
     """A portal's own profile."""
 
@@ -138,14 +154,18 @@ class PortalSchema(Schema):
         metadata={"description": "Where members' ads with a ledger_account are paid"},
     )
     status = fields.Enum(PortalStatus, by_value=True)
+    ads = fields.Nested(AdUsageSchema)
     created_at = fields.DateTime()
     updated_at = fields.DateTime()
 
     def get_attribute(self, obj, attr, default):
+        # obj is a services.portals.Profile: the portal, and its ads counted.
+        if attr == "ads":
+            return obj.ads
         # Not a column: the service that decides it derives it from the portal.
         if attr == "website_verification":
-            return website_verification(obj)
-        return super().get_attribute(obj, attr, default)
+            return website_verification(obj.portal)
+        return super().get_attribute(obj.portal, attr, default)
 
 
 class PortalPatchSchema(Schema):

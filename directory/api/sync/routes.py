@@ -103,7 +103,8 @@ class SyncSessionItems(MethodView):
         409,
         schema=ErrorSchema,
         description="The session is closed or expired, or would hold more ads than a "
-        "session may (sync_session_full)",
+        "session may (sync_session_full), or stage more than the portal may store "
+        "(too_many_ads)",
     )
     @blp.doc(operationId="stageSyncItems", security=BEARER_AUTH)
     def post(self, body, session_id: str):
@@ -113,7 +114,9 @@ class SyncSessionItems(MethodView):
         as it is at commit. An item without a valid `external_id` refuses the whole
         request (400): its ad could be neither staged nor kept, and would be deleted.
         A session holds at most 100,000 ads by default (DIRECTORY_SYNC_SESSION_MAX_ITEMS):
-        a request that would take it past them stages nothing (409 sync_session_full)."""
+        a request that would take it past them stages nothing (409 sync_session_full);
+        nor does one that would make it stage more ads than the portal may store (409
+        too_many_ads: see the profile's `ads`), as their commit would be refused."""
         items = [
             (item.external_id, item.messages)
             if isinstance(item, ItemErrors)
@@ -130,6 +133,7 @@ class SyncSessionItems(MethodView):
                 items=items,
                 lifetimes=wiring().lifetimes,
                 max_items=wiring().settings.sync_session_max_items,
+                max_ads=wiring().settings.portal_max_ads,
             )
         return {"results": result_rows(results), "session": summary}
 
@@ -137,12 +141,22 @@ class SyncSessionItems(MethodView):
 @blp.route("/sync-sessions/<string:session_id>/commit", parameters=[SESSION_ID])
 class SyncSessionCommit(MethodView):
     @blp.response(200, CommitResultSchema)
+    @blp.alt_response(
+        409,
+        schema=ErrorSchema,
+        description="The session was aborted or has expired, or the resync would leave the "
+        "portal more ads than it may store (too_many_ads: nothing changed, and the session "
+        "stays open)",
+    )
     @blp.doc(operationId="commitSyncSession", security=BEARER_AUTH)
     def post(self, session_id: str):
         """Commit: the staged ads replace all of the portal's ads, in one transaction
 
         Sent again once committed (its answer was lost), it answers as the commit did
-        and changes nothing."""
+        and changes nothing. A commit that would leave the portal more ads than it may
+        store (the staged ones and those of rejected items it keeps) is refused whole
+        (409 too_many_ads); the session stays open, to commit again once the limit is
+        raised, or to abort."""
         with transaction() as session:
             portal = require_portal(session)
             result = sync.commit(
@@ -150,6 +164,7 @@ class SyncSessionCommit(MethodView):
                 portal_id=portal.id,
                 session_id=_session_id(session_id),
                 lifetimes=wiring().lifetimes,
+                max_ads=wiring().settings.portal_max_ads,
             )
         return {
             "session": result.summary,

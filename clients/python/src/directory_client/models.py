@@ -104,6 +104,18 @@ class Ledger(Struct, kw_only=True):
     ]
 
 
+class AdUsage(Struct, kw_only=True):
+    stored: Annotated[
+        int, Meta(description='The ads the portal stores, expired ones included')
+    ]
+    limit: Annotated[
+        int,
+        Meta(
+            description="The most it may store (the directory's DIRECTORY_PORTAL_MAX_ADS, or one its operators set for the portal): a new ad beyond is refused (409 too_many_ads), while its existing ads may always be changed or deleted, even when it stores more (a limit lowered)"
+        ),
+    ]
+
+
 class Portal(Struct, kw_only=True):
     slug: Annotated[str, Meta(description="The portal's id in the directory")]
     name: str
@@ -119,6 +131,7 @@ class Portal(Struct, kw_only=True):
     webhook_disabled_reason: str | None
     ledger: Annotated[Ledger, Meta(description="Where members' ads with a ledger_account are paid")] | None
     status: Literal['active', 'suspended', 'closed']
+    ads: AdUsage
     created_at: datetime
     updated_at: datetime
 
