@@ -9,6 +9,7 @@ leases in fractions of a second so that recovery takes seconds. Each wait has a 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -26,7 +27,7 @@ import psycopg
 import pytest
 import requests
 
-from directory import build_wiring, localdb
+from directory import build_wiring, create_app, localdb
 from directory.__main__ import alembic_config
 from directory.db import libpq_url, unit_of_work
 from directory.localdb import free_port
@@ -36,6 +37,7 @@ from directory.worker import DELIVERY_THREADS
 from tests import factories
 from tests.factories import ad_payload
 from tests.peers import ReceivedWebhook, Reply, WebhookReceiver
+from tests.spec_check import SpecCheckingClient
 
 ROOT = Path(__file__).resolve().parents[1]
 FIRST_RETRY_S = 0.2
@@ -48,8 +50,24 @@ RECOVERY_S = 45.0
 POLL_S = 0.05
 ADVERTISER = "m-owner"
 WRITER = "m-writer"
+# These tests send many messages one way, to one receiver: the limit on messages in a
+# row before an answer (tests/api/test_relay.py) is not what they are about.
+IN_A_ROW = 10**6
 
 T = TypeVar("T")
+
+
+@pytest.fixture(scope="module")
+def one_way_app(migrated):
+    app = create_app(dataclasses.replace(migrated, relay_unanswered_messages=IN_A_ROW))
+    app.test_client_class = SpecCheckingClient
+    yield app
+    app.extensions["directory"].close()
+
+
+@pytest.fixture
+def client(one_way_app):
+    return one_way_app.test_client()
 
 
 # --- processes --------------------------------------------------------------------------
@@ -350,6 +368,7 @@ def api_server(database_url: str, folder: Path) -> Iterator[str]:
                 "DIRECTORY_ENVIRONMENT": "test",
                 "DIRECTORY_DATABASE_URL": database_url,
                 "DIRECTORY_WEBHOOK_ALLOW_LOOPBACK": "1",
+                "DIRECTORY_RELAY_UNANSWERED_MESSAGES": str(IN_A_ROW),
                 "DIRECTORY_LOG_LEVEL": "WARNING",
             },
             cwd=ROOT,
