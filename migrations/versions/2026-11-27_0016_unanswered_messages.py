@@ -1,7 +1,7 @@
 """Unanswered messages: a conversation records who wrote last, and how many in a row.
 
 A party may send only so many messages in a row before the other answers
-(`DIRECTORY_RELAY_MAX_UNANSWERED_MESSAGES`, services/relay.py): `last_sender` and
+(`DIRECTORY_RELAY_UNANSWERED_MESSAGES`, services/relay.py): `last_sender` and
 `unanswered_messages` are kept by the statement that appends each message.
 
 No backfill: existing conversations start at no message in a row, so the limit applies
