@@ -11,6 +11,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from directory_client.webhooks import verify_webhook
 from sqlalchemy import select, update
 from standardwebhooks import Webhook, WebhookVerificationError
 
@@ -127,6 +128,46 @@ def test_a_failing_endpoint_is_retried_under_the_same_id(fast, portal, other_por
         assert len(receiver.unique_ids()) == 1
 
 
+def test_the_end_of_a_conversation_reaches_the_other_portals_webhook_signed(
+    fast, portal, other_portal
+):
+    client, _ = fast
+    secret = secret_of(client, other_portal)
+    with WebhookReceiver([secret]) as receiver:
+        receiver.fail_next(1, status=500)
+        client.patch(
+            "/v1/portals/me", json={"webhook_url": receiver.url}, headers=other_portal.headers
+        )
+        sent = open_conversation(client, portal, other_portal)
+        conversation_id = sent["conversation"]["id"]
+        client.post(
+            f"/v1/conversations/{conversation_id}/block",
+            json={"member": "m-owner"},
+            headers=portal.headers,
+        )
+        receiver.wait_for(2)
+        first, second = receiver.deliveries
+        assert first.webhook_id == second.webhook_id == "end_" + conversation_id.replace("-", "")
+        assert [first.reply.status, second.reply.status] == [500, 204]
+        assert second.verified
+        # The portal's own check, with the client library it would use.
+        event = verify_webhook(second.raw_body, second.headers, secrets=[secret])
+        assert event.type == "conversation.ended"
+        assert event.id == second.webhook_id
+        assert event.data["to"]["member"] == "m-writer"
+        assert event.data["ended"]["reason"] == "blocked"
+        assert event.data["ended"]["by"]["alias"] == sent["conversation"]["recipient"]["alias"]
+        assert "m-owner" not in second.raw_body.decode()
+    # Delivered: no longer in the inbox.
+    assert (
+        _wait_for(
+            lambda: client.get("/v1/inbox", headers=other_portal.headers).json["events"],
+            lambda events: events == [],
+        )
+        == []
+    )
+
+
 def test_a_receiver_too_slow_to_answer_gets_the_message_again_under_the_same_id(
     fast, portal, other_portal
 ):
@@ -237,8 +278,18 @@ def test_nothing_the_other_party_receives_reveals_the_sender(fast, make_portal):
             },
             headers=lyon.headers,
         )
+        # And ends it: Bristol is told.
+        client.post(
+            f"/v1/conversations/{conversation_id}/block",
+            json={"member": "m-owner"},
+            headers=lyon.headers,
+        )
         lyon_hook.wait_for(1)
-        bristol_hook.wait_for(1)
+        bristol_hook.wait_for(2)
+        assert [d.body["type"] for d in bristol_hook.deliveries] == [
+            "message.created",
+            "conversation.ended",
+        ]
         seen_by_lyon = [_as_received(delivery) for delivery in lyon_hook.deliveries]
         seen_by_bristol = [_as_received(delivery) for delivery in bristol_hook.deliveries]
     for path in (f"/v1/conversations/{conversation_id}", "/v1/conversations", "/v1/inbox"):

@@ -168,8 +168,9 @@ class Message(Base):
 
 
 class Delivery(Base):
-    """A message on its way to the recipient's portal: the transactional outbox (written
-    with the message) and the portal's inbox. Claimed by a worker for a lease; a worker
+    """A message on its way to the recipient's portal, or the news that a conversation
+    ended (to the portal of the party who did not end it): the transactional outbox
+    (written with the message or the end) and the portal's inbox. Claimed by a worker for a lease; a worker
     that dies mid-delivery lets the lease run out and another tries again, under the same
     webhook-id, so receivers can drop the repeat. Undelivered after the delivery period,
     it is marked failed (and stays in the inbox)."""
@@ -188,11 +189,18 @@ class Delivery(Base):
             "(state = 'delivered') = (delivered_at IS NOT NULL AND delivered_via IS NOT NULL)",
             name="delivered_when_and_how",
         ),
+        CheckConstraint(
+            "(message_id IS NULL) <> (ended_conversation_id IS NULL)", name="a_message_or_an_end"
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
-    message_id: Mapped[uuid.UUID] = mapped_column(
+    message_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("messages.id", ondelete="CASCADE"), unique=True
+    )
+    # A conversation ends once (blocked, or a party erased): one event, to the other party.
+    ended_conversation_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("conversations.id", ondelete="CASCADE"), unique=True
     )
     portal_id: Mapped[int] = mapped_column(ForeignKey("portals.id", ondelete="CASCADE"))
     state: Mapped[DeliveryState] = enum_column(

@@ -1,6 +1,12 @@
-"""Deliveries of relay messages to the recipients' portals: the outbox the worker drains
-by webhook, and the inbox portals poll. A message counts as delivered as soon as either
-channel succeeded; it is delivered at least once, always under the same id.
+"""Deliveries of relay events to portals: the outbox the worker drains by webhook, and
+the inbox portals poll. An event counts as delivered as soon as either channel
+succeeded; it is delivered at least once, always under the same id.
+
+Two events: `message.created`, a message for one of the portal's members, and
+`conversation.ended`, sent to the other party's portal when a party blocks a
+conversation or is erased by their community (services/relay.py tell_ended). A portal
+learns of neither of its own members' doings: members of one portal talking to each
+other get no `conversation.ended`.
 
 The worker's side: `claim_due` leases due deliveries (several workers never take the
 same one: FOR UPDATE SKIP LOCKED, then a lease), the worker sends the webhooks outside
@@ -17,6 +23,7 @@ down that long."""
 from __future__ import annotations
 
 import random
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -28,6 +35,7 @@ from sqlalchemy import (
     Select,
     bindparam,
     func,
+    or_,
     select,
     text,
     update,
@@ -49,6 +57,10 @@ from directory.webhooks.delivery import Outcome
 # NOTIFY channel on which a new delivery wakes the workers (at commit, not before).
 NOTIFY_CHANNEL = "directory_deliveries"
 EVENT_MESSAGE_CREATED = "message.created"
+EVENT_CONVERSATION_ENDED = "conversation.ended"
+# How each event's id (webhook-id) begins, before its message's or conversation's uuid.
+MESSAGE_EVENT_PREFIX = "msg_"
+ENDED_EVENT_PREFIX = "end_"
 # The next attempt of a delivery that waits in the inbox only (its portal has no working
 # webhook): never, as far as the worker is concerned. Not 'infinity', which Python's
 # datetime cannot hold.
@@ -111,16 +123,45 @@ class Event:
 def webhook_id(message_id: uuid.UUID) -> str:
     """The id a message is delivered under, by webhook and in the inbox alike: stable
     across retries, so a portal can drop what it already has."""
-    return f"msg_{message_id.hex}"
+    return f"{MESSAGE_EVENT_PREFIX}{message_id.hex}"
 
 
-def message_id_of(value: str) -> uuid.UUID | None:
-    if len(value) != 36 or not value.startswith("msg_"):
+def ended_webhook_id(conversation_id: uuid.UUID) -> str:
+    """The id of the event telling that the conversation ended (it ends once)."""
+    return f"{ENDED_EVENT_PREFIX}{conversation_id.hex}"
+
+
+@dataclass(frozen=True)
+class EventKey:
+    """What an event id names: a message, or a conversation that ended."""
+
+    message_id: uuid.UUID | None = None
+    ended_conversation_id: uuid.UUID | None = None
+
+
+def event_key_of(value: str) -> EventKey | None:
+    """The EventKey of an event id, None if `value` is not one."""
+    prefix, hex_digits = value[:4], value[4:]
+    if prefix not in (MESSAGE_EVENT_PREFIX, ENDED_EVENT_PREFIX) or not _HEX_UUID.fullmatch(
+        hex_digits
+    ):
         return None
-    try:
-        return uuid.UUID(hex=value[4:])
-    except ValueError:
-        return None
+    named = uuid.UUID(hex=hex_digits)
+    if prefix == MESSAGE_EVENT_PREFIX:
+        return EventKey(message_id=named)
+    return EventKey(ended_conversation_id=named)
+
+
+# Exactly 32 hex digits: uuid.UUID(hex=) also takes braces, dashes, "urn:uuid:" and, through
+# int(), underscores, so that several spellings would name one event.
+_HEX_UUID = re.compile(r"[0-9a-fA-F]{32}")
+
+
+def _delivery_of(key: EventKey):
+    """The condition on deliveries that picks the event of `key`."""
+    if key.message_id is not None:
+        return Delivery.message_id == key.message_id
+    return Delivery.ended_conversation_id == key.ended_conversation_id
 
 
 # The worker's statements are built once, of table columns: composing them and going
@@ -133,13 +174,15 @@ _sender_portal = Portal.__table__.alias("sender_portal")
 
 def _events_of(deliveries_) -> Select:
     """What an Event is made of, for each delivery of `deliveries_` (the table, or the
-    claim's CTE of the same columns)."""
+    claim's CTE of the same columns): a message's, or a conversation's end (the message's
+    columns NULL)."""
     return (
         select(
             deliveries_.c.id.label("delivery_id"),
             deliveries_.c.portal_id,
             deliveries_.c.state,
             deliveries_.c.attempts,
+            deliveries_.c.created_at.label("event_created_at"),
             _messages.c.id.label("message_id"),
             _messages.c.seq,
             _messages.c.body,
@@ -150,17 +193,28 @@ def _events_of(deliveries_) -> Select:
             _sender_portal.c.name.label("sender_portal_name"),
         )
         .select_from(deliveries_)
-        .join(_messages, _messages.c.id == deliveries_.c.message_id)
-        .join(_conversations, _conversations.c.id == _messages.c.conversation_id)
-        .join(_sender_portal, _sender_portal.c.id == _messages.c.sender_portal_id)
+        .outerjoin(_messages, _messages.c.id == deliveries_.c.message_id)
+        .join(
+            _conversations,
+            _conversations.c.id
+            == func.coalesce(_messages.c.conversation_id, deliveries_.c.ended_conversation_id),
+        )
+        .outerjoin(_sender_portal, _sender_portal.c.id == _messages.c.sender_portal_id)
         .order_by(deliveries_.c.id)
     )
 
 
 def _event(row, now: str) -> Event:
-    """An Event from a row of _events_of's columns. What crosses to the recipient's
-    portal: the message, its own member's handle, and of the sender only the
-    conversation's alias, the chosen display name and the community."""
+    """An Event from a row of _events_of's columns."""
+    if row.message_id is None:
+        return _ended_event(row, now)
+    return _message_event(row, now)
+
+
+def _message_event(row, now: str) -> Event:
+    """What crosses to the recipient's portal: the message, its own member's handle, and
+    of the sender only the conversation's alias, the chosen display name and the
+    community."""
     sender = row.sender_role
     recipient = sender.other
     to_member, to_alias, _ = _party(row, recipient)
@@ -172,13 +226,7 @@ def _event(row, now: str) -> Event:
             "body": row.body,
             "sent_at": row.created_at.isoformat(),
         },
-        "conversation": {
-            "id": str(row.id),
-            "ad": {
-                "id": None if row.ad_id is None else str(row.ad_id),
-                "title": row.ad_title,
-            },
-        },
+        "conversation": _conversation_data(row),
         "to": {"role": recipient.value, "member": to_member, "alias": to_alias},
         "from": {
             "role": sender.value,
@@ -195,6 +243,40 @@ def _event(row, now: str) -> Event:
         attempts=row.attempts,
         payload={"type": EVENT_MESSAGE_CREATED, "timestamp": now, "data": data},
     )
+
+
+def _ended_event(row, now: str) -> Event:
+    """What crosses to the portal of the party who did not end the conversation: its own
+    member's handle, and why it ended. Who blocked is the other party (a portal is not
+    told of its own members' blocks), and an erased party has nothing left to tell."""
+    to = Role.INITIATOR if row.portal_id == row.initiator_portal_id else Role.RECIPIENT
+    to_member, to_alias, _ = _party(row, to)
+    other_member, other_alias, _ = _party(row, to.other)
+    data = {
+        "conversation": _conversation_data(row),
+        "to": {"role": to.value, "member": to_member, "alias": to_alias},
+        "ended": {
+            # Erased after blocking: the erasure is what the other side reads now.
+            "reason": "party_erased" if other_member is None else "blocked",
+            "by": {"role": to.other.value, "alias": other_alias},
+            "at": row.event_created_at.isoformat(),
+        },
+    }
+    return Event(
+        delivery_id=row.delivery_id,
+        webhook_id=ended_webhook_id(row.id),
+        portal_id=row.portal_id,
+        state=row.state,
+        attempts=row.attempts,
+        payload={"type": EVENT_CONVERSATION_ENDED, "timestamp": now, "data": data},
+    )
+
+
+def _conversation_data(row) -> dict:
+    return {
+        "id": str(row.id),
+        "ad": {"id": None if row.ad_id is None else str(row.ad_id), "title": row.ad_title},
+    }
 
 
 def _party(conversation, role: Role) -> tuple[str, str, str | None]:
@@ -248,23 +330,29 @@ _INBOX_PAGE = (
 
 
 def acknowledge(session: Session, *, portal_id: int, webhook_ids: list[str]) -> int:
-    """Marks the portal's messages as delivered (through the inbox); acknowledging again,
-    or a message delivered by webhook meanwhile, changes nothing. Returns how many were
+    """Marks the portal's events as delivered (through the inbox); acknowledging again,
+    or an event delivered by webhook meanwhile, changes nothing. Returns how many were
     newly acknowledged."""
-    message_ids = []
+    message_ids, ended_conversation_ids = [], []
     for index, value in enumerate(webhook_ids):
-        message_id = message_id_of(value)
-        if message_id is None:
+        key = event_key_of(value)
+        if key is None:
             raise InvalidInput(
-                f"{value!r} is not a message id of the inbox (msg_ and 32 hex digits)",
+                f"{value!r} is not an event id of the inbox (msg_ or end_, and 32 hex digits)",
                 field=f"ids.{index}",
             )
-        message_ids.append(message_id)
+        if key.message_id is not None:
+            message_ids.append(key.message_id)
+        else:
+            ended_conversation_ids.append(key.ended_conversation_id)
     result = session.execute(
         update(Delivery)
         .where(
             Delivery.portal_id == portal_id,
-            Delivery.message_id.in_(message_ids),
+            or_(
+                Delivery.message_id.in_(message_ids),
+                Delivery.ended_conversation_id.in_(ended_conversation_ids),
+            ),
             Delivery.state != DeliveryState.DELIVERED,
         )
         .values(
@@ -282,12 +370,10 @@ def _position_after(session: Session, *, portal_id: int, since: str | None) -> i
     the portal's, which then says nothing of other portals' events."""
     if since is None:
         return 0
-    message_id = message_id_of(since)
-    if message_id is not None:
+    key = event_key_of(since)
+    if key is not None:
         position = session.scalar(
-            select(Delivery.id).where(
-                Delivery.message_id == message_id, Delivery.portal_id == portal_id
-            )
+            select(Delivery.id).where(_delivery_of(key), Delivery.portal_id == portal_id)
         )
         return position or 0
     # "d" and a delivery id: next_since before it became an event id, from a portal that
@@ -348,7 +434,9 @@ _claimed = (
         _deliveries.c.portal_id,
         _deliveries.c.state,
         _deliveries.c.attempts,
+        _deliveries.c.created_at,
         _deliveries.c.message_id,
+        _deliveries.c.ended_conversation_id,
     )
     .cte("claimed")
 )

@@ -288,8 +288,8 @@ def post_message(
 def block_conversation(
     session: Session, *, caller: AuthenticatedPortal, conversation_id: uuid.UUID, member: str
 ) -> None:
-    """A party ends the conversation: no one can write in it any more. Blocking twice
-    changes nothing."""
+    """A party ends the conversation: no one can write in it any more, and the other
+    party's portal is told (conversation.ended). Blocking twice changes nothing."""
     conversation = session.scalar(
         select(Conversation)
         .where(Conversation.id == conversation_id, _has_party_portal(caller.id))
@@ -297,8 +297,13 @@ def block_conversation(
     )
     role = _role_of(conversation, caller, member)
     if conversation.blocked_at is None:
+        # Ended already when the other party was erased: nothing new to tell.
+        ongoing = _member(conversation, role.other) is not None
         conversation.blocked_at = datetime.now(UTC)
         conversation.blocked_by = role
+        if ongoing:
+            session.flush()
+            tell_ended(session, [conversation.id])
 
 
 def lock_member_openings(session: Session, *, portal_id: int, member: str) -> None:
@@ -923,13 +928,16 @@ def _erase_parties(party: str) -> TextClause:
             -- Their ad is deleted with them, unless it was given to another member since:
             -- the husk points at nothing then either.
             ad_id = CASE WHEN as_recipient THEN NULL ELSE ad_id END
-        FROM (SELECT id, {as_initiator} AS as_initiator, {as_recipient} AS as_recipient
+        FROM (SELECT id, {as_initiator} AS as_initiator, {as_recipient} AS as_recipient,
+                     -- Whether this erasure ends it: it was not over already.
+                     blocked_at IS NULL AND initiator_member IS NOT NULL
+                         AND recipient_member IS NOT NULL AS ongoing
               FROM conversations
               WHERE ({as_initiator}) OR ({as_recipient})
               ORDER BY id  -- locked in one order by every erasure: none deadlocks another
               FOR UPDATE) AS party
         WHERE conversations.id = party.id
-        RETURNING conversations.id
+        RETURNING conversations.id, party.ongoing
         """
     )
 
@@ -949,17 +957,27 @@ def erase_member_conversations(
     ended (party_erased), and the limits on new conversations still count it."""
     # An opening by the member under way is erased with the rest; one after is new.
     lock_member_openings(session, portal_id=portal_id, member=member)
-    conversation_ids = list(
-        session.scalars(_ERASE_MEMBER, {"portal_id": portal_id, "member": member})
-    )
-    return ErasedConversations(len(conversation_ids), _delete_messages(session, conversation_ids))
+    erased = session.execute(_ERASE_MEMBER, {"portal_id": portal_id, "member": member}).all()
+    return _after_erasing(session, portal_id=portal_id, erased=erased)
 
 
 def erase_portal_conversations(session: Session, *, portal_id: int) -> ErasedConversations:
     """Every member of `portal_id` leaves their conversations, as erase_member_conversations
     says. For a portal that can no longer write (closed): no opening can be under way."""
-    conversation_ids = list(session.scalars(_ERASE_PORTAL, {"portal_id": portal_id}))
-    return ErasedConversations(len(conversation_ids), _delete_messages(session, conversation_ids))
+    erased = session.execute(_ERASE_PORTAL, {"portal_id": portal_id}).all()
+    return _after_erasing(session, portal_id=portal_id, erased=erased)
+
+
+def _after_erasing(session: Session, *, portal_id: int, erased) -> ErasedConversations:
+    """The conversations' messages go, and so does any news of their end still owed to
+    the erasing portal (it names the member); the other party's portal is told of the
+    end, unless the conversation was over already."""
+    conversation_ids = [row.id for row in erased]
+    messages = _delete_messages(session, conversation_ids)
+    if conversation_ids:
+        session.execute(_DELETE_ENDS_OWED, {"ids": conversation_ids, "portal_id": portal_id})
+    tell_ended(session, [row.id for row in erased if row.ongoing])
+    return ErasedConversations(len(conversation_ids), messages)
 
 
 # The ids as one array, not one parameter each: a statement takes at most 65,535, fewer
@@ -974,6 +992,47 @@ def _delete_messages(session: Session, conversation_ids: list[uuid.UUID]) -> int
     if not conversation_ids:
         return 0
     return session.execute(_DELETE_MESSAGES, {"ids": conversation_ids}).rowcount
+
+
+_DELETE_ENDS_OWED = text(
+    "DELETE FROM deliveries"
+    " WHERE ended_conversation_id = ANY(CAST(:ids AS uuid[])) AND portal_id = :portal_id"
+)
+
+
+# --- the news that a conversation ended -----------------------------------------------------
+
+# The end of each conversation, to the portal of the party who neither ended it (blocked)
+# nor was erased, in the outbox: due now when that portal has a working webhook, else
+# parked for its inbox, as a message's delivery (APPEND_MESSAGE). None between members of
+# one portal: it ended the conversation itself. ON CONFLICT: a conversation ends once.
+_TELL_ENDED = text(
+    """
+    INSERT INTO deliveries (ended_conversation_id, portal_id, next_attempt_at)
+    SELECT conversations.id, portals.id,
+           CASE WHEN portals.webhook_url IS NOT NULL AND portals.webhook_disabled_at IS NULL
+                THEN now() ELSE :parked END
+    FROM conversations
+    JOIN portals ON portals.id = CASE
+        WHEN conversations.initiator_member IS NULL OR conversations.blocked_by = 'initiator'
+        THEN conversations.recipient_portal_id ELSE conversations.initiator_portal_id END
+    WHERE conversations.id = ANY(CAST(:ids AS uuid[]))
+      AND conversations.initiator_portal_id <> conversations.recipient_portal_id
+    ON CONFLICT (ended_conversation_id) DO NOTHING
+    """
+)
+
+
+def tell_ended(session: Session, conversation_ids: list[uuid.UUID]) -> None:
+    """The other party's portal of each conversation, which has just ended (blocked, or
+    a party erased), receives a conversation.ended event (services/deliveries.py)."""
+    if not conversation_ids:
+        return
+    inserted = session.execute(
+        _TELL_ENDED, {"ids": conversation_ids, "parked": deliveries.PARKED}
+    ).rowcount
+    if inserted:
+        deliveries.wake_deliverers(session)
 
 
 # --- retention ---------------------------------------------------------------------------
@@ -1002,7 +1061,8 @@ def purge_old_messages(
 ) -> PurgeReport:
     """Messages older than the retention period go (their deliveries with them), except
     those still being delivered: the retention may be shorter than the delivery period.
-    Conversations go with their last message, once no activity is newer. At most `limit`
+    Conversations go with their last message, once no activity is newer and the news of
+    their end, if any, is no longer being delivered. At most `limit`
     of each a call, oldest first."""
     cutoff = datetime.now(UTC) - retention
     still_delivering = (
@@ -1020,9 +1080,17 @@ def purge_old_messages(
         Message.__table__.delete().where(Message.id.in_(oldest_messages.scalar_subquery()))
     ).rowcount
     has_messages = select(Message.id).where(Message.conversation_id == Conversation.id).exists()
+    end_being_told = (
+        select(Delivery.id)
+        .where(
+            Delivery.ended_conversation_id == Conversation.id,
+            Delivery.state == DeliveryState.PENDING,
+        )
+        .exists()
+    )
     emptied_conversations = (
         select(Conversation.id)
-        .where(Conversation.last_message_at < cutoff, ~has_messages)
+        .where(Conversation.last_message_at < cutoff, ~has_messages, ~end_being_told)
         .order_by(Conversation.last_message_at)
         .limit(limit)
     )

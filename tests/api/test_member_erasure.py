@@ -187,9 +187,13 @@ def test_pending_deliveries_go_with_the_messages_in_both_directions(
     erase(client, advertiser)
 
     assert client.get("/v1/inbox", headers=advertiser.headers).json["events"] == []
-    assert client.get("/v1/inbox", headers=writer_portal.headers).json["events"] == []
+    # The writer's portal is told instead that the conversation ended.
+    (ended,) = client.get("/v1/inbox", headers=writer_portal.headers).json["events"]
+    assert ended["type"] == "conversation.ended"
     with unit_of_work(wiring.session_factory) as session:
-        assert session.scalars(select(Delivery)).all() == []
+        (left,) = session.scalars(select(Delivery)).all()
+        assert left.message_id is None
+        assert str(left.ended_conversation_id) == conversation_id
 
 
 def test_erasure_touches_no_other_member_nor_the_same_handle_at_another_portal(

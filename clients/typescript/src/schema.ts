@@ -497,7 +497,8 @@ export interface paths {
         put?: never;
         /**
          * Block a conversation: nobody can write in it any more
-         * @description On behalf of either party. Blocking again changes nothing.
+         * @description On behalf of either party. The other party's portal is told
+         *     (conversation.ended), unless it is the caller. Blocking again changes nothing.
          */
         post: operations["blockConversation"];
         delete?: never;
@@ -514,8 +515,9 @@ export interface paths {
             cookie?: never;
         };
         /**
-         * Read the messages that have not reached the calling portal yet
-         * @description For portals without a public webhook URL, or beside it. Each event has the
+         * Read the events that have not reached the calling portal yet
+         * @description Messages for its members, and the ends of their conversations (the other party
+         *     blocked, or was erased). For portals without a public webhook URL, or beside it. Each event has the
          *     id its webhook carries (`webhook-id`) and the same `data`. Events stay until
          *     acknowledged (or delivered by webhook): store them, then acknowledge.
          */
@@ -1440,11 +1442,11 @@ export interface components {
             member: string;
         };
         InboxEvent: {
-            /** @description The id the webhook for it carries (webhook-id): msg_... */
+            /** @description The id the webhook for it carries (webhook-id): msg_... for a message, end_... for a conversation's end */
             id: string;
-            /** @description message.created */
+            /** @description message.created, or conversation.ended: the other party blocked the conversation, or was erased by their community. Ignore types you do not know (acknowledge them): more may come */
             type: string;
-            /** @description What a webhook would carry in its data: message, conversation, to, from */
+            /** @description What a webhook would carry in its data. message.created: message, conversation, to, from. conversation.ended: conversation, to, and ended (reason: blocked or party_erased; by: the other party's role and alias; at) */
             data: {
                 [key: string]: unknown;
             };
@@ -1459,7 +1461,7 @@ export interface components {
             next_since: string | null;
         };
         Acknowledge: {
-            /** @description Ids of inbox events (msg_...) the portal has stored */
+            /** @description Ids of inbox events (msg_... or end_...) the portal has stored */
             ids: string[];
         };
         Acknowledged: {

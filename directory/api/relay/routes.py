@@ -235,7 +235,8 @@ class BlockConversation(MethodView):
     def post(self, block, conversation_id: str):
         """Block a conversation: nobody can write in it any more
 
-        On behalf of either party. Blocking again changes nothing."""
+        On behalf of either party. The other party's portal is told
+        (conversation.ended), unless it is the caller. Blocking again changes nothing."""
         conversation_uuid = _uuid(conversation_id, field="conversation_id", what="conversation")
         with transaction() as session:
             portal = require_portal(session)
@@ -253,9 +254,10 @@ class Inbox(MethodView):
     @blp.response(200, InboxPageSchema)
     @blp.doc(operationId="readInbox", security=BEARER_AUTH)
     def get(self, args):
-        """Read the messages that have not reached the calling portal yet
+        """Read the events that have not reached the calling portal yet
 
-        For portals without a public webhook URL, or beside it. Each event has the
+        Messages for its members, and the ends of their conversations (the other party
+        blocked, or was erased). For portals without a public webhook URL, or beside it. Each event has the
         id its webhook carries (`webhook-id`) and the same `data`. Events stay until
         acknowledged (or delivered by webhook): store them, then acknowledge."""
         with transaction() as session:

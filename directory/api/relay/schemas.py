@@ -125,7 +125,7 @@ class AcknowledgeSchema(Schema):
         fields.String(validate=validate.Length(1, 64)),
         required=True,
         validate=validate.Length(1, MAX_ACK_IDS),
-        metadata={"description": "Ids of inbox events (msg_...) the portal has stored"},
+        metadata={"description": "Ids of inbox events (msg_... or end_...) the portal has stored"},
     )
 
 
@@ -245,12 +245,23 @@ class ConversationPageSchema(Schema):
 
 class InboxEventSchema(Schema):
     id = fields.String(
-        metadata={"description": "The id the webhook for it carries (webhook-id): msg_..."}
+        metadata={
+            "description": "The id the webhook for it carries (webhook-id): msg_... for a "
+            "message, end_... for a conversation's end"
+        }
     )
-    type = fields.String(metadata={"description": "message.created"})
+    type = fields.String(
+        metadata={
+            "description": "message.created, or conversation.ended: the other party blocked "
+            "the conversation, or was erased by their community. Ignore types you do not "
+            "know (acknowledge them): more may come"
+        }
+    )
     data = fields.Dict(
         metadata={
-            "description": "What a webhook would carry in its data: message, conversation, to, from"
+            "description": "What a webhook would carry in its data. message.created: "
+            "message, conversation, to, from. conversation.ended: conversation, to, and ended "
+            "(reason: blocked or party_erased; by: the other party's role and alias; at)"
         }
     )
     delivery = fields.Dict(metadata={"description": "state (pending or failed) and attempts"})

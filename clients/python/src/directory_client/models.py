@@ -835,13 +835,21 @@ class Block(Struct, kw_only=True):
 
 class InboxEvent(Struct, kw_only=True):
     id: Annotated[
-        str, Meta(description='The id the webhook for it carries (webhook-id): msg_...')
+        str,
+        Meta(
+            description="The id the webhook for it carries (webhook-id): msg_... for a message, end_... for a conversation's end"
+        ),
     ]
-    type: Annotated[str, Meta(description='message.created')]
+    type: Annotated[
+        str,
+        Meta(
+            description='message.created, or conversation.ended: the other party blocked the conversation, or was erased by their community. Ignore types you do not know (acknowledge them): more may come'
+        ),
+    ]
     data: Annotated[
         dict[str, Any],
         Meta(
-            description='What a webhook would carry in its data: message, conversation, to, from'
+            description="What a webhook would carry in its data. message.created: message, conversation, to, from. conversation.ended: conversation, to, and ended (reason: blocked or party_erased; by: the other party's role and alias; at)"
         ),
     ]
     delivery: Annotated[
@@ -861,7 +869,7 @@ class Acknowledge(Struct, kw_only=True):
     ids: Annotated[
         list[Id],
         Meta(
-            description='Ids of inbox events (msg_...) the portal has stored',
+            description='Ids of inbox events (msg_... or end_...) the portal has stored',
             max_length=1000,
             min_length=1,
         ),

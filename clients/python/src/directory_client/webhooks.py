@@ -28,10 +28,14 @@ class _Body(msgspec.Struct, frozen=True):
 
 
 class WebhookEvent(msgspec.Struct, frozen=True, kw_only=True):
-    id: str  # webhook-id: msg_<32 hex digits>, stable across retries, as the inbox shows it
-    type: str  # message.created
+    # webhook-id: msg_ (a message) or end_ (a conversation's end) and 32 hex digits,
+    # stable across retries, as the inbox shows it
+    id: str
+    type: str  # message.created or conversation.ended; ignore (and accept) others
     timestamp: datetime
-    data: dict[str, Any]  # message, conversation, to, from
+    # message.created: message, conversation, to, from; conversation.ended: conversation,
+    # to, ended (reason: blocked or party_erased; by: role and alias; at)
+    data: dict[str, Any]
 
 
 def verify_webhook(
