@@ -410,14 +410,19 @@ def test_a_suspended_portals_backlog_holds_up_no_other_portal(
     ):
         for portal, hook in ((suspended, suspended_hook), (active, active_hook)):
             client.patch("/v1/portals/me", json={"webhook_url": hook.url}, headers=portal.headers)
-        # More messages for the suspended portal, and older, than a round claims.
-        conversation_id = open_conversation(client, suspended, writer)["conversation"]["id"]
-        for number in range(DELIVERY_THREADS):
-            client.post(
-                f"/v1/conversations/{conversation_id}/messages",
-                json={"member": "m-writer", "body": f"Message {number}"},
+        # More messages for the suspended portal, and older, than a round claims: each
+        # the first of a conversation of its own, as a party may send only so many in a
+        # row before the other answers.
+        ad = client.put(
+            "/v1/ads/ad-1", json=ad_payload(member="m-owner"), headers=suspended.headers
+        )
+        for number in range(DELIVERY_THREADS + 1):
+            sent = client.post(
+                f"/v1/ads/{ad.json['id']}/contact",
+                json={"member": f"m-writer-{number}", "name": "Anna", "body": f"Message {number}"},
                 headers=writer.headers,
             )
+            assert sent.status_code == 201, sent.json
         set_status(wiring, suspended, PortalStatus.SUSPENDED)
         open_conversation(client, active, writer)
         more_due = deliver_one_round()
