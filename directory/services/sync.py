@@ -24,6 +24,7 @@ from directory.services.ads import (
     ad_limit,
     apply_changes,
     check_ads,
+    count_ads,
     delete_all_but,
     lock_and_count_ads,
     lock_portal_writes,
@@ -160,9 +161,9 @@ def stage_items(
     kept as it is at commit. An item without a valid external id refuses them all: its
     ad could be neither staged nor kept. Sending an external id again replaces what was
     staged. A session holds at most `max_items` ads (rejected ones included), and
-    stages no more than the portal may store (ads.ad_limit, of `max_ads`): a request
-    that would take it past either stages nothing. Returns each item's result and the
-    session as it now stands."""
+    stages no more than the portal may store (ads.ad_limit, of `max_ads`) unless it
+    stores as many already: a request that would take it past either stages nothing.
+    Returns each item's result and the session as it now stands."""
     if len(items) > MAX_BATCH_ITEMS:
         raise InvalidInput(f"at most {MAX_BATCH_ITEMS} items per request", field="items")
     unnamed = next((index for index, (external_id, _) in enumerate(items) if not external_id), None)
@@ -225,9 +226,12 @@ def stage_items(
             code="sync_session_full",
         )
     # Each ad staged (not rejected) is one of the portal's at commit: refused now, rather
-    # than once the portal has staged them all. The commit counts again, exactly.
+    # than once the portal has staged them all. The commit counts again, exactly. More
+    # staged than the portal stores means new ads among them, and at least that many at
+    # commit: refused. No more than it stores may all be ads it has, which a portal above
+    # a lowered limit may still change (so counted, only past the limit: rarely).
     limit = ad_limit(session.get_one(Portal, portal_id), max_ads=max_ads)
-    if summary.staged > limit:
+    if summary.staged > limit and summary.staged > count_ads(session, portal_id=portal_id):
         raise Conflict(
             f"this request would make the session stage {summary.staged} ads, and the "
             f"portal may store at most {limit}: committed, it would be refused; nothing "
@@ -247,9 +251,10 @@ def commit(
     max_ads: int,
 ) -> CommitResult:
     """Apply the session. A session committed already (the answer to its commit was
-    lost) is answered as its commit was, and nothing changes. A commit that would leave
-    the portal more ads than it may store (ads.ad_limit, of `max_ads`) is refused whole,
-    and the session stays open: a resync is the portal's complete set, not a part of it."""
+    lost) is answered as its commit was, and nothing changes. A commit that creates ads
+    and would leave the portal more than it may store (ads.ad_limit, of `max_ads`) is
+    refused whole, and the session stays open: a resync is the portal's complete set,
+    not a part of it. One that creates none never is, as changes and deletions never are."""
     sync = _get(session, portal_id=portal_id, session_id=session_id, lock=True)
     if sync.status is SyncStatus.COMMITTED and sync.result is not None:
         return _committed(session, sync)
@@ -285,7 +290,9 @@ def commit(
                 rejected_items.append(result)
     staged_ids = select(SyncSessionItem.external_id).where(SyncSessionItem.session_id == sync.id)
     deleted = delete_all_but(session, portal_id=portal_id, keep=staged_ids)
-    stored = lock_and_count_ads(session, portal_id=portal_id)
+    # Only new ads are refused: a resync that creates none changes and deletes ads the
+    # portal has, which a limit lowered below them never refuses.
+    stored = lock_and_count_ads(session, portal_id=portal_id) if counts["created"] else 0
     limit = ad_limit(session.get_one(Portal, portal_id), max_ads=max_ads)
     if stored > limit:
         raise Conflict(

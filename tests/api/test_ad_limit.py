@@ -217,6 +217,42 @@ def test_a_commit_that_would_leave_too_many_ads_is_refused_whole_and_stays_open(
     assert stored(client, portal) == ["a-0", "a-1", "a-2", "kept"]
 
 
+def test_a_resync_that_creates_no_ad_passes_over_a_lowered_limit(client, portal, set_limit):
+    """Changes and deletions are never refused: a portal above a limit lowered under it
+    still resyncs its ads, changed, as long as it adds none."""
+    for external_id in ("a-1", "a-2", "a-3", "a-4"):
+        put(client, portal, external_id)
+    set_limit(portal, 2)
+    session_id = open_session(client, portal)
+    items = [
+        {"external_id": external_id, "ad": ad_payload(title="Changed")}
+        for external_id in ("a-1", "a-2", "a-3")
+    ]
+
+    staged = stage(client, portal, session_id, items)
+    assert staged.status_code == 200, staged.json
+    committed = commit(client, portal, session_id)
+
+    assert committed.status_code == 200, committed.json
+    assert (committed.json["updated"], committed.json["deleted"]) == (3, 1)
+    assert stored(client, portal) == ["a-1", "a-2", "a-3"]
+
+
+def test_a_resync_over_a_lowered_limit_that_creates_an_ad_is_refused(client, portal, set_limit):
+    for external_id in ("a-1", "a-2", "a-3"):
+        put(client, portal, external_id)
+    set_limit(portal, 2)
+    session_id = open_session(client, portal)
+    items = [{"external_id": i, "ad": ad_payload()} for i in ("a-1", "a-2", "new")]
+    assert stage(client, portal, session_id, items).status_code == 200
+
+    refused = commit(client, portal, session_id)
+
+    assert refused.status_code == 409, refused.json
+    assert refused.json["error"] == "too_many_ads"
+    assert stored(client, portal) == ["a-1", "a-2", "a-3"]
+
+
 @pytest.fixture(scope="module")
 def two_ads_client(migrated):
     """A second app on the same database, whose portals store at most 2 ads."""

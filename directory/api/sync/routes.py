@@ -103,8 +103,8 @@ class SyncSessionItems(MethodView):
         409,
         schema=ErrorSchema,
         description="The session is closed or expired, or would hold more ads than a "
-        "session may (sync_session_full), or stage more than the portal may store "
-        "(too_many_ads)",
+        "session may (sync_session_full), or stage more ads than the portal may store, "
+        "and more than it stores (too_many_ads)",
     )
     @blp.doc(operationId="stageSyncItems", security=BEARER_AUTH)
     def post(self, body, session_id: str):
@@ -115,8 +115,9 @@ class SyncSessionItems(MethodView):
         request (400): its ad could be neither staged nor kept, and would be deleted.
         A session holds at most 100,000 ads by default (DIRECTORY_SYNC_SESSION_MAX_ITEMS):
         a request that would take it past them stages nothing (409 sync_session_full);
-        nor does one that would make it stage more ads than the portal may store (409
-        too_many_ads: see the profile's `ads`), as their commit would be refused."""
+        nor does one that would make it stage more ads than the portal may store, and
+        more than it stores (409 too_many_ads: see the profile's `ads`): some would be
+        new, and their commit would be refused."""
         items = [
             (item.external_id, item.messages)
             if isinstance(item, ItemErrors)
@@ -144,19 +145,20 @@ class SyncSessionCommit(MethodView):
     @blp.alt_response(
         409,
         schema=ErrorSchema,
-        description="The session was aborted or has expired, or the resync would leave the "
-        "portal more ads than it may store (too_many_ads: nothing changed, and the session "
-        "stays open)",
+        description="The session was aborted or has expired, or the resync would create ads "
+        "and leave the portal more than it may store (too_many_ads: nothing changed, and "
+        "the session stays open)",
     )
     @blp.doc(operationId="commitSyncSession", security=BEARER_AUTH)
     def post(self, session_id: str):
         """Commit: the staged ads replace all of the portal's ads, in one transaction
 
         Sent again once committed (its answer was lost), it answers as the commit did
-        and changes nothing. A commit that would leave the portal more ads than it may
-        store (the staged ones and those of rejected items it keeps) is refused whole
-        (409 too_many_ads); the session stays open, to commit again once the limit is
-        raised, or to abort."""
+        and changes nothing. A commit that creates ads and would leave the portal more
+        than it may store (the staged ones and those of rejected items it keeps) is
+        refused whole (409 too_many_ads); the session stays open, to commit again once
+        the limit is raised, or to abort. One that creates none is never refused: a
+        portal above a lowered limit still resyncs the ads it has."""
         with transaction() as session:
             portal = require_portal(session)
             result = sync.commit(
