@@ -85,9 +85,9 @@ def operational_metrics(session: Session) -> list[Metric]:
         Metric(
             "directory_relay_deliveries",
             MetricType.GAUGE,
-            "Messages not yet delivered to their recipient's portal: pending by webhook "
-            "(retried by the worker), pending in the inbox only (the portal has no working "
-            "webhook), or failed (the delivery period ended).",
+            "Relay events (messages, and ends of conversations) not yet delivered to their "
+            "portal: pending by webhook (retried by the worker), pending in the inbox only "
+            "(the portal has no working webhook), or failed (the delivery period ended).",
             [
                 ({"state": "pending", "channel": "webhook"}, row.pending_webhook),
                 ({"state": "pending", "channel": "inbox"}, row.pending_inbox),
@@ -111,8 +111,9 @@ def operational_metrics(session: Session) -> list[Metric]:
         Metric(
             "directory_relay_oldest_pending_seconds",
             MetricType.GAUGE,
-            "Age of the oldest message not yet delivered (by webhook or inbox); it is "
-            "marked failed at DIRECTORY_DELIVERY_GIVE_UP_AFTER_HOURS.",
+            "Age of the oldest relay event (a message, or a conversation's end) not yet "
+            "delivered (by webhook or inbox); it is marked failed at "
+            "DIRECTORY_DELIVERY_GIVE_UP_AFTER_HOURS.",
             [({}, float(row.oldest_pending_s))],
         ),
         Metric(

@@ -2577,7 +2577,7 @@ export interface operations {
     readInbox: {
         parameters: {
             query?: {
-                /** @description next_since of the previous page, or the id of any of the portal's events: the events after it. Absent, or an event no longer kept: from the oldest message not yet delivered */
+                /** @description next_since of the previous page, or the id of any of the portal's events: the events after it. Absent, or an event no longer kept: from the oldest event not yet delivered */
                 since?: string | null;
                 limit?: number;
             };

@@ -114,7 +114,7 @@ class InboxArgsSchema(Schema):
         metadata={
             "description": "next_since of the previous page, or the id of any of the "
             "portal's events: the events after it. Absent, or an event no longer kept: from "
-            "the oldest message not yet delivered"
+            "the oldest event not yet delivered"
         },
     )
     limit = WholeNumber(load_default=100, validate=validate.Range(1, 500))
