@@ -13,9 +13,11 @@ Lock safety: DROP NOT NULL changes the catalog only; ADD COLUMN without a defaul
 The foreign key, the unique index and the CHECK read the deliveries under an ACCESS
 EXCLUSIVE lock (a second or so per million rows, all NULL in the new column): the
 worker's claims and new messages wait meanwhile.
-Backward compatibility: the previous release's worker and inbox read deliveries joined to
-their messages, and pass over those without one: during a rolling deploy, events written
-by this release wait until its own workers deliver them.
+Backward compatibility: the previous release's inbox reads deliveries joined to their
+messages, and passes over those without one; its worker's claim leases them too (counting
+an attempt each time, which later retries' backoff starts from) but sends nothing, and
+they come due again after the lease: during a rolling deploy, events written by this
+release wait until its own workers deliver them.
 """
 
 from collections.abc import Sequence
