@@ -235,14 +235,7 @@ def _message_event(row, now: str) -> Event:
             "portal": {"slug": row.sender_slug, "name": row.sender_portal_name},
         },
     }
-    return Event(
-        delivery_id=row.delivery_id,
-        webhook_id=webhook_id(row.message_id),
-        portal_id=row.portal_id,
-        state=row.state,
-        attempts=row.attempts,
-        payload={"type": EVENT_MESSAGE_CREATED, "timestamp": now, "data": data},
-    )
+    return _delivered_as(row, webhook_id(row.message_id), EVENT_MESSAGE_CREATED, data, now)
 
 
 def _ended_event(row, now: str) -> Event:
@@ -262,13 +255,18 @@ def _ended_event(row, now: str) -> Event:
             "at": row.event_created_at.isoformat(),
         },
     }
+    return _delivered_as(row, ended_webhook_id(row.id), EVENT_CONVERSATION_ENDED, data, now)
+
+
+def _delivered_as(row, event_id: str, event_type: str, data: dict, now: str) -> Event:
+    """The Event of the delivery in `row`, under `event_id`, carrying `data`."""
     return Event(
         delivery_id=row.delivery_id,
-        webhook_id=ended_webhook_id(row.id),
+        webhook_id=event_id,
         portal_id=row.portal_id,
         state=row.state,
         attempts=row.attempts,
-        payload={"type": EVENT_CONVERSATION_ENDED, "timestamp": now, "data": data},
+        payload={"type": event_type, "timestamp": now, "data": data},
     )
 
 

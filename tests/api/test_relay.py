@@ -28,7 +28,7 @@ from directory.models.relay import MAX_MESSAGE_CHARS
 from directory.services import portals, relay
 from directory.worker import housekeeping, purge_old_messages
 from tests.factories import ad_payload
-from tests.waits import wait_for_a_lock_wait
+from tests.waits import send_aside, wait_for_a_lock_wait
 
 ADVERTISER = "m-ad-owner"
 WRITER = "m-writer"
@@ -876,7 +876,6 @@ def test_messages_racing_for_the_last_place_in_a_row_cannot_both_pass(
     client = three_in_a_row
     conversation_id = contact(client, writer_portal, ad_id).json["conversation"]["id"]
     assert reply(client, writer_portal, conversation_id, member=WRITER, body="2").status_code == 201
-    answers = []
     with unit_of_work(wiring.session_factory) as first:
         # The third message, not committed yet, and a fourth racing it.
         relay.post_message(
@@ -889,15 +888,12 @@ def test_messages_racing_for_the_last_place_in_a_row_cannot_both_pass(
             idempotency_key=None,
             limits=dataclasses.replace(LIMITS, unanswered_messages=3),
         )
-        racer = threading.Thread(
-            target=lambda: answers.append(
-                reply(client, writer_portal, conversation_id, member=WRITER, body="4")
-            )
+        fourth = send_aside(
+            wiring,
+            lambda: reply(client, writer_portal, conversation_id, member=WRITER, body="4"),
+            what="the racing message",
         )
-        racer.start()
-        wait_for_a_lock_wait(wiring, what="the racing message")
-    racer.join(30)
-    (answer,) = answers
+    answer = fourth()
     assert answer.status_code == 409, answer.json
     assert answer.json["error"] == "awaiting_reply"
     assert [body for _, body in stored_messages(wiring)] == ["Is it still on?", "2", "3"]
