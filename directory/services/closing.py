@@ -36,7 +36,10 @@ def close_portal(session: Session, *, portal_slug: str, lifetimes: Lifetimes) ->
     """Close a suspended portal, for good. Only a suspended one: its keys have been
     refused since, so no request of its own is still writing (an ad write under way is
     waited for besides). Closing a closed portal changes nothing."""
-    portal = get_portal(session, slug=portal_slug, lock=True)
+    # FOR NO KEY UPDATE: an ad write under way, which the write lock below waits for, may
+    # still have to insert, and an insert locks the portal's row for its key (FOR KEY
+    # SHARE): FOR UPDATE held that against it, and the two deadlocked.
+    portal = get_portal(session, slug=portal_slug, lock=True, key_share=True)
     if portal.status is PortalStatus.CLOSED:
         return Closure(0, 0, 0, 0, already_closed=True)
     if portal.status is not PortalStatus.SUSPENDED:

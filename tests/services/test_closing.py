@@ -7,11 +7,13 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import text
 
+from directory.api.ads.schemas import AdPutSchema
 from directory.db import unit_of_work
 from directory.errors import Conflict, Forbidden, NotFound
 from directory.models import PortalStatus
-from directory.services import closing, portals, websites
+from directory.services import ads, closing, portals, websites
 from tests.factories import ad_payload
+from tests.waits import send_aside
 
 LEAVING_MEMBER = "m-leaving-4410"
 STAYING_MEMBER = "m-stays"
@@ -235,3 +237,26 @@ def test_a_profile_change_under_way_since_before_the_suspension_changes_nothing(
             )
             is None
         )
+
+
+def test_an_ad_write_under_way_when_the_portal_is_closed_ends_first_and_goes_with_the_rest(
+    wiring, leaving
+):
+    # The write's key was checked before the suspension. It holds the portal's write
+    # lock (shared) and has yet to insert, which locks the portal's row for its key:
+    # the closing waits for the write, and must not hold that row against it meanwhile.
+    suspend(wiring, "sel-closing")
+    with unit_of_work(wiring.session_factory) as writing:
+        ads.lock_portal_writes(writing, leaving.id, exclusive=False)
+        closure = send_aside(wiring, lambda: close(wiring, "sel-closing"), what="the closing")
+        ads.upsert_ad(
+            writing,
+            portal_id=leaving.id,
+            external_id="late-piano",
+            ad=AdPutSchema().load(ad_payload(member=LEAVING_MEMBER)),
+            lifetimes=wiring.lifetimes,
+            max_ads=wiring.settings.portal_max_ads,
+        )
+    assert closure().ads_deleted == 1
+    with wiring.engine.connect() as connection:
+        assert connection.scalar(text("SELECT count(*) FROM ads")) == 0
