@@ -4,8 +4,8 @@ and psycopg alone, without flask-smorest, marshmallow, SQLAlchemy or the API's r
 hooks. What the layers cost is the difference between this and the directory.
 
 Its work per message is the directory's: the key looked up by digest, the conversation
-locked with both communities, the sender's party, the block and the other community's
-status checked, APPEND_MESSAGE (count, message, delivery, NOTIFY) in the same transaction,
+locked with both communities, the sender's party, the other party's erasure, the block,
+the other community's status and the messages in a row checked, APPEND_MESSAGE (count, message, delivery, NOTIFY) in the same transaction,
 and the same answer. Left out: the fields' validation beyond their presence, idempotency
 keys, the request id and log line, and the key's last-use stamp.
 
@@ -25,8 +25,10 @@ from sqlalchemy.dialects import postgresql
 from directory.services import deliveries
 from directory.services.portals import _KEY_LOOKUP, key_digest, looks_like_key
 from directory.services.relay import _LOCK_CONVERSATION, APPEND_MESSAGE
+from directory.settings import Settings
 
 ROLES = ("initiator", "recipient")
+UNANSWERED_MESSAGES = Settings.relay_unanswered_messages  # the default, as the directory's
 
 app = Flask(__name__)
 _connection: psycopg.Connection | None = None
@@ -90,10 +92,14 @@ def post_message(conversation_id: str):
         if role is None:
             return refused(403, "not_a_party")
         other = ROLES[1 - ROLES.index(role)]
+        if c[f"{other}_member"] is None:
+            return refused(409, "party_erased")
         if c["blocked_at"] is not None:
             return refused(409, "conversation_blocked")
         if c[f"{other}_portal_status"] != "active":
             return refused(409, "recipient_portal_suspended")
+        if c["last_sender"] == role and c["unanswered_messages"] >= UNANSWERED_MESSAGES:
+            return refused(409, "awaiting_reply")
         now = datetime.now(UTC)
         message_id = uuid.uuid4()
         seq, _notified = conn.execute(
