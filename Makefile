@@ -43,7 +43,7 @@ openapi: deps
 bench: deps
 	$(BIN)/python bench/ingest.py
 
-.PHONY: bench-search bench-flood bench-relay bench-relay-layers bench-sync bench-hostile bench-erasure
+.PHONY: bench-search bench-flood bench-relay bench-relay-layers bench-sync bench-hostile bench-erasure bench-ad-limit
 bench-search: deps
 	$(BIN)/python bench/search.py
 
@@ -64,6 +64,9 @@ bench-hostile: deps
 
 bench-erasure: deps
 	$(BIN)/python bench/erasure.py
+
+bench-ad-limit: deps
+	$(BIN)/python bench/ad_limit.py
 
 deps: system-deps $(VENV)/.installed
 
