@@ -33,6 +33,7 @@ NUMERIC_RANGES: dict[str, tuple[float, float]] = {
     "trusted_proxies": (0, 100),
     "relay_conversations_per_member_per_hour": (1, 10**9),
     "relay_conversations_per_portal_per_hour": (1, 10**9),
+    "relay_conversations_with_one_member_per_hour": (1, 10**9),
     "relay_unanswered_messages": (1, 10**6),
     "relay_retention_days": (1, 36_500),
     "delivery_first_retry_s": (0.001, 30 * 24 * 3600),
@@ -117,6 +118,9 @@ class Settings:
     # New conversations a member, and a whole portal, may open per hour.
     relay_conversations_per_member_per_hour: int = 20
     relay_conversations_per_portal_per_hour: int = 2000
+    # New conversations one portal's members may open with one member (an advertiser)
+    # per hour: a portal making up handles is held to this many with anyone.
+    relay_conversations_with_one_member_per_hour: int = 50
     # Messages a party may send in a row before the other answers (409 awaiting_reply):
     # enough to follow up on a question, not to flood a member who does not answer.
     relay_unanswered_messages: int = 10

@@ -114,8 +114,15 @@ class Conversation(Base):
         ),
         Index("ix_conversations_portal_opened", "initiator_portal_id", "created_at"),
         # The conversations of one member as the advertiser (the list's member filter,
-        # erasure).
-        Index("ix_conversations_recipient_member", "recipient_portal_id", "recipient_member"),
+        # erasure), and those one portal's members opened with them lately (the limit on
+        # new conversations with one member).
+        Index(
+            "ix_conversations_recipient_opened",
+            "recipient_portal_id",
+            "recipient_member",
+            "initiator_portal_id",
+            "created_at",
+        ),
         Index(None, "ad_id"),
         Index(None, "last_message_at"),  # retention
     )

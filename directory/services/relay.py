@@ -55,6 +55,9 @@ RATE_WINDOW = timedelta(hours=1)
 class RelayLimits:
     conversations_per_member_per_hour: int
     conversations_per_portal_per_hour: int
+    # By one portal's members with one member (an advertiser): a portal making up handles
+    # could otherwise send one advertiser as many conversations as the whole portal may open.
+    conversations_with_one_member_per_hour: int
     # Messages a party may send in a row before the other answers: with the limits on
     # new conversations, this bounds what reaches a member unasked (the recipient need
     # not block a flood, it stops by itself).
@@ -156,7 +159,14 @@ def open_conversation(
         )
     if ad.portal_id == sender.id and ad.member == member:
         raise InvalidInput("a member cannot contact their own ad", field="member")
-    _check_opening_limits(session, sender=sender, member=member, limits=limits)
+    _check_opening_limits(
+        session,
+        sender=sender,
+        member=member,
+        recipient_portal_id=ad.portal_id,
+        recipient_member=ad.member,
+        limits=limits,
+    )
     initiator_alias = new_alias()
     recipient_alias = new_alias()
     while recipient_alias == initiator_alias:  # one chance in 2**50
@@ -558,7 +568,7 @@ def _key_reused() -> Conflict:
 
 
 # Each count stops at its limit: the work is bounded by the limit, not by how many
-# conversations a busy portal opened in the hour. Served by the two "opened" indexes.
+# conversations a busy portal opened in the hour. Served by the three "opened" indexes.
 _RECENT_OPENINGS = text(
     """
     SELECT
@@ -570,25 +580,40 @@ _RECENT_OPENINGS = text(
       (SELECT count(*) FROM (
          SELECT 1 FROM conversations
          WHERE initiator_portal_id = :portal_id AND created_at > :since
-         LIMIT :portal_limit) AS by_portal)
+         LIMIT :portal_limit) AS by_portal),
+      (SELECT count(*) FROM (
+         SELECT 1 FROM conversations
+         WHERE recipient_portal_id = :recipient_portal_id
+           AND recipient_member = :recipient_member
+           AND initiator_portal_id = :portal_id AND created_at > :since
+         LIMIT :recipient_limit) AS with_recipient)
     """
 )
 
 
 def _check_opening_limits(
-    session: Session, *, sender: AuthenticatedPortal, member: str, limits: RelayLimits
+    session: Session,
+    *,
+    sender: AuthenticatedPortal,
+    member: str,
+    recipient_portal_id: int,
+    recipient_member: str,
+    limits: RelayLimits,
 ) -> None:
     # Called under the member's opening lock (open_conversation): exact for the member;
-    # the portal's count may let concurrent openings by several members all through.
+    # the portal's counts may let concurrent openings by several members all through.
     since = datetime.now(UTC) - RATE_WINDOW
-    by_member_count, by_portal_count = session.execute(
+    by_member_count, by_portal_count, with_recipient_count = session.execute(
         _RECENT_OPENINGS,
         {
             "portal_id": sender.id,
             "member": member,
+            "recipient_portal_id": recipient_portal_id,
+            "recipient_member": recipient_member,
             "since": since,
             "member_limit": limits.conversations_per_member_per_hour,
             "portal_limit": limits.conversations_per_portal_per_hour,
+            "recipient_limit": limits.conversations_with_one_member_per_hour,
         },
     ).one()
     opened_by_sender = (Conversation.initiator_portal_id == sender.id) & (
@@ -612,6 +637,20 @@ def _check_opening_limits(
         raise TooManyRequests(
             f"this portal's members opened {by_portal_count} conversations in the last hour, "
             "the most allowed for one portal",
+            code="too_many_conversations",
+            retry_after_s=_retry_after(oldest),
+        )
+    if with_recipient_count >= limits.conversations_with_one_member_per_hour:
+        oldest = session.scalar(
+            select(func.min(Conversation.created_at)).where(
+                opened_by_sender,
+                Conversation.recipient_portal_id == recipient_portal_id,
+                Conversation.recipient_member == recipient_member,
+            )
+        )
+        raise TooManyRequests(
+            f"this portal's members opened {with_recipient_count} conversations with this "
+            "advertiser in the last hour, the most allowed with one member",
             code="too_many_conversations",
             retry_after_s=_retry_after(oldest),
         )

@@ -36,6 +36,7 @@ WRITER = "m-writer"
 LIMITS = relay.RelayLimits(
     conversations_per_member_per_hour=100,
     conversations_per_portal_per_hour=100,
+    conversations_with_one_member_per_hour=100,
     unanswered_messages=10,
 )
 
@@ -787,6 +788,47 @@ def test_the_limit_counts_only_the_last_hour(
             update(Conversation).values(created_at=datetime.now(UTC) - timedelta(minutes=61))
         )
     assert contact(strict_client, writer_portal, ads[2]).status_code == 201
+
+
+@pytest.fixture
+def two_with_one_member(migrated):
+    """A client of a directory where one portal's members may open 2 conversations an
+    hour with one member."""
+    app = create_app(dataclasses.replace(migrated, relay_conversations_with_one_member_per_hour=2))
+    yield app.test_client()
+    app.extensions["directory"].close()
+
+
+def test_one_portals_members_open_a_limited_number_of_conversations_with_one_member(
+    two_with_one_member, client, wiring, advertiser, writer_portal, other_portal
+):
+    limited = two_with_one_member
+    ads = [publish(client, advertiser, f"ad-{number}") for number in range(3)]
+    # Made-up handles, each opening one conversation with the same advertiser.
+    statuses = [
+        contact(limited, writer_portal, ad, member=f"m-made-up-{number}").status_code
+        for number, ad in enumerate(ads)
+    ]
+    assert statuses == [201, 201, 429]
+    refused = contact(limited, writer_portal, ads[0], member="m-made-up-9")
+    assert refused.status_code == 429
+    assert refused.json["error"] == "too_many_conversations"
+    assert refused.json["message"] == (
+        "this portal's members opened 2 conversations with this advertiser in the last hour, "
+        "the most allowed with one member"
+    )
+    assert 3500 < int(refused.headers["Retry-After"]) <= 3601
+    # Another member of the advertiser's portal may still be contacted, and the advertiser
+    # by another portal's members.
+    other_ad = publish(client, advertiser, "ad-other", member="m-other-advertiser")
+    assert contact(limited, writer_portal, other_ad, member="m-made-up-9").status_code == 201
+    assert contact(limited, other_portal, ads[0], member="m-elsewhere").status_code == 201
+    # An hour later, the portal's members may again.
+    with unit_of_work(wiring.session_factory) as session:
+        session.execute(
+            update(Conversation).values(created_at=datetime.now(UTC) - timedelta(minutes=61))
+        )
+    assert contact(limited, writer_portal, ads[2], member="m-made-up-9").status_code == 201
 
 
 @pytest.fixture

@@ -66,6 +66,9 @@ def _limits() -> relay.RelayLimits:
     return relay.RelayLimits(
         conversations_per_member_per_hour=settings.relay_conversations_per_member_per_hour,
         conversations_per_portal_per_hour=settings.relay_conversations_per_portal_per_hour,
+        conversations_with_one_member_per_hour=(
+            settings.relay_conversations_with_one_member_per_hour
+        ),
         unanswered_messages=settings.relay_unanswered_messages,
     )
 
