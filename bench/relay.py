@@ -549,8 +549,10 @@ def directory_relay(database_url: str, *, clients: int, worker_log: Path):
     """Yields the directory's Relay, with conversations for `clients` writers."""
     env = {
         "DIRECTORY_WEBHOOK_ALLOW_LOOPBACK": "1",
-        # A few portals here open as many conversations as a whole federation would.
+        # A few portals here open as many conversations as a whole federation would, with
+        # a few advertisers.
         "DIRECTORY_RELAY_CONVERSATIONS_PER_PORTAL_PER_HOUR": "10000000",
+        "DIRECTORY_RELAY_CONVERSATIONS_WITH_ONE_MEMBER_PER_HOUR": "10000000",
     }
     with gunicorn(database_url, workers=DEFAULT_WORKERS, env=env) as server:
         keys = create_portals(database_url)
