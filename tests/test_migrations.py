@@ -14,7 +14,7 @@ from sqlalchemy.pool import NullPool
 
 from directory.__main__ import alembic_config
 from directory.api.ads.schemas import AdPutSchema
-from directory.db import Base, make_session_factory, unit_of_work
+from directory.db import Base, constraint_name, make_session_factory, unit_of_work
 from directory.services import ads
 from directory.services.ads import Lifetimes
 from directory.services.portals import website_identity
@@ -427,4 +427,55 @@ def test_downgrade_from_0014_deletes_the_conversations_of_erased_members_only(
     assert _query(empty_database_url, "SELECT id::text FROM conversations") == [
         ("00000000-0000-0000-0000-000000000001",)
     ]
+    command.upgrade(alembic_config(empty_database_url), "head")
+
+
+def test_downgrade_from_0018_deletes_the_ends_of_conversations_and_keeps_the_messages(
+    empty_database_url,
+):
+    # The release before 0018 delivers messages only, and needs each delivery's message.
+    command.upgrade(alembic_config(empty_database_url), "head")
+    conversation_id = "00000000-0000-0000-0000-000000000001"
+    message_id = "00000000-0000-0000-0000-0000000000aa"
+    engine = create_engine(empty_database_url, poolclass=NullPool)
+    try:
+        with unit_of_work(make_session_factory(engine)) as session:
+            portal = create_portal(session)
+            ids = {"conversation": conversation_id, "message": message_id, "portal": portal.id}
+            session.execute(
+                text(
+                    "INSERT INTO conversations (id, ad_title, initiator_portal_id,"
+                    " initiator_member, initiator_alias, initiator_name, recipient_portal_id,"
+                    " recipient_member, recipient_alias)"
+                    " VALUES (CAST(:conversation AS uuid), 'Piano', :portal, 'm-1', 'member-a',"
+                    " 'Anna', :portal, 'm-2', 'member-b')"
+                ),
+                ids,
+            )
+            session.execute(
+                text(
+                    "INSERT INTO messages (id, conversation_id, seq, sender_role,"
+                    " sender_portal_id, body)"
+                    " VALUES (CAST(:message AS uuid), CAST(:conversation AS uuid), 1,"
+                    " 'initiator', :portal, 'Hello')"
+                ),
+                ids,
+            )
+            delivery = (
+                "INSERT INTO deliveries (message_id, ended_conversation_id, portal_id)"
+                " VALUES (CAST(:message AS uuid), CAST(:ended AS uuid), :portal)"
+            )
+            session.execute(text(delivery), ids | {"ended": None})
+            session.execute(text(delivery), ids | {"message": None, "ended": conversation_id})
+            # A delivery is of a message or of an end: never both, never neither.
+            for message, ended in ((message_id, conversation_id), (None, None)):
+                with pytest.raises(IntegrityError) as refused, session.begin_nested():
+                    session.execute(text(delivery), ids | {"message": message, "ended": ended})
+                assert constraint_name(refused.value) == "ck_deliveries_a_message_or_an_end"
+    finally:
+        engine.dispose()
+
+    command.downgrade(alembic_config(empty_database_url), "0017")
+
+    assert _query(empty_database_url, "SELECT message_id::text FROM deliveries") == [(message_id,)]
     command.upgrade(alembic_config(empty_database_url), "head")
