@@ -680,6 +680,28 @@ def test_replace_meeting_the_limit_of_open_sessions_says_so_and_not_to_resume_at
     assert set(stored(directory)) == {"ad-1"}
 
 
+def test_replace_beyond_the_portals_limit_of_ads_says_so_and_not_to_resume_unchanged(
+    live, wiring, portal, directory, tmp_path
+):
+    with unit_of_work(wiring.session_factory) as session:
+        session.execute(sa.text("UPDATE portals SET max_ads = 2 WHERE id = :id"), {"id": portal.id})
+    source = write_jsonl(tmp_path / "ads.jsonl", [an_ad(number) for number in (1, 2, 3)])
+
+    result = run_sync(live, portal.key, source, "--replace")
+
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "directory-sync: 409 too_many_ads: " in result.stderr
+    assert "Take ads out of the file, or ask the directory's operators for a higher limit" in (
+        result.stderr.replace("\n", " ")
+    )
+    assert "resume" not in result.stderr and "Traceback" not in result.stderr
+    assert stored(directory) == {}
+    # Within the limit, the same command goes through.
+    write_jsonl(source, [an_ad(1), an_ad(2)])
+    assert run_sync(live, portal.key, source, "--replace").returncode == 0
+    assert set(stored(directory)) == {"ad-1", "ad-2"}
+
+
 # --- request size -----------------------------------------------------------------------
 
 

@@ -45,6 +45,8 @@ DIRECTORY_VARIABLE = "DIRECTORY_URL"
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_DIRECTORY = 0, 1, 2, 3
 # The directory's refusal to open one more sync session for the portal (409).
 TOO_MANY_SYNC_SESSIONS = "too_many_sync_sessions"
+# Its refusal of a resync that would leave the portal more ads than it may store (409).
+TOO_MANY_ADS = "too_many_ads"
 REJECTIONS_SHOWN = 20  # in the printed summary; the report file has them all
 TIMEOUT_S = 120.0  # a batch of 1,000 ads on a busy directory takes seconds, not minutes
 
@@ -158,6 +160,16 @@ def main(
                 "the directory allows (other runs, with other state files, or other "
                 "programs may be resyncing it); nothing was staged. Run the same command "
                 "again once one is committed, aborted or expired.",
+                file=sys.stderr,
+            )
+            return EXIT_DIRECTORY
+        if isinstance(error, ApiError) and error.code == TOO_MANY_ADS:
+            # Running again unchanged would be refused alike.
+            print(
+                f"directory-sync: {error}\nThe resync would leave the portal more ads than "
+                "the directory lets it store; nothing of it was published. Take ads out of "
+                "the file, or ask the directory's operators for a higher limit, then run "
+                "again.",
                 file=sys.stderr,
             )
             return EXIT_DIRECTORY
