@@ -10,6 +10,7 @@ from directory.models.relay import (
     DeliveryChannel,
     DeliveryState,
     Message,
+    PortalBlock,
     Role,
 )
 from directory.models.search import SearchIndexPosition
@@ -30,6 +31,7 @@ __all__ = [
     "LedgerProtocol",
     "Message",
     "Portal",
+    "PortalBlock",
     "PortalKey",
     "PortalStatus",
     "PriceUnit",

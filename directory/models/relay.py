@@ -225,3 +225,23 @@ class Delivery(Base):
         DeliveryChannel, "delivery_channel", nullable=True
     )
     created_at: Mapped[datetime] = created_at_column()
+
+
+class PortalBlock(Base):
+    """A community refusing another's members: no conversation opens between a member of
+    either and an ad of the other's, and no message is written in one they have (either
+    way; services/relay.py). Until the blocker lifts it: it ends no conversation."""
+
+    __tablename__ = "portal_blocks"
+    # No index on blocked_portal_id alone: nothing reads by it, and no portal row is
+    # ever deleted (a closed portal keeps its own), which is all its foreign key needs.
+    __table_args__ = (CheckConstraint("blocker_portal_id <> blocked_portal_id", name="not_self"),)
+
+    # The primary key serves the relay's check, both ways, and the blocker's list.
+    blocker_portal_id: Mapped[int] = mapped_column(
+        ForeignKey("portals.id", ondelete="CASCADE"), primary_key=True
+    )
+    blocked_portal_id: Mapped[int] = mapped_column(
+        ForeignKey("portals.id", ondelete="CASCADE"), primary_key=True
+    )
+    created_at: Mapped[datetime] = created_at_column()
