@@ -74,6 +74,7 @@ def create_api(app: Flask) -> Api:
     from directory.api.health import blp as health_blp
     from directory.api.members.routes import blp as members_blp
     from directory.api.metrics import blp as metrics_blp
+    from directory.api.portal_blocks.routes import blp as portal_blocks_blp
     from directory.api.portals.routes import blp as portals_blp
     from directory.api.relay.routes import blp as relay_blp
     from directory.api.search.routes import blp as search_blp
@@ -88,6 +89,7 @@ def create_api(app: Flask) -> Api:
         sync_blp,
         relay_blp,
         members_blp,
+        portal_blocks_blp,
         feed_blp,
         currencies_blp,
         categories_blp,

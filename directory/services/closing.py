@@ -5,7 +5,8 @@ members' conversations still reads which community they were with, and the slug 
 never given to another portal (whose ads would pass for the old community's). Everything
 else it held goes: its ads, its members (as erase_member does for one), its staged
 resyncs, its keys (revoked, and no longer labelled), its website, contact, webhook and
-ledger. Its community currencies stay: other portals' ads may accept them, and they hold
+ledger, and the blocks it made of other portals (those others made of it stay: they
+concern only their makers). Its community currencies stay: other portals' ads may accept them, and they hold
 nothing personal."""
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from directory.errors import Conflict
 from directory.models import Ad, Portal, PortalKey, PortalStatus, SyncSession
-from directory.services import relay
+from directory.services import portal_blocks, relay
 from directory.services.ads import Lifetimes, delete_ads, lock_portal_writes
 from directory.services.portals import claim_website, get_portal
 from directory.webhooks.signing import new_secret
@@ -59,6 +60,7 @@ def close_portal(session: Session, *, portal_slug: str, lifetimes: Lifetimes) ->
     )
     session.execute(delete(SyncSession).where(SyncSession.portal_id == portal.id))
     conversations = relay.erase_portal_conversations(session, portal_id=portal.id)
+    portal_blocks.delete_blocks_by(session, portal_id=portal.id)
     keys_revoked = session.execute(
         update(PortalKey)
         .where(PortalKey.portal_id == portal.id, PortalKey.revoked_at.is_(None))
