@@ -5,7 +5,8 @@ hooks. What the layers cost is the difference between this and the directory.
 
 Its work per message is the directory's: the key looked up by digest, the conversation
 locked with both communities, the sender's party, the other party's erasure, the block,
-the other community's status and the messages in a row checked, APPEND_MESSAGE (count, message, delivery, NOTIFY) in the same transaction,
+the communities' blocks of each other, the other community's status and the messages in
+a row checked, APPEND_MESSAGE (count, message, delivery, NOTIFY) in the same transaction,
 and the same answer. Left out: the fields' validation beyond their presence, idempotency
 keys, the request id and log line, and the key's last-use stamp.
 
@@ -96,6 +97,8 @@ def post_message(conversation_id: str):
             return refused(409, "party_erased")
         if c["blocked_at"] is not None:
             return refused(409, "conversation_blocked")
+        if c["initiator_blocked"] or c["recipient_blocked"]:
+            return refused(409, "community_blocked")
         if c[f"{other}_portal_status"] != "active":
             return refused(409, "recipient_portal_suspended")
         if c["last_sender"] == role and c["unanswered_messages"] >= UNANSWERED_MESSAGES:

@@ -9,7 +9,12 @@ delivery (the outbox, see services/deliveries.py), so an accepted message is nev
 
 A suspended portal is cut off from the relay: its key is refused, its ads cannot be
 contacted, nobody can write in its members' conversations (post_message), and the
-worker sends it nothing until it is reactivated (deliveries.claim_due)."""
+worker sends it nothing until it is reactivated (deliveries.claim_due).
+
+A community may block another (services/portal_blocks.py): no conversation opens between
+a member of either and an ad of the other's, and nobody writes in one they have, either
+way, until it is unblocked. The conversations are not ended (a block can be lifted), and
+what was accepted before it is delivered."""
 
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import orjson
-from sqlalchemy import TextClause, bindparam, func, insert, or_, select, text
+from sqlalchemy import TextClause, bindparam, exists, func, insert, or_, select, text
 from sqlalchemy.orm import Session
 
 from directory import cursors
@@ -39,6 +44,7 @@ from directory.models import (
     DeliveryState,
     Message,
     Portal,
+    PortalBlock,
     PortalStatus,
     Role,
     Visibility,
@@ -81,6 +87,28 @@ class Sent:
     message: MessageView | None = None
 
 
+def _has_blocked(blocker, blocked):
+    """Whether the portal `blocker` has blocked `blocked` (ids, as SQL): one look-up of
+    portal_blocks' primary key, inside the statement the relay runs anyway."""
+    return exists().where(
+        PortalBlock.__table__.c.blocker_portal_id == blocker,
+        PortalBlock.__table__.c.blocked_portal_id == blocked,
+    )
+
+
+def _community_blocked(*, by_own: bool, other: str) -> Conflict:
+    """The refusal when a block stands between the two parties' communities; `by_own`:
+    the caller's community made it (said first when both did: that one it can lift)."""
+    if by_own:
+        message = (
+            f"your community has blocked {other}'s; unblocking it "
+            "(DELETE /v1/portals/me/blocked-portals/{slug}) lets its members and yours talk again"
+        )
+    else:
+        message = f"{other}'s community does not accept contact from yours"
+    return Conflict(message, code="community_blocked")
+
+
 # Built once: composing them cost more than running them, on the relay's hot path.
 _sender_portal = Portal.__table__.alias("sender_portal")
 _CONTACTABLE_AD = (
@@ -95,6 +123,8 @@ _CONTACTABLE_AD = (
         # The answer shows both communities.
         _sender_portal.c.slug.label("sender_slug"),
         _sender_portal.c.name.label("sender_portal_name"),
+        _has_blocked(_sender_portal.c.id, Ad.__table__.c.portal_id).label("sender_blocked"),
+        _has_blocked(Ad.__table__.c.portal_id, _sender_portal.c.id).label("advertiser_blocked"),
     )
     .join(Portal.__table__, Portal.__table__.c.id == Ad.__table__.c.portal_id)
     .join(_sender_portal, _sender_portal.c.id == bindparam("sender_id"))
@@ -157,6 +187,8 @@ def open_conversation(
             "the advertiser has turned contact off for this ad",
             code="contact_disabled",
         )
+    if ad.sender_blocked or ad.advertiser_blocked:
+        raise _community_blocked(by_own=ad.sender_blocked, other="the advertiser")
     if ad.portal_id == sender.id and ad.member == member:
         raise InvalidInput("a member cannot contact their own ad", field="member")
     _check_opening_limits(
@@ -220,9 +252,10 @@ def post_message(
     limits: RelayLimits,
 ) -> Sent:
     """A party writes in a conversation. `member` says which party, when both are
-    members of the calling portal. Refused while the other party's portal is suspended:
-    nothing may flow to it (the conversation stays readable), and once the party has
-    sent as many messages in a row as the limits allow, until the other answers."""
+    members of the calling portal. Refused while either party's community blocks the
+    other's, or the other party's portal is suspended: nothing may flow to it (the
+    conversation stays readable), and once the party has sent as many messages in a row
+    as the limits allow, until the other answers."""
     # Locked: the messages of a conversation are numbered one after the other, and a
     # retry racing its original finds it once the lock is ours. Read with both
     # communities, as the answer shows them: this is the hot path of the relay.
@@ -256,6 +289,12 @@ def post_message(
             + "; no more messages can be sent in it",
             code="conversation_blocked",
         )
+    # Read with the conversation, like the status below: a block committed while this
+    # request waited for the conversation's lock lets this message through, as one sent
+    # a moment earlier would have been.
+    own_block, their_block = _blocks_of(conversation, role)
+    if own_block or their_block:
+        raise _community_blocked(by_own=own_block, other="the other party")
     # Read without a lock on the portal (every message would queue on its row): a
     # suspension committed meanwhile lets this message through to the outbox, where the
     # worker holds it like the others (deliveries.claim_due).
@@ -366,6 +405,14 @@ def _portal_status(conversation, role: Role) -> PortalStatus:
     return conversation.recipient_portal_status
 
 
+def _blocks_of(conversation, role: Role) -> tuple[bool, bool]:
+    """Whether the party's community has blocked the other's, and the other's the
+    party's, from a row of _LOCK_CONVERSATION."""
+    if role is Role.INITIATOR:
+        return conversation.initiator_blocked, conversation.recipient_blocked
+    return conversation.recipient_blocked, conversation.initiator_blocked
+
+
 def _has_party_portal(portal_id):
     """In a conversation's locking read: only a party's portal takes the lock, so that
     another portal is never held up by it, and cannot time whether the id exists."""
@@ -390,6 +437,9 @@ _LOCK_CONVERSATION = (
         recipient_portal.c.slug.label("recipient_slug"),
         recipient_portal.c.name.label("recipient_portal_name"),
         recipient_portal.c.status.label("recipient_portal_status"),
+        # Whether each party's community has blocked the other's.
+        _has_blocked(initiator_portal.c.id, recipient_portal.c.id).label("initiator_blocked"),
+        _has_blocked(recipient_portal.c.id, initiator_portal.c.id).label("recipient_blocked"),
     )
     .join(
         initiator_portal,

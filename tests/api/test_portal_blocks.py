@@ -1,14 +1,21 @@
-"""A portal blocking another (services/portal_blocks.py): its list."""
+"""A portal blocking another (services/portal_blocks.py): its list, and what the block
+refuses in the relay, both ways, until it is lifted."""
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from directory.db import unit_of_work
 from directory.models import PortalBlock, PortalStatus
-from directory.services import closing, portal_blocks, portals
+from directory.services import closing, portal_blocks, portals, relay
+from tests.api.test_relay import ADVERTISER, LIMITS, WRITER, contact, publish, reply
 from tests.waits import send_aside
+
+OWN_BLOCK = "your community has blocked the advertiser's"
+THEIR_BLOCK = "the advertiser's community does not accept contact from yours"
 
 
 def block(client, portal, slug):
@@ -23,6 +30,23 @@ def blocked_slugs(client, portal) -> list[str]:
     response = client.get("/v1/portals/me/blocked-portals", headers=portal.headers)
     assert response.status_code == 200, response.json
     return [entry["slug"] for entry in response.json["blocked_portals"]]
+
+
+def stored(wiring, sql: str):
+    with unit_of_work(wiring.session_factory) as session:
+        return session.scalar(text(sql))
+
+
+@pytest.fixture
+def ad_id(client, advertiser) -> str:
+    return publish(client, advertiser)
+
+
+@pytest.fixture
+def conversation_id(client, advertiser, writer_portal, ad_id) -> str:
+    opened = contact(client, writer_portal, ad_id)
+    assert opened.status_code == 201, opened.json
+    return opened.json["conversation"]["id"]
 
 
 # --- the list ----------------------------------------------------------------------------
@@ -156,6 +180,163 @@ def test_the_same_block_racing_itself_is_made_once(client, wiring, advertiser, w
     answer = racing()
     assert answer.status_code == 200, answer.json
     assert answer.json["blocked_at"] == first.blocked_at.isoformat()
+
+
+# --- opening a conversation --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("blocker", "message"),
+    [("advertiser", THEIR_BLOCK), ("writer_portal", OWN_BLOCK)],
+    ids=["advertiser-blocks", "writer-blocks"],
+)
+def test_no_conversation_opens_between_blocked_communities(
+    client, wiring, request, advertiser, writer_portal, ad_id, blocker, message
+):
+    blocking = request.getfixturevalue(blocker)
+    other = writer_portal if blocking is advertiser else advertiser
+    block(client, blocking, other.slug)
+    refused = contact(client, writer_portal, ad_id)
+    assert refused.status_code == 409, refused.json
+    assert refused.json["error"] == "community_blocked"
+    assert refused.json["message"].startswith(message)
+    assert stored(wiring, "SELECT count(*) FROM conversations") == 0
+    unblock(client, blocking, other.slug)
+    assert contact(client, writer_portal, ad_id).status_code == 201
+
+
+def test_the_blocked_community_cannot_be_contacted_either(client, advertiser, writer_portal, ad_id):
+    """The reverse: the blocked portal's ads are closed to the blocker's members too."""
+    block(client, advertiser, writer_portal.slug)
+    writers_ad = publish(client, writer_portal, member="m-bristol")
+    refused = contact(client, advertiser, writers_ad, member=ADVERTISER)
+    assert refused.status_code == 409, refused.json
+    assert refused.json["error"] == "community_blocked"
+    assert refused.json["message"].startswith(OWN_BLOCK)
+
+
+def test_a_block_concerns_only_the_two_communities(
+    client, advertiser, writer_portal, other_portal, ad_id
+):
+    block(client, advertiser, writer_portal.slug)
+    assert contact(client, other_portal, ad_id).status_code == 201
+    # Members of the blocking portal talk to each other as before.
+    opened = contact(client, advertiser, ad_id, member="m-neighbour")
+    assert opened.status_code == 201, opened.json
+    conversation = opened.json["conversation"]["id"]
+    assert reply(client, advertiser, conversation).status_code == 201
+    assert reply(client, advertiser, conversation, member="m-neighbour").status_code == 201
+
+
+def test_a_retried_contact_is_answered_as_sent_after_a_block(
+    client, advertiser, writer_portal, ad_id
+):
+    first = contact(client, writer_portal, ad_id, idempotency_key="c-1")
+    block(client, advertiser, writer_portal.slug)
+    again = contact(client, writer_portal, ad_id, idempotency_key="c-1")
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json["message"]["id"] == first.json["message"]["id"]
+
+
+# --- writing in a conversation -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("blocker", ["advertiser", "writer_portal"])
+def test_neither_party_writes_while_either_community_blocks_the_other(
+    client, wiring, request, advertiser, writer_portal, conversation_id, blocker
+):
+    blocking = request.getfixturevalue(blocker)
+    other = writer_portal if blocking is advertiser else advertiser
+    block(client, blocking, other.slug)
+    for portal, member in ((writer_portal, WRITER), (advertiser, ADVERTISER)):
+        refused = reply(client, portal, conversation_id, member=member)
+        assert refused.status_code == 409, refused.json
+        assert refused.json["error"] == "community_blocked"
+        assert refused.json["message"] == (
+            "your community has blocked the other party's; unblocking it (DELETE "
+            "/v1/portals/me/blocked-portals/{slug}) lets its members and yours talk again"
+            if portal is blocking
+            else "the other party's community does not accept contact from yours"
+        )
+        # Not ended: both sides still read it, as it was.
+        seen = client.get(f"/v1/conversations/{conversation_id}", headers=portal.headers)
+        assert seen.status_code == 200
+        assert seen.json["blocked_at"] is None
+        assert [message["body"] for message in seen.json["messages"]] == ["Is it still on?"]
+    # Nothing stored, and no conversation.ended told: only the first message's delivery.
+    assert stored(wiring, "SELECT count(*) FROM messages") == 1
+    assert stored(wiring, "SELECT count(*) FROM deliveries") == 1
+
+
+def test_a_conversation_goes_on_once_unblocked(client, advertiser, writer_portal, conversation_id):
+    block(client, advertiser, writer_portal.slug)
+    assert reply(client, advertiser, conversation_id).status_code == 409
+    unblock(client, advertiser, writer_portal.slug)
+    answered = reply(client, advertiser, conversation_id)
+    assert answered.status_code == 201, answered.json
+    assert answered.json["message"]["seq"] == 2
+    assert reply(client, writer_portal, conversation_id, member=WRITER).status_code == 201
+
+
+def test_both_blocks_must_be_lifted(client, advertiser, writer_portal, conversation_id):
+    block(client, advertiser, writer_portal.slug)
+    block(client, writer_portal, advertiser.slug)
+    refused = reply(client, advertiser, conversation_id)
+    assert refused.json["message"].startswith("your community has blocked")  # its own first
+    unblock(client, advertiser, writer_portal.slug)
+    refused = reply(client, advertiser, conversation_id)
+    assert refused.status_code == 409
+    assert refused.json["message"] == (
+        "the other party's community does not accept contact from yours"
+    )
+    unblock(client, writer_portal, advertiser.slug)
+    assert reply(client, advertiser, conversation_id).status_code == 201
+
+
+def test_a_retried_message_is_answered_as_sent_after_a_block(
+    client, advertiser, writer_portal, conversation_id
+):
+    first = reply(client, advertiser, conversation_id, idempotency_key="r-1")
+    block(client, writer_portal, advertiser.slug)
+    again = reply(client, advertiser, conversation_id, idempotency_key="r-1")
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json["message"]["id"] == first.json["message"]["id"]
+
+
+def test_messages_accepted_before_a_block_are_still_delivered(
+    client, advertiser, writer_portal, conversation_id
+):
+    block(client, advertiser, writer_portal.slug)
+    inbox = client.get("/v1/inbox", headers=advertiser.headers).json
+    assert [event["data"]["message"]["body"] for event in inbox["events"]] == ["Is it still on?"]
+
+
+def test_a_message_waiting_for_its_conversation_when_a_block_commits_still_goes(
+    client, wiring, advertiser, writer_portal, conversation_id
+):
+    """It was decided on as it read the conversation, before the block (as a message
+    sent a moment earlier would have been); the block waits for no message, and the
+    next one is refused."""
+    with unit_of_work(wiring.session_factory) as first:
+        relay.post_message(
+            first,
+            sender=portals.authenticate(first, key=advertiser.key),
+            conversation_id=uuid.UUID(conversation_id),
+            member=ADVERTISER,
+            name=None,
+            body="First",
+            idempotency_key=None,
+            limits=LIMITS,
+        )
+        waiting = send_aside(
+            wiring,
+            lambda: reply(client, writer_portal, conversation_id, member=WRITER, body="Waiting"),
+            what="the waiting message",
+        )
+        assert block(client, advertiser, writer_portal.slug).status_code == 200
+    answer = waiting()
+    assert answer.status_code == 201, answer.json
+    assert reply(client, writer_portal, conversation_id, member=WRITER).status_code == 409
 
 
 # --- closing -----------------------------------------------------------------------------

@@ -100,8 +100,10 @@ class Contact(MethodView):
     @blp.alt_response(
         409,
         schema=ErrorSchema,
-        description="The advertiser turned contact off for this ad (contact_disabled), or "
-        "the idempotency_key was used for another message (idempotency_key_reused)",
+        description="The advertiser turned contact off for this ad (contact_disabled), "
+        "the advertiser's community blocks the member's or the reverse "
+        "(community_blocked: the message says which), or the idempotency_key was used for "
+        "another message (idempotency_key_reused)",
     )
     @blp.alt_response(
         429,
@@ -198,7 +200,9 @@ class ConversationMessages(MethodView):
         409,
         schema=ErrorSchema,
         description="The conversation was blocked (conversation_blocked), the other "
-        "party was erased by their community (party_erased), the other party's community "
+        "party was erased by their community (party_erased), one party's community blocks "
+        "the other's (community_blocked: the message says which; the conversation goes on "
+        "once unblocked), the other party's community "
         "is suspended (recipient_portal_suspended), the member has sent as many messages "
         "in a row as they may before the other party answers (awaiting_reply), or the "
         "idempotency_key was used for another message (idempotency_key_reused)",
