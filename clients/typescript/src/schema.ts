@@ -589,6 +589,62 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/portals/me/blocked-portals": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List the portals the calling portal blocks
+         * @description Only the blocker sees its blocks.
+         */
+        get: operations["listBlockedPortals"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/portals/me/blocked-portals/{slug}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The other portal's slug, as conversations show its community */
+                slug: string;
+            };
+            cookie?: never;
+        };
+        get?: never;
+        /**
+         * Block another portal: its members and the calling portal's no longer talk
+         * @description For a community pestered by another's members. While either of two portals
+         *     blocks the other, a member of one cannot open a conversation about an ad of the
+         *     other's, and neither party can write in a conversation they have (409
+         *     community_blocked, which tells the other portal that it is blocked: it is a
+         *     community's decision, like a suspension). Conversations are not ended and can
+         *     still be read; unblocking lets them go on. Messages accepted before the block
+         *     are still delivered. Blocking again changes nothing and answers the same, with
+         *     `blocked_at` from the first time. A portal blocks at most 1,000 others.
+         */
+        put: operations["blockPortal"];
+        post?: never;
+        /**
+         * Unblock a portal
+         * @description Its members and the calling portal's may talk again (unless it blocks the
+         *     calling portal too), in the conversations they had as well. Unblocking a portal
+         *     that is not blocked changes nothing (204).
+         */
+        delete: operations["unblockPortal"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/feed": {
         parameters: {
             query?: never;
@@ -1487,6 +1543,21 @@ export interface components {
             /** @description The member's ads staged in the portal's open sync sessions, dropped: their commit will not publish them again */
             staged_ads_dropped: number;
         };
+        BlockedPortal: {
+            /** @description The blocked portal's slug */
+            slug: string;
+            /** @description The blocked community's name */
+            name: string;
+            /**
+             * Format: date-time
+             * @description When it was first blocked
+             */
+            blocked_at: string;
+        };
+        BlockedPortalList: {
+            /** @description The latest blocked first; all of them (at most 1,000) */
+            blocked_portals: components["schemas"]["BlockedPortal"][];
+        };
         FeedEntry: {
             /**
              * @description upsert or delete
@@ -2376,7 +2447,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description The advertiser turned contact off for this ad (contact_disabled), or the idempotency_key was used for another message (idempotency_key_reused) */
+            /** @description The advertiser turned contact off for this ad (contact_disabled), the advertiser's community blocks the member's or the reverse (community_blocked: the message says which), or the idempotency_key was used for another message (idempotency_key_reused) */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -2516,7 +2587,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description The conversation was blocked (conversation_blocked), the other party was erased by their community (party_erased), the other party's community is suspended (recipient_portal_suspended), the member has sent as many messages in a row as they may before the other party answers (awaiting_reply), or the idempotency_key was used for another message (idempotency_key_reused) */
+            /** @description The conversation was blocked (conversation_blocked), the other party was erased by their community (party_erased), one party's community blocks the other's (community_blocked: the message says which; the conversation goes on once unblocked), the other party's community is suspended (recipient_portal_suspended), the member has sent as many messages in a row as they may before the other party answers (awaiting_reply), or the idempotency_key was used for another message (idempotency_key_reused) */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -2649,6 +2720,118 @@ export interface operations {
                 };
             };
             400: components["responses"]["BAD_REQUEST"];
+            default: components["responses"]["DEFAULT_ERROR"];
+        };
+    };
+    listBlockedPortals: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BlockedPortalList"];
+                };
+            };
+            default: components["responses"]["DEFAULT_ERROR"];
+        };
+    };
+    blockPortal: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The other portal's slug, as conversations show its community */
+                slug: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BlockedPortal"];
+                };
+            };
+            /** @description Not a portal's slug, or (for PUT) the calling portal's own */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description No portal has that slug */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The portal blocks 1000 portals already (too_many_blocks): unblock one first */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            default: components["responses"]["DEFAULT_ERROR"];
+        };
+    };
+    unblockPortal: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The other portal's slug, as conversations show its community */
+                slug: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description No Content */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Not a portal's slug */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description No portal has that slug */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             default: components["responses"]["DEFAULT_ERROR"];
         };
     };

@@ -911,6 +911,19 @@ class Erasure(Struct, kw_only=True):
     ]
 
 
+class BlockedPortal(Struct, kw_only=True):
+    slug: Annotated[str, Meta(description="The blocked portal's slug")]
+    name: Annotated[str, Meta(description="The blocked community's name")]
+    blocked_at: Annotated[datetime, Meta(description='When it was first blocked')]
+
+
+class BlockedPortalList(Struct, kw_only=True):
+    blocked_portals: Annotated[
+        list[BlockedPortal],
+        Meta(description='The latest blocked first; all of them (at most 1,000)'),
+    ]
+
+
 class FeedEntry(Struct, kw_only=True):
     op: Annotated[Literal['upsert', 'delete'], Meta(description='upsert or delete')]
     ad_id: UUID
