@@ -30,6 +30,7 @@ from directory_client.errors import (
     AnswerNotUnderstood,
     BadRequest,
     ClientMisconfigured,
+    Conflict,
     DirectoryError,
     DirectoryUnavailable,
     NotFound,
@@ -198,6 +199,33 @@ def test_a_portal_erases_a_member_and_a_repeat_is_harmless(live, make_portal):
     assert (again.ads_deleted, again.conversations_ended, again.messages_deleted) == (0, 0, 0)
     assert seen.recipient.erased is True
     assert seen.messages == []
+
+
+def test_a_portal_blocks_another_lists_it_and_unblocks_it(live, make_portal):
+    advertiser, contacting = make_portal(), make_portal()
+    with (
+        DirectoryClient(live.url, key=advertiser.key) as advertiser_portal,
+        DirectoryClient(live.url, key=contacting.key) as contacting_portal,
+    ):
+        ad = advertiser_portal.put_ad("a-1", ad_payload())
+        blocked = advertiser_portal.block_portal(contacting.slug)
+        again = advertiser_portal.block_portal(contacting.slug)
+        listed = advertiser_portal.list_blocked_portals()
+        with pytest.raises(Conflict) as refused:
+            contacting_portal.contact_advertiser(
+                str(ad.id), {"member": "m-7", "name": "Sam", "body": "Still free?"}
+            )
+        advertiser_portal.unblock_portal(contacting.slug)
+        advertiser_portal.unblock_portal(contacting.slug)  # not blocked: no error
+        after = advertiser_portal.list_blocked_portals()
+        with pytest.raises(NotFound):
+            advertiser_portal.block_portal("no-such-portal")
+
+    assert blocked.slug == contacting.slug
+    assert again == blocked  # the first block, blocked_at included
+    assert listed.blocked_portals == [blocked]
+    assert refused.value.code == "community_blocked"
+    assert after.blocked_portals == []
 
 
 def test_process_inbox_acknowledges_what_was_handled_and_keeps_the_rest(live, make_portal):
@@ -810,6 +838,8 @@ PATH_CALLS = {
     "get_currency": ("code", lambda directory, value: directory.get_currency(value)),
     "update_currency": ("code", lambda d, value: d.update_currency(value, {"name": "N"})),
     "delete_currency": ("code", lambda directory, value: directory.delete_currency(value)),
+    "block_portal": ("slug", lambda directory, value: directory.block_portal(value)),
+    "unblock_portal": ("slug", lambda directory, value: directory.unblock_portal(value)),
 }
 
 

@@ -385,6 +385,24 @@ class DirectoryClient:
             repeatable=True,
         )
 
+    def list_blocked_portals(self) -> models.BlockedPortalList:
+        """The portals the calling portal blocks, the latest blocked first (all of them)."""
+        return self._call("GET", "/v1/portals/me/blocked-portals", models.BlockedPortalList)
+
+    def block_portal(self, slug: str) -> models.BlockedPortal:
+        """Block another portal: no conversation between its members and the calling
+        portal's, new or ongoing, either way (see the API's blockPortal). Blocking again
+        answers the first block, so a repeat is harmless."""
+        return self._call(
+            "PUT",
+            f"/v1/portals/me/blocked-portals/{_segment('slug', slug)}",
+            models.BlockedPortal,
+        )
+
+    def unblock_portal(self, slug: str) -> None:
+        """Unblock a portal; one that is not blocked is no error."""
+        self._call("DELETE", f"/v1/portals/me/blocked-portals/{_segment('slug', slug)}", None)
+
     def read_inbox(self, *, since: str | None = None, limit: int | None = None) -> models.InboxPage:
         params = query({"since": since, "limit": limit})
         return self._call("GET", "/v1/inbox", models.InboxPage, params=params)
