@@ -96,13 +96,13 @@ def _has_blocked(blocker, blocked):
     )
 
 
-def _community_blocked(*, by_own: bool, other: str) -> Conflict:
+def _community_blocked(*, by_own: bool, other: str, other_slug: str) -> Conflict:
     """The refusal when a block stands between the two parties' communities; `by_own`:
     the caller's community made it (said first when both did: that one it can lift)."""
     if by_own:
         message = (
-            f"your community has blocked {other}'s; unblocking it "
-            "(DELETE /v1/portals/me/blocked-portals/{slug}) lets its members and yours talk again"
+            f"your community has blocked {other}'s ({other_slug}); unblocking it lets its "
+            "members and yours talk again"
         )
     else:
         message = f"{other}'s community does not accept contact from yours"
@@ -188,7 +188,9 @@ def open_conversation(
             code="contact_disabled",
         )
     if ad.sender_blocked or ad.advertiser_blocked:
-        raise _community_blocked(by_own=ad.sender_blocked, other="the advertiser")
+        raise _community_blocked(
+            by_own=ad.sender_blocked, other="the advertiser", other_slug=ad.portal_slug
+        )
     if ad.portal_id == sender.id and ad.member == member:
         raise InvalidInput("a member cannot contact their own ad", field="member")
     _check_opening_limits(
@@ -294,7 +296,11 @@ def post_message(
     # a moment earlier would have been.
     own_block, their_block = _blocks_of(conversation, role)
     if own_block or their_block:
-        raise _community_blocked(by_own=own_block, other="the other party")
+        raise _community_blocked(
+            by_own=own_block,
+            other="the other party",
+            other_slug=_portal_slug(conversation, role.other),
+        )
     # Read without a lock on the portal (every message would queue on its row): a
     # suspension committed meanwhile lets this message through to the outbox, where the
     # worker holds it like the others (deliveries.claim_due).
@@ -403,6 +409,13 @@ def _portal_status(conversation, role: Role) -> PortalStatus:
     if role is Role.INITIATOR:
         return conversation.initiator_portal_status
     return conversation.recipient_portal_status
+
+
+def _portal_slug(conversation, role: Role) -> str:
+    """The slug of a party's portal, from a row of _LOCK_CONVERSATION."""
+    if role is Role.INITIATOR:
+        return conversation.initiator_slug
+    return conversation.recipient_slug
 
 
 def _blocks_of(conversation, role: Role) -> tuple[bool, bool]:
