@@ -11,6 +11,14 @@ A suspended portal is cut off from the relay: its key is refused, its ads cannot
 contacted, nobody can write in its members' conversations (post_message), and the
 worker sends it nothing until it is reactivated (deliveries.claim_due).
 
+Limits bound what reaches a member unasked: a member, a portal, and a portal's members
+with any one member open only so many conversations an hour (_check_opening_limits), and
+a party sends only so many messages in a row before the other answers (post_message).
+
+A conversation ends when a party blocks it or is erased by their community (or their
+community closes): the other party's portal, unless it is the same one, is told once by a
+conversation.ended event (tell_ended; delivered as messages are).
+
 A community may block another (services/portal_blocks.py): no conversation opens between
 a member of either and an ad of the other's, and nobody writes in one they have, either
 way, until it is unblocked. The conversations are not ended (a block can be lifted), and
