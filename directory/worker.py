@@ -1,10 +1,11 @@
-"""The background worker: relay messages delivered to portals' webhooks, periodic
+"""The background worker: relay events delivered to portals' webhooks, periodic
 housekeeping and, with the Meilisearch engine, the search index kept in step with the
 change feed.
 
 Deliveries run in their own thread (`Deliverer`): woken by NOTIFY when a message is
-accepted, and polling besides (a missed notification, a retry coming due), it leases
-due deliveries and sends them from a thread pool. Several workers may run at once.
+accepted or a conversation ends, and polling besides (a missed notification, a retry
+coming due), it leases due deliveries and sends them from a thread pool. Several workers
+may run at once.
 
 Each periodic job runs on its own schedule: housekeeping, the re-checks of verified
 websites and, with Meilisearch, indexing. A failing job is logged and tried again
@@ -124,7 +125,7 @@ def housekeeping(wiring: Wiring) -> None:
             session, give_up_after=timedelta(hours=settings.delivery_give_up_after_hours)
         )
     if failed:
-        log.warning("relay: %d messages could not be delivered in time; marked failed", failed)
+        log.warning("relay: %d events could not be delivered in time; marked failed", failed)
     purged = purge_old_messages(wiring)
     if purged.messages or purged.conversations:
         log.info("relay retention: %s", purged)
@@ -236,7 +237,7 @@ def run(wiring: Wiring, *, once: bool = False) -> bool:
 
 
 class Deliverer:
-    """Sends due relay messages to their portals' webhooks, DELIVERY_THREADS at a time.
+    """Sends due relay events to their portals' webhooks, DELIVERY_THREADS at a time.
 
     It claims no more deliveries than it has free threads, so a lease never runs out
     while a delivery waits its turn here. A slow or dead endpoint holds one thread for

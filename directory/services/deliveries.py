@@ -299,10 +299,10 @@ class InboxPage:
 
 def inbox(session: Session, *, portal_id: int, since: str | None, limit: int) -> InboxPage:
     """What has not reached the portal yet (by either channel), oldest first, after the
-    event `since` names. A message stays here until acknowledged or delivered by webhook.
+    event `since` names. An event stays here until acknowledged or delivered by webhook.
 
     The cursor is the id of a page's last event, not a position in the directory's
-    deliveries: those count every portal's messages, and the gaps between a portal's
+    deliveries: those count every portal's events, and the gaps between a portal's
     own would show how much the others write, and when."""
     after = _position_after(session, portal_id=portal_id, since=since)
     # One statement, so that the page and whether more follow are of one moment: events
@@ -398,7 +398,7 @@ class Claim:
 
 
 # One statement: the lease, and all that the webhooks need (their events and where and
-# how to sign them). The worker runs it at each wake-up, for as few as one message.
+# how to sign them). The worker runs it at each wake-up, for as few as one event.
 #
 # A suspended portal's deliveries are passed over where they stand, not moved: nothing
 # has to put them back on reactivation. Each claim reads past those that are due (under
@@ -462,7 +462,7 @@ def claim_due(session: Session, *, limit: int, lease: timedelta) -> list[Claim]:
     parked = set()
     for row in rows:
         if row.webhook_url is None or row.webhook_disabled_at is not None:
-            # The webhook went away after the message was queued: inbox only.
+            # The webhook went away after the event was queued: inbox only.
             if row.portal_id not in parked:
                 park_webhooks(session, portal_id=row.portal_id)
                 parked.add(row.portal_id)
