@@ -665,8 +665,8 @@ def apply_changes(
 
     Ads it would create beyond the portal's limit (ad_limit, of `max_ads`) are rejected
     too, the last ones first: updates and deletions never are, even past the limit.
-    `max_ads` is None for writes that create nothing, or whose caller checks the count
-    once it is final (a sync commit)."""
+    `max_ads` None checks no limit: for writes that create nothing, a caller that checks
+    the count once it is final (a sync commit), and the operator's demo data."""
     if len(operations) > MAX_BATCH_ITEMS:
         raise InvalidInput(f"at most {MAX_BATCH_ITEMS} items per write", field="items")
     now = datetime.now(UTC)
