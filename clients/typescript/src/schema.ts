@@ -566,9 +566,10 @@ export interface paths {
          *     - Every conversation they are a party to loses all its messages (both
          *       parties', delivered or not: what is still pending is not delivered), and
          *       their handle and name; when they were the advertiser, the ad's title and id too. The
-         *       conversation stays, with its random aliases: the other party's portal reads
-         *       it ended (the party's `erased` is true) and writing in it is refused with
-         *       409 party_erased. A webhook already on its way may still arrive.
+         *       conversation stays, with its random aliases: the other party's portal is
+         *       told it ended (a conversation.ended event, unless it had ended already), reads
+         *       so (the party's `erased` is true), and writing in it is refused with 409
+         *       party_erased. A webhook already on its way may still arrive.
          *     - Their ads staged in the portal's sync sessions are dropped: an open
          *       session's commit will not publish them (finished sessions keep none either).
          *
@@ -1536,7 +1537,7 @@ export interface components {
         Erasure: {
             /** @description The member's ads, now deleted */
             ads_deleted: number;
-            /** @description Conversations the member was a party to: emptied of their messages, the member's handle and name; the other party's portal reads them ended (erased: true), and writing in them is refused with 409 party_erased */
+            /** @description Conversations the member was a party to: emptied of their messages, the member's handle and name; the other party's portal is told they ended (conversation.ended), reads so (erased: true), and writing in them is refused with 409 party_erased */
             conversations_ended: number;
             /** @description Messages of those conversations, both parties', deleted */
             messages_deleted: number;

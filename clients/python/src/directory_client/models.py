@@ -897,7 +897,7 @@ class Erasure(Struct, kw_only=True):
     conversations_ended: Annotated[
         int,
         Meta(
-            description="Conversations the member was a party to: emptied of their messages, the member's handle and name; the other party's portal reads them ended (erased: true), and writing in them is refused with 409 party_erased"
+            description="Conversations the member was a party to: emptied of their messages, the member's handle and name; the other party's portal is told they ended (conversation.ended), reads so (erased: true), and writing in them is refused with 409 party_erased"
         ),
     ]
     messages_deleted: Annotated[
