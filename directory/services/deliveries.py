@@ -152,9 +152,10 @@ def event_key_of(value: str) -> EventKey | None:
     return EventKey(ended_conversation_id=named)
 
 
-# Exactly 32 hex digits: uuid.UUID(hex=) also takes braces, dashes, "urn:uuid:" and, through
-# int(), underscores, so that several spellings would name one event.
-_HEX_UUID = re.compile(r"[0-9a-fA-F]{32}")
+# Exactly 32 lowercase hex digits, as the ids are written: uuid.UUID(hex=) also takes
+# capitals, braces, dashes, "urn:uuid:" and, through int(), underscores, so that several
+# spellings would name one event.
+_HEX_UUID = re.compile(r"[0-9a-f]{32}")
 
 
 def _delivery_of(key: EventKey):

@@ -227,6 +227,7 @@ HEX = "0123456789abcdef0123456789abcdef"
         "end_" + HEX[:-2] + "_1",  # int() takes underscores
         "end-" + HEX,
         "END_" + HEX,
+        "end_" + HEX.upper(),  # the same event, spelt otherwise
         "end_{" + HEX[:-2] + "}",
         "end_" + HEX[:-1] + "\u0663",  # an Arabic-Indic digit
     ],
