@@ -18,13 +18,13 @@ import pytest
 from marshmallow import ValidationError
 from sqlalchemy import text
 
-from directory import create_app, localdb, localredis
+from directory import localdb, localredis
 from directory.__main__ import alembic_config
 from directory.api.loading import FastLoader
 from directory.db import unit_of_work
 from directory.settings import Settings
 from tests import factories
-from tests.spec_check import SpecCheckingClient
+from tests.apps import app_with
 
 # Reference data written by migrations survives between tests.
 KEEP_TABLES = {"categories", "alembic_version", "spatial_ref_sys"}
@@ -75,10 +75,8 @@ def migrated(settings):
 
 @pytest.fixture(scope="session")
 def app(migrated):
-    app = create_app(migrated)
-    app.test_client_class = SpecCheckingClient
-    yield app
-    app.extensions["directory"].close()
+    with app_with(migrated) as app:
+        yield app
 
 
 @pytest.fixture(scope="session")

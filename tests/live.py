@@ -9,8 +9,8 @@ from contextlib import contextmanager
 from flask import Flask
 from werkzeug.serving import make_server
 
-from directory import create_app
 from directory.settings import Settings
+from tests.apps import app_with
 
 
 class LiveDirectory:
@@ -40,9 +40,5 @@ class LiveDirectory:
 def live_directory(settings: Settings) -> Iterator[LiveDirectory]:
     """An app of its own on `settings` (the test database with other limits, say),
     served live; its connections are closed afterwards."""
-    app = create_app(settings)
-    try:
-        with LiveDirectory(app) as server:
-            yield server
-    finally:
-        app.extensions["directory"].close()
+    with app_with(settings) as app, LiveDirectory(app) as server:
+        yield server

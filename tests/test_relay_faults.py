@@ -9,7 +9,6 @@ leases in fractions of a second so that recovery takes seconds. Each wait has a 
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 import sys
@@ -27,7 +26,7 @@ import psycopg
 import pytest
 import requests
 
-from directory import build_wiring, create_app, localdb
+from directory import build_wiring, localdb
 from directory.__main__ import alembic_config
 from directory.db import libpq_url, unit_of_work
 from directory.localdb import free_port
@@ -35,9 +34,9 @@ from directory.services.deliveries import webhook_id
 from directory.settings import Settings
 from directory.worker import DELIVERY_THREADS
 from tests import factories
+from tests.apps import app_with
 from tests.factories import ad_payload
 from tests.peers import ReceivedWebhook, Reply, WebhookReceiver
-from tests.spec_check import SpecCheckingClient
 
 ROOT = Path(__file__).resolve().parents[1]
 FIRST_RETRY_S = 0.2
@@ -59,10 +58,8 @@ T = TypeVar("T")
 
 @pytest.fixture(scope="module")
 def one_way_app(migrated):
-    app = create_app(dataclasses.replace(migrated, relay_unanswered_messages=IN_A_ROW))
-    app.test_client_class = SpecCheckingClient
-    yield app
-    app.extensions["directory"].close()
+    with app_with(migrated, relay_unanswered_messages=IN_A_ROW) as app:
+        yield app
 
 
 @pytest.fixture

@@ -4,16 +4,14 @@ deletions of the ads it has never are."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 from sqlalchemy import select
 
-from directory import create_app
 from directory.api.ads.schemas import AdPutSchema
 from directory.db import unit_of_work
 from directory.models import AdChange
 from directory.services import ads, portals
+from tests.apps import app_with
 from tests.factories import ad_payload
 from tests.waits import send_aside
 
@@ -256,9 +254,8 @@ def test_a_resync_over_a_lowered_limit_that_creates_an_ad_is_refused(client, por
 @pytest.fixture(scope="module")
 def two_ads_client(migrated):
     """A second app on the same database, whose portals store at most 2 ads."""
-    app = create_app(dataclasses.replace(migrated, portal_max_ads=2))
-    yield app.test_client()
-    app.extensions["directory"].close()
+    with app_with(migrated, portal_max_ads=2) as app:
+        yield app.test_client()
 
 
 def test_the_limit_is_the_setting_unless_the_portal_has_its_own(two_ads_client, portal, set_limit):

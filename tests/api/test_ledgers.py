@@ -3,12 +3,10 @@ credential; search by whether an ad can be paid."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
-from directory import create_app
 from tests.api.test_feed import read_all
+from tests.apps import app_with
 from tests.factories import ad_payload
 
 LEDGER = {"protocol": "credit-commons", "url": "http://127.0.0.1:9/", "node": "testnode"}
@@ -219,10 +217,7 @@ def test_ledger_urls_get_the_webhook_url_checks(client, portal, url):
 
 def test_a_loopback_ledger_is_refused_unless_allowed(migrated, make_portal):
     portal = make_portal()
-    app = create_app(dataclasses.replace(migrated, webhook_allow_loopback=False))
-    try:
+    with app_with(migrated, webhook_allow_loopback=False) as app:
         response = set_ledger(app.test_client(), portal, LEDGER)
-        assert response.status_code == 400
-        assert "url" in response.json["errors"]["json"]["ledger"]
-    finally:
-        app.extensions["directory"].close()
+    assert response.status_code == 400
+    assert "url" in response.json["errors"]["json"]["ledger"]

@@ -3,18 +3,17 @@ under their handle goes; the other party's portal reads its conversations ended.
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 
 import pytest
 from sqlalchemy import select, text
 
-from directory import create_app
 from directory.api.ads.schemas import AdPutSchema
 from directory.db import unit_of_work
 from directory.models import Delivery
 from directory.services import ads, members, relay, sync
 from tests.api.test_relay import publish
+from tests.apps import app_with
 from tests.factories import ad_payload
 from tests.waits import send_aside
 
@@ -297,8 +296,7 @@ def test_erased_conversations_still_count_against_the_portals_opening_limit(
     migrated, client, advertiser, writer_portal
 ):
     ad_id = publish(client, advertiser, "piano", member=OTHER)
-    strict = create_app(dataclasses.replace(migrated, relay_conversations_per_portal_per_hour=2))
-    try:
+    with app_with(migrated, relay_conversations_per_portal_per_hour=2) as strict:
         strict_client = strict.test_client()
         contact(strict_client, writer_portal, ad_id, member=ERASED)
         contact(strict_client, writer_portal, ad_id, member="m-second")
@@ -309,8 +307,6 @@ def test_erased_conversations_still_count_against_the_portals_opening_limit(
             json={"member": "m-third", "name": "Zoe", "body": "Hi"},
             headers=writer_portal.headers,
         )
-    finally:
-        strict.extensions["directory"].close()
     assert refused.status_code == 429, refused.json
     assert refused.json["error"] == "too_many_conversations"
 

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select, text, update
 from sqlalchemy.exc import OperationalError
 
-from directory import build_wiring, create_app, cursors
+from directory import build_wiring, cursors
 from directory.db import unit_of_work
 from directory.models import (
     Ad,
@@ -27,6 +27,7 @@ from directory.models import (
 from directory.models.relay import MAX_MESSAGE_CHARS
 from directory.services import portals, relay
 from directory.worker import housekeeping, purge_old_messages
+from tests.apps import app_with
 from tests.factories import ad_payload
 from tests.waits import send_aside, wait_for_a_lock_wait
 
@@ -678,15 +679,12 @@ def test_a_key_reused_by_another_member_of_the_portal_is_refused_on_replying(
 
 @pytest.fixture
 def strict_client(migrated):
-    app = create_app(
-        dataclasses.replace(
-            migrated,
-            relay_conversations_per_member_per_hour=2,
-            relay_conversations_per_portal_per_hour=3,
-        )
-    )
-    yield app.test_client()
-    app.extensions["directory"].close()
+    with app_with(
+        migrated,
+        relay_conversations_per_member_per_hour=2,
+        relay_conversations_per_portal_per_hour=3,
+    ) as app:
+        yield app.test_client()
 
 
 def test_a_conversation_is_opened_when_its_first_message_is_sent(
@@ -794,9 +792,8 @@ def test_the_limit_counts_only_the_last_hour(
 def two_with_one_member(migrated):
     """A client of a directory where one portal's members may open 2 conversations an
     hour with one member."""
-    app = create_app(dataclasses.replace(migrated, relay_conversations_with_one_member_per_hour=2))
-    yield app.test_client()
-    app.extensions["directory"].close()
+    with app_with(migrated, relay_conversations_with_one_member_per_hour=2) as app:
+        yield app.test_client()
 
 
 def test_one_portals_members_open_a_limited_number_of_conversations_with_one_member(
@@ -834,9 +831,8 @@ def test_one_portals_members_open_a_limited_number_of_conversations_with_one_mem
 @pytest.fixture
 def three_in_a_row(migrated):
     """A client of a directory where a party may send 3 messages in a row."""
-    app = create_app(dataclasses.replace(migrated, relay_unanswered_messages=3))
-    yield app.test_client()
-    app.extensions["directory"].close()
+    with app_with(migrated, relay_unanswered_messages=3) as app:
+        yield app.test_client()
 
 
 def stored_messages(wiring) -> list[tuple[int, str]]:

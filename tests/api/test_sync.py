@@ -1,17 +1,16 @@
 from __future__ import annotations
 
-import dataclasses
 import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select, text, update
 
-from directory import create_app
 from directory.db import unit_of_work
 from directory.models import SyncSession
 from directory.services import sync
 from directory.settings import Settings
+from tests.apps import app_with
 from tests.factories import ad_payload
 from tests.waits import wait_for_a_lock_wait
 
@@ -332,9 +331,8 @@ def test_a_staged_item_keeps_no_finer_location_than_its_ad_will(client, portal, 
 @pytest.fixture(scope="module")
 def small_sessions_client(migrated):
     """A second app on the same database, whose sync sessions stage at most 3 ads."""
-    app = create_app(dataclasses.replace(migrated, sync_session_max_items=3))
-    yield app.test_client()
-    app.extensions["directory"].close()
+    with app_with(migrated, sync_session_max_items=3) as app:
+        yield app.test_client()
 
 
 def test_a_session_stages_at_most_its_limit_of_ads_and_keeps_what_it_had(
@@ -440,9 +438,8 @@ def test_two_openings_at_once_cannot_both_pass_the_limit(app, wiring, portal):
 @pytest.fixture(scope="module")
 def two_sessions_client(migrated):
     """A second app on the same database, whose portals have at most 2 sessions open."""
-    app = create_app(dataclasses.replace(migrated, sync_session_max_open_per_portal=2))
-    yield app.test_client()
-    app.extensions["directory"].close()
+    with app_with(migrated, sync_session_max_open_per_portal=2) as app:
+        yield app.test_client()
 
 
 def test_the_limit_of_open_sessions_is_the_setting(two_sessions_client, portal):

@@ -3,16 +3,15 @@ their rotation, and the endpoint disabled by a 410 and enabled again."""
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select
 
-from directory import create_app
 from directory.db import unit_of_work
 from directory.models import Delivery
 from directory.services import deliveries
+from tests.apps import app_with
 from tests.factories import ad_payload
 
 LOOPBACK_HOOK = "http://127.0.0.1:9/hook"
@@ -53,13 +52,10 @@ def test_webhooks_into_private_networks_are_refused(client, portal, url):
 
 def test_loopback_is_refused_unless_allowed(migrated, make_portal):
     portal = make_portal()
-    app = create_app(dataclasses.replace(migrated, webhook_allow_loopback=False))
-    try:
+    with app_with(migrated, webhook_allow_loopback=False) as app:
         response = set_webhook(app.test_client(), portal, LOOPBACK_HOOK)
-        assert response.status_code == 400
-        assert "webhook_url" in response.json["errors"]["json"]
-    finally:
-        app.extensions["directory"].close()
+    assert response.status_code == 400
+    assert "webhook_url" in response.json["errors"]["json"]
 
 
 def test_each_portal_has_its_own_signing_secret(client, portal, other_portal):
