@@ -65,6 +65,12 @@ ENDED_EVENT_PREFIX = "end_"
 # webhook): never, as far as the worker is concerned. Not 'infinity', which Python's
 # datetime cannot hold.
 PARKED = datetime(9999, 12, 31, tzinfo=UTC)
+# A new delivery's first attempt, in SQL, of the recipient's row of `portals` (and
+# :parked, PARKED): now when the portal has a working webhook, else parked for its inbox.
+FIRST_ATTEMPT_SQL = (
+    "CASE WHEN portals.webhook_url IS NOT NULL AND portals.webhook_disabled_at IS NULL"
+    " THEN now() ELSE :parked END"
+)
 # Part of each retry delay left to chance, so that deliveries that failed together
 # (an endpoint down) do not all come back at once.
 RETRY_JITTER = 0.5

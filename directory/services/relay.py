@@ -488,7 +488,7 @@ _LOCK_CONVERSATION = (
 # the statement returns no row: the caller fails the request, which rolls back the count
 # moved for nothing.
 APPEND_MESSAGE = text(
-    """
+    f"""
     WITH conversation AS (
         UPDATE conversations SET
             message_count = message_count + 1,
@@ -512,9 +512,7 @@ APPEND_MESSAGE = text(
         RETURNING id, seq
     ), delivery AS (
         INSERT INTO deliveries (message_id, portal_id, next_attempt_at)
-        SELECT message.id, portals.id,
-               CASE WHEN portals.webhook_url IS NOT NULL AND portals.webhook_disabled_at IS NULL
-                    THEN now() ELSE :parked END
+        SELECT message.id, portals.id, {deliveries.FIRST_ATTEMPT_SQL}
         FROM message, portals WHERE portals.id = :recipient_portal_id
         RETURNING id
     )
@@ -1117,11 +1115,9 @@ _DELETE_ENDS_OWED = text(
 # parked for its inbox, as a message's delivery (APPEND_MESSAGE). None between members of
 # one portal: it ended the conversation itself. ON CONFLICT: a conversation ends once.
 _TELL_ENDED = text(
-    """
+    f"""
     INSERT INTO deliveries (ended_conversation_id, portal_id, next_attempt_at)
-    SELECT conversations.id, portals.id,
-           CASE WHEN portals.webhook_url IS NOT NULL AND portals.webhook_disabled_at IS NULL
-                THEN now() ELSE :parked END
+    SELECT conversations.id, portals.id, {deliveries.FIRST_ATTEMPT_SQL}
     FROM conversations
     JOIN portals ON portals.id = CASE
         WHEN conversations.initiator_member IS NULL OR conversations.blocked_by = 'initiator'
