@@ -689,40 +689,41 @@ def _check_opening_limits(
         Conversation.created_at > since
     )
     if by_member_count >= limits.conversations_per_member_per_hour:
-        oldest = session.scalar(
-            select(func.min(Conversation.created_at)).where(
-                opened_by_sender, Conversation.initiator_member == member
-            )
-        )
-        raise TooManyRequests(
+        raise _too_many_openings(
+            session,
             f"this member opened {by_member_count} conversations in the last hour, the most "
             "allowed; they can write in the ones they have",
+            opened_by_sender,
+            Conversation.initiator_member == member,
             field="member",
-            code="too_many_conversations",
-            retry_after_s=_retry_after(oldest),
         )
     if by_portal_count >= limits.conversations_per_portal_per_hour:
-        oldest = session.scalar(select(func.min(Conversation.created_at)).where(opened_by_sender))
-        raise TooManyRequests(
+        raise _too_many_openings(
+            session,
             f"this portal's members opened {by_portal_count} conversations in the last hour, "
             "the most allowed for one portal",
-            code="too_many_conversations",
-            retry_after_s=_retry_after(oldest),
+            opened_by_sender,
         )
     if with_recipient_count >= limits.conversations_with_one_member_per_hour:
-        oldest = session.scalar(
-            select(func.min(Conversation.created_at)).where(
-                opened_by_sender,
-                Conversation.recipient_portal_id == recipient_portal_id,
-                Conversation.recipient_member == recipient_member,
-            )
-        )
-        raise TooManyRequests(
+        raise _too_many_openings(
+            session,
             f"this portal's members opened {with_recipient_count} conversations with this "
             "advertiser in the last hour, the most allowed with one member",
-            code="too_many_conversations",
-            retry_after_s=_retry_after(oldest),
+            opened_by_sender,
+            Conversation.recipient_portal_id == recipient_portal_id,
+            Conversation.recipient_member == recipient_member,
         )
+
+
+def _too_many_openings(
+    session: Session, message: str, *counted, field: str | None = None
+) -> TooManyRequests:
+    """The refusal of an opening past a limit, which lifts when the oldest of the
+    conversations it counted (`counted`: their conditions) leaves the hour."""
+    oldest = session.scalar(select(func.min(Conversation.created_at)).where(*counted))
+    return TooManyRequests(
+        message, field=field, code="too_many_conversations", retry_after_s=_retry_after(oldest)
+    )
 
 
 def _retry_after(oldest: datetime | None) -> int:
