@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from collections.abc import Mapping
@@ -58,6 +59,31 @@ FLOAT_PATTERN = r"[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?|[-+]?(inf|na
 MIN_PRODUCTION_DELIVERY_LEASE_S = 30
 # A shorter metrics token could be guessed by trying.
 METRICS_TOKEN_MIN_CHARS = 32
+# The DIRECTORY_* variables that are no settings but that the project's other tools read,
+# from an environment `directory serve` may share. from_env refuses any other DIRECTORY_*
+# name: a misspelt setting left its default in force without a word.
+OTHER_TOOLS_VARIABLES = frozenset(
+    {
+        # directory-client and directory-sync (clients/python), and the TypeScript
+        # client's live tests (clients/typescript/test/live.ts)
+        "DIRECTORY_URL",
+        # directory-sync (never on its command line), the TypeScript client's live tests
+        "DIRECTORY_PORTAL_KEY",
+        # the TypeScript client's live tests
+        "DIRECTORY_RATE_LIMITED_URL",
+        "DIRECTORY_SEED_FILE",
+        # nginx in front of the API (deploy/nginx.conf.template, docker-compose.yml)
+        "DIRECTORY_UPSTREAM",
+        # `directory localdb` (directory/localdb.py): `make run`'s and the tests' cluster
+        "DIRECTORY_PG_BIN",
+        # the tests: tests/search/conftest.py and tests/test_indexing.py (a live
+        # Meilisearch), tests/test_schemathesis.py, tests/credit_commons.py
+        "DIRECTORY_TEST_MEILISEARCH_URL",
+        "DIRECTORY_TEST_MEILISEARCH_KEY",
+        "DIRECTORY_SCHEMATHESIS_EXAMPLES",
+        "DIRECTORY_CREDIT_COMMONS_PEER",
+    }
+)
 
 
 class SettingsError(ValueError):
@@ -258,6 +284,7 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         environ = os.environ if environ is None else environ
+        _refuse_unknown_variables(environ)
         values: dict[str, object] = {}
         for field in fields(cls):
             name = "DIRECTORY_" + field.name.upper()
@@ -284,6 +311,27 @@ class Settings:
             # The default points at a password-less local database: never what production means.
             raise SettingsError("DIRECTORY_DATABASE_URL must be set in production")
         return cls(**values)
+
+
+def _refuse_unknown_variables(environ: Mapping[str, str]) -> None:
+    """Each DIRECTORY_* name that is neither a setting nor another tool's, by its name
+    only (its value may be a secret), with the known name it is closest to."""
+    known = {"DIRECTORY_" + field.name.upper() for field in fields(Settings)}
+    known |= OTHER_TOOLS_VARIABLES
+    # Compared without the prefix every name shares, which made any name look close to many.
+    suffixes = [name.removeprefix("DIRECTORY_") for name in known]
+    refusals = []
+    for name in sorted(environ):
+        if not name.startswith("DIRECTORY_") or name in known:
+            continue
+        close = difflib.get_close_matches(name.removeprefix("DIRECTORY_"), suffixes, n=1)
+        refusals.append(
+            f"{name} is not a setting (did you mean DIRECTORY_{close[0]}?)"
+            if close
+            else f"{name} is not a setting (README.md lists them, under Operating it)"
+        )
+    if refusals:
+        raise SettingsError("; ".join(refusals))
 
 
 def _without_secrets(name: str, value: object) -> object:

@@ -654,6 +654,16 @@ def test_bad_settings_stop_the_command_naming_the_variable(run):
     assert "Traceback" not in result.output
 
 
+def test_a_misspelt_setting_stops_the_command_suggesting_the_setting(run):
+    result = run("portals", "list", env={"DIRECTORY_WEBHOOK_ALLOW_LOOPBAK": "1"})
+
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: DIRECTORY_WEBHOOK_ALLOW_LOOPBAK is not a setting "
+        "(did you mean DIRECTORY_WEBHOOK_ALLOW_LOOPBACK?)\n"
+    )
+
+
 @pytest.fixture
 def restore_signal_handlers():
     # The worker installs SIGTERM/SIGINT handlers for a graceful stop; put pytest's back.

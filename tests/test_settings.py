@@ -4,8 +4,12 @@ the start with a message naming the variable."""
 from __future__ import annotations
 
 import dataclasses
+import re
+import shutil
+import subprocess
 import threading
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -17,6 +21,7 @@ from directory.settings import (
     MEILISEARCH_INDEX_MAX_CHARS,
     MIN_PRODUCTION_DELIVERY_LEASE_S,
     NUMERIC_RANGES,
+    OTHER_TOOLS_VARIABLES,
     Settings,
     SettingsError,
 )
@@ -79,6 +84,110 @@ def test_from_env_parses_whole_numbers():
 
 def test_from_env_ignores_other_variables_and_keeps_defaults():
     assert Settings.from_env({"PATH": "/usr/bin", "HOME": "/root"}) == Settings()
+
+
+@pytest.mark.parametrize(
+    ("variable", "message"),
+    [
+        pytest.param(
+            "DIRECTORY_WEBHOOK_ALLOW_LOOPBAK",
+            "DIRECTORY_WEBHOOK_ALLOW_LOOPBAK is not a setting "
+            "(did you mean DIRECTORY_WEBHOOK_ALLOW_LOOPBACK?)",
+            id="letter-left-out",
+        ),
+        pytest.param(
+            "DIRECTORY_RELAY_UNANSWERED_MESAGES",
+            "DIRECTORY_RELAY_UNANSWERED_MESAGES is not a setting "
+            "(did you mean DIRECTORY_RELAY_UNANSWERED_MESSAGES?)",
+            id="letter-left-out-of-a-long-name",
+        ),
+        pytest.param(
+            "DIRECTORY_METRIC_TOKEN",
+            "DIRECTORY_METRIC_TOKEN is not a setting (did you mean DIRECTORY_METRICS_TOKEN?)",
+            id="secret-misspelt",
+        ),
+        pytest.param(
+            "DIRECTORY_PORTAL_KY",
+            "DIRECTORY_PORTAL_KY is not a setting (did you mean DIRECTORY_PORTAL_KEY?)",
+            id="another-tools-variable-misspelt",
+        ),
+        pytest.param(
+            "DIRECTORY_COLOUR",
+            "DIRECTORY_COLOUR is not a setting (README.md lists them, under Operating it)",
+            id="nothing-close",
+        ),
+    ],
+)
+def test_from_env_refuses_a_directory_variable_it_does_not_know(variable, message):
+    """Read as before, a misspelt setting left its default in force without a word."""
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env({variable: "s3cret-value"})
+
+    assert str(refused.value) == message
+    assert "s3cret" not in str(refused.value)  # a value may be a secret
+
+
+def test_from_env_names_every_directory_variable_it_does_not_know():
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env(
+            {
+                "DIRECTORY_LOG_LEVEL": "INFO",
+                "DIRECTORY_TRUSTED_PROXY": "1",
+                "DIRECTORY_DB_POOLSIZE": "5",
+            }
+        )
+
+    assert str(refused.value) == (
+        "DIRECTORY_DB_POOLSIZE is not a setting (did you mean DIRECTORY_DB_POOL_SIZE?); "
+        "DIRECTORY_TRUSTED_PROXY is not a setting (did you mean DIRECTORY_TRUSTED_PROXIES?)"
+    )
+
+
+def test_from_env_leaves_alone_the_directory_variables_other_tools_read():
+    assert Settings.from_env(dict.fromkeys(OTHER_TOOLS_VARIABLES, "1")) == Settings()
+
+
+# DIRECTORY_* names in the repository that no one reads or sets: clients/python's
+# constant holding the name DIRECTORY_URL, and the misspellings that tests show refused.
+NOT_VARIABLES = {
+    "DIRECTORY_VARIABLE",
+    "DIRECTORY_WEBHOOK_ALLOW_LOOPBAK",
+    "DIRECTORY_RELAY_UNANSWERED_MESAGES",
+    "DIRECTORY_METRIC_TOKEN",
+    "DIRECTORY_PORTAL_KY",
+    "DIRECTORY_COLOUR",
+    "DIRECTORY_TRUSTED_PROXY",
+    "DIRECTORY_DB_POOLSIZE",
+}
+
+
+def test_every_directory_variable_the_repository_names_is_a_setting_or_another_tools():
+    """A tool of the project that reads a DIRECTORY_* variable of its own stops
+    `directory serve` started in the same environment, until the variable is named in
+    OTHER_TOOLS_VARIABLES (or becomes a setting)."""
+    root = Path(__file__).resolve().parents[1]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout: its files are not known")
+    listed = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=root, capture_output=True, check=True
+    ).stdout.decode()
+    named: dict[str, str] = {}  # each name, and the first file naming it
+    for path in filter(None, listed.split("\0")):
+        if (root / path).is_file():  # not deleted from the work tree
+            text = (root / path).read_bytes().decode(errors="replace")
+            for name in re.findall(r"\bDIRECTORY_[A-Z0-9_]*[A-Z0-9]\b", text):
+                named.setdefault(name, path)
+    settings = {f"DIRECTORY_{field.name.upper()}" for field in dataclasses.fields(Settings)}
+
+    unknown = {
+        name: path
+        for name, path in named.items()
+        if name not in settings | OTHER_TOOLS_VARIABLES | NOT_VARIABLES
+    }
+
+    assert unknown == {}, "name each in OTHER_TOOLS_VARIABLES, or here in NOT_VARIABLES"
+    assert set(named) >= OTHER_TOOLS_VARIABLES  # none left over from a tool since gone
+    assert set(named) >= NOT_VARIABLES
 
 
 @pytest.mark.parametrize(
