@@ -31,6 +31,7 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import orjson
 from sqlalchemy import TextClause, bindparam, exists, func, insert, or_, select, text
@@ -234,19 +235,29 @@ def open_conversation(
             "message_count": 0,
         },
     ).one()
-    portals = {
-        sender.id: PortalRef(ad.sender_slug, ad.sender_portal_name),
-        ad.portal_id: PortalRef(ad.portal_slug, ad.portal_name),
+    # As _CONVERSATIONS would read it: both portals are active (the sender's key was
+    # taken, the ad's portal read so), and no block stands between them (read above).
+    opened = {
+        **conversation._asdict(),
+        "initiator_slug": ad.sender_slug,
+        "initiator_portal_name": ad.sender_portal_name,
+        "initiator_portal_status": PortalStatus.ACTIVE,
+        "recipient_slug": ad.portal_slug,
+        "recipient_portal_name": ad.portal_name,
+        "recipient_portal_status": PortalStatus.ACTIVE,
+        "initiator_blocked": False,
+        "recipient_blocked": False,
     }
     return _append(
         session,
-        _conversation_view(conversation, sender.id, portals),
+        opened,
         role=Role.INITIATOR,
         sender=sender,
         name=None,
         body=body,
         idempotency_key=idempotency_key,
         now=now,
+        limits=limits,
     )
 
 
@@ -286,65 +297,81 @@ def post_message(
         )
         if replay is not None:
             return replay
-    if _member(conversation, role.other) is None:
-        raise Conflict(
-            "the other party has left the directory (their community erased them); no "
-            "more messages can be sent in this conversation",
-            code="party_erased",
-        )
-    if conversation.blocked_at is not None:
-        raise Conflict(
-            "this conversation was blocked by "
-            + ("you" if conversation.blocked_by is role else "the other party")
-            + "; no more messages can be sent in it",
-            code="conversation_blocked",
-        )
-    # Read with the conversation, like the status below: a block committed while this
-    # request waited for the conversation's lock lets this message through, as one sent
-    # a moment earlier would have been.
-    own_block, their_block = _blocks_of(conversation, role)
-    if own_block or their_block:
-        raise _community_blocked(
-            by_own=own_block,
-            other="the other party",
-            other_slug=_portal_slug(conversation, role.other),
-        )
-    # Read without a lock on the portal (every message would queue on its row): a
-    # suspension committed meanwhile lets this message through to the outbox, where the
-    # worker holds it like the others (deliveries.claim_due).
-    if _portal_status(conversation, role.other) != PortalStatus.ACTIVE:
-        raise Conflict(
-            "the other party's community is suspended from the directory and cannot "
-            "receive messages now; the conversation can still be read",
-            code="recipient_portal_suspended",
-        )
-    if (
-        conversation.last_sender is role
-        and conversation.unanswered_messages >= limits.unanswered_messages
-    ):
-        raise Conflict(
-            f"you have sent {conversation.unanswered_messages} messages in a row in this "
-            "conversation; the other party must answer before you write again",
-            field="member",
-            code="awaiting_reply",
-        )
-    portals = {
-        conversation.initiator_portal_id: PortalRef(
-            conversation.initiator_slug, conversation.initiator_portal_name
-        ),
-        conversation.recipient_portal_id: PortalRef(
-            conversation.recipient_slug, conversation.recipient_portal_name
-        ),
-    }
+    refusal = _refusal(conversation, role, limits)
+    if refusal is not None:
+        raise refusal
     return _append(
         session,
-        _conversation_view(conversation, sender.id, portals),
+        conversation._asdict(),
         role=role,
         sender=sender,
         name=name,
         body=body,
         idempotency_key=idempotency_key,
         now=datetime.now(UTC),
+        limits=limits,
+    )
+
+
+def _refusal(conversation, role: Role, limits: RelayLimits) -> Conflict | None:
+    """Why the party `role` may not write in the conversation now (post_message raises
+    it), or None: from a row of _CONVERSATIONS, which reads the parties' portals and the
+    blocks between them with the conversation. A conversation's view shows it to the
+    party's portal (`sending`) before its member writes."""
+    if _member(conversation, role.other) is None:
+        return Conflict(
+            "the other party has left the directory (their community erased them); no "
+            "more messages can be sent in this conversation",
+            code="party_erased",
+        )
+    if conversation.blocked_at is not None:
+        return Conflict(
+            "this conversation was blocked by "
+            + ("you" if conversation.blocked_by is role else "the other party")
+            + "; no more messages can be sent in it",
+            code="conversation_blocked",
+        )
+    # For a message, read with the conversation's lock, as is the status below: a block
+    # committed while the message waited for that lock lets it through, as one sent a
+    # moment earlier would have been.
+    own_block, their_block = _blocks_of(conversation, role)
+    if own_block or their_block:
+        return _community_blocked(
+            by_own=own_block,
+            other="the other party",
+            other_slug=_portal_slug(conversation, role.other),
+        )
+    # Read without a lock on the portal (every message would queue on its row): a
+    # suspension committed meanwhile lets a message through to the outbox, where the
+    # worker holds it like the others (deliveries.claim_due).
+    if _portal_status(conversation, role.other) != PortalStatus.ACTIVE:
+        return Conflict(
+            "the other party's community is suspended from the directory and cannot "
+            "receive messages now; the conversation can still be read",
+            code="recipient_portal_suspended",
+        )
+    if _messages_left(conversation, role, limits) == 0:
+        return Conflict(
+            f"you have sent {conversation.unanswered_messages} messages in a row in this "
+            "conversation; the other party must answer before you write again",
+            field="member",
+            code="awaiting_reply",
+        )
+    return None
+
+
+def _messages_left(conversation, role: Role, limits: RelayLimits) -> int:
+    """How many more messages the party may send before the other answers."""
+    if conversation.last_sender is not role:
+        return limits.unanswered_messages
+    return max(limits.unanswered_messages - conversation.unanswered_messages, 0)
+
+
+def _sending(conversation, role: Role, limits: RelayLimits) -> Sending:
+    refusal = _refusal(conversation, role, limits)
+    return Sending(
+        refusal=None if refusal is None else refusal.code,
+        messages_left=_messages_left(conversation, role, limits),
     )
 
 
@@ -448,8 +475,9 @@ initiator_portal = Portal.__table__.alias("initiator_portal")
 recipient_portal = Portal.__table__.alias("recipient_portal")
 
 
-# Built once: composing it cost more than running it, on the relay's hot path.
-_LOCK_CONVERSATION = (
+# A conversation with what its view and post_message read of its parties' portals. Built
+# once: composing it cost more than running it, on the relay's hot path.
+_CONVERSATIONS = (
     select(
         Conversation.__table__,
         initiator_portal.c.slug.label("initiator_slug"),
@@ -470,12 +498,11 @@ _LOCK_CONVERSATION = (
         recipient_portal,
         recipient_portal.c.id == Conversation.__table__.c.recipient_portal_id,
     )
-    .where(
-        Conversation.__table__.c.id == bindparam("conversation_id"),
-        _has_party_portal(bindparam("portal_id")),
-    )
-    .with_for_update(of=Conversation.__table__)
 )
+_LOCK_CONVERSATION = _CONVERSATIONS.where(
+    Conversation.__table__.c.id == bindparam("conversation_id"),
+    _has_party_portal(bindparam("portal_id")),
+).with_for_update(of=Conversation.__table__)
 
 
 # One statement for a message: the conversation's count and activity, the message, its
@@ -523,7 +550,7 @@ APPEND_MESSAGE = text(
 
 def _append(
     session: Session,
-    conversation: ConversationView,
+    conversation: dict,
     *,
     role: Role,
     sender: AuthenticatedPortal,
@@ -531,23 +558,25 @@ def _append(
     body: str,
     idempotency_key: str | None,
     now: datetime,
+    limits: RelayLimits,
 ) -> Sent:
     """The message and its delivery to the other party's portal, in this transaction;
-    `conversation` is the sender's view of it before the message, sent `now`."""
+    `conversation` is a row of _CONVERSATIONS as a dict, before the message, sent `now`."""
     message_id = uuid.uuid4()
-    recipient = conversation.recipient if role is Role.INITIATOR else conversation.initiator
+    party = "initiator" if role is Role.INITIATOR else "recipient"
+    other = "recipient" if role is Role.INITIATOR else "initiator"
     seq = session.execute(
         APPEND_MESSAGE,
         {
             "now": now,
             "role": role.value,
             "name": name,
-            "conversation_id": conversation.id,
+            "conversation_id": conversation["id"],
             "message_id": message_id,
             "sender_portal_id": sender.id,
             "idempotency_key": idempotency_key,
             "body": body,
-            "recipient_portal_id": recipient.portal_id,
+            "recipient_portal_id": conversation[f"{other}_portal_id"],
             "parked": deliveries.PARKED,
             "channel": deliveries.NOTIFY_CHANNEL,
         },
@@ -559,11 +588,17 @@ def _append(
         # opening lock, and finds it as a replay before getting here. Raised, this
         # rolls back what the statement and the caller wrote.
         raise _key_reused()
-    party = "initiator" if role is Role.INITIATOR else "recipient"
+    # The conversation as APPEND_MESSAGE left it.
+    in_a_row = conversation["unanswered_messages"] if conversation["last_sender"] is role else 0
+    after = {
+        **conversation,
+        "message_count": seq,
+        "last_message_at": now,
+        "last_sender": role,
+        "unanswered_messages": in_a_row + 1,
+    }
     if name is not None:
-        changes = {party: dataclasses.replace(getattr(conversation, party), name=name)}
-    else:
-        changes = {}
+        after[f"{party}_name"] = name
     message = MessageView(
         id=message_id,
         seq=seq,
@@ -572,8 +607,8 @@ def _append(
         sent_at=now,
         delivery=_senders_delivery_view(DeliveryState.PENDING, None),
     )
-    view = dataclasses.replace(conversation, message_count=seq, last_message_at=now, **changes)
-    return Sent(conversation.id, message_id, created=True, conversation=view, message=message)
+    view = _conversation_view(SimpleNamespace(**after), sender.id, limits)
+    return Sent(view.id, message_id, created=True, conversation=view, message=message)
 
 
 def _replayed(
@@ -743,6 +778,18 @@ class PortalRef:
 
 
 @dataclass(frozen=True)
+class Sending:
+    """Whether a party may write in the conversation now, as post_message would answer."""
+
+    refusal: str | None  # the code post_message would refuse with; None: it may write
+    messages_left: int  # in a row, before the other party answers
+
+    @property
+    def allowed(self) -> bool:
+        return self.refusal is None
+
+
+@dataclass(frozen=True)
 class PartyView:
     role: Role
     alias: str
@@ -751,6 +798,7 @@ class PartyView:
     member: str | None  # only for the party's own portal
     portal_id: int  # for the directory's own use: never shown
     erased: bool = False  # by their portal: no handle, no name, no messages any more
+    sending: Sending | None = None  # only for the party's own portal, while not erased
 
 
 @dataclass(frozen=True)
@@ -795,12 +843,15 @@ def get_conversation(
     *,
     viewer: AuthenticatedPortal,
     conversation_id: uuid.UUID,
+    limits: RelayLimits,
     after: int = 0,
     limit: int = 50,
 ) -> ConversationView:
     """The conversation as `viewer` (one of its parties' portals) may see it, with its
     messages after seq `after`."""
-    summary = get_conversation_summary(session, viewer=viewer, conversation_id=conversation_id)
+    summary = get_conversation_summary(
+        session, viewer=viewer, conversation_id=conversation_id, limits=limits
+    )
     rows = session.execute(
         select(Message, Delivery)
         .join(Delivery, Delivery.message_id == Message.id)
@@ -817,21 +868,26 @@ def get_conversation(
 
 
 def get_conversation_summary(
-    session: Session, *, viewer: AuthenticatedPortal, conversation_id: uuid.UUID
+    session: Session,
+    *,
+    viewer: AuthenticatedPortal,
+    conversation_id: uuid.UUID,
+    limits: RelayLimits,
 ) -> ConversationView:
     """The conversation without its messages."""
-    conversation = session.get(Conversation, conversation_id)
-    if conversation is None or not _portal_roles(conversation, viewer.id):
+    conversation = session.execute(
+        _CONVERSATIONS.where(
+            Conversation.__table__.c.id == conversation_id, _has_party_portal(viewer.id)
+        )
+    ).one_or_none()
+    if conversation is None:
         raise NotFound(
             "no such conversation for this portal",
             field="conversation_id",
             code="conversation_not_found",
             details={"location": "path"},
         )
-    portals = _portal_refs(
-        session, {conversation.initiator_portal_id, conversation.recipient_portal_id}
-    )
-    return _conversation_view(conversation, viewer.id, portals)
+    return _conversation_view(conversation, viewer.id, limits)
 
 
 def get_message(
@@ -872,6 +928,7 @@ def list_conversations(
     member: str | None,
     cursor: str | None,
     limit: int,
+    limits: RelayLimits,
 ) -> ConversationPage:
     """The viewer's conversations (or one member's), newest activity first."""
     involved = _has_party_portal(viewer.id)
@@ -882,26 +939,20 @@ def list_conversations(
             (Conversation.recipient_portal_id == viewer.id)
             & (Conversation.recipient_member == member),
         )
-    query = select(Conversation).where(involved)
+    query = _CONVERSATIONS.where(involved)
     if cursor is not None:
         last_at, last_id = _decode_cursor(cursor)
         query = query.where(
             (Conversation.last_message_at < last_at)
             | ((Conversation.last_message_at == last_at) & (Conversation.id < last_id))
         )
-    rows = list(
-        session.scalars(
-            query.order_by(Conversation.last_message_at.desc(), Conversation.id.desc()).limit(
-                limit + 1
-            )
+    rows = session.execute(
+        query.order_by(Conversation.last_message_at.desc(), Conversation.id.desc()).limit(
+            limit + 1
         )
-    )
+    ).all()
     page = rows[:limit]
-    portal_ids = {row.initiator_portal_id for row in page} | {
-        row.recipient_portal_id for row in page
-    }
-    portals = _portal_refs(session, portal_ids)
-    views = [_conversation_view(row, viewer.id, portals) for row in page]
+    views = [_conversation_view(row, viewer.id, limits) for row in page]
     next_cursor = None
     if len(rows) > limit:
         next_cursor = _encode_cursor(page[-1].last_message_at, page[-1].id)
@@ -930,41 +981,37 @@ def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         ) from None
 
 
-def _portal_refs(session: Session, portal_ids: set[int]) -> dict[int, PortalRef]:
-    if not portal_ids:
-        return {}
-    rows = session.execute(
-        select(Portal.id, Portal.slug, Portal.name).where(Portal.id.in_(portal_ids))
-    )
-    return {row.id: PortalRef(row.slug, row.name) for row in rows}
+def _conversation_view(conversation, viewer_id: int, limits: RelayLimits) -> ConversationView:
+    """As the portal `viewer_id` sees it, from a row of _CONVERSATIONS (or an object with
+    its columns as attributes)."""
 
-
-def _conversation_view(
-    conversation: Conversation, viewer_id: int, portals: dict[int, PortalRef]
-) -> ConversationView:
     def party(role: Role) -> PartyView:
         if role is Role.INITIATOR:
-            portal_id, alias, name, member = (
+            portal_id, alias, name, member, portal = (
                 conversation.initiator_portal_id,
                 conversation.initiator_alias,
                 conversation.initiator_name,
                 conversation.initiator_member,
+                PortalRef(conversation.initiator_slug, conversation.initiator_portal_name),
             )
         else:
-            portal_id, alias, name, member = (
+            portal_id, alias, name, member, portal = (
                 conversation.recipient_portal_id,
                 conversation.recipient_alias,
                 conversation.recipient_name,
                 conversation.recipient_member,
+                PortalRef(conversation.recipient_slug, conversation.recipient_portal_name),
             )
+        own = portal_id == viewer_id
         return PartyView(
             role=role,
             alias=alias,
             name=name,
-            portal=portals[portal_id],
-            member=member if portal_id == viewer_id else None,
+            portal=portal,
+            member=member if own else None,
             portal_id=portal_id,
             erased=member is None,
+            sending=_sending(conversation, role, limits) if own and member is not None else None,
         )
 
     return ConversationView(

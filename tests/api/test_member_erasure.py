@@ -106,6 +106,8 @@ def test_erasing_an_advertiser_deletes_their_ads_and_ends_their_conversations(
         "portal": {"slug": "lets-bristol", "name": "Bristol LETS"},
         "member": WRITER,
         "erased": False,
+        # The conversation ended: the portal hides its compose box.
+        "sending": {"allowed": False, "refusal": "party_erased", "messages_left": 10},
     }
     # The advertiser's own portal sees the same: its member is gone from it too.
     own = conversation(client, advertiser, conversation_id)

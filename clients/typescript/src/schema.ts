@@ -1384,6 +1384,13 @@ export interface components {
             slug: string;
             name: string;
         };
+        Sending: {
+            allowed: boolean;
+            /** @description The code the message would be refused with (409): conversation_blocked, party_erased, community_blocked, recipient_portal_suspended or awaiting_reply; null when allowed */
+            refusal: string | null;
+            /** @description How many more messages the member may send in a row before the other party answers (their answer gives the full number back) */
+            messages_left: number;
+        };
         Party: {
             /** @enum {unknown} */
             role: "initiator" | "recipient";
@@ -1397,6 +1404,8 @@ export interface components {
             member: string | null;
             /** @description Their portal erased them (eraseMember): no handle, no name and no messages any more, and no one can write in the conversation */
             erased: boolean;
+            /** @description Only for the calling portal's own member (null for the other party, and once erased): whether they may write now */
+            sending: components["schemas"]["Sending"] | null;
         };
         ConversationSummary: {
             /** Format: uuid */

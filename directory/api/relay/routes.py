@@ -79,7 +79,7 @@ def _sent(session, portal, sent: relay.Sent, *, headers: dict | None = None):
         return {"conversation": sent.conversation, "message": sent.message}, 201, headers or {}
     # A replay: as it is now.
     conversation = relay.get_conversation_summary(
-        session, viewer=portal, conversation_id=sent.conversation_id
+        session, viewer=portal, conversation_id=sent.conversation_id, limits=_limits()
     )
     message = relay.get_message(session, viewer=portal, message_id=sent.message_id)
     return {"conversation": conversation, "message": message}, 200
@@ -158,6 +158,7 @@ class Conversations(MethodView):
                 member=args["member"],
                 cursor=args["cursor"],
                 limit=args["limit"],
+                limits=_limits(),
             )
         return {"conversations": page.conversations, "next_cursor": page.next_cursor}
 
@@ -180,6 +181,7 @@ class ConversationById(MethodView):
                 session,
                 viewer=portal,
                 conversation_id=conversation_uuid,
+                limits=_limits(),
                 after=args["after"],
                 limit=args["limit"],
             )
@@ -251,7 +253,7 @@ class BlockConversation(MethodView):
                 session, caller=portal, conversation_id=conversation_uuid, member=block["member"]
             )
             return relay.get_conversation_summary(
-                session, viewer=portal, conversation_id=conversation_uuid
+                session, viewer=portal, conversation_id=conversation_uuid, limits=_limits()
             )
 
 

@@ -137,6 +137,28 @@ class PortalRefSchema(Schema):
     name = fields.String()
 
 
+class SendingSchema(Schema):
+    """Whether the party's member may write in the conversation now: what POST
+    /v1/conversations/{id}/messages would answer at the moment of reading. A portal can
+    offer or hide its compose box by it; the answer to the message itself decides."""
+
+    allowed = fields.Boolean()
+    refusal = fields.String(
+        allow_none=True,
+        metadata={
+            "description": "The code the message would be refused with (409): "
+            "conversation_blocked, party_erased, community_blocked, "
+            "recipient_portal_suspended or awaiting_reply; null when allowed"
+        },
+    )
+    messages_left = fields.Integer(
+        metadata={
+            "description": "How many more messages the member may send in a row before "
+            "the other party answers (their answer gives the full number back)"
+        }
+    )
+
+
 class PartySchema(Schema):
     role = fields.Enum(Role, by_value=True)
     alias = fields.String(metadata={"description": "The party's name in this conversation only"})
@@ -157,6 +179,14 @@ class PartySchema(Schema):
             "description": "Their portal erased them (eraseMember): no handle, no name and "
             "no messages any more, and no one can write in the conversation"
         }
+    )
+    sending = fields.Nested(
+        SendingSchema,
+        allow_none=True,
+        metadata={
+            "description": "Only for the calling portal's own member (null for the other "
+            "party, and once erased): whether they may write now"
+        },
     )
 
 

@@ -712,6 +712,17 @@ class PortalRef(Struct, kw_only=True):
     name: str
 
 
+class Sending(Struct, kw_only=True):
+    allowed: bool
+    refusal: Annotated[str, Meta(description='The code the message would be refused with (409): conversation_blocked, party_erased, community_blocked, recipient_portal_suspended or awaiting_reply; null when allowed')] | None
+    messages_left: Annotated[
+        int,
+        Meta(
+            description='How many more messages the member may send in a row before the other party answers (their answer gives the full number back)'
+        ),
+    ]
+
+
 class Party(Struct, kw_only=True):
     role: Literal['initiator', 'recipient']
     alias: Annotated[
@@ -726,6 +737,7 @@ class Party(Struct, kw_only=True):
             description='Their portal erased them (eraseMember): no handle, no name and no messages any more, and no one can write in the conversation'
         ),
     ]
+    sending: Annotated[Sending, Meta(description="Only for the calling portal's own member (null for the other party, and once erased): whether they may write now")] | None
 
 
 class ConversationSummary(Struct, kw_only=True):

@@ -1,0 +1,202 @@
+"""A conversation's view tells the calling portal whether its member may write now
+(`sending`), as POST /v1/conversations/{id}/messages would answer: so a portal can hide
+its compose box, or say how many messages are left, before its member types."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.api.test_member_erasure import ERASURES
+from tests.api.test_portal_blocks import block, unblock
+from tests.api.test_relay import ADVERTISER, WRITER, contact, publish, reply, suspend
+from tests.apps import app_with
+
+ALLOWED_IN_A_ROW = 3
+
+
+@pytest.fixture
+def client(migrated):
+    """A directory where a party may send 3 messages in a row."""
+    with app_with(migrated, relay_unanswered_messages=ALLOWED_IN_A_ROW) as app:
+        yield app.test_client()
+
+
+@pytest.fixture
+def conversation_id(client, advertiser, writer_portal) -> str:
+    opened = contact(client, writer_portal, publish(client, advertiser))
+    assert opened.status_code == 201, opened.json
+    return opened.json["conversation"]["id"]
+
+
+def view(client, portal, conversation_id) -> dict:
+    response = client.get(f"/v1/conversations/{conversation_id}", headers=portal.headers)
+    assert response.status_code == 200, response.json
+    return response.json
+
+
+def sending(client, portal, conversation_id, role) -> dict | None:
+    return view(client, portal, conversation_id)[role]["sending"]
+
+
+def listed(client, portal, conversation_id) -> dict:
+    response = client.get("/v1/conversations", headers=portal.headers)
+    assert response.status_code == 200, response.json
+    (found,) = [c for c in response.json["conversations"] if c["id"] == conversation_id]
+    return found
+
+
+def allowed(messages_left: int) -> dict:
+    return {"allowed": True, "refusal": None, "messages_left": messages_left}
+
+
+def refused(refusal: str, messages_left: int = ALLOWED_IN_A_ROW) -> dict:
+    return {"allowed": False, "refusal": refusal, "messages_left": messages_left}
+
+
+def assert_the_answer_agrees(client, portal, conversation_id, *, role, member) -> None:
+    """The view's word is what writing then answers."""
+    expected = sending(client, portal, conversation_id, role)
+    answer = reply(client, portal, conversation_id, member=member, body="Are you there?")
+    if expected["allowed"]:
+        assert answer.status_code == 201, answer.json
+    else:
+        assert answer.status_code == 409, answer.json
+        assert answer.json["error"] == expected["refusal"]
+
+
+def test_each_portal_sees_only_its_own_members_state(
+    client, advertiser, writer_portal, conversation_id
+):
+    # The opening was the writer's first message in a row.
+    writers = view(client, writer_portal, conversation_id)
+    assert writers["initiator"]["sending"] == allowed(ALLOWED_IN_A_ROW - 1)
+    assert writers["recipient"]["sending"] is None  # how the other side stands is theirs
+    advertisers = view(client, advertiser, conversation_id)
+    assert advertisers["recipient"]["sending"] == allowed(ALLOWED_IN_A_ROW)
+    assert advertisers["initiator"]["sending"] is None
+    # The list shows the same as the conversation itself.
+    assert listed(client, writer_portal, conversation_id)["initiator"]["sending"] == (
+        allowed(ALLOWED_IN_A_ROW - 1)
+    )
+    assert listed(client, advertiser, conversation_id)["initiator"]["sending"] is None
+
+
+def test_the_answer_to_a_message_counts_it(client, advertiser, writer_portal, conversation_id):
+    second = reply(client, writer_portal, conversation_id, member=WRITER, body="Hello?")
+    assert second.status_code == 201, second.json
+    assert second.json["conversation"]["initiator"]["sending"] == allowed(ALLOWED_IN_A_ROW - 2)
+    assert second.json["conversation"]["recipient"]["sending"] is None
+    third = reply(client, writer_portal, conversation_id, member=WRITER, body="Anyone?")
+    # The message that reaches the limit says so: the portal can close the box at once.
+    assert third.json["conversation"]["initiator"]["sending"] == refused("awaiting_reply", 0)
+    assert sending(client, writer_portal, conversation_id, "initiator") == refused(
+        "awaiting_reply", 0
+    )
+    assert_the_answer_agrees(client, writer_portal, conversation_id, role="initiator", member=WRITER)
+
+
+def test_an_answer_gives_the_full_number_back(client, advertiser, writer_portal, conversation_id):
+    for body in ("Hello?", "Anyone?"):
+        reply(client, writer_portal, conversation_id, member=WRITER, body=body)
+    answer = reply(client, advertiser, conversation_id, name="Luc")
+    assert answer.status_code == 201, answer.json
+    assert answer.json["conversation"]["recipient"]["sending"] == allowed(ALLOWED_IN_A_ROW - 1)
+    assert answer.json["conversation"]["recipient"]["name"] == "Luc"
+    assert sending(client, writer_portal, conversation_id, "initiator") == allowed(
+        ALLOWED_IN_A_ROW
+    )
+
+
+def test_a_retried_message_is_answered_as_the_conversation_stands(
+    client, advertiser, writer_portal, conversation_id
+):
+    first = reply(
+        client, writer_portal, conversation_id, member=WRITER, body="Hello?", idempotency_key="k1"
+    )
+    reply(client, writer_portal, conversation_id, member=WRITER, body="Anyone?")
+    again = reply(
+        client, writer_portal, conversation_id, member=WRITER, body="Hello?", idempotency_key="k1"
+    )
+    assert again.status_code == 200, again.json
+    assert first.json["conversation"]["initiator"]["sending"] == allowed(1)
+    assert again.json["conversation"]["initiator"]["sending"] == refused("awaiting_reply", 0)
+
+
+def test_a_blocked_conversation_is_closed_to_both(
+    client, advertiser, writer_portal, conversation_id
+):
+    blocked = client.post(
+        f"/v1/conversations/{conversation_id}/block",
+        json={"member": ADVERTISER},
+        headers=advertiser.headers,
+    )
+    assert blocked.status_code == 200, blocked.json
+    assert blocked.json["recipient"]["sending"] == refused("conversation_blocked")
+    assert sending(client, writer_portal, conversation_id, "initiator") == refused(
+        "conversation_blocked", ALLOWED_IN_A_ROW - 1
+    )
+    assert_the_answer_agrees(client, writer_portal, conversation_id, role="initiator", member=WRITER)
+    assert_the_answer_agrees(
+        client, advertiser, conversation_id, role="recipient", member=ADVERTISER
+    )
+
+
+@pytest.mark.parametrize("blocker", ["advertiser", "writer"])
+def test_a_community_block_holds_the_conversation_both_ways_until_lifted(
+    client, advertiser, writer_portal, conversation_id, blocker
+):
+    blocking, blocked = (
+        (advertiser, writer_portal) if blocker == "advertiser" else (writer_portal, advertiser)
+    )
+    assert block(client, blocking, blocked.slug).status_code in (200, 201)
+    assert sending(client, advertiser, conversation_id, "recipient")["refusal"] == (
+        "community_blocked"
+    )
+    assert sending(client, writer_portal, conversation_id, "initiator")["refusal"] == (
+        "community_blocked"
+    )
+    assert_the_answer_agrees(client, writer_portal, conversation_id, role="initiator", member=WRITER)
+    assert_the_answer_agrees(
+        client, advertiser, conversation_id, role="recipient", member=ADVERTISER
+    )
+    assert unblock(client, blocking, blocked.slug).status_code == 204
+    assert sending(client, writer_portal, conversation_id, "initiator") == allowed(
+        ALLOWED_IN_A_ROW - 1
+    )
+    assert_the_answer_agrees(client, writer_portal, conversation_id, role="initiator", member=WRITER)
+
+
+def test_nobody_may_write_to_a_suspended_community(
+    client, wiring, advertiser, writer_portal, conversation_id
+):
+    suspend(wiring, advertiser)
+    assert sending(client, writer_portal, conversation_id, "initiator") == refused(
+        "recipient_portal_suspended", ALLOWED_IN_A_ROW - 1
+    )
+    assert_the_answer_agrees(client, writer_portal, conversation_id, role="initiator", member=WRITER)
+
+
+def test_an_erased_party_has_no_state_and_the_other_may_not_write(
+    client, advertiser, writer_portal, conversation_id
+):
+    erased = client.post(ERASURES, json={"member": WRITER}, headers=writer_portal.headers)
+    assert erased.status_code == 200, erased.json
+    # The writer's portal keeps the conversation without its member: nobody to write for.
+    assert sending(client, writer_portal, conversation_id, "initiator") is None
+    assert sending(client, advertiser, conversation_id, "recipient") == refused("party_erased")
+    assert_the_answer_agrees(
+        client, advertiser, conversation_id, role="recipient", member=ADVERTISER
+    )
+
+
+def test_both_parties_of_one_portal_each_have_their_own_state(client, advertiser):
+    ad_id = publish(client, advertiser, "own-ad")
+    opened = contact(client, advertiser, ad_id, member="m-neighbour")
+    assert opened.status_code == 201, opened.json
+    conversation = opened.json["conversation"]
+    assert conversation["your_roles"] == ["initiator", "recipient"]
+    assert conversation["initiator"]["sending"] == allowed(ALLOWED_IN_A_ROW - 1)
+    assert conversation["recipient"]["sending"] == allowed(ALLOWED_IN_A_ROW)
+    answer = reply(client, advertiser, conversation["id"], member=ADVERTISER)
+    assert answer.json["conversation"]["initiator"]["sending"] == allowed(ALLOWED_IN_A_ROW)
+    assert answer.json["conversation"]["recipient"]["sending"] == allowed(ALLOWED_IN_A_ROW - 1)
