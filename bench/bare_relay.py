@@ -122,13 +122,24 @@ def post_message(conversation_id: str):
             },
         ).fetchone()
 
+    in_a_row = (c["unanswered_messages"] if c["last_sender"] == role else 0) + 1
+
+    def sending(r: str) -> dict:
+        # Every other refusal was checked above, and holds both ways.
+        left = UNANSWERED_MESSAGES - in_a_row if r == role else UNANSWERED_MESSAGES
+        refusal = None if left > 0 else "awaiting_reply"
+        return {"allowed": refusal is None, "refusal": refusal, "messages_left": left}
+
     def party(r: str) -> dict:
+        own = c[f"{r}_portal_id"] == portal_id
         return {
             "role": r,
             "alias": c[f"{r}_alias"],
             "name": name if r == role and name else c[f"{r}_name"],
             "portal": {"slug": c[f"{r}_slug"], "name": c[f"{r}_portal_name"]},
-            "member": c[f"{r}_member"] if c[f"{r}_portal_id"] == portal_id else None,
+            "member": c[f"{r}_member"] if own else None,
+            "erased": False,  # neither party was: the message went through
+            "sending": sending(r) if own else None,
         }
 
     answer = {
