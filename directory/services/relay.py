@@ -947,9 +947,7 @@ def list_conversations(
             | ((Conversation.last_message_at == last_at) & (Conversation.id < last_id))
         )
     rows = session.execute(
-        query.order_by(Conversation.last_message_at.desc(), Conversation.id.desc()).limit(
-            limit + 1
-        )
+        query.order_by(Conversation.last_message_at.desc(), Conversation.id.desc()).limit(limit + 1)
     ).all()
     page = rows[:limit]
     views = [_conversation_view(row, viewer.id, limits) for row in page]

@@ -92,7 +92,9 @@ def test_the_answer_to_a_message_counts_it(client, advertiser, writer_portal, co
     assert sending(client, writer_portal, conversation_id, "initiator") == refused(
         "awaiting_reply", 0
     )
-    assert_the_answer_agrees(client, writer_portal, conversation_id, role="initiator", member=WRITER)
+    assert_the_answer_agrees(
+        client, writer_portal, conversation_id, role="initiator", member=WRITER
+    )
 
 
 def test_an_answer_gives_the_full_number_back(client, advertiser, writer_portal, conversation_id):
@@ -102,9 +104,7 @@ def test_an_answer_gives_the_full_number_back(client, advertiser, writer_portal,
     assert answer.status_code == 201, answer.json
     assert answer.json["conversation"]["recipient"]["sending"] == allowed(ALLOWED_IN_A_ROW - 1)
     assert answer.json["conversation"]["recipient"]["name"] == "Luc"
-    assert sending(client, writer_portal, conversation_id, "initiator") == allowed(
-        ALLOWED_IN_A_ROW
-    )
+    assert sending(client, writer_portal, conversation_id, "initiator") == allowed(ALLOWED_IN_A_ROW)
 
 
 def test_a_retried_message_is_answered_as_the_conversation_stands(
@@ -135,7 +135,9 @@ def test_a_blocked_conversation_is_closed_to_both(
     assert sending(client, writer_portal, conversation_id, "initiator") == refused(
         "conversation_blocked", ALLOWED_IN_A_ROW - 1
     )
-    assert_the_answer_agrees(client, writer_portal, conversation_id, role="initiator", member=WRITER)
+    assert_the_answer_agrees(
+        client, writer_portal, conversation_id, role="initiator", member=WRITER
+    )
     assert_the_answer_agrees(
         client, advertiser, conversation_id, role="recipient", member=ADVERTISER
     )
@@ -155,7 +157,9 @@ def test_a_community_block_holds_the_conversation_both_ways_until_lifted(
     assert sending(client, writer_portal, conversation_id, "initiator")["refusal"] == (
         "community_blocked"
     )
-    assert_the_answer_agrees(client, writer_portal, conversation_id, role="initiator", member=WRITER)
+    assert_the_answer_agrees(
+        client, writer_portal, conversation_id, role="initiator", member=WRITER
+    )
     assert_the_answer_agrees(
         client, advertiser, conversation_id, role="recipient", member=ADVERTISER
     )
@@ -163,7 +167,9 @@ def test_a_community_block_holds_the_conversation_both_ways_until_lifted(
     assert sending(client, writer_portal, conversation_id, "initiator") == allowed(
         ALLOWED_IN_A_ROW - 1
     )
-    assert_the_answer_agrees(client, writer_portal, conversation_id, role="initiator", member=WRITER)
+    assert_the_answer_agrees(
+        client, writer_portal, conversation_id, role="initiator", member=WRITER
+    )
 
 
 def test_nobody_may_write_to_a_suspended_community(
@@ -173,7 +179,9 @@ def test_nobody_may_write_to_a_suspended_community(
     assert sending(client, writer_portal, conversation_id, "initiator") == refused(
         "recipient_portal_suspended", ALLOWED_IN_A_ROW - 1
     )
-    assert_the_answer_agrees(client, writer_portal, conversation_id, role="initiator", member=WRITER)
+    assert_the_answer_agrees(
+        client, writer_portal, conversation_id, role="initiator", member=WRITER
+    )
 
 
 def test_an_erased_party_has_no_state_and_the_other_may_not_write(
