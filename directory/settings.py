@@ -15,6 +15,37 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # The one driver installed is psycopg 3; a plain postgresql:// URL is given it.
 POSTGRESQL_URL_PREFIXES = ("postgresql://", "postgresql+psycopg://")
 POSTGRESQL_URL_FORMS = "a postgresql:// (or postgresql+psycopg://) URL"
+# The values libpq takes for its connection options whose values are words; it checks
+# them, and the numbers below, only when it connects (conninfo_to_dict reads any value).
+# An option the installed libpq does not know is refused by name before.
+LIBPQ_OPTION_VALUES: dict[str, tuple[str, ...]] = {
+    "sslmode": ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
+    "gssencmode": ("disable", "prefer", "require"),
+    "channel_binding": ("disable", "prefer", "require"),
+    "target_session_attrs": (
+        "any",
+        "read-write",
+        "read-only",
+        "primary",
+        "standby",
+        "prefer-standby",
+    ),
+    "load_balance_hosts": ("disable", "random"),  # libpq 16
+    "sslcertmode": ("disable", "allow", "require"),  # libpq 16
+    "sslnegotiation": ("postgres", "direct"),  # libpq 17
+}
+# libpq's whole-number options, smallest and largest (inclusive), spelt 0-9 only: libpq
+# also reads " 5" and "-1" (for connect_timeout: no timeout at all), psycopg "1.5", and
+# a value spelt so is a typo more likely. The keepalives' are set on the socket, where
+# Linux takes 1 to 32767 seconds and 1 to 127 probes and refuses the connection otherwise.
+LIBPQ_NUMERIC_OPTION_RANGES: dict[str, tuple[int, int]] = {
+    "connect_timeout": (0, 2**31 - 1),  # seconds; 0: none
+    "keepalives": (0, 1),
+    "keepalives_idle": (1, 32_767),
+    "keepalives_interval": (1, 32_767),
+    "keepalives_count": (1, 127),
+    "tcp_user_timeout": (0, 2**31 - 1),  # milliseconds; 0: the system's
+}
 BOOLEANS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 # Each numeric setting's smallest and largest value (inclusive). The maximums are far
 # beyond any real use and below where a value would break later: PostgreSQL's
@@ -364,9 +395,10 @@ def _check_database_url(name: str, url: str) -> None:
             "no number? characters of the password to %-escape?)"
         ) from None
     # What libpq will make of it, read as libpq reads it when connecting (only the
-    # options' names are checked then, not their values): otherwise an unknown option
-    # failed the first connection, with a traceback, and a port out of range or a
-    # database left out failed (or went to the database named after the user) later.
+    # options' names are checked then, not their values): otherwise an unknown option, or
+    # a value libpq does not take (sslmode=requre), failed the first connection, with a
+    # traceback, and a port out of range or a database left out failed (or went to the
+    # database named after the user) later.
     from psycopg import ProgrammingError
     from psycopg.conninfo import conninfo_to_dict
 
@@ -381,6 +413,17 @@ def _check_database_url(name: str, url: str) -> None:
             + (f" ({option[1]})" if option else "")
             + ": see libpq's connection parameters"
         ) from None
+    for option, values in LIBPQ_OPTION_VALUES.items():
+        if option in conninfo and conninfo[option] not in values:
+            raise SettingsError(f"{name}'s {option} must be one of {', '.join(values)}")
+    for option, (minimum, maximum) in LIBPQ_NUMERIC_OPTION_RANGES.items():
+        value = str(conninfo.get(option, ""))
+        if option in conninfo and not (
+            re.fullmatch(r"[0-9]{1,10}", value) and minimum <= int(value) <= maximum
+        ):
+            raise SettingsError(
+                f"{name}'s {option} must be a whole number between {minimum} and {maximum}"
+            )
     ports = str(conninfo.get("port", "")).split(",")
     if conninfo.get("port") is not None and not all(
         re.fullmatch(r"[0-9]{1,5}", port) and 1 <= int(port) <= 65535 for port in ports

@@ -11,6 +11,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
 from sqlalchemy import text
 
@@ -625,6 +626,148 @@ def test_from_env_refuses_a_value_that_would_fail_or_mislead_once_used(environ, 
 )
 def test_from_env_accepts_the_forms_libpq_and_redis_read(environ):
     Settings.from_env(environ)
+
+
+# Values of libpq's options that it reads only when it connects: until then these were
+# accepted, and the first connection failed with a driver traceback.
+LIBPQ_OPTION_VALUES_ACCEPTED = [
+    *(
+        ("sslmode", value)
+        for value in ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+    ),
+    *(("gssencmode", value) for value in ("disable", "prefer", "require")),
+    *(("channel_binding", value) for value in ("disable", "prefer", "require")),
+    *(
+        ("target_session_attrs", value)
+        for value in ("any", "read-write", "read-only", "primary", "standby", "prefer-standby")
+    ),
+    *(("load_balance_hosts", value) for value in ("disable", "random")),
+    *(("sslcertmode", value) for value in ("disable", "allow", "require")),
+    *(("sslnegotiation", value) for value in ("postgres", "direct")),
+    ("connect_timeout", "0"),
+    ("connect_timeout", "2147483647"),
+    ("keepalives", "0"),
+    ("keepalives", "1"),
+    ("keepalives_idle", "1"),
+    ("keepalives_idle", "32767"),
+    ("keepalives_interval", "1"),
+    ("keepalives_interval", "32767"),
+    ("keepalives_count", "1"),
+    ("keepalives_count", "127"),
+    ("tcp_user_timeout", "0"),
+    ("tcp_user_timeout", "2147483647"),
+]
+SSLMODES = "one of disable, allow, prefer, require, verify-ca, verify-full"
+SECONDS = "a whole number between 0 and 2147483647"
+KEEPALIVE_SECONDS = "a whole number between 1 and 32767"
+# Each refused by libpq, or by psycopg (connect_timeout), or by Linux (the keepalives'
+# durations and count) when connecting.
+LIBPQ_OPTION_VALUES_MISTYPED = [
+    pytest.param("sslmode", "bogus", SSLMODES, id="sslmode=bogus"),
+    pytest.param("sslmode", "Require", SSLMODES, id="sslmode=Require"),
+    pytest.param("gssencmode", "yes", "one of disable, prefer, require", id="gssencmode=yes"),
+    pytest.param(
+        "channel_binding",
+        "required",
+        "one of disable, prefer, require",
+        id="channel_binding=required",
+    ),
+    pytest.param(
+        "target_session_attrs",
+        "readwrite",
+        "one of any, read-write, read-only, primary, standby, prefer-standby",
+        id="target_session_attrs=readwrite",
+    ),
+    pytest.param(
+        "load_balance_hosts", "true", "one of disable, random", id="load_balance_hosts=true"
+    ),
+    pytest.param(
+        "sslcertmode", "verify", "one of disable, allow, require", id="sslcertmode=verify"
+    ),
+    pytest.param("sslnegotiation", "tls", "one of postgres, direct", id="sslnegotiation=tls"),
+    pytest.param("connect_timeout", "10s", SECONDS, id="connect_timeout=10s"),
+    pytest.param("keepalives", "on", "a whole number between 0 and 1", id="keepalives=on"),
+    pytest.param("keepalives_idle", "1min", KEEPALIVE_SECONDS, id="keepalives_idle=1min"),
+    pytest.param("keepalives_idle", "0", KEEPALIVE_SECONDS, id="keepalives_idle=0"),
+    pytest.param("keepalives_interval", "x", KEEPALIVE_SECONDS, id="keepalives_interval=x"),
+    pytest.param("keepalives_interval", "32768", KEEPALIVE_SECONDS, id="keepalives_interval=32768"),
+    pytest.param(
+        "keepalives_count",
+        "three",
+        "a whole number between 1 and 127",
+        id="keepalives_count=three",
+    ),
+    pytest.param(
+        "keepalives_count", "128", "a whole number between 1 and 127", id="keepalives_count=128"
+    ),
+    pytest.param("tcp_user_timeout", "5000ms", SECONDS, id="tcp_user_timeout=5000ms"),
+]
+
+
+@pytest.mark.parametrize("variable", ["DIRECTORY_DATABASE_URL", "DIRECTORY_SEARCH_DATABASE_URL"])
+@pytest.mark.parametrize(("option", "value", "expected"), LIBPQ_OPTION_VALUES_MISTYPED)
+def test_from_env_refuses_a_libpq_option_value_that_fails_the_first_connection(
+    variable, option, value, expected
+):
+    url = f"postgresql://u:s3cret@db.example:5432/d?{option}={value}"
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env({variable: url})
+
+    assert str(refused.value) == f"{variable}'s {option} must be {expected}"
+    assert "s3cret" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        pytest.param("connect_timeout", "-1", id="connect_timeout=-1"),  # none at all
+        pytest.param("connect_timeout", "1.5", id="connect_timeout=1.5"),  # 2 s
+        pytest.param("connect_timeout", "%205", id="connect_timeout-with-a-space"),
+        pytest.param("connect_timeout", "2147483648", id="connect_timeout-past-an-int"),
+        pytest.param("keepalives", "2", id="keepalives=2"),  # on
+        pytest.param("tcp_user_timeout", "-1", id="tcp_user_timeout=-1"),  # the system's
+    ],
+)
+def test_from_env_refuses_a_libpq_number_spelt_otherwise_than_it_is_read(option, value):
+    """libpq or psycopg read these, but a value spelt so is a typo more likely than what
+    it is read as."""
+    with pytest.raises(SettingsError, match=f"DIRECTORY_DATABASE_URL's {option} must be"):
+        Settings.from_env(
+            {"DIRECTORY_DATABASE_URL": f"postgresql://u@db.example/d?{option}={value}"}
+        )
+
+
+@pytest.mark.parametrize(("option", "value"), LIBPQ_OPTION_VALUES_ACCEPTED)
+def test_from_env_accepts_each_value_libpq_takes(option, value):
+    url = f"postgresql://u@db.example/d?{option}={value}"
+    settings = Settings.from_env({"DIRECTORY_DATABASE_URL": url})
+
+    assert settings.database_url == url.replace("postgresql://", "postgresql+psycopg://")
+
+
+def _refused_by_libpq(cluster, option: str, value: str) -> str | None:
+    """Why libpq, psycopg or the system refused the option's value when connecting to the
+    test cluster; None if it connected, or failed for another reason (no SSL, no standby)."""
+    try:
+        with psycopg.connect(cluster.admin_url(), **{option: value}):
+            return None
+    except psycopg.Error as error:
+        refused = re.search(
+            r'invalid \w+ value: "|invalid integer value|bad value for|setsockopt', str(error)
+        )
+        return str(error) if refused else None
+
+
+@pytest.mark.parametrize(("option", "value"), LIBPQ_OPTION_VALUES_ACCEPTED)
+def test_libpq_takes_each_option_value_the_settings_accept(cluster, option, value):
+    assert _refused_by_libpq(cluster, option, value) is None
+
+
+@pytest.mark.parametrize(("option", "value", "expected"), LIBPQ_OPTION_VALUES_MISTYPED)
+def test_libpq_refuses_each_option_value_the_settings_refuse_as_mistyped(
+    cluster, option, value, expected
+):
+    assert _refused_by_libpq(cluster, option, value) is not None
 
 
 def test_production_leases_a_delivery_for_longer_than_sending_it_takes():
