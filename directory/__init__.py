@@ -18,6 +18,7 @@ from directory.db import make_engine, make_session_factory, unit_of_work
 from directory.search import SearchEngine
 from directory.services.ads import Lifetimes
 from directory.services.categories import category_codes
+from directory.services.relay import RelayLimits
 from directory.settings import Settings
 
 
@@ -30,6 +31,7 @@ class Wiring:
     session_factory: sessionmaker[Session]
     lifetimes: Lifetimes
     sync_session_ttl: timedelta
+    relay_limits: RelayLimits
     search: SearchEngine
     search_db: Engine  # the database searches read: the primary or a replica
 
@@ -75,6 +77,14 @@ def build_wiring(settings: Settings) -> Wiring:
             maximum=timedelta(days=settings.ad_max_ttl_days),
         ),
         sync_session_ttl=timedelta(hours=settings.sync_session_ttl_hours),
+        relay_limits=RelayLimits(
+            conversations_per_member_per_hour=settings.relay_conversations_per_member_per_hour,
+            conversations_per_portal_per_hour=settings.relay_conversations_per_portal_per_hour,
+            conversations_with_one_member_per_hour=(
+                settings.relay_conversations_with_one_member_per_hour
+            ),
+            unanswered_messages=settings.relay_unanswered_messages,
+        ),
     )
 
 

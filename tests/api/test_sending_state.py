@@ -1,11 +1,13 @@
-"""A conversation's view tells the calling portal whether its member may write now
-(`sending`), as POST /v1/conversations/{id}/messages would answer: so a portal can hide
+"""What a portal can know before its member is refused: the relay's limits
+(GET /v1/relay/limits), and in a conversation's view whether its member may write now
+(`sending`), as POST /v1/conversations/{id}/messages would answer. So a portal can hide
 its compose box, or say how many messages are left, before its member types."""
 
 from __future__ import annotations
 
 import pytest
 
+from directory.models.relay import MAX_MESSAGE_CHARS, MAX_NAME_CHARS
 from tests.api.test_member_erasure import ERASURES
 from tests.api.test_portal_blocks import block, unblock
 from tests.api.test_relay import ADVERTISER, WRITER, contact, publish, reply, suspend
@@ -208,3 +210,46 @@ def test_both_parties_of_one_portal_each_have_their_own_state(client, advertiser
     answer = reply(client, advertiser, conversation["id"], member=ADVERTISER)
     assert answer.json["conversation"]["initiator"]["sending"] == allowed(ALLOWED_IN_A_ROW)
     assert answer.json["conversation"]["recipient"]["sending"] == allowed(ALLOWED_IN_A_ROW - 1)
+
+
+# --- the relay's limits ----------------------------------------------------------------
+
+
+def test_anyone_reads_the_relays_limits_as_the_directory_applies_them(migrated):
+    settings = {
+        "relay_conversations_per_member_per_hour": 7,
+        "relay_conversations_per_portal_per_hour": 70,
+        "relay_conversations_with_one_member_per_hour": 5,
+        "relay_unanswered_messages": 4,
+        "relay_retention_days": 30,
+    }
+    with app_with(migrated, **settings) as app:
+        response = app.test_client().get("/v1/relay/limits")
+    assert response.status_code == 200, response.json
+    assert response.json == {
+        "conversations_per_member_per_hour": 7,
+        "conversations_per_portal_per_hour": 70,
+        "conversations_with_one_member_per_hour": 5,
+        "messages_in_a_row": 4,
+        "message_max_chars": MAX_MESSAGE_CHARS,
+        "name_max_chars": MAX_NAME_CHARS,
+        "retention_days": 30,
+    }
+
+
+def test_the_limit_read_is_the_one_that_refuses(client, advertiser, writer_portal):
+    limits = client.get("/v1/relay/limits").json
+    ad_id = publish(client, advertiser)
+    conversation_id = contact(client, writer_portal, ad_id).json["conversation"]["id"]
+    for number in range(2, limits["messages_in_a_row"] + 1):
+        sent = reply(client, writer_portal, conversation_id, member=WRITER, body=str(number))
+        assert sent.status_code == 201, sent.json
+    refused = reply(client, writer_portal, conversation_id, member=WRITER, body="one more")
+    assert refused.status_code == 409
+    assert refused.json["error"] == "awaiting_reply"
+    too_long = reply(
+        client, advertiser, conversation_id, body="x" * (limits["message_max_chars"] + 1)
+    )
+    assert too_long.status_code == 400, too_long.json
+    longest = reply(client, advertiser, conversation_id, body="x" * limits["message_max_chars"])
+    assert longest.status_code == 201, longest.json

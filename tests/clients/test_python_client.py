@@ -43,6 +43,7 @@ from directory_client.transport import RetryPolicy, Transport, retry_after_s
 from directory_client.webhooks import InvalidWebhook, verify_webhook
 
 from directory.db import libpq_url
+from directory.models.relay import MAX_MESSAGE_CHARS
 from directory.webhooks.signing import new_secret, signed_headers
 from tests.factories import ad_payload
 from tests.live import LiveDirectory, live_directory
@@ -181,6 +182,26 @@ def test_a_portal_polls_and_acknowledges_its_inbox(live, make_portal):
     assert after.events == []
 
 
+def test_a_portal_reads_the_relay_limits_and_what_its_member_has_left(live, make_portal):
+    advertiser, contacting = make_portal(), make_portal()
+    with (
+        DirectoryClient(live.url) as anonymous,
+        DirectoryClient(live.url, key=advertiser.key) as advertiser_portal,
+        DirectoryClient(live.url, key=contacting.key) as contacting_portal,
+    ):
+        limits = anonymous.get_relay_limits()
+        ad = advertiser_portal.put_ad("a-1", ad_payload())
+        sent = contacting_portal.contact_advertiser(
+            str(ad.id), {"member": "m-7", "name": "Sam", "body": "Still free?"}
+        )
+
+    assert limits.message_max_chars == MAX_MESSAGE_CHARS
+    sending = sent.conversation.initiator.sending
+    assert (sending.allowed, sending.refusal) == (True, None)
+    assert sending.messages_left == limits.messages_in_a_row - 1
+    assert sent.conversation.recipient.sending is None
+
+
 def test_a_portal_erases_a_member_and_a_repeat_is_harmless(live, make_portal):
     advertiser, contacting = make_portal(), make_portal()
     with (
@@ -198,6 +219,7 @@ def test_a_portal_erases_a_member_and_a_repeat_is_harmless(live, make_portal):
     assert (erased.ads_deleted, erased.conversations_ended, erased.messages_deleted) == (1, 1, 1)
     assert (again.ads_deleted, again.conversations_ended, again.messages_deleted) == (0, 0, 0)
     assert seen.recipient.erased is True
+    assert seen.initiator.sending.refusal == "party_erased"
     assert seen.messages == []
 
 

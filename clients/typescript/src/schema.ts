@@ -391,6 +391,28 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/relay/limits": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * What the relay allows: the same for every portal
+         * @description So that a portal can tell its members before they are refused. How many
+         *     messages a member has left in a conversation is in the conversation's view
+         *     (`sending`).
+         */
+        get: operations["getRelayLimits"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/ads/{ad_id}/contact": {
         parameters: {
             query?: never;
@@ -1360,6 +1382,22 @@ export interface components {
             /** @description Rejected ads, kept as they were */
             kept_rejected: number;
             rejected_items: components["schemas"]["ItemResult"][];
+        };
+        RelayLimits: {
+            /** @description New conversations one member may open in an hour (429) */
+            conversations_per_member_per_hour: number;
+            /** @description New conversations all of a portal's members may open in an hour */
+            conversations_per_portal_per_hour: number;
+            /** @description New conversations a portal's members may open with any one advertiser in an hour */
+            conversations_with_one_member_per_hour: number;
+            /** @description Messages a party may send in a conversation before the other answers (409 awaiting_reply); a conversation's sending shows how many are left */
+            messages_in_a_row: number;
+            /** @description The longest message body */
+            message_max_chars: number;
+            /** @description The longest display name */
+            name_max_chars: number;
+            /** @description Messages are deleted this many days after they were sent: a portal keeps what its members need longer */
+            retention_days: number;
         };
         Contact: {
             /**
@@ -2406,6 +2444,27 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Error"];
+                };
+            };
+            default: components["responses"]["DEFAULT_ERROR"];
+        };
+    };
+    getRelayLimits: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RelayLimits"];
                 };
             };
             default: components["responses"]["DEFAULT_ERROR"];

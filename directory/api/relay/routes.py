@@ -3,6 +3,7 @@ receive their members' messages by webhook or from their inbox."""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 
 from flask.views import MethodView
@@ -25,9 +26,11 @@ from directory.api.relay.schemas import (
     InboxArgsSchema,
     InboxPageSchema,
     MessagePostSchema,
+    RelayLimitsSchema,
     SentSchema,
 )
 from directory.errors import NotFound
+from directory.models.relay import MAX_MESSAGE_CHARS, MAX_NAME_CHARS
 from directory.services import deliveries, relay
 
 blp = Blueprint(
@@ -61,28 +64,34 @@ def _uuid(value: str, *, field: str, what: str) -> uuid.UUID:
         ) from None
 
 
-def _limits() -> relay.RelayLimits:
-    settings = wiring().settings
-    return relay.RelayLimits(
-        conversations_per_member_per_hour=settings.relay_conversations_per_member_per_hour,
-        conversations_per_portal_per_hour=settings.relay_conversations_per_portal_per_hour,
-        conversations_with_one_member_per_hour=(
-            settings.relay_conversations_with_one_member_per_hour
-        ),
-        unanswered_messages=settings.relay_unanswered_messages,
-    )
-
-
 def _sent(session, portal, sent: relay.Sent, *, headers: dict | None = None):
     """The answer to a message sent: 201 (with `headers`) when it was made now."""
     if sent.created:
         return {"conversation": sent.conversation, "message": sent.message}, 201, headers or {}
     # A replay: as it is now.
     conversation = relay.get_conversation_summary(
-        session, viewer=portal, conversation_id=sent.conversation_id, limits=_limits()
+        session, viewer=portal, conversation_id=sent.conversation_id, limits=wiring().relay_limits
     )
     message = relay.get_message(session, viewer=portal, message_id=sent.message_id)
     return {"conversation": conversation, "message": message}, 200
+
+
+@blp.route("/relay/limits")
+class Limits(MethodView):
+    @blp.response(200, RelayLimitsSchema)
+    @blp.doc(operationId="getRelayLimits")
+    def get(self):
+        """What the relay allows: the same for every portal
+
+        So that a portal can tell its members before they are refused. How many
+        messages a member has left in a conversation is in the conversation's view
+        (`sending`)."""
+        return {
+            **dataclasses.asdict(wiring().relay_limits),
+            "message_max_chars": MAX_MESSAGE_CHARS,
+            "name_max_chars": MAX_NAME_CHARS,
+            "retention_days": wiring().settings.relay_retention_days,
+        }
 
 
 @blp.route("/ads/<string:ad_id>/contact", parameters=[AD_ID])
@@ -129,7 +138,7 @@ class Contact(MethodView):
                 name=contact["name"],
                 body=contact["body"],
                 idempotency_key=contact["idempotency_key"],
-                limits=_limits(),
+                limits=wiring().relay_limits,
             )
             # The conversation is what the first message creates.
             conversation = location_of(
@@ -158,7 +167,7 @@ class Conversations(MethodView):
                 member=args["member"],
                 cursor=args["cursor"],
                 limit=args["limit"],
-                limits=_limits(),
+                limits=wiring().relay_limits,
             )
         return {"conversations": page.conversations, "next_cursor": page.next_cursor}
 
@@ -181,7 +190,7 @@ class ConversationById(MethodView):
                 session,
                 viewer=portal,
                 conversation_id=conversation_uuid,
-                limits=_limits(),
+                limits=wiring().relay_limits,
                 after=args["after"],
                 limit=args["limit"],
             )
@@ -227,7 +236,7 @@ class ConversationMessages(MethodView):
                 name=message["name"],
                 body=message["body"],
                 idempotency_key=message["idempotency_key"],
-                limits=_limits(),
+                limits=wiring().relay_limits,
             )
             return _sent(session, portal, sent)
 
@@ -253,7 +262,10 @@ class BlockConversation(MethodView):
                 session, caller=portal, conversation_id=conversation_uuid, member=block["member"]
             )
             return relay.get_conversation_summary(
-                session, viewer=portal, conversation_id=conversation_uuid, limits=_limits()
+                session,
+                viewer=portal,
+                conversation_id=conversation_uuid,
+                limits=wiring().relay_limits,
             )
 
 

@@ -273,6 +273,39 @@ class ConversationPageSchema(Schema):
     next_cursor = fields.String(allow_none=True)
 
 
+class RelayLimitsSchema(Schema):
+    """What the relay allows, the same for every portal: a portal can tell its members
+    before they are refused."""
+
+    conversations_per_member_per_hour = fields.Integer(
+        metadata={"description": "New conversations one member may open in an hour (429)"}
+    )
+    conversations_per_portal_per_hour = fields.Integer(
+        metadata={"description": "New conversations all of a portal's members may open in an hour"}
+    )
+    conversations_with_one_member_per_hour = fields.Integer(
+        metadata={
+            "description": "New conversations a portal's members may open with any one "
+            "advertiser in an hour"
+        }
+    )
+    messages_in_a_row = fields.Integer(
+        attribute="unanswered_messages",
+        metadata={
+            "description": "Messages a party may send in a conversation before the other "
+            "answers (409 awaiting_reply); a conversation's sending shows how many are left"
+        },
+    )
+    message_max_chars = fields.Integer(metadata={"description": "The longest message body"})
+    name_max_chars = fields.Integer(metadata={"description": "The longest display name"})
+    retention_days = fields.Integer(
+        metadata={
+            "description": "Messages are deleted this many days after they were sent: a "
+            "portal keeps what its members need longer"
+        }
+    )
+
+
 class InboxEventSchema(Schema):
     id = fields.String(
         metadata={

@@ -313,6 +313,9 @@ class DirectoryClient:
 
     # --- the contact relay ----------------------------------------------------------
 
+    def get_relay_limits(self) -> models.RelayLimits:
+        return self._call("GET", "/v1/relay/limits", models.RelayLimits)
+
     def contact_advertiser(
         self, ad_id: str, message: models.Contact | Mapping[str, Any]
     ) -> models.Sent:

@@ -673,6 +673,38 @@ class CommitResult(Struct, kw_only=True):
     rejected_items: list[ItemResult]
 
 
+class RelayLimits(Struct, kw_only=True):
+    conversations_per_member_per_hour: Annotated[
+        int, Meta(description='New conversations one member may open in an hour (429)')
+    ]
+    conversations_per_portal_per_hour: Annotated[
+        int,
+        Meta(
+            description="New conversations all of a portal's members may open in an hour"
+        ),
+    ]
+    conversations_with_one_member_per_hour: Annotated[
+        int,
+        Meta(
+            description="New conversations a portal's members may open with any one advertiser in an hour"
+        ),
+    ]
+    messages_in_a_row: Annotated[
+        int,
+        Meta(
+            description="Messages a party may send in a conversation before the other answers (409 awaiting_reply); a conversation's sending shows how many are left"
+        ),
+    ]
+    message_max_chars: Annotated[int, Meta(description='The longest message body')]
+    name_max_chars: Annotated[int, Meta(description='The longest display name')]
+    retention_days: Annotated[
+        int,
+        Meta(
+            description='Messages are deleted this many days after they were sent: a portal keeps what its members need longer'
+        ),
+    ]
+
+
 class Contact(Struct, kw_only=True):
     member: Annotated[
         str,
