@@ -115,6 +115,14 @@ OTHER_TOOLS_VARIABLES = frozenset(
         "DIRECTORY_CREDIT_COMMONS_PEER",
     }
 )
+# What Kubernetes puts in every pod's environment for each service in its namespace (a
+# service `directory`, or `directory-db`, gives DIRECTORY_SERVICE_HOST, DIRECTORY_PORT,
+# DIRECTORY_DB_PORT_5432_TCP_ADDR...), as Docker's container links did: no one's typo,
+# and refusing them would stop the directory in the cluster it is most likely run in.
+SERVICE_LINK_VARIABLE = re.compile(
+    r"DIRECTORY_(?:[A-Z0-9_]+_)?(?:SERVICE_HOST|SERVICE_PORT(?:_[A-Z0-9_]+)?"
+    r"|PORT(?:_[0-9]+_(?:TCP|UDP|SCTP)(?:_PROTO|_PORT|_ADDR)?)?)"
+)
 
 
 class SettingsError(ValueError):
@@ -353,7 +361,11 @@ def _refuse_unknown_variables(environ: Mapping[str, str]) -> None:
     suffixes = [name.removeprefix("DIRECTORY_") for name in known]
     refusals = []
     for name in sorted(environ):
-        if not name.startswith("DIRECTORY_") or name in known:
+        if (
+            not name.startswith("DIRECTORY_")
+            or name in known
+            or SERVICE_LINK_VARIABLE.fullmatch(name)
+        ):
             continue
         close = difflib.get_close_matches(name.removeprefix("DIRECTORY_"), suffixes, n=1)
         refusals.append(

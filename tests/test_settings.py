@@ -23,6 +23,7 @@ from directory.settings import (
     MIN_PRODUCTION_DELIVERY_LEASE_S,
     NUMERIC_RANGES,
     OTHER_TOOLS_VARIABLES,
+    SERVICE_LINK_VARIABLE,
     Settings,
     SettingsError,
 )
@@ -148,6 +149,30 @@ def test_from_env_leaves_alone_the_directory_variables_other_tools_read():
     assert Settings.from_env(dict.fromkeys(OTHER_TOOLS_VARIABLES, "1")) == Settings()
 
 
+def test_from_env_leaves_alone_what_kubernetes_sets_for_services_named_directory():
+    """A pod sees these for every service of its namespace: `directory` (the API itself),
+    `directory-db` and `directory-meilisearch` here."""
+    kubernetes = {
+        "DIRECTORY_SERVICE_HOST": "10.0.0.11",
+        "DIRECTORY_SERVICE_PORT": "8000",
+        "DIRECTORY_SERVICE_PORT_HTTP": "8000",
+        "DIRECTORY_PORT": "tcp://10.0.0.11:8000",
+        "DIRECTORY_PORT_8000_TCP": "tcp://10.0.0.11:8000",
+        "DIRECTORY_PORT_8000_TCP_PROTO": "tcp",
+        "DIRECTORY_PORT_8000_TCP_PORT": "8000",
+        "DIRECTORY_PORT_8000_TCP_ADDR": "10.0.0.11",
+        "DIRECTORY_DB_SERVICE_HOST": "10.0.0.12",
+        "DIRECTORY_DB_PORT_5432_TCP_ADDR": "10.0.0.12",
+        "DIRECTORY_MEILISEARCH_SERVICE_PORT": "7700",
+        "DIRECTORY_MEILISEARCH_PORT_7700_UDP": "udp://10.0.0.13:7700",
+    }
+    assert Settings.from_env(kubernetes) == Settings()
+    # Only those shapes: a setting misspelt near them is still refused.
+    for misspelt in ("DIRECTORY_SERVICE_HOSTS", "DIRECTORY_PORT_TCP", "DIRECTORY_PORTS"):
+        with pytest.raises(SettingsError, match=misspelt):
+            Settings.from_env({misspelt: "1"})
+
+
 # DIRECTORY_* names in the repository that no one reads or sets: clients/python's
 # constant holding the name DIRECTORY_URL, and the misspellings that tests show refused.
 NOT_VARIABLES = {
@@ -159,6 +184,9 @@ NOT_VARIABLES = {
     "DIRECTORY_COLOUR",
     "DIRECTORY_TRUSTED_PROXY",
     "DIRECTORY_DB_POOLSIZE",
+    "DIRECTORY_SERVICE_HOSTS",
+    "DIRECTORY_PORT_TCP",
+    "DIRECTORY_PORTS",
 }
 
 
@@ -184,6 +212,7 @@ def test_every_directory_variable_the_repository_names_is_a_setting_or_another_t
         name: path
         for name, path in named.items()
         if name not in settings | OTHER_TOOLS_VARIABLES | NOT_VARIABLES
+        and not SERVICE_LINK_VARIABLE.fullmatch(name)
     }
 
     assert unknown == {}, "name each in OTHER_TOOLS_VARIABLES, or here in NOT_VARIABLES"
