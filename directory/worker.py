@@ -367,7 +367,7 @@ class Deliverer:
                 claim.event.webhook_id,
                 claim.event.portal_id,
                 result.outcome,
-                result.error,
+                result.reason_to_log,
                 state,
             )
 

@@ -347,6 +347,47 @@ def test_an_error_body_with_a_nul_byte_is_recorded_with_the_rest_of_its_round(
     assert to_working["delivered_via"] == "webhook"
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [
+        pytest.param(
+            lambda words: Reply(status=500, body=f"could not store: {words}".encode()),
+            id="an-error-page-echoing-the-event",
+        ),
+        pytest.param(
+            lambda words: Reply(status=302, headers={"Location": f"/why?{words}"}),
+            id="a-redirect-naming-it",
+        ),
+    ],
+)
+def test_the_worker_logs_how_a_webhook_failed_but_not_what_the_portal_answered(
+    client, deliver_one_round, portal, other_portal, caplog, answer
+):
+    """The answer may echo the event: a member's words, in logs that outlive erasure."""
+    words = "Meet-me-at-the-old-mill-on-Saturday"
+    caplog.set_level(logging.INFO, logger=worker.log.name)
+    with WebhookReceiver([secret_of(client, other_portal)]) as receiver:
+        receiver.reply_next(answer(words))
+        client.patch(
+            "/v1/portals/me", json={"webhook_url": receiver.url}, headers=other_portal.headers
+        )
+        conversation_id = open_conversation(client, portal, other_portal)["conversation"]["id"]
+        client.post(
+            f"/v1/conversations/{conversation_id}/messages",
+            json={"member": "m-owner", "body": words},
+            headers=portal.headers,
+        )
+        deliver_one_round()
+        assert len(receiver.deliveries) == 1
+    (logged,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("webhook ")]
+    status = answer(words).status
+    assert f"(HTTP {status})" in logged
+    assert words not in logged
+    # The portal itself still reads how its endpoint answered.
+    seen = client.get(f"/v1/conversations/{conversation_id}", headers=other_portal.headers)
+    assert words in seen.json["messages"][1]["delivery"]["last_error"]
+
+
 def test_an_endpoint_failing_for_a_day_is_still_retried_within_the_longest_delay(
     client, wiring, deliver_one_round, portal, other_portal
 ):

@@ -59,10 +59,20 @@ class DeliveryResult:
 
     outcome: Outcome
     status: int | None  # None when no answer came
-    # Short, for logs and for the portal's view of its deliveries; None when delivered.
+    # Short, for the portal's view of its deliveries (the start of its answer included);
+    # None when delivered.
     error: str | None
     retry_after_s: float | None  # what a 429 or 503 asked for, capped at MAX_RETRY_AFTER_S
     duration_ms: float
+
+    @property
+    def reason_to_log(self) -> str | None:
+        """The error without what the portal answered: its body (or a redirect's target)
+        may echo the event, a member's words and handle, into logs that outlive an
+        erasure and that more people read than the portal's own view of its deliveries."""
+        if self.status is None:
+            return self.error  # our own account of the network, or of the URL
+        return None if self.error is None else f"HTTP {self.status}"
 
 
 PoolKey = tuple[str, str, int, str]  # scheme, address, port, hostname
