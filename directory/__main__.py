@@ -108,6 +108,10 @@ def serve(bind: str, workers: int) -> None:
             # longer ones nginx refuses in the API's JSON (deploy/nginx.conf.template),
             # where gunicorn's own refusal of a line over its default 4,094 is an HTML page.
             "--limit-request-line", "8190",
+            # Header fields: gunicorn's default of 100 refused more in HTML, past nginx. About
+            # as many as nginx's buffers hold (more headers it refuses in JSON) but not
+            # gunicorn's maximum of 32,768: with 8 KiB each, one request could hold 256 MiB.
+            "--limit-request-fields", "8192",
             # Unused, and by default one path in the user's home for all their gunicorns.
             "--no-control-socket",
             "directory.wsgi:app",

@@ -258,3 +258,20 @@ def test_a_request_that_is_not_http_is_refused_in_json(proxy):
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400 "), head
     assert json.loads(body)["error"] == "bad_request"
+
+
+@pytest.mark.parametrize(
+    ("count", "status"),
+    [
+        (150, 200),  # gunicorn's default of 100 fields refused them in HTML
+        (5_000, 431),  # beyond nginx's buffers: its refusal, in the API's JSON
+    ],
+)
+def test_many_headers_are_taken_or_refused_in_json(proxy, count, status):
+    headers = {f"X-Extra-{number}": "1" for number in range(count)}
+    answer = requests.get(f"{proxy}/v1/categories", headers=headers, timeout=10)
+
+    assert answer.status_code == status
+    assert answer.headers["Content-Type"] == "application/json"
+    if status != 200:
+        assert answer.json()["error"] == "request_header_too_large"
