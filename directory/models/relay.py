@@ -233,11 +233,14 @@ class PortalBlock(Base):
     way; services/relay.py). Until the blocker lifts it: it ends no conversation."""
 
     __tablename__ = "portal_blocks"
-    # No index on blocked_portal_id alone: nothing reads by it, and no portal row is
-    # ever deleted (a closed portal keeps its own), which is all its foreign key needs.
-    __table_args__ = (CheckConstraint("blocker_portal_id <> blocked_portal_id", name="not_self"),)
+    __table_args__ = (
+        CheckConstraint("blocker_portal_id <> blocked_portal_id", name="not_self"),
+        # Who blocks a portal: what its searches leave out (search/postgres.py).
+        Index(None, "blocked_portal_id"),
+    )
 
-    # The primary key serves the relay's check, both ways, and the blocker's list.
+    # The primary key serves the relay's check, both ways, the blocker's list, and what
+    # its searches leave out.
     blocker_portal_id: Mapped[int] = mapped_column(
         ForeignKey("portals.id", ondelete="CASCADE"), primary_key=True
     )

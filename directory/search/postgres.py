@@ -193,6 +193,16 @@ def _where(query: SearchQuery, bind: _Params) -> str:
         "ads.expires_at > now()",
         "ads.portal_id <> ALL(ARRAY(SELECT id FROM portals WHERE status <> 'active'))",
     ]
+    if query.viewer_portal_id is not None:
+        # The communities a block stands between the viewer's and, either way: their
+        # members cannot talk (services/relay.py), so their ads are no finds for it.
+        viewer = bind(query.viewer_portal_id)
+        conditions.append(
+            "ads.portal_id <> ALL(ARRAY("
+            f"SELECT blocked_portal_id FROM portal_blocks WHERE blocker_portal_id = {viewer} "
+            "UNION ALL "
+            f"SELECT blocker_portal_id FROM portal_blocks WHERE blocked_portal_id = {viewer}))"
+        )
     if query.portals:
         conditions.append(
             "ads.portal_id = ANY(ARRAY(SELECT id FROM portals "

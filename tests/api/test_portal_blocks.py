@@ -365,3 +365,45 @@ def test_a_closed_portals_blocks_go_and_those_of_others_stay(
         ).all()
     assert [tuple(row) for row in left] == [(advertiser.id, writer_portal.id)]
     assert blocked_slugs(client, advertiser) == [writer_portal.slug]
+
+
+# --- search ------------------------------------------------------------------------------
+
+
+def found_portals(client, portal=None) -> dict[str, int]:
+    """The portals of the ads a search finds, and how many each (the portal facet)."""
+    headers = {} if portal is None else portal.headers
+    response = client.get("/v1/search?facets=portal&limit=100", headers=headers)
+    assert response.status_code == 200, response.json
+    hits = {}
+    for hit in response.json["hits"]:
+        hits[hit["portal"]] = hits.get(hit["portal"], 0) + 1
+    assert hits == response.json["facets"]["portal"]  # the facet counts as the hits do
+    return hits
+
+
+@pytest.mark.parametrize("blocker", ["advertiser", "writer"])
+def test_neither_communitys_searches_find_the_others_ads_while_either_blocks(
+    client, advertiser, writer_portal, other_portal, blocker
+):
+    for portal in (advertiser, writer_portal, other_portal):
+        publish(client, portal, "ad-1")
+        publish(client, portal, "ad-2")
+    blocking, blocked = (
+        (advertiser, writer_portal) if blocker == "advertiser" else (writer_portal, advertiser)
+    )
+    everyone = {advertiser.slug: 2, writer_portal.slug: 2, other_portal.slug: 2}
+    block(client, blocking, blocked.slug)
+
+    assert found_portals(client, blocking) == {blocking.slug: 2, other_portal.slug: 2}
+    assert found_portals(client, blocked) == {blocked.slug: 2, other_portal.slug: 2}
+    # Nobody else's: a third community, and searches without a key.
+    assert found_portals(client, other_portal) == everyone
+    assert found_portals(client) == everyone
+    # Asked for by name, still not found.
+    asked = client.get(f"/v1/search?portal={blocked.slug}", headers=blocking.headers)
+    assert asked.json["hits"] == []
+
+    unblock(client, blocking, blocked.slug)
+    assert found_portals(client, blocking) == everyone
+    assert found_portals(client, blocked) == everyone
