@@ -3,7 +3,8 @@ community's, without blocking conversation by conversation or waiting for the op
 
 While a portal blocks another, no conversation opens between a member of either and an
 ad of the other's, and nobody writes in a conversation they have, either way
-(services/relay.py checks it in the statements it runs anyway). Conversations are held,
+(services/relay.py checks it in the statements it runs anyway), and neither portal's
+searches find the other's ads (search/postgres.py). Conversations are held,
 not ended: unblocking lets them go on, and what was accepted before the block is
 delivered. The blocked portal learns of it when refused (409 community_blocked), as of
 a suspension: it is a community's decision. Only the blocker's list shows it."""
