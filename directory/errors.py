@@ -3,6 +3,11 @@ concerns one input, the field it is about. Services raise them; the API maps the
 
 from __future__ import annotations
 
+# The code of input that fails the API's schemas (a field's type, range or pattern, an
+# unknown field): a request is answered 422 with it, and an item of a batch or a sync
+# session that fails them is rejected with it (the other items go on).
+VALIDATION_ERROR = "validation_error"
+
 
 class DirectoryError(Exception):
     status = 400

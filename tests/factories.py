@@ -74,3 +74,20 @@ def ad_payload(*traits: str, **overrides) -> dict:
 
 def in_days(days: float) -> str:
     return (datetime.now(UTC) + timedelta(days=days)).isoformat()
+
+
+# Ads a single PUT refuses, each with the code it answers (`error`): a batch or staged item
+# with the same ad is rejected with the same code.
+REFUSED_ADS = {
+    "title-empty": ({"title": ""}, "validation_error"),
+    "latitude-out-of-range": ({"location": {"lat": 91, "lon": 0}}, "validation_error"),
+    "unknown-field": ({"colour": "red"}, "validation_error"),
+    "unknown-category": ({"category": "no.such-category"}, "unknown_category"),
+    "unknown-currency": ({"currencies": ["NOPE"]}, "unknown_currency"),
+    "expires-in-the-past": ({"expires_at": in_days(-1)}, "invalid_input"),
+    "no-location": ({"location": None}, "invalid_input"),
+    "price-in-a-currency-not-accepted": (
+        {"price": {"amount": "5", "currency": "EUR", "unit": "hour"}, "currencies": ["HOUR"]},
+        "invalid_input",
+    ),
+}

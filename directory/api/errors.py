@@ -14,7 +14,7 @@ from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnava
 from werkzeug.wrappers import Response
 
 from directory.db import constraint_name
-from directory.errors import DirectoryError, TooManyRequests
+from directory.errors import VALIDATION_ERROR, DirectoryError, TooManyRequests
 
 log = logging.getLogger("directory.api")
 
@@ -33,7 +33,7 @@ HTTP_ERROR_CODES = {
     412: "precondition_failed",
     413: "request_too_large",
     415: "unsupported_media_type",
-    422: "validation_error",
+    422: VALIDATION_ERROR,
     428: "precondition_required",
     429: "rate_limited",
     500: "internal_error",
@@ -123,7 +123,7 @@ def handle_http_exception(error: HTTPException):
             message = error.description or error.name
     code = data.get("error")
     if code is None:
-        code = "validation_error" if errors else HTTP_ERROR_CODES.get(status, "error")
+        code = VALIDATION_ERROR if errors else HTTP_ERROR_CODES.get(status, "error")
     response = envelope(status, error=code, message=message, errors=errors, name=error.name)
     for header, value in (data.get("headers") or {}).items():
         response.headers[header] = value

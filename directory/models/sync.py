@@ -34,7 +34,9 @@ class SyncSession(Base):
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Set by the commit: its counts and rejected items, answered again to a commit sent
-    # again (its answer was lost). The staged items are purged after the commit.
+    # again (its answer was lost). The staged items are purged after the commit. Its
+    # rejected items carry their code (`error`) since codes exist; those stored before
+    # have none, and are answered with null (services.sync._committed).
     result: Mapped[dict | None] = mapped_column(JSONB(none_as_null=True))
 
 

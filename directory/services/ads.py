@@ -43,6 +43,7 @@ from directory.db import (
     update_rows,
 )
 from directory.errors import (
+    VALIDATION_ERROR,
     Conflict,
     DirectoryError,
     InvalidInput,
@@ -199,7 +200,8 @@ class Expire:
 
 @dataclass(frozen=True)
 class Rejected:
-    """An item the API could not even parse; carried along so results stay in order."""
+    """An item the API could not even parse (VALIDATION_ERROR); carried along so results
+    stay in order."""
 
     external_id: str | None
     errors: dict
@@ -214,6 +216,9 @@ class ItemResult:
     status: str  # created | updated | unchanged | deleted | expired | rejected
     id: uuid.UUID | None = None
     version: int | None = None
+    # For a rejected item: the machine code a single write of it would be answered with
+    # (a DirectoryError's code, VALIDATION_ERROR), and the messages by field path.
+    error: str | None = None
     errors: dict | None = None
     view: str = ""  # portal_view of the ad, for its ETag
     expired: bool = False
@@ -620,6 +625,27 @@ def _row(ad: AdInput, currencies: tuple[str, ...], now: datetime, lifetimes: Lif
     }
 
 
+def rejection(
+    external_id: str | None, error: DirectoryError, *, within: str | None = None
+) -> ItemResult:
+    """The result of an item refused for `error`: its code and its message by field path,
+    `within` the item's "ad" for a rule its ad breaks."""
+    return ItemResult(
+        external_id, "rejected", error=error.code, errors=_errors_of(error, within=within)
+    )
+
+
+def duplicate_item(external_id: str, *, first: int) -> InvalidInput:
+    """The refusal of an item whose external id an earlier item of the request has: the
+    first stands, and what it was told stays true."""
+    return InvalidInput(
+        f"external_id {external_id!r} appears more than once in this request "
+        f"(first at item {first})",
+        field="external_id",
+        code="duplicate_external_id",
+    )
+
+
 def _errors_of(error: DirectoryError, *, within: str | None = None) -> dict:
     """Errors by field path, as the API's schemas report them: `price.currency` becomes
     {"price": {"currency": [...]}}, nested `within` the item's "ad" for ad fields."""
@@ -633,18 +659,18 @@ def _errors_of(error: DirectoryError, *, within: str | None = None) -> dict:
 
 def check_ads(
     session: Session, *, portal_id: int, ads: Sequence[AdInput], lifetimes: Lifetimes
-) -> list[dict | None]:
-    """The errors each ad would be rejected with (None when it is fine), without writing."""
+) -> list[DirectoryError | None]:
+    """The error each ad would be rejected for (None when it is fine), without writing."""
     portal = session.get_one(Portal, portal_id)
     ctx = _Context(session, portal, [Upsert("", ad) for ad in ads])
     now = datetime.now(UTC)
-    errors: list[dict | None] = []
+    errors: list[DirectoryError | None] = []
     for ad in ads:
         try:
             _check_ad(ad, ctx, now, lifetimes)
             errors.append(None)
         except DirectoryError as error:
-            errors.append(_errors_of(error, within="ad"))
+            errors.append(error)
     return errors
 
 
@@ -779,7 +805,7 @@ def apply_changes(
             except DirectoryError as error:
                 if reject_errors:
                     raise
-                results[index] = ItemResult(op.external_id, "rejected", errors=_errors_of(error))
+                results[index] = rejection(op.external_id, error)
         # In external-id order, like the row locks, so that two writes creating the same
         # new ads meet at the same first key.
         inserts.sort(key=lambda item: item[1]["external_id"])
@@ -835,9 +861,7 @@ def apply_changes(
             session.execute(delete(Ad).where(Ad.id.in_(refused_ids)))
             changes[:] = [entry for entry in changes if entry[0] not in refused_ids]
             for index in refused:
-                results[index] = ItemResult(
-                    results[index].external_id, "rejected", errors=_errors_of(error)
-                )
+                results[index] = rejection(results[index].external_id, error)
     _log_changes(session, changes)
     return results  # type: ignore[return-value]  # every index was decided
 
@@ -870,15 +894,14 @@ def _prepare(session, portal_id, operations, now, lifetimes, reject_errors):
     prepared: list[tuple[Operation | None, object]] = []
     for index, op in enumerate(operations):
         if isinstance(op, Rejected):
-            prepared.append((None, ItemResult(op.external_id, "rejected", errors=op.errors)))
+            unparsed = ItemResult(
+                op.external_id, "rejected", error=VALIDATION_ERROR, errors=op.errors
+            )
+            prepared.append((None, unparsed))
             continue
         try:
             if op.external_id in first_index:
-                raise InvalidInput(
-                    f"external_id {op.external_id!r} appears more than once in this batch "
-                    f"(first at item {first_index[op.external_id]})",
-                    field="external_id",
-                )
+                raise duplicate_item(op.external_id, first=first_index[op.external_id])
             first_index[op.external_id] = index
             if isinstance(op, Upsert):
                 currencies = _check_ad_within(op.ad, ctx, now, lifetimes, reject_errors)
@@ -892,12 +915,7 @@ def _prepare(session, portal_id, operations, now, lifetimes, reject_errors):
             if reject_errors:
                 raise
             within = "ad" if isinstance(error, _AdError) else None
-            prepared.append(
-                (
-                    None,
-                    ItemResult(op.external_id, "rejected", errors=_errors_of(error, within=within)),
-                )
-            )
+            prepared.append((None, rejection(op.external_id, error, within=within)))
     return prepared
 
 

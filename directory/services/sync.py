@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
-from directory.errors import Conflict, InvalidInput, NotFound
+from directory.errors import VALIDATION_ERROR, Conflict, InvalidInput, NotFound
 from directory.models import Portal, SyncSession, SyncSessionItem, SyncStatus
 from directory.services.ads import (
     MAX_BATCH_ITEMS,
@@ -26,8 +26,10 @@ from directory.services.ads import (
     check_ads,
     count_ads,
     delete_all_but,
+    duplicate_item,
     lock_and_count_ads,
     lock_portal_writes,
+    rejection,
 )
 
 COMMIT_CHUNK = MAX_BATCH_ITEMS
@@ -182,25 +184,24 @@ def stage_items(
     results: list[ItemResult] = []
     first_index: dict[str, int] = {}
     for index, (external_id, ad) in enumerate(items):
-        errors = next(domain_errors) if isinstance(ad, AdInput) else ad
+        if not isinstance(ad, AdInput):  # the errors the API's schemas found in it
+            result = ItemResult(external_id, "rejected", error=VALIDATION_ERROR, errors=ad)
+        elif (error := next(domain_errors)) is not None:
+            result = rejection(external_id, error, within="ad")
+        else:
+            result = ItemResult(external_id, "staged")
         if external_id in first_index:
             # As in a batch: the first stands, and what it was told stays true.
-            errors = {
-                "external_id": [
-                    f"Appears more than once in this request (first at item "
-                    f"{first_index[external_id]})."
-                ]
-            }
-            results.append(ItemResult(external_id, "rejected", errors=errors))
+            duplicate = duplicate_item(external_id, first=first_index[external_id])
+            results.append(rejection(external_id, duplicate))
             continue
         first_index[external_id] = index
-        if errors is None:
+        if result.status == "staged":
             # Nothing finer than the ad will keep is stored, even while staged.
             rows[external_id] = ad.with_publishable_location().to_json()
-            results.append(ItemResult(external_id, "staged"))
         else:
             rows[external_id] = None
-            results.append(ItemResult(external_id, "rejected", errors=errors))
+        results.append(result)
     if rows:
         statement = pg_insert(SyncSessionItem).values(
             [
@@ -282,11 +283,13 @@ def commit(
             else:
                 operations.append(Upsert(external_id, AdInput.from_json(data)))
         # The limit is checked once the portal's ads are as the resync leaves them.
-        for result in apply_changes(
+        results = apply_changes(
             session, portal_id=portal_id, operations=operations, lifetimes=lifetimes, max_ads=None
-        ):
+        )
+        for operation, result in zip(operations, results, strict=True):
             counts[result.status] += 1
-            if result.status == "rejected" and result.errors and "_schema" not in result.errors:
+            # Those rejected when staged were told so then; the commit tells the others.
+            if result.status == "rejected" and not isinstance(operation, Rejected):
                 rejected_items.append(result)
     staged_ids = select(SyncSessionItem.external_id).where(SyncSessionItem.session_id == sync.id)
     deleted = delete_all_but(session, portal_id=portal_id, keep=staged_ids)
@@ -314,7 +317,8 @@ def commit(
         "deleted": deleted,
         "kept_rejected": counts["rejected"],
         "rejected_items": [
-            {"external_id": item.external_id, "errors": item.errors} for item in rejected_items
+            {"external_id": item.external_id, "error": item.error, "errors": item.errors}
+            for item in rejected_items
         ],
     }
     session.flush()
@@ -322,7 +326,8 @@ def commit(
 
 
 def _committed(session: Session, sync: SyncSession) -> CommitResult:
-    """The answer to the commit of `sync`, as it stored it."""
+    """The answer to the commit of `sync`, as it stored it. A commit answered before
+    rejected items had codes stored none: its items are told with error None."""
     result = sync.result
     return CommitResult(
         summary=_summary(session, sync),
@@ -332,7 +337,9 @@ def _committed(session: Session, sync: SyncSession) -> CommitResult:
         deleted=result["deleted"],
         kept_rejected=result["kept_rejected"],
         rejected_items=[
-            ItemResult(item["external_id"], "rejected", errors=item["errors"])
+            ItemResult(
+                item["external_id"], "rejected", error=item.get("error"), errors=item["errors"]
+            )
             for item in result["rejected_items"]
         ],
     )

@@ -119,6 +119,22 @@ def test_a_batch_rejects_the_new_ads_beyond_the_limit_and_applies_the_others(
     assert {str(ad_id) for ad_id in fed} == {ad["id"] for ad in listed}
 
 
+@pytest.mark.parametrize("replace", [False, True], ids=["batch", "replace batch"])
+def test_an_item_refused_for_the_limit_carries_too_many_ads_as_a_put_would(
+    client, portal, set_limit, replace
+):
+    set_limit(portal, 1)
+
+    response = batch(client, portal, "a-1", "a-2", replace=replace)
+    single = put(client, portal, "a-3")
+
+    assert [(r["status"], r["error"]) for r in response.json["results"]] == [
+        ("created", None),
+        ("rejected", "too_many_ads"),
+    ]
+    assert (single.status_code, single.json["error"]) == (409, "too_many_ads")
+
+
 def test_a_batch_deleting_as_many_as_it_creates_passes_at_the_limit(client, portal, set_limit):
     put(client, portal, "a-1")
     put(client, portal, "a-2")

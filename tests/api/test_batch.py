@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.factories import ad_payload
+from tests.factories import REFUSED_ADS, ad_payload
 
 
 def batch(client, portal, items, **extra):
@@ -42,6 +42,7 @@ def test_batch_reports_a_result_per_item(client, portal):
     assert (
         "unknown currency code NOPE" in response.json["results"][5]["errors"]["ad"]["currencies"][0]
     )
+    assert [r["error"] for r in response.json["results"]] == [None] * 5 + ["unknown_currency"]
 
 
 def test_batch_results_carry_ids_versions_and_etags_matching_the_ads(client, portal):
@@ -119,3 +120,76 @@ def test_batch_items_carry_accepts_contact(client, portal):
     assert {ad["external_id"]: ad["accepts_contact"] for ad in listed} == {
         "new-default": True, "new-off": False, "same": True, "turned-off": False
     }  # fmt: skip
+
+
+@pytest.mark.parametrize(("overrides", "code"), REFUSED_ADS.values(), ids=REFUSED_ADS.keys())
+def test_a_rejected_item_carries_the_code_a_put_of_its_ad_is_answered_with(
+    client, portal, overrides, code
+):
+    ad = ad_payload(**overrides)
+    single = client.put("/v1/ads/a-1", json=ad, headers=portal.headers)
+
+    response = batch(client, portal, [{"external_id": "a-2", "ad": ad}])
+
+    assert single.json["error"] == code, single.json
+    (result,) = response.json["results"]
+    assert (result["status"], result["error"]) == ("rejected", code), result
+
+
+MALFORMED_ITEMS = {
+    "not-an-object": "a-1",
+    "unknown-field": {"external_id": "a-1", "ad": ad_payload(), "colour": "red"},
+    "unknown-op": {"op": "archive", "external_id": "a-1"},
+    "upsert-without-ad": {"external_id": "a-1"},
+    "delete-with-ad": {"op": "delete", "external_id": "a-1", "ad": ad_payload()},
+    "external-id-a-number": {"external_id": 1842, "ad": ad_payload()},
+    "external-id-dot-dot": {"external_id": "..", "ad": ad_payload()},
+    "external-id-missing": {"ad": ad_payload()},
+}
+
+
+@pytest.mark.parametrize("item", MALFORMED_ITEMS.values(), ids=MALFORMED_ITEMS.keys())
+def test_an_item_the_schema_refuses_is_rejected_as_a_validation_error(client, portal, item):
+    response = batch(client, portal, [item, {"external_id": "fine", "ad": ad_payload()}])
+
+    assert response.status_code == 200, response.json
+    malformed, fine = response.json["results"]
+    assert (malformed["status"], malformed["error"]) == ("rejected", "validation_error")
+    assert malformed["errors"], malformed
+    assert (fine["status"], fine["error"]) == ("created", None)
+
+
+@pytest.mark.parametrize(
+    "second",
+    [
+        {"external_id": "a-1", "ad": ad_payload(title="Second")},
+        {"op": "delete", "external_id": "a-1"},
+        {"op": "expire", "external_id": "a-1"},
+    ],
+    ids=["upsert", "delete", "expire"],
+)
+def test_an_external_id_given_twice_is_rejected_as_a_duplicate_and_the_first_stands(
+    client, portal, second
+):
+    response = batch(client, portal, [{"external_id": "a-1", "ad": ad_payload()}, second])
+
+    first, again = response.json["results"]
+    assert (first["status"], first["error"]) == ("created", None)
+    assert (again["status"], again["error"]) == ("rejected", "duplicate_external_id")
+    assert again["errors"] == {
+        "external_id": [
+            "external_id 'a-1' appears more than once in this request (first at item 0)"
+        ]
+    }
+    own = client.get("/v1/portals/me/ads/a-1", headers=portal.headers).json
+    assert (own["title"], own["expired"]) == (ad_payload()["title"], False)
+
+
+def test_expiring_an_ad_the_portal_does_not_have_is_rejected_as_not_found(client, portal):
+    single = client.post("/v1/ads/nope/expire", headers=portal.headers)
+
+    response = batch(client, portal, [{"op": "expire", "external_id": "nope"}])
+
+    assert (single.status_code, single.json["error"]) == (404, "not_found")
+    (result,) = response.json["results"]
+    assert (result["status"], result["error"]) == ("rejected", "not_found")

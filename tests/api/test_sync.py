@@ -11,7 +11,7 @@ from directory.models import SyncSession
 from directory.services import sync
 from directory.settings import Settings
 from tests.apps import app_with
-from tests.factories import ad_payload
+from tests.factories import REFUSED_ADS, ad_payload
 from tests.waits import wait_for_a_lock_wait
 
 MAX_OPEN = Settings().sync_session_max_open_per_portal
@@ -130,6 +130,132 @@ def test_a_commit_sent_again_tells_the_ads_it_rejected(client, portal, wiring):
 
     assert [item["external_id"] for item in first.json["rejected_items"]] == ["a-1"]
     assert again.json == first.json
+
+
+@pytest.mark.parametrize(("overrides", "code"), REFUSED_ADS.values(), ids=REFUSED_ADS.keys())
+def test_a_rejected_staged_item_carries_the_code_a_put_of_its_ad_is_answered_with(
+    client, portal, overrides, code
+):
+    ad = ad_payload(**overrides)
+    single = client.put("/v1/ads/a-1", json=ad, headers=portal.headers)
+    session_id = open_session(client, portal)
+
+    response = stage(client, portal, session_id, [{"external_id": "a-2", "ad": ad}])
+
+    assert single.json["error"] == code, single.json
+    (result,) = response.json["results"]
+    assert (result["status"], result["error"]) == ("rejected", code), result
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        {"external_id": "a-1", "ad": ad_payload(), "colour": "red"},
+        {"external_id": "a-1"},
+        {"external_id": "a-1", "ad": None},
+        {"op": "upsert", "external_id": "a-1", "ad": ad_payload()},  # staging takes no op
+    ],
+    ids=["unknown-field", "no-ad", "ad-null", "op"],
+)
+def test_a_staged_item_the_schema_refuses_is_rejected_as_a_validation_error(client, portal, item):
+    session_id = open_session(client, portal)
+
+    response = stage(
+        client, portal, session_id, [item, {"external_id": "fine", "ad": ad_payload()}]
+    )
+
+    assert response.status_code == 200, response.json
+    malformed, fine = response.json["results"]
+    assert (malformed["status"], malformed["error"]) == ("rejected", "validation_error")
+    assert (fine["status"], fine["error"]) == ("staged", None)
+
+
+def _talent(portal) -> str:
+    return f"{portal.slug}:TALENT"
+
+
+def _delete_talent(client, portal) -> None:
+    answer = client.delete(f"/v1/currencies/{_talent(portal)}", headers=portal.headers)
+    assert answer.status_code == 204, answer.json
+
+
+def _clear_default_currencies(client, portal) -> None:
+    answer = client.patch("/v1/portals/me", json={"default_currencies": []}, headers=portal.headers)
+    assert answer.status_code == 200, answer.json
+
+
+@pytest.mark.parametrize(
+    ("ad", "change", "code"),
+    [
+        (
+            lambda portal: ad_payload(currencies=[_talent(portal)]),
+            _delete_talent,
+            "unknown_currency",
+        ),
+        (lambda portal: ad_payload(currencies=...), _clear_default_currencies, "invalid_input"),
+    ],
+    ids=["its-currency-deleted", "the-portals-defaults-cleared"],
+)
+def test_an_ad_the_commit_rejects_carries_its_code_when_told_and_told_again(
+    client, portal, ad, change, code
+):
+    client.post("/v1/currencies", json={"code": "TALENT", "name": "T"}, headers=portal.headers)
+    session_id = open_session(client, portal)
+    staged = stage(
+        client,
+        portal,
+        session_id,
+        [
+            {"external_id": "broken-since", "ad": ad(portal)},
+            {"external_id": "broken-when-staged", "ad": ad_payload(category="nope")},
+            {"external_id": "fine", "ad": ad_payload()},
+        ],
+    )
+    assert [r["status"] for r in staged.json["results"]] == ["staged", "rejected", "staged"]
+    change(client, portal)  # staged ads don't count: the commit checks them again
+
+    first = client.post(f"/v1/sync-sessions/{session_id}/commit", headers=portal.headers)
+    again = client.post(f"/v1/sync-sessions/{session_id}/commit", headers=portal.headers)
+
+    assert first.status_code == 200, first.json
+    # Those rejected when staged were told so then, and not again.
+    (item,) = first.json["rejected_items"]
+    assert (item["external_id"], item["status"], item["error"]) == (
+        "broken-since", "rejected", code
+    )  # fmt: skip
+    assert item["errors"], item
+    assert first.json["kept_rejected"] == 2
+    assert again.json == first.json
+
+
+def test_a_commit_answered_before_items_had_codes_is_told_again_with_no_code(
+    client, portal, wiring
+):
+    client.post("/v1/currencies", json={"code": "TALENT", "name": "T"}, headers=portal.headers)
+    session_id = open_session(client, portal)
+    ad = ad_payload(currencies=[_talent(portal)])
+    stage(client, portal, session_id, [{"external_id": "a-1", "ad": ad}])
+    _delete_talent(client, portal)
+    first = client.post(f"/v1/sync-sessions/{session_id}/commit", headers=portal.headers)
+    # The answer as the release before this one stored it: its items without "error".
+    with unit_of_work(wiring.session_factory) as session:
+        stored = session.scalar(select(SyncSession.result).where(SyncSession.id == session_id))
+        assert [item["error"] for item in stored["rejected_items"]] == ["unknown_currency"]
+        stored["rejected_items"] = [
+            {"external_id": item["external_id"], "errors": item["errors"]}
+            for item in stored["rejected_items"]
+        ]
+        session.execute(
+            update(SyncSession).where(SyncSession.id == session_id).values(result=stored)
+        )
+
+    again = client.post(f"/v1/sync-sessions/{session_id}/commit", headers=portal.headers)
+
+    assert again.status_code == 200, again.json
+    (item,) = again.json["rejected_items"]
+    assert (item["external_id"], item["status"], item["error"]) == ("a-1", "rejected", None)
+    assert item["errors"] == first.json["rejected_items"][0]["errors"]
+    assert {**again.json, "rejected_items": []} == {**first.json, "rejected_items": []}
 
 
 def test_an_expired_session_is_refused(client, portal, wiring):
@@ -293,6 +419,7 @@ def test_an_external_id_given_twice_in_one_request_keeps_the_first(client, porta
     )
     assert [r["status"] for r in response.json["results"]] == ["staged", "rejected"]
     assert "first at item 0" in str(response.json["results"][1]["errors"])
+    assert [r["error"] for r in response.json["results"]] == [None, "duplicate_external_id"]
     assert (response.json["session"]["staged"], response.json["session"]["rejected"]) == (1, 0)
     client.post(f"/v1/sync-sessions/{session_id}/commit", headers=portal.headers)
     assert own_titles(client, portal) == {"a-1": "First"}

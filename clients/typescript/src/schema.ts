@@ -212,12 +212,14 @@ export interface paths {
         /**
          * Apply up to 1,000 upserts, deletes and expiries in one transaction
          * @description Each item gets its own result: created, updated, unchanged, deleted, expired, or
-         *     rejected with its errors (the other items are applied all the same). With
+         *     rejected with its code (`error`, as a single write of it would be answered) and
+         *     its errors (the other items are applied all the same). With
          *     `replace: true` the items are the portal's complete set of ads: the others are
          *     deleted, those of rejected items kept as they are; an item without a valid
          *     `external_id` then refuses the whole batch (400), as its ad would be deleted.
-         *     New ads beyond the portal's limit on stored ads (see `putAd`) are rejected, the
-         *     last items first, the message naming the limit; the others are applied.
+         *     New ads beyond the portal's limit on stored ads (see `putAd`) are rejected
+         *     (too_many_ads), the last items first, the message naming the limit; the others
+         *     are applied.
          */
         post: operations["batchAds"];
         delete?: never;
@@ -348,9 +350,10 @@ export interface paths {
         put?: never;
         /**
          * Stage up to 1,000 ads in an open sync session
-         * @description Each ad is checked now and reported as staged or rejected; a rejected ad is kept
-         *     as it is at commit. An item without a valid `external_id` refuses the whole
-         *     request (400): its ad could be neither staged nor kept, and would be deleted.
+         * @description Each ad is checked now and reported as staged or rejected (with its code, `error`,
+         *     and its errors); a rejected ad is kept as it is at commit. An item without a valid
+         *     `external_id` refuses the whole request (400): its ad could be neither staged nor
+         *     kept, and would be deleted.
          *     A session holds at most 100,000 ads by default (DIRECTORY_SYNC_SESSION_MAX_ITEMS):
          *     a request that would take it past them stages nothing (409 sync_session_full);
          *     nor does one that would make it stage more ads than the portal may store, and
@@ -1190,7 +1193,12 @@ export interface components {
             id: string | null;
             version: number | null;
             etag: string | null;
-            /** @description By field, for rejected items */
+            /**
+             * @description Why the item was rejected, as a stable machine code: the `error` that a single write of it (putAd, expireAd) would be answered with; null unless rejected. Fix the ad, then send it again: validation_error (a field fails its type, length, range or pattern, is missing or unknown; or the external_id is not one the directory takes), invalid_input (a rule of the directory's: no currencies while the portal has no defaults, a price in a currency the ad does not accept, no location unless privacy is hidden, an expires_at past or too far ahead), unknown_category, unknown_currency (of the ad's currencies; or, when errors name default_currencies, of the portal's defaults: fix those with PATCH /v1/portals/me). Send each ad once: duplicate_external_id (an earlier item of the same request has its external_id; that one stands). Nothing to expire: not_found (an expiry of an ad the portal does not have). Make room first: too_many_ads (a new ad beyond the portal's limit on stored ads: delete ads it no longer needs, or ask the directory's operators for a higher limit, then send it again; sent again unchanged, it is refused alike). In a commit's rejected_items, also null for a commit answered before items had codes (its errors still say why). A code not listed here is a problem with the item, told by its errors.
+             * @example unknown_currency
+             */
+            error: string | null;
+            /** @description For rejected items: messages by field path, for a person */
             errors: {
                 [key: string]: unknown;
             } | null;
@@ -1369,6 +1377,7 @@ export interface components {
             items: components["schemas"]["StageItem"][];
         };
         StageResult: {
+            /** @description One per item, in order: staged, or rejected with its code (validation_error, invalid_input, unknown_category, unknown_currency or duplicate_external_id: see error) and errors; a rejected item's ad is kept as it is at commit */
             results: components["schemas"]["ItemResult"][];
             session: components["schemas"]["SyncSession"];
         };
@@ -1381,6 +1390,7 @@ export interface components {
             deleted: number;
             /** @description Rejected ads, kept as they were */
             kept_rejected: number;
+            /** @description Staged ads the commit rejected, each kept as it was, with its code and errors: the rules are checked again at commit, and what changed since staging may break one (a currency deleted, the portal's default currencies changed, an expires_at passed: invalid_input, unknown_category or unknown_currency). Items rejected when staged are not repeated here */
             rejected_items: components["schemas"]["ItemResult"][];
         };
         RelayLimits: {

@@ -221,6 +221,7 @@ def result_rows(results) -> list[dict]:
             "id": result.id,
             "version": result.version,
             "etag": result.etag,
+            "error": result.error,
             "errors": result.errors,
         }
         for index, result in enumerate(results)
@@ -236,12 +237,14 @@ class AdBatch(MethodView):
         """Apply up to 1,000 upserts, deletes and expiries in one transaction
 
         Each item gets its own result: created, updated, unchanged, deleted, expired, or
-        rejected with its errors (the other items are applied all the same). With
+        rejected with its code (`error`, as a single write of it would be answered) and
+        its errors (the other items are applied all the same). With
         `replace: true` the items are the portal's complete set of ads: the others are
         deleted, those of rejected items kept as they are; an item without a valid
         `external_id` then refuses the whole batch (400), as its ad would be deleted.
-        New ads beyond the portal's limit on stored ads (see `putAd`) are rejected, the
-        last items first, the message naming the limit; the others are applied."""
+        New ads beyond the portal's limit on stored ads (see `putAd`) are rejected
+        (too_many_ads), the last items first, the message naming the limit; the others
+        are applied."""
         operations = [_operation(item) for item in batch["items"]]
         with transaction() as session:
             portal = require_portal(session)

@@ -422,7 +422,34 @@ class ItemResultSchema(Schema):
     id = fields.UUID(allow_none=True)
     version = fields.Integer(allow_none=True)
     etag = fields.String(allow_none=True)
-    errors = fields.Dict(allow_none=True, metadata={"description": "By field, for rejected items"})
+    error = fields.String(
+        allow_none=True,
+        metadata={
+            "description": "Why the item was rejected, as a stable machine code: the `error` "
+            "that a single write of it (putAd, expireAd) would be answered with; null unless "
+            "rejected. Fix the ad, then send it again: validation_error (a field fails its "
+            "type, length, range or pattern, is missing or unknown; or the external_id is "
+            "not one the directory takes), invalid_input (a rule of the directory's: no "
+            "currencies while the portal has no defaults, a price in a currency the ad "
+            "does not accept, no location unless privacy is hidden, an expires_at past or "
+            "too far ahead), unknown_category, unknown_currency (of the ad's currencies; "
+            "or, when errors name default_currencies, of the portal's defaults: fix those "
+            "with PATCH /v1/portals/me). Send each ad once: duplicate_external_id (an "
+            "earlier item of the same request has its external_id; that one stands). "
+            "Nothing to expire: not_found (an expiry of an ad the portal does not have). "
+            "Make room first: too_many_ads (a new ad beyond the portal's limit on stored "
+            "ads: delete ads it no longer needs, or ask the directory's operators for a "
+            "higher limit, then send it again; sent again unchanged, it is refused alike). "
+            "In a commit's rejected_items, also null for a commit answered before items "
+            "had codes (its errors still say why). A code not listed here is a problem "
+            "with the item, told by its errors.",
+            "example": "unknown_currency",
+        },
+    )
+    errors = fields.Dict(
+        allow_none=True,
+        metadata={"description": "For rejected items: messages by field path, for a person"},
+    )
 
 
 class BatchResultSchema(Schema):

@@ -110,9 +110,10 @@ class SyncSessionItems(MethodView):
     def post(self, body, session_id: str):
         """Stage up to 1,000 ads in an open sync session
 
-        Each ad is checked now and reported as staged or rejected; a rejected ad is kept
-        as it is at commit. An item without a valid `external_id` refuses the whole
-        request (400): its ad could be neither staged nor kept, and would be deleted.
+        Each ad is checked now and reported as staged or rejected (with its code, `error`,
+        and its errors); a rejected ad is kept as it is at commit. An item without a valid
+        `external_id` refuses the whole request (400): its ad could be neither staged nor
+        kept, and would be deleted.
         A session holds at most 100,000 ads by default (DIRECTORY_SYNC_SESSION_MAX_ITEMS):
         a request that would take it past them stages nothing (409 sync_session_full);
         nor does one that would make it stage more ads than the portal may store, and

@@ -31,7 +31,15 @@ class StageSchema(Schema):
 
 
 class StageResultSchema(Schema):
-    results = fields.List(fields.Nested(ItemResultSchema))
+    results = fields.List(
+        fields.Nested(ItemResultSchema),
+        metadata={
+            "description": "One per item, in order: staged, or rejected with its code "
+            "(validation_error, invalid_input, unknown_category, unknown_currency or "
+            "duplicate_external_id: see error) and errors; a rejected item's ad is kept as "
+            "it is at commit"
+        },
+    )
     session = fields.Nested(SyncSessionSchema)
 
 
@@ -42,4 +50,13 @@ class CommitResultSchema(Schema):
     unchanged = fields.Integer()
     deleted = fields.Integer(metadata={"description": "Ads of the portal that were not staged"})
     kept_rejected = fields.Integer(metadata={"description": "Rejected ads, kept as they were"})
-    rejected_items = fields.List(fields.Nested(ItemResultSchema))
+    rejected_items = fields.List(
+        fields.Nested(ItemResultSchema),
+        metadata={
+            "description": "Staged ads the commit rejected, each kept as it was, with its "
+            "code and errors: the rules are checked again at commit, and what changed "
+            "since staging may break one (a currency deleted, the portal's default "
+            "currencies changed, an expires_at passed: invalid_input, unknown_category or "
+            "unknown_currency). Items rejected when staged are not repeated here"
+        },
+    )

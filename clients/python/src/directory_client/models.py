@@ -502,7 +502,8 @@ class ItemResult(Struct, kw_only=True):
     id: UUID | None
     version: int | None
     etag: str | None
-    errors: Annotated[dict[str, Any], Meta(description='By field, for rejected items')] | None
+    error: Annotated[str, Meta(description="Why the item was rejected, as a stable machine code: the `error` that a single write of it (putAd, expireAd) would be answered with; null unless rejected. Fix the ad, then send it again: validation_error (a field fails its type, length, range or pattern, is missing or unknown; or the external_id is not one the directory takes), invalid_input (a rule of the directory's: no currencies while the portal has no defaults, a price in a currency the ad does not accept, no location unless privacy is hidden, an expires_at past or too far ahead), unknown_category, unknown_currency (of the ad's currencies; or, when errors name default_currencies, of the portal's defaults: fix those with PATCH /v1/portals/me). Send each ad once: duplicate_external_id (an earlier item of the same request has its external_id; that one stands). Nothing to expire: not_found (an expiry of an ad the portal does not have). Make room first: too_many_ads (a new ad beyond the portal's limit on stored ads: delete ads it no longer needs, or ask the directory's operators for a higher limit, then send it again; sent again unchanged, it is refused alike). In a commit's rejected_items, also null for a commit answered before items had codes (its errors still say why). A code not listed here is a problem with the item, told by its errors.")] | None
+    errors: Annotated[dict[str, Any], Meta(description='For rejected items: messages by field path, for a person')] | None
 
 
 class BatchResult(Struct, kw_only=True):
@@ -659,7 +660,12 @@ class Stage(Struct, kw_only=True):
 
 
 class StageResult(Struct, kw_only=True):
-    results: list[ItemResult]
+    results: Annotated[
+        list[ItemResult],
+        Meta(
+            description="One per item, in order: staged, or rejected with its code (validation_error, invalid_input, unknown_category, unknown_currency or duplicate_external_id: see error) and errors; a rejected item's ad is kept as it is at commit"
+        ),
+    ]
     session: SyncSession
 
 
@@ -670,7 +676,12 @@ class CommitResult(Struct, kw_only=True):
     unchanged: int
     deleted: Annotated[int, Meta(description='Ads of the portal that were not staged')]
     kept_rejected: Annotated[int, Meta(description='Rejected ads, kept as they were')]
-    rejected_items: list[ItemResult]
+    rejected_items: Annotated[
+        list[ItemResult],
+        Meta(
+            description="Staged ads the commit rejected, each kept as it was, with its code and errors: the rules are checked again at commit, and what changed since staging may break one (a currency deleted, the portal's default currencies changed, an expires_at passed: invalid_input, unknown_category or unknown_currency). Items rejected when staged are not repeated here"
+        ),
+    ]
 
 
 class RelayLimits(Struct, kw_only=True):

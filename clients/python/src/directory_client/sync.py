@@ -676,6 +676,7 @@ class _Run:
                 id=None,
                 version=None,
                 etag=None,
+                error=too_large.code,
                 errors={"ad": [f"{reason} ({too_large})"]},
             )
         ]
