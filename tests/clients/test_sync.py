@@ -212,6 +212,8 @@ def test_malformed_rows_are_rejected_with_their_lines_and_the_rest_goes_in(
     assert "on lines 5, 6" in reasons[(5, "ad-5")]
     assert "empty item" in reasons[(7, "ad-7")]
     assert "line 3 (ad-2): location.lat: 'north' is not a number" in result.stdout
+    # Rejected here, before anything was sent: no code of the directory's.
+    assert {r["code"] for r in report["rejected"]} == {None}
 
 
 def test_a_malformed_row_keeps_the_directorys_ad_as_it_was(live, portal, directory, tmp_path):
@@ -362,6 +364,8 @@ def test_the_directorys_rejections_are_reported_with_field_paths(directory, tmp_
     assert rejected[2].external_id == "ad-2" and list(rejected[2].errors) == ["category"]
     assert list(rejected[3].errors) == ["location.lat"]
     assert rejected[3].reason.startswith("location.lat: ")
+    assert (rejected[2].code, rejected[3].code) == ("unknown_category", "validation_error")
+    assert report.over_the_limit == []
     # Not recorded as synced: the next run tries them again.
     assert again.sent == 2 and len(again.rejected) == 2 and again.unchanged == 1
 
@@ -680,6 +684,46 @@ def test_replace_meeting_the_limit_of_open_sessions_says_so_and_not_to_resume_at
     assert set(stored(directory)) == {"ad-1"}
 
 
+def test_ads_beyond_the_portals_limit_are_reported_as_such_and_sent_by_the_next_run(
+    live, wiring, portal, directory, tmp_path
+):
+    def set_limit(max_ads: int) -> None:
+        with unit_of_work(wiring.session_factory) as session:
+            session.execute(
+                sa.text("UPDATE portals SET max_ads = :max_ads WHERE id = :id"),
+                {"max_ads": max_ads, "id": portal.id},
+            )
+
+    set_limit(2)
+    source = write_jsonl(tmp_path / "ads.jsonl", [an_ad(number) for number in (1, 2, 3)])
+    report_path = tmp_path / "report.json"
+
+    result = run_sync(live, portal.key, source, "--report", report_path)
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert set(stored(directory)) == {"ad-1", "ad-2"}
+    (rejection,) = json.loads(report_path.read_text())["rejected"]
+    assert (rejection["line"], rejection["external_id"], rejection["code"]) == (
+        3, "ad-3", "too_many_ads"
+    )  # fmt: skip
+    assert rejection["reason"].startswith(
+        "the portal may store at most 2 ads and stores 2: this ad was not created"
+    )
+    assert f"line 3 (ad-3): {rejection['reason']}" in result.stdout
+    assert (
+        "not created, the portal storing as many ads as the directory lets it (too_many_ads): "
+        "1. Delete ads it no longer needs, or ask the directory's operators for a higher "
+        "limit; the next run sends them again."
+    ) in result.stdout.replace("\n", " ")
+    # Not recorded as synced: once there is room, the next run sends it, and it alone.
+    set_limit(3)
+    again = run_sync(live, portal.key, source, "--report", report_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "not created" not in again.stdout
+    assert json.loads(report_path.read_text())["sent"] == 1
+    assert set(stored(directory)) == {"ad-1", "ad-2", "ad-3"}
+
+
 def test_replace_beyond_the_portals_limit_of_ads_says_so_and_not_to_resume_unchanged(
     live, wiring, portal, directory, tmp_path
 ):
@@ -782,6 +826,7 @@ def test_an_ad_too_large_for_any_request_is_rejected_and_kept_as_it_was(
     assert "more than the directory takes in a request (413 request_too_large: " in (
         rejection.reason
     )
+    assert rejection.code == "request_too_large"
     ads = stored(directory)
     assert set(ads) == {"ad-1", "ad-2", "ad-3"}
     assert ads["ad-1"].title == "Changed" and ads["ad-2"].body == "Punctures, brakes, gears."
@@ -959,12 +1004,15 @@ class LosesACurrencyThenDiesAtCommit(DiesAfterTheFirstPost):
         return super().handle_request(request)
 
 
-@pytest.mark.parametrize("answer_kept", [True, False], ids=["answer kept", "committed before"])
+@pytest.mark.parametrize(
+    "answer", ["kept", "kept before codes", "none"], ids=lambda answer: f"answer {answer}"
+)
 def test_an_ad_the_commit_of_a_killed_run_rejected_is_sent_by_the_next_run(
-    live, wiring, portal, directory, tmp_path, answer_kept
+    live, wiring, portal, directory, tmp_path, answer
 ):
     """The next run asks the commit's answer again; a session committed before the
-    directory kept it (no answer to give: 409) leaves every staged ad to be looked at."""
+    directory kept it (no answer to give: 409) leaves every staged ad to be looked at,
+    and one committed before answers had codes tells its rejections without one."""
     code = f"{portal.slug}:TALENT"
     directory.register_currency({"code": "TALENT", "name": "Talents"})
     ads = [an_ad(1, currencies=[code]), an_ad(2)]
@@ -977,14 +1025,25 @@ def test_an_ad_the_commit_of_a_killed_run_rejected_is_sent_by_the_next_run(
         sync_ads(client, ads, state_path=state, replace=True)
     assert set(stored(directory)) == {"ad-2"}  # the commit rejected ad-1
     directory.register_currency({"code": "TALENT", "name": "Talents"})
-    if not answer_kept:
-        with unit_of_work(wiring.session_factory) as session:
+    with unit_of_work(wiring.session_factory) as session:
+        if answer == "none":
             session.execute(sa.text("UPDATE sync_sessions SET result = NULL"))
+        if answer == "kept before codes":
+            session.execute(
+                sa.text(
+                    "UPDATE sync_sessions SET result = jsonb_set(result, '{rejected_items}', "
+                    "(SELECT jsonb_agg(item - 'error') "
+                    "FROM jsonb_array_elements(result->'rejected_items') AS item))"
+                )
+            )
 
     report = sync_ads(directory, ads, state_path=state)  # not --replace: only what changed
 
-    if answer_kept:
-        assert [rejection.external_id for rejection in report.rejected] == ["ad-1"]  # then
+    if answer != "none":  # then
+        (rejection,) = report.rejected
+        assert (rejection.line, rejection.external_id) == (1, "ad-1")
+        assert rejection.reason.startswith(f"currencies: unknown currency code {code}")
+        assert rejection.code == ("unknown_currency" if answer == "kept" else None)
     assert set(stored(directory)) == {"ad-1", "ad-2"}  # and now sent again
 
 

@@ -69,6 +69,9 @@ DEFAULT_CONCURRENCY = 4
 # the same result twice (the repeat reports `unchanged`).
 BATCH_RETRY = RetryPolicy(attempts=5, backoff_s=1.0)
 RETRIED_ERRORS = (DirectoryUnavailable, ServiceUnavailable, ServerError)
+# The directory's code for a new ad beyond the portal's limit on stored ads: of a request
+# it refuses whole (409), or of an item it rejects. The ad's row is not at fault.
+TOO_MANY_ADS = "too_many_ads"
 # Staged for a row this command rejected, in --replace: the directory rejects it too,
 # and a sync session keeps the ad of a rejected item as it was instead of deleting it.
 KEEP_AS_IT_WAS: dict[str, Any] = {}
@@ -109,6 +112,9 @@ class Rejection:
     external_id: str | None
     reason: str
     errors: dict[str, list[str]] = field(default_factory=dict)  # by field path
+    # The directory's code for an ad it rejected (its `error`: unknown_currency,
+    # too_many_ads...); None for a row this command rejected before sending it.
+    code: str | None = None
 
 
 @dataclass
@@ -136,6 +142,12 @@ class SyncReport:
     @property
     def ok(self) -> bool:
         return not self.rejected
+
+    @property
+    def over_the_limit(self) -> list[Rejection]:
+        """Ads not created because the portal stores as many as the directory lets it: no
+        fault of their rows, and the next run sends them again."""
+        return [rejection for rejection in self.rejected if rejection.code == TOO_MANY_ADS]
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -474,7 +486,7 @@ class _Run:
             written: dict[str, int] = {}
             for key, result in zip(batch.external_ids, results, strict=True):
                 if result.status == "rejected":
-                    self._reject(key, result.errors)
+                    self._reject(key, result)
                     self.counts["rejected"] += 1
                     continue
                 if key in ads:
@@ -548,7 +560,7 @@ class _Run:
     def _rejected_by(self, commit: models.CommitResult) -> list[str]:
         """The ads a commit rejected, reported; their ids, to be recorded as unknown."""
         for item in commit.rejected_items:
-            self._reject(item.external_id, item.errors)
+            self._reject(item.external_id, item)
         return [item.external_id for item in commit.rejected_items if item.external_id is not None]
 
     def replace(self, log: StateLog) -> None:
@@ -603,7 +615,7 @@ class _Run:
                     recorded[key] = UNKNOWN
                     refused.add(key)
                     if key in ads:
-                        self._reject(key, result.errors)
+                        self._reject(key, result)
                 self.counts[result.status] += 1
             log.record({"staged": recorded, "batch": batch.number})
 
@@ -763,19 +775,24 @@ class _Run:
         if start < len(items):
             yield start, len(items)
 
-    def _reject(self, external_id: str | None, errors: dict[str, Any] | None) -> None:
+    def _reject(self, external_id: str | None, result: models.ItemResult) -> None:
         # The directory names an item's fields under "ad"; a row has them at its top.
         paths = {
             path.removeprefix("ad."): messages
-            for path, messages in flatten_field_errors(errors or {}).items()
+            for path, messages in flatten_field_errors(result.errors or {}).items()
         }
-        reason = "; ".join(f"{path}: {' '.join(messages)}" for path, messages in paths.items())
+        reason = "; ".join(
+            # "_schema" is the item as a whole (the portal's limit, say): no field to name.
+            " ".join(messages) if path == "_schema" else f"{path}: {' '.join(messages)}"
+            for path, messages in paths.items()
+        )
         self.report.rejected.append(
             Rejection(
                 self.source.line_of(external_id),
                 external_id,
                 reason or "rejected by the directory",
                 paths,
+                result.error,
             )
         )
 

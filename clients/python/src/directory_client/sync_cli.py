@@ -32,6 +32,7 @@ from directory_client.errors import ApiError, ClientMisconfigured, DirectoryErro
 from directory_client.sync import (
     DEFAULT_CONCURRENCY,
     MAX_BATCH_SIZE,
+    TOO_MANY_ADS,
     SyncError,
     SyncReport,
     sync_file,
@@ -45,8 +46,6 @@ DIRECTORY_VARIABLE = "DIRECTORY_URL"
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_DIRECTORY = 0, 1, 2, 3
 # The directory's refusal to open one more sync session for the portal (409).
 TOO_MANY_SYNC_SESSIONS = "too_many_sync_sessions"
-# Its refusal of a resync that would leave the portal more ads than it may store (409).
-TOO_MANY_ADS = "too_many_ads"
 REJECTIONS_SHOWN = 20  # in the printed summary; the report file has them all
 TIMEOUT_S = 120.0  # a batch of 1,000 ads on a busy directory takes seconds, not minutes
 
@@ -258,6 +257,13 @@ def print_summary(report: SyncReport, out: TextIO, *, report_path: Path | None) 
               f"{rejection.reason}", file=out)  # fmt: skip
     if len(rejected) > REJECTIONS_SHOWN:
         print(f"  ... and {len(rejected) - REJECTIONS_SHOWN:,} more", file=out)
+    if over_the_limit := report.over_the_limit:
+        print(
+            f"not created, the portal storing as many ads as the directory lets it "
+            f"({TOO_MANY_ADS}): {len(over_the_limit):,}. Delete ads it no longer needs, or ask "
+            "the directory's operators for a higher limit; the next run sends them again.",
+            file=out,
+        )
     if report_path is not None:
         print(f"report: {report_path}", file=out)
 
