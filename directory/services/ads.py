@@ -893,17 +893,19 @@ def _prepare(session, portal_id, operations, now, lifetimes, reject_errors):
     first_index: dict[str, int] = {}
     prepared: list[tuple[Operation | None, object]] = []
     for index, op in enumerate(operations):
-        if isinstance(op, Rejected):
-            unparsed = ItemResult(
-                op.external_id, "rejected", error=VALIDATION_ERROR, errors=op.errors
-            )
-            prepared.append((None, unparsed))
-            continue
         try:
+            # Whatever became of the first item of an external id, even one the schemas
+            # refused, it stands: a later one would contradict what it was told.
             if op.external_id in first_index:
                 raise duplicate_item(op.external_id, first=first_index[op.external_id])
-            first_index[op.external_id] = index
-            if isinstance(op, Upsert):
+            if op.external_id is not None:
+                first_index[op.external_id] = index
+            if isinstance(op, Rejected):
+                unparsed = ItemResult(
+                    op.external_id, "rejected", error=VALIDATION_ERROR, errors=op.errors
+                )
+                prepared.append((None, unparsed))
+            elif isinstance(op, Upsert):
                 currencies = _check_ad_within(op.ad, ctx, now, lifetimes, reject_errors)
                 row = _row(op.ad, currencies, now, lifetimes)
                 digests = content_digests(row, op.ad.expires_at)

@@ -193,3 +193,31 @@ def test_expiring_an_ad_the_portal_does_not_have_is_rejected_as_not_found(client
     assert (single.status_code, single.json["error"]) == (404, "not_found")
     (result,) = response.json["results"]
     assert (result["status"], result["error"]) == ("rejected", "not_found")
+
+
+# An item of external id a-1 the schemas refuse, and one they take.
+MALFORMED_A1 = {"external_id": "a-1", "ad": ad_payload(title="")}
+WELL_FORMED_A1 = {"external_id": "a-1", "ad": ad_payload(title="Changed")}
+
+
+@pytest.mark.parametrize("replace", [False, True], ids=["batch", "replace batch"])
+@pytest.mark.parametrize(
+    ("items", "expected"),
+    [
+        ([MALFORMED_A1, WELL_FORMED_A1], ["validation_error", "duplicate_external_id"]),
+        ([WELL_FORMED_A1, MALFORMED_A1], [None, "duplicate_external_id"]),
+    ],
+    ids=["malformed-first", "malformed-second"],
+)
+def test_whatever_became_of_an_external_ids_first_item_a_later_one_is_a_duplicate(
+    client, portal, items, expected, replace
+):
+    """A first item the schemas refused stood for nothing: the next one was applied,
+    though the first had been told its ad was kept as it was."""
+    client.put("/v1/ads/a-1", json=ad_payload(title="Original"), headers=portal.headers)
+
+    response = batch(client, portal, items, replace=replace)
+
+    assert [r["error"] for r in response.json["results"]] == expected, response.json
+    title = client.get("/v1/portals/me/ads/a-1", headers=portal.headers).json["title"]
+    assert title == ("Original" if expected[0] else "Changed")

@@ -425,6 +425,36 @@ def test_an_external_id_given_twice_in_one_request_keeps_the_first(client, porta
     assert own_titles(client, portal) == {"a-1": "First"}
 
 
+@pytest.mark.parametrize(
+    ("items", "expected"),
+    [
+        (
+            [
+                {"external_id": "a-1", "ad": ad_payload(title="")},
+                {"external_id": "a-1", "ad": ad_payload()},
+            ],
+            ["validation_error", "duplicate_external_id"],
+        ),
+        (
+            [
+                {"external_id": "a-1", "ad": ad_payload()},
+                {"external_id": "a-1", "ad": ad_payload(title="")},
+            ],
+            [None, "duplicate_external_id"],
+        ),
+    ],
+    ids=["malformed-first", "malformed-second"],
+)
+def test_an_external_id_given_again_after_any_first_item_is_a_duplicate_as_in_a_batch(
+    client, portal, items, expected
+):
+    session_id = open_session(client, portal)
+
+    response = stage(client, portal, session_id, items)
+
+    assert [r["error"] for r in response.json["results"]] == expected, response.json
+
+
 def test_a_staged_item_keeps_no_finer_location_than_its_ad_will(client, portal, wiring):
     # The point as sent stayed in the staging table, for up to a day and after the
     # commit until housekeeping, though approximate and area ads store only a cell's
