@@ -929,8 +929,10 @@ def list_conversations(
     cursor: str | None,
     limit: int,
     limits: RelayLimits,
+    ad_id: uuid.UUID | None = None,
 ) -> ConversationPage:
-    """The viewer's conversations (or one member's), newest activity first."""
+    """The viewer's conversations (or one member's, or those about one ad), newest
+    activity first."""
     involved = _has_party_portal(viewer.id)
     if member is not None:
         involved = or_(
@@ -940,6 +942,8 @@ def list_conversations(
             & (Conversation.recipient_member == member),
         )
     query = _CONVERSATIONS.where(involved)
+    if ad_id is not None:
+        query = query.where(Conversation.ad_id == ad_id)
     if cursor is not None:
         last_at, last_id = _decode_cursor(cursor)
         query = query.where(

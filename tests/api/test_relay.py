@@ -974,6 +974,26 @@ def test_conversations_list_newest_activity_first_and_by_member(client, advertis
     assert [c["id"] for c in mine["conversations"]] == [ids[1]]
 
 
+def test_conversations_list_by_ad(client, advertiser, writer_portal, other_portal):
+    bikes, piano = publish(client, advertiser, "bikes"), publish(client, advertiser, "piano")
+    about_bikes = [
+        contact(client, portal, bikes, member=f"m-{number}").json["conversation"]["id"]
+        for number, portal in enumerate((writer_portal, other_portal))
+    ]
+    contact(client, writer_portal, piano)
+    # The advertiser's portal sees everyone's; each other portal only its own.
+    listed, _ = conversation_ids(client, advertiser, ad_id=bikes)
+    assert listed == about_bikes[::-1]
+    assert conversation_ids(client, writer_portal, ad_id=bikes)[0] == [about_bikes[0]]
+    assert conversation_ids(client, other_portal, ad_id=bikes, member="m-1")[0] == [about_bikes[1]]
+    # An ad with no conversation (or of which nothing is known) lists none.
+    assert conversation_ids(client, advertiser, ad_id=str(uuid.uuid4()))[0] == []
+    # Once the ad is deleted its conversations go on, no longer about an id.
+    client.delete("/v1/ads/bikes", headers=advertiser.headers)
+    assert conversation_ids(client, advertiser, ad_id=bikes)[0] == []
+    assert len(conversation_ids(client, advertiser)[0]) == 3
+
+
 def conversation_ids(client, portal, **query) -> tuple[list[str], str | None]:
     response = client.get("/v1/conversations", query_string=query, headers=portal.headers)
     assert response.status_code == 200, response.json
@@ -1013,7 +1033,16 @@ def test_paging_while_conversations_move_up_repeats_none_and_skips_none_that_sta
 
 @pytest.mark.parametrize(
     "query",
-    ["cursor=garbage", "cursor=c1.bm90LWpzb24", "limit=0", "limit=101", "member=a@b.org", "x=1"],
+    [
+        "cursor=garbage",
+        "cursor=c1.bm90LWpzb24",
+        "limit=0",
+        "limit=101",
+        "member=a@b.org",
+        "x=1",
+        "ad_id=not-a-uuid",
+        "ad_id=",
+    ],
 )
 def test_bad_list_queries_are_refused(client, advertiser, query):
     response = client.get(f"/v1/conversations?{query}", headers=advertiser.headers)

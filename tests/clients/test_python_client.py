@@ -194,7 +194,10 @@ def test_a_portal_reads_the_relay_limits_and_what_its_member_has_left(live, make
         sent = contacting_portal.contact_advertiser(
             str(ad.id), {"member": "m-7", "name": "Sam", "body": "Still free?"}
         )
+        about_the_ad = list(advertiser_portal.iter_conversations(ad_id=str(ad.id)))
 
+    assert [conversation.id for conversation in about_the_ad] == [sent.conversation.id]
+    assert about_the_ad[0].recipient.sending.messages_left == limits.messages_in_a_row
     assert limits.message_max_chars == MAX_MESSAGE_CHARS
     sending = sent.conversation.initiator.sending
     assert (sending.allowed, sending.refusal) == (True, None)

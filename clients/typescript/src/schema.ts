@@ -275,7 +275,8 @@ export interface paths {
         /**
          * Search ads near a point or in a box, by words, category, kind and currency
          * @description Anyone may search. A portal that sends its key also finds its own portal-only
-         *     ads, and has a higher rate limit. Hidden ads never appear in an area search or
+         *     ads, does not find those of a community it blocked or that blocked it (their
+         *     members cannot talk), and has a higher rate limit. Hidden ads never appear in an area search or
          *     in distance order; the other ads show only their published (snapped) point, and
          *     distances are rounded to their privacy level.
          */
@@ -2554,6 +2555,8 @@ export interface operations {
             query?: {
                 /** @description Only this member's conversations (the calling portal's handle) */
                 member?: string | null;
+                /** @description Only the conversations about this ad (none once it is deleted: its conversations then have no ad id) */
+                ad_id?: string | null;
                 /** @description next_cursor of the previous page */
                 cursor?: string | null;
                 limit?: number;

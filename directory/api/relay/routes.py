@@ -165,6 +165,7 @@ class Conversations(MethodView):
                 session,
                 viewer=portal,
                 member=args["member"],
+                ad_id=args["ad_id"],
                 cursor=args["cursor"],
                 limit=args["limit"],
                 limits=wiring().relay_limits,

@@ -99,6 +99,13 @@ class ConversationListArgsSchema(Schema):
     member = _member_field(
         "Only this member's conversations (the calling portal's handle)", load_default=None
     )
+    ad_id = fields.UUID(
+        load_default=None,
+        metadata={
+            "description": "Only the conversations about this ad (none once it is deleted: "
+            "its conversations then have no ad id)"
+        },
+    )
     cursor = fields.String(
         load_default=None,
         validate=validate.Length(1, 200),

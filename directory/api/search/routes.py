@@ -63,7 +63,8 @@ class Search(MethodView):
         """Search ads near a point or in a box, by words, category, kind and currency
 
         Anyone may search. A portal that sends its key also finds its own portal-only
-        ads, and has a higher rate limit. Hidden ads never appear in an area search or
+        ads, does not find those of a community it blocked or that blocked it (their
+        members cannot talk), and has a higher rate limit. Hidden ads never appear in an area search or
         in distance order; the other ads show only their published (snapped) point, and
         distances are rounded to their privacy level."""
         viewer = calling_portal()

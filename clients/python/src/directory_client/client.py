@@ -330,16 +330,23 @@ class DirectoryClient:
         )
 
     def list_conversations(
-        self, *, member: str | None = None, cursor: str | None = None, limit: int | None = None
+        self,
+        *,
+        member: str | None = None,
+        ad_id: str | None = None,
+        cursor: str | None = None,
+        limit: int | None = None,
     ) -> models.ConversationPage:
-        params = query({"member": member, "cursor": cursor, "limit": limit})
+        params = query({"member": member, "ad_id": ad_id, "cursor": cursor, "limit": limit})
         return self._call("GET", "/v1/conversations", models.ConversationPage, params=params)
 
     def iter_conversations(
-        self, *, member: str | None = None, page_size: int = 100
+        self, *, member: str | None = None, ad_id: str | None = None, page_size: int = 100
     ) -> Iterator[models.ConversationSummary]:
         return _follow(
-            lambda cursor: self.list_conversations(member=member, cursor=cursor, limit=page_size),
+            lambda cursor: self.list_conversations(
+                member=member, ad_id=ad_id, cursor=cursor, limit=page_size
+            ),
             lambda page: page.conversations,
         )
 
