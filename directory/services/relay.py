@@ -391,8 +391,10 @@ def block_conversation(
         ongoing = _member(conversation, role.other) is not None
         conversation.blocked_at = datetime.now(UTC)
         conversation.blocked_by = role
+        # Written now, told or not: the answer reads the conversation with a statement of
+        # its own (_CONVERSATIONS), which the session does not flush before.
+        session.flush()
         if ongoing:
-            session.flush()
             tell_ended(session, [conversation.id])
 
 

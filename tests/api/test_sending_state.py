@@ -253,3 +253,20 @@ def test_the_limit_read_is_the_one_that_refuses(client, advertiser, writer_porta
     assert too_long.status_code == 400, too_long.json
     longest = reply(client, advertiser, conversation_id, body="x" * limits["message_max_chars"])
     assert longest.status_code == 201, longest.json
+
+
+def test_blocking_a_conversation_whose_other_party_was_erased_answers_it_blocked(
+    client, advertiser, writer_portal, conversation_id
+):
+    erased = client.post(ERASURES, json={"member": WRITER}, headers=writer_portal.headers)
+    assert erased.status_code == 200, erased.json
+    blocked = client.post(
+        f"/v1/conversations/{conversation_id}/block",
+        json={"member": ADVERTISER},
+        headers=advertiser.headers,
+    )
+    assert blocked.status_code == 200, blocked.json
+    # The answer is the conversation as the block left it, as a later read shows it.
+    later = view(client, advertiser, conversation_id)
+    assert (blocked.json["blocked_by"], later["blocked_by"]) == ("recipient", "recipient")
+    assert blocked.json["blocked_at"] == later["blocked_at"]
