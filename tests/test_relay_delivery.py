@@ -25,7 +25,7 @@ from directory.webhooks.delivery import Outcome, WebhookSender
 from directory.worker import DELIVERY_THREADS, Deliverer
 from tests.credit_commons import free_port
 from tests.factories import ad_payload
-from tests.peers import Reply, WebhookReceiver
+from tests.peers import Reply, Trickling, WebhookReceiver
 
 READ_TIMEOUT_S = 0.5
 
@@ -788,3 +788,32 @@ def test_the_deliverer_says_in_one_line_that_the_database_is_away(migrated, capl
         assert record.exc_info is None
         assert "the database is unavailable" in record.getMessage()
         assert "\n" not in record.getMessage()
+
+
+def test_the_worker_logs_no_words_of_an_endpoint_that_does_not_answer_in_http(
+    client, deliver_one_round, portal, other_portal, caplog
+):
+    """An answer that is no HTTP has no status, and its first line (here the event's
+    words, as a misconfigured endpoint may echo them) is no account of ours either."""
+    words = "Meet-me-at-the-old-mill-on-Saturday"
+    caplog.set_level(logging.INFO, logger=worker.log.name)
+    with Trickling(f"{words}\r\n".encode(), lambda: (), pause_s=0) as endpoint:
+        client.patch(
+            "/v1/portals/me",
+            json={"webhook_url": f"{endpoint.origin}/hook"},
+            headers=other_portal.headers,
+        )
+        conversation_id = open_conversation(client, portal, other_portal)["conversation"]["id"]
+        client.post(
+            f"/v1/conversations/{conversation_id}/messages",
+            json={"member": "m-owner", "body": words},
+            headers=portal.headers,
+        )
+        deliver_one_round()
+        assert endpoint.answered == 1
+    (logged,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("webhook ")]
+    assert f"127.0.0.1 port {endpoint.port}" in logged  # how it failed, and where
+    assert words not in logged
+    # The portal itself still reads how its endpoint answered.
+    seen = client.get(f"/v1/conversations/{conversation_id}", headers=other_portal.headers)
+    assert words in seen.json["messages"][1]["delivery"]["last_error"]

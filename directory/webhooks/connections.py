@@ -31,7 +31,12 @@ ERROR_BODY_CHARS = 200
 
 
 class RequestFailed(Exception):
-    """No answer came; the message says why, naming the address tried."""
+    """No answer came; the message says why, naming the address tried. `logged`: the
+    same without what the peer sent, for logs (describe_failure)."""
+
+    def __init__(self, message: str, *, logged: str | None = None) -> None:
+        super().__init__(message)
+        self.logged = message if logged is None else logged
 
 
 # The deadline (time.monotonic()) of the exchange this thread is sending, for the answer
@@ -171,7 +176,10 @@ def send_request(
         except (HTTPError, OSError) as error:
             late = time.monotonic() >= deadline
             raise RequestFailed(
-                describe_failure(error, address=address, target=target, late=late)
+                describe_failure(error, address=address, target=target, late=late),
+                logged=describe_failure(
+                    error, address=address, target=target, late=late, quoting_peer=False
+                ),
             ) from None
         finally:
             _DEADLINE.reset(token)
@@ -213,10 +221,18 @@ def read_capped(
 
 
 def describe_failure(
-    error: Exception, *, address: str, target: WebhookTarget, late: bool = False
+    error: Exception,
+    *,
+    address: str,
+    target: WebhookTarget,
+    late: bool = False,
+    quoting_peer: bool = True,
 ) -> str:
     """A short account of a network failure, naming the address tried. `late`: it came
-    once the exchange's deadline had passed."""
+    once the exchange's deadline had passed. Not `quoting_peer`: without what the peer
+    sent, where that is the reason (an answer that is no HTTP: its first line, which may
+    echo the request, a member's words, into logs that outlive an erasure), only the
+    kind of failure."""
     where = f"{address} port {target.port}"
     if isinstance(error, NewConnectionError):
         return f"cannot connect to {where}: {cause(error)}"
@@ -228,9 +244,19 @@ def describe_failure(
         return f"no answer from {where} within the read timeout"
     if isinstance(error, SSLError):
         return f"TLS error with {where} ({target.hostname}): {cause(error)}"
+    reason = cause(error) if quoting_peer else type(_innermost(error)).__name__
     if isinstance(error, ProtocolError):
-        return f"connection to {where} broken: {cause(error)}"
-    return f"request to {where} failed: {cause(error)}"
+        return f"connection to {where} broken: {reason}"
+    return f"request to {where} failed: {reason}"
+
+
+def _innermost(error: BaseException) -> BaseException:
+    """The exception that `error` was raised from, in the end; for urllib3's ProtocolError,
+    the one it wraps (http.client's BadStatusLine, say)."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    wrapped = error.args[1] if isinstance(error, ProtocolError) and len(error.args) > 1 else None
+    return wrapped if isinstance(wrapped, BaseException) else error
 
 
 def cause(error: BaseException) -> str:

@@ -62,17 +62,13 @@ class DeliveryResult:
     # Short, for the portal's view of its deliveries (the start of its answer included);
     # None when delivered.
     error: str | None
+    # The error without what the portal answered: its body, a redirect's target or a
+    # first line that is no HTTP may echo the event, a member's words and handle, into
+    # logs that outlive an erasure and that more people read than the portal's own view
+    # of its deliveries. Its status, or our own account of the network or of the URL.
+    reason_to_log: str | None
     retry_after_s: float | None  # what a 429 or 503 asked for, capped at MAX_RETRY_AFTER_S
     duration_ms: float
-
-    @property
-    def reason_to_log(self) -> str | None:
-        """The error without what the portal answered: its body (or a redirect's target)
-        may echo the event, a member's words and handle, into logs that outlive an
-        erasure and that more people read than the portal's own view of its deliveries."""
-        if self.status is None:
-            return self.error  # our own account of the network, or of the URL
-        return None if self.error is None else f"HTTP {self.status}"
 
 
 PoolKey = tuple[str, str, int, str]  # scheme, address, port, hostname
@@ -116,7 +112,8 @@ class WebhookSender:
             # Checked again at each delivery: the name may point elsewhere since it was set.
             target = resolve_webhook_target(url, allow_loopback=allow_loopback)
         except UnsafeUrl as error:
-            return _result(Outcome.RETRY, started, error=f"unsafe webhook URL: {error}")
+            reason = f"unsafe webhook URL: {error}"
+            return _result(Outcome.RETRY, started, error=reason, reason_to_log=reason)
         request_headers = {
             "user-agent": USER_AGENT,
             **{name.lower(): value for name, value in headers.items()},
@@ -134,7 +131,7 @@ class WebhookSender:
                 deadline=started + self._total_timeout_s,
             )
         except RequestFailed as error:
-            return _result(Outcome.RETRY, started, error=str(error))
+            return _result(Outcome.RETRY, started, error=str(error), reason_to_log=error.logged)
         return self._classify(response, started)
 
     def close(self) -> None:
@@ -195,7 +192,14 @@ class WebhookSender:
             _retry_after_s(response.headers.get("retry-after")) if status in (429, 503) else None
         )
         outcome = Outcome.GONE if status == 410 else Outcome.RETRY
-        return _result(outcome, started, status=status, error=error, retry_after_s=retry_after_s)
+        return _result(
+            outcome,
+            started,
+            status=status,
+            error=error,
+            reason_to_log=f"HTTP {status}",
+            retry_after_s=retry_after_s,
+        )
 
 
 def _result(
@@ -204,12 +208,14 @@ def _result(
     *,
     status: int | None = None,
     error: str | None = None,
+    reason_to_log: str | None = None,
     retry_after_s: float | None = None,
 ) -> DeliveryResult:
     return DeliveryResult(
         outcome=outcome,
         status=status,
         error=error,
+        reason_to_log=reason_to_log,
         retry_after_s=retry_after_s,
         duration_ms=(time.monotonic() - started) * 1000,
     )
