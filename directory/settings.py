@@ -400,12 +400,18 @@ def _check_database_url(name: str, url: str) -> None:
     if not url.startswith(POSTGRESQL_URL_PREFIXES):
         raise SettingsError(f"{name} must be {POSTGRESQL_URL_FORMS}")
     try:
-        make_url(url)
+        query = make_url(url).query
     except (ArgumentError, ValueError):
         raise SettingsError(
             f"{name} must be {POSTGRESQL_URL_FORMS}: it could not be read (a port that is "
             "no number? characters of the password to %-escape?)"
         ) from None
+    # libpq reads an option's last value, which is what is checked below; the engine
+    # passes them all, as one value no option takes ("('require', 'require')"). Hosts
+    # given one by one are the engine's way to name several.
+    for option, value in query.items():
+        if isinstance(value, tuple) and option != "host":
+            raise SettingsError(f"{name} gives {option} more than once: give it once")
     # What libpq will make of it, read as libpq reads it when connecting (only the
     # options' names are checked then, not their values): otherwise an unknown option, or
     # a value libpq does not take (sslmode=requre), failed the first connection, with a

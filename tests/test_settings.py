@@ -14,9 +14,10 @@ from pathlib import Path
 import psycopg
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from directory import build_wiring
-from directory.db import unit_of_work
+from directory.db import make_engine, unit_of_work
 from directory.search.indexing import load_position, store_position
 from directory.settings import (
     MEILISEARCH_INDEX_MAX_CHARS,
@@ -772,6 +773,37 @@ def test_from_env_accepts_each_value_libpq_takes(option, value):
     settings = Settings.from_env({"DIRECTORY_DATABASE_URL": url})
 
     assert settings.database_url == url.replace("postgresql://", "postgresql+psycopg://")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        "sslmode=require&sslmode=bogus",
+        "sslmode=disable&sslmode=disable",
+        "connect_timeout=5&connect_timeout=5",
+    ],
+)
+def test_from_env_refuses_a_libpq_option_given_twice(options):
+    """libpq reads the last value, which the settings checked; the engine passes them
+    all, as one value that no option takes."""
+    url = f"postgresql://u:s3cret@db.example/d?{options}"
+    option = options.partition("=")[0]
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env({"DIRECTORY_SEARCH_DATABASE_URL": url})
+
+    assert str(refused.value) == (
+        f"DIRECTORY_SEARCH_DATABASE_URL gives {option} more than once: give it once"
+    )
+    assert "s3cret" not in str(refused.value)
+
+
+def test_the_engine_cannot_connect_with_a_libpq_option_given_twice(cluster):
+    engine = make_engine(f"{cluster.admin_url()}?sslmode=disable&sslmode=disable")
+    try:
+        with pytest.raises(OperationalError, match="sslmode"), engine.connect():
+            pass
+    finally:
+        engine.dispose()
 
 
 def _refused_by_libpq(cluster, option: str, value: str) -> str | None:
