@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import socketserver
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -25,7 +26,7 @@ from directory.webhooks.delivery import Outcome, WebhookSender
 from directory.worker import DELIVERY_THREADS, Deliverer
 from tests.credit_commons import free_port
 from tests.factories import ad_payload
-from tests.peers import Reply, Trickling, WebhookReceiver
+from tests.peers import Peer, Reply, WebhookReceiver
 
 READ_TIMEOUT_S = 0.5
 
@@ -790,6 +791,31 @@ def test_the_deliverer_says_in_one_line_that_the_database_is_away(migrated, capl
         assert "\n" not in record.getMessage()
 
 
+class NotHttp(Peer):
+    """A loopback server that reads each request whole, then answers `line`, no HTTP."""
+
+    def __init__(self, line: bytes) -> None:
+        super().__init__()
+        self.line = line
+        self.answered = 0
+
+    def handler(self) -> type[socketserver.BaseRequestHandler]:
+        peer = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                length = 0
+                while (header := self.rfile.readline()) not in (b"\r\n", b""):
+                    name, _, value = header.decode("latin-1").partition(":")
+                    if name.strip().lower() == "content-length":
+                        length = int(value)
+                self.rfile.read(length)
+                peer.answered += 1
+                self.wfile.write(peer.line)
+
+        return Handler
+
+
 def test_the_worker_logs_no_words_of_an_endpoint_that_does_not_answer_in_http(
     client, deliver_one_round, portal, other_portal, caplog
 ):
@@ -797,7 +823,7 @@ def test_the_worker_logs_no_words_of_an_endpoint_that_does_not_answer_in_http(
     words, as a misconfigured endpoint may echo them) is no account of ours either."""
     words = "Meet-me-at-the-old-mill-on-Saturday"
     caplog.set_level(logging.INFO, logger=worker.log.name)
-    with Trickling(f"{words}\r\n".encode(), lambda: (), pause_s=0) as endpoint:
+    with NotHttp(f"{words}\r\n".encode()) as endpoint:
         client.patch(
             "/v1/portals/me",
             json={"webhook_url": f"{endpoint.origin}/hook"},
