@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from urllib.parse import urlsplit
+
+log = logging.getLogger(__name__)
 
 ENVIRONMENTS = ("development", "test", "production")
 SEARCH_ENGINES = ("postgres", "meilisearch")
@@ -91,8 +94,8 @@ MIN_PRODUCTION_DELIVERY_LEASE_S = 30
 # A shorter metrics token could be guessed by trying.
 METRICS_TOKEN_MIN_CHARS = 32
 # The DIRECTORY_* variables that are no settings but that the project's other tools read,
-# from an environment `directory serve` may share. from_env refuses any other DIRECTORY_*
-# name: a misspelt setting left its default in force without a word.
+# from an environment `directory serve` may share. from_env warns of any other
+# DIRECTORY_* name: a misspelt setting left its default in force without a word.
 OTHER_TOOLS_VARIABLES = frozenset(
     {
         # directory-client and directory-sync (clients/python), and the TypeScript
@@ -117,8 +120,8 @@ OTHER_TOOLS_VARIABLES = frozenset(
 )
 # What Kubernetes puts in every pod's environment for each service in its namespace (a
 # service `directory`, or `directory-db`, gives DIRECTORY_SERVICE_HOST, DIRECTORY_PORT,
-# DIRECTORY_DB_PORT_5432_TCP_ADDR...), as Docker's container links did: no one's typo,
-# and refusing them would stop the directory in the cluster it is most likely run in.
+# DIRECTORY_DB_PORT_5432_TCP_ADDR...): no one's typo, and no cause for a warning in the
+# cluster the directory is most likely run in.
 SERVICE_LINK_VARIABLE = re.compile(
     r"DIRECTORY_(?:[A-Z0-9_]+_)?(?:SERVICE_HOST|SERVICE_PORT(?:_[A-Z0-9_]+)?"
     r"|PORT(?:_[0-9]+_(?:TCP|UDP|SCTP)(?:_PROTO|_PORT|_ADDR)?)?)"
@@ -323,7 +326,7 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         environ = os.environ if environ is None else environ
-        _refuse_unknown_variables(environ)
+        _warn_of_unknown_variables(environ)
         values: dict[str, object] = {}
         for field in fields(cls):
             name = "DIRECTORY_" + field.name.upper()
@@ -352,29 +355,37 @@ class Settings:
         return cls(**values)
 
 
-def _refuse_unknown_variables(environ: Mapping[str, str]) -> None:
+# Once a process: a command reads its settings more than once.
+_warned_of: set[str] = set()
+
+
+def _warn_of_unknown_variables(environ: Mapping[str, str]) -> None:
     """Each DIRECTORY_* name that is neither a setting nor another tool's, by its name
-    only (its value may be a secret), with the known name it is closest to."""
+    only (its value may be a secret), with the known name it is closest to. Warned of,
+    not refused: a setting of a later release, in an environment that processes of two
+    releases share during a rolling deploy (or kept for a rollback), must not stop this
+    one from starting."""
     known = {"DIRECTORY_" + field.name.upper() for field in fields(Settings)}
     known |= OTHER_TOOLS_VARIABLES
     # Compared without the prefix every name shares, which made any name look close to many.
     suffixes = [name.removeprefix("DIRECTORY_") for name in known]
-    refusals = []
     for name in sorted(environ):
         if (
             not name.startswith("DIRECTORY_")
             or name in known
             or SERVICE_LINK_VARIABLE.fullmatch(name)
+            or name in _warned_of
         ):
             continue
+        _warned_of.add(name)
         close = difflib.get_close_matches(name.removeprefix("DIRECTORY_"), suffixes, n=1)
-        refusals.append(
-            f"{name} is not a setting (did you mean DIRECTORY_{close[0]}?)"
+        log.warning(
+            "%s is not a setting of this release, and is ignored (%s)",
+            name,
+            f"did you mean DIRECTORY_{close[0]}?"
             if close
-            else f"{name} is not a setting (README.md lists them, under Operating it)"
+            else "README.md lists the settings, under Operating it",
         )
-    if refusals:
-        raise SettingsError("; ".join(refusals))
 
 
 def _without_secrets(name: str, value: object) -> object:

@@ -25,6 +25,7 @@ from sqlalchemy import text
 import directory
 import directory.__main__ as main
 import directory.db
+import directory.settings
 from directory import Wiring
 from directory import build_wiring as real_build_wiring
 from directory.__main__ import alembic_config, cli
@@ -654,12 +655,36 @@ def test_bad_settings_stop_the_command_naming_the_variable(run):
     assert "Traceback" not in result.output
 
 
-def test_a_misspelt_setting_stops_the_command_suggesting_the_setting(run):
-    result = run("portals", "list", env={"DIRECTORY_WEBHOOK_ALLOW_LOOPBAK": "1"})
+def test_a_misspelt_setting_is_warned_of_once_suggesting_the_setting(run, caplog, monkeypatch):
+    monkeypatch.setattr(directory.settings, "_warned_of", set())  # as in a new process
+    with caplog.at_level(logging.WARNING, logger="directory.settings"):
+        result = run("portals", "list", env={"DIRECTORY_WEBHOOK_ALLOW_LOOPBAK": "1"})
 
-    assert result.exit_code == 1
-    assert result.output == (
-        "Error: DIRECTORY_WEBHOOK_ALLOW_LOOPBAK is not a setting "
+    assert result.exit_code == 0, result.output
+    assert [record.getMessage() for record in caplog.records] == [
+        "DIRECTORY_WEBHOOK_ALLOW_LOOPBAK is not a setting of this release, and is ignored "
+        "(did you mean DIRECTORY_WEBHOOK_ALLOW_LOOPBACK?)"
+    ]
+
+
+def test_the_warning_reaches_the_operator_before_logging_is_set_up(migrated):
+    """As `directory serve` and every command read their settings first: on stderr."""
+    environment = {
+        **os.environ,
+        "DIRECTORY_DATABASE_URL": migrated.database_url,
+        "DIRECTORY_WEBHOOK_ALLOW_LOOPBAK": "1",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "directory", "portals", "list"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == (
+        "DIRECTORY_WEBHOOK_ALLOW_LOOPBAK is not a setting of this release, and is ignored "
         "(did you mean DIRECTORY_WEBHOOK_ALLOW_LOOPBACK?)\n"
     )
 

@@ -4,6 +4,7 @@ the start with a message naming the variable."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 import shutil
 import subprocess
@@ -17,6 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from directory import build_wiring
+from directory import settings as settings_module
 from directory.db import make_engine, unit_of_work
 from directory.search.indexing import load_position, store_position
 from directory.settings import (
@@ -89,68 +91,79 @@ def test_from_env_ignores_other_variables_and_keeps_defaults():
     assert Settings.from_env({"PATH": "/usr/bin", "HOME": "/root"}) == Settings()
 
 
+@pytest.fixture(autouse=True)
+def warnings_afresh(monkeypatch):
+    """Each test as a process of its own: a name is warned of once a process."""
+    monkeypatch.setattr(settings_module, "_warned_of", set())
+
+
 @pytest.mark.parametrize(
     ("variable", "message"),
     [
         pytest.param(
             "DIRECTORY_WEBHOOK_ALLOW_LOOPBAK",
-            "DIRECTORY_WEBHOOK_ALLOW_LOOPBAK is not a setting "
+            "DIRECTORY_WEBHOOK_ALLOW_LOOPBAK is not a setting of this release, and is ignored "
             "(did you mean DIRECTORY_WEBHOOK_ALLOW_LOOPBACK?)",
             id="letter-left-out",
         ),
         pytest.param(
             "DIRECTORY_RELAY_UNANSWERED_MESAGES",
-            "DIRECTORY_RELAY_UNANSWERED_MESAGES is not a setting "
+            "DIRECTORY_RELAY_UNANSWERED_MESAGES is not a setting of this release, and is ignored "
             "(did you mean DIRECTORY_RELAY_UNANSWERED_MESSAGES?)",
             id="letter-left-out-of-a-long-name",
         ),
         pytest.param(
             "DIRECTORY_METRIC_TOKEN",
-            "DIRECTORY_METRIC_TOKEN is not a setting (did you mean DIRECTORY_METRICS_TOKEN?)",
+            "DIRECTORY_METRIC_TOKEN is not a setting of this release, and is ignored (did you mean DIRECTORY_METRICS_TOKEN?)",
             id="secret-misspelt",
         ),
         pytest.param(
             "DIRECTORY_PORTAL_KY",
-            "DIRECTORY_PORTAL_KY is not a setting (did you mean DIRECTORY_PORTAL_KEY?)",
+            "DIRECTORY_PORTAL_KY is not a setting of this release, and is ignored (did you mean DIRECTORY_PORTAL_KEY?)",
             id="another-tools-variable-misspelt",
         ),
         pytest.param(
             "DIRECTORY_COLOUR",
-            "DIRECTORY_COLOUR is not a setting (README.md lists them, under Operating it)",
+            "DIRECTORY_COLOUR is not a setting of this release, and is ignored (README.md lists the settings, under Operating it)",
             id="nothing-close",
         ),
     ],
 )
-def test_from_env_refuses_a_directory_variable_it_does_not_know(variable, message):
-    """Read as before, a misspelt setting left its default in force without a word."""
-    with pytest.raises(SettingsError) as refused:
-        Settings.from_env({variable: "s3cret-value"})
+def test_from_env_warns_of_a_directory_variable_it_does_not_know(variable, message, caplog):
+    """Read as before, a misspelt setting left its default in force without a word. Not
+    refused: a later release's setting, in an environment shared during a rolling deploy,
+    must not stop this one."""
+    with caplog.at_level(logging.WARNING, logger="directory.settings"):
+        assert Settings.from_env({variable: "s3cret-value"}) == Settings()
 
-    assert str(refused.value) == message
-    assert "s3cret" not in str(refused.value)  # a value may be a secret
+    assert [record.getMessage() for record in caplog.records] == [message]
+    assert "s3cret" not in caplog.text  # a value may be a secret
 
 
-def test_from_env_names_every_directory_variable_it_does_not_know():
-    with pytest.raises(SettingsError) as refused:
-        Settings.from_env(
+def test_from_env_names_every_directory_variable_it_does_not_know_and_reads_the_rest(caplog):
+    with caplog.at_level(logging.WARNING, logger="directory.settings"):
+        settings = Settings.from_env(
             {
-                "DIRECTORY_LOG_LEVEL": "INFO",
+                "DIRECTORY_LOG_LEVEL": "DEBUG",
                 "DIRECTORY_TRUSTED_PROXY": "1",
                 "DIRECTORY_DB_POOLSIZE": "5",
             }
         )
 
-    assert str(refused.value) == (
-        "DIRECTORY_DB_POOLSIZE is not a setting (did you mean DIRECTORY_DB_POOL_SIZE?); "
-        "DIRECTORY_TRUSTED_PROXY is not a setting (did you mean DIRECTORY_TRUSTED_PROXIES?)"
-    )
+    assert settings.log_level == "DEBUG"
+    assert [record.getMessage() for record in caplog.records] == [
+        "DIRECTORY_DB_POOLSIZE is not a setting of this release, and is ignored "
+        "(did you mean DIRECTORY_DB_POOL_SIZE?)",
+        "DIRECTORY_TRUSTED_PROXY is not a setting of this release, and is ignored "
+        "(did you mean DIRECTORY_TRUSTED_PROXIES?)",
+    ]
 
 
 def test_from_env_leaves_alone_the_directory_variables_other_tools_read():
     assert Settings.from_env(dict.fromkeys(OTHER_TOOLS_VARIABLES, "1")) == Settings()
 
 
-def test_from_env_leaves_alone_what_kubernetes_sets_for_services_named_directory():
+def test_from_env_leaves_alone_what_kubernetes_sets_for_services_named_directory(caplog):
     """A pod sees these for every service of its namespace: `directory` (the API itself),
     `directory-db` and `directory-meilisearch` here."""
     kubernetes = {
@@ -167,11 +180,13 @@ def test_from_env_leaves_alone_what_kubernetes_sets_for_services_named_directory
         "DIRECTORY_MEILISEARCH_SERVICE_PORT": "7700",
         "DIRECTORY_MEILISEARCH_PORT_7700_UDP": "udp://10.0.0.13:7700",
     }
-    assert Settings.from_env(kubernetes) == Settings()
-    # Only those shapes: a setting misspelt near them is still refused.
-    for misspelt in ("DIRECTORY_SERVICE_HOSTS", "DIRECTORY_PORT_TCP", "DIRECTORY_PORTS"):
-        with pytest.raises(SettingsError, match=misspelt):
-            Settings.from_env({misspelt: "1"})
+    with caplog.at_level(logging.WARNING, logger="directory.settings"):
+        assert Settings.from_env(kubernetes) == Settings()
+        assert caplog.records == []
+        # Only those shapes: a name misspelt near them is still warned of.
+        misspelt = ("DIRECTORY_SERVICE_HOSTS", "DIRECTORY_PORT_TCP", "DIRECTORY_PORTS")
+        Settings.from_env(dict.fromkeys(misspelt, "1"))
+    assert sorted(record.args[0] for record in caplog.records) == sorted(misspelt)
 
 
 # DIRECTORY_* names in the repository that no one reads or sets: clients/python's
