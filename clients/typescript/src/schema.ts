@@ -1407,7 +1407,7 @@ export interface components {
             message_max_chars: number;
             /** @description The longest display name */
             name_max_chars: number;
-            /** @description Messages are deleted this many days after they were sent: a portal keeps what its members need longer */
+            /** @description Messages are deleted this many days after they were sent (one still being delivered when they are over, once it is delivered or has failed): a portal keeps what its members need longer */
             retention_days: number;
         };
         Contact: {

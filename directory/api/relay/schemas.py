@@ -307,8 +307,9 @@ class RelayLimitsSchema(Schema):
     name_max_chars = fields.Integer(metadata={"description": "The longest display name"})
     retention_days = fields.Integer(
         metadata={
-            "description": "Messages are deleted this many days after they were sent: a "
-            "portal keeps what its members need longer"
+            "description": "Messages are deleted this many days after they were sent (one "
+            "still being delivered when they are over, once it is delivered or has failed): "
+            "a portal keeps what its members need longer"
         }
     )
 

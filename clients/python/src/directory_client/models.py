@@ -711,7 +711,7 @@ class RelayLimits(Struct, kw_only=True):
     retention_days: Annotated[
         int,
         Meta(
-            description='Messages are deleted this many days after they were sent: a portal keeps what its members need longer'
+            description='Messages are deleted this many days after they were sent (one still being delivered when they are over, once it is delivered or has failed): a portal keeps what its members need longer'
         ),
     ]
 
