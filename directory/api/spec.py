@@ -6,7 +6,8 @@ generated from the spec (openapi-typescript, msgspec models) would make callers 
 each field of every answer for absence. So the properties of schemas used only in
 answers are all required, but for those whose field metadata carries
 OPTIONAL_ANSWER_FIELD (present only when asked for). A field without a value is there as
-null (allow_none), never left out; the tests check every answer against the spec."""
+null (allow_none), never left out; the tests check every answer against the spec. Such
+schemas are marked ANSWER_ONLY, for the Python client's generator."""
 
 from __future__ import annotations
 
@@ -18,13 +19,27 @@ from apispec import APISpec
 # Field metadata (an OpenAPI extension, so it also shows in the spec) of an answer field
 # that may be absent.
 OPTIONAL_ANSWER_FIELD = "x-present-when-asked"
+# Marks the schemas that only answers use: the Python client's generator reads it.
+ANSWER_ONLY = "x-answer-only"
 REF_PREFIX = "#/components/schemas/"
 METHODS = {"get", "put", "post", "patch", "delete"}
 
 
 def require_answer_fields(spec: APISpec) -> None:
-    document = spec.to_dict()
     schemas = spec.components.schemas
+    for name in sorted(_answer_only_schemas(spec.to_dict())):
+        schemas[name][ANSWER_ONLY] = True
+        properties = schemas[name].get("properties", {})
+        required = [
+            field for field, definition in properties.items()
+            if not definition.get(OPTIONAL_ANSWER_FIELD)
+        ]  # fmt: skip
+        if required:
+            schemas[name]["required"] = required
+
+
+def _answer_only_schemas(document: dict) -> set[str]:
+    """Names of the component schemas that only answers use, in an OpenAPI document."""
     asked, answered = set(), set()
     for item in document["paths"].values():
         for method, operation in item.items():
@@ -35,14 +50,7 @@ def require_answer_fields(spec: APISpec) -> None:
             )
             answered |= _reachable([operation.get("responses")], document)
     answered |= _reachable([document["components"].get("responses")], document)
-    for name in sorted(answered - asked):
-        properties = schemas[name].get("properties", {})
-        required = [
-            field for field, definition in properties.items()
-            if not definition.get(OPTIONAL_ANSWER_FIELD)
-        ]  # fmt: skip
-        if required:
-            schemas[name]["required"] = required
+    return answered - asked
 
 
 def _reachable(roots: list[Any], document: dict) -> set[str]:

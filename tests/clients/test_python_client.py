@@ -508,6 +508,39 @@ class Scripted:
         return f"http://127.0.0.1:{self.server.server_port}"
 
 
+def test_an_answer_of_an_earlier_release_without_its_later_nullable_fields_still_reads(
+    live, make_portal
+):
+    """A directory of an earlier release, in a federation or during a rolling deploy,
+    answers without the fields added since (a party's sending, a rejected item's error):
+    those that may be null read as None. Those that may not are refused, named."""
+    advertiser, contacting = make_portal(), make_portal()
+    with (
+        DirectoryClient(live.url, key=advertiser.key) as advertiser_portal,
+        DirectoryClient(live.url, key=contacting.key) as contacting_portal,
+    ):
+        ad = advertiser_portal.put_ad("a-1", ad_payload())
+        sent = contacting_portal.contact_advertiser(
+            str(ad.id), {"member": "m-7", "name": "Sam", "body": "Still free?"}
+        )
+        current = httpx.get(
+            f"{live.url}/v1/conversations/{sent.conversation.id}",
+            headers={"Authorization": f"Bearer {contacting.key}"},
+        ).json()
+    for party in ("initiator", "recipient"):
+        del current[party]["sending"]
+    without_alias = orjson.loads(orjson.dumps(current))
+    del without_alias["initiator"]["alias"]
+    answers = [(200, {}, orjson.dumps(current)), (200, {}, orjson.dumps(without_alias))]
+    with Scripted(answers) as older, DirectoryClient(older.url, key=contacting.key) as directory:
+        read = directory.get_conversation(str(sent.conversation.id))
+        with pytest.raises(AnswerNotUnderstood, match="alias"):
+            directory.get_conversation(str(sent.conversation.id))
+
+    assert read.initiator.sending is None
+    assert read.initiator.member == "m-7"
+
+
 UNAVAILABLE = (503, {"Retry-After": "0"}, b'{"code":503,"status":"Service Unavailable",'
                b'"error":"unavailable","message":"database down","errors":{}}')  # fmt: skip
 HEALTHY = (200, {}, b'{"status":"ok"}')

@@ -55,8 +55,12 @@ class Liveness(Struct, kw_only=True):
 class Readiness(Struct, kw_only=True):
     status: Annotated[str, Meta(description='ok, or what is wrong')]
     database: Annotated[str, Meta(description='ok, or the error reaching it')]
-    migration: Annotated[str, Meta(description="The database's schema revision")] | None
-    expected_migration: Annotated[str, Meta(description='The revision this release needs')] | None
+    migration: (
+        Annotated[str, Meta(description="The database's schema revision")] | None
+    ) = None
+    expected_migration: (
+        Annotated[str, Meta(description='The revision this release needs')] | None
+    ) = None
 
 
 class WebsiteVerification(Struct, kw_only=True):
@@ -78,10 +82,35 @@ class WebsiteVerification(Struct, kw_only=True):
             description='Where the directory looks for the token: the website, normalised, then /.well-known/commons-directory (plain text)'
         ),
     ]
-    verified_at: Annotated[datetime, Meta(description='When the website was verified (null: it is not)')] | None
-    verified_by: Annotated[Literal['fetch', 'operator'], Meta(description="fetch: the token was found at url, and is looked for there again every few days (daily while it is missing); operator: vouched for by the directory's operator, never looked at again. Null while unverified")] | None
-    failing_since: Annotated[datetime, Meta(description="Since when those later looks have not found the token: the verification is withdrawn once that has lasted the directory's grace period (14 days unless its operator chose otherwise). Null while they find it")] | None
-    last_failure: Annotated[str, Meta(description='Why the last look did not find the token')] | None
+    verified_at: (
+        Annotated[
+            datetime,
+            Meta(description='When the website was verified (null: it is not)'),
+        ]
+        | None
+    ) = None
+    verified_by: (
+        Annotated[
+            Literal['fetch', 'operator'],
+            Meta(
+                description="fetch: the token was found at url, and is looked for there again every few days (daily while it is missing); operator: vouched for by the directory's operator, never looked at again. Null while unverified"
+            ),
+        ]
+        | None
+    ) = None
+    failing_since: (
+        Annotated[
+            datetime,
+            Meta(
+                description="Since when those later looks have not found the token: the verification is withdrawn once that has lasted the directory's grace period (14 days unless its operator chose otherwise). Null while they find it"
+            ),
+        ]
+        | None
+    ) = None
+    last_failure: (
+        Annotated[str, Meta(description='Why the last look did not find the token')]
+        | None
+    ) = None
 
 
 class Ledger(Struct, kw_only=True):
@@ -119,21 +148,51 @@ class AdUsage(Struct, kw_only=True):
 class Portal(Struct, kw_only=True):
     slug: Annotated[str, Meta(description="The portal's id in the directory")]
     name: str
-    website: str | None
-    website_verification: Annotated[WebsiteVerification, Meta(description='null when the portal has no website')] | None
-    contact: Annotated[str, Meta(description="How the directory's operators reach the portal's team")] | None
-    description: str | None
     default_currencies: Annotated[
         list[str], Meta(description='Applied to ads that name no currencies')
     ]
-    webhook_url: Annotated[str, Meta(description='Where relay messages are sent (Standard Webhooks)')] | None
-    webhook_disabled_at: Annotated[datetime, Meta(description='Set when the endpoint answered 410 Gone: no webhooks are sent (messages wait in the inbox) until webhook_url is set again')] | None
-    webhook_disabled_reason: str | None
-    ledger: Annotated[Ledger, Meta(description="Where members' ads with a ledger_account are paid")] | None
     status: Literal['active', 'suspended', 'closed']
     ads: AdUsage
     created_at: datetime
     updated_at: datetime
+    website: str | None = None
+    website_verification: (
+        Annotated[
+            WebsiteVerification, Meta(description='null when the portal has no website')
+        ]
+        | None
+    ) = None
+    contact: (
+        Annotated[
+            str,
+            Meta(description="How the directory's operators reach the portal's team"),
+        ]
+        | None
+    ) = None
+    description: str | None = None
+    webhook_url: (
+        Annotated[
+            str, Meta(description='Where relay messages are sent (Standard Webhooks)')
+        ]
+        | None
+    ) = None
+    webhook_disabled_at: (
+        Annotated[
+            datetime,
+            Meta(
+                description='Set when the endpoint answered 410 Gone: no webhooks are sent (messages wait in the inbox) until webhook_url is set again'
+            ),
+        ]
+        | None
+    ) = None
+    webhook_disabled_reason: str | None = None
+    ledger: (
+        Annotated[
+            Ledger,
+            Meta(description="Where members' ads with a ledger_account are paid"),
+        ]
+        | None
+    ) = None
 
 
 DefaultCurrency: TypeAlias = Annotated[
@@ -188,8 +247,13 @@ class WebhookSecrets(Struct, kw_only=True):
         str,
         Meta(description='Verifies webhook-signature (Standard Webhooks, whsec_...)'),
     ]
-    previous_secret: Annotated[str, Meta(description='Still signs beside the new one until it expires')] | None
-    previous_secret_expires_at: datetime | None
+    previous_secret: (
+        Annotated[
+            str, Meta(description='Still signs beside the new one until it expires')
+        ]
+        | None
+    ) = None
+    previous_secret_expires_at: datetime | None = None
 
 
 class RotateSecret(Struct, kw_only=True):
@@ -238,26 +302,20 @@ class Payment(Struct, kw_only=True):
     node: Annotated[str, Meta(description="The node's name on its ledger")]
     payee: Annotated[str, Meta(description="The advertiser's account on the node")]
     currencies: Annotated[list[str], Meta(description='What the ad accepts')]
-    price: PublicPrice | None
+    price: PublicPrice | None = None
 
 
 class PublicAd(Struct, kw_only=True):
     id: Annotated[UUID, Meta(description="The directory's id of the ad")]
-    global_id: Annotated[str, Meta(description="The ad's identity in every directory that carries it: its portal's verified website (scheme and host in lower case, no default port, query, fragment or trailing slash), '#', and the portal's own id of the ad. The same ad of the same portal has the same global_id in any directory; it splits unambiguously at its one '#'. null when the portal has no verified website (one it proved is its own): the ad then has no identity across directories")] | None
     portal: Annotated[str, Meta(description='Slug of the publishing portal')]
     kind: Literal['offer', 'want']
     title: str
     body: str
     category: str
     tags: list[str]
-    location: PublicLocation | None
     privacy: Literal['exact', 'approximate', 'area', 'hidden']
     currencies: list[str]
-    price: PublicPrice | None
-    language: str | None
     images: list[str]
-    ledger_account: str | None
-    payment: Annotated[Payment, Meta(description='How to pay the advertiser; null unless the ad has a ledger account and its portal a registered ledger')] | None
     accepts_contact: Annotated[
         bool,
         Meta(
@@ -268,6 +326,28 @@ class PublicAd(Struct, kw_only=True):
     version: int
     created_at: datetime
     updated_at: datetime
+    global_id: (
+        Annotated[
+            str,
+            Meta(
+                description="The ad's identity in every directory that carries it: its portal's verified website (scheme and host in lower case, no default port, query, fragment or trailing slash), '#', and the portal's own id of the ad. The same ad of the same portal has the same global_id in any directory; it splits unambiguously at its one '#'. null when the portal has no verified website (one it proved is its own): the ad then has no identity across directories"
+            ),
+        ]
+        | None
+    ) = None
+    location: PublicLocation | None = None
+    price: PublicPrice | None = None
+    language: str | None = None
+    ledger_account: str | None = None
+    payment: (
+        Annotated[
+            Payment,
+            Meta(
+                description='How to pay the advertiser; null unless the ad has a ledger account and its portal a registered ledger'
+            ),
+        ]
+        | None
+    ) = None
 
 
 class Location(Struct, kw_only=True):
@@ -417,21 +497,15 @@ class AdPut(Struct, kw_only=True):
 
 class Ad(Struct, kw_only=True):
     id: Annotated[UUID, Meta(description="The directory's id of the ad")]
-    global_id: Annotated[str, Meta(description="The ad's identity in every directory that carries it: its portal's verified website (scheme and host in lower case, no default port, query, fragment or trailing slash), '#', and the portal's own id of the ad. The same ad of the same portal has the same global_id in any directory; it splits unambiguously at its one '#'. null when the portal has no verified website (one it proved is its own): the ad then has no identity across directories")] | None
     portal: Annotated[str, Meta(description='Slug of the publishing portal')]
     kind: Literal['offer', 'want']
     title: str
     body: str
     category: str
     tags: list[str]
-    location: PublicLocation | None
     privacy: Literal['exact', 'approximate', 'area', 'hidden']
     currencies: list[str]
-    price: PublicPrice | None
-    language: str | None
     images: list[str]
-    ledger_account: str | None
-    payment: Annotated[Payment, Meta(description='How to pay the advertiser; null unless the ad has a ledger account and its portal a registered ledger')] | None
     accepts_contact: Annotated[
         bool,
         Meta(
@@ -447,6 +521,28 @@ class Ad(Struct, kw_only=True):
     member: str
     expired: bool
     etag: Annotated[str, Meta(description='Pass as If-Match to make a PUT conditional')]
+    global_id: (
+        Annotated[
+            str,
+            Meta(
+                description="The ad's identity in every directory that carries it: its portal's verified website (scheme and host in lower case, no default port, query, fragment or trailing slash), '#', and the portal's own id of the ad. The same ad of the same portal has the same global_id in any directory; it splits unambiguously at its one '#'. null when the portal has no verified website (one it proved is its own): the ad then has no identity across directories"
+            ),
+        ]
+        | None
+    ) = None
+    location: PublicLocation | None = None
+    price: PublicPrice | None = None
+    language: str | None = None
+    ledger_account: str | None = None
+    payment: (
+        Annotated[
+            Payment,
+            Meta(
+                description='How to pay the advertiser; null unless the ad has a ledger account and its portal a registered ledger'
+            ),
+        ]
+        | None
+    ) = None
 
 
 class BatchItem(Struct, kw_only=True):
@@ -492,18 +588,34 @@ class Batch(Struct, kw_only=True):
 
 class ItemResult(Struct, kw_only=True):
     index: int
-    external_id: str | None
     status: Annotated[
         str,
         Meta(
             description='created, updated, unchanged, deleted, expired, staged or rejected'
         ),
     ]
-    id: UUID | None
-    version: int | None
-    etag: str | None
-    error: Annotated[str, Meta(description="Why the item was rejected, as a stable machine code: the `error` that a single write of it (putAd, expireAd) would be answered with; null unless rejected. Fix the ad, then send it again: validation_error (a field fails its type, length, range or pattern, is missing or unknown; or the external_id is not one the directory takes), invalid_input (a rule of the directory's: no currencies while the portal has no defaults, a price in a currency the ad does not accept, no location unless privacy is hidden, an expires_at past or too far ahead), unknown_category, unknown_currency (of the ad's currencies; or, when errors name default_currencies, of the portal's defaults: fix those with PATCH /v1/portals/me). Send each ad once: duplicate_external_id (an earlier item of the same request has its external_id; that one stands). Nothing to expire: not_found (an expiry of an ad the portal does not have). Make room first: too_many_ads (a new ad beyond the portal's limit on stored ads: delete ads it no longer needs, or ask the directory's operators for a higher limit, then send it again; sent again unchanged, it is refused alike). In a commit's rejected_items, also null for a commit answered before items had codes (its errors still say why). A code not listed here is a problem with the item, told by its errors.")] | None
-    errors: Annotated[dict[str, Any], Meta(description='For rejected items: messages by field path, for a person')] | None
+    external_id: str | None = None
+    id: UUID | None = None
+    version: int | None = None
+    etag: str | None = None
+    error: (
+        Annotated[
+            str,
+            Meta(
+                description="Why the item was rejected, as a stable machine code: the `error` that a single write of it (putAd, expireAd) would be answered with; null unless rejected. Fix the ad, then send it again: validation_error (a field fails its type, length, range or pattern, is missing or unknown; or the external_id is not one the directory takes), invalid_input (a rule of the directory's: no currencies while the portal has no defaults, a price in a currency the ad does not accept, no location unless privacy is hidden, an expires_at past or too far ahead), unknown_category, unknown_currency (of the ad's currencies; or, when errors name default_currencies, of the portal's defaults: fix those with PATCH /v1/portals/me). Send each ad once: duplicate_external_id (an earlier item of the same request has its external_id; that one stands). Nothing to expire: not_found (an expiry of an ad the portal does not have). Make room first: too_many_ads (a new ad beyond the portal's limit on stored ads: delete ads it no longer needs, or ask the directory's operators for a higher limit, then send it again; sent again unchanged, it is refused alike). In a commit's rejected_items, also null for a commit answered before items had codes (its errors still say why). A code not listed here is a problem with the item, told by its errors."
+            ),
+        ]
+        | None
+    ) = None
+    errors: (
+        Annotated[
+            dict[str, Any],
+            Meta(
+                description='For rejected items: messages by field path, for a person'
+            ),
+        ]
+        | None
+    ) = None
 
 
 class BatchResult(Struct, kw_only=True):
@@ -516,26 +628,20 @@ class BatchResult(Struct, kw_only=True):
 
 class OwnAdsPage(Struct, kw_only=True):
     items: list[Ad]
-    next_cursor: str | None
+    next_cursor: str | None = None
 
 
 class SearchHit(Struct, kw_only=True):
     id: Annotated[UUID, Meta(description="The directory's id of the ad")]
-    global_id: Annotated[str, Meta(description="The ad's identity in every directory that carries it: its portal's verified website (scheme and host in lower case, no default port, query, fragment or trailing slash), '#', and the portal's own id of the ad. The same ad of the same portal has the same global_id in any directory; it splits unambiguously at its one '#'. null when the portal has no verified website (one it proved is its own): the ad then has no identity across directories")] | None
     portal: Annotated[str, Meta(description='Slug of the publishing portal')]
     kind: Literal['offer', 'want']
     title: str
     body: str
     category: str
     tags: list[str]
-    location: PublicLocation | None
     privacy: Literal['exact', 'approximate', 'area', 'hidden']
     currencies: list[str]
-    price: PublicPrice | None
-    language: str | None
     images: list[str]
-    ledger_account: str | None
-    payment: Annotated[Payment, Meta(description='How to pay the advertiser; null unless the ad has a ledger account and its portal a registered ledger')] | None
     accepts_contact: Annotated[
         bool,
         Meta(
@@ -546,7 +652,37 @@ class SearchHit(Struct, kw_only=True):
     version: int
     created_at: datetime
     updated_at: datetime
-    distance_km: Annotated[float, Meta(description="Distance from lat/lon to the ad's published point, rounded to its privacy level: 0.1 km (exact), 1 km (approximate), 10 km (area); null without a point or for hidden ads")] | None
+    global_id: (
+        Annotated[
+            str,
+            Meta(
+                description="The ad's identity in every directory that carries it: its portal's verified website (scheme and host in lower case, no default port, query, fragment or trailing slash), '#', and the portal's own id of the ad. The same ad of the same portal has the same global_id in any directory; it splits unambiguously at its one '#'. null when the portal has no verified website (one it proved is its own): the ad then has no identity across directories"
+            ),
+        ]
+        | None
+    ) = None
+    location: PublicLocation | None = None
+    price: PublicPrice | None = None
+    language: str | None = None
+    ledger_account: str | None = None
+    payment: (
+        Annotated[
+            Payment,
+            Meta(
+                description='How to pay the advertiser; null unless the ad has a ledger account and its portal a registered ledger'
+            ),
+        ]
+        | None
+    ) = None
+    distance_km: (
+        Annotated[
+            float,
+            Meta(
+                description="Distance from lat/lon to the ad's published point, rounded to its privacy level: 0.1 km (exact), 1 km (approximate), 10 km (area); null without a point or for hidden ads"
+            ),
+        ]
+        | None
+    ) = None
 
 
 class FacetCounts(Struct, kw_only=True):
@@ -571,8 +707,19 @@ class FacetCounts(Struct, kw_only=True):
 
 class SearchPage(Struct, kw_only=True):
     hits: list[SearchHit]
-    next_cursor: Annotated[str, Meta(description='Pass as cursor (with the same parameters) for the next page')] | None
-    facets: Annotated[FacetCounts, Meta(description='null unless facets were asked for')] | None
+    next_cursor: (
+        Annotated[
+            str,
+            Meta(
+                description='Pass as cursor (with the same parameters) for the next page'
+            ),
+        ]
+        | None
+    ) = None
+    facets: (
+        Annotated[FacetCounts, Meta(description='null unless facets were asked for')]
+        | None
+    ) = None
 
 
 class GeoJSONGeometry(Struct, kw_only=True):
@@ -582,7 +729,6 @@ class GeoJSONGeometry(Struct, kw_only=True):
 
 class GeoJSONProperties(Struct, kw_only=True):
     id: Annotated[UUID, Meta(description="The directory's id of the ad")]
-    global_id: Annotated[str, Meta(description="The ad's identity in every directory that carries it: its portal's verified website (scheme and host in lower case, no default port, query, fragment or trailing slash), '#', and the portal's own id of the ad. The same ad of the same portal has the same global_id in any directory; it splits unambiguously at its one '#'. null when the portal has no verified website (one it proved is its own): the ad then has no identity across directories")] | None
     portal: Annotated[str, Meta(description='Slug of the publishing portal')]
     kind: Literal['offer', 'want']
     title: str
@@ -591,11 +737,7 @@ class GeoJSONProperties(Struct, kw_only=True):
     tags: list[str]
     privacy: Literal['exact', 'approximate', 'area', 'hidden']
     currencies: list[str]
-    price: PublicPrice | None
-    language: str | None
     images: list[str]
-    ledger_account: str | None
-    payment: Annotated[Payment, Meta(description='How to pay the advertiser; null unless the ad has a ledger account and its portal a registered ledger')] | None
     accepts_contact: Annotated[
         bool,
         Meta(
@@ -606,23 +748,55 @@ class GeoJSONProperties(Struct, kw_only=True):
     version: int
     created_at: datetime
     updated_at: datetime
-    distance_km: Annotated[float, Meta(description="Distance from lat/lon to the ad's published point, rounded to its privacy level: 0.1 km (exact), 1 km (approximate), 10 km (area); null without a point or for hidden ads")] | None
+    global_id: (
+        Annotated[
+            str,
+            Meta(
+                description="The ad's identity in every directory that carries it: its portal's verified website (scheme and host in lower case, no default port, query, fragment or trailing slash), '#', and the portal's own id of the ad. The same ad of the same portal has the same global_id in any directory; it splits unambiguously at its one '#'. null when the portal has no verified website (one it proved is its own): the ad then has no identity across directories"
+            ),
+        ]
+        | None
+    ) = None
+    price: PublicPrice | None = None
+    language: str | None = None
+    ledger_account: str | None = None
+    payment: (
+        Annotated[
+            Payment,
+            Meta(
+                description='How to pay the advertiser; null unless the ad has a ledger account and its portal a registered ledger'
+            ),
+        ]
+        | None
+    ) = None
+    distance_km: (
+        Annotated[
+            float,
+            Meta(
+                description="Distance from lat/lon to the ad's published point, rounded to its privacy level: 0.1 km (exact), 1 km (approximate), 10 km (area); null without a point or for hidden ads"
+            ),
+        ]
+        | None
+    ) = None
 
 
 class GeoJSONFeature(Struct, kw_only=True):
     type: Literal['Feature']
     id: UUID
-    geometry: GeoJSONGeometry | None
     properties: Annotated[
         GeoJSONProperties, Meta(description='The hit, its location aside')
     ]
+    geometry: GeoJSONGeometry | None = None
 
 
 class GeoJSONPage(Struct, kw_only=True):
     type: Literal['FeatureCollection']
     features: list[GeoJSONFeature]
-    next_cursor: str | None
-    facets: Annotated[FacetCounts, Meta(description='null unless facets were asked for')] | None
+    next_cursor: str | None = None
+    facets: (
+        Annotated[FacetCounts, Meta(description='null unless facets were asked for')]
+        | None
+    ) = None
 
 
 class SyncSession(Struct, kw_only=True):
@@ -632,9 +806,9 @@ class SyncSession(Struct, kw_only=True):
     expires_at: Annotated[
         datetime, Meta(description='Commit before this, or start again')
     ]
-    finished_at: datetime | None
     staged: Annotated[int, Meta(description='Ads staged so far')]
     rejected: Annotated[int, Meta(description='Ads rejected so far (kept as they are)')]
+    finished_at: datetime | None = None
 
 
 class StageItem(Struct, kw_only=True):
@@ -757,13 +931,21 @@ class PortalRef(Struct, kw_only=True):
 
 class Sending(Struct, kw_only=True):
     allowed: bool
-    refusal: Annotated[str, Meta(description='The code the message would be refused with (409): conversation_blocked, party_erased, community_blocked, recipient_portal_suspended or awaiting_reply; null when allowed')] | None
     messages_left: Annotated[
         int,
         Meta(
             description='How many more messages the member may send in a row before the other party answers (their answer gives the full number back)'
         ),
     ]
+    refusal: (
+        Annotated[
+            str,
+            Meta(
+                description='The code the message would be refused with (409): conversation_blocked, party_erased, community_blocked, recipient_portal_suspended or awaiting_reply; null when allowed'
+            ),
+        ]
+        | None
+    ) = None
 
 
 class Party(Struct, kw_only=True):
@@ -771,16 +953,37 @@ class Party(Struct, kw_only=True):
     alias: Annotated[
         str, Meta(description="The party's name in this conversation only")
     ]
-    name: Annotated[str, Meta(description='The name they chose; null for the advertiser until their first reply, and once erased')] | None
     portal: Annotated[PortalRef, Meta(description='Their community')]
-    member: Annotated[str, Meta(description="The member's handle: only shown to their own portal")] | None
     erased: Annotated[
         bool,
         Meta(
             description='Their portal erased them (eraseMember): no handle, no name and no messages any more, and no one can write in the conversation'
         ),
     ]
-    sending: Annotated[Sending, Meta(description="Only for the calling portal's own member (null for the other party, and once erased): whether they may write now")] | None
+    name: (
+        Annotated[
+            str,
+            Meta(
+                description='The name they chose; null for the advertiser until their first reply, and once erased'
+            ),
+        ]
+        | None
+    ) = None
+    member: (
+        Annotated[
+            str, Meta(description="The member's handle: only shown to their own portal")
+        ]
+        | None
+    ) = None
+    sending: (
+        Annotated[
+            Sending,
+            Meta(
+                description="Only for the calling portal's own member (null for the other party, and once erased): whether they may write now"
+            ),
+        ]
+        | None
+    ) = None
 
 
 class ConversationSummary(Struct, kw_only=True):
@@ -792,19 +995,46 @@ class ConversationSummary(Struct, kw_only=True):
     ]
     initiator: Party
     recipient: Party
-    blocked_at: datetime | None
-    blocked_by: Literal['initiator', 'recipient'] | None
     message_count: int
     created_at: datetime
     last_message_at: datetime
+    blocked_at: datetime | None = None
+    blocked_by: Literal['initiator', 'recipient'] | None = None
 
 
 class Delivery(Struct, kw_only=True):
     state: Literal['pending', 'delivered', 'failed']
-    attempts: Annotated[int, Meta(description='Webhook attempts so far: only shown to the recipient')] | None
-    delivered_at: Annotated[datetime, Meta(description='When it arrived: to the minute (rounded down) for the sender')] | None
-    delivered_via: Annotated[str, Meta(description='webhook or inbox: only shown to the recipient')] | None
-    last_error: Annotated[str, Meta(description='Why the last webhook failed: only shown to the recipient')] | None
+    attempts: (
+        Annotated[
+            int,
+            Meta(description='Webhook attempts so far: only shown to the recipient'),
+        ]
+        | None
+    ) = None
+    delivered_at: (
+        Annotated[
+            datetime,
+            Meta(
+                description='When it arrived: to the minute (rounded down) for the sender'
+            ),
+        ]
+        | None
+    ) = None
+    delivered_via: (
+        Annotated[
+            str, Meta(description='webhook or inbox: only shown to the recipient')
+        ]
+        | None
+    ) = None
+    last_error: (
+        Annotated[
+            str,
+            Meta(
+                description='Why the last webhook failed: only shown to the recipient'
+            ),
+        ]
+        | None
+    ) = None
 
 
 class Message(Struct, kw_only=True):
@@ -823,7 +1053,7 @@ class Sent(Struct, kw_only=True):
 
 class ConversationPage(Struct, kw_only=True):
     conversations: list[ConversationSummary]
-    next_cursor: str | None
+    next_cursor: str | None = None
 
 
 class Conversation(Struct, kw_only=True):
@@ -835,13 +1065,19 @@ class Conversation(Struct, kw_only=True):
     ]
     initiator: Party
     recipient: Party
-    blocked_at: datetime | None
-    blocked_by: Literal['initiator', 'recipient'] | None
     message_count: int
     created_at: datetime
     last_message_at: datetime
     messages: Annotated[list[Message], Meta(description='A page')]
-    next_after: Annotated[int, Meta(description='Pass as after for the following messages; null: no more')] | None
+    blocked_at: datetime | None = None
+    blocked_by: Literal['initiator', 'recipient'] | None = None
+    next_after: (
+        Annotated[
+            int,
+            Meta(description='Pass as after for the following messages; null: no more'),
+        ]
+        | None
+    ) = None
 
 
 class MessagePost(Struct, kw_only=True):
@@ -914,7 +1150,15 @@ class InboxEvent(Struct, kw_only=True):
 
 class InboxPage(Struct, kw_only=True):
     events: list[InboxEvent]
-    next_since: Annotated[str, Meta(description="The id of this page's last event: pass as since for more; null: nothing more for now")] | None
+    next_since: (
+        Annotated[
+            str,
+            Meta(
+                description="The id of this page's last event: pass as since for more; null: nothing more for now"
+            ),
+        ]
+        | None
+    ) = None
 
 
 Id: TypeAlias = Annotated[str, Meta(max_length=64, min_length=1)]
@@ -983,7 +1227,7 @@ class FeedEntry(Struct, kw_only=True):
     op: Annotated[Literal['upsert', 'delete'], Meta(description='upsert or delete')]
     ad_id: UUID
     changed_at: datetime
-    ad: Annotated[PublicAd, Meta(description='For upserts: the ad now')] | None
+    ad: Annotated[PublicAd, Meta(description='For upserts: the ad now')] | None = None
 
 
 class FeedPage(Struct, kw_only=True):
@@ -996,11 +1240,22 @@ class Currency1(Struct, kw_only=True):
     code: Annotated[str, Meta(description='EUR, HOUR, GIFT, BARTER or <portal>:<CODE>')]
     kind: Literal['national', 'time', 'gift', 'barter', 'community']
     name: str
-    portal: Annotated[str, Meta(description='Owning portal (community)')] | None
-    symbol: str | None
-    value_hours: Annotated[str, Meta(description='Value of one unit in hours', pattern='^[0-9]{1,6}(\\.[0-9]{1,6})?$')] | None
-    value_amount: Annotated[str, Meta(pattern='^[0-9]{1,10}(\\.[0-9]{1,4})?$')] | None
-    value_currency: str | None
+    portal: Annotated[str, Meta(description='Owning portal (community)')] | None = None
+    symbol: str | None = None
+    value_hours: (
+        Annotated[
+            str,
+            Meta(
+                description='Value of one unit in hours',
+                pattern='^[0-9]{1,6}(\\.[0-9]{1,6})?$',
+            ),
+        ]
+        | None
+    ) = None
+    value_amount: (
+        Annotated[str, Meta(pattern='^[0-9]{1,10}(\\.[0-9]{1,4})?$')] | None
+    ) = None
+    value_currency: str | None = None
 
 
 class CurrencyList(Struct, kw_only=True):
