@@ -349,6 +349,29 @@ def test_an_error_body_with_a_nul_byte_is_recorded_with_the_rest_of_its_round(
     assert to_working["delivered_via"] == "webhook"
 
 
+# What a member wrote, as an endpoint may echo it.
+WORDS = "Meet-me-at-the-old-mill-on-Saturday"
+
+
+def send_words_to(client, portal, other_portal, webhook_url) -> str:
+    """`portal`'s member answers `other_portal`'s with WORDS, for its webhook at
+    `webhook_url`: the conversation's id."""
+    client.patch("/v1/portals/me", json={"webhook_url": webhook_url}, headers=other_portal.headers)
+    conversation_id = open_conversation(client, portal, other_portal)["conversation"]["id"]
+    client.post(
+        f"/v1/conversations/{conversation_id}/messages",
+        json={"member": "m-owner", "body": WORDS},
+        headers=portal.headers,
+    )
+    return conversation_id
+
+
+def webhook_logged(caplog) -> str:
+    """The worker's one line about a webhook."""
+    (logged,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("webhook ")]
+    return logged
+
+
 @pytest.mark.parametrize(
     "answer",
     [
@@ -366,28 +389,18 @@ def test_the_worker_logs_how_a_webhook_failed_but_not_what_the_portal_answered(
     client, deliver_one_round, portal, other_portal, caplog, answer
 ):
     """The answer may echo the event: a member's words, in logs that outlive erasure."""
-    words = "Meet-me-at-the-old-mill-on-Saturday"
     caplog.set_level(logging.INFO, logger=worker.log.name)
     with WebhookReceiver([secret_of(client, other_portal)]) as receiver:
-        receiver.reply_next(answer(words))
-        client.patch(
-            "/v1/portals/me", json={"webhook_url": receiver.url}, headers=other_portal.headers
-        )
-        conversation_id = open_conversation(client, portal, other_portal)["conversation"]["id"]
-        client.post(
-            f"/v1/conversations/{conversation_id}/messages",
-            json={"member": "m-owner", "body": words},
-            headers=portal.headers,
-        )
+        receiver.reply_next(answer(WORDS))
+        conversation_id = send_words_to(client, portal, other_portal, receiver.url)
         deliver_one_round()
         assert len(receiver.deliveries) == 1
-    (logged,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("webhook ")]
-    status = answer(words).status
-    assert f"(HTTP {status})" in logged
-    assert words not in logged
+    logged = webhook_logged(caplog)
+    assert f"(HTTP {answer(WORDS).status})" in logged
+    assert WORDS not in logged
     # The portal itself still reads how its endpoint answered.
     seen = client.get(f"/v1/conversations/{conversation_id}", headers=other_portal.headers)
-    assert words in seen.json["messages"][1]["delivery"]["last_error"]
+    assert WORDS in seen.json["messages"][1]["delivery"]["last_error"]
 
 
 def test_an_endpoint_failing_for_a_day_is_still_retried_within_the_longest_delay(
@@ -822,25 +835,14 @@ def test_the_worker_logs_no_words_of_an_endpoint_that_does_not_answer_in_http(
 ):
     """An answer that is no HTTP has no status, and its first line (here the event's
     words, as a misconfigured endpoint may echo them) is no account of ours either."""
-    words = "Meet-me-at-the-old-mill-on-Saturday"
     caplog.set_level(logging.INFO, logger=worker.log.name)
-    with NotHttp(f"{words}\r\n".encode()) as endpoint:
-        client.patch(
-            "/v1/portals/me",
-            json={"webhook_url": f"{endpoint.origin}/hook"},
-            headers=other_portal.headers,
-        )
-        conversation_id = open_conversation(client, portal, other_portal)["conversation"]["id"]
-        client.post(
-            f"/v1/conversations/{conversation_id}/messages",
-            json={"member": "m-owner", "body": words},
-            headers=portal.headers,
-        )
+    with NotHttp(f"{WORDS}\r\n".encode()) as endpoint:
+        conversation_id = send_words_to(client, portal, other_portal, f"{endpoint.origin}/hook")
         deliver_one_round()
         assert endpoint.answered == 1
-    (logged,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("webhook ")]
+    logged = webhook_logged(caplog)
     assert f"127.0.0.1 port {endpoint.port}" in logged  # how it failed, and where
-    assert words not in logged
+    assert WORDS not in logged
     # The portal itself still reads how its endpoint answered.
     seen = client.get(f"/v1/conversations/{conversation_id}", headers=other_portal.headers)
-    assert words in seen.json["messages"][1]["delivery"]["last_error"]
+    assert WORDS in seen.json["messages"][1]["delivery"]["last_error"]
