@@ -21,7 +21,7 @@ import math
 import time
 
 import redis
-from flask import Flask, Response, request
+from flask import Flask, Response, current_app, request
 from limits import RateLimitItem, parse_many
 from limits.errors import StorageError
 from limits.storage import MemoryStorage, storage_from_string
@@ -29,6 +29,7 @@ from limits.strategies import SlidingWindowCounterRateLimiter
 
 from directory.api.auth import calling_portal
 from directory.api.errors import envelope
+from directory.errors import TooManyRequests
 from directory.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,23 @@ class RateLimits:
         if failed_at is not None and time.monotonic() - failed_at < RETRY_SHARED_STORE_AFTER_S:
             return self._local
         return self._shared
+
+
+def limit_portal(
+    limit: RateLimitItem, portal_id: int, *, namespace: str, code: str, what: str
+) -> None:
+    """Counts one of the portal's `what` (a plural) against `limit`, in the store the
+    search limits use; TooManyRequests `code`, with the wait, once it is reached."""
+    refusal = current_app.extensions["rate_limits"].refusal(
+        [limit], f"portal:{portal_id}", namespace=namespace
+    )
+    if refusal is not None:
+        _limit, wait = refusal
+        raise TooManyRequests(
+            f"a portal may make at most {limit} {what}; try again in {wait} s, as Retry-After says",
+            code=code,
+            retry_after_s=wait,
+        )
 
 
 def install_rate_limits(app: Flask, settings: Settings) -> None:

@@ -474,15 +474,21 @@ def claim_due(session: Session, *, limit: int, lease: timedelta) -> list[Claim]:
                 park_webhooks(session, portal_id=row.portal_id)
                 parked.add(row.portal_id)
             continue
-        signing = [row.webhook_secret]
-        if (
-            row.webhook_previous_secret is not None
-            and row.webhook_previous_secret_expires_at is not None
-            and row.webhook_previous_secret_expires_at > now
-        ):
-            signing.append(row.webhook_previous_secret)
-        claims.append(Claim(_event(row, timestamp), row.webhook_url, signing))
+        claims.append(Claim(_event(row, timestamp), row.webhook_url, signing_secrets(row, now)))
     return claims
+
+
+def signing_secrets(portal, now: datetime) -> list[str]:
+    """What signs a portal's webhooks at `now` (a Portal, or a row of its columns): its
+    secret, and during a rotation's overlap the previous one too."""
+    signing = [portal.webhook_secret]
+    if (
+        portal.webhook_previous_secret is not None
+        and portal.webhook_previous_secret_expires_at is not None
+        and portal.webhook_previous_secret_expires_at > now
+    ):
+        signing.append(portal.webhook_previous_secret)
+    return signing
 
 
 def record_delivered(session: Session, *, delivered: list[tuple[int, int | None]]) -> None:

@@ -47,6 +47,7 @@ from directory.models.relay import MAX_MESSAGE_CHARS
 from directory.webhooks.signing import new_secret, signed_headers
 from tests.factories import ad_payload
 from tests.live import LiveDirectory, live_directory
+from tests.peers import WebhookReceiver
 
 REPO = Path(__file__).resolve().parents[2]
 NO_WAIT = RetryPolicy(attempts=3, backoff_s=0, max_backoff_s=0)
@@ -180,6 +181,23 @@ def test_a_portal_polls_and_acknowledges_its_inbox(live, make_portal):
     assert [event.data["message"]["body"] for event in inbox.events] == [message["body"]]
     assert acknowledged.acknowledged == 1
     assert after.events == []
+
+
+def test_a_portal_tests_its_webhook(live, make_portal):
+    portal = make_portal()
+    with DirectoryClient(live.url, key=portal.key) as directory:
+        secret = directory.get_webhook_secret().secret
+    with (
+        DirectoryClient(live.url, key=portal.key) as directory,
+        WebhookReceiver([secret]) as receiver,
+    ):
+        directory.update_own_portal({"webhook_url": receiver.url})
+        tested = directory.test_webhook()
+        (received,) = receiver.deliveries
+
+    assert (tested.delivered, tested.status, tested.error) == (True, 204, None)
+    assert received.verified
+    assert received.webhook_id == tested.webhook_id
 
 
 def test_a_portal_reads_the_relay_limits_and_what_its_member_has_left(live, make_portal):

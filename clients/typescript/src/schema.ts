@@ -139,6 +139,32 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/portals/me/webhook/test": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Send a test event to the portal's webhook now
+         * @description A `webhook.test` event, `{"type": "webhook.test", "timestamp": ..., "data":
+         *     {"portal": "<slug>"}}`, signed and sent exactly as the relay's events are (the
+         *     current secret and, during a rotation, the previous one; the same URL checks and
+         *     timeouts), under a webhook-id of its own (`test_...`). The answer says whether
+         *     the endpoint took it and, if not, why. The test is stored nowhere, never retried
+         *     and changes nothing: a 410 disables the webhook only when a delivery gets it.
+         *     Also for a webhook disabled by a 410, before setting its URL again.
+         */
+        post: operations["testWebhook"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/ads/{ad_ref}": {
         parameters: {
             query?: never;
@@ -941,6 +967,20 @@ export interface components {
              * @default null
              */
             idempotency_key?: string | null;
+        };
+        WebhookTest: {
+            /** @description The test event's webhook-id (test_...): no event has it */
+            webhook_id: string;
+            /** @description The webhook_url the event was sent to */
+            url: string;
+            /** @description The endpoint answered 2xx: it would take messages */
+            delivered: boolean;
+            /** @description Its HTTP status; null when no answer came */
+            status: number | null;
+            /** @description What went wrong, as a delivery's last_error would say it (the start of the endpoint's answer, an unsafe URL, a timeout...); null when delivered */
+            error: string | null;
+            /** @description From sending to the answer */
+            duration_ms: number;
         };
         PublicLocation: {
             /** @description Latitude (already snapped to the privacy level) */
@@ -1945,6 +1985,47 @@ export interface operations {
                 };
             };
             400: components["responses"]["BAD_REQUEST"];
+            default: components["responses"]["DEFAULT_ERROR"];
+        };
+    };
+    testWebhook: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Sent: how the endpoint answered */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookTest"];
+                };
+            };
+            /** @description The portal has no webhook_url (no_webhook) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The portal tested 6 times in the last minute (webhook_tested_recently), or other portals are testing theirs now (webhook_tests_busy): see Retry-After */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             default: components["responses"]["DEFAULT_ERROR"];
         };
     };

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from flask.views import MethodView
+from limits import parse
 
 from directory.api.auth import BEARER_AUTH, require_portal
 from directory.api.blueprint import Blueprint
@@ -15,8 +16,14 @@ from directory.api.portals.schemas import (
     PortalSchema,
     RotateSecretSchema,
     WebhookSecretsSchema,
+    WebhookTestSchema,
 )
-from directory.services import portals, websites
+from directory.api.ratelimit import limit_portal
+from directory.services import portals, webhook_tests, websites
+
+# Enough to try a receiver over and over while setting it up; each holds an API process
+# for up to 15 s, and every test is an outbound request the portal points where it likes.
+WEBHOOK_TESTS_PER_PORTAL = parse("6 per minute")
 
 blp = Blueprint("portals", __name__, url_prefix="/v1", description="A portal's own profile")
 
@@ -131,3 +138,42 @@ class WebhookSecret(MethodView):
                 overlap=timedelta(hours=rotation["overlap_hours"]),
                 idempotency_key=rotation["idempotency_key"],
             )
+
+
+@blp.route("/portals/me/webhook/test")
+class OwnWebhookTest(MethodView):
+    @blp.response(200, WebhookTestSchema, description="Sent: how the endpoint answered")
+    @blp.alt_response(
+        409, schema=ErrorSchema, description="The portal has no webhook_url (no_webhook)"
+    )
+    @blp.alt_response(
+        429,
+        schema=ErrorSchema,
+        description="The portal tested 6 times in the last minute (webhook_tested_recently), "
+        "or other portals are testing theirs now (webhook_tests_busy): see Retry-After",
+        headers=RETRY_AFTER_HEADER,
+    )
+    @blp.doc(operationId="testWebhook", security=BEARER_AUTH)
+    def post(self):
+        """Send a test event to the portal's webhook now
+
+        A `webhook.test` event, `{"type": "webhook.test", "timestamp": ..., "data":
+        {"portal": "<slug>"}}`, signed and sent exactly as the relay's events are (the
+        current secret and, during a rotation, the previous one; the same URL checks and
+        timeouts), under a webhook-id of its own (`test_...`). The answer says whether
+        the endpoint took it and, if not, why. The test is stored nowhere, never retried
+        and changes nothing: a 410 disables the webhook only when a delivery gets it.
+        Also for a webhook disabled by a 410, before setting its URL again."""
+        with transaction() as session:
+            caller = require_portal(session)
+            test = webhook_tests.prepare(session, portal_id=caller.id)
+        limit_portal(
+            WEBHOOK_TESTS_PER_PORTAL,
+            caller.id,
+            namespace="directory-webhook-test",
+            code="webhook_tested_recently",
+            what="webhook tests",
+        )
+        with webhook_tests.slot(wiring().engine):
+            # Outside any transaction: the endpoint may take seconds to answer.
+            return webhook_tests.send(test, allow_loopback=wiring().settings.webhook_allow_loopback)

@@ -220,6 +220,29 @@ class WebhookSecretsSchema(Schema):
     previous_secret_expires_at = fields.DateTime(allow_none=True)
 
 
+class WebhookTestSchema(Schema):
+    """How the portal's webhook endpoint took a test event."""
+
+    webhook_id = fields.String(
+        metadata={"description": "The test event's webhook-id (test_...): no event has it"}
+    )
+    url = fields.String(metadata={"description": "The webhook_url the event was sent to"})
+    delivered = fields.Boolean(
+        metadata={"description": "The endpoint answered 2xx: it would take messages"}
+    )
+    status = fields.Integer(
+        allow_none=True, metadata={"description": "Its HTTP status; null when no answer came"}
+    )
+    error = fields.String(
+        allow_none=True,
+        metadata={
+            "description": "What went wrong, as a delivery's last_error would say it (the "
+            "start of the endpoint's answer, an unsafe URL, a timeout...); null when delivered"
+        },
+    )
+    duration_ms = fields.Integer(metadata={"description": "From sending to the answer"})
+
+
 class RotateSecretSchema(Schema):
     # strict: a JSON integer only, not "2"; 2.5 or 1e-40 hours are refused, not truncated.
     overlap_hours = WholeNumber(

@@ -123,6 +123,14 @@ class DirectoryClient:
             repeatable=True,
         )
 
+    def test_webhook(self) -> models.WebhookTest:
+        """Have the directory send a signed `webhook.test` event to the portal's webhook
+        now, and say how the endpoint answered (`delivered`, `status`, `error`). Safe to
+        repeat: a test changes nothing."""
+        return self._call(
+            "POST", "/v1/portals/me/webhook/test", models.WebhookTest, repeatable=True
+        )
+
     # --- ads ------------------------------------------------------------------------
 
     def get_ad(self, ad_id: str) -> models.PublicAd:

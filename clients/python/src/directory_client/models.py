@@ -278,6 +278,30 @@ class RotateSecret(Struct, kw_only=True):
     ) = UNSET
 
 
+class WebhookTest(Struct, kw_only=True):
+    webhook_id: Annotated[
+        str, Meta(description="The test event's webhook-id (test_...): no event has it")
+    ]
+    url: Annotated[str, Meta(description='The webhook_url the event was sent to')]
+    delivered: Annotated[
+        bool, Meta(description='The endpoint answered 2xx: it would take messages')
+    ]
+    duration_ms: Annotated[int, Meta(description='From sending to the answer')]
+    status: (
+        Annotated[int, Meta(description='Its HTTP status; null when no answer came')]
+        | None
+    ) = None
+    error: (
+        Annotated[
+            str,
+            Meta(
+                description="What went wrong, as a delivery's last_error would say it (the start of the endpoint's answer, an unsafe URL, a timeout...); null when delivered"
+            ),
+        ]
+        | None
+    ) = None
+
+
 class PublicLocation(Struct, kw_only=True):
     lat: Annotated[
         float, Meta(description='Latitude (already snapped to the privacy level)')

@@ -1,0 +1,113 @@
+"""A portal tests its webhook: a signed `webhook.test` event, sent now to its URL, and
+how the endpoint answered. So a portal sets up its receiver (the signature check, the
+answer) before its members' messages depend on it.
+
+The event is signed as the worker signs events (the current secret, and the previous
+one during a rotation's overlap), and sent by the worker's sender, with the same checks
+of the URL (public addresses only, also after name resolution; no redirects) and the
+same timeouts. It has an id of its own (`test_...`), is stored nowhere and never
+retried, and its answer changes nothing: a 410 disables the webhook only when a
+delivery gets it."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import orjson
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from directory.db import WEBHOOK_TEST_LOCK_NAMESPACE, first_free_advisory_lock
+from directory.errors import Conflict, TooManyRequests
+from directory.models import Portal
+from directory.services.deliveries import signing_secrets
+from directory.webhooks.delivery import Outcome, WebhookSender
+from directory.webhooks.signing import signed_headers
+
+EVENT_TYPE = "webhook.test"
+# Tests held at once, directory-wide: each holds an API process for up to the sender's
+# 15 s, so that a few portals with slow endpoints cannot hold every process in turn.
+TESTS_AT_ONCE = 1
+# How soon a test refused for want of a slot may try again: most take well under a second.
+SLOT_RETRY_AFTER_S = 2
+
+
+@dataclass(frozen=True)
+class WebhookTest:
+    webhook_id: str
+    url: str
+    secrets: list[str]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class WebhookTestResult:
+    webhook_id: str
+    url: str
+    delivered: bool  # the endpoint answered 2xx
+    status: int | None  # None when no answer came
+    error: str | None  # as a delivery's last_error would say it; None when delivered
+    duration_ms: int
+
+
+def prepare(session: Session, *, portal_id: int) -> WebhookTest:
+    """The test event for the portal's webhook; Conflict `no_webhook` when it has none."""
+    portal = session.get_one(Portal, portal_id)
+    if portal.webhook_url is None:
+        raise Conflict(
+            "the portal has no webhook_url to test: set one first (PATCH /v1/portals/me)",
+            field="webhook_url",
+            code="no_webhook",
+        )
+    now = datetime.now(UTC)
+    payload = {"type": EVENT_TYPE, "timestamp": now.isoformat(), "data": {"portal": portal.slug}}
+    return WebhookTest(
+        webhook_id="test_" + secrets.token_hex(16),
+        url=portal.webhook_url,
+        secrets=signing_secrets(portal, now),
+        body=orjson.dumps(payload),
+    )
+
+
+@contextmanager
+def slot(engine: Engine) -> Iterator[None]:
+    """One of the directory's TESTS_AT_ONCE slots, for as long as the block runs;
+    TooManyRequests `webhook_tests_busy` when all are taken (as websites.check_slot)."""
+    with first_free_advisory_lock(
+        engine, WEBHOOK_TEST_LOCK_NAMESPACE, range(TESTS_AT_ONCE)
+    ) as slot:
+        if slot is None:
+            raise TooManyRequests(
+                "other portals are testing their webhooks right now; try again when "
+                "Retry-After says",
+                code="webhook_tests_busy",
+                retry_after_s=SLOT_RETRY_AFTER_S,
+            )
+        yield
+
+
+def send(test: WebhookTest, *, allow_loopback: bool) -> WebhookTestResult:
+    """Sends the test now, outside any transaction (the endpoint may take seconds)."""
+    headers = signed_headers(
+        secrets=test.secrets, webhook_id=test.webhook_id, timestamp=int(time.time()), body=test.body
+    )
+    sender = WebhookSender()
+    try:
+        result = sender.send(
+            test.url, headers=headers, body=test.body, allow_loopback=allow_loopback
+        )
+    finally:
+        sender.close()
+    return WebhookTestResult(
+        webhook_id=test.webhook_id,
+        url=test.url,
+        delivered=result.outcome is Outcome.DELIVERED,
+        status=result.status,
+        error=result.error,
+        duration_ms=round(result.duration_ms),
+    )
