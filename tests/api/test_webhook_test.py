@@ -179,7 +179,9 @@ def test_while_another_test_runs_the_next_is_told_to_come_back(client, wiring, p
                 {"namespace": WEBHOOK_TEST_LOCK_NAMESPACE},
             )
         assert receiver.deliveries == []
-        assert client.post(TEST, headers=portal.headers).json["delivered"] is True
+        # Refused as busy, it cost none of the portal's six a minute.
+        for _ in range(6):
+            assert client.post(TEST, headers=portal.headers).json["delivered"] is True
 
     assert refused.status_code == 429
     assert refused.json["error"] == "webhook_tests_busy"

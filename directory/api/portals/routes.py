@@ -167,13 +167,14 @@ class OwnWebhookTest(MethodView):
         with transaction() as session:
             caller = require_portal(session)
             test = webhook_tests.prepare(session, portal_id=caller.id)
-        limit_portal(
-            WEBHOOK_TESTS_PER_PORTAL,
-            caller.id,
-            namespace="directory-webhook-test",
-            code="webhook_tested_recently",
-            what="webhook tests",
-        )
         with webhook_tests.slot(wiring().engine):
+            # Counted once the test has its slot: one refused as busy costs no budget.
+            limit_portal(
+                WEBHOOK_TESTS_PER_PORTAL,
+                caller.id,
+                namespace="directory-webhook-test",
+                code="webhook_tested_recently",
+                what="webhook tests",
+            )
             # Outside any transaction: the endpoint may take seconds to answer.
             return webhook_tests.send(test, allow_loopback=wiring().settings.webhook_allow_loopback)
