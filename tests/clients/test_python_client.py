@@ -47,7 +47,7 @@ from directory.models.relay import MAX_MESSAGE_CHARS
 from directory.webhooks.signing import new_secret, signed_headers
 from tests.factories import ad_payload
 from tests.live import LiveDirectory, live_directory
-from tests.peers import WebhookReceiver
+from tests.peers import Reply, WebhookReceiver
 
 REPO = Path(__file__).resolve().parents[2]
 NO_WAIT = RetryPolicy(attempts=3, backoff_s=0, max_backoff_s=0)
@@ -198,6 +198,24 @@ def test_a_portal_tests_its_webhook(live, make_portal):
     assert (tested.delivered, tested.status, tested.error) == (True, 204, None)
     assert received.verified
     assert received.webhook_id == tested.webhook_id
+
+
+def test_a_webhook_test_waits_for_the_directorys_answer_past_the_clients_timeout(live, make_portal):
+    """The directory gives a slow endpoint up to 15 s: a client that gave up sooner would
+    never learn what the test found, and would send it again."""
+    portal = make_portal()
+    with DirectoryClient(live.url, key=portal.key) as directory:
+        secret = directory.get_webhook_secret().secret
+    with (
+        DirectoryClient(live.url, key=portal.key, timeout_s=0.5, retry=NO_WAIT) as directory,
+        WebhookReceiver([secret]) as receiver,
+    ):
+        directory.update_own_portal({"webhook_url": receiver.url})
+        receiver.reply_next(Reply(status=503, delay_s=1.5))
+        tested = directory.test_webhook()
+
+    assert (tested.delivered, tested.status) == (False, 503)
+    assert len(receiver.deliveries) == 1
 
 
 def test_a_portal_reads_the_relay_limits_and_what_its_member_has_left(live, make_portal):

@@ -49,6 +49,10 @@ T = TypeVar("T")
 PageT = TypeVar("PageT")
 Body = msgspec.Struct | Mapping[str, Any]
 GEOJSON = "application/geo+json"
+# The directory waits up to 15 s for a portal's webhook endpoint (its name resolved, the
+# connection made, the answer read), then answers: a test given less than that, and a
+# margin, would time out on the very endpoints it is meant to diagnose, and be repeated.
+WEBHOOK_TEST_TIMEOUT_S = 20.0
 
 
 class DirectoryClient:
@@ -126,9 +130,15 @@ class DirectoryClient:
     def test_webhook(self) -> models.WebhookTest:
         """Have the directory send a signed `webhook.test` event to the portal's webhook
         now, and say how the endpoint answered (`delivered`, `status`, `error`). Safe to
-        repeat: a test changes nothing."""
+        repeat: a test changes nothing. Waits at least WEBHOOK_TEST_TIMEOUT_S for the
+        answer, whatever `timeout_s`: an endpoint that does not answer is what a test
+        is for, and the directory says so only once it has given up on it."""
         return self._call(
-            "POST", "/v1/portals/me/webhook/test", models.WebhookTest, repeatable=True
+            "POST",
+            "/v1/portals/me/webhook/test",
+            models.WebhookTest,
+            repeatable=True,
+            min_timeout_s=WEBHOOK_TEST_TIMEOUT_S,
         )
 
     # --- ads ------------------------------------------------------------------------
@@ -528,10 +538,17 @@ class DirectoryClient:
         body: Body | None = None,
         headers: Mapping[str, str] | None = None,
         repeatable: bool | None = None,
+        min_timeout_s: float | None = None,
     ) -> T:
         content = None if body is None else msgspec.json.encode(body)
         response = self._transport.request(
-            method, path, params=params, content=content, headers=headers, repeatable=repeatable
+            method,
+            path,
+            params=params,
+            content=content,
+            headers=headers,
+            repeatable=repeatable,
+            min_timeout_s=min_timeout_s,
         )
         if response.status_code == 304:  # answers If-None-Match only: the copy held is current
             return None  # type: ignore[return-value]

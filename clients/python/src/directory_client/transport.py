@@ -161,11 +161,14 @@ class Transport:
         content: bytes | None = None,
         headers: Mapping[str, str] | None = None,
         repeatable: bool | None = None,
+        min_timeout_s: float | None = None,
     ) -> httpx.Response:
         """Send, retrying as the policy says; the last answer is returned, read whole,
         whatever its status (the caller turns errors into exceptions). `repeatable`
         overrides what the method implies (a POST carrying an idempotency key is
         repeatable), but a write with a precondition header is never repeatable.
+        `min_timeout_s`: each attempt has at least this long, for an operation the
+        directory may spend that long on (`timeout_s` when that is longer).
 
         Raises DirectoryUnavailable when no answer could be had (retries spent, or a
         request that may not be repeated lost its answer), AnswerNotUnderstood for an
@@ -180,11 +183,14 @@ class Transport:
             repeatable = False
         if content is not None:
             request_headers.setdefault("Content-Type", "application/json")
+        timeout_s = max(self.timeout_s, min_timeout_s or 0)
         attempts = self.retry.attempts
         for attempt in range(1, attempts + 1):
             last = attempt == attempts
             try:
-                response = self._attempt(method, path, params, content, request_headers)
+                response = self._attempt(
+                    method, path, params, content, request_headers, timeout_s=timeout_s
+                )
             except (httpx.UnsupportedProtocol, httpx.LocalProtocolError) as error:
                 # Nothing could be sent, and sending again changes nothing. Not chained:
                 # the error may quote a header, and the message below shows it redacted.
@@ -225,16 +231,18 @@ class Transport:
         params: Mapping[str, str] | None,
         content: bytes | None,
         headers: Mapping[str, str],
+        *,
+        timeout_s: float,
     ) -> httpx.Response:
-        """One try, its answer read whole before its deadline."""
+        """One try, its answer read whole within `timeout_s`."""
         try:
             request = self._http.build_request(
-                method, path, params=params, content=content, headers=headers
+                method, path, params=params, content=content, headers=headers, timeout=timeout_s
             )
         except UnicodeEncodeError:  # a header value beyond ASCII: httpx cannot send it
             raise httpx.LocalProtocolError("a header value is not ASCII") from None
         try:
-            return send_within(self._http, request, self.timeout_s)
+            return send_within(self._http, request, timeout_s)
         except AnswerTooLong as error:
             raise AnswerNotUnderstood(
                 f"{method} {self.base_url}{path}: {NOT_UNDERSTOOD}: {error}"
