@@ -67,10 +67,23 @@ class RateLimits:
     ) -> tuple[RateLimitItem, int] | None:
         """Counts one request of `client`: None if allowed, else the limit it broke and
         the seconds to wait."""
+        return self._refusal(limits, client, namespace=namespace, counting=True)
+
+    def reached(
+        self, limits: list[RateLimitItem], client: str, *, namespace: str
+    ) -> tuple[RateLimitItem, int] | None:
+        """As refusal, counting nothing: whether one more request of `client` would be
+        refused, for a request that has more to wait for before it counts."""
+        return self._refusal(limits, client, namespace=namespace, counting=False)
+
+    def _refusal(
+        self, limits: list[RateLimitItem], client: str, *, namespace: str, counting: bool
+    ) -> tuple[RateLimitItem, int] | None:
         limiter = self._limiter()
+        allowed = limiter.hit if counting else limiter.test
         try:
             for limit in limits:
-                if not limiter.hit(limit, namespace, client):
+                if not allowed(limit, namespace, client):
                     reset_time, _remaining = limiter.get_window_stats(limit, namespace, client)
                     # The window's own reset time, never beyond the window itself.
                     wait = math.ceil(reset_time - time.time())
@@ -78,7 +91,7 @@ class RateLimits:
         except StorageError:
             log.warning("rate limit store unavailable; counting in this process for now")
             self._shared_failed_at = time.monotonic()
-            return self.refusal(limits, client, namespace=namespace)
+            return self._refusal(limits, client, namespace=namespace, counting=counting)
         return None
 
     def close(self) -> None:
@@ -93,13 +106,21 @@ class RateLimits:
 
 
 def limit_portal(
-    limit: RateLimitItem, portal_id: int, *, namespace: str, code: str, what: str
+    limit: RateLimitItem,
+    portal_id: int,
+    *,
+    namespace: str,
+    code: str,
+    what: str,
+    counting: bool = True,
 ) -> None:
     """Counts one of the portal's `what` (a plural) against `limit`, in the store the
-    search limits use; TooManyRequests `code`, with the wait, once it is reached."""
-    refusal = current_app.extensions["rate_limits"].refusal(
-        [limit], f"portal:{portal_id}", namespace=namespace
-    )
+    search limits use; TooManyRequests `code`, with the wait, once it is reached. Not
+    `counting`: only refused if the limit is reached already, for a request that may
+    yet be turned away for another reason, at no cost to the portal."""
+    rate_limits = current_app.extensions["rate_limits"]
+    check = rate_limits.refusal if counting else rate_limits.reached
+    refusal = check([limit], f"portal:{portal_id}", namespace=namespace)
     if refusal is not None:
         _limit, wait = refusal
         raise TooManyRequests(

@@ -186,3 +186,39 @@ def test_while_another_test_runs_the_next_is_told_to_come_back(client, wiring, p
     assert refused.status_code == 429
     assert refused.json["error"] == "webhook_tests_busy"
     assert refused.headers["Retry-After"] == "2"
+
+
+def test_a_portal_at_its_limit_is_told_so_even_while_another_test_runs(client, wiring, portal):
+    """Not to come back in 2 s, over and over, taking the directory's one slot from the
+    others each time, only to hear then that it must wait most of a minute."""
+    with WebhookReceiver([secret_of(client, portal)]) as receiver:
+        set_webhook(client, portal, receiver.url)
+        for _ in range(6):
+            assert client.post(TEST, headers=portal.headers).status_code == 200
+        with wiring.engine.connect() as holder:
+            holder.execute(
+                text("SELECT pg_advisory_lock(:namespace, 0)"),
+                {"namespace": WEBHOOK_TEST_LOCK_NAMESPACE},
+            )
+            refused = client.post(TEST, headers=portal.headers)
+            holder.execute(
+                text("SELECT pg_advisory_unlock(:namespace, 0)"),
+                {"namespace": WEBHOOK_TEST_LOCK_NAMESPACE},
+            )
+
+    assert refused.status_code == 429
+    assert refused.json["error"] == "webhook_tested_recently"
+
+
+def test_a_portal_at_its_limit_is_refused_while_the_rate_limit_store_is_down(migrated, portal):
+    """Counted in the process's own memory meanwhile, as searches are."""
+    with app_with(migrated, rate_limit_storage_url="redis://127.0.0.1:1") as app:
+        client = app.test_client()
+        with WebhookReceiver([secret_of(client, portal)]) as receiver:
+            set_webhook(client, portal, receiver.url)
+            for _ in range(6):
+                assert client.post(TEST, headers=portal.headers).json["delivered"] is True
+            refused = client.post(TEST, headers=portal.headers)
+
+    assert refused.status_code == 429
+    assert refused.json["error"] == "webhook_tested_recently"

@@ -167,14 +167,16 @@ class OwnWebhookTest(MethodView):
         with transaction() as session:
             caller = require_portal(session)
             test = webhook_tests.prepare(session, portal_id=caller.id)
+        limit = {
+            "namespace": "directory-webhook-test",
+            "code": "webhook_tested_recently",
+            "what": "webhook tests",
+        }
+        # A portal at its limit is told so, and to wait as long as it must, before it
+        # takes the directory's one slot from anyone (or is told to come back in 2 s)...
+        limit_portal(WEBHOOK_TESTS_PER_PORTAL, caller.id, counting=False, **limit)
         with webhook_tests.slot(wiring().engine):
-            # Counted once the test has its slot: one refused as busy costs no budget.
-            limit_portal(
-                WEBHOOK_TESTS_PER_PORTAL,
-                caller.id,
-                namespace="directory-webhook-test",
-                code="webhook_tested_recently",
-                what="webhook tests",
-            )
+            # ...and counted once the test has its slot: one refused as busy costs none.
+            limit_portal(WEBHOOK_TESTS_PER_PORTAL, caller.id, **limit)
             # Outside any transaction: the endpoint may take seconds to answer.
             return webhook_tests.send(test, allow_loopback=wiring().settings.webhook_allow_loopback)
