@@ -43,6 +43,7 @@ class WebhookTest:
     url: str
     secrets: list[str]
     body: bytes
+    webhook_disabled_at: datetime | None  # by a 410: the relay sends it nothing meanwhile
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class WebhookTestResult:
     status: int | None  # None when no answer came
     error: str | None  # as a delivery's last_error would say it; None when delivered
     duration_ms: int
+    webhook_disabled_at: datetime | None
 
 
 def prepare(session: Session, *, portal_id: int) -> WebhookTest:
@@ -71,6 +73,7 @@ def prepare(session: Session, *, portal_id: int) -> WebhookTest:
         url=portal.webhook_url,
         secrets=signing_secrets(portal, now),
         body=orjson.dumps(payload),
+        webhook_disabled_at=portal.webhook_disabled_at,
     )
 
 
@@ -110,4 +113,5 @@ def send(test: WebhookTest, *, allow_loopback: bool) -> WebhookTestResult:
         status=result.status,
         error=result.error,
         duration_ms=round(result.duration_ms),
+        webhook_disabled_at=test.webhook_disabled_at,
     )

@@ -49,6 +49,7 @@ def test_the_event_is_signed_and_sent_as_the_relays_are(client, portal):
     assert answer.json["status"] == 204
     assert answer.json["error"] is None
     assert answer.json["duration_ms"] >= 0
+    assert answer.json["webhook_disabled_at"] is None
 
 
 def test_each_test_has_an_id_of_its_own(client, portal):
@@ -124,6 +125,8 @@ def test_a_disabled_webhook_can_be_tested_before_its_url_is_set_again(client, wi
         answer = client.post(TEST, headers=portal.headers)
 
     assert answer.json["delivered"] is True
+    # Taken, yet the relay sends it nothing until its URL is set again: the answer says so.
+    assert answer.json["webhook_disabled_at"] is not None
 
 
 def test_a_portal_without_a_webhook_is_told_to_set_one(client, portal):

@@ -156,7 +156,8 @@ export interface paths {
          *     timeouts), under a webhook-id of its own (`test_...`). The answer says whether
          *     the endpoint took it and, if not, why. The test is stored nowhere, never retried
          *     and changes nothing: a 410 disables the webhook only when a delivery gets it.
-         *     Also for a webhook disabled by a 410, before setting its URL again.
+         *     Also for a webhook disabled by a 410, before setting its URL again (the answer's
+         *     `webhook_disabled_at` says it is still disabled).
          */
         post: operations["testWebhook"];
         delete?: never;
@@ -973,7 +974,7 @@ export interface components {
             webhook_id: string;
             /** @description The webhook_url the event was sent to */
             url: string;
-            /** @description The endpoint answered 2xx: it would take messages */
+            /** @description The endpoint answered 2xx: it would take messages (once enabled again, if webhook_disabled_at is set) */
             delivered: boolean;
             /** @description Its HTTP status; null when no answer came */
             status: number | null;
@@ -981,6 +982,11 @@ export interface components {
             error: string | null;
             /** @description From sending to the answer */
             duration_ms: number;
+            /**
+             * Format: date-time
+             * @description Set while the webhook is disabled by a 410 Gone (as in the profile): the test was sent all the same, but messages wait in the inbox until webhook_url is set again, however the endpoint answered it
+             */
+            webhook_disabled_at: string | null;
         };
         PublicLocation: {
             /** @description Latitude (already snapped to the privacy level) */

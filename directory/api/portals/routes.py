@@ -163,7 +163,8 @@ class OwnWebhookTest(MethodView):
         timeouts), under a webhook-id of its own (`test_...`). The answer says whether
         the endpoint took it and, if not, why. The test is stored nowhere, never retried
         and changes nothing: a 410 disables the webhook only when a delivery gets it.
-        Also for a webhook disabled by a 410, before setting its URL again."""
+        Also for a webhook disabled by a 410, before setting its URL again (the answer's
+        `webhook_disabled_at` says it is still disabled)."""
         with transaction() as session:
             caller = require_portal(session)
             test = webhook_tests.prepare(session, portal_id=caller.id)

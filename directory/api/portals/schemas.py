@@ -228,7 +228,10 @@ class WebhookTestSchema(Schema):
     )
     url = fields.String(metadata={"description": "The webhook_url the event was sent to"})
     delivered = fields.Boolean(
-        metadata={"description": "The endpoint answered 2xx: it would take messages"}
+        metadata={
+            "description": "The endpoint answered 2xx: it would take messages (once "
+            "enabled again, if webhook_disabled_at is set)"
+        }
     )
     status = fields.Integer(
         allow_none=True, metadata={"description": "Its HTTP status; null when no answer came"}
@@ -241,6 +244,14 @@ class WebhookTestSchema(Schema):
         },
     )
     duration_ms = fields.Integer(metadata={"description": "From sending to the answer"})
+    webhook_disabled_at = fields.DateTime(
+        allow_none=True,
+        metadata={
+            "description": "Set while the webhook is disabled by a 410 Gone (as in the "
+            "profile): the test was sent all the same, but messages wait in the inbox until "
+            "webhook_url is set again, however the endpoint answered it"
+        },
+    )
 
 
 class RotateSecretSchema(Schema):

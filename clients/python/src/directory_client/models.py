@@ -284,7 +284,10 @@ class WebhookTest(Struct, kw_only=True):
     ]
     url: Annotated[str, Meta(description='The webhook_url the event was sent to')]
     delivered: Annotated[
-        bool, Meta(description='The endpoint answered 2xx: it would take messages')
+        bool,
+        Meta(
+            description='The endpoint answered 2xx: it would take messages (once enabled again, if webhook_disabled_at is set)'
+        ),
     ]
     duration_ms: Annotated[int, Meta(description='From sending to the answer')]
     status: (
@@ -296,6 +299,15 @@ class WebhookTest(Struct, kw_only=True):
             str,
             Meta(
                 description="What went wrong, as a delivery's last_error would say it (the start of the endpoint's answer, an unsafe URL, a timeout...); null when delivered"
+            ),
+        ]
+        | None
+    ) = None
+    webhook_disabled_at: (
+        Annotated[
+            datetime,
+            Meta(
+                description='Set while the webhook is disabled by a 410 Gone (as in the profile): the test was sent all the same, but messages wait in the inbox until webhook_url is set again, however the endpoint answered it'
             ),
         ]
         | None
