@@ -21,7 +21,7 @@ import math
 import time
 
 import redis
-from flask import Flask, Response, current_app, request
+from flask import Flask, Response, request
 from limits import RateLimitItem, parse_many
 from limits.errors import StorageError
 from limits.storage import MemoryStorage, storage_from_string
@@ -29,7 +29,6 @@ from limits.strategies import SlidingWindowCounterRateLimiter
 
 from directory.api.auth import calling_portal
 from directory.api.errors import envelope
-from directory.errors import TooManyRequests
 from directory.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -67,23 +66,10 @@ class RateLimits:
     ) -> tuple[RateLimitItem, int] | None:
         """Counts one request of `client`: None if allowed, else the limit it broke and
         the seconds to wait."""
-        return self._refusal(limits, client, namespace=namespace, counting=True)
-
-    def reached(
-        self, limits: list[RateLimitItem], client: str, *, namespace: str
-    ) -> tuple[RateLimitItem, int] | None:
-        """As refusal, counting nothing: whether one more request of `client` would be
-        refused, for a request that has more to wait for before it counts."""
-        return self._refusal(limits, client, namespace=namespace, counting=False)
-
-    def _refusal(
-        self, limits: list[RateLimitItem], client: str, *, namespace: str, counting: bool
-    ) -> tuple[RateLimitItem, int] | None:
         limiter = self._limiter()
-        allowed = limiter.hit if counting else limiter.test
         try:
             for limit in limits:
-                if not allowed(limit, namespace, client):
+                if not limiter.hit(limit, namespace, client):
                     reset_time, _remaining = limiter.get_window_stats(limit, namespace, client)
                     # The window's own reset time, never beyond the window itself.
                     wait = math.ceil(reset_time - time.time())
@@ -91,7 +77,7 @@ class RateLimits:
         except StorageError:
             log.warning("rate limit store unavailable; counting in this process for now")
             self._shared_failed_at = time.monotonic()
-            return self._refusal(limits, client, namespace=namespace, counting=counting)
+            return self.refusal(limits, client, namespace=namespace)
         return None
 
     def close(self) -> None:
@@ -103,31 +89,6 @@ class RateLimits:
         if failed_at is not None and time.monotonic() - failed_at < RETRY_SHARED_STORE_AFTER_S:
             return self._local
         return self._shared
-
-
-def limit_portal(
-    limit: RateLimitItem,
-    portal_id: int,
-    *,
-    namespace: str,
-    code: str,
-    what: str,
-    counting: bool = True,
-) -> None:
-    """Counts one of the portal's `what` (a plural) against `limit`, in the store the
-    search limits use; TooManyRequests `code`, with the wait, once it is reached. Not
-    `counting`: only refused if the limit is reached already, for a request that may
-    yet be turned away for another reason, at no cost to the portal."""
-    rate_limits = current_app.extensions["rate_limits"]
-    check = rate_limits.refusal if counting else rate_limits.reached
-    refusal = check([limit], f"portal:{portal_id}", namespace=namespace)
-    if refusal is not None:
-        _limit, wait = refusal
-        raise TooManyRequests(
-            f"a portal may make at most {limit} {what}; try again in {wait} s, as Retry-After says",
-            code=code,
-            retry_after_s=wait,
-        )
 
 
 def install_rate_limits(app: Flask, settings: Settings) -> None:

@@ -97,6 +97,8 @@ class Portal(Base):
     # When the directory last fetched the website to verify it, or to look for the token
     # again: one fetch at a time per portal, at most one every CHECK_INTERVAL.
     website_checked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The portal's last webhook test (services/webhook_tests.py): one at most every so often.
+    webhook_tested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Since when, and why, the token has not been found again (services.websites.
     # record_recheck): the verification is withdrawn once that has lasted long enough.
     website_recheck_failing_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -13,23 +13,26 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import orjson
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from directory.db import WEBHOOK_TEST_LOCK_NAMESPACE, first_free_advisory_lock
+from directory.db import WEBHOOK_TEST_LOCK_NAMESPACE
 from directory.errors import Conflict, TooManyRequests
 from directory.models import Portal
 from directory.services.deliveries import signing_secrets
-from directory.webhooks.delivery import Outcome, WebhookSender
+from directory.services.slots import held as held_slot
+from directory.services.slots import take_turn as take_portal_turn
+from directory.webhooks.delivery import TOTAL_TIMEOUT_S, Outcome, WebhookSender
 from directory.webhooks.signing import signed_headers
 
 EVENT_TYPE = "webhook.test"
+# A portal tests at most once in this long, so one at a time (a test lasts the sender's
+# TOTAL_TIMEOUT_S at most), as its website is checked.
+TEST_INTERVAL = timedelta(seconds=TOTAL_TIMEOUT_S)
 # Tests held at once, directory-wide: each holds an API process for up to the sender's
 # 15 s, so that a few portals with slow endpoints cannot hold every process in turn.
 TESTS_AT_ONCE = 1
@@ -77,21 +80,36 @@ def prepare(session: Session, *, portal_id: int) -> WebhookTest:
     )
 
 
-@contextmanager
-def slot(engine: Engine) -> Iterator[None]:
+def take_turn(session: Session, *, portal_id: int) -> None:
+    """The portal's turn to test: TooManyRequests `webhook_tested_recently` within
+    TEST_INTERVAL of its last test (or while one runs)."""
+    take_portal_turn(
+        session,
+        portal_id=portal_id,
+        taken_at=Portal.webhook_tested_at,
+        interval=TEST_INTERVAL,
+        refusal=lambda wait_s: TooManyRequests(
+            f"the webhook was tested less than {TEST_INTERVAL.seconds} s ago (or is being "
+            "tested now); try again when Retry-After says",
+            code="webhook_tested_recently",
+            retry_after_s=wait_s,
+        ),
+    )
+
+
+def slot(engine: Engine):
     """One of the directory's TESTS_AT_ONCE slots, for as long as the block runs;
-    TooManyRequests `webhook_tests_busy` when all are taken (as websites.check_slot)."""
-    with first_free_advisory_lock(
-        engine, WEBHOOK_TEST_LOCK_NAMESPACE, range(TESTS_AT_ONCE)
-    ) as slot:
-        if slot is None:
-            raise TooManyRequests(
-                "other portals are testing their webhooks right now; try again when "
-                "Retry-After says",
-                code="webhook_tests_busy",
-                retry_after_s=SLOT_RETRY_AFTER_S,
-            )
-        yield
+    TooManyRequests `webhook_tests_busy` when all are taken."""
+    return held_slot(
+        engine,
+        namespace=WEBHOOK_TEST_LOCK_NAMESPACE,
+        slots=TESTS_AT_ONCE,
+        busy=TooManyRequests(
+            "other portals are testing their webhooks right now; try again when Retry-After says",
+            code="webhook_tests_busy",
+            retry_after_s=SLOT_RETRY_AFTER_S,
+        ),
+    )
 
 
 def send(test: WebhookTest, *, allow_loopback: bool) -> WebhookTestResult:

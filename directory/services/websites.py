@@ -27,9 +27,6 @@ an operator vouched for are never looked at again."""
 from __future__ import annotations
 
 import enum
-import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
@@ -38,11 +35,13 @@ from sqlalchemy import case, exists, func, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from directory.db import WEBSITE_CHECK_LOCK_NAMESPACE, first_free_advisory_lock, unique_conflicts
+from directory.db import WEBSITE_CHECK_LOCK_NAMESPACE, unique_conflicts
 from directory.errors import Conflict, TooManyRequests
 from directory.models import Portal
 from directory.services.ads import global_id_prefix
 from directory.services.portals import republish_public_ads
+from directory.services.slots import held as held_slot
+from directory.services.slots import take_turn
 from directory.webhooks.fetch import TOTAL_TIMEOUT_S, FetchFailed, fetch_file
 
 # RFC 8615's place for site-wide metadata, below the website as the portal gave it (its
@@ -168,51 +167,36 @@ def _challenge(portal) -> Challenge:
 
 
 def _take_turn(session: Session, *, portal_id: int) -> None:
-    # One statement: of two requests at once, the second waits for the first's row lock,
-    # then finds its turn taken.
-    taken = session.execute(
-        update(Portal)
-        .where(
-            Portal.id == portal_id,
-            or_(
-                Portal.website_checked_at.is_(None),
-                Portal.website_checked_at <= func.now() - CHECK_INTERVAL,
-            ),
-        )
-        .values(website_checked_at=func.now())
-        .returning(Portal.id)
-    ).scalar_one_or_none()
-    if taken is not None:
-        return
-    wait_s = session.scalar(
-        select(
-            func.extract("epoch", Portal.website_checked_at + CHECK_INTERVAL - func.now())
-        ).where(Portal.id == portal_id)
-    )
-    raise TooManyRequests(
-        f"the website was checked less than {CHECK_INTERVAL.seconds} s ago (or is being "
-        "checked now); try again when Retry-After says",
-        code="website_checked_recently",
-        retry_after_s=max(1, math.ceil(wait_s or 0)),
+    take_turn(
+        session,
+        portal_id=portal_id,
+        taken_at=Portal.website_checked_at,
+        interval=CHECK_INTERVAL,
+        refusal=lambda wait_s: TooManyRequests(
+            f"the website was checked less than {CHECK_INTERVAL.seconds} s ago (or is being "
+            "checked now); try again when Retry-After says",
+            code="website_checked_recently",
+            retry_after_s=wait_s,
+        ),
     )
 
 
-@contextmanager
-def check_slot(engine: Engine, *, slots: int) -> Iterator[None]:
+def check_slot(engine: Engine, *, slots: int):
     """One of the directory's `slots` for a website check in an API process, for as long
     as the block runs; TooManyRequests `website_checks_busy` when all are taken. A check
     holds its API process for up to the fetch's 10 s: without a bound, a few portals
     pointing at websites that answer slowly could hold every process in turn, and the
-    API would stop answering everyone. The slot is an advisory lock held by a connection
-    outside any transaction, let go by the server if the process dies."""
-    with first_free_advisory_lock(engine, WEBSITE_CHECK_LOCK_NAMESPACE, range(slots)) as slot:
-        if slot is None:
-            raise TooManyRequests(
-                "other websites are being checked right now; try again when Retry-After says",
-                code="website_checks_busy",
-                retry_after_s=CHECK_SLOT_RETRY_AFTER_S,
-            )
-        yield
+    API would stop answering everyone."""
+    return held_slot(
+        engine,
+        namespace=WEBSITE_CHECK_LOCK_NAMESPACE,
+        slots=slots,
+        busy=TooManyRequests(
+            "other websites are being checked right now; try again when Retry-After says",
+            code="website_checks_busy",
+            retry_after_s=CHECK_SLOT_RETRY_AFTER_S,
+        ),
+    )
 
 
 def look_for_token(challenge: Challenge, *, allow_loopback: bool) -> None:

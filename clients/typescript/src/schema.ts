@@ -157,7 +157,9 @@ export interface paths {
          *     the endpoint took it and, if not, why. The test is stored nowhere, never retried
          *     and changes nothing: a 410 disables the webhook only when a delivery gets it.
          *     Also for a webhook disabled by a 410, before setting its URL again (the answer's
-         *     `webhook_disabled_at` says it is still disabled).
+         *     `webhook_disabled_at` says it is still disabled). A portal tests at most once
+         *     every 15 s, and the directory one portal's webhook at a time: each test may hold
+         *     an API process for the 15 s the relay waits for an answer.
          */
         post: operations["testWebhook"];
         delete?: never;
@@ -2021,7 +2023,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description The portal tested 6 times in the last minute (webhook_tested_recently), or other portals are testing theirs now (webhook_tests_busy): see Retry-After */
+            /** @description The portal's webhook was tested less than 15 s ago, or is being tested now (webhook_tested_recently), or another portal's is being tested (webhook_tests_busy): see Retry-After */
             429: {
                 headers: {
                     /** @description Seconds to wait before trying again */

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import timedelta
 
 from flask.views import MethodView
-from limits import parse
 
 from directory.api.auth import BEARER_AUTH, require_portal
 from directory.api.blueprint import Blueprint
@@ -18,12 +17,7 @@ from directory.api.portals.schemas import (
     WebhookSecretsSchema,
     WebhookTestSchema,
 )
-from directory.api.ratelimit import limit_portal
 from directory.services import portals, webhook_tests, websites
-
-# Enough to try a receiver over and over while setting it up; each holds an API process
-# for up to 15 s, and every test is an outbound request the portal points where it likes.
-WEBHOOK_TESTS_PER_PORTAL = parse("6 per minute")
 
 blp = Blueprint("portals", __name__, url_prefix="/v1", description="A portal's own profile")
 
@@ -149,8 +143,9 @@ class OwnWebhookTest(MethodView):
     @blp.alt_response(
         429,
         schema=ErrorSchema,
-        description="The portal tested 6 times in the last minute (webhook_tested_recently), "
-        "or other portals are testing theirs now (webhook_tests_busy): see Retry-After",
+        description="The portal's webhook was tested less than 15 s ago, or is being tested "
+        "now (webhook_tested_recently), or another portal's is being tested "
+        "(webhook_tests_busy): see Retry-After",
         headers=RETRY_AFTER_HEADER,
     )
     @blp.doc(operationId="testWebhook", security=BEARER_AUTH)
@@ -164,20 +159,14 @@ class OwnWebhookTest(MethodView):
         the endpoint took it and, if not, why. The test is stored nowhere, never retried
         and changes nothing: a 410 disables the webhook only when a delivery gets it.
         Also for a webhook disabled by a 410, before setting its URL again (the answer's
-        `webhook_disabled_at` says it is still disabled)."""
+        `webhook_disabled_at` says it is still disabled). A portal tests at most once
+        every 15 s, and the directory one portal's webhook at a time: each test may hold
+        an API process for the 15 s the relay waits for an answer."""
         with transaction() as session:
             caller = require_portal(session)
             test = webhook_tests.prepare(session, portal_id=caller.id)
-        limit = {
-            "namespace": "directory-webhook-test",
-            "code": "webhook_tested_recently",
-            "what": "webhook tests",
-        }
-        # A portal at its limit is told so, and to wait as long as it must, before it
-        # takes the directory's one slot from anyone (or is told to come back in 2 s)...
-        limit_portal(WEBHOOK_TESTS_PER_PORTAL, caller.id, counting=False, **limit)
         with webhook_tests.slot(wiring().engine):
-            # ...and counted once the test has its slot: one refused as busy costs none.
-            limit_portal(WEBHOOK_TESTS_PER_PORTAL, caller.id, **limit)
+            with transaction() as session:
+                webhook_tests.take_turn(session, portal_id=caller.id)
             # Outside any transaction: the endpoint may take seconds to answer.
             return webhook_tests.send(test, allow_loopback=wiring().settings.webhook_allow_loopback)
