@@ -53,6 +53,8 @@ GEOJSON = "application/geo+json"
 # connection made, the answer read), then answers: a test given less than that, and a
 # margin, would time out on the very endpoints it is meant to diagnose, and be repeated.
 WEBHOOK_TEST_TIMEOUT_S = 20.0
+# The same for a website's check: the directory fetches it for up to 10 s.
+WEBSITE_CHECK_TIMEOUT_S = 15.0
 
 
 class DirectoryClient:
@@ -101,8 +103,15 @@ class DirectoryClient:
 
     def verify_website(self) -> models.Portal:
         """Have the directory look for the portal's token on its website now (see the
-        profile's `website_verification`); `Conflict` says why when it is not there."""
-        return self._call("POST", "/v1/portals/me/website/verify", models.Portal, repeatable=True)
+        profile's `website_verification`); `Conflict` says why when it is not there.
+        Waits at least WEBSITE_CHECK_TIMEOUT_S for the answer, whatever `timeout_s`."""
+        return self._call(
+            "POST",
+            "/v1/portals/me/website/verify",
+            models.Portal,
+            repeatable=True,
+            min_timeout_s=WEBSITE_CHECK_TIMEOUT_S,
+        )
 
     def get_webhook_secret(self) -> models.WebhookSecrets:
         return self._call("GET", "/v1/portals/me/webhook-secret", models.WebhookSecrets)
