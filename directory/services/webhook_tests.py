@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -97,7 +98,7 @@ def take_turn(session: Session, *, portal_id: int) -> None:
     )
 
 
-def slot(engine: Engine):
+def slot(engine: Engine) -> AbstractContextManager[None]:
     """One of the directory's TESTS_AT_ONCE slots, for as long as the block runs;
     TooManyRequests `webhook_tests_busy` when all are taken."""
     return held_slot(

@@ -27,6 +27,7 @@ an operator vouched for are never looked at again."""
 from __future__ import annotations
 
 import enum
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
@@ -181,7 +182,7 @@ def _take_turn(session: Session, *, portal_id: int) -> None:
     )
 
 
-def check_slot(engine: Engine, *, slots: int):
+def check_slot(engine: Engine, *, slots: int) -> AbstractContextManager[None]:
     """One of the directory's `slots` for a website check in an API process, for as long
     as the block runs; TooManyRequests `website_checks_busy` when all are taken. A check
     holds its API process for up to the fetch's 10 s: without a bound, a few portals
