@@ -7,7 +7,7 @@ way to send a stream of requests to someone else's server."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 
@@ -19,6 +19,9 @@ from directory.db import first_free_advisory_lock
 from directory.errors import TooManyRequests
 from directory.models import Portal
 
+# How soon a request refused for want of a slot may try again: most take well under a second.
+BUSY_RETRY_AFTER_S = 2
+
 
 def take_turn(
     session: Session,
@@ -26,11 +29,13 @@ def take_turn(
     portal_id: int,
     taken_at: InstrumentedAttribute,
     interval: timedelta,
-    refusal: Callable[[int], TooManyRequests],
+    code: str,
+    refusal: str,
 ) -> None:
     """The portal's turn, when its last (the Portal column `taken_at`) is `interval` ago
-    or more; else `refusal(seconds to wait)` is raised. One statement: of two requests at
-    once, the second waits for the first's row lock, then finds the turn taken."""
+    or more; else TooManyRequests `code` saying `refusal`, with the wait. One statement:
+    of two requests at once, the second waits for the first's row lock, then finds the
+    turn taken."""
     taken = session.execute(
         update(Portal)
         .where(
@@ -47,15 +52,15 @@ def take_turn(
             Portal.id == portal_id
         )
     )
-    raise refusal(max(1, math.ceil(wait_s or 0)))
+    raise TooManyRequests(refusal, code=code, retry_after_s=max(1, math.ceil(wait_s or 0)))
 
 
 @contextmanager
-def held(engine: Engine, *, namespace: int, slots: int, busy: TooManyRequests) -> Iterator[None]:
+def held(engine: Engine, *, namespace: int, slots: int, code: str, refusal: str) -> Iterator[None]:
     """One of the directory's `slots` (advisory locks in `namespace`) for as long as the
-    block runs; `busy` is raised when all are taken. Held by a connection outside any
-    transaction, and let go by the server if the process dies."""
+    block runs; TooManyRequests `code` saying `refusal` when all are taken. Held by a
+    connection outside any transaction, and let go by the server if the process dies."""
     with first_free_advisory_lock(engine, namespace, range(slots)) as slot:
         if slot is None:
-            raise busy
+            raise TooManyRequests(refusal, code=code, retry_after_s=BUSY_RETRY_AFTER_S)
         yield

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from directory.db import WEBHOOK_TEST_LOCK_NAMESPACE
-from directory.errors import Conflict, TooManyRequests
+from directory.errors import Conflict
 from directory.models import Portal
 from directory.services.deliveries import signing_secrets
 from directory.services.slots import held as held_slot
@@ -37,8 +37,6 @@ TEST_INTERVAL = timedelta(seconds=TOTAL_TIMEOUT_S)
 # Tests held at once, directory-wide: each holds an API process for up to the sender's
 # 15 s, so that a few portals with slow endpoints cannot hold every process in turn.
 TESTS_AT_ONCE = 1
-# How soon a test refused for want of a slot may try again: most take well under a second.
-SLOT_RETRY_AFTER_S = 2
 
 
 @dataclass(frozen=True)
@@ -89,12 +87,9 @@ def take_turn(session: Session, *, portal_id: int) -> None:
         portal_id=portal_id,
         taken_at=Portal.webhook_tested_at,
         interval=TEST_INTERVAL,
-        refusal=lambda wait_s: TooManyRequests(
-            f"the webhook was tested less than {TEST_INTERVAL.seconds} s ago (or is being "
-            "tested now); try again when Retry-After says",
-            code="webhook_tested_recently",
-            retry_after_s=wait_s,
-        ),
+        code="webhook_tested_recently",
+        refusal=f"the webhook was tested less than {TEST_INTERVAL.seconds} s ago (or is being "
+        "tested now); try again when Retry-After says",
     )
 
 
@@ -105,11 +100,9 @@ def slot(engine: Engine) -> AbstractContextManager[None]:
         engine,
         namespace=WEBHOOK_TEST_LOCK_NAMESPACE,
         slots=TESTS_AT_ONCE,
-        busy=TooManyRequests(
-            "other portals are testing their webhooks right now; try again when Retry-After says",
-            code="webhook_tests_busy",
-            retry_after_s=SLOT_RETRY_AFTER_S,
-        ),
+        code="webhook_tests_busy",
+        refusal="other portals are testing their webhooks right now; try again when "
+        "Retry-After says",
     )
 
 

@@ -37,7 +37,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from directory.db import WEBSITE_CHECK_LOCK_NAMESPACE, unique_conflicts
-from directory.errors import Conflict, TooManyRequests
+from directory.errors import Conflict
 from directory.models import Portal
 from directory.services.ads import global_id_prefix
 from directory.services.portals import republish_public_ads
@@ -54,9 +54,6 @@ URL_SAFE = ":/?#[]@!$&'()*+,;=%~"
 # lasts TOTAL_TIMEOUT_S at most): a check holds an API process meanwhile, and the
 # directory must not become a way to send a stream of requests to someone else's site.
 CHECK_INTERVAL = timedelta(seconds=TOTAL_TIMEOUT_S)
-# How soon a verification refused for want of a slot may try again: most checks take well
-# under a second.
-CHECK_SLOT_RETRY_AFTER_S = 2
 # Portal.website_recheck_failure's length.
 RECHECK_FAILURE_CHARS = 1000
 
@@ -173,12 +170,9 @@ def _take_turn(session: Session, *, portal_id: int) -> None:
         portal_id=portal_id,
         taken_at=Portal.website_checked_at,
         interval=CHECK_INTERVAL,
-        refusal=lambda wait_s: TooManyRequests(
-            f"the website was checked less than {CHECK_INTERVAL.seconds} s ago (or is being "
-            "checked now); try again when Retry-After says",
-            code="website_checked_recently",
-            retry_after_s=wait_s,
-        ),
+        code="website_checked_recently",
+        refusal=f"the website was checked less than {CHECK_INTERVAL.seconds} s ago (or is "
+        "being checked now); try again when Retry-After says",
     )
 
 
@@ -192,11 +186,8 @@ def check_slot(engine: Engine, *, slots: int) -> AbstractContextManager[None]:
         engine,
         namespace=WEBSITE_CHECK_LOCK_NAMESPACE,
         slots=slots,
-        busy=TooManyRequests(
-            "other websites are being checked right now; try again when Retry-After says",
-            code="website_checks_busy",
-            retry_after_s=CHECK_SLOT_RETRY_AFTER_S,
-        ),
+        code="website_checks_busy",
+        refusal="other websites are being checked right now; try again when Retry-After says",
     )
 
 

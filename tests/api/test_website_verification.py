@@ -20,7 +20,7 @@ from sqlalchemy import text
 from directory import create_app, worker
 from directory.db import unit_of_work
 from directory.errors import Conflict
-from directory.services import portals, websites
+from directory.services import portals, slots, websites
 from directory.webhooks import fetch
 from tests.api.test_feed import read_all
 from tests.factories import ad_payload
@@ -273,7 +273,7 @@ def test_one_website_is_checked_at_a_time_and_the_others_told_when_to_retry(
 
     assert busy.status_code == 429, busy.json
     assert busy.json["error"] == "website_checks_busy"
-    assert busy.headers["Retry-After"] == str(websites.CHECK_SLOT_RETRY_AFTER_S)
+    assert busy.headers["Retry-After"] == str(slots.BUSY_RETRY_AFTER_S)
     assert other_site.requests == []
     assert first.status_code == 200, first.json
     # Its turn was not taken: it may check as soon as the slot is free.
