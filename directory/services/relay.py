@@ -442,14 +442,14 @@ def _member(conversation: Conversation, role: Role) -> str | None:
 
 
 def _portal_status(conversation, role: Role) -> PortalStatus:
-    """The status of a party's portal, from a row of _LOCK_CONVERSATION."""
+    """The status of a party's portal, from a row of _CONVERSATIONS."""
     if role is Role.INITIATOR:
         return conversation.initiator_portal_status
     return conversation.recipient_portal_status
 
 
 def _portal_slug(conversation, role: Role) -> str:
-    """The slug of a party's portal, from a row of _LOCK_CONVERSATION."""
+    """The slug of a party's portal, from a row of _CONVERSATIONS."""
     if role is Role.INITIATOR:
         return conversation.initiator_slug
     return conversation.recipient_slug
@@ -457,7 +457,7 @@ def _portal_slug(conversation, role: Role) -> str:
 
 def _blocks_of(conversation, role: Role) -> tuple[bool, bool]:
     """Whether the party's community has blocked the other's, and the other's the
-    party's, from a row of _LOCK_CONVERSATION."""
+    party's, from a row of _CONVERSATIONS."""
     if role is Role.INITIATOR:
         return conversation.initiator_blocked, conversation.recipient_blocked
     return conversation.recipient_blocked, conversation.initiator_blocked
