@@ -506,12 +506,15 @@ MAX_SECRET_OVERLAP = timedelta(days=7)
 
 
 def webhook_secrets(session: Session, *, portal_id: int) -> WebhookSecrets:
+    """The secrets that sign the portal's webhooks now (deliveries.signing_secrets)."""
     portal = session.get_one(Portal, portal_id)
-    previous = portal.webhook_previous_secret
-    expires_at = portal.webhook_previous_secret_expires_at
-    if previous is None or expires_at is None or expires_at <= datetime.now(UTC):
+    if len(deliveries.signing_secrets(portal, datetime.now(UTC))) == 1:
         return WebhookSecrets(portal.webhook_secret, None, None)
-    return WebhookSecrets(portal.webhook_secret, previous, expires_at)
+    return WebhookSecrets(
+        portal.webhook_secret,
+        portal.webhook_previous_secret,
+        portal.webhook_previous_secret_expires_at,
+    )
 
 
 def rotate_webhook_secret(
