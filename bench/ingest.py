@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import random
 import statistics
 import sys
@@ -34,6 +33,7 @@ from bench.common import (
 )
 from directory import build_wiring
 from directory.__main__ import DEFAULT_WORKERS
+from directory.cores import usable_cores
 from directory.db import libpq_url, unit_of_work
 from directory.geo import Point, Privacy, publishable_point
 from directory.services import portals
@@ -178,7 +178,7 @@ def main() -> None:
         f"CPU per batch:         API {api_cpu * per_batch:.0f} ms, bench client "
         f"{client_cpu * per_batch:.0f} ms, PostgreSQL and the rest "
         f"{(machine_cpu - api_cpu - client_cpu) * per_batch:.0f} ms "
-        f"(machine busy {machine_cpu / elapsed / (os.cpu_count() or 1):.0%})"
+        f"(machine busy {machine_cpu / elapsed / usable_cores():.0%})"
     )
     print(f"COPY floor:            {copy_rate:,.0f} ads/s  ({copy_elapsed:.1f} s)")
     print(f"API / COPY:            {api_rate / copy_rate:.2f}")

@@ -66,6 +66,7 @@ from bench.common import (
 )
 from directory import build_wiring
 from directory.__main__ import DEFAULT_WORKERS
+from directory.cores import usable_cores
 from directory.db import libpq_url, unit_of_work
 from directory.services.portals import create_portal
 from directory.settings import Settings
@@ -695,7 +696,7 @@ def main() -> None:
             for delivery in receiver.deliveries
         )
 
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     print(f"setup:                 {PORTALS} portals with webhooks, {len(relay.ads)} ads, "
           f"{len(relay.conversations)} conversations; API: gunicorn, {DEFAULT_WORKERS} workers; "
           f"1 delivery worker; {cores} cores")  # fmt: skip

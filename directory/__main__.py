@@ -11,14 +11,15 @@ from pathlib import Path
 
 import click
 
+from directory.cores import usable_cores
 from directory.db import MIGRATE_LOCK_NAMESPACE
 from directory.settings import Settings, SettingsError
 
 ROOT = Path(__file__).resolve().parents[1]
-# The API is CPU-bound (JSON and validation): one process per core plus one to cover a
-# process waiting on the database. Measured with bench/ingest.py on 2 cores: 3 workers
-# 8,450 ads/s, 5 workers (gunicorn's 2n+1 for I/O-bound apps) 6,750 ads/s.
-DEFAULT_WORKERS = (os.cpu_count() or 1) + 1
+# The API is CPU-bound (JSON and validation): one process per core it may use plus one to
+# cover a process waiting on the database. Measured with bench/ingest.py on 2 cores: 3
+# workers 8,450 ads/s, 5 workers (gunicorn's 2n+1 for I/O-bound apps) 6,750 ads/s.
+DEFAULT_WORKERS = usable_cores() + 1
 
 
 def _settings() -> Settings:
@@ -86,7 +87,8 @@ def cli() -> None:
     default=DEFAULT_WORKERS,
     type=click.IntRange(min=1),
     show_default=True,
-    help="gunicorn worker processes (default: one per core, plus one)",
+    help="gunicorn worker processes (default: one per core this process may use, by its "
+    "CPU affinity and its cgroup's CPU quota, plus one)",
 )
 def serve(bind: str, workers: int) -> None:
     """Serve the API under gunicorn.
