@@ -1038,3 +1038,42 @@ def test_a_body_that_is_not_utf8_is_an_invalid_webhook():
 
     with pytest.raises(InvalidWebhook, match="UTF-8"):
         verify_webhook(body + b"\xff", headers, secrets=secret)
+
+
+def test_the_raw_body_verifies_as_bytes_or_as_a_memoryview():
+    # What web frameworks hand over: bytes (Flask, Django, Starlette), a memoryview or a
+    # bytearray (a body read into a buffer).
+    secret = new_secret()
+    body, headers = signed([secret])
+
+    for raw in (body, bytearray(body), memoryview(body), body.decode()):
+        assert verify_webhook(raw, headers, secrets=secret).id == "msg_" + "ab" * 16
+
+
+@pytest.mark.parametrize("parsed", [orjson.loads, lambda body: None], ids=["json", "none"])
+def test_a_body_that_is_not_the_raw_body_is_refused_naming_it(parsed):
+    # Flask's request.get_json(): the signature covers the bytes as sent, which a parsed
+    # body no longer has.
+    secret = new_secret()
+    body, headers = signed([secret])
+
+    with pytest.raises(TypeError, match=r"body must be the request's raw body"):
+        verify_webhook(parsed(body), headers, secrets=secret)
+
+
+@pytest.mark.parametrize(
+    "secrets",
+    [["whsec_not base64!"], [new_secret(), "not base64 !!!"], [b"whsec_c2VjcmV0"], ["whsec_a"]],
+    ids=["first", "second", "bytes", "bad-padding"],
+)
+def test_a_secret_that_is_no_webhook_secret_is_refused_naming_which_without_showing_it(secrets):
+    # Checked whichever secret would have matched: a secret mis-pasted beside a good one
+    # would otherwise fail only once the good one stopped signing.
+    body, headers = signed([new_secret()])
+    position = len(secrets) - 1  # the last one given is the bad one
+
+    with pytest.raises(
+        ValueError, match=rf"secrets\[{position}\] is not a webhook secret"
+    ) as error:
+        verify_webhook(body, headers, secrets=secrets)
+    assert "not base64" not in str(error.value) and "c2VjcmV0" not in str(error.value)
