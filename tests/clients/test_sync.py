@@ -216,6 +216,21 @@ def test_malformed_rows_are_rejected_with_their_lines_and_the_rest_goes_in(
     assert {r["code"] for r in report["rejected"]} == {None}
 
 
+def test_a_jsonl_export_starting_with_a_byte_order_mark_is_read_whole(directory, tmp_path):
+    # As Windows PowerShell's Out-File -Encoding utf8 writes it: its first row was
+    # rejected as not JSON, naming no ad, so every run held back every delete.
+    source = tmp_path / "ads.jsonl"
+    write_jsonl(source, [an_ad(1), an_ad(2)])
+    sync_file(directory, source, state_path=tmp_path / "state")
+    source.write_bytes(b"\xef\xbb\xbf" + json.dumps(an_ad(1)).encode() + b"\n")
+
+    report = sync_file(directory, source, state_path=tmp_path / "state")
+
+    assert report.ok, report.rejected
+    assert (report.unchanged, report.deleted, report.deletes_held_back) == (1, 1, [])
+    assert set(stored(directory)) == {"ad-1"}
+
+
 def test_a_malformed_row_keeps_the_directorys_ad_as_it_was(live, portal, directory, tmp_path):
     source = write_jsonl(tmp_path / "ads.jsonl", [an_ad(1), an_ad(2)])
     assert run_sync(live, portal.key, source).returncode == 0

@@ -2,7 +2,7 @@
 
 JSON Lines (`.jsonl`, `.ndjson`): each line an object with `external_id` and the fields
 of PUT /v1/ads/{external_id} as they are in the API (`"location": {"lat": .., "lon": ..}`,
-`"tags": [..]`). Blank lines are skipped.
+`"tags": [..]`). Blank lines are skipped, and so is a byte order mark starting the file.
 
 CSV (`.csv`, UTF-8, a header line first): the columns of `CSV_COLUMNS`; nested fields by
 dotted names (`location.lat`, `price.amount`), lists in one cell separated by
@@ -29,6 +29,8 @@ import msgspec
 
 LIST_SEPARATOR = "|"
 JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson"})
+# What Windows tools (PowerShell's Out-File, Notepad) often start a UTF-8 file with.
+BYTE_ORDER_MARK = b"\xef\xbb\xbf"
 CSV_SUFFIXES = frozenset({".csv"})
 
 
@@ -97,6 +99,8 @@ def read_jsonl(path: Path) -> Iterator[SourceRow]:
     # Bytes straight to msgspec: it checks the UTF-8 itself, so a bad byte costs one line.
     with _open(path, mode="rb") as lines:
         for number, line in enumerate(lines, start=1):
+            if number == 1:
+                line = line.removeprefix(BYTE_ORDER_MARK)
             if not line.strip():
                 continue
             try:
