@@ -399,6 +399,62 @@ class _MaxAds(click.ParamType):
 
 # Unknown options let through: a negative LIMIT is then refused as a LIMIT, not as an
 # option "-5" that does not exist.
+@portals.command("relay-report")
+@click.option(
+    "--days",
+    type=click.IntRange(min=1, max=3650),
+    default=30,
+    show_default=True,
+    help="Count the conversations opened in this many days",
+)
+@click.option("--json", "as_json", is_flag=True)
+def portals_relay_report(days: int, as_json: bool) -> None:
+    """How the conversations each portal's members opened with other communities lately
+    were received: how many went unanswered and how many the other party blocked, and
+    how many communities block the portal. The most blocked share first: a portal whose
+    members send unwanted messages tops the list (then ask its team to act, or suspend
+    it). Counts only, never a member or a message."""
+    from directory.services.relay_report import relay_report
+
+    with _transaction() as session:
+        report = relay_report(session, days=days)
+    if as_json:
+        click.echo(json.dumps({
+            "since": report.since.isoformat(),
+            "portals": [
+                {"slug": p.slug, "name": p.name, "status": p.status.value, "opened": p.opened,
+                 "unanswered": p.unanswered, "blocked": p.blocked,
+                 "blocked_share": p.blocked_share, "unanswered_share": p.unanswered_share,
+                 "blocked_by_portals": p.blocked_by_portals}
+                for p in report.portals
+            ],
+        }, indent=2))  # fmt: skip
+        return
+    click.echo(
+        f"conversations opened with other communities since "
+        f"{report.since:%Y-%m-%d %H:%M %Z} ({days} days), by the share the other party blocked"
+    )
+    click.echo(
+        f"{'SLUG':<24} {'STATUS':<10} {'OPENED':>8} {'UNANSWERED':>12} {'BLOCKED':>12} "
+        f"{'BLOCKED BY':>10}  NAME"
+    )
+    for p in report.portals:
+        click.echo(
+            f"{p.slug:<24} {p.status.value:<10} {p.opened:>8} "
+            f"{_count_and_share(p.unanswered, p.unanswered_share):>12} "
+            f"{_count_and_share(p.blocked, p.blocked_share):>12} "
+            f"{p.blocked_by_portals:>10}  {p.name}"
+        )
+    if not report.portals:
+        click.echo("(none: no portal's members opened a conversation with another community)")
+    else:
+        click.echo("BLOCKED BY: the communities that block the portal now")
+
+
+def _count_and_share(count: int, share: float | None) -> str:
+    return "-" if share is None else f"{count} {share:>4.0%}"
+
+
 @portals.command("set-max-ads", context_settings={"ignore_unknown_options": True})
 @click.argument("slug")
 @click.argument("limit", type=_MaxAds())

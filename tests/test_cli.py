@@ -375,6 +375,51 @@ def test_portals_list_shows_a_verified_website_whose_token_went_missing(run_ok, 
     )
 
 
+def test_portals_relay_report_lists_the_most_blocked_first(run_ok, create_portal, client):
+    """The report's table and JSON, from conversations and a block made through the API
+    (tests/services/test_relay_report.py counts every case)."""
+    pushy, calm, advertiser = (
+        create_portal(slug, slug.title()) for slug in ("pushy", "calm", "ads")
+    )
+    ad = client.put(
+        "/v1/ads/ad-1", json=ad_payload(member="m-ad"), headers=_bearer(advertiser)
+    ).json["id"]
+    for key, member in ((pushy, "p-1"), (pushy, "p-2"), (calm, "c-1")):
+        response = client.post(
+            f"/v1/ads/{ad}/contact",
+            json={"member": member, "name": "N", "body": "Hello"},
+            headers=_bearer(key),
+        )
+        assert response.status_code == 201, response.json
+        if member == "p-1":
+            blocked = client.post(
+                f"/v1/conversations/{response.json['conversation']['id']}/block",
+                json={"member": "m-ad"},
+                headers=_bearer(advertiser),
+            )
+            assert blocked.status_code == 200
+
+    table = run_ok("portals", "relay-report").output.splitlines()
+    report = json.loads(run_ok("portals", "relay-report", "--days", "7", "--json").output)
+
+    assert table[0].startswith("conversations opened with other communities since ")
+    assert [line.split() for line in table[2:4]] == [
+        ["pushy", "active", "2", "2", "100%", "1", "50%", "0", "Pushy"],
+        ["calm", "active", "1", "1", "100%", "0", "0%", "0", "Calm"],
+    ]
+    assert [
+        (p["slug"], p["opened"], p["blocked"], p["blocked_share"]) for p in report["portals"]
+    ] == [("pushy", 2, 1, 0.5), ("calm", 1, 0, 0.0)]
+
+
+def test_portals_relay_report_with_nothing_to_report_and_a_bad_window(run_ok, run):
+    assert "(none: " in run_ok("portals", "relay-report").output
+    for days in ("0", "-3", "many", "3651"):
+        result = run("portals", "relay-report", "--days", days)
+        assert result.exit_code == 2
+        assert "Invalid value for '--days'" in result.output
+
+
 def test_portals_list_json_shows_the_portal(run_ok, create_portal):
     create_portal("cli-portal", "CLI Exchange")
 
