@@ -28,6 +28,7 @@ from sqlalchemy import (
     case,
     cast,
     delete,
+    exists,
     func,
     select,
     text,
@@ -1008,10 +1009,17 @@ def delete_all_but(session: Session, *, portal_id: int, keep: Sequence[str] | Se
         keep
         if isinstance(keep, Select)
         else select(func.unnest(cast(keep, ARRAY(String))).column_valued("external_id"))
-    )
+    ).subquery()
+    # NOT EXISTS, not NOT IN: PostgreSQL plans NOT IN (subquery) as an anti-join never,
+    # and checks each ad against the kept ids one by one once they do not fit in
+    # work_mem as a hash table (100,000 ids of 128 characters: past the statement
+    # timeout, where the anti-join takes 0.2 s). The two agree: no external id is null.
     gone = session.execute(
         delete(Ad)
-        .where(Ad.portal_id == portal_id, Ad.external_id.not_in(kept))
+        .where(
+            Ad.portal_id == portal_id,
+            ~exists().where(kept.c.external_id == Ad.external_id),
+        )
         .returning(Ad.id, Ad.visibility, Ad.expires_at)
     ).all()
     now = datetime.now(UTC)

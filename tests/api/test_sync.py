@@ -4,7 +4,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import func, select, text, update
+from sqlalchemy import event, func, select, text, update
 
 from directory.db import unit_of_work
 from directory.models import SyncSession
@@ -275,6 +275,49 @@ def test_an_empty_commit_deletes_every_ad_of_the_portal(client, portal):
     result = client.post(f"/v1/sync-sessions/{session_id}/commit", headers=portal.headers).json
     assert result["deleted"] == 1
     assert own_titles(client, portal) == {}
+
+
+def test_a_commit_finds_the_ads_left_out_by_a_join_whatever_the_length_of_their_ids(
+    client, portal, wiring
+):
+    """The ads a commit deletes are those of the portal that no staged item names. As
+    `external_id NOT IN (staged ids)`, PostgreSQL checked each ad against the staged ids
+    one by one as soon as they did not fit in work_mem as a hash table: a resync of the
+    100,000 ads a portal may store, under ids of 128 characters, ran past the statement
+    timeout (60 s) and could never be committed, where an anti-join takes 0.2 s. Told by
+    the plan, not by a time: a work_mem of 64 kB makes 1,000 such ids too many."""
+    ids = [f"{n:04d}".rjust(128, "x") for n in range(1000)]
+    batch = client.post(
+        "/v1/ads/batch",
+        json={"items": [{"external_id": id_, "ad": ad_payload()} for id_ in ids]},
+        headers=portal.headers,
+    )
+    assert batch.json["counts"] == {"created": 1000}, batch.json["counts"]
+    session_id = open_session(client, portal)
+    items = [{"external_id": id_, "ad": ad_payload()} for id_ in ids[1:]]
+    assert stage(client, portal, session_id, items).status_code == 200
+    with wiring.engine.begin() as connection:
+        connection.execute(text("ANALYZE ads, sync_session_items"))
+    deletions = []
+
+    def deletion_of_ads(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().startswith("DELETE FROM ads"):
+            deletions.append((statement, parameters))
+
+    event.listen(wiring.engine, "before_cursor_execute", deletion_of_ads)
+    try:
+        commit = client.post(f"/v1/sync-sessions/{session_id}/commit", headers=portal.headers)
+    finally:
+        event.remove(wiring.engine, "before_cursor_execute", deletion_of_ads)
+
+    assert (commit.json["unchanged"], commit.json["deleted"]) == (999, 1), commit.json
+    (statement, parameters), *_ = deletions
+    with wiring.engine.begin() as connection:
+        connection.execute(text("SET LOCAL work_mem = '64kB'"))
+        plan = "\n".join(
+            row[0] for row in connection.exec_driver_sql(f"EXPLAIN {statement}", parameters)
+        )
+    assert "SubPlan" not in plan, plan
 
 
 def test_session_state_shows_counts(client, portal):
