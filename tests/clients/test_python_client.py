@@ -123,6 +123,50 @@ def test_iterators_follow_cursors_to_the_end(live, make_portal):
     assert len(changes) == 7 and all(entry.op == "upsert" for entry, _ in changes)
 
 
+# Each answer with a page pointing back to one already read (a cache or proxy in front of
+# the directory answering the first page whatever the cursor): the iterators looped for
+# ever, yielding its hits again and again.
+PAGE_POINTING_BACK = [
+    (
+        lambda directory: directory.iter_search(q="bike"),
+        {"hits": [], "next_cursor": "c1"},
+        "GET /v1/search",
+    ),
+    (lambda directory: directory.iter_own_ads(), {"items": [], "next_cursor": "c1"}, "/ads"),
+    (
+        lambda directory: directory.iter_conversations(),
+        {"conversations": [], "next_cursor": "c1"},
+        "/v1/conversations",
+    ),
+    (
+        lambda directory: directory.iter_feed(),
+        {"changes": [], "next_cursor": "c1", "more": True},
+        "/v1/feed",
+    ),
+    (
+        lambda directory: iter([directory.process_inbox(lambda event: None)]),
+        {"events": [], "next_since": "c1"},
+        "/v1/inbox",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("follow", "page", "named"),
+    PAGE_POINTING_BACK,
+    ids=["search", "own-ads", "conversations", "feed", "inbox"],
+)
+def test_an_iterator_given_back_a_cursor_it_followed_stops_rather_than_loop(follow, page, named):
+    with (
+        Scripted([(200, {}, orjson.dumps(page))] * 5) as server,
+        DirectoryClient(server.url, retry=NO_WAIT) as directory,
+        pytest.raises(AnswerNotUnderstood, match="given before") as error,
+    ):
+        list(follow(directory))
+    assert named in str(error.value)
+    assert len(server.requests) == 2
+
+
 def test_a_feed_reader_storing_each_cursor_given_misses_no_change(live, make_portal):
     # A reader handles each change in order, stores the cursors it is given, and stops
     # (is killed) after any change: resumed from what it stored, it reads every change

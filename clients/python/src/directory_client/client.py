@@ -237,6 +237,7 @@ class DirectoryClient:
                 limit=page_size, cursor=cursor, include_expired=include_expired
             ),
             lambda page: page.items,
+            what="GET /v1/portals/me/ads",
         )
 
     @overload
@@ -300,6 +301,7 @@ class DirectoryClient:
         return _follow(
             lambda cursor: self.search_ads(limit=page_size, cursor=cursor, **filters),
             lambda page: page.hits,
+            what="GET /v1/search",
         )
 
     # --- full resync (sync sessions) ------------------------------------------------
@@ -375,6 +377,7 @@ class DirectoryClient:
                 member=member, ad_id=ad_id, cursor=cursor, limit=page_size
             ),
             lambda page: page.conversations,
+            what="GET /v1/conversations",
         )
 
     def get_conversation(
@@ -460,8 +463,10 @@ class DirectoryClient:
         (a webhook may have delivered one meanwhile): deduplicate by `event.id`."""
         handled_count = 0
         since = None
+        followed: set[str] = set()
         while True:
             page = self.read_inbox(since=since, limit=page_size)
+            _check_not_followed("GET /v1/inbox", page.next_since, followed)
             handled: list[str] = []
             try:
                 for event in page.events:
@@ -489,8 +494,11 @@ class DirectoryClient:
         so only the last change of each page comes with one. A reader stopped elsewhere and
         resumed from the last cursor it stored reads again the changes it handled after
         it (handle changes idempotently, by `ad_id`), and misses none."""
+        followed = {since} if since is not None else set()
         while True:
             page = self.read_feed(since=since, limit=page_size)
+            if page.more:
+                _check_not_followed("GET /v1/feed", page.next_cursor, followed)
             last = len(page.changes) - 1
             for position, entry in enumerate(page.changes):
                 yield entry, page.next_cursor if position == last else None
@@ -591,16 +599,36 @@ def api_error(response: httpx.Response) -> ApiError:
 
 
 def _follow(
-    fetch: Callable[[str | None], PageT], items: Callable[[PageT], Iterable[T]]
+    fetch: Callable[[str | None], PageT], items: Callable[[PageT], Iterable[T]], *, what: str
 ) -> Iterator[T]:
-    """The items of every page, each page fetched with the previous one's next_cursor."""
+    """The items of every page, each page fetched with the previous one's next_cursor
+    (`what`, the request, names it in errors)."""
     cursor = None
+    followed: set[str] = set()
     while True:
         page = fetch(cursor)
+        _check_not_followed(what, page.next_cursor, followed)
         yield from items(page)
         if page.next_cursor is None:
             return
         cursor = page.next_cursor
+
+
+def _check_not_followed(what: str, cursor: str | None, followed: set[str]) -> None:
+    """Remember `cursor`, a page's way on; AnswerNotUnderstood if it was given before.
+    The directory's cursors only move on; one given again points back to a page read
+    already (a cache or proxy in front of it answering the first page whatever the
+    cursor), and following it would yield the same items again, for ever. Checked before
+    the page's items are yielded: they are those of a page read already."""
+    if cursor is None:
+        return
+    if cursor in followed:
+        raise AnswerNotUnderstood(
+            f"{what}: {NOT_UNDERSTOOD}: a page's cursor was given before, so following it "
+            "would read the same pages again without end (a cache or proxy answering the "
+            "same page whatever the cursor?)"
+        )
+    followed.add(cursor)
 
 
 def _segment(name: str, value: str) -> str:
