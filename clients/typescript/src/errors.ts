@@ -95,12 +95,15 @@ export class AnswerNotUnderstood extends Error {
     contentType: string | null;
     body: string;
     cause: unknown;
+    /** What is wrong with it, when it is the directory's JSON but cannot be followed. */
+    reason?: string;
   }) {
     const received = init.body
       ? `${JSON.stringify(init.body.slice(0, BODY_SHOWN))}${init.body.length > BODY_SHOWN ? "..." : ""}`
       : "an empty body";
     super(
-      `${init.method} ${init.path}: answer not understood (not the directory's JSON): ` +
+      `${init.method} ${init.path}: answer not understood ` +
+        `(${init.reason ?? "not the directory's JSON"}): ` +
         `${init.status} ${init.contentType ?? "without a Content-Type"}, ${received}`,
       { cause: init.cause },
     );

@@ -1,4 +1,5 @@
 import { type DirectoryClient, unwrap } from "./client.js";
+import { AnswerNotUnderstood } from "./errors.js";
 import type { components, paths } from "./schema.js";
 
 /** Every parameter of GET /v1/search (lists such as `currency` are comma-separated). */
@@ -80,17 +81,35 @@ export async function searchNearby(
   return search(client, nearbyQuery(nearby), options);
 }
 
-/** The pages of a search, one request each, following next_cursor to the last page. */
+/**
+ * The pages of a search, one request each, following next_cursor to the last page. The
+ * directory's cursors only move on: a page whose next_cursor was given before (a cache or
+ * proxy in front of it answering the first page whatever the cursor) rejects with an
+ * AnswerNotUnderstood, before its hits, rather than lead to the same pages without end.
+ */
 export async function* searchPages(
   client: DirectoryClient,
   query: SearchQuery,
   options: RequestOptions = {},
 ): AsyncGenerator<SearchPage, void, undefined> {
   let cursor = query.cursor ?? null;
+  const followed = new Set(cursor === null ? [] : [cursor]);
   do {
     const page = await search(client, { ...query, cursor }, options);
-    yield page;
     cursor = page.next_cursor ?? null;
+    if (cursor !== null && followed.has(cursor)) {
+      throw new AnswerNotUnderstood({
+        method: "GET",
+        path: "/v1/search",
+        status: 200,
+        contentType: "application/json",
+        body: JSON.stringify(page),
+        cause: undefined,
+        reason: "a page's next_cursor was given before: following it would never end",
+      });
+    }
+    if (cursor !== null) followed.add(cursor);
+    yield page;
   } while (cursor !== null);
 }
 

@@ -9,7 +9,9 @@ import {
   createDirectoryClient,
   DirectoryError,
   search,
+  searchAll,
   searchNearby,
+  searchPages,
   unwrap,
 } from "@commons-directory/client";
 
@@ -262,6 +264,28 @@ describe("an answer that is not the API's", () => {
       assert.equal(deleted, undefined);
     } finally {
       noContent.close();
+    }
+  });
+
+  test("stops paging at a cursor given before, rather than read the same pages for ever", async () => {
+    // A cache in front of the directory answering the first page whatever the cursor.
+    const page = JSON.stringify({ hits: [], next_cursor: "c1", facets: null });
+    const cache = await gateway(200, { "Content-Type": "application/json" }, page);
+    try {
+      const pages = async () => {
+        for await (const _ of searchPages(cache.client, { q: "bike" }));
+      };
+      const hits = async () => {
+        for await (const _ of searchAll(cache.client, { q: "bike" }, { max: 10 }));
+      };
+      for (const walk of [pages, hits]) {
+        const error = await rejection(walk(), AnswerNotUnderstood);
+
+        assert.equal(error.path, "/v1/search");
+        assert.match(error.message, /given before/);
+      }
+    } finally {
+      cache.close();
     }
   });
 
