@@ -31,7 +31,9 @@ from directory_client.sync_progress import Silent
 from directory_client.sync_state import StateError
 
 from directory.db import unit_of_work
+from directory.models import PortalStatus
 from directory.models.ads import Ad
+from directory.services import portals
 from directory.settings import Settings
 from tests.live import LiveDirectory, live_directory
 
@@ -1293,6 +1295,32 @@ def test_the_key_comes_from_the_environment_only(live, tmp_path):
 
     assert result.returncode == 2
     assert "DIRECTORY_PORTAL_KEY" in result.stderr
+
+
+def test_a_key_the_directory_refuses_is_not_a_run_to_resume(live, portal, directory, tmp_path):
+    # A key revoked, or mistyped in cron's environment: running the same command again is
+    # refused alike, so it must not say to.
+    source = write_jsonl(tmp_path / "ads.jsonl", [an_ad(1)])
+    unknown_key = portal.key[:-8] + ("A" * 8 if not portal.key.endswith("A" * 8) else "B" * 8)
+
+    result = run_sync(live, unknown_key, source)
+
+    assert result.returncode == 3, result.stderr
+    assert "run the same command again" not in result.stderr
+    assert "refused the portal's key" in result.stderr and "DIRECTORY_PORTAL_KEY" in result.stderr
+    assert unknown_key not in result.stderr
+
+
+def test_a_suspended_portal_is_told_so_not_to_resume(live, wiring, portal, directory, tmp_path):
+    source = write_jsonl(tmp_path / "ads.jsonl", [an_ad(1)])
+    with unit_of_work(wiring.session_factory) as session:
+        portals.set_status(session, portal_slug=portal.slug, status=PortalStatus.SUSPENDED)
+
+    result = run_sync(live, portal.key, source)
+
+    assert result.returncode == 3, result.stderr
+    assert "run the same command again" not in result.stderr
+    assert "portal_suspended" in result.stderr and "operators" in result.stderr
 
 
 class MisconfiguredAtStart(DirectoryClient):

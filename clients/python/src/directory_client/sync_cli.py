@@ -28,7 +28,13 @@ from typing import TextIO
 
 from directory_client import __version__
 from directory_client.client import DirectoryClient
-from directory_client.errors import ApiError, ClientMisconfigured, DirectoryError
+from directory_client.errors import (
+    ApiError,
+    ClientMisconfigured,
+    DirectoryError,
+    Forbidden,
+    Unauthenticated,
+)
 from directory_client.sync import (
     DEFAULT_CONCURRENCY,
     MAX_BATCH_SIZE,
@@ -169,6 +175,23 @@ def main(
                 "the directory lets it store; nothing of it was published. Take ads out of "
                 "the file, or ask the directory's operators for a higher limit, then run "
                 "again.",
+                file=sys.stderr,
+            )
+            return EXIT_DIRECTORY
+        if isinstance(error, Unauthenticated | Forbidden):
+            # Running again with the same key would be refused alike. (The directory's
+            # message never shows the key.)
+            what = (
+                f"the directory refused the portal's key (${KEY_VARIABLE}): mistyped, "
+                "revoked, or of another directory"
+                if isinstance(error, Unauthenticated)
+                else "the directory refused the portal: ask the directory's operators why "
+                "(a suspended portal can do nothing until it is reactivated)"
+            )
+            print(
+                f"directory-sync: {error}\nThe run stopped: {what}. Running the same command "
+                "again would be refused alike; what the directory answered before is "
+                "recorded, and a run with a key it takes resumes from there.",
                 file=sys.stderr,
             )
             return EXIT_DIRECTORY
