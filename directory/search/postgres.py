@@ -37,6 +37,12 @@ from directory.search import (
 # The configurations whose stemming a query tries when it names no language: the
 # languages most ads are written in. Words also always match as written and by prefix.
 DEFAULT_QUERY_CONFIGS = ("english", "french", "german", "spanish", "italian", "portuguese", "dutch")
+# Greek writes a sigma at the end of a word in lower case as the final form ς (U+03C2),
+# elsewhere and in capitals as U+03C3 and Σ. The query's words are case-folded, which
+# makes every one U+03C3; an ad's words are folded by PostgreSQL's lower(), letter by
+# letter, which keeps ς and turns Σ into U+03C3. So a query's word ending in a sigma is
+# looked for under both spellings.
+SIGMA, FINAL_SIGMA = "\u03c3", "\u03c2"
 # Same table as migration 0002 (which keeps its own frozen copy).
 TEXT_CONFIGS = {
     "ar": "arabic", "ca": "catalan", "da": "danish", "de": "german", "el": "greek",
@@ -155,18 +161,33 @@ def _folded(text: str) -> str:
     return " ".join(query_words(text))
 
 
+def _prefixes(bind: _Params, words: list[str]) -> str:
+    """A tsquery of all these words, each as written and as a prefix ("" without words)."""
+    if not words:
+        return ""
+    # Unaccented before each word is quoted as a lexeme: unaccent turns a few letters
+    # into tsquery syntax (a parenthesised digit into "(1)", modifier letters into a
+    # colon or a quote). All immutable: planned as the constant it comes to.
+    unaccented = f"btrim(directory_unaccent({bind(' '.join(words))}))"
+    escaped = rf"replace(replace({unaccented}, '\', '\\'), '''', '''''')"
+    lexemes = f"'''' || regexp_replace({escaped}, ' +', ''':* & ''', 'g') || ''':*'"
+    return f"to_tsquery('simple', {lexemes})"
+
+
 def _text_query(query: SearchQuery, bind: _Params) -> str:
     """Words as written, each also as a prefix ("garden" finds "gardening"), or stemmed
     in any of the query's languages ("gardens" finds "garden")."""
     words = query_words(query.text)
     if words:
-        # Unaccented before each word is quoted as a lexeme: unaccent turns a few letters
-        # into tsquery syntax (a parenthesised digit into "(1)", modifier letters into a
-        # colon or a quote). All immutable: planned as the constant it comes to.
-        unaccented = f"btrim(directory_unaccent({bind(' '.join(words))}))"
-        escaped = rf"replace(replace({unaccented}, '\', '\\'), '''', '''''')"
-        lexemes = f"'''' || regexp_replace({escaped}, ' +', ''':* & ''', 'g') || ''':*'"
-        prefixes = f"to_tsquery('simple', {lexemes})"
+        # A word that may end in either sigma matches under either spelling; the other
+        # words all at once.
+        terms = [_prefixes(bind, [word for word in words if not word.endswith(SIGMA)])]
+        terms += [
+            f"({_prefixes(bind, [word])} || {_prefixes(bind, [word[:-1] + FINAL_SIGMA])})"
+            for word in words
+            if word.endswith(SIGMA)
+        ]
+        prefixes = "(" + " && ".join(term for term in terms if term) + ")"
     else:
         prefixes = "to_tsquery('simple', '')"
     text = bind(" ".join(words))

@@ -77,6 +77,11 @@ TEXT_ADS = (
     ("english", "Piano lessons for beginners", "Patient teacher, all ages.", "en", "education"),
     ("sourdough-title", "Sourdough starter to share", "Live culture, fed daily.", "en", "food"),
     ("sourdough-body", "Kitchen help", "I can also teach you to bake sourdough.", "en", "food"),
+    # Greek ends a word with the final sigma in lower case, not in capitals, and
+    # PostgreSQL's lower() keeps each as it is: the ads' words end in either. No language:
+    # the body is read as written, no stemmer folds the two.
+    ("greek", "Μαθήματα κιθάρας", "Για αρχάριους μαθητές.", None, "education"),
+    ("greek-capitals", "ΜΑΘΗΜΑΤΑ ΚΙΘΑΡΑΣ", "ΓΙΑ ΑΡΧΑΡΙΟΥΣ ΜΑΘΗΤΕΣ.", None, "education"),
 )
 TEXT_ADS_PLACE = Point(51.0543, 3.7174)  # Ghent, away from the towns above
 # Exact ads on the antimeridian, sent under each of its spellings as (lat, lon) (a Point
@@ -901,6 +906,13 @@ def test_a_small_typo_in_a_title_word_is_forgiven(searcher, dataset, q):
 def test_ads_in_each_language_are_found(searcher, dataset, q, language, key):
     params = {"q": q} | ({"language": language} if language else {})
     assert dataset.text_ads[key] in _found(searcher, params)
+
+
+@pytest.mark.parametrize("q", ["αρχάριους", "ΑΡΧΆΡΙΟΥΣ", "Αρχάριους", "αρχαριους μαθητες"])
+def test_a_greek_word_ending_in_sigma_is_found_whatever_the_case(searcher, dataset, q):
+    found = _found(searcher, {"q": q})
+    assert dataset.text_ads["greek"] in found
+    assert dataset.text_ads["greek-capitals"] in found
 
 
 def test_words_of_one_ad_do_not_find_the_others(searcher, dataset):
