@@ -135,9 +135,13 @@ def _get(session: Session, *, portal_id: int, session_id: uuid.UUID, lock: bool 
 
 
 def _require_open(sync: SyncSession) -> None:
-    if sync.status is not SyncStatus.OPEN:
+    # A session that ended no sooner than it expired is told as expired, whoever ended
+    # it: the worker's housekeeping closes expired sessions as aborted (no portal did),
+    # and a portal would otherwise be told "expired" or "aborted" by when it asked.
+    expired = sync.expires_at <= (sync.finished_at or datetime.now(UTC))
+    if sync.status is SyncStatus.COMMITTED or (sync.status is not SyncStatus.OPEN and not expired):
         raise Conflict(f"sync session {sync.id} is {sync.status}", code="sync_session_closed")
-    if sync.expires_at <= datetime.now(UTC):
+    if expired:
         raise Conflict(
             f"sync session {sync.id} expired at {sync.expires_at.isoformat()}; open a new one",
             code="sync_session_expired",

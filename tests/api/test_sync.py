@@ -9,6 +9,7 @@ from sqlalchemy import event, func, select, text, update
 from directory.db import unit_of_work
 from directory.models import SyncSession
 from directory.services import sync
+from directory.services.housekeeping import close_stale_sync_sessions
 from directory.settings import Settings
 from tests.apps import app_with
 from tests.factories import REFUSED_ADS, ad_payload
@@ -267,6 +268,42 @@ def test_an_expired_session_is_refused(client, portal, wiring):
     response = stage(client, portal, session_id, [{"external_id": "a-1", "ad": ad_payload()}])
     assert response.status_code == 409
     assert response.json["error"] == "sync_session_expired"
+
+
+@pytest.mark.parametrize("housekept", [False, True], ids=["open", "closed-by-housekeeping"])
+def test_an_expired_session_is_refused_as_expired_before_and_after_housekeeping(
+    client, portal, wiring, housekept
+):
+    """The worker's housekeeping closes expired sessions as aborted: the portal's next
+    request was then told that its session "is aborted" (sync_session_closed), a few
+    minutes after it would have been told that it expired and to open a new one."""
+    session_id = open_session(client, portal)
+    with unit_of_work(wiring.session_factory) as session:
+        session.execute(
+            update(SyncSession).values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+        )
+    if housekept:
+        with unit_of_work(wiring.session_factory) as session:
+            assert close_stale_sync_sessions(session).expired_sync_sessions == 1
+
+    staged = stage(client, portal, session_id, [{"external_id": "a-1", "ad": ad_payload()}])
+    committed = client.post(f"/v1/sync-sessions/{session_id}/commit", headers=portal.headers)
+
+    for response in (staged, committed):
+        assert response.status_code == 409, response.json
+        assert response.json["error"] == "sync_session_expired", response.json
+        assert "open a new one" in response.json["message"]
+
+
+def test_a_session_aborted_by_its_portal_is_refused_as_closed(client, portal):
+    session_id = open_session(client, portal)
+    client.delete(f"/v1/sync-sessions/{session_id}", headers=portal.headers)
+
+    response = client.post(f"/v1/sync-sessions/{session_id}/commit", headers=portal.headers)
+
+    assert response.status_code == 409, response.json
+    assert response.json["error"] == "sync_session_closed"
+    assert response.json["message"] == f"sync session {session_id} is aborted"
 
 
 def test_an_empty_commit_deletes_every_ad_of_the_portal(client, portal):
