@@ -115,3 +115,20 @@ def test_pay_that_cannot_tell_whether_a_payment_was_made_sends_nothing_and_says_
         assert "Look on the ledger itself for a transaction of yours whose metadata" in err
         assert "--idempotency-key" not in err  # running it again would not tell more
         assert not [r for r in node.requests if r.startswith(("POST", "PATCH"))]
+
+
+@pytest.mark.parametrize("timeout", ["0", "-5", "nan", "inf", "soon"])
+def test_a_timeout_that_is_no_positive_number_of_seconds_is_bad_usage_naming_the_option(
+    timeout, monkeypatch, capsys
+):
+    # Named as the option given, before anything is asked of the directory or the ledger
+    # (the client's own refusal named timeout_s, an argument the user never wrote).
+    for name, value in (("LEDGER_URL", "https://ledger.example.org"),
+                        ("LEDGER_ACCOUNT", "alice"), ("LEDGER_KEY", "alicekey")):  # fmt: skip
+        monkeypatch.setenv(name, value)
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--directory", "http://127.0.0.1:9", "--timeout", timeout, "balance", "ad-1"])
+
+    assert exit_.value.code == 2
+    assert "--timeout" in capsys.readouterr().err

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -61,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get(DIRECTORY_VARIABLE, DEFAULT_DIRECTORY_URL),
         help=f"the directory's base URL (${DIRECTORY_VARIABLE}, default {DEFAULT_DIRECTORY_URL})",
     )
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
+    parser.add_argument(
+        "--timeout", type=_seconds, default=10.0, help="seconds per request (default 10)"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
 
@@ -85,6 +88,17 @@ def build_parser() -> argparse.ArgumentParser:
     balance = commands.add_parser("balance", help="your balance on an ad's ledger")
     balance.add_argument("ad_id", help="an ad of that ledger")
     return parser
+
+
+def _seconds(text: str) -> float:
+    """A positive, finite number of seconds; argparse names the option in its error."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
+    return seconds
 
 
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
