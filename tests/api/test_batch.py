@@ -160,6 +160,25 @@ def test_an_item_the_schema_refuses_is_rejected_as_a_validation_error(client, po
 
 
 @pytest.mark.parametrize(
+    ("op", "message"),
+    [
+        (None, "Must be one of: upsert, delete, expire."),
+        ("x" * 500, "Must be one of: upsert, delete, expire."),
+    ],
+    ids=["null", "long"],
+)
+def test_an_item_with_an_op_that_is_none_of_the_ops_is_told_so_and_only_so(
+    client, portal, op, message
+):
+    """Its ad was refused besides as "Must be absent for op None." (or for op and all
+    500 characters sent): an op that is none of them says nothing of the ad."""
+    response = batch(client, portal, [{"op": op, "external_id": "a-1", "ad": ad_payload()}])
+
+    (result,) = response.json["results"]
+    assert result["errors"] == {"op": [message]}, result
+
+
+@pytest.mark.parametrize(
     "second",
     [
         {"external_id": "a-1", "ad": ad_payload(title="Second")},

@@ -171,6 +171,20 @@ def test_a_staged_item_the_schema_refuses_is_rejected_as_a_validation_error(clie
     assert (fine["status"], fine["error"]) == ("staged", None)
 
 
+@pytest.mark.parametrize("op", ["delete", "expire", "upsert"])
+def test_a_staged_item_with_an_op_is_told_that_staging_takes_none(client, portal, op):
+    """Its ad was refused besides as "Must be absent for op delete.", where staging
+    takes an ad and no op."""
+    session_id = open_session(client, portal)
+
+    response = stage(
+        client, portal, session_id, [{"op": op, "external_id": "a-1", "ad": ad_payload()}]
+    )
+
+    (result,) = response.json["results"]
+    assert result["errors"] == {"op": ["Unknown field."]}, result
+
+
 def _talent(portal) -> str:
     return f"{portal.slug}:TALENT"
 

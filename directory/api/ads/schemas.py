@@ -370,9 +370,11 @@ class AdItemField(fields.Nested):
             raise ValidationError({"_schema": ["Must be an object."]})
         allowed = {"external_id", "ad"} | ({"op"} if self.ops else set())
         errors = {name: ["Unknown field."] for name in sorted(set(value) - allowed)}
-        op = value.get("op", "upsert")
+        # Staging takes no op (refused above as unknown): its items are upserts.
+        op = value.get("op", "upsert") if self.ops else "upsert"
         if self.ops and op not in self.ops:
             errors["op"] = [f"Must be one of: {', '.join(self.ops)}."]
+            op = None  # which ad it would take is unknown: nothing is said of it
         external_id = value.get("external_id")
         if external_id is None:
             errors["external_id"] = ["Missing data for required field."]
@@ -387,7 +389,7 @@ class AdItemField(fields.Nested):
                     ad = self.ad_loader.load(value["ad"])
                 except ValidationError as error:
                     errors["ad"] = error.messages
-        elif "ad" in value:
+        elif op is not None and "ad" in value:
             errors["ad"] = [f"Must be absent for op {op}."]
         if errors:
             raise ValidationError(errors)
