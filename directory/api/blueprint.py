@@ -4,6 +4,7 @@ and one status, 400, for every request that fails validation."""
 from __future__ import annotations
 
 import contextlib
+from urllib.parse import unquote_to_bytes
 
 import flask_smorest
 import marshmallow as ma
@@ -53,6 +54,17 @@ class StrictParser(FlaskParser):
                 400,
                 message="A query parameter was given more than once.",
                 messages={"query": {name: ["Must be given once."] for name in repeated}},
+            )
+        not_utf8 = _not_utf8(request.query_string)
+        if not_utf8:
+            abort(
+                400,
+                message="A query parameter is not UTF-8.",
+                messages={
+                    "query": {
+                        name: ["Must be UTF-8, percent-encoded (é is %C3%A9)."] for name in not_utf8
+                    }
+                },
             )
         if self._loader(schema, "query") is not None:
             # A schema without lists takes one value each: a plain dict, rather than
@@ -171,6 +183,22 @@ def _refuse_unreadable_body(request) -> None:
             f"Content-Encoding {encoding} is not supported: send the body uncompressed.",
             "Must be absent (an uncompressed body).",
         )
+
+
+def _not_utf8(query_string: bytes) -> list[str]:
+    """The query parameters whose names or values are not UTF-8 once percent-decoded.
+    werkzeug keeps such an escape as it was written: a Latin-1 client's "caf%E9" would
+    be read as the seven characters "caf%E9"."""
+    if b"%" not in query_string and query_string.isascii():
+        return []
+    names = []
+    for pair in query_string.split(b"&"):
+        try:
+            unquote_to_bytes(pair.replace(b"+", b" ")).decode()
+        except UnicodeDecodeError:
+            name = pair.partition(b"=")[0].replace(b"+", b" ")
+            names.append(unquote_to_bytes(name).decode(errors="replace"))
+    return names
 
 
 def _refuse_repeated_key(path: tuple[str | int, ...]) -> None:

@@ -138,6 +138,11 @@ BAD_INPUTS = [
     pytest.param({"q": ""}, "q", id="empty-words"),
     pytest.param({"q": "!!! ?"}, "q", id="no-letter-or-digit"),
     pytest.param({"q": "\u200b"}, "q", id="only-a-zero-width-space"),
+    # Percent-escapes of bytes that are not UTF-8 (a Latin-1 client's "café") were kept
+    # as written, "%E9", and searched for.
+    pytest.param("q=caf%E9", "q", id="words-in-latin-1"),
+    pytest.param("tags=v%E9lo", "tags", id="tag-in-latin-1"),
+    pytest.param("q=%C0%80", "q", id="overlong-utf-8"),
     pytest.param({"q": "x" * 201}, "q", id="too-many-words"),
 ]
 
