@@ -635,6 +635,37 @@ def test_safe_requests_are_retried_after_503_honouring_retry_after():
     assert len(server.requests) == 3
 
 
+BAD_GATEWAY = (502, {"Content-Type": "text/html"}, b"<html><body>502 Bad Gateway</body></html>")
+GATEWAY_TIMEOUT = (504, {"Content-Type": "text/html"}, b"<html>504 Gateway Time-out</html>")
+
+
+def test_a_proxys_502_and_504_are_retried_for_a_safe_request():
+    """A load balancer in front of the directory during a deploy: a read is repeated."""
+    with (
+        Scripted([BAD_GATEWAY, GATEWAY_TIMEOUT, HEALTHY]) as server,
+        DirectoryClient(server.url, retry=NO_WAIT) as directory,
+    ):
+        assert directory.healthz().status == "ok"
+    assert len(server.requests) == 3
+
+
+@pytest.mark.parametrize("answer", [BAD_GATEWAY, GATEWAY_TIMEOUT], ids=["502", "504"])
+def test_a_post_or_a_conditional_write_is_not_repeated_after_a_proxys_502_or_504(answer):
+    # The directory may have applied it before the proxy gave up.
+    for write in (
+        lambda directory: directory.open_sync_session(),
+        lambda directory: directory.put_ad("a-1", ad_payload(), if_match='"0123456789ab-1"'),
+    ):
+        with (
+            Scripted([answer, HEALTHY]) as server,
+            DirectoryClient(server.url, retry=NO_WAIT) as directory,
+            pytest.raises(DirectoryError) as raised,
+        ):
+            write(directory)
+        assert len(server.requests) == 1
+        assert str(answer[0]) in str(raised.value)
+
+
 def test_a_short_retry_after_is_waited_for_then_the_request_repeated():
     waits: list[float] = []
     limited = (429, {"Retry-After": "2"}, b"{}")

@@ -66,6 +66,10 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # repeat would meet its own change (a new ETag, an ad that now exists or is gone) and
 # fail with 412, reporting as refused a change that was made.
 CONDITIONAL_HEADERS = frozenset({"if-match", "if-none-match"})
+# No answer from the directory: it is unavailable (503), or a proxy or load balancer in
+# front of it could not reach it or gave up waiting (502, 504; during a deploy, say). The
+# request may have been applied all the same, so only a repeatable one is tried again.
+UNANSWERED_STATUSES = frozenset({502, 503, 504})
 
 
 @dataclass(frozen=True)
@@ -73,7 +77,8 @@ class RetryPolicy:
     """How often and how patiently a request is tried.
 
     Retried: 429 (always: the directory refused before doing anything), and for requests
-    that are safe to repeat also 503, a connection lost after sending and an answer
+    that are safe to repeat also 502, 503 and 504 (UNANSWERED_STATUSES), a connection lost
+    after sending and an answer
     garbled in transit (a bad Content-Encoding); a connection that could not be made at
     all is retried for any request (nothing was sent). A write with If-Match or
     If-None-Match is not safe to repeat (see CONDITIONAL_HEADERS). Waits double from
@@ -213,7 +218,9 @@ class Transport:
                     ) from error
                 self._sleep(self.retry.backoff(attempt))
                 continue
-            retried = response.status_code == 429 or (response.status_code == 503 and repeatable)
+            retried = response.status_code == 429 or (
+                response.status_code in UNANSWERED_STATUSES and repeatable
+            )
             if not retried or last:
                 return response
             wait = retry_after_s(response)
