@@ -31,12 +31,7 @@ class FeedPosition:
 
     @classmethod
     def decode(cls, cursor: str) -> FeedPosition:
-        problem = InvalidInput(
-            "since must be a cursor returned by GET /v1/feed (next_cursor)",
-            field="since",
-            code="invalid_cursor",
-            details={"location": "query"},
-        )
+        problem = _invalid_since("since must be a cursor returned by GET /v1/feed (next_cursor)")
         try:
             raw = cursors.decode(CURSOR_PREFIX, cursor).decode()
         except ValueError:  # UnicodeDecodeError included
@@ -49,6 +44,12 @@ class FeedPosition:
         if txid > MAX_BIGINT or seq > MAX_BIGINT:  # PostgreSQL would fail the query
             raise problem
         return cls(txid, seq)
+
+
+def _invalid_since(message: str) -> InvalidInput:
+    return InvalidInput(
+        message, field="since", code="invalid_cursor", details={"location": "query"}
+    )
 
 
 START = FeedPosition(0, 0)
@@ -78,8 +79,7 @@ def transaction_ids_gone_back(session: Session) -> str | None:
     newest = session.scalar(select(func.max(AdChange.txid)))
     if newest is None:
         return None
-    # The snapshot's xmax: the next id to be given out, read without taking one.
-    next_id = session.scalar(text("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint"))
+    next_id = _next_transaction_id(session)
     if newest < next_id:
         return None
     return (
@@ -89,6 +89,11 @@ def transaction_ids_gone_back(session: Session) -> str | None:
         "on. Stop PostgreSQL and raise the cluster's epoch above the feed's, with "
         f"pg_resetwal --epoch={(newest >> 32) + 1} <data directory>, then start it again"
     )
+
+
+def _next_transaction_id(session: Session) -> int:
+    # The snapshot's xmax: the next id to be given out, read without taking one.
+    return session.scalar(text("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint"))
 
 
 def read_feed(session: Session, *, since: str | None, limit: int) -> FeedPage:
@@ -117,6 +122,13 @@ def read_feed(session: Session, *, since: str | None, limit: int) -> FeedPage:
         .order_by(AdChange.txid, AdChange.seq)
         .limit(limit + 1)
     ).all()
+    if not rows and position.txid >= _next_transaction_id(session):
+        # No cursor of this feed is there yet: it would be answered with no changes, and
+        # again with itself, until the directory's transactions reach it, if ever.
+        raise _invalid_since(
+            "since is ahead of this directory's feed: it is no next_cursor of its "
+            "GET /v1/feed (another directory's?)"
+        )
     more = len(rows) > limit
     rows = rows[:limit]
     ads = get_public_ads(session, ad_ids=[row.ad_id for row in rows])

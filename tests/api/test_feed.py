@@ -88,12 +88,28 @@ def test_feed_pages_cover_every_change_once(client, portal):
     assert sorted(c["ad"]["title"] for c in changes) == sorted(f"Ad {i}" for i in range(25))
 
 
-def test_a_feed_cursor_at_the_bigint_limit_is_read(client, portal):
+def test_a_feed_cursor_at_the_bigint_limit_is_refused_as_ahead_of_the_feed(client, portal):
     client.put("/v1/ads/a-1", json=ad_payload(), headers=portal.headers)
-    last = FeedPosition(2**63 - 1, 2**63 - 1)  # beyond it, the cursor is refused
+    last = FeedPosition(2**63 - 1, 2**63 - 1)  # beyond it, the cursor cannot be read
     response = client.get(f"/v1/feed?since={last.encode()}")
-    assert response.status_code == 200, response.json
-    assert response.json["changes"] == []
+    assert response.status_code == 400, response.json
+    assert response.json["error"] == "invalid_cursor"
+
+
+def test_a_cursor_ahead_of_the_feed_is_refused_rather_than_answered_empty(client, portal):
+    """Another directory's cursor, say: answered with no changes, more false, and itself
+    as next_cursor, its reader would wait for changes that never reach it."""
+    client.put("/v1/ads/a-1", json=ad_payload(), headers=portal.headers)
+    _, cursor = read_all(client)
+    here = FeedPosition.decode(cursor)
+    elsewhere = FeedPosition(here.txid + 1_000_000, 0)
+
+    response = client.get(f"/v1/feed?since={elsewhere.encode()}")
+
+    assert response.status_code == 400, response.json
+    assert response.json["error"] == "invalid_cursor"
+    assert "ahead" in response.json["errors"]["query"]["since"][0]
+    assert client.get(f"/v1/feed?since={cursor}").status_code == 200  # its own still reads
 
 
 def test_feed_shows_public_ads_only_as_the_world_sees_them(client, portal):
