@@ -511,6 +511,25 @@ def test_rotate_key_issues_a_second_key_and_both_work(run_ok, create_portal, cli
         assert response.status_code == 200, response.json
 
 
+@pytest.mark.parametrize(
+    "label", ["x" * 101, "nul\x00byte", "two\nlines", "escape\x1b[2Jcode", " "], ids=repr
+)
+def test_rotate_key_refuses_a_label_a_key_listing_cannot_show_and_issues_no_key(
+    run, run_ok, create_portal, label
+):
+    """A label over 100 characters or with a NUL byte failed with the database's
+    traceback; one with a line break or an escape code was printed as it was by
+    `portals keys`, breaking its table (or the terminal)."""
+    create_portal()
+
+    result = run("portals", "rotate-key", "cli-portal", "--label", label)
+
+    assert result.exit_code != 0
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert "label must be 1 to 100 characters on a single line" in result.output
+    assert len(_key_ids_by_hint(run_ok("portals", "keys", "cli-portal").output)) == 1
+
+
 def test_portals_keys_lists_both_keys_by_hint(run_ok, create_portal):
     first = create_portal()
     second = _printed_key(run_ok("portals", "rotate-key", "cli-portal", "--label", "2026"))

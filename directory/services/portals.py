@@ -263,9 +263,21 @@ def _closed(portal_slug: str) -> Conflict:
     )
 
 
+# A key's label: a note for the operator, printed by `portals keys` (the column's length).
+MAX_KEY_LABEL_LENGTH = 100
+
+
 def issue_key(session: Session, *, portal_slug: str, label: str | None = None) -> IssuedKey:
     """A new key for the portal; none for a closed one (services/closing.py). Its row is
     locked against a closing under way, whose end this then reads."""
+    if label is not None and (
+        not label.strip() or len(label) > MAX_KEY_LABEL_LENGTH or SINGLE_LINE_REFUSED.search(label)
+    ):
+        raise InvalidInput(
+            f"label must be 1 to {MAX_KEY_LABEL_LENGTH} characters on a single line, "
+            "without control characters",
+            field="label",
+        )
     portal = get_portal(session, slug=portal_slug, lock=True, key_share=True)
     if portal.status is PortalStatus.CLOSED:
         raise _closed(portal_slug)
