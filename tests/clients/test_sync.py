@@ -139,6 +139,43 @@ def test_ads_it_never_pushed_are_left_alone(directory, tmp_path):
     assert set(stored(directory)) == {"ad-1", "by-hand"}
 
 
+def test_a_first_run_counts_and_names_the_portals_ads_it_leaves_alone(
+    live, portal, directory, tmp_path
+):
+    """A state file that records no earlier run (lost, or named after a dated export that
+    is new each day) cannot delete what earlier runs pushed: the summary says so, where
+    those ads stayed published without a word."""
+    yesterday = write_jsonl(tmp_path / "ads-2026-11-26.jsonl", [an_ad(1), an_ad(2), an_ad(3)])
+    assert run_sync(live, portal.key, yesterday).returncode == 0
+    today = write_jsonl(tmp_path / "ads-2026-11-27.jsonl", [an_ad(1), an_ad(2)])
+
+    dry = run_sync(live, portal.key, today, "--dry-run")
+    result = run_sync(live, portal.key, today)
+    report = json.loads((tmp_path / "ads-2026-11-27.jsonl.sync-report.json").read_text())
+    again = run_sync(live, portal.key, today)
+
+    assert result.returncode == 0, result.stderr
+    for output in (dry.stdout, result.stdout):
+        assert "left alone: 1 of the portal's ads in the directory are not in the input" in output
+        assert "run with its --state" in output
+    assert report["left_alone"] == 1
+    assert set(stored(directory)) == {"ad-1", "ad-2", "ad-3"}  # left alone, as before
+    # The state file now records this run: the next says nothing, listing nothing.
+    assert "left alone" not in again.stdout
+
+
+def test_a_run_with_the_state_of_earlier_runs_leaves_nothing_unsaid(directory, tmp_path):
+    state = tmp_path / "state"
+    sync_ads(directory, [an_ad(1), an_ad(2)], state_path=state)
+    directory.put_ad("by-hand", {k: v for k, v in an_ad(9).items() if k != "external_id"})
+
+    first_of_another = sync_ads(directory, [an_ad(1)], state_path=tmp_path / "other")
+    later = sync_ads(directory, [an_ad(1)], state_path=state)
+
+    assert first_of_another.left_alone == 2  # ad-2 and by-hand
+    assert later.left_alone == 0 and later.deleted == 1
+
+
 def test_csv_columns_become_the_ads_fields(live, portal, directory, tmp_path):
     source = tmp_path / "ads.csv"
     with source.open("w", newline="") as file:

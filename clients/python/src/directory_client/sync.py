@@ -138,6 +138,10 @@ class SyncReport:
     would_delete: list[str] = field(default_factory=list)
     # Deletes not sent because a row without a readable external_id might be that ad.
     deletes_held_back: list[str] = field(default_factory=list)
+    # On an incremental run with a state file that records no earlier run: the portal's
+    # ads in the directory that are not in the input, left alone (this command never
+    # pushed them, as far as the state file knows).
+    left_alone: int = 0
 
     @property
     def ok(self) -> bool:
@@ -461,7 +465,24 @@ class _Run:
         if renewals.looked is not None:
             log.record({"looked": renewals.looked, "lifetime_s": renewals.lifetime_s})
 
+    def _untracked(self, state: SyncState, own: Iterable[str] | None = None) -> None:
+        """Counts, when the state file records no earlier run, the portal's ads in the
+        directory (the external ids `own`, listed here when not given) that are not in the
+        input: an incremental run leaves them, and a later one deletes only what it
+        pushed. Counted, so that the summary says so: a state file lost, or named after a
+        dated export that is new every day, would otherwise let ads gone from the portal
+        stay published."""
+        if state.ads:
+            return
+        if own is None:
+            own = (ad.external_id for ad in self.client.iter_own_ads())
+        self.report.left_alone = sum(
+            key is not None and key not in self.source.ads and key not in self.source.kept
+            for key in own
+        )
+
     def incremental(self, log: StateLog) -> None:
+        self._untracked(log.state)
         upserts, deletes = self._incremental_plan(log.state)
         ads = self.source.ads
         sending = set(upserts)
@@ -712,6 +733,7 @@ class _Run:
                 state, (key for key, ad in ads.items() if state.ads.get(key) == ad.digest), own
             )
         else:
+            self._untracked(state, own)
             upserts, deletes = self._incremental_plan(state)
             deletes = [key for key in deletes if key in own]
             sending = set(upserts)

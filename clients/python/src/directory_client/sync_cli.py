@@ -272,6 +272,14 @@ def print_summary(report: SyncReport, out: TextIO, *, report_path: Path | None) 
             "external_id might be those ads: fix them, then run again)",
             file=out,
         )
+    if report.left_alone:
+        print(
+            f"left alone: {report.left_alone:,} of the portal's ads in the directory are not "
+            "in the input, and the state file records none pushed by an earlier run. If "
+            "one did, with another state file, run with its --state (use the same one every "
+            "run); --replace makes the input the portal's complete set.",
+            file=out,
+        )
     rejected = sorted(report.rejected, key=lambda rejection: rejection.line)
     if rejected:
         print(f"rejected: {len(rejected):,}", file=out)
