@@ -120,8 +120,11 @@ class Portal(Base):
     webhook_previous_secret_expires_at: Mapped[datetime | None] = mapped_column(
         DateTime(timezone=True)
     )
-    # The idempotency key of the latest rotation: sent again, it rotates no more.
+    # The idempotency key of the latest rotation: sent again, it rotates no more. With the
+    # overlap it was made with (None for rotations before migration 0023): sent again with
+    # another, the key is refused as reused.
     webhook_rotation_key: Mapped[str | None] = mapped_column(String(128))
+    webhook_rotation_overlap_hours: Mapped[int | None] = mapped_column(Integer)
     # Set when the endpoint answered 410 Gone: no more webhooks until the URL is set again
     # (messages wait in the inbox meanwhile).
     webhook_disabled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

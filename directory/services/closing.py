@@ -94,6 +94,7 @@ def _forget_profile(portal: Portal) -> None:
     portal.webhook_previous_secret = None
     portal.webhook_previous_secret_expires_at = None
     portal.webhook_rotation_key = None
+    portal.webhook_rotation_overlap_hours = None
     portal.webhook_disabled_at = None
     portal.webhook_disabled_reason = None
     portal.ledger = None

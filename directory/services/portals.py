@@ -536,16 +536,32 @@ def rotate_webhook_secret(
     that the portal can switch its receiver over without losing a message; a rotation
     during an overlap ends the older one at once. Sent again with the `idempotency_key`
     of the latest rotation (its answer was lost), it answers the secrets as they are
-    instead: rotating again would end at once the secret the portal's receiver holds."""
+    instead: rotating again would end at once the secret the portal's receiver holds.
+    That key sent with another `overlap` is refused (Conflict idempotency_key_reused):
+    the rotation asked for is not the one made. `overlap` is in whole hours."""
     if not timedelta(0) <= overlap <= MAX_SECRET_OVERLAP:
         raise InvalidInput(
             f"overlap must be between 0 and {MAX_SECRET_OVERLAP.days * 24} hours",
             field="overlap_hours",
         )
+    overlap_hours, rest = divmod(overlap, timedelta(hours=1))
+    if rest:
+        raise InvalidInput("overlap must be a whole number of hours", field="overlap_hours")
     portal = _writable_portal(session, portal_id)
     if idempotency_key is not None and idempotency_key == portal.webhook_rotation_key:
+        made_with = portal.webhook_rotation_overlap_hours
+        if made_with is not None and made_with != overlap_hours:
+            raise Conflict(
+                f"this idempotency_key was used for the latest rotation, made with "
+                f"overlap_hours {made_with}, not {overlap_hours}: the secrets are as that "
+                "rotation left them (GET /v1/portals/me/webhook-secret); send a new key to "
+                "rotate again",
+                field="idempotency_key",
+                code="idempotency_key_reused",
+            )
         return webhook_secrets(session, portal_id=portal_id)
     portal.webhook_rotation_key = idempotency_key
+    portal.webhook_rotation_overlap_hours = overlap_hours
     now = datetime.now(UTC)
     portal.webhook_previous_secret = portal.webhook_secret if overlap else None
     portal.webhook_previous_secret_expires_at = now + overlap if overlap else None

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from directory.db import unit_of_work
 from directory.models import Delivery
@@ -106,6 +106,57 @@ def test_a_rotation_sent_again_with_its_idempotency_key_rotates_once(client, por
     assert first.json["previous_secret"] == before  # still signing: the portal's receiver has it
     now = client.get("/v1/portals/me/webhook-secret", headers=portal.headers).json
     assert now == first.json
+
+
+def test_a_rotations_key_sent_again_with_another_overlap_is_refused_and_rotates_nothing(
+    client, portal
+):
+    first = client.post(
+        "/v1/portals/me/webhook-secret",
+        json={"overlap_hours": 2, "idempotency_key": "rotation-1"},
+        headers=portal.headers,
+    )
+    other = client.post(
+        "/v1/portals/me/webhook-secret",
+        json={"overlap_hours": 48, "idempotency_key": "rotation-1"},
+        headers=portal.headers,
+    )
+    defaulted = client.post(  # overlap_hours left out: its default, 24, is another
+        "/v1/portals/me/webhook-secret",
+        json={"idempotency_key": "rotation-1"},
+        headers=portal.headers,
+    )
+
+    for refused in (other, defaulted):
+        assert refused.status_code == 409, refused.json
+        assert refused.json["error"] == "idempotency_key_reused"
+        assert "idempotency_key" in refused.json["errors"]["json"]
+        assert "made with overlap_hours 2" in refused.json["message"]
+    now = client.get("/v1/portals/me/webhook-secret", headers=portal.headers).json
+    assert now == first.json  # neither rotated nor changed the overlap
+
+
+def test_a_rotation_made_before_overlaps_were_kept_is_taken_again_whatever_its_overlap(
+    client, portal, wiring
+):
+    first = client.post(
+        "/v1/portals/me/webhook-secret",
+        json={"overlap_hours": 2, "idempotency_key": "rotation-1"},
+        headers=portal.headers,
+    )
+    with unit_of_work(wiring.session_factory) as session:  # as the previous release left it
+        session.execute(
+            text("UPDATE portals SET webhook_rotation_overlap_hours = NULL WHERE id = :id"),
+            {"id": portal.id},
+        )
+
+    again = client.post(
+        "/v1/portals/me/webhook-secret",
+        json={"overlap_hours": 5, "idempotency_key": "rotation-1"},
+        headers=portal.headers,
+    )
+
+    assert (again.status_code, again.json) == (200, first.json)
 
 
 def test_a_rotation_with_another_idempotency_key_rotates_again(client, portal):

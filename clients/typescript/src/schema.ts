@@ -130,7 +130,7 @@ export interface paths {
          * @description The current secret keeps signing beside the new one for `overlap_hours`, so the
          *     portal can switch its receiver over without missing a message. The body may be
          *     left out: every field has its default. Send an `idempotency_key` to repeat a
-         *     rotation safely after its answer was lost.
+         *     rotation safely after its answer was lost, with the same `overlap_hours`.
          */
         post: operations["rotateWebhookSecret"];
         delete?: never;
@@ -966,7 +966,7 @@ export interface components {
              */
             overlap_hours?: number;
             /**
-             * @description The portal's own id for this rotation: sent again with the key of the latest rotation (after a timeout, say), the request answers the secrets as they are instead of rotating again, which would end at once the secret the portal's receiver holds. 1 to 128 letters, digits, '.', '_', ':' or '-'.
+             * @description The portal's own id for this rotation: sent again with the key of the latest rotation (after a timeout, say), the request answers the secrets as they are instead of rotating again, which would end at once the secret the portal's receiver holds; sent again with another overlap_hours, it is refused (409 idempotency_key_reused). 1 to 128 letters, digits, '.', '_', ':' or '-'.
              * @default null
              */
             idempotency_key?: string | null;
@@ -1993,6 +1993,15 @@ export interface operations {
                 };
             };
             400: components["responses"]["BAD_REQUEST"];
+            /** @description The idempotency_key is the latest rotation's, made with another overlap_hours (idempotency_key_reused): nothing was rotated */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             default: components["responses"]["DEFAULT_ERROR"];
         };
     };

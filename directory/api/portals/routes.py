@@ -116,6 +116,12 @@ class WebhookSecret(MethodView):
     # Every field has a default: a POST without a body rotates with them.
     @blp.arguments(RotateSecretSchema, required=False)
     @blp.response(200, WebhookSecretsSchema)
+    @blp.alt_response(
+        409,
+        schema=ErrorSchema,
+        description="The idempotency_key is the latest rotation's, made with another "
+        "overlap_hours (idempotency_key_reused): nothing was rotated",
+    )
     @blp.doc(operationId="rotateWebhookSecret", security=BEARER_AUTH)
     def post(self, rotation):
         """Replace the webhook signing secret
@@ -123,7 +129,7 @@ class WebhookSecret(MethodView):
         The current secret keeps signing beside the new one for `overlap_hours`, so the
         portal can switch its receiver over without missing a message. The body may be
         left out: every field has its default. Send an `idempotency_key` to repeat a
-        rotation safely after its answer was lost."""
+        rotation safely after its answer was lost, with the same `overlap_hours`."""
         with transaction() as session:
             caller = require_portal(session)
             return portals.rotate_webhook_secret(

@@ -272,6 +272,7 @@ class RotateSecretSchema(Schema):
             "description": "The portal's own id for this rotation: sent again with the key "
             "of the latest rotation (after a timeout, say), the request answers the secrets "
             "as they are instead of rotating again, which would end at once the secret the "
-            "portal's receiver holds. 1 to 128 letters, digits, '.', '_', ':' or '-'."
+            "portal's receiver holds; sent again with another overlap_hours, it is refused "
+            "(409 idempotency_key_reused). 1 to 128 letters, digits, '.', '_', ':' or '-'."
         },
     )

@@ -271,7 +271,7 @@ class RotateSecret(Struct, kw_only=True):
     idempotency_key: (
         Annotated[
             str,
-            Meta(description="The portal's own id for this rotation: sent again with the key of the latest rotation (after a timeout, say), the request answers the secrets as they are instead of rotating again, which would end at once the secret the portal's receiver holds. 1 to 128 letters, digits, '.', '_', ':' or '-'.", pattern='\\A[A-Za-z0-9._:-]{1,128}\\Z'),
+            Meta(description="The portal's own id for this rotation: sent again with the key of the latest rotation (after a timeout, say), the request answers the secrets as they are instead of rotating again, which would end at once the secret the portal's receiver holds; sent again with another overlap_hours, it is refused (409 idempotency_key_reused). 1 to 128 letters, digits, '.', '_', ':' or '-'.", pattern='\\A[A-Za-z0-9._:-]{1,128}\\Z'),
         ]
         | None
         | UnsetType
