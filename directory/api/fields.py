@@ -13,7 +13,7 @@ import orjson
 from marshmallow import Schema, ValidationError, fields, utils, validate
 
 from directory.services.ads import EXTERNAL_ID, EXTERNAL_ID_RULE
-from directory.text import CONTROL_CHARS, LINE_BREAKS, SINGLE_LINE_REFUSED
+from directory.text import CONTROL_CHARS, LINE_BREAKS, SINGLE_LINE_REFUSED, is_blank
 
 # Any case: BCP 47 tags are case-insensitive ("EN" is "en"), so every comparison lowers them.
 BCP47 = re.compile(r"^[A-Za-z]{2,3}(?:-[A-Za-z0-9]{1,8})*$")
@@ -114,8 +114,8 @@ class Text(fields.String):
             if CONTROL_CHARS.search(value):
                 raise ValidationError("Must not contain control characters.")
             raise ValidationError("Must be a single line (no line breaks or tabs).")
-        if not self.allow_blank and (not value or value.isspace()):
-            raise ValidationError("Must not be blank.")
+        if not self.allow_blank and is_blank(value):
+            raise ValidationError("Must not be blank (nor only characters that show as nothing).")
         return value
 
 

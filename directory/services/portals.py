@@ -19,7 +19,7 @@ from directory.models.ads import Ad, Visibility
 from directory.services import deliveries
 from directory.services.ads import AdUsage, ad_usage, global_id_prefix
 from directory.services.currencies import require_known_currencies
-from directory.text import SINGLE_LINE_REFUSED
+from directory.text import SINGLE_LINE_REFUSED, is_blank
 from directory.webhooks.signing import new_secret
 from directory.webhooks.urls import UnsafeUrl, check_webhook_url
 
@@ -96,8 +96,10 @@ def check_profile(fields: dict) -> None:
         value = fields.get(field)
         if value is None:
             continue
-        if not value.strip() or len(value) > limit:
-            raise InvalidInput(f"{field} must be 1 to {limit} characters", field=field)
+        if is_blank(value) or len(value) > limit:
+            raise InvalidInput(
+                f"{field} must be 1 to {limit} characters, not all blank", field=field
+            )
         if SINGLE_LINE_REFUSED.search(value):
             raise InvalidInput(
                 f"{field} must be a single line without control characters", field=field
@@ -271,7 +273,7 @@ def issue_key(session: Session, *, portal_slug: str, label: str | None = None) -
     """A new key for the portal; none for a closed one (services/closing.py). Its row is
     locked against a closing under way, whose end this then reads."""
     if label is not None and (
-        not label.strip() or len(label) > MAX_KEY_LABEL_LENGTH or SINGLE_LINE_REFUSED.search(label)
+        is_blank(label) or len(label) > MAX_KEY_LABEL_LENGTH or SINGLE_LINE_REFUSED.search(label)
     ):
         raise InvalidInput(
             f"label must be 1 to {MAX_KEY_LABEL_LENGTH} characters on a single line, "

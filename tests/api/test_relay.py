@@ -376,6 +376,7 @@ def test_contact_needs_a_portal_key(client, ad_id):
         ),
         pytest.param({"name": ""}, "name", id="name-empty"),
         pytest.param({"name": " "}, "name", id="name-blank"),
+        pytest.param({"name": "\u200b\u200b"}, "name", id="name-zero-width"),
         pytest.param({"name": "x" * 81}, "name", id="name-long"),
         pytest.param({"name": "An\nna"}, "name", id="name-newline"),
         pytest.param({"body": ""}, "body", id="body-empty"),

@@ -263,10 +263,30 @@ def test_put_refuses_location_with_unknown_key(client, portal):
     assert lookup(refused["errors"]["json"], "location.alt")
 
 
-@pytest.mark.parametrize("title", ["", " ", "   \u00a0 "], ids=["empty", "space", "blank"])
+@pytest.mark.parametrize(
+    "title",
+    ["", " ", "   \u00a0 ", "\u200b", "\ufeff \u200d\u2060", "\u3164\u3164", "\u2800", "\u200e "],
+    ids=[
+        "empty", "space", "blank", "zero-width-space", "joiners-and-bom", "hangul-filler",
+        "braille-blank", "direction-mark",
+    ],
+)  # fmt: skip
 def test_put_refuses_empty_or_blank_title(client, portal, title):
+    """Blank also when made of characters that show as nothing: an ad whose title lists
+    as empty."""
     refused = refused_put(client, portal, title=title)
     assert lookup(refused["errors"]["json"], "title")
+
+
+@pytest.mark.parametrize(
+    "title",
+    ["\U0001f469\u200d\U0001f527 Plumber", "\u200bBike repairs", "\u05e9\u05dc\u05d5\u05dd\u200f"],
+    ids=["emoji-with-joiner", "leading-zero-width", "hebrew-with-mark"],
+)  # fmt: skip
+def test_a_title_with_some_invisible_characters_among_visible_ones_is_taken(client, portal, title):
+    response = client.put("/v1/ads/a-1", json=ad_payload(title=title), headers=portal.headers)
+    assert response.status_code == 201, response.json
+    assert response.json["title"] == title
 
 
 def test_put_refuses_title_over_200_characters(client, portal):
@@ -1780,6 +1800,7 @@ def test_batch_refuses_malformed_json(client, portal):
         ),
         pytest.param({"name": ""}, "name", id="name-empty"),
         pytest.param({"name": "   "}, "name", id="name-blank"),
+        pytest.param({"name": "\u3164"}, "name", id="name-invisible"),
         pytest.param({"name": None}, "name", id="name-null"),
         pytest.param({"name": "x" * 201}, "name", id="name-too-long"),
         pytest.param({"name": "Two\nlines"}, "name", id="name-newline"),
