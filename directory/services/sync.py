@@ -13,7 +13,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from directory.errors import VALIDATION_ERROR, Conflict, InvalidInput, NotFound
-from directory.models import Portal, SyncSession, SyncSessionItem, SyncStatus
+from directory.models import Ad, Portal, SyncSession, SyncSessionItem, SyncStatus
 from directory.services.ads import (
     MAX_BATCH_ITEMS,
     AdInput,
@@ -254,17 +254,24 @@ def commit(
     session_id: uuid.UUID,
     lifetimes: Lifetimes,
     max_ads: int,
+    delete_all: bool = False,
 ) -> CommitResult:
     """Apply the session. A session committed already (the answer to its commit was
     lost) is answered as its commit was, and nothing changes. A commit that creates ads
     and would leave the portal more than it may store (ads.ad_limit, of `max_ads`) is
     refused whole, and the session stays open: a resync is the portal's complete set,
-    not a part of it. One that creates none never is, as changes and deletions never are."""
+    not a part of it. One that creates none never is, as changes and deletions never are.
+    A session in which nothing was staged, of a portal that has ads, deletes them all:
+    refused (Conflict empty_resync, the session staying open) unless `delete_all`, since
+    a portal's export that came out empty (a failed query, a file cut off) looks the
+    same, and would take every ad of its community out of the directory at once."""
     sync = _get(session, portal_id=portal_id, session_id=session_id, lock=True)
     if sync.status is SyncStatus.COMMITTED and sync.result is not None:
         return _committed(session, sync)
     _require_open(sync)
     lock_portal_writes(session, portal_id, exclusive=True)
+    if not delete_all:
+        _refuse_deleting_all_unasked(session, portal_id=portal_id, sync=sync)
     counts = {"created": 0, "updated": 0, "unchanged": 0, "rejected": 0}
     rejected_items: list[ItemResult] = []
     after = ""
@@ -327,6 +334,19 @@ def commit(
     }
     session.flush()
     return _committed(session, sync)
+
+
+def _refuse_deleting_all_unasked(session: Session, *, portal_id: int, sync: SyncSession) -> None:
+    staged_any = select(SyncSessionItem.external_id).where(SyncSessionItem.session_id == sync.id)
+    has_ads = select(Ad.id).where(Ad.portal_id == portal_id)
+    if session.scalar(select(~staged_any.exists() & has_ads.exists())):
+        raise Conflict(
+            f"nothing was staged in sync session {sync.id}: committed, it would delete all "
+            'of the portal\'s ads. If that is meant, commit with {"delete_all": true}; '
+            "otherwise stage the portal's ads first (the session stays open)",
+            field="delete_all",
+            code="empty_resync",
+        )
 
 
 def _committed(session: Session, sync: SyncSession) -> CommitResult:

@@ -320,12 +320,70 @@ def test_a_session_aborted_by_its_portal_is_refused_as_closed(client, portal):
     assert response.json["message"] == f"sync session {session_id} is aborted"
 
 
-def test_an_empty_commit_deletes_every_ad_of_the_portal(client, portal):
+def test_an_empty_commit_is_refused_unless_it_asks_to_delete_every_ad(client, portal):
+    """An export that came out empty looks like a wish to delete everything: the portal
+    says which it is."""
     client.put("/v1/ads/a-1", json=ad_payload(), headers=portal.headers)
     session_id = open_session(client, portal)
-    result = client.post(f"/v1/sync-sessions/{session_id}/commit", headers=portal.headers).json
-    assert result["deleted"] == 1
+    commit = f"/v1/sync-sessions/{session_id}/commit"
+
+    refusals = [
+        client.post(commit, headers=portal.headers),
+        client.post(commit, json={}, headers=portal.headers),
+        client.post(commit, json={"delete_all": False}, headers=portal.headers),
+    ]
+    for refused in refusals:
+        assert refused.status_code == 409, refused.json
+        assert refused.json["error"] == "empty_resync"
+        assert "delete_all" in refused.json["errors"]["json"]
+    assert own_titles(client, portal) == {"a-1": "Bicycle repairs"}
+    state = client.get(f"/v1/sync-sessions/{session_id}", headers=portal.headers).json
+    assert state["status"] == "open"
+
+    result = client.post(commit, json={"delete_all": True}, headers=portal.headers)
+
+    assert result.status_code == 200, result.json
+    assert result.json["deleted"] == 1
     assert own_titles(client, portal) == {}
+    again = client.post(commit, headers=portal.headers)  # its answer lost: answered as it was
+    assert (again.status_code, again.json["deleted"]) == (200, 1)
+
+
+def test_an_empty_commit_of_a_portal_without_ads_needs_no_asking(client, portal):
+    session_id = open_session(client, portal)
+    result = client.post(f"/v1/sync-sessions/{session_id}/commit", headers=portal.headers)
+    assert (result.status_code, result.json["deleted"]) == (200, 0)
+
+
+def test_a_commit_with_only_rejected_items_is_no_empty_resync(client, portal):
+    """What was rejected when staged is kept as it was: not everything goes."""
+    client.put("/v1/ads/a-1", json=ad_payload(), headers=portal.headers)
+    client.put("/v1/ads/a-2", json=ad_payload(), headers=portal.headers)
+    session_id = open_session(client, portal)
+    staged = stage(
+        client, portal, session_id, [{"external_id": "a-1", "ad": ad_payload(kind="gift")}]
+    )
+    assert staged.json["results"][0]["status"] == "rejected"
+
+    result = client.post(f"/v1/sync-sessions/{session_id}/commit", headers=portal.headers)
+
+    assert (result.status_code, result.json["deleted"], result.json["kept_rejected"]) == (
+        200,
+        1,
+        1,
+    )
+
+
+@pytest.mark.parametrize("body", [{"delete_all": "true"}, {"delete_all": 1}, {"delete": True}])
+def test_a_commit_refuses_a_delete_all_that_is_no_boolean_or_a_field_it_does_not_take(
+    client, portal, body
+):
+    session_id = open_session(client, portal)
+    response = client.post(
+        f"/v1/sync-sessions/{session_id}/commit", json=body, headers=portal.headers
+    )
+    assert response.status_code == 400, response.json
+    assert list(response.json["errors"]["json"]) == list(body)
 
 
 def test_a_commit_finds_the_ads_left_out_by_a_join_whatever_the_length_of_their_ids(

@@ -415,7 +415,9 @@ export interface paths {
          *     than it may store (the staged ones and those of rejected items it keeps) is
          *     refused whole (409 too_many_ads); the session stays open, to commit again once
          *     the limit is raised, or to abort. One that creates none is never refused: a
-         *     portal above a lowered limit still resyncs the ads it has.
+         *     portal above a lowered limit still resyncs the ads it has. A session in which
+         *     nothing was staged deletes all of the portal's ads: it is committed only with
+         *     `delete_all` (else 409 empty_resync, and the session stays open).
          */
         post: operations["commitSyncSession"];
         delete?: never;
@@ -1429,6 +1431,13 @@ export interface components {
             /** @description One per item, in order: staged, or rejected with its code (validation_error, invalid_input, unknown_category, unknown_currency or duplicate_external_id: see error) and errors; a rejected item's ad is kept as it is at commit */
             results: components["schemas"]["ItemResult"][];
             session: components["schemas"]["SyncSession"];
+        };
+        Commit: {
+            /**
+             * @description Needed to commit a session in which nothing was staged while the portal has ads: the commit then deletes them all. Without it such a commit is refused (409 empty_resync), since an export that came out empty looks the same
+             * @default false
+             */
+            delete_all?: boolean;
         };
         CommitResult: {
             session: components["schemas"]["SyncSession"];
@@ -2535,7 +2544,11 @@ export interface operations {
             };
             cookie?: never;
         };
-        requestBody?: never;
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["Commit"];
+            };
+        };
         responses: {
             /** @description OK */
             200: {
@@ -2546,7 +2559,8 @@ export interface operations {
                     "application/json": components["schemas"]["CommitResult"];
                 };
             };
-            /** @description The session was aborted or has expired, or the resync would create ads and leave the portal more than it may store (too_many_ads: nothing changed, and the session stays open) */
+            400: components["responses"]["BAD_REQUEST"];
+            /** @description The session was aborted or has expired, or the resync would create ads and leave the portal more than it may store (too_many_ads: nothing changed, and the session stays open), or nothing was staged while the portal has ads and delete_all was not sent (empty_resync: nothing changed, and the session stays open) */
             409: {
                 headers: {
                     [name: string]: unknown;

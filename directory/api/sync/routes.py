@@ -15,6 +15,7 @@ from directory.api.fields import ItemErrors
 from directory.api.headers import LOCATION_HEADER, location_of
 from directory.api.sync.schemas import (
     CommitResultSchema,
+    CommitSchema,
     StageResultSchema,
     StageSchema,
     SyncSessionSchema,
@@ -142,16 +143,19 @@ class SyncSessionItems(MethodView):
 
 @blp.route("/sync-sessions/<string:session_id>/commit", parameters=[SESSION_ID])
 class SyncSessionCommit(MethodView):
+    # Every field has a default: a POST without a body commits as before.
+    @blp.arguments(CommitSchema, required=False)
     @blp.response(200, CommitResultSchema)
     @blp.alt_response(
         409,
         schema=ErrorSchema,
         description="The session was aborted or has expired, or the resync would create ads "
         "and leave the portal more than it may store (too_many_ads: nothing changed, and "
-        "the session stays open)",
+        "the session stays open), or nothing was staged while the portal has ads and "
+        "delete_all was not sent (empty_resync: nothing changed, and the session stays open)",
     )
     @blp.doc(operationId="commitSyncSession", security=BEARER_AUTH)
-    def post(self, session_id: str):
+    def post(self, options, session_id: str):
         """Commit: the staged ads replace all of the portal's ads, in one transaction
 
         Sent again once committed (its answer was lost), it answers as the commit did
@@ -159,7 +163,9 @@ class SyncSessionCommit(MethodView):
         than it may store (the staged ones and those of rejected items it keeps) is
         refused whole (409 too_many_ads); the session stays open, to commit again once
         the limit is raised, or to abort. One that creates none is never refused: a
-        portal above a lowered limit still resyncs the ads it has."""
+        portal above a lowered limit still resyncs the ads it has. A session in which
+        nothing was staged deletes all of the portal's ads: it is committed only with
+        `delete_all` (else 409 empty_resync, and the session stays open)."""
         with transaction() as session:
             portal = require_portal(session)
             result = sync.commit(
@@ -168,6 +174,7 @@ class SyncSessionCommit(MethodView):
                 session_id=_session_id(session_id),
                 lifetimes=wiring().lifetimes,
                 max_ads=wiring().settings.portal_max_ads,
+                delete_all=options["delete_all"],
             )
         return {
             "session": result.summary,

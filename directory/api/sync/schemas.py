@@ -3,7 +3,7 @@ from __future__ import annotations
 from marshmallow import Schema, fields, validate
 
 from directory.api.ads.schemas import AdItemField, ItemResultSchema, StageItemSchema
-from directory.api.fields import PerItemList
+from directory.api.fields import PerItemList, StrictBoolean
 from directory.models import SyncStatus
 from directory.services.ads import MAX_BATCH_ITEMS
 
@@ -41,6 +41,17 @@ class StageResultSchema(Schema):
         },
     )
     session = fields.Nested(SyncSessionSchema)
+
+
+class CommitSchema(Schema):
+    delete_all = StrictBoolean(
+        load_default=False,
+        metadata={
+            "description": "Needed to commit a session in which nothing was staged while the "
+            "portal has ads: the commit then deletes them all. Without it such a commit is "
+            "refused (409 empty_resync), since an export that came out empty looks the same"
+        },
+    )
 
 
 class CommitResultSchema(Schema):

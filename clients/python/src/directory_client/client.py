@@ -330,13 +330,18 @@ class DirectoryClient:
             repeatable=True,
         )
 
-    def commit_sync_session(self, session_id: str) -> models.CommitResult:
+    def commit_sync_session(
+        self, session_id: str, *, delete_all: bool = False
+    ) -> models.CommitResult:
         """Apply the session; a commit repeated after a lost answer is answered as the
-        first was, so a repeat is harmless."""
+        first was, so a repeat is harmless. A session in which nothing was staged deletes
+        all of the portal's ads, and is refused (Conflict, `empty_resync`) unless
+        `delete_all`."""
         return self._call(
             "POST",
             f"/v1/sync-sessions/{_segment('session_id', session_id)}/commit",
             models.CommitResult,
+            body={"delete_all": True} if delete_all else None,
             repeatable=True,
         )
 

@@ -879,6 +879,18 @@ class StageResult(Struct, kw_only=True):
     session: SyncSession
 
 
+class Commit(Struct, kw_only=True):
+    delete_all: (
+        Annotated[
+            bool,
+            Meta(
+                description='Needed to commit a session in which nothing was staged while the portal has ads: the commit then deletes them all. Without it such a commit is refused (409 empty_resync), since an export that came out empty looks the same'
+            ),
+        ]
+        | UnsetType
+    ) = False
+
+
 class CommitResult(Struct, kw_only=True):
     session: SyncSession
     created: int
