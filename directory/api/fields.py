@@ -14,6 +14,7 @@ from marshmallow import Schema, ValidationError, fields, utils, validate
 
 from directory.services.ads import EXTERNAL_ID, EXTERNAL_ID_RULE
 from directory.text import CONTROL_CHARS, LINE_BREAKS, SINGLE_LINE_REFUSED, is_blank
+from directory.webhooks.urls import link_problem
 
 # Any case: BCP 47 tags are case-insensitive ("EN" is "en"), so every comparison lowers them.
 BCP47 = re.compile(r"^[A-Za-z]{2,3}(?:-[A-Za-z0-9]{1,8})*$")
@@ -73,6 +74,12 @@ class Url(fields.Url):
         if port == 0:
             raise ValidationError("Must have a port from 1 to 65535, if any.")
         return url
+
+
+def published_link(url: str) -> None:
+    """A link published for others' devices to load (webhooks.urls.link_problem)."""
+    if (problem := link_problem(url)) is not None:
+        raise ValidationError(f"Must be a link others may load: it {problem}.")
 
 
 CURRENCY_CODE = re.compile(

@@ -9,7 +9,13 @@ check and the connection (DNS rebinding) gains nothing.
 A portal's ledger URL gets the same checks when it is set: the directory itself never
 calls it, but it sends members' payment clients there, and must not be the way to point
 them at addresses inside their own networks. So does a portal's website when the directory
-fetches its verification file (directory.webhooks.fetch), with plain http allowed there."""
+fetches its verification file (directory.webhooks.fetch), with plain http allowed there.
+
+An ad's image links are loaded by every app that shows the ad, on its users' devices, so
+they must not name a loopback or private address either (an image "at" a home router's
+admin page is a request to it from each viewer), nor carry credentials, which the
+directory would publish. Only what the link itself says is checked (`link_problem`): the
+directory never loads images, and a name's addresses are the app's to look up."""
 
 from __future__ import annotations
 
@@ -113,6 +119,25 @@ def resolve_webhook_target(
 
 
 @functools.lru_cache(maxsize=REMEMBERED)
+def link_problem(url: str) -> str | None:
+    """What makes `url` (an absolute http(s) URL, parsed already) unfit to publish as a link
+    that others' devices load, or None: a user name or password, or a host that is
+    localhost or an address that is not public."""
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname or ""
+    except ValueError:
+        return "is not a valid URL"
+    if "@" in parts.netloc:
+        return "must not contain a user name or password"
+    if hostname in LOOPBACK_NAMES or hostname.rstrip(".").endswith(".localhost"):
+        return "must not point to localhost"
+    literal = _ip_literal(hostname)
+    if literal is not None and (reason := _why_not_public(literal, allow_loopback=False)):
+        return f"must not point to {hostname}, {reason}"
+    return None
+
+
 def _parse(url: str, *, allow_loopback: bool, field: str, allow_http: bool) -> SplitResult:
     """The syntactic checks, before any name is resolved."""
     if len(url) > MAX_URL_LENGTH:

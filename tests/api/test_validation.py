@@ -536,6 +536,44 @@ def test_put_refuses_image_that_is_not_an_http_url(client, portal, url):
     assert lookup(refused["errors"]["json"], "images.1")
 
 
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("https://user:secret@example.org/a.png", "user name or password"),
+        ("https://anna@example.org/a.png", "user name or password"),
+        ("http://localhost/a.png", "localhost"),
+        ("http://cam.localhost./a.png", "localhost"),
+        ("http://127.0.0.1:8080/a.png", "loopback"),
+        ("http://[::1]/a.png", "loopback"),
+        ("http://192.168.1.1/apply.cgi?reboot=1", "private"),
+        ("http://10.0.0.7/a.png", "private"),
+        ("http://169.254.169.254/latest/meta-data", "link-local"),
+        ("http://[::ffff:192.168.0.1]/a.png", "private"),
+        ("http://100.64.0.1/a.png", "carrier-grade NAT"),
+        ("http://0.0.0.0/a.png", "unspecified"),
+    ],
+)
+def test_put_refuses_an_image_that_apps_must_not_load(client, portal, url, problem):
+    """Each app showing the ad loads its images on its users' devices: a link to their
+    own networks is a request there from each viewer, and credentials would be published."""
+    refused = refused_put(client, portal, images=["https://example.org/ok.png", url])
+    messages = lookup(refused["errors"]["json"], "images.1")
+    (ours,) = [m for m in messages if m.startswith("Must be a link others may load: it must not ")]
+    assert problem in ours
+    assert "secret" not in str(refused)
+
+
+def test_put_takes_image_links_to_public_hosts_and_addresses(client, portal):
+    images = [
+        "https://cdn.example.org/a.png",
+        "http://93.184.216.34/b.png",
+        "https://[2606:2800:220:1:248:1893:25c8:1946]/c.png",
+        "https://xn--vlo-9la.example/d.png",
+    ]
+    assert put_ad(client, portal, images=images).status_code == 201
+    assert own_ad(client, portal)["images"] == images
+
+
 def test_put_takes_image_urls_with_a_port(client, portal):
     images = ["https://example.org:8443/a.png", "http://example.org:65535/b.png"]
     assert put_ad(client, portal, images=images).status_code == 201

@@ -1139,7 +1139,7 @@ export interface components {
              */
             language?: string | null;
             /**
-             * @description Up to 10 image URLs
+             * @description Up to 10 image URLs, loaded by the apps that show the ad: none with a user name or password, nor to localhost or an address that is not public
              * @default []
              */
             images?: string[];

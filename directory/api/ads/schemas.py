@@ -18,6 +18,7 @@ from directory.api.fields import (
     WholeNumber,
     currency_code_field,
     external_id_field,
+    published_link,
     validate_ledger_account,
     validate_member_handle,
 )
@@ -173,10 +174,13 @@ class AdPutSchema(Schema):
         metadata={"description": "BCP 47 language tag of the text", "example": "en"},
     )
     images = BoundedList(
-        Url(schemes={"https", "http"}, validate=validate.Length(max=2048)),
+        Url(schemes={"https", "http"}, validate=[validate.Length(max=2048), published_link]),
         validate=validate.Length(max=10),
         load_default=(),
-        metadata={"description": "Up to 10 image URLs"},
+        metadata={
+            "description": "Up to 10 image URLs, loaded by the apps that show the ad: none "
+            "with a user name or password, nor to localhost or an address that is not public"
+        },
     )
     expires_at = fields.AwareDateTime(
         allow_none=True,

@@ -501,7 +501,13 @@ class AdPut(Struct, kw_only=True):
         | UnsetType
     ) = UNSET
     images: (
-        Annotated[list[Image], Meta(description='Up to 10 image URLs', max_length=10)]
+        Annotated[
+            list[Image],
+            Meta(
+                description='Up to 10 image URLs, loaded by the apps that show the ad: none with a user name or password, nor to localhost or an address that is not public',
+                max_length=10,
+            ),
+        ]
         | UnsetType
     ) = field(default_factory=list)
     expires_at: (
