@@ -11,16 +11,8 @@ from sqlalchemy import text
 from directory.db import unit_of_work
 from directory.models import PortalStatus
 from directory.services.relay_report import relay_report
+from tests.api.test_conversation_ended import block
 from tests.api.test_relay import contact, publish, reply
-
-
-def block(client, portal, conversation_id, member):
-    response = client.post(
-        f"/v1/conversations/{conversation_id}/block",
-        json={"member": member},
-        headers=portal.headers,
-    )
-    assert response.status_code == 200, response.json
 
 
 def opened(client, portal, ad_id, member):
