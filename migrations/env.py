@@ -1,6 +1,12 @@
 """Alembic environment: the URL comes from settings (or from the caller's config), and
 every migration runs with short lock and statement timeouts so that a migration that
-would queue behind live traffic fails fast instead of stalling the service."""
+would queue behind live traffic fails fast instead of stalling the service.
+
+Each migration commits on its own: in one transaction for a whole upgrade, every lock a
+migration took (the moment of ACCESS EXCLUSIVE its header promises) was held until the
+last migration ended, and the requests on that table queued behind all of them; and one
+migration failing undid the others. Each revision is a schema a release serves on, so an
+upgrade stopped halfway is resumed by running it again."""
 
 from alembic import context
 from sqlalchemy import create_engine, text
@@ -48,11 +54,13 @@ def _run(connection) -> None:
         include_object=include_object,
         compare_type=True,
         compare_server_default=False,
+        transaction_per_migration=True,
     )
+    # For the session, as each migration has a transaction of its own: the connection is
+    # this upgrade's alone (migrations/env.py's own, or `directory migrate`'s).
+    connection.execute(text(f"SET lock_timeout = '{LOCK_TIMEOUT}'"))
+    connection.execute(text(f"SET statement_timeout = '{STATEMENT_TIMEOUT}'"))
     with context.begin_transaction():
-        # SET LOCAL: the timeouts end with the migration's transaction.
-        connection.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
-        connection.execute(text(f"SET LOCAL statement_timeout = '{STATEMENT_TIMEOUT}'"))
         context.run_migrations()
 
 

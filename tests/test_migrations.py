@@ -262,9 +262,15 @@ def test_downgrade_stops_at_portals_claiming_one_website_and_names_them(empty_da
     assert "lyon (https://sel-lyon.example.org, verified)" in message
     assert "squatter (HTTPS://SEL-Lyon.example.org/, unverified)" in message
     assert "paris" not in message
-    # Nothing changed.
+    # 0008's downgrade changed nothing; those after it, each committed apart, are done.
     version = _query(empty_database_url, "SELECT version_num FROM alembic_version")
-    assert version == [(_head(empty_database_url),)]
+    assert version == [("0008",)]
+    columns = _query(
+        empty_database_url,
+        "SELECT column_name FROM information_schema.columns"
+        " WHERE table_name = 'portals' AND column_name = 'website_verified_at'",
+    )
+    assert columns == [("website_verified_at",)]
 
 
 def test_downgrade_restores_one_portal_per_website(empty_database_url):
@@ -478,4 +484,57 @@ def test_downgrade_from_0018_deletes_the_ends_of_conversations_and_keeps_the_mes
     command.downgrade(alembic_config(empty_database_url), "0017")
 
     assert _query(empty_database_url, "SELECT message_id::text FROM deliveries") == [(message_id,)]
+    command.upgrade(alembic_config(empty_database_url), "head")
+
+
+def test_each_migration_commits_apart_so_its_locks_end_with_it(empty_database_url):
+    # All migrations of an upgrade ran in one transaction: each lock one took (ACCESS
+    # EXCLUSIVE on deliveries in 0018, on portals in 0022...) was held until the last
+    # one ended, so the moment each header promises lasted the whole upgrade, every
+    # request on those tables queued behind it; and one failing undid them all.
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import psycopg
+
+    from directory.db import libpq_url
+
+    command.upgrade(alembic_config(empty_database_url), "0017")
+    with psycopg.connect(libpq_url(empty_database_url)) as reader:
+        reader.execute("SELECT count(*) FROM portals")  # holds ACCESS SHARE on portals
+        migrate = subprocess.Popen(
+            [sys.executable, "-m", "directory", "migrate"],
+            env={**os.environ, "DIRECTORY_DATABASE_URL": empty_database_url},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        with psycopg.connect(libpq_url(empty_database_url), autocommit=True) as observer:
+            held = None
+            while held is None and migrate.poll() is None:
+                waiting = observer.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND wait_event_type = 'Lock'"
+                ).fetchone()
+                if waiting is None:
+                    time.sleep(0.01)
+                    continue
+                held = observer.execute(
+                    "SELECT relation::regclass::text FROM pg_locks WHERE pid = %s"
+                    " AND locktype = 'relation' AND granted"
+                    " AND mode IN ('AccessExclusiveLock', 'ShareRowExclusiveLock',"
+                    " 'ShareLock', 'ExclusiveLock')",
+                    waiting,
+                ).fetchall()
+                revision = observer.execute("SELECT version_num FROM alembic_version").fetchone()
+        stdout, stderr = migrate.communicate(timeout=120)
+
+    assert held == [], (held, stdout, stderr)  # waiting on portals (0022), holding nothing
+    assert revision == ("0021",)
+    # The lock was not had in time (migrations/env.py's lock_timeout): what went before stays.
+    assert migrate.returncode == 1, (stdout, stderr)
+    assert "lock timeout" in stderr
+    assert _query(empty_database_url, "SELECT version_num FROM alembic_version") == [("0021",)]
     command.upgrade(alembic_config(empty_database_url), "head")
