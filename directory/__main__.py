@@ -134,7 +134,9 @@ def migrate(revision: str) -> None:
     from alembic import command
     from alembic.script import ScriptDirectory
     from alembic.util import CommandError
+    from psycopg.errors import LockNotAvailable, QueryCanceled
     from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import OperationalError
     from sqlalchemy.pool import NullPool
 
     from directory.db import with_connect_timeout
@@ -171,6 +173,11 @@ def migrate(revision: str) -> None:
                 command.upgrade(config, revision)
             except CommandError as error:
                 raise click.ClickException(f"cannot migrate to {revision!r}: {error}") from None
+            except OperationalError as error:
+                if not isinstance(error.orig, LockNotAvailable | QueryCanceled):
+                    raise
+                connection.rollback()
+                raise click.ClickException(_stopped_upgrade(scripts, connection, error)) from None
             after = _revision_of(connection)
     finally:
         engine.dispose()
@@ -181,6 +188,28 @@ def migrate(revision: str) -> None:
             "(nothing was changed)"
         )
     click.echo(f"database at {revision}" + (f" ({after})" if after != revision else ""))
+
+
+def _stopped_upgrade(scripts, connection, error) -> str:
+    """What an upgrade stopped by its timeouts (migrations/env.py) did and what to do: the
+    migrations before the one stopped are done (each commits on its own)."""
+    from psycopg.errors import LockNotAvailable
+
+    reached = _revision_of(connection)
+    stopped = next(
+        (s.revision for s in scripts.walk_revisions() if s.down_revision == reached), "?"
+    )
+    if isinstance(error.orig, LockNotAvailable):
+        why = (
+            "could not lock a table in time: a transaction holds it (see pg_stat_activity "
+            "for one that has run long)"
+        )
+    else:
+        why = "ran past its statement timeout"
+    return (
+        f"migration {stopped} {why}; it was undone, and the database is at "
+        f"{reached or 'base'}, the migrations before it done: run `directory migrate` again"
+    )
 
 
 def _revision_of(connection) -> str | None:
