@@ -354,6 +354,7 @@ class Deliverer:
             state = deliveries.record_outcome(
                 session,
                 delivery_id=claim.event.delivery_id,
+                url=claim.url,
                 outcome=result.outcome,
                 status=result.status,
                 error=result.error,

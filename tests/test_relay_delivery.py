@@ -23,6 +23,7 @@ from directory.models.relay import MAX_MESSAGE_CHARS
 from directory.services import deliveries, portals
 from directory.services.deliveries import RETRY_JITTER
 from directory.webhooks.delivery import Outcome, WebhookSender
+from directory.webhooks.signing import signed_headers
 from directory.worker import DELIVERY_THREADS, Deliverer
 from tests.credit_commons import free_port
 from tests.factories import ad_payload
@@ -513,6 +514,7 @@ def late_outcome(wiring, claim, outcome: Outcome, *, status: int, error: str | N
         return deliveries.record_outcome(
             session,
             delivery_id=claim.event.delivery_id,
+            url=claim.url,
             outcome=outcome,
             status=status,
             error=error,
@@ -578,6 +580,51 @@ def test_a_webhook_failing_after_the_inbox_took_the_message_leaves_it_as_deliver
     delivery = the_delivery(wiring)
     assert (delivery.state, delivery.delivered_via.value) == (DeliveryState.DELIVERED, "inbox")
     assert (delivery.last_status, delivery.last_error) == (None, None)
+
+
+@pytest.mark.parametrize("old_answer", [410, 500])
+def test_a_failure_at_the_url_the_portal_replaced_meanwhile_holds_nothing_up(
+    client, wiring, portal, other_portal, old_answer
+):
+    # The portal moves its endpoint while a webhook is on its way to the old one, which
+    # answers 410 (gone: it was moved) or fails. That says nothing of the new URL: it is
+    # not disabled, and the message goes there at once, as setting a URL promises.
+    secret = secret_of(client, portal)
+    with WebhookReceiver([secret]) as old, WebhookReceiver([secret]) as new:
+        old.fail_next(1, status=old_answer)
+        claim = claimed_delivery(client, wiring, portal, other_portal, old)
+        moved = client.patch(
+            "/v1/portals/me", json={"webhook_url": new.url}, headers=portal.headers
+        )
+        assert moved.status_code == 200
+        deliverer = Deliverer(wiring, threading.Event(), sender=WebhookSender(total_timeout_s=1))
+        try:
+            # The attempt claimed before the move reaches the old URL; the worker's next
+            # round records its outcome and claims what is due.
+            deliverer.finished.put(
+                (
+                    claim,
+                    deliverer.sender.send(
+                        claim.url,
+                        headers=signed_headers(
+                            secrets=claim.secrets,
+                            webhook_id=claim.event.webhook_id,
+                            timestamp=int(time.time()),
+                            body=claim.event.body(),
+                        ),
+                        body=claim.event.body(),
+                        allow_loopback=True,
+                    ),
+                )
+            )
+            deliverer.deliver_due()
+        finally:
+            deliverer.join()
+        assert [delivery.reply.status for delivery in old.deliveries] == [old_answer]
+        assert new.unique_ids() == [claim.event.webhook_id]
+    profile = client.get("/v1/portals/me", headers=portal.headers).json
+    assert (profile["webhook_url"], profile["webhook_disabled_at"]) == (new.url, None)
+    assert the_delivery(wiring).state is DeliveryState.DELIVERED
 
 
 # --- the inbox and the webhook: delivered once either succeeded --------------------------------

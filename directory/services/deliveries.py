@@ -515,14 +515,15 @@ def record_outcome(
     session: Session,
     *,
     delivery_id: int,
+    url: str,
     outcome: Outcome,
     status: int | None,
     error: str | None,
     retry_after: timedelta | None,
     policy: DeliveryPolicy,
 ) -> DeliveryState | None:
-    """What one attempt came to. Returns the delivery's state, or None when it no longer
-    exists (purged meanwhile)."""
+    """What one attempt, sent to `url`, came to. Returns the delivery's state, or None
+    when it no longer exists (purged meanwhile)."""
     delivery = session.scalar(select(Delivery).where(Delivery.id == delivery_id).with_for_update())
     if delivery is None:
         return None
@@ -535,6 +536,12 @@ def record_outcome(
         return DeliveryState.DELIVERED
     if delivery.state is not DeliveryState.PENDING:
         return delivery.state  # failed meanwhile: its delivery period is over
+    if _webhook_changed(session, portal_id=delivery.portal_id, url=url):
+        # The portal set another URL (or none) while this attempt was on its way, or its
+        # webhook was disabled: that decided the next attempt (due now at the new URL,
+        # parked for the inbox otherwise), and the old endpoint's answer, a 410 say,
+        # says nothing of the new one.
+        return delivery.state
     now = datetime.now(UTC)
     if outcome is Outcome.GONE:
         disable_webhook(
@@ -559,6 +566,14 @@ def record_outcome(
     # The last try comes at the end of the delivery period, not after it.
     delivery.next_attempt_at = min(now + delay, give_up_at)
     return delivery.state
+
+
+def _webhook_changed(session: Session, *, portal_id: int, url: str) -> bool:
+    """Whether the portal's webhook is no longer `url`, working."""
+    webhook = session.execute(
+        select(Portal.webhook_url, Portal.webhook_disabled_at).where(Portal.id == portal_id)
+    ).one()
+    return webhook.webhook_url != url or webhook.webhook_disabled_at is not None
 
 
 def disable_webhook(session: Session, *, portal_id: int, reason: str) -> None:
