@@ -87,6 +87,8 @@ def nginx(upstream: str, folder: Path) -> Iterator[str]:
     port = free_port()
     site = TEMPLATE.read_text()
     site = site.replace("${DIRECTORY_UPSTREAM}", upstream).replace("${PROXY_PORT}", str(port))
+    # The image's log file (its stdout), here in `folder`.
+    site = site.replace("/var/log/nginx/access.log", f"{folder}/access.log")
     (folder / "site.conf").write_text(site)
     # What the official image's own nginx.conf provides around conf.d/*.conf, in `folder`.
     user = "user root;" if os.geteuid() == 0 else ""  # its workers must write in `folder`
@@ -275,3 +277,30 @@ def test_many_headers_are_taken_or_refused_in_json(proxy, count, status):
     assert answer.headers["Content-Type"] == "application/json"
     if status != 200:
         assert answer.json()["error"] == "request_header_too_large"
+
+
+def test_the_proxys_log_has_no_query_string_and_names_the_apis_request_id(proxy, portal, tmp_path):
+    # nginx's default log line is the request line as sent: it wrote down the key of a
+    # client sending it in the query string (which the API refuses so that it reaches no
+    # log), the member handles of conversation filters and every search's words.
+    refused = requests.get(f"{proxy}/v1/portals/me?api_key={portal.key}", timeout=10)
+    listed = requests.get(
+        f"{proxy}/v1/conversations?member=m-secret-4242", headers=portal.headers, timeout=10
+    )
+    assert (refused.status_code, listed.status_code) == (400, 200)
+
+    log = tmp_path / "nginx" / "access.log"
+
+    def lines() -> list[dict]:  # but the probes of nginx starting
+        return [json.loads(line) for line in log.read_text().splitlines()][-2:]
+
+    deadline = time.monotonic() + STARTUP_S
+    while [line["path"] for line in lines()][-1:] != ["/v1/conversations"]:  # written once
+        assert time.monotonic() < deadline, log.read_text()  # the answer is sent
+        time.sleep(0.05)
+    assert portal.key not in log.read_text()
+    assert "m-secret-4242" not in log.read_text()
+    assert [(line["path"], line["status"], line["request_id"]) for line in lines()] == [
+        ("/v1/portals/me", 400, refused.headers["X-Request-Id"]),
+        ("/v1/conversations", 200, listed.headers["X-Request-Id"]),
+    ]
