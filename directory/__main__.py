@@ -20,6 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # cover a process waiting on the database. Measured with bench/ingest.py on 2 cores: 3
 # workers 8,450 ads/s, 5 workers (gunicorn's 2n+1 for I/O-bound apps) 6,750 ads/s.
 DEFAULT_WORKERS = usable_cores() + 1
+# How long gunicorn lets its workers finish their requests once told to stop (SIGTERM);
+# docker-compose.yml's stop_grace_period for the API is longer.
+GRACEFUL_TIMEOUT_S = 20
 
 
 def _settings() -> Settings:
@@ -103,7 +106,7 @@ def serve(bind: str, workers: int) -> None:
             sys.executable, "-m", "gunicorn",
             "--bind", bind,
             "--workers", str(workers),
-            "--graceful-timeout", "20",
+            "--graceful-timeout", str(GRACEFUL_TIMEOUT_S),
             # A sync-session commit of a few hundred thousand ads takes tens of seconds.
             "--timeout", "300",
             # Request lines as long as nginx's 8k header buffers let through (its maximum):
