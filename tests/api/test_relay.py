@@ -264,6 +264,28 @@ def test_an_unknown_or_malformed_ad_id_is_not_found(client, writer_portal):
     assert "ad_id" in response.json["errors"]["path"]
 
 
+@pytest.mark.parametrize("malformed", ["not-a-uuid", "12345"])
+def test_a_malformed_id_is_not_found_with_the_code_of_an_unknown_one(
+    client, advertiser, writer_portal, ad_id, malformed
+):
+    # A portal tells "no such conversation" by its code: a malformed id is one too.
+    unknown, bad = (contact(client, writer_portal, ad) for ad in (str(uuid.uuid4()), malformed))
+    assert (bad.status_code, bad.json["error"]) == (404, unknown.json["error"])
+    assert unknown.json["error"] == "ad_not_found"
+    for method, path, payload in [
+        ("get", "/v1/conversations/{}", None),
+        ("post", "/v1/conversations/{}/messages", {"member": ADVERTISER, "body": "Hi"}),
+        ("post", "/v1/conversations/{}/block", {"member": ADVERTISER}),
+    ]:
+        unknown, bad = (
+            getattr(client, method)(path.format(id_), json=payload, headers=advertiser.headers)
+            for id_ in (str(uuid.uuid4()), malformed)
+        )
+        assert (bad.status_code, bad.json["error"]) == (404, unknown.json["error"]), path
+        assert unknown.json["error"] == "conversation_not_found"
+        assert "conversation_id" in bad.json["errors"]["path"]
+
+
 def test_an_ad_deleted_while_it_is_contacted_is_not_found(
     app, client, wiring, advertiser, writer_portal, ad_id
 ):

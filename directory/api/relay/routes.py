@@ -56,11 +56,16 @@ CONVERSATION_ID = {
 
 
 def _uuid(value: str, *, field: str, what: str) -> uuid.UUID:
+    """The id in the path; a malformed one names nothing, and is answered as an unknown
+    one is, with the same code (`ad_not_found`, `conversation_not_found`)."""
     try:
         return uuid.UUID(value)
     except ValueError:
         raise NotFound(
-            f"no {what} with id {value!r}", field=field, details={"location": "path"}
+            f"no {what} with id {value!r}",
+            field=field,
+            code=f"{what}_not_found",
+            details={"location": "path"},
         ) from None
 
 
