@@ -770,7 +770,10 @@ def localredis_start(folder: Path) -> None:
     """Start it (or find it running) and print its URL."""
     from directory import localredis as module
 
-    click.echo(module.start(folder).url)
+    try:
+        click.echo(module.start(folder).url)
+    except module.LocalRedisError as error:
+        raise click.ClickException(str(error)) from None
 
 
 @localredis.command("stop")
