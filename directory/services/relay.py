@@ -38,7 +38,10 @@ from sqlalchemy import TextClause, bindparam, exists, func, insert, or_, select,
 from sqlalchemy.orm import Session
 
 from directory import cursors
-from directory.db import OPEN_CONVERSATION_LOCK_NAMESPACE
+from directory.db import (
+    OPEN_CONVERSATION_LOCK_NAMESPACE,
+    OPENINGS_WITH_ONE_MEMBER_LOCK_NAMESPACE,
+)
 from directory.errors import (
     Conflict,
     Forbidden,
@@ -202,6 +205,17 @@ def open_conversation(
         )
     if ad.portal_id == sender.id and ad.member == member:
         raise InvalidInput("a member cannot contact their own ad", field="member")
+    # The portal's openings with this advertiser wait for each other too, whichever of
+    # its members makes them: the limit with one member is against a portal making up
+    # handles, each of which holds only its own lock above, and sending them at once.
+    # Taken after that lock, always: no two openings wait for each other in turn.
+    session.execute(
+        _ADVISORY_XACT_LOCK,
+        {
+            "namespace": OPENINGS_WITH_ONE_MEMBER_LOCK_NAMESPACE,
+            "key": f"{sender.id}:{ad.portal_id}:{ad.member}",
+        },
+    )
     _check_opening_limits(
         session,
         sender=sender,
@@ -398,10 +412,14 @@ def block_conversation(
             tell_ended(session, [conversation.id])
 
 
+# Until the transaction ends (the namespace and a text key hashed).
+_ADVISORY_XACT_LOCK = text("SELECT pg_advisory_xact_lock(:namespace, hashtext(:key))")
+
+
 def lock_member_openings(session: Session, *, portal_id: int, member: str) -> None:
     """Until the transaction ends, the member opens no other conversation."""
     session.execute(
-        text("SELECT pg_advisory_xact_lock(:namespace, hashtext(:key))"),
+        _ADVISORY_XACT_LOCK,
         {"namespace": OPEN_CONVERSATION_LOCK_NAMESPACE, "key": f"{portal_id}:{member}"},
     )
 
@@ -706,8 +724,9 @@ def _check_opening_limits(
     recipient_member: str,
     limits: RelayLimits,
 ) -> None:
-    # Called under the member's opening lock (open_conversation): exact for the member;
-    # the portal's counts may let concurrent openings by several members all through.
+    # Called under the member's opening lock and the portal's with the advertiser
+    # (open_conversation): exact for the member and with the advertiser; the portal's
+    # count may let concurrent openings by several members all through.
     since = datetime.now(UTC) - RATE_WINDOW
     by_member_count, by_portal_count, with_recipient_count = session.execute(
         _RECENT_OPENINGS,

@@ -851,6 +851,40 @@ def test_one_portals_members_open_a_limited_number_of_conversations_with_one_mem
     assert contact(limited, writer_portal, ads[2], member="m-made-up-9").status_code == 201
 
 
+def test_openings_at_once_by_two_members_cannot_both_pass_the_limit_with_one_member(
+    two_with_one_member, client, wiring, advertiser, writer_portal
+):
+    # The limit is against a portal making up handles, which sends its openings at once:
+    # each under its own member's lock, they all read the count before any committed.
+    ads = [publish(client, advertiser, f"ad-{number}") for number in range(3)]
+    assert contact(two_with_one_member, writer_portal, ads[0], member="m-1").status_code == 201
+    answers = []
+    with unit_of_work(wiring.session_factory) as first:
+        relay.open_conversation(
+            first,
+            sender=portals.authenticate(first, key=writer_portal.key),
+            ad_id=uuid.UUID(ads[1]),
+            member="m-2",
+            name="Anna",
+            body="Second",
+            idempotency_key=None,
+            limits=dataclasses.replace(LIMITS, conversations_with_one_member_per_hour=2),
+        )
+        racer = threading.Thread(
+            target=lambda: answers.append(
+                contact(two_with_one_member, writer_portal, ads[2], member="m-3")
+            )
+        )
+        racer.start()
+        wait_for_a_lock_wait(wiring, what="the racing opening", wait_event="advisory")
+    racer.join(30)
+    (answer,) = answers
+    assert answer.status_code == 429, answer.json
+    assert answer.json["error"] == "too_many_conversations"
+    with unit_of_work(wiring.session_factory) as session:
+        assert session.scalar(text("SELECT count(*) FROM conversations")) == 2
+
+
 @pytest.fixture
 def three_in_a_row(migrated):
     """A client of a directory where a party may send 3 messages in a row."""
