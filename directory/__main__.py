@@ -81,6 +81,17 @@ def cli() -> None:
     """Commons Directory: the offers-and-wants directory for mutual-credit communities.
 
     Configuration comes from DIRECTORY_* environment variables (see README)."""
+    _output_any_character()
+
+
+def _output_any_character() -> None:
+    """A character the terminal's encoding lacks (a Latin-1 terminal, a portal's Greek
+    name or website) is written as an escape (\\u03b1): it stopped a command with a
+    traceback halfway, `portals create` after the portal was made and before its key,
+    shown that once, was printed."""
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
 
 
 @cli.command()

@@ -1019,3 +1019,37 @@ def test_worker_runs_on_a_database_a_later_release_migrated(
         connection.execute("UPDATE alembic_version SET version_num = 'ffff_later'")
 
     run_ok("worker", "--once", env=env)
+
+
+def test_a_terminal_that_cannot_show_a_name_still_gets_the_key_and_the_whole_list(migrated, wiring):
+    # On a Latin-1 terminal a Greek website stopped `portals create` with a traceback
+    # after the portal was made and before its key, shown only then, was printed; and a
+    # Greek name stopped `portals list` at the table's head.
+    environment = {
+        **os.environ,
+        "DIRECTORY_DATABASE_URL": migrated.database_url,
+        "PYTHONIOENCODING": "latin-1",
+    }
+
+    def command(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "directory", *args],
+            env=environment,
+            capture_output=True,
+            timeout=60,
+        )
+
+    created = command(
+        "portals", "create", "athina", "--name", "Ανταλλαγή Αθήνας",
+        "--website", "https://ανταλλαγή.example",
+    )  # fmt: skip
+    listed = command("portals", "list")
+    keys = command("portals", "keys", "athina")
+
+    assert created.returncode == 0, created.stderr.decode("latin-1")
+    assert looks_like_key(created.stdout.decode("latin-1").splitlines()[-1])
+    assert "website https://\\u03b1\\u03bd" in created.stdout.decode("latin-1")
+    assert listed.returncode == 0, listed.stderr.decode("latin-1")
+    assert listed.stdout.decode("latin-1").splitlines()[-1].startswith("athina ")
+    assert keys.returncode == 0, keys.stderr.decode("latin-1")
+    assert re.search(r"cdir_\S+\\u2026", keys.stdout.decode("latin-1"))
