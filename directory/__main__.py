@@ -686,10 +686,18 @@ def _domain(function, *args, **kwargs):
 @click.option("--seed", default=20261125, show_default=True)
 @click.option("--keys-file", type=click.Path(path_type=Path), help="Write the portals' keys here")
 def demo(ad_count: int, seed: int, keys_file: Path | None) -> None:
-    """Load reproducible demo data: portals in several countries and their ads."""
+    """Load reproducible demo data: portals in several countries and their ads (refused
+    in production)."""
     from directory import demo as demo_module
     from directory.db import unit_of_work
 
+    # Its portals would take real communities' slugs, with websites verified on trust,
+    # and its made-up ads would reach every search and mirror.
+    if _settings().environment == "production":
+        raise click.ClickException(
+            "demo loads fictional portals and ads, for development and tests: not into a "
+            "production directory (DIRECTORY_ENVIRONMENT=production)"
+        )
     # The keys are shown once (only their digests are stored): a file they cannot go
     # to is refused before any portal is created.
     if keys_file is not None:

@@ -803,6 +803,24 @@ def test_demo_refuses_a_keys_file_it_cannot_write_before_creating_anything(run, 
     assert json.loads(run_ok("portals", "list", "--json").output) == []
 
 
+def test_demo_refuses_a_production_directory(run, run_ok, redis_url):
+    # It made its fictional portals there, their websites verified on trust and their
+    # slugs (sel-lyon, brixton-lets...) taken from the real communities, and published
+    # thousands of made-up ads to every search and mirror.
+    result = run(
+        "demo",
+        env={"DIRECTORY_ENVIRONMENT": "production", "DIRECTORY_RATE_LIMIT_STORAGE_URL": redis_url},
+    )
+
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: demo loads fictional portals and ads, for development and tests: not into "
+        "a production directory (DIRECTORY_ENVIRONMENT=production)\n"
+    )
+    assert json.loads(run_ok("portals", "list", "--json").output) == []
+
+
 def test_demo_writes_the_keys_readable_by_their_owner_alone(run_ok, tmp_path, client):
     keys_file = tmp_path / "keys.json"
 
