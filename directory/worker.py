@@ -20,6 +20,7 @@ import random
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -264,6 +265,10 @@ class Deliverer:
         )
         self.pool = ThreadPoolExecutor(DELIVERY_THREADS, thread_name_prefix="deliver")
         self.free = threading.Semaphore(DELIVERY_THREADS)
+        # Webhooks being sent, by portal: a claim gives no portal more than
+        # deliveries.PER_PORTAL_IN_FLIGHT at once.
+        self.in_flight: Counter[int] = Counter()
+        self.in_flight_lock = threading.Lock()
         self.finished: queue.SimpleQueue[tuple[deliveries.Claim, DeliveryResult]] = (
             queue.SimpleQueue()
         )
@@ -303,10 +308,14 @@ class Deliverer:
             # round handles a few messages, and each transaction costs as much as one.
             # A round that fails leaves what it sent to be sent again (same webhook-id),
             # as a worker that dies does.
+            with self.in_flight_lock:
+                in_flight = dict(self.in_flight)
             with unit_of_work(self.wiring.session_factory) as session:
                 self._record(session, finished)
                 claims = (
-                    deliveries.claim_due(session, limit=taken, lease=self.policy.lease)
+                    deliveries.claim_due(
+                        session, limit=taken, lease=self.policy.lease, in_flight=in_flight
+                    )
                     if taken
                     else []
                 )
@@ -316,11 +325,21 @@ class Deliverer:
             raise
         for _ in range(taken - len(claims)):
             self.free.release()
+        claimed = Counter(claim.event.portal_id for claim in claims)
+        with self.in_flight_lock:
+            self.in_flight.update(claimed)
         futures = [self.pool.submit(self._deliver, claim) for claim in claims]
         if self.thread is not threading.current_thread():
             wait(futures)  # `worker --once`: the round ends when its deliveries do
             self.record_finished()
-        return bool(claims) and len(claims) == taken
+        # More may be due at once: every free thread got one, or a portal's room filled
+        # up in this claim (its other due deliveries took the places of other portals'
+        # in the window looked at; the next claim passes it over).
+        filled = any(
+            in_flight.get(portal, 0) + count >= deliveries.PER_PORTAL_IN_FLIGHT
+            for portal, count in claimed.items()
+        )
+        return bool(claims) and (len(claims) == taken or filled)
 
     def record_finished(self) -> None:
         """Writes the outcomes of the webhooks sent since the last call. Until then, a
@@ -413,6 +432,10 @@ class Deliverer:
             # Not recorded: the lease runs out and the delivery comes due again.
             log.exception("delivering %s failed", claim.event.webhook_id)
         finally:
+            with self.in_flight_lock:
+                self.in_flight[claim.event.portal_id] -= 1
+                if self.in_flight[claim.event.portal_id] <= 0:
+                    del self.in_flight[claim.event.portal_id]
             self.free.release()
             self.woken.set()
 

@@ -893,3 +893,98 @@ def test_the_worker_logs_no_words_of_an_endpoint_that_does_not_answer_in_http(
     # The portal itself still reads how its endpoint answered.
     seen = client.get(f"/v1/conversations/{conversation_id}", headers=other_portal.headers)
     assert WORDS in seen.json["messages"][1]["delivery"]["last_error"]
+
+
+def test_a_portal_whose_endpoint_stalls_holds_a_few_threads_and_the_others_webhooks_go_on(
+    migrated, make_portal
+):
+    """A portal's endpoint that keeps every request waiting (a firewall dropping packets
+    looks the same), with more messages due than the worker has threads: it gets
+    deliveries.PER_PORTAL_IN_FLIGHT of them at once, and another portal's webhook is sent
+    meanwhile, not once the stalled ones have timed out."""
+    settings = dataclasses.replace(migrated, delivery_lease_s=120)
+    app = create_app(settings)
+    wiring = build_wiring(settings)
+    client = app.test_client()
+    stalled, prompt, writers = (make_portal() for _ in range(3))
+    stop = threading.Event()
+    sender = WebhookSender(read_timeout_s=60, total_timeout_s=60)
+    deliverer = Deliverer(wiring, stop, sender=sender)
+    hold = Reply(status=204, delay_s=60)  # cut short when the receiver stops
+    try:
+        with (
+            WebhookReceiver(
+                [secret_of(client, stalled)], responder=lambda _request: hold
+            ) as stalled_receiver,
+            WebhookReceiver([secret_of(client, prompt)]) as prompt_receiver,
+        ):
+            for portal, receiver in ((stalled, stalled_receiver), (prompt, prompt_receiver)):
+                client.patch(
+                    "/v1/portals/me", json={"webhook_url": receiver.url}, headers=portal.headers
+                )
+            ad = client.put(
+                "/v1/ads/ad-1", json=ad_payload(member="m-owner"), headers=stalled.headers
+            )
+            for n in range(DELIVERY_THREADS + 4):
+                response = client.post(
+                    f"/v1/ads/{ad.json['id']}/contact",
+                    json={"member": f"m-writer-{n}", "name": "Anna", "body": "Still there?"},
+                    headers=writers.headers,
+                )
+                assert response.status_code == 201, response.json
+            deliverer.start()
+            stalled_receiver.wait_for(deliveries.PER_PORTAL_IN_FLIGHT)
+            open_conversation(client, prompt, writers)
+
+            (arrived,) = prompt_receiver.wait_for(1)
+
+            assert arrived.verified
+            held = stalled_receiver.deliveries
+            assert len(held) == deliveries.PER_PORTAL_IN_FLIGHT  # no more while they wait
+            assert all(request.answered_at is None for request in held)
+    finally:
+        stop.set()
+        deliverer.join()
+        wiring.close()
+        app.extensions["directory"].close()
+
+
+def test_a_claim_gives_each_portal_no_more_than_its_room_the_oldest_first(
+    client, wiring, make_portal
+):
+    """Six messages due to one portal, which has one webhook in flight already, then two
+    to another: a claim of ten with room for four each takes the first portal's three
+    oldest and the other's two; the first portal's others wait for its next room."""
+    crowded, quiet, writers = (make_portal() for _ in range(3))
+    for portal in (crowded, quiet):
+        client.patch(
+            "/v1/portals/me",
+            json={"webhook_url": "http://127.0.0.1:9/hook"},
+            headers=portal.headers,
+        )
+    sent = {}
+    for portal, count in ((crowded, 6), (quiet, 2)):
+        ad = client.put("/v1/ads/ad-1", json=ad_payload(member="m-owner"), headers=portal.headers)
+        sent[portal.id] = [
+            client.post(
+                f"/v1/ads/{ad.json['id']}/contact",
+                json={"member": f"m-writer-{n}", "name": "Anna", "body": "Hello"},
+                headers=writers.headers,
+            ).json["message"]["id"]
+            for n in range(count)
+        ]
+
+    with unit_of_work(wiring.session_factory) as session:
+        claims = deliveries.claim_due(
+            session, limit=10, lease=POLICY.lease, per_portal=4, in_flight={crowded.id: 1}
+        )
+        busy = deliveries.claim_due(
+            session, limit=10, lease=POLICY.lease, per_portal=4, in_flight={crowded.id: 4}
+        )
+
+    def message_ids(portal):
+        return ["msg_" + message_id.replace("-", "") for message_id in sent[portal.id]]
+
+    taken = [claim.event.webhook_id for claim in claims]
+    assert taken == message_ids(crowded)[:3] + message_ids(quiet)
+    assert [claim.event.webhook_id for claim in busy] == []  # the rest: the crowded one's

@@ -30,9 +30,8 @@ from directory import build_wiring, localdb
 from directory.__main__ import alembic_config
 from directory.db import libpq_url, unit_of_work
 from directory.localdb import free_port
-from directory.services.deliveries import webhook_id
+from directory.services.deliveries import PER_PORTAL_IN_FLIGHT, webhook_id
 from directory.settings import Settings
-from directory.worker import DELIVERY_THREADS
 from tests import factories
 from tests.apps import app_with
 from tests.factories import ad_payload
@@ -304,8 +303,11 @@ def test_a_worker_killed_mid_delivery_loses_nothing_and_repeats_under_the_same_i
         first_worker = workers.start(migrated.database_url)
         conversation_id, first = open_conversation(client, advertiser, writer_portal)
         accepted = {first, *write(client, writer_portal, conversation_id, 39)}
+        # As many in flight as the worker sends one portal at once.
         receiver.wait_for(
-            lambda seen: sum(delivery.answered_at is None for delivery in seen) >= 8,
+            lambda seen: (
+                sum(delivery.answered_at is None for delivery in seen) >= PER_PORTAL_IN_FLIGHT
+            ),
             timeout_s=STARTUP_S,
         )
         dead_at = kill_hard(first_worker)
@@ -533,5 +535,5 @@ def test_two_workers_share_the_deliveries_without_doing_any_twice(
         assert not any(delivery.duplicate for delivery in deliveries)
         assert_each_taken_in_once(receiver, accepted)
         assert all(attempts == 1 for _, attempts in rows.values())
-        # More in flight at once than one worker has threads: both were delivering.
-        assert most_at_once(deliveries) > DELIVERY_THREADS
+        # More in flight at once than one worker sends one portal: both were delivering.
+        assert most_at_once(deliveries) > PER_PORTAL_IN_FLIGHT

@@ -25,6 +25,7 @@ from __future__ import annotations
 import random
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -33,13 +34,17 @@ from sqlalchemy import (
     Integer,
     Interval,
     Select,
+    Text,
+    all_,
     bindparam,
+    cast,
     func,
     or_,
     select,
     text,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Session
 
 from directory.errors import InvalidInput
@@ -415,16 +420,46 @@ class Claim:
 _NOT_TO_A_SUSPENDED_PORTAL = text(
     "deliveries.portal_id <> ALL(ARRAY(SELECT id FROM portals WHERE status <> 'active'))"
 )
-_due = (
-    select(_deliveries.c.id)
+#
+# Each portal has at most `per_portal` deliveries in flight in a worker (`in_flight`, a
+# JSON object of portal id to count, says how many it has; `busy`, the portals at that
+# already, are not looked at): a portal whose endpoint takes the full timeouts, with
+# many messages due, would otherwise take every thread, and every other portal's
+# webhooks would wait behind its. The oldest due are looked at (`window` of them, a few
+# times `limit`, locked as the claim goes), and taken oldest first, each portal's up to
+# its room; the rest are let go at the end of the transaction.
+_candidates = (
+    select(_deliveries.c.id, _deliveries.c.portal_id, _deliveries.c.next_attempt_at)
     .where(
         _deliveries.c.state == DeliveryState.PENDING,
         _deliveries.c.next_attempt_at <= func.now(),
         _NOT_TO_A_SUSPENDED_PORTAL,
+        _deliveries.c.portal_id != all_(bindparam("busy", type_=ARRAY(Integer))),
     )
     .order_by(_deliveries.c.next_attempt_at)
-    .limit(bindparam("limit", type_=Integer))
+    .limit(bindparam("window", type_=Integer))
     .with_for_update(skip_locked=True)
+    .cte("candidates")
+)
+_in_flight = cast(
+    bindparam("in_flight", type_=JSONB).op("->>")(cast(_candidates.c.portal_id, Text)), Integer
+)
+_ranked = select(
+    _candidates.c.id,
+    _candidates.c.next_attempt_at,
+    func.row_number()
+    .over(
+        partition_by=_candidates.c.portal_id,
+        order_by=(_candidates.c.next_attempt_at, _candidates.c.id),
+    )
+    .label("nth"),
+    (bindparam("per_portal", type_=Integer) - func.coalesce(_in_flight, 0)).label("room"),
+).subquery("ranked")
+_due = (
+    select(_ranked.c.id)
+    .where(_ranked.c.nth <= _ranked.c.room)
+    .order_by(_ranked.c.next_attempt_at, _ranked.c.id)
+    .limit(bindparam("limit", type_=Integer))
     .cte("due")
 )
 _claimed = (
@@ -459,10 +494,40 @@ _CLAIM = (
 )
 
 
-def claim_due(session: Session, *, limit: int, lease: timedelta) -> list[Claim]:
+# How many more due deliveries than it can take a claim looks at, for portals other
+# than those whose room it fills.
+CLAIM_WINDOW_FACTOR = 4
+# A worker's webhooks in flight to one portal at most: a quarter of its threads
+# (worker.DELIVERY_THREADS), so that one endpoint that stalls, or a few, leave the others
+# theirs. At tens of milliseconds an answer, that is still a hundred a second or more to
+# one portal, more than a community's members write.
+PER_PORTAL_IN_FLIGHT = 4
+
+
+def claim_due(
+    session: Session,
+    *,
+    limit: int,
+    lease: timedelta,
+    per_portal: int = PER_PORTAL_IN_FLIGHT,
+    in_flight: Mapping[int, int] | None = None,
+) -> list[Claim]:
     """Leases up to `limit` due deliveries to this worker (their next attempt moves past
-    the lease, and their attempt count goes up), but none to a suspended portal."""
-    rows = session.execute(_CLAIM, {"limit": limit, "lease": lease}).all()
+    the lease, and their attempt count goes up), but none to a suspended portal, and no
+    more to a portal than leaves it `per_portal` in flight with those it has in flight
+    already (`in_flight`, by portal id), the oldest due first."""
+    in_flight = {portal: count for portal, count in (in_flight or {}).items() if count > 0}
+    rows = session.execute(
+        _CLAIM,
+        {
+            "limit": limit,
+            "window": limit * CLAIM_WINDOW_FACTOR,
+            "per_portal": per_portal,
+            "in_flight": {str(portal): count for portal, count in in_flight.items()},
+            "busy": [portal for portal, count in in_flight.items() if count >= per_portal],
+            "lease": lease,
+        },
+    ).all()
     now = datetime.now(UTC)
     timestamp = now.isoformat()
     claims = []
