@@ -710,7 +710,21 @@ _RECENT_OPENINGS = text(
          WHERE recipient_portal_id = :recipient_portal_id
            AND recipient_member = :recipient_member
            AND initiator_portal_id = :portal_id AND created_at > :since
-         LIMIT :recipient_limit) AS with_recipient)
+         LIMIT :recipient_limit) AS with_recipient),
+      -- The advertiser blocked a conversation with this member, either way round: no
+      -- new one opens between them (each branch an index scan of the recipient's).
+      EXISTS (
+        SELECT 1 FROM conversations
+        WHERE recipient_portal_id = :recipient_portal_id
+          AND recipient_member = :recipient_member
+          AND initiator_portal_id = :portal_id AND initiator_member = :member
+          AND blocked_by = 'recipient'
+        UNION ALL
+        SELECT 1 FROM conversations
+        WHERE recipient_portal_id = :portal_id AND recipient_member = :member
+          AND initiator_portal_id = :recipient_portal_id
+          AND initiator_member = :recipient_member
+          AND blocked_by = 'initiator') AS blocked_by_recipient
     """
 )
 
@@ -728,7 +742,7 @@ def _check_opening_limits(
     # (open_conversation): exact for the member and with the advertiser; the portal's
     # count may let concurrent openings by several members all through.
     since = datetime.now(UTC) - RATE_WINDOW
-    by_member_count, by_portal_count, with_recipient_count = session.execute(
+    by_member_count, by_portal_count, with_recipient_count, blocked = session.execute(
         _RECENT_OPENINGS,
         {
             "portal_id": sender.id,
@@ -741,6 +755,16 @@ def _check_opening_limits(
             "recipient_limit": limits.conversations_with_one_member_per_hour,
         },
     ).one()
+    if blocked:
+        # Blocking a conversation would hold back nobody if they could open another at
+        # once, under a new alias. Saying so tells the member's portal that this ad's
+        # advertiser is the one who blocked them, as a limit with one member tells
+        # that two ads share an advertiser: less than letting them write again.
+        raise Conflict(
+            "the advertiser blocked a conversation with this member: no new one opens between them",
+            field="member",
+            code="blocked_by_advertiser",
+        )
     opened_by_sender = (Conversation.initiator_portal_id == sender.id) & (
         Conversation.created_at > since
     )

@@ -598,6 +598,61 @@ def test_only_a_party_can_block(client, advertiser, writer_portal, ad_id):
     assert response.status_code == 403
 
 
+def block_as(client, portal, conversation_id, member):
+    response = client.post(
+        f"/v1/conversations/{conversation_id}/block",
+        json={"member": member},
+        headers=portal.headers,
+    )
+    assert response.status_code == 200, response.json
+
+
+def test_a_member_the_advertiser_blocked_opens_no_new_conversation_with_them(
+    client, advertiser, writer_portal, ad_id
+):
+    """Else a block would hold nobody back: the member would write again at once, about
+    another of the advertiser's ads, under a new alias."""
+    other_ad = publish(client, advertiser, "ad-2")
+    someone_elses_ad = publish(client, advertiser, "ad-3", member="m-neighbour")
+    conversation_id = contact(client, writer_portal, ad_id).json["conversation"]["id"]
+    block_as(client, advertiser, conversation_id, ADVERTISER)
+
+    for ad in (ad_id, other_ad):
+        refused = contact(client, writer_portal, ad)
+        assert refused.status_code == 409, refused.json
+        assert refused.json["error"] == "blocked_by_advertiser"
+        assert "member" in refused.json["errors"]["json"]
+    # Other members of the community, and other advertisers, are not concerned.
+    assert contact(client, writer_portal, ad_id, member="m-other-writer").status_code == 201
+    assert contact(client, writer_portal, someone_elses_ad).status_code == 201
+
+
+def test_a_member_blocked_by_the_advertiser_in_a_conversation_the_advertiser_opened(
+    client, advertiser, writer_portal, ad_id
+):
+    # The writer advertises too; the advertiser wrote to them, then blocked them.
+    writers_ad = publish(client, writer_portal, "w-ad", member=WRITER)
+    opened = contact(client, advertiser, writers_ad, member=ADVERTISER)
+    assert opened.status_code == 201, opened.json
+    block_as(client, advertiser, opened.json["conversation"]["id"], ADVERTISER)
+
+    refused = contact(client, writer_portal, ad_id)
+
+    assert (refused.status_code, refused.json["error"]) == (409, "blocked_by_advertiser")
+
+
+def test_a_member_who_blocked_may_write_to_the_one_they_blocked_again(
+    client, advertiser, writer_portal, ad_id
+):
+    """Their own block is theirs to go back on: it refuses the other one only."""
+    conversation_id = contact(client, writer_portal, ad_id).json["conversation"]["id"]
+    block_as(client, writer_portal, conversation_id, WRITER)
+
+    again = contact(client, writer_portal, ad_id)
+
+    assert again.status_code == 201, again.json
+
+
 # --- idempotency ---------------------------------------------------------------------------
 
 

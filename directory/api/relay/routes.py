@@ -116,8 +116,10 @@ class Contact(MethodView):
         schema=ErrorSchema,
         description="The advertiser turned contact off for this ad (contact_disabled), "
         "the advertiser's community blocks the member's or the reverse "
-        "(community_blocked: the message says which), or the idempotency_key was used for "
-        "another message (idempotency_key_reused)",
+        "(community_blocked: the message says which), the advertiser blocked a "
+        "conversation with this member, whichever of them opened it "
+        "(blocked_by_advertiser), or the idempotency_key was used for another message "
+        "(idempotency_key_reused)",
     )
     @blp.alt_response(
         429,
