@@ -97,6 +97,15 @@ def currency_code_field(**kwargs) -> fields.String:
     )
 
 
+def validate_tag(tag: str) -> None:
+    """A tag a search can ask for as it is: `tags=` separates tags with commas and trims
+    the spaces around each."""
+    if "," in tag:
+        raise ValidationError("Must not contain a comma (a search's tags= separates tags by them).")
+    if tag != tag.strip():
+        raise ValidationError("Must not begin or end with a space.")
+
+
 def unique_values(values) -> None:
     folded = [value.casefold() if isinstance(value, str) else value for value in values]
     if len(set(folded)) != len(folded):

@@ -368,6 +368,32 @@ def test_put_refuses_empty_blank_or_control_character_tag(client, portal, tag):
     assert lookup(refused["errors"]["json"], "tags.1")
 
 
+@pytest.mark.parametrize(
+    ("tag", "problem"),
+    [
+        ("bikes,tools", "comma"),
+        (" bikes", "space"),
+        ("bikes\u00a0", "space"),
+    ],
+    ids=["comma", "leading-space", "trailing-no-break-space"],
+)
+def test_put_refuses_a_tag_a_search_could_not_ask_for(client, portal, tag, problem):
+    """tags= in a search separates tags with commas and trims each: such a tag would be
+    found by no search for it."""
+    refused = refused_put(client, portal, tags=["bikes", tag])
+    (message,) = lookup(refused["errors"]["json"], "tags.1")
+    assert problem in message
+
+
+def test_an_ads_tags_are_found_by_a_search_for_each_as_written(client, portal):
+    tags = ["vélo", "Bike repair", "2-wheels"]
+    created = client.put("/v1/ads/a-1", json=ad_payload(tags=tags), headers=portal.headers)
+    assert created.status_code == 201, created.json
+    for tag in tags:
+        found = client.get("/v1/search", query_string={"tags": tag})
+        assert [hit["id"] for hit in found.json["hits"]] == [created.json["id"]], tag
+
+
 def test_put_refuses_empty_currency_list(client, portal):
     refused = refused_put(client, portal, currencies=[])
     assert lookup(refused["errors"]["json"], "currencies")

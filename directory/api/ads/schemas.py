@@ -21,6 +21,7 @@ from directory.api.fields import (
     published_link,
     validate_ledger_account,
     validate_member_handle,
+    validate_tag,
 )
 from directory.api.loading import FastLoader
 from directory.geo import Point, Privacy
@@ -125,7 +126,7 @@ class AdPutSchema(Schema):
         metadata={"description": "A code from GET /v1/categories", "example": "home.repairs"},
     )
     tags = BoundedList(
-        Text(validate=validate.Length(1, 40)),
+        Text(validate=[validate.Length(1, 40), validate_tag]),
         validate=validate.Length(max=20),
         load_default=(),
         metadata={"description": "Free tags, up to 20 of up to 40 characters"},
