@@ -14,7 +14,7 @@ from directory.db import unit_of_work
 from directory.models import Conversation, Delivery, PortalStatus
 from directory.services import closing, portals
 from directory.worker import purge_old_messages
-from tests.api.test_relay import ADVERTISER, WRITER, contact, publish, reply
+from tests.api.test_relay import ADVERTISER, WRITER, block, contact, publish, reply
 
 ERASURES = "/v1/portals/me/member-erasures"
 
@@ -24,16 +24,6 @@ def open_conversation(client, writer_portal, advertiser) -> str:
     response = contact(client, writer_portal, ad_id)
     assert response.status_code == 201, response.json
     return response.json["conversation"]["id"]
-
-
-def block(client, portal, conversation_id, member):
-    response = client.post(
-        f"/v1/conversations/{conversation_id}/block",
-        json={"member": member},
-        headers=portal.headers,
-    )
-    assert response.status_code == 200, response.json
-    return response.json
 
 
 def erase(client, portal, member):
@@ -177,9 +167,10 @@ def test_an_end_is_acknowledged_and_paged_after_like_a_message(client, advertise
     first = open_conversation(client, writer_portal, advertiser)
     reply(client, advertiser, first)
     block(client, advertiser, first, ADVERTISER)
-    second = contact(client, writer_portal, publish(client, advertiser, "ad-2")).json[
-        "conversation"
-    ]["id"]
+    # Another of the portal's members: the one blocked opens no new conversation there.
+    second = contact(
+        client, writer_portal, publish(client, advertiser, "ad-2"), member="m-other-writer"
+    ).json["conversation"]["id"]
     reply(client, advertiser, second)
     events = inbox(client, writer_portal)
     assert [event["type"] for event in events] == [

@@ -598,13 +598,14 @@ def test_only_a_party_can_block(client, advertiser, writer_portal, ad_id):
     assert response.status_code == 403
 
 
-def block_as(client, portal, conversation_id, member):
+def block(client, portal, conversation_id, member):
     response = client.post(
         f"/v1/conversations/{conversation_id}/block",
         json={"member": member},
         headers=portal.headers,
     )
     assert response.status_code == 200, response.json
+    return response.json
 
 
 def test_a_member_the_advertiser_blocked_opens_no_new_conversation_with_them(
@@ -615,7 +616,7 @@ def test_a_member_the_advertiser_blocked_opens_no_new_conversation_with_them(
     other_ad = publish(client, advertiser, "ad-2")
     someone_elses_ad = publish(client, advertiser, "ad-3", member="m-neighbour")
     conversation_id = contact(client, writer_portal, ad_id).json["conversation"]["id"]
-    block_as(client, advertiser, conversation_id, ADVERTISER)
+    block(client, advertiser, conversation_id, ADVERTISER)
 
     for ad in (ad_id, other_ad):
         refused = contact(client, writer_portal, ad)
@@ -634,7 +635,7 @@ def test_a_member_blocked_by_the_advertiser_in_a_conversation_the_advertiser_ope
     writers_ad = publish(client, writer_portal, "w-ad", member=WRITER)
     opened = contact(client, advertiser, writers_ad, member=ADVERTISER)
     assert opened.status_code == 201, opened.json
-    block_as(client, advertiser, opened.json["conversation"]["id"], ADVERTISER)
+    block(client, advertiser, opened.json["conversation"]["id"], ADVERTISER)
 
     refused = contact(client, writer_portal, ad_id)
 
@@ -646,7 +647,7 @@ def test_a_member_who_blocked_may_write_to_the_one_they_blocked_again(
 ):
     """Their own block is theirs to go back on: it refuses the other one only."""
     conversation_id = contact(client, writer_portal, ad_id).json["conversation"]["id"]
-    block_as(client, writer_portal, conversation_id, WRITER)
+    block(client, writer_portal, conversation_id, WRITER)
 
     again = contact(client, writer_portal, ad_id)
 

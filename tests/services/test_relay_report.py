@@ -11,8 +11,7 @@ from sqlalchemy import text
 from directory.db import unit_of_work
 from directory.models import PortalStatus
 from directory.services.relay_report import relay_report
-from tests.api.test_conversation_ended import block
-from tests.api.test_relay import contact, publish, reply
+from tests.api.test_relay import block, contact, publish, reply
 
 
 def opened(client, portal, ad_id, member):
