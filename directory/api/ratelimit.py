@@ -1,8 +1,9 @@
 """Rate limits on the anonymous reads that cost the most, search and the change feed,
 counted in a store every worker process shares (Redis).
 
-Anonymous requests are limited per client address, a portal's (sent with its key) per
-portal, at a higher limit; searches and feed pages each have a budget of their own, of
+Anonymous requests are limited per client address (an IPv6 client per /64 network, the
+block one subscriber gets: counted per address, it would have 2^64 budgets), a portal's
+(sent with its key) per portal, at a higher limit; searches and feed pages each have a budget of their own, of
 the same size. A refused request costs one Redis round trip and no database work, so a
 client flooding the API spends its own budget, not the others' capacity.
 
@@ -16,6 +17,8 @@ one more round trip); a refused search says when to come back in Retry-After."""
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import logging
 import math
 import time
@@ -40,6 +43,25 @@ LIMITED = {"search": ("directory-search", "searches"), "feed": ("directory-feed"
 # meanwhile), so that a Redis outage costs one failed call per interval, not per search.
 RETRY_SHARED_STORE_AFTER_S = 30.0
 STORE_TIMEOUT_S = 0.5  # a hung Redis must not hold searches up
+# An IPv6 client is counted by its network: RFC 6177 gives a subscriber a /64 at the
+# least (a home line, a VPS), and every one of its 2^64 addresses is theirs to send from.
+IPV6_CLIENT_PREFIX = 64
+
+
+@functools.lru_cache(maxsize=4096)
+def client_of_address(remote_addr: str | None) -> str:
+    """The anonymous client an address counts as: an IPv4 address (also written as an
+    IPv4-mapped IPv6 one, as a dual-stack socket gives it), or an IPv6 address's /64."""
+    try:
+        address = ipaddress.ip_address((remote_addr or "").partition("%")[0])
+    except ValueError:
+        return f"address:{remote_addr}"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return f"address:{address.ipv4_mapped}"
+        network = ipaddress.IPv6Network((address, IPV6_CLIENT_PREFIX), strict=False)
+        return f"network:{network}"
+    return f"address:{address}"
 
 
 class RateLimits:
@@ -103,7 +125,7 @@ def install_rate_limits(app: Flask, settings: Settings) -> None:
         namespace, what = limited
         viewer = calling_portal()  # a wrong key is refused here, before any counting
         if viewer is None:
-            limits, client = rate_limits.anonymous, f"address:{request.remote_addr}"
+            limits, client = rate_limits.anonymous, client_of_address(request.remote_addr)
         else:
             limits, client = rate_limits.portal, f"portal:{viewer.id}"
         refusal = rate_limits.refusal(limits, client, namespace=namespace)

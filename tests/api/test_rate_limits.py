@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -301,3 +302,50 @@ def test_searches_are_counted_in_the_shared_store_again_once_it_is_back(
         if server is not None:
             server.terminate()
             server.wait(timeout=10)
+
+
+def test_an_ipv6_client_is_counted_by_its_64_network_not_by_each_address(migrated, redis_url):
+    # A subscriber gets a /64: counted per address, it had 2^64 budgets, one an address.
+    settings = Settings(
+        environment="test",
+        database_url=migrated.database_url,
+        rate_limit_storage_url=redis_url,  # a window from the first search
+        search_rate_limit_anonymous="2 per minute",
+    )
+    network = f"2001:db8:{uuid.uuid4().int % 0xFFFF:x}:{uuid.uuid4().int % 0xFFFF:x}"
+    app = create_app(settings)
+    try:
+        client = app.test_client()
+
+        def search_from(address: str) -> int:
+            client.environ_base["REMOTE_ADDR"] = address
+            return client.get("/v1/search?limit=1").status_code
+
+        statuses = [search_from(f"{network}::{n}") for n in range(1, 4)]
+        assert statuses == [200, 200, 429]
+        assert search_from(f"{network}:ffff:ffff:ffff:ffff") == 429  # the same /64
+        assert search_from(f"{network[:-1]}{int(network[-1], 16) ^ 1:x}::1") == 200  # another
+    finally:
+        app.extensions["directory"].close()
+        app.extensions["rate_limits"].close()
+
+
+def test_an_ipv4_client_is_one_client_as_an_ipv4_mapped_ipv6_address_too(migrated, redis_url):
+    # A dual-stack socket gives IPv4 clients as ::ffff:a.b.c.d.
+    settings = Settings(
+        environment="test",
+        database_url=migrated.database_url,
+        rate_limit_storage_url=redis_url,
+        search_rate_limit_anonymous="1 per minute",
+    )
+    address = f"198.18.{uuid.uuid4().int % 256}.{uuid.uuid4().int % 256}"
+    app = create_app(settings)
+    try:
+        client = app.test_client()
+        client.environ_base["REMOTE_ADDR"] = address
+        assert client.get("/v1/search?limit=1").status_code == 200
+        client.environ_base["REMOTE_ADDR"] = f"::ffff:{address}"
+        assert client.get("/v1/search?limit=1").status_code == 429
+    finally:
+        app.extensions["directory"].close()
+        app.extensions["rate_limits"].close()
