@@ -31,9 +31,13 @@ from directory.webhooks.delivery import TOTAL_TIMEOUT_S, Outcome, WebhookSender
 from directory.webhooks.signing import signed_headers
 
 EVENT_TYPE = "webhook.test"
-# A portal tests at most once in this long, so one at a time (a test lasts the sender's
-# TOTAL_TIMEOUT_S at most), as its website is checked.
-TEST_INTERVAL = timedelta(seconds=TOTAL_TIMEOUT_S)
+# A portal tests at most once in this long, from the start of its last test, so one at a
+# time; and twice as long as a test may last (the sender's TOTAL_TIMEOUT_S), as its
+# website is checked: the directory tests one webhook at a time, and a portal whose
+# endpoint kept each test waiting the whole timeout, testing again the moment it ended,
+# held that slot for good, every other portal's tests refused as busy. So it leaves the
+# slot free at least as long as it held it.
+TEST_INTERVAL = timedelta(seconds=2 * TOTAL_TIMEOUT_S)
 # Tests held at once, directory-wide: each holds an API process for up to the sender's
 # 15 s, so that a few portals with slow endpoints cannot hold every process in turn.
 TESTS_AT_ONCE = 1

@@ -50,10 +50,14 @@ from directory.webhooks.fetch import TOTAL_TIMEOUT_S, FetchFailed, fetch_file
 WELL_KNOWN_PATH = "/.well-known/commons-directory"
 # Characters a URL keeps as they are; others (a path's non-ASCII letters) are escaped.
 URL_SAFE = ":/?#[]@!$&'()*+,;=%~"
-# A portal's website is fetched at most once in this long, so one at a time (a fetch
-# lasts TOTAL_TIMEOUT_S at most): a check holds an API process meanwhile, and the
-# directory must not become a way to send a stream of requests to someone else's site.
-CHECK_INTERVAL = timedelta(seconds=TOTAL_TIMEOUT_S)
+# A portal's website is fetched at most once in this long, from the start of its last
+# check, so one at a time: a check holds an API process meanwhile, and the directory must
+# not become a way to send a stream of requests to someone else's site. Twice as long as
+# a fetch may last (TOTAL_TIMEOUT_S): the directory checks few websites at once, and a
+# portal whose site kept each check waiting the whole timeout, checking again the moment
+# it ended, held a slot for good (with the default one, every other portal's checks were
+# refused as busy). So it leaves the slot free at least as long as it held it.
+CHECK_INTERVAL = timedelta(seconds=2 * TOTAL_TIMEOUT_S)
 # Portal.website_recheck_failure's length.
 RECHECK_FAILURE_CHARS = 1000
 

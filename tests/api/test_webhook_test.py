@@ -10,6 +10,8 @@ from sqlalchemy import func, select, text
 
 from directory.db import WEBHOOK_TEST_LOCK_NAMESPACE, unit_of_work
 from directory.models import Delivery
+from directory.services import webhook_tests
+from directory.webhooks.delivery import TOTAL_TIMEOUT_S
 from tests.peers import Reply, WebhookReceiver
 
 TEST = "/v1/portals/me/webhook/test"
@@ -153,7 +155,7 @@ def test_a_body_is_refused(client, portal):
     assert answer.status_code == 400, answer.json
 
 
-def test_a_portal_tests_once_every_15_seconds(client, wiring, portal, other_portal):
+def test_a_portal_tests_once_every_30_seconds(client, wiring, portal, other_portal):
     with WebhookReceiver([secret_of(client, portal)]) as receiver:
         set_webhook(client, portal, receiver.url)
         assert client.post(TEST, headers=portal.headers).json["delivered"] is True
@@ -164,11 +166,37 @@ def test_a_portal_tests_once_every_15_seconds(client, wiring, portal, other_port
 
     assert refused.status_code == 429
     assert refused.json["error"] == "webhook_tested_recently"
-    assert 1 <= int(refused.headers["Retry-After"]) <= 15
+    assert 1 <= int(refused.headers["Retry-After"]) <= webhook_tests.TEST_INTERVAL.seconds == 30
     # Another portal's turn is its own.
     with WebhookReceiver([secret_of(client, other_portal)]) as receiver:
         set_webhook(client, other_portal, receiver.url)
         assert client.post(TEST, headers=other_portal.headers).json["delivered"] is True
+
+
+def test_a_portal_whose_tests_last_the_whole_timeout_leaves_the_slot_free_as_long(
+    client, wiring, portal
+):
+    """The directory tests one webhook at a time: a portal whose endpoint kept each test
+    waiting the sender's whole timeout, testing again the moment it ended, held that
+    slot for good, and every other portal's tests were refused as busy."""
+    with WebhookReceiver([secret_of(client, portal)]) as receiver:
+        set_webhook(client, portal, receiver.url)
+        assert client.post(TEST, headers=portal.headers).json["delivered"] is True
+        # As if that test had begun the whole timeout ago, and ended only now.
+        with unit_of_work(wiring.session_factory) as session:
+            session.execute(
+                text(
+                    "UPDATE portals SET webhook_tested_at = webhook_tested_at "
+                    "- make_interval(secs => :timeout_s) WHERE id = :id"
+                ),
+                {"timeout_s": TOTAL_TIMEOUT_S, "id": portal.id},
+            )
+
+        again = client.post(TEST, headers=portal.headers)
+
+        assert len(receiver.deliveries) == 1
+    assert again.status_code == 429, again.json
+    assert again.json["error"] == "webhook_tested_recently"
 
 
 @contextmanager

@@ -222,6 +222,32 @@ def test_a_website_is_checked_at_most_once_in_the_interval(client, portal, site)
     assert site.requests == [WELL_KNOWN, WELL_KNOWN]
 
 
+def test_a_portal_whose_checks_last_the_whole_timeout_leaves_the_slot_free_as_long(
+    client, portal, site
+):
+    """The directory checks few websites at once (one by default): a portal whose site
+    kept each check waiting the fetch's whole timeout, checking again the moment it
+    ended, held a slot for good, and every other portal's checks were refused as busy."""
+    claim(client, portal, site.url)
+    publish(site, token_of(client, portal))
+    assert check(client, portal).status_code == 200
+    # As if that check had begun the whole timeout ago, and ended only now.
+    with unit_of_work(client.application.extensions["directory"].session_factory) as session:
+        session.execute(
+            text(
+                "UPDATE portals SET website_checked_at = website_checked_at "
+                "- make_interval(secs => :timeout_s) WHERE id = :id"
+            ),
+            {"timeout_s": fetch.TOTAL_TIMEOUT_S, "id": portal.id},
+        )
+
+    again = check(client, portal)
+
+    assert again.status_code == 429, again.json
+    assert again.json["error"] == "website_checked_recently"
+    assert site.requests == [WELL_KNOWN]
+
+
 def slow_token(client, portal, site: Website, *, delay_s: float = 1.0) -> None:
     """The portal's token, at its site, answered after `delay_s`."""
     claim(client, portal, site.url)

@@ -105,7 +105,7 @@ export interface paths {
          *     public ads with their global ids through the feed. Of the portals of a
          *     directory that claim one website, one at most is verified. A failed check
          *     changes nothing (a verified website stays verified). A website is checked at
-         *     most once every 10 seconds, and the directory checks a few websites at a time
+         *     most once every 20 seconds, and the directory checks a few websites at a time
          *     at most (DIRECTORY_WEBSITE_CHECKS_AT_ONCE, one by default).
          */
         post: operations["verifyWebsite"];
@@ -158,7 +158,7 @@ export interface paths {
          *     and changes nothing: a 410 disables the webhook only when a delivery gets it.
          *     Also for a webhook disabled by a 410, before setting its URL again (the answer's
          *     `webhook_disabled_at` says it is still disabled). A portal tests at most once
-         *     every 15 s, and the directory one portal's webhook at a time: each test may hold
+         *     every 30 s, and the directory one portal's webhook at a time: each test may hold
          *     an API process for the 15 s the relay waits for an answer.
          */
         post: operations["testWebhook"];
@@ -1944,7 +1944,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description The website was checked less than 10 s ago, or is being checked now (website_checked_recently), or as many other websites as the directory checks at once are being checked (website_checks_busy): see Retry-After */
+            /** @description The website was checked less than 20 s ago, or is being checked now (website_checked_recently), or as many other websites as the directory checks at once are being checked (website_checks_busy): see Retry-After */
             429: {
                 headers: {
                     /** @description Seconds to wait before trying again */
@@ -2041,7 +2041,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description The portal's webhook was tested less than 15 s ago, or is being tested now (webhook_tested_recently), or another portal's is being tested (webhook_tests_busy): see Retry-After */
+            /** @description The portal's webhook was tested less than 30 s ago, or is being tested now (webhook_tested_recently), or another portal's is being tested (webhook_tests_busy): see Retry-After */
             429: {
                 headers: {
                     /** @description Seconds to wait before trying again */

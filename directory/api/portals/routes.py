@@ -21,6 +21,9 @@ from directory.services import portals, webhook_tests, websites
 
 blp = Blueprint("portals", __name__, url_prefix="/v1", description="A portal's own profile")
 
+CHECK_INTERVAL_S = websites.CHECK_INTERVAL.seconds
+TEST_INTERVAL_S = webhook_tests.TEST_INTERVAL.seconds
+
 
 def _profile(session, caller) -> portals.Profile:
     return portals.profile(session, portal_id=caller.id, max_ads=wiring().settings.portal_max_ads)
@@ -69,7 +72,8 @@ class OwnWebsiteVerification(MethodView):
     @blp.alt_response(
         429,
         schema=ErrorSchema,
-        description="The website was checked less than 10 s ago, or is being checked now "
+        description=f"The website was checked less than {CHECK_INTERVAL_S} s ago, or is being "
+        "checked now "
         "(website_checked_recently), or as many other websites as the directory checks at "
         "once are being checked (website_checks_busy): see Retry-After",
         headers=RETRY_AFTER_HEADER,
@@ -88,7 +92,7 @@ class OwnWebsiteVerification(MethodView):
         public ads with their global ids through the feed. Of the portals of a
         directory that claim one website, one at most is verified. A failed check
         changes nothing (a verified website stays verified). A website is checked at
-        most once every 10 seconds, and the directory checks a few websites at a time
+        most once every 20 seconds, and the directory checks a few websites at a time
         at most (DIRECTORY_WEBSITE_CHECKS_AT_ONCE, one by default)."""
         settings = wiring().settings
         with transaction() as session:
@@ -149,7 +153,8 @@ class OwnWebhookTest(MethodView):
     @blp.alt_response(
         429,
         schema=ErrorSchema,
-        description="The portal's webhook was tested less than 15 s ago, or is being tested "
+        description=f"The portal's webhook was tested less than {TEST_INTERVAL_S} s ago, or is "
+        "being tested "
         "now (webhook_tested_recently), or another portal's is being tested "
         "(webhook_tests_busy): see Retry-After",
         headers=RETRY_AFTER_HEADER,
@@ -166,7 +171,7 @@ class OwnWebhookTest(MethodView):
         and changes nothing: a 410 disables the webhook only when a delivery gets it.
         Also for a webhook disabled by a 410, before setting its URL again (the answer's
         `webhook_disabled_at` says it is still disabled). A portal tests at most once
-        every 15 s, and the directory one portal's webhook at a time: each test may hold
+        every 30 s, and the directory one portal's webhook at a time: each test may hold
         an API process for the 15 s the relay waits for an answer."""
         with transaction() as session:
             caller = require_portal(session)
