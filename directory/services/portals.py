@@ -8,6 +8,7 @@ import secrets
 import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
 
 from sqlalchemy import bindparam, func, literal, or_, select, update
 from sqlalchemy.orm import Session
@@ -120,6 +121,13 @@ def _check_website(website: str) -> None:
     ):
         raise InvalidInput(
             "website must be an http(s) URL with a host, such as https://sel.example.org",
+            field="website",
+        )
+    # Credentials have no place in a public identity: the profile would show them, and
+    # the worker's log of its re-checks of the website would write them down.
+    if "@" in urlsplit(website).netloc:
+        raise InvalidInput(
+            "website must not contain a user name or password (user@ or user:password@)",
             field="website",
         )
 

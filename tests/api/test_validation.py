@@ -1858,6 +1858,11 @@ def test_batch_refuses_malformed_json(client, portal):
         pytest.param({"website": "ftp://example.org"}, "website", id="website-ftp"),
         pytest.param({"website": "javascript:alert(1)"}, "website", id="website-javascript"),
         pytest.param({"website": 42}, "website", id="website-number"),
+        # Credentials the profile would show, and the worker's log of its re-checks write.
+        pytest.param(
+            {"website": "https://odile:s3cret@sel.example.org/"}, "website", id="website-password"
+        ),
+        pytest.param({"website": "https://odile@sel.example.org/"}, "website", id="website-user"),
         pytest.param({"webhook_url": "example.org/hook"}, "webhook_url", id="webhook-no-scheme"),
         pytest.param(
             {"webhook_url": "https://" + "a" * 2048 + ".org"}, "webhook_url", id="webhook-too-long"

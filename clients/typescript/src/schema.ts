@@ -938,7 +938,7 @@ export interface components {
             name?: string;
             /**
              * Format: url
-             * @description A new website (not the same one spelt otherwise) gets a new verification token and is unverified until verified again: the ads lose their global_id meanwhile
+             * @description A new website (not the same one spelt otherwise) gets a new verification token and is unverified until verified again: the ads lose their global_id meanwhile. Without a user name or password
              */
             website?: string | null;
             contact?: string | null;

@@ -180,7 +180,7 @@ class PortalPatchSchema(Schema):
         metadata={
             "description": "A new website (not the same one spelt otherwise) gets a new "
             "verification token and is unverified until verified again: the ads lose "
-            "their global_id meanwhile"
+            "their global_id meanwhile. Without a user name or password"
         },
     )
     contact = Text(allow_none=True, validate=validate.Length(1, PROFILE_TEXT_LIMITS["contact"]))

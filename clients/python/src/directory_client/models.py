@@ -208,7 +208,7 @@ class PortalPatch(Struct, kw_only=True):
     website: (
         Annotated[
             str,
-            Meta(description='A new website (not the same one spelt otherwise) gets a new verification token and is unverified until verified again: the ads lose their global_id meanwhile', max_length=2048),
+            Meta(description='A new website (not the same one spelt otherwise) gets a new verification token and is unverified until verified again: the ads lose their global_id meanwhile. Without a user name or password', max_length=2048),
         ]
         | None
         | UnsetType
