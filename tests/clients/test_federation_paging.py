@@ -300,3 +300,71 @@ def test_pages_without_hits_before_the_real_ones_are_read_past_within_the_page(
         (url, f"Bike {n}") for n in (1, 2) for url in (two[0], hollow.origin)
     ]
     assert shown == [(url, f"Bike {n}") for n in range(1, 8) for url in (two[0], hollow.origin)]
+
+
+# --- cursors that lead nowhere --------------------------------------------------------------
+
+
+class Forgetful(Peer):
+    """A directory in front of `target` that drops the cursor of every search (a cache
+    keyed without it, say): whatever page is asked for, it answers the first one, with the
+    first page's next_cursor. `asked` counts the searches that came."""
+
+    def __init__(self, target: str) -> None:
+        super().__init__()
+        self.target = target
+        self.asked = 0
+
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        forgetful = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                forgetful.asked += 1
+                url = urlsplit(self.path)
+                params = [(k, v) for k, v in parse_qsl(url.query) if k != "cursor"]
+                answer = httpx.get(f"{forgetful.target}{url.path}?{urlencode(params)}")
+                self.send_response(answer.status_code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer.content)))
+                self.end_headers()
+                self.wfile.write(answer.content)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        return Handler
+
+
+@pytest.mark.parametrize("limit", [30, 100])
+def test_a_directory_whose_cursor_leads_back_is_left_out_rather_than_paged_for_ever(
+    two, writer, limit
+):
+    # More ads than a directory's largest page: the forgetful one's first page says more
+    # follow, and the page it gives for that cursor is the first again.
+    publish(writer, {f"ad-{n}": ad(n) for n in range(1, 131)})
+    with (
+        Forgetful(two[1]) as forgetful,
+        FederatedSearch([two[0], forgetful.origin], timeout_s=5) as both,
+    ):
+        pages = []
+        cursor = None
+        for _ in range(MAX_PAGES):  # not iter_search: a search that never ends fails here
+            pages.append(both.search(limit=limit, cursor=cursor, **NEAR))
+            cursor = pages[-1].next_cursor
+            if cursor is None:
+                break
+        assert cursor is None, f"still paging after {MAX_PAGES} pages"
+        hits = list(both.iter_search(page_size=limit, **NEAR))
+
+    shown = Counter((hit.directory, hit.ad.title) for page in pages for hit in page.hits)
+    assert {title: count for (url, title), count in shown.items() if url == two[0]} == {
+        f"Bike {n}": 1 for n in range(1, 131)
+    }
+    # Its first page is read again under the cursor it gave when asked for fewer hits
+    # (another cursor, which the search has not moved on to) before the cursor repeats.
+    assert max(count for (url, _), count in shown.items() if url == forgetful.origin) <= 2
+    failed = [s for page in pages for s in page.directories if s.outcome is not Outcome.OK]
+    assert failed and all(s.directory == forgetful.origin for s in failed)
+    assert "given before" in failed[0].reason
+    assert Counter((hit.directory, hit.ad.title) for hit in hits) == shown

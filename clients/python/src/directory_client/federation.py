@@ -38,7 +38,10 @@ for at most MAX_TAKEN per directory, about 17 characters each.
 
 The cursor also holds 8-byte digests of the global ids already shown, so a copy met pages
 later is still dropped: it grows by about 11 characters per ad shown that has a global
-id.
+id. And, for each directory, 8-byte digests of the cursors of its that the search moved on
+to (about 11 characters a page): a directory whose page gives one of them again as its
+next_cursor (a cache answering the first page whatever the cursor) would lead back to hits
+shown already, without end; it is an error on that page instead, as one not understood.
 
 A directory that failed on a page is asked again on the next one from where it stood: its
 ads then come late in the merge rather than not at all. The search ends (`next_cursor`
@@ -391,6 +394,7 @@ class FederatedSearch:
             # The merge compares times of different directories: each needs its zone.
             if any(hit.updated_at.tzinfo is None for hit in page.hits):
                 raise AnswerNotUnderstood(f"{NOT_UNDERSTOOD}: an updated_at without a time zone")
+            _check_moves_on(position, page)
             counts = page.facets if counts is None else counts
             stream = _Stream.after(index, position, page)
             if stream.hits or stream.next_cursor is None:
@@ -463,11 +467,14 @@ class _Taken(msgspec.Struct, array_like=True, frozen=True):
 
 class _Position(msgspec.Struct, array_like=True, frozen=True):
     """Where a directory stands: the page its `cursor` gives (None: the first page) has
-    been merged up to the hits `taken` (in the order taken); `done`: none follow."""
+    been merged up to the hits `taken` (in the order taken); `done`: none follow.
+    `followed`: digests of the directory's cursors the search has moved on to, DIGEST_BYTES
+    each (see _check_moves_on)."""
 
     cursor: str | None = None
     taken: tuple[_Taken, ...] = ()
     done: bool = False
+    followed: bytes = b""
 
 
 class _CursorBody(msgspec.Struct, array_like=True):
@@ -505,7 +512,9 @@ class _State:
             body = msgspec.msgpack.decode(raw, type=_CursorBody)
         except (ValueError, msgspec.DecodeError, msgspec.ValidationError):
             raise problem from None
-        if len(body.seen) % DIGEST_BYTES:
+        if len(body.seen) % DIGEST_BYTES or any(
+            len(position.followed) % DIGEST_BYTES for position in body.positions
+        ):
             raise problem
         seen = frozenset(
             body.seen[start : start + DIGEST_BYTES]
@@ -591,14 +600,19 @@ class _Stream:
         taken = self.position.taken + tuple(
             _Taken(_id_digest(hit), hit.version) for hit in self.hits[: self.consumed]
         )
+        followed = self.position.followed
         if self.consumed < len(self.hits):
-            return _Position(self.position.cursor, taken[-MAX_TAKEN:])
+            return _Position(self.position.cursor, taken[-MAX_TAKEN:], followed=followed)
         if self.next_cursor is None:
             return _Position(done=True)
         # On to the next page. Taken hits this page did not hold, pushed past its end by
         # ads added before them, are still to be left out there.
         carried = tuple(hit for hit in taken if hit.id not in self.page_ids)
-        return _Position(self.next_cursor, carried[-MAX_TAKEN:])
+        return _Position(
+            self.next_cursor,
+            carried[-MAX_TAKEN:],
+            followed=followed + _cursor_digest(self.next_cursor),
+        )
 
 
 def _digest(global_id: str) -> bytes:
@@ -607,6 +621,32 @@ def _digest(global_id: str) -> bytes:
 
 def _id_digest(hit: models.SearchHit) -> bytes:
     return hashlib.blake2b(hit.id.bytes, digest_size=DIGEST_BYTES).digest()
+
+
+def _cursor_digest(cursor: str) -> bytes:
+    return hashlib.blake2b(cursor.encode(), digest_size=DIGEST_BYTES).digest()
+
+
+def _check_moves_on(position: _Position, page: models.SearchPage) -> None:
+    """AnswerNotUnderstood when the page's next_cursor is one the search has moved on to
+    before. A directory's cursors only move on: one given again leads back to a page read
+    already (a cache or proxy in front of it answering the first page whatever the
+    cursor), whose hits, once all taken, would be taken again from there, page after page
+    without end. The directory is then an error on the page, and left behind where it
+    stood."""
+    if page.next_cursor is None or not position.followed:
+        return
+    digest = _cursor_digest(page.next_cursor)
+    followed = position.followed
+    if any(
+        followed[start : start + DIGEST_BYTES] == digest
+        for start in range(0, len(followed), DIGEST_BYTES)
+    ):
+        raise AnswerNotUnderstood(
+            f"{NOT_UNDERSTOOD}: a page's next_cursor was given before, so following it "
+            "would read the same pages again without end (a cache or proxy answering the "
+            "same page whatever the cursor?)"
+        )
 
 
 def _first_time(hit: models.SearchHit, seen: set[bytes]) -> bool:
