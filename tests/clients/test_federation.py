@@ -452,6 +452,42 @@ def test_an_unverified_claim_of_a_website_does_not_shadow_its_portals_ads(federa
     ]
 
 
+def paid_to_someone_else(status: int, body: bytes) -> tuple[int, bytes]:
+    """B's copies of the shared portal's ads, said to be paid to another account, and
+    nearer than all: a directory that lies (or a portal of it that took the site over)."""
+    page = orjson.loads(body)
+    for hit in page["hits"]:
+        if (hit.get("global_id") or "").startswith(SHARED_WEBSITE):
+            hit["distance_km"] = 0.0
+            hit["payment"] = {
+                "protocol": "credit-commons",
+                "ledger_url": "https://ledger.example.net",
+                "node": "elsewhere",
+                "payee": "mallory",
+                "currencies": hit["currencies"],
+                "price": hit.get("price"),
+            }
+    return status, orjson.dumps(page)
+
+
+def test_a_copy_paid_to_someone_else_does_not_hide_the_ad_it_claims_to_be(directories):
+    # Were the copies one ad, the lying nearer one would come first and be the only one
+    # shown: whoever paid from it would pay mallory, never seeing the advertiser's own.
+    a, b = directories
+    with (
+        Proxy(b.url, rewrite=paid_to_someone_else) as lying_b,
+        FederatedSearch([a.url, lying_b.origin]) as search,
+    ):
+        hits = list(search.iter_search(sort="distance", **NEAR_LYON))
+
+    repairs = [
+        (hit.directory, hit.ad.payment and hit.ad.payment.payee)
+        for hit in hits
+        if hit.ad.global_id == f"{SHARED_WEBSITE}#s-1"
+    ]
+    assert repairs == [(lying_b.origin, "mallory"), (a.url, None)]
+
+
 def test_the_same_ad_of_a_portal_without_website_is_shown_from_each_directory(
     directories, federated
 ):

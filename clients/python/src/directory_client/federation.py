@@ -18,8 +18,11 @@ The merge follows the sort: `distance` nearest first (`distance_km`), `recent` b
 takes turns, one ad from each directory in turn by that directory's own rank (ranks of
 different engines cannot be compared, turns are fair). An ad published in several
 directories is shown once, where it comes first: ads are the same when their `global_id`
-is (the portal's website and its own id of the ad); an ad without one is never taken for
-another.
+is (the portal's website and its own id of the ad) and they are paid the same way (the
+same ledger, node and account, or neither has a payment block); an ad without one is never
+taken for another. Copies that disagree on whom to pay are all shown: a directory lying
+about an ad, nearer or newer than the true copy, would otherwise hide it, and its payers
+pay someone else.
 
 One opaque `next_cursor` continues all directories. A directory's own cursor continues
 after the whole page it returned, while the merge may have taken only part of it, so the
@@ -36,8 +39,8 @@ changes between two pages can move across where the search stands: it is then mi
 that directory; one taken from the page being read is left out). The hits taken are kept
 for at most MAX_TAKEN per directory, about 17 characters each.
 
-The cursor also holds 8-byte digests of the global ids already shown, so a copy met pages
-later is still dropped: it grows by about 11 characters per ad shown that has a global
+The cursor also holds 8-byte digests of the ads already shown (global id and payment), so
+a copy met pages later is still dropped: it grows by about 11 characters per ad shown that has a global
 id. And, for each directory, 8-byte digests of the cursors of its that the search moved on
 to (about 11 characters a page): a directory whose page gives one of them again as its
 next_cursor (a cache answering the first page whatever the cursor) would lead back to hits
@@ -80,6 +83,7 @@ from directory_client.errors import (
     DirectoryError,
     DirectoryUnavailable,
 )
+from directory_client.payments import ledger_identity
 from directory_client.transport import NO_RETRIES, query
 
 DEFAULT_TIMEOUT_S = 5.0
@@ -481,7 +485,7 @@ class _CursorBody(msgspec.Struct, array_like=True):
     fingerprint: str
     positions: list[_Position]
     turn: Annotated[int, msgspec.Meta(ge=0)]  # relevance: the directory whose turn is next
-    seen: bytes  # digests of the global ids shown, DIGEST_BYTES each
+    seen: bytes  # digests of the ads shown (_identity), DIGEST_BYTES each
 
 
 @dataclass(frozen=True)
@@ -615,8 +619,19 @@ class _Stream:
         )
 
 
-def _digest(global_id: str) -> bytes:
-    return hashlib.blake2b(global_id.encode(), digest_size=DIGEST_BYTES).digest()
+def _digest(identity: str) -> bytes:
+    return hashlib.blake2b(identity.encode(), digest_size=DIGEST_BYTES).digest()
+
+
+def _identity(hit: models.SearchHit) -> str:
+    """The global id, and where and whom the ad is paid (None: it says nothing of it)."""
+    payment = hit.payment
+    paid = (
+        None
+        if payment is None
+        else [payment.protocol, ledger_identity(payment.ledger_url), payment.node, payment.payee]
+    )
+    return msgspec.json.encode([hit.global_id, paid]).decode()
 
 
 def _id_digest(hit: models.SearchHit) -> bytes:
@@ -650,10 +665,13 @@ def _check_moves_on(position: _Position, page: models.SearchPage) -> None:
 
 
 def _first_time(hit: models.SearchHit, seen: set[bytes]) -> bool:
-    """True unless an ad with the same global id was shown already (and remembers it)."""
+    """True unless an ad with the same global id, paid the same way, was shown already
+    (and remembers it). Copies that say to pay another account or ledger (or one says how
+    to pay and the other not) are not one ad: one of them is wrong, and which one is not
+    for the merge to guess by which came first, showing it alone."""
     if hit.global_id is None:
         return True
-    digest = _digest(hit.global_id)
+    digest = _digest(_identity(hit))
     if digest in seen:
         return False
     seen.add(digest)

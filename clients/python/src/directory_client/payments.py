@@ -92,16 +92,18 @@ class Payment:
 def same_ledger(url: str, other: str) -> bool:
     """Whether two ledger URLs name one node: scheme and host in any case, the default
     port written or not, a trailing slash or not."""
+    return ledger_identity(url) == ledger_identity(other)
 
-    def normalised(value: str) -> tuple:
-        parts = urlsplit(value.strip())
-        try:
-            port = parts.port or DEFAULT_PORTS.get(parts.scheme.lower())
-        except ValueError:
-            return (value,)
-        return (parts.scheme.lower(), parts.hostname, port, parts.path.rstrip("/"))
 
-    return normalised(url) == normalised(other)
+def ledger_identity(url: str) -> tuple:
+    """What names a ledger node in its URL, the same however it is spelt (see
+    same_ledger)."""
+    parts = urlsplit(url.strip())
+    try:
+        port = parts.port or DEFAULT_PORTS.get(parts.scheme.lower())
+    except ValueError:
+        return (url,)
+    return (parts.scheme.lower(), parts.hostname, port, parts.path.rstrip("/"))
 
 
 def _check_ledger_url(url: str) -> None:
