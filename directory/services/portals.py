@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from directory.db import add_unique
 from directory.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthenticated
-from directory.models import AdChange, ChangeOp, Portal, PortalKey, PortalStatus
+from directory.models import AdChange, ChangeOp, Ledger, Portal, PortalKey, PortalStatus
 from directory.models.ads import Ad, Visibility
 from directory.services import deliveries
 from directory.services.ads import AdUsage, ad_usage, global_id_prefix
@@ -424,18 +424,13 @@ def _writable_portal(session: Session, portal_id: int) -> Portal:
 def update_profile(
     session: Session, *, portal_id: int, changes: dict, allow_loopback: bool = False
 ) -> Portal:
-    portal = _writable_portal(session, portal_id)
     unknown = set(changes) - set(PROFILE_FIELDS)
     if unknown:
         raise ValueError(f"not profile fields: {sorted(unknown)}")
     check_profile(changes)
-    if "default_currencies" in changes:
-        require_known_currencies(
-            session,
-            codes=changes["default_currencies"],
-            field="default_currencies",
-            portal=portal,
-        )
+    # The URLs first, before the portal's row is locked: their hosts are resolved, which
+    # may take seconds (RESOLVE_TIMEOUT_S), and under the lock every write referring to
+    # the portal (a new ad, a message to one of its members) waited meanwhile.
     if changes.get("webhook_url") is not None:
         check_outbound_url(
             changes["webhook_url"],
@@ -443,7 +438,25 @@ def update_profile(
             code="unsafe_webhook_url",
             allow_loopback=allow_loopback,
         )
-    ledger_changed = "ledger" in changes and changes["ledger"] != portal.ledger
+    ledger = changes.get("ledger")
+    ledger_checked = False
+    # A ledger sent again as it is is not checked again (its host may be down for now).
+    if ledger is not None and ledger != _ledger_of(session, portal_id):
+        _check_ledger_url(ledger.url, allow_loopback=allow_loopback)
+        ledger_checked = True
+    portal = _writable_portal(session, portal_id)
+    if "default_currencies" in changes:
+        require_known_currencies(
+            session,
+            codes=changes["default_currencies"],
+            field="default_currencies",
+            portal=portal,
+        )
+    ledger_changed = "ledger" in changes and ledger != portal.ledger
+    if ledger_changed and ledger is not None and not ledger_checked:
+        # Another request changed the portal's ledger since it was read: rare enough to
+        # check this one under the lock.
+        _check_ledger_url(ledger.url, allow_loopback=allow_loopback)
     # The website makes the ads' global ids; a new one must be verified again.
     identity_changed = (
         "website" in changes and website_identity(changes["website"]) != portal.website_identity
@@ -451,20 +464,6 @@ def update_profile(
     # Only a verified website is in the ads' public view: from one unverified website to
     # another, nothing the feed tells changes (and a portal could write to it at will).
     global_ids_changed = identity_changed and portal.website_verified_at is not None
-    if ledger_changed and changes["ledger"] is not None:
-        check_outbound_url(
-            changes["ledger"].url,
-            field="ledger.url",
-            code="unsafe_ledger_url",
-            allow_loopback=allow_loopback,
-        )
-        if "?" in changes["ledger"].url:
-            # Payers' clients add the node's paths to the URL: a query would swallow them.
-            raise InvalidInput(
-                "ledger.url must not have a query (?…): it is the node's base URL, which "
-                "payers' clients add the ledger's paths to",
-                field="ledger.url",
-            )
     for name, value in changes.items():
         setattr(portal, name, value)
     if identity_changed:
@@ -485,6 +484,29 @@ def update_profile(
         portal.updated_at = datetime.now(UTC)
     session.flush()
     return portal
+
+
+def _ledger_of(session: Session, portal_id: int) -> Ledger | None:
+    """The portal's ledger as committed, read without a lock."""
+    row = session.execute(
+        select(Portal.ledger_protocol, Portal.ledger_url, Portal.ledger_node).where(
+            Portal.id == portal_id
+        )
+    ).one()
+    return None if row.ledger_protocol is None else Ledger(*row)
+
+
+def _check_ledger_url(url: str, *, allow_loopback: bool) -> None:
+    check_outbound_url(
+        url, field="ledger.url", code="unsafe_ledger_url", allow_loopback=allow_loopback
+    )
+    if "?" in url:
+        # Payers' clients add the node's paths to the URL: a query would swallow them.
+        raise InvalidInput(
+            "ledger.url must not have a query (?…): it is the node's base URL, which "
+            "payers' clients add the ledger's paths to",
+            field="ledger.url",
+        )
 
 
 def republish_public_ads(session: Session, *, portal_id: int, payable_only: bool) -> None:

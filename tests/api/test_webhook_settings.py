@@ -3,6 +3,9 @@ their rotation, and the endpoint disabled by a 410 and enabled again."""
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -15,6 +18,8 @@ from tests.apps import app_with
 from tests.factories import ad_payload
 
 LOOPBACK_HOOK = "http://127.0.0.1:9/hook"
+# A host whose name the tests' resolver answers only when a test lets it.
+SLOW_HOST = "hooks.slow-dns.example"
 
 
 def set_webhook(client, portal, url):
@@ -261,3 +266,71 @@ def test_overlap_must_be_a_whole_number_of_hours(client, portal, hours):
     )
     assert response.status_code == 400
     assert "overlap_hours" in response.json["errors"]["json"]
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"webhook_url": f"https://{SLOW_HOST}/hook"},
+        {"ledger": {"protocol": "credit-commons", "url": f"https://{SLOW_HOST}/", "node": "n"}},
+    ],
+    ids=["webhook_url", "ledger"],
+)
+def test_a_profile_change_waiting_for_dns_holds_up_no_write_to_the_portal(
+    app, client, wiring, portal, monkeypatch, changes
+):
+    """A URL's host is resolved when it is set (up to RESOLVE_TIMEOUT_S, 5 s): under the
+    portal's row lock, every write referring to the portal (a new ad, a message to one of
+    its members) waited for it meanwhile, each holding an API process."""
+    resolving, release = threading.Event(), threading.Event()
+    resolve = socket.getaddrinfo
+
+    def slow_resolver(host, *args, **kwargs):
+        if host == SLOW_HOST:
+            resolving.set()
+            release.wait(30)
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return resolve(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow_resolver)
+    answers = {}
+    patching = threading.Thread(
+        target=lambda: answers.update(
+            patch=app.test_client().patch("/v1/portals/me", json=changes, headers=portal.headers)
+        )
+    )
+    patching.start()
+    try:
+        assert resolving.wait(10), "the profile change never resolved the host"
+        writing = threading.Thread(
+            target=lambda: answers.update(
+                put=app.test_client().put(
+                    "/v1/ads/new-ad", json=ad_payload(), headers=portal.headers
+                )
+            )
+        )
+        writing.start()
+        waited = False
+        while writing.is_alive() and not waited:
+            waited = _a_session_waits_on_a_lock(wiring)
+            time.sleep(0.01)
+    finally:
+        release.set()
+        patching.join(30)
+    writing.join(30)
+
+    assert not waited, "the ad write waited for the profile change's lock"
+    assert answers["put"].status_code == 201, answers["put"].json
+    assert answers["patch"].status_code == 400, answers["patch"].json
+
+
+def _a_session_waits_on_a_lock(wiring) -> bool:
+    with wiring.engine.connect() as connection:
+        return bool(
+            connection.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            )
+        )
