@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import re
+import unicodedata
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -32,9 +33,35 @@ MAX_RADIUS_KM = 1000.0
 MAX_LIMIT = 100
 DEFAULT_LIMIT = 20
 CURSOR_PREFIX = "s1."
+
+
+def _combining_marks() -> str:
+    """The combining marks (categories Mn, Mc, Me) as a regular expression's class body.
+    All of them lie in planes 0, 1 and 14 (tests/search/test_words.py checks it against
+    the whole of Unicode, which would take 0.15 s to scan at each start; this takes 10 ms)."""
+    planes = (range(0x20000), range(0xE0000, 0xE1000))
+    marks = [
+        code for plane in planes for code in plane if unicodedata.category(chr(code))[0] == "M"
+    ]
+    ranges: list[list[int]] = []
+    for code in marks:
+        if ranges and ranges[-1][1] == code - 1:
+            ranges[-1][1] = code
+        else:
+            ranges.append([code, code])
+    return "".join(
+        re.escape(chr(first)) + ("" if first == last else "-" + re.escape(chr(last)))
+        for first, last in ranges
+    )
+
+
 # What a query's text is searched as, by every engine: its words. Punctuation is no
 # operator ("-bike" does not exclude, quotes make no phrase), as in PostgreSQL's tsquery.
-WORD = re.compile(r"\w+")
+# A word goes on through the combining marks of its letters, as PostgreSQL's parser reads
+# an ad's words: Python's \w takes no mark, and split हिन्दी into ह, न and द (Devanagari's
+# vowel signs and virama are marks, as are Tamil's and Hebrew's points, and the accents
+# of a decomposed "ve\u0301lo"), which found other ads and not the one with the word.
+WORD = re.compile(rf"\w[\w{_combining_marks()}]*")
 # Different words a query may have (case aside; a repeat counts once). Every word must
 # match, so longer queries find next to nothing, and ranking's cost grows steeply with
 # words that match the same places ("de dé dè dê …" are one word once unaccented).

@@ -473,6 +473,15 @@ def test_words_that_unaccent_turns_into_query_syntax_are_still_words(client, por
             assert response.status_code == 200, response.json
 
 
+def test_a_query_in_a_script_with_combining_marks_counts_its_words_whole(client, portal):
+    # 10 words, which cut at their vowel signs and viramas counted 17: refused, past 16.
+    q = "मुझे हिन्दी में लिखी पुरानी किताबें और पत्रिकाएँ चाहिए, कृपया"
+    ids = batch(client, portal, {"hindi": ad_payload(title=q, language="hi")})
+    response = search(client, q=q)
+    assert response.status_code == 200, response.json
+    assert [hit["id"] for hit in response.json["hits"]] == [ids["hindi"]]
+
+
 @pytest.mark.parametrize(
     ("stored", "asked"),
     [

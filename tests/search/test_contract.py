@@ -82,6 +82,11 @@ TEXT_ADS = (
     # the body is read as written, no stemmer folds the two.
     ("greek", "Μαθήματα κιθάρας", "Για αρχάριους μαθητές.", None, "education"),
     ("greek-capitals", "ΜΑΘΗΜΑΤΑ ΚΙΘΑΡΑΣ", "ΓΙΑ ΑΡΧΑΡΙΟΥΣ ΜΑΘΗΤΕΣ.", None, "education"),
+    # Devanagari and Tamil write vowel signs and viramas as combining marks: a word goes
+    # on through them. The other Hindi ad has words starting with each letter of हिन्दी.
+    ("hindi", "हिन्दी पुस्तकें", "पढ़ने के लिए", "hi", "media.books"),
+    ("hindi-other", "नया दरवाज़ा", "हाथ से बना", "hi", "home"),
+    ("tamil", "தமிழ் புத்தகங்கள்", "படிக்க இலவசம்", "ta", "media.books"),
 )
 TEXT_ADS_PLACE = Point(51.0543, 3.7174)  # Ghent, away from the towns above
 # Exact ads on the antimeridian, sent under each of its spellings as (lat, lon) (a Point
@@ -913,6 +918,23 @@ def test_a_greek_word_ending_in_sigma_is_found_whatever_the_case(searcher, datas
     found = _found(searcher, {"q": q})
     assert dataset.text_ads["greek"] in found
     assert dataset.text_ads["greek-capitals"] in found
+
+
+@pytest.mark.parametrize(
+    ("q", "key"),
+    [
+        ("हिन्दी", "hindi"),
+        ("हिन्दी पुस्तकें", "hindi"),
+        ("दरवाज़ा", "hindi-other"),
+        ("தமிழ்", "tamil"),
+        ("தமிழ் புத்தகங்கள்", "tamil"),
+        ("ve\u0301lo", "velo"),  # decomposed: v, e, a combining acute, l, o
+    ],
+)
+def test_a_word_with_combining_marks_finds_its_ad_alone(searcher, dataset, q, key):
+    # Cut at their marks, the words were letters: हिन्दी looked for words starting with
+    # ह, न and द, which found the other Hindi ad and not this one; தமிழ் found nothing.
+    assert _found(searcher, {"q": q}) == [dataset.text_ads[key]]
 
 
 def test_words_of_one_ad_do_not_find_the_others(searcher, dataset):
