@@ -577,8 +577,18 @@ def test_https_and_loopback_ledger_urls_are_payable(credit_commons_node, ledger_
         ({"protocol": ["credit-commons"]}, "protocol is no text"),
         ({"currencies": "EUR"}, "not a list of codes"),
         ({"currencies": ["EUR", 7]}, "not a list of codes"),
+        ({"currencies": 7}, "not a list of codes"),
+        ({"currencies": {"EUR": 1}}, "not a list of codes"),
+        ({"price": 12}, "price is not an object"),
+        ({"price": ["amount", "currency", "unit"]}, "price is not an object"),
     ],
 )
 def test_a_payment_block_of_the_wrong_types_is_not_payable(credit_commons_node, changes, problem):
     with pytest.raises(NotPayable, match=problem):
         ledger_for({"payment": payment_block(credit_commons_node) | changes})
+
+
+@pytest.mark.parametrize("block", [7, "credit-commons", ["protocol", "ledger_url"]])
+def test_a_payment_block_that_is_not_an_object_is_not_payable(block):
+    with pytest.raises(NotPayable, match="payment block is not an object"):
+        ledger_for({"payment": block})

@@ -59,7 +59,9 @@ class Payment:
                 raise NotPayable(f"this ad cannot be paid: its payment block's {name} is no text")
         _check_ledger_url(data["ledger_url"])
         currencies = data.get("currencies") or ()
-        if isinstance(currencies, str) or not all(isinstance(c, str) for c in currencies):
+        if not isinstance(currencies, list | tuple) or not all(
+            isinstance(c, str) for c in currencies
+        ):
             raise NotPayable(
                 "this ad cannot be paid: its payment block's currencies are not a list of codes"
             )
@@ -145,7 +147,10 @@ def _is_loopback(hostname: str) -> bool:
         return False
 
 
-def _require(data: Mapping[str, Any], names: tuple[str, ...], *, within: str) -> None:
+def _require(data: Any, names: tuple[str, ...], *, within: str) -> None:
+    # The block is JSON of a directory's (or of whoever handed it on): anything at all.
+    if not isinstance(data, Mapping):
+        raise NotPayable(f"this ad cannot be paid: its {within} is not an object")
     missing = [name for name in names if name not in data]
     if missing:
         raise NotPayable(f"this ad cannot be paid: its {within} has no {', '.join(missing)}")
