@@ -200,6 +200,11 @@ def _text_query(query: SearchQuery, bind: _Params) -> str:
     return "(" + " || ".join(alternatives) + ")"
 
 
+def _tag_fold(column: str) -> str:
+    """A tag as tags are compared: case aside, and either sigma the same (FINAL_SIGMA)."""
+    return f"translate(lower({column}), '{FINAL_SIGMA}', '{SIGMA}')"
+
+
 def _where(query: SearchQuery, bind: _Params) -> str:
     """Everything that selects ads, shared by the hits and the facets."""
     visible = "ads.visibility = 'public'"
@@ -254,9 +259,13 @@ def _where(query: SearchQuery, bind: _Params) -> str:
     if query.categories:
         conditions.append(f"ads.category = ANY({bind(list(query.categories))})")
     if query.tags:
+        # lower() makes a capital sigma the medial one (U+03C3), where lower case ends a
+        # word with the final one (U+03C2): both sides take U+03C3 for either, so that a
+        # tag in capitals and the same in lower case are one tag, as the words of q are.
         conditions.append(
-            "EXISTS (SELECT 1 FROM unnest(ads.tags) AS tag WHERE lower(tag) = ANY(ARRAY("
-            f"SELECT lower(wanted) FROM unnest({bind(list(query.tags))}::text[]) AS wanted)))"
+            f"EXISTS (SELECT 1 FROM unnest(ads.tags) AS tag WHERE {_tag_fold('tag')} = ANY(ARRAY("
+            f"SELECT {_tag_fold('wanted')} "
+            f"FROM unnest({bind(list(query.tags))}::text[]) AS wanted)))"
         )
     if query.currencies:
         conditions.append(f"ads.currencies && {bind(list(query.currencies))}::varchar[]")
