@@ -899,6 +899,47 @@ def test_a_page_of_meilisearch_candidates_renders_as_postgresql_renders_it(
     assert [public_ad(hit)["distance_km"] for hit in hits] == [24.6, 3.0]
 
 
+@pytest.mark.parametrize(
+    "place",
+    [
+        pytest.param({"radius_km": 10.0}, id="radius"),
+        pytest.param({"bbox": BBox(west=4.2, south=50.7, east=4.5, north=51.0)}, id="box"),
+        pytest.param({"sort": Sort.DISTANCE}, id="nearest-first"),
+    ],
+)
+def test_a_page_leaves_out_ads_the_index_places_where_they_no_longer_are(
+    unreachable_meilisearch, portal, client, place
+):
+    """The index follows the feed a second behind (hours, with the worker stopped): an
+    ad made hidden since, or moved away, is still where it was in the index. Its place is
+    checked again as the page is read: a hidden ad never shows in an area or in distance
+    order, an ad elsewhere now not in the area."""
+    ids = {}
+    for name, fields in {
+        "there": {"location": {"lat": 50.85, "lon": 4.36}},
+        "hidden-since": {"location": None, "privacy": "hidden"},
+        "moved-away": {"location": {"lat": 48.85, "lon": 2.35}},
+    }.items():
+        response = client.put(f"/v1/ads/{name}", json=ad_payload(**fields), headers=portal.headers)
+        assert response.status_code == 201, response.json
+        ids[name] = uuid.UUID(response.json["id"])
+    point = Point(50.85, 4.35)
+    query = SearchQuery(point=point, limit=10, **place)
+    # Ranked by the index, where every one of them is still beside the point.
+    candidates = [
+        meili._Candidate(ids[name], SortKey(float(rank), ids[name]), Point(50.85, 4.37))
+        for rank, name in enumerate(["hidden-since", "moved-away", "there"])
+    ]
+    engine = unreachable_meilisearch.search
+    with engine._session_factory() as session:
+        hits, _, more = engine._page(session, query, iter(candidates))
+
+    expected = [ids["there"]]
+    if "sort" in place:  # no area: an ad anywhere is in nearest-first order
+        expected = [ids["moved-away"], ids["there"]]
+    assert [hit.row[0] for hit in hits] == expected and not more
+
+
 # --- with a stand-in Meilisearch ----------------------------------------------------------
 
 

@@ -427,6 +427,23 @@ def facets_from_distribution(query: SearchQuery, distribution: Mapping[str, Mapp
 # --- the engine ---------------------------------------------------------------------------
 
 
+def in_place(query: SearchQuery, point: Point | None) -> bool:
+    """Whether an ad at `point` (None: hidden) is in the query's area, or may be in its
+    distance order. The index is a second behind the database, hours when no worker
+    runs: an ad made hidden since, or moved, is still where it was in it, and would show
+    in an area (or nearest first) that its stored place is not in."""
+    if point is None:
+        return query.includes_hidden
+    if query.radius_km is not None:
+        return haversine_m(query.point, point) <= query.radius_km * 1000.0
+    if query.bbox is not None:
+        box = query.bbox
+        return box.south <= point.lat <= box.north and any(
+            west <= point.lon <= east for west, east in box.lon_ranges()
+        )
+    return True
+
+
 @dataclass(frozen=True, slots=True)
 class _Candidate:
     """A hit as Meilisearch ranked it: the ad's id, its sort key and indexed point."""
@@ -516,11 +533,14 @@ class MeiliSearch:
                 row = rows.get(candidate.ad_id)
                 if row is None:
                     continue  # left public view since it was indexed
+                place = None if row.lat is None else Point(row.lat, row.lon)
+                if not in_place(query, place):
+                    continue  # made hidden or moved since it was indexed
                 if len(hits) == query.limit:
                     return hits, keys, True
                 distance = None
-                if query.point is not None and row.lat is not None:
-                    distance = haversine_m(query.point, Point(row.lat, row.lon))
+                if query.point is not None and place is not None:
+                    distance = haversine_m(query.point, place)
                 hits.append(SearchHit(row, distance_m=distance))
                 keys.append(candidate.key)
         return hits, keys, False
