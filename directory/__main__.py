@@ -620,6 +620,37 @@ def portals_close(slug: str, yes: bool) -> None:
     )
 
 
+@portals.command("erase-member")
+@click.argument("slug")
+@click.argument("member")
+def portals_erase_member(slug: str, member: str) -> None:
+    """Erase a member of a portal, as its POST /v1/portals/me/member-erasures does: for
+    a suspended portal, whose keys are refused, when one of its members asks to be
+    forgotten. Their ads go, and they leave every conversation."""
+    from directory.api.fields import HANDLE
+    from directory.db import unit_of_work
+    from directory.services import members
+    from directory.services import portals as service
+
+    # A handle no portal could have given (a space, an email address) would erase
+    # nothing and look done.
+    if not HANDLE.fullmatch(member):
+        raise click.BadParameter(
+            f"{member!r} is not a member handle: 1 to 64 letters, digits, '.', '_', ':' or '-'",
+            param_hint="MEMBER",
+        )
+    with _wiring() as wiring, unit_of_work(wiring.session_factory) as session:
+        portal = _domain(service.get_portal, session, slug=slug)
+        erased = members.erase_member(
+            session, portal_id=portal.id, member=member, lifetimes=wiring.lifetimes
+        )
+    click.echo(
+        f"member {member} of {slug} erased: {erased.ads_deleted} ads deleted, "
+        f"{erased.conversations_ended} conversations ended ({erased.messages_deleted} "
+        f"messages deleted), {erased.staged_ads_dropped} staged ads dropped"
+    )
+
+
 def _set_status(slug: str, status: str) -> None:
     from directory.models import PortalStatus
     from directory.services import portals as service

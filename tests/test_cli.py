@@ -633,6 +633,40 @@ def test_portals_close_asks_first_and_closes_a_suspended_portal_for_good(
     assert "is closed: it left the directory for good" in refused.output
 
 
+def test_the_operator_erases_a_member_of_a_suspended_portal(run_ok, create_portal, client, wiring):
+    """A suspended portal's keys are refused, member-erasures too: a member who asks
+    their community to be forgotten meanwhile is erased by the directory's operator."""
+    key = create_portal()
+    member = {**ad_payload(), "member": "m-forget-me"}
+    client.put("/v1/ads/gone", json=member, headers=_bearer(key))
+    client.put("/v1/ads/kept", json=ad_payload(), headers=_bearer(key))
+    run_ok("portals", "suspend", "cli-portal")
+    refused = client.post(
+        "/v1/portals/me/member-erasures", json={"member": "m-forget-me"}, headers=_bearer(key)
+    )
+    assert refused.status_code == 403
+
+    erased = run_ok("portals", "erase-member", "cli-portal", "m-forget-me")
+
+    assert "member m-forget-me of cli-portal erased: 1 ads deleted" in erased.output
+    run_ok("portals", "activate", "cli-portal")
+    own = client.get("/v1/portals/me/ads", headers=_bearer(key)).json["items"]
+    assert [ad["external_id"] for ad in own] == ["kept"]
+    with wiring.engine.connect() as connection:
+        assert not connection.scalar(text("SELECT count(*) FROM ads WHERE member = 'm-forget-me'"))
+    again = run_ok("portals", "erase-member", "cli-portal", "m-forget-me")
+    assert "0 ads deleted" in again.output
+
+
+def test_erase_member_refuses_what_is_no_member_handle(run, create_portal):
+    create_portal()
+
+    result = run("portals", "erase-member", "cli-portal", "m-forget-me ")
+
+    assert result.exit_code == 2
+    assert "is not a member handle" in result.output
+
+
 def test_portal_command_on_an_unknown_slug_fails_clearly(run):
     result = run("portals", "suspend", "no-such-portal")
 
