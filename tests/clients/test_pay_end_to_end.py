@@ -366,3 +366,29 @@ def test_a_payment_made_is_told_even_when_the_balance_cannot_be_read(
     assert f"{PAYER} pays 2 to {ADVERTISER}" in done.stdout
     assert "State: pending" in done.stdout
     assert "Balance: could not be read" in done.stdout
+
+
+def test_an_ad_read_over_plain_http_from_another_machine_is_not_paid(
+    live, advertised, credit_commons_node
+):
+    # Whom to pay is the ad's to say: read in clear, anyone on the way could make it their
+    # own account on the payer's ledger. 0.0.0.0 reaches this machine's directory, yet it
+    # is no loopback address, as a remote directory's would not be.
+    _, _, ad_id = advertised
+    port = live.url.rsplit(":", 1)[1]
+    before = balances(credit_commons_node, found_by_member_of(live, advertised[1]), PAYER)
+    env = {name: value for name, value in os.environ.items() if not name.startswith("LEDGER_")}
+    env |= {
+        "LEDGER_URL": credit_commons_node.url,
+        "LEDGER_ACCOUNT": PAYER,
+        "LEDGER_KEY": credit_commons_node.key(PAYER),
+    }
+    refused = subprocess.run(
+        [sys.executable, "-m", "directory_client.cli", "--directory", f"http://0.0.0.0:{port}",
+         "pay", ad_id, "--quantity", "1", "--description", "Bread"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+    assert refused.returncode == 2, refused.stderr
+    assert "use https" in refused.stderr
+    assert balances(credit_commons_node, found_by_member_of(live, advertised[1]), PAYER) == before

@@ -22,6 +22,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any, TextIO
+from urllib.parse import urlsplit
 
 from directory_client import __version__, models
 from directory_client.client import DirectoryClient
@@ -34,7 +35,7 @@ from directory_client.ledger import (
     Transaction,
     ledger_for,
 )
-from directory_client.payments import NotPayable, Payment, same_ledger
+from directory_client.payments import NotPayable, Payment, is_loopback, same_ledger
 
 DEFAULT_DIRECTORY_URL = "http://127.0.0.1:8000"  # where `make run` serves the directory
 LEDGER_VARIABLE = "LEDGER_URL"
@@ -107,6 +108,8 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     balance: Balance | str
     try:
         ledger_url, account, key = _credentials()
+        if args.command == "pay":
+            _check_directory_url_to_pay_from(args.directory)
         ad = _ad(args)
         if not same_ledger(Payment.of(ad).ledger_url, ledger_url):
             raise UsageError(
@@ -191,6 +194,24 @@ def _credentials() -> tuple[str, str, str]:
             f"set {', '.join(missing)}: your own account and key, and the ledger they are on"
         )
     return ledger_url, account, key
+
+
+def _check_directory_url_to_pay_from(directory_url: str) -> None:
+    """The ad says whom the payment goes to. Read over plain http from another machine,
+    anyone on the way could change its payee to an account of theirs on the payer's own
+    ledger (the ledger check cannot see that): pay only from an ad read over https, or
+    from this machine."""
+    try:
+        parts = urlsplit(directory_url)
+        scheme, hostname = parts.scheme.lower(), parts.hostname or ""
+    except ValueError:
+        return  # the directory client names what is wrong with it
+    if scheme == "http" and not is_loopback(hostname):
+        raise UsageError(
+            f"the directory's URL {directory_url} uses http to another machine: the ad, which "
+            "says whom to pay, would be read in clear, and anyone on the way could change "
+            "it; use https"
+        )
 
 
 def _ad(args: argparse.Namespace) -> models.PublicAd:

@@ -133,12 +133,14 @@ def _ledger_url_problem(url: str) -> str | None:
         return "holds a user name or password"
     if parts.query or parts.fragment or "?" in url or "#" in url:
         return "has a query or a fragment"
-    if scheme == "http" and not _is_loopback(hostname):
+    if scheme == "http" and not is_loopback(hostname):
         return "uses http to another machine: the payer's key would travel in clear"
     return None
 
 
-def _is_loopback(hostname: str) -> bool:
+def is_loopback(hostname: str) -> bool:
+    """Whether a URL's host is this machine by its loopback name or address: where plain
+    http stays on the machine."""
     if hostname in LOOPBACK_NAMES:
         return True
     try:
