@@ -219,6 +219,18 @@ def test_bad_rotations_are_refused(client, portal, body):
     assert next(iter(body)) in response.json["errors"]["json"]
 
 
+@pytest.mark.parametrize("key", ["", "a b", "k" * 129, "clé"])
+def test_a_bad_idempotency_key_is_refused_saying_what_a_key_is(client, portal, key):
+    response = client.post(
+        "/v1/portals/me/webhook-secret", json={"idempotency_key": key}, headers=portal.headers
+    )
+
+    assert response.status_code == 400
+    assert response.json["errors"]["json"]["idempotency_key"] == [
+        "Must be 1 to 128 letters, digits, '.', '_', ':' or '-'."
+    ]
+
+
 def test_setting_the_url_again_enables_a_disabled_webhook_and_resumes_its_deliveries(
     client, wiring, portal, other_portal
 ):

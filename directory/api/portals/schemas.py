@@ -267,7 +267,10 @@ class RotateSecretSchema(Schema):
     )
     idempotency_key = fields.String(
         load_default=None,
-        validate=validate.Regexp(r"\A[A-Za-z0-9._:-]{1,128}\Z"),
+        validate=validate.Regexp(
+            r"\A[A-Za-z0-9._:-]{1,128}\Z",
+            error="Must be 1 to 128 letters, digits, '.', '_', ':' or '-'.",
+        ),
         metadata={
             "description": "The portal's own id for this rotation: sent again with the key "
             "of the latest rotation (after a timeout, say), the request answers the secrets "
