@@ -28,6 +28,8 @@ from directory_client.ledger import (
 )
 from directory_client.payments import NotPayable
 
+from tests.peers import Reply, Website
+
 
 def balances(ledger, key, *accounts: str) -> dict[str, Balance]:
     return {
@@ -256,6 +258,25 @@ def test_a_php_error_page_is_an_unexpected_answer_not_a_json_crash(
 
     assert (caught.value.status, caught.value.reason) == (200, "not JSON")
     assert "Fatal error" in caught.value.body_excerpt
+
+
+def test_a_ledger_that_redirects_is_told_and_not_followed(credit_commons_node, ad_for, key):
+    # The key goes to the URL the ad names only: a node that moved (or a proxy sending
+    # elsewhere) is said to redirect, and where to, rather than to answer an empty body.
+    elsewhere = f"{credit_commons_node.url}/workflows"
+    with Website({"/workflows": Reply(status=308, headers={"Location": elsewhere})}) as moved:
+        with (
+            CreditCommonsLedger(moved.url, timeout_s=5) as ledger,
+            pytest.raises(UnexpectedLedgerAnswer) as caught,
+        ):
+            ledger.pay(
+                ad_for("bob", ledger_url=moved.url), 1, "moved", payer="alice", auth=key("alice")
+            )
+        asked = moved.requests
+
+    assert asked == ["/workflows"]
+    assert caught.value.status == 308
+    assert f"a redirect to {elsewhere}, not followed" in str(caught.value)
 
 
 @pytest.mark.parametrize(

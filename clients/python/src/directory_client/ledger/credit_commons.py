@@ -627,6 +627,15 @@ class CreditCommonsLedger:
                 body=text,
             )
 
+        if response.is_redirect:
+            # Never followed: the payer's key is for the URL the ad names, the one the
+            # payer set as theirs, and no other.
+            where = response.headers.get("location", "nowhere said")
+            raise unexpected(
+                f"a redirect to {where}, not followed (the payer's key is sent to the "
+                "ledger's URL as the ad names it, and nowhere else: the node may have moved, "
+                "and its portal is to register its new URL)"
+            )
         if not text.strip():
             if response.is_success and not body_expected:
                 return None
