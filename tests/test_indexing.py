@@ -850,6 +850,63 @@ def test_search_answers_503_when_meilisearch_answers_brokenly(migrated, kind):
     assert response.json["error"] == "search_unavailable"
 
 
+class RankingMeilisearch:
+    """A Meilisearch on 127.0.0.1 that answers every search with the same ranked hits
+    (ids and ranking scores), a window of them as `offset` and `limit` ask."""
+
+    def __init__(self, ranked: list[tuple[str, float]]):
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                asked = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                window = ranked[asked["offset"] : asked["offset"] + asked["limit"]]
+                body = json.dumps(
+                    {"hits": [{"id": ad_id, "_rankingScore": score} for ad_id, score in window]}
+                ).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def test_relevance_paging_repeats_no_ad_when_the_cursors_ad_rose_meanwhile(
+    migrated, wiring, portal, client
+):
+    """A relevance cursor is found again by reading the hits from the top. The ad it
+    ended at (c, scored 0.7) was edited since and now ranks first: the ads it had come
+    after (a, b) were shown already and stay put; the page goes on after 0.7."""
+    ids = {}
+    for name in ("a", "b", "c", "d"):
+        response = client.put(f"/v1/ads/{name}", json=ad_payload(), headers=portal.headers)
+        assert response.status_code == 201, response.json
+        ids[name] = response.json["id"]
+    server = RankingMeilisearch(
+        [(ids["c"], 0.95), (ids["a"], 0.9), (ids["b"], 0.8), (ids["d"], 0.6)]
+    )
+    engine = build_wiring(
+        dataclasses.replace(migrated, search_engine="meilisearch", meilisearch_url=server.url)
+    )
+    try:
+        query = SearchQuery(text="bicycle", sort=Sort.RELEVANCE, limit=10)
+        page = engine.search.search(query.continued_after(SortKey(0.7, uuid.UUID(ids["c"]))))
+    finally:
+        engine.close()
+        server.close()
+
+    assert [str(hit.row[0]) for hit in page.hits] == [ids["d"]]
+
+
 def test_a_portals_own_search_is_answered_by_postgresql(unreachable_meilisearch, portal, client):
     own = client.put("/v1/ads/own", json=ad_payload("portal_only"), headers=portal.headers)
     assert own.status_code == 201, own.json

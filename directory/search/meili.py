@@ -22,7 +22,8 @@ Where Meilisearch cannot give exactly the PostgreSQL answer, and what we do abou
   relevance cursor cannot be a filter (ranking scores are not filterable): the next
   page is found by reading the hits again up to the cursor's ad, so relevance paging
   ends at `MAX_TOTAL_HITS` hits, and when the cursor's ad has meanwhile left the index
-  the page continues after its score.
+  or changed its score the page continues after the score it had (ads tied with it are
+  then taken as shown, there being no id order among them to tell).
 - Ties on sort values are broken by id as in PostgreSQL, through three numeric fields
   that split the UUID (`id_parts`): Meilisearch compares numbers exactly, while its
   string comparisons are recent (v1.15) and have open bugs.
@@ -637,12 +638,15 @@ class MeiliSearch:
             for hit in hits:
                 key = SortKey(float(hit.get("_rankingScore", 0.0)), uuid.UUID(hit["id"]))
                 if not passed:
-                    if key.ad_id == after.ad_id:
-                        passed = True
+                    if key == after:
+                        passed = True  # the cursor's ad, scored as it was
                         continue
+                    # Ranked before the cursor: shown already, as was the cursor's ad
+                    # itself should it rank higher now (edited since): taken as the
+                    # cursor there, it made the ads it had come after repeat.
                     if key.value >= after.value:
                         continue
-                    passed = True  # the cursor's ad is gone: go on after its score
+                    passed = True  # the cursor's ad is gone or fell: go on after its score
                 yield _Candidate(key.ad_id, key, _point_of(hit))
             if len(hits) < window:
                 return
