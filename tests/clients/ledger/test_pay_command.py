@@ -88,6 +88,34 @@ def test_pay_refuses_to_resume_a_payment_made_to_the_ads_former_payee(
     assert pending_balances(node, PAYER, FORMER_PAYEE, NEW_PAYEE) == before
 
 
+def test_pay_resuming_a_payment_cancelled_since_says_so_and_pays_nothing(
+    advertise, pay, credit_commons_node
+):
+    # Exit 0 is "paid": a payment found erased was not, and is not made again either
+    # (the payer may have cancelled it on purpose).
+    node = credit_commons_node
+    credentials = {"ledger_url": node.url, "account": PAYER, "key": node.key(PAYER)}
+    ad_id = advertise(node.url, node.node_name, FORMER_PAYEE)
+    status, out, err = pay(ad_id, "--quantity", "3", **credentials)
+    assert status == EXIT_OK, err
+    paid = json.loads(out)["transaction"]
+    cancelled = httpx.patch(
+        f"{node.url}/transaction/{paid['uuid']}/erased",
+        headers={"cc-user": PAYER, "cc-auth": node.key(PAYER)},
+    )
+    assert cancelled.status_code == 201, cancelled.text
+    before = pending_balances(node, PAYER, FORMER_PAYEE)
+
+    status, out, err = pay(
+        ad_id, "--quantity", "3", "--idempotency-key", paid["idempotency_key"], **credentials
+    )
+
+    assert (status, out) == (EXIT_REFUSED, ""), err
+    assert f"a payment of 3 to {FORMER_PAYEE} (erased)" in err
+    assert "it was cancelled: nothing was paid by it, and it is not made again" in err
+    assert pending_balances(node, PAYER, FORMER_PAYEE) == before
+
+
 def test_pay_that_cannot_tell_whether_a_payment_was_made_sends_nothing_and_says_where_to_look(
     advertise, pay
 ):

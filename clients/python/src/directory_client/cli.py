@@ -8,8 +8,8 @@ The ad (GET /v1/ads/{id} on the directory) says which ledger and whom to pay; th
 goes straight from here to that ledger. The account and key are the payer's own, on the
 ledger named by LEDGER_URL: they are sent to that ledger only, never to another one an ad
 names (any portal may name any ledger). Exit status: 0 done, 1 the ledger or directory
-refused (or the client did: an --idempotency-key of a payment of another amount, or to
-another payee than the ad's now), 2 bad usage, 3 the payment's outcome is unknown (run
+refused (or the client did: an --idempotency-key of a payment of another amount, to
+another payee than the ad's now, or cancelled since), 2 bad usage, 3 the payment's outcome is unknown (run
 again with the printed --idempotency-key to finish it without paying twice)."""
 
 from __future__ import annotations

@@ -49,6 +49,7 @@ from directory_client.ledger.errors import (
     LedgerUnavailable,
     NoPayerWorkflow,
     PayeeChanged,
+    PaymentCancelled,
     PaymentOutcomeUnknown,
     PaymentSearchInconclusive,
     UnexpectedLedgerAnswer,
@@ -237,7 +238,8 @@ class CreditCommonsLedger:
         Give `idempotency_key` to resume a payment whose outcome was unknown: an earlier
         transaction with that key is finished instead of a new one being made (one to
         another payee than the ad's now raises PayeeChanged, one of another quantity
-        IdempotencyKeyReused; a search that cannot tell raises PaymentSearchInconclusive).
+        IdempotencyKeyReused, one cancelled since PaymentCancelled; a search that cannot
+        tell raises PaymentSearchInconclusive).
         A want is not paid: its advertiser is the one who pays (NotPayable)."""
         payment = self._payment_on_this_ledger(ad)
         _check_not_a_want(ad)
@@ -257,6 +259,10 @@ class CreditCommonsLedger:
         if found is not None and found.quantity != quantity:
             # Finishing it would answer a payment of another amount as if it were this one.
             raise IdempotencyKeyReused(key, found, quantity=quantity)
+        if found is not None and found.state == ERASED:
+            # Returned as it stands, it would read as done; made again, it would undo a
+            # cancellation that may have been meant.
+            raise PaymentCancelled(key, found)
         transaction = found or self._create(
             {
                 "payer": payer,

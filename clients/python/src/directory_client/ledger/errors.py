@@ -150,6 +150,20 @@ class PayeeChanged(_KeyOfAnotherPayment):
         )
 
 
+class PaymentCancelled(_KeyOfAnotherPayment):
+    """`pay` was given the idempotency key of an earlier payment that has been cancelled
+    (erased) since: it paid nothing, and it is not made again, since its cancelling may
+    have been meant. `transaction` is that payment; pay with a new key (or none) to pay."""
+
+    def __init__(self, idempotency_key: str, transaction: Any) -> None:
+        super().__init__(
+            idempotency_key,
+            transaction,
+            why="and it was cancelled: nothing was paid by it, and it is not made again. "
+            "Pay with a new key (or none) to pay",
+        )
+
+
 class LedgerViolation(LedgerError):
     """The node answered with a typed error (Credit Commons: a JSON object with `class`).
     The generic class for error classes this client does not know by name."""
