@@ -61,6 +61,7 @@ WORKFLOWS = [
 
 # Kept by the node, not shown in a transaction.
 HIDDEN_FIELDS = {"author", "created"}
+FEES_ACCOUNT = "fees"
 
 
 class Violation(Exception):
@@ -76,6 +77,9 @@ class NodeV08:
     html_crash_paths: set[str] = field(default_factory=set)  # answered as a PHP fatal error
     shapeless_paths: set[str] = field(default_factory=set)  # answered as JSON of no known shape
     transactions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # A fee the node's business logic adds to each new transaction, paid by its payer to
+    # FEES_ACCOUNT in an entry of its own, as Credit Commons nodes may (0: none).
+    payer_fee: int = 0
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -191,6 +195,17 @@ class NodeV08:
             state="validated",
             when=datetime.now(UTC),
         )
+        if self.payer_fee:
+            transaction["entries"].append(
+                {
+                    "payer": data["payer"],
+                    "payee": FEES_ACCOUNT,
+                    "quant": self.payer_fee,
+                    "description": f"payer fee of {self.payer_fee} to {FEES_ACCOUNT}",
+                    "author": FEES_ACCOUNT,
+                    "metadata": {},
+                }
+            )
         return self._view(transaction, user)
 
     def record(

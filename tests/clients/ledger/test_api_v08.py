@@ -14,7 +14,9 @@ from directory_client.ledger import (
     IDEMPOTENCY_METADATA_KEY,
     AuthViolation,
     CreditCommonsLedger,
+    FeeNotAccepted,
     MinLimitViolation,
+    PaymentNotAsAsked,
     PaymentOutcomeUnknown,
     PaymentSearchInconclusive,
     UnexpectedLedgerAnswer,
@@ -356,3 +358,37 @@ def test_a_key_that_tells_no_time_is_searched_for_among_the_newest(ledger, node,
         "pending,completed,erased",
     ]
     assert searches == [{"payer": "shop", "limit": "1000", "sort": "created,desc"}] * 2
+
+
+def test_a_fee_the_node_adds_is_not_paid_unless_accepted(ad, node):
+    # The node shows its fees in the validated transaction, which moves nothing yet: the
+    # payer asked to pay 5, and is not made to pay 7 without a word.
+    node.payer_fee = 2
+    with ledger_for(ad, timeout_s=5) as ledger:
+        with pytest.raises(FeeNotAccepted) as caught:
+            ledger.pay(ad, 5, "with a fee", payer="ann", auth="annkey")
+        assert (caught.value.fee, caught.value.max_fee) == (2, 0)
+        assert "2 in fees (payer fee of 2 to fees)" in str(caught.value)
+        assert caught.value.transaction.state == "validated"
+        assert ledger.balance("ann", user="ann", auth="annkey").pending.balance == 0
+
+        paid = ledger.pay(ad, 5, "with a fee", payer="ann", auth="annkey", max_fee=2)
+
+        assert paid.state == "pending"
+        assert [(e.payee, e.quantity) for e in paid.entries] == [("ben", 5), ("fees", 2)]
+        assert ledger.balance("ann", user="ann", auth="annkey").pending.balance == -7
+
+
+def test_a_transaction_other_than_asked_for_is_not_moved_on(ad, node):
+    # A node (or whatever answers in its place) that made another payment than the one
+    # asked: it stays validated, moving nothing.
+    original = node._create
+
+    def another(user, data):
+        return original(user, {**data, "quant": data["quant"] * 10})
+
+    node._create = another
+    with ledger_for(ad, timeout_s=5) as ledger:
+        with pytest.raises(PaymentNotAsAsked, match="10 from ann to ben, not the 1 asked"):
+            ledger.pay(ad, 1, "not as asked", payer="ann", auth="annkey")
+        assert ledger.balance("ann", user="ann", auth="annkey").pending.balance == 0

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from directory_client.cli import EXIT_OK, EXIT_REFUSED, EXIT_UNKNOWN, main
 
-from tests.clients.ledger.node_v08 import NODE_NAME, NodeV08
+from tests.clients.ledger.node_v08 import FEES_ACCOUNT, NODE_NAME, NodeV08
 from tests.factories import ad_payload
 
 # Accounts of the shared reference node (tests/clients/conftest.py): the payer, the
@@ -160,3 +160,30 @@ def test_a_timeout_that_is_no_positive_number_of_seconds_is_bad_usage_naming_the
 
     assert exit_.value.code == 2
     assert "--timeout" in capsys.readouterr().err
+
+
+def test_pay_leaves_a_payment_with_fees_unpaid_unless_they_are_accepted(advertise, pay):
+    with NodeV08(
+        accounts={"shop": ("shopkey", -100, 100), "farm": ("farmkey", 0, 100)}, payer_fee=3
+    ) as node:
+        ad_id = advertise(node.url, NODE_NAME, "farm")
+        credentials = {"ledger_url": node.url, "account": "shop", "key": "shopkey"}
+
+        status, out, err = pay(ad_id, "--quantity", "10", **credentials)
+        assert (status, out) == (EXIT_REFUSED, ""), err
+        assert "the ledger adds 3 in fees" in err
+        assert "--max-fee" in err
+        assert not [r for r in node.requests if r.startswith("PATCH")]
+
+        status, out, err = pay(ad_id, "--quantity", "10", "--max-fee", "3", **credentials)
+        assert status == EXIT_OK, err
+        paid = json.loads(out)
+        assert paid["transaction"]["quantity"] == 10
+        assert paid["transaction"]["fees"] == [
+            {
+                "payee": FEES_ACCOUNT,
+                "quantity": 3,
+                "description": f"payer fee of 3 to {FEES_ACCOUNT}",
+            }
+        ]
+        assert paid["balance"]["pending"]["balance"] == -13

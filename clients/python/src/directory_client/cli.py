@@ -74,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     pay.add_argument("--quantity", type=int, required=True, help="whole units of the ledger")
     pay.add_argument("--description", required=True, help="what the payment is for")
     pay.add_argument(
+        "--max-fee",
+        type=int,
+        default=0,
+        help="the most you accept to pay in fees the ledger adds on top of the quantity "
+        "(default 0: a payment with fees is left unpaid, saying how much they are)",
+    )
+    pay.add_argument(
         "--idempotency-key",
         help="finish an earlier payment whose outcome was unknown instead of paying again",
     )
@@ -126,6 +133,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
                     payer=account,
                     auth=key,
                     idempotency_key=args.idempotency_key,
+                    max_fee=args.max_fee,
                 )
             elif args.command == "confirm":
                 transaction = ledger.confirm(args.transaction, user=account, auth=key)
@@ -258,6 +266,8 @@ def _print_result(
             f"to {transaction.payee}, {transaction.description!r}",
             file=out,
         )
+        for fee in _fees(transaction):
+            print(f"Fee: {fee.quantity} to {fee.payee}, {fee.description!r}", file=out)
         next_steps = ", ".join(transaction.transitions) or "none"
         print(f"State: {transaction.state} (you may move it to: {next_steps})", file=out)
     if not isinstance(balance, Balance):
@@ -279,9 +289,18 @@ def _transaction_json(transaction: Transaction) -> dict[str, Any]:
         "payee": transaction.payee,
         "quantity": transaction.quantity,
         "description": transaction.description,
+        "fees": [
+            {"payee": fee.payee, "quantity": fee.quantity, "description": fee.description}
+            for fee in _fees(transaction)
+        ],
         "transitions": list(transaction.transitions),
         "idempotency_key": transaction.idempotency_key,
     }
+
+
+def _fees(transaction: Transaction) -> list[Any]:
+    """The entries beside the payment's own that its payer pays: the ledger's fees."""
+    return [entry for entry in transaction.entries[1:] if entry.payer == transaction.payer]
 
 
 if __name__ == "__main__":

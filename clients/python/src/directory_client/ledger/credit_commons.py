@@ -45,11 +45,13 @@ import httpx
 from directory_client.ledger.errors import (
     CCFailure,
     CCViolation,
+    FeeNotAccepted,
     IdempotencyKeyReused,
     LedgerUnavailable,
     NoPayerWorkflow,
     PayeeChanged,
     PaymentCancelled,
+    PaymentNotAsAsked,
     PaymentOutcomeUnknown,
     PaymentSearchInconclusive,
     UnexpectedLedgerAnswer,
@@ -229,11 +231,17 @@ class CreditCommonsLedger:
         payer: str,
         auth: str,
         idempotency_key: str | None = None,
+        max_fee: int = 0,
     ) -> Transaction:
         """Pay `quantity` units to the ad's payee, as `payer`: create the transaction in
         the workflow where the payer credits the payee and move it on to the state the
         node offers next (pending: the payee then confirms). Returns it as the payer now
         sees it.
+
+        The transaction is moved on only when the node made it as asked (else
+        PaymentNotAsAsked), and when the fees it adds, in entries of their own paid by
+        the payer, come to `max_fee` at most (else FeeNotAccepted): until then it is
+        `validated`, which moves nothing.
 
         Give `idempotency_key` to resume a payment whose outcome was unknown: an earlier
         transaction with that key is finished instead of a new one being made (one to
@@ -248,6 +256,8 @@ class CreditCommonsLedger:
         _check_credentials(payer, auth, user_role="payer")
         if idempotency_key is not None:
             _check_text("idempotency_key", idempotency_key)
+        if type(max_fee) is not int or max_fee < 0:
+            raise ValueError(f"max_fee must be a whole number of units, 0 or more, got {max_fee!r}")
         workflow = self.payer_workflow(user=payer, auth=auth)
         key = idempotency_key or _new_idempotency_key()
         found = None
@@ -276,6 +286,14 @@ class CreditCommonsLedger:
             auth=auth,
         )
         if transaction.state == VALIDATED:
+            _check_as_asked(
+                transaction,
+                payer=payer,
+                payee=payment.payee,
+                quantity=quantity,
+                key=key,
+                max_fee=max_fee,
+            )
             self._move_validated_on(transaction, workflow, key=key, user=payer, auth=auth)
         try:
             return self.transaction(transaction.uuid, user=payer, auth=auth)
@@ -761,6 +779,27 @@ def _fills_page(transactions: list[Transaction], *, payer: str) -> bool:
     by the payer (a fee, say) takes two places."""
     entries = sum(1 for t in transactions for e in t.entries if e.payer == payer)
     return max(len(transactions), entries) >= KEY_SEARCH_LIMIT
+
+
+def _check_as_asked(
+    transaction: Transaction, *, payer: str, payee: str, quantity: int, key: str, max_fee: int
+) -> None:
+    """Before a validated transaction is moved on, which moves value: it is the payment
+    asked for, and the fees the node adds, paid by the payer, are accepted."""
+    main = transaction.entries[0]
+    if (main.payer, main.payee, main.quantity, transaction.idempotency_key) != (
+        payer,
+        payee,
+        quantity,
+        key,
+    ):
+        raise PaymentNotAsAsked(
+            transaction, payer=payer, payee=payee, quantity=quantity, idempotency_key=key
+        )
+    fees = [entry for entry in transaction.entries[1:] if entry.payer == payer]
+    fee = sum(entry.quantity for entry in fees)
+    if fee > max_fee:
+        raise FeeNotAccepted(transaction, fee=fee, max_fee=max_fee, fees=fees)
 
 
 def _check_not_a_want(ad: Any) -> None:

@@ -164,6 +164,47 @@ class PaymentCancelled(_KeyOfAnotherPayment):
         )
 
 
+class PaymentNotAsAsked(LedgerError):
+    """The ledger answered the creation of the payment with another transaction than the
+    one asked for: its main entry of another quantity, payer or payee, or without the
+    payment's idempotency key. It is left `validated`, which moves nothing."""
+
+    def __init__(
+        self, transaction: Any, *, payer: str, payee: str, quantity: int, idempotency_key: str
+    ) -> None:
+        self.transaction = transaction
+        key = transaction.idempotency_key
+        carrying = "" if key == idempotency_key else f" carrying idempotency key {key!r}"
+        super().__init__(
+            f"the ledger answered the payment with transaction {transaction.uuid}, a payment "
+            f"of {transaction.quantity} from {transaction.payer} to {transaction.payee}"
+            f"{carrying}, not the {quantity} asked from {payer} to {payee} (idempotency key "
+            f"{idempotency_key}): it was left validated, which moves nothing"
+        )
+
+
+class FeeNotAccepted(LedgerError):
+    """The ledger adds fees, paid by the payer, to the payment (entries of their own, as
+    a Credit Commons node's business logic may), more than `max_fee`. The transaction,
+    `transaction`, is left `validated`, which moves nothing; paying with a `max_fee` of
+    `fee` or more pays it and them."""
+
+    def __init__(self, transaction: Any, *, fee: int, max_fee: int, fees: list[Any]) -> None:
+        self.transaction = transaction
+        self.fee = fee
+        self.max_fee = max_fee
+        what = "; ".join(
+            entry.description or f"{entry.quantity} to {entry.payee}" for entry in fees
+        )
+        super().__init__(
+            f"the ledger adds {fee} in fees ({what}) to this payment of "
+            f"{transaction.quantity} from {transaction.payer} to {transaction.payee}, more "
+            f"than the {max_fee} accepted: nothing was paid (transaction {transaction.uuid} "
+            f"was left validated, which moves nothing). Pay with a max_fee (--max-fee) of "
+            f"{fee} or more to pay it with its fees"
+        )
+
+
 class LedgerViolation(LedgerError):
     """The node answered with a typed error (Credit Commons: a JSON object with `class`).
     The generic class for error classes this client does not know by name."""

@@ -114,6 +114,7 @@ class Ledger(Protocol):
         payer: str,
         auth: str,
         idempotency_key: str | None = None,
+        max_fee: int = 0,
     ) -> Transaction: ...
 
     def find_payment(
