@@ -37,6 +37,22 @@ from directory.search import (
 # The configurations whose stemming a query tries when it names no language: the
 # languages most ads are written in. Words also always match as written and by prefix.
 DEFAULT_QUERY_CONFIGS = ("english", "french", "german", "spanish", "italian", "portuguese", "dutch")
+# And those of the scripts a query is written in, by their blocks: a body is indexed
+# stemmed in its ad's language only, so a word written in another script than the
+# default languages' was found, as written, in titles and tags and never in a body
+# (q=книги missed "Продаю старые книги"). Stemming in every language instead cost a
+# search 3 to 6 times as much; stemmers of other scripts leave a word as it is.
+SCRIPT_CONFIGS = (
+    (0x0370, 0x03FF, ("greek",)),
+    (0x0400, 0x052F, ("russian", "serbian")),
+    (0x0530, 0x058F, ("armenian",)),
+    (0x0590, 0x05FF, ("yiddish",)),
+    (0x0600, 0x06FF, ("arabic",)),
+    (0x0750, 0x077F, ("arabic",)),
+    (0x0900, 0x097F, ("hindi", "nepali")),
+    (0x0B80, 0x0BFF, ("tamil",)),
+    (0x1F00, 0x1FFF, ("greek",)),
+)
 # Greek writes a sigma at the end of a word in lower case as the final form ς (U+03C2),
 # elsewhere and in capitals as U+03C3 and Σ. The query's words are case-folded, which
 # makes every one U+03C3; an ad's words are folded by PostgreSQL's lower(), letter by
@@ -174,6 +190,21 @@ def _prefixes(bind: _Params, words: list[str]) -> str:
     return f"to_tsquery('simple', {lexemes})"
 
 
+def _default_configs(text: str) -> tuple[str, ...]:
+    """The configurations a query naming no language is stemmed in: the default
+    languages', and those of the scripts it is written in (SCRIPT_CONFIGS)."""
+    if text.isascii():
+        return DEFAULT_QUERY_CONFIGS
+    codes = {ord(character) for character in text}
+    scripts = {
+        config
+        for first, last, configs in SCRIPT_CONFIGS
+        if any(first <= code <= last for code in codes)
+        for config in configs
+    }
+    return DEFAULT_QUERY_CONFIGS + tuple(sorted(scripts))
+
+
 def _text_query(query: SearchQuery, bind: _Params) -> str:
     """Words as written, each also as a prefix ("garden" finds "gardening"), or stemmed
     in any of the query's languages ("gardens" finds "garden")."""
@@ -193,7 +224,7 @@ def _text_query(query: SearchQuery, bind: _Params) -> str:
     text = bind(" ".join(words))
     configs = {TEXT_CONFIGS.get(language.split("-")[0]) for language in query.languages}
     configs.discard(None)
-    configs = sorted(configs) if query.languages else DEFAULT_QUERY_CONFIGS
+    configs = sorted(configs) if query.languages else _default_configs(query.text)
     alternatives = [prefixes] + [
         f"plainto_tsquery('{config}', directory_unaccent({text}))" for config in configs
     ]

@@ -87,6 +87,9 @@ TEXT_ADS = (
     ("hindi", "हिन्दी पुस्तकें", "पढ़ने के लिए", "hi", "media.books"),
     ("hindi-other", "नया दरवाज़ा", "हाथ से बना", "hi", "home"),
     ("tamil", "தமிழ் புத்தகங்கள்", "படிக்க இலவசம்", "ta", "media.books"),
+    # A body is indexed stemmed in its ad's language only.
+    ("russian", "Объявление", "Продаю старые книги.", "ru", "media.books"),
+    ("greek-body", "Αγγελία", "Πουλάω παλιά βιβλία.", "el", "media.books"),
 )
 # Tags of some of them (Greek: a tag ends in the final sigma in lower case, not in
 # capitals).
@@ -948,6 +951,23 @@ def test_a_greek_tag_ending_in_sigma_is_found_whatever_the_case(searcher, datase
 def test_a_word_with_combining_marks_finds_its_ad_alone(searcher, dataset, q, key):
     # Cut at their marks, the words were letters: हिन्दी looked for words starting with
     # ह, न and द, which found the other Hindi ad and not this one; தமிழ் found nothing.
+    assert _found(searcher, {"q": q}) == [dataset.text_ads[key]]
+
+
+@pytest.mark.parametrize(
+    ("q", "key"),
+    [
+        ("книги", "russian"),
+        ("старые книги", "russian"),
+        ("βιβλία", "greek-body"),
+        ("ΒΙΒΛΙΑ", "greek-body"),
+        ("पढ़ने", "hindi"),
+    ],
+)
+def test_a_body_word_in_another_script_is_found_as_written(searcher, dataset, q, key):
+    # Bodies are indexed stemmed in their ad's language, and a query naming none was
+    # stemmed in the default languages' only (Latin script): книги, written as the ad
+    # writes it, found nothing but in titles and tags.
     assert _found(searcher, {"q": q}) == [dataset.text_ads[key]]
 
 
