@@ -446,6 +446,20 @@ def test_ledger_for_takes_the_ads_json_or_an_object_with_a_payment(
             assert (paid.payee, paid.state) == ("bob", "pending")
 
 
+def test_ledger_for_refuses_an_ad_paid_on_another_ledger_than_the_credentials_are_for(
+    credit_commons_node, ad_for, key
+):
+    # A portal naming a ledger of its own would collect the keys of whoever pays its ads.
+    elsewhere = ad_for("bob", ledger_url="https://collector.example.net/")
+    with pytest.raises(NotPayable, match="they are not sent to another ledger"):
+        ledger_for(elsewhere, credentials_for=credit_commons_node.url)
+
+    spelt_otherwise = credit_commons_node.url.upper().replace("HTTP://", "http://") + "/"
+    with ledger_for(ad_for("bob"), credentials_for=spelt_otherwise, timeout_s=5) as ledger:
+        paid = ledger.pay(ad_for("bob"), 1, "own ledger", payer="alice", auth=key("alice"))
+    assert paid.state == "pending"
+
+
 def test_an_unsupported_protocol_is_a_typed_error():
     ad = {
         "payment": {

@@ -48,7 +48,7 @@ from directory_client.ledger.interface import (
     StatementEntry,
     Transaction,
 )
-from directory_client.payments import Payment
+from directory_client.payments import NotPayable, Payment, same_ledger
 
 # payment.protocol -> the adapter that speaks it
 LEDGER_ADAPTERS: dict[str, type[LedgerAdapter]] = {
@@ -59,14 +59,25 @@ LEDGER_ADAPTERS: dict[str, type[LedgerAdapter]] = {
 def ledger_for(
     ad_or_payment: Any,
     *,
+    credentials_for: str | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     transport: httpx.BaseTransport | None = None,
     **options: Any,
 ) -> Ledger:
     """The ledger an ad is paid on. `ad_or_payment` is a Payment, an object with a
     `payment` attribute or the ad's JSON; `options` go to the adapter (Credit Commons:
-    api_version, read_attempts, retry_backoff_s). Raises UnsupportedLedgerProtocol."""
+    api_version, read_attempts, retry_backoff_s). Raises UnsupportedLedgerProtocol.
+
+    `credentials_for`: the URL of the ledger whose account and key the caller will use.
+    Any portal may name any ledger, and one naming its own would collect the keys of
+    whoever paid its ads: an ad paid on another ledger than this one (same_ledger) is
+    NotPayable, before anything is sent. Without it, the caller makes that check."""
     payment = Payment.of(ad_or_payment)
+    if credentials_for is not None and not same_ledger(payment.ledger_url, credentials_for):
+        raise NotPayable(
+            f"this ad is paid on the ledger at {payment.ledger_url}, and the credentials are "
+            f"for {credentials_for}: they are not sent to another ledger"
+        )
     adapter = LEDGER_ADAPTERS.get(payment.protocol)
     if adapter is None:
         raise UnsupportedLedgerProtocol(payment.protocol, supported=tuple(sorted(LEDGER_ADAPTERS)))
