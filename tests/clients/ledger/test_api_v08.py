@@ -338,8 +338,11 @@ def test_a_uuid7_key_is_searched_for_from_a_day_before_it_was_made(
     assert [search.pop("states") for search in searches] == [
         "validated",
         "pending,completed,erased",
-    ]
-    for search in searches:
+    ] * 2
+    # Not found from there, it is looked for among the newest too (the key's clock may
+    # have run ahead of the node's by more than the margin).
+    assert searches[2:] == [{"payer": "shop", "limit": "1000", "sort": "created,desc"}] * 2
+    for search in searches[:2]:
         after = datetime.fromisoformat(search.pop("after"))
         # Not filtered by payee: the ad's payee may have changed since the payment.
         assert search == {"payer": "shop", "limit": "1000", "sort": "created,asc"}
@@ -392,3 +395,23 @@ def test_a_transaction_other_than_asked_for_is_not_moved_on(ad, node):
         with pytest.raises(PaymentNotAsAsked, match="10 from ann to ben, not the 1 asked"):
             ledger.pay(ad, 1, "not as asked", payer="ann", auth="annkey")
         assert ledger.balance("ann", user="ann", auth="annkey").pending.balance == 0
+
+
+def test_a_payment_recorded_long_before_its_key_says_is_found_not_paid_again(ledger, node, farm_ad):
+    # The key's maker's clock ran 30 hours ahead of the node's (a device's date or zone
+    # set wrong): by the node's clock, the payment came more than a day before the key
+    # says it was made, before the time its search starts from.
+    key = uuid7_made_at(datetime.now(UTC))
+    earlier = node.record(
+        payer="shop",
+        payee="farm",
+        quant=5,
+        state="pending",
+        metadata={IDEMPOTENCY_METADATA_KEY: key},
+        when=datetime.now(UTC) - timedelta(hours=30),
+    )
+
+    resumed = ledger.pay(farm_ad, 5, "crates", payer="shop", auth="shopkey", idempotency_key=key)
+
+    assert resumed.uuid == earlier
+    assert changes_asked(node) == []

@@ -24,8 +24,9 @@ answer a bounded page, so a search that fills its page without finding the key c
 "not made": it raises PaymentSearchInconclusive rather than paying. A key this client
 makes is a UUIDv7, which tells when it was made: its search reads only the transactions
 changed since shortly before, oldest first, so payments made after it do not push it out
-of the page. Any other key (older clients made uuid4 keys) is searched for among the
-payer's newest transactions."""
+of the page; when it finds none moved on there, the newest are read too, for a key whose
+maker's clock ran ahead of the node's by more than the margin. Any other key (older
+clients made uuid4 keys) is searched for among the payer's newest transactions."""
 
 from __future__ import annotations
 
@@ -483,7 +484,6 @@ class CreditCommonsLedger:
         """The payer's transaction carrying `key`, to whichever payee, furthest on; None
         when the node surely has none. PaymentSearchInconclusive when a page came back
         full and what it left unread might hold the answer."""
-        paths = self._paths_for(user=payer, auth=auth)
         since = _search_start(key)
         params = {"payer": payer, "limit": str(KEY_SEARCH_LIMIT)}
         if since is None:
@@ -493,17 +493,14 @@ class CreditCommonsLedger:
             # From just before the key was made on: the payments made after it, however
             # many, cannot push it out of the page. `after` is compared to the second.
             params |= {"after": since.isoformat(timespec="seconds"), "sort": "created,asc"}
-        found: list[Transaction] = []
-        full: dict[str, bool] = {}
-        # Two searches: the reference node shows `validated` transactions to their author
-        # only, and a `states` list holding `validated` returns nothing else.
-        for states in (VALIDATED, MOVED_ON_STATES):
-            data = self._read(
-                paths.transactions, user=payer, auth=auth, params={**params, "states": states}
-            )
-            transactions = self._transactions_from(data, path=paths.transactions)
-            found += [t for t in transactions if t.idempotency_key == key and t.payer == payer]
-            full[states] = _fills_page(transactions, payer=payer)
+        found, full = self._search_for_key(key, payer=payer, auth=auth, params=params)
+        if since is not None and all(t.state == VALIDATED for t in found):
+            # The key's time is its maker's clock: one more than KEY_TIME_MARGIN ahead of
+            # the node's (a device's date or zone set wrong) puts the payment before
+            # `since`. Not found there, it is looked for among the newest too, rather than
+            # made again. What these pages leave unread changes nothing of the answer.
+            newest = {"payer": payer, "limit": str(KEY_SEARCH_LIMIT), "sort": "created,desc"}
+            found += self._search_for_key(key, payer=payer, auth=auth, params=newest)[0]
         progress = {VALIDATED: 0, ERASED: 1}  # anything else has gone further on
         best = max(found, key=lambda t: progress.get(t.state, 2), default=None)
         # One found beyond `validated` settles it: only one of them is ever moved on. Short
@@ -515,6 +512,25 @@ class CreditCommonsLedger:
                 idempotency_key=key, payer=payer, searched=KEY_SEARCH_LIMIT, since=since
             )
         return best
+
+    def _search_for_key(
+        self, key: str, *, payer: str, auth: str, params: Mapping[str, str]
+    ) -> tuple[list[Transaction], dict[str, bool]]:
+        """The payer's transactions carrying `key` among those `params` select, and for
+        each search whether its page came back full."""
+        paths = self._paths_for(user=payer, auth=auth)
+        found: list[Transaction] = []
+        full: dict[str, bool] = {}
+        # Two searches: the reference node shows `validated` transactions to their author
+        # only, and a `states` list holding `validated` returns nothing else.
+        for states in (VALIDATED, MOVED_ON_STATES):
+            data = self._read(
+                paths.transactions, user=payer, auth=auth, params={**params, "states": states}
+            )
+            transactions = self._transactions_from(data, path=paths.transactions)
+            found += [t for t in transactions if t.idempotency_key == key and t.payer == payer]
+            full[states] = _fills_page(transactions, payer=payer)
+        return found, full
 
     # State changes
 
