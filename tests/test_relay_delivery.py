@@ -988,3 +988,27 @@ def test_a_claim_gives_each_portal_no_more_than_its_room_the_oldest_first(
     taken = [claim.event.webhook_id for claim in claims]
     assert taken == message_ids(crowded)[:3] + message_ids(quiet)
     assert [claim.event.webhook_id for claim in busy] == []  # the rest: the crowded one's
+
+
+def test_a_delivery_at_the_most_attempts_counted_is_still_claimed_with_the_others(
+    client, wiring, deliver_one_round, make_portal
+):
+    # The count is a smallint: one claim past its top failed the whole claim statement,
+    # and no portal received anything again, round after round (an endpoint failing long
+    # enough under short retries, or a delivery whose sending keeps failing each lease).
+    stuck, other, writer = (make_portal(slug=slug) for slug in ("lyon", "lille", "bristol"))
+    with (
+        WebhookReceiver([secret_of(client, stuck)]) as stuck_hook,
+        WebhookReceiver([secret_of(client, other)]) as other_hook,
+    ):
+        for portal, hook in ((stuck, stuck_hook), (other, other_hook)):
+            client.patch("/v1/portals/me", json={"webhook_url": hook.url}, headers=portal.headers)
+        open_conversation(client, stuck, writer)
+        with unit_of_work(wiring.session_factory) as session:
+            session.execute(update(Delivery).values(attempts=32767))
+        open_conversation(client, other, writer)
+        deliver_one_round()
+        assert (len(stuck_hook.deliveries), len(other_hook.deliveries)) == (1, 1)
+    with unit_of_work(wiring.session_factory) as session:
+        counted = sorted(session.scalars(select(Delivery.attempts)))
+    assert counted == [1, 32767]

@@ -76,6 +76,11 @@ FIRST_ATTEMPT_SQL = (
     "CASE WHEN portals.webhook_url IS NOT NULL AND portals.webhook_disabled_at IS NULL"
     " THEN now() ELSE :parked END"
 )
+# The attempt count is a smallint: it stops at its top rather than overflow, which failed
+# the whole claim, every round, and no portal received anything again. An endpoint failing
+# long enough under short retries reaches it (every 10 s for 4 days), and so does a
+# delivery whose sending fails each time (re-claimed at each lease's end).
+MAX_ATTEMPTS_COUNTED = 32767
 # Part of each retry delay left to chance, so that deliveries that failed together
 # (an endpoint down) do not all come back at once.
 RETRY_JITTER = 0.5
@@ -467,7 +472,7 @@ _claimed = (
     .where(_deliveries.c.id == _due.c.id)
     .values(
         next_attempt_at=func.now() + bindparam("lease", type_=Interval),
-        attempts=_deliveries.c.attempts + 1,
+        attempts=func.least(cast(_deliveries.c.attempts, Integer) + 1, MAX_ATTEMPTS_COUNTED),
     )
     .returning(
         _deliveries.c.id,
