@@ -753,3 +753,12 @@ def test_unknown_filters_and_bad_arguments_are_refused(federated):
         federated.search(sort="cheapest")
     with pytest.raises(ValueError, match="limit"):
         federated.search(limit=101)
+
+
+@pytest.mark.parametrize("timeout_s", [0, -1, float("nan"), float("inf"), "5"])
+def test_a_timeout_that_is_no_positive_number_of_seconds_is_refused(directories, timeout_s):
+    # nan timed every directory out at once ("no answer within nan s"); inf crashed the
+    # page with an OverflowError.
+    a, _ = directories
+    with DirectoryClient(a.url) as client, pytest.raises(ValueError, match="timeout_s"):
+        FederatedSearch([client], timeout_s=timeout_s)

@@ -63,6 +63,7 @@ import base64
 import binascii
 import hashlib
 import inspect
+import math
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -185,8 +186,13 @@ class FederatedSearch:
     ) -> None:
         if not directories:
             raise ValueError("a federated search needs at least one directory")
-        if timeout_s <= 0:
-            raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+        if not (
+            isinstance(timeout_s, int | float)
+            and not isinstance(timeout_s, bool)
+            and math.isfinite(timeout_s)
+            and timeout_s > 0
+        ):
+            raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
         self.timeout_s = timeout_s
         self._owned: list[DirectoryClient] = []
         self._clients: list[DirectoryClient] = []
