@@ -260,6 +260,14 @@ def test_a_php_error_page_is_an_unexpected_answer_not_a_json_crash(
     assert "Fatal error" in caught.value.body_excerpt
 
 
+@pytest.mark.parametrize("timeout_s", [0, -1, float("nan"), float("inf"), "5"])
+def test_a_timeout_that_is_no_positive_number_of_seconds_is_refused(ad_for, timeout_s):
+    # nan failed the first request with httpx's "Invalid value NaN", inf with an
+    # OverflowError, neither naming the argument.
+    with pytest.raises(ValueError, match="timeout_s must be a positive number of seconds"):
+        ledger_for(ad_for("bob"), timeout_s=timeout_s)
+
+
 def test_a_ledger_that_redirects_is_told_and_not_followed(credit_commons_node, ad_for, key):
     # The key goes to the URL the ad names only: a node that moved (or a proxy sending
     # elsewhere) is said to redirect, and where to, rather than to answer an empty body.

@@ -31,6 +31,7 @@ clients made uuid4 keys) is searched for among the payer's newest transactions."
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import time
@@ -172,8 +173,13 @@ class CreditCommonsLedger:
                 f"api_version must be one of {', '.join(PATH_TABLES)} or None (detect), "
                 f"got {api_version!r}"
             )
-        if timeout_s <= 0:
-            raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+        if not (
+            isinstance(timeout_s, int | float)
+            and not isinstance(timeout_s, bool)
+            and math.isfinite(timeout_s)
+            and timeout_s > 0
+        ):
+            raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
         if read_attempts < 1:
             raise ValueError(f"read_attempts must be at least 1, got {read_attempts}")
         self.ledger_url = ledger_url.rstrip("/")
