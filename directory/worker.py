@@ -33,13 +33,14 @@ from sqlalchemy.orm import Session
 from directory import Wiring
 from directory.db import libpq_url, unit_of_work, with_connect_timeout
 from directory.services import deliveries, relay, websites
-from directory.services.housekeeping import close_stale_sync_sessions
+from directory.services.housekeeping import HousekeepingReport, close_stale_sync_sessions
 from directory.webhooks.delivery import DeliveryResult, Outcome, WebhookSender
 from directory.webhooks.signing import signed_headers
 
 log = logging.getLogger("directory.worker")
 HOUSEKEEPING_INTERVAL_S = 60
-# How long one round of housekeeping purges old messages before it lets the other jobs run.
+# How long one round of housekeeping purges old messages (and, apart, staged sync items)
+# before it lets the other jobs run.
 PURGE_TIME_BUDGET_S = 10
 # New and changed ads reach search results within about this long.
 INDEXING_INTERVAL_S = 1
@@ -116,17 +117,43 @@ def log_failure(what: str, failures: int, delay: float, error: Exception) -> Non
 
 
 def housekeeping(wiring: Wiring) -> None:
-    settings = wiring.settings
-    with unit_of_work(wiring.session_factory) as session:
-        report = close_stale_sync_sessions(session)
+    """Expired sync sessions and their staged items, deliveries past their period, and
+    the relay's retention: each of its own, so that one failing (a lock held past the
+    statement timeout, a deadlock) does not keep the others from running; the first
+    failure is raised once all have run, for the job to log and retry."""
+    failures = []
+    for step in (_sync_sessions, _fail_expired_deliveries, _relay_retention):
+        try:
+            step(wiring)
+        except Exception as error:
+            failures.append(error)
+    if failures:
+        raise failures[0]
+
+
+def _sync_sessions(wiring: Wiring) -> None:
+    """A batch a transaction, for PURGE_TIME_BUDGET_S at most, as the relay's retention."""
+    started = time.monotonic()
+    report = HousekeepingReport(0, 0)
+    while True:
+        with unit_of_work(wiring.session_factory) as session:
+            report += close_stale_sync_sessions(session)
+        if not report.more or time.monotonic() - started > PURGE_TIME_BUDGET_S:
+            break
     if report.expired_sync_sessions or report.purged_sync_items:
         log.info("housekeeping: %s", report)
+
+
+def _fail_expired_deliveries(wiring: Wiring) -> None:
     with unit_of_work(wiring.session_factory) as session:
         failed = deliveries.fail_expired(
-            session, give_up_after=timedelta(hours=settings.delivery_give_up_after_hours)
+            session, give_up_after=timedelta(hours=wiring.settings.delivery_give_up_after_hours)
         )
     if failed:
         log.warning("relay: %d events could not be delivered in time; marked failed", failed)
+
+
+def _relay_retention(wiring: Wiring) -> None:
     purged = purge_old_messages(wiring)
     if purged.messages or purged.conversations:
         log.info("relay retention: %s", purged)

@@ -1,0 +1,101 @@
+"""The worker's housekeeping (services/housekeeping.py, worker.housekeeping): finished
+sync sessions' staged items go in bounded batches, and several workers at once neither
+wait on one another nor keep the relay's retention from running."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import func, select, text, update
+
+from directory import build_wiring
+from directory.db import unit_of_work
+from directory.models import Message, SyncSession, SyncSessionItem
+from directory.services.housekeeping import HousekeepingReport, close_stale_sync_sessions
+from directory.worker import housekeeping
+from tests.factories import ad_payload
+
+
+def staged_session(client, portal, external_ids) -> str:
+    """A sync session of `portal` with `external_ids` staged, then aborted."""
+    session_id = client.post("/v1/sync-sessions", headers=portal.headers).json["id"]
+    items = [{"external_id": external_id, "ad": ad_payload()} for external_id in external_ids]
+    staged = client.post(
+        f"/v1/sync-sessions/{session_id}/items", json={"items": items}, headers=portal.headers
+    )
+    assert staged.status_code == 200, staged.json
+    return session_id
+
+
+def items_left(wiring) -> int:
+    with unit_of_work(wiring.session_factory) as session:
+        return session.scalar(select(func.count()).select_from(SyncSessionItem))
+
+
+def test_finished_sessions_items_go_a_batch_a_call(client, wiring, portal):
+    # Each resync leaves up to sync_session_max_items to purge, and a worker away for a
+    # while finds many sessions' worth: deleted in one statement, they outlasted the
+    # statement timeout, and the purge (and all housekeeping after it) failed every round.
+    staged_session(client, portal, [f"ad-{n}" for n in range(5)])
+    session_id = staged_session(client, portal, ["expired-1"])
+    with unit_of_work(wiring.session_factory) as session:
+        session.execute(
+            update(SyncSession)
+            .where(SyncSession.id == session_id)
+            .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+        )
+        session.execute(
+            update(SyncSession).where(SyncSession.id != session_id).values(status="committed")
+        )
+    with unit_of_work(wiring.session_factory) as session:
+        first = close_stale_sync_sessions(session, limit=2)
+    assert first == HousekeepingReport(expired_sync_sessions=1, purged_sync_items=2, more=True)
+    assert items_left(wiring) == 4
+    reports = []
+    while not reports or reports[-1].more:
+        with unit_of_work(wiring.session_factory) as session:
+            reports.append(close_stale_sync_sessions(session, limit=2))
+    assert sum(report.purged_sync_items for report in reports) == 4
+    assert items_left(wiring) == 0
+
+
+def test_items_another_worker_is_purging_are_left_to_it_and_the_retention_still_runs(
+    client, migrated, wiring, portal, make_portal
+):
+    # Two workers' housekeeping at once: the second waited on the first's delete of the
+    # same items, past the statement timeout, and its round failed before the relay's
+    # retention and the failing of overdue deliveries.
+    held = staged_session(client, portal, ["held-1", "held-2"])
+    free = staged_session(client, portal, ["free-1"])
+    with unit_of_work(wiring.session_factory) as session:
+        session.execute(update(SyncSession).values(status="aborted"))
+    writer = make_portal(slug="bristol")
+    ad = client.put("/v1/ads/ad-1", json=ad_payload(member="m-owner"), headers=portal.headers)
+    sent = client.post(
+        f"/v1/ads/{ad.json['id']}/contact",
+        json={"member": "m-writer", "name": "Anna", "body": "Hello"},
+        headers=writer.headers,
+    )
+    assert sent.status_code == 201, sent.json
+    long_ago = datetime.now(UTC) - timedelta(days=400)
+    with unit_of_work(wiring.session_factory) as session:
+        session.execute(update(Message).values(created_at=long_ago))
+        session.execute(text("UPDATE conversations SET last_message_at = :at"), {"at": long_ago})
+        session.execute(text("UPDATE deliveries SET state = 'failed'"))
+    worker_wiring = build_wiring(dataclasses.replace(migrated, db_statement_timeout_ms=300))
+    try:
+        with unit_of_work(wiring.session_factory) as other_worker:
+            other_worker.execute(
+                text("DELETE FROM sync_session_items WHERE session_id = :id"), {"id": held}
+            )
+            housekeeping(worker_wiring)
+            with unit_of_work(wiring.session_factory) as session:
+                left = session.execute(
+                    select(SyncSessionItem.session_id).where(SyncSessionItem.session_id == free)
+                ).all()
+                messages = session.scalar(select(func.count()).select_from(Message))
+            assert (left, messages) == ([], 0)
+    finally:
+        worker_wiring.close()
+    assert items_left(wiring) == 0
