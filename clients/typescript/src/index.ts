@@ -17,6 +17,15 @@ export {
   type FieldErrors,
 } from "./errors.js";
 export {
+  ledgerUrlProblem,
+  NotPayable,
+  paidOn,
+  paymentOf,
+  sameLedger,
+  type PayableAd,
+  type Payment,
+} from "./payments.js";
+export {
   MAX_PAGE_SIZE,
   MAX_RADIUS_KM,
   nearbyQuery,
