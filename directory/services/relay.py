@@ -1263,7 +1263,8 @@ def purge_old_messages(
     """Messages older than the retention period go (their deliveries with them), except
     those still being delivered: the retention may be shorter than the delivery period.
     Conversations go with their last message, once no activity is newer and the news of
-    their end, if any, is no longer being delivered. At most `limit`
+    their end, if any, is no longer being delivered, but not one blocked while both of
+    its parties remain (the block would go with it). At most `limit`
     of each a call, oldest first."""
     cutoff = datetime.now(UTC) - retention
     still_delivering = (
@@ -1289,9 +1290,21 @@ def purge_old_messages(
         )
         .exists()
     )
+    # A block stands while both of its parties do: it is what keeps the member blocked
+    # from opening another conversation with the one who blocked them
+    # (_check_opening_limits), and went with the conversation's last message (at once
+    # when that was older than the retention, whenever the block was made). Its husk
+    # holds no message, and goes once either party is erased.
+    holds_a_block = (
+        Conversation.blocked_by.is_not(None)
+        & Conversation.initiator_member.is_not(None)
+        & Conversation.recipient_member.is_not(None)
+    )
     emptied_conversations = (
         select(Conversation.id)
-        .where(Conversation.last_message_at < cutoff, ~has_messages, ~end_being_told)
+        .where(
+            Conversation.last_message_at < cutoff, ~has_messages, ~end_being_told, ~holds_a_block
+        )
         .order_by(Conversation.last_message_at)
         .limit(limit)
     )

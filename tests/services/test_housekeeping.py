@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import func, select, text, update
 
 from directory import build_wiring
@@ -99,3 +100,66 @@ def test_items_another_worker_is_purging_are_left_to_it_and_the_retention_still_
     finally:
         worker_wiring.close()
     assert items_left(wiring) == 0
+
+
+@pytest.mark.parametrize("blocked", ["today", "long ago"])
+def test_a_block_outlives_the_retention_of_its_conversations_messages(
+    client, wiring, portal, make_portal, blocked
+):
+    # The block is the conversation's: purged with its last message (at once, when that
+    # was older than the retention, however recent the block), it let the member the
+    # advertiser had blocked open a new conversation with them, under a new alias.
+    writer = make_portal(slug="bristol")
+    ad = client.put("/v1/ads/ad-1", json=ad_payload(member="m-owner"), headers=portal.headers)
+    contact = {"member": "m-writer", "name": "Anna", "body": "Hello"}
+    opened = client.post(f"/v1/ads/{ad.json['id']}/contact", json=contact, headers=writer.headers)
+    conversation_id = opened.json["conversation"]["id"]
+    blocked_ = client.post(
+        f"/v1/conversations/{conversation_id}/block",
+        json={"member": "m-owner"},
+        headers=portal.headers,
+    )
+    assert blocked_.status_code == 200, blocked_.json
+    long_ago = datetime.now(UTC) - timedelta(days=400)
+    with unit_of_work(wiring.session_factory) as session:
+        session.execute(update(Message).values(created_at=long_ago))
+        session.execute(text("UPDATE conversations SET last_message_at = :at"), {"at": long_ago})
+        if blocked == "long ago":
+            session.execute(text("UPDATE conversations SET blocked_at = :at"), {"at": long_ago})
+        session.execute(text("UPDATE deliveries SET state = 'failed'"))
+
+    housekeeping(wiring)
+
+    with unit_of_work(wiring.session_factory) as session:
+        assert session.scalar(select(func.count()).select_from(Message)) == 0
+    again = client.post(f"/v1/ads/{ad.json['id']}/contact", json=contact, headers=writer.headers)
+    assert (again.status_code, again.json.get("error")) == (409, "blocked_by_advertiser")
+
+
+def test_a_blocked_conversation_goes_once_a_party_is_erased(client, wiring, portal, make_portal):
+    writer = make_portal(slug="bristol")
+    ad = client.put("/v1/ads/ad-1", json=ad_payload(member="m-owner"), headers=portal.headers)
+    contact = {"member": "m-writer", "name": "Anna", "body": "Hello"}
+    opened = client.post(f"/v1/ads/{ad.json['id']}/contact", json=contact, headers=writer.headers)
+    conversation_id = opened.json["conversation"]["id"]
+    client.post(
+        f"/v1/conversations/{conversation_id}/block",
+        json={"member": "m-owner"},
+        headers=portal.headers,
+    )
+    erased = client.post(
+        "/v1/portals/me/member-erasures", json={"member": "m-writer"}, headers=writer.headers
+    )
+    assert erased.status_code in (200, 201, 202), erased.json
+    long_ago = datetime.now(UTC) - timedelta(days=400)
+    with unit_of_work(wiring.session_factory) as session:
+        session.execute(
+            text("UPDATE conversations SET last_message_at = :at, blocked_at = :at"),
+            {"at": long_ago},
+        )
+        session.execute(text("UPDATE deliveries SET state = 'failed'"))
+
+    housekeeping(wiring)
+
+    gone = client.get(f"/v1/conversations/{conversation_id}", headers=portal.headers)
+    assert gone.status_code == 404
