@@ -1307,6 +1307,14 @@ def purge_old_messages(
         )
         .order_by(Conversation.last_message_at)
         .limit(limit)
+        # Locked as chosen, and what another transaction holds is passed over: a message
+        # being written in a conversation chosen as emptied (its last old message just
+        # deleted) was waited for, then deleted with it, answered 201 and never
+        # delivered. Locked, a row changed since this statement began is checked again
+        # as it is now (a new message moved its last_message_at); one being written to,
+        # blocked or erased is left for the next call, and its writer, if it comes after
+        # the purge, finds no conversation rather than writes into one being deleted.
+        .with_for_update(skip_locked=True)
     )
     conversations = session.execute(
         Conversation.__table__.delete().where(

@@ -5,6 +5,9 @@ wait on one another nor keep the relay's retention from running."""
 from __future__ import annotations
 
 import dataclasses
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -12,8 +15,10 @@ from sqlalchemy import func, select, text, update
 
 from directory import build_wiring
 from directory.db import unit_of_work
-from directory.models import Message, SyncSession, SyncSessionItem
+from directory.models import Delivery, DeliveryState, Message, SyncSession, SyncSessionItem
+from directory.services import relay
 from directory.services.housekeeping import HousekeepingReport, close_stale_sync_sessions
+from directory.services.portals import AuthenticatedPortal
 from directory.worker import housekeeping
 from tests.factories import ad_payload
 
@@ -27,6 +32,18 @@ def staged_session(client, portal, external_ids) -> str:
     )
     assert staged.status_code == 200, staged.json
     return session_id
+
+
+def waits_on_a_lock(wiring) -> bool:
+    with wiring.engine.connect() as connection:
+        return bool(
+            connection.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            )
+        )
 
 
 def items_left(wiring) -> int:
@@ -163,3 +180,53 @@ def test_a_blocked_conversation_goes_once_a_party_is_erased(client, wiring, port
 
     gone = client.get(f"/v1/conversations/{conversation_id}", headers=portal.headers)
     assert gone.status_code == 404
+
+
+def test_a_message_written_while_its_conversation_is_purged_is_kept_with_it(
+    client, wiring, portal, make_portal
+):
+    # The purge chose the conversation as emptied (its year-old message just deleted)
+    # before a reply committed in it, waited on the reply's lock, then deleted it all the
+    # same: the reply, answered 201 and never delivered, went with it.
+    writer = make_portal(slug="bristol")
+    ad = client.put("/v1/ads/ad-1", json=ad_payload(member="m-owner"), headers=portal.headers)
+    contact = {"member": "m-writer", "name": "Anna", "body": "Hello"}
+    opened = client.post(f"/v1/ads/{ad.json['id']}/contact", json=contact, headers=writer.headers)
+    conversation_id = uuid.UUID(opened.json["conversation"]["id"])
+    long_ago = datetime.now(UTC) - timedelta(days=400)
+    with unit_of_work(wiring.session_factory) as session:
+        session.execute(update(Message).values(created_at=long_ago))
+        session.execute(text("UPDATE conversations SET last_message_at = :at"), {"at": long_ago})
+        session.execute(text("UPDATE deliveries SET state = 'failed'"))
+
+    def purge() -> relay.PurgeReport:
+        with unit_of_work(wiring.session_factory) as session:
+            return relay.purge_old_messages(session, retention=timedelta(days=365))
+
+    with unit_of_work(wiring.session_factory) as replying:
+        reply = relay.post_message(
+            replying,
+            sender=AuthenticatedPortal(id=portal.id, slug=portal.slug),
+            conversation_id=conversation_id,
+            member="m-owner",
+            name="Odile",
+            body="Sorry for the late answer",
+            idempotency_key=None,
+            limits=wiring.relay_limits,
+        )
+        # The purge runs while the reply is being written: it passes the conversation
+        # over, or (as it did) waits on it.
+        purging = ThreadPoolExecutor(1)
+        purged = purging.submit(purge)
+        while not purged.done() and not waits_on_a_lock(wiring):
+            time.sleep(0.01)
+    assert purged.result(timeout=30).messages == 1  # the year-old one
+    purging.shutdown()
+
+    with unit_of_work(wiring.session_factory) as session:
+        kept = session.execute(select(Message.id, Message.body)).all()
+        delivery = session.scalar(
+            select(Delivery.state).where(Delivery.message_id == reply.message_id)
+        )
+    assert [tuple(row) for row in kept] == [(reply.message_id, "Sorry for the late answer")]
+    assert delivery is DeliveryState.PENDING
