@@ -112,6 +112,7 @@ def post_message(conversation_id: str):
                 "role": role,
                 "name": name,
                 "conversation_id": conversation_uuid,
+                "seq": c["message_count"] + 1,
                 "message_id": message_id,
                 "sender_portal_id": portal_id,
                 "idempotency_key": None,
