@@ -28,6 +28,17 @@ class DirectoryError(Exception):
         if code:
             self.code = code
 
+    def by_field(self, *, within: str | None = None) -> dict:
+        """The message by field path, as the API's schemas report errors: `price.currency`
+        becomes {"price": {"currency": [...]}}, nested `within` a batch item's part (its
+        "ad"); one without a field is the item's own (`_schema`)."""
+        path = [within] if within else []
+        path += (self.field or "_schema").split(".")
+        errors: dict = {path[-1]: [self.message]}
+        for part in reversed(path[:-1]):
+            errors = {part: errors}
+        return errors
+
 
 class InvalidInput(DirectoryError):
     """Input that is well-formed but breaks a rule only the domain knows (unknown code...)."""

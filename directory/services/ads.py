@@ -632,7 +632,7 @@ def rejection(
     """The result of an item refused for `error`: its code and its message by field path,
     `within` the item's "ad" for a rule its ad breaks."""
     return ItemResult(
-        external_id, "rejected", error=error.code, errors=_errors_of(error, within=within)
+        external_id, "rejected", error=error.code, errors=error.by_field(within=within)
     )
 
 
@@ -645,17 +645,6 @@ def duplicate_item(external_id: str, *, first: int) -> InvalidInput:
         field="external_id",
         code="duplicate_external_id",
     )
-
-
-def _errors_of(error: DirectoryError, *, within: str | None = None) -> dict:
-    """Errors by field path, as the API's schemas report them: `price.currency` becomes
-    {"price": {"currency": [...]}}, nested `within` the item's "ad" for ad fields."""
-    path = [within] if within else []
-    path += (error.field or "_schema").split(".")
-    errors: dict = {path[-1]: [error.message]}
-    for part in reversed(path[:-1]):
-        errors = {part: errors}
-    return errors
 
 
 def check_ads(

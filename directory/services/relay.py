@@ -29,12 +29,13 @@ from __future__ import annotations
 import dataclasses
 import secrets
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import orjson
-from sqlalchemy import TextClause, bindparam, exists, func, insert, or_, select, text
+from sqlalchemy import TextClause, any_, bindparam, exists, func, insert, or_, select, text
 from sqlalchemy.orm import Session
 
 from directory import cursors
@@ -44,6 +45,7 @@ from directory.db import (
 )
 from directory.errors import (
     Conflict,
+    DirectoryError,
     Forbidden,
     InvalidInput,
     NotFound,
@@ -327,6 +329,62 @@ def post_message(
     )
 
 
+MAX_BATCH_MESSAGES = 100
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One message of a batch, in a conversation: post_message's arguments."""
+
+    conversation_id: uuid.UUID
+    member: str
+    name: str | None
+    body: str
+    idempotency_key: str | None
+
+
+def post_messages(
+    session: Session,
+    *,
+    sender: AuthenticatedPortal,
+    replies: Sequence[Reply],
+    limits: RelayLimits,
+) -> list[Sent | DirectoryError]:
+    """Several messages in conversations, in one transaction, each taken as post_message
+    takes it alone: what it sent (or had sent before, with the same idempotency key), or
+    why it was refused, in the order given. A refused message leaves the others as they
+    are: post_message refuses before it writes. For a portal that relays its members'
+    messages in turns (from a queue, a cron job), one request instead of one each."""
+    # Every conversation of the batch locked first, in one order: two batches writing in
+    # the same conversations (in turn, say, or the two parties') never wait for each
+    # other in a circle. post_message takes each lock again: already held.
+    session.execute(
+        _LOCK_CONVERSATIONS_IN_ORDER,
+        {
+            "conversation_ids": sorted({reply.conversation_id for reply in replies}),
+            "portal_id": sender.id,
+        },
+    )
+    outcomes: list[Sent | DirectoryError] = []
+    for reply in replies:
+        try:
+            outcomes.append(
+                post_message(
+                    session,
+                    sender=sender,
+                    conversation_id=reply.conversation_id,
+                    member=reply.member,
+                    name=reply.name,
+                    body=reply.body,
+                    idempotency_key=reply.idempotency_key,
+                    limits=limits,
+                )
+            )
+        except DirectoryError as refusal:
+            outcomes.append(refusal)
+    return outcomes
+
+
 def _refusal(conversation, role: Role, limits: RelayLimits) -> Conflict | None:
     """Why the party `role` may not write in the conversation now (post_message raises
     it), or None: from a row of _CONVERSATIONS, which reads the parties' portals and the
@@ -523,6 +581,17 @@ _LOCK_CONVERSATION = _CONVERSATIONS.where(
     Conversation.__table__.c.id == bindparam("conversation_id"),
     _has_party_portal(bindparam("portal_id")),
 ).with_for_update(of=Conversation.__table__)
+
+
+_LOCK_CONVERSATIONS_IN_ORDER = (
+    select(Conversation.__table__.c.id)
+    .where(
+        Conversation.__table__.c.id == any_(bindparam("conversation_ids")),
+        _has_party_portal(bindparam("portal_id")),
+    )
+    .order_by(Conversation.__table__.c.id)
+    .with_for_update()
+)
 
 
 # One statement for a message: the message, the conversation's count and activity, its

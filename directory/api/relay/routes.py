@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from collections import Counter
 
 from flask.views import MethodView
 
@@ -12,6 +13,7 @@ from directory.api.auth import BEARER_AUTH, require_portal
 from directory.api.blueprint import Blueprint
 from directory.api.db import transaction, wiring
 from directory.api.errors import RETRY_AFTER_HEADER, ErrorSchema
+from directory.api.fields import ItemErrors
 from directory.api.headers import LOCATION_HEADER, location_of
 from directory.api.relay.schemas import (
     AcknowledgedSchema,
@@ -25,11 +27,13 @@ from directory.api.relay.schemas import (
     ConversationSummarySchema,
     InboxArgsSchema,
     InboxPageSchema,
+    MessageBatchResultSchema,
+    MessageBatchSchema,
     MessagePostSchema,
     RelayLimitsSchema,
     SentSchema,
 )
-from directory.errors import NotFound
+from directory.errors import VALIDATION_ERROR, DirectoryError, NotFound
 from directory.models.relay import MAX_MESSAGE_CHARS, MAX_NAME_CHARS
 from directory.services import deliveries, relay
 
@@ -72,13 +76,19 @@ def _uuid(value: str, *, field: str, what: str) -> uuid.UUID:
 def _sent(session, portal, sent: relay.Sent, *, headers: dict | None = None):
     """The answer to a message sent: 201 (with `headers`) when it was made now."""
     if sent.created:
-        return {"conversation": sent.conversation, "message": sent.message}, 201, headers or {}
-    # A replay: as it is now.
+        return _sent_body(session, portal, sent), 201, headers or {}
+    return _sent_body(session, portal, sent), 200
+
+
+def _sent_body(session, portal, sent: relay.Sent) -> dict:
+    """{conversation, message}: as made now, or for a replay as they are now."""
+    if sent.created:
+        return {"conversation": sent.conversation, "message": sent.message}
     conversation = relay.get_conversation_summary(
         session, viewer=portal, conversation_id=sent.conversation_id, limits=wiring().relay_limits
     )
     message = relay.get_message(session, viewer=portal, message_id=sent.message_id)
-    return {"conversation": conversation, "message": message}, 200
+    return {"conversation": conversation, "message": message}
 
 
 @blp.route("/relay/limits")
@@ -247,6 +257,73 @@ class ConversationMessages(MethodView):
                 limits=wiring().relay_limits,
             )
             return _sent(session, portal, sent)
+
+
+@blp.route("/messages/batch")
+class MessageBatch(MethodView):
+    @blp.arguments(MessageBatchSchema)
+    @blp.response(200, MessageBatchResultSchema)
+    @blp.doc(operationId="postMessages", security=BEARER_AUTH)
+    def post(self, batch):
+        """Write up to 100 messages in conversations, in one request
+
+        For a portal that relays its members' messages in turns (from a queue, a cron
+        job): each item is taken as postMessage would take it alone, in the order given,
+        and gets its own result: created, sent_before (its idempotency_key's message, as
+        it is now) or rejected with the code postMessage would answer (`error`) and its
+        errors; the other items are sent all the same. A conversation is opened with
+        contactAdvertiser, one at a time: openings have their own limits."""
+        items = batch["items"]
+        replies = [
+            relay.Reply(
+                conversation_id=item["conversation_id"],
+                member=item["member"],
+                name=item["name"],
+                body=item["body"],
+                idempotency_key=item["idempotency_key"],
+            )
+            for item in items
+            if not isinstance(item, ItemErrors)
+        ]
+        with transaction() as session:
+            portal = require_portal(session)
+            outcomes = iter(
+                relay.post_messages(
+                    session, sender=portal, replies=replies, limits=wiring().relay_limits
+                )
+            )
+            results = [
+                _batch_result(session, portal, index, item, outcomes)
+                for index, item in enumerate(items)
+            ]
+        return {"results": results, "counts": dict(Counter(r["status"] for r in results))}
+
+
+def _batch_result(session, portal, index: int, item, outcomes) -> dict:
+    """An item's result: its validation errors, or the next of the batch's outcomes."""
+    if isinstance(item, ItemErrors):
+        return _rejected(index, VALIDATION_ERROR, item.messages)
+    outcome = next(outcomes)
+    if isinstance(outcome, DirectoryError):
+        return _rejected(index, outcome.code, outcome.by_field())
+    return {
+        "index": index,
+        "status": "created" if outcome.created else "sent_before",
+        **_sent_body(session, portal, outcome),
+        "error": None,
+        "errors": None,
+    }
+
+
+def _rejected(index: int, error: str, errors: dict) -> dict:
+    return {
+        "index": index,
+        "status": "rejected",
+        "conversation": None,
+        "message": None,
+        "error": error,
+        "errors": errors,
+    }
 
 
 @blp.route("/conversations/<string:conversation_id>/block", parameters=[CONVERSATION_ID])

@@ -5,6 +5,7 @@ from marshmallow import Schema, fields, validate
 from directory.api.fields import (
     HANDLE,
     BoundedList,
+    PerItemList,
     Text,
     WholeNumber,
     validate_display_name,
@@ -12,6 +13,7 @@ from directory.api.fields import (
 )
 from directory.models import DeliveryState, Role
 from directory.models.relay import MAX_MESSAGE_CHARS, MAX_NAME_CHARS, MAX_SEQ
+from directory.services.relay import MAX_BATCH_MESSAGES
 
 MAX_ACK_IDS = 1000
 
@@ -80,6 +82,26 @@ class MessagePostSchema(Schema):
     )
     body = _body_field()
     idempotency_key = _idempotency_field()
+
+
+class BatchMessageSchema(MessagePostSchema):
+    """One message of a batch: a party writes in a conversation, as with postMessage."""
+
+    conversation_id = fields.UUID(
+        required=True, metadata={"description": "The conversation to write in"}
+    )
+
+
+class MessageBatchSchema(Schema):
+    items = PerItemList(
+        fields.Nested(BatchMessageSchema),
+        required=True,
+        validate=validate.Length(1, MAX_BATCH_MESSAGES),
+        metadata={
+            "description": f"1 to {MAX_BATCH_MESSAGES} messages, taken in this order, each "
+            "as postMessage would take it alone"
+        },
+    )
 
 
 class BlockSchema(Schema):
@@ -273,6 +295,45 @@ class ConversationSchema(ConversationSummarySchema):
 class SentSchema(Schema):
     conversation = fields.Nested(ConversationSummarySchema)
     message = fields.Nested(MessageSchema)
+
+
+class MessageResultSchema(Schema):
+    index = fields.Integer(metadata={"description": "The item's place in the request"})
+    status = fields.String(
+        metadata={
+            "description": "created (postMessage's 201), sent_before (its 200: the "
+            "idempotency_key's message, as it is now) or rejected",
+            "enum": ["created", "sent_before", "rejected"],
+        }
+    )
+    conversation = fields.Nested(
+        ConversationSummarySchema, allow_none=True, metadata={"description": "null if rejected"}
+    )
+    message = fields.Nested(
+        MessageSchema, allow_none=True, metadata={"description": "null if rejected"}
+    )
+    error = fields.String(
+        allow_none=True,
+        metadata={
+            "description": "Why the item was rejected, as a stable machine code: the `error` "
+            "postMessage would answer it with (validation_error, conversation_not_found, "
+            "not_a_party, conversation_blocked, party_erased, community_blocked, "
+            "recipient_portal_suspended, awaiting_reply, idempotency_key_reused); null "
+            "unless rejected",
+            "example": "awaiting_reply",
+        },
+    )
+    errors = fields.Dict(
+        allow_none=True,
+        metadata={"description": "For rejected items: messages by field path, for a person"},
+    )
+
+
+class MessageBatchResultSchema(Schema):
+    results = fields.List(fields.Nested(MessageResultSchema))
+    counts = fields.Dict(
+        keys=fields.String(), values=fields.Integer(), metadata={"description": "Items by status"}
+    )
 
 
 class ConversationPageSchema(Schema):

@@ -1,0 +1,326 @@
+"""Several messages in one request (POST /v1/messages/batch): each item taken as a
+single postMessage would take it, refused items leaving the others sent."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+
+import pytest
+from sqlalchemy import text
+
+from directory.db import unit_of_work
+from directory.services import portals, relay
+from directory.services.relay import MAX_BATCH_MESSAGES
+from tests.api.test_relay import ADVERTISER, LIMITS, WRITER, block, contact, publish
+from tests.waits import wait_for_a_lock_wait
+
+
+def batch(client, portal, items):
+    return client.post("/v1/messages/batch", json={"items": items}, headers=portal.headers)
+
+
+def item(conversation_id, *, member=ADVERTISER, body="Yes, come by!", **extra):
+    return {"conversation_id": conversation_id, "member": member, "body": body, **extra}
+
+
+@pytest.fixture
+def conversations(client, advertiser, writer_portal) -> list[str]:
+    """Three conversations with the advertiser, about three of its ads, by three writers."""
+    opened = []
+    for number in range(3):
+        ad_id = publish(client, advertiser, f"ad-{number}")
+        answer = contact(client, writer_portal, ad_id, member=f"m-writer-{number}")
+        assert answer.status_code == 201, answer.json
+        opened.append(answer.json["conversation"]["id"])
+    return opened
+
+
+def counts(session, conversation_id) -> tuple[int, int, int]:
+    """(the conversation's message_count, its messages, their deliveries)."""
+    return session.execute(
+        text(
+            "SELECT c.message_count, count(m.id), count(d.id) FROM conversations c"
+            " LEFT JOIN messages m ON m.conversation_id = c.id"
+            " LEFT JOIN deliveries d ON d.message_id = m.id"
+            " WHERE c.id = :id GROUP BY c.id"
+        ),
+        {"id": conversation_id},
+    ).one()
+
+
+def test_each_message_is_sent_as_a_single_post_would_send_it(
+    client, advertiser, writer_portal, conversations
+):
+    first, second, _ = conversations
+    answer = batch(
+        client,
+        advertiser,
+        [
+            item(first, body="Yes, on Saturday", name="Luc"),
+            item(second, body="Sold, sorry"),
+            item(first, body="Bring the wheel"),
+        ],
+    )
+    assert answer.status_code == 200, answer.json
+    results = answer.json["results"]
+    assert answer.json["counts"] == {"created": 3}
+    assert [r["index"] for r in results] == [0, 1, 2]
+    assert [r["status"] for r in results] == ["created"] * 3
+    assert [r["error"] for r in results] == [None] * 3
+    assert [(r["conversation"]["id"], r["message"]["seq"]) for r in results] == [
+        (first, 2),
+        (second, 2),
+        (first, 3),
+    ]
+    assert results[0]["conversation"]["recipient"]["name"] == "Luc"
+    assert results[2]["conversation"]["recipient"]["sending"]["messages_left"] == 8  # two in a row
+    assert results[1]["message"]["delivery"]["state"] == "pending"
+    # The answer of a single post: the other party only under its alias.
+    assert "m-writer" not in json.dumps(answer.json)
+
+    seen = client.get(f"/v1/conversations/{first}", headers=writer_portal.headers).json
+    assert [m["body"] for m in seen["messages"]] == [
+        "Is it still on?",
+        "Yes, on Saturday",
+        "Bring the wheel",
+    ]
+    inbox = client.get("/v1/inbox", headers=writer_portal.headers).json["events"]
+    assert [e["data"]["message"]["body"] for e in inbox] == [
+        "Yes, on Saturday",
+        "Sold, sorry",
+        "Bring the wheel",
+    ]
+    assert [e["data"]["conversation"]["id"] for e in inbox] == [first, second, first]
+
+
+def test_a_refused_item_leaves_the_others_sent(
+    client, session, advertiser, writer_portal, conversations
+):
+    first, second, third = conversations
+    block(client, writer_portal, third, "m-writer-2")
+    answer = batch(
+        client,
+        advertiser,
+        [
+            item(first),
+            item(str(uuid.uuid4())),
+            item(second, member="m-someone-else"),
+            item(third),
+            item(first, body=""),
+            item(first, colour="blue"),
+            "not an object",
+            item(second, body="Still here"),
+        ],
+    )
+    assert answer.status_code == 200, answer.json
+    results = answer.json["results"]
+    assert [(r["status"], r["error"]) for r in results] == [
+        ("created", None),
+        ("rejected", "conversation_not_found"),
+        ("rejected", "not_a_party"),
+        ("rejected", "conversation_blocked"),
+        ("rejected", "validation_error"),
+        ("rejected", "validation_error"),
+        ("rejected", "validation_error"),
+        ("created", None),
+    ]
+    assert answer.json["counts"] == {"created": 2, "rejected": 6}
+    assert list(results[1]["errors"]) == ["conversation_id"]
+    assert list(results[2]["errors"]) == ["member"]
+    assert "blocked" in results[3]["errors"]["_schema"][0]
+    assert list(results[4]["errors"]) == ["body"]
+    assert list(results[5]["errors"]) == ["colour"]
+    assert list(results[6]["errors"]) == ["_schema"]
+    assert all(r["conversation"] is None and r["message"] is None for r in results[1:7])
+    # Only what was sent is stored: one message more in each of the first two.
+    assert counts(session, first) == (2, 2, 2)
+    assert counts(session, second) == (2, 2, 2)
+    assert counts(session, third) == (1, 1, 1)
+
+
+def test_messages_in_a_row_are_counted_within_the_batch(client, session, advertiser, conversations):
+    first = conversations[0]
+    answer = batch(client, advertiser, [item(first, body=f"Number {n}") for n in range(11)])
+    results = answer.json["results"]
+    assert [r["status"] for r in results] == ["created"] * 10 + ["rejected"]
+    assert results[10]["error"] == "awaiting_reply"
+    assert results[9]["conversation"]["recipient"]["sending"] == {
+        "allowed": False,
+        "refusal": "awaiting_reply",
+        "messages_left": 0,
+    }
+    assert counts(session, first) == (11, 11, 11)
+
+
+def test_a_batch_sent_again_sends_nothing_twice(
+    client, session, advertiser, writer_portal, conversations
+):
+    first, second, _ = conversations
+    items = [
+        item(first, body="One", idempotency_key="q-1"),
+        item(second, body="Two", idempotency_key="q-2"),
+    ]
+    sent = batch(client, advertiser, items).json["results"]
+    # The answer was lost; meanwhile the other party answered in the first conversation.
+    client.post(
+        f"/v1/conversations/{first}/messages",
+        json={"member": "m-writer-0", "body": "Thanks"},
+        headers=writer_portal.headers,
+    )
+    again = batch(client, advertiser, items)
+    assert again.status_code == 200, again.json
+    results = again.json["results"]
+    assert [r["status"] for r in results] == ["sent_before", "sent_before"]
+    assert again.json["counts"] == {"sent_before": 2}
+    assert [r["message"]["id"] for r in results] == [r["message"]["id"] for r in sent]
+    assert results[0]["message"]["body"] == "One"
+    assert results[0]["conversation"]["message_count"] == 3  # as it is now
+    assert counts(session, first) == (3, 3, 3)
+    assert counts(session, second) == (2, 2, 2)
+
+
+def test_a_key_used_twice_in_one_batch(client, session, advertiser, conversations):
+    first, second, _ = conversations
+    results = batch(
+        client,
+        advertiser,
+        [
+            item(first, body="One", idempotency_key="k"),
+            item(first, body="One", idempotency_key="k"),
+            item(second, body="Other words", idempotency_key="k"),
+        ],
+    ).json["results"]
+    assert [(r["status"], r["error"]) for r in results] == [
+        ("created", None),
+        ("sent_before", None),
+        ("rejected", "idempotency_key_reused"),
+    ]
+    assert results[1]["message"]["id"] == results[0]["message"]["id"]
+    assert list(results[2]["errors"]) == ["idempotency_key"]
+    assert counts(session, first) == (2, 2, 2)
+    assert counts(session, second) == (1, 1, 1)
+
+
+def test_a_key_taken_meanwhile_by_another_request_refuses_only_its_item(
+    app, wiring, advertiser, conversations
+):
+    """The key's other message commits while the batch waits on it: that item is
+    refused, and nothing of it stays (not even the conversation's count); the rest of the
+    batch is sent."""
+    first, second, third = conversations
+    answers = []
+    with unit_of_work(wiring.session_factory) as racing:
+        relay.post_message(
+            racing,
+            sender=portals.authenticate(racing, key=advertiser.key),
+            conversation_id=uuid.UUID(first),
+            member=ADVERTISER,
+            name=None,
+            body="First words",
+            idempotency_key="k",
+            limits=LIMITS,
+        )
+        racer = threading.Thread(
+            target=lambda: answers.append(
+                batch(
+                    app.test_client(),
+                    advertiser,
+                    [item(second, body="Other words", idempotency_key="k"), item(third)],
+                )
+            )
+        )
+        racer.start()
+        wait_for_a_lock_wait(wiring, what="the batch's insert under the same key")
+    racer.join(30)
+
+    (answer,) = answers
+    assert answer.status_code == 200, answer.json
+    results = answer.json["results"]
+    assert [(r["status"], r["error"]) for r in results] == [
+        ("rejected", "idempotency_key_reused"),
+        ("created", None),
+    ]
+    with unit_of_work(wiring.session_factory) as session:
+        assert counts(session, first) == (2, 2, 2)
+        assert counts(session, second) == (1, 1, 1)
+        assert counts(session, third) == (2, 2, 2)
+
+
+def test_a_batch_locks_its_conversations_in_one_order(app, wiring, advertiser, conversations):
+    """Two batches writing in the same conversations in opposite orders never wait for
+    each other in a circle: a batch waiting for one of its conversations holds none of
+    those that come after it, whatever the order of its items."""
+    low, high = sorted(conversations[:2], key=uuid.UUID)
+    answers = []
+    with unit_of_work(wiring.session_factory) as holder:
+        holder.execute(text("SELECT 1 FROM conversations WHERE id = :id FOR UPDATE"), {"id": low})
+        racer = threading.Thread(
+            target=lambda: answers.append(
+                batch(app.test_client(), advertiser, [item(high), item(low)])
+            )
+        )
+        racer.start()
+        wait_for_a_lock_wait(wiring, what="the batch")
+        with unit_of_work(wiring.session_factory) as other:
+            # Free: the batch waits for `low` before taking `high`, its first item's.
+            other.execute(
+                text("SELECT 1 FROM conversations WHERE id = :id FOR UPDATE NOWAIT"),
+                {"id": high},
+            )
+    racer.join(30)
+    (answer,) = answers
+    assert [r["status"] for r in answer.json["results"]] == ["created", "created"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"items": []}, "items"),
+        ({"items": {"conversation_id": "x"}}, "items"),
+        ({}, "items"),
+        ({"items": None}, "items"),
+        ({"items": [], "extra": 1}, "extra"),
+    ],
+)
+def test_bad_batches_are_refused_naming_the_field(client, advertiser, body, field):
+    answer = client.post("/v1/messages/batch", json=body, headers=advertiser.headers)
+    assert answer.status_code == 400, answer.json
+    assert field in answer.json["errors"]["json"]
+
+
+def test_a_batch_holds_at_most_its_limit_of_messages(client, session, advertiser, conversations):
+    too_many = [item(conversations[0])] * (MAX_BATCH_MESSAGES + 1)
+    answer = batch(client, advertiser, too_many)
+    assert answer.status_code == 400, answer.json
+    assert str(MAX_BATCH_MESSAGES) in answer.json["errors"]["json"]["items"][0]
+    assert counts(session, conversations[0]) == (1, 1, 1)
+
+
+def test_a_batch_needs_a_portal_key(client, conversations):
+    answer = client.post("/v1/messages/batch", json={"items": [item(conversations[0])]})
+    assert answer.status_code == 401
+    assert answer.json["error"] == "unauthenticated"
+
+
+def test_the_writers_side_batches_too(client, advertiser, writer_portal, conversations):
+    """Any party's portal: here the writers answer the advertiser's replies, by batch."""
+    first, second, _ = conversations
+    batch(client, advertiser, [item(first), item(second)])
+    results = batch(
+        client,
+        writer_portal,
+        [
+            item(first, member="m-writer-0", body="Great"),
+            item(second, member="m-writer-1", body="Too bad"),
+            item(second, member=WRITER, body="Not mine"),
+        ],
+    ).json["results"]
+    assert [(r["status"], r["error"]) for r in results] == [
+        ("created", None),
+        ("created", None),
+        ("rejected", "not_a_party"),
+    ]
+    assert results[0]["conversation"]["your_roles"] == ["initiator"]
+    assert ADVERTISER not in json.dumps(results)
