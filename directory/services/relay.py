@@ -264,7 +264,7 @@ def open_conversation(
         "initiator_blocked": False,
         "recipient_blocked": False,
     }
-    return _append(
+    sent, _ = _append(
         session,
         opened,
         role=Role.INITIATOR,
@@ -275,6 +275,7 @@ def open_conversation(
         now=now,
         limits=limits,
     )
+    return sent
 
 
 def post_message(
@@ -300,7 +301,37 @@ def post_message(
     conversation = session.execute(
         _LOCK_CONVERSATION, {"conversation_id": conversation_id, "portal_id": sender.id}
     ).one_or_none()
-    role = _role_of(conversation, sender, member)
+    sent, _ = _write(
+        session,
+        None if conversation is None else conversation._asdict(),
+        sender=sender,
+        conversation_id=conversation_id,
+        member=member,
+        name=name,
+        body=body,
+        idempotency_key=idempotency_key,
+        limits=limits,
+    )
+    return sent
+
+
+def _write(
+    session: Session,
+    conversation: dict | None,
+    *,
+    sender: AuthenticatedPortal,
+    conversation_id: uuid.UUID,
+    member: str,
+    name: str | None,
+    body: str,
+    idempotency_key: str | None,
+    limits: RelayLimits,
+) -> tuple[Sent, dict | None]:
+    """post_message's work once the conversation is locked (a row of _CONVERSATIONS as
+    a dict; None: the portal has no such conversation): what was sent, and the
+    conversation after it (None: as it was). Refused before anything is written."""
+    row = None if conversation is None else SimpleNamespace(**conversation)
+    role = _role_of(row, sender, member)
     if idempotency_key is not None:
         replay = _replayed(
             session,
@@ -312,13 +343,13 @@ def post_message(
             conversation_id=conversation_id,
         )
         if replay is not None:
-            return replay
-    refusal = _refusal(conversation, role, limits)
+            return replay, None
+    refusal = _refusal(row, role, limits)
     if refusal is not None:
         raise refusal
     return _append(
         session,
-        conversation._asdict(),
+        conversation,
         role=role,
         sender=sender,
         name=name,
@@ -355,33 +386,40 @@ def post_messages(
     why it was refused, in the order given. A refused message leaves the others as they
     are: post_message refuses before it writes. For a portal that relays its members'
     messages in turns (from a queue, a cron job), one request instead of one each."""
-    # Every conversation of the batch locked first, in one order: two batches writing in
-    # the same conversations (in turn, say, or the two parties') never wait for each
-    # other in a circle. post_message takes each lock again: already held.
-    session.execute(
-        _LOCK_CONVERSATIONS_IN_ORDER,
-        {
-            "conversation_ids": sorted({reply.conversation_id for reply in replies}),
-            "portal_id": sender.id,
-        },
-    )
+    # Every conversation of the batch locked and read first, in one order: two batches
+    # writing in the same conversations (in turn, say, or the two parties') never wait
+    # for each other in a circle. Then each message is written from the conversation as
+    # the last one left it, one statement each.
+    locked = {
+        row.id: row._asdict()
+        for row in session.execute(
+            _LOCK_CONVERSATIONS_IN_ORDER,
+            {
+                "conversation_ids": sorted({reply.conversation_id for reply in replies}),
+                "portal_id": sender.id,
+            },
+        )
+    }
     outcomes: list[Sent | DirectoryError] = []
     for reply in replies:
         try:
-            outcomes.append(
-                post_message(
-                    session,
-                    sender=sender,
-                    conversation_id=reply.conversation_id,
-                    member=reply.member,
-                    name=reply.name,
-                    body=reply.body,
-                    idempotency_key=reply.idempotency_key,
-                    limits=limits,
-                )
+            sent, after = _write(
+                session,
+                locked.get(reply.conversation_id),
+                sender=sender,
+                conversation_id=reply.conversation_id,
+                member=reply.member,
+                name=reply.name,
+                body=reply.body,
+                idempotency_key=reply.idempotency_key,
+                limits=limits,
             )
         except DirectoryError as refusal:
             outcomes.append(refusal)
+            continue
+        if after is not None:
+            locked[reply.conversation_id] = after
+        outcomes.append(sent)
     return outcomes
 
 
@@ -584,13 +622,12 @@ _LOCK_CONVERSATION = _CONVERSATIONS.where(
 
 
 _LOCK_CONVERSATIONS_IN_ORDER = (
-    select(Conversation.__table__.c.id)
-    .where(
+    _CONVERSATIONS.where(
         Conversation.__table__.c.id == any_(bindparam("conversation_ids")),
         _has_party_portal(bindparam("portal_id")),
     )
     .order_by(Conversation.__table__.c.id)
-    .with_for_update()
+    .with_for_update(of=Conversation.__table__)
 )
 
 
@@ -647,9 +684,10 @@ def _append(
     idempotency_key: str | None,
     now: datetime,
     limits: RelayLimits,
-) -> Sent:
+) -> tuple[Sent, dict]:
     """The message and its delivery to the other party's portal, in this transaction;
-    `conversation` is a row of _CONVERSATIONS as a dict, before the message, sent `now`."""
+    `conversation` is a row of _CONVERSATIONS as a dict, before the message, sent `now`.
+    What was sent, and the conversation after it."""
     message_id = uuid.uuid4()
     party = "initiator" if role is Role.INITIATOR else "recipient"
     other = "recipient" if role is Role.INITIATOR else "initiator"
@@ -697,7 +735,7 @@ def _append(
         delivery=_senders_delivery_view(DeliveryState.PENDING, None),
     )
     view = _conversation_view(SimpleNamespace(**after), sender.id, limits)
-    return Sent(view.id, message_id, created=True, conversation=view, message=message)
+    return Sent(view.id, message_id, created=True, conversation=view, message=message), after
 
 
 def _replayed(
