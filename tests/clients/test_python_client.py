@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 import traceback
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -227,6 +228,41 @@ def test_a_portal_polls_and_acknowledges_its_inbox(live, make_portal):
     assert after.events == []
 
 
+def test_a_portal_sends_its_members_replies_in_one_batch(live, make_portal):
+    advertiser, contacting = make_portal(), make_portal()
+    with (
+        DirectoryClient(live.url, key=advertiser.key) as advertiser_portal,
+        DirectoryClient(live.url, key=contacting.key) as contacting_portal,
+    ):
+        opened = []
+        for number in range(2):
+            ad = advertiser_portal.put_ad(f"a-{number}", ad_payload(member="m-ad"))
+            opened.append(
+                contacting_portal.contact_advertiser(
+                    str(ad.id), {"member": f"m-{number}", "name": "Sam", "body": "Still free?"}
+                ).conversation.id
+            )
+        items = [
+            {"conversation_id": str(conversation_id), "member": "m-ad", "body": "Yes!"}
+            | {"idempotency_key": f"r-{index}"}
+            for index, conversation_id in enumerate(opened)
+        ]
+        sent = advertiser_portal.post_messages(items)
+        again = advertiser_portal.post_messages(items)
+        refused = advertiser_portal.post_messages(
+            [{"conversation_id": str(opened[0]), "member": "m-someone", "body": "Hi"}]
+        )
+        inbox = contacting_portal.read_inbox()
+
+    assert [result.status for result in sent.results] == ["created", "created"]
+    assert [result.status for result in again.results] == ["sent_before", "sent_before"]
+    assert [r.message.id for r in again.results] == [r.message.id for r in sent.results]
+    assert sent.counts == {"created": 2}
+    (rejected,) = refused.results
+    assert (rejected.status, rejected.error, rejected.message) == ("rejected", "not_a_party", None)
+    assert [event.data["message"]["body"] for event in inbox.events] == ["Yes!", "Yes!"]
+
+
 def test_a_portal_tests_its_webhook(live, make_portal):
     portal = make_portal()
     with DirectoryClient(live.url, key=portal.key) as directory:
@@ -340,7 +376,7 @@ def test_process_inbox_acknowledges_what_was_handled_and_keeps_the_rest(live, ma
         DirectoryClient(live.url, key=contacting.key) as contacting_portal,
     ):
         for number in range(5):
-            ad = advertiser_portal.put_ad(f"a-{number}", ad_payload())
+            ad = advertiser_portal.put_ad(f"a-{number}", ad_payload(member="m-ad"))
             contacting_portal.contact_advertiser(
                 str(ad.id), {"member": f"m-{number}", "name": "Sam", "body": f"Hello {number}"}
             )
@@ -696,6 +732,28 @@ def test_a_post_is_not_repeated_after_a_503_or_a_lost_answer():
         lost,
     ):
         directory.open_sync_session()
+    assert len(server.requests) == 1
+
+
+BATCH_SENT = (200, {}, b'{"results":[],"counts":{}}')
+
+
+def test_a_batch_of_messages_is_repeated_after_a_lost_answer_only_if_each_has_a_key():
+    keyed = {"conversation_id": str(uuid.uuid4()), "member": "m-1", "body": "Hi"}
+    keyed_too = keyed | {"idempotency_key": "k-2"}
+    with (
+        Scripted(["drop", BATCH_SENT]) as server,
+        DirectoryClient(server.url, retry=NO_WAIT) as directory,
+    ):
+        directory.post_messages([keyed | {"idempotency_key": "k-1"}, keyed_too])
+    assert len(server.requests) == 2
+
+    with (
+        Scripted(["drop", BATCH_SENT]) as server,
+        DirectoryClient(server.url, retry=NO_WAIT) as directory,
+        pytest.raises(DirectoryUnavailable, match="may or may not have been applied"),
+    ):
+        directory.post_messages([keyed, keyed_too])  # the first would be sent twice
     assert len(server.requests) == 1
 
 

@@ -543,6 +543,31 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/messages/batch": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Write up to 100 messages in conversations, in one request
+         * @description For a portal that relays its members' messages in turns (from a queue, a cron
+         *     job): each item is taken as postMessage would take it alone, in the order given,
+         *     and gets its own result: created, sent_before (its idempotency_key's message, as
+         *     it is now) or rejected with the code postMessage would answer (`error`) and its
+         *     errors; the other items are sent all the same. A conversation is opened with
+         *     contactAdvertiser, one at a time: openings have their own limits.
+         */
+        post: operations["postMessages"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/conversations/{conversation_id}/block": {
         parameters: {
             query?: never;
@@ -1607,6 +1632,64 @@ export interface components {
              * @default null
              */
             idempotency_key?: string | null;
+        };
+        BatchMessage: {
+            /**
+             * @description The calling portal's handle of the member writing (one of the two parties)
+             * @example m-4821
+             */
+            member: string;
+            /**
+             * @description Sets the name the member shows the other party; absent: as before
+             * @default null
+             * @example Anna
+             */
+            name?: string | null;
+            /** @description The member's own words; passed on unchanged */
+            body: string;
+            /**
+             * @description The portal's own id for this message: sending again with the same key (after a timeout, say) returns the message already made instead of making another; the key sent with another message (its words, member or name) is refused with 409 idempotency_key_reused. 1 to 128 letters, digits, '.', '_', ':' or '-'.
+             * @default null
+             */
+            idempotency_key?: string | null;
+            /**
+             * Format: uuid
+             * @description The conversation to write in
+             */
+            conversation_id: string;
+        };
+        MessageBatch: {
+            /** @description 1 to 100 messages, taken in this order, each as postMessage would take it alone */
+            items: components["schemas"]["BatchMessage"][];
+        };
+        MessageResult: {
+            /** @description The item's place in the request */
+            index: number;
+            /**
+             * @description created (postMessage's 201), sent_before (its 200: the idempotency_key's message, as it is now) or rejected
+             * @enum {string}
+             */
+            status: "created" | "sent_before" | "rejected";
+            /** @description null if rejected */
+            conversation: components["schemas"]["ConversationSummary"] | null;
+            /** @description null if rejected */
+            message: components["schemas"]["Message"] | null;
+            /**
+             * @description Why the item was rejected, as a stable machine code: the `error` postMessage would answer it with (validation_error, conversation_not_found, not_a_party, conversation_blocked, party_erased, community_blocked, recipient_portal_suspended, awaiting_reply, idempotency_key_reused); null unless rejected
+             * @example awaiting_reply
+             */
+            error: string | null;
+            /** @description For rejected items: messages by field path, for a person */
+            errors: {
+                [key: string]: unknown;
+            } | null;
+        };
+        MessageBatchResult: {
+            results: components["schemas"]["MessageResult"][];
+            /** @description Items by status */
+            counts: {
+                [key: string]: number;
+            };
         };
         Block: {
             /**
@@ -2790,6 +2873,32 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
+            default: components["responses"]["DEFAULT_ERROR"];
+        };
+    };
+    postMessages: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["MessageBatch"];
+            };
+        };
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MessageBatchResult"];
+                };
+            };
+            400: components["responses"]["BAD_REQUEST"];
             default: components["responses"]["DEFAULT_ERROR"];
         };
     };

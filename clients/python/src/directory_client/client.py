@@ -407,6 +407,22 @@ class DirectoryClient:
             repeatable=_has_idempotency_key(message),
         )
 
+    def post_messages(
+        self, items: Iterable[models.BatchMessage | Mapping[str, Any]]
+    ) -> models.MessageBatchResult:
+        """Up to 100 messages in conversations, a result each (created, sent_before or
+        rejected): for a portal that relays its members' messages in turns. Repeated
+        safely (after a timeout, say) when every message carries an idempotency_key: the
+        repeat answers sent_before for those already sent."""
+        messages = list(items)
+        return self._call(
+            "POST",
+            "/v1/messages/batch",
+            models.MessageBatchResult,
+            body={"items": messages},
+            repeatable=bool(messages) and all(map(_has_idempotency_key, messages)),
+        )
+
     def block_conversation(
         self, conversation_id: str, block: models.Block | Mapping[str, Any]
     ) -> models.ConversationSummary:

@@ -1168,6 +1168,89 @@ class MessagePost(Struct, kw_only=True):
     ) = UNSET
 
 
+class BatchMessage(Struct, kw_only=True):
+    member: Annotated[
+        str,
+        Meta(
+            description="The calling portal's handle of the member writing (one of the two parties)",
+            pattern='^[A-Za-z0-9._:-]{1,64}$',
+        ),
+    ]
+    body: Annotated[
+        str,
+        Meta(
+            description="The member's own words; passed on unchanged",
+            max_length=8000,
+            min_length=1,
+        ),
+    ]
+    conversation_id: Annotated[UUID, Meta(description='The conversation to write in')]
+    name: (
+        Annotated[
+            str,
+            Meta(description='Sets the name the member shows the other party; absent: as before', max_length=80, min_length=1),
+        ]
+        | None
+        | UnsetType
+    ) = UNSET
+    idempotency_key: (
+        Annotated[
+            str,
+            Meta(description="The portal's own id for this message: sending again with the same key (after a timeout, say) returns the message already made instead of making another; the key sent with another message (its words, member or name) is refused with 409 idempotency_key_reused. 1 to 128 letters, digits, '.', '_', ':' or '-'.", pattern='\\A[A-Za-z0-9._:-]{1,128}\\Z'),
+        ]
+        | None
+        | UnsetType
+    ) = UNSET
+
+
+class MessageBatch(Struct, kw_only=True):
+    items: Annotated[
+        list[BatchMessage],
+        Meta(
+            description='1 to 100 messages, taken in this order, each as postMessage would take it alone',
+            max_length=100,
+            min_length=1,
+        ),
+    ]
+
+
+class MessageResult(Struct, kw_only=True):
+    index: Annotated[int, Meta(description="The item's place in the request")]
+    status: Annotated[
+        Literal['created', 'sent_before', 'rejected'],
+        Meta(
+            description="created (postMessage's 201), sent_before (its 200: the idempotency_key's message, as it is now) or rejected"
+        ),
+    ]
+    conversation: (
+        Annotated[ConversationSummary, Meta(description='null if rejected')] | None
+    ) = None
+    message: Annotated[Message, Meta(description='null if rejected')] | None = None
+    error: (
+        Annotated[
+            str,
+            Meta(
+                description='Why the item was rejected, as a stable machine code: the `error` postMessage would answer it with (validation_error, conversation_not_found, not_a_party, conversation_blocked, party_erased, community_blocked, recipient_portal_suspended, awaiting_reply, idempotency_key_reused); null unless rejected'
+            ),
+        ]
+        | None
+    ) = None
+    errors: (
+        Annotated[
+            dict[str, Any],
+            Meta(
+                description='For rejected items: messages by field path, for a person'
+            ),
+        ]
+        | None
+    ) = None
+
+
+class MessageBatchResult(Struct, kw_only=True):
+    results: list[MessageResult]
+    counts: Annotated[dict[str, int], Meta(description='Items by status')]
+
+
 class Block(Struct, kw_only=True):
     member: Annotated[
         str,
