@@ -2,7 +2,7 @@
 verified webhook delivery, with live receivers on loopback.
 
     .venv/bin/python bench/relay.py [--turns 6] [--turn 5] [--clients 8] [--duration 30]
-                                    [--rate 100,300]
+                                    [--rate 100,300] [--batch 1]
 
 The API runs under gunicorn with as many processes as `directory serve` (DEFAULT_WORKERS),
 one `directory worker` delivers with the production retry settings, and each portal's
@@ -21,6 +21,10 @@ a new one.
               time from the client reading the 201 to the receiver getting the verified
               webhook, matched by webhook-id ("msg_" + the message id's hex); both clocks
               are this process's time.monotonic().
+  --batch N   the throughput turns' replies go N to a request (POST /v1/messages/batch,
+              one portal's messages in several of its conversations), as a portal relaying
+              its members' messages in turns sends them; openings still one at a time.
+              Latency is measured with single messages either way.
   floor       bench/minimal_relay.py in place of the directory (one insert and a NOTIFY
               per message, a minimal deliverer, receivers and clients like ours), taking
               turns with ours: the most any Python relay could take here.
@@ -69,6 +73,7 @@ from directory.__main__ import DEFAULT_WORKERS
 from directory.cores import usable_cores
 from directory.db import libpq_url, unit_of_work
 from directory.services.portals import create_portal
+from directory.services.relay import MAX_BATCH_MESSAGES
 from directory.settings import Settings
 from directory.webhooks.signing import new_secret
 from tests.peers import WebhookReceiver
@@ -179,6 +184,75 @@ class Writer:
             path, key = f"/v1/conversations/{conversation.id}/messages", party.key
             payload = {"member": party.member, "body": BODY}
         return path, key, payload
+
+
+class BatchWriter:
+    """Sends relay messages for one client thread, as Writer does, but its replies
+    `batch` to a request: each of its portals' members' next messages in their
+    conversations (parties taking turns), one request per portal; one message in
+    NEW_CONTACT_EVERY opens a conversation, alone."""
+
+    def __init__(self, api: Api, conversations: list[Conversation], ads, name: str, batch: int):
+        self.api = api
+        self.ads = ads
+        self.name = name
+        # Per side, its parties' messages by portal key, `batch` to a request.
+        self.rounds = []
+        for side in ("initiator", "recipient"):
+            by_key: dict[str, list[tuple[str, Party]]] = {}
+            for conversation in conversations:
+                party = getattr(conversation, side)
+                by_key.setdefault(party.key, []).append((conversation.id, party))
+            self.rounds.append(
+                [
+                    (key, parties[start : start + batch])
+                    for key, parties in by_key.items()
+                    for start in range(0, len(parties), batch)
+                ]
+            )
+        self.round = itertools.count()
+        self.requests: list = []
+        self.since_opening = 0
+        self.openings = itertools.count(1)
+
+    def send(self, tally: Tally) -> None:
+        if self.ads and self.since_opening >= NEW_CONTACT_EVERY - 1:
+            self.since_opening = 0
+            number = next(self.openings)
+            ad_id, writer_key = self.ads[number % len(self.ads)]
+            payload = {"member": f"m-{self.name}-{number}", "name": "Anna", "body": BODY}
+            post_message(
+                self.api,
+                tally,
+                f"/v1/ads/{ad_id}/contact",
+                writer_key,
+                payload,
+                lambda body: webhook_id_of(body["message"]["id"]),
+            )
+            return
+        if not self.requests:
+            self.requests = list(self.rounds[next(self.round) % 2])
+        key, parties = self.requests.pop()
+        self.since_opening += len(parties)
+        items = [
+            {"conversation_id": conversation_id, "member": party.member, "body": BODY}
+            for conversation_id, party in parties
+        ]
+        try:
+            status, body = self.api.call("POST", "/v1/messages/batch", key, {"items": items})
+        except (OSError, http.client.HTTPException) as error:
+            self.api.close()
+            tally.fail(type(error).__name__)
+            return
+        accepted_at = time.monotonic()
+        if status != 200:
+            tally.fail(f"HTTP {status}")
+            return
+        for result in body["results"]:
+            if result["status"] == "created":
+                tally.add(webhook_id_of(result["message"]["id"]), accepted_at)
+            else:
+                tally.fail(result["error"])
 
 
 def post_message(
@@ -519,24 +593,33 @@ class Relay:
     receivers: list[WebhookReceiver]
     ads: list[tuple[str, int, str]]
     conversations: list[Conversation]
+    per_client: int  # conversations
 
     def writers(
-        self, count: int, *, base_url: str | None = None, first: int = 0, contacts: bool = True
-    ) -> list[Writer]:
+        self,
+        count: int,
+        *,
+        base_url: str | None = None,
+        first: int = 0,
+        contacts: bool = True,
+        batch: int = 1,
+    ) -> list[Writer | BatchWriter]:
         """`count` clients of the API at `base_url` (ours by default), each writing in
-        its own CONVERSATIONS_PER_CLIENT conversations from the `first` client's on."""
+        its own `per_client` conversations from the `first` client's on, its replies
+        `batch` to a request."""
         ads = [(ad_id, self.keys[(owner + 1) % PORTALS]) for ad_id, owner, _ in self.ads]
-        return [
-            Writer(
-                Api(base_url or self.server.base_url),
-                self.conversations[
-                    index * CONVERSATIONS_PER_CLIENT : (index + 1) * CONVERSATIONS_PER_CLIENT
-                ],
-                ads if contacts else [],
-                name=f"c{index}-{uuid.uuid4().hex[:6]}",
-            )
-            for index in range(first, first + count)
-        ]
+        writers: list[Writer | BatchWriter] = []
+        for index in range(first, first + count):
+            api = Api(base_url or self.server.base_url)
+            own = self.conversations[index * self.per_client : (index + 1) * self.per_client]
+            name = f"c{index}-{uuid.uuid4().hex[:6]}"
+            if batch > 1:
+                writers.append(BatchWriter(api, own, ads if contacts else [], name, batch))
+            else:
+                writers.append(
+                    Writer(api, own[:CONVERSATIONS_PER_CLIENT], ads if contacts else [], name)
+                )
+        return writers
 
     def meter(self, api: subprocess.Popen | None = None) -> CpuMeter:
         """A CpuMeter of the API at `api` (ours by default), the worker and PostgreSQL."""
@@ -546,8 +629,9 @@ class Relay:
 
 
 @contextlib.contextmanager
-def directory_relay(database_url: str, *, clients: int, worker_log: Path):
-    """Yields the directory's Relay, with conversations for `clients` writers."""
+def directory_relay(database_url: str, *, clients: int, worker_log: Path, per_client: int):
+    """Yields the directory's Relay, with `per_client` conversations for each of
+    `clients` writers."""
     env = {
         "DIRECTORY_WEBHOOK_ALLOW_LOOPBACK": "1",
         # A few portals here open as many conversations as a whole federation would, with
@@ -572,13 +656,15 @@ def directory_relay(database_url: str, *, clients: int, worker_log: Path):
                     raise SystemExit(f"setting the webhook failed: HTTP {status} {body}")
             ads = publish_ads(setup, keys)
             conversations, first_messages = open_conversations(
-                setup, keys, ads, CONVERSATIONS_PER_CLIENT * clients
+                setup, keys, ads, per_client * clients
             )
             setup.close()
             worker = start_worker(database_url, worker_log)
             # The conversations' first messages go out as soon as the worker is up.
             drain(receivers, first_messages)
-            yield Relay(database_url, server, worker, keys, receivers, ads, conversations)
+            yield Relay(
+                database_url, server, worker, keys, receivers, ads, conversations, per_client
+            )
         finally:
             if worker is not None:
                 worker.terminate()
@@ -655,7 +741,16 @@ def main() -> None:
         default="100,300",
         help="steady rates of the latency phases, messages/s (default 100,300)",
     )
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        help="replies per request in the throughput turns (POST /v1/messages/batch; "
+        "default 1: one message per request)",
+    )
     args = parser.parse_args()
+    if not 1 <= args.batch <= MAX_BATCH_MESSAGES:
+        parser.error(f"--batch: from 1 to {MAX_BATCH_MESSAGES}")
     rates = [float(rate) for rate in args.rate.split(",")]
 
     with (
@@ -664,10 +759,14 @@ def main() -> None:
     ):
         worker_log = Path(folder) / "worker.log"
         with directory_relay(
-            url, clients=max(args.clients, LATENCY_THREADS), worker_log=worker_log
+            url,
+            clients=max(args.clients, LATENCY_THREADS),
+            worker_log=worker_log,
+            # About `batch` conversations for each portal on each side: full batches.
+            per_client=max(CONVERSATIONS_PER_CLIENT, args.batch * PORTALS),
         ) as relay:
             # (a) throughput, in turns with (c) the floor's
-            ours = Side(relay.writers(args.clients), relay.receivers, relay.meter)
+            ours = Side(relay.writers(args.clients, batch=args.batch), relay.receivers, relay.meter)
             with floor_relay(url, clients=args.clients) as floor:
                 for side in (ours, floor):
                     side.warm_up(WARM_UP_S)
@@ -704,7 +803,9 @@ def main() -> None:
     accepted = len(ours.tally.accepted)
     print(f"(a) throughput:        {accepted_per_s:,.0f} messages accepted/s  "
           f"({accepted:,} in {ours.elapsed_s:.1f} s: {args.turns} turns of {args.turn:g} s, "
-          f"{args.clients} clients, 1 in {NEW_CONTACT_EVERY} a new conversation; turns "
+          f"{args.clients} clients, 1 in {NEW_CONTACT_EVERY} a new conversation; "
+          + (f"replies up to {args.batch} to a request; " if args.batch > 1 else "")
+          + "turns "
           f"{min(ours.per_turn):,.0f}-{max(ours.per_turn):,.0f}/s)")  # fmt: skip
     if ours.tally.errors:
         print(f"    refused/failed:    {dict(ours.tally.errors)}")
