@@ -43,7 +43,7 @@ openapi: deps
 bench: deps
 	$(BIN)/python bench/ingest.py
 
-.PHONY: bench-search bench-flood bench-relay bench-relay-batch bench-relay-layers bench-sync bench-hostile bench-erasure bench-ad-limit
+.PHONY: bench-search bench-flood bench-relay bench-relay-layers bench-sync bench-hostile bench-erasure bench-ad-limit
 bench-search: deps
 	$(BIN)/python bench/search.py
 
@@ -52,9 +52,6 @@ bench-flood: deps
 
 bench-relay: deps
 	$(BIN)/python bench/relay.py
-
-bench-relay-batch: deps
-	$(BIN)/python bench/relay.py --batch 10
 
 bench-relay-layers: deps
 	$(BIN)/python bench/relay_layers.py
