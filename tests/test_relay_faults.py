@@ -392,13 +392,19 @@ def api_server(database_url: str, folder: Path) -> Iterator[str]:
 
 
 class Sender(threading.Thread):
-    """A portal writing one message after another, as a careful client does: a request
-    that fails (503, a broken connection) is sent again with the same idempotency key
-    until the directory answers 201, or 200 for a key it already has."""
+    """A portal writing one message after another (`batch` > 1: that many to a request,
+    through POST /v1/messages/batch), as a careful client does: a request that fails
+    (503, a broken connection) is sent again with the same idempotency keys until the
+    directory answers 201, or 200 for a key it already has (in a batch: each message
+    created, or sent_before)."""
 
-    def __init__(self, base: str, portal: factories.PortalWithKey, conversation_id: str):
+    def __init__(
+        self, base: str, portal: factories.PortalWithKey, conversation_id: str, batch: int = 1
+    ):
         super().__init__(name="sender", daemon=True)
-        self.url = f"{base}/v1/conversations/{conversation_id}/messages"
+        self.base = base
+        self.conversation_id = conversation_id
+        self.batch = batch
         self.headers = portal.headers
         self.stop = threading.Event()
         self.accepted: list[str] = []  # webhook ids, in the order accepted
@@ -409,21 +415,30 @@ class Sender(threading.Thread):
         with requests.Session() as http:
             number = 0
             while not self.stop.is_set() and not self.unexpected:
-                number += 1
-                self._send(http, number)
+                self._send(http, list(range(number + 1, number + 1 + self.batch)))
+                number += self.batch
 
-    def _send(self, http: requests.Session, number: int) -> None:
-        body = {"member": WRITER, "body": f"Message {number}", "idempotency_key": f"k-{number}"}
+    def _send(self, http: requests.Session, numbers: list[int]) -> None:
+        messages = [
+            {"member": WRITER, "body": f"Message {number}", "idempotency_key": f"k-{number}"}
+            for number in numbers
+        ]
+        if self.batch == 1:
+            url = f"{self.base}/v1/conversations/{self.conversation_id}/messages"
+            body = messages[0]
+        else:
+            url = f"{self.base}/v1/messages/batch"
+            body = {"items": [{"conversation_id": self.conversation_id, **m} for m in messages]}
         deadline = time.monotonic() + RECOVERY_S
         while time.monotonic() < deadline:
             try:
-                response = http.post(self.url, json=body, headers=self.headers, timeout=30)
+                response = http.post(url, json=body, headers=self.headers, timeout=30)
             except requests.RequestException:
                 self.failures += 1
                 time.sleep(POLL_S)
                 continue
             if response.status_code in (200, 201):
-                self.accepted.append(message_webhook_id(response.json()))
+                self._accept(response.json())
                 return
             # 409 constraint_violation: a retry raced the first try's commit.
             if response.status_code in (409, 503):
@@ -432,11 +447,22 @@ class Sender(threading.Thread):
                 continue
             self.unexpected.append(f"{response.status_code}: {response.text[:300]}")
             return
-        self.unexpected.append(f"message {number} still refused after {RECOVERY_S} s")
+        self.unexpected.append(f"messages {numbers} still refused after {RECOVERY_S} s")
+
+    def _accept(self, answer: dict) -> None:
+        if self.batch == 1:
+            self.accepted.append(message_webhook_id(answer))
+            return
+        for result in answer["results"]:
+            if result["status"] in ("created", "sent_before"):
+                self.accepted.append(message_webhook_id(result))
+            else:
+                self.unexpected.append(f"item {result['index']}: {result['errors']}")
 
 
+@pytest.mark.parametrize("batch", [1, 5], ids=["one-a-request", "batches"])
 def test_a_database_restart_while_sending_loses_no_message_and_doubles_none(
-    own_cluster, workers, tmp_path
+    own_cluster, workers, tmp_path, batch
 ):
     settings = Settings(environment="test", database_url=own_cluster.url)
     wiring = build_wiring(settings)
@@ -470,7 +496,7 @@ def test_a_database_restart_while_sending_loses_no_message_and_doubles_none(
                 )
                 assert contact.status_code == 201, contact.text
                 workers.start(own_cluster.url)
-                sender = Sender(base, writer, contact.json()["conversation"]["id"])
+                sender = Sender(base, writer, contact.json()["conversation"]["id"], batch)
                 sender.start()
                 wait_until(lambda: len(sender.accepted) >= 50, what="50 messages accepted")
                 localdb.stop(own_cluster.folder)
