@@ -49,6 +49,12 @@ class FullMatch(validate.Regexp):
         return value
 
 
+# A portal's own id for a write it may send again (a message, a secret rotation).
+IDEMPOTENCY_KEY = FullMatch(
+    r"^[A-Za-z0-9._:-]{1,128}$", error="Must be 1 to 128 letters, digits, '.', '_', ':' or '-'."
+)
+
+
 class Str(fields.String):
     """A string that PostgreSQL can store: no NUL or other control characters."""
 

@@ -419,6 +419,17 @@ def test_bad_contacts_are_refused_naming_the_field(
     assert field in response.json["errors"]["json"]
 
 
+@pytest.mark.parametrize("key", ["has space", "k" * 129, "k\n", ""])
+def test_a_bad_idempotency_key_is_refused_saying_what_a_key_is(
+    client, advertiser, writer_portal, ad_id, key
+):
+    response = contact(client, writer_portal, ad_id, idempotency_key=key)
+    assert response.status_code == 400, response.json
+    assert response.json["errors"]["json"]["idempotency_key"] == [
+        "Must be 1 to 128 letters, digits, '.', '_', ':' or '-'."
+    ]
+
+
 @pytest.mark.parametrize("name", ["Anna @ Lyon market", "Anna (Lyon)", "Jo Smith-Brown"])
 def test_names_that_hold_no_address_are_taken(client, advertiser, writer_portal, ad_id, name):
     assert contact(client, writer_portal, ad_id, name=name).status_code == 201

@@ -3,6 +3,7 @@ from __future__ import annotations
 from marshmallow import Schema, fields, post_load, validate
 
 from directory.api.fields import (
+    IDEMPOTENCY_KEY,
     BoundedList,
     FullMatch,
     Text,
@@ -267,10 +268,7 @@ class RotateSecretSchema(Schema):
     )
     idempotency_key = fields.String(
         load_default=None,
-        validate=validate.Regexp(
-            r"\A[A-Za-z0-9._:-]{1,128}\Z",
-            error="Must be 1 to 128 letters, digits, '.', '_', ':' or '-'.",
-        ),
+        validate=IDEMPOTENCY_KEY,
         metadata={
             "description": "The portal's own id for this rotation: sent again with the key "
             "of the latest rotation (after a timeout, say), the request answers the secrets "

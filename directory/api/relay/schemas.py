@@ -4,6 +4,7 @@ from marshmallow import Schema, fields, validate
 
 from directory.api.fields import (
     HANDLE,
+    IDEMPOTENCY_KEY,
     BoundedList,
     PerItemList,
     Text,
@@ -46,7 +47,7 @@ def _body_field() -> Text:
 def _idempotency_field() -> fields.String:
     return fields.String(
         load_default=None,
-        validate=validate.Regexp(r"\A[A-Za-z0-9._:-]{1,128}\Z"),
+        validate=IDEMPOTENCY_KEY,
         metadata={
             "description": "The portal's own id for this message: sending again with the "
             "same key (after a timeout, say) returns the message already made instead of "

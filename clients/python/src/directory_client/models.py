@@ -271,7 +271,7 @@ class RotateSecret(Struct, kw_only=True):
     idempotency_key: (
         Annotated[
             str,
-            Meta(description="The portal's own id for this rotation: sent again with the key of the latest rotation (after a timeout, say), the request answers the secrets as they are instead of rotating again, which would end at once the secret the portal's receiver holds; sent again with another overlap_hours, it is refused (409 idempotency_key_reused). 1 to 128 letters, digits, '.', '_', ':' or '-'.", pattern='\\A[A-Za-z0-9._:-]{1,128}\\Z'),
+            Meta(description="The portal's own id for this rotation: sent again with the key of the latest rotation (after a timeout, say), the request answers the secrets as they are instead of rotating again, which would end at once the secret the portal's receiver holds; sent again with another overlap_hours, it is refused (409 idempotency_key_reused). 1 to 128 letters, digits, '.', '_', ':' or '-'.", pattern='^[A-Za-z0-9._:-]{1,128}$'),
         ]
         | None
         | UnsetType
@@ -971,7 +971,7 @@ class Contact(Struct, kw_only=True):
     idempotency_key: (
         Annotated[
             str,
-            Meta(description="The portal's own id for this message: sending again with the same key (after a timeout, say) returns the message already made instead of making another; the key sent with another message (its words, member or name) is refused with 409 idempotency_key_reused. 1 to 128 letters, digits, '.', '_', ':' or '-'.", pattern='\\A[A-Za-z0-9._:-]{1,128}\\Z'),
+            Meta(description="The portal's own id for this message: sending again with the same key (after a timeout, say) returns the message already made instead of making another; the key sent with another message (its words, member or name) is refused with 409 idempotency_key_reused. 1 to 128 letters, digits, '.', '_', ':' or '-'.", pattern='^[A-Za-z0-9._:-]{1,128}$'),
         ]
         | None
         | UnsetType
@@ -1161,7 +1161,7 @@ class MessagePost(Struct, kw_only=True):
     idempotency_key: (
         Annotated[
             str,
-            Meta(description="The portal's own id for this message: sending again with the same key (after a timeout, say) returns the message already made instead of making another; the key sent with another message (its words, member or name) is refused with 409 idempotency_key_reused. 1 to 128 letters, digits, '.', '_', ':' or '-'.", pattern='\\A[A-Za-z0-9._:-]{1,128}\\Z'),
+            Meta(description="The portal's own id for this message: sending again with the same key (after a timeout, say) returns the message already made instead of making another; the key sent with another message (its words, member or name) is refused with 409 idempotency_key_reused. 1 to 128 letters, digits, '.', '_', ':' or '-'.", pattern='^[A-Za-z0-9._:-]{1,128}$'),
         ]
         | None
         | UnsetType
@@ -1196,7 +1196,7 @@ class BatchMessage(Struct, kw_only=True):
     idempotency_key: (
         Annotated[
             str,
-            Meta(description="The portal's own id for this message: sending again with the same key (after a timeout, say) returns the message already made instead of making another; the key sent with another message (its words, member or name) is refused with 409 idempotency_key_reused. 1 to 128 letters, digits, '.', '_', ':' or '-'.", pattern='\\A[A-Za-z0-9._:-]{1,128}\\Z'),
+            Meta(description="The portal's own id for this message: sending again with the same key (after a timeout, say) returns the message already made instead of making another; the key sent with another message (its words, member or name) is refused with 409 idempotency_key_reused. 1 to 128 letters, digits, '.', '_', ':' or '-'.", pattern='^[A-Za-z0-9._:-]{1,128}$'),
         ]
         | None
         | UnsetType
