@@ -284,23 +284,26 @@ def test_the_proxys_log_has_no_query_string_and_names_the_apis_request_id(proxy,
     # client sending it in the query string (which the API refuses so that it reaches no
     # log), the member handles of conversation filters and every search's words.
     refused = requests.get(f"{proxy}/v1/portals/me?api_key={portal.key}", timeout=10)
+    # And a key pasted as a path segment: the API writes it down as cdir_[redacted] too.
+    in_path = requests.get(f"{proxy}/v1/ads/{portal.key}", timeout=10)
     listed = requests.get(
         f"{proxy}/v1/conversations?member=m-secret-4242", headers=portal.headers, timeout=10
     )
-    assert (refused.status_code, listed.status_code) == (400, 200)
+    assert (refused.status_code, in_path.status_code, listed.status_code) == (400, 404, 200)
 
     log = tmp_path / "nginx" / "access.log"
 
     def lines() -> list[dict]:  # but the probes of nginx starting
-        return [json.loads(line) for line in log.read_text().splitlines()][-2:]
+        return [json.loads(line) for line in log.read_text().splitlines()][-3:]
 
     deadline = time.monotonic() + STARTUP_S
     while [line["path"] for line in lines()][-1:] != ["/v1/conversations"]:  # written once
         assert time.monotonic() < deadline, log.read_text()  # the answer is sent
         time.sleep(0.05)
-    assert portal.key not in log.read_text()
+    assert portal.key[:20] not in log.read_text()
     assert "m-secret-4242" not in log.read_text()
     assert [(line["path"], line["status"], line["request_id"]) for line in lines()] == [
         ("/v1/portals/me", 400, refused.headers["X-Request-Id"]),
+        ("/v1/ads/cdir_[redacted]", 404, in_path.headers["X-Request-Id"]),
         ("/v1/conversations", 200, listed.headers["X-Request-Id"]),
     ]

@@ -189,3 +189,17 @@ def test_a_failing_statement_is_logged_without_the_values_it_carried(
     assert "database unavailable" in caplog.text  # logged, with its traceback...
     assert body not in caplog.text  # ...but not the message it was writing
     assert member not in caplog.text
+
+
+def test_a_key_sent_where_no_key_goes_is_not_logged(client, portal, access_log):
+    """A key pasted as a path segment, or sent as the request id: neither is written
+    down nor, as a request id, sent back."""
+    in_path = client.get(f"/v1/ads/{portal.key}")
+    as_request_id = client.get("/healthz", headers={"X-Request-Id": portal.key[:60]})
+
+    first, second = access_log()
+    assert in_path.status_code == 404
+    assert first["path"] == "/v1/ads/cdir_[redacted]"
+    assert GENERATED_REQUEST_ID.match(as_request_id.headers["X-Request-Id"])
+    assert second["request_id"] == as_request_id.headers["X-Request-Id"]
+    assert portal.key[:20] not in json.dumps([first, second])

@@ -24,6 +24,9 @@ API_TITLE = "Commons Directory"
 API_VERSION = "1.0.0"
 OPENAPI_VERSION = "3.1.0"
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+# What a key looks like wherever it is written by mistake (a path segment, a header).
+KEY_LIKE = re.compile(re.escape(KEY_PREFIX) + r"[A-Za-z0-9]*")
+REDACTED_KEY = KEY_PREFIX + "[redacted]"
 # Query parameter names under which clients commonly (and wrongly) send keys.
 KEY_PARAMETER_NAMES = {"key", "api_key", "apikey", "access_token", "token", "auth"}
 BODY_METHODS = {"POST", "PUT", "PATCH"}
@@ -112,10 +115,13 @@ def _start_request() -> None:
 
 
 def _request_id() -> str:
-    """The client's own X-Request-Id if it is a sane one, else a new one."""
+    """The client's own X-Request-Id if it is a sane one, else a new one. Not one holding
+    a key (a client sending its key in the wrong header): the id is logged and sent back."""
     incoming = request.headers.get("X-Request-Id", "")
+    if REQUEST_ID.fullmatch(incoming) and KEY_PREFIX not in incoming:
+        return incoming
     # secrets rather than uuid4().hex: the same 32 hex digits, a third of the time.
-    return incoming if REQUEST_ID.fullmatch(incoming) else secrets.token_hex(16)
+    return secrets.token_hex(16)
 
 
 def _refuse_keys_in_query() -> None:
@@ -269,7 +275,8 @@ def _log_request(response):
                 "event": "request",
                 "request_id": g.request_id,
                 "method": request.method,
-                "path": request.path,
+                # A key sent as a path segment by mistake is not written down.
+                "path": KEY_LIKE.sub(REDACTED_KEY, request.path),
                 "status": response.status_code,
                 "duration_ms": duration_ms,
                 "portal": g.get("portal_slug"),
