@@ -629,7 +629,13 @@ class Relay:
 
 
 @contextlib.contextmanager
-def directory_relay(database_url: str, *, clients: int, worker_log: Path, per_client: int):
+def directory_relay(
+    database_url: str,
+    *,
+    clients: int,
+    worker_log: Path,
+    per_client: int = CONVERSATIONS_PER_CLIENT,
+):
     """Yields the directory's Relay, with `per_client` conversations for each of
     `clients` writers."""
     env = {
