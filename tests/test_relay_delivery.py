@@ -9,11 +9,13 @@ import logging
 import socketserver
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from directory_client.webhooks import verify_webhook
 from sqlalchemy import select, update
+from sqlalchemy import text as sql
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from directory import build_wiring, create_app, worker
@@ -1012,3 +1014,72 @@ def test_a_delivery_at_the_most_attempts_counted_is_still_claimed_with_the_other
     with unit_of_work(wiring.session_factory) as session:
         counted = sorted(session.scalars(select(Delivery.attempts)))
     assert counted == [1, 32767]
+
+
+def test_two_workers_hearing_410_from_one_portal_at_once_both_record_it(
+    client, wiring, make_portal
+):
+    # Each worker's round locks its delivery, then disables the webhook (the portal's
+    # row), then parks the portal's pending deliveries: the first waited on the second's
+    # delivery, the second on the first's portal row, and PostgreSQL ended one round,
+    # whose every outcome was lost (all of them sent again, to every portal in it).
+    portal, writer = make_portal(slug="lyon"), make_portal(slug="bristol")
+    with WebhookReceiver([secret_of(client, portal)]) as receiver:
+        client.patch("/v1/portals/me", json={"webhook_url": receiver.url}, headers=portal.headers)
+        ad = client.put("/v1/ads/ad-1", json=ad_payload(member="m-owner"), headers=portal.headers)
+        for number in range(2):
+            sent = client.post(
+                f"/v1/ads/{ad.json['id']}/contact",
+                json={"member": f"m-writer-{number}", "name": "Anna", "body": "Hello"},
+                headers=writer.headers,
+            )
+            assert sent.status_code == 201, sent.json
+        with unit_of_work(wiring.session_factory) as session:
+            first, second = deliveries.claim_due(session, limit=10, lease=POLICY.lease)
+
+    def gone(session, claim) -> DeliveryState | None:
+        return deliveries.record_outcome(
+            session,
+            delivery_id=claim.event.delivery_id,
+            url=claim.url,
+            outcome=Outcome.GONE,
+            status=410,
+            error="HTTP 410",
+            retry_after=None,
+            policy=POLICY,
+        )
+
+    def first_round() -> DeliveryState | None:
+        with unit_of_work(wiring.session_factory) as session:
+            return gone(session, first)
+
+    with unit_of_work(wiring.session_factory) as second_round:
+        # The second worker's round has locked its delivery, as record_outcome does first.
+        second_round.execute(
+            select(Delivery.id).where(Delivery.id == second.event.delivery_id).with_for_update()
+        )
+        rounds = ThreadPoolExecutor(1)
+        recorded = rounds.submit(first_round)
+        while not recorded.done() and not _waits_on_a_lock(wiring):
+            time.sleep(0.01)
+        assert gone(second_round, second) is DeliveryState.PENDING
+    assert recorded.result(timeout=30) is DeliveryState.PENDING
+    rounds.shutdown()
+    with unit_of_work(wiring.session_factory) as session:
+        disabled = session.scalar(select(Portal.webhook_disabled_at).where(Portal.id == portal.id))
+        waiting = session.scalars(select(Delivery.next_attempt_at)).all()
+    assert disabled is not None
+    # Both wait in the inbox only.
+    assert waiting == [deliveries.PARKED, deliveries.PARKED]
+
+
+def _waits_on_a_lock(wiring) -> bool:
+    with wiring.engine.connect() as connection:
+        return bool(
+            connection.scalar(
+                sql(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            )
+        )

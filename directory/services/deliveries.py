@@ -110,10 +110,21 @@ def resume_webhooks(session: Session, *, portal_id: int) -> int:
 
 
 def park_webhooks(session: Session, *, portal_id: int) -> None:
-    """The portal has no working webhook: its pending deliveries wait in the inbox."""
+    """The portal has no working webhook: its pending deliveries wait in the inbox.
+
+    Those another transaction holds are passed over: a worker's round recording their
+    outcome parks them itself (record_outcome reads the webhook gone), and one claiming
+    them finds it gone, or reads so when it records. Waited for, they deadlocked two
+    workers' rounds recording a 410 from one portal (each holding its delivery, then
+    the portal's row), and the round ended lost all its outcomes."""
+    held_by_none = (
+        select(Delivery.id)
+        .where(Delivery.portal_id == portal_id, Delivery.state == DeliveryState.PENDING)
+        .with_for_update(skip_locked=True)
+    )
     session.execute(
         update(Delivery)
-        .where(Delivery.portal_id == portal_id, Delivery.state == DeliveryState.PENDING)
+        .where(Delivery.id.in_(held_by_none.scalar_subquery()))
         .values(next_attempt_at=PARKED)
     )
 
@@ -606,11 +617,19 @@ def record_outcome(
         return DeliveryState.DELIVERED
     if delivery.state is not DeliveryState.PENDING:
         return delivery.state  # failed meanwhile: its delivery period is over
-    if _webhook_changed(session, portal_id=delivery.portal_id, url=url):
+    webhook = session.execute(
+        select(Portal.webhook_url, Portal.webhook_disabled_at).where(
+            Portal.id == delivery.portal_id
+        )
+    ).one()
+    if webhook.webhook_url != url or webhook.webhook_disabled_at is not None:
         # The portal set another URL (or none) while this attempt was on its way, or its
-        # webhook was disabled: that decided the next attempt (due now at the new URL,
-        # parked for the inbox otherwise), and the old endpoint's answer, a 410 say,
-        # says nothing of the new one.
+        # webhook was disabled: that decides the next attempt, due now at the new URL,
+        # parked for the inbox otherwise (as the change did to the portal's deliveries
+        # that no round held), and the old endpoint's answer, a 410 say, says nothing
+        # of the new one.
+        working = webhook.webhook_url is not None and webhook.webhook_disabled_at is None
+        delivery.next_attempt_at = func.now() if working else PARKED
         return delivery.state
     now = datetime.now(UTC)
     if outcome is Outcome.GONE:
@@ -636,14 +655,6 @@ def record_outcome(
     # The last try comes at the end of the delivery period, not after it.
     delivery.next_attempt_at = min(now + delay, give_up_at)
     return delivery.state
-
-
-def _webhook_changed(session: Session, *, portal_id: int, url: str) -> bool:
-    """Whether the portal's webhook is no longer `url`, working."""
-    webhook = session.execute(
-        select(Portal.webhook_url, Portal.webhook_disabled_at).where(Portal.id == portal_id)
-    ).one()
-    return webhook.webhook_url != url or webhook.webhook_disabled_at is not None
 
 
 def disable_webhook(session: Session, *, portal_id: int, reason: str) -> None:
