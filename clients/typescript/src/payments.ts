@@ -41,6 +41,14 @@ export function paymentOf(ad: PayableAd): Payment {
       "this ad is a want: its advertiser pays whoever answers it, so it is not paid from here",
     );
   }
+  for (const name of ["protocol", "node", "payee"] as const) {
+    // Shown to the payer: an escape sequence could rewrite what a terminal shows.
+    if (/[\u0000-\u001f\u007f-\u009f]/.test(payment[name])) {
+      throw new NotPayable(
+        `this ad cannot be paid: its payment block's ${name} holds control characters`,
+      );
+    }
+  }
   const problem = ledgerUrlProblem(payment.ledger_url);
   if (problem !== null) {
     throw new NotPayable(

@@ -42,6 +42,10 @@ describe("paymentOf", () => {
     );
     const price = { amount: "3", currency: "EUR", unit: "hour" as const };
     assert.throws(() => paymentOf({ ...offer, payment: { ...block, price } }), /price is in EUR/);
+    assert.throws(
+      () => paymentOf({ ...offer, payment: { ...block, node: "lyon\u001b[8m" } }),
+      /node holds control characters/,
+    );
   });
 
   for (const [url, problem] of [

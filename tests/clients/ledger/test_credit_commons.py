@@ -623,6 +623,9 @@ def test_https_and_loopback_ledger_urls_are_payable(credit_commons_node, ledger_
         ({"currencies": 7}, "not a list of codes"),
         ({"currencies": {"EUR": 1}}, "not a list of codes"),
         ({"price": 12}, "price is not an object"),
+        # Printed by the pay command: an escape sequence would rewrite the terminal.
+        ({"node": "lyon\x1b[8m"}, "node holds control characters"),
+        ({"payee": "bob\r\n"}, "payee holds control characters"),
         ({"price": ["amount", "currency", "unit"]}, "price is not an object"),
     ],
 )

@@ -57,6 +57,12 @@ class Payment:
         for name in ("protocol", "ledger_url", "node", "payee"):
             if not isinstance(data[name], str):
                 raise NotPayable(f"this ad cannot be paid: its payment block's {name} is no text")
+            if not data[name].isprintable():
+                # Shown to the payer (the pay command prints them): an escape sequence
+                # could rewrite what the terminal shows of the payment.
+                raise NotPayable(
+                    f"this ad cannot be paid: its payment block's {name} holds control characters"
+                )
         _check_ledger_url(data["ledger_url"])
         currencies = data.get("currencies") or ()
         if not isinstance(currencies, list | tuple) or not all(
