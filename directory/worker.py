@@ -145,10 +145,16 @@ def _sync_sessions(wiring: Wiring) -> None:
 
 
 def _fail_expired_deliveries(wiring: Wiring) -> None:
-    with unit_of_work(wiring.session_factory) as session:
-        failed = deliveries.fail_expired(
-            session, give_up_after=timedelta(hours=wiring.settings.delivery_give_up_after_hours)
-        )
+    """A batch a transaction, for PURGE_TIME_BUDGET_S at most."""
+    give_up_after = timedelta(hours=wiring.settings.delivery_give_up_after_hours)
+    started = time.monotonic()
+    failed = 0
+    while True:
+        with unit_of_work(wiring.session_factory) as session:
+            batch = deliveries.fail_expired(session, give_up_after=give_up_after)
+        failed += batch
+        if batch < deliveries.FAIL_BATCH or time.monotonic() - started > PURGE_TIME_BUDGET_S:
+            break
     if failed:
         log.warning("relay: %d events could not be delivered in time; marked failed", failed)
 

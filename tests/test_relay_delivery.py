@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from directory_client.webhooks import verify_webhook
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy import text as sql
 from standardwebhooks import Webhook, WebhookVerificationError
 
@@ -1083,3 +1083,38 @@ def _waits_on_a_lock(wiring) -> bool:
                 )
             )
         )
+
+
+def test_overdue_deliveries_are_failed_a_batch_at_a_time_past_one_a_round_holds(
+    client, migrated, wiring, make_portal
+):
+    # One statement failed every overdue delivery: after a long suspension or a worker
+    # away, a backlog to outlast the statement timeout at every round, and one that
+    # waited on (or deadlocked with) a round holding a delivery it was recording.
+    portal, writer = make_portal(slug="lyon"), make_portal(slug="bristol")
+    ad = client.put("/v1/ads/ad-1", json=ad_payload(member="m-owner"), headers=portal.headers)
+    for number in range(5):
+        sent = client.post(
+            f"/v1/ads/{ad.json['id']}/contact",
+            json={"member": f"m-writer-{number}", "name": "Anna", "body": "Hello"},
+            headers=writer.headers,
+        )
+        assert sent.status_code == 201, sent.json
+    with unit_of_work(wiring.session_factory) as session:
+        session.execute(update(Delivery).values(created_at=datetime.now(UTC) - timedelta(hours=73)))
+    with unit_of_work(wiring.session_factory) as session:
+        assert deliveries.fail_expired(session, give_up_after=POLICY.give_up_after, limit=2) == 2
+        held_id = session.scalar(
+            select(func.min(Delivery.id)).where(Delivery.state == DeliveryState.PENDING)
+        )
+    worker_wiring = build_wiring(dataclasses.replace(migrated, db_statement_timeout_ms=300))
+    try:
+        with unit_of_work(wiring.session_factory) as round_:
+            round_.execute(select(Delivery.id).where(Delivery.id == held_id).with_for_update())
+            worker.housekeeping(worker_wiring)
+            with unit_of_work(wiring.session_factory) as session:
+                states = dict(session.execute(select(Delivery.id, Delivery.state)).all())
+    finally:
+        worker_wiring.close()
+    assert states.pop(held_id) is DeliveryState.PENDING  # the round holding it settles it
+    assert set(states.values()) == {DeliveryState.FAILED}

@@ -81,6 +81,10 @@ FIRST_ATTEMPT_SQL = (
 # long enough under short retries reaches it (every 10 s for 4 days), and so does a
 # delivery whose sending fails each time (re-claimed at each lease's end).
 MAX_ATTEMPTS_COUNTED = 32767
+# Overdue deliveries failed per call: after a long suspension, or a worker away, the
+# backlog goes in short transactions (worker.housekeeping), not one past the statement
+# timeout at every try.
+FAIL_BATCH = 10_000
 # Part of each retry delay left to chance, so that deliveries that failed together
 # (an endpoint down) do not all come back at once.
 RETRY_JITTER = 0.5
@@ -666,16 +670,25 @@ def disable_webhook(session: Session, *, portal_id: int, reason: str) -> None:
     park_webhooks(session, portal_id=portal_id)
 
 
-def fail_expired(session: Session, *, give_up_after: timedelta) -> int:
+def fail_expired(session: Session, *, give_up_after: timedelta, limit: int = FAIL_BATCH) -> int:
     """Deliveries still pending after the delivery period are marked failed (parked
     inbox-only deliveries, and those held for a suspended portal, included); they stay
-    in the inbox."""
-    result = session.execute(
-        update(Delivery)
+    in the inbox. At most `limit` a call, the oldest first; those another transaction
+    holds are passed over (a round recording an attempt gives up on them itself, or
+    delivers them), for the next call."""
+    overdue = (
+        select(Delivery.id)
         .where(
             Delivery.state == DeliveryState.PENDING,
-            Delivery.created_at < datetime.now(UTC) - give_up_after,
+            Delivery.created_at < func.now() - give_up_after,
         )
+        .order_by(Delivery.created_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    result = session.execute(
+        update(Delivery)
+        .where(Delivery.id.in_(overdue.scalar_subquery()))
         .values(state=DeliveryState.FAILED)
     )
     return result.rowcount
