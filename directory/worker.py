@@ -39,8 +39,8 @@ from directory.webhooks.signing import signed_headers
 
 log = logging.getLogger("directory.worker")
 HOUSEKEEPING_INTERVAL_S = 60
-# How long one round of housekeeping purges old messages (and, apart, staged sync items)
-# before it lets the other jobs run.
+# How long one round of housekeeping goes on through a backlog (staged sync items,
+# overdue deliveries, old messages) before it lets the other jobs run.
 PURGE_TIME_BUDGET_S = 10
 # New and changed ads reach search results within about this long.
 INDEXING_INTERVAL_S = 1
@@ -118,64 +118,67 @@ def log_failure(what: str, failures: int, delay: float, error: Exception) -> Non
 
 def housekeeping(wiring: Wiring) -> None:
     """Expired sync sessions and their staged items, deliveries past their period, and
-    the relay's retention: each of its own, so that one failing (a lock held past the
-    statement timeout, a deadlock) does not keep the others from running; the first
-    failure is raised once all have run, for the job to log and retry."""
+    the relay's retention, a batch a transaction each, for PURGE_TIME_BUDGET_S in all
+    (each gets a batch at least): a long backlog goes over several rounds, and the
+    other jobs, and a stop, are not kept waiting. Each runs whatever the others do, so
+    that one failing (a lock held past the statement timeout, a deadlock) does not keep
+    the others from running; the first failure is raised once all have run, for the
+    job to log and retry."""
+    deadline = time.monotonic() + PURGE_TIME_BUDGET_S
     failures = []
     for step in (_sync_sessions, _fail_expired_deliveries, _relay_retention):
         try:
-            step(wiring)
+            step(wiring, deadline=deadline)
         except Exception as error:
             failures.append(error)
     if failures:
         raise failures[0]
 
 
-def _sync_sessions(wiring: Wiring) -> None:
-    """A batch a transaction, for PURGE_TIME_BUDGET_S at most, as the relay's retention."""
-    started = time.monotonic()
+def _sync_sessions(wiring: Wiring, *, deadline: float) -> None:
     report = HousekeepingReport(0, 0)
     while True:
         with unit_of_work(wiring.session_factory) as session:
             report += close_stale_sync_sessions(session)
-        if not report.more or time.monotonic() - started > PURGE_TIME_BUDGET_S:
+        if not report.more or time.monotonic() > deadline:
             break
     if report.expired_sync_sessions or report.purged_sync_items:
         log.info("housekeeping: %s", report)
 
 
-def _fail_expired_deliveries(wiring: Wiring) -> None:
-    """A batch a transaction, for PURGE_TIME_BUDGET_S at most."""
+def _fail_expired_deliveries(wiring: Wiring, *, deadline: float) -> None:
     give_up_after = timedelta(hours=wiring.settings.delivery_give_up_after_hours)
-    started = time.monotonic()
     failed = 0
     while True:
         with unit_of_work(wiring.session_factory) as session:
             batch = deliveries.fail_expired(session, give_up_after=give_up_after)
         failed += batch
-        if batch < deliveries.FAIL_BATCH or time.monotonic() - started > PURGE_TIME_BUDGET_S:
+        if batch < deliveries.FAIL_BATCH or time.monotonic() > deadline:
             break
     if failed:
         log.warning("relay: %d events could not be delivered in time; marked failed", failed)
 
 
-def _relay_retention(wiring: Wiring) -> None:
-    purged = purge_old_messages(wiring)
+def _relay_retention(wiring: Wiring, *, deadline: float) -> None:
+    purged = purge_old_messages(wiring, deadline=deadline)
     if purged.messages or purged.conversations:
         log.info("relay retention: %s", purged)
 
 
-def purge_old_messages(wiring: Wiring, *, batch: int = relay.PURGE_BATCH) -> relay.PurgeReport:
-    """The relay's retention, a batch a transaction, for PURGE_TIME_BUDGET_S at most: a
-    long backlog (the retention just shortened) is purged over several rounds, and the
-    other jobs run in between."""
+def purge_old_messages(
+    wiring: Wiring, *, batch: int = relay.PURGE_BATCH, deadline: float | None = None
+) -> relay.PurgeReport:
+    """The relay's retention, a batch a transaction, until `deadline` (time.monotonic(),
+    PURGE_TIME_BUDGET_S from now unless given): a long backlog (the retention just
+    shortened) is purged over several rounds, and the other jobs run in between."""
     retention = timedelta(days=wiring.settings.relay_retention_days)
-    started = time.monotonic()
+    if deadline is None:
+        deadline = time.monotonic() + PURGE_TIME_BUDGET_S
     purged = relay.PurgeReport(0, 0)
     while True:
         with unit_of_work(wiring.session_factory) as session:
             purged += relay.purge_old_messages(session, retention=retention, limit=batch)
-        if not purged.more or time.monotonic() - started > PURGE_TIME_BUDGET_S:
+        if not purged.more or time.monotonic() > deadline:
             return purged
 
 
