@@ -452,40 +452,66 @@ def test_an_unverified_claim_of_a_website_does_not_shadow_its_portals_ads(federa
     ]
 
 
-def paid_to_someone_else(status: int, body: bytes) -> tuple[int, bytes]:
-    """B's copies of the shared portal's ads, said to be paid to another account, and
-    nearer than all: a directory that lies (or a portal of it that took the site over)."""
-    page = orjson.loads(body)
-    for hit in page["hits"]:
-        if (hit.get("global_id") or "").startswith(SHARED_WEBSITE):
-            hit["distance_km"] = 0.0
-            hit["payment"] = {
-                "protocol": "credit-commons",
-                "ledger_url": "https://ledger.example.net",
-                "node": "elsewhere",
-                "payee": "mallory",
-                "currencies": hit["currencies"],
-                "price": hit.get("price"),
-            }
-    return status, orjson.dumps(page)
+def paid_to(
+    payee: str | None, *, ledger_url: str = "https://ledger.example.org/", nearest: bool = False
+) -> Callable[[int, bytes], tuple[int, bytes]]:
+    """A rewrite of a directory's answer: the shared portal's ads said to be paid to
+    `payee` on `ledger_url` (None: not said how to pay), and with `nearest`, nearer than
+    all (a directory that lies, or a portal of it that took the site over)."""
+
+    def rewrite(status: int, body: bytes) -> tuple[int, bytes]:
+        page = orjson.loads(body)
+        for hit in page["hits"]:
+            if (hit.get("global_id") or "").startswith(SHARED_WEBSITE):
+                if nearest:
+                    hit["distance_km"] = 0.0
+                hit["payment"] = payee and {
+                    "protocol": "credit-commons",
+                    "ledger_url": ledger_url,
+                    "node": "sel-lyon",
+                    "payee": payee,
+                    "currencies": hit["currencies"],
+                    "price": hit.get("price"),
+                }
+        return status, orjson.dumps(page)
+
+    return rewrite
+
+
+def bike_repairs(directories, rewrite_a, rewrite_b) -> list[tuple[int, str | None]]:
+    """(directory, payee) of each copy of the shared portal's s-1 a federated search
+    shows, each directory's answers rewritten."""
+    a, b = directories
+    with (
+        Proxy(a.url, rewrite=rewrite_a) as proxy_a,
+        Proxy(b.url, rewrite=rewrite_b) as proxy_b,
+        FederatedSearch([proxy_a.origin, proxy_b.origin]) as search,
+    ):
+        hits = list(search.iter_search(sort="distance", **NEAR_LYON))
+        origins = [proxy_a.origin, proxy_b.origin]
+    return [
+        (origins.index(hit.directory), hit.ad.payment and hit.ad.payment.payee)
+        for hit in hits
+        if hit.ad.global_id == f"{SHARED_WEBSITE}#s-1"
+    ]
 
 
 def test_a_copy_paid_to_someone_else_does_not_hide_the_ad_it_claims_to_be(directories):
     # Were the copies one ad, the lying nearer one would come first and be the only one
     # shown: whoever paid from it would pay mallory, never seeing the advertiser's own.
-    a, b = directories
-    with (
-        Proxy(b.url, rewrite=paid_to_someone_else) as lying_b,
-        FederatedSearch([a.url, lying_b.origin]) as search,
-    ):
-        hits = list(search.iter_search(sort="distance", **NEAR_LYON))
+    shown = bike_repairs(directories, paid_to("oscar"), paid_to("mallory", nearest=True))
+    assert shown == [(1, "mallory"), (0, "oscar")]
 
-    repairs = [
-        (hit.directory, hit.ad.payment and hit.ad.payment.payee)
-        for hit in hits
-        if hit.ad.global_id == f"{SHARED_WEBSITE}#s-1"
-    ]
-    assert repairs == [(lying_b.origin, "mallory"), (a.url, None)]
+
+def test_copies_paid_the_same_way_are_one_ad_however_the_ledger_is_spelt(directories):
+    spelt_otherwise = paid_to("oscar", ledger_url="HTTPS://Ledger.Example.org:443")
+    assert bike_repairs(directories, paid_to("oscar"), spelt_otherwise) == [(0, "oscar")]
+
+
+def test_a_copy_that_says_how_to_pay_and_one_that_does_not_are_one_ad(directories):
+    # A portal that registered its ledger in one of the directories only.
+    assert bike_repairs(directories, paid_to(None), paid_to("oscar")) == [(0, None)]
+    assert bike_repairs(directories, paid_to("oscar"), paid_to(None)) == [(0, "oscar")]
 
 
 def test_the_same_ad_of_a_portal_without_website_is_shown_from_each_directory(

@@ -18,11 +18,11 @@ The merge follows the sort: `distance` nearest first (`distance_km`), `recent` b
 takes turns, one ad from each directory in turn by that directory's own rank (ranks of
 different engines cannot be compared, turns are fair). An ad published in several
 directories is shown once, where it comes first: ads are the same when their `global_id`
-is (the portal's website and its own id of the ad) and they are paid the same way (the
-same ledger, node and account, or neither has a payment block); an ad without one is never
-taken for another. Copies that disagree on whom to pay are all shown: a directory lying
-about an ad, nearer or newer than the true copy, would otherwise hide it, and its payers
-pay someone else.
+is (the portal's website and its own id of the ad), unless their payment blocks name
+different ledgers, nodes or accounts (a copy without one is the same as any); an ad without
+a global id is never taken for another. Copies that disagree on whom to pay are all shown:
+a directory lying about an ad, nearer or newer than the true copy, would otherwise hide
+it, and its payers pay someone else.
 
 One opaque `next_cursor` continues all directories. A directory's own cursor continues
 after the whole page it returned, while the merge may have taken only part of it, so the
@@ -39,9 +39,10 @@ changes between two pages can move across where the search stands: it is then mi
 that directory; one taken from the page being read is left out). The hits taken are kept
 for at most MAX_TAKEN per directory, about 17 characters each.
 
-The cursor also holds 8-byte digests of the ads already shown (global id and payment), so
-a copy met pages later is still dropped: it grows by about 11 characters per ad shown that has a global
-id. And, for each directory, 8-byte digests of the cursors of its that the search moved on
+The cursor also holds 8-byte digests of the ads already shown (their global id, and for
+one with a payment block how it is paid), so a copy met pages later is still dropped: it
+grows by about 11 characters per ad shown that has a global id, 33 for one with a payment
+block. And, for each directory, 8-byte digests of the cursors of its that the search moved on
 to (about 11 characters a page): a directory whose page gives one of them again as its
 next_cursor (a cache answering the first page whatever the cursor) would lead back to hits
 shown already, without end; it is an error on that page instead, as one not understood.
@@ -629,15 +630,13 @@ def _digest(identity: str) -> bytes:
     return hashlib.blake2b(identity.encode(), digest_size=DIGEST_BYTES).digest()
 
 
-def _identity(hit: models.SearchHit) -> str:
-    """The global id, and where and whom the ad is paid (None: it says nothing of it)."""
-    payment = hit.payment
-    paid = (
-        None
-        if payment is None
-        else [payment.protocol, ledger_identity(payment.ledger_url), payment.node, payment.payee]
-    )
-    return msgspec.json.encode([hit.global_id, paid]).decode()
+def _identity(global_id: str, paid: Any) -> str:
+    return msgspec.json.encode([global_id, paid]).decode()
+
+
+def _payment_identity(payment: models.Payment) -> list[Any]:
+    """Where and whom an ad is paid, however the ledger's URL is spelt."""
+    return [payment.protocol, ledger_identity(payment.ledger_url), payment.node, payment.payee]
 
 
 def _id_digest(hit: models.SearchHit) -> bytes:
@@ -671,16 +670,28 @@ def _check_moves_on(position: _Position, page: models.SearchPage) -> None:
 
 
 def _first_time(hit: models.SearchHit, seen: set[bytes]) -> bool:
-    """True unless an ad with the same global id, paid the same way, was shown already
-    (and remembers it). Copies that say to pay another account or ledger (or one says how
-    to pay and the other not) are not one ad: one of them is wrong, and which one is not
-    for the merge to guess by which came first, showing it alone."""
+    """True unless a copy of the ad (same global id) was shown already, paid the same way
+    or said nothing of how it is paid; remembers it. Copies that name different ledgers or
+    accounts to pay are not one ad: one of them is wrong, and which one is not for the
+    merge to guess by which came first, showing it alone. A copy that says nothing of
+    paying (a portal that registered its ledger in one directory only) is one with any.
+
+    Three digests stand for a shown ad: of its global id (a copy was shown), of the global
+    id and its payment (a copy paid that way was), and, for one with a payment, of the
+    global id marked paid (a copy saying how to pay was)."""
     if hit.global_id is None:
         return True
-    digest = _digest(_identity(hit))
-    if digest in seen:
+    shown = _digest(_identity(hit.global_id, None))
+    if hit.payment is None:
+        if shown in seen:
+            return False
+        seen.add(shown)
+        return True
+    paid_so = _digest(_identity(hit.global_id, _payment_identity(hit.payment)))
+    paid_somehow = _digest(_identity(hit.global_id, "paid"))
+    if paid_so in seen or (shown in seen and paid_somehow not in seen):
         return False
-    seen.add(digest)
+    seen.update((shown, paid_so, paid_somehow))
     return True
 
 
