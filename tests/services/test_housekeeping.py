@@ -230,3 +230,29 @@ def test_a_message_written_while_its_conversation_is_purged_is_kept_with_it(
         )
     assert [tuple(row) for row in kept] == [(reply.message_id, "Sorry for the late answer")]
     assert delivery is DeliveryState.PENDING
+
+
+def test_a_session_finished_a_month_ago_goes_and_a_recent_one_stays(client, wiring, portal):
+    # Every resync left its row for good, with its answer (up to one error per rejected
+    # ad): a portal resyncing hourly stored thousands a year, megabytes each.
+    old, recent = (staged_session(client, portal, [f"ad-{n}"]) for n in range(2))
+    for session_id in (old, recent):
+        committed = client.post(
+            f"/v1/sync-sessions/{session_id}/commit",
+            json={"delete_all": True},
+            headers=portal.headers,
+        )
+        assert committed.status_code == 200, committed.json
+    with unit_of_work(wiring.session_factory) as session:
+        for session_id, days in ((old, 31), (recent, 29)):
+            session.execute(
+                update(SyncSession)
+                .where(SyncSession.id == session_id)
+                .values(finished_at=datetime.now(UTC) - timedelta(days=days))
+            )
+
+    housekeeping(wiring)
+
+    assert client.get(f"/v1/sync-sessions/{old}", headers=portal.headers).status_code == 404
+    kept = client.get(f"/v1/sync-sessions/{recent}", headers=portal.headers)
+    assert (kept.status_code, kept.json["status"]) == (200, "committed")
