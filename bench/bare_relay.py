@@ -25,7 +25,7 @@ from sqlalchemy.dialects import postgresql
 
 from directory.services import deliveries
 from directory.services.portals import _KEY_LOOKUP, key_digest, looks_like_key
-from directory.services.relay import _LOCK_CONVERSATION, APPEND_MESSAGE
+from directory.services.relay import _LOCK_CONVERSATIONS, APPEND_MESSAGE
 from directory.settings import Settings
 
 ROLES = ("initiator", "recipient")
@@ -41,7 +41,7 @@ def _sql(statement) -> str:
 
 
 KEY_LOOKUP = _sql(_KEY_LOOKUP)
-LOCK_CONVERSATION = _sql(_LOCK_CONVERSATION)
+LOCK_CONVERSATION = _sql(_LOCK_CONVERSATIONS)
 APPEND = _sql(APPEND_MESSAGE)
 
 
@@ -80,7 +80,7 @@ def post_message(conversation_id: str):
             return refused(401, "unauthenticated")
         portal_id = key_row[3]
         cursor = conn.execute(
-            LOCK_CONVERSATION, {"conversation_id": conversation_uuid, "portal_id": portal_id}
+            LOCK_CONVERSATION, {"conversation_ids": [conversation_uuid], "portal_id": portal_id}
         )
         row = cursor.fetchone()
         if row is None:

@@ -278,6 +278,21 @@ def open_conversation(
     return sent
 
 
+MAX_BATCH_MESSAGES = 100
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A message in a conversation, by one of its parties: `member` says which, when both
+    are members of the calling portal."""
+
+    conversation_id: uuid.UUID
+    member: str
+    name: str | None
+    body: str
+    idempotency_key: str | None
+
+
 def post_message(
     session: Session,
     *,
@@ -289,58 +304,87 @@ def post_message(
     idempotency_key: str | None,
     limits: RelayLimits,
 ) -> Sent:
-    """A party writes in a conversation. `member` says which party, when both are
-    members of the calling portal. Refused while either party's community blocks the
-    other's, or the other party's portal is suspended: nothing may flow to it (the
-    conversation stays readable), and once the party has sent as many messages in a row
-    as the limits allow, until the other answers."""
-    # Locked: the messages of a conversation are numbered one after the other, and a
-    # retry racing its original finds it once the lock is ours. Read with both
-    # communities, as the answer shows them: this is the hot path of the relay.
-    # A plain row, not an ORM object: it is only read (the write is APPEND_MESSAGE).
-    conversation = session.execute(
-        _LOCK_CONVERSATION, {"conversation_id": conversation_id, "portal_id": sender.id}
-    ).one_or_none()
-    sent, _ = _write(
+    """A party writes in a conversation: a batch of one (post_messages), its refusal
+    raised."""
+    (outcome,) = post_messages(
         session,
-        None if conversation is None else conversation._asdict(),
         sender=sender,
-        conversation_id=conversation_id,
-        member=member,
-        name=name,
-        body=body,
-        idempotency_key=idempotency_key,
+        replies=[Reply(conversation_id, member, name, body, idempotency_key)],
         limits=limits,
     )
-    return sent
+    if isinstance(outcome, DirectoryError):
+        raise outcome
+    return outcome
+
+
+def post_messages(
+    session: Session,
+    *,
+    sender: AuthenticatedPortal,
+    replies: Sequence[Reply],
+    limits: RelayLimits,
+) -> list[Sent | DirectoryError]:
+    """Messages in conversations, in one transaction, in the order given: what each sent
+    (or had sent before, with the same idempotency key), or why it was refused. Refused
+    while either party's community blocks the other's, or the other party's portal is
+    suspended: nothing may flow to it (the conversation stays readable), and once the
+    party has sent as many messages in a row as the limits allow, until the other
+    answers. A refused message leaves the others as they are: nothing of it is written.
+    Several at once are for a portal that relays its members' messages in turns (from a
+    queue, a cron job)."""
+    # Locked: the messages of a conversation are numbered one after the other, and a
+    # retry racing its original finds it once the lock is ours. Every conversation of
+    # the batch first, in one order: two batches writing in the same conversations (in
+    # turn, say, or the two parties') never wait for each other in a circle. Read with
+    # both communities, as the answer shows them: this is the hot path of the relay.
+    # Plain rows, not ORM objects: they are only read (the write is APPEND_MESSAGE).
+    locked = {
+        row.id: row._asdict()
+        for row in session.execute(
+            _LOCK_CONVERSATIONS,
+            {
+                "conversation_ids": sorted({reply.conversation_id for reply in replies}),
+                "portal_id": sender.id,
+            },
+        )
+    }
+    outcomes: list[Sent | DirectoryError] = []
+    for reply in replies:
+        try:
+            sent, after = _write(
+                session, locked.get(reply.conversation_id), reply, sender=sender, limits=limits
+            )
+        except DirectoryError as refusal:
+            outcomes.append(refusal)
+            continue
+        if after is not None:  # the next message in it is written from the row as it is
+            locked[reply.conversation_id] = after
+        outcomes.append(sent)
+    return outcomes
 
 
 def _write(
     session: Session,
     conversation: dict | None,
+    reply: Reply,
     *,
     sender: AuthenticatedPortal,
-    conversation_id: uuid.UUID,
-    member: str,
-    name: str | None,
-    body: str,
-    idempotency_key: str | None,
     limits: RelayLimits,
 ) -> tuple[Sent, dict | None]:
-    """post_message's work once the conversation is locked (a row of _CONVERSATIONS as
-    a dict; None: the portal has no such conversation): what was sent, and the
-    conversation after it (None: as it was). Refused before anything is written."""
+    """A message, once its conversation is locked (a row of _CONVERSATIONS as a dict;
+    None: the portal has no such conversation): what was sent, and the conversation
+    after it (None: as it was). Refused before anything is written."""
     row = None if conversation is None else SimpleNamespace(**conversation)
-    role = _role_of(row, sender, member)
-    if idempotency_key is not None:
+    role = _role_of(row, sender, reply.member)
+    if reply.idempotency_key is not None:
         replay = _replayed(
             session,
             sender=sender,
-            member=member,
-            idempotency_key=idempotency_key,
-            body=body,
-            name=name,
-            conversation_id=conversation_id,
+            member=reply.member,
+            idempotency_key=reply.idempotency_key,
+            body=reply.body,
+            name=reply.name,
+            conversation_id=reply.conversation_id,
         )
         if replay is not None:
             return replay, None
@@ -352,80 +396,17 @@ def _write(
         conversation,
         role=role,
         sender=sender,
-        name=name,
-        body=body,
-        idempotency_key=idempotency_key,
+        name=reply.name,
+        body=reply.body,
+        idempotency_key=reply.idempotency_key,
         now=datetime.now(UTC),
         limits=limits,
     )
 
 
-MAX_BATCH_MESSAGES = 100
-
-
-@dataclass(frozen=True)
-class Reply:
-    """One message of a batch, in a conversation: post_message's arguments."""
-
-    conversation_id: uuid.UUID
-    member: str
-    name: str | None
-    body: str
-    idempotency_key: str | None
-
-
-def post_messages(
-    session: Session,
-    *,
-    sender: AuthenticatedPortal,
-    replies: Sequence[Reply],
-    limits: RelayLimits,
-) -> list[Sent | DirectoryError]:
-    """Several messages in conversations, in one transaction, each taken as post_message
-    takes it alone: what it sent (or had sent before, with the same idempotency key), or
-    why it was refused, in the order given. A refused message leaves the others as they
-    are: post_message refuses before it writes. For a portal that relays its members'
-    messages in turns (from a queue, a cron job), one request instead of one each."""
-    # Every conversation of the batch locked and read first, in one order: two batches
-    # writing in the same conversations (in turn, say, or the two parties') never wait
-    # for each other in a circle. Then each message is written from the conversation as
-    # the last one left it, one statement each.
-    locked = {
-        row.id: row._asdict()
-        for row in session.execute(
-            _LOCK_CONVERSATIONS_IN_ORDER,
-            {
-                "conversation_ids": sorted({reply.conversation_id for reply in replies}),
-                "portal_id": sender.id,
-            },
-        )
-    }
-    outcomes: list[Sent | DirectoryError] = []
-    for reply in replies:
-        try:
-            sent, after = _write(
-                session,
-                locked.get(reply.conversation_id),
-                sender=sender,
-                conversation_id=reply.conversation_id,
-                member=reply.member,
-                name=reply.name,
-                body=reply.body,
-                idempotency_key=reply.idempotency_key,
-                limits=limits,
-            )
-        except DirectoryError as refusal:
-            outcomes.append(refusal)
-            continue
-        if after is not None:
-            locked[reply.conversation_id] = after
-        outcomes.append(sent)
-    return outcomes
-
-
 def _refusal(conversation, role: Role, limits: RelayLimits) -> Conflict | None:
-    """Why the party `role` may not write in the conversation now (post_message raises
-    it), or None: from a row of _CONVERSATIONS, which reads the parties' portals and the
+    """Why the party `role` may not write in the conversation now (post_messages refuses
+    with it), or None: from a row of _CONVERSATIONS, which reads the parties' portals and the
     blocks between them with the conversation. A conversation's view shows it to the
     party's portal (`sending`) before its member writes."""
     if _member(conversation, role.other) is None:
@@ -615,13 +596,7 @@ _CONVERSATIONS = (
         recipient_portal.c.id == Conversation.__table__.c.recipient_portal_id,
     )
 )
-_LOCK_CONVERSATION = _CONVERSATIONS.where(
-    Conversation.__table__.c.id == bindparam("conversation_id"),
-    _has_party_portal(bindparam("portal_id")),
-).with_for_update(of=Conversation.__table__)
-
-
-_LOCK_CONVERSATIONS_IN_ORDER = (
+_LOCK_CONVERSATIONS = (
     _CONVERSATIONS.where(
         Conversation.__table__.c.id == any_(bindparam("conversation_ids")),
         _has_party_portal(bindparam("portal_id")),
