@@ -1403,4 +1403,21 @@ def purge_old_messages(
             Conversation.id.in_(emptied_conversations.scalar_subquery())
         )
     ).rowcount
-    return PurgeReport(messages, conversations, more=max(messages, conversations) >= limit)
+    # The news of its end, of a conversation kept for its block, goes as its messages
+    # did: it would stay in an inbox that never acknowledged it. Looked for among the
+    # conversations older than the retention, kept ones, by the delivery's unique key.
+    ends_told = (
+        select(Delivery.id)
+        .join(Conversation, Conversation.id == Delivery.ended_conversation_id)
+        .where(
+            Conversation.last_message_at < cutoff,
+            Delivery.state != DeliveryState.PENDING,
+            Delivery.created_at < cutoff,
+        )
+        .limit(limit)
+        .with_for_update(of=Delivery, skip_locked=True)
+    )
+    ends = session.execute(
+        Delivery.__table__.delete().where(Delivery.id.in_(ends_told.scalar_subquery()))
+    ).rowcount
+    return PurgeReport(messages, conversations, more=max(messages, conversations, ends) >= limit)

@@ -256,3 +256,47 @@ def test_a_session_finished_a_month_ago_goes_and_a_recent_one_stays(client, wiri
     assert client.get(f"/v1/sync-sessions/{old}", headers=portal.headers).status_code == 404
     kept = client.get(f"/v1/sync-sessions/{recent}", headers=portal.headers)
     assert (kept.status_code, kept.json["status"]) == (200, "committed")
+
+
+def test_the_end_of_a_kept_blocked_conversation_leaves_the_inbox_after_the_retention(
+    client, wiring, portal, make_portal
+):
+    # Kept for its block, the conversation kept the news of its end too: failed (an
+    # inbox-only portal that never acknowledged it), in that portal's inbox for good.
+    writer = make_portal(slug="bristol")
+    ad = client.put("/v1/ads/ad-1", json=ad_payload(member="m-owner"), headers=portal.headers)
+    contact = {"member": "m-writer", "name": "Anna", "body": "Hello"}
+    opened = client.post(f"/v1/ads/{ad.json['id']}/contact", json=contact, headers=writer.headers)
+    conversation_id = opened.json["conversation"]["id"]
+    client.post(
+        f"/v1/conversations/{conversation_id}/block",
+        json={"member": "m-owner"},
+        headers=portal.headers,
+    )
+    (event,) = [
+        event
+        for event in client.get("/v1/inbox", headers=writer.headers).json["events"]
+        if event["type"] == "conversation.ended"
+    ]
+    with unit_of_work(wiring.session_factory) as session:
+        session.execute(update(Message).values(created_at=long_ago()))
+        session.execute(
+            text("UPDATE conversations SET last_message_at = :at, blocked_at = :at"),
+            {"at": long_ago()},
+        )
+        session.execute(
+            text("UPDATE deliveries SET state = 'failed', created_at = :at"), {"at": long_ago()}
+        )
+
+    housekeeping(wiring)
+
+    assert client.get("/v1/inbox", headers=writer.headers).json["events"] == []
+    kept = client.get(f"/v1/conversations/{conversation_id}", headers=portal.headers)
+    assert kept.status_code == 200
+    again = client.post(f"/v1/ads/{ad.json['id']}/contact", json=contact, headers=writer.headers)
+    assert again.json.get("error") == "blocked_by_advertiser"
+    assert event["id"].startswith("end_")
+
+
+def long_ago() -> datetime:
+    return datetime.now(UTC) - timedelta(days=400)
