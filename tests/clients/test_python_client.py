@@ -40,6 +40,7 @@ from directory_client.errors import (
     ServiceUnavailable,
     Unauthenticated,
 )
+from directory_client.ledger import UnsupportedLedgerProtocol, ledger_for
 from directory_client.transport import RetryPolicy, Transport, retry_after_s
 from directory_client.webhooks import InvalidWebhook, verify_webhook
 
@@ -261,6 +262,30 @@ def test_a_portal_sends_its_members_replies_in_one_batch(live, make_portal):
     (rejected,) = refused.results
     assert (rejected.status, rejected.error, rejected.message) == ("rejected", "not_a_party", None)
     assert [event.data["message"]["body"] for event in inbox.events] == ["Yes!", "Yes!"]
+
+
+def test_an_ad_paid_by_a_protocol_this_client_does_not_know_still_reads(live, make_portal):
+    """A later release may publish ads paid by another ledger protocol: a page holding
+    one still reads, and only paying that ad is refused."""
+    portal = make_portal()
+    with DirectoryClient(live.url, key=portal.key) as directory:
+        ad = directory.put_ad("a-1", ad_payload())
+    later = httpx.get(f"{live.url}/v1/ads/{ad.id}").json() | {
+        "payment": {
+            "protocol": "holochain-mutual-credit",
+            "ledger_url": "https://ledger.example.org/",
+            "node": "x",
+            "payee": "bob",
+            "currencies": ["HOUR"],
+            "price": None,
+        }
+    }
+    with Scripted([(200, {}, orjson.dumps(later))]) as newer, DirectoryClient(newer.url) as client:
+        read = client.get_ad(str(ad.id))
+
+    assert read.payment.protocol == "holochain-mutual-credit"
+    with pytest.raises(UnsupportedLedgerProtocol):
+        ledger_for(read)
 
 
 def test_a_portal_tests_its_webhook(live, make_portal):

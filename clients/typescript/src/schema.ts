@@ -1031,10 +1031,10 @@ export interface components {
         };
         Payment: {
             /**
-             * @description The ledger's protocol: which client adapter pays
-             * @enum {unknown}
+             * @description The ledger's protocol: which client adapter pays (credit-commons; more may come: a client that does not know one cannot pay that ad, and reads the rest as usual)
+             * @example credit-commons
              */
-            protocol: "credit-commons";
+            protocol: string;
             /** @description The ledger node's base URL */
             ledger_url: string;
             /** @description The node's name on its ledger */

@@ -25,7 +25,7 @@ from directory.api.fields import (
 )
 from directory.api.loading import FastLoader
 from directory.geo import Point, Privacy
-from directory.models import AdKind, LedgerProtocol, PriceUnit
+from directory.models import AdKind, PriceUnit
 from directory.models.ads import Visibility
 from directory.services.ads import EXTERNAL_ID, MAX_BATCH_ITEMS, AdInput, Price
 
@@ -256,10 +256,15 @@ class PaymentSchema(Schema):
     """Where and whom to pay for the ad, on its portal's ledger, with the payer's own
     client and credentials; the directory never holds credentials or moves value."""
 
-    protocol = fields.Enum(
-        LedgerProtocol,
-        by_value=True,
-        metadata={"description": "The ledger's protocol: which client adapter pays"},
+    # A string, not an enum, in the spec: a client generated from it must still read the
+    # search pages of a later release, when an ad is paid by a protocol added since.
+    protocol = fields.String(
+        metadata={
+            "description": "The ledger's protocol: which client adapter pays (credit-commons; "
+            "more may come: a client that does not know one cannot pay that ad, and reads "
+            "the rest as usual)",
+            "example": "credit-commons",
+        }
     )
     ledger_url = fields.String(metadata={"description": "The ledger node's base URL"})
     node = fields.String(metadata={"description": "The node's name on its ledger"})

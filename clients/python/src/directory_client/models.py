@@ -331,8 +331,10 @@ class PublicPrice(Struct, kw_only=True):
 
 class Payment(Struct, kw_only=True):
     protocol: Annotated[
-        Literal['credit-commons'],
-        Meta(description="The ledger's protocol: which client adapter pays"),
+        str,
+        Meta(
+            description="The ledger's protocol: which client adapter pays (credit-commons; more may come: a client that does not know one cannot pay that ad, and reads the rest as usual)"
+        ),
     ]
     ledger_url: Annotated[str, Meta(description="The ledger node's base URL")]
     node: Annotated[str, Meta(description="The node's name on its ledger")]
