@@ -235,8 +235,11 @@ def test_malformed_end_ids_are_refused_naming_the_field(client, writer_portal, b
 def test_a_conversation_is_not_purged_while_its_end_is_being_told(
     client, wiring, advertiser, writer_portal
 ):
+    # Ended by an erasure: a blocked one is kept while both parties remain (the block
+    # holds), however old its messages.
     conversation_id = open_conversation(client, writer_portal, advertiser)
-    block(client, advertiser, conversation_id, ADVERTISER)
+    reply(client, advertiser, conversation_id)
+    erase(client, advertiser, ADVERTISER)
     long_ago = datetime.now(UTC) - timedelta(days=400)
     with unit_of_work(wiring.session_factory) as session:
         session.execute(text("UPDATE messages SET created_at = :at"), {"at": long_ago})
