@@ -216,8 +216,9 @@ class BatchWriter:
         self.openings = itertools.count(1)
 
     def send(self, tally: Tally) -> None:
+        # One opening for each NEW_CONTACT_EVERY - 1 replies, however many a batch holds.
         if self.ads and self.since_opening >= NEW_CONTACT_EVERY - 1:
-            self.since_opening = 0
+            self.since_opening -= NEW_CONTACT_EVERY - 1
             number = next(self.openings)
             ad_id, writer_key = self.ads[number % len(self.ads)]
             payload = {"member": f"m-{self.name}-{number}", "name": "Anna", "body": BODY}
@@ -859,14 +860,17 @@ def main() -> None:
     print(f"receivers:             {requests_seen:,} requests, {unverified} unverified; "
           f"deliveries {total:,}, {retried:,} tried more than once, {pending:,} still pending")  # fmt: skip
     print("goals:")
-    print(f"  >= {GOAL_ACCEPTED_PER_S} messages accepted/s, one a request: "
-          f"{met(ours.accepted_per_s >= GOAL_ACCEPTED_PER_S)} ({ours.accepted_per_s:,.0f}/s; "
-          f"the floor {floor.accepted_per_s:,.0f}/s)")  # fmt: skip
-    if batched_turns:
-        print(f"  >= {GOAL_ACCEPTED_PER_S} messages accepted/s, batched:       "
-              f"{met(batched.accepted_per_s >= GOAL_ACCEPTED_PER_S)} "
-              f"({batched.accepted_per_s:,.0f}/s; p95 acceptance -> delivery "
-              f"{saturated_batched.p95_s * 1000:,.0f} ms)")  # fmt: skip
+    # Accepted faster than the worker delivers, messages pile up: the rate counts only
+    # while deliveries keep up (p95 acceptance -> delivery under the latency goal).
+    for label, side, figures in [("one a request", ours, saturated)] + (
+        [(f"replies {args.batch} a request", batched, saturated_batched)] if batched_turns else []
+    ):
+        kept_up = figures.p95_s < GOAL_P95_S
+        print(f"  >= {GOAL_ACCEPTED_PER_S} messages accepted/s, {label}: "
+              f"{met(side.accepted_per_s >= GOAL_ACCEPTED_PER_S and kept_up)} "
+              f"({side.accepted_per_s:,.0f}/s, the floor {floor.accepted_per_s:,.0f}/s; "
+              f"p95 acceptance -> delivery {figures.p95_s * 1000:,.0f} ms"
+              + ("" if kept_up else ": deliveries fell behind") + ")")  # fmt: skip
     for rate, paced_tally, figures in steady:
         ok = figures.p95_s < GOAL_P95_S and not figures.missing
         achieved = len(paced_tally.accepted) / args.duration
