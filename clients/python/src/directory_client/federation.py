@@ -64,7 +64,6 @@ import base64
 import binascii
 import hashlib
 import inspect
-import math
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -86,7 +85,7 @@ from directory_client.errors import (
     DirectoryUnavailable,
 )
 from directory_client.payments import ledger_identity
-from directory_client.transport import NO_RETRIES, query
+from directory_client.transport import NO_RETRIES, query, require_timeout
 
 DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_PAGE_SIZE = 20
@@ -187,13 +186,7 @@ class FederatedSearch:
     ) -> None:
         if not directories:
             raise ValueError("a federated search needs at least one directory")
-        if not (
-            isinstance(timeout_s, int | float)
-            and not isinstance(timeout_s, bool)
-            and math.isfinite(timeout_s)
-            and timeout_s > 0
-        ):
-            raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
+        require_timeout(timeout_s)
         self.timeout_s = timeout_s
         self._owned: list[DirectoryClient] = []
         self._clients: list[DirectoryClient] = []

@@ -124,6 +124,19 @@ def retry_after_s(response: httpx.Response) -> float | None:
     return max(0.0, (moment - datetime.now(UTC)).total_seconds())
 
 
+def require_timeout(timeout_s: object) -> None:
+    """Refuses, naming it, a timeout that is no positive, finite number of seconds: nan
+    timed every request out at once, inf failed deep in httpx, and a string or a bool
+    failed elsewhere without a word of the argument."""
+    if not (
+        isinstance(timeout_s, int | float)
+        and not isinstance(timeout_s, bool)
+        and math.isfinite(timeout_s)
+        and timeout_s > 0
+    ):
+        raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
+
+
 class Transport:
     def __init__(
         self,
@@ -135,8 +148,7 @@ class Transport:
         http_transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        if not (isinstance(timeout_s, int | float) and math.isfinite(timeout_s) and timeout_s > 0):
-            raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
+        require_timeout(timeout_s)
         _check_base_url(base_url)
         headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
         if key is not None:

@@ -31,7 +31,6 @@ clients made uuid4 keys) is searched for among the payer's newest transactions."
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import time
@@ -69,7 +68,7 @@ from directory_client.ledger.interface import (
     Transaction,
 )
 from directory_client.payments import NotPayable, Payment
-from directory_client.transport import default_transport, send_within
+from directory_client.transport import default_transport, require_timeout, send_within
 
 PROTOCOL = "credit-commons"
 DEFAULT_TIMEOUT_S = 10.0
@@ -173,13 +172,7 @@ class CreditCommonsLedger:
                 f"api_version must be one of {', '.join(PATH_TABLES)} or None (detect), "
                 f"got {api_version!r}"
             )
-        if not (
-            isinstance(timeout_s, int | float)
-            and not isinstance(timeout_s, bool)
-            and math.isfinite(timeout_s)
-            and timeout_s > 0
-        ):
-            raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
+        require_timeout(timeout_s)
         if read_attempts < 1:
             raise ValueError(f"read_attempts must be at least 1, got {read_attempts}")
         self.ledger_url = ledger_url.rstrip("/")
