@@ -4,7 +4,6 @@ single postMessage would take it, refused items leaving the others sent."""
 from __future__ import annotations
 
 import json
-import threading
 import uuid
 
 import pytest
@@ -14,7 +13,7 @@ from directory.db import unit_of_work
 from directory.services import portals, relay
 from directory.services.relay import MAX_BATCH_MESSAGES
 from tests.api.test_relay import ADVERTISER, LIMITS, WRITER, block, contact, publish
-from tests.waits import wait_for_a_lock_wait
+from tests.waits import send_aside
 
 
 def batch(client, portal, items):
@@ -210,7 +209,6 @@ def test_a_key_taken_meanwhile_by_another_request_refuses_only_its_item(
     refused, and nothing of it stays (not even the conversation's count); the rest of the
     batch is sent."""
     first, second, third = conversations
-    answers = []
     with unit_of_work(wiring.session_factory) as racing:
         relay.post_message(
             racing,
@@ -222,20 +220,17 @@ def test_a_key_taken_meanwhile_by_another_request_refuses_only_its_item(
             idempotency_key="k",
             limits=LIMITS,
         )
-        racer = threading.Thread(
-            target=lambda: answers.append(
-                batch(
-                    app.test_client(),
-                    advertiser,
-                    [item(second, body="Other words", idempotency_key="k"), item(third)],
-                )
-            )
+        batch_answer = send_aside(
+            wiring,
+            lambda: batch(
+                app.test_client(),
+                advertiser,
+                [item(second, body="Other words", idempotency_key="k"), item(third)],
+            ),
+            what="the batch's insert under the same key",
         )
-        racer.start()
-        wait_for_a_lock_wait(wiring, what="the batch's insert under the same key")
-    racer.join(30)
 
-    (answer,) = answers
+    answer = batch_answer()
     assert answer.status_code == 200, answer.json
     results = answer.json["results"]
     assert [(r["status"], r["error"]) for r in results] == [
@@ -253,24 +248,20 @@ def test_a_batch_locks_its_conversations_in_one_order(app, wiring, advertiser, c
     each other in a circle: a batch waiting for one of its conversations holds none of
     those that come after it, whatever the order of its items."""
     low, high = sorted(conversations[:2], key=uuid.UUID)
-    answers = []
     with unit_of_work(wiring.session_factory) as holder:
         holder.execute(text("SELECT 1 FROM conversations WHERE id = :id FOR UPDATE"), {"id": low})
-        racer = threading.Thread(
-            target=lambda: answers.append(
-                batch(app.test_client(), advertiser, [item(high), item(low)])
-            )
+        batch_answer = send_aside(
+            wiring,
+            lambda: batch(app.test_client(), advertiser, [item(high), item(low)]),
+            what="the batch",
         )
-        racer.start()
-        wait_for_a_lock_wait(wiring, what="the batch")
         with unit_of_work(wiring.session_factory) as other:
             # Free: the batch waits for `low` before taking `high`, its first item's.
             other.execute(
                 text("SELECT 1 FROM conversations WHERE id = :id FOR UPDATE NOWAIT"),
                 {"id": high},
             )
-    racer.join(30)
-    (answer,) = answers
+    answer = batch_answer()
     assert [r["status"] for r in answer.json["results"]] == ["created", "created"]
 
 
