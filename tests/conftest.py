@@ -189,6 +189,18 @@ def writer_portal(make_portal):
     return make_portal(slug="lets-bristol", name="Bristol LETS")
 
 
+@pytest.fixture
+def strict_client(migrated):
+    """A client of an app whose relay lets a member open 2 conversations an hour, and a
+    portal's members 3."""
+    with app_with(
+        migrated,
+        relay_conversations_per_member_per_hour=2,
+        relay_conversations_per_portal_per_hour=3,
+    ) as app:
+        yield app.test_client()
+
+
 def pytest_report_header(config):
     return f"PostgreSQL binaries: {localdb.PG_BIN}; postgis: {shutil.which('shp2pgsql') or 'n/a'}"
 

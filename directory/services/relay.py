@@ -125,7 +125,7 @@ def _community_blocked(*, by_own: bool, other: str, other_slug: str) -> Conflict
 
 # Built once: composing them cost more than running them, on the relay's hot path.
 _sender_portal = Portal.__table__.alias("sender_portal")
-_CONTACTABLE_AD = (
+_CONTACTABLE_ADS = (
     select(
         Ad.__table__.c.id,
         Ad.__table__.c.title,
@@ -143,7 +143,7 @@ _CONTACTABLE_AD = (
     .join(Portal.__table__, Portal.__table__.c.id == Ad.__table__.c.portal_id)
     .join(_sender_portal, _sender_portal.c.id == bindparam("sender_id"))
     .where(
-        Ad.__table__.c.id == bindparam("ad_id"),
+        Ad.__table__.c.id == any_(bindparam("ad_ids")),
         Ad.__table__.c.expires_at > func.now(),
         Portal.__table__.c.status == PortalStatus.ACTIVE,
         or_(
@@ -151,12 +151,44 @@ _CONTACTABLE_AD = (
             Ad.__table__.c.portal_id == bindparam("sender_id"),
         ),
     )
+    # Locked in the order the ads' writers lock them (services/ads.py _load_existing: a
+    # portal's, by external id): a batch's openings and a write of several of the ads
+    # never wait for each other in a circle.
+    .order_by(Ad.__table__.c.portal_id, Ad.__table__.c.external_id)
     # Kept from being deleted until the conversation that names it is written (a delete
     # already under way is waited for, then the ad is not found). Changes to the ad do
     # not wait: they take no key lock.
     .with_for_update(key_share=True, of=Ad.__table__)
 )
 _OPEN_CONVERSATION = insert(Conversation.__table__).returning(*Conversation.__table__.c)
+# An opening whose first message lost its idempotency key to a racing request: the
+# conversation, still only this transaction's, goes with it.
+_UNOPEN_CONVERSATION = text("DELETE FROM conversations WHERE id = :id")
+
+MAX_BATCH_MESSAGES = 100
+
+
+@dataclass(frozen=True)
+class Opening:
+    """A member of the sending portal writes to an ad's advertiser: a new conversation."""
+
+    ad_id: uuid.UUID
+    member: str
+    name: str
+    body: str
+    idempotency_key: str | None
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A message in a conversation, by one of its parties: `member` says which, when both
+    are members of the calling portal."""
+
+    conversation_id: uuid.UUID
+    member: str
+    name: str | None
+    body: str
+    idempotency_key: str | None
 
 
 def open_conversation(
@@ -171,27 +203,184 @@ def open_conversation(
     limits: RelayLimits,
 ) -> Sent:
     """A member of `sender` writes to the owner of an ad: a new conversation and its first
-    message. The ad must be one the member can see (public, or their own portal's),
-    unexpired, and accept contact."""
+    message, as a batch of one (post_messages), its refusal raised."""
+    return _only(
+        post_messages(
+            session,
+            sender=sender,
+            messages=[Opening(ad_id, member, name, body, idempotency_key)],
+            limits=limits,
+        )
+    )
+
+
+def post_message(
+    session: Session,
+    *,
+    sender: AuthenticatedPortal,
+    conversation_id: uuid.UUID,
+    member: str,
+    name: str | None,
+    body: str,
+    idempotency_key: str | None,
+    limits: RelayLimits,
+) -> Sent:
+    """A party writes in a conversation: a batch of one (post_messages), its refusal
+    raised."""
+    return _only(
+        post_messages(
+            session,
+            sender=sender,
+            messages=[Reply(conversation_id, member, name, body, idempotency_key)],
+            limits=limits,
+        )
+    )
+
+
+def _only(outcomes: list[Sent | DirectoryError]) -> Sent:
+    (outcome,) = outcomes
+    if isinstance(outcome, DirectoryError):
+        raise outcome
+    return outcome
+
+
+def post_messages(
+    session: Session,
+    *,
+    sender: AuthenticatedPortal,
+    messages: Sequence[Opening | Reply],
+    limits: RelayLimits,
+) -> list[Sent | DirectoryError]:
+    """Messages, in one transaction, in the order given: what each sent (or had sent
+    before, with the same idempotency key), or why it was refused. A refused message
+    leaves the others as they are: nothing of it is written. Several at once are for a
+    portal that relays its members' messages in turns (from a queue, a cron job).
+
+    An opening (Opening) needs an ad the member can see (public, or their own portal's),
+    unexpired, that accepts contact, and is counted against the limits on new
+    conversations. A message in a conversation (Reply) is refused while either party's
+    community blocks the other's, or the other party's portal is suspended: nothing may
+    flow to it (the conversation stays readable), and once the party has sent as many
+    messages in a row as the limits allow, until the other answers."""
+    openings = [message for message in messages if isinstance(message, Opening)]
+    replies = [message for message in messages if isinstance(message, Reply)]
+    # Every lock first, each kind in one order, the kinds in the order every writer takes
+    # them (a member's openings, the ads, a portal's openings with one advertiser, then
+    # conversations): two batches, or a batch and an erasure, never wait for each other
+    # in a circle.
+    ads = _lock_openings(session, sender=sender, openings=openings) if openings else {}
+    # Locked: the messages of a conversation are numbered one after the other, and a
+    # retry racing its original finds it once the lock is ours. Read with both
+    # communities, as the answer shows them: this is the hot path of the relay. Plain
+    # rows, not ORM objects: they are only read (the write is APPEND_MESSAGE).
+    conversations = (
+        {
+            row.id: row._asdict()
+            for row in session.execute(
+                _LOCK_CONVERSATIONS,
+                {
+                    "conversation_ids": sorted({reply.conversation_id for reply in replies}),
+                    "portal_id": sender.id,
+                },
+            )
+        }
+        if replies
+        else {}
+    )
+    outcomes: list[Sent | DirectoryError] = []
+    for message in messages:
+        try:
+            if isinstance(message, Opening):
+                sent = _open(session, ads.get(message.ad_id), message, sender=sender, limits=limits)
+            else:
+                sent, after = _write(
+                    session,
+                    conversations.get(message.conversation_id),
+                    message,
+                    sender=sender,
+                    limits=limits,
+                )
+                if after is not None:  # the next message in it is written from the row as it is
+                    conversations[message.conversation_id] = after
+        except DirectoryError as refusal:
+            outcomes.append(refusal)
+            continue
+        outcomes.append(sent)
+    return outcomes
+
+
+# Advisory locks until the transaction ends, in one order: the keys' lock ids (the
+# namespace and each key hashed), each once, ascending.
+_ADVISORY_XACT_LOCKS = text(
+    """
+    SELECT pg_advisory_xact_lock(:namespace, lock_id)
+    FROM (SELECT DISTINCT hashtext(key) AS lock_id
+          FROM unnest(CAST(:keys AS text[])) AS key
+          ORDER BY lock_id) AS locks
+    """
+)
+
+
+def _lock_openings(
+    session: Session, *, sender: AuthenticatedPortal, openings: list[Opening]
+) -> dict[uuid.UUID, object]:
+    """Takes the locks the openings write under, and reads their ads: the contactable
+    ones, by id (a row of _CONTACTABLE_ADS)."""
     # Openings by one member wait for each other: a retry racing its original finds it
-    # (below), and two openings cannot both pass the limits.
-    lock_member_openings(session, portal_id=sender.id, member=member)
-    if idempotency_key is not None:
+    # (_open), and two openings cannot both pass the limits.
+    _lock_keys(
+        session,
+        OPEN_CONVERSATION_LOCK_NAMESPACE,
+        [_member_key(sender.id, opening.member) for opening in openings],
+    )
+    ads = {
+        ad.id: ad
+        for ad in session.execute(
+            _CONTACTABLE_ADS,
+            {"ad_ids": sorted({opening.ad_id for opening in openings}), "sender_id": sender.id},
+        )
+    }
+    # The portal's openings with an advertiser wait for each other too, whichever of its
+    # members makes them: the limit with one member is against a portal making up
+    # handles, each of which holds only its own lock above, and sending them at once.
+    _lock_keys(
+        session,
+        OPENINGS_WITH_ONE_MEMBER_LOCK_NAMESPACE,
+        [f"{sender.id}:{ad.portal_id}:{ad.member}" for ad in ads.values()],
+    )
+    return ads
+
+
+def _lock_keys(session: Session, namespace: int, keys: list[str]) -> None:
+    if keys:
+        session.execute(_ADVISORY_XACT_LOCKS, {"namespace": namespace, "keys": keys})
+
+
+def _member_key(portal_id: int, member: str) -> str:
+    return f"{portal_id}:{member}"
+
+
+def _open(
+    session: Session, ad, opening: Opening, *, sender: AuthenticatedPortal, limits: RelayLimits
+) -> Sent:
+    """An opening, once its locks are taken and its ad read (`ad`, a row of
+    _CONTACTABLE_ADS; None: there is none the member may contact). Refused before
+    anything is written."""
+    if opening.idempotency_key is not None:
         replay = _replayed(
             session,
             sender=sender,
-            member=member,
-            idempotency_key=idempotency_key,
-            body=body,
-            name=name,
-            ad_id=ad_id,
+            member=opening.member,
+            idempotency_key=opening.idempotency_key,
+            body=opening.body,
+            name=opening.name,
+            ad_id=opening.ad_id,
         )
         if replay is not None:
             return replay
-    ad = session.execute(_CONTACTABLE_AD, {"ad_id": ad_id, "sender_id": sender.id}).one_or_none()
     if ad is None:
         raise NotFound(
-            f"no ad {ad_id} to contact: it does not exist, has expired or was withdrawn",
+            f"no ad {opening.ad_id} to contact: it does not exist, has expired or was withdrawn",
             field="ad_id",
             code="ad_not_found",
             details={"location": "path"},
@@ -205,23 +394,12 @@ def open_conversation(
         raise _community_blocked(
             by_own=ad.sender_blocked, other="the advertiser", other_slug=ad.portal_slug
         )
-    if ad.portal_id == sender.id and ad.member == member:
+    if ad.portal_id == sender.id and ad.member == opening.member:
         raise InvalidInput("a member cannot contact their own ad", field="member")
-    # The portal's openings with this advertiser wait for each other too, whichever of
-    # its members makes them: the limit with one member is against a portal making up
-    # handles, each of which holds only its own lock above, and sending them at once.
-    # Taken after that lock, always: no two openings wait for each other in turn.
-    session.execute(
-        _ADVISORY_XACT_LOCK,
-        {
-            "namespace": OPENINGS_WITH_ONE_MEMBER_LOCK_NAMESPACE,
-            "key": f"{sender.id}:{ad.portal_id}:{ad.member}",
-        },
-    )
     _check_opening_limits(
         session,
         sender=sender,
-        member=member,
+        member=opening.member,
         recipient_portal_id=ad.portal_id,
         recipient_member=ad.member,
         limits=limits,
@@ -242,9 +420,9 @@ def open_conversation(
             "ad_id": ad.id,
             "ad_title": ad.title,
             "initiator_portal_id": sender.id,
-            "initiator_member": member,
+            "initiator_member": opening.member,
             "initiator_alias": initiator_alias,
-            "initiator_name": name,
+            "initiator_name": opening.name,
             "recipient_portal_id": ad.portal_id,
             "recipient_member": ad.member,
             "recipient_alias": recipient_alias,
@@ -264,103 +442,22 @@ def open_conversation(
         "initiator_blocked": False,
         "recipient_blocked": False,
     }
-    sent, _ = _append(
-        session,
-        opened,
-        role=Role.INITIATOR,
-        sender=sender,
-        name=None,
-        body=body,
-        idempotency_key=idempotency_key,
-        now=now,
-        limits=limits,
-    )
-    return sent
-
-
-MAX_BATCH_MESSAGES = 100
-
-
-@dataclass(frozen=True)
-class Reply:
-    """A message in a conversation, by one of its parties: `member` says which, when both
-    are members of the calling portal."""
-
-    conversation_id: uuid.UUID
-    member: str
-    name: str | None
-    body: str
-    idempotency_key: str | None
-
-
-def post_message(
-    session: Session,
-    *,
-    sender: AuthenticatedPortal,
-    conversation_id: uuid.UUID,
-    member: str,
-    name: str | None,
-    body: str,
-    idempotency_key: str | None,
-    limits: RelayLimits,
-) -> Sent:
-    """A party writes in a conversation: a batch of one (post_messages), its refusal
-    raised."""
-    (outcome,) = post_messages(
-        session,
-        sender=sender,
-        replies=[Reply(conversation_id, member, name, body, idempotency_key)],
-        limits=limits,
-    )
-    if isinstance(outcome, DirectoryError):
-        raise outcome
-    return outcome
-
-
-def post_messages(
-    session: Session,
-    *,
-    sender: AuthenticatedPortal,
-    replies: Sequence[Reply],
-    limits: RelayLimits,
-) -> list[Sent | DirectoryError]:
-    """Messages in conversations, in one transaction, in the order given: what each sent
-    (or had sent before, with the same idempotency key), or why it was refused. Refused
-    while either party's community blocks the other's, or the other party's portal is
-    suspended: nothing may flow to it (the conversation stays readable), and once the
-    party has sent as many messages in a row as the limits allow, until the other
-    answers. A refused message leaves the others as they are: nothing of it is written.
-    Several at once are for a portal that relays its members' messages in turns (from a
-    queue, a cron job)."""
-    # Locked: the messages of a conversation are numbered one after the other, and a
-    # retry racing its original finds it once the lock is ours. Every conversation of
-    # the batch first, in one order: two batches writing in the same conversations (in
-    # turn, say, or the two parties') never wait for each other in a circle. Read with
-    # both communities, as the answer shows them: this is the hot path of the relay.
-    # Plain rows, not ORM objects: they are only read (the write is APPEND_MESSAGE).
-    locked = {
-        row.id: row._asdict()
-        for row in session.execute(
-            _LOCK_CONVERSATIONS,
-            {
-                "conversation_ids": sorted({reply.conversation_id for reply in replies}),
-                "portal_id": sender.id,
-            },
+    try:
+        sent, _ = _append(
+            session,
+            opened,
+            role=Role.INITIATOR,
+            sender=sender,
+            name=None,
+            body=opening.body,
+            idempotency_key=opening.idempotency_key,
+            now=now,
+            limits=limits,
         )
-    }
-    outcomes: list[Sent | DirectoryError] = []
-    for reply in replies:
-        try:
-            sent, after = _write(
-                session, locked.get(reply.conversation_id), reply, sender=sender, limits=limits
-            )
-        except DirectoryError as refusal:
-            outcomes.append(refusal)
-            continue
-        if after is not None:  # the next message in it is written from the row as it is
-            locked[reply.conversation_id] = after
-        outcomes.append(sent)
-    return outcomes
+    except DirectoryError:
+        session.execute(_UNOPEN_CONVERSATION, {"id": conversation.id})
+        raise
+    return sent
 
 
 def _write(
@@ -489,16 +586,9 @@ def block_conversation(
             tell_ended(session, [conversation.id])
 
 
-# Until the transaction ends (the namespace and a text key hashed).
-_ADVISORY_XACT_LOCK = text("SELECT pg_advisory_xact_lock(:namespace, hashtext(:key))")
-
-
 def lock_member_openings(session: Session, *, portal_id: int, member: str) -> None:
     """Until the transaction ends, the member opens no other conversation."""
-    session.execute(
-        _ADVISORY_XACT_LOCK,
-        {"namespace": OPEN_CONVERSATION_LOCK_NAMESPACE, "key": f"{portal_id}:{member}"},
-    )
+    _lock_keys(session, OPEN_CONVERSATION_LOCK_NAMESPACE, [_member_key(portal_id, member)])
 
 
 def _role_of(conversation, portal: AuthenticatedPortal, member: str) -> Role:
@@ -688,7 +778,7 @@ def _append(
         # retry of it (the same member, in the same conversation or opening the same
         # ad) waits for its original on the conversation's row lock or the member's
         # opening lock, and finds it as a replay before getting here. The statement
-        # wrote nothing; raised, this rolls back what an opening's caller wrote.
+        # wrote nothing; an opening takes its conversation back (_open).
         raise _key_reused()
     # The conversation as APPEND_MESSAGE left it.
     in_a_row = conversation["unanswered_messages"] if conversation["last_sender"] is role else 0
@@ -821,7 +911,7 @@ def _check_opening_limits(
     limits: RelayLimits,
 ) -> None:
     # Called under the member's opening lock and the portal's with the advertiser
-    # (open_conversation): exact for the member and with the advertiser; the portal's
+    # (_lock_openings): exact for the member and with the advertiser; the portal's
     # count may let concurrent openings by several members all through.
     since = datetime.now(UTC) - RATE_WINDOW
     by_member_count, by_portal_count, with_recipient_count, blocked = session.execute(

@@ -767,16 +767,6 @@ def test_a_key_reused_by_another_member_of_the_portal_is_refused_on_replying(
 # --- limits -------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def strict_client(migrated):
-    with app_with(
-        migrated,
-        relay_conversations_per_member_per_hour=2,
-        relay_conversations_per_portal_per_hour=3,
-    ) as app:
-        yield app.test_client()
-
-
 def test_a_conversation_is_opened_when_its_first_message_is_sent(
     client, wiring, advertiser, writer_portal, ad_id
 ):

@@ -9,10 +9,17 @@ import uuid
 import pytest
 from sqlalchemy import text
 
-from directory.db import unit_of_work
+from directory.db import OPEN_CONVERSATION_LOCK_NAMESPACE, unit_of_work
 from directory.services import portals, relay
 from directory.services.relay import MAX_BATCH_MESSAGES
-from tests.api.test_relay import ADVERTISER, LIMITS, WRITER, block, contact, publish
+from tests.api.test_relay import (
+    ADVERTISER,
+    LIMITS,
+    WRITER,
+    block,
+    contact,
+    publish,
+)
 from tests.waits import send_aside
 
 
@@ -22,6 +29,17 @@ def batch(client, portal, items):
 
 def item(conversation_id, *, member=ADVERTISER, body="Yes, come by!", **extra):
     return {"conversation_id": conversation_id, "member": member, "body": body, **extra}
+
+
+def opening(ad_id, *, member=WRITER, name="Anna", body="Is it still on?", **extra):
+    return {"ad_id": ad_id, "member": member, "name": name, "body": body, **extra}
+
+
+def conversations_of(session, member) -> int:
+    return session.scalar(
+        text("SELECT count(*) FROM conversations WHERE initiator_member = :member"),
+        {"member": member},
+    )
 
 
 @pytest.fixture
@@ -315,3 +333,246 @@ def test_the_writers_side_batches_too(client, advertiser, writer_portal, convers
     ]
     assert results[0]["conversation"]["your_roles"] == ["initiator"]
     assert ADVERTISER not in json.dumps(results)
+
+
+# --- openings in a batch -------------------------------------------------------------------
+
+
+def test_openings_are_taken_as_contacts_would_be(
+    client, session, advertiser, writer_portal, conversations
+):
+    ads = [publish(client, advertiser, f"new-{number}") for number in range(2)]
+    answer = batch(
+        client,
+        writer_portal,
+        [
+            opening(ads[0], member="m-anna", body="Is the bike still there?"),
+            item(conversations[0], member="m-writer-0", body="Saturday then"),
+            opening(ads[1], member="m-ben", name="Ben", idempotency_key="o-1"),
+        ],
+    )
+    assert answer.status_code == 200, answer.json
+    results = answer.json["results"]
+    assert [(r["status"], r["error"]) for r in results] == [("created", None)] * 3
+    assert answer.json["counts"] == {"created": 3}
+    first, reply_result, second = results
+    assert first["message"]["seq"] == 1 and second["message"]["seq"] == 1
+    assert first["conversation"]["your_roles"] == ["initiator"]
+    assert first["conversation"]["initiator"]["member"] == "m-anna"
+    assert second["conversation"]["initiator"]["name"] == "Ben"
+    assert first["conversation"]["ad"]["id"] == ads[0]
+    assert reply_result["conversation"]["id"] == conversations[0]
+    # The advertiser only under an alias, as contactAdvertiser answers.
+    assert ADVERTISER not in json.dumps(answer.json)
+
+    inbox = client.get("/v1/inbox", headers=advertiser.headers).json["events"]
+    opened = {e["data"]["conversation"]["id"]: e["data"] for e in inbox}
+    assert opened[first["conversation"]["id"]]["message"]["body"] == "Is the bike still there?"
+    assert opened[second["conversation"]["id"]]["to"]["member"] == ADVERTISER
+    assert opened[second["conversation"]["id"]]["from"]["name"] == "Ben"
+    assert "m-anna" not in json.dumps(inbox) and "m-ben" not in json.dumps(inbox)
+    assert counts(session, first["conversation"]["id"]) == (1, 1, 1)
+
+
+def test_refused_openings_leave_nothing_and_the_others_sent(
+    client, session, advertiser, writer_portal
+):
+    ad_id = publish(client, advertiser)
+    silent = publish(client, advertiser, "silent", accepts_contact=False)
+    own = publish(client, writer_portal, "own", member="m-own")
+    answer = batch(
+        client,
+        writer_portal,
+        [
+            opening(str(uuid.uuid4()), member="m-1"),
+            opening(silent, member="m-2"),
+            opening(own, member="m-own"),
+            {"ad_id": ad_id, "member": "m-3", "body": "No name"},
+            opening(ad_id, member="m-4", conversation_id=str(uuid.uuid4())),
+            {"member": "m-5", "body": "To whom?"},
+            opening("not-an-id", member="m-6"),
+            opening(ad_id, member="m-7"),
+        ],
+    )
+    assert answer.status_code == 200, answer.json
+    results = answer.json["results"]
+    assert [(r["status"], r["error"]) for r in results] == [
+        ("rejected", "ad_not_found"),
+        ("rejected", "contact_disabled"),
+        ("rejected", "invalid_input"),
+        ("rejected", "validation_error"),
+        ("rejected", "validation_error"),
+        ("rejected", "validation_error"),
+        ("rejected", "validation_error"),
+        ("created", None),
+    ]
+    assert list(results[0]["errors"]) == ["ad_id"]
+    assert list(results[2]["errors"]) == ["member"]
+    assert "open a conversation" in results[3]["errors"]["name"][0]
+    assert "not both" in results[4]["errors"]["ad_id"][0]
+    assert "conversation_id" in results[5]["errors"]
+    assert list(results[6]["errors"]) == ["ad_id"]
+    assert all(r["retry_after_s"] is None for r in results)
+    for member in ["m-1", "m-2", "m-own", "m-3", "m-4", "m-5", "m-6"]:
+        assert conversations_of(session, member) == 0
+    assert conversations_of(session, "m-7") == 1
+
+
+def test_the_limits_on_openings_count_within_the_batch(
+    strict_client, client, session, advertiser, writer_portal
+):
+    ads = [publish(client, advertiser, f"ad-{number}") for number in range(3)]
+    answer = batch(strict_client, writer_portal, [opening(ad_id) for ad_id in ads])
+    results = answer.json["results"]
+    assert [(r["status"], r["error"]) for r in results] == [
+        ("created", None),
+        ("created", None),
+        ("rejected", "too_many_conversations"),
+    ]
+    assert "opened 2 conversations in the last hour" in results[2]["errors"]["member"][0]
+    assert 3500 < results[2]["retry_after_s"] <= 3601
+    assert conversations_of(session, WRITER) == 2
+
+
+def test_a_batch_of_openings_sent_again_opens_nothing_twice(
+    client, session, advertiser, writer_portal
+):
+    ads = [publish(client, advertiser, f"ad-{number}") for number in range(2)]
+    items = [
+        opening(ads[0], member="m-anna", idempotency_key="o-1"),
+        opening(ads[1], member="m-ben", idempotency_key="o-2"),
+    ]
+    sent = batch(client, writer_portal, items).json["results"]
+    client.delete("/v1/ads/ad-1", headers=advertiser.headers)  # meanwhile
+    again = batch(client, writer_portal, items).json["results"]
+    assert [r["status"] for r in again] == ["sent_before", "sent_before"]
+    assert [r["conversation"]["id"] for r in again] == [r["conversation"]["id"] for r in sent]
+    assert conversations_of(session, "m-anna") == conversations_of(session, "m-ben") == 1
+
+
+def test_an_opening_whose_key_is_taken_meanwhile_leaves_no_conversation(
+    app, wiring, advertiser, writer_portal, conversations
+):
+    """The key's other message commits while the opening waits on it: the opening is
+    refused and takes back the conversation it had made; the rest is sent."""
+    ad_id = publish(app.test_client(), advertiser, "another")
+    with unit_of_work(wiring.session_factory) as racing:
+        relay.post_message(
+            racing,
+            sender=portals.authenticate(racing, key=writer_portal.key),
+            conversation_id=uuid.UUID(conversations[0]),
+            member="m-writer-0",
+            name=None,
+            body="First words",
+            idempotency_key="k",
+            limits=LIMITS,
+        )
+        batch_answer = send_aside(
+            wiring,
+            lambda: batch(
+                app.test_client(),
+                writer_portal,
+                [opening(ad_id, member="m-late", idempotency_key="k"), opening(ad_id)],
+            ),
+            what="the opening's insert under the same key",
+        )
+
+    results = batch_answer().json["results"]
+    assert [(r["status"], r["error"]) for r in results] == [
+        ("rejected", "idempotency_key_reused"),
+        ("created", None),
+    ]
+    with unit_of_work(wiring.session_factory) as session:
+        assert conversations_of(session, "m-late") == 0
+        assert conversations_of(session, WRITER) == 1
+
+
+def test_a_batch_takes_its_members_locks_in_one_order(app, wiring, advertiser, writer_portal):
+    """Two batches opening conversations for the same members in opposite orders never
+    wait for each other in a circle: a batch waiting for one member's lock holds none of
+    those that come after it, whatever the order of its items."""
+    ad_id = publish(app.test_client(), advertiser)
+    members = ["m-anna", "m-ben"]
+    with unit_of_work(wiring.session_factory) as session:
+        ids = {
+            member: session.scalar(
+                text("SELECT hashtext(:key)"), {"key": f"{writer_portal.id}:{member}"}
+            )
+            for member in members
+        }
+    first, later = sorted(members, key=ids.get)
+    with unit_of_work(wiring.session_factory) as holder:
+        relay.lock_member_openings(holder, portal_id=writer_portal.id, member=first)
+        batch_answer = send_aside(
+            wiring,
+            lambda: batch(
+                app.test_client(),
+                writer_portal,
+                [opening(ad_id, member=later), opening(ad_id, member=first)],
+            ),
+            what="the batch",
+        )
+        with unit_of_work(wiring.session_factory) as other:
+            # Free: the batch waits for `first` before taking `later`'s.
+            assert other.scalar(
+                text("SELECT pg_try_advisory_xact_lock(:namespace, :lock_id)"),
+                {"namespace": OPEN_CONVERSATION_LOCK_NAMESPACE, "lock_id": ids[later]},
+            )
+    answer = batch_answer()
+    assert [r["status"] for r in answer.json["results"]] == ["created", "created"]
+
+
+def test_an_erasure_waits_for_a_batch_opening_for_the_member_and_erases_it(
+    app, wiring, session, advertiser, writer_portal
+):
+    """An erasure of a member whose opening a batch is making takes it with the rest, as
+    with a single opening."""
+    ad_id = publish(app.test_client(), advertiser)
+    with unit_of_work(wiring.session_factory) as batch_transaction:
+        sent = relay.post_messages(
+            batch_transaction,
+            sender=portals.authenticate(batch_transaction, key=writer_portal.key),
+            messages=[relay.Opening(uuid.UUID(ad_id), "m-leaving", "Anna", "Hello", None)],
+            limits=LIMITS,
+        )
+        assert sent[0].created
+        erasure = send_aside(
+            wiring,
+            lambda: app.test_client().post(
+                "/v1/portals/me/member-erasures",
+                json={"member": "m-leaving"},
+                headers=writer_portal.headers,
+            ),
+            what="the erasure",
+        )
+    answer = erasure()
+    assert answer.status_code == 200, answer.json
+    assert answer.json["conversations_ended"] == 1
+    assert conversations_of(session, "m-leaving") == 0
+
+
+def test_a_batch_locks_its_ads_in_the_order_their_writers_do(
+    app, wiring, advertiser, writer_portal
+):
+    """A batch's openings lock their ads as a write of several ads does (by external id),
+    not by their ids: a batch waiting for one ad holds none of those after it."""
+    client = app.test_client()
+    later = publish(client, advertiser, "ad-b")  # made first: the lower id
+    first = publish(client, advertiser, "ad-a")
+    assert uuid.UUID(later) < uuid.UUID(first)
+    with unit_of_work(wiring.session_factory) as writer:
+        writer.execute(text("SELECT 1 FROM ads WHERE id = :id FOR UPDATE"), {"id": first})
+        batch_answer = send_aside(
+            wiring,
+            lambda: batch(
+                app.test_client(),
+                writer_portal,
+                [opening(later, member="m-anna"), opening(first, member="m-ben")],
+            ),
+            what="the batch",
+        )
+        with unit_of_work(wiring.session_factory) as other:
+            # Free: the batch waits for `first` (ad-a) before taking `later` (ad-b).
+            other.execute(text("SELECT 1 FROM ads WHERE id = :id FOR UPDATE NOWAIT"), {"id": later})
+    answer = batch_answer()
+    assert [r["status"] for r in answer.json["results"]] == ["created", "created"]

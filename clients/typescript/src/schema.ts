@@ -553,13 +553,14 @@ export interface paths {
         get?: never;
         put?: never;
         /**
-         * Write up to 100 messages in conversations, in one request
+         * Write up to 100 messages, in conversations or opening them, in one request
          * @description For a portal that relays its members' messages in turns (from a queue, a cron
-         *     job): each item is taken as postMessage would take it alone, in the order given,
-         *     and gets its own result: created, sent_before (its idempotency_key's message, as
-         *     it is now) or rejected with the code postMessage would answer (`error`) and its
-         *     errors; the other items are sent all the same. A conversation is opened with
-         *     contactAdvertiser, one at a time: openings have their own limits.
+         *     job): each item is taken as postMessage (with conversation_id) or
+         *     contactAdvertiser (with ad_id and name: a new conversation) would take it alone,
+         *     in the order given, and gets its own result: created, sent_before (its
+         *     idempotency_key's message, as it is now) or rejected with the code they would
+         *     answer (`error`), its errors and, past a limit on new conversations,
+         *     `retry_after_s`; the other items are sent all the same.
          */
         post: operations["postMessages"];
         delete?: never;
@@ -1654,19 +1655,26 @@ export interface components {
             idempotency_key?: string | null;
             /**
              * Format: uuid
-             * @description The conversation to write in
+             * @description The conversation to write in; or ad_id, not both
+             * @default null
              */
-            conversation_id: string;
+            conversation_id?: string | null;
+            /**
+             * Format: uuid
+             * @description The ad whose advertiser the member writes to, opening a new conversation (name is then required); or conversation_id, not both
+             * @default null
+             */
+            ad_id?: string | null;
         };
         MessageBatch: {
-            /** @description 1 to 100 messages, taken in this order, each as postMessage would take it alone */
+            /** @description 1 to 100 messages, taken in this order, each as postMessage (or contactAdvertiser, for an opening) would take it alone */
             items: components["schemas"]["BatchMessage"][];
         };
         MessageResult: {
             /** @description The item's place in the request */
             index: number;
             /**
-             * @description created (postMessage's 201), sent_before (its 200: the idempotency_key's message, as it is now) or rejected
+             * @description created (postMessage's or contactAdvertiser's 201), sent_before (their 200: the idempotency_key's message, as it is now) or rejected
              * @enum {string}
              */
             status: "created" | "sent_before" | "rejected";
@@ -1675,7 +1683,7 @@ export interface components {
             /** @description null if rejected */
             message: components["schemas"]["Message"] | null;
             /**
-             * @description Why the item was rejected, as a stable machine code: the `error` postMessage would answer it with (validation_error, conversation_not_found, not_a_party, conversation_blocked, party_erased, community_blocked, recipient_portal_suspended, awaiting_reply, idempotency_key_reused); null unless rejected
+             * @description Why the item was rejected, as a stable machine code: the `error` postMessage would answer it with (validation_error, conversation_not_found, not_a_party, conversation_blocked, party_erased, community_blocked, recipient_portal_suspended, awaiting_reply, idempotency_key_reused) or, for an opening, contactAdvertiser would (ad_not_found, contact_disabled, blocked_by_advertiser, too_many_conversations, invalid_input...); null unless rejected
              * @example awaiting_reply
              */
             error: string | null;
@@ -1683,6 +1691,8 @@ export interface components {
             errors: {
                 [key: string]: unknown;
             } | null;
+            /** @description For an opening rejected as too_many_conversations: seconds until the limit lets it through (contactAdvertiser's Retry-After); else null */
+            retry_after_s: number | null;
         };
         MessageBatchResult: {
             results: components["schemas"]["MessageResult"][];

@@ -33,7 +33,7 @@ from directory.api.relay.schemas import (
     RelayLimitsSchema,
     SentSchema,
 )
-from directory.errors import VALIDATION_ERROR, DirectoryError, NotFound
+from directory.errors import VALIDATION_ERROR, DirectoryError, NotFound, TooManyRequests
 from directory.models.relay import MAX_MESSAGE_CHARS, MAX_NAME_CHARS
 from directory.services import deliveries, relay
 
@@ -265,31 +265,22 @@ class MessageBatch(MethodView):
     @blp.response(200, MessageBatchResultSchema)
     @blp.doc(operationId="postMessages", security=BEARER_AUTH)
     def post(self, batch):
-        """Write up to 100 messages in conversations, in one request
+        """Write up to 100 messages, in conversations or opening them, in one request
 
         For a portal that relays its members' messages in turns (from a queue, a cron
-        job): each item is taken as postMessage would take it alone, in the order given,
-        and gets its own result: created, sent_before (its idempotency_key's message, as
-        it is now) or rejected with the code postMessage would answer (`error`) and its
-        errors; the other items are sent all the same. A conversation is opened with
-        contactAdvertiser, one at a time: openings have their own limits."""
+        job): each item is taken as postMessage (with conversation_id) or
+        contactAdvertiser (with ad_id and name: a new conversation) would take it alone,
+        in the order given, and gets its own result: created, sent_before (its
+        idempotency_key's message, as it is now) or rejected with the code they would
+        answer (`error`), its errors and, past a limit on new conversations,
+        `retry_after_s`; the other items are sent all the same."""
         items = batch["items"]
-        replies = [
-            relay.Reply(
-                conversation_id=item["conversation_id"],
-                member=item["member"],
-                name=item["name"],
-                body=item["body"],
-                idempotency_key=item["idempotency_key"],
-            )
-            for item in items
-            if not isinstance(item, ItemErrors)
-        ]
+        messages = [_batch_message(item) for item in items if not isinstance(item, ItemErrors)]
         with transaction() as session:
             portal = require_portal(session)
             outcomes = iter(
                 relay.post_messages(
-                    session, sender=portal, replies=replies, limits=wiring().relay_limits
+                    session, sender=portal, messages=messages, limits=wiring().relay_limits
                 )
             )
             results = [
@@ -299,23 +290,47 @@ class MessageBatch(MethodView):
         return {"results": results, "counts": dict(Counter(r["status"] for r in results))}
 
 
+def _batch_message(item: dict) -> relay.Opening | relay.Reply:
+    if item["ad_id"] is not None:
+        return relay.Opening(
+            ad_id=item["ad_id"],
+            member=item["member"],
+            name=item["name"],
+            body=item["body"],
+            idempotency_key=item["idempotency_key"],
+        )
+    return relay.Reply(
+        conversation_id=item["conversation_id"],
+        member=item["member"],
+        name=item["name"],
+        body=item["body"],
+        idempotency_key=item["idempotency_key"],
+    )
+
+
 def _batch_result(session, portal, index: int, item, outcomes) -> dict:
     """An item's result: its validation errors, or the next of the batch's outcomes."""
     if isinstance(item, ItemErrors):
         return _rejected(index, VALIDATION_ERROR, item.messages)
     outcome = next(outcomes)
     if isinstance(outcome, DirectoryError):
-        return _rejected(index, outcome.code, outcome.by_field())
+        return _rejected(
+            index,
+            outcome.code,
+            outcome.by_field(),
+            retry_after_s=outcome.retry_after_s if isinstance(outcome, TooManyRequests) else None,
+        )
     return {
         "index": index,
         "status": "created" if outcome.created else "sent_before",
         **_sent_body(session, portal, outcome),
         "error": None,
         "errors": None,
+        "retry_after_s": None,
     }
 
 
-def _rejected(index: int, error: str, errors: dict) -> dict:
+def _rejected(index: int, error: str, errors: dict, *, retry_after_s: int | None = None) -> dict:
     return {
         "index": index,
         "status": "rejected",
@@ -323,6 +338,7 @@ def _rejected(index: int, error: str, errors: dict) -> dict:
         "message": None,
         "error": error,
         "errors": errors,
+        "retry_after_s": retry_after_s,
     }
 
 

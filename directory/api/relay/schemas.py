@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from marshmallow import Schema, fields, validate
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from directory.api.fields import (
     HANDLE,
@@ -86,11 +86,42 @@ class MessagePostSchema(Schema):
 
 
 class BatchMessageSchema(MessagePostSchema):
-    """One message of a batch: a party writes in a conversation, as with postMessage."""
+    """One message of a batch: a party writes in a conversation (conversation_id), as
+    with postMessage, or a member opens one with an ad's advertiser (ad_id and name), as
+    with contactAdvertiser."""
 
     conversation_id = fields.UUID(
-        required=True, metadata={"description": "The conversation to write in"}
+        load_default=None,
+        metadata={"description": "The conversation to write in; or ad_id, not both"},
     )
+    ad_id = fields.UUID(
+        load_default=None,
+        metadata={
+            "description": "The ad whose advertiser the member writes to, opening a new "
+            "conversation (name is then required); or conversation_id, not both"
+        },
+    )
+
+    @validates_schema
+    def _one_target(self, data, **kwargs):
+        if data.get("conversation_id") is not None and data.get("ad_id") is not None:
+            raise ValidationError(
+                "give conversation_id or ad_id, not both: a message goes into a "
+                "conversation or opens one",
+                "ad_id",
+            )
+        if data.get("conversation_id") is None and data.get("ad_id") is None:
+            raise ValidationError(
+                "give conversation_id (a message in a conversation) or ad_id (a new "
+                "conversation with the ad's advertiser)",
+                "conversation_id",
+            )
+        if data.get("ad_id") is not None and data.get("name") is None:
+            raise ValidationError(
+                "required to open a conversation (with ad_id): the name the member shows "
+                "the advertiser",
+                "name",
+            )
 
 
 class MessageBatchSchema(Schema):
@@ -100,7 +131,7 @@ class MessageBatchSchema(Schema):
         validate=validate.Length(1, MAX_BATCH_MESSAGES),
         metadata={
             "description": f"1 to {MAX_BATCH_MESSAGES} messages, taken in this order, each "
-            "as postMessage would take it alone"
+            "as postMessage (or contactAdvertiser, for an opening) would take it alone"
         },
     )
 
@@ -302,8 +333,9 @@ class MessageResultSchema(Schema):
     index = fields.Integer(metadata={"description": "The item's place in the request"})
     status = fields.String(
         metadata={
-            "description": "created (postMessage's 201), sent_before (its 200: the "
-            "idempotency_key's message, as it is now) or rejected",
+            "description": "created (postMessage's or contactAdvertiser's 201), "
+            "sent_before (their 200: the idempotency_key's message, as it is now) or "
+            "rejected",
             "enum": ["created", "sent_before", "rejected"],
         }
     )
@@ -319,7 +351,9 @@ class MessageResultSchema(Schema):
             "description": "Why the item was rejected, as a stable machine code: the `error` "
             "postMessage would answer it with (validation_error, conversation_not_found, "
             "not_a_party, conversation_blocked, party_erased, community_blocked, "
-            "recipient_portal_suspended, awaiting_reply, idempotency_key_reused); null "
+            "recipient_portal_suspended, awaiting_reply, idempotency_key_reused) or, for "
+            "an opening, contactAdvertiser would (ad_not_found, contact_disabled, "
+            "blocked_by_advertiser, too_many_conversations, invalid_input...); null "
             "unless rejected",
             "example": "awaiting_reply",
         },
@@ -327,6 +361,13 @@ class MessageResultSchema(Schema):
     errors = fields.Dict(
         allow_none=True,
         metadata={"description": "For rejected items: messages by field path, for a person"},
+    )
+    retry_after_s = fields.Integer(
+        allow_none=True,
+        metadata={
+            "description": "For an opening rejected as too_many_conversations: seconds "
+            "until the limit lets it through (contactAdvertiser's Retry-After); else null"
+        },
     )
 
 

@@ -1186,7 +1186,6 @@ class BatchMessage(Struct, kw_only=True):
             min_length=1,
         ),
     ]
-    conversation_id: Annotated[UUID, Meta(description='The conversation to write in')]
     name: (
         Annotated[
             str,
@@ -1203,13 +1202,29 @@ class BatchMessage(Struct, kw_only=True):
         | None
         | UnsetType
     ) = UNSET
+    conversation_id: (
+        Annotated[
+            UUID,
+            Meta(description='The conversation to write in; or ad_id, not both'),
+        ]
+        | None
+        | UnsetType
+    ) = UNSET
+    ad_id: (
+        Annotated[
+            UUID,
+            Meta(description='The ad whose advertiser the member writes to, opening a new conversation (name is then required); or conversation_id, not both'),
+        ]
+        | None
+        | UnsetType
+    ) = UNSET
 
 
 class MessageBatch(Struct, kw_only=True):
     items: Annotated[
         list[BatchMessage],
         Meta(
-            description='1 to 100 messages, taken in this order, each as postMessage would take it alone',
+            description='1 to 100 messages, taken in this order, each as postMessage (or contactAdvertiser, for an opening) would take it alone',
             max_length=100,
             min_length=1,
         ),
@@ -1221,7 +1236,7 @@ class MessageResult(Struct, kw_only=True):
     status: Annotated[
         Literal['created', 'sent_before', 'rejected'],
         Meta(
-            description="created (postMessage's 201), sent_before (its 200: the idempotency_key's message, as it is now) or rejected"
+            description="created (postMessage's or contactAdvertiser's 201), sent_before (their 200: the idempotency_key's message, as it is now) or rejected"
         ),
     ]
     conversation: (
@@ -1232,7 +1247,7 @@ class MessageResult(Struct, kw_only=True):
         Annotated[
             str,
             Meta(
-                description='Why the item was rejected, as a stable machine code: the `error` postMessage would answer it with (validation_error, conversation_not_found, not_a_party, conversation_blocked, party_erased, community_blocked, recipient_portal_suspended, awaiting_reply, idempotency_key_reused); null unless rejected'
+                description='Why the item was rejected, as a stable machine code: the `error` postMessage would answer it with (validation_error, conversation_not_found, not_a_party, conversation_blocked, party_erased, community_blocked, recipient_portal_suspended, awaiting_reply, idempotency_key_reused) or, for an opening, contactAdvertiser would (ad_not_found, contact_disabled, blocked_by_advertiser, too_many_conversations, invalid_input...); null unless rejected'
             ),
         ]
         | None
@@ -1242,6 +1257,15 @@ class MessageResult(Struct, kw_only=True):
             dict[str, Any],
             Meta(
                 description='For rejected items: messages by field path, for a person'
+            ),
+        ]
+        | None
+    ) = None
+    retry_after_s: (
+        Annotated[
+            int,
+            Meta(
+                description="For an opening rejected as too_many_conversations: seconds until the limit lets it through (contactAdvertiser's Retry-After); else null"
             ),
         ]
         | None
