@@ -264,6 +264,32 @@ def test_a_portal_sends_its_members_replies_in_one_batch(live, make_portal):
     assert [event.data["message"]["body"] for event in inbox.events] == ["Yes!", "Yes!"]
 
 
+def test_a_portal_opens_conversations_in_a_batch(live, make_portal):
+    advertiser, contacting = make_portal(), make_portal()
+    with (
+        DirectoryClient(live.url, key=advertiser.key) as advertiser_portal,
+        DirectoryClient(live.url, key=contacting.key) as contacting_portal,
+    ):
+        ad = advertiser_portal.put_ad("a-1", ad_payload(member="m-ad"))
+        sent = contacting_portal.post_messages(
+            [
+                models.BatchMessage(ad_id=ad.id, member="m-1", name="Sam", body="Still free?"),
+                {"ad_id": str(ad.id), "member": "m-2", "body": "No name"},
+            ]
+        )
+        inbox = advertiser_portal.read_inbox()
+
+    opened, refused = sent.results
+    assert opened.status == "created"
+    assert opened.conversation.your_roles == ["initiator"]
+    assert (refused.status, refused.error, list(refused.errors)) == (
+        "rejected",
+        "validation_error",
+        ["name"],
+    )
+    assert [event.data["message"]["body"] for event in inbox.events] == ["Still free?"]
+
+
 def test_an_ad_paid_by_a_protocol_this_client_does_not_know_still_reads(live, make_portal):
     """A later release may publish ads paid by another ledger protocol: a page holding
     one still reads, and only paying that ad is refused."""

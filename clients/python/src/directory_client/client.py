@@ -410,10 +410,11 @@ class DirectoryClient:
     def post_messages(
         self, items: Iterable[models.BatchMessage | Mapping[str, Any]]
     ) -> models.MessageBatchResult:
-        """Up to 100 messages in conversations, a result each (created, sent_before or
-        rejected): for a portal that relays its members' messages in turns. Repeated
-        safely (after a timeout, say) when every message carries an idempotency_key: the
-        repeat answers sent_before for those already sent."""
+        """Up to 100 messages, a result each (created, sent_before or rejected): each in
+        a conversation (conversation_id) or opening one with an ad's advertiser (ad_id and
+        name), for a portal that relays its members' messages in turns. Repeated safely
+        (after a timeout, say) when every message carries an idempotency_key: the repeat
+        answers sent_before for those already sent."""
         messages = list(items)
         return self._call(
             "POST",
