@@ -42,6 +42,7 @@ from directory import cursors
 from directory.db import (
     OPEN_CONVERSATION_LOCK_NAMESPACE,
     OPENINGS_WITH_ONE_MEMBER_LOCK_NAMESPACE,
+    PORTAL_WRITE_LOCK_NAMESPACE,
 )
 from directory.errors import (
     Conflict,
@@ -268,7 +269,11 @@ def post_messages(
     # them (a member's openings, the ads, a portal's openings with one advertiser, then
     # conversations): two batches, or a batch and an erasure, never wait for each other
     # in a circle.
-    ads = _lock_openings(session, sender=sender, openings=openings) if openings else {}
+    ads = (
+        _lock_openings(session, sender=sender, openings=openings, alone=len(messages) == 1)
+        if openings
+        else {}
+    )
     # Locked: the messages of a conversation are numbered one after the other, and a
     # retry racing its original finds it once the lock is ours. Read with both
     # communities, as the answer shows them: this is the hot path of the relay. Plain
@@ -322,10 +327,10 @@ _ADVISORY_XACT_LOCKS = text(
 
 
 def _lock_openings(
-    session: Session, *, sender: AuthenticatedPortal, openings: list[Opening]
+    session: Session, *, sender: AuthenticatedPortal, openings: list[Opening], alone: bool
 ) -> dict[uuid.UUID, object]:
     """Takes the locks the openings write under, and reads their ads: the contactable
-    ones, by id (a row of _CONTACTABLE_ADS)."""
+    ones, by id (a row of _CONTACTABLE_ADS). `alone`: the request is this one opening."""
     # Openings by one member wait for each other: a retry racing its original finds it
     # (_open), and two openings cannot both pass the limits.
     _lock_keys(
@@ -333,12 +338,22 @@ def _lock_openings(
         OPEN_CONVERSATION_LOCK_NAMESPACE,
         [_member_key(sender.id, opening.member) for opening in openings],
     )
+    ad_ids = sorted({opening.ad_id for opening in openings})
+    if not alone:
+        # A request that holds an ad while it waits for more (another ad, a
+        # conversation) first shares the write lock of the ads' portals, as an ad write
+        # does: a replace or a resync deletes the ads it was not given in the order it
+        # finds them, and an erasure of more ads than one write takes deletes them write
+        # by write (their conversations locked as each goes), not in the order the ads
+        # are locked here; each holds that lock alone, so the two never wait for each
+        # other in a circle. A single contact holds one ad and waits for nothing after
+        # it: it does not queue behind a resync of the advertiser's portal.
+        session.execute(
+            _SHARE_PORTAL_WRITES, {"namespace": PORTAL_WRITE_LOCK_NAMESPACE, "ad_ids": ad_ids}
+        )
     ads = {
         ad.id: ad
-        for ad in session.execute(
-            _CONTACTABLE_ADS,
-            {"ad_ids": sorted({opening.ad_id for opening in openings}), "sender_id": sender.id},
-        )
+        for ad in session.execute(_CONTACTABLE_ADS, {"ad_ids": ad_ids, "sender_id": sender.id})
     }
     # The portal's openings with an advertiser wait for each other too, whichever of its
     # members makes them: the limit with one member is against a portal making up
@@ -349,6 +364,19 @@ def _lock_openings(
         [f"{sender.id}:{ad.portal_id}:{ad.member}" for ad in ads.values()],
     )
     return ads
+
+
+# The write locks of the ads' portals (services/ads.py lock_portal_writes), shared, each
+# once, by portal id. An ad never moves to another portal: read before its lock, its
+# portal is the one it has when locked.
+_SHARE_PORTAL_WRITES = text(
+    """
+    SELECT pg_advisory_xact_lock_shared(:namespace, portal_id)
+    FROM (SELECT DISTINCT CAST(portal_id AS integer) AS portal_id
+          FROM ads WHERE id = ANY(CAST(:ad_ids AS uuid[]))
+          ORDER BY portal_id) AS portals
+    """
+)
 
 
 def _lock_keys(session: Session, namespace: int, keys: list[str]) -> None:
