@@ -167,6 +167,9 @@ _OPEN_CONVERSATION = insert(Conversation.__table__).returning(*Conversation.__ta
 _UNOPEN_CONVERSATION = text("DELETE FROM conversations WHERE id = :id")
 
 MAX_BATCH_MESSAGES = 100
+# post_messages: a portal's idempotency keys. Beside directory/db.py's namespaces, none
+# of which it is.
+IDEMPOTENCY_KEY_LOCK_NAMESPACE = 0xC0A9
 
 
 @dataclass(frozen=True)
@@ -292,6 +295,14 @@ def post_messages(
         if replies
         else {}
     )
+    # Then the idempotency keys, each once, in one order: a message waits for another
+    # request's message under the same key (the key's unique index) before it is written,
+    # and two batches using two keys in opposite orders (for other messages; a retry of
+    # one waits for its original on the locks above) each held one while waiting for
+    # the other. With one key, a request waits for nothing once its message is written.
+    keys = {message.idempotency_key for message in messages} - {None}
+    if len(keys) > 1:
+        _lock_keys(session, IDEMPOTENCY_KEY_LOCK_NAMESPACE, [f"{sender.id}:{key}" for key in keys])
     outcomes: list[Sent | DirectoryError] = []
     for message in messages:
         try:

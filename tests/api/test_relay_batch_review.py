@@ -5,14 +5,30 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 
+import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from directory.db import unit_of_work
-from tests.api.test_relay import publish
-from tests.api.test_relay_batch import batch, opening
+from directory.services import portals, relay
+from tests.api.test_relay import LIMITS, contact, publish
+from tests.api.test_relay_batch import batch, conversations_of, item, opening
 from tests.factories import ad_payload
+
+
+@pytest.fixture
+def conversations(client, advertiser, writer_portal) -> list[str]:
+    """Three conversations with the advertiser, about three of its ads, by m-writer-0, 1
+    and 2 (as tests/api/test_relay_batch.py's)."""
+    opened = []
+    for number in range(3):
+        ad_id = publish(client, advertiser, f"ad-{number}")
+        answer = contact(client, writer_portal, ad_id, member=f"m-writer-{number}")
+        assert answer.status_code == 201, answer.json
+        opened.append(answer.json["conversation"]["id"])
+    return opened
 
 
 def waiting_sessions(wiring) -> int:
@@ -103,3 +119,81 @@ def test_a_batch_opening_two_ads_and_a_replace_deleting_them_wait_in_no_circle(
     assert replaced.json["deleted_by_replace"] == 2
     assert sent.status_code == 200, sent.json
     assert [r["error"] for r in sent.json["results"]] == ["ad_not_found", "ad_not_found"]
+
+
+def send_aside_until_waiting(wiring, request, *, what: str, waiting: int):
+    """As send_aside_waiting, but returns as well once the request has answered: it need
+    not wait."""
+    answers = []
+    thread = threading.Thread(target=lambda: answers.append(request()))
+    thread.start()
+    deadline = time.monotonic() + 10
+    while thread.is_alive() and waiting_sessions(wiring) < waiting:
+        assert time.monotonic() < deadline, f"{what} neither answered nor waited on a lock"
+        time.sleep(0.01)
+
+    def answer():
+        thread.join(30)
+        assert answers, f"{what} never answered"
+        return answers[0]
+
+    return answer
+
+
+def test_two_batches_using_the_same_keys_in_another_order_wait_in_no_circle(
+    app, wiring, advertiser, writer_portal, conversations
+):
+    """A key is the portal's: two batches that use the same two keys (for other messages)
+    in opposite orders must not each hold one while waiting for the other, which would
+    refuse one of them whole (503) where each item deserves its own answer."""
+    client = app.test_client()
+    ad_x = publish(client, advertiser, "ad-x")
+    ad_y = publish(client, advertiser, "ad-y", member="m-other-owner")
+    first, second, third = conversations
+    with unit_of_work(wiring.session_factory) as holder:
+        # Holds the first batch between its first key and its last.
+        relay.post_message(
+            holder,
+            sender=portals.authenticate(holder, key=writer_portal.key),
+            conversation_id=uuid.UUID(third),
+            member="m-writer-2",
+            name=None,
+            body="Held",
+            idempotency_key="k-held",
+            limits=LIMITS,
+        )
+        one = send_aside_waiting(
+            wiring,
+            lambda: batch(
+                app.test_client(),
+                writer_portal,
+                [
+                    opening(ad_x, member="m-anna", idempotency_key="k1"),
+                    item(first, member="m-writer-0", idempotency_key="k-held"),
+                    item(first, member="m-writer-0", body="Then", idempotency_key="k2"),
+                ],
+            ),
+            what="the first batch",
+            waiting=1,
+        )
+        other = send_aside_until_waiting(
+            wiring,
+            lambda: batch(
+                app.test_client(),
+                writer_portal,
+                [
+                    item(second, member="m-writer-1", idempotency_key="k2"),
+                    opening(ad_y, member="m-ben", idempotency_key="k1"),
+                ],
+            ),
+            what="the other batch",
+            waiting=2,
+        )
+    answers = [one(), other()]
+    assert [answer.status_code for answer in answers] == [200, 200], [a.json for a in answers]
+    statuses = [[(r["status"], r["error"]) for r in a.json["results"]] for a in answers]
+    created, reused = ("created", None), ("rejected", "idempotency_key_reused")
+    assert statuses == [[created, reused, created], [reused, reused]]
+    with unit_of_work(wiring.session_factory) as session:
+        assert conversations_of(session, "m-anna") == 1
+        assert conversations_of(session, "m-ben") == 0
