@@ -157,9 +157,12 @@ _CONTACTABLE_ADS = (
     # never wait for each other in a circle.
     .order_by(Ad.__table__.c.portal_id, Ad.__table__.c.external_id)
     # Kept from being deleted until the conversation that names it is written (a delete
-    # already under way is waited for, then the ad is not found). Changes to the ad do
-    # not wait: they take no key lock.
-    .with_for_update(key_share=True, of=Ad.__table__)
+    # already under way is waited for, then the ad is not found): FOR KEY SHARE, which
+    # SQLAlchemy writes for read=True with key_share=True (key_share alone is FOR NO KEY
+    # UPDATE, which queued every other community's opening of the ad behind this one,
+    # for as long as a batch of 100 takes). A write of the ad waits: its writer locks
+    # it FOR UPDATE (services/ads.py _load_existing).
+    .with_for_update(read=True, key_share=True, of=Ad.__table__)
 )
 _OPEN_CONVERSATION = insert(Conversation.__table__).returning(*Conversation.__table__.c)
 # An opening whose first message lost its idempotency key to a racing request: the

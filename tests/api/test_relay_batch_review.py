@@ -197,3 +197,31 @@ def test_two_batches_using_the_same_keys_in_another_order_wait_in_no_circle(
     with unit_of_work(wiring.session_factory) as session:
         assert conversations_of(session, "m-anna") == 1
         assert conversations_of(session, "m-ben") == 0
+
+
+def test_openings_of_one_ad_by_two_communities_do_not_wait_for_each_other(
+    app, wiring, make_portal, advertiser, writer_portal
+):
+    """An opening keeps its ad from being deleted (a key share), no more: a batch opening
+    a popular ad must not hold every other community's contact of it until it ends."""
+    ad_id = publish(app.test_client(), advertiser)
+    third_portal = make_portal(slug="sel-paris", name="SEL de Paris")
+    with unit_of_work(wiring.session_factory) as batch_transaction:
+        sent = relay.post_messages(
+            batch_transaction,
+            sender=portals.authenticate(batch_transaction, key=writer_portal.key),
+            messages=[
+                relay.Opening(uuid.UUID(ad_id), "m-anna", "Anna", "Hello", None),
+                relay.Opening(uuid.UUID(ad_id), "m-ben", "Ben", "Hello", None),
+            ],
+            limits=LIMITS,
+        )
+        assert [outcome.created for outcome in sent] == [True, True]
+        other = send_aside_until_waiting(
+            wiring,
+            lambda: contact(app.test_client(), third_portal, ad_id, member="m-chloe"),
+            what="the other community's contact",
+            waiting=1,
+        )
+        assert waiting_sessions(wiring) == 0, "the contact waited for the batch"
+    assert other().status_code == 201
