@@ -12,9 +12,11 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from directory.db import unit_of_work
+from directory.models import PortalStatus
 from directory.services import portals, relay
-from tests.api.test_relay import LIMITS, contact, publish
+from tests.api.test_relay import ADVERTISER, LIMITS, WRITER, contact, publish
 from tests.api.test_relay_batch import batch, conversations_of, item, opening
+from tests.apps import app_with
 from tests.factories import ad_payload
 
 
@@ -67,6 +69,19 @@ def holds_a_row_lock(wiring, ad_id: str) -> bool:
         try:
             other.execute(
                 text("SELECT 1 FROM ads WHERE id = :id FOR KEY SHARE NOWAIT"), {"id": ad_id}
+            )
+        except OperationalError:
+            return True
+    return False
+
+
+def holds_a_conversation(wiring, conversation_id: str) -> bool:
+    """Whether a transaction holds a lock on the conversation's row."""
+    with unit_of_work(wiring.session_factory) as other:
+        try:
+            other.execute(
+                text("SELECT 1 FROM conversations WHERE id = :id FOR UPDATE NOWAIT"),
+                {"id": conversation_id},
             )
         except OperationalError:
             return True
@@ -225,3 +240,185 @@ def test_openings_of_one_ad_by_two_communities_do_not_wait_for_each_other(
         )
         assert waiting_sessions(wiring) == 0, "the contact waited for the batch"
     assert other().status_code == 201
+
+
+# --- as a single contact would ---------------------------------------------------------------
+
+
+def fields_of(errors: dict) -> set[str]:
+    """The field names of an error envelope's `errors` (by location, then field) or of a
+    batch item's (by field; _schema where the envelope names none)."""
+    if errors and all(isinstance(value, dict) for value in errors.values()):
+        return {name for by_field in errors.values() for name in by_field}
+    return set(errors or {}) - {"_schema"}
+
+
+def test_each_refused_opening_is_refused_as_a_single_contact_of_it_is(
+    client, wiring, make_portal, advertiser, writer_portal
+):
+    expired = publish(client, advertiser, "expired")
+    client.post("/v1/ads/expired/expire", headers=advertiser.headers)
+    portal_only = publish(client, advertiser, "portal-only", visibility="portal")
+    silent = publish(client, advertiser, "silent", accepts_contact=False)
+    own = publish(client, writer_portal, "own", member="m-own")
+    suspended_portal = make_portal(slug="sel-nantes", name="SEL de Nantes")
+    of_suspended = publish(client, suspended_portal, "theirs")
+    with unit_of_work(wiring.session_factory) as session:
+        portals.set_status(
+            session, portal_slug=suspended_portal.slug, status=PortalStatus.SUSPENDED
+        )
+    blocking_portal = make_portal(slug="sel-lille", name="SEL de Lille")
+    of_blocking = publish(client, blocking_portal, "theirs")
+    client.put(
+        f"/v1/portals/me/blocked-portals/{writer_portal.slug}", headers=blocking_portal.headers
+    )
+    blocked_with = publish(client, advertiser, "blocked-with")
+    conversation = contact(client, writer_portal, blocked_with, member="m-blocked").json
+    client.post(
+        f"/v1/conversations/{conversation['conversation']['id']}/block",
+        json={"member": ADVERTISER},
+        headers=advertiser.headers,
+    )
+    another_of_theirs = publish(client, advertiser, "another")
+    refused = [
+        (str(uuid.uuid4()), "m-1"),
+        (expired, "m-2"),
+        (portal_only, "m-3"),
+        (silent, "m-4"),
+        (own, "m-own"),
+        (of_suspended, "m-5"),
+        (of_blocking, "m-6"),
+        (another_of_theirs, "m-blocked"),
+    ]
+    answer = batch(client, writer_portal, [opening(ad, member=member) for ad, member in refused])
+    assert answer.status_code == 200, answer.json
+    in_batch = [(r["status"], r["error"], fields_of(r["errors"])) for r in answer.json["results"]]
+    alone = []
+    for ad, member in refused:
+        single = contact(client, writer_portal, ad, member=member)
+        alone.append(("rejected", single.json["error"], fields_of(single.json.get("errors"))))
+    assert in_batch == alone
+    assert [error for _, error, _ in in_batch] == [
+        "ad_not_found",
+        "ad_not_found",
+        "ad_not_found",
+        "contact_disabled",
+        "invalid_input",
+        "ad_not_found",
+        "community_blocked",
+        "blocked_by_advertiser",
+    ]
+    with unit_of_work(wiring.session_factory) as session:
+        assert session.scalar(text("SELECT count(*) FROM conversations")) == 1
+
+
+def test_an_opening_is_replayed_across_a_single_contact_and_a_batch_item(
+    client, wiring, advertiser, writer_portal
+):
+    ad_id, other_ad = publish(client, advertiser), publish(client, advertiser, "ad-2")
+    single = contact(client, writer_portal, ad_id, idempotency_key="c-1")
+    in_batch = batch(
+        client,
+        writer_portal,
+        [
+            opening(other_ad, member="m-ben", idempotency_key="c-2"),
+            opening(ad_id, idempotency_key="c-1"),  # the single contact, sent again
+            opening(other_ad, idempotency_key="c-1"),  # its key, another ad
+            opening(ad_id, name="Annie", idempotency_key="c-1"),  # its key, another name
+        ],
+    ).json["results"]
+    assert [(r["status"], r["error"]) for r in in_batch] == [
+        ("created", None),
+        ("sent_before", None),
+        ("rejected", "idempotency_key_reused"),
+        ("rejected", "idempotency_key_reused"),
+    ]
+    assert in_batch[1]["conversation"]["id"] == single.json["conversation"]["id"]
+    assert in_batch[1]["message"]["id"] == single.json["message"]["id"]
+    again = contact(client, writer_portal, other_ad, member="m-ben", idempotency_key="c-2")
+    assert again.status_code == 200, again.json
+    assert again.json["message"]["id"] == in_batch[0]["message"]["id"]
+    with unit_of_work(wiring.session_factory) as session:
+        assert conversations_of(session, WRITER) == 1
+        assert conversations_of(session, "m-ben") == 1
+
+
+def test_the_limit_with_one_advertiser_counts_within_the_batch(
+    migrated, client, wiring, advertiser, writer_portal
+):
+    ads = [publish(client, advertiser, f"ad-{number}") for number in range(3)]
+    elsewhere = publish(client, advertiser, "elsewhere", member="m-other-owner")
+    with app_with(migrated, relay_conversations_with_one_member_per_hour=2) as strict:
+        answer = batch(
+            strict.test_client(),
+            writer_portal,
+            [opening(ad, member=f"m-{number}") for number, ad in enumerate(ads)]
+            + [opening(elsewhere, member="m-3")],
+        )
+    results = answer.json["results"]
+    assert [(r["status"], r["error"]) for r in results] == [
+        ("created", None),
+        ("created", None),
+        ("rejected", "too_many_conversations"),
+        ("created", None),
+    ]
+    assert "with this advertiser" in results[2]["errors"]["_schema"][0]
+    assert 3500 < results[2]["retry_after_s"] <= 3601
+    with unit_of_work(wiring.session_factory) as session:
+        assert conversations_of(session, "m-2") == 0
+
+
+def test_a_batch_and_the_erasure_of_an_advertiser_of_many_ads_wait_in_no_circle(
+    app, wiring, advertiser, writer_portal
+):
+    """An erasure deletes a member's ads a write of 1,000 at a time, each write's
+    conversations locked as its ads go: a batch that opens a conversation about an ad of
+    a later write, and writes in one about an ad of an earlier one, must not hold the
+    first while it waits for the second."""
+    client = app.test_client()
+    ads = [f"ad-{number:04}" for number in range(1001)]
+    for start in (0, 1000):
+        written = client.post(
+            "/v1/ads/batch",
+            json={
+                "items": [
+                    {"external_id": ad, "ad": ad_payload(member=ADVERTISER)}
+                    for ad in ads[start : start + 1000]
+                ]
+            },
+            headers=advertiser.headers,
+        )
+        assert written.status_code == 200, written.json
+    with unit_of_work(wiring.session_factory) as session:
+        ids = dict(session.execute(text("SELECT external_id, id FROM ads")).all())
+    early, late = str(ids[ads[0]]), str(ids[ads[-1]])
+    conversation = contact(client, writer_portal, early).json["conversation"]["id"]
+    with unit_of_work(wiring.session_factory) as holder:
+        # Holds the erasure at the late ad, once it has deleted the first 1,000.
+        holder.execute(text("SELECT 1 FROM ads WHERE id = :id FOR KEY SHARE"), {"id": late})
+        erasure = send_aside_waiting(
+            wiring,
+            lambda: app.test_client().post(
+                "/v1/portals/me/member-erasures",
+                json={"member": ADVERTISER},
+                headers=advertiser.headers,
+            ),
+            what="the erasure",
+            waiting=1,
+        )
+        assert holds_a_conversation(wiring, conversation), "the early ad was to go first"
+        batch_answer = send_aside_waiting(
+            wiring,
+            lambda: batch(
+                app.test_client(),
+                writer_portal,
+                [opening(late, member="m-anna"), item(conversation, member=WRITER)],
+            ),
+            what="the batch",
+            waiting=2,
+        )
+    erased, sent = erasure(), batch_answer()
+    assert erased.status_code == 200, erased.json
+    assert erased.json["ads_deleted"] == 1001
+    assert sent.status_code == 200, sent.json
+    assert [r["error"] for r in sent.json["results"]] == ["ad_not_found", "party_erased"]
