@@ -272,9 +272,10 @@ def post_messages(
     openings = [message for message in messages if isinstance(message, Opening)]
     replies = [message for message in messages if isinstance(message, Reply)]
     # Every lock first, each kind in one order, the kinds in the order every writer takes
-    # them (a member's openings, the ads, a portal's openings with one advertiser, then
-    # conversations): two batches, or a batch and an erasure, never wait for each other
-    # in a circle.
+    # them (a member's openings, the ads' portals' write locks, the ads, a portal's
+    # openings with one advertiser, conversations, then idempotency keys): two batches,
+    # or a batch and an erasure, a closing or a write of the ads, never wait for each
+    # other in a circle.
     ads = (
         _lock_openings(session, sender=sender, openings=openings, alone=len(messages) == 1)
         if openings
