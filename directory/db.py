@@ -34,6 +34,7 @@ PORTAL_WRITE_LOCK_NAMESPACE = 0x41D5  # services/ads.py lock_portal_writes
 AD_COUNT_LOCK_NAMESPACE = 0x41D6  # services/ads.py lock_and_count_ads, the limit on ads
 OPEN_CONVERSATION_LOCK_NAMESPACE = 0xC0A7  # services/relay.py lock_member_openings
 OPENINGS_WITH_ONE_MEMBER_LOCK_NAMESPACE = 0xC0A8  # services/relay.py _lock_openings
+IDEMPOTENCY_KEY_LOCK_NAMESPACE = 0xC0A9  # services/relay.py post_messages, a portal's keys
 WEBSITE_CHECK_LOCK_NAMESPACE = 0x5173  # services/websites.py check_slot
 WEBHOOK_TEST_LOCK_NAMESPACE = 0x5174  # services/webhook_tests.py test_slot
 INDEXING_LOCK_NAMESPACE = 0x5EA7  # search/indexing.py, a writer per index

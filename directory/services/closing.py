@@ -51,6 +51,8 @@ def close_portal(session: Session, *, portal_slug: str, lifetimes: Lifetimes) ->
             code="portal_not_suspended",
         )
     lock_portal_writes(session, portal.id, exclusive=True)
+    # In the relay's order, before the ads' deletes lock them in theirs.
+    relay.lock_conversations_of(session, portal_id=portal.id)
     # Its public ads left public view when it was suspended; each is told deleted again.
     ads_deleted = delete_ads(
         session,

@@ -42,14 +42,15 @@ def erase_member(session: Session, *, portal_id: int, member: str, lifetimes: Li
     staged ads before they were dropped). The locks are taken in the order those writers
     take theirs, so that none deadlocks with the erasure: the member's openings (a
     contact they are making, relay.open_conversation), the portal's open sync sessions
-    (a staging or a commit under way, services/sync.py), then the portal's write lock,
-    alone, as a commit holds it."""
+    (a staging or a commit under way, services/sync.py), the portal's write lock, alone,
+    as a commit holds it, then the member's conversations, in the relay's order."""
     relay.lock_member_openings(session, portal_id=portal_id, member=member)
     open_sessions = select(SyncSession.id).where(
         SyncSession.portal_id == portal_id, SyncSession.status == SyncStatus.OPEN
     )
     session.execute(open_sessions.order_by(SyncSession.id).with_for_update())
     lock_portal_writes(session, portal_id, exclusive=True)
+    relay.lock_conversations_of(session, portal_id=portal_id, member=member)
     their_ads = select(Ad.external_id).where(Ad.portal_id == portal_id, Ad.member == member)
     ads_deleted = delete_ads(
         session,

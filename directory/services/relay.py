@@ -40,6 +40,7 @@ from sqlalchemy.orm import Session
 
 from directory import cursors
 from directory.db import (
+    IDEMPOTENCY_KEY_LOCK_NAMESPACE,
     OPEN_CONVERSATION_LOCK_NAMESPACE,
     OPENINGS_WITH_ONE_MEMBER_LOCK_NAMESPACE,
     PORTAL_WRITE_LOCK_NAMESPACE,
@@ -170,9 +171,6 @@ _OPEN_CONVERSATION = insert(Conversation.__table__).returning(*Conversation.__ta
 _UNOPEN_CONVERSATION = text("DELETE FROM conversations WHERE id = :id")
 
 MAX_BATCH_MESSAGES = 100
-# post_messages: a portal's idempotency keys. Beside directory/db.py's namespaces, none
-# of which it is.
-IDEMPOTENCY_KEY_LOCK_NAMESPACE = 0xC0A9
 
 
 @dataclass(frozen=True)
@@ -1363,6 +1361,41 @@ def _erase_parties(party: str) -> TextClause:
 _ERASE_MEMBER = _erase_parties("{role}_portal_id = :portal_id AND {role}_member = :member")
 # Every member of the portal not erased yet.
 _ERASE_PORTAL = _erase_parties("{role}_portal_id = :portal_id AND {role}_member IS NOT NULL")
+
+
+# Every conversation of a portal's member, or of all its members, locked in id order (the
+# order post_messages locks them in), with those about the member's ads: an ad may have
+# been given to them since its conversations opened.
+_LOCK_MEMBER_CONVERSATIONS = text(
+    """
+    SELECT id FROM conversations
+    WHERE (initiator_portal_id = :portal_id AND initiator_member = :member)
+       OR (recipient_portal_id = :portal_id AND recipient_member = :member)
+       OR ad_id IN (SELECT id FROM ads WHERE portal_id = :portal_id AND member = :member)
+    ORDER BY id
+    FOR UPDATE
+    """
+)
+_LOCK_PORTAL_CONVERSATIONS = text(
+    """
+    SELECT id FROM conversations
+    WHERE initiator_portal_id = :portal_id OR recipient_portal_id = :portal_id
+    ORDER BY id
+    FOR UPDATE
+    """
+)
+
+
+def lock_conversations_of(session: Session, *, portal_id: int, member: str | None = None) -> None:
+    """Locks the conversations of `member` of the portal (None: of all its members), for
+    an erasure or a closing, before it deletes their ads. Each ad deleted locks its
+    conversations as it goes (their ad_id is set to null), ads a write of 1,000 at a
+    time and in no set order: a batch writing in two of them (post_messages, in id
+    order) and the deleter would wait for each other in a circle."""
+    if member is None:
+        session.execute(_LOCK_PORTAL_CONVERSATIONS, {"portal_id": portal_id})
+    else:
+        session.execute(_LOCK_MEMBER_CONVERSATIONS, {"portal_id": portal_id, "member": member})
 
 
 def erase_member_conversations(

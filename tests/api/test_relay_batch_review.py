@@ -13,8 +13,8 @@ from sqlalchemy.exc import OperationalError
 
 from directory.db import unit_of_work
 from directory.models import PortalStatus
-from directory.services import portals, relay
-from tests.api.test_relay import ADVERTISER, LIMITS, WRITER, contact, publish
+from directory.services import closing, portals, relay
+from tests.api.test_relay import ADVERTISER, LIMITS, WRITER, contact, publish, suspend
 from tests.api.test_relay_batch import batch, conversations_of, item, opening
 from tests.apps import app_with
 from tests.factories import ad_payload
@@ -424,16 +424,13 @@ def test_a_batch_and_the_erasure_of_an_advertiser_of_many_ads_wait_in_no_circle(
     assert [r["error"] for r in sent.json["results"]] == ["ad_not_found", "party_erased"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="services/members.py erases a member's ads a write of 1,000 at a time, each "
-    "write's conversations locked (ON DELETE SET NULL) as its ads go, not in id order: a "
-    "batch writing in conversations about ads of two of those writes deadlocks with it; "
-    "the batch shares no lock with the erasure (its openings are another portal's ads)",
-)
 def test_a_batch_writing_in_conversations_about_many_ads_of_an_erased_advertiser(
     app, wiring, make_portal, advertiser, writer_portal
 ):
+    """The erasure of an advertiser of more than 1,000 ads deletes them a write at a time,
+    and each ad deleted locks its conversations: a batch writing in conversations about
+    ads of two of those writes deadlocked with it (answered 503) until the erasure locked
+    the member's conversations first, in the relay's order."""
     client = app.test_client()
     ads = [f"ad-{number:04}" for number in range(1010)]
     for start in (0, 1000):
@@ -482,8 +479,10 @@ def test_a_batch_writing_in_conversations_about_many_ads_of_an_erased_advertiser
             what="the erasure",
             waiting=1,
         )
+        # Every conversation of the member's, in id order, before any of its ads went:
+        # the batch below waits for the first it needs and holds none after it.
         assert holds_a_conversation(wiring, early_conversation)
-        assert not holds_a_conversation(wiring, late_conversation)
+        assert holds_a_conversation(wiring, late_conversation)
         batch_answer = send_aside_waiting(
             wiring,
             lambda: batch(
@@ -501,3 +500,34 @@ def test_a_batch_writing_in_conversations_about_many_ads_of_an_erased_advertiser
     erased, sent = erasure(), batch_answer()
     assert erased.status_code == 200, erased.json
     assert sent.status_code == 200, sent.json
+    assert [r["error"] for r in sent.json["results"]] == [None, "party_erased", "party_erased"]
+
+
+def test_a_closing_locks_the_portals_conversations_before_its_ads_go(
+    app, wiring, advertiser, writer_portal
+):
+    """As an erasure does: a batch writing in two conversations about the closing portal's
+    ads waits for the first it needs, holding none after it, instead of deadlocking with
+    the deletes of the ads."""
+    client = app.test_client()
+    opened = []
+    for number in range(2):
+        ad_id = publish(client, advertiser, f"ad-{number}")
+        answer = contact(client, writer_portal, ad_id, member=f"m-{number}")
+        opened.append(answer.json["conversation"]["id"])
+    suspend(wiring, advertiser)
+    with unit_of_work(wiring.session_factory) as holder:
+        # Holds the closing at its first ad, its conversations locked by then.
+        holder.execute(
+            text("SELECT 1 FROM ads WHERE portal_id = :id FOR KEY SHARE"), {"id": advertiser.id}
+        )
+
+        def close():
+            with unit_of_work(wiring.session_factory) as session:
+                return closing.close_portal(
+                    session, portal_slug=advertiser.slug, lifetimes=wiring.lifetimes
+                )
+
+        closed = send_aside_waiting(wiring, close, what="the closing", waiting=1)
+        assert all(holds_a_conversation(wiring, conversation) for conversation in opened)
+    assert closed().conversations_ended == 2
