@@ -161,6 +161,20 @@ def handle_data_error(error: DataError):
 def handle_operational_error(error: OperationalError):
     if isinstance(error.orig, pg_errors.QueryCanceled | pg_errors.LockNotAvailable):
         return envelope(503, error="busy", message="the database is busy; retry shortly")
+    if isinstance(
+        error.orig,
+        pg_errors.DeadlockDetected | pg_errors.SerializationFailure | pg_errors.TransactionRollback,
+    ):
+        # A deadlock (or a serialization failure): the database rolled this transaction
+        # back so that another could go on, and nothing of it was written. The database
+        # is up: not an outage, but a deadlock is two lock orders to make one.
+        log.warning("the database rolled a request back: %s", error.orig.sqlstate)
+        return envelope(
+            503,
+            error="busy",
+            message="the database rolled this request back to let a concurrent one "
+            "through; nothing of it was written; retry",
+        )
     log.exception("database unavailable")
     return handle_http_exception(ServiceUnavailable("the database is unavailable; retry shortly"))
 

@@ -67,6 +67,23 @@ def test_a_value_the_database_refuses_answers_400_not_500(migrated):
     assert "out of range" in response.json["message"]
 
 
+def test_a_deadlock_answers_busy_not_unavailable(migrated, caplog):
+    app = create_app(migrated)
+
+    @app.get("/deadlock-for-test")
+    def deadlock():  # the error PostgreSQL raises in the transaction it rolls back
+        with transaction() as session:
+            session.execute(text("DO $$ BEGIN RAISE EXCEPTION USING ERRCODE = '40P01'; END $$"))
+        return {}
+
+    response = app.test_client().get("/deadlock-for-test")
+    app.extensions["directory"].close()
+    assert response.status_code == 503
+    assert response.json["error"] == "busy"
+    assert "nothing of it was written" in response.json["message"]
+    assert "database unavailable" not in caplog.text
+
+
 def test_an_unreachable_database_answers_503(migrated):
     app = create_app(
         dataclasses.replace(migrated, database_url="postgresql+psycopg://x@127.0.0.1:1/x")
