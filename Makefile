@@ -43,7 +43,7 @@ openapi: deps
 bench: deps
 	$(BIN)/python bench/ingest.py
 
-.PHONY: bench-search bench-flood bench-relay bench-relay-layers bench-sync bench-hostile bench-erasure bench-ad-limit
+.PHONY: bench-search bench-flood bench-relay bench-delivery-drain bench-relay-layers bench-sync bench-hostile bench-erasure bench-ad-limit
 bench-search: deps
 	$(BIN)/python bench/search.py
 
@@ -52,6 +52,9 @@ bench-flood: deps
 
 bench-relay: deps
 	$(BIN)/python bench/relay.py
+
+bench-delivery-drain: deps
+	$(BIN)/python bench/delivery_drain.py
 
 bench-relay-layers: deps
 	$(BIN)/python bench/relay_layers.py

@@ -519,9 +519,9 @@ _CLAIM = (
 CLAIM_WINDOW_FACTOR = 4
 # A worker's webhooks in flight to one portal at most: a quarter of its threads
 # (worker.DELIVERY_THREADS), so that one endpoint that stalls, or a few, leave the others
-# theirs. At tens of milliseconds an answer, that is still a hundred a second or more to
-# one portal, more than a community's members write.
-PER_PORTAL_IN_FLIGHT = 4
+# theirs. At a tenth of a second an answer, that is still 80 a second to one portal, more
+# than a community's members write; a web server's worker pool takes 8 at once.
+PER_PORTAL_IN_FLIGHT = 8
 
 
 def claim_due(
