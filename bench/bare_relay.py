@@ -6,7 +6,7 @@ hooks. What the layers cost is the difference between this and the directory.
 Its work per message is the directory's: the key looked up by digest, the conversation
 locked with both communities, the sender's party, the other party's erasure, the block,
 the communities' blocks of each other, the other community's status and the messages in
-a row checked, APPEND_MESSAGE (count, message, delivery, NOTIFY) in the same transaction,
+a row checked, APPEND_MESSAGES (message, count, delivery, NOTIFY) in the same transaction,
 and the same answer. Left out: the fields' validation beyond their presence, idempotency
 keys, the request id and log line, and the key's last-use stamp.
 
@@ -25,7 +25,7 @@ from sqlalchemy.dialects import postgresql
 
 from directory.services import deliveries
 from directory.services.portals import _KEY_LOOKUP, key_digest, looks_like_key
-from directory.services.relay import _LOCK_CONVERSATIONS, APPEND_MESSAGE
+from directory.services.relay import _LOCK_CONVERSATIONS, APPEND_MESSAGES
 from directory.settings import Settings
 
 ROLES = ("initiator", "recipient")
@@ -42,7 +42,7 @@ def _sql(statement) -> str:
 
 KEY_LOOKUP = _sql(_KEY_LOOKUP)
 LOCK_CONVERSATION = _sql(_LOCK_CONVERSATIONS)
-APPEND = _sql(APPEND_MESSAGE)
+APPEND = _sql(APPEND_MESSAGES)
 
 
 def connection() -> psycopg.Connection:
@@ -105,25 +105,32 @@ def post_message(conversation_id: str):
             return refused(409, "awaiting_reply")
         now = datetime.now(UTC)
         message_id = uuid.uuid4()
-        seq, _notified = conn.execute(
+        seq = c["message_count"] + 1
+        in_a_row = (c["unanswered_messages"] if c["last_sender"] == role else 0) + 1
+        names = {r: name if r == role and name else c[f"{r}_name"] for r in ROLES}
+        conn.execute(
             APPEND,
             {
-                "now": now,
-                "role": role,
-                "name": name,
-                "conversation_id": conversation_uuid,
-                "seq": c["message_count"] + 1,
-                "message_id": message_id,
+                "message_ids": [message_id],
+                "conversation_ids": [conversation_uuid],
+                "seqs": [seq],
+                "roles": [role],
+                "idempotency_keys": [None],
+                "bodies": [body],
+                "sent_at": [now],
+                "recipient_portal_ids": [c[f"{other}_portal_id"]],
                 "sender_portal_id": portal_id,
-                "idempotency_key": None,
-                "body": body,
-                "recipient_portal_id": c[f"{other}_portal_id"],
+                "final_ids": [conversation_uuid],
+                "final_counts": [seq],
+                "final_times": [now],
+                "final_unanswered": [in_a_row],
+                "final_senders": [role],
+                "final_initiator_names": [names["initiator"]],
+                "final_recipient_names": [names["recipient"]],
                 "parked": deliveries.PARKED,
                 "channel": deliveries.NOTIFY_CHANNEL,
             },
-        ).fetchone()
-
-    in_a_row = (c["unanswered_messages"] if c["last_sender"] == role else 0) + 1
+        )
 
     def sending(r: str) -> dict:
         # Every other refusal was checked above, and holds both ways.

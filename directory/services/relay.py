@@ -282,7 +282,7 @@ def post_messages(
     # Locked: the messages of a conversation are numbered one after the other, and a
     # retry racing its original finds it once the lock is ours. Read with both
     # communities, as the answer shows them: this is the hot path of the relay. Plain
-    # rows, not ORM objects: they are only read (the write is APPEND_MESSAGE).
+    # rows, not ORM objects: they are only read (the write is APPEND_MESSAGES).
     conversations = (
         {
             row.id: row._asdict()
@@ -305,26 +305,46 @@ def post_messages(
     keys = {message.idempotency_key for message in messages} - {None}
     if len(keys) > 1:
         _lock_keys(session, IDEMPOTENCY_KEY_LOCK_NAMESPACE, [f"{sender.id}:{key}" for key in keys])
-    outcomes: list[Sent | DirectoryError] = []
+    outcomes: list[Sent | DirectoryError | None] = []
+    # Messages in conversations are written together, in one statement (_write_planned):
+    # first those planned so far, whenever the next item must see them written (an
+    # opening, which counts and replays from the table; a key they use).
+    planned: list[_Planned] = []
     for message in messages:
+        if planned and (
+            isinstance(message, Opening)
+            or (
+                message.idempotency_key is not None
+                and message.idempotency_key in {plan.reply.idempotency_key for plan in planned}
+            )
+        ):
+            _write_planned(session, planned, conversations, outcomes, sender=sender, limits=limits)
         try:
             if isinstance(message, Opening):
-                sent = _open(session, ads.get(message.ad_id), message, sender=sender, limits=limits)
-            else:
-                sent, after = _write(
-                    session,
-                    conversations.get(message.conversation_id),
-                    message,
-                    sender=sender,
-                    limits=limits,
+                outcomes.append(
+                    _open(session, ads.get(message.ad_id), message, sender=sender, limits=limits)
                 )
-                if after is not None:  # the next message in it is written from the row as it is
-                    conversations[message.conversation_id] = after
+                continue
+            plan = _plan(
+                session,
+                conversations.get(message.conversation_id),
+                message,
+                sender=sender,
+                limits=limits,
+            )
         except DirectoryError as refusal:
             outcomes.append(refusal)
             continue
-        outcomes.append(sent)
-    return outcomes
+        if isinstance(plan, Sent):  # sent before
+            outcomes.append(plan)
+            continue
+        plan.index = len(outcomes)
+        outcomes.append(None)  # once written
+        planned.append(plan)
+        # The next message in it is planned from the row as this one leaves it.
+        conversations[message.conversation_id] = plan.after
+    _write_planned(session, planned, conversations, outcomes, sender=sender, limits=limits)
+    return outcomes  # type: ignore[return-value]  # every place was filled
 
 
 # Advisory locks until the transaction ends, in one order: the keys' lock ids (the
@@ -483,35 +503,41 @@ def _open(
         "initiator_blocked": False,
         "recipient_blocked": False,
     }
+    first = Reply(conversation.id, opening.member, None, opening.body, opening.idempotency_key)
     try:
-        sent, _ = _append(
-            session,
-            opened,
-            role=Role.INITIATOR,
-            sender=sender,
-            name=None,
-            body=opening.body,
-            idempotency_key=opening.idempotency_key,
-            now=now,
-            limits=limits,
+        return _append(
+            session, _planned(opened, first, Role.INITIATOR, now), sender=sender, limits=limits
         )
     except DirectoryError:
         session.execute(_UNOPEN_CONVERSATION, {"id": conversation.id})
         raise
-    return sent
 
 
-def _write(
+@dataclass
+class _Planned:
+    """A message in a conversation, checked, to be written (post_messages)."""
+
+    reply: Reply
+    role: Role
+    before: dict  # the conversation (a row of _CONVERSATIONS as a dict) before it
+    after: dict  # ... and after it
+    message_id: uuid.UUID
+    sent_at: datetime
+    index: int = -1  # its place among the batch's outcomes
+
+
+def _plan(
     session: Session,
     conversation: dict | None,
     reply: Reply,
     *,
     sender: AuthenticatedPortal,
     limits: RelayLimits,
-) -> tuple[Sent, dict | None]:
+) -> Sent | _Planned:
     """A message, once its conversation is locked (a row of _CONVERSATIONS as a dict;
-    None: the portal has no such conversation): what was sent, and the conversation
-    after it (None: as it was). Refused before anything is written."""
+    None: the portal has no such conversation): what was sent before under its
+    idempotency key, or the message checked and ready to write. Refused (raised) before
+    anything is written."""
     row = None if conversation is None else SimpleNamespace(**conversation)
     role = _role_of(row, sender, reply.member)
     if reply.idempotency_key is not None:
@@ -525,21 +551,106 @@ def _write(
             conversation_id=reply.conversation_id,
         )
         if replay is not None:
-            return replay, None
+            return replay
     refusal = _refusal(row, role, limits)
     if refusal is not None:
         raise refusal
-    return _append(
-        session,
-        conversation,
-        role=role,
-        sender=sender,
-        name=reply.name,
-        body=reply.body,
-        idempotency_key=reply.idempotency_key,
-        now=datetime.now(UTC),
-        limits=limits,
-    )
+    return _planned(conversation, reply, role, datetime.now(UTC))
+
+
+def _planned(conversation: dict, reply: Reply, role: Role, sent_at: datetime) -> _Planned:
+    """The message `reply` by `role`, sent at `sent_at`, after `conversation` (a row of
+    _CONVERSATIONS as a dict): the conversation as it leaves it."""
+    in_a_row = conversation["unanswered_messages"] if conversation["last_sender"] is role else 0
+    after = {
+        **conversation,
+        "message_count": conversation["message_count"] + 1,
+        "last_message_at": sent_at,
+        "last_sender": role,
+        "unanswered_messages": in_a_row + 1,
+    }
+    if reply.name is not None:
+        after[f"{role.value}_name"] = reply.name
+    return _Planned(reply, role, conversation, after, uuid.uuid4(), sent_at)
+
+
+class _KeyRaced(Exception):
+    """A message of several written together lost its idempotency key to a racing request."""
+
+
+def _write_planned(
+    session: Session,
+    planned: list[_Planned],
+    conversations: dict,
+    outcomes: list,
+    *,
+    sender: AuthenticatedPortal,
+    limits: RelayLimits,
+) -> None:
+    """Writes the planned messages and puts what each sent in its place in `outcomes`;
+    `planned` is emptied. Several go in one statement (APPEND_MESSAGES): a statement per
+    message cost the batch most of its time. Should one lose its idempotency key to a
+    racing request, the statement is undone and they go one at a time, each checked again
+    against the conversation as the ones before it left it."""
+    if len(planned) > 1:
+        try:
+            with session.begin_nested():
+                written = session.execute(
+                    APPEND_MESSAGES, _append_messages_parameters(planned, sender)
+                ).scalar_one()
+                if written < len(planned):
+                    raise _KeyRaced
+        except _KeyRaced:
+            pass
+        else:
+            for plan in planned:
+                outcomes[plan.index] = _sent(plan, sender=sender, limits=limits)
+            planned.clear()
+            return
+    # One at a time, from each conversation as it was before them.
+    for plan in reversed(planned):
+        conversations[plan.reply.conversation_id] = plan.before
+    for plan in planned:
+        conversation = conversations[plan.reply.conversation_id]
+        try:
+            refusal = _refusal(SimpleNamespace(**conversation), plan.role, limits)
+            if refusal is not None:
+                raise refusal
+            again = _planned(conversation, plan.reply, plan.role, plan.sent_at)
+            outcomes[plan.index] = _append(session, again, sender=sender, limits=limits)
+        except DirectoryError as refusal:
+            outcomes[plan.index] = refusal
+            continue
+        conversations[plan.reply.conversation_id] = again.after
+    planned.clear()
+
+
+def _append_messages_parameters(planned: list[_Planned], sender: AuthenticatedPortal) -> dict:
+    """APPEND_MESSAGES' parameters for the planned messages, in their order."""
+    # Each conversation as the last of its messages here leaves it.
+    last = {plan.reply.conversation_id: plan.after for plan in planned}
+    return {
+        "message_ids": [plan.message_id for plan in planned],
+        "conversation_ids": [plan.reply.conversation_id for plan in planned],
+        "seqs": [plan.after["message_count"] for plan in planned],
+        "roles": [plan.role.value for plan in planned],
+        "idempotency_keys": [plan.reply.idempotency_key for plan in planned],
+        "bodies": [plan.reply.body for plan in planned],
+        "sent_at": [plan.sent_at for plan in planned],
+        "recipient_portal_ids": [
+            plan.before[f"{plan.role.other.value}_portal_id"] for plan in planned
+        ],
+        "sender_portal_id": sender.id,
+        "final_ids": list(last),
+        "final_counts": [after["message_count"] for after in last.values()],
+        "final_times": [after["last_message_at"] for after in last.values()],
+        "final_unanswered": [after["unanswered_messages"] for after in last.values()],
+        "final_senders": [after["last_sender"].value for after in last.values()],
+        "final_initiator_names": [after["initiator_name"] for after in last.values()],
+        "final_recipient_names": [after["recipient_name"] for after in last.values()],
+        "parked": deliveries.PARKED,
+        "channel": deliveries.NOTIFY_CHANNEL,
+    }
 
 
 def _refusal(conversation, role: Role, limits: RelayLimits) -> Conflict | None:
@@ -737,111 +848,95 @@ _LOCK_CONVERSATIONS = (
 )
 
 
-# One statement for a message: the message, the conversation's count and activity, its
-# delivery (due now when the recipient's portal has a working webhook, else parked for
-# the inbox) and the NOTIFY that wakes the workers at commit. Ten ORM round trips made
-# the relay's hot path four times slower. `seq` is the locked conversation's count + 1.
+# One statement for one message or several: each its row, its delivery (due now when the
+# recipient's portal has a working webhook, else parked for the inbox) and its place
+# (`seqs`, numbered by post_messages from the locked conversations); each conversation
+# as its last message leaves it (`final_*`); and the NOTIFY that wakes the workers at
+# commit. A statement per message cost a batch most of its time (and ten ORM round
+# trips made a single message four times slower). The deliveries are made in the
+# messages' order: a portal receives them so. Returns how many messages went in.
 #
 # An idempotency key taken by a request that committed while this one waited on it (the
-# unique constraint decides, not the look-up before) inserts no message, and so moves no
-# count and makes no delivery: the statement returns no row and has written nothing, so
-# a batch goes on with its other messages (post_messages).
-APPEND_MESSAGE = text(
+# unique constraint decides, not the look-up before) inserts no message: the
+# conversations are then left as they were, and a single message has written nothing
+# (a batch goes on with its other messages, post_messages); of several, the others' rows
+# and deliveries are written, and _write_planned undoes the statement.
+APPEND_MESSAGES = text(
     f"""
-    WITH message AS (
+    WITH planned AS (
+        SELECT * FROM unnest(
+            CAST(:message_ids AS uuid[]), CAST(:conversation_ids AS uuid[]),
+            CAST(:seqs AS integer[]), CAST(:roles AS text[]),
+            CAST(:idempotency_keys AS text[]), CAST(:bodies AS text[]),
+            CAST(:sent_at AS timestamptz[]), CAST(:recipient_portal_ids AS integer[])
+        ) WITH ORDINALITY AS planned(message_id, conversation_id, seq, role,
+                                     idempotency_key, body, sent_at, recipient_portal_id,
+                                     place)
+    ), message AS (
         INSERT INTO messages (id, conversation_id, seq, sender_role, sender_portal_id,
                               idempotency_key, body, created_at)
-        VALUES (:message_id, :conversation_id, :seq, :role, :sender_portal_id,
-                :idempotency_key, :body, :now)
+        SELECT message_id, conversation_id, seq, role, :sender_portal_id, idempotency_key,
+               body, sent_at
+        FROM planned ORDER BY place
         ON CONFLICT ON CONSTRAINT uq_messages_sender_portal_id_idempotency_key DO NOTHING
-        RETURNING id, seq
+        RETURNING id
     ), conversation AS (
         UPDATE conversations SET
-            message_count = message.seq,
-            last_message_at = :now,
-            unanswered_messages = CASE WHEN last_sender = :role
-                THEN unanswered_messages + 1 ELSE 1 END,
-            last_sender = :role,
-            initiator_name = CASE WHEN :role = 'initiator'
-                THEN coalesce(:name, initiator_name) ELSE initiator_name END,
-            recipient_name = CASE WHEN :role = 'recipient'
-                THEN coalesce(:name, recipient_name) ELSE recipient_name END
-        FROM message
-        WHERE conversations.id = :conversation_id
+            message_count = final.message_count,
+            last_message_at = final.last_message_at,
+            unanswered_messages = final.unanswered_messages,
+            last_sender = final.last_sender,
+            initiator_name = final.initiator_name,
+            recipient_name = final.recipient_name
+        FROM unnest(
+            CAST(:final_ids AS uuid[]), CAST(:final_counts AS integer[]),
+            CAST(:final_times AS timestamptz[]), CAST(:final_unanswered AS integer[]),
+            CAST(:final_senders AS text[]), CAST(:final_initiator_names AS text[]),
+            CAST(:final_recipient_names AS text[])
+        ) AS final(id, message_count, last_message_at, unanswered_messages, last_sender,
+                   initiator_name, recipient_name)
+        WHERE conversations.id = final.id
+          AND (SELECT count(*) FROM message) = cardinality(CAST(:message_ids AS uuid[]))
     ), delivery AS (
         INSERT INTO deliveries (message_id, portal_id, next_attempt_at)
         SELECT message.id, portals.id, {deliveries.FIRST_ATTEMPT_SQL}
-        FROM message, portals WHERE portals.id = :recipient_portal_id
-        RETURNING id
+        FROM message
+        JOIN planned ON planned.message_id = message.id
+        JOIN portals ON portals.id = planned.recipient_portal_id
+        ORDER BY planned.place
     )
-    SELECT message.seq, pg_notify(:channel, '') FROM message, delivery
+    SELECT (SELECT count(*) FROM message) FROM pg_notify(:channel, '')
     """
 )
 
 
 def _append(
-    session: Session,
-    conversation: dict,
-    *,
-    role: Role,
-    sender: AuthenticatedPortal,
-    name: str | None,
-    body: str,
-    idempotency_key: str | None,
-    now: datetime,
-    limits: RelayLimits,
-) -> tuple[Sent, dict]:
-    """The message and its delivery to the other party's portal, in this transaction;
-    `conversation` is a row of _CONVERSATIONS as a dict, before the message, sent `now`.
-    What was sent, and the conversation after it."""
-    message_id = uuid.uuid4()
-    party = "initiator" if role is Role.INITIATOR else "recipient"
-    other = "recipient" if role is Role.INITIATOR else "initiator"
-    seq = session.execute(
-        APPEND_MESSAGE,
-        {
-            "now": now,
-            "role": role.value,
-            "name": name,
-            "conversation_id": conversation["id"],
-            "seq": conversation["message_count"] + 1,
-            "message_id": message_id,
-            "sender_portal_id": sender.id,
-            "idempotency_key": idempotency_key,
-            "body": body,
-            "recipient_portal_id": conversation[f"{other}_portal_id"],
-            "parked": deliveries.PARKED,
-            "channel": deliveries.NOTIFY_CHANNEL,
-        },
-    ).scalar_one_or_none()
-    if seq is None:
+    session: Session, plan: _Planned, *, sender: AuthenticatedPortal, limits: RelayLimits
+) -> Sent:
+    """One message and its delivery to the other party's portal, in this transaction:
+    what it sent."""
+    if not session.execute(APPEND_MESSAGES, _append_messages_parameters([plan], sender)).scalar():
         # The key went to a request that raced this one. Not to this same message: a
         # retry of it (the same member, in the same conversation or opening the same
         # ad) waits for its original on the conversation's row lock or the member's
         # opening lock, and finds it as a replay before getting here. The statement
         # wrote nothing; an opening takes its conversation back (_open).
         raise _key_reused()
-    # The conversation as APPEND_MESSAGE left it.
-    in_a_row = conversation["unanswered_messages"] if conversation["last_sender"] is role else 0
-    after = {
-        **conversation,
-        "message_count": seq,
-        "last_message_at": now,
-        "last_sender": role,
-        "unanswered_messages": in_a_row + 1,
-    }
-    if name is not None:
-        after[f"{party}_name"] = name
+    return _sent(plan, sender=sender, limits=limits)
+
+
+def _sent(plan: _Planned, *, sender: AuthenticatedPortal, limits: RelayLimits) -> Sent:
+    """What a message made now sent: the message, and the conversation as it left it."""
     message = MessageView(
-        id=message_id,
-        seq=seq,
-        sender=role,
-        body=body,
-        sent_at=now,
+        id=plan.message_id,
+        seq=plan.after["message_count"],
+        sender=plan.role,
+        body=plan.reply.body,
+        sent_at=plan.sent_at,
         delivery=_senders_delivery_view(DeliveryState.PENDING, None),
     )
-    view = _conversation_view(SimpleNamespace(**after), sender.id, limits)
-    return Sent(view.id, message_id, created=True, conversation=view, message=message), after
+    view = _conversation_view(SimpleNamespace(**plan.after), sender.id, limits)
+    return Sent(view.id, plan.message_id, created=True, conversation=view, message=message)
 
 
 def _replayed(
@@ -1455,7 +1550,7 @@ _DELETE_ENDS_OWED = text(
 
 # The end of each conversation, to the portal of the party who neither ended it (blocked)
 # nor was erased, in the outbox: due now when that portal has a working webhook, else
-# parked for its inbox, as a message's delivery (APPEND_MESSAGE). None between members of
+# parked for its inbox, as a message's delivery (APPEND_MESSAGES). None between members of
 # one portal: it ended the conversation itself. ON CONFLICT: a conversation ends once.
 _TELL_ENDED = text(
     f"""
