@@ -190,6 +190,28 @@ def writer_portal(make_portal):
 
 
 @pytest.fixture
+def conversations(client, advertiser, writer_portal) -> list[str]:
+    """Three conversations with the advertiser (its member m-ad-owner), about three of its
+    ads (ad-0, 1 and 2), opened by the writer portal's m-writer-0, 1 and 2."""
+    opened = []
+    for number in range(3):
+        published = client.put(
+            f"/v1/ads/ad-{number}",
+            json=factories.ad_payload(member="m-ad-owner"),
+            headers=advertiser.headers,
+        )
+        assert published.status_code == 201, published.json
+        answer = client.post(
+            f"/v1/ads/{published.json['id']}/contact",
+            json={"member": f"m-writer-{number}", "name": "Anna", "body": "Is it still on?"},
+            headers=writer_portal.headers,
+        )
+        assert answer.status_code == 201, answer.json
+        opened.append(answer.json["conversation"]["id"])
+    return opened
+
+
+@pytest.fixture
 def strict_client(migrated):
     """A client of an app whose relay lets a member open 2 conversations an hour, and a
     portal's members 3."""

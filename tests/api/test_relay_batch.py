@@ -3,6 +3,7 @@ single postMessage would take it, refused items leaving the others sent."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 
@@ -17,7 +18,6 @@ from tests.api.test_relay import (
     LIMITS,
     WRITER,
     block,
-    contact,
     publish,
 )
 from tests.waits import send_aside
@@ -42,16 +42,22 @@ def conversations_of(session, member) -> int:
     )
 
 
-@pytest.fixture
-def conversations(client, advertiser, writer_portal) -> list[str]:
-    """Three conversations with the advertiser, about three of its ads, by three writers."""
-    opened = []
-    for number in range(3):
-        ad_id = publish(client, advertiser, f"ad-{number}")
-        answer = contact(client, writer_portal, ad_id, member=f"m-writer-{number}")
-        assert answer.status_code == 201, answer.json
-        opened.append(answer.json["conversation"]["id"])
-    return opened
+@contextlib.contextmanager
+def key_taken(wiring, portal, conversation_id: str, member: str, key: str = "k"):
+    """Within the block, a transaction of `portal`'s holds a message `member` wrote under
+    `key` in the conversation, not committed yet; it commits as the block ends."""
+    with unit_of_work(wiring.session_factory) as racing:
+        relay.post_message(
+            racing,
+            sender=portals.authenticate(racing, key=portal.key),
+            conversation_id=uuid.UUID(conversation_id),
+            member=member,
+            name=None,
+            body="First words",
+            idempotency_key=key,
+            limits=LIMITS,
+        )
+        yield
 
 
 def counts(session, conversation_id) -> tuple[int, int, int]:
@@ -227,17 +233,7 @@ def test_a_key_taken_meanwhile_by_another_request_refuses_only_its_item(
     refused, and nothing of it stays (not even the conversation's count); the rest of the
     batch is sent."""
     first, second, third = conversations
-    with unit_of_work(wiring.session_factory) as racing:
-        relay.post_message(
-            racing,
-            sender=portals.authenticate(racing, key=advertiser.key),
-            conversation_id=uuid.UUID(first),
-            member=ADVERTISER,
-            name=None,
-            body="First words",
-            idempotency_key="k",
-            limits=LIMITS,
-        )
+    with key_taken(wiring, advertiser, first, ADVERTISER):
         batch_answer = send_aside(
             wiring,
             lambda: batch(
@@ -268,17 +264,7 @@ def test_after_a_key_lost_to_a_race_the_rest_are_numbered_and_checked_again(
     undoes it, and the others are written one at a time from the conversation as it is:
     no gap in the numbering, and the limit in a row counted without the lost one."""
     first, second, _ = conversations
-    with unit_of_work(wiring.session_factory) as racing:
-        relay.post_message(
-            racing,
-            sender=portals.authenticate(racing, key=advertiser.key),
-            conversation_id=uuid.UUID(first),
-            member=ADVERTISER,
-            name=None,
-            body="First words",
-            idempotency_key="k",
-            limits=LIMITS,
-        )
+    with key_taken(wiring, advertiser, first, ADVERTISER):
         batch_answer = send_aside(
             wiring,
             lambda: batch(
@@ -494,17 +480,7 @@ def test_an_opening_whose_key_is_taken_meanwhile_leaves_no_conversation(
     """The key's other message commits while the opening waits on it: the opening is
     refused and takes back the conversation it had made; the rest is sent."""
     ad_id = publish(app.test_client(), advertiser, "another")
-    with unit_of_work(wiring.session_factory) as racing:
-        relay.post_message(
-            racing,
-            sender=portals.authenticate(racing, key=writer_portal.key),
-            conversation_id=uuid.UUID(conversations[0]),
-            member="m-writer-0",
-            name=None,
-            body="First words",
-            idempotency_key="k",
-            limits=LIMITS,
-        )
+    with key_taken(wiring, writer_portal, conversations[0], "m-writer-0"):
         batch_answer = send_aside(
             wiring,
             lambda: batch(

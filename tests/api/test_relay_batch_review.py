@@ -7,7 +7,6 @@ import threading
 import time
 import uuid
 
-import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
@@ -18,19 +17,6 @@ from tests.api.test_relay import ADVERTISER, LIMITS, WRITER, contact, publish, s
 from tests.api.test_relay_batch import batch, conversations_of, item, opening
 from tests.apps import app_with
 from tests.factories import ad_payload
-
-
-@pytest.fixture
-def conversations(client, advertiser, writer_portal) -> list[str]:
-    """Three conversations with the advertiser, about three of its ads, by m-writer-0, 1
-    and 2 (as tests/api/test_relay_batch.py's)."""
-    opened = []
-    for number in range(3):
-        ad_id = publish(client, advertiser, f"ad-{number}")
-        answer = contact(client, writer_portal, ad_id, member=f"m-writer-{number}")
-        assert answer.status_code == 201, answer.json
-        opened.append(answer.json["conversation"]["id"])
-    return opened
 
 
 def waiting_sessions(wiring) -> int:
