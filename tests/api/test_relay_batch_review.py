@@ -17,9 +17,11 @@ from tests.api.test_relay import ADVERTISER, LIMITS, WRITER, contact, publish, s
 from tests.api.test_relay_batch import batch, conversations_of, item, opening
 from tests.apps import app_with
 from tests.factories import ad_payload
+from tests.waits import send_aside
 
 
 def waiting_sessions(wiring) -> int:
+    """How many sessions of the test database wait on a lock now."""
     with wiring.engine.connect() as connection:
         return connection.scalar(
             text(
@@ -27,25 +29,6 @@ def waiting_sessions(wiring) -> int:
                 " WHERE datname = current_database() AND wait_event_type = 'Lock'"
             )
         )
-
-
-def send_aside_waiting(wiring, request, *, what: str, waiting: int):
-    """As tests.waits.send_aside, but returns once `waiting` sessions wait on a lock: this
-    request's wait comes on top of those already waiting."""
-    answers = []
-    thread = threading.Thread(target=lambda: answers.append(request()))
-    thread.start()
-    deadline = time.monotonic() + 10
-    while waiting_sessions(wiring) < waiting:
-        assert time.monotonic() < deadline, f"{what} never waited on a lock"
-        time.sleep(0.01)
-
-    def answer():
-        thread.join(30)
-        assert answers, f"{what} never answered"
-        return answers[0]
-
-    return answer
 
 
 def holds_a_row_lock(wiring, ad_id: str) -> bool:
@@ -94,7 +77,7 @@ def test_a_batch_opening_two_ads_and_a_replace_deleting_them_wait_in_no_circle(
     with unit_of_work(wiring.session_factory) as holder:
         # Holds the replace at ad-a once it has deleted ad-n; a batch may still lock it.
         holder.execute(text("SELECT 1 FROM ads WHERE id = :id FOR KEY SHARE"), {"id": first})
-        replace = send_aside_waiting(
+        replace = send_aside(
             wiring,
             lambda: app.test_client().post(
                 "/v1/ads/batch",
@@ -105,7 +88,7 @@ def test_a_batch_opening_two_ads_and_a_replace_deleting_them_wait_in_no_circle(
             waiting=1,
         )
         assert holds_a_row_lock(wiring, later), "the replace was to delete ad-n first"
-        batch_answer = send_aside_waiting(
+        batch_answer = send_aside(
             wiring,
             lambda: batch(
                 app.test_client(),
@@ -163,7 +146,7 @@ def test_two_batches_using_the_same_keys_in_another_order_wait_in_no_circle(
             idempotency_key="k-held",
             limits=LIMITS,
         )
-        one = send_aside_waiting(
+        one = send_aside(
             wiring,
             lambda: batch(
                 app.test_client(),
@@ -382,7 +365,7 @@ def test_a_batch_and_the_erasure_of_an_advertiser_of_many_ads_wait_in_no_circle(
     with unit_of_work(wiring.session_factory) as holder:
         # Holds the erasure at the late ad, once it has deleted the first 1,000.
         holder.execute(text("SELECT 1 FROM ads WHERE id = :id FOR KEY SHARE"), {"id": late})
-        erasure = send_aside_waiting(
+        erasure = send_aside(
             wiring,
             lambda: app.test_client().post(
                 "/v1/portals/me/member-erasures",
@@ -393,7 +376,7 @@ def test_a_batch_and_the_erasure_of_an_advertiser_of_many_ads_wait_in_no_circle(
             waiting=1,
         )
         assert holds_a_conversation(wiring, conversation), "the early ad was to go first"
-        batch_answer = send_aside_waiting(
+        batch_answer = send_aside(
             wiring,
             lambda: batch(
                 app.test_client(),
@@ -455,7 +438,7 @@ def test_a_batch_writing_in_conversations_about_many_ads_of_an_erased_advertiser
         holder.execute(
             text("SELECT 1 FROM ads WHERE id = :id FOR KEY SHARE"), {"id": ids[ads[1000]]}
         )
-        erasure = send_aside_waiting(
+        erasure = send_aside(
             wiring,
             lambda: app.test_client().post(
                 "/v1/portals/me/member-erasures",
@@ -469,7 +452,7 @@ def test_a_batch_writing_in_conversations_about_many_ads_of_an_erased_advertiser
         # the batch below waits for the first it needs and holds none after it.
         assert holds_a_conversation(wiring, early_conversation)
         assert holds_a_conversation(wiring, late_conversation)
-        batch_answer = send_aside_waiting(
+        batch_answer = send_aside(
             wiring,
             lambda: batch(
                 app.test_client(),
@@ -514,6 +497,6 @@ def test_a_closing_locks_the_portals_conversations_before_its_ads_go(
                     session, portal_slug=advertiser.slug, lifetimes=wiring.lifetimes
                 )
 
-        closed = send_aside_waiting(wiring, close, what="the closing", waiting=1)
+        closed = send_aside(wiring, close, what="the closing", waiting=1)
         assert all(holds_a_conversation(wiring, conversation) for conversation in opened)
     assert closed().conversations_ended == 2
