@@ -325,13 +325,33 @@ def post_messages(
                     _open(session, ads.get(message.ad_id), message, sender=sender, limits=limits)
                 )
                 continue
-            plan = _plan(
-                session,
-                conversations.get(message.conversation_id),
-                message,
-                sender=sender,
-                limits=limits,
-            )
+            try:
+                plan = _plan(
+                    session,
+                    conversations.get(message.conversation_id),
+                    message,
+                    sender=sender,
+                    limits=limits,
+                )
+            except Conflict as refusal:
+                # The limit in a row counted the conversation's planned messages, one of
+                # which may yet lose its key to a racing request and not go in: written
+                # first, they leave the conversation as it is, and the message is
+                # checked against that.
+                if refusal.code != "awaiting_reply" or not any(
+                    plan.reply.conversation_id == message.conversation_id for plan in planned
+                ):
+                    raise
+                _write_planned(
+                    session, planned, conversations, outcomes, sender=sender, limits=limits
+                )
+                plan = _plan(
+                    session,
+                    conversations.get(message.conversation_id),
+                    message,
+                    sender=sender,
+                    limits=limits,
+                )
         except DirectoryError as refusal:
             outcomes.append(refusal)
             continue
