@@ -257,35 +257,6 @@ def test_a_key_taken_meanwhile_by_another_request_refuses_only_its_item(
         assert counts(session, third) == (2, 2, 2)
 
 
-def test_after_a_key_lost_to_a_race_the_rest_are_numbered_and_checked_again(
-    app, wiring, advertiser, conversations
-):
-    """The batch's messages go in one statement; one losing its key to a racing request
-    undoes it, and the others are written one at a time from the conversation as it is:
-    no gap in the numbering, and the limit in a row counted without the lost one."""
-    first, second, _ = conversations
-    with key_taken(wiring, advertiser, first, ADVERTISER):
-        batch_answer = send_aside(
-            wiring,
-            lambda: batch(
-                app.test_client(),
-                advertiser,
-                [item(second, body="Other words", idempotency_key="k")]
-                + [item(second, body=f"Then {n}") for n in range(10)],
-            ),
-            what="the batch's insert under the same key",
-        )
-
-    results = batch_answer().json["results"]
-    # Ten in a row: the lost one is not counted.
-    assert [(r["status"], r["error"]) for r in results] == [
-        ("rejected", "idempotency_key_reused")
-    ] + [("created", None)] * 10
-    assert [r["message"]["seq"] for r in results[1:]] == list(range(2, 12))
-    with unit_of_work(wiring.session_factory) as session:
-        assert counts(session, second) == (11, 11, 11)
-
-
 def test_a_batch_locks_its_conversations_in_one_order(app, wiring, advertiser, conversations):
     """Two batches writing in the same conversations in opposite orders never wait for
     each other in a circle: a batch waiting for one of its conversations holds none of
