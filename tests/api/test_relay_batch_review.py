@@ -106,8 +106,8 @@ def test_a_batch_opening_two_ads_and_a_replace_deleting_them_wait_in_no_circle(
 
 
 def send_aside_until_waiting(wiring, request, *, what: str, waiting: int):
-    """As send_aside_waiting, but returns as well once the request has answered: it need
-    not wait."""
+    """As tests.waits.send_aside with `waiting`, but returns as well once the request has
+    answered: it need not wait."""
     answers = []
     thread = threading.Thread(target=lambda: answers.append(request()))
     thread.start()
