@@ -68,8 +68,15 @@ def main() -> None:
         worker = start_worker(url, Path(folder) / "worker.log")
         postmaster = postmaster_pid(url)
 
-        def postgres_cpu_s() -> float:
-            return sum(process_cpu_s(pid) for pid in [postmaster, *children(postmaster)])
+        def reading(delivered: int) -> tuple[float, int, float, float, float]:
+            """(now, delivered, CPU seconds of the worker, PostgreSQL, the receivers here)."""
+            return (
+                time.monotonic(),
+                delivered,
+                process_cpu_s(worker.pid),
+                sum(process_cpu_s(pid) for pid in [postmaster, *children(postmaster)]),
+                process_cpu_s(os.getpid()),
+            )
 
         try:
             started = None
@@ -78,23 +85,11 @@ def main() -> None:
                 delivered = len(arrivals(relay.receivers).keys() & backlog.accepted.keys())
                 if delivered and started is None:
                     # From the first delivery on: the worker's start-up is not counted.
-                    started = (
-                        time.monotonic(),
-                        delivered,
-                        process_cpu_s(worker.pid),
-                        postgres_cpu_s(),
-                        process_cpu_s(os.getpid()),
-                    )
+                    started = reading(delivered)
                 if delivered >= count or time.monotonic() > deadline:
                     break
                 time.sleep(0.02)
-            ended = (
-                time.monotonic(),
-                delivered,
-                process_cpu_s(worker.pid),
-                postgres_cpu_s(),
-                process_cpu_s(os.getpid()),
-            )
+            ended = reading(delivered)
         finally:
             worker.terminate()
             worker.wait(timeout=60)
