@@ -562,3 +562,17 @@ def test_a_batch_locks_its_ads_in_the_order_their_writers_do(
             other.execute(text("SELECT 1 FROM ads WHERE id = :id FOR UPDATE NOWAIT"), {"id": later})
     answer = batch_answer()
     assert [r["status"] for r in answer.json["results"]] == ["created", "created"]
+
+
+def test_another_portals_conversations_are_not_found_through_a_batch(
+    client, session, make_portal, conversations
+):
+    """A portal that is no party to a conversation can neither write in it nor learn that
+    it exists, as with postMessage."""
+    stranger = make_portal(slug="sel-paris", name="SEL de Paris")
+    answer = batch(client, stranger, [item(conversations[0], member="m-writer-0")])
+    assert answer.status_code == 200, answer.json
+    (result,) = answer.json["results"]
+    assert (result["status"], result["error"]) == ("rejected", "conversation_not_found")
+    assert list(result["errors"]) == ["conversation_id"]
+    assert counts(session, conversations[0]) == (1, 1, 1)
