@@ -306,52 +306,30 @@ def post_messages(
     if len(keys) > 1:
         _lock_keys(session, IDEMPOTENCY_KEY_LOCK_NAMESPACE, [f"{sender.id}:{key}" for key in keys])
     outcomes: list[Sent | DirectoryError | None] = []
-    # Messages in conversations are written together, in one statement (_write_planned):
-    # first those planned so far, whenever the next item must see them written (an
-    # opening, which counts and replays from the table; a key they use).
+    # The messages are written together, in one statement (_write_planned): an opening's
+    # conversation at once, its first message with the others. Those planned so far are
+    # written first whenever the next item must see them in the table: one uses a key
+    # they use (a replay is looked up there).
     planned: list[_Planned] = []
     for message in messages:
-        if planned and (
-            isinstance(message, Opening)
-            or (
-                message.idempotency_key is not None
-                and message.idempotency_key in {plan.reply.idempotency_key for plan in planned}
-            )
-        ):
+        if message.idempotency_key is not None and message.idempotency_key in {
+            plan.reply.idempotency_key for plan in planned
+        }:
             _write_planned(session, planned, conversations, outcomes, sender=sender, limits=limits)
         try:
-            if isinstance(message, Opening):
-                outcomes.append(
-                    _open(session, ads.get(message.ad_id), message, sender=sender, limits=limits)
-                )
-                continue
             try:
-                plan = _plan(
-                    session,
-                    conversations.get(message.conversation_id),
-                    message,
-                    sender=sender,
-                    limits=limits,
-                )
-            except Conflict as refusal:
-                # The limit in a row counted the conversation's planned messages, one of
-                # which may yet lose its key to a racing request and not go in: written
-                # first, they leave the conversation as it is, and the message is
-                # checked against that.
-                if refusal.code != "awaiting_reply" or not any(
-                    plan.reply.conversation_id == message.conversation_id for plan in planned
-                ):
+                plan = _plan_item(session, message, ads, conversations, sender, limits)
+            except DirectoryError as refusal:
+                # A limit counted planned messages (in a row in the conversation) or
+                # conversations (openings), one of which may yet lose its key to a
+                # racing request and not go in: written first, they leave the table as
+                # it will be, and the message is checked against that.
+                if not _counted_planned(refusal, message, planned):
                     raise
                 _write_planned(
                     session, planned, conversations, outcomes, sender=sender, limits=limits
                 )
-                plan = _plan(
-                    session,
-                    conversations.get(message.conversation_id),
-                    message,
-                    sender=sender,
-                    limits=limits,
-                )
+                plan = _plan_item(session, message, ads, conversations, sender, limits)
         except DirectoryError as refusal:
             outcomes.append(refusal)
             continue
@@ -362,9 +340,36 @@ def post_messages(
         outcomes.append(None)  # once written
         planned.append(plan)
         # The next message in it is planned from the row as this one leaves it.
-        conversations[message.conversation_id] = plan.after
+        conversations[plan.reply.conversation_id] = plan.after
     _write_planned(session, planned, conversations, outcomes, sender=sender, limits=limits)
     return outcomes  # type: ignore[return-value]  # every place was filled
+
+
+def _plan_item(
+    session: Session,
+    message: Opening | Reply,
+    ads: dict,
+    conversations: dict,
+    sender: AuthenticatedPortal,
+    limits: RelayLimits,
+) -> Sent | _Planned:
+    """An item of post_messages, its locks taken: sent before, or planned."""
+    if isinstance(message, Opening):
+        return _open(session, ads.get(message.ad_id), message, sender=sender, limits=limits)
+    return _plan(
+        session, conversations.get(message.conversation_id), message, sender=sender, limits=limits
+    )
+
+
+def _counted_planned(
+    refusal: DirectoryError, message: Opening | Reply, planned: list[_Planned]
+) -> bool:
+    """Whether a limit that refused `message` counted planned messages, not yet written."""
+    if refusal.code == "awaiting_reply":
+        return any(plan.reply.conversation_id == message.conversation_id for plan in planned)
+    if refusal.code == "too_many_conversations":
+        return any(plan.opened for plan in planned)
+    return False
 
 
 # Advisory locks until the transaction ends, in one order: the keys' lock ids (the
@@ -443,10 +448,12 @@ def _member_key(portal_id: int, member: str) -> str:
 
 def _open(
     session: Session, ad, opening: Opening, *, sender: AuthenticatedPortal, limits: RelayLimits
-) -> Sent:
+) -> Sent | _Planned:
     """An opening, once its locks are taken and its ad read (`ad`, a row of
-    _CONTACTABLE_ADS; None: there is none the member may contact). Refused before
-    anything is written."""
+    _CONTACTABLE_ADS; None: there is none the member may contact): what was sent before
+    under its idempotency key, or its conversation written and its first message planned
+    (_write_planned takes the conversation back should the message not go in). Refused
+    before anything is written."""
     if opening.idempotency_key is not None:
         replay = _replayed(
             session,
@@ -524,13 +531,7 @@ def _open(
         "recipient_blocked": False,
     }
     first = Reply(conversation.id, opening.member, None, opening.body, opening.idempotency_key)
-    try:
-        return _append(
-            session, _planned(opened, first, Role.INITIATOR, now), sender=sender, limits=limits
-        )
-    except DirectoryError:
-        session.execute(_UNOPEN_CONVERSATION, {"id": conversation.id})
-        raise
+    return _planned(opened, first, Role.INITIATOR, now, opened=True)
 
 
 @dataclass
@@ -543,6 +544,7 @@ class _Planned:
     after: dict  # ... and after it
     message_id: uuid.UUID
     sent_at: datetime
+    opened: bool = False  # an opening's first message: its conversation was made for it
     index: int = -1  # its place among the batch's outcomes
 
 
@@ -578,7 +580,9 @@ def _plan(
     return _planned(conversation, reply, role, datetime.now(UTC))
 
 
-def _planned(conversation: dict, reply: Reply, role: Role, sent_at: datetime) -> _Planned:
+def _planned(
+    conversation: dict, reply: Reply, role: Role, sent_at: datetime, *, opened: bool = False
+) -> _Planned:
     """The message `reply` by `role`, sent at `sent_at`, after `conversation` (a row of
     _CONVERSATIONS as a dict): the conversation as it leaves it."""
     in_a_row = conversation["unanswered_messages"] if conversation["last_sender"] is role else 0
@@ -591,7 +595,7 @@ def _planned(conversation: dict, reply: Reply, role: Role, sent_at: datetime) ->
     }
     if reply.name is not None:
         after[f"{role.value}_name"] = reply.name
-    return _Planned(reply, role, conversation, after, uuid.uuid4(), sent_at)
+    return _Planned(reply, role, conversation, after, uuid.uuid4(), sent_at, opened)
 
 
 class _KeyRaced(Exception):
@@ -636,9 +640,11 @@ def _write_planned(
             refusal = _refusal(SimpleNamespace(**conversation), plan.role, limits)
             if refusal is not None:
                 raise refusal
-            again = _planned(conversation, plan.reply, plan.role, plan.sent_at)
+            again = _planned(conversation, plan.reply, plan.role, plan.sent_at, opened=plan.opened)
             outcomes[plan.index] = _append(session, again, sender=sender, limits=limits)
         except DirectoryError as refusal:
+            if plan.opened:  # the conversation, still only this transaction's, goes with it
+                session.execute(_UNOPEN_CONVERSATION, {"id": plan.reply.conversation_id})
             outcomes[plan.index] = refusal
             continue
         conversations[plan.reply.conversation_id] = again.after
@@ -940,7 +946,7 @@ def _append(
         # retry of it (the same member, in the same conversation or opening the same
         # ad) waits for its original on the conversation's row lock or the member's
         # opening lock, and finds it as a replay before getting here. The statement
-        # wrote nothing; an opening takes its conversation back (_open).
+        # wrote nothing; an opening takes its conversation back (_write_planned).
         raise _key_reused()
     return _sent(plan, sender=sender, limits=limits)
 

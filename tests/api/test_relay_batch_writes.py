@@ -5,12 +5,19 @@ item ends as a single postMessage of it, sent alone in the batch's order, would 
 from __future__ import annotations
 
 import psycopg
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from directory.db import libpq_url, unit_of_work
 from directory.services import deliveries
 from tests.api.test_relay import ADVERTISER, publish
-from tests.api.test_relay_batch import batch, counts, item, key_taken, opening
+from tests.api.test_relay_batch import (
+    batch,
+    conversations_of,
+    counts,
+    item,
+    key_taken,
+    opening,
+)
 from tests.waits import send_aside
 
 
@@ -303,3 +310,66 @@ def test_a_name_set_by_a_message_that_lost_its_key_is_not_kept(
             )
             is None
         )
+
+
+def test_an_opening_that_lost_its_key_does_not_count_against_the_next(
+    strict_client, client, wiring, advertiser, writer_portal, conversations
+):
+    """A member may open 2 conversations an hour (strict_client). The first of three
+    openings loses its key to a racing request: it opens nothing, so the third, the
+    member's second, opens one, as it would sent alone after the first was refused; it
+    is not refused as if the lost one had opened its conversation."""
+    ads = [publish(client, writer_portal, f"w-{n}", member=f"m-seller-{n}") for n in range(3)]
+    with key_taken(wiring, advertiser, conversations[0], ADVERTISER):
+        batch_answer = send_aside(
+            wiring,
+            lambda: batch(
+                strict_client,
+                advertiser,
+                [opening(ads[0], member="m-opener", idempotency_key="k")]
+                + [opening(ad, member="m-opener") for ad in ads[1:]],
+            ),
+            what="the batch's insert under the same key",
+        )
+
+    results = batch_answer().json["results"]
+    assert [(r["status"], r["error"]) for r in results] == [
+        ("rejected", "idempotency_key_reused"),
+        ("created", None),
+        ("created", None),
+    ]
+    with unit_of_work(wiring.session_factory) as session:
+        assert conversations_of(session, "m-opener") == 2
+
+
+def test_openings_among_replies_are_written_with_them_in_their_order(
+    client, session, wiring, advertiser, writer_portal, conversations
+):
+    """An opening between messages in conversations: its first message goes in with the
+    others, in one statement, and the advertiser's portal receives them in the batch's
+    order."""
+    ad_id = publish(client, advertiser, "another")
+    items = [
+        item(conversations[0], member="m-writer-0", body="First"),
+        opening(ad_id, member="m-new", body="Second"),
+        item(conversations[1], member="m-writer-1", body="Third"),
+        opening(ad_id, member="m-newer", body="Fourth"),
+    ]
+    inserts = []
+
+    def count_inserts(connection, cursor, statement, *args):
+        inserts.extend(["messages"] if "INSERT INTO messages" in statement else [])
+
+    event.listen(wiring.engine, "before_cursor_execute", count_inserts)
+    try:
+        answer = batch(client, writer_portal, items)
+    finally:
+        event.remove(wiring.engine, "before_cursor_execute", count_inserts)
+
+    assert [r["status"] for r in answer.json["results"]] == ["created"] * 4
+    assert len(inserts) == 1
+    assert [r["message"]["seq"] for r in answer.json["results"]] == [2, 1, 2, 1]
+    inbox = client.get("/v1/inbox?limit=50", headers=advertiser.headers).json["events"]
+    bodies = [e["data"]["message"]["body"] for e in inbox]
+    assert bodies[-4:] == ["First", "Second", "Third", "Fourth"]
+    assert conversations_of(session, "m-new") == conversations_of(session, "m-newer") == 1
