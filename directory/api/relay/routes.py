@@ -13,8 +13,9 @@ from directory.api.auth import BEARER_AUTH, require_portal
 from directory.api.blueprint import Blueprint
 from directory.api.db import transaction, wiring
 from directory.api.errors import RETRY_AFTER_HEADER, ErrorSchema
-from directory.api.fields import ItemErrors
+from directory.api.fields import ItemErrors, json_response
 from directory.api.headers import LOCATION_HEADER, location_of
+from directory.api.relay import rendering
 from directory.api.relay.schemas import (
     AcknowledgedSchema,
     AcknowledgeSchema,
@@ -76,19 +77,29 @@ def _uuid(value: str, *, field: str, what: str) -> uuid.UUID:
 def _sent(session, portal, sent: relay.Sent, *, headers: dict | None = None):
     """The answer to a message sent: 201 (with `headers`) when it was made now."""
     if sent.created:
-        return _sent_body(session, portal, sent), 201, headers or {}
-    return _sent_body(session, portal, sent), 200
+        response = json_response(_sent_body(session, portal, sent), 201)
+        response.headers.update(headers or {})
+        return response
+    return json_response(_sent_body(session, portal, sent))
 
 
 def _sent_body(session, portal, sent: relay.Sent) -> dict:
-    """{conversation, message}: as made now, or for a replay as they are now."""
+    """{conversation, message}, as SentSchema dumps them (rendering.py: the relay's hot
+    path): as made now, or for a replay as they are now."""
     if sent.created:
-        return {"conversation": sent.conversation, "message": sent.message}
-    conversation = relay.get_conversation_summary(
-        session, viewer=portal, conversation_id=sent.conversation_id, limits=wiring().relay_limits
-    )
-    message = relay.get_message(session, viewer=portal, message_id=sent.message_id)
-    return {"conversation": conversation, "message": message}
+        conversation, message = sent.conversation, sent.message
+    else:
+        conversation = relay.get_conversation_summary(
+            session,
+            viewer=portal,
+            conversation_id=sent.conversation_id,
+            limits=wiring().relay_limits,
+        )
+        message = relay.get_message(session, viewer=portal, message_id=sent.message_id)
+    return {
+        "conversation": rendering.conversation_summary(conversation),
+        "message": rendering.message(message),
+    }
 
 
 @blp.route("/relay/limits")
@@ -287,7 +298,9 @@ class MessageBatch(MethodView):
                 _batch_result(session, portal, index, item, outcomes)
                 for index, item in enumerate(items)
             ]
-        return {"results": results, "counts": dict(Counter(r["status"] for r in results))}
+        return json_response(
+            {"results": results, "counts": dict(Counter(r["status"] for r in results))}
+        )
 
 
 def _batch_message(item: dict) -> relay.Opening | relay.Reply:
