@@ -11,6 +11,8 @@ It accepts only schemas whose hooks it knows how to run, and a test compares it 
 
 from __future__ import annotations
 
+from functools import cached_property
+
 from marshmallow import Schema, ValidationError, fields, missing
 
 from directory.api.fields import validate_length_first
@@ -114,3 +116,15 @@ def _list_loader(field):
         return items
 
     return load
+
+
+class FastNested(fields.Nested):
+    """A Nested field whose objects FastLoader loads: a batch's items (a nested schema's
+    load per message took a tenth of a batch of ten messages' time)."""
+
+    def _deserialize(self, value, attr, data, partial=None, **kwargs):
+        return self._loader.load(value)
+
+    @cached_property
+    def _loader(self) -> FastLoader:
+        return FastLoader(self.schema)

@@ -12,6 +12,7 @@ from directory.api.fields import (
     validate_display_name,
     validate_member_handle,
 )
+from directory.api.loading import FastNested
 from directory.models import DeliveryState, Role
 from directory.models.relay import MAX_MESSAGE_CHARS, MAX_NAME_CHARS, MAX_SEQ
 from directory.services.relay import MAX_BATCH_MESSAGES
@@ -126,7 +127,7 @@ class BatchMessageSchema(MessagePostSchema):
 
 class MessageBatchSchema(Schema):
     items = PerItemList(
-        fields.Nested(BatchMessageSchema),
+        FastNested(BatchMessageSchema),
         required=True,
         validate=validate.Length(1, MAX_BATCH_MESSAGES),
         metadata={
