@@ -1,4 +1,4 @@
-"""The relay's answers to messages sent are written out directly (api/relay/rendering.py),
+"""The relay's conversations and messages are written out directly (api/relay/rendering.py),
 not dumped through their schemas: each rendering must be its schema's dump, field for
 field, for every state a conversation and a message can be in, and as each of the two
 portals sees them (a field the schema leaves out, a party's portal id, must stay out)."""
@@ -10,20 +10,29 @@ import uuid
 from sqlalchemy import text
 
 from directory.api.relay import rendering
-from directory.api.relay.schemas import ConversationSummarySchema, MessageSchema
+from directory.api.relay.schemas import (
+    ConversationSchema,
+    ConversationSummarySchema,
+    MessageSchema,
+)
 from directory.services import portals, relay
 from tests.api.test_member_erasure import erase
 from tests.api.test_relay import ADVERTISER, LIMITS, WRITER, block, contact, publish, reply
 
 
-def views(session, portal, conversation_id):
+def views(session, portal, conversation_id, limit=50):
     viewer = portals.authenticate(session, key=portal.key)
     return relay.get_conversation(
-        session, viewer=viewer, conversation_id=uuid.UUID(conversation_id), limits=LIMITS
+        session,
+        viewer=viewer,
+        conversation_id=uuid.UUID(conversation_id),
+        limits=LIMITS,
+        limit=limit,
     )
 
 
 def assert_rendered_as_dumped(view):
+    assert rendering.conversation(view) == ConversationSchema().dump(view)
     assert rendering.conversation_summary(view) == ConversationSummarySchema().dump(view)
     for message in view.messages:
         assert rendering.message(message) == MessageSchema().dump(message)
@@ -50,6 +59,9 @@ def test_an_open_conversation_as_both_portals_see_it(client, session, advertiser
         view = views(session, portal, opened)
         assert [m.delivery.state.value for m in view.messages] == ["delivered", "pending"]
         assert_rendered_as_dumped(view)
+        first_page = views(session, portal, opened, limit=1)
+        assert first_page.next_after == 1
+        assert_rendered_as_dumped(first_page)
 
 
 def test_a_blocked_conversation_and_an_erased_party(client, session, advertiser, writer_portal):

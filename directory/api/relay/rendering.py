@@ -1,8 +1,8 @@
-"""The relay's views as JSON data, written out directly for the answers to messages sent:
-the relay's hot path. Dumped through their schemas (schemas.py, which document them), a
-batch of ten messages spent a fifth of its time in marshmallow. Each function gives what
-its schema's dump gives (tests/api/test_relay_rendering.py holds them to it): no field
-more, so nothing the schema leaves out (a party's portal id) is shown."""
+"""The relay's views (conversations, messages) as JSON data, written out directly by its
+routes. Dumped through their schemas (schemas.py, which document them), a batch of ten
+messages, the relay's hot path, spent a fifth of its time in marshmallow. Each function
+gives what its schema's dump gives (tests/api/test_relay_rendering.py holds them to it):
+no field more, so nothing the schema leaves out (a party's portal id) is shown."""
 
 from __future__ import annotations
 
@@ -30,6 +30,15 @@ def conversation_summary(view: ConversationView) -> dict:
         "message_count": view.message_count,
         "created_at": _time(view.created_at),
         "last_message_at": _time(view.last_message_at),
+    }
+
+
+def conversation(view: ConversationView) -> dict:
+    """ConversationSchema's dump: the summary, and a page of messages."""
+    return {
+        **conversation_summary(view),
+        "messages": [message(each) for each in view.messages or []],
+        "next_after": view.next_after,
     }
 
 

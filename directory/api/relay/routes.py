@@ -198,7 +198,14 @@ class Conversations(MethodView):
                 limit=args["limit"],
                 limits=wiring().relay_limits,
             )
-        return {"conversations": page.conversations, "next_cursor": page.next_cursor}
+        return json_response(
+            {
+                "conversations": [
+                    rendering.conversation_summary(view) for view in page.conversations
+                ],
+                "next_cursor": page.next_cursor,
+            }
+        )
 
 
 @blp.route("/conversations/<string:conversation_id>", parameters=[CONVERSATION_ID])
@@ -215,7 +222,7 @@ class ConversationById(MethodView):
         conversation_uuid = _uuid(conversation_id, field="conversation_id", what="conversation")
         with transaction() as session:
             portal = require_portal(session)
-            return relay.get_conversation(
+            view = relay.get_conversation(
                 session,
                 viewer=portal,
                 conversation_id=conversation_uuid,
@@ -223,6 +230,7 @@ class ConversationById(MethodView):
                 after=args["after"],
                 limit=args["limit"],
             )
+        return json_response(rendering.conversation(view))
 
 
 @blp.route("/conversations/<string:conversation_id>/messages", parameters=[CONVERSATION_ID])
@@ -375,12 +383,13 @@ class BlockConversation(MethodView):
             relay.block_conversation(
                 session, caller=portal, conversation_id=conversation_uuid, member=block["member"]
             )
-            return relay.get_conversation_summary(
+            view = relay.get_conversation_summary(
                 session,
                 viewer=portal,
                 conversation_id=conversation_uuid,
                 limits=wiring().relay_limits,
             )
+        return json_response(rendering.conversation_summary(view))
 
 
 @blp.route("/inbox")
