@@ -37,7 +37,7 @@ def conversation(view: ConversationView) -> dict:
     """ConversationSchema's dump: the summary, and a page of messages."""
     return {
         **conversation_summary(view),
-        "messages": [message(each) for each in view.messages or []],
+        "messages": None if view.messages is None else [message(each) for each in view.messages],
         "next_after": view.next_after,
     }
 
