@@ -358,7 +358,8 @@ def test_openings_among_replies_are_written_with_them_in_their_order(
     inserts = []
 
     def count_inserts(connection, cursor, statement, *args):
-        inserts.extend(["messages"] if "INSERT INTO messages" in statement else [])
+        if "INSERT INTO messages" in statement:
+            inserts.append(statement)
 
     event.listen(wiring.engine, "before_cursor_execute", count_inserts)
     try:
